@@ -1,0 +1,36 @@
+//! # pinhole
+//!
+//! NAT traversal as plain state machines. Every protocol machine in this crate is
+//! *sans-IO*: it never touches a socket, a thread or the clock. You feed it bytes and the
+//! current time, and it hands back datagrams to send, the next deadline and events:
+//!
+//! - `handle_input(now, …)` — a datagram arrived;
+//! - `handle_timeout(now)` — the deadline from `poll_timeout` passed;
+//! - `poll_transmit()` — the next datagram to send;
+//! - `poll_timeout()` — when to call `handle_timeout` next;
+//! - `poll_event()` — what happened.
+//!
+//! The optional [`driver`] module (feature `driver`, on by default) runs these machines on
+//! tokio with real sockets and the real clock. Everything else is deterministic: time is
+//! always passed in and randomness comes from a seed, which is what makes simulation,
+//! fuzzing and the foreign-language bindings cheap.
+//!
+//! Modules:
+//! - [`stun`]: RFC 8489 messages (zero-copy view and allocation-free builder), every
+//!   attribute that STUN, RFC 5780, ICE and TURN define, integrity and fingerprint, client
+//!   transactions, and a Binding / RFC 5780 server.
+//! - [`netcheck`]: NAT behaviour discovery (RFC 5780, RFC 4787 terms).
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod netcheck;
+pub mod stun;
+
+#[cfg(feature = "driver")]
+pub mod driver;
+
+mod transmit;
+pub use transmit::{Protocol, Received, Transmit};

@@ -1,0 +1,1 @@
+//! pinhole integration test support.
