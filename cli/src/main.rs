@@ -220,7 +220,9 @@ async fn netcheck(args: NetcheckArgs) -> ExitCode {
     }
     if servers.is_empty() {
         if args.json {
-            println!("{}", json_report(&empty_report(), &unresolved));
+            let mut j = json_report(&empty_report(), &unresolved);
+            j["portmap"] = serde_json::Value::Null;
+            println!("{j}");
         }
         eprintln!("pinhole: no STUN server could be resolved");
         return ExitCode::from(EXIT_UNREACHABLE);
