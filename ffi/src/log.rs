@@ -1,21 +1,22 @@
 //! `tracing` forwarded to one foreign log sink: the C API's log callback or a UniFFI
 //! [`PinholeLogger`](crate::api::PinholeLogger). Setting one replaces the other.
 //!
-//! A minimal [`Subscriber`] is installed as the process's global default the first time a
-//! sink is set (unless the host already installed one: then pinhole logs go there). It
-//! formats each event as `message key=value …`; spans are not tracked. Events may come
-//! from any thread, including several at once.
+//! A minimal [`Subscriber`] is the default dispatcher of every thread pinhole starts (each
+//! operation's thread, where all of pinhole's work and logging happens); nothing is
+//! installed process-wide, so a Rust host's own subscriber is left alone. It formats each
+//! event as `message key=value …`; spans are not tracked. Events come from several
+//! threads, possibly at once.
 
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Once, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::{Dispatch, Event, Level, Metadata, Subscriber};
 
 /// A log record's severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, uniffi::Enum)]
@@ -71,7 +72,6 @@ pub(crate) trait Sink: Send + Sync {
 static SINK: RwLock<Option<Arc<dyn Sink>>> = RwLock::new(None);
 /// The threshold as [`LogLevel::index`]; `Off` until a sink is set.
 static THRESHOLD: AtomicUsize = AtomicUsize::new(5);
-static INSTALL: Once = Once::new();
 
 thread_local! {
     /// Set while a sink runs: a sink that logs through pinhole again is not re-entered.
@@ -80,10 +80,6 @@ thread_local! {
 
 /// Sets (or with `None` removes) the sink and the most verbose level it receives.
 pub(crate) fn set_sink(sink: Option<Arc<dyn Sink>>, level: LogLevel) {
-    INSTALL.call_once(|| {
-        // Fails when the host installed its own subscriber: keep theirs.
-        let _ = tracing::subscriber::set_global_default(Forwarder);
-    });
     let level = if sink.is_some() { level } else { LogLevel::Off };
     match SINK.write() {
         Ok(mut s) => *s = sink,
@@ -91,6 +87,14 @@ pub(crate) fn set_sink(sink: Option<Arc<dyn Sink>>, level: LogLevel) {
     }
     THRESHOLD.store(level.index(), Ordering::Release);
     tracing::callsite::rebuild_interest_cache();
+}
+
+/// The forwarding dispatcher. pinhole's own threads make it their default (see
+/// [`crate::task`]), so nothing global is installed and a host's own subscriber is left
+/// alone.
+pub(crate) fn dispatch() -> Dispatch {
+    static DISPATCH: OnceLock<Dispatch> = OnceLock::new();
+    DISPATCH.get_or_init(|| Dispatch::new(Forwarder)).clone()
 }
 
 fn threshold() -> LogLevel {

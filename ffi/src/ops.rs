@@ -12,7 +12,7 @@ use pinhole::portmap::{MapperConfig, MapperEvent, ViaChoice};
 use pinhole::stun::{ServerConfig, StunUri};
 
 use crate::error::PinholeError;
-use crate::task::{StopSignal, Task};
+use crate::task::{Rendezvous, StopSignal, Task};
 use crate::types::{
     DEFAULT_MAPPING_LIFETIME_SECS, DEFAULT_TIMEOUT_MS, GatewayProbe, NetcheckConfig,
     NetcheckProgress, NetcheckReport, PortMapping, PortMappingConfig, PortMappingEvent, parse_ip,
@@ -260,6 +260,26 @@ impl MappingPlan {
     }
 }
 
+/// Hands the server's start-up outcome to the waiting caller exactly once, also when the
+/// server's future is dropped or unwinds before it could.
+struct Reply(Option<Arc<Rendezvous<Result<Vec<SocketAddr>, PinholeError>>>>);
+
+impl Reply {
+    fn put(&mut self, r: Result<Vec<SocketAddr>, PinholeError>) {
+        if let Some(slot) = self.0.take() {
+            slot.put(r);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.put(Err(PinholeError::Internal(
+            "the server thread ended".into(),
+        )));
+    }
+}
+
 /// A STUN server running on its own thread; dropping it stops the server.
 pub(crate) struct Server {
     task: Task,
@@ -287,26 +307,24 @@ impl Server {
                 parse_socket_addr("alternate", a)?,
             )),
         };
-        let (tx, rx) = std::sync::mpsc::channel::<Result<Vec<SocketAddr>, PinholeError>>();
+        let started = Arc::new(Rendezvous::<Result<Vec<SocketAddr>, PinholeError>>::default());
+        let tx = Reply(Some(started.clone()));
         let task = Task::spawn("pinhole-server", move |mut stop| async move {
+            let mut tx = tx;
             let started: Result<ServeHandle, _> = match config {
                 Some(c) => driver::serve(c).await,
                 None => driver::serve_loopback().await,
             };
             match started {
                 Ok(handle) => {
-                    let _ = tx.send(Ok(handle.local_addrs().to_vec()));
+                    tx.put(Ok(handle.local_addrs().to_vec()));
                     stop.wait().await;
                     drop(handle);
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(e.into()));
-                }
+                Err(e) => tx.put(Err(e.into())),
             }
         })?;
-        let addresses = rx
-            .recv()
-            .map_err(|_| PinholeError::Internal("the server thread ended early".into()))??;
+        let addresses = started.take()?;
         Ok(Server { task, addresses })
     }
 
