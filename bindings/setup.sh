@@ -71,15 +71,20 @@ setup_swift() {
     debootstrap --variant=minbase trixie "$CHROOT" "$mirror" >"$TOOLS/debootstrap.log" 2>&1 ||
         { tail -20 "$TOOLS/debootstrap.log"; return 1; }
     cp /etc/resolv.conf "$CHROOT/etc/resolv.conf" 2>/dev/null || true
+    # swift finds its libraries through /proc/self/exe: keep /proc mounted for the check.
     mount --bind /proc "$CHROOT/proc"
     mount --bind /dev "$CHROOT/dev"
     local rc=0
     chroot "$CHROOT" /bin/sh -c 'apt-get update -qq &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swiftlang libc6-dev >/dev/null' || rc=$?
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swiftlang libc6-dev >/dev/null &&
+        swift --version' >"$TOOLS/swift-version.txt" 2>&1 || rc=$?
     umount "$CHROOT/dev" || umount -l "$CHROOT/dev"
     umount "$CHROOT/proc" || umount -l "$CHROOT/proc"
-    [ $rc -eq 0 ] || return $rc
-    chroot "$CHROOT" swift --version >"$CHROOT/.pinhole-ready" 2>&1
+    if [ $rc -ne 0 ]; then
+        tail -20 "$TOOLS/swift-version.txt"
+        return $rc
+    fi
+    grep '^Swift version' "$TOOLS/swift-version.txt" >"$CHROOT/.pinhole-ready"
     say "$(head -1 "$CHROOT/.pinhole-ready")"
 }
 
