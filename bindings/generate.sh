@@ -24,7 +24,8 @@ header() {
 }
 
 bindings() {
-    cargo build --quiet -p pinhole-ffi -p uniffi-bindgen
+    cargo build --quiet -p pinhole-ffi
+    cargo build --quiet -p uniffi-bindgen
     rm -rf "$OUT/generated"
     mkdir -p "$OUT/generated"
     "$TARGET/debug/uniffi-bindgen" generate --no-format \

@@ -130,7 +130,10 @@ built=
 build() {
     [ -n "$built" ] && return 0
     step "build the host library, the CLI and uniffi-bindgen; generate the sources"
-    cargo build --quiet -p pinhole-ffi -p pinhole-cli -p uniffi-bindgen
+    # The library alone, so that it has exactly its own feature set (the CLI would add
+    # tokio's signal handling to the build), then the tools.
+    cargo build --quiet -p pinhole-ffi
+    cargo build --quiet -p pinhole-cli -p uniffi-bindgen
     bindings/generate.sh bindings
     bindings/generate.sh pc
     built=1
