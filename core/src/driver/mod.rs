@@ -4,8 +4,10 @@
 //! - [`serve`] runs a [`StunServer`] on all of its addresses until the handle is dropped.
 //! - [`resolve`] turns `stun:` URIs into [`ServerSpec`]s.
 //! - [`portmap`] runs the port mapper and the gateway probe.
+//! - [`turn`] runs a TURN allocation over UDP, TCP or TLS.
 
 pub mod portmap;
+pub mod turn;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
