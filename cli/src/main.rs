@@ -173,6 +173,26 @@ struct ServeArgs {
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
+    /// Run a TURN server (for development and tests; use coturn in production) on
+    /// --primary instead of the STUN server: UDP allocations with long-term (--user) or
+    /// REST (--secret) credentials.
+    #[arg(long, conflicts_with = "alternate")]
+    turn: bool,
+    /// A TURN user, `name:password`. Repeatable.
+    #[arg(long, value_name = "NAME:PASSWORD", requires = "turn")]
+    user: Vec<String>,
+    /// TURN REST shared secret (as coturn's static-auth-secret).
+    #[arg(long, value_name = "SECRET", requires = "turn")]
+    secret: Option<String>,
+    /// TURN realm.
+    #[arg(long, default_value = "pinhole", requires = "turn")]
+    realm: String,
+    /// Seconds before a TURN nonce goes stale (438).
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "turn")]
+    nonce_lifetime: u64,
+    /// The longest TURN allocation lifetime granted, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600, requires = "turn")]
+    max_lifetime: u64,
 }
 
 fn main() -> ExitCode {
@@ -773,11 +793,36 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return usage("--duration must be a positive number of seconds");
         }
     }
-    let config = match args.alternate {
-        Some(alt) => ServerConfig::rfc5780(args.primary, alt),
-        None => ServerConfig::new(args.primary),
+    let handle = if args.turn {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut config =
+            pinhole::turn::TurnServerConfig::new(args.primary, args.realm.clone(), unix);
+        for u in &args.user {
+            let Some((name, password)) = u.split_once(':') else {
+                return usage("--user takes name:password");
+            };
+            config
+                .credentials
+                .users
+                .insert(name.to_owned(), password.to_owned());
+        }
+        config.credentials.rest_secret = args.secret.as_ref().map(|s| s.as_bytes().to_vec());
+        if config.credentials.users.is_empty() && config.credentials.rest_secret.is_none() {
+            return usage("--turn needs --user or --secret");
+        }
+        config.nonce_lifetime = Duration::from_secs(args.nonce_lifetime.max(1));
+        config.max_lifetime = Duration::from_secs(args.max_lifetime.max(1));
+        driver::serve_turn(config).await
+    } else {
+        let config = match args.alternate {
+            Some(alt) => ServerConfig::rfc5780(args.primary, alt),
+            None => ServerConfig::new(args.primary),
+        };
+        driver::serve(config).await
     };
-    let handle = match driver::serve(config).await {
+    let handle = match handle {
         Ok(h) => h,
         Err(e @ driver::DriverError::Stun(_)) => return usage(e),
         Err(e) => {

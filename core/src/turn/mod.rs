@@ -3,6 +3,7 @@
 
 mod allocation;
 mod channel;
+mod server;
 
 pub use allocation::{
     Allocation, AllocationConfig, AllocationEvent, CHANNEL_REFRESH, DEFAULT_LIFETIME, Input,
@@ -12,6 +13,7 @@ pub use channel::{
     ChannelData, HEADER_LEN as CHANNEL_DATA_HEADER_LEN, MAX_CHANNEL, MIN_CHANNEL, StreamFramer,
     frame_len, is_channel_data,
 };
+pub use server::{ServerAction, ServerCredentials, TurnServer, TurnServerConfig};
 
 use std::net::SocketAddr;
 
