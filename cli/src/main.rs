@@ -1,1 +1,384 @@
-fn main() {}
+//! `pinhole`: the command-line face of the pinhole NAT traversal library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pinhole::driver::{self, DEFAULT_STUN_SERVERS, ServeHandle};
+use pinhole::netcheck::{NetcheckConfig, NetcheckEvent, Report, ServerSpec};
+use pinhole::stun::ServerConfig;
+use serde_json::json;
+
+/// Exit code when the probe could not reach any server.
+const EXIT_UNREACHABLE: u8 = 1;
+/// Exit code for usage errors (clap uses 2 as well).
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "pinhole",
+    version,
+    about = "NAT traversal: discover, map, relay, connect"
+)]
+struct Cli {
+    /// Log filter (tracing's env-filter syntax), e.g. `debug` or `pinhole=trace`.
+    /// Defaults to the RUST_LOG environment variable, else `warn`.
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Discover the NAT's behaviour (RFC 5780 / RFC 4787): mapping, filtering,
+    /// hairpinning, public address.
+    Netcheck(NetcheckArgs),
+    /// Run a STUN server (Binding; RFC 5780 when given an alternate address).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct NetcheckArgs {
+    /// A STUN server, `stun:host[:port]` (RFC 7064). Repeatable. Without it, the public
+    /// servers listed in the README are used.
+    #[arg(long = "stun", value_name = "URI", conflicts_with = "embedded")]
+    stun: Vec<String>,
+    /// Start an RFC 5780 server on 127.0.0.1 and 127.0.0.2 inside this process and probe
+    /// it: the whole job on one machine, no network needed.
+    #[arg(long)]
+    embedded: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Overall time budget in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    timeout: f64,
+    /// Also measure the NAT binding lifetime (RFC 5780 §4.6). Takes about three minutes.
+    #[arg(long)]
+    lifetime: bool,
+    /// Skip the hairpinning test.
+    #[arg(long)]
+    no_hairpin: bool,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The primary address.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:3478")]
+    primary: SocketAddr,
+    /// The alternate address (different IP and port): enables RFC 5780.
+    #[arg(long, value_name = "IP:PORT")]
+    alternate: Option<SocketAddr>,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pinhole: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        match cli.command {
+            Command::Netcheck(args) => netcheck(args).await,
+            Command::Serve(args) => serve(args).await,
+        }
+    })
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("pinhole: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+async fn netcheck(args: NetcheckArgs) -> ExitCode {
+    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 3600.0) {
+        return usage("--timeout must be between 0 and 3600 seconds");
+    }
+    let mut _embedded: Option<ServeHandle> = None;
+    let uris: Vec<String> = if args.embedded {
+        match driver::serve_loopback().await {
+            Ok(h) => {
+                let uri = format!("stun:{}", h.local_addrs()[0]);
+                if !args.json {
+                    eprintln!(
+                        "embedded RFC 5780 server on {}",
+                        h.local_addrs()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                _embedded = Some(h);
+                vec![uri]
+            }
+            Err(e) => {
+                eprintln!("pinhole: cannot start the embedded server: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else if args.stun.is_empty() {
+        DEFAULT_STUN_SERVERS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.stun.clone()
+    };
+
+    let (servers, unresolved) = match driver::resolve(&uris).await {
+        Ok(r) => r,
+        Err(e @ (driver::DriverError::Uri { .. } | driver::DriverError::Unsupported(_))) => {
+            return usage(e);
+        }
+        Err(e) => {
+            eprintln!("pinhole: {e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    for u in &unresolved {
+        eprintln!("pinhole: skipping {}: {}", u.uri, u.reason);
+    }
+    if servers.is_empty() {
+        if args.json {
+            println!("{}", json_report(&empty_report(), &unresolved));
+        }
+        eprintln!("pinhole: no STUN server could be resolved");
+        return ExitCode::from(EXIT_UNREACHABLE);
+    }
+
+    let config = NetcheckConfig {
+        servers: servers.clone(),
+        hairpinning: !args.no_hairpin,
+        lifetime_probes: if args.lifetime {
+            pinhole::netcheck::DEFAULT_LIFETIME_PROBES.to_vec()
+        } else {
+            Vec::new()
+        },
+        budget: Duration::from_secs_f64(args.timeout),
+        ..NetcheckConfig::default()
+    };
+    if !args.json {
+        eprintln!("probing {} server(s)…", servers.len());
+    }
+    let quiet = args.json;
+    let report = driver::netcheck(config, |ev| {
+        if !quiet {
+            progress(ev, &servers);
+        }
+    })
+    .await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pinhole: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{}", json_report(&report, &unresolved));
+    } else {
+        print_table(&report);
+    }
+    if report.udp {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_UNREACHABLE)
+    }
+}
+
+fn empty_report() -> Report {
+    Report {
+        udp: false,
+        public: Vec::new(),
+        mapping: pinhole::netcheck::Behaviour::Unknown,
+        filtering: pinhole::netcheck::Behaviour::Unknown,
+        hairpinning: None,
+        alg_rewrites: None,
+        binding_lifetime: None,
+        rfc5780_server: None,
+        servers: Vec::new(),
+        notes: vec!["no STUN server could be resolved".into()],
+    }
+}
+
+fn progress(ev: &NetcheckEvent, servers: &[ServerSpec]) {
+    let label = |i: usize| servers.get(i).map_or("?", |s| s.label.as_str());
+    let line = match ev {
+        NetcheckEvent::ServerReplied {
+            server,
+            mapped,
+            rtt,
+        } => format!(
+            "  {} answered in {:.1} ms, mapped {}",
+            label(*server),
+            rtt.as_secs_f64() * 1000.0,
+            mapped.map_or("?".into(), |m| m.to_string())
+        ),
+        NetcheckEvent::ServerTimedOut { server } => {
+            format!("  {} did not answer", label(*server))
+        }
+        NetcheckEvent::Mapping(b) => format!("  mapping: {b}"),
+        NetcheckEvent::Filtering(b) => format!("  filtering: {b}"),
+        NetcheckEvent::Hairpinning(h) => format!("  hairpinning: {}", yes_no(Some(*h))),
+        NetcheckEvent::Done(_) => return,
+    };
+    eprintln!("{line}");
+}
+
+fn yes_no(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    }
+}
+
+fn print_table(r: &Report) {
+    let mut out = std::io::stdout().lock();
+    let public = if r.public.is_empty() {
+        "none".to_owned()
+    } else {
+        r.public
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows = [
+        ("UDP", yes_no(Some(r.udp)).to_owned()),
+        ("public address", public),
+        ("mapping", r.mapping.to_string()),
+        ("filtering", r.filtering.to_string()),
+        ("hairpinning", yes_no(r.hairpinning).to_owned()),
+        ("ALG rewrites addresses", yes_no(r.alg_rewrites).to_owned()),
+    ];
+    let _ = writeln!(out);
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:<24} {v}");
+    }
+    if let Some(l) = r.binding_lifetime {
+        let fmt = |d: Option<Duration>| d.map_or("?".into(), |d| format!("{}s", d.as_secs()));
+        let _ = writeln!(
+            out,
+            "{:<24} at least {}, less than {}",
+            "binding lifetime",
+            fmt(l.at_least),
+            fmt(l.less_than)
+        );
+    }
+    let _ = writeln!(out, "\n{:<40} {:>9}  mapped", "server", "rtt");
+    for s in &r.servers {
+        let rtt = s.rtt.map_or("-".into(), |d| {
+            format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+        });
+        let mapped = s.mapped.map_or("-".into(), |m| m.to_string());
+        let _ = writeln!(out, "{:<40} {rtt:>9}  {mapped}", s.label);
+    }
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+}
+
+fn json_report(r: &Report, unresolved: &[driver::Unresolved]) -> serde_json::Value {
+    let mut notes: Vec<String> = unresolved
+        .iter()
+        .map(|u| format!("{}: not resolved: {}", u.uri, u.reason))
+        .collect();
+    notes.extend(r.notes.iter().cloned());
+    json!({
+        "udp": r.udp,
+        "public": r.public.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "mapping": r.mapping.as_str(),
+        "filtering": r.filtering.as_str(),
+        "hairpinning": r.hairpinning,
+        "alg_rewrites": r.alg_rewrites,
+        "binding_lifetime": r.binding_lifetime.map(|l| json!({
+            "at_least_secs": l.at_least.map(|d| d.as_secs()),
+            "less_than_secs": l.less_than.map(|d| d.as_secs()),
+        })),
+        "rfc5780_server": r.rfc5780_server,
+        "servers": r.servers.iter().map(|s| json!({
+            "uri": s.label,
+            "address": s.addr.to_string(),
+            "rtt_ms": s.rtt.map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+            "mapped": s.mapped.map(|m| m.to_string()),
+            "other_address": s.other_address.map(|m| m.to_string()),
+        })).collect::<Vec<_>>(),
+        "notes": notes,
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0) {
+            return usage("--duration must be a positive number of seconds");
+        }
+    }
+    let config = match args.alternate {
+        Some(alt) => ServerConfig::rfc5780(args.primary, alt),
+        None => ServerConfig::new(args.primary),
+    };
+    let handle = match driver::serve(config).await {
+        Ok(h) => h,
+        Err(e @ driver::DriverError::Stun(_)) => return usage(e),
+        Err(e) => {
+            eprintln!("pinhole: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for a in handle.local_addrs() {
+        println!("listening on udp {a}");
+    }
+    let _ = std::io::stdout().flush();
+    let stop = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(Duration::from_secs_f64(d)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = stop => {}
+        _ = shutdown_signal() => {}
+    }
+    drop(handle);
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -27,6 +27,7 @@
 )]
 
 pub mod netcheck;
+pub mod portmap;
 pub mod stun;
 
 #[cfg(feature = "driver")]

@@ -111,6 +111,7 @@ impl Default for NetcheckConfig {
                 rto: PROBE_RTO,
                 max_transmits: PROBE_TRANSMITS,
                 last_wait_multiplier: PROBE_LAST_WAIT,
+                accept_bad_fingerprint: true,
                 ..ClientConfig::default()
             },
             hairpinning: true,
@@ -263,6 +264,7 @@ struct ServerState {
     mapped: Option<SocketAddr>,
     plain_mapped: Option<SocketAddr>,
     other: Option<SocketAddr>,
+    fingerprint_broken: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -499,6 +501,9 @@ impl Prober {
                         .flatten()
                         .map(|x| x.0)
                         .or_else(|| msg.get::<MappedAddress>().ok().flatten().map(|m| m.0));
+                    if let (Purpose::TestI(i), Some(false)) = (purpose, resp.fingerprint_ok) {
+                        self.servers[i].fingerprint_broken = true;
+                    }
                     self.on_success(now, purpose, &msg, resp.source, mapped, resp.elapsed);
                 }
                 TransactionEvent::TimedOut { id, .. } => {
@@ -876,10 +881,21 @@ impl Prober {
             mapping = self.mapping_from_plain_servers(&mut notes);
         }
         let alg = {
+            // Evidence per server: the two addresses differ, or the payload was changed in
+            // transit (FINGERPRINT broken) — what an address-rewriting ALG does.
             let pairs: Vec<bool> = self
                 .servers
                 .iter()
-                .filter_map(|s| Some(s.plain_mapped? != s.mapped?))
+                .filter_map(|s| {
+                    let differ = match (s.plain_mapped, s.mapped) {
+                        (Some(p), Some(x)) => Some(p != x),
+                        _ => None,
+                    };
+                    match (differ, s.fingerprint_broken) {
+                        (_, true) => Some(true),
+                        (d, false) => d,
+                    }
+                })
                 .collect();
             if pairs.is_empty() {
                 None

@@ -20,11 +20,18 @@ struct Nat {
     mapping: Dep,
     filtering: Dep,
     hairpin: bool,
+    /// Rewrites the public IP to the internal one wherever it appears in inbound payloads,
+    /// as an address-rewriting ALG does.
+    alg: bool,
+    /// Mappings idle (no outbound traffic) this long are gone.
+    idle_timeout: Option<Duration>,
     next_port: u16,
     /// (internal, key) -> public port
     maps: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
     /// public port -> (internal, contacted remotes)
     ports: HashMap<u16, (SocketAddr, Vec<SocketAddr>)>,
+    /// public port -> last outbound packet
+    last_used: HashMap<u16, Instant>,
 }
 
 impl Nat {
@@ -34,13 +41,34 @@ impl Nat {
             mapping,
             filtering,
             hairpin,
+            alg: false,
+            idle_timeout: None,
             next_port: 40000,
             maps: HashMap::new(),
             ports: HashMap::new(),
+            last_used: HashMap::new(),
         }
     }
 
-    fn outbound(&mut self, from: SocketAddr, to: SocketAddr) -> SocketAddr {
+    fn expire(&mut self, now: Instant) {
+        let Some(idle) = self.idle_timeout else {
+            return;
+        };
+        let dead: Vec<u16> = self
+            .last_used
+            .iter()
+            .filter(|(_, t)| now - **t >= idle)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in dead {
+            self.last_used.remove(&p);
+            self.ports.remove(&p);
+            self.maps.retain(|_, v| *v != p);
+        }
+    }
+
+    fn outbound(&mut self, now: Instant, from: SocketAddr, to: SocketAddr) -> SocketAddr {
+        self.expire(now);
         let key = match self.mapping {
             Dep::Independent => None,
             Dep::Address => Some(SocketAddr::new(to.ip(), 0)),
@@ -52,10 +80,12 @@ impl Nat {
         });
         let entry = self.ports.entry(port).or_insert((from, Vec::new()));
         entry.1.push(to);
+        self.last_used.insert(port, now);
         SocketAddr::new(self.public, port)
     }
 
-    fn inbound(&self, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+    fn inbound(&mut self, now: Instant, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+        self.expire(now);
         let (internal, contacted) = self.ports.get(&to.port())?;
         let ok = match self.filtering {
             Dep::Independent => true,
@@ -98,13 +128,13 @@ fn run(nat: &mut Nat, plain: bool, config_edit: impl FnOnce(&mut NetcheckConfig)
                 if !nat.hairpin {
                     continue;
                 }
-                let src = nat.outbound(t.source, t.destination);
+                let src = nat.outbound(now, t.source, t.destination);
                 if let Some(internal) = nat.ports.get(&t.destination.port()).map(|e| e.0) {
                     in_flight.push((now + latency, src, internal, t.contents, true));
                 }
                 continue;
             }
-            let src = nat.outbound(t.source, t.destination);
+            let src = nat.outbound(now, t.source, t.destination);
             in_flight.push((now + latency, src, t.destination, t.contents, false));
         }
         while let Some(ev) = p.poll_event() {
@@ -135,7 +165,18 @@ fn run(nat: &mut Nat, plain: bool, config_edit: impl FnOnce(&mut NetcheckConfig)
                 continue;
             }
             if dst.ip() == nat.public {
-                if let Some(internal) = nat.inbound(src, dst) {
+                if let Some(internal) = nat.inbound(now, src, dst) {
+                    let mut bytes = bytes;
+                    if let (true, IpAddr::V4(public), IpAddr::V4(private)) =
+                        (nat.alg, nat.public, internal.ip())
+                    {
+                        let (from, to) = (public.octets(), private.octets());
+                        for i in 0..bytes.len().saturating_sub(3) {
+                            if bytes[i..i + 4] == from {
+                                bytes[i..i + 4].copy_from_slice(&to);
+                            }
+                        }
+                    }
                     let rx = Received {
                         proto: Protocol::Udp,
                         source: src,
@@ -259,6 +300,23 @@ fn lifetime_discovery_in_parallel() {
     let l = r.binding_lifetime.unwrap();
     assert_eq!(l.at_least, Some(Duration::from_secs(30)));
     assert_eq!(l.less_than, None);
+
+    let mut nat = Nat::new(Dep::Independent, Dep::AddressPort, false);
+    nat.idle_timeout = Some(Duration::from_secs(25));
+    let r = run(&mut nat, false, |c| {
+        c.lifetime_probes = vec![
+            Duration::from_secs(5),
+            Duration::from_secs(20),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        ];
+    });
+    let l = r.binding_lifetime.unwrap();
+    assert_eq!(l.at_least, Some(Duration::from_secs(20)), "{r:#?}");
+    assert_eq!(l.less_than, Some(Duration::from_secs(30)), "{r:#?}");
+    // The rest of the report is unaffected by the long run.
+    assert_eq!(r.mapping, Behaviour::EndpointIndependent);
+    assert_eq!(r.filtering, Behaviour::AddressAndPortDependent);
 }
 
 #[test]
@@ -280,4 +338,15 @@ fn setup_errors() {
         Prober::new(t0, c, vec![a], [0; 32]),
         Err(NetcheckError::WrongSocketCount { needed: 2, got: 1 })
     ));
+}
+
+#[test]
+fn address_rewriting_alg_is_detected() {
+    let mut nat = Nat::new(Dep::Independent, Dep::Independent, false);
+    nat.alg = true;
+    let r = run(&mut nat, false, |_| {});
+    assert_eq!(r.alg_rewrites, Some(true), "{r:#?}");
+    // XOR-MAPPED-ADDRESS survives the ALG, so the public address is still right.
+    assert_eq!(r.public[0].ip(), nat.public);
+    assert_eq!(r.mapping, Behaviour::EndpointIndependent);
 }

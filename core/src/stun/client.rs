@@ -32,6 +32,12 @@ pub struct ClientConfig {
     pub max_outstanding: usize,
     /// Append FINGERPRINT to every request. Default true.
     pub fingerprint: bool,
+    /// Accept a response whose FINGERPRINT is wrong (and say so in
+    /// [`StunResponse::fingerprint_ok`]) instead of dropping it. Default false. NAT
+    /// behaviour discovery turns it on: an ALG that rewrites MAPPED-ADDRESS also breaks
+    /// the FINGERPRINT, and that is exactly what it wants to see. The transaction ID and
+    /// source checks still apply, and integrity, when the request has a key.
+    pub accept_bad_fingerprint: bool,
 }
 
 impl Default for ClientConfig {
@@ -43,6 +49,7 @@ impl Default for ClientConfig {
             reliable_timeout: Duration::from_millis(39_500),
             max_outstanding: 64,
             fingerprint: true,
+            accept_bad_fingerprint: false,
         }
     }
 }
@@ -108,6 +115,9 @@ pub struct StunResponse {
     pub elapsed: Duration,
     /// Round-trip time, when the request was sent only once (Karn's rule).
     pub rtt: Option<Duration>,
+    /// Whether FINGERPRINT checked out (`None`: the response had none). `Some(false)`
+    /// only with [`ClientConfig::accept_bad_fingerprint`].
+    pub fingerprint_ok: Option<bool>,
     bytes: Vec<u8>,
 }
 
@@ -280,7 +290,10 @@ impl StunClient {
             debug!(?id, "STUN response with the wrong method dropped");
             return true;
         }
-        if msg.has_fingerprint() && msg.verify_fingerprint().is_err() {
+        let fingerprint_ok = msg
+            .has_fingerprint()
+            .then(|| msg.verify_fingerprint().is_ok());
+        if fingerprint_ok == Some(false) && !self.config.accept_bad_fingerprint {
             debug!(?id, "STUN response with a bad FINGERPRINT dropped");
             return true;
         }
@@ -307,6 +320,7 @@ impl StunClient {
                 destination: rx.destination,
                 elapsed,
                 rtt: (p.transmits == 1).then_some(elapsed),
+                fingerprint_ok,
                 bytes: rx.contents.to_vec(),
             }));
         true

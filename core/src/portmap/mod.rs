@@ -1,0 +1,1175 @@
+//! Gateway port mapping: PCP (RFC 6887), NAT-PMP (RFC 6886) and UPnP IGD.
+//!
+//! [`Mapper`] is sans-IO. It speaks PCP and NAT-PMP itself, from one UDP socket the driver
+//! owns, and asks the driver to do UPnP (SOAP over HTTP, which the `igd-next` crate does
+//! in the tokio driver) through [`Mapper::poll_upnp`] / [`Mapper::handle_upnp`], so that
+//! one machine decides which protocol wins, when to renew and what to report.
+//!
+//! - With [`Via::Any`] it sends a PCP MAP, a NAT-PMP external-address request and a UPnP
+//!   discovery at once. A PCP answer is a mapping in one round trip. Only if PCP fails does
+//!   NAT-PMP map, and only if both fail does UPnP: a slow UPnP discovery never holds up a
+//!   working PCP or NAT-PMP. What worked is remembered for re-creation.
+//! - It renews at half the granted lifetime and tracks good-until.
+//! - It checks every PCP and NAT-PMP epoch (RFC 6887 §8.5): a gateway restart means the
+//!   mapping is lost; it re-creates it and says so.
+//! - A private or shared (100.64.0.0/10) external address means another NAT sits beyond
+//!   the gateway: the mapping is reported as not reachable from the internet.
+//! - [`Mapper::release`] deletes the mapping (PCP/NAT-PMP lifetime 0, UPnP
+//!   DeletePortMapping).
+//!
+//! [`Probe`] is the netcheck side: which of the three protocols the gateway speaks, and
+//! the external address each reports, without creating any mapping.
+
+pub mod natpmp;
+pub mod pcp;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use tracing::debug;
+
+use crate::{Protocol, Received, Transmit};
+
+/// First retransmission timeout of PCP and NAT-PMP requests: RFC 6886 §3.1's 250 ms
+/// (PCP's 3 s initial timeout, RFC 6887 §8.1.1, is far too slow for a probe budget).
+pub const REQUEST_RTO: Duration = Duration::from_millis(250);
+/// Transmissions of one request: at 0, 250 and 750 ms.
+pub const REQUEST_TRANSMITS: u32 = 3;
+/// After the last transmission, wait this long: a request fails 1.75 s after it started.
+pub const REQUEST_LAST_WAIT: Duration = Duration::from_millis(1000);
+/// Lifetime asked for by default, RFC 6886 §3.3's recommendation.
+pub const DEFAULT_LIFETIME: u32 = 7200;
+/// How long the driver may take for one UPnP operation before it counts as failed.
+pub const UPNP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors from the port-mapping codecs and machines.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortmapError {
+    /// The datagram is shorter than its type requires.
+    #[error("truncated message")]
+    Truncated,
+    /// A version other than the protocol's (0 means a NAT-PMP-only gateway).
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u8),
+    /// A request where a response was expected.
+    #[error("not a response")]
+    NotAResponse,
+    /// An opcode this side does not handle.
+    #[error("unexpected opcode {0}")]
+    UnexpectedOpcode(u8),
+    /// Otherwise malformed.
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// The transport protocol of a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MapProtocol {
+    /// UDP (IP protocol 17).
+    Udp,
+    /// TCP (IP protocol 6).
+    Tcp,
+}
+
+impl MapProtocol {
+    /// The IANA protocol number PCP uses.
+    pub const fn ip_number(self) -> u8 {
+        match self {
+            MapProtocol::Udp => 17,
+            MapProtocol::Tcp => 6,
+        }
+    }
+
+    /// The protocol with IANA number `n`, if UDP or TCP.
+    pub const fn from_ip_number(n: u8) -> Option<Self> {
+        match n {
+            17 => Some(MapProtocol::Udp),
+            6 => Some(MapProtocol::Tcp),
+            _ => None,
+        }
+    }
+
+    /// `udp` or `tcp`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MapProtocol::Udp => "udp",
+            MapProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// A port-mapping protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// PCP, RFC 6887.
+    Pcp,
+    /// NAT-PMP, RFC 6886.
+    NatPmp,
+    /// UPnP IGD.
+    Upnp,
+}
+
+impl Via {
+    /// `pcp`, `natpmp` or `upnp`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Via::Pcp => "pcp",
+            Via::NatPmp => "natpmp",
+            Via::Upnp => "upnp",
+        }
+    }
+}
+
+/// Which protocols the mapper may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ViaChoice {
+    /// All three, preferring PCP, then NAT-PMP, then UPnP.
+    #[default]
+    Any,
+    /// Only this one.
+    Only(Via),
+}
+
+/// Whether `ip` can be reached from the internet: not private (RFC 1918), shared
+/// (CGNAT, RFC 6598's 100.64.0.0/10), loopback, link-local or unspecified; for IPv6 not
+/// loopback, unique-local or link-local.
+pub fn is_publicly_routable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            let cgnat = o[0] == 100 && (o[1] & 0xC0) == 64;
+            !(v4.is_private()
+                || cgnat
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let ula = (seg[0] & 0xfe00) == 0xfc00;
+            let link_local = (seg[0] & 0xffc0) == 0xfe80;
+            !(v6.is_loopback() || v6.is_unspecified() || ula || link_local)
+        }
+    }
+}
+
+/// The default IPv4 gateway from the text of Linux's `/proc/net/route`.
+pub fn default_gateway_from_proc_route(text: &str) -> Option<Ipv4Addr> {
+    const RTF_GATEWAY: u32 = 0x2;
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let (Ok(dest), Ok(gw), Ok(flags)) = (
+            u32::from_str_radix(f[1], 16),
+            u32::from_str_radix(f[2], 16),
+            u32::from_str_radix(f[3], 16),
+        ) else {
+            continue;
+        };
+        if dest == 0 && flags & RTF_GATEWAY != 0 && gw != 0 {
+            // The kernel prints the address in host (little-endian) byte order.
+            return Some(Ipv4Addr::from(gw.to_le_bytes()));
+        }
+    }
+    None
+}
+
+/// A mapping that exists on the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// The protocol that made it.
+    pub via: Via,
+    /// UDP or TCP.
+    pub protocol: MapProtocol,
+    /// The internal address and port.
+    pub internal: SocketAddr,
+    /// The external address and port.
+    pub external: SocketAddr,
+    /// The lifetime granted.
+    pub lifetime: Duration,
+    /// When it expires unless renewed.
+    pub good_until: Instant,
+    /// When the mapper will renew it (half the lifetime).
+    pub renew_at: Instant,
+    /// False when the external address is private or CGNAT: another NAT lies beyond the
+    /// gateway and the mapping is not reachable from the internet.
+    pub reachable: bool,
+}
+
+/// Why a mapping was lost or could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LossReason {
+    /// The gateway's epoch went backwards or too slowly: it restarted (RFC 6887 §8.5).
+    GatewayRestarted,
+    /// Renewal failed until the mapping expired.
+    Expired,
+    /// The gateway refused the renewal.
+    Refused(String),
+}
+
+/// What the mapper reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MapperEvent {
+    /// A mapping exists (first time, or re-created after a loss).
+    Mapped(Mapping),
+    /// Renewed with the same external address.
+    Renewed(Mapping),
+    /// Renewed, but the external address or port changed.
+    Changed {
+        /// What it was.
+        old: Mapping,
+        /// What it is.
+        new: Mapping,
+    },
+    /// The mapping is gone; the mapper is re-creating it.
+    Lost(LossReason),
+    /// No protocol could make a mapping.
+    Unavailable(String),
+    /// The mapping was deleted (after [`Mapper::release`]).
+    Released,
+}
+
+/// Work for the driver's UPnP client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpnpCommand {
+    /// Discover the IGD (SSDP: unicast to the gateway first, then multicast) and read
+    /// its external address. Answer with [`UpnpResult::Available`] or
+    /// [`UpnpResult::Failed`].
+    Probe,
+    /// AddPortMapping (or AddAnyPortMapping when `external_port` is 0 or taken). Answer
+    /// with [`UpnpResult::Mapped`] or [`UpnpResult::Failed`].
+    Map {
+        /// UDP or TCP.
+        protocol: MapProtocol,
+        /// Internal client and port.
+        internal: SocketAddr,
+        /// Wanted external port (0: any).
+        external_port: u16,
+        /// Lease in seconds.
+        lifetime: u32,
+    },
+    /// DeletePortMapping. Answer with [`UpnpResult::Deleted`] or [`UpnpResult::Failed`].
+    Delete {
+        /// UDP or TCP.
+        protocol: MapProtocol,
+        /// The external port.
+        external_port: u16,
+    },
+}
+
+/// The driver's answer to a [`UpnpCommand`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpnpResult {
+    /// An IGD answered; its external address if it gave one.
+    Available {
+        /// GetExternalIPAddress.
+        external_ip: Option<IpAddr>,
+    },
+    /// A mapping was added.
+    Mapped {
+        /// The external address and port.
+        external: SocketAddr,
+        /// The lease granted, seconds (0: infinite, which the mapper renews hourly).
+        lifetime: u32,
+    },
+    /// A mapping was deleted.
+    Deleted,
+    /// The operation failed.
+    Failed(String),
+}
+
+/// Where the mapper talks and what it asks for.
+#[derive(Debug, Clone)]
+pub struct MapperConfig {
+    /// The gateway (PCP and NAT-PMP server on port 5351).
+    pub gateway: IpAddr,
+    /// This host's address toward the gateway: the PCP client address, and the UPnP
+    /// internal client.
+    pub local_ip: IpAddr,
+    /// UDP or TCP.
+    pub protocol: MapProtocol,
+    /// The internal port to map (a socket somebody else owns, or ours).
+    pub internal_port: u16,
+    /// The external port wanted (0: any).
+    pub suggested_external_port: u16,
+    /// Lifetime to ask for, seconds.
+    pub lifetime: u32,
+    /// Which protocols may be used.
+    pub via: ViaChoice,
+}
+
+impl MapperConfig {
+    /// Maps `internal_port` over `protocol` through `gateway` with the defaults.
+    pub fn new(
+        gateway: IpAddr,
+        local_ip: IpAddr,
+        protocol: MapProtocol,
+        internal_port: u16,
+    ) -> Self {
+        Self {
+            gateway,
+            local_ip,
+            protocol,
+            internal_port,
+            suggested_external_port: 0,
+            lifetime: DEFAULT_LIFETIME,
+            via: ViaChoice::Any,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Req {
+    PcpMap,
+    PcpDelete,
+    PcpAnnounce,
+    NatPmpExternal,
+    NatPmpMap,
+    NatPmpDelete,
+}
+
+#[derive(Debug)]
+struct Outstanding {
+    req: Req,
+    bytes: Vec<u8>,
+    transmits: u32,
+    rto: Duration,
+    deadline: Instant,
+}
+
+/// Retransmits PCP / NAT-PMP requests to the gateway on RFC 6886's schedule.
+#[derive(Debug)]
+struct Requests {
+    source: SocketAddr,
+    server: SocketAddr,
+    out: Vec<Outstanding>,
+    transmits: VecDeque<Transmit>,
+}
+
+impl Requests {
+    fn new(source: SocketAddr, gateway: IpAddr) -> Self {
+        Self {
+            source,
+            server: SocketAddr::new(gateway, natpmp::SERVER_PORT),
+            out: Vec::new(),
+            transmits: VecDeque::new(),
+        }
+    }
+
+    fn send(&mut self, now: Instant, req: Req, bytes: Vec<u8>) {
+        self.out.retain(|o| o.req != req);
+        self.transmits.push_back(Transmit {
+            proto: Protocol::Udp,
+            source: self.source,
+            destination: self.server,
+            contents: bytes.clone(),
+        });
+        self.out.push(Outstanding {
+            req,
+            bytes,
+            transmits: 1,
+            rto: REQUEST_RTO,
+            deadline: now + REQUEST_RTO,
+        });
+    }
+
+    fn pending(&self, req: Req) -> bool {
+        self.out.iter().any(|o| o.req == req)
+    }
+
+    fn done(&mut self, req: Req) -> bool {
+        let before = self.out.len();
+        self.out.retain(|o| o.req != req);
+        before != self.out.len()
+    }
+
+    /// Retransmits what is due; returns the requests that gave up.
+    fn timeout(&mut self, now: Instant) -> Vec<Req> {
+        let mut failed = Vec::new();
+        let mut i = 0;
+        while i < self.out.len() {
+            let o = &mut self.out[i];
+            if o.deadline > now {
+                i += 1;
+                continue;
+            }
+            if o.transmits < REQUEST_TRANSMITS {
+                o.transmits += 1;
+                o.rto *= 2;
+                o.deadline = if o.transmits == REQUEST_TRANSMITS {
+                    now + REQUEST_LAST_WAIT
+                } else {
+                    now + o.rto
+                };
+                self.transmits.push_back(Transmit {
+                    proto: Protocol::Udp,
+                    source: self.source,
+                    destination: self.server,
+                    contents: o.bytes.clone(),
+                });
+                i += 1;
+            } else {
+                failed.push(self.out.swap_remove(i).req);
+            }
+        }
+        failed
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.out.iter().map(|o| o.deadline).min()
+    }
+
+    /// Whether `rx` comes from the gateway's port 5351 to our socket.
+    fn is_from_gateway(&self, rx: &Received<'_>) -> bool {
+        rx.source == self.server && rx.destination == self.source
+    }
+}
+
+/// RFC 6887 §8.5: is the server's epoch consistent with the previous one?
+fn epoch_consistent(prev: Option<(u32, Instant)>, epoch: u32, now: Instant) -> bool {
+    let Some((prev_epoch, prev_at)) = prev else {
+        return true;
+    };
+    if u64::from(epoch) + 1 < u64::from(prev_epoch) {
+        return false;
+    }
+    let client = now.saturating_duration_since(prev_at).as_secs_f64();
+    let server = f64::from(epoch.saturating_sub(prev_epoch));
+    !(client + 2.0 < server - server / 16.0 || server + 2.0 < client - client / 16.0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Support {
+    Unknown,
+    Works,
+    Fails,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Probing,
+    Mapped,
+    Releasing,
+    Released,
+    Unavailable,
+}
+
+/// The port mapper. See the module docs.
+#[derive(Debug)]
+pub struct Mapper {
+    config: MapperConfig,
+    rng: ChaCha20Rng,
+    nonce: [u8; 12],
+    requests: Requests,
+    phase: Phase,
+    pcp: Support,
+    natpmp: Support,
+    upnp: Support,
+    natpmp_external: Option<Ipv4Addr>,
+    natpmp_port: Option<(u16, u32)>,
+    upnp_busy: bool,
+    pcp_epoch: Option<(u32, Instant)>,
+    natpmp_epoch: Option<(u32, Instant)>,
+    mapping: Option<Mapping>,
+    preferred: Option<Via>,
+    renewing: bool,
+    upnp_out: VecDeque<UpnpCommand>,
+    events: VecDeque<MapperEvent>,
+    failures: Vec<String>,
+}
+
+impl Mapper {
+    /// A mapper whose PCP/NAT-PMP socket is `source` (its IP should be
+    /// `config.local_ip`). It starts probing at once.
+    pub fn new(now: Instant, config: MapperConfig, source: SocketAddr, seed: [u8; 32]) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut nonce = [0u8; 12];
+        rng.fill_bytes(&mut nonce);
+        let mut m = Self {
+            requests: Requests::new(source, config.gateway),
+            config,
+            rng,
+            nonce,
+            phase: Phase::Probing,
+            pcp: Support::Unknown,
+            natpmp: Support::Unknown,
+            upnp: Support::Unknown,
+            natpmp_external: None,
+            natpmp_port: None,
+            upnp_busy: false,
+            pcp_epoch: None,
+            natpmp_epoch: None,
+            mapping: None,
+            preferred: None,
+            renewing: false,
+            upnp_out: VecDeque::new(),
+            events: VecDeque::new(),
+            failures: Vec::new(),
+        };
+        m.start(now);
+        m
+    }
+
+    /// The protocol that made the current (or last) mapping.
+    pub fn preferred(&self) -> Option<Via> {
+        self.preferred
+    }
+
+    /// The current mapping.
+    pub fn mapping(&self) -> Option<&Mapping> {
+        self.mapping.as_ref()
+    }
+
+    /// Whether the mapper has finished: released, or nothing could map.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Released | Phase::Unavailable)
+    }
+
+    fn allowed(&self, via: Via) -> bool {
+        match self.config.via {
+            ViaChoice::Any => true,
+            ViaChoice::Only(v) => v == via,
+        }
+    }
+
+    fn start(&mut self, now: Instant) {
+        self.phase = Phase::Probing;
+        self.renewing = false;
+        self.failures.clear();
+        let first = match (self.config.via, self.preferred) {
+            (ViaChoice::Only(v), _) => Some(v),
+            (ViaChoice::Any, p) => p,
+        };
+        match first {
+            Some(Via::Pcp) => self.send_pcp_map(now, self.config.lifetime),
+            Some(Via::NatPmp) => {
+                self.send_natpmp_external(now);
+                self.send_natpmp_map(now, self.config.lifetime);
+            }
+            Some(Via::Upnp) => self.send_upnp_map(),
+            None => {
+                self.send_pcp_map(now, self.config.lifetime);
+                self.send_natpmp_external(now);
+                self.upnp_busy = true;
+                self.upnp_out.push_back(UpnpCommand::Probe);
+            }
+        }
+    }
+
+    fn send_pcp_map(&mut self, now: Instant, lifetime: u32) {
+        let (port, ip) = match self.mapping.filter(|m| m.via == Via::Pcp) {
+            Some(m) => (m.external.port(), m.external.ip()),
+            None => (self.config.suggested_external_port, pcp::ANY_V4),
+        };
+        let req = pcp::Request {
+            lifetime,
+            client_ip: self.config.local_ip,
+            data: pcp::OpData::Map(pcp::MapData {
+                nonce: self.nonce,
+                protocol: self.config.protocol,
+                internal_port: self.config.internal_port,
+                external_port: port,
+                external_ip: ip,
+            }),
+        };
+        let mut b = [0u8; 80];
+        if let Ok(n) = req.emit(&mut b) {
+            let kind = if lifetime == 0 {
+                Req::PcpDelete
+            } else {
+                Req::PcpMap
+            };
+            self.requests.send(now, kind, b[..n].to_vec());
+        }
+    }
+
+    fn send_natpmp_external(&mut self, now: Instant) {
+        let mut b = [0u8; 12];
+        let n = natpmp::Request::ExternalAddress.emit(&mut b);
+        self.requests
+            .send(now, Req::NatPmpExternal, b[..n].to_vec());
+    }
+
+    fn send_natpmp_map(&mut self, now: Instant, lifetime: u32) {
+        let suggested = match (lifetime, self.mapping.filter(|m| m.via == Via::NatPmp)) {
+            // RFC 6886 §3.4: delete with suggested external port 0.
+            (0, _) => 0,
+            (_, Some(m)) => m.external.port(),
+            (_, None) => self.config.suggested_external_port,
+        };
+        let mut b = [0u8; 12];
+        let n = natpmp::Request::Map {
+            protocol: self.config.protocol,
+            internal_port: self.config.internal_port,
+            suggested_external_port: suggested,
+            lifetime,
+        }
+        .emit(&mut b);
+        let kind = if lifetime == 0 {
+            Req::NatPmpDelete
+        } else {
+            Req::NatPmpMap
+        };
+        self.requests.send(now, kind, b[..n].to_vec());
+    }
+
+    fn send_upnp_map(&mut self) {
+        let external_port = self
+            .mapping
+            .filter(|m| m.via == Via::Upnp)
+            .map_or(self.config.suggested_external_port, |m| m.external.port());
+        self.upnp_busy = true;
+        self.upnp_out.push_back(UpnpCommand::Map {
+            protocol: self.config.protocol,
+            internal: SocketAddr::new(self.config.local_ip, self.config.internal_port),
+            external_port,
+            lifetime: self.config.lifetime,
+        });
+    }
+
+    /// Deletes the mapping; [`MapperEvent::Released`] follows (also when the gateway does
+    /// not answer the deletion in time).
+    pub fn release(&mut self, now: Instant) {
+        self.requests.out.clear();
+        self.upnp_out.clear();
+        match self.mapping.take() {
+            Some(m) if self.phase == Phase::Mapped || self.renewing => {
+                self.phase = Phase::Releasing;
+                self.mapping = Some(m);
+                match m.via {
+                    Via::Pcp => self.send_pcp_map(now, 0),
+                    Via::NatPmp => self.send_natpmp_map(now, 0),
+                    Via::Upnp => {
+                        self.upnp_busy = true;
+                        self.upnp_out.push_back(UpnpCommand::Delete {
+                            protocol: m.protocol,
+                            external_port: m.external.port(),
+                        });
+                    }
+                }
+            }
+            _ => {
+                self.phase = Phase::Released;
+                self.events.push_back(MapperEvent::Released);
+            }
+        }
+    }
+
+    /// Offers a datagram that arrived on the mapper's socket; returns whether it was a
+    /// PCP or NAT-PMP answer from the gateway (accepted or dropped).
+    pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> bool {
+        if !self.requests.is_from_gateway(&rx) {
+            return false;
+        }
+        match rx.contents.first() {
+            Some(&pcp::VERSION) => match pcp::Response::parse(rx.contents) {
+                Ok(r) => self.on_pcp(now, r),
+                Err(e) => debug!(error = %e, "malformed PCP response dropped"),
+            },
+            Some(&natpmp::VERSION) => match natpmp::Response::parse(rx.contents) {
+                Ok(r) => self.on_natpmp(now, r),
+                Err(e) => debug!(error = %e, "malformed NAT-PMP response dropped"),
+            },
+            _ => debug!("datagram from the gateway that is neither PCP nor NAT-PMP dropped"),
+        }
+        true
+    }
+
+    fn on_pcp(&mut self, now: Instant, r: pcp::Response) {
+        let Some(pcp::OpData::Map(data)) = r.data.filter(|_| r.opcode == pcp::Opcode::Map) else {
+            if r.opcode == pcp::Opcode::Announce {
+                self.check_epoch(now, Via::Pcp, r.epoch);
+            } else if r.result != pcp::ResultCode::SUCCESS && self.requests.pending(Req::PcpMap) {
+                self.pcp_failed(now, format!("PCP: {}", r.result.name()));
+            }
+            return;
+        };
+        if data.nonce != self.nonce
+            || data.protocol != self.config.protocol
+            || data.internal_port != self.config.internal_port
+        {
+            debug!("PCP response for another mapping dropped");
+            return;
+        }
+        if self.requests.done(Req::PcpDelete) {
+            self.finish_release();
+            return;
+        }
+        if !self.requests.done(Req::PcpMap) {
+            return;
+        }
+        if !self.check_epoch(now, Via::Pcp, r.epoch) {
+            return;
+        }
+        if r.result != pcp::ResultCode::SUCCESS || r.lifetime == 0 {
+            self.pcp_failed(now, format!("PCP: {}", r.result.name()));
+            return;
+        }
+        self.pcp = Support::Works;
+        let external = SocketAddr::new(data.external_ip, data.external_port);
+        self.mapped(now, Via::Pcp, external, r.lifetime);
+    }
+
+    fn pcp_failed(&mut self, now: Instant, why: String) {
+        self.requests.done(Req::PcpMap);
+        self.pcp = Support::Fails;
+        self.on_failure(now, Via::Pcp, why);
+    }
+
+    fn on_natpmp(&mut self, now: Instant, r: natpmp::Response) {
+        // A NAT-PMP-only gateway answers our PCP request in NAT-PMP format with
+        // UNSUPPORTED_VERSION (RFC 6887 §9): fall back.
+        if r.result == natpmp::ResultCode::UNSUPPORTED_VERSION {
+            if self.requests.pending(Req::PcpMap) {
+                self.pcp_failed(now, "PCP: the gateway speaks only NAT-PMP".into());
+            }
+            return;
+        }
+        match r.body {
+            natpmp::ResponseBody::ExternalAddress(ip) => {
+                if !self.requests.done(Req::NatPmpExternal)
+                    || !self.check_epoch(now, Via::NatPmp, r.epoch)
+                {
+                    return;
+                }
+                self.natpmp = Support::Works;
+                self.natpmp_external = Some(ip);
+                self.try_natpmp_mapped(now);
+                self.advance(now);
+            }
+            natpmp::ResponseBody::Map {
+                protocol,
+                internal_port,
+                external_port,
+                lifetime,
+            } => {
+                if protocol != self.config.protocol || internal_port != self.config.internal_port {
+                    debug!("NAT-PMP response for another mapping dropped");
+                    return;
+                }
+                if self.requests.done(Req::NatPmpDelete) {
+                    self.finish_release();
+                    return;
+                }
+                if !self.requests.done(Req::NatPmpMap)
+                    || !self.check_epoch(now, Via::NatPmp, r.epoch)
+                {
+                    return;
+                }
+                self.natpmp = Support::Works;
+                self.natpmp_port = Some((external_port, lifetime));
+                self.try_natpmp_mapped(now);
+            }
+            natpmp::ResponseBody::Error { opcode } => {
+                let why = format!("NAT-PMP: {}", r.result.name());
+                if opcode == natpmp::OP_EXTERNAL_ADDRESS && self.requests.done(Req::NatPmpExternal)
+                {
+                    self.natpmp = Support::Fails;
+                    self.on_failure(now, Via::NatPmp, why);
+                } else if self.requests.done(Req::NatPmpDelete) {
+                    self.finish_release();
+                } else if self.requests.done(Req::NatPmpMap) {
+                    self.natpmp = Support::Fails;
+                    self.on_failure(now, Via::NatPmp, why);
+                }
+            }
+        }
+    }
+
+    /// A NAT-PMP mapping needs both the map response and the external address.
+    fn try_natpmp_mapped(&mut self, now: Instant) {
+        if let (Some(ip), Some((port, lifetime))) = (self.natpmp_external, self.natpmp_port) {
+            self.natpmp_port = None;
+            if lifetime == 0 || port == 0 {
+                self.on_failure(now, Via::NatPmp, "NAT-PMP granted no lifetime".into());
+                return;
+            }
+            self.mapped(
+                now,
+                Via::NatPmp,
+                SocketAddr::new(IpAddr::V4(ip), port),
+                lifetime,
+            );
+        }
+    }
+
+    /// Checks the epoch; on a restart while mapped, reports the loss and re-creates.
+    fn check_epoch(&mut self, now: Instant, via: Via, epoch: u32) -> bool {
+        let slot = match via {
+            Via::Pcp => &mut self.pcp_epoch,
+            _ => &mut self.natpmp_epoch,
+        };
+        let ok = epoch_consistent(*slot, epoch, now);
+        *slot = Some((epoch, now));
+        if !ok && self.mapping.is_some_and(|m| m.via == via) && self.phase != Phase::Releasing {
+            debug!(
+                via = via.as_str(),
+                epoch, "gateway epoch inconsistent: it restarted"
+            );
+            self.events
+                .push_back(MapperEvent::Lost(LossReason::GatewayRestarted));
+            self.mapping = None;
+            self.requests.out.clear();
+            self.start(now);
+            return false;
+        }
+        true
+    }
+
+    fn mapped(&mut self, now: Instant, via: Via, external: SocketAddr, lifetime: u32) {
+        // UPnP's 0 means "infinite": renew hourly all the same.
+        let secs = if lifetime == 0 { 7200 } else { lifetime };
+        let lifetime = Duration::from_secs(u64::from(secs));
+        let new = Mapping {
+            via,
+            protocol: self.config.protocol,
+            internal: SocketAddr::new(self.config.local_ip, self.config.internal_port),
+            external,
+            lifetime,
+            good_until: now + lifetime,
+            renew_at: now + lifetime / 2,
+            reachable: is_publicly_routable(external.ip()),
+        };
+        let old = self.mapping.replace(new);
+        self.preferred = Some(via);
+        let was_renewing = std::mem::replace(&mut self.renewing, false);
+        self.phase = Phase::Mapped;
+        // Whatever else was probing is no longer needed.
+        self.requests
+            .out
+            .retain(|o| matches!(o.req, Req::PcpDelete | Req::NatPmpDelete));
+        let ev = match old {
+            Some(o) if was_renewing && o.external == new.external => MapperEvent::Renewed(new),
+            Some(o) if was_renewing => MapperEvent::Changed { old: o, new },
+            _ => MapperEvent::Mapped(new),
+        };
+        self.events.push_back(ev);
+    }
+
+    fn on_failure(&mut self, now: Instant, via: Via, why: String) {
+        debug!(via = via.as_str(), %why, "port mapping attempt failed");
+        if self.renewing {
+            // Keep the mapping until good-until; retry halfway to it.
+            let Some(m) = self.mapping else { return };
+            let left = m.good_until.saturating_duration_since(now);
+            if left > Duration::from_secs(2) {
+                if let Some(m) = self.mapping.as_mut() {
+                    m.renew_at = now + left / 2;
+                }
+                self.renewing = false;
+            } else {
+                self.lose(now, LossReason::Refused(why));
+            }
+            return;
+        }
+        self.failures.push(why);
+        self.advance(now);
+    }
+
+    fn lose(&mut self, now: Instant, reason: LossReason) {
+        self.events.push_back(MapperEvent::Lost(reason));
+        self.mapping = None;
+        self.requests.out.clear();
+        self.start(now);
+    }
+
+    /// In the probing phase, moves on to the next protocol once the preferred ones have
+    /// failed.
+    fn advance(&mut self, now: Instant) {
+        if self.phase != Phase::Probing {
+            return;
+        }
+        let pcp_out = !self.allowed(Via::Pcp) || self.pcp == Support::Fails;
+        let natpmp_out = !self.allowed(Via::NatPmp) || self.natpmp == Support::Fails;
+        let upnp_out = !self.allowed(Via::Upnp) || self.upnp == Support::Fails;
+        if !pcp_out {
+            return; // PCP may still answer.
+        }
+        if !natpmp_out {
+            if self.natpmp == Support::Works
+                && !self.requests.pending(Req::NatPmpMap)
+                && self.natpmp_port.is_none()
+            {
+                self.send_natpmp_map(now, self.config.lifetime);
+            }
+            return;
+        }
+        if !upnp_out {
+            if self.upnp == Support::Works && !self.upnp_busy {
+                self.send_upnp_map();
+            }
+            return;
+        }
+        self.phase = Phase::Unavailable;
+        let why = if self.failures.is_empty() {
+            "no port-mapping protocol answered".to_owned()
+        } else {
+            self.failures.join("; ")
+        };
+        self.events.push_back(MapperEvent::Unavailable(why));
+    }
+
+    /// The driver's answer to the last [`UpnpCommand`].
+    pub fn handle_upnp(&mut self, now: Instant, result: UpnpResult) {
+        self.upnp_busy = false;
+        match result {
+            UpnpResult::Available { .. } => {
+                self.upnp = Support::Works;
+                self.advance(now);
+            }
+            UpnpResult::Mapped { external, lifetime } => {
+                if self.phase == Phase::Probing || self.renewing {
+                    self.upnp = Support::Works;
+                    self.mapped(now, Via::Upnp, external, lifetime);
+                }
+            }
+            UpnpResult::Deleted => {
+                if self.phase == Phase::Releasing {
+                    self.finish_release();
+                }
+            }
+            UpnpResult::Failed(why) => {
+                if self.phase == Phase::Releasing {
+                    self.finish_release();
+                    return;
+                }
+                self.upnp = Support::Fails;
+                self.on_failure(now, Via::Upnp, format!("UPnP: {why}"));
+            }
+        }
+    }
+
+    fn finish_release(&mut self) {
+        self.mapping = None;
+        self.requests.out.clear();
+        self.phase = Phase::Released;
+        self.events.push_back(MapperEvent::Released);
+    }
+
+    /// Retransmissions, timeouts and renewals.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for req in self.requests.timeout(now) {
+            match req {
+                Req::PcpMap => self.pcp_failed(now, "PCP: no answer".into()),
+                Req::NatPmpExternal | Req::NatPmpMap => {
+                    self.natpmp = Support::Fails;
+                    self.requests.done(Req::NatPmpExternal);
+                    self.requests.done(Req::NatPmpMap);
+                    self.on_failure(now, Via::NatPmp, "NAT-PMP: no answer".into());
+                }
+                Req::PcpDelete | Req::NatPmpDelete => self.finish_release(),
+                Req::PcpAnnounce => {}
+            }
+        }
+        if self.phase == Phase::Mapped && !self.renewing {
+            if let Some(m) = self.mapping {
+                if now >= m.good_until {
+                    self.lose(now, LossReason::Expired);
+                } else if now >= m.renew_at {
+                    self.renewing = true;
+                    match m.via {
+                        Via::Pcp => self.send_pcp_map(now, self.config.lifetime),
+                        Via::NatPmp => {
+                            self.send_natpmp_external(now);
+                            self.send_natpmp_map(now, self.config.lifetime);
+                        }
+                        Via::Upnp => self.send_upnp_map(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next datagram for the gateway.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.requests.transmits.pop_front()
+    }
+
+    /// The next UPnP operation for the driver; answer it with [`Mapper::handle_upnp`]
+    /// within [`UPNP_TIMEOUT`].
+    #[must_use]
+    pub fn poll_upnp(&mut self) -> Option<UpnpCommand> {
+        self.upnp_out.pop_front()
+    }
+
+    /// When to call `handle_timeout` next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let renew = match (self.phase, self.renewing, self.mapping) {
+            (Phase::Mapped, false, Some(m)) => Some(m.renew_at.min(m.good_until)),
+            _ => None,
+        };
+        [self.requests.next_deadline(), renew]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<MapperEvent> {
+        self.events.pop_front()
+    }
+
+    /// A fresh random nonce (used when the caller wants a new mapping identity).
+    pub fn renew_nonce(&mut self) {
+        self.rng.fill_bytes(&mut self.nonce);
+    }
+}
+
+/// What the gateway supports, for netcheck.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// PCP answered an ANNOUNCE (`None`: not probed or undecided).
+    pub pcp: Option<bool>,
+    /// NAT-PMP answered an external-address request.
+    pub natpmp: Option<bool>,
+    /// A UPnP IGD was found.
+    pub upnp: Option<bool>,
+    /// The external address NAT-PMP reported.
+    pub natpmp_external: Option<IpAddr>,
+    /// The external address the IGD reported.
+    pub upnp_external: Option<IpAddr>,
+}
+
+/// Probes which port-mapping protocols the gateway speaks, creating no mapping: a PCP
+/// ANNOUNCE, a NAT-PMP external-address request and a UPnP discovery, all at once.
+#[derive(Debug)]
+pub struct Probe {
+    requests: Requests,
+    report: ProbeReport,
+    upnp_out: VecDeque<UpnpCommand>,
+}
+
+impl Probe {
+    /// Starts probing `gateway` from `source`.
+    pub fn new(now: Instant, gateway: IpAddr, source: SocketAddr, upnp: bool) -> Self {
+        let mut requests = Requests::new(source, gateway);
+        let mut b = [0u8; 80];
+        let announce = pcp::Request {
+            lifetime: 0,
+            client_ip: source.ip(),
+            data: pcp::OpData::Announce,
+        };
+        if let Ok(n) = announce.emit(&mut b) {
+            requests.send(now, Req::PcpAnnounce, b[..n].to_vec());
+        }
+        let mut b = [0u8; 12];
+        let n = natpmp::Request::ExternalAddress.emit(&mut b);
+        requests.send(now, Req::NatPmpExternal, b[..n].to_vec());
+        let mut upnp_out = VecDeque::new();
+        let mut report = ProbeReport::default();
+        if upnp {
+            upnp_out.push_back(UpnpCommand::Probe);
+        } else {
+            report.upnp = None;
+        }
+        Self {
+            requests,
+            report,
+            upnp_out,
+        }
+    }
+
+    /// Offers a datagram; returns whether it was the gateway's.
+    pub fn handle_input(&mut self, _now: Instant, rx: Received<'_>) -> bool {
+        if !self.requests.is_from_gateway(&rx) {
+            return false;
+        }
+        match rx.contents.first() {
+            Some(&pcp::VERSION) => {
+                if let Ok(r) = pcp::Response::parse(rx.contents) {
+                    if r.opcode == pcp::Opcode::Announce && self.requests.done(Req::PcpAnnounce) {
+                        self.report.pcp = Some(r.result == pcp::ResultCode::SUCCESS);
+                    }
+                }
+            }
+            Some(&natpmp::VERSION) => {
+                if let Ok(r) = natpmp::Response::parse(rx.contents) {
+                    match r.body {
+                        _ if r.result == natpmp::ResultCode::UNSUPPORTED_VERSION => {
+                            if self.requests.done(Req::PcpAnnounce) {
+                                self.report.pcp = Some(false);
+                            }
+                        }
+                        natpmp::ResponseBody::ExternalAddress(ip) => {
+                            if self.requests.done(Req::NatPmpExternal) {
+                                self.report.natpmp = Some(true);
+                                self.report.natpmp_external = Some(IpAddr::V4(ip));
+                            }
+                        }
+                        natpmp::ResponseBody::Error { .. } => {
+                            if self.requests.done(Req::NatPmpExternal) {
+                                self.report.natpmp = Some(false);
+                            }
+                        }
+                        natpmp::ResponseBody::Map { .. } => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// The driver's answer to [`UpnpCommand::Probe`].
+    pub fn handle_upnp(&mut self, result: UpnpResult) {
+        match result {
+            UpnpResult::Available { external_ip } => {
+                self.report.upnp = Some(true);
+                self.report.upnp_external = external_ip;
+            }
+            _ => self.report.upnp = Some(false),
+        }
+    }
+
+    /// Retransmits; unanswered requests mean "not supported".
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for req in self.requests.timeout(now) {
+            match req {
+                Req::PcpAnnounce => self.report.pcp = Some(false),
+                Req::NatPmpExternal => self.report.natpmp = Some(false),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next datagram for the gateway.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.requests.transmits.pop_front()
+    }
+
+    /// The UPnP discovery to run, once.
+    #[must_use]
+    pub fn poll_upnp(&mut self) -> Option<UpnpCommand> {
+        self.upnp_out.pop_front()
+    }
+
+    /// When to call `handle_timeout`.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.requests.next_deadline()
+    }
+
+    /// Whether PCP and NAT-PMP are decided (UPnP is the driver's to bound).
+    pub fn udp_done(&self) -> bool {
+        self.requests.out.is_empty()
+    }
+
+    /// What is known so far.
+    pub fn report(&self) -> &ProbeReport {
+        &self.report
+    }
+}
+
+#[cfg(test)]
+mod tests;

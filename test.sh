@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every pinhole test: formatting, clippy, the whole cargo test suite (unit tests,
+# CLI end-to-end tests on loopback, NAT lab tests) and the fuzz corpus replay.
+#
+# It installs what it needs when missing, and does nothing when it is already there:
+#   - rustfmt and clippy (rustup components)
+#   - cargo-fuzz (cargo install --locked); the fuzz targets build on the stable toolchain
+#     with RUSTC_BOOTSTRAP=1, because sanitizer flags are unstable
+#   - the NAT lab's Debian packages (tests/lab-deps.sh, when present; needs root)
+#
+# With CI=true, a lab or interop test that cannot run fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "toolchain components"
+if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
+if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz
+fi
+
+if [ -x tests/lab-deps.sh ]; then
+    step "NAT lab packages"
+    tests/lab-deps.sh
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test --workspace"
+cargo test --workspace
+
+step "fuzz corpus replay"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for target in $(ls fuzz/fuzz_targets | sed 's/\.rs$//'); do
+    if RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "fuzz/corpus/$target" -- -runs=0 >"$log" 2>&1; then
+        echo "$target: $(grep -E '^Done' "$log" || echo replayed)"
+    else
+        cat "$log"
+        echo "fuzz replay of $target failed"
+        exit 1
+    fi
+done
+
+step "all tests passed in $(( $(date +%s) - started )) s"
