@@ -9,7 +9,8 @@
 //! natlab sweep                    delete stale namespaces of dead test processes
 //! natlab stun-ping [--bind A] [--timeout-ms N] SERVER   (helper, used inside namespaces)
 //! natlab udp-recv --bind A [--timeout-ms N]              (helper: print the first datagram)
-//! natlab udp-send --bind A --to B [--text T]             (helper: send one datagram)
+//! natlab udp-send --bind A --to B [--text T] [--wait-ms N] (helper: send one datagram)
+//! natlab pcp-map --gateway G --client C --port N         (helper: one PCP MAP for UDP)
 //! ```
 //! Topologies: `matrix` (every NAT case), `basic` (one port-restricted NAT), or a case name
 //! from `natlab list`. Run as root. See tests/README.md.
@@ -29,7 +30,8 @@ const USAGE: &str = "usage:
   natlab flush <router>
   natlab stun-ping [--bind ADDR] [--timeout-ms N] SERVER
   natlab udp-recv --bind ADDR [--timeout-ms N]
-  natlab udp-send --bind ADDR --to ADDR [--text TEXT]
+  natlab udp-send --bind ADDR --to ADDR [--text TEXT] [--wait-ms N]
+  natlab pcp-map --gateway IP --client IP --port N [--lifetime SECS] [--timeout-ms N]
 topologies: basic, matrix, or one case of `natlab list`";
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Some("stun-ping") => stun_ping(&args[1..]),
         Some("udp-recv") => udp_recv(&args[1..]),
         Some("udp-send") => udp_send(&args[1..]),
+        Some("pcp-map") => pcp_map(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -312,8 +315,10 @@ fn udp_recv(args: &[String]) -> Result<ExitCode, LabError> {
     }
 }
 
+/// Sends one datagram; with `--wait-ms` the socket is connected and waits for what comes
+/// back, printing `reply`, `refused` (an ICMP port unreachable) or `silence`.
 fn udp_send(args: &[String]) -> Result<ExitCode, LabError> {
-    let opts = Opts::parse(args, &["bind", "to", "text"])?;
+    let opts = Opts::parse(args, &["bind", "to", "text", "wait-ms"])?;
     let bind = opts
         .addr("bind")?
         .unwrap_or_else(|| "0.0.0.0:0".parse().expect("literal"));
@@ -321,6 +326,101 @@ fn udp_send(args: &[String]) -> Result<ExitCode, LabError> {
         .addr("to")?
         .ok_or_else(|| LabError("udp-send needs --to".into()))?;
     let sock = UdpSocket::bind(bind)?;
-    sock.send_to(opts.value("text").unwrap_or("hello").as_bytes(), to)?;
+    let text = opts.value("text").unwrap_or("hello").as_bytes();
+    let Some(wait) = opts.value("wait-ms") else {
+        sock.send_to(text, to)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let wait: u64 = wait
+        .parse()
+        .map_err(|e| LabError(format!("--wait-ms {wait}: {e}")))?;
+    sock.connect(to)?;
+    sock.send(text)?;
+    sock.set_read_timeout(Some(Duration::from_millis(wait.max(1))))?;
+    let mut buf = [0u8; 2048];
+    let verdict = match sock.recv(&mut buf) {
+        Ok(_) => "reply",
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            "silence"
+        }
+        Err(e) => return Err(LabError(format!("receiving: {e}"))),
+    };
+    println!("{verdict}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// One PCP MAP request for UDP `port` (RFC 6887 §11), with pinhole's own codec; prints
+/// `result <name> external <ip:port> lifetime <secs>`.
+fn pcp_map(args: &[String]) -> Result<ExitCode, LabError> {
+    use pinhole::portmap::MapProtocol;
+    use pinhole::portmap::natpmp::SERVER_PORT;
+    use pinhole::portmap::pcp::{ANY_V4, MapData, OpData, Request, Response};
+
+    let opts = Opts::parse(
+        args,
+        &["gateway", "client", "port", "lifetime", "timeout-ms"],
+    )?;
+    let parse_ip = |name: &str| -> Result<std::net::IpAddr, LabError> {
+        let v = opts
+            .value(name)
+            .ok_or_else(|| LabError(format!("pcp-map needs --{name}")))?;
+        v.parse()
+            .map_err(|e| LabError(format!("--{name} {v}: {e}")))
+    };
+    let gateway = parse_ip("gateway")?;
+    let client = parse_ip("client")?;
+    let port: u16 = opts
+        .value("port")
+        .ok_or_else(|| LabError("pcp-map needs --port".into()))?
+        .parse()
+        .map_err(|e| LabError(format!("--port: {e}")))?;
+    let lifetime: u32 = opts
+        .value("lifetime")
+        .unwrap_or("600")
+        .parse()
+        .map_err(|e| LabError(format!("--lifetime: {e}")))?;
+    let mut nonce = [0u8; 12];
+    nonce[..4].copy_from_slice(&std::process::id().to_be_bytes());
+    nonce[4..6].copy_from_slice(&port.to_be_bytes());
+    let req = Request {
+        lifetime,
+        client_ip: client,
+        data: OpData::Map(MapData {
+            nonce,
+            protocol: MapProtocol::Udp,
+            internal_port: port,
+            external_port: port,
+            external_ip: ANY_V4,
+        }),
+    };
+    let mut buf = [0u8; 1100];
+    let len = req.emit(&mut buf).map_err(|e| LabError(e.to_string()))?;
+    let sock = UdpSocket::bind(SocketAddr::new(client, 0))?;
+    let deadline = std::time::Instant::now() + opts.millis(3000)?;
+    let mut rx = [0u8; 1100];
+    while std::time::Instant::now() < deadline {
+        sock.send_to(&buf[..len], SocketAddr::new(gateway, SERVER_PORT))?;
+        sock.set_read_timeout(Some(Duration::from_millis(250)))?;
+        let Ok((n, _)) = sock.recv_from(&mut rx) else {
+            continue;
+        };
+        let resp = Response::parse(&rx[..n]).map_err(|e| LabError(e.to_string()))?;
+        let external = match resp.data {
+            Some(OpData::Map(m)) => SocketAddr::new(m.external_ip, m.external_port).to_string(),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "result {} external {external} lifetime {}",
+            resp.result.name(),
+            resp.lifetime
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    Err(LabError(format!("no PCP answer from {gateway}")))
 }

@@ -552,6 +552,22 @@ impl Lab {
             .map_err(|e| lab_err!("stun-ping printed {:?}: {e}", out.stdout))
     }
 
+    /// Runs the `natlab` helper (`stun-ping`, `udp-send`, `udp-recv`, …) inside `ns` and
+    /// requires success; returns its standard output.
+    pub fn natlab(&self, ns: &str, args: &[&str], timeout: Duration) -> Result<String> {
+        let natlab = bins::natlab()?;
+        let out = self.exec(ns, &natlab.to_string_lossy(), args, timeout)?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(lab_err!(
+                "natlab {} in {ns}: {}",
+                args.join(" "),
+                out.stderr.trim()
+            ))
+        }
+    }
+
     /// Forgets every mapping of `router` — conntrack's and the NAT's own maps — as a
     /// router reboot or a mapping timeout would.
     pub fn flush_mappings(&self, router: &str) -> Result<()> {
