@@ -120,6 +120,44 @@ fn unsolicited_inbound_is_dropped_silently() {
 }
 
 #[test]
+fn random_loss_drops_about_the_configured_share() {
+    if !lab_available("random_loss", &[]) {
+        return;
+    }
+    let lab = lab_with(&[("lossy", NatConfig::port_restricted_cone().loss(50))]);
+    let host = lab.host("lossy-h").unwrap().ns.clone();
+    let router = lab.router("lossy").unwrap().ns.clone();
+    // Into the internet's black hole: nothing answers, so only the datagrams cross the loss.
+    let to = "192.0.2.1:9".to_owned();
+    lab.natlab(
+        &host,
+        &["udp-send", "--to", &to, "--count", "400"],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let chain = lab
+        .exec(
+            &router,
+            "nft",
+            &["list", "chain", "ip", "lab", "loss"],
+            PING,
+        )
+        .unwrap()
+        .stdout;
+    let dropped: u64 = chain
+        .split("counter packets ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {chain}"));
+    // Binomial(400, 0.5): mean 200, standard deviation 10.
+    assert!(
+        (140..=260).contains(&dropped),
+        "50% loss dropped {dropped} of 400 datagrams"
+    );
+}
+
+#[test]
 fn teardown_runs_on_panic() {
     if !lab_available("teardown", &[]) {
         return;

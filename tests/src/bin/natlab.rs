@@ -30,7 +30,7 @@ const USAGE: &str = "usage:
   natlab flush <router>
   natlab stun-ping [--bind ADDR] [--timeout-ms N] SERVER
   natlab udp-recv --bind ADDR [--timeout-ms N]
-  natlab udp-send --bind ADDR --to ADDR [--text TEXT] [--wait-ms N]
+  natlab udp-send --bind ADDR --to ADDR [--text TEXT] [--count N | --wait-ms N]
   natlab pcp-map --gateway IP --client IP --port N [--lifetime SECS] [--timeout-ms N]
 topologies: basic, matrix, or one case of `natlab list`";
 
@@ -318,7 +318,7 @@ fn udp_recv(args: &[String]) -> Result<ExitCode, LabError> {
 /// Sends one datagram; with `--wait-ms` the socket is connected and waits for what comes
 /// back, printing `reply`, `refused` (an ICMP port unreachable) or `silence`.
 fn udp_send(args: &[String]) -> Result<ExitCode, LabError> {
-    let opts = Opts::parse(args, &["bind", "to", "text", "wait-ms"])?;
+    let opts = Opts::parse(args, &["bind", "to", "text", "wait-ms", "count"])?;
     let bind = opts
         .addr("bind")?
         .unwrap_or_else(|| "0.0.0.0:0".parse().expect("literal"));
@@ -327,8 +327,15 @@ fn udp_send(args: &[String]) -> Result<ExitCode, LabError> {
         .ok_or_else(|| LabError("udp-send needs --to".into()))?;
     let sock = UdpSocket::bind(bind)?;
     let text = opts.value("text").unwrap_or("hello").as_bytes();
+    let count: u32 = opts
+        .value("count")
+        .unwrap_or("1")
+        .parse()
+        .map_err(|e| LabError(format!("--count: {e}")))?;
     let Some(wait) = opts.value("wait-ms") else {
-        sock.send_to(text, to)?;
+        for _ in 0..count {
+            sock.send_to(text, to)?;
+        }
         return Ok(ExitCode::SUCCESS);
     };
     let wait: u64 = wait

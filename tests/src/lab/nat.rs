@@ -255,7 +255,7 @@ pub fn ruleset(cfg: &NatConfig, ifs: &RouterIfaces<'_>) -> String {
     if cfg.loss_percent > 0 {
         let _ = writeln!(
             r,
-            "    iifname {{ \"{wan}\", \"{lan}\" }} numgen random mod 100 < {} drop",
+            "    iifname {{ \"{wan}\", \"{lan}\" }} numgen random mod 100 < {} counter drop",
             cfg.loss_percent
         );
     }
@@ -425,7 +425,7 @@ mod tests {
     #[test]
     fn loss_and_udp_block() {
         let r = ruleset(&NatConfig::default().loss(7).blocking_udp(), &ifs());
-        assert!(r.contains("numgen random mod 100 < 7 drop"));
+        assert!(r.contains("numgen random mod 100 < 7 counter drop"));
         assert!(r.contains("meta l4proto udp drop"));
     }
 
