@@ -269,10 +269,10 @@ fn flush(args: &[String]) -> Result<ExitCode, LabError> {
         return Err(LabError(USAGE.into()));
     };
     let ns = resolve_node(router)?;
-    cmd::run_in_with_file(
+    cmd::run_in_with_input(
         &ns,
         "nft",
-        &["-f"],
+        &["-f", "-"],
         &pinhole_tests::lab::nat::flush_commands(),
     )?;
     cmd::run_in(&ns, "conntrack", &["-F"])?;

@@ -1,7 +1,7 @@
 //! Running commands with every wait bounded.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -44,13 +44,33 @@ pub fn describe(cmd: &Command) -> String {
 /// Runs `cmd` to completion, killing it after `timeout`. Standard input is closed. Fails
 /// only when it cannot be started or times out; check [`Output::status`] yourself.
 pub fn output_within(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    output_with_input(cmd, None, timeout)
+}
+
+/// Like [`output_within`], feeding `input` (when given) on standard input.
+pub fn output_with_input(
+    cmd: &mut Command,
+    input: Option<&str>,
+    timeout: Duration,
+) -> Result<Output> {
     let what = describe(cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .map_err(|e| lab_err!("cannot start `{what}`: {e}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let input = input.to_owned();
+        // A writer thread: a child that does not read cannot block us.
+        thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+    }
     let mut out = child.stdout.take().expect("piped stdout");
     let mut err = child.stderr.take().expect("piped stderr");
     let t_out = thread::spawn(move || {
@@ -88,7 +108,12 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> Result<Output> {
 
 /// Runs `cmd` within [`SETUP_TIMEOUT`] and requires success; returns standard output.
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = output_within(cmd, SETUP_TIMEOUT)?;
+    run_with_input(cmd, None)
+}
+
+/// Like [`run`], feeding `input` (when given) on standard input.
+pub fn run_with_input(cmd: &mut Command, input: Option<&str>) -> Result<String> {
+    let out = output_with_input(cmd, input, SETUP_TIMEOUT)?;
     if out.success() {
         Ok(out.stdout)
     } else {
@@ -157,16 +182,9 @@ pub fn run_in<S: AsRef<std::ffi::OsStr>>(ns: &str, program: &str, args: &[S]) ->
     run(&mut in_ns(ns, program, args))
 }
 
-/// Writes `input` to a temporary file and runs `program args… <file>` inside `ns`
-/// (for `nft -f`), requiring success.
-pub fn run_in_with_file(ns: &str, program: &str, args: &[&str], input: &str) -> Result<String> {
-    let dir = std::env::temp_dir().join(format!("pinhole-lab-stdin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("{}-{}.in", ns, super::netns::next_counter()));
-    std::fs::write(&file, input)?;
-    let mut c = in_ns(ns, program, args);
-    c.arg(&file);
-    let r = run(&mut c);
-    let _ = std::fs::remove_file(&file);
-    r.map_err(|e| lab_err!("{e}\ninput was:\n{input}"))
+/// Runs `program args…` inside `ns` with `input` on standard input (`nft -f -`),
+/// requiring success; the input is quoted in the error.
+pub fn run_in_with_input(ns: &str, program: &str, args: &[&str], input: &str) -> Result<String> {
+    run_with_input(&mut in_ns(ns, program, args), Some(input))
+        .map_err(|e| lab_err!("{e}\ninput was:\n{input}"))
 }

@@ -40,7 +40,7 @@ pub(crate) use error::lab_err;
 pub use error::{LabError, Result};
 pub use nat::{Behaviour, NatConfig, PortAllocation};
 
-use cmd::{Output, command, in_ns, output_within, run, run_in, run_in_with_file};
+use cmd::{Output, command, in_ns, output_within, run_in, run_in_with_input, run_with_input};
 use netns::Netns;
 use process::Process;
 
@@ -138,18 +138,13 @@ pub struct Lab {
 fn ip_batch(ns: &str, lines: &[String]) -> Result<()> {
     let mut script = lines.join("\n");
     script.push('\n');
-    // `ip -n NS -batch FILE`: one process for many commands.
-    let dir = std::env::temp_dir().join(format!("pinhole-lab-stdin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("{ns}-{}.ip", netns::next_counter()));
-    std::fs::write(&file, &script)?;
-    let r = run(&mut command(
-        "ip",
-        &["-n", ns, "-batch", &file.to_string_lossy()],
-    ));
-    let _ = std::fs::remove_file(&file);
-    r.map(|_| ())
-        .map_err(|e| lab_err!("{e}\nbatch was:\n{script}"))
+    // One process for many commands.
+    run_with_input(
+        &mut command("ip", &["-n", ns, "-batch", "-"]),
+        Some(&script),
+    )
+    .map(|_| ())
+    .map_err(|e| lab_err!("{e}\nbatch was:\n{script}"))
 }
 
 fn sysctl(ns: &str, settings: &[&str]) -> Result<()> {
@@ -423,7 +418,7 @@ impl Lab {
             },
         );
         std::fs::write(self.dir.join(format!("{name}.nft")), &rules)?;
-        run_in_with_file(&ns_name, "nft", &["-f"], &rules)?;
+        run_in_with_input(&ns_name, "nft", &["-f", "-"], &rules)?;
         if !config.delay.is_zero() {
             self.start_delay(name, &ns_name, config.delay)?;
         }
@@ -572,7 +567,7 @@ impl Lab {
     /// router reboot or a mapping timeout would.
     pub fn flush_mappings(&self, router: &str) -> Result<()> {
         let r = self.router(router)?;
-        run_in_with_file(&r.ns, "nft", &["-f"], &nat::flush_commands())?;
+        run_in_with_input(&r.ns, "nft", &["-f", "-"], &nat::flush_commands())?;
         // conntrack -F exits 0 and reports on stderr.
         run_in(&r.ns, "conntrack", &["-F"])?;
         Ok(())
@@ -687,7 +682,7 @@ impl Lab {
             pa = PINHOLE_PRIMARY.port(),
             pb = PINHOLE_ALTERNATE.port(),
         );
-        run_in_with_file(&r.ns, "nft", &["-f"], &rules)?;
+        run_in_with_input(&r.ns, "nft", &["-f", "-"], &rules)?;
         let d = self.dir.display();
         let conf = self.dir.join(format!("{router}-miniupnpd.conf"));
         let uuid = format!("7c9e6679-7425-40de-944b-e07fc1f9{:04x}", self.procs.len());
