@@ -1,13 +1,17 @@
 //! `pinhole`: the command-line face of the pinhole NAT traversal library.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use pinhole::driver::portmap::GatewayTarget;
 use pinhole::driver::{self, DEFAULT_STUN_SERVERS, ServeHandle};
 use pinhole::netcheck::{NetcheckConfig, NetcheckEvent, Report, ServerSpec};
+use pinhole::portmap::{
+    MapProtocol, MapperConfig, MapperEvent, Mapping, ProbeReport, Via, ViaChoice,
+};
 use pinhole::stun::ServerConfig;
 use serde_json::json;
 
@@ -38,6 +42,51 @@ enum Command {
     Netcheck(NetcheckArgs),
     /// Run a STUN server (Binding; RFC 5780 when given an alternate address).
     Serve(ServeArgs),
+    /// Ask the gateway to forward a port (PCP, NAT-PMP or UPnP IGD), keep the mapping
+    /// renewed until interrupted, then delete it.
+    Map(MapArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ViaArg {
+    Any,
+    Pcp,
+    Natpmp,
+    Upnp,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProtocolArg {
+    Udp,
+    Tcp,
+}
+
+#[derive(clap::Args)]
+struct MapArgs {
+    /// The internal port to map (another program listens on it; pinhole does not bind it).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// The transport.
+    #[arg(long, value_enum, default_value = "udp")]
+    protocol: ProtocolArg,
+    /// Lifetime to ask for, seconds (the gateway may grant less).
+    #[arg(long, value_name = "SECS", default_value_t = 7200, value_parser = clap::value_parser!(u32).range(1..))]
+    lifetime: u32,
+    /// Which protocol to use (`any` prefers PCP, then NAT-PMP, then UPnP).
+    #[arg(long, value_enum, default_value = "any")]
+    via: ViaArg,
+    /// Map, print and delete.
+    #[arg(long)]
+    once: bool,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The gateway (default: from the routing table). UPnP then searches only there.
+    #[arg(long, value_name = "IP")]
+    gateway: Option<IpAddr>,
+    /// This host's address toward the gateway (default: what the kernel would use).
+    #[arg(long, value_name = "IP", requires = "gateway")]
+    local_ip: Option<IpAddr>,
 }
 
 #[derive(clap::Args)]
@@ -62,6 +111,12 @@ struct NetcheckArgs {
     /// Skip the hairpinning test.
     #[arg(long)]
     no_hairpin: bool,
+    /// Do not probe the gateway for PCP, NAT-PMP and UPnP (implied by --embedded).
+    #[arg(long)]
+    no_portmap: bool,
+    /// The gateway to probe for port mapping (default: from the routing table).
+    #[arg(long, value_name = "IP")]
+    gateway: Option<IpAddr>,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +150,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Netcheck(args) => netcheck(args).await,
             Command::Serve(args) => serve(args).await,
+            Command::Map(args) => map(args).await,
         }
     })
 }
@@ -164,7 +220,9 @@ async fn netcheck(args: NetcheckArgs) -> ExitCode {
     }
     if servers.is_empty() {
         if args.json {
-            println!("{}", json_report(&empty_report(), &unresolved));
+            let mut j = json_report(&empty_report(), &unresolved);
+            j["portmap"] = serde_json::Value::Null;
+            println!("{j}");
         }
         eprintln!("pinhole: no STUN server could be resolved");
         return ExitCode::from(EXIT_UNREACHABLE);
@@ -185,12 +243,20 @@ async fn netcheck(args: NetcheckArgs) -> ExitCode {
         eprintln!("probing {} server(s)…", servers.len());
     }
     let quiet = args.json;
-    let report = driver::netcheck(config, |ev| {
-        if !quiet {
-            progress(ev, &servers);
+    let portmap = async {
+        if args.no_portmap || args.embedded {
+            return None;
         }
-    })
-    .await;
+        Some(portmap_probe(args.gateway).await)
+    };
+    let (report, portmap) = tokio::join!(
+        driver::netcheck(config, |ev| {
+            if !quiet {
+                progress(ev, &servers);
+            }
+        }),
+        portmap
+    );
     let report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -199,14 +265,184 @@ async fn netcheck(args: NetcheckArgs) -> ExitCode {
         }
     };
     if args.json {
-        println!("{}", json_report(&report, &unresolved));
+        let mut j = json_report(&report, &unresolved);
+        j["portmap"] = portmap_json(portmap.as_ref());
+        println!("{j}");
     } else {
         print_table(&report);
+        print_portmap(portmap.as_ref());
     }
     if report.udp {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_UNREACHABLE)
+    }
+}
+
+/// The gateway probe's outcome: the gateway and what it speaks, or why it was not probed.
+type PortmapOutcome = Result<(IpAddr, ProbeReport), String>;
+
+async fn portmap_probe(gateway: Option<IpAddr>) -> PortmapOutcome {
+    let target = match gateway {
+        Some(gw) => driver::portmap::local_ip_toward(gw)
+            .await
+            .map(|ip| GatewayTarget::explicit(gw, ip)),
+        None => driver::portmap::discover_gateway().await,
+    }
+    .map_err(|e| e.to_string())?;
+    let report = driver::portmap::probe(target, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((target.gateway, report))
+}
+
+fn portmap_json(p: Option<&PortmapOutcome>) -> serde_json::Value {
+    let ip = |a: Option<IpAddr>| a.map(|a| a.to_string());
+    match p {
+        None => serde_json::Value::Null,
+        Some(Err(e)) => json!({
+            "gateway": null, "pcp": null, "natpmp": null, "upnp": null,
+            "pcp_external": null, "natpmp_external": null, "upnp_external": null,
+            "error": e,
+        }),
+        Some(Ok((gw, r))) => json!({
+            "gateway": gw.to_string(),
+            "pcp": r.pcp,
+            "natpmp": r.natpmp,
+            "upnp": r.upnp,
+            // A PCP ANNOUNCE carries no address, and netcheck makes no mapping.
+            "pcp_external": null,
+            "natpmp_external": ip(r.natpmp_external),
+            "upnp_external": ip(r.upnp_external),
+        }),
+    }
+}
+
+fn print_portmap(p: Option<&PortmapOutcome>) {
+    match p {
+        None => {}
+        Some(Err(e)) => println!("{:<24} not probed: {e}", "port mapping"),
+        Some(Ok((gw, r))) => {
+            let with = |v: Option<bool>, ip: Option<IpAddr>| match (v, ip) {
+                (Some(true), Some(ip)) => format!("yes ({ip})"),
+                (v, _) => yes_no(v).to_owned(),
+            };
+            println!(
+                "{:<24} gateway {gw}: PCP {}, NAT-PMP {}, UPnP {}",
+                "port mapping",
+                yes_no(r.pcp),
+                with(r.natpmp, r.natpmp_external),
+                with(r.upnp, r.upnp_external)
+            );
+        }
+    }
+}
+
+fn mapping_json(m: &Mapping, event: &str) -> serde_json::Value {
+    json!({
+        "event": event,
+        "protocol": m.protocol.as_str(),
+        "external": m.external.to_string(),
+        "internal": m.internal.to_string(),
+        "lifetime": m.lifetime.as_secs(),
+        "via": m.via.as_str(),
+        "reachable": m.reachable,
+    })
+}
+
+async fn map(args: MapArgs) -> ExitCode {
+    let target = match (args.gateway, args.local_ip) {
+        (Some(gw), Some(ip)) => Ok(GatewayTarget::explicit(gw, ip)),
+        (Some(gw), None) => driver::portmap::local_ip_toward(gw)
+            .await
+            .map(|ip| GatewayTarget::explicit(gw, ip)),
+        _ => driver::portmap::discover_gateway().await,
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("pinhole: {e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let protocol = match args.protocol {
+        ProtocolArg::Udp => MapProtocol::Udp,
+        ProtocolArg::Tcp => MapProtocol::Tcp,
+    };
+    let mut config = MapperConfig::new(target.gateway, target.local_ip, protocol, args.port);
+    config.lifetime = args.lifetime;
+    config.via = match args.via {
+        ViaArg::Any => ViaChoice::Any,
+        ViaArg::Pcp => ViaChoice::Only(Via::Pcp),
+        ViaArg::Natpmp => ViaChoice::Only(Via::NatPmp),
+        ViaArg::Upnp => ViaChoice::Only(Via::Upnp),
+    };
+    let json = args.json;
+    let once = args.once;
+    let mut mapped = false;
+    let mut failure = None;
+    let result = driver::portmap::run_mapper(target, config, shutdown_signal(), |ev| {
+        let print = |m: &Mapping, what: &str| {
+            if json {
+                println!("{}", mapping_json(m, what));
+            } else {
+                println!(
+                    "{what}: {} {} -> {} via {}, lifetime {} s{}",
+                    m.protocol.as_str(),
+                    m.external,
+                    m.internal,
+                    m.via.as_str(),
+                    m.lifetime.as_secs(),
+                    if m.reachable {
+                        ""
+                    } else {
+                        " (not reachable from the internet: another NAT lies beyond the gateway)"
+                    }
+                );
+            }
+            let _ = std::io::stdout().flush();
+        };
+        match ev {
+            MapperEvent::Mapped(m) => {
+                mapped = true;
+                print(m, "mapped");
+                return !once;
+            }
+            MapperEvent::Renewed(m) => print(m, "renewed"),
+            MapperEvent::Changed { new, .. } => print(new, "changed"),
+            MapperEvent::Lost(reason) => {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"event": "lost", "reason": format!("{reason:?}")})
+                    );
+                } else {
+                    println!("lost: {reason:?}; re-creating");
+                }
+            }
+            MapperEvent::Unavailable(why) => failure = Some(why.clone()),
+            MapperEvent::Released => {
+                if json {
+                    println!("{}", json!({"event": "released"}));
+                } else if mapped {
+                    println!("deleted");
+                }
+            }
+        }
+        true
+    })
+    .await;
+    if let Err(e) = result {
+        eprintln!("pinhole: {e}");
+        return ExitCode::FAILURE;
+    }
+    match failure {
+        Some(why) => {
+            eprintln!("pinhole: no port mapping: {why}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+        None if mapped => ExitCode::SUCCESS,
+        None => ExitCode::from(EXIT_UNREACHABLE),
     }
 }
 

@@ -90,7 +90,8 @@ fn netcheck(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
 fn netcheck_json_against_pinhole_serve() {
     let server = start_server(true);
     let uri = format!("stun:{}", server.primary);
-    let (code, j, stderr) = netcheck(&["--stun", &uri, "--json", "--timeout", "10"]);
+    let (code, j, stderr) =
+        netcheck(&["--stun", &uri, "--json", "--timeout", "10", "--no-portmap"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(j["udp"], true, "{j}");
     // Loopback has no NAT: everything is endpoint-independent and hairpins.
@@ -116,7 +117,7 @@ fn netcheck_json_against_pinhole_serve() {
 fn netcheck_against_a_plain_server_says_what_is_unknown() {
     let server = start_server(false);
     let uri = format!("stun:{}", server.primary);
-    let (code, j, stderr) = netcheck(&["--stun", &uri, "--json"]);
+    let (code, j, stderr) = netcheck(&["--stun", &uri, "--json", "--no-portmap"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(j["udp"], true);
     assert_eq!(j["mapping"], "unknown");
@@ -129,7 +130,12 @@ fn netcheck_against_a_plain_server_says_what_is_unknown() {
 fn netcheck_human_output_shows_a_table() {
     let server = start_server(true);
     let out = Command::new(BIN)
-        .args(["netcheck", "--stun", &format!("stun:{}", server.primary)])
+        .args([
+            "netcheck",
+            "--no-portmap",
+            "--stun",
+            &format!("stun:{}", server.primary),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -156,6 +162,8 @@ fn netcheck_embedded_is_one_command() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(j["mapping"], "endpoint-independent", "{j}");
     assert_eq!(j["filtering"], "endpoint-independent", "{j}");
+    // --embedded never probes the gateway.
+    assert_eq!(j["portmap"], serde_json::Value::Null, "{j}");
 }
 
 #[test]
@@ -163,7 +171,7 @@ fn netcheck_exit_1_when_nothing_answers() {
     // A bound socket that never answers: nothing is sent anywhere but loopback.
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let uri = format!("stun:{}", silent.local_addr().unwrap());
-    let (code, j, _) = netcheck(&["--stun", &uri, "--json", "--timeout", "3"]);
+    let (code, j, _) = netcheck(&["--stun", &uri, "--json", "--timeout", "3", "--no-portmap"]);
     assert_eq!(code, Some(1));
     assert_eq!(j["udp"], false);
     assert_eq!(j["hairpinning"], serde_json::Value::Null);
@@ -178,6 +186,7 @@ fn netcheck_exit_2_on_usage_errors() {
         &["--stun", "stuns:127.0.0.1"],
         &["--timeout", "-1", "--stun", "stun:127.0.0.1"],
         &["--bogus"],
+        &["--stun", "stun:127.0.0.1", "--embedded"],
     ] {
         let (code, _, stderr) = netcheck(args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
@@ -280,4 +289,238 @@ fn serve_survives_garbage_and_answers_420_and_400() {
         m.get::<XorMappedAddress>().unwrap().unwrap().0,
         sock.local_addr().unwrap()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Port mapping against a fake gateway on a loopback address of its own
+// ---------------------------------------------------------------------------
+
+mod fake_gateway {
+    use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    use pinhole::portmap::{natpmp, pcp};
+
+    pub(crate) const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 77);
+
+    /// Answers PCP and/or NAT-PMP on `ip`:5351 until dropped; records what it received.
+    pub(crate) struct FakeGateway {
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+        pub(crate) requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Drop for FakeGateway {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    pub(crate) fn start(ip: &str, speak_pcp: bool, speak_natpmp: bool) -> FakeGateway {
+        let sock = UdpSocket::bind((ip, natpmp::SERVER_PORT)).expect("bind fake gateway");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, req2) = (stop.clone(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut buf = [0u8; 1500];
+            // Bounded: the owner stops it, and it never outlives two minutes.
+            while !stop2.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let req = &buf[..n];
+                req2.lock().unwrap().push(req.to_vec());
+                let epoch = started.elapsed().as_secs() as u32;
+                let mut out = [0u8; 128];
+                let len = match req.first() {
+                    Some(2) if speak_pcp => {
+                        let Ok(r) = pcp::Request::parse(req) else {
+                            continue;
+                        };
+                        let data = match r.data {
+                            pcp::OpData::Map(mut m) => {
+                                m.external_port = if r.lifetime == 0 { 0 } else { 61001 };
+                                m.external_ip = IpAddr::V4(EXTERNAL);
+                                pcp::OpData::Map(m)
+                            }
+                            d => d,
+                        };
+                        let opcode = match data {
+                            pcp::OpData::Announce => pcp::Opcode::Announce,
+                            pcp::OpData::Map(_) => pcp::Opcode::Map,
+                            pcp::OpData::Peer(_) => pcp::Opcode::Peer,
+                        };
+                        pcp::Response {
+                            result: pcp::ResultCode::SUCCESS,
+                            lifetime: r.lifetime.min(3600),
+                            epoch,
+                            opcode,
+                            data: Some(data),
+                        }
+                        .emit(&mut out)
+                        .unwrap()
+                    }
+                    Some(2) if speak_natpmp => {
+                        let mut b = [0u8; 16];
+                        let resp = natpmp::Response {
+                            result: natpmp::ResultCode::UNSUPPORTED_VERSION,
+                            epoch,
+                            body: natpmp::ResponseBody::Error {
+                                opcode: req[1] & 0x7f,
+                            },
+                        };
+                        let n = resp.emit(&mut b);
+                        out[..n].copy_from_slice(&b[..n]);
+                        n
+                    }
+                    Some(0) if speak_natpmp => {
+                        let Ok(r) = natpmp::Request::parse(req) else {
+                            continue;
+                        };
+                        let body = match r {
+                            natpmp::Request::ExternalAddress => {
+                                natpmp::ResponseBody::ExternalAddress(EXTERNAL)
+                            }
+                            natpmp::Request::Map {
+                                protocol,
+                                internal_port,
+                                lifetime,
+                                ..
+                            } => natpmp::ResponseBody::Map {
+                                protocol,
+                                internal_port,
+                                external_port: if lifetime == 0 { 0 } else { 62002 },
+                                lifetime: lifetime.min(3600),
+                            },
+                        };
+                        let mut b = [0u8; 16];
+                        let n = natpmp::Response {
+                            result: natpmp::ResultCode::SUCCESS,
+                            epoch,
+                            body,
+                        }
+                        .emit(&mut b);
+                        out[..n].copy_from_slice(&b[..n]);
+                        n
+                    }
+                    _ => continue,
+                };
+                let _ = sock.send_to(&out[..len], from);
+            }
+        });
+        FakeGateway {
+            stop,
+            thread: Some(thread),
+            requests,
+        }
+    }
+}
+
+fn map_cmd(args: &[&str]) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    let out = Command::new(BIN).arg("map").args(args).output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or(serde_json::Value::Null))
+        .collect();
+    (
+        out.status.code(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn map_once_via_pcp_then_delete() {
+    let gw = fake_gateway::start("127.0.0.3", true, true);
+    let (code, lines, stderr) = map_cmd(&[
+        "--port",
+        "6000",
+        "--gateway",
+        "127.0.0.3",
+        "--via",
+        "pcp",
+        "--once",
+        "--json",
+        "--lifetime",
+        "600",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let m = &lines[0];
+    assert_eq!(m["event"], "mapped");
+    assert_eq!(m["via"], "pcp");
+    assert_eq!(m["protocol"], "udp");
+    assert_eq!(m["external"], "203.0.113.77:61001");
+    assert_eq!(m["internal"], "127.0.0.1:6000");
+    assert_eq!(m["lifetime"], 600);
+    assert_eq!(lines.last().unwrap()["event"], "released");
+    // The last request deleted the mapping: PCP MAP with lifetime 0.
+    let reqs = gw.requests.lock().unwrap().clone();
+    let last = pinhole::portmap::pcp::Request::parse(reqs.last().unwrap()).unwrap();
+    assert_eq!(last.lifetime, 0);
+}
+
+#[test]
+fn map_any_falls_back_to_natpmp_and_netcheck_reports_it() {
+    let _gw = fake_gateway::start("127.0.0.4", false, true);
+    let (code, lines, stderr) = map_cmd(&[
+        "--port",
+        "6001",
+        "--protocol",
+        "tcp",
+        "--gateway",
+        "127.0.0.4",
+        "--once",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(lines[0]["via"], "natpmp");
+    assert_eq!(lines[0]["protocol"], "tcp");
+    assert_eq!(lines[0]["external"], "203.0.113.77:62002");
+    assert_eq!(lines[0]["reachable"], true);
+
+    // netcheck's portmap object, against the same fake gateway (UPnP: nothing on
+    // 127.0.0.4:1900, and no multicast since the gateway is explicit).
+    let server = start_server(false);
+    let (code, j, stderr) = netcheck(&[
+        "--stun",
+        &format!("stun:{}", server.primary),
+        "--json",
+        "--gateway",
+        "127.0.0.4",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let p = &j["portmap"];
+    assert_eq!(p["gateway"], "127.0.0.4", "{j}");
+    assert_eq!(p["pcp"], false, "{j}");
+    assert_eq!(p["natpmp"], true, "{j}");
+    assert_eq!(p["natpmp_external"], "203.0.113.77", "{j}");
+    assert_eq!(p["upnp"], false, "{j}");
+}
+
+#[test]
+fn map_fails_cleanly_without_a_gateway() {
+    // Nothing listens on 127.0.0.5: PCP and NAT-PMP time out, UPnP's unicast search finds
+    // nothing; all of it stays on loopback.
+    let (code, lines, stderr) = map_cmd(&[
+        "--port",
+        "6002",
+        "--gateway",
+        "127.0.0.5",
+        "--once",
+        "--json",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(lines.is_empty(), "{lines:?}");
+    assert!(stderr.contains("no port mapping"), "{stderr}");
+    let (code, _, _) = map_cmd(&["--port", "0", "--gateway", "127.0.0.5"]);
+    assert_eq!(code, Some(2));
 }

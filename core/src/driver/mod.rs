@@ -3,6 +3,9 @@
 //! - [`netcheck`] binds the sockets a [`Prober`] needs, runs it and returns its report.
 //! - [`serve`] runs a [`StunServer`] on all of its addresses until the handle is dropped.
 //! - [`resolve`] turns `stun:` URIs into [`ServerSpec`]s.
+//! - [`portmap`] runs the port mapper and the gateway probe.
+
+pub mod portmap;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

@@ -1,0 +1,328 @@
+//! Port mapping on tokio: the gateway's address, one UDP socket for PCP and NAT-PMP, and
+//! UPnP IGD through `igd-next`, around the sans-IO [`Mapper`] and [`Probe`].
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use igd_next::PortMappingProtocol;
+use igd_next::aio::Gateway;
+use igd_next::aio::tokio::Tokio;
+use tokio::net::UdpSocket;
+use tokio::sync::{Mutex, mpsc};
+use tracing::debug;
+
+use super::{DriverError, io, os_seed};
+use crate::portmap::{
+    MapProtocol, Mapper, MapperConfig, MapperEvent, Probe, ProbeReport, UPNP_TIMEOUT, UpnpCommand,
+    UpnpResult, default_gateway_from_proc_route, natpmp,
+};
+use crate::{Protocol, Received};
+
+/// How long a release (deletion) may take at shutdown before the driver gives up.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The budget of the netcheck port-mapping probe.
+pub const PROBE_BUDGET: Duration = Duration::from_millis(2500);
+/// SSDP unicast search timeout (to the gateway itself).
+const SSDP_UNICAST_TIMEOUT: Duration = Duration::from_millis(1200);
+/// SSDP multicast search timeout.
+const SSDP_MULTICAST_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// Where port-mapping requests go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayTarget {
+    /// The gateway.
+    pub gateway: IpAddr,
+    /// This host's address toward it.
+    pub local_ip: IpAddr,
+    /// Whether UPnP may search by multicast on the local network (only when the gateway
+    /// was discovered from the routing table, not when it was given explicitly).
+    pub multicast: bool,
+}
+
+impl GatewayTarget {
+    /// An explicit gateway and local address (mobile hosts know them; tests point at
+    /// loopback). UPnP then searches by unicast to this gateway only.
+    pub fn explicit(gateway: IpAddr, local_ip: IpAddr) -> Self {
+        Self {
+            gateway,
+            local_ip,
+            multicast: false,
+        }
+    }
+}
+
+/// Finds the default IPv4 gateway (Linux: `/proc/net/route`) and the local address the
+/// kernel would use toward it. Sends nothing.
+pub async fn discover_gateway() -> Result<GatewayTarget, DriverError> {
+    // A small procfs read: blocking is fine.
+    let text = std::fs::read_to_string("/proc/net/route").map_err(io("reading /proc/net/route"))?;
+    let gw = default_gateway_from_proc_route(&text).ok_or_else(|| DriverError::Io {
+        context: "finding the default gateway".into(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no default IPv4 route"),
+    })?;
+    let local_ip = local_ip_toward(IpAddr::V4(gw)).await?;
+    Ok(GatewayTarget {
+        gateway: IpAddr::V4(gw),
+        local_ip,
+        multicast: true,
+    })
+}
+
+/// The local address the kernel picks toward `ip` (a UDP connect sends nothing).
+pub async fn local_ip_toward(ip: IpAddr) -> Result<IpAddr, DriverError> {
+    let any: IpAddr = if ip.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = UdpSocket::bind((any, 0)).await.map_err(io("binding"))?;
+    s.connect((ip, natpmp::SERVER_PORT))
+        .await
+        .map_err(io(format!("routing toward {ip}")))?;
+    Ok(s.local_addr().map_err(io("local address"))?.ip())
+}
+
+/// The UPnP side: discovery (cached) and the SOAP calls, each bounded.
+#[derive(Clone)]
+struct Upnp {
+    target: GatewayTarget,
+    igd: Arc<Mutex<Option<Gateway<Tokio>>>>,
+}
+
+impl Upnp {
+    fn new(target: GatewayTarget) -> Self {
+        Self {
+            target,
+            igd: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    async fn search(&self) -> Result<Gateway<Tokio>, String> {
+        if let Some(g) = self.igd.lock().await.clone() {
+            return Ok(g);
+        }
+        let bind = SocketAddr::new(self.target.local_ip, 0);
+        let mut unicast = igd_next::SearchOptions::default();
+        unicast.bind_addr = bind;
+        unicast.broadcast_address = SocketAddr::new(self.target.gateway, 1900);
+        unicast.timeout = Some(SSDP_UNICAST_TIMEOUT);
+        unicast.single_search_timeout = Some(SSDP_UNICAST_TIMEOUT);
+        let found = match igd_next::aio::tokio::search_gateway(unicast).await {
+            Ok(g) => Ok(g),
+            Err(e) if self.target.multicast => {
+                debug!(error = %e, "SSDP unicast to the gateway failed; trying multicast");
+                let mut multicast = igd_next::SearchOptions::default();
+                multicast.bind_addr = bind;
+                multicast.timeout = Some(SSDP_MULTICAST_TIMEOUT);
+                multicast.single_search_timeout = Some(SSDP_MULTICAST_TIMEOUT);
+                igd_next::aio::tokio::search_gateway(multicast).await
+            }
+            Err(e) => Err(e),
+        };
+        let g = found.map_err(|e| format!("no IGD found: {e}"))?;
+        *self.igd.lock().await = Some(g.clone());
+        Ok(g)
+    }
+
+    async fn run(&self, cmd: UpnpCommand) -> UpnpResult {
+        match tokio::time::timeout(UPNP_TIMEOUT, self.run_unbounded(cmd)).await {
+            Ok(r) => r,
+            Err(_) => UpnpResult::Failed("timed out".into()),
+        }
+    }
+
+    async fn run_unbounded(&self, cmd: UpnpCommand) -> UpnpResult {
+        let g = match self.search().await {
+            Ok(g) => g,
+            Err(e) => return UpnpResult::Failed(e),
+        };
+        let proto = |p: MapProtocol| match p {
+            MapProtocol::Udp => PortMappingProtocol::UDP,
+            MapProtocol::Tcp => PortMappingProtocol::TCP,
+        };
+        match cmd {
+            UpnpCommand::Probe => UpnpResult::Available {
+                external_ip: g.get_external_ip().await.ok(),
+            },
+            UpnpCommand::Map {
+                protocol,
+                internal,
+                external_port,
+                lifetime,
+            } => {
+                let Ok(ip) = g.get_external_ip().await else {
+                    return UpnpResult::Failed("GetExternalIPAddress failed".into());
+                };
+                let description = "pinhole";
+                let port = if external_port != 0
+                    && g.add_port(
+                        proto(protocol),
+                        external_port,
+                        internal,
+                        lifetime,
+                        description,
+                    )
+                    .await
+                    .is_ok()
+                {
+                    Ok(external_port)
+                } else {
+                    g.add_any_port(proto(protocol), internal, lifetime, description)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                match port {
+                    Ok(p) => UpnpResult::Mapped {
+                        external: SocketAddr::new(ip, p),
+                        lifetime,
+                    },
+                    Err(e) => UpnpResult::Failed(e),
+                }
+            }
+            UpnpCommand::Delete {
+                protocol,
+                external_port,
+            } => match g.remove_port(proto(protocol), external_port).await {
+                Ok(()) => UpnpResult::Deleted,
+                Err(e) => UpnpResult::Failed(e.to_string()),
+            },
+        }
+    }
+}
+
+async fn bind_near(target: &GatewayTarget) -> Result<(Arc<UdpSocket>, SocketAddr), DriverError> {
+    let s = UdpSocket::bind((target.local_ip, 0))
+        .await
+        .map_err(io(format!("binding {}", target.local_ip)))?;
+    let local = s.local_addr().map_err(io("local address"))?;
+    Ok((Arc::new(s), local))
+}
+
+/// Runs a [`Mapper`] until it cannot map, `on_event` returns false, or `stop` completes;
+/// then deletes the mapping (bounded by [`RELEASE_TIMEOUT`]).
+pub async fn run_mapper(
+    target: GatewayTarget,
+    mut config: MapperConfig,
+    stop: impl Future<Output = ()>,
+    mut on_event: impl FnMut(&MapperEvent) -> bool,
+) -> Result<(), DriverError> {
+    config.gateway = target.gateway;
+    config.local_ip = target.local_ip;
+    let (sock, local) = bind_near(&target).await?;
+    let upnp = Upnp::new(target);
+    let (upnp_tx, mut upnp_rx) = mpsc::channel::<UpnpResult>(8);
+    let mut mapper = Mapper::new(Instant::now(), config, local, os_seed()?);
+    let mut buf = vec![0u8; 1500];
+    let mut release_deadline: Option<tokio::time::Instant> = None;
+    tokio::pin!(stop);
+    loop {
+        while let Some(t) = mapper.poll_transmit() {
+            if let Err(e) = sock.send_to(&t.contents, t.destination).await {
+                debug!(to = %t.destination, error = %e, "send failed");
+            }
+        }
+        while let Some(cmd) = mapper.poll_upnp() {
+            let (u, tx) = (upnp.clone(), upnp_tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(u.run(cmd).await).await;
+            });
+        }
+        while let Some(ev) = mapper.poll_event() {
+            let keep = on_event(&ev);
+            if matches!(ev, MapperEvent::Released | MapperEvent::Unavailable(_)) {
+                return Ok(());
+            }
+            if !keep && release_deadline.is_none() {
+                mapper.release(Instant::now());
+                release_deadline = Some(tokio::time::Instant::now() + RELEASE_TIMEOUT);
+            }
+        }
+        if mapper.is_finished() {
+            return Ok(());
+        }
+        let wake = mapper
+            .poll_timeout()
+            .map(tokio::time::Instant::from)
+            .into_iter()
+            .chain(release_deadline)
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    let rx = Received {
+                        proto: Protocol::Udp,
+                        source: from,
+                        destination: local,
+                        contents: &buf[..n],
+                    };
+                    if !mapper.handle_input(Instant::now(), rx) {
+                        debug!(%from, "datagram not from the gateway dropped");
+                    }
+                }
+                Err(e) => debug!(error = %e, "receive error"),
+            },
+            Some(r) = upnp_rx.recv() => mapper.handle_upnp(Instant::now(), r),
+            _ = tokio::time::sleep_until(wake) => {
+                if release_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    debug!("release not confirmed in time");
+                    on_event(&MapperEvent::Released);
+                    return Ok(());
+                }
+                mapper.handle_timeout(Instant::now());
+            }
+            _ = &mut stop, if release_deadline.is_none() => {
+                mapper.release(Instant::now());
+                release_deadline = Some(tokio::time::Instant::now() + RELEASE_TIMEOUT);
+            }
+        }
+    }
+}
+
+/// Which port-mapping protocols the gateway speaks (no mapping is made), within
+/// [`PROBE_BUDGET`].
+pub async fn probe(target: GatewayTarget, upnp_enabled: bool) -> Result<ProbeReport, DriverError> {
+    let (sock, local) = bind_near(&target).await?;
+    let mut probe = Probe::new(Instant::now(), target.gateway, local, upnp_enabled);
+    let upnp = Upnp::new(target);
+    let upnp_task = probe
+        .poll_upnp()
+        .map(|cmd| tokio::spawn(async move { upnp.run(cmd).await }));
+    let deadline = tokio::time::Instant::now() + PROBE_BUDGET;
+    let mut buf = vec![0u8; 1500];
+    loop {
+        while let Some(t) = probe.poll_transmit() {
+            if let Err(e) = sock.send_to(&t.contents, t.destination).await {
+                debug!(to = %t.destination, error = %e, "send failed");
+            }
+        }
+        if probe.udp_done() {
+            break;
+        }
+        let wake = probe
+            .poll_timeout()
+            .map_or(deadline, |t| tokio::time::Instant::from(t).min(deadline));
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => if let Ok((n, from)) = r {
+                let rx = Received { proto: Protocol::Udp, source: from, destination: local, contents: &buf[..n] };
+                probe.handle_input(Instant::now(), rx);
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                probe.handle_timeout(Instant::now());
+            }
+        }
+    }
+    if let Some(task) = upnp_task {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, task).await {
+            Ok(Ok(r)) => probe.handle_upnp(r),
+            _ => probe.handle_upnp(UpnpResult::Failed("no answer within the budget".into())),
+        }
+    }
+    Ok(probe.report().clone())
+}
