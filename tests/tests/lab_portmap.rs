@@ -136,3 +136,52 @@ fn miniupnpd_maps_ports_for_natpmp_upnp_and_pcp() {
         );
     }
 }
+
+#[test]
+fn pinhole_map_against_miniupnpd_over_pcp_natpmp_and_upnp() {
+    if !lab_available("pinhole_map", &["miniupnpd"]) {
+        return;
+    }
+    let pinhole = pinhole_tests::lab::bins::pinhole().expect("the pinhole CLI");
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve()
+        .expect("pinhole serve (miniupnpd's STUN check)");
+    lab.add_router("gw", NatConfig::port_restricted_cone(), Uplink::Internet)
+        .expect("router");
+    let host = lab.add_host("h", "gw").expect("host").clone();
+    lab.start_miniupnpd("gw").expect("miniupnpd");
+    let wan = lab.router("gw").unwrap().wan_ip;
+    for (i, via) in ["pcp", "natpmp", "upnp"].into_iter().enumerate() {
+        let port = (40300 + i).to_string();
+        let out = lab
+            .exec(
+                &host.ns,
+                &pinhole.to_string_lossy(),
+                &["map", "--port", &port, "--via", via, "--once", "--json"],
+                TIMEOUT,
+            )
+            .unwrap();
+        let events: Vec<serde_json::Value> = out
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let mapped = events.iter().find(|e| e["event"] == "mapped");
+        let ok = out.success()
+            && mapped.is_some_and(|m| {
+                m["via"] == via
+                    && m["external"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with(&format!("{wan}:")))
+                    && m["internal"] == format!("{}:{port}", host.ip)
+            })
+            && events.iter().any(|e| e["event"] == "released");
+        assert!(
+            ok,
+            "pinhole map --via {via}: {}\n{}\n{}",
+            out.stdout,
+            out.stderr,
+            lab.server_logs()
+        );
+    }
+}
