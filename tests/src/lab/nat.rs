@@ -13,6 +13,11 @@
 //! - `peers`: external port . remote address (address-dependent filtering).
 //!
 //! Every outbound packet refreshes its entries (the mapping timer of RFC 4787 REQ-6).
+//!
+//! A limit: `pubmap` is keyed by external port alone, and conntrack only keeps five-tuples
+//! unique. Two hosts behind one port-preserving NAT that use the same local port toward
+//! different servers get the same external port, and the later one owns it for inbound
+//! traffic. Tests keep one prober per local port per NAT (ephemeral ports do that).
 //! The router drops unsolicited inbound traffic silently: its input chain drops rather
 //! than letting the kernel answer ICMP port unreachable.
 
