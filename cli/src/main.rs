@@ -45,6 +45,49 @@ enum Command {
     /// Ask the gateway to forward a port (PCP, NAT-PMP or UPnP IGD), keep the mapping
     /// renewed until interrupted, then delete it.
     Map(MapArgs),
+    /// Allocate a relayed address on a TURN server (RFC 8656), optionally echo peers'
+    /// datagrams back through it, then deallocate.
+    Allocate(AllocateArgs),
+}
+
+#[derive(clap::Args)]
+struct AllocateArgs {
+    /// The server: `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port]` (RFC 7065).
+    #[arg(long, value_name = "URI")]
+    turn: String,
+    /// The user name.
+    #[arg(long, value_name = "U")]
+    user: String,
+    /// The password (long-term credentials).
+    #[arg(
+        long,
+        value_name = "P",
+        required_unless_present = "secret",
+        conflicts_with = "secret"
+    )]
+    password: Option<String>,
+    /// The shared secret for TURN REST credentials (coturn's static-auth-secret): the user
+    /// name becomes `expiry:U` and the password is derived from it.
+    #[arg(long, value_name = "S")]
+    secret: Option<String>,
+    /// PEM file of a CA to trust for `turns:` (default: the system roots).
+    #[arg(long, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
+    /// A peer to permit and bind a channel to. Repeatable.
+    #[arg(long, value_name = "IP:PORT")]
+    peer: Vec<SocketAddr>,
+    /// Send every datagram from a permitted peer back to it through the relay.
+    #[arg(long)]
+    echo: bool,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Lifetime to ask for, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    lifetime: u64,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -130,6 +173,26 @@ struct ServeArgs {
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
+    /// Run a TURN server (for development and tests; use coturn in production) on
+    /// --primary instead of the STUN server: UDP allocations with long-term (--user) or
+    /// REST (--secret) credentials.
+    #[arg(long, conflicts_with = "alternate")]
+    turn: bool,
+    /// A TURN user, `name:password`. Repeatable.
+    #[arg(long, value_name = "NAME:PASSWORD", requires = "turn")]
+    user: Vec<String>,
+    /// TURN REST shared secret (as coturn's static-auth-secret).
+    #[arg(long, value_name = "SECRET", requires = "turn")]
+    secret: Option<String>,
+    /// TURN realm.
+    #[arg(long, default_value = "pinhole", requires = "turn")]
+    realm: String,
+    /// Seconds before a TURN nonce goes stale (438).
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "turn")]
+    nonce_lifetime: u64,
+    /// The longest TURN allocation lifetime granted, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600, requires = "turn")]
+    max_lifetime: u64,
 }
 
 fn main() -> ExitCode {
@@ -151,6 +214,7 @@ fn main() -> ExitCode {
             Command::Netcheck(args) => netcheck(args).await,
             Command::Serve(args) => serve(args).await,
             Command::Map(args) => map(args).await,
+            Command::Allocate(args) => allocate(args).await,
         }
     })
 }
@@ -446,6 +510,161 @@ async fn map(args: MapArgs) -> ExitCode {
     }
 }
 
+/// Lifetime of derived TURN REST credentials.
+const REST_TTL_SECS: u64 = 24 * 3600;
+
+async fn allocate(args: AllocateArgs) -> ExitCode {
+    use pinhole::driver::turn::{TurnClientConfig, TurnEvent};
+    use pinhole::turn::{AllocationEvent, Credentials, TurnUri};
+    let uri: TurnUri = match args.turn.parse() {
+        Ok(u) => u,
+        Err(e) => return usage(e),
+    };
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0) {
+            return usage("--duration must be a positive number of seconds");
+        }
+    }
+    let credentials = match (&args.password, &args.secret) {
+        (Some(p), _) => Credentials::long_term(&args.user, p),
+        (None, Some(secret)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Credentials::rest(&args.user, secret.as_bytes(), now, REST_TTL_SECS)
+        }
+        (None, None) => return usage("--password or --secret is required"),
+    };
+    let ca_pem = match &args.ca {
+        Some(path) => match std::fs::read(path) {
+            Ok(b) => Some(b),
+            Err(e) => return usage(format!("--ca {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let config = TurnClientConfig {
+        uri: uri.clone(),
+        credentials,
+        lifetime: Duration::from_secs(args.lifetime.max(1)),
+        family: Default::default(),
+        ca_pem,
+    };
+    let mut handle = match driver::turn::allocate(config).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("pinhole: {e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let stop = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(Duration::from_secs_f64(d)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut allocated = false;
+    let mut stopping = false;
+    let emit = |v: serde_json::Value, text: String| {
+        if args.json {
+            println!("{v}");
+        } else {
+            println!("{text}");
+        }
+        let _ = std::io::stdout().flush();
+    };
+    loop {
+        let ev = tokio::select! {
+            ev = handle.next_event() => ev,
+            _ = &mut stop, if !stopping => { stopping = true; handle.deallocate(); continue; }
+            _ = &mut signal, if !stopping => { stopping = true; handle.deallocate(); continue; }
+        };
+        let Some(ev) = ev else { break };
+        match ev {
+            TurnEvent::Allocation(AllocationEvent::Allocated {
+                relayed,
+                mapped,
+                lifetime,
+            }) => {
+                allocated = true;
+                let r: Vec<String> = relayed.iter().map(ToString::to_string).collect();
+                emit(
+                    json!({
+                        "event": "allocated",
+                        "relayed": r.first(),
+                        "relayed_all": r,
+                        "mapped": mapped.map(|m| m.to_string()),
+                        "transport": uri.transport.as_str(),
+                        "lifetime": lifetime.as_secs(),
+                        "server": handle.server.to_string(),
+                    }),
+                    format!(
+                        "allocated: relayed {} mapped {} via {} ({}), lifetime {} s",
+                        r.join(", "),
+                        mapped.map_or("?".into(), |m| m.to_string()),
+                        handle.server,
+                        uri.transport.as_str(),
+                        lifetime.as_secs()
+                    ),
+                );
+                for p in &args.peer {
+                    handle.bind_channel(*p);
+                }
+            }
+            TurnEvent::Allocation(AllocationEvent::Refreshed { lifetime }) => emit(
+                json!({"event": "refreshed", "lifetime": lifetime.as_secs()}),
+                format!("refreshed: lifetime {} s", lifetime.as_secs()),
+            ),
+            TurnEvent::Allocation(AllocationEvent::ChannelBound { peer, channel }) => emit(
+                json!({"event": "channel", "peer": peer.to_string(), "channel": channel}),
+                format!("channel {channel:#06x} bound to {peer}"),
+            ),
+            TurnEvent::Allocation(AllocationEvent::PermissionCreated(ip)) => emit(
+                json!({"event": "permission", "peer": ip.to_string()}),
+                format!("permission for {ip}"),
+            ),
+            TurnEvent::Allocation(AllocationEvent::ChannelFailed(peer, e)) => emit(
+                json!({"event": "channel_failed", "peer": peer.to_string(), "error": e.to_string()}),
+                format!("channel to {peer} failed: {e}"),
+            ),
+            TurnEvent::Allocation(AllocationEvent::PermissionFailed(ip, e)) => emit(
+                json!({"event": "permission_failed", "peer": ip.to_string(), "error": e.to_string()}),
+                format!("permission for {ip} failed: {e}"),
+            ),
+            TurnEvent::Allocation(AllocationEvent::Lost(e)) => {
+                eprintln!(
+                    "pinhole: allocation {}: {e}",
+                    if allocated { "lost" } else { "failed" }
+                );
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+            TurnEvent::Allocation(AllocationEvent::Deallocated) => {
+                emit(json!({"event": "deallocated"}), "deallocated".into());
+                break;
+            }
+            TurnEvent::Data { peer, data } => {
+                if args.echo {
+                    handle.send_to(peer, data);
+                }
+            }
+            TurnEvent::SendFailed(peer, e) => {
+                tracing::debug!(%peer, error = %e, "send through the relay failed");
+            }
+            TurnEvent::Disconnected(why) => {
+                eprintln!("pinhole: {why}");
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+        }
+    }
+    if allocated {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_UNREACHABLE)
+    }
+}
+
 fn empty_report() -> Report {
     Report {
         udp: false,
@@ -574,11 +793,36 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return usage("--duration must be a positive number of seconds");
         }
     }
-    let config = match args.alternate {
-        Some(alt) => ServerConfig::rfc5780(args.primary, alt),
-        None => ServerConfig::new(args.primary),
+    let handle = if args.turn {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut config =
+            pinhole::turn::TurnServerConfig::new(args.primary, args.realm.clone(), unix);
+        for u in &args.user {
+            let Some((name, password)) = u.split_once(':') else {
+                return usage("--user takes name:password");
+            };
+            config
+                .credentials
+                .users
+                .insert(name.to_owned(), password.to_owned());
+        }
+        config.credentials.rest_secret = args.secret.as_ref().map(|s| s.as_bytes().to_vec());
+        if config.credentials.users.is_empty() && config.credentials.rest_secret.is_none() {
+            return usage("--turn needs --user or --secret");
+        }
+        config.nonce_lifetime = Duration::from_secs(args.nonce_lifetime.max(1));
+        config.max_lifetime = Duration::from_secs(args.max_lifetime.max(1));
+        driver::serve_turn(config).await
+    } else {
+        let config = match args.alternate {
+            Some(alt) => ServerConfig::rfc5780(args.primary, alt),
+            None => ServerConfig::new(args.primary),
+        };
+        driver::serve(config).await
     };
-    let handle = match driver::serve(config).await {
+    let handle = match handle {
         Ok(h) => h,
         Err(e @ driver::DriverError::Stun(_)) => return usage(e),
         Err(e) => {

@@ -29,6 +29,7 @@
 pub mod netcheck;
 pub mod portmap;
 pub mod stun;
+pub mod turn;
 
 #[cfg(feature = "driver")]
 pub mod driver;

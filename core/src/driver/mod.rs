@@ -4,8 +4,10 @@
 //! - [`serve`] runs a [`StunServer`] on all of its addresses until the handle is dropped.
 //! - [`resolve`] turns `stun:` URIs into [`ServerSpec`]s.
 //! - [`portmap`] runs the port mapper and the gateway probe.
+//! - [`turn`] runs a TURN allocation over UDP, TCP or TLS.
 
 pub mod portmap;
+pub mod turn;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -221,10 +223,11 @@ pub async fn netcheck(
                 return Ok(*report);
             }
         }
-        let Some(deadline) = prober.poll_timeout() else {
-            // Not done and nothing scheduled cannot happen; stay bounded regardless.
-            return Err(DriverError::Netcheck(NetcheckError::NoServers));
-        };
+        // Until done the prober always has a deadline (its overall budget); stay bounded
+        // even if that ever changed.
+        let deadline = prober
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_millis(100));
         tokio::select! {
             msg = sockets.rx.recv() => {
                 if let Some((local, from, bytes)) = msg {
@@ -318,4 +321,114 @@ async fn free_port() -> Result<u16, DriverError> {
         .await
         .map_err(io("finding a free port"))?;
     Ok(s.local_addr().map_err(io("local address"))?.port())
+}
+
+/// Starts the development TURN server ([`crate::turn::TurnServer`]) on `config.listen`
+/// (UDP); relayed sockets are bound on the same IP as allocations come. Dropping the handle
+/// stops it and closes every relay.
+pub async fn serve_turn(config: crate::turn::TurnServerConfig) -> Result<ServeHandle, DriverError> {
+    use crate::turn::{ServerAction, TurnServer};
+    use std::collections::HashMap;
+
+    let listen = UdpSocket::bind(config.listen)
+        .await
+        .map_err(io(format!("binding {}", config.listen)))?;
+    let listen_addr = listen.local_addr().map_err(io("local address"))?;
+    let mut config = config;
+    config.listen = listen_addr;
+    let relay_ip = listen_addr.ip();
+    let (tx, mut rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(1024);
+    // Readers live in a JoinSet owned by the server task: aborting the task (dropping the
+    // handle) drops the set, which aborts every reader and closes every socket.
+    let spawn_reader =
+        |set: &mut tokio::task::JoinSet<()>,
+         sock: Arc<UdpSocket>,
+         local: SocketAddr,
+         tx: mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>| {
+            set.spawn(async move {
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                loop {
+                    match sock.recv_from(&mut buf).await {
+                        Ok((n, from)) => {
+                            if tx.send((local, from, buf[..n].to_vec())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => debug!(%local, error = %e, "receive error"),
+                    }
+                }
+            })
+        };
+    let listen = Arc::new(listen);
+    let mut server = TurnServer::new(Instant::now(), config, os_seed()?);
+    let task = tokio::spawn(async move {
+        let mut readers = tokio::task::JoinSet::new();
+        spawn_reader(&mut readers, listen.clone(), listen_addr, tx.clone());
+        let mut relays: HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::AbortHandle)> =
+            HashMap::new();
+        loop {
+            while let Some(action) = server.poll_action() {
+                match action {
+                    ServerAction::BindRelay { client } => {
+                        match UdpSocket::bind((relay_ip, 0)).await {
+                            Ok(s) => match s.local_addr() {
+                                Ok(addr) => {
+                                    let s = Arc::new(s);
+                                    let reader =
+                                        spawn_reader(&mut readers, s.clone(), addr, tx.clone());
+                                    relays.insert(addr, (s, reader));
+                                    server.relay_bound(client, addr);
+                                }
+                                Err(_) => server.relay_failed(client),
+                            },
+                            Err(e) => {
+                                debug!(error = %e, "cannot bind a relay");
+                                server.relay_failed(client);
+                            }
+                        }
+                    }
+                    ServerAction::ReleaseRelay(addr) => {
+                        if let Some((_, reader)) = relays.remove(&addr) {
+                            reader.abort();
+                        }
+                    }
+                }
+            }
+            while let Some(t) = server.poll_transmit() {
+                let sock = if t.source == listen_addr {
+                    Some(&listen)
+                } else {
+                    relays.get(&t.source).map(|(s, _)| s)
+                };
+                if let Some(s) = sock {
+                    if let Err(e) = s.send_to(&t.contents, t.destination).await {
+                        debug!(to = %t.destination, error = %e, "send failed");
+                    }
+                }
+            }
+            let wake = server
+                .poll_timeout()
+                .map(tokio::time::Instant::from)
+                .unwrap_or_else(|| {
+                    tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
+                });
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some((local, from, bytes)) = msg else { break };
+                    server.handle_input(Instant::now(), Received {
+                        proto: Protocol::Udp,
+                        source: from,
+                        destination: local,
+                        contents: &bytes,
+                    });
+                }
+                _ = tokio::time::sleep_until(wake) => server.handle_timeout(Instant::now()),
+            }
+        }
+        readers.abort_all();
+    });
+    Ok(ServeHandle {
+        addrs: vec![listen_addr],
+        task,
+    })
 }

@@ -1,0 +1,814 @@
+//! The TURN allocation machine, sans-IO (RFC 8656).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use tracing::debug;
+
+use super::channel::{ChannelData, MAX_CHANNEL, MIN_CHANNEL, is_channel_data};
+use super::{Credentials, TurnError, TurnTransport};
+use crate::stun::attributes::{
+    AdditionalAddressFamily, AddressFamily, AlternateServer, ChannelNumber, Data, ErrorCode,
+    Lifetime, Nonce, PasswordAlgorithmAttr, PasswordAlgorithms, Realm, RequestedAddressFamily,
+    RequestedTransport, Software, UserHash, Username, XorMappedAddress, XorPeerAddress,
+    XorRelayedAddress,
+};
+use crate::stun::{
+    AttributeType, Class, ClientConfig, ExpectFrom, IntegrityKey, Message, MessageBuilder,
+    MessageType, Method, PasswordAlgorithm, Request, StunClient, StunError, TransactionEvent,
+    TransactionId, userhash,
+};
+use crate::{Protocol, Received, Transmit};
+
+/// Refresh permissions this often; they last 300 s (RFC 8656 §9).
+pub const PERMISSION_REFRESH: Duration = Duration::from_secs(240);
+/// Refresh channel bindings this often; they last 600 s (RFC 8656 §12).
+pub const CHANNEL_REFRESH: Duration = Duration::from_secs(540);
+/// The allocation lifetime asked for by default (RFC 8656 §7.2's default).
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+/// Refresh this long before the allocation expires (or at half its lifetime if shorter).
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// How many 438 Stale Nonce answers in a row one request may get before giving up.
+const MAX_STALE_NONCE_RETRIES: u32 = 3;
+/// The nonce cookie of RFC 8489 §9.2: the security feature set follows it.
+const NONCE_COOKIE: &str = "obMatJos2";
+
+/// The relayed address family to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RequestedFamily {
+    /// IPv4 (the server's default).
+    #[default]
+    V4,
+    /// IPv6: REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.6).
+    V6,
+    /// Both: ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
+    Dual,
+}
+
+/// What the allocation is and where it lives.
+#[derive(Debug, Clone)]
+pub struct AllocationConfig {
+    /// The TURN server.
+    pub server: SocketAddr,
+    /// The local socket (or stream) that talks to it.
+    pub local: SocketAddr,
+    /// The transport to the server.
+    pub transport: TurnTransport,
+    /// Long-term credentials (see [`Credentials::rest`] for REST ones).
+    pub credentials: Credentials,
+    /// Lifetime to ask for.
+    pub lifetime: Duration,
+    /// Relayed address family.
+    pub family: RequestedFamily,
+    /// Retransmission of requests (over UDP).
+    pub stun: ClientConfig,
+    /// SOFTWARE in requests.
+    pub software: Option<String>,
+}
+
+impl AllocationConfig {
+    /// An allocation on `server` from `local` with the defaults.
+    pub fn new(
+        server: SocketAddr,
+        local: SocketAddr,
+        transport: TurnTransport,
+        credentials: Credentials,
+    ) -> Self {
+        Self {
+            server,
+            local,
+            transport,
+            credentials,
+            lifetime: DEFAULT_LIFETIME,
+            family: RequestedFamily::V4,
+            stun: ClientConfig::default(),
+            software: Some(concat!("pinhole ", env!("CARGO_PKG_VERSION")).to_owned()),
+        }
+    }
+}
+
+/// What the allocation reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocationEvent {
+    /// The allocation exists.
+    Allocated {
+        /// Relayed addresses (two with [`RequestedFamily::Dual`]).
+        relayed: Vec<SocketAddr>,
+        /// Our address as the server saw it.
+        mapped: Option<SocketAddr>,
+        /// The lifetime granted.
+        lifetime: Duration,
+    },
+    /// Refreshed.
+    Refreshed {
+        /// The lifetime granted.
+        lifetime: Duration,
+    },
+    /// A permission for a peer IP is installed (or refreshed).
+    PermissionCreated(IpAddr),
+    /// A permission could not be installed.
+    PermissionFailed(IpAddr, TurnError),
+    /// A channel is bound (or refreshed).
+    ChannelBound {
+        /// The peer.
+        peer: SocketAddr,
+        /// The channel number.
+        channel: u16,
+    },
+    /// A channel could not be bound.
+    ChannelFailed(SocketAddr, TurnError),
+    /// The allocation is gone.
+    Lost(TurnError),
+    /// Deallocated on request.
+    Deallocated,
+}
+
+/// What a received datagram was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// Data from a peer, borrowed from the datagram (no copy).
+    Data {
+        /// The peer.
+        peer: SocketAddr,
+        /// The application data.
+        data: &'a [u8],
+    },
+    /// A message for the allocation (or dropped as bogus).
+    Consumed,
+    /// Not from the server: somebody else's.
+    NotTurn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Allocating,
+    Allocated,
+    Deallocating,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Allocate,
+    Refresh,
+    Deallocate,
+    Permission(IpAddr),
+    Channel(u16),
+}
+
+#[derive(Debug, Clone)]
+struct Auth {
+    username: String,
+    realm: String,
+    nonce: String,
+    key: IntegrityKey,
+    /// The server's PASSWORD-ALGORITHMS (raw value) and our choice, when negotiated.
+    algorithms: Option<(Vec<u8>, PasswordAlgorithm)>,
+    userhash: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Permission {
+    ip: IpAddr,
+    installed: bool,
+    refresh_at: Instant,
+    pending: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Channel {
+    number: u16,
+    peer: SocketAddr,
+    bound: bool,
+    refresh_at: Instant,
+    pending: bool,
+}
+
+/// A TURN allocation: the long-term-credential dance (401, 438, PASSWORD-ALGORITHMS,
+/// USERHASH), refreshes, permissions, channels, Send/Data indications and ChannelData,
+/// and deallocation. Sans-IO: the driver owns the socket or stream.
+#[derive(Debug)]
+pub struct Allocation {
+    config: AllocationConfig,
+    client: StunClient,
+    state: State,
+    auth: Option<Auth>,
+    redirected: bool,
+    stale_retries: u32,
+    purposes: Vec<(TransactionId, Purpose)>,
+    relayed: Vec<SocketAddr>,
+    mapped: Option<SocketAddr>,
+    refresh_at: Option<Instant>,
+    expires_at: Option<Instant>,
+    permissions: Vec<Permission>,
+    channels: Vec<Channel>,
+    events: VecDeque<AllocationEvent>,
+}
+
+impl Allocation {
+    /// Starts allocating at `now`: the first Allocate request goes out unauthenticated
+    /// (RFC 8656 §7.1), to learn the realm and nonce.
+    pub fn new(now: Instant, config: AllocationConfig, seed: [u8; 32]) -> Self {
+        let mut a = Self {
+            client: StunClient::new(config.stun.clone(), seed),
+            config,
+            state: State::Allocating,
+            auth: None,
+            redirected: false,
+            stale_retries: 0,
+            purposes: Vec::new(),
+            relayed: Vec::new(),
+            mapped: None,
+            refresh_at: None,
+            expires_at: None,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            events: VecDeque::new(),
+        };
+        a.send(now, Purpose::Allocate);
+        a
+    }
+
+    /// The server in use (it changes once after 300 Try Alternate).
+    pub fn server(&self) -> SocketAddr {
+        self.config.server
+    }
+
+    /// The relayed addresses, once allocated.
+    pub fn relayed(&self) -> &[SocketAddr] {
+        &self.relayed
+    }
+
+    /// Whether the allocation exists.
+    pub fn is_allocated(&self) -> bool {
+        self.state == State::Allocated
+    }
+
+    /// Whether it is over (lost or deallocated).
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn proto(&self) -> Protocol {
+        if self.config.transport.is_stream() {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        }
+    }
+
+    fn send(&mut self, now: Instant, purpose: Purpose) {
+        let method = match purpose {
+            Purpose::Allocate => Method::ALLOCATE,
+            Purpose::Refresh | Purpose::Deallocate => Method::REFRESH,
+            Purpose::Permission(_) => Method::CREATE_PERMISSION,
+            Purpose::Channel(_) => Method::CHANNEL_BIND,
+        };
+        let req = Request {
+            proto: self.proto(),
+            source: self.config.local,
+            destination: self.config.server,
+            method,
+            key: self.auth.as_ref().map(|a| a.key.clone()),
+            expect_from: ExpectFrom::Destination,
+            response_at: None,
+        };
+        let lifetime = u32::try_from(self.config.lifetime.as_secs()).unwrap_or(u32::MAX);
+        let family = self.config.family;
+        let software = self.config.software.clone();
+        let auth = self.auth.clone();
+        let channel = match purpose {
+            Purpose::Channel(n) => self.channels.iter().find(|c| c.number == n).copied(),
+            _ => None,
+        };
+        let result = self.client.start(now, req, |b| {
+            match purpose {
+                Purpose::Allocate => {
+                    b.add(&RequestedTransport::UDP)?;
+                    b.add(&Lifetime(lifetime))?;
+                    match family {
+                        RequestedFamily::V4 => {}
+                        RequestedFamily::V6 => {
+                            b.add(&RequestedAddressFamily(AddressFamily::V6))?;
+                        }
+                        RequestedFamily::Dual => {
+                            b.add(&AdditionalAddressFamily(AddressFamily::V6))?;
+                        }
+                    }
+                    if let Some(s) = &software {
+                        b.add(&Software(s))?;
+                    }
+                }
+                Purpose::Refresh => {
+                    b.add(&Lifetime(lifetime))?;
+                }
+                Purpose::Deallocate => {
+                    b.add(&Lifetime(0))?;
+                }
+                Purpose::Permission(ip) => {
+                    b.add(&XorPeerAddress(SocketAddr::new(ip, 0)))?;
+                }
+                Purpose::Channel(_) => {
+                    if let Some(c) = channel {
+                        b.add(&ChannelNumber(c.number))?;
+                        b.add(&XorPeerAddress(c.peer))?;
+                    }
+                }
+            }
+            if let Some(a) = &auth {
+                add_auth(b, a)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(id) => self.purposes.push((id, purpose)),
+            Err(e) => {
+                debug!(error = %e, "could not build a TURN request");
+                self.fail(purpose, TurnError::Stun(e));
+            }
+        }
+    }
+
+    /// Installs (or refreshes) a permission for `peer`'s IP (RFC 8656 §9).
+    pub fn create_permission(&mut self, now: Instant, peer: IpAddr) -> Result<(), TurnError> {
+        if self.state != State::Allocated {
+            return Err(TurnError::NoAllocation);
+        }
+        match self.permissions.iter_mut().find(|p| p.ip == peer) {
+            Some(p) if p.pending => return Ok(()),
+            Some(p) => p.pending = true,
+            None => self.permissions.push(Permission {
+                ip: peer,
+                installed: false,
+                refresh_at: now + PERMISSION_REFRESH,
+                pending: true,
+            }),
+        }
+        self.send(now, Purpose::Permission(peer));
+        Ok(())
+    }
+
+    /// Binds a channel to `peer` (RFC 8656 §11), which also installs a permission for its
+    /// IP; returns the channel number. Data then goes as ChannelData once bound.
+    pub fn bind_channel(&mut self, now: Instant, peer: SocketAddr) -> Result<u16, TurnError> {
+        if self.state != State::Allocated {
+            return Err(TurnError::NoAllocation);
+        }
+        if let Some(c) = self.channels.iter().find(|c| c.peer == peer) {
+            return Ok(c.number);
+        }
+        let number = (MIN_CHANNEL..=MAX_CHANNEL)
+            .find(|n| !self.channels.iter().any(|c| c.number == *n))
+            .ok_or(TurnError::NoChannel)?;
+        self.channels.push(Channel {
+            number,
+            peer,
+            bound: false,
+            refresh_at: now + CHANNEL_REFRESH,
+            pending: true,
+        });
+        self.send(now, Purpose::Channel(number));
+        Ok(number)
+    }
+
+    /// Deletes the allocation (Refresh with LIFETIME 0); [`AllocationEvent::Deallocated`]
+    /// follows, also when the server does not answer.
+    pub fn deallocate(&mut self, now: Instant) {
+        match self.state {
+            State::Allocated => {
+                self.state = State::Deallocating;
+                self.purposes.clear();
+                self.send(now, Purpose::Deallocate);
+            }
+            State::Allocating => {
+                self.state = State::Done;
+                self.events.push_back(AllocationEvent::Deallocated);
+            }
+            State::Deallocating | State::Done => {}
+        }
+    }
+
+    /// Writes `data` for `peer` into `out` as ChannelData (when a channel is bound) or a
+    /// Send indication; returns the length. Send it to [`Allocation::server`]. No
+    /// allocation, no copy beyond writing `out`.
+    pub fn encode_to_peer(
+        &self,
+        peer: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TurnError> {
+        if self.state != State::Allocated {
+            return Err(TurnError::NoAllocation);
+        }
+        if let Some(c) = self.channels.iter().find(|c| c.peer == peer && c.bound) {
+            return ChannelData::emit(c.number, data, self.config.transport.is_stream(), out);
+        }
+        if !self.permissions.iter().any(|p| p.ip == peer.ip())
+            && !self.channels.iter().any(|c| c.peer.ip() == peer.ip())
+        {
+            return Err(TurnError::NoPermission(peer));
+        }
+        // A Send indication: transaction IDs of indications need not be unpredictable,
+        // but must differ; derive one from the data length and peer cheaply.
+        let mut tid = [0u8; 12];
+        tid[..2].copy_from_slice(&peer.port().to_be_bytes());
+        tid[2..10].copy_from_slice(&(data.len() as u64).to_be_bytes());
+        let kind = MessageType::new(Class::Indication, Method::SEND);
+        let mut b = MessageBuilder::new(out, kind, TransactionId(tid))?;
+        b.add(&XorPeerAddress(peer))?;
+        b.add(&Data(data))?;
+        Ok(b.finish().len())
+    }
+
+    /// Offers a datagram (or a framed stream message). Data from peers comes back
+    /// borrowed; everything else feeds the machine.
+    pub fn handle_input<'a>(&mut self, now: Instant, rx: Received<'a>) -> Input<'a> {
+        if rx.source != self.config.server || rx.destination != self.config.local {
+            return Input::NotTurn;
+        }
+        if is_channel_data(rx.contents) {
+            let Ok(cd) = ChannelData::parse(rx.contents) else {
+                debug!("malformed ChannelData dropped");
+                return Input::Consumed;
+            };
+            return match self
+                .channels
+                .iter()
+                .find(|c| c.number == cd.channel && c.bound)
+            {
+                Some(c) => Input::Data {
+                    peer: c.peer,
+                    data: cd.data,
+                },
+                None => {
+                    debug!(
+                        channel = cd.channel,
+                        "ChannelData on an unbound channel dropped"
+                    );
+                    Input::Consumed
+                }
+            };
+        }
+        let Ok(msg) = Message::parse(rx.contents) else {
+            debug!("non-STUN datagram from the TURN server dropped");
+            return Input::Consumed;
+        };
+        if msg.class() == Class::Indication && msg.method() == Method::DATA {
+            return match (msg.get::<XorPeerAddress>(), msg.get::<Data<'a>>()) {
+                (Ok(Some(XorPeerAddress(peer))), Ok(Some(Data(data)))) => {
+                    Input::Data { peer, data }
+                }
+                _ => {
+                    debug!("malformed Data indication dropped");
+                    Input::Consumed
+                }
+            };
+        }
+        if !self.client.handle_input(now, rx) {
+            debug!("unexpected STUN message from the TURN server dropped");
+        }
+        self.drain(now);
+        Input::Consumed
+    }
+
+    /// Retransmissions, refreshes of the allocation, permissions and channels.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.client.handle_timeout(now);
+        self.drain(now);
+        if self.state != State::Allocated {
+            return;
+        }
+        if self.expires_at.is_some_and(|e| now >= e) {
+            self.lose(TurnError::TimedOut);
+            return;
+        }
+        if self.refresh_at.is_some_and(|r| now >= r) {
+            self.refresh_at = None;
+            self.send(now, Purpose::Refresh);
+        }
+        let due: Vec<IpAddr> = self
+            .permissions
+            .iter_mut()
+            .filter(|p| !p.pending && p.installed && now >= p.refresh_at)
+            .map(|p| {
+                p.pending = true;
+                p.ip
+            })
+            .collect();
+        for ip in due {
+            self.send(now, Purpose::Permission(ip));
+        }
+        let due: Vec<u16> = self
+            .channels
+            .iter_mut()
+            .filter(|c| !c.pending && c.bound && now >= c.refresh_at)
+            .map(|c| {
+                c.pending = true;
+                c.number
+            })
+            .collect();
+        for n in due {
+            self.send(now, Purpose::Channel(n));
+        }
+    }
+
+    /// The next datagram (or stream message) for the server.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.client.poll_transmit()
+    }
+
+    /// When to call `handle_timeout` next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.client.poll_timeout();
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        if self.state == State::Allocated {
+            consider(self.refresh_at);
+            consider(self.expires_at);
+            for p in self
+                .permissions
+                .iter()
+                .filter(|p| !p.pending && p.installed)
+            {
+                consider(Some(p.refresh_at));
+            }
+            for c in self.channels.iter().filter(|c| !c.pending && c.bound) {
+                consider(Some(c.refresh_at));
+            }
+        }
+        t
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<AllocationEvent> {
+        self.events.pop_front()
+    }
+
+    fn take_purpose(&mut self, id: TransactionId) -> Option<Purpose> {
+        let i = self.purposes.iter().position(|(t, _)| *t == id)?;
+        Some(self.purposes.swap_remove(i).1)
+    }
+
+    fn drain(&mut self, now: Instant) {
+        while let Some(ev) = self.client.poll_event() {
+            match ev {
+                TransactionEvent::Response(resp) => {
+                    let Some(purpose) = self.take_purpose(resp.id) else {
+                        continue;
+                    };
+                    let msg = resp.message();
+                    if msg.class() == Class::Success {
+                        self.stale_retries = 0;
+                        self.on_success(now, purpose, &msg);
+                    } else {
+                        self.on_error(now, purpose, &msg);
+                    }
+                }
+                TransactionEvent::TimedOut { id, .. } => {
+                    if let Some(purpose) = self.take_purpose(id) {
+                        self.fail(purpose, TurnError::TimedOut);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_success(&mut self, now: Instant, purpose: Purpose, msg: &Message<'_>) {
+        let granted = |msg: &Message<'_>| {
+            msg.get::<Lifetime>()
+                .ok()
+                .flatten()
+                .map(|l| Duration::from_secs(u64::from(l.0)))
+        };
+        match purpose {
+            Purpose::Allocate => {
+                let relayed: Vec<SocketAddr> = msg
+                    .attributes()
+                    .filter(|a| a.kind == AttributeType::XOR_RELAYED_ADDRESS)
+                    .filter_map(|a| {
+                        use crate::stun::Attribute;
+                        XorRelayedAddress::decode(a.value, &msg.transaction_id()).ok()
+                    })
+                    .map(|r| r.0)
+                    .collect();
+                let Some(lifetime) = granted(msg) else {
+                    return self.lose(TurnError::MissingAttribute("LIFETIME"));
+                };
+                if relayed.is_empty() {
+                    return self.lose(TurnError::MissingAttribute("XOR-RELAYED-ADDRESS"));
+                }
+                self.mapped = msg.get::<XorMappedAddress>().ok().flatten().map(|m| m.0);
+                self.relayed = relayed.clone();
+                self.state = State::Allocated;
+                self.schedule_refresh(now, lifetime);
+                self.events.push_back(AllocationEvent::Allocated {
+                    relayed,
+                    mapped: self.mapped,
+                    lifetime,
+                });
+            }
+            Purpose::Refresh => {
+                let lifetime = granted(msg).unwrap_or(self.config.lifetime);
+                self.schedule_refresh(now, lifetime);
+                self.events
+                    .push_back(AllocationEvent::Refreshed { lifetime });
+            }
+            Purpose::Deallocate => self.finish_deallocation(),
+            Purpose::Permission(ip) => {
+                if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
+                    p.installed = true;
+                    p.pending = false;
+                    p.refresh_at = now + PERMISSION_REFRESH;
+                }
+                self.events
+                    .push_back(AllocationEvent::PermissionCreated(ip));
+            }
+            Purpose::Channel(n) => {
+                if let Some(c) = self.channels.iter_mut().find(|c| c.number == n) {
+                    c.bound = true;
+                    c.pending = false;
+                    c.refresh_at = now + CHANNEL_REFRESH;
+                    let peer = c.peer;
+                    self.events
+                        .push_back(AllocationEvent::ChannelBound { peer, channel: n });
+                }
+            }
+        }
+    }
+
+    fn schedule_refresh(&mut self, now: Instant, lifetime: Duration) {
+        let margin = REFRESH_MARGIN.min(lifetime / 2);
+        self.refresh_at = Some(now + lifetime - margin);
+        self.expires_at = Some(now + lifetime);
+    }
+
+    fn on_error(&mut self, now: Instant, purpose: Purpose, msg: &Message<'_>) {
+        let (code, reason) = match msg.get::<ErrorCode<'_>>() {
+            Ok(Some(e)) => (e.code, e.reason.to_owned()),
+            _ => (0, String::new()),
+        };
+        match code {
+            401 if self.auth.is_none() => match self.learn_auth(msg) {
+                Ok(()) => self.send(now, purpose),
+                Err(e) => self.fail(purpose, e),
+            },
+            438 if self.stale_retries < MAX_STALE_NONCE_RETRIES => {
+                self.stale_retries += 1;
+                match self.learn_auth(msg) {
+                    Ok(()) => self.send(now, purpose),
+                    Err(e) => self.fail(purpose, e),
+                }
+            }
+            300 if purpose == Purpose::Allocate => {
+                let alt = msg.get::<AlternateServer>().ok().flatten();
+                match alt {
+                    Some(AlternateServer(addr)) if !self.redirected => {
+                        debug!(to = %addr, "TURN server redirects (300)");
+                        self.redirected = true;
+                        self.config.server = addr;
+                        self.auth = None;
+                        self.send(now, Purpose::Allocate);
+                    }
+                    Some(_) => self.fail(purpose, TurnError::TooManyRedirects),
+                    None => self.fail(purpose, TurnError::MissingAttribute("ALTERNATE-SERVER")),
+                }
+            }
+            437 if purpose == Purpose::Deallocate => self.finish_deallocation(),
+            _ => self.fail(purpose, TurnError::from_code(code, &reason)),
+        }
+    }
+
+    /// Takes REALM, NONCE and the offered password algorithms from a 401 or 438, and
+    /// derives the key (RFC 8489 §9.2.3–9.2.5).
+    fn learn_auth(&mut self, msg: &Message<'_>) -> Result<(), TurnError> {
+        let nonce = msg
+            .get::<Nonce<'_>>()?
+            .ok_or(TurnError::MissingAttribute("NONCE"))?
+            .0
+            .to_owned();
+        let realm = match msg.get::<Realm<'_>>()? {
+            Some(r) => r.0.to_owned(),
+            None => self
+                .auth
+                .as_ref()
+                .map(|a| a.realm.clone())
+                .ok_or(TurnError::MissingAttribute("REALM"))?,
+        };
+        let (feature_algorithms, feature_userhash) = nonce_features(&nonce);
+        let algorithms = if feature_algorithms {
+            msg.get::<PasswordAlgorithms<'_>>()?.and_then(|list| {
+                let chosen = list
+                    .iter()
+                    .find_map(|a| PasswordAlgorithm::from_number(a.algorithm))?;
+                let mut raw = Vec::new();
+                for a in list.iter() {
+                    raw.extend_from_slice(&a.algorithm.to_be_bytes());
+                    raw.extend_from_slice(&(a.params.len() as u16).to_be_bytes());
+                    raw.extend_from_slice(a.params);
+                    raw.resize((raw.len() + 3) & !3, 0);
+                }
+                Some((raw, chosen))
+            })
+        } else {
+            None
+        };
+        let algorithm = algorithms.as_ref().map_or(PasswordAlgorithm::Md5, |a| a.1);
+        let c = &self.config.credentials;
+        let key = IntegrityKey::long_term(&c.username, &realm, &c.password, algorithm)?;
+        let userhash = if feature_userhash {
+            Some(userhash(&c.username, &realm)?)
+        } else {
+            None
+        };
+        self.auth = Some(Auth {
+            username: c.username.clone(),
+            realm,
+            nonce,
+            key,
+            algorithms,
+            userhash,
+        });
+        Ok(())
+    }
+
+    fn fail(&mut self, purpose: Purpose, error: TurnError) {
+        debug!(?purpose, %error, "TURN request failed");
+        match purpose {
+            Purpose::Allocate | Purpose::Refresh => self.lose(error),
+            Purpose::Deallocate => self.finish_deallocation(),
+            Purpose::Permission(ip) => {
+                self.permissions.retain(|p| p.ip != ip);
+                self.events
+                    .push_back(AllocationEvent::PermissionFailed(ip, error));
+            }
+            Purpose::Channel(n) => {
+                if let Some(i) = self.channels.iter().position(|c| c.number == n) {
+                    let c = self.channels.swap_remove(i);
+                    self.events
+                        .push_back(AllocationEvent::ChannelFailed(c.peer, error));
+                }
+            }
+        }
+    }
+
+    fn lose(&mut self, error: TurnError) {
+        if self.state == State::Done {
+            return;
+        }
+        self.state = State::Done;
+        self.purposes.clear();
+        self.events.push_back(AllocationEvent::Lost(error));
+    }
+
+    fn finish_deallocation(&mut self) {
+        if self.state != State::Done {
+            self.state = State::Done;
+            self.purposes.clear();
+            self.events.push_back(AllocationEvent::Deallocated);
+        }
+    }
+}
+
+/// Adds USERNAME or USERHASH, REALM, NONCE, and the negotiated password algorithm.
+fn add_auth(b: &mut MessageBuilder<'_>, a: &Auth) -> Result<(), StunError> {
+    match &a.userhash {
+        Some(h) => b.add(&UserHash(h))?,
+        None => b.add(&Username(&a.username))?,
+    };
+    b.add(&Realm(&a.realm))?;
+    b.add(&Nonce(&a.nonce))?;
+    if let Some((raw, chosen)) = &a.algorithms {
+        b.add_raw(AttributeType::PASSWORD_ALGORITHMS, raw)?;
+        b.add(&PasswordAlgorithmAttr {
+            algorithm: chosen.number(),
+            params: &[],
+        })?;
+    }
+    Ok(())
+}
+
+/// The security features a nonce announces (RFC 8489 §9.2): (password algorithms,
+/// user-name anonymity).
+fn nonce_features(nonce: &str) -> (bool, bool) {
+    let Some(rest) = nonce.strip_prefix(NONCE_COOKIE) else {
+        return (false, false);
+    };
+    let Some(b64) = rest.get(..4) else {
+        return (false, false);
+    };
+    match base64::engine::general_purpose::STANDARD.decode(b64) {
+        Ok(bits) if !bits.is_empty() => (bits[0] & 0x80 != 0, bits[0] & 0x40 != 0),
+        _ => (false, false),
+    }
+}
+
+#[cfg(test)]
+mod tests;

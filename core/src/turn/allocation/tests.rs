@@ -1,0 +1,717 @@
+//! The allocation machine against a small fake TURN server, on a virtual clock.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::stun::attributes::{PasswordAlgorithms, UnknownAttributes};
+use crate::stun::{Attribute, MessageBuilder};
+
+const USER: &str = "alice";
+const PASS: &str = "wonderland";
+const REALM: &str = "pinhole.test";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn server() -> SocketAddr {
+    addr("203.0.113.10:3478")
+}
+
+fn local() -> SocketAddr {
+    addr("10.0.0.2:5000")
+}
+
+/// Just enough of a TURN server to exercise the client.
+struct FakeTurn {
+    nonce: String,
+    /// Offer PASSWORD-ALGORITHMS (with the nonce cookie bit).
+    algorithms: bool,
+    /// Ask for USERHASH (nonce cookie bit).
+    userhash: bool,
+    lifetime: u32,
+    /// Answer the next N authenticated requests with 438.
+    stale: u32,
+    /// Answer Allocate with this error code.
+    error: Option<u16>,
+    /// Redirect (300) to this server.
+    alternate: Option<SocketAddr>,
+    /// Drop the next N datagrams.
+    drop: u32,
+    seen: Vec<Vec<u8>>,
+    deallocated: bool,
+}
+
+impl FakeTurn {
+    fn new() -> Self {
+        Self {
+            nonce: "abcdef0123".into(),
+            algorithms: false,
+            userhash: false,
+            lifetime: 600,
+            stale: 0,
+            error: None,
+            alternate: None,
+            drop: 0,
+            seen: Vec::new(),
+            deallocated: false,
+        }
+    }
+
+    fn nonce(&self) -> String {
+        if self.algorithms || self.userhash {
+            // Feature bits: 0x80 password algorithms, 0x40 user-name anonymity.
+            let bits = [
+                (u8::from(self.algorithms) << 7) | (u8::from(self.userhash) << 6),
+                0,
+                0,
+            ];
+            format!(
+                "{NONCE_COOKIE}{}{}",
+                base64::engine::general_purpose::STANDARD.encode(bits),
+                self.nonce
+            )
+        } else {
+            self.nonce.clone()
+        }
+    }
+
+    fn key(&self) -> IntegrityKey {
+        let alg = if self.algorithms {
+            PasswordAlgorithm::Sha256
+        } else {
+            PasswordAlgorithm::Md5
+        };
+        IntegrityKey::long_term(USER, REALM, PASS, alg).unwrap()
+    }
+
+    fn error(
+        &self,
+        m: &Message<'_>,
+        code: u16,
+        with_auth: bool,
+        extra: &dyn Fn(&mut MessageBuilder<'_>),
+    ) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 512];
+        let kind = MessageType::new(Class::Error, m.method());
+        let mut b = MessageBuilder::new(&mut buf, kind, m.transaction_id()).unwrap();
+        b.add(&ErrorCode::new(code, "x")).unwrap();
+        if with_auth {
+            b.add(&Realm(REALM)).unwrap();
+            b.add(&Nonce(&self.nonce())).unwrap();
+            if self.algorithms {
+                let mut raw = [0u8; 8];
+                let list = PasswordAlgorithms::encode_list(&[2, 1], &mut raw).unwrap();
+                b.add(&list).unwrap();
+            }
+        }
+        extra(&mut b);
+        // After authentication a server protects its errors too (RFC 8489 §9.2.4).
+        if !with_auth {
+            b.add_message_integrity(&self.key()).unwrap();
+        }
+        let n = b.finish().len();
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    fn answer(&mut self, req: &[u8]) -> Option<Vec<u8>> {
+        self.seen.push(req.to_vec());
+        if self.drop > 0 {
+            self.drop -= 1;
+            return None;
+        }
+        let m = Message::parse(req).ok()?;
+        if m.class() == Class::Indication {
+            return None;
+        }
+        let method = m.method();
+        let mut buf = vec![0u8; 512];
+        if !m.has_integrity() {
+            return self.error(&m, 401, true, &|_| {});
+        }
+        if m.verify_integrity(&self.key()).is_err() {
+            return self.error(&m, 401, true, &|_| {});
+        }
+        // Check the identity attributes the client chose.
+        if self.userhash {
+            assert!(
+                m.get::<UserHash<'_>>().unwrap().is_some(),
+                "USERHASH expected"
+            );
+            assert!(m.get::<Username<'_>>().unwrap().is_none());
+        } else {
+            assert_eq!(m.get::<Username<'_>>().unwrap(), Some(Username(USER)));
+        }
+        if self.algorithms {
+            assert_eq!(
+                m.get::<PasswordAlgorithmAttr<'_>>()
+                    .unwrap()
+                    .unwrap()
+                    .algorithm,
+                2
+            );
+            assert!(m.get::<PasswordAlgorithms<'_>>().unwrap().is_some());
+        }
+        if self.stale > 0 {
+            self.stale -= 1;
+            self.nonce.push('x');
+            return self.error(&m, 438, true, &|_| {});
+        }
+        if method == Method::ALLOCATE {
+            if let Some(alt) = self.alternate {
+                return self.error(&m, 300, false, &|b| {
+                    b.add(&AlternateServer(alt)).unwrap();
+                });
+            }
+            if let Some(code) = self.error {
+                return self.error(&m, code, false, &|_| {});
+            }
+        }
+        let mut b = MessageBuilder::new(
+            &mut buf,
+            MessageType::new(Class::Success, method),
+            m.transaction_id(),
+        )
+        .unwrap();
+        match method {
+            Method::ALLOCATE => {
+                b.add(&XorRelayedAddress(addr("203.0.113.10:49152")))
+                    .unwrap();
+                b.add(&XorMappedAddress(addr("198.51.100.1:40000")))
+                    .unwrap();
+                b.add(&Lifetime(self.lifetime)).unwrap();
+            }
+            Method::REFRESH => {
+                let l = m.get::<Lifetime>().unwrap().unwrap().0;
+                if l == 0 {
+                    self.deallocated = true;
+                }
+                b.add(&Lifetime(l.min(self.lifetime))).unwrap();
+            }
+            _ => {}
+        }
+        b.add_message_integrity(&self.key()).unwrap();
+        let n = b.finish().len();
+        buf.truncate(n);
+        Some(buf)
+    }
+}
+
+struct Harness {
+    proto: Protocol,
+    t0: Instant,
+    now: Instant,
+    turn: FakeTurn,
+    a: Allocation,
+    events: Vec<(Duration, AllocationEvent)>,
+    rtt: Duration,
+}
+
+impl Harness {
+    fn new(turn: FakeTurn) -> Self {
+        Self::with(turn, |_| {})
+    }
+
+    fn with(turn: FakeTurn, edit: impl FnOnce(&mut AllocationConfig)) -> Self {
+        let t0 = Instant::now();
+        let mut config = AllocationConfig::new(
+            server(),
+            local(),
+            TurnTransport::Udp,
+            Credentials::long_term(USER, PASS),
+        );
+        edit(&mut config);
+        let proto = if config.transport.is_stream() {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        Self {
+            proto,
+            t0,
+            now: t0,
+            turn,
+            a: Allocation::new(t0, config, [9; 32]),
+            events: Vec::new(),
+            rtt: Duration::from_millis(10),
+        }
+    }
+
+    fn run_until(&mut self, until: Duration) {
+        let end = self.t0 + until;
+        let mut in_flight: Vec<(Instant, SocketAddr, Vec<u8>)> = Vec::new();
+        for _ in 0..100_000 {
+            while let Some(t) = self.a.poll_transmit() {
+                if let Some(r) = self.turn.answer(&t.contents) {
+                    in_flight.push((self.now + self.rtt, t.destination, r));
+                }
+            }
+            while let Some(e) = self.a.poll_event() {
+                self.events.push((self.now - self.t0, e));
+            }
+            let next = [
+                in_flight.iter().map(|f| f.0).min(),
+                self.a.poll_timeout(),
+                Some(end),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap();
+            if next >= end && self.now >= end {
+                return;
+            }
+            self.now = next.max(self.now);
+            let due: Vec<_> = in_flight
+                .iter()
+                .filter(|f| f.0 <= self.now)
+                .cloned()
+                .collect();
+            in_flight.retain(|f| f.0 > self.now);
+            for (_, from, bytes) in due {
+                let rx = Received {
+                    proto: self.proto,
+                    source: from,
+                    destination: local(),
+                    contents: &bytes,
+                };
+                assert_eq!(self.a.handle_input(self.now, rx), Input::Consumed);
+            }
+            self.a.handle_timeout(self.now);
+        }
+        panic!("no convergence");
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .map(|(_, e)| {
+                format!("{e:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn nonce_dance_then_allocated() {
+    let mut h = Harness::new(FakeTurn::new());
+    h.run_until(Duration::from_secs(1));
+    let (at, ev) = &h.events[0];
+    assert_eq!(
+        *at,
+        Duration::from_millis(20),
+        "two round trips: 401, then success"
+    );
+    assert_eq!(
+        ev,
+        &AllocationEvent::Allocated {
+            relayed: vec![addr("203.0.113.10:49152")],
+            mapped: Some(addr("198.51.100.1:40000")),
+            lifetime: Duration::from_secs(600),
+        }
+    );
+    assert!(h.a.is_allocated());
+    // The first request carried no credentials.
+    let first = Message::parse(&h.turn.seen[0]).unwrap();
+    assert!(!first.has_integrity());
+    assert_eq!(
+        first.get::<RequestedTransport>().unwrap(),
+        Some(RequestedTransport::UDP)
+    );
+}
+
+#[test]
+fn sha256_password_algorithm_and_userhash() {
+    let mut t = FakeTurn::new();
+    t.algorithms = true;
+    t.userhash = true;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert!(
+        matches!(h.events[0].1, AllocationEvent::Allocated { .. }),
+        "{:?}",
+        h.events
+    );
+}
+
+#[test]
+fn stale_nonce_is_retried_with_the_new_nonce() {
+    let mut t = FakeTurn::new();
+    t.stale = 2;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert!(matches!(h.events[0].1, AllocationEvent::Allocated { .. }));
+    let last = Message::parse(h.turn.seen.last().unwrap()).unwrap();
+    assert_eq!(last.get::<Nonce<'_>>().unwrap().unwrap().0, "abcdef0123xx");
+    // Too many stale answers in a row: give up.
+    let mut t = FakeTurn::new();
+    t.stale = 10;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert!(
+        matches!(
+            &h.events[0].1,
+            AllocationEvent::Lost(TurnError::ServerError { code: 438, .. })
+        ),
+        "{:?}",
+        h.events
+    );
+}
+
+#[test]
+fn refresh_before_expiry() {
+    let mut h = Harness::new(FakeTurn::new());
+    h.run_until(Duration::from_secs(1200));
+    let refreshes: Vec<_> = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, AllocationEvent::Refreshed { .. }))
+        .map(|(t, _)| t.as_millis())
+        .collect();
+    // Allocated at 20 ms for 600 s: refresh 60 s early, at 540.020 s (answered 10 ms later).
+    assert_eq!(refreshes, [540_030, 1_080_040]);
+    let mut t = FakeTurn::new();
+    t.lifetime = 30;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(20));
+    let refreshes: Vec<_> = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, AllocationEvent::Refreshed { .. }))
+        .map(|(t, _)| t.as_millis())
+        .collect();
+    // A 30 s lifetime refreshes at half of it.
+    assert_eq!(refreshes, [15_030]);
+}
+
+#[test]
+fn lost_requests_are_retransmitted() {
+    let mut t = FakeTurn::new();
+    t.drop = 2;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(5));
+    // Sent at 0 (dropped), 500 (dropped), 1500 -> 401 at 1510 -> allocated at 1520.
+    assert_eq!(h.events[0].0, Duration::from_millis(1520));
+}
+
+#[test]
+fn permissions_channels_and_data() {
+    let mut h = Harness::new(FakeTurn::new());
+    h.run_until(Duration::from_secs(1));
+    let peer = addr("198.51.100.50:7000");
+    let mut out = [0u8; 256];
+    assert_eq!(
+        h.a.encode_to_peer(peer, b"hi", &mut out),
+        Err(TurnError::NoPermission(peer))
+    );
+    h.a.create_permission(h.now, peer.ip()).unwrap();
+    let n = h.a.encode_to_peer(peer, b"hi", &mut out).unwrap();
+    let send = Message::parse(&out[..n]).unwrap();
+    assert_eq!(
+        (send.class(), send.method()),
+        (Class::Indication, Method::SEND)
+    );
+    assert_eq!(send.get::<XorPeerAddress>().unwrap().unwrap().0, peer);
+    assert_eq!(send.get::<Data<'_>>().unwrap().unwrap().0, b"hi");
+    let ch = h.a.bind_channel(h.now, peer).unwrap();
+    assert_eq!(ch, 0x4000);
+    h.run_until(Duration::from_secs(2));
+    assert!(
+        h.events.contains(&(
+            Duration::from_millis(1010),
+            AllocationEvent::PermissionCreated(peer.ip())
+        )),
+        "{:?}",
+        h.events
+    );
+    assert!(h.events.iter().any(|(_, e)| *e
+        == AllocationEvent::ChannelBound {
+            peer,
+            channel: 0x4000
+        }));
+    let n = h.a.encode_to_peer(peer, b"hello", &mut out).unwrap();
+    assert_eq!(n, 9, "ChannelData over UDP, unpadded");
+    assert_eq!(&out[..4], &[0x40, 0x00, 0x00, 0x05]);
+
+    // Inbound: ChannelData and a Data indication, both zero-copy.
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: server(),
+        destination: local(),
+        contents: &out[..n],
+    };
+    assert_eq!(
+        h.a.handle_input(h.now, rx),
+        Input::Data {
+            peer,
+            data: b"hello"
+        }
+    );
+    let mut ind = [0u8; 128];
+    let mut b = MessageBuilder::new(
+        &mut ind,
+        MessageType::new(Class::Indication, Method::DATA),
+        TransactionId([1; 12]),
+    )
+    .unwrap();
+    b.add(&XorPeerAddress(peer)).unwrap();
+    b.add(&Data(b"yo")).unwrap();
+    let ind = b.finish().to_vec();
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: server(),
+        destination: local(),
+        contents: &ind,
+    };
+    assert_eq!(
+        h.a.handle_input(h.now, rx),
+        Input::Data { peer, data: b"yo" }
+    );
+    // From somebody else: not ours.
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: peer,
+        destination: local(),
+        contents: &ind,
+    };
+    assert_eq!(h.a.handle_input(h.now, rx), Input::NotTurn);
+    // ChannelData on an unknown channel: dropped.
+    let mut cd = [0u8; 16];
+    let n = ChannelData::emit(0x4abc, b"z", false, &mut cd).unwrap();
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: server(),
+        destination: local(),
+        contents: &cd[..n],
+    };
+    assert_eq!(h.a.handle_input(h.now, rx), Input::Consumed);
+
+    // Refresh schedule: permission every 240 s, channel every 540 s.
+    h.run_until(Duration::from_secs(600));
+    let perms: Vec<_> = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, AllocationEvent::PermissionCreated(_)))
+        .map(|(t, _)| t.as_secs())
+        .collect();
+    assert_eq!(perms, [1, 241, 481]);
+    let chans: Vec<_> = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, AllocationEvent::ChannelBound { .. }))
+        .map(|(t, _)| t.as_secs())
+        .collect();
+    assert_eq!(chans, [1, 541]);
+}
+
+#[test]
+fn stream_transport_pads_channel_data() {
+    let mut h = Harness::with(FakeTurn::new(), |c| c.transport = TurnTransport::Tcp);
+    h.run_until(Duration::from_secs(1));
+    let peer = addr("198.51.100.50:7000");
+    h.a.bind_channel(h.now, peer).unwrap();
+    h.run_until(Duration::from_secs(2));
+    let mut out = [0u8; 64];
+    assert_eq!(h.a.encode_to_peer(peer, b"hello", &mut out).unwrap(), 12);
+}
+
+#[test]
+fn error_codes_become_typed_errors() {
+    for (code, expect) in [
+        (403, TurnError::Forbidden),
+        (437, TurnError::AllocationMismatch),
+        (440, TurnError::AddressFamilyNotSupported),
+        (441, TurnError::WrongCredentials),
+        (442, TurnError::UnsupportedTransport),
+        (486, TurnError::AllocationQuotaReached),
+        (508, TurnError::InsufficientCapacity),
+    ] {
+        let mut t = FakeTurn::new();
+        t.error = Some(code);
+        let mut h = Harness::new(t);
+        h.run_until(Duration::from_secs(1));
+        assert_eq!(
+            h.events,
+            [(Duration::from_millis(20), AllocationEvent::Lost(expect))]
+        );
+        assert!(h.a.is_done());
+    }
+}
+
+#[test]
+fn wrong_password_is_unauthenticated() {
+    let mut h = Harness::with(FakeTurn::new(), |c| c.credentials.password = "nope".into());
+    h.run_until(Duration::from_secs(1));
+    assert_eq!(
+        h.events[0].1,
+        AllocationEvent::Lost(TurnError::Unauthenticated)
+    );
+}
+
+#[test]
+fn alternate_server_is_followed_once() {
+    let mut t = FakeTurn::new();
+    t.alternate = Some(addr("203.0.113.11:3478"));
+    let mut h = Harness::new(t);
+    // The fake answers for every address, and keeps redirecting: followed once, then an error.
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(h.a.server(), addr("203.0.113.11:3478"));
+    assert_eq!(h.kinds(), ["Lost"]);
+    assert_eq!(
+        h.events[0].1,
+        AllocationEvent::Lost(TurnError::TooManyRedirects)
+    );
+}
+
+#[test]
+fn deallocate_sends_lifetime_zero() {
+    let mut h = Harness::new(FakeTurn::new());
+    h.run_until(Duration::from_secs(1));
+    h.a.deallocate(h.now);
+    h.run_until(Duration::from_secs(2));
+    assert!(h.turn.deallocated);
+    assert_eq!(h.kinds(), ["Allocated", "Deallocated"]);
+    assert!(h.a.is_done());
+}
+
+#[test]
+fn hostile_responses_are_ignored() {
+    let t0 = Instant::now();
+    let config = AllocationConfig::new(
+        server(),
+        local(),
+        TurnTransport::Udp,
+        Credentials::long_term(USER, PASS),
+    );
+    let mut a = Allocation::new(t0, config, [1; 32]);
+    let req = a.poll_transmit().unwrap();
+    let tid = Message::parse(&req.contents).unwrap().transaction_id();
+    // An unauthenticated "success" with a relayed address, before any auth: accepted by
+    // STUN rules but lacking LIFETIME, so the allocation fails with a typed error, never
+    // a panic.
+    let mut buf = [0u8; 256];
+    let mut b = MessageBuilder::new(
+        &mut buf,
+        MessageType::new(Class::Success, Method::ALLOCATE),
+        tid,
+    )
+    .unwrap();
+    b.add(&XorRelayedAddress(addr("192.0.2.66:1"))).unwrap();
+    let bogus = b.finish().to_vec();
+    // From the wrong address: not ours.
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: addr("192.0.2.66:3478"),
+        destination: local(),
+        contents: &bogus,
+    };
+    assert_eq!(a.handle_input(t0, rx), Input::NotTurn);
+    // Garbage from the server: consumed, no event.
+    for junk in [
+        &b"\xff\xff\xff"[..],
+        &[0u8; 3],
+        &[0x40, 0x00, 0x00, 0x09, 1],
+    ] {
+        let rx = Received {
+            proto: Protocol::Udp,
+            source: server(),
+            destination: local(),
+            contents: junk,
+        };
+        assert_eq!(a.handle_input(t0, rx), Input::Consumed);
+        assert_eq!(a.poll_event(), None);
+    }
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: server(),
+        destination: local(),
+        contents: &bogus,
+    };
+    assert_eq!(a.handle_input(t0, rx), Input::Consumed);
+    assert_eq!(
+        a.poll_event(),
+        Some(AllocationEvent::Lost(TurnError::MissingAttribute(
+            "LIFETIME"
+        )))
+    );
+    // A 420 with UNKNOWN-ATTRIBUTES for a fresh allocation: a typed server error.
+    let config = AllocationConfig::new(
+        server(),
+        local(),
+        TurnTransport::Udp,
+        Credentials::long_term(USER, PASS),
+    );
+    let mut a = Allocation::new(t0, config, [2; 32]);
+    let tid = Message::parse(&a.poll_transmit().unwrap().contents)
+        .unwrap()
+        .transaction_id();
+    let mut b = MessageBuilder::new(
+        &mut buf,
+        MessageType::new(Class::Error, Method::ALLOCATE),
+        tid,
+    )
+    .unwrap();
+    b.add(&ErrorCode::UNKNOWN_ATTRIBUTE).unwrap();
+    b.add(&UnknownAttributes::from_wire(&[0x00, 0x19]).unwrap())
+        .unwrap();
+    let e = b.finish().to_vec();
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: server(),
+        destination: local(),
+        contents: &e,
+    };
+    a.handle_input(t0, rx);
+    assert!(matches!(
+        a.poll_event(),
+        Some(AllocationEvent::Lost(TurnError::ServerError {
+            code: 420,
+            ..
+        }))
+    ));
+    let _ = XorRelayedAddress::decode;
+}
+
+#[test]
+fn credentials_never_reach_the_logs() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        // A wrong password (so failures are logged too), then a good run with debug output.
+        let mut h = Harness::with(FakeTurn::new(), |c| {
+            c.credentials.password = "hunter2-secret".into()
+        });
+        h.run_until(Duration::from_secs(1));
+        let mut t = FakeTurn::new();
+        t.stale = 1;
+        let mut h = Harness::new(t);
+        h.run_until(Duration::from_secs(1));
+        tracing::debug!(config = ?AllocationConfig::new(server(), local(), TurnTransport::Udp, Credentials::long_term(USER, PASS)), "config");
+    });
+    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    assert!(!logs.is_empty(), "the test must see some logs");
+    assert!(!logs.contains("hunter2-secret"));
+    assert!(!logs.contains(PASS));
+}

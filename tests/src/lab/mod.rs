@@ -1,0 +1,833 @@
+//! The NAT lab: real NATs in Linux network namespaces, with real servers.
+//!
+//! ```text
+//!            internet namespace (bridge br0, forwarding, black-hole default route)
+//!            203.0.113.1 + 198.51.100.1 (gateways)      servers on br0:
+//!            ├── pinhole serve  203.0.113.10:3478 / 203.0.113.11:3479 (RFC 5780)
+//!            ├── coturn         203.0.113.20:3478 / 203.0.113.21:3479 (RFC 5780, TURN)
+//!            │
+//!   wan 198.51.100.N ─────────────── wan 198.51.100.M
+//!   router (nft NAT)                 carrier-grade NAT (nft NAT)
+//!   lan 192.168.K.1 (bridge)         lan 100.64.K.1 (bridge)
+//!     └── host 192.168.K.10            └── wan 100.64.K.10: home router
+//!                                            lan 192.168.J.1 └── host 192.168.J.10
+//! ```
+//!
+//! A [`Lab`] owns its namespaces and processes and tears everything down on drop, panics
+//! included. Namespace names carry the owner's process id (see [`netns`]); stale ones are
+//! swept when a lab starts. Nothing here touches the root namespace's networking: veth
+//! pairs are created inside lab namespaces with their peer placed straight into another.
+//! Only documentation ranges face the lab "internet", and its default route is a black hole
+//! (a veth whose peer stays down), so nothing ever leaves it.
+
+pub mod bins;
+pub mod cmd;
+mod error;
+pub mod nat;
+pub mod netns;
+pub mod process;
+pub mod stun;
+pub mod support;
+pub mod topologies;
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub(crate) use error::lab_err;
+pub use error::{LabError, Result};
+pub use nat::{Behaviour, NatConfig, PortAllocation};
+
+use cmd::{Output, command, in_ns, output_within, run_in, run_in_with_input, run_with_input};
+use netns::Netns;
+use process::Process;
+
+/// The internet namespace's gateway address for servers (203.0.113.0/24).
+pub const SERVER_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The internet namespace's gateway address for routers' WAN sides (198.51.100.0/24).
+pub const WAN_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// `pinhole serve`'s primary address.
+pub const PINHOLE_PRIMARY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 3478);
+/// `pinhole serve`'s alternate address (other IP, other port).
+pub const PINHOLE_ALTERNATE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 11), 3479);
+/// coturn's primary address (its first `listening-ip`).
+pub const COTURN_PRIMARY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 20), 3478);
+/// coturn's alternate address (second `listening-ip`, `alt-listening-port`).
+pub const COTURN_ALTERNATE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 21), 3479);
+/// A spare internet address for test peers (bind to it inside the internet namespace).
+pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
+/// coturn's long-term credential in the lab.
+pub const COTURN_USER: (&str, &str) = ("pinhole", "pinhole-lab");
+/// coturn's realm in the lab.
+pub const COTURN_REALM: &str = "lab.pinhole.test";
+/// miniupnpd's HTTP (UPnP IGD) port.
+pub const UPNP_HTTP_PORT: u16 = 5000;
+
+/// How long a server may take to become ready.
+pub const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where a router's WAN side is plugged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uplink<'a> {
+    /// The internet bridge (WAN address in 198.51.100.0/24).
+    Internet,
+    /// The LAN of another router, by name (a NAT behind a NAT).
+    Router(&'a str),
+}
+
+/// A NAT router in the lab.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Its name in the lab.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its WAN address: the external address of its mappings.
+    pub wan_ip: Ipv4Addr,
+    /// Its LAN address (the hosts' gateway).
+    pub lan_ip: Ipv4Addr,
+    /// Its behaviour.
+    pub config: NatConfig,
+    /// Where it is plugged in (`None`: the internet).
+    pub uplink: Option<String>,
+    ports: u8,
+}
+
+/// A host behind a router.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Its name in the lab.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The router it sits behind.
+    pub router: String,
+}
+
+/// What [`Lab::start_miniupnpd`] started.
+#[derive(Debug, Clone)]
+pub struct PortMapper {
+    /// The router it runs on.
+    pub router: String,
+    /// The IGD root description URL (give it to `upnpc -u`).
+    pub upnp_url: String,
+    /// The NAT-PMP / PCP server address (the router's LAN address, port 5351).
+    pub pmp_addr: SocketAddrV4,
+}
+
+/// A running lab. See the module docs.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    inet: String,
+    procs: Vec<Process>,
+    routers: Vec<Router>,
+    hosts: Vec<Host>,
+    namespaces: Vec<Netns>,
+    next_wan: u8,
+    next_lan: u8,
+    next_cgnat: u8,
+    keep: bool,
+}
+
+fn ip_batch(ns: &str, lines: &[String]) -> Result<()> {
+    let mut script = lines.join("\n");
+    script.push('\n');
+    // One process for many commands.
+    run_with_input(
+        &mut command("ip", &["-n", ns, "-batch", "-"]),
+        Some(&script),
+    )
+    .map(|_| ())
+    .map_err(|e| lab_err!("{e}\nbatch was:\n{script}"))
+}
+
+fn sysctl(ns: &str, settings: &[&str]) -> Result<()> {
+    let mut args = vec!["-qw"];
+    args.extend_from_slice(settings);
+    run_in(ns, "sysctl", &args).map(|_| ())
+}
+
+/// Sweeps stale lab namespaces once per process.
+fn sweep_once() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if let Ok(swept) = netns::sweep_stale() {
+            if !swept.is_empty() {
+                support::say(&format!(
+                    "natlab: removed {} stale lab namespace(s): {}",
+                    swept.len(),
+                    swept.join(" ")
+                ));
+            }
+        }
+        // Their log directories too.
+        if let Ok(rd) = std::fs::read_dir(logs_root()) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = netns::owner_pid(&name) {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The directory under which each lab keeps its configs and logs.
+pub fn logs_root() -> PathBuf {
+    std::env::temp_dir().join("pinhole-lab")
+}
+
+impl Lab {
+    /// A lab with a fresh unique prefix: the internet namespace and nothing else yet.
+    pub fn new() -> Result<Self> {
+        sweep_once();
+        Self::with_prefix(&netns::unique_prefix())
+    }
+
+    /// The hand-built lab of `natlab up` (prefix `phm`); call [`keep`](Self::keep) to leave
+    /// it running.
+    pub fn manual() -> Result<Self> {
+        Self::with_prefix(netns::MANUAL_PREFIX)
+    }
+
+    fn with_prefix(prefix: &str) -> Result<Self> {
+        let dir = logs_root().join(prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut lab = Lab {
+            prefix: prefix.to_owned(),
+            dir,
+            inet: format!("{prefix}-inet"),
+            procs: Vec::new(),
+            routers: Vec::new(),
+            hosts: Vec::new(),
+            namespaces: Vec::new(),
+            next_wan: 10,
+            next_lan: 1,
+            next_cgnat: 1,
+            keep: false,
+        };
+        lab.build_internet()?;
+        Ok(lab)
+    }
+
+    fn build_internet(&mut self) -> Result<()> {
+        let ns = Netns::create(&self.inet)?;
+        self.namespaces.push(ns);
+        let inet = self.inet.clone();
+        let mut lines = vec![
+            "link add br0 type bridge".to_owned(),
+            "link set br0 up".to_owned(),
+            format!("addr add {SERVER_GATEWAY}/24 dev br0"),
+            format!("addr add {WAN_GATEWAY}/24 dev br0"),
+        ];
+        for ip in [
+            *PINHOLE_PRIMARY.ip(),
+            *PINHOLE_ALTERNATE.ip(),
+            *COTURN_PRIMARY.ip(),
+            *COTURN_ALTERNATE.ip(),
+            PEER_IP,
+        ] {
+            lines.push(format!("addr add {ip}/24 dev br0"));
+        }
+        // The black hole: a default route into a veth whose peer stays down. Sending to an
+        // unknown address then succeeds and the packet vanishes, instead of ENETUNREACH
+        // (which makes coturn close the TURN allocation that relayed it).
+        lines.push("link add bh0 type veth peer name bh1".to_owned());
+        lines.push("link set bh0 up".to_owned());
+        lines.push("route add default dev bh0".to_owned());
+        ip_batch(&inet, &lines)?;
+        sysctl(
+            &inet,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0",
+                "net.ipv4.conf.br0.send_redirects=0",
+            ],
+        )
+    }
+
+    /// The lab's prefix (every namespace name starts with it).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The internet namespace.
+    pub fn internet(&self) -> &str {
+        &self.inet
+    }
+
+    /// The directory with this lab's generated configs and server logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The routers, in creation order.
+    pub fn routers(&self) -> &[Router] {
+        &self.routers
+    }
+
+    /// The hosts, in creation order.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// A router by name.
+    pub fn router(&self, name: &str) -> Result<&Router> {
+        self.routers
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| lab_err!("no router named {name}"))
+    }
+
+    /// A host by name.
+    pub fn host(&self, name: &str) -> Result<&Host> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| lab_err!("no host named {name}"))
+    }
+
+    fn ns_name(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    /// Plugs a new veth into the uplink bridge (`br0` in the internet, `lan` in a router)
+    /// with its peer, named `peer_name`, created directly in `peer_ns`. Returns the uplink
+    /// namespace.
+    fn plug(&mut self, uplink: Uplink<'_>, peer_ns: &str, peer_name: &str) -> Result<String> {
+        let (up_ns, bridge, port) = match uplink {
+            Uplink::Internet => {
+                let n = self.next_wan;
+                (self.inet.clone(), "br0", format!("p{n}"))
+            }
+            Uplink::Router(name) => {
+                let r = self
+                    .routers
+                    .iter_mut()
+                    .find(|r| r.name == name)
+                    .ok_or_else(|| lab_err!("no router named {name}"))?;
+                r.ports += 1;
+                (r.ns.clone(), "lan", format!("p{}", r.ports))
+            }
+        };
+        ip_batch(
+            &up_ns,
+            &[
+                format!("link add {port} type veth peer name {peer_name} netns {peer_ns}"),
+                format!("link set {port} master {bridge}"),
+                // A host hairpinning to itself sends and receives on the same bridge port.
+                format!("link set {port} type bridge_slave hairpin on"),
+                format!("link set {port} up"),
+            ],
+        )?;
+        Ok(up_ns)
+    }
+
+    /// Adds a NAT router named `name` behind `uplink`, its LAN in 192.168.K.0/24.
+    pub fn add_router(
+        &mut self,
+        name: &str,
+        config: NatConfig,
+        uplink: Uplink<'_>,
+    ) -> Result<&Router> {
+        if self.next_lan == u8::MAX {
+            return Err(lab_err!("out of home LAN subnets"));
+        }
+        let lan = Ipv4Addr::new(192, 168, self.next_lan, 1);
+        self.next_lan += 1;
+        self.add_router_with_lan(name, config, uplink, lan)
+    }
+
+    /// Adds a carrier-grade NAT named `name` on the internet, its LAN (where home routers
+    /// go, with [`Uplink::Router`]) in 100.64.K.0/24 (RFC 6598 shared address space).
+    pub fn add_carrier_nat(&mut self, name: &str, config: NatConfig) -> Result<&Router> {
+        if self.next_cgnat == u8::MAX {
+            return Err(lab_err!("out of carrier LAN subnets"));
+        }
+        let lan = Ipv4Addr::new(100, 64, self.next_cgnat, 1);
+        self.next_cgnat += 1;
+        self.add_router_with_lan(name, config, Uplink::Internet, lan)
+    }
+
+    fn add_router_with_lan(
+        &mut self,
+        name: &str,
+        config: NatConfig,
+        uplink: Uplink<'_>,
+        lan_ip: Ipv4Addr,
+    ) -> Result<&Router> {
+        if self.routers.iter().any(|r| r.name == name) || self.hosts.iter().any(|h| h.name == name)
+        {
+            return Err(lab_err!("the lab already has a node named {name}"));
+        }
+        let (wan_ip, gateway) = match uplink {
+            Uplink::Internet => {
+                if self.next_wan == u8::MAX {
+                    return Err(lab_err!("out of WAN addresses"));
+                }
+                let ip = Ipv4Addr::new(198, 51, 100, self.next_wan);
+                (ip, WAN_GATEWAY)
+            }
+            Uplink::Router(up) => {
+                let r = self.router(up)?;
+                let o = r.lan_ip.octets();
+                (Ipv4Addr::new(o[0], o[1], o[2], 10 + r.ports), r.lan_ip)
+            }
+        };
+        let ns_name = self.ns_name(name);
+        self.namespaces.push(Netns::create(&ns_name)?);
+        self.plug(uplink, &ns_name, "wan")?;
+        if uplink == Uplink::Internet {
+            self.next_wan += 1;
+        }
+        ip_batch(
+            &ns_name,
+            &[
+                format!("addr add {wan_ip}/24 dev wan"),
+                "link set wan up".to_owned(),
+                format!("route add default via {gateway}"),
+                "link add lan type bridge".to_owned(),
+                format!("addr add {lan_ip}/24 dev lan"),
+                "link set lan up".to_owned(),
+            ],
+        )?;
+        sysctl(
+            &ns_name,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0",
+            ],
+        )?;
+        let rules = nat::ruleset(
+            &config,
+            &nat::RouterIfaces {
+                wan: "wan",
+                lan: "lan",
+                wan_ip,
+            },
+        );
+        std::fs::write(self.dir.join(format!("{name}.nft")), &rules)?;
+        run_in_with_input(&ns_name, "nft", &["-f", "-"], &rules)?;
+        if !config.delay.is_zero() {
+            self.start_delay(name, &ns_name, config.delay)?;
+        }
+        self.routers.push(Router {
+            name: name.to_owned(),
+            ns: ns_name,
+            wan_ip,
+            lan_ip,
+            config,
+            uplink: match uplink {
+                Uplink::Internet => None,
+                Uplink::Router(r) => Some(r.to_owned()),
+            },
+            ports: 0,
+        });
+        Ok(self.routers.last().expect("just pushed"))
+    }
+
+    fn start_delay(&mut self, router: &str, ns: &str, delay: Duration) -> Result<()> {
+        let bin = bins::nfq_delay()?;
+        let log = self.dir.join(format!("{router}-nfq-delay.log"));
+        let mut p = Process::spawn(
+            &format!("nfq-delay on {router}"),
+            ns,
+            &bin,
+            &["--queue", "0", "--delay-us", &delay.as_micros().to_string()],
+            &log,
+        )?;
+        p.wait_ready(SERVER_READY_TIMEOUT, |p| p.log().contains("ready"))?;
+        self.procs.push(p);
+        // Both directions of forwarded traffic; without --queue-bypass a dead delay
+        // process stops the router, which a test notices.
+        run_in(
+            ns,
+            "iptables-nft",
+            &[
+                "-w",
+                "5",
+                "-t",
+                "mangle",
+                "-A",
+                "FORWARD",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                "0",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Adds a host named `name` behind `router`.
+    pub fn add_host(&mut self, name: &str, router: &str) -> Result<&Host> {
+        if self.routers.iter().any(|r| r.name == name) || self.hosts.iter().any(|h| h.name == name)
+        {
+            return Err(lab_err!("the lab already has a node named {name}"));
+        }
+        let r = self.router(router)?;
+        let gateway = r.lan_ip;
+        let o = gateway.octets();
+        let ip = Ipv4Addr::new(o[0], o[1], o[2], 10 + r.ports);
+        let ns_name = self.ns_name(name);
+        self.namespaces.push(Netns::create(&ns_name)?);
+        self.plug(Uplink::Router(router), &ns_name, "eth0")?;
+        ip_batch(
+            &ns_name,
+            &[
+                format!("addr add {ip}/24 dev eth0"),
+                "link set eth0 up".to_owned(),
+                format!("route add default via {gateway}"),
+            ],
+        )?;
+        self.hosts.push(Host {
+            name: name.to_owned(),
+            ns: ns_name,
+            ip,
+            router: router.to_owned(),
+        });
+        Ok(self.hosts.last().expect("just pushed"))
+    }
+
+    /// Runs `program args…` inside namespace `ns`, killed after `timeout`. Any exit status
+    /// is returned; only failing to start or timing out is an error.
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        ns: &str,
+        program: &str,
+        args: &[S],
+        timeout: Duration,
+    ) -> Result<Output> {
+        output_within(&mut in_ns(ns, program, args), timeout)
+    }
+
+    /// Sends a STUN Binding request from inside `ns` (from `bind`, `0.0.0.0:0` for any) to
+    /// `server` through the `natlab stun-ping` helper; returns the mapped address.
+    pub fn stun_ping(
+        &self,
+        ns: &str,
+        bind: SocketAddr,
+        server: SocketAddr,
+        timeout: Duration,
+    ) -> Result<SocketAddr> {
+        let natlab = bins::natlab()?;
+        let out = self.exec(
+            ns,
+            &natlab.to_string_lossy(),
+            &[
+                "stun-ping".to_owned(),
+                "--bind".to_owned(),
+                bind.to_string(),
+                "--timeout-ms".to_owned(),
+                timeout.as_millis().to_string(),
+                server.to_string(),
+            ],
+            timeout + Duration::from_secs(5),
+        )?;
+        if !out.success() {
+            return Err(lab_err!(
+                "stun-ping {server} from {ns}: {}",
+                out.stderr.trim()
+            ));
+        }
+        out.stdout
+            .trim()
+            .parse()
+            .map_err(|e| lab_err!("stun-ping printed {:?}: {e}", out.stdout))
+    }
+
+    /// Runs the `natlab` helper (`stun-ping`, `udp-send`, `udp-recv`, …) inside `ns` and
+    /// requires success; returns its standard output.
+    pub fn natlab(&self, ns: &str, args: &[&str], timeout: Duration) -> Result<String> {
+        let natlab = bins::natlab()?;
+        let out = self.exec(ns, &natlab.to_string_lossy(), args, timeout)?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(lab_err!(
+                "natlab {} in {ns}: {}",
+                args.join(" "),
+                out.stderr.trim()
+            ))
+        }
+    }
+
+    /// Forgets every mapping of `router` — conntrack's and the NAT's own maps — as a
+    /// router reboot or a mapping timeout would.
+    pub fn flush_mappings(&self, router: &str) -> Result<()> {
+        let r = self.router(router)?;
+        run_in_with_input(&r.ns, "nft", &["-f", "-"], &nat::flush_commands())?;
+        // conntrack -F exits 0 and reports on stderr.
+        run_in(&r.ns, "conntrack", &["-F"])?;
+        Ok(())
+    }
+
+    fn wait_stun(p: &mut Process, lab: &Lab, addrs: &[SocketAddrV4]) -> Result<()> {
+        let inet = lab.inet.clone();
+        p.wait_ready(SERVER_READY_TIMEOUT, |_| {
+            addrs.iter().all(|a| {
+                lab.stun_ping(
+                    &inet,
+                    "0.0.0.0:0".parse().expect("literal"),
+                    SocketAddr::V4(*a),
+                    Duration::from_millis(250),
+                )
+                .is_ok()
+            })
+        })
+    }
+
+    /// Starts `pinhole serve` on [`PINHOLE_PRIMARY`] and [`PINHOLE_ALTERNATE`] in the
+    /// internet, and waits until both IPs answer STUN.
+    pub fn start_pinhole_serve(&mut self) -> Result<()> {
+        let bin = bins::pinhole()?;
+        let log = self.dir.join("pinhole-serve.log");
+        let mut p = Process::spawn(
+            "pinhole serve",
+            &self.inet,
+            &bin,
+            &[
+                "serve".to_owned(),
+                "--primary".to_owned(),
+                PINHOLE_PRIMARY.to_string(),
+                "--alternate".to_owned(),
+                PINHOLE_ALTERNATE.to_string(),
+            ],
+            &log,
+        )?;
+        Self::wait_stun(&mut p, self, &[PINHOLE_PRIMARY, PINHOLE_ALTERNATE])?;
+        self.procs.push(p);
+        Ok(())
+    }
+
+    /// Starts coturn (`turnserver`) in the internet on [`COTURN_PRIMARY`] and
+    /// [`COTURN_ALTERNATE`] (two listening IPs and an alternate port: RFC 5780), with a
+    /// long-term credential [`COTURN_USER`] for TURN, and waits until both IPs answer STUN.
+    pub fn start_coturn(&mut self) -> Result<()> {
+        let conf = self.dir.join("turnserver.conf");
+        let log = self.dir.join("turnserver.log");
+        let d = self.dir.display();
+        let (user, pass) = COTURN_USER;
+        let text = format!(
+            "# generated by the pinhole NAT lab\n\
+             listening-ip={p}\n\
+             listening-ip={a}\n\
+             listening-port={pp}\n\
+             alt-listening-port={ap}\n\
+             relay-ip={p}\n\
+             min-port=49152\n\
+             max-port=65535\n\
+             realm={COTURN_REALM}\n\
+             lt-cred-mech\n\
+             user={user}:{pass}\n\
+             fingerprint\n\
+             no-tls\n\
+             no-dtls\n\
+             no-cli\n\
+             verbose\n\
+             simple-log\n\
+             log-file={d}/turnserver-file.log\n\
+             pidfile={d}/turnserver.pid\n\
+             userdb={d}/turnserver.db\n",
+            p = COTURN_PRIMARY.ip(),
+            a = COTURN_ALTERNATE.ip(),
+            pp = COTURN_PRIMARY.port(),
+            ap = COTURN_ALTERNATE.port(),
+        );
+        std::fs::write(&conf, text)?;
+        let mut p = Process::spawn(
+            "coturn",
+            &self.inet,
+            Path::new("turnserver"),
+            &["-c".to_owned(), conf.to_string_lossy().into_owned()],
+            &log,
+        )?;
+        Self::wait_stun(&mut p, self, &[COTURN_PRIMARY, COTURN_ALTERNATE])?;
+        self.procs.push(p);
+        Ok(())
+    }
+
+    /// Starts miniupnpd (nftables backend) on `router` with UPnP IGD, NAT-PMP and PCP. Its
+    /// table and chains are created here (Debian's `nft_init.sh` is broken). Because the
+    /// router's WAN address is reserved (documentation range), miniupnpd only forwards
+    /// after its STUN check against `pinhole serve` passes: start that first. The router
+    /// accepts the STUN answers from the server's addresses for it.
+    pub fn start_miniupnpd(&mut self, router: &str) -> Result<PortMapper> {
+        let r = self.router(router)?.clone();
+        let table = "miniupnpd";
+        let rules = format!(
+            "table inet {table} {{\n\
+             \x20 chain forward {{ type filter hook forward priority filter - 5; policy accept; jump fwd_upnp; }}\n\
+             \x20 chain fwd_upnp {{ }}\n\
+             \x20 chain prerouting {{ type nat hook prerouting priority dstnat - 5; policy accept; jump pre_upnp; }}\n\
+             \x20 chain pre_upnp {{ }}\n\
+             \x20 chain postrouting {{ type nat hook postrouting priority srcnat - 5; policy accept; jump post_upnp; }}\n\
+             \x20 chain post_upnp {{ }}\n\
+             }}\n\
+             insert rule ip {lab} filtin iifname \"wan\" ip saddr {{ {a}, {b} }} udp sport {{ {pa}, {pb} }} accept\n",
+            lab = nat::TABLE,
+            a = PINHOLE_PRIMARY.ip(),
+            b = PINHOLE_ALTERNATE.ip(),
+            pa = PINHOLE_PRIMARY.port(),
+            pb = PINHOLE_ALTERNATE.port(),
+        );
+        run_in_with_input(&r.ns, "nft", &["-f", "-"], &rules)?;
+        let d = self.dir.display();
+        let conf = self.dir.join(format!("{router}-miniupnpd.conf"));
+        let uuid = format!("7c9e6679-7425-40de-944b-e07fc1f9{:04x}", self.procs.len());
+        std::fs::write(
+            &conf,
+            format!(
+                "# generated by the pinhole NAT lab\n\
+                 ext_ifname=wan\n\
+                 listening_ip=lan\n\
+                 http_port={UPNP_HTTP_PORT}\n\
+                 enable_upnp=yes\n\
+                 enable_natpmp=yes\n\
+                 ext_perform_stun=yes\n\
+                 ext_stun_host={sh}\n\
+                 ext_stun_port={sp}\n\
+                 upnp_table_name={table}\n\
+                 upnp_nat_table_name={table}\n\
+                 upnp_forward_chain=fwd_upnp\n\
+                 upnp_nat_chain=pre_upnp\n\
+                 upnp_nat_postrouting_chain=post_upnp\n\
+                 secure_mode=yes\n\
+                 system_uptime=yes\n\
+                 min_lifetime=60\n\
+                 max_lifetime=86400\n\
+                 lease_file={d}/{router}-upnp.leases\n\
+                 uuid={uuid}\n\
+                 allow 1024-65535 0.0.0.0/0 1024-65535\n\
+                 deny 0-65535 0.0.0.0/0 0-65535\n",
+                sh = PINHOLE_PRIMARY.ip(),
+                sp = PINHOLE_PRIMARY.port(),
+            ),
+        )?;
+        let log = self.dir.join(format!("{router}-miniupnpd.log"));
+        let mut p = Process::spawn(
+            &format!("miniupnpd on {router}"),
+            &r.ns,
+            Path::new("miniupnpd"),
+            &[
+                "-d".to_owned(),
+                "-f".to_owned(),
+                conf.to_string_lossy().into_owned(),
+                "-P".to_owned(),
+                format!("{d}/{router}-miniupnpd.pid"),
+            ],
+            &log,
+        )?;
+        p.wait_ready(SERVER_READY_TIMEOUT, |p| {
+            let l = p.log();
+            l.contains("Port forwarding is now enabled")
+                && l.contains("HTTP listening on port")
+                && l.contains("Listening for NAT-PMP/PCP traffic")
+        })?;
+        self.procs.push(p);
+        Ok(PortMapper {
+            router: router.to_owned(),
+            upnp_url: format!("http://{}:{UPNP_HTTP_PORT}/rootDesc.xml", r.lan_ip),
+            pmp_addr: SocketAddrV4::new(r.lan_ip, 5351),
+        })
+    }
+
+    /// The logs of every process started so far, for failure messages.
+    pub fn server_logs(&self) -> String {
+        let mut s = String::new();
+        for p in &self.procs {
+            let _ = writeln!(
+                s,
+                "--- {} ({}) ---\n{}",
+                p.label(),
+                p.log_path().display(),
+                p.log()
+            );
+        }
+        s
+    }
+
+    /// A description of the lab: namespaces and addresses.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "internet  ns {}  gateways {SERVER_GATEWAY} {WAN_GATEWAY}",
+            self.inet
+        );
+        for p in &self.procs {
+            let _ = writeln!(
+                s,
+                "  server  {}  (log {})",
+                p.label(),
+                p.log_path().display()
+            );
+        }
+        for r in &self.routers {
+            let _ = writeln!(
+                s,
+                "router    {:<22} ns {:<28} wan {:<15} lan {:<15} behind {:<10} {}",
+                r.name,
+                r.ns,
+                r.wan_ip,
+                r.lan_ip,
+                r.uplink.as_deref().unwrap_or("internet"),
+                r.config.describe()
+            );
+        }
+        for h in &self.hosts {
+            let _ = writeln!(
+                s,
+                "host      {:<22} ns {:<28} ip  {:<15} behind {}",
+                h.name, h.ns, h.ip, h.router
+            );
+        }
+        s
+    }
+
+    /// Leaves the whole lab running after this value is gone (for `natlab up`).
+    pub fn keep(mut self) {
+        self.keep = true;
+        for ns in &mut self.namespaces {
+            ns.keep();
+        }
+        for p in std::mem::take(&mut self.procs) {
+            p.detach();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for p in &mut self.procs {
+            p.stop();
+        }
+        self.procs.clear();
+        // Hosts first, then routers (innermost first), the internet last.
+        while let Some(ns) = self.namespaces.pop() {
+            drop(ns);
+        }
+        if std::thread::panicking() || std::env::var_os("PINHOLE_LAB_KEEP_LOGS").is_some() {
+            support::say(&format!(
+                "natlab: logs and configs kept in {}",
+                self.dir.display()
+            ));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
