@@ -262,10 +262,13 @@ impl MappingPlan {
 
 /// Hands the server's start-up outcome to the waiting caller exactly once, also when the
 /// server's future is dropped or unwinds before it could.
-struct Reply(Option<Arc<Rendezvous<Result<Vec<SocketAddr>, PinholeError>>>>);
+struct Reply(Option<Arc<Rendezvous<Started>>>);
+
+/// A server's start-up outcome: its addresses, or why it could not start.
+type Started = Result<Vec<SocketAddr>, PinholeError>;
 
 impl Reply {
-    fn put(&mut self, r: Result<Vec<SocketAddr>, PinholeError>) {
+    fn put(&mut self, r: Started) {
         if let Some(slot) = self.0.take() {
             slot.put(r);
         }
@@ -307,7 +310,7 @@ impl Server {
                 parse_socket_addr("alternate", a)?,
             )),
         };
-        let started = Arc::new(Rendezvous::<Result<Vec<SocketAddr>, PinholeError>>::default());
+        let started = Arc::new(Rendezvous::<Started>::default());
         let tx = Reply(Some(started.clone()));
         let task = Task::spawn("pinhole-server", move |mut stop| async move {
             let mut tx = tx;
