@@ -10,7 +10,9 @@
 #            cargo check (the simulator through -Zbuild-std) and, but for the simulator,
 #            a staticlib build; no crate that compiles C is allowed
 #
-# Usage: bindings/test.sh [part...]   (default: all of them, in that order)
+#   size     (only when asked for) the stripped release cdylib within the 2 MB budget
+#
+# Usage: bindings/test.sh [part...]   (default: all but size, in that order)
 #
 # bindings/setup.sh installs the tools first (idempotent: quick when they are there; the
 # chroot and kotlinc live outside the clone, under PINHOLE_TOOLS=/opt/pinhole-tools). The
@@ -244,7 +246,7 @@ part_swift() {
     chroot "$CHROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root \
         LD_LIBRARY_PATH=/pinhole/lib \
         PINHOLE_TEST_STUN="$STUN_URI" PINHOLE_TEST_SILENT="$SILENT_URI" \
-        swift test --package-path /pinhole/pkg -Xlinker -L/pinhole/lib \
+        swift test --disable-swift-testing --package-path /pinhole/pkg -Xlinker -L/pinhole/lib \
         >"$BUILD/swift-test.log" 2>&1 || rc=$?
     grep -vE '^(\[[0-9]+/[0-9]+\]|Building|Compiling|Write|Emitting)' "$BUILD/swift-test.log" || true
     cleanup_mounts
@@ -297,10 +299,25 @@ part_mobile() {
     results+=("mobile: check ok for ${MOBILE_TARGETS[*]} aarch64-apple-ios-sim; staticlib ok for ${MOBILE_TARGETS[*]}")
 }
 
+# Not in the default set (a release build with LTO takes minutes): the size of the
+# stripped release cdylib for the host, against the 2 MB budget.
+part_size() {
+    step "size of the stripped release cdylib"
+    cargo build --quiet --release -p pinhole-ffi
+    local so=$TARGET/release/libpinhole_ffi.so bytes
+    bytes=$(stat -c %s "$so")
+    echo "$so: $bytes bytes ($((bytes / 1024)) KiB)"
+    if [ "$bytes" -gt $((2 * 1024 * 1024)) ]; then
+        echo "bindings: over the 2 MB budget" >&2
+        exit 1
+    fi
+    results+=("size: stripped release cdylib $((bytes / 1024)) KiB (budget 2048 KiB)")
+}
+
 [ $# -gt 0 ] || set -- header c kotlin swift mobile
 for part in "$@"; do
     case $part in
-    header | c | kotlin | swift | mobile) "part_$part" ;;
+    header | c | kotlin | swift | mobile | size) "part_$part" ;;
     *) echo "bindings/test.sh: unknown part $part" >&2; exit 2 ;;
     esac
 done

@@ -222,3 +222,64 @@ pub extern "C" fn pinhole_set_log_handler(
         Ok(PINHOLE_OK)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_truncates_at_a_character_boundary_and_terminates() {
+        let mut buf = [1 as c_char; 5];
+        fill(&mut buf, "abé€x");
+        // "ab" + "é" (2 bytes) fills 4; "€" does not fit.
+        // SAFETY: `fill` NUL-terminated it.
+        let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        assert_eq!(s.to_str().unwrap(), "abé");
+        let mut empty: [c_char; 0] = [];
+        fill(&mut empty, "x");
+    }
+
+    #[test]
+    fn write_buf_reports_length_or_too_small() {
+        let mut buf = [1 as c_char; 8];
+        // SAFETY: `buf` has `buf.len()` bytes.
+        let n = unsafe { write_buf("1.2.3.4", buf.as_mut_ptr(), buf.len()) }.unwrap();
+        assert_eq!(n, 7);
+        // SAFETY: as above.
+        let n = unsafe { write_buf("1.2.3.45", buf.as_mut_ptr(), buf.len()) }.unwrap();
+        assert_eq!(n, PINHOLE_ERR_TOO_SMALL);
+        assert_eq!(buf[0], 0);
+        // SAFETY: NULL is allowed (and refused).
+        assert!(unsafe { write_buf("x", std::ptr::null_mut(), 8) }.is_err());
+    }
+
+    #[test]
+    fn every_code_has_a_description_and_errors_map_to_codes() {
+        for code in [
+            PINHOLE_ERR_INVALID,
+            PINHOLE_ERR_TOO_SMALL,
+            PINHOLE_ERR_NO_SERVER,
+            PINHOLE_ERR_UNSUPPORTED,
+            PINHOLE_ERR_IO,
+            PINHOLE_ERR_CANCELLED,
+            PINHOLE_ERR_NOT_AVAILABLE,
+            PINHOLE_ERR_INTERNAL,
+        ] {
+            // SAFETY: pinhole_strerror returns static C strings.
+            let s = unsafe { CStr::from_ptr(pinhole_strerror(code)) };
+            assert_ne!(s.to_str().unwrap(), "unknown error", "{code}");
+        }
+        assert_eq!(PinholeError::Cancelled.code(), PINHOLE_ERR_CANCELLED);
+        assert_eq!(
+            PinholeError::invalid("x").code(),
+            PINHOLE_ERR_INVALID,
+            "one conversion for both APIs"
+        );
+    }
+
+    #[test]
+    fn a_panic_becomes_internal_error() {
+        let code = guard(|| panic!("boom"));
+        assert_eq!(code, PINHOLE_ERR_INTERNAL);
+    }
+}
