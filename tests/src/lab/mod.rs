@@ -62,6 +62,11 @@ pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
 pub const COTURN_USER: (&str, &str) = ("pinhole", "pinhole-lab");
 /// coturn's realm in the lab.
 pub const COTURN_REALM: &str = "lab.pinhole.test";
+/// coturn's TLS listener (`turns:`), when started with [`CoturnOptions::tls`].
+pub const COTURN_TLS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 20), 5349);
+/// coturn's shared secret for TURN REST credentials, when started with
+/// [`CoturnOptions::rest`].
+pub const COTURN_SECRET: &str = "pinhole-lab-secret";
 /// miniupnpd's HTTP (UPnP IGD) port.
 pub const UPNP_HTTP_PORT: u16 = 5000;
 
@@ -117,6 +122,19 @@ pub struct PortMapper {
     pub upnp_url: String,
     /// The NAT-PMP / PCP server address (the router's LAN address, port 5351).
     pub pmp_addr: SocketAddrV4,
+}
+
+/// What [`Lab::start_coturn_with`] turns on besides the defaults of [`Lab::start_coturn`].
+#[derive(Debug, Clone, Default)]
+pub struct CoturnOptions {
+    /// A TLS listener on [`COTURN_TLS`] with a certificate for its IP, signed by a throw-away
+    /// CA generated with openssl ([`Lab::coturn_ca`] is its PEM file).
+    pub tls: bool,
+    /// TURN REST credentials (`use-auth-secret`, `static-auth-secret=`[`COTURN_SECRET`])
+    /// alongside the long-term user [`COTURN_USER`].
+    pub rest: bool,
+    /// Further `turnserver.conf` lines.
+    pub extra: Vec<String>,
 }
 
 /// A running lab. See the module docs.
@@ -615,6 +633,86 @@ impl Lab {
     /// [`COTURN_ALTERNATE`] (two listening IPs and an alternate port: RFC 5780), with a
     /// long-term credential [`COTURN_USER`] for TURN, and waits until both IPs answer STUN.
     pub fn start_coturn(&mut self) -> Result<()> {
+        self.start_coturn_with(&CoturnOptions::default())
+    }
+
+    /// The throw-away CA that signed coturn's certificate (see [`CoturnOptions::tls`]).
+    pub fn coturn_ca(&self) -> PathBuf {
+        self.dir.join("coturn-ca.pem")
+    }
+
+    /// Generates a CA and a server certificate for coturn's IP with openssl.
+    fn coturn_certificate(&self) -> Result<(PathBuf, PathBuf)> {
+        let d = &self.dir;
+        let openssl = |args: &[&str]| -> Result<()> {
+            let mut c = command("openssl", args);
+            c.current_dir(d);
+            let out = output_within(&mut c, cmd::SETUP_TIMEOUT)?;
+            if out.success() {
+                Ok(())
+            } else {
+                Err(lab_err!(
+                    "openssl {}: {}",
+                    args.join(" "),
+                    out.stderr.trim()
+                ))
+            }
+        };
+        let ip = COTURN_TLS.ip();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pinhole lab CA",
+            "-keyout",
+            "coturn-ca-key.pem",
+            "-out",
+            "coturn-ca.pem",
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={ip}"),
+            "-keyout",
+            "coturn-key.pem",
+            "-out",
+            "coturn.csr",
+        ])?;
+        std::fs::write(
+            d.join("coturn-ext.cnf"),
+            format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n"),
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "coturn.csr",
+            "-CA",
+            "coturn-ca.pem",
+            "-CAkey",
+            "coturn-ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "coturn-ext.cnf",
+            "-out",
+            "coturn-cert.pem",
+        ])?;
+        Ok((d.join("coturn-cert.pem"), d.join("coturn-key.pem")))
+    }
+
+    /// Like [`start_coturn`](Self::start_coturn), with TLS and REST credentials on
+    /// request.
+    pub fn start_coturn_with(&mut self, opts: &CoturnOptions) -> Result<()> {
         let conf = self.dir.join("turnserver.conf");
         let log = self.dir.join("turnserver.log");
         let d = self.dir.display();
@@ -632,7 +730,6 @@ impl Lab {
              lt-cred-mech\n\
              user={user}:{pass}\n\
              fingerprint\n\
-             no-tls\n\
              no-dtls\n\
              no-cli\n\
              verbose\n\
@@ -645,6 +742,29 @@ impl Lab {
             pp = COTURN_PRIMARY.port(),
             ap = COTURN_ALTERNATE.port(),
         );
+        let mut text = text;
+        if opts.tls {
+            let (cert, key) = self.coturn_certificate()?;
+            let _ = write!(
+                text,
+                "tls-listening-port={}\ncert={}\npkey={}\n",
+                COTURN_TLS.port(),
+                cert.display(),
+                key.display()
+            );
+        } else {
+            text.push_str("no-tls\n");
+        }
+        if opts.rest {
+            let _ = write!(
+                text,
+                "use-auth-secret\nstatic-auth-secret={COTURN_SECRET}\n"
+            );
+        }
+        for line in &opts.extra {
+            text.push_str(line);
+            text.push('\n');
+        }
         std::fs::write(&conf, text)?;
         let mut p = Process::spawn(
             "coturn",
