@@ -22,7 +22,8 @@
 //! printed), `TURN_BENCH_SECS` each. `TURN_BENCH_COALESCE_US` (default 50) is the wait of
 //! the coalescing pinhole row: after a wake-up that brought fewer than 16 datagrams, it
 //! sleeps that long so that the next `recvmmsg` and GSO send carry more (fewer wake-ups,
-//! at most that much added latency).
+//! at most that much added latency). `TURN_BENCH_NO_GSO=1` sends pinhole's datagrams one
+//! `sendmsg` each (recvmmsg still batches), to see what GSO brings.
 #![allow(unsafe_code, missing_docs, clippy::print_stdout)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -530,6 +531,7 @@ fn run_pinhole_batched_with(cfg: Config, coalesce: Duration) -> Sample {
     s.set_read_timeout(Some(IDLE_TOPUP)).unwrap();
     let payload = vec![7u8; cfg.size];
     let mut gso = mmsg::Gso::new();
+    let no_gso = std::env::var_os("TURN_BENCH_NO_GSO").is_some();
     let topup = |alloc: &Allocation, gso: &mut mmsg::Gso| {
         for _ in 0..cfg.window {
             gso.push(fd, |out| alloc.encode_to_peer(cfg.peer, &payload, out))
@@ -560,6 +562,9 @@ fn run_pinhole_batched_with(cfg: Config, coalesce: Duration) -> Sample {
                         gso.push(fd, |out| alloc.encode_to_peer(peer, data, out))
                             .unwrap()
                             .unwrap();
+                        if no_gso {
+                            gso.flush(fd).unwrap();
+                        }
                         k += 1;
                     }
                 }
