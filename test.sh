@@ -6,7 +6,8 @@
 #   - rustfmt and clippy (rustup components)
 #   - cargo-fuzz (cargo install --locked); the fuzz targets build on the stable toolchain
 #     with RUSTC_BOOTSTRAP=1, because sanitizer flags are unstable
-#   - the NAT lab's Debian packages (tests/lab-deps.sh, when present; needs root)
+#   - the Debian packages of the NAT lab and the interop tests (tests/lab-deps.sh; root):
+#     iproute2, nftables, conntrack, iptables, coturn, miniupnpd, miniupnpc, natpmpc, openssl
 #
 # With CI=true, a lab or interop test that cannot run fails instead of skipping.
 set -euo pipefail
@@ -22,16 +23,18 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
 fi
 
-if [ -x tests/lab-deps.sh ]; then
-    step "NAT lab packages"
-    tests/lab-deps.sh
-fi
+step "Debian packages (NAT lab, coturn, miniupnpd, openssl)"
+tests/lab-deps.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo check: sans-IO core alone, and without TLS"
+cargo check -p pinhole --no-default-features
+cargo check -p pinhole
 
 step "cargo test --workspace"
 cargo test --workspace

@@ -16,6 +16,7 @@ declare -A need=(
   [upnpc]=miniupnpc
   [natpmpc]=natpmpc
   [python3]=python3
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -223,10 +223,11 @@ pub async fn netcheck(
                 return Ok(*report);
             }
         }
-        let Some(deadline) = prober.poll_timeout() else {
-            // Not done and nothing scheduled cannot happen; stay bounded regardless.
-            return Err(DriverError::Netcheck(NetcheckError::NoServers));
-        };
+        // Until done the prober always has a deadline (its overall budget); stay bounded
+        // even if that ever changed.
+        let deadline = prober
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_millis(100));
         tokio::select! {
             msg = sockets.rx.recv() => {
                 if let Some((local, from, bytes)) = msg {

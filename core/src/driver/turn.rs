@@ -135,9 +135,9 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
     let (conn, local) = match uri.transport {
         TurnTransport::Udp => {
             let any: SocketAddr = if server.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap_or_else(|_| unreachable!())
+                SocketAddr::from(([0, 0, 0, 0], 0))
             } else {
-                "[::]:0".parse().unwrap_or_else(|_| unreachable!())
+                SocketAddr::from(([0u16; 8], 0))
             };
             let s = UdpSocket::bind(any).await.map_err(io("binding"))?;
             s.connect(server)

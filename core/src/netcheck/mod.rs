@@ -423,7 +423,7 @@ impl Prober {
                 self.client.cancel(tid);
                 self.hairpin_tid = None;
                 self.set_hairpin(true);
-                self.check_done(now);
+                self.check_done();
                 return true;
             }
         }
@@ -492,7 +492,7 @@ impl Prober {
                     if msg.class() != Class::Success {
                         self.notes
                             .push(format!("{purpose:?}: error response from {}", resp.source));
-                        self.on_failure(now, purpose);
+                        self.on_failure(purpose);
                         continue;
                     }
                     let mapped = msg
@@ -508,12 +508,12 @@ impl Prober {
                 }
                 TransactionEvent::TimedOut { id, .. } => {
                     if let Some(purpose) = self.purposes.remove(&id) {
-                        self.on_failure(now, purpose);
+                        self.on_failure(purpose);
                     }
                 }
             }
         }
-        self.check_done(now);
+        self.check_done();
     }
 
     fn on_success(
@@ -552,7 +552,7 @@ impl Prober {
                 if self.rfc5780.is_none() && self.servers[i].other.is_some() {
                     self.rfc5780 = Some(i);
                     self.map1 = mapped;
-                    self.start_behaviour_tests(now, i);
+                    self.start_behaviour_tests(now);
                 }
                 if self.lifetime_server.is_none() && !self.lifetime.is_empty() {
                     self.start_lifetime(now, server);
@@ -585,10 +585,9 @@ impl Prober {
                 _ => self.mapping_unknown("a mapping test response had no mapped address"),
             },
             Purpose::FilterI => {
-                let Some((primary, other)) = self.rfc5780_addrs() else {
+                let Some((primary, _)) = self.rfc5780_addrs() else {
                     return;
                 };
-                let _ = other;
                 let local = self.locals[1];
                 self.try_send(
                     now,
@@ -632,7 +631,7 @@ impl Prober {
                     self.notes.push(format!(
                         "the server answered a CHANGE-REQUEST from {source}, not {expected}"
                     ));
-                    self.on_failure(now, purpose);
+                    self.on_failure(purpose);
                     return;
                 }
                 if purpose == Purpose::FilterIpPort {
@@ -662,8 +661,7 @@ impl Prober {
         }
     }
 
-    fn on_failure(&mut self, now: Instant, purpose: Purpose) {
-        let _ = now;
+    fn on_failure(&mut self, purpose: Purpose) {
         match purpose {
             Purpose::TestI(i) => {
                 self.servers[i].done = true;
@@ -710,11 +708,10 @@ impl Prober {
         Some((self.config.servers[i].addr, self.servers[i].other?))
     }
 
-    fn start_behaviour_tests(&mut self, now: Instant, i: usize) {
+    fn start_behaviour_tests(&mut self, now: Instant) {
         let Some((primary, other)) = self.rfc5780_addrs() else {
             return;
         };
-        let _ = i;
         if self.map1.is_some() {
             let alt_ip = SocketAddr::new(other.ip(), primary.port());
             self.try_send(
@@ -817,7 +814,7 @@ impl Prober {
         self.events.push_back(NetcheckEvent::Filtering(decided));
     }
 
-    fn check_done(&mut self, _now: Instant) {
+    fn check_done(&mut self) {
         if self.done {
             return;
         }
