@@ -401,7 +401,7 @@ fn map_lifecycle(via: &str, port: u16) {
     } else {
         // The next renewal sees the epoch start again: lost, then mapped anew.
         let ev = map.next(&lab, renew + EVENT_SLACK);
-        if ev["event"] != "lost" || ev["reason"] != "GatewayRestarted" {
+        if ev["event"] != "lost" || ev["reason"] != "gateway-restarted" {
             map.fail(
                 &lab,
                 &format!("expected the loss of the mapping to be noticed, got {ev}"),

@@ -230,6 +230,28 @@ pub enum LossReason {
     Refused(String),
 }
 
+impl LossReason {
+    /// A stable name for machine-readable output: `gateway-restarted`, `expired` or
+    /// `refused`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LossReason::GatewayRestarted => "gateway-restarted",
+            LossReason::Expired => "expired",
+            LossReason::Refused(_) => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LossReason::GatewayRestarted => f.write_str("the gateway restarted"),
+            LossReason::Expired => f.write_str("renewal failed until the mapping expired"),
+            LossReason::Refused(why) => write!(f, "the gateway refused the renewal: {why}"),
+        }
+    }
+}
+
 /// What the mapper reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MapperEvent {
