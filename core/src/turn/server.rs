@@ -544,22 +544,18 @@ impl TurnServer {
     ) {
         let nonce = self.make_nonce(now);
         let realm = self.config.realm.clone();
-        let mut buf = [0u8; 512];
-        let Ok(mut b) = MessageBuilder::new(&mut buf, MessageType::new(Class::Error, method), tid)
-        else {
-            return;
-        };
-        let built = (|| {
-            b.add(&ErrorCode::new(code, reason))?;
-            b.add(&Realm(&realm))?;
-            b.add(&Nonce(&nonce))?;
-            b.add(&Software(SOFTWARE))?;
-            b.add_fingerprint()?;
-            Ok::<_, crate::stun::StunError>(())
-        })();
-        if built.is_ok() {
-            self.push(self.config.listen, client, b.finish().to_vec());
-        }
+        self.reply(
+            client,
+            MessageType::new(Class::Error, method),
+            tid,
+            None,
+            |b| {
+                b.add(&ErrorCode::new(code, reason))?;
+                b.add(&Realm(&realm))?;
+                b.add(&Nonce(&nonce))?;
+                Ok(())
+            },
+        );
     }
 
     fn error(
@@ -585,25 +581,19 @@ impl TurnServer {
         key: Option<&IntegrityKey>,
         unknown: Option<UnknownAttributes<'_>>,
     ) {
-        let mut buf = [0u8; 512];
-        let Ok(mut b) = MessageBuilder::new(&mut buf, MessageType::new(Class::Error, method), tid)
-        else {
-            return;
-        };
-        let built = (|| {
-            b.add(&ErrorCode::new(code, reason))?;
-            if let Some(u) = &unknown {
-                b.add(u)?;
-            }
-            if let Some(k) = key {
-                b.add_message_integrity(k)?;
-            }
-            b.add_fingerprint()?;
-            Ok::<_, crate::stun::StunError>(())
-        })();
-        if built.is_ok() {
-            self.push(self.config.listen, client, b.finish().to_vec());
-        }
+        self.reply(
+            client,
+            MessageType::new(Class::Error, method),
+            tid,
+            key,
+            |b| {
+                b.add(&ErrorCode::new(code, reason))?;
+                if let Some(u) = &unknown {
+                    b.add(u)?;
+                }
+                Ok(())
+            },
+        );
     }
 
     fn respond(
@@ -614,21 +604,37 @@ impl TurnServer {
         key: Option<&IntegrityKey>,
         fill: impl FnOnce(&mut MessageBuilder<'_>) -> Result<(), crate::stun::StunError>,
     ) {
+        self.reply(
+            client,
+            MessageType::new(Class::Success, method),
+            tid,
+            key,
+            fill,
+        );
+    }
+
+    /// Builds a response (`fill`, then SOFTWARE, MESSAGE-INTEGRITY when there is a key,
+    /// and FINGERPRINT) and queues it for the client.
+    fn reply(
+        &mut self,
+        client: SocketAddr,
+        kind: MessageType,
+        tid: TransactionId,
+        key: Option<&IntegrityKey>,
+        fill: impl FnOnce(&mut MessageBuilder<'_>) -> Result<(), crate::stun::StunError>,
+    ) {
         let mut buf = [0u8; 512];
-        let Ok(mut b) =
-            MessageBuilder::new(&mut buf, MessageType::new(Class::Success, method), tid)
-        else {
+        let Ok(mut b) = MessageBuilder::new(&mut buf, kind, tid) else {
             return;
         };
-        let built = (|| {
-            fill(&mut b)?;
+        let built = fill(&mut b).and_then(|()| {
             b.add(&Software(SOFTWARE))?;
             if let Some(k) = key {
                 b.add_message_integrity(k)?;
             }
             b.add_fingerprint()?;
-            Ok::<_, crate::stun::StunError>(())
-        })();
+            Ok(())
+        });
         if built.is_ok() {
             self.push(self.config.listen, client, b.finish().to_vec());
         }
