@@ -10,7 +10,11 @@
 #     iproute2, nftables, conntrack, iptables, coturn, miniupnpd, miniupnpc, natpmpc, openssl,
 #     and pkg-config + libssl-dev for the TURN benchmark's openssl-sys dev-dependency
 #
-# With CI=true, a lab or interop test that cannot run fails instead of skipping.
+#   - the bindings' tools (bindings/setup.sh, called by bindings/test.sh; root): cbindgen,
+#     valgrind, JNA, kotlinc (npm), a Debian trixie chroot with Swift, the mobile targets;
+#     kotlinc and the chroot live outside the clone, under /opt/pinhole-tools
+#
+# With CI=true, a lab, interop or bindings test that cannot run fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -39,6 +43,9 @@ cargo check -p pinhole
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "bindings: C header, C (valgrind), Kotlin, Swift, mobile targets (bindings/test.sh)"
+bindings/test.sh
 
 step "fuzz corpus replay"
 log=$(mktemp)

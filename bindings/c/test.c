@@ -1,0 +1,491 @@
+/*
+ * The C API's test: every entry point, argument validation, callbacks on pinhole's own
+ * threads, a real netcheck against `pinhole serve` on loopback (its URI is argv[1]) and
+ * against pinhole's embedded server, cancellation, destruction from a callback, and a
+ * port mapping pointed at a loopback address where no gateway listens, which must fail
+ * cleanly. Run under valgrind by bindings/test.sh. Prints "N passed, N failed".
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pinhole.h"
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        if (cond) {                                                                     \
+            passed++;                                                                   \
+        } else {                                                                        \
+            failed++;                                                                   \
+            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);             \
+        }                                                                               \
+    } while (0)
+
+#define CHECK_RC(expr, want)                                                            \
+    do {                                                                                \
+        int rc_ = (expr);                                                               \
+        if (rc_ == (want)) {                                                            \
+            passed++;                                                                   \
+        } else {                                                                        \
+            failed++;                                                                   \
+            fprintf(stderr, "FAIL %s:%d: %s = %d (%s), want %d\n", __FILE__, __LINE__,  \
+                    #expr, rc_, pinhole_strerror(rc_), (want));                         \
+        }                                                                               \
+    } while (0)
+
+/* ---- a one-shot latch the callbacks signal ---- */
+
+typedef struct {
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;
+    int done;
+} latch;
+
+static void latch_init(latch *l) {
+    pthread_mutex_init(&l->mutex, NULL);
+    pthread_cond_init(&l->cond, NULL);
+    l->done = 0;
+}
+
+static void latch_free(latch *l) {
+    pthread_mutex_destroy(&l->mutex);
+    pthread_cond_destroy(&l->cond);
+}
+
+static void latch_signal(latch *l) {
+    pthread_mutex_lock(&l->mutex);
+    l->done = 1;
+    pthread_cond_broadcast(&l->cond);
+    pthread_mutex_unlock(&l->mutex);
+}
+
+/* Waits up to `seconds`; returns whether the latch was signalled. */
+static int latch_wait(latch *l, int seconds) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += seconds;
+    pthread_mutex_lock(&l->mutex);
+    while (!l->done) {
+        if (pthread_cond_timedwait(&l->cond, &l->mutex, &deadline) != 0) {
+            break;
+        }
+    }
+    int done = l->done;
+    pthread_mutex_unlock(&l->mutex);
+    return done;
+}
+
+/* ---- logging ---- */
+
+static atomic_int log_records;
+
+static void on_log(pinhole_log_level level, const char *target, const char *message,
+                   void *user_ptr) {
+    (void)user_ptr;
+    if (level >= PINHOLE_LOG_TRACE && level <= PINHOLE_LOG_ERROR && target && message) {
+        atomic_fetch_add(&log_records, 1);
+    }
+}
+
+/* ---- netcheck ---- */
+
+typedef struct {
+    latch latch;
+    pthread_t main_thread;
+    int on_main_thread;
+    int progress_events;
+    int replies;
+    int result;
+    int udp;
+    pinhole_behaviour mapping, filtering;
+    pinhole_tristate hairpinning;
+    size_t servers, public_addresses;
+    int server_answered;
+    char mapped[PINHOLE_ADDRESS_MAX];
+    int portmap_probed;
+    pinhole_tristate pcp, natpmp;
+    char gateway[PINHOLE_ADDRESS_MAX];
+    int destroy_in_callback;
+} netcheck_state;
+
+static void on_progress(pinhole_netcheck *nc, const pinhole_netcheck_event *ev, void *user_ptr) {
+    netcheck_state *s = user_ptr;
+    (void)nc;
+    if (pthread_equal(pthread_self(), s->main_thread)) {
+        s->on_main_thread = 1;
+    }
+    s->progress_events++;
+    if (ev->kind == PINHOLE_NETCHECK_EVENT_SERVER_REPLIED && ev->server != NULL &&
+        strncmp(ev->server, "stun:", 5) == 0) {
+        s->replies++;
+    }
+}
+
+static void on_done(pinhole_netcheck *nc, int result, const pinhole_netcheck_report *r,
+                    void *user_ptr) {
+    netcheck_state *s = user_ptr;
+    if (pthread_equal(pthread_self(), s->main_thread)) {
+        s->on_main_thread = 1;
+    }
+    s->result = result;
+    if (result == PINHOLE_OK && r != NULL) {
+        s->udp = r->udp;
+        s->mapping = r->mapping;
+        s->filtering = r->filtering;
+        s->hairpinning = r->hairpinning;
+        s->servers = r->server_count;
+        s->public_addresses = r->public_address_count;
+        if (r->server_count > 0) {
+            s->server_answered = r->servers[0].answered;
+            snprintf(s->mapped, sizeof s->mapped, "%s", r->servers[0].mapped);
+        }
+        for (size_t i = 0; i < r->note_count; i++) {
+            printf("  note: %s\n", r->notes[i]);
+        }
+        s->portmap_probed = r->portmap.probed;
+        s->pcp = r->portmap.pcp;
+        s->natpmp = r->portmap.natpmp;
+        snprintf(s->gateway, sizeof s->gateway, "%s", r->portmap.gateway);
+    }
+    if (s->destroy_in_callback) {
+        /* Allowed: the handle is freed at once, the thread ends after we return. */
+        pinhole_netcheck_destroy(nc);
+    }
+    latch_signal(&s->latch);
+}
+
+static void netcheck_state_init(netcheck_state *s) {
+    memset(s, 0, sizeof *s);
+    latch_init(&s->latch);
+    s->main_thread = pthread_self();
+    s->result = 1; /* not called yet */
+}
+
+/* A netcheck against `uri`; with `gateway` also the gateway probe there. */
+static void test_netcheck(const char *what, const char *uri, const char *gateway) {
+    printf("netcheck against %s (%s)\n", what, uri);
+    netcheck_state s;
+    netcheck_state_init(&s);
+    const char *servers[] = {uri};
+    pinhole_netcheck_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.stun_servers = servers;
+    cfg.stun_server_count = 1;
+    cfg.timeout_ms = 8000;
+    cfg.no_portmap = gateway == NULL;
+    cfg.gateway = gateway;
+    cfg.cb_progress = on_progress;
+    cfg.cb_done = on_done;
+    cfg.user_ptr = &s;
+    pinhole_netcheck *nc = NULL;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_OK);
+    CHECK(nc != NULL);
+    CHECK(latch_wait(&s.latch, 60));
+    pinhole_netcheck_destroy(nc);
+    CHECK_RC(s.result, PINHOLE_OK);
+    CHECK(!s.on_main_thread);
+    CHECK(s.progress_events >= 3);
+    CHECK(s.replies == 1);
+    CHECK(s.udp);
+    /* Loopback has no NAT: everything is endpoint-independent and hairpins. */
+    CHECK(s.mapping == PINHOLE_BEHAVIOUR_ENDPOINT_INDEPENDENT);
+    CHECK(s.filtering == PINHOLE_BEHAVIOUR_ENDPOINT_INDEPENDENT);
+    CHECK(s.hairpinning == PINHOLE_YES);
+    CHECK(s.servers == 1);
+    CHECK(s.public_addresses >= 1);
+    CHECK(s.server_answered);
+    CHECK(strncmp(s.mapped, "127.0.0.1:", 10) == 0);
+    printf("  mapping %s, filtering %s, mapped %s\n",
+           s.mapping == PINHOLE_BEHAVIOUR_ENDPOINT_INDEPENDENT ? "endpoint-independent" : "?",
+           s.filtering == PINHOLE_BEHAVIOUR_ENDPOINT_INDEPENDENT ? "endpoint-independent" : "?",
+           s.mapped);
+    if (gateway != NULL) {
+        /* Nothing listens there: the probe runs and finds nothing. */
+        CHECK(s.portmap_probed);
+        CHECK(strcmp(s.gateway, gateway) == 0);
+        CHECK(s.pcp != PINHOLE_YES);
+        CHECK(s.natpmp != PINHOLE_YES);
+        printf("  gateway %s: pcp %d, natpmp %d\n", s.gateway, s.pcp, s.natpmp);
+    } else {
+        CHECK(!s.portmap_probed);
+    }
+    latch_free(&s.latch);
+}
+
+static void test_netcheck_cancel_and_destroy(const char *silent_uri) {
+    printf("netcheck cancel, destroy from a callback, destroy while running\n");
+    const char *servers[] = {silent_uri};
+    pinhole_netcheck_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.stun_servers = servers;
+    cfg.stun_server_count = 1;
+    cfg.timeout_ms = 60000;
+    cfg.no_portmap = true;
+    cfg.cb_done = on_done;
+
+    /* Cancel: the done callback reports PINHOLE_ERR_CANCELLED. */
+    netcheck_state s;
+    netcheck_state_init(&s);
+    cfg.user_ptr = &s;
+    pinhole_netcheck *nc = NULL;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_OK);
+    CHECK_RC(pinhole_netcheck_cancel(nc), PINHOLE_OK);
+    CHECK(latch_wait(&s.latch, 20));
+    CHECK_RC(s.result, PINHOLE_ERR_CANCELLED);
+    CHECK(!s.on_main_thread);
+    pinhole_netcheck_destroy(nc);
+    latch_free(&s.latch);
+
+    /* Cancel, and destroy the handle from its own done callback. */
+    netcheck_state_init(&s);
+    s.destroy_in_callback = 1;
+    cfg.user_ptr = &s;
+    nc = NULL;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_OK);
+    CHECK_RC(pinhole_netcheck_cancel(nc), PINHOLE_OK);
+    CHECK(latch_wait(&s.latch, 20));
+    CHECK_RC(s.result, PINHOLE_ERR_CANCELLED);
+    /* The thread may still be ending: give it a moment before the leak check. */
+    struct timespec pause = {0, 200 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    latch_free(&s.latch);
+
+    /* Destroy while running: no callback afterwards. */
+    netcheck_state_init(&s);
+    cfg.user_ptr = &s;
+    nc = NULL;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_OK);
+    pinhole_netcheck_destroy(nc);
+    CHECK(s.result == 1);
+    latch_free(&s.latch);
+}
+
+/* ---- port mapping ---- */
+
+typedef struct {
+    latch latch;
+    pthread_t main_thread;
+    int on_main_thread;
+    int events;
+    int last_kind;
+    char reason[256];
+} portmap_state;
+
+static void on_portmap(pinhole_portmap *pm, const pinhole_portmap_event *ev, void *user_ptr) {
+    portmap_state *s = user_ptr;
+    (void)pm;
+    if (pthread_equal(pthread_self(), s->main_thread)) {
+        s->on_main_thread = 1;
+    }
+    s->events++;
+    s->last_kind = ev->kind;
+    if (ev->reason != NULL) {
+        snprintf(s->reason, sizeof s->reason, "%s", ev->reason);
+    }
+    if (ev->kind == PINHOLE_PORTMAP_EVENT_UNAVAILABLE || ev->kind == PINHOLE_PORTMAP_EVENT_RELEASED) {
+        latch_signal(&s->latch);
+    }
+}
+
+static void test_portmap(void) {
+    /* 127.0.0.9: loopback, where no gateway listens. Never the machine's real gateway. */
+    printf("port mapping via 127.0.0.9 (no gateway there)\n");
+    portmap_state s;
+    memset(&s, 0, sizeof s);
+    latch_init(&s.latch);
+    s.main_thread = pthread_self();
+    s.last_kind = -1;
+    pinhole_portmap_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gateway = "127.0.0.9";
+    cfg.local_ip = "127.0.0.1";
+    cfg.protocol = PINHOLE_PROTOCOL_UDP;
+    cfg.internal_port = 40000;
+    cfg.lifetime_s = 60;
+    cfg.cb_event = on_portmap;
+    cfg.user_ptr = &s;
+    pinhole_portmap *pm = NULL;
+    CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
+    char buf[PINHOLE_ADDRESS_MAX];
+    CHECK_RC(pinhole_portmap_get_external(pm, buf, sizeof buf), PINHOLE_ERR_NOT_AVAILABLE);
+    CHECK(latch_wait(&s.latch, 30));
+    CHECK(s.last_kind == PINHOLE_PORTMAP_EVENT_UNAVAILABLE);
+    CHECK(s.reason[0] != '\0');
+    CHECK(!s.on_main_thread);
+    printf("  unavailable: %s\n", s.reason);
+    CHECK_RC(pinhole_portmap_get_external(pm, buf, sizeof buf), PINHOLE_ERR_NOT_AVAILABLE);
+    CHECK_RC(pinhole_portmap_release(pm), PINHOLE_OK);
+    pinhole_portmap_destroy(pm);
+    latch_free(&s.latch);
+
+    /* Released before any answer: the mapper stops and says so. */
+    memset(&s, 0, sizeof s);
+    latch_init(&s.latch);
+    s.main_thread = pthread_self();
+    s.last_kind = -1;
+    cfg.method = PINHOLE_METHOD_PCP;
+    pm = NULL;
+    CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
+    CHECK_RC(pinhole_portmap_release(pm), PINHOLE_OK);
+    CHECK(latch_wait(&s.latch, 30));
+    CHECK(s.last_kind == PINHOLE_PORTMAP_EVENT_RELEASED ||
+          s.last_kind == PINHOLE_PORTMAP_EVENT_UNAVAILABLE);
+    pinhole_portmap_destroy(pm);
+    latch_free(&s.latch);
+
+    /* Destroyed while running. */
+    memset(&s, 0, sizeof s);
+    latch_init(&s.latch);
+    cfg.method = PINHOLE_METHOD_ANY;
+    pm = NULL;
+    CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
+    pinhole_portmap_destroy(pm);
+    latch_free(&s.latch);
+}
+
+/* ---- arguments ---- */
+
+static void ignore_done(pinhole_netcheck *nc, int result, const pinhole_netcheck_report *r,
+                        void *user_ptr) {
+    (void)nc, (void)result, (void)r, (void)user_ptr;
+}
+
+static void ignore_portmap(pinhole_portmap *pm, const pinhole_portmap_event *ev, void *user_ptr) {
+    (void)pm, (void)ev, (void)user_ptr;
+}
+
+static void test_arguments(void) {
+    printf("argument validation\n");
+    pinhole_netcheck *nc = NULL;
+    pinhole_netcheck_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    CHECK_RC(pinhole_netcheck_start(NULL, &nc), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_netcheck_start(&cfg, NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_INVALID); /* no cb_done */
+    cfg.cb_done = ignore_done;
+    cfg.stun_server_count = 1; /* stun_servers NULL */
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_INVALID);
+    const char *bad[] = {"http://example.org"};
+    cfg.stun_servers = bad;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_INVALID);
+    const char *tls[] = {"stuns:127.0.0.1:5349"};
+    cfg.stun_servers = tls;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_UNSUPPORTED);
+    const char *null_server[] = {NULL};
+    cfg.stun_servers = null_server;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_INVALID);
+    const char *ok[] = {"stun:127.0.0.1:3478"};
+    cfg.stun_servers = ok;
+    cfg.gateway = "not-an-ip";
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_INVALID);
+    cfg.gateway = NULL;
+    cfg.timeout_ms = 4000000;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_INVALID);
+    CHECK(nc == NULL);
+    CHECK_RC(pinhole_netcheck_cancel(NULL), PINHOLE_ERR_INVALID);
+    pinhole_netcheck_destroy(NULL);
+
+    pinhole_portmap *pm = NULL;
+    pinhole_portmap_config pcfg;
+    memset(&pcfg, 0, sizeof pcfg);
+    CHECK_RC(pinhole_portmap_start(NULL, &pm), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_portmap_start(&pcfg, NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID); /* no cb_event */
+    pcfg.cb_event = ignore_portmap;
+    pcfg.gateway = "127.0.0.9";
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID); /* port 0 */
+    pcfg.internal_port = 40000;
+    pcfg.protocol = 7;
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    pcfg.protocol = PINHOLE_PROTOCOL_TCP;
+    pcfg.method = 9;
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    pcfg.method = PINHOLE_METHOD_UPNP;
+    pcfg.gateway = NULL;
+    pcfg.local_ip = "127.0.0.1"; /* local_ip needs a gateway */
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    pcfg.gateway = "::zz";
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    CHECK(pm == NULL);
+    char buf[PINHOLE_ADDRESS_MAX];
+    CHECK_RC(pinhole_portmap_get_external(NULL, buf, sizeof buf), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_portmap_release(NULL), PINHOLE_ERR_INVALID);
+    pinhole_portmap_destroy(NULL);
+
+    pinhole_server *srv = NULL;
+    CHECK_RC(pinhole_server_start("127.0.0.1:0", NULL, NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_server_start("localhost", NULL, &srv), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_server_start(NULL, "127.0.0.2:3478", &srv), PINHOLE_ERR_INVALID);
+    CHECK(srv == NULL);
+    CHECK(pinhole_server_address_count(NULL) == 0);
+    CHECK_RC(pinhole_server_get_address(NULL, 0, buf, sizeof buf), PINHOLE_ERR_INVALID);
+    pinhole_server_destroy(NULL);
+
+    CHECK_RC(pinhole_set_log_handler(on_log, 42, NULL), PINHOLE_ERR_INVALID);
+}
+
+static void test_misc(void) {
+    printf("version %s\n", pinhole_version());
+    CHECK(strlen(pinhole_version()) >= 5);
+    CHECK(strcmp(pinhole_strerror(PINHOLE_OK), "success") == 0);
+    int codes[] = {PINHOLE_ERR_INVALID, PINHOLE_ERR_TOO_SMALL, PINHOLE_ERR_NO_SERVER,
+                   PINHOLE_ERR_UNSUPPORTED, PINHOLE_ERR_IO, PINHOLE_ERR_CANCELLED,
+                   PINHOLE_ERR_NOT_AVAILABLE, PINHOLE_ERR_INTERNAL};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        CHECK(codes[i] < 0);
+        CHECK(strcmp(pinhole_strerror(codes[i]), "unknown error") != 0);
+    }
+    CHECK(strcmp(pinhole_strerror(-1000), "unknown error") == 0);
+}
+
+/* The embedded server: addresses into caller buffers, then a netcheck against it. */
+static void test_server(void) {
+    printf("embedded servers\n");
+    pinhole_server *plain = NULL;
+    CHECK_RC(pinhole_server_start("127.0.0.1:0", NULL, &plain), PINHOLE_OK);
+    CHECK(pinhole_server_address_count(plain) == 1);
+    char buf[PINHOLE_ADDRESS_MAX];
+    int n = pinhole_server_get_address(plain, 0, buf, sizeof buf);
+    CHECK(n > 10 && (size_t)n == strlen(buf));
+    CHECK(strncmp(buf, "127.0.0.1:", 10) == 0 && strcmp(buf, "127.0.0.1:0") != 0);
+    char tiny[4];
+    CHECK_RC(pinhole_server_get_address(plain, 0, tiny, sizeof tiny), PINHOLE_ERR_TOO_SMALL);
+    CHECK(tiny[0] == '\0');
+    CHECK_RC(pinhole_server_get_address(plain, 1, buf, sizeof buf), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_server_get_address(plain, 0, NULL, 10), PINHOLE_ERR_INVALID);
+    pinhole_server_destroy(plain);
+
+    pinhole_server *rfc5780 = NULL;
+    CHECK_RC(pinhole_server_start(NULL, NULL, &rfc5780), PINHOLE_OK);
+    CHECK(pinhole_server_address_count(rfc5780) == 4);
+    CHECK(pinhole_server_get_address(rfc5780, 0, buf, sizeof buf) > 0);
+    char uri[PINHOLE_ADDRESS_MAX + 8];
+    snprintf(uri, sizeof uri, "stun:%s", buf);
+    test_netcheck("the embedded RFC 5780 server", uri, NULL);
+    pinhole_server_destroy(rfc5780);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s stun:IP:PORT(pinhole serve) stun:IP:PORT(silent)\n", argv[0]);
+        return 2;
+    }
+    CHECK_RC(pinhole_set_log_handler(on_log, PINHOLE_LOG_DEBUG, NULL), PINHOLE_OK);
+    test_misc();
+    test_arguments();
+    test_netcheck("pinhole serve", argv[1], "127.0.0.9");
+    test_server();
+    test_netcheck_cancel_and_destroy(argv[2]);
+    test_portmap();
+    CHECK(atomic_load(&log_records) > 0);
+    printf("log records received: %d\n", atomic_load(&log_records));
+    CHECK_RC(pinhole_set_log_handler(NULL, PINHOLE_LOG_NONE, NULL), PINHOLE_OK);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}

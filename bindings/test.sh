@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# Tests the foreign-language side of pinhole-ffi:
+#
+#   header   the committed C header equals a fresh cbindgen run
+#   c        test.c built with gcc -Wall -Wextra -Werror through pkg-config, run under
+#            valgrind (no errors, no leaks), and linked statically
+#   kotlin   the generated Kotlin on the host JVM (JNA), test program bindings/kotlin/Test.kt
+#   swift    the generated Swift in a SwiftPM package, `swift test` in a trixie chroot
+#   mobile   the library for aarch64/x86_64 Android, aarch64 iOS and the iOS simulator:
+#            cargo check (the simulator through -Zbuild-std) and, but for the simulator,
+#            a staticlib build; no crate that compiles C is allowed
+#
+#   size     (only when asked for) the stripped release cdylib within the 2 MB budget
+#
+# Usage: bindings/test.sh [part...]   (default: all but size, in that order)
+#
+# bindings/setup.sh installs the tools first (idempotent: quick when they are there; the
+# chroot and kotlinc live outside the clone, under PINHOLE_TOOLS=/opt/pinhole-tools). The
+# C, Kotlin and Swift tests talk to a `pinhole serve` started here on 127.0.0.1/127.0.0.2;
+# the port-mapping tests point at 127.0.0.9, where no gateway listens. Nothing contacts
+# this machine's real gateway or any public server.
+#
+# With CI=true nothing may be skipped: a tool that cannot be set up fails the run. Without
+# it, a part whose tools are missing is skipped with a loud SKIPPED line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+TARGET=$CARGO_TARGET_DIR
+TOOLS=${PINHOLE_TOOLS:-/opt/pinhole-tools}
+CHROOT=$TOOLS/swift-trixie
+KOTLIN_HOME=$TOOLS/kotlin/node_modules/kotlin-compiler
+BUILD=$ROOT/bindings/build
+MOBILE_TARGETS=(aarch64-linux-android x86_64-linux-android aarch64-apple-ios)
+
+step() { printf '\n--> bindings: %s\n' "$*"; }
+skipped=()
+results=()
+
+# A part that cannot run: fatal under CI, a loud skip otherwise.
+cannot() {
+    local part=$1
+    shift
+    if [ "${CI:-}" = true ]; then
+        echo "bindings: $part cannot run: $* (CI=true: failing)" >&2
+        exit 1
+    fi
+    echo "SKIPPED bindings $part: $*" >&2
+    skipped+=("$part")
+    return 1
+}
+
+setup() {
+    local part=$1
+    if ! bindings/setup.sh "$part"; then
+        cannot "$part" "bindings/setup.sh $part failed"
+        return 1
+    fi
+}
+
+# ---- pinhole serve on loopback ----
+
+serve_pid=
+mounted=()
+cleanup() {
+    local m
+    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
+        m=${mounted[$i]}
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done
+    mounted=()
+    if [ -n "$serve_pid" ]; then
+        kill "$serve_pid" 2>/dev/null || true
+        wait "$serve_pid" 2>/dev/null || true
+        serve_pid=
+    fi
+}
+trap cleanup EXIT INT TERM
+
+# Free UDP ports: $1 of them, each free on 127.0.0.1 and 127.0.0.2.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+found = []
+while len(found) < int(sys.argv[1]):
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    port = a.getsockname()[1]
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        b.bind(("127.0.0.2", port))
+        if port not in found:
+            found.append(port)
+    except OSError:
+        pass
+    a.close(); b.close()
+print(" ".join(map(str, found)))
+EOF
+}
+
+STUN_URI=
+SILENT_URI=
+start_serve() {
+    [ -n "$serve_pid" ] && return 0
+    local log=$BUILD/serve.log p1 p2 p3
+    mkdir -p "$BUILD"
+    for _ in 1 2 3 4 5; do
+        read -r p1 p2 p3 <<<"$(free_ports 3)"
+        "$TARGET/debug/pinhole" serve --primary "127.0.0.1:$p1" --alternate "127.0.0.2:$p2" >"$log" 2>&1 &
+        serve_pid=$!
+        for _ in $(seq 50); do
+            [ "$(grep -c '^listening' "$log")" -eq 4 ] && break
+            kill -0 "$serve_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if [ "$(grep -c '^listening' "$log")" -eq 4 ]; then
+            STUN_URI=stun:127.0.0.1:$p1
+            # Nothing listens there: probes to it go unanswered.
+            SILENT_URI=stun:127.0.0.1:$p3
+            echo "pinhole serve on 127.0.0.1:$p1 / 127.0.0.2:$p2 (pid $serve_pid)"
+            return 0
+        fi
+        kill "$serve_pid" 2>/dev/null || true
+        wait "$serve_pid" 2>/dev/null || true
+        serve_pid=
+    done
+    cat "$log"
+    echo "bindings: cannot start pinhole serve" >&2
+    exit 1
+}
+
+built=
+build() {
+    [ -n "$built" ] && return 0
+    step "build the host library, the CLI and uniffi-bindgen; generate the sources"
+    # The library alone, so that it has exactly its own feature set (the CLI would add
+    # tokio's signal handling to the build), then the tools.
+    cargo build --quiet -p pinhole-ffi
+    cargo build --quiet -p pinhole-cli -p uniffi-bindgen
+    bindings/generate.sh bindings
+    bindings/generate.sh pc
+    built=1
+}
+
+# ---- the parts ----
+
+part_header() {
+    step "C header up to date"
+    setup c || return 0
+    local fresh
+    fresh=$(mktemp --suffix=.h)
+    bindings/generate.sh header "$fresh"
+    if ! diff -u ffi/include/pinhole.h "$fresh"; then
+        rm -f "$fresh"
+        echo "bindings: ffi/include/pinhole.h is stale: run bindings/generate.sh header" >&2
+        exit 1
+    fi
+    rm -f "$fresh"
+    echo "ffi/include/pinhole.h is up to date"
+    results+=("header: up to date")
+}
+
+part_c() {
+    step "C: gcc -Wall -Wextra -Werror, valgrind"
+    setup c || return 0
+    build
+    start_serve
+    local out=$TARGET/bindings-c
+    mkdir -p "$out"
+    export PKG_CONFIG_PATH=$BUILD
+    # shellcheck disable=SC2046
+    gcc -std=c11 -Wall -Wextra -Werror -pedantic -O1 -g bindings/c/test.c -o "$out/test" \
+        $(pkg-config --cflags --libs pinhole) -lpthread -Wl,-rpath,"$TARGET/debug"
+    # The header also compiles as C++.
+    echo '#include "pinhole.h"' | g++ -x c++ -fsyntax-only -Wall -Wextra -Werror \
+        $(pkg-config --cflags pinhole) -
+    valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect,possible \
+        --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99 \
+        --log-file="$out/valgrind.log" "$out/test" "$STUN_URI" "$SILENT_URI" | tee "$out/test.log"
+    if [ -s "$out/valgrind.log" ]; then
+        cat "$out/valgrind.log"
+        echo "bindings: valgrind reported errors or leaks" >&2
+        exit 1
+    fi
+    echo "valgrind: no errors, no leaks"
+    # The static library links with pkg-config --static and runs too.
+    # shellcheck disable=SC2046
+    gcc -std=c11 -Wall -Wextra -Werror -O1 bindings/c/test.c -o "$out/test-static" \
+        $(pkg-config --cflags pinhole) "$TARGET/debug/libpinhole_ffi.a" \
+        $(pkg-config --libs-only-other --static pinhole) -lpthread -ldl -lm
+    "$out/test-static" "$STUN_URI" "$SILENT_URI" >"$out/test-static.log"
+    tail -1 "$out/test-static.log" | sed 's/^/static: /'
+    results+=("c: $(tail -1 "$out/test.log"); valgrind clean; static: $(tail -1 "$out/test-static.log")")
+}
+
+part_kotlin() {
+    step "Kotlin on the JVM"
+    setup kotlin || return 0
+    build
+    start_serve
+    local lib=$KOTLIN_HOME/lib jna=/usr/share/java/jna.jar
+    local cp=$jna:$lib/kotlinx-coroutines-core-jvm.jar
+    local out=$TARGET/bindings-kotlin
+    mkdir -p "$out"
+    # kotlinc takes minutes here: reuse the jar while its inputs are unchanged.
+    local key
+    key=$(cat bindings/kotlin/Test.kt "$BUILD/generated/dev/pinhole/pinhole.kt" "$TOOLS/kotlin/.version" |
+        sha256sum | cut -c1-16)
+    if [ ! -f "$out/test-$key.jar" ]; then
+        rm -f "$out"/test-*.jar
+        "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp" -d "$out/test-$key.jar" \
+            bindings/kotlin/Test.kt "$BUILD/generated/dev/pinhole/pinhole.kt"
+    fi
+    java -Djna.library.path="$TARGET/debug" -cp "$out/test-$key.jar:$cp:$lib/kotlin-stdlib.jar" \
+        dev.pinhole.TestKt "$STUN_URI" "$SILENT_URI" | tee "$out/test.log"
+    results+=("kotlin: $(tail -1 "$out/test.log")")
+}
+
+part_swift() {
+    step "Swift in the trixie chroot"
+    setup swift || return 0
+    build
+    start_serve
+    # A copy of the package with the generated sources; its .build stays for next time.
+    local pkg=$BUILD/swift
+    mkdir -p "$pkg/Sources/Pinhole" "$pkg/Sources/PinholeFFI" "$pkg/Tests"
+    cp bindings/swift/Package.swift "$pkg/"
+    cp bindings/swift/Sources/PinholeFFI/module.modulemap "$pkg/Sources/PinholeFFI/"
+    rm -rf "$pkg/Tests/PinholeTests"
+    cp -r bindings/swift/Tests/PinholeTests "$pkg/Tests/"
+    cmp -s "$BUILD/generated/Pinhole.swift" "$pkg/Sources/Pinhole/Pinhole.swift" ||
+        cp "$BUILD/generated/Pinhole.swift" "$pkg/Sources/Pinhole/"
+    cmp -s "$BUILD/generated/PinholeFFI.h" "$pkg/Sources/PinholeFFI/PinholeFFI.h" ||
+        cp "$BUILD/generated/PinholeFFI.h" "$pkg/Sources/PinholeFFI/"
+    mkdir -p "$CHROOT/pinhole/pkg" "$CHROOT/pinhole/lib"
+    local m
+    for m in proc dev; do
+        mount --bind "/$m" "$CHROOT/$m"
+        mounted+=("$CHROOT/$m")
+    done
+    mount --bind "$pkg" "$CHROOT/pinhole/pkg"
+    mounted+=("$CHROOT/pinhole/pkg")
+    mount --bind "$TARGET/debug" "$CHROOT/pinhole/lib"
+    mounted+=("$CHROOT/pinhole/lib")
+    local rc=0
+    chroot "$CHROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root \
+        LD_LIBRARY_PATH=/pinhole/lib \
+        PINHOLE_TEST_STUN="$STUN_URI" PINHOLE_TEST_SILENT="$SILENT_URI" \
+        swift test --disable-swift-testing --package-path /pinhole/pkg -Xlinker -L/pinhole/lib \
+        >"$BUILD/swift-test.log" 2>&1 || rc=$?
+    grep -vE '^(\[[0-9]+/[0-9]+\]|Building|Compiling|Write|Emitting)' "$BUILD/swift-test.log" || true
+    cleanup_mounts
+    [ $rc -eq 0 ] || { echo "bindings: swift test failed" >&2; exit 1; }
+    results+=("swift: $(grep -E 'Executed [0-9]+ tests' "$BUILD/swift-test.log" | tail -1 | sed 's/^ *//')")
+}
+
+cleanup_mounts() {
+    local m
+    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
+        m=${mounted[$i]}
+        umount "$m" 2>/dev/null || umount -l "$m"
+    done
+    mounted=()
+}
+
+part_mobile() {
+    step "mobile targets: cargo check; staticlib for the tier-2 targets"
+    setup mobile || return 0
+    # No debug info: these builds only prove that the library compiles and archives.
+    export CARGO_PROFILE_DEV_DEBUG=0
+    local t
+    for t in "${MOBILE_TARGETS[@]}" aarch64-apple-ios-sim; do
+        local zflags=()
+        if [ "$t" = aarch64-apple-ios-sim ]; then
+            # Tier 3, no prebuilt standard library: build it from rust-src.
+            export RUSTC_BOOTSTRAP=1
+            zflags=(-Zbuild-std)
+        fi
+        # Crates that compile C fail on these targets without their SDKs: none allowed.
+        local c_crates
+        c_crates=$(cargo tree --quiet -p pinhole-ffi --target "$t" -e normal,build --prefix none |
+            grep -E '^(cc|ring|aws-lc-rs|aws-lc-sys|zstd-sys|openssl-sys) v' | sort -u || true)
+        if [ -n "$c_crates" ]; then
+            echo "bindings: $t pulls in crates that compile C: $c_crates" >&2
+            exit 1
+        fi
+        cargo check --quiet "${zflags[@]}" -p pinhole-ffi --lib --target "$t"
+        if [ ${#zflags[@]} -eq 0 ]; then
+            cargo rustc --quiet -p pinhole-ffi --lib --target "$t" --crate-type staticlib
+            local a=$TARGET/$t/debug/libpinhole_ffi.a
+            [ -s "$a" ] || { echo "bindings: no $a" >&2; exit 1; }
+            echo "$t: check ok, staticlib ok ($(du -h "$a" | cut -f1))"
+        else
+            echo "$t: check (build-std) ok"
+        fi
+        unset RUSTC_BOOTSTRAP
+    done
+    unset CARGO_PROFILE_DEV_DEBUG
+    results+=("mobile: check ok for ${MOBILE_TARGETS[*]} aarch64-apple-ios-sim; staticlib ok for ${MOBILE_TARGETS[*]}")
+}
+
+# Not in the default set (a release build with LTO takes minutes): the size of the
+# stripped release cdylib for the host, against the 2 MB budget.
+part_size() {
+    step "size of the stripped release cdylib"
+    cargo build --quiet --release -p pinhole-ffi
+    local so=$TARGET/release/libpinhole_ffi.so bytes
+    bytes=$(stat -c %s "$so")
+    echo "$so: $bytes bytes ($((bytes / 1024)) KiB)"
+    if [ "$bytes" -gt $((2 * 1024 * 1024)) ]; then
+        echo "bindings: over the 2 MB budget" >&2
+        exit 1
+    fi
+    results+=("size: stripped release cdylib $((bytes / 1024)) KiB (budget 2048 KiB)")
+}
+
+[ $# -gt 0 ] || set -- header c kotlin swift mobile
+for part in "$@"; do
+    case $part in
+    header | c | kotlin | swift | mobile | size) "part_$part" ;;
+    *) echo "bindings/test.sh: unknown part $part" >&2; exit 2 ;;
+    esac
+done
+cleanup
+
+echo
+for r in "${results[@]}"; do echo "bindings: $r"; done
+if [ ${#skipped[@]} -gt 0 ]; then
+    echo "bindings: SKIPPED ${skipped[*]}"
+fi

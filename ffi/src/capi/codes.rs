@@ -1,0 +1,110 @@
+//! Result codes, sizes and the integer enumerations of the C API. Enumerations are plain
+//! `int` typedefs with `#define`d values, so that any value a C caller passes is defined
+//! behaviour (an unknown one gives `PINHOLE_ERR_INVALID`).
+
+use std::ffi::c_int;
+
+/// Success.
+pub const PINHOLE_OK: c_int = 0;
+/// An argument is invalid: a NULL pointer, a malformed address or URI, a value out of
+/// range, a missing required callback.
+pub const PINHOLE_ERR_INVALID: c_int = -1;
+/// The caller's buffer is too small (it then holds an empty string).
+pub const PINHOLE_ERR_TOO_SMALL: c_int = -2;
+/// No STUN server could be resolved or none was usable.
+pub const PINHOLE_ERR_NO_SERVER: c_int = -3;
+/// Unsupported, such as a `stuns:` (TLS) URI for a netcheck.
+pub const PINHOLE_ERR_UNSUPPORTED: c_int = -4;
+/// A socket or another operating-system operation failed.
+pub const PINHOLE_ERR_IO: c_int = -5;
+/// The operation was cancelled.
+pub const PINHOLE_ERR_CANCELLED: c_int = -6;
+/// What was asked for does not exist (yet), such as the address of a mapping not made.
+pub const PINHOLE_ERR_NOT_AVAILABLE: c_int = -7;
+/// An internal error (a bug; a caught panic).
+pub const PINHOLE_ERR_INTERNAL: c_int = -8;
+
+/// The size of a buffer that holds any socket address as text with its NUL
+/// (`[v6%scope]:port` is at most 64 characters).
+pub const PINHOLE_ADDRESS_MAX: usize = 72;
+
+/// Log levels: `PINHOLE_LOG_*`.
+pub type pinhole_log_level = c_int;
+/// Very detailed tracing.
+pub const PINHOLE_LOG_TRACE: pinhole_log_level = 0;
+/// Debugging detail.
+pub const PINHOLE_LOG_DEBUG: pinhole_log_level = 1;
+/// Informational.
+pub const PINHOLE_LOG_INFO: pinhole_log_level = 2;
+/// Something unexpected that pinhole handled.
+pub const PINHOLE_LOG_WARN: pinhole_log_level = 3;
+/// An operation failed.
+pub const PINHOLE_LOG_ERROR: pinhole_log_level = 4;
+/// Nothing: logging off.
+pub const PINHOLE_LOG_NONE: pinhole_log_level = 5;
+
+/// A yes/no answer that may be unknown: `PINHOLE_UNKNOWN`, `PINHOLE_NO`, `PINHOLE_YES`.
+pub type pinhole_tristate = c_int;
+/// Not determined.
+pub const PINHOLE_UNKNOWN: pinhole_tristate = -1;
+/// No.
+pub const PINHOLE_NO: pinhole_tristate = 0;
+/// Yes.
+pub const PINHOLE_YES: pinhole_tristate = 1;
+
+/// A NAT behaviour in RFC 4787 terms: `PINHOLE_BEHAVIOUR_*`.
+pub type pinhole_behaviour = c_int;
+/// Not determined.
+pub const PINHOLE_BEHAVIOUR_UNKNOWN: pinhole_behaviour = 0;
+/// Endpoint-independent.
+pub const PINHOLE_BEHAVIOUR_ENDPOINT_INDEPENDENT: pinhole_behaviour = 1;
+/// Address-dependent.
+pub const PINHOLE_BEHAVIOUR_ADDRESS_DEPENDENT: pinhole_behaviour = 2;
+/// Address-and-port-dependent.
+pub const PINHOLE_BEHAVIOUR_ADDRESS_AND_PORT_DEPENDENT: pinhole_behaviour = 3;
+
+/// What a netcheck progress event says: `PINHOLE_NETCHECK_EVENT_*`.
+pub type pinhole_netcheck_event_kind = c_int;
+/// A server answered (`server`, `mapped`, `rtt_us`).
+pub const PINHOLE_NETCHECK_EVENT_SERVER_REPLIED: pinhole_netcheck_event_kind = 0;
+/// A server did not answer (`server`).
+pub const PINHOLE_NETCHECK_EVENT_SERVER_TIMED_OUT: pinhole_netcheck_event_kind = 1;
+/// The mapping behaviour is known (`behaviour`).
+pub const PINHOLE_NETCHECK_EVENT_MAPPING: pinhole_netcheck_event_kind = 2;
+/// The filtering behaviour is known (`behaviour`).
+pub const PINHOLE_NETCHECK_EVENT_FILTERING: pinhole_netcheck_event_kind = 3;
+/// Hairpinning is known (`hairpins`).
+pub const PINHOLE_NETCHECK_EVENT_HAIRPINNING: pinhole_netcheck_event_kind = 4;
+
+/// A mapping's transport: `PINHOLE_PROTOCOL_*`.
+pub type pinhole_protocol = c_int;
+/// UDP (the default: 0).
+pub const PINHOLE_PROTOCOL_UDP: pinhole_protocol = 0;
+/// TCP.
+pub const PINHOLE_PROTOCOL_TCP: pinhole_protocol = 1;
+
+/// A port-mapping protocol: `PINHOLE_METHOD_*`.
+pub type pinhole_method = c_int;
+/// Any: PCP, then NAT-PMP, then UPnP (the default: 0; never reported).
+pub const PINHOLE_METHOD_ANY: pinhole_method = 0;
+/// PCP, RFC 6887.
+pub const PINHOLE_METHOD_PCP: pinhole_method = 1;
+/// NAT-PMP, RFC 6886.
+pub const PINHOLE_METHOD_NATPMP: pinhole_method = 2;
+/// UPnP IGD.
+pub const PINHOLE_METHOD_UPNP: pinhole_method = 3;
+
+/// What a port-mapping event says: `PINHOLE_PORTMAP_EVENT_*`.
+pub type pinhole_portmap_event_kind = c_int;
+/// A mapping exists (`mapping`).
+pub const PINHOLE_PORTMAP_EVENT_MAPPED: pinhole_portmap_event_kind = 0;
+/// Renewed with the same external address (`mapping`).
+pub const PINHOLE_PORTMAP_EVENT_RENEWED: pinhole_portmap_event_kind = 1;
+/// Renewed with another external address or port (`old_mapping`, `mapping`).
+pub const PINHOLE_PORTMAP_EVENT_CHANGED: pinhole_portmap_event_kind = 2;
+/// Lost; being re-created (`reason`).
+pub const PINHOLE_PORTMAP_EVENT_LOST: pinhole_portmap_event_kind = 3;
+/// No mapping can be made; the mapper stopped (`reason`). A last event.
+pub const PINHOLE_PORTMAP_EVENT_UNAVAILABLE: pinhole_portmap_event_kind = 4;
+/// Deleted after `pinhole_portmap_release`; the mapper stopped. A last event.
+pub const PINHOLE_PORTMAP_EVENT_RELEASED: pinhole_portmap_event_kind = 5;

@@ -1,0 +1,327 @@
+//! Port mapping: `pinhole_portmap_start`, `_get_external`, `_release`, `_destroy`.
+
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::codes::*;
+use super::{SendPtr, cstring, fill, guard, opt_str, write_buf};
+use crate::error::PinholeError;
+use crate::ops::MappingPlan;
+use crate::task::Task;
+use crate::types::{
+    MappingMethod, PortMapping, PortMappingConfig, PortMappingEvent, TransportProtocol,
+};
+
+/// A port mapping kept alive until released (opaque).
+pub struct pinhole_portmap {
+    task: Option<Task>,
+    destroyed: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<PortMapping>>>,
+}
+
+/// A mapping that exists on the gateway.
+#[repr(C)]
+pub struct pinhole_mapping {
+    /// The protocol that made it (never `PINHOLE_METHOD_ANY`).
+    pub method: pinhole_method,
+    /// UDP or TCP.
+    pub protocol: pinhole_protocol,
+    /// The internal address and port.
+    pub internal: [c_char; PINHOLE_ADDRESS_MAX],
+    /// The external address and port.
+    pub external: [c_char; PINHOLE_ADDRESS_MAX],
+    /// The lifetime granted, seconds.
+    pub lifetime_s: u32,
+    /// False when the external address is private or shared (CGNAT): another NAT lies
+    /// beyond the gateway and the mapping is not reachable from the internet.
+    pub reachable: bool,
+}
+
+/// A port-mapping event; valid only during the callback.
+#[repr(C)]
+pub struct pinhole_portmap_event {
+    /// What happened.
+    pub kind: pinhole_portmap_event_kind,
+    /// `MAPPED`, `RENEWED`, `CHANGED`: the mapping (for `CHANGED` the new one).
+    pub mapping: pinhole_mapping,
+    /// `CHANGED`: the mapping before.
+    pub old_mapping: pinhole_mapping,
+    /// `LOST`, `UNAVAILABLE`: why; else NULL.
+    pub reason: *const c_char,
+}
+
+/// Receives a port mapping's events, on the mapper's own thread. The last is
+/// `PINHOLE_PORTMAP_EVENT_RELEASED` or `PINHOLE_PORTMAP_EVENT_UNAVAILABLE`.
+pub type pinhole_portmap_cb = Option<
+    unsafe extern "C" fn(
+        portmap: *mut pinhole_portmap,
+        event: *const pinhole_portmap_event,
+        user_ptr: *mut c_void,
+    ),
+>;
+
+/// What to map. Zero-initialise it, then set at least `internal_port` and `cb_event`.
+#[repr(C)]
+pub struct pinhole_portmap_config {
+    /// The gateway (an IP address); NULL: the default route's gateway. With an explicit
+    /// gateway UPnP searches by unicast to it only, never by multicast.
+    pub gateway: *const c_char,
+    /// This host's address toward the gateway; NULL: what the kernel would use. Needs an
+    /// explicit gateway.
+    pub local_ip: *const c_char,
+    /// UDP (0, the default) or TCP.
+    pub protocol: pinhole_protocol,
+    /// The internal port to map (the application's socket; pinhole does not bind it).
+    pub internal_port: u16,
+    /// The external port wanted; 0: any.
+    pub suggested_external_port: u16,
+    /// The lifetime to ask for, seconds; 0: the default (7200).
+    pub lifetime_s: u32,
+    /// `PINHOLE_METHOD_ANY` (0, the default) or the only protocol to use.
+    pub method: pinhole_method,
+    /// The events (required).
+    pub cb_event: pinhole_portmap_cb,
+    /// Passed to the callback.
+    pub user_ptr: *mut c_void,
+}
+
+#[derive(Clone, Copy)]
+struct HandlePtr(*mut pinhole_portmap);
+// SAFETY: only handed back to the caller's callback, never dereferenced by the thread.
+unsafe impl Send for HandlePtr {}
+
+fn mapping(m: &PortMapping) -> pinhole_mapping {
+    let mut c = empty_mapping();
+    c.method = match m.method {
+        MappingMethod::Pcp => PINHOLE_METHOD_PCP,
+        MappingMethod::NatPmp => PINHOLE_METHOD_NATPMP,
+        MappingMethod::Upnp => PINHOLE_METHOD_UPNP,
+    };
+    c.protocol = match m.protocol {
+        TransportProtocol::Udp => PINHOLE_PROTOCOL_UDP,
+        TransportProtocol::Tcp => PINHOLE_PROTOCOL_TCP,
+    };
+    fill(&mut c.internal, &m.internal);
+    fill(&mut c.external, &m.external);
+    c.lifetime_s = u32::try_from(m.lifetime.as_secs()).unwrap_or(u32::MAX);
+    c.reachable = m.reachable;
+    c
+}
+
+fn empty_mapping() -> pinhole_mapping {
+    pinhole_mapping {
+        method: PINHOLE_METHOD_ANY,
+        protocol: PINHOLE_PROTOCOL_UDP,
+        internal: [0; PINHOLE_ADDRESS_MAX],
+        external: [0; PINHOLE_ADDRESS_MAX],
+        lifetime_s: 0,
+        reachable: false,
+    }
+}
+
+/// A C event and the storage it points to.
+struct CEvent {
+    _reason: Option<CString>,
+    event: pinhole_portmap_event,
+}
+
+impl CEvent {
+    fn new(ev: &PortMappingEvent) -> Self {
+        let mut event = pinhole_portmap_event {
+            kind: PINHOLE_PORTMAP_EVENT_RELEASED,
+            mapping: empty_mapping(),
+            old_mapping: empty_mapping(),
+            reason: ptr::null(),
+        };
+        let mut reason = None;
+        match ev {
+            PortMappingEvent::Mapped { mapping: m } => {
+                event.kind = PINHOLE_PORTMAP_EVENT_MAPPED;
+                event.mapping = mapping(m);
+            }
+            PortMappingEvent::Renewed { mapping: m } => {
+                event.kind = PINHOLE_PORTMAP_EVENT_RENEWED;
+                event.mapping = mapping(m);
+            }
+            PortMappingEvent::Changed { old, new } => {
+                event.kind = PINHOLE_PORTMAP_EVENT_CHANGED;
+                event.mapping = mapping(new);
+                event.old_mapping = mapping(old);
+            }
+            PortMappingEvent::Lost { reason: r } => {
+                event.kind = PINHOLE_PORTMAP_EVENT_LOST;
+                reason = Some(cstring(r));
+            }
+            PortMappingEvent::Unavailable { reason: r } => {
+                event.kind = PINHOLE_PORTMAP_EVENT_UNAVAILABLE;
+                reason = Some(cstring(r));
+            }
+            PortMappingEvent::Released => {}
+        }
+        if let Some(r) = &reason {
+            event.reason = r.as_ptr();
+        }
+        CEvent {
+            _reason: reason,
+            event,
+        }
+    }
+}
+
+/// Reads a C port-mapping config.
+///
+/// # Safety
+/// The config's strings are NULL or NUL-terminated.
+unsafe fn read_config(c: &pinhole_portmap_config) -> Result<PortMappingConfig, PinholeError> {
+    Ok(PortMappingConfig {
+        internal_port: c.internal_port,
+        protocol: match c.protocol {
+            PINHOLE_PROTOCOL_UDP => TransportProtocol::Udp,
+            PINHOLE_PROTOCOL_TCP => TransportProtocol::Tcp,
+            _ => return Err(PinholeError::invalid("protocol")),
+        },
+        // SAFETY: per the contract.
+        gateway: unsafe { opt_str(c.gateway, "gateway") }?.map(str::to_owned),
+        // SAFETY: per the contract.
+        local_ip: unsafe { opt_str(c.local_ip, "local_ip") }?.map(str::to_owned),
+        suggested_external_port: c.suggested_external_port,
+        lifetime_secs: c.lifetime_s,
+        method: match c.method {
+            PINHOLE_METHOD_ANY => None,
+            PINHOLE_METHOD_PCP => Some(MappingMethod::Pcp),
+            PINHOLE_METHOD_NATPMP => Some(MappingMethod::NatPmp),
+            PINHOLE_METHOD_UPNP => Some(MappingMethod::Upnp),
+            _ => return Err(PinholeError::invalid("method")),
+        },
+    })
+}
+
+/// Starts mapping a port; events follow on the mapper's own thread. The mapping is
+/// renewed and re-created until `pinhole_portmap_release` or `pinhole_portmap_destroy`.
+/// The config is copied.
+///
+/// # Safety
+/// `config` and `out` are NULL or valid; the config's strings are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_portmap_start(
+    config: *const pinhole_portmap_config,
+    out: *mut *mut pinhole_portmap,
+) -> c_int {
+    guard(|| {
+        // SAFETY: NULL or valid, per the contract.
+        let (Some(c), false) = (unsafe { config.as_ref() }, out.is_null()) else {
+            return Err(PinholeError::invalid("config or out is NULL"));
+        };
+        let Some(cb) = c.cb_event else {
+            return Err(PinholeError::invalid("cb_event is NULL"));
+        };
+        let user_ptr = SendPtr(c.user_ptr);
+        // SAFETY: per this function's contract.
+        let plan = MappingPlan::new(&unsafe { read_config(c) }?)?;
+        let destroyed = Arc::new(AtomicBool::new(false));
+        let current = Arc::new(Mutex::new(None));
+        let mut handle = Box::new(pinhole_portmap {
+            task: None,
+            destroyed: destroyed.clone(),
+            current: current.clone(),
+        });
+        let hptr = HandlePtr(&raw mut *handle);
+        let (go, ready) = tokio::sync::oneshot::channel::<()>();
+        let task = Task::spawn("pinhole-portmap", move |stop| async move {
+            if ready.await.is_err() {
+                return;
+            }
+            let (hptr, user_ptr) = (hptr, user_ptr);
+            plan.run(stop, current, |ev| {
+                if !destroyed.load(Ordering::Acquire) {
+                    let ev = CEvent::new(&ev);
+                    // SAFETY: the caller's callback, with what it was promised.
+                    unsafe { cb(hptr.0, &ev.event, user_ptr.0) };
+                }
+            })
+            .await;
+        })?;
+        handle.task = Some(task);
+        let raw = Box::into_raw(handle);
+        // SAFETY: `out` is non-NULL and writable per the contract.
+        unsafe { *out = raw };
+        let _ = go.send(());
+        Ok(PINHOLE_OK)
+    })
+}
+
+/// Writes the current mapping's external address (`IP:port`) into `buf` of `size` bytes
+/// (`PINHOLE_ADDRESS_MAX` always suffices). Returns its length, or
+/// `PINHOLE_ERR_NOT_AVAILABLE` when no mapping exists now.
+///
+/// # Safety
+/// `portmap` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_portmap_get_external(
+    portmap: *const pinhole_portmap,
+    buf: *mut c_char,
+    size: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: NULL or live, per the contract.
+        let Some(h) = (unsafe { portmap.as_ref() }) else {
+            return Err(PinholeError::invalid("portmap is NULL"));
+        };
+        let external = h
+            .current
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|m| m.external.clone()));
+        match external {
+            // SAFETY: per the contract.
+            Some(e) => unsafe { write_buf(&e, buf, size) },
+            None => Ok(PINHOLE_ERR_NOT_AVAILABLE),
+        }
+    })
+}
+
+/// Deletes the mapping and stops the mapper, returning at once: the
+/// `PINHOLE_PORTMAP_EVENT_RELEASED` event follows (or `UNAVAILABLE` when no mapping
+/// existed), within a few seconds.
+///
+/// # Safety
+/// `portmap` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_portmap_release(portmap: *mut pinhole_portmap) -> c_int {
+    guard(|| {
+        // SAFETY: NULL or live, per the contract.
+        let Some(h) = (unsafe { portmap.as_ref() }) else {
+            return Err(PinholeError::invalid("portmap is NULL"));
+        };
+        if let Some(t) = &h.task {
+            t.stop();
+        }
+        Ok(PINHOLE_OK)
+    })
+}
+
+/// Releases the mapping if it exists (waiting at most about 3 s for the gateway), stops
+/// and frees the handle. No event is delivered once it has begun; from another thread it
+/// waits until a running callback returns. Called from the handle's own callback, it
+/// returns at once and the release finishes in the background. NULL is ignored.
+///
+/// # Safety
+/// `portmap` is NULL or a live handle, not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_portmap_destroy(portmap: *mut pinhole_portmap) {
+    if portmap.is_null() {
+        return;
+    }
+    // SAFETY: a live handle from Box::into_raw, per the contract.
+    let handle = unsafe { Box::from_raw(portmap) };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        handle.destroyed.store(true, Ordering::Release);
+        let mut handle = handle;
+        if let Some(t) = handle.task.take() {
+            t.stop();
+            t.join();
+        }
+    }));
+}

@@ -1,0 +1,70 @@
+//! The one error type of both foreign APIs, and the one place where the core's errors are
+//! converted into it. The C API turns it into a negative result code ([`PinholeError::code`]);
+//! UniFFI turns it into an exception (Kotlin `PinholeException`, Swift `PinholeError`).
+
+use pinhole::driver::DriverError;
+
+use crate::capi::codes;
+
+/// Why an operation failed. Flat: each variant carries only its message across the FFI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
+pub enum PinholeError {
+    /// An argument is invalid: a malformed address or URI, a value out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No STUN server could be resolved or none was usable.
+    #[error("no usable STUN server: {0}")]
+    NoServer(String),
+    /// A `stuns:` (TLS) URI or another unsupported request.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A socket or another operating-system operation failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// The operation was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// An internal error: a bug, such as a caught panic.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PinholeError {
+    /// The C API's result code for this error (always negative).
+    pub(crate) fn code(&self) -> i32 {
+        match self {
+            PinholeError::InvalidArgument(_) => codes::PINHOLE_ERR_INVALID,
+            PinholeError::NoServer(_) => codes::PINHOLE_ERR_NO_SERVER,
+            PinholeError::Unsupported(_) => codes::PINHOLE_ERR_UNSUPPORTED,
+            PinholeError::Io(_) => codes::PINHOLE_ERR_IO,
+            PinholeError::Cancelled => codes::PINHOLE_ERR_CANCELLED,
+            PinholeError::Internal(_) => codes::PINHOLE_ERR_INTERNAL,
+        }
+    }
+
+    pub(crate) fn invalid(what: impl std::fmt::Display) -> Self {
+        PinholeError::InvalidArgument(what.to_string())
+    }
+}
+
+impl From<DriverError> for PinholeError {
+    fn from(e: DriverError) -> Self {
+        let text = e.to_string();
+        match e {
+            DriverError::Io { .. } | DriverError::Random(_) => PinholeError::Io(text),
+            DriverError::Uri { .. } | DriverError::Stun(_) => PinholeError::InvalidArgument(text),
+            DriverError::Unsupported(_) => PinholeError::Unsupported(text),
+            DriverError::NothingResolved | DriverError::Netcheck(_) => PinholeError::NoServer(text),
+            // DriverError is non-exhaustive: a new variant is an I/O-level failure until
+            // it is given its own mapping here.
+            _ => PinholeError::Io(text),
+        }
+    }
+}
+
+impl From<std::io::Error> for PinholeError {
+    fn from(e: std::io::Error) -> Self {
+        PinholeError::Io(e.to_string())
+    }
+}

@@ -1,0 +1,466 @@
+//! The FFI's own data types. They mirror the core's types with only what crosses a
+//! language boundary well (strings for addresses, [`Duration`]s, options), so no core type
+//! leaks into a binding, and they are the one conversion point from the core: the C API
+//! converts these, never the core's types, into its structs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use pinhole::netcheck::{Behaviour, NetcheckEvent, Report};
+use pinhole::portmap::{LossReason, MapProtocol, MapperEvent, Mapping, ProbeReport, Via};
+
+use crate::error::PinholeError;
+
+/// The default overall netcheck budget, milliseconds.
+pub(crate) const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+/// The default port-mapping lifetime asked for, seconds.
+pub(crate) const DEFAULT_MAPPING_LIFETIME_SECS: u32 = pinhole::portmap::DEFAULT_LIFETIME;
+
+/// What a netcheck probes.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct NetcheckConfig {
+    /// STUN servers as `stun:host[:port]` URIs (RFC 7064). Empty: the public default
+    /// servers (Google's, Cloudflare's, stunprotocol.org's).
+    #[uniffi(default = [])]
+    pub stun_servers: Vec<String>,
+    /// The overall budget, milliseconds; 0 means the default (10 s).
+    #[uniffi(default = 10000)]
+    pub timeout_ms: u32,
+    /// Skip the hairpinning test.
+    #[uniffi(default = false)]
+    pub no_hairpin: bool,
+    /// Also measure the NAT binding lifetime (RFC 5780 §4.6); takes about three minutes.
+    #[uniffi(default = false)]
+    pub binding_lifetime: bool,
+    /// Do not probe the gateway for PCP, NAT-PMP and UPnP.
+    #[uniffi(default = false)]
+    pub no_portmap: bool,
+    /// The gateway to probe (an IP address). None: the default route's gateway.
+    #[uniffi(default = None)]
+    pub gateway: Option<String>,
+}
+
+impl Default for NetcheckConfig {
+    fn default() -> Self {
+        Self {
+            stun_servers: Vec::new(),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            no_hairpin: false,
+            binding_lifetime: false,
+            no_portmap: false,
+            gateway: None,
+        }
+    }
+}
+
+/// A NAT behaviour in RFC 4787 terms (mapping §4.1, filtering §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum NatBehaviour {
+    /// Endpoint-independent.
+    EndpointIndependent,
+    /// Address-dependent.
+    AddressDependent,
+    /// Address-and-port-dependent.
+    AddressAndPortDependent,
+    /// Not determined.
+    Unknown,
+}
+
+impl From<Behaviour> for NatBehaviour {
+    fn from(b: Behaviour) -> Self {
+        match b {
+            Behaviour::EndpointIndependent => NatBehaviour::EndpointIndependent,
+            Behaviour::AddressDependent => NatBehaviour::AddressDependent,
+            Behaviour::AddressAndPortDependent => NatBehaviour::AddressAndPortDependent,
+            Behaviour::Unknown => NatBehaviour::Unknown,
+        }
+    }
+}
+
+/// What one STUN server told us.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ServerReport {
+    /// The server as configured (`stun:host:port`).
+    pub label: String,
+    /// Its resolved address.
+    pub address: String,
+    /// Round-trip time of the first Binding test; None when it did not answer.
+    pub rtt: Option<Duration>,
+    /// The public (mapped) address it saw.
+    pub mapped: Option<String>,
+    /// Its OTHER-ADDRESS, when it supports RFC 5780.
+    pub other_address: Option<String>,
+}
+
+/// The estimated NAT binding lifetime (RFC 5780 §4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct BindingLifetime {
+    /// The longest idle interval after which the mapping still worked.
+    pub at_least: Option<Duration>,
+    /// The shortest idle interval after which it was gone (None: it outlived them all).
+    pub less_than: Option<Duration>,
+}
+
+/// Which port-mapping protocols the gateway speaks (netcheck makes no mapping).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GatewayProbe {
+    /// The gateway probed; None when it could not be determined.
+    pub gateway: Option<String>,
+    /// PCP (RFC 6887); None: unknown.
+    pub pcp: Option<bool>,
+    /// NAT-PMP (RFC 6886); None: unknown.
+    pub natpmp: Option<bool>,
+    /// UPnP IGD; None: unknown.
+    pub upnp: Option<bool>,
+    /// The external address NAT-PMP reported.
+    pub natpmp_external: Option<String>,
+    /// The external address UPnP reported.
+    pub upnp_external: Option<String>,
+    /// Why the gateway could not be probed.
+    pub error: Option<String>,
+}
+
+/// The outcome of a netcheck. Unknown is not false: undetermined fields are None or
+/// [`NatBehaviour::Unknown`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct NetcheckReport {
+    /// Whether any server answered over UDP.
+    pub udp: bool,
+    /// The distinct public addresses seen, in order of discovery.
+    pub public_addresses: Vec<String>,
+    /// Mapping behaviour.
+    pub mapping: NatBehaviour,
+    /// Filtering behaviour.
+    pub filtering: NatBehaviour,
+    /// Whether the NAT hairpins.
+    pub hairpinning: Option<bool>,
+    /// Whether a middlebox rewrites addresses inside STUN payloads.
+    pub alg_rewrites: Option<bool>,
+    /// The binding lifetime, when it was measured.
+    pub binding_lifetime: Option<BindingLifetime>,
+    /// The RFC 5780 server used for the behaviour tests.
+    pub rfc5780_server: Option<String>,
+    /// Per-server results.
+    pub servers: Vec<ServerReport>,
+    /// What could not be determined, and why.
+    pub notes: Vec<String>,
+    /// The gateway probe; None when it was not asked for.
+    pub portmap: Option<GatewayProbe>,
+}
+
+/// Progress of a running netcheck.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum NetcheckProgress {
+    /// A server answered.
+    ServerReplied {
+        /// The server.
+        label: String,
+        /// The public address it saw.
+        mapped: Option<String>,
+        /// The round-trip time.
+        rtt: Duration,
+    },
+    /// A server did not answer.
+    ServerTimedOut {
+        /// The server.
+        label: String,
+    },
+    /// The mapping behaviour is known.
+    Mapping {
+        /// It.
+        behaviour: NatBehaviour,
+    },
+    /// The filtering behaviour is known.
+    Filtering {
+        /// It.
+        behaviour: NatBehaviour,
+    },
+    /// Hairpinning is known.
+    Hairpinning {
+        /// Whether the NAT hairpins.
+        hairpins: bool,
+    },
+}
+
+impl NetcheckProgress {
+    /// The progress event for a core event (None for the final one).
+    pub(crate) fn from_core(ev: &NetcheckEvent, labels: &[String]) -> Option<Self> {
+        let label = |i: usize| labels.get(i).cloned().unwrap_or_default();
+        Some(match ev {
+            NetcheckEvent::ServerReplied {
+                server,
+                mapped,
+                rtt,
+            } => NetcheckProgress::ServerReplied {
+                label: label(*server),
+                mapped: mapped.map(|m| m.to_string()),
+                rtt: *rtt,
+            },
+            NetcheckEvent::ServerTimedOut { server } => NetcheckProgress::ServerTimedOut {
+                label: label(*server),
+            },
+            NetcheckEvent::Mapping(b) => NetcheckProgress::Mapping {
+                behaviour: (*b).into(),
+            },
+            NetcheckEvent::Filtering(b) => NetcheckProgress::Filtering {
+                behaviour: (*b).into(),
+            },
+            NetcheckEvent::Hairpinning(h) => NetcheckProgress::Hairpinning { hairpins: *h },
+            NetcheckEvent::Done(_) => return None,
+        })
+    }
+}
+
+fn addr(a: SocketAddr) -> String {
+    a.to_string()
+}
+
+impl NetcheckReport {
+    pub(crate) fn from_core(
+        r: Report,
+        portmap: Option<GatewayProbe>,
+        extra_notes: Vec<String>,
+    ) -> Self {
+        let mut notes = extra_notes;
+        notes.extend(r.notes);
+        NetcheckReport {
+            udp: r.udp,
+            public_addresses: r.public.into_iter().map(addr).collect(),
+            mapping: r.mapping.into(),
+            filtering: r.filtering.into(),
+            hairpinning: r.hairpinning,
+            alg_rewrites: r.alg_rewrites,
+            binding_lifetime: r.binding_lifetime.map(|l| BindingLifetime {
+                at_least: l.at_least,
+                less_than: l.less_than,
+            }),
+            rfc5780_server: r.rfc5780_server,
+            servers: r
+                .servers
+                .into_iter()
+                .map(|s| ServerReport {
+                    label: s.label,
+                    address: addr(s.addr),
+                    rtt: s.rtt,
+                    mapped: s.mapped.map(addr),
+                    other_address: s.other_address.map(addr),
+                })
+                .collect(),
+            notes,
+            portmap,
+        }
+    }
+}
+
+impl GatewayProbe {
+    pub(crate) fn from_core(gateway: IpAddr, r: &ProbeReport) -> Self {
+        GatewayProbe {
+            gateway: Some(gateway.to_string()),
+            pcp: r.pcp,
+            natpmp: r.natpmp,
+            upnp: r.upnp,
+            natpmp_external: r.natpmp_external.map(|a| a.to_string()),
+            upnp_external: r.upnp_external.map(|a| a.to_string()),
+            error: None,
+        }
+    }
+
+    pub(crate) fn failed(gateway: Option<IpAddr>, error: String) -> Self {
+        GatewayProbe {
+            gateway: gateway.map(|g| g.to_string()),
+            pcp: None,
+            natpmp: None,
+            upnp: None,
+            natpmp_external: None,
+            upnp_external: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// The transport protocol of a port mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TransportProtocol {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl From<TransportProtocol> for MapProtocol {
+    fn from(p: TransportProtocol) -> Self {
+        match p {
+            TransportProtocol::Udp => MapProtocol::Udp,
+            TransportProtocol::Tcp => MapProtocol::Tcp,
+        }
+    }
+}
+
+impl From<MapProtocol> for TransportProtocol {
+    fn from(p: MapProtocol) -> Self {
+        match p {
+            MapProtocol::Udp => TransportProtocol::Udp,
+            MapProtocol::Tcp => TransportProtocol::Tcp,
+        }
+    }
+}
+
+/// A port-mapping protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum MappingMethod {
+    /// PCP, RFC 6887.
+    Pcp,
+    /// NAT-PMP, RFC 6886.
+    NatPmp,
+    /// UPnP IGD.
+    Upnp,
+}
+
+impl From<MappingMethod> for Via {
+    fn from(m: MappingMethod) -> Self {
+        match m {
+            MappingMethod::Pcp => Via::Pcp,
+            MappingMethod::NatPmp => Via::NatPmp,
+            MappingMethod::Upnp => Via::Upnp,
+        }
+    }
+}
+
+impl From<Via> for MappingMethod {
+    fn from(v: Via) -> Self {
+        match v {
+            Via::Pcp => MappingMethod::Pcp,
+            Via::NatPmp => MappingMethod::NatPmp,
+            Via::Upnp => MappingMethod::Upnp,
+        }
+    }
+}
+
+/// What to map, and through which gateway.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PortMappingConfig {
+    /// The internal port to map (a socket of the application's; pinhole does not bind it).
+    pub internal_port: u16,
+    /// UDP or TCP.
+    pub protocol: TransportProtocol,
+    /// The gateway (an IP address). None: the default route's gateway. UPnP then searches
+    /// by unicast to an explicit gateway only, never by multicast.
+    #[uniffi(default = None)]
+    pub gateway: Option<String>,
+    /// This host's address toward the gateway. None: what the kernel would use.
+    #[uniffi(default = None)]
+    pub local_ip: Option<String>,
+    /// The external port wanted; 0: any.
+    #[uniffi(default = 0)]
+    pub suggested_external_port: u16,
+    /// The lifetime to ask for, seconds; 0 means the default (7200).
+    #[uniffi(default = 7200)]
+    pub lifetime_secs: u32,
+    /// The only protocol to use; None: PCP, then NAT-PMP, then UPnP.
+    #[uniffi(default = None)]
+    pub method: Option<MappingMethod>,
+}
+
+/// A mapping that exists on the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PortMapping {
+    /// The protocol that made it.
+    pub method: MappingMethod,
+    /// UDP or TCP.
+    pub protocol: TransportProtocol,
+    /// The internal address and port.
+    pub internal: String,
+    /// The external address and port.
+    pub external: String,
+    /// The lifetime granted.
+    pub lifetime: Duration,
+    /// False when the external address is private or shared (CGNAT): another NAT lies
+    /// beyond the gateway and the mapping is not reachable from the internet.
+    pub reachable: bool,
+}
+
+impl From<&Mapping> for PortMapping {
+    fn from(m: &Mapping) -> Self {
+        PortMapping {
+            method: m.via.into(),
+            protocol: m.protocol.into(),
+            internal: m.internal.to_string(),
+            external: m.external.to_string(),
+            lifetime: m.lifetime,
+            reachable: m.reachable,
+        }
+    }
+}
+
+/// What happens to a port mapping.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum PortMappingEvent {
+    /// A mapping exists (first time, or re-created after a loss).
+    Mapped {
+        /// It.
+        mapping: PortMapping,
+    },
+    /// Renewed with the same external address.
+    Renewed {
+        /// It.
+        mapping: PortMapping,
+    },
+    /// Renewed, but the external address or port changed.
+    Changed {
+        /// What it was.
+        old: PortMapping,
+        /// What it is.
+        new: PortMapping,
+    },
+    /// The mapping was lost (gateway restart, expiry, refusal); it is being re-created.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// No mapping can be made; the mapper has stopped. This is the last event.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// The mapping was deleted after a release; the mapper has stopped. This is the last
+    /// event.
+    Released,
+}
+
+impl From<&MapperEvent> for PortMappingEvent {
+    fn from(ev: &MapperEvent) -> Self {
+        match ev {
+            MapperEvent::Mapped(m) => PortMappingEvent::Mapped { mapping: m.into() },
+            MapperEvent::Renewed(m) => PortMappingEvent::Renewed { mapping: m.into() },
+            MapperEvent::Changed { old, new } => PortMappingEvent::Changed {
+                old: old.into(),
+                new: new.into(),
+            },
+            MapperEvent::Lost(reason) => PortMappingEvent::Lost {
+                reason: match reason {
+                    LossReason::GatewayRestarted => "the gateway restarted".into(),
+                    LossReason::Expired => "renewal failed until the mapping expired".into(),
+                    LossReason::Refused(why) => format!("the gateway refused the renewal: {why}"),
+                },
+            },
+            MapperEvent::Unavailable(why) => PortMappingEvent::Unavailable {
+                reason: why.clone(),
+            },
+            MapperEvent::Released => PortMappingEvent::Released,
+        }
+    }
+}
+
+/// Parses an IP address given as text.
+pub(crate) fn parse_ip(what: &str, text: &str) -> Result<IpAddr, PinholeError> {
+    text.trim()
+        .parse()
+        .map_err(|_| PinholeError::invalid(format!("{what}: not an IP address: {text:?}")))
+}
+
+/// Parses a socket address given as text.
+pub(crate) fn parse_socket_addr(what: &str, text: &str) -> Result<SocketAddr, PinholeError> {
+    text.trim()
+        .parse()
+        .map_err(|_| PinholeError::invalid(format!("{what}: not an IP:port address: {text:?}")))
+}
