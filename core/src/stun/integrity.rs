@@ -167,8 +167,7 @@ struct PreparedHmac<const W: usize> {
 
 impl<const W: usize> PreparedHmac<W> {
     /// Writes the STUN length field into a first block, unless it already holds it (as
-    /// when building): a store into the middle of freshly copied bytes makes the hash's
-    /// wide loads wait for it, so skip it when it changes nothing.
+    /// when building, where `reserve` has set it).
     fn set_length(block: &mut Block, length: [u8; 2]) {
         if block[2..4] != length {
             block[2..4].copy_from_slice(&length);
