@@ -7,7 +7,8 @@
 #   - cargo-fuzz (cargo install --locked); the fuzz targets build on the stable toolchain
 #     with RUSTC_BOOTSTRAP=1, because sanitizer flags are unstable
 #   - the Debian packages of the NAT lab and the interop tests (tests/lab-deps.sh; root):
-#     iproute2, nftables, conntrack, iptables, coturn, miniupnpd, miniupnpc, natpmpc, openssl
+#     iproute2, nftables, conntrack, iptables, coturn, miniupnpd, miniupnpc, natpmpc, openssl,
+#     and pkg-config + libssl-dev for the TURN benchmark's openssl-sys dev-dependency
 #
 #   - the bindings' tools (bindings/setup.sh, called by bindings/test.sh; root): cbindgen,
 #     valgrind, JNA, kotlinc (npm), a Debian trixie chroot with Swift, the mobile targets;

@@ -17,6 +17,7 @@ declare -A need=(
   [natpmpc]=natpmpc
   [python3]=python3
   [openssl]=openssl
+  [pkg-config]=pkg-config
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -24,6 +25,11 @@ for cmd in "${!need[@]}"; do
     missing+=("${need[$cmd]}")
   fi
 done
+# OpenSSL headers: turn-client-proto (a dev-dependency of the TURN relay benchmark, built
+# by clippy --all-targets) compiles openssl-sys.
+if [ ! -e /usr/include/openssl/ssl.h ]; then
+  missing+=(libssl-dev)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0

@@ -478,10 +478,10 @@ async fn map(args: MapArgs) -> ExitCode {
                 if json {
                     println!(
                         "{}",
-                        json!({"event": "lost", "reason": format!("{reason:?}")})
+                        json!({"event": "lost", "reason": reason.as_str(), "detail": reason.to_string()})
                     );
                 } else {
-                    println!("lost: {reason:?}; re-creating");
+                    println!("lost: {reason}; re-creating");
                 }
             }
             MapperEvent::Unavailable(why) => failure = Some(why.clone()),

@@ -1,11 +1,14 @@
 //! miniupnpd (UPnP IGD, NAT-PMP, PCP) on a lab router, exercised with miniupnpc's `upnpc`
-//! and `natpmpc`, PCP with pinhole's own codec (`natlab pcp-map`), and inbound traffic
-//! through the mappings they create.
+//! and `natpmpc`, PCP with pinhole's own codec (`natlab pcp-map`), and `pinhole map`: inbound
+//! traffic through the mappings, deletion, re-creation after miniupnpd restarts, and
+//! double NAT behind a carrier-grade NAT.
 
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use pinhole_tests::lab::support::lab_available;
-use pinhole_tests::lab::{Lab, NatConfig, PEER_IP, Uplink};
+use pinhole_tests::lab::{Lab, NatConfig, PEER_IP, Streaming, Uplink, bins};
+use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -139,7 +142,7 @@ fn miniupnpd_maps_ports_for_natpmp_upnp_and_pcp() {
 
 #[test]
 fn pinhole_map_against_miniupnpd_over_pcp_natpmp_and_upnp() {
-    if !lab_available("pinhole_map", &["miniupnpd"]) {
+    if !lab_available("pinhole_map", &["miniupnpd", "upnpc"]) {
         return;
     }
     let pinhole = pinhole_tests::lab::bins::pinhole().expect("the pinhole CLI");
@@ -149,7 +152,7 @@ fn pinhole_map_against_miniupnpd_over_pcp_natpmp_and_upnp() {
     lab.add_router("gw", NatConfig::port_restricted_cone(), Uplink::Internet)
         .expect("router");
     let host = lab.add_host("h", "gw").expect("host").clone();
-    lab.start_miniupnpd("gw").expect("miniupnpd");
+    let pm = lab.start_miniupnpd("gw").expect("miniupnpd");
     let wan = lab.router("gw").unwrap().wan_ip;
     for (i, via) in ["pcp", "natpmp", "upnp"].into_iter().enumerate() {
         let port = (40300 + i).to_string();
@@ -183,5 +186,441 @@ fn pinhole_map_against_miniupnpd_over_pcp_natpmp_and_upnp() {
             out.stderr,
             lab.server_logs()
         );
+        // Deleted: miniupnpd (which lists PCP and NAT-PMP mappings too) has no mapping
+        // to the port left.
+        let list = lab
+            .exec(
+                &host.ns,
+                "upnpc",
+                &["-i", "-u", &pm.upnp_url, "-l"],
+                TIMEOUT,
+            )
+            .unwrap();
+        let internal = format!("{}:{port}", host.ip);
+        assert!(
+            !list.stdout.contains(&internal),
+            "pinhole map --via {via} --once left its mapping behind:\n{}",
+            list.stdout
+        );
+    }
+}
+
+/// The lifetime `pinhole map` asks for in the long-running tests: renewals every 2 s.
+const LIFETIME: u32 = 4;
+/// How long an event may take beyond what the lifetime implies.
+const EVENT_SLACK: Duration = Duration::from_secs(8);
+
+/// A long-running `pinhole map --json` in a namespace; its events are read as they come.
+/// Killed on drop (declare it after the lab, so that it goes first).
+struct MapRun {
+    p: Streaming,
+    logs: String,
+}
+
+impl MapRun {
+    fn start(lab: &Lab, ns: &str, args: &[&str]) -> Self {
+        let pinhole = bins::pinhole().expect("the pinhole CLI");
+        let mut all = vec!["map", "--json"];
+        all.extend_from_slice(args);
+        let p = lab
+            .spawn_streaming("pinhole map", ns, &pinhole, &all)
+            .expect("starting pinhole map");
+        MapRun {
+            p,
+            logs: String::new(),
+        }
+    }
+
+    /// The next event, within `timeout`.
+    fn next(&mut self, lab: &Lab, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(line) = self.p.next_line(left) else {
+                self.logs = lab.server_logs();
+                panic!(
+                    "pinhole map: no event within {timeout:?}\n{}\n{}",
+                    self.p.transcript(),
+                    self.logs
+                );
+            };
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                // Captured by the test harness; shown when a test fails (or --nocapture).
+                eprintln!("pinhole map: {v}");
+                return v;
+            }
+        }
+    }
+
+    /// The next event, which must be `what`.
+    fn expect(&mut self, lab: &Lab, what: &str, timeout: Duration) -> Value {
+        let ev = self.next(lab, timeout);
+        assert_eq!(
+            ev["event"],
+            what,
+            "pinhole map: expected `{what}`, got {ev}\n{}\n{}",
+            self.p.transcript(),
+            lab.server_logs()
+        );
+        ev
+    }
+
+    fn fail(&self, lab: &Lab, why: &str) -> ! {
+        panic!("{why}\n{}\n{}", self.p.transcript(), lab.server_logs());
+    }
+}
+
+fn external(ev: &Value) -> SocketAddr {
+    ev["external"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no external address in {ev}"))
+}
+
+/// Listens on UDP `port` in `host_ns` (natlab udp-recv) and sends to `to` from a fresh
+/// port of `from_ip` in `from_ns`, every 200 ms up to `attempts` times, until it arrives.
+/// Returns whether it did.
+fn arrives(
+    lab: &Lab,
+    host_ns: &str,
+    port: u16,
+    (from_ns, from_ip): (&str, Ipv4Addr),
+    to: SocketAddr,
+    attempts: u32,
+) -> bool {
+    let natlab = bins::natlab().expect("natlab");
+    let bind = format!("0.0.0.0:{port}");
+    let mut recv = lab
+        .spawn_streaming(
+            "udp-recv",
+            host_ns,
+            &natlab,
+            &["udp-recv", "--bind", &bind, "--timeout-ms", "15000"],
+        )
+        .expect("udp-recv");
+    assert!(
+        recv.wait_for_line(Duration::from_secs(5), |l| l.starts_with("listening"))
+            .is_some(),
+        "udp-recv did not start listening\n{}",
+        recv.transcript()
+    );
+    let from = format!("{from_ip}:0");
+    let to = to.to_string();
+    for _ in 0..attempts {
+        lab.natlab(
+            from_ns,
+            &[
+                "udp-send", "--bind", &from, "--to", &to, "--text", "inbound",
+            ],
+            Duration::from_secs(5),
+        )
+        .expect("udp-send");
+        if recv
+            .wait_for_line(Duration::from_millis(200), |l| l.starts_with("from "))
+            .is_some()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+fn from_internet(lab: &Lab) -> (&str, Ipv4Addr) {
+    (lab.internet(), PEER_IP)
+}
+
+/// `pinhole map --via <via>` (long-running) against miniupnpd: the mapping forwards
+/// inbound traffic from the internet; after miniupnpd restarts (losing every mapping, as
+/// a router reboot does) pinhole re-creates it on its own and traffic arrives again; after
+/// SIGINT pinhole deletes it and traffic no longer arrives.
+fn map_lifecycle(via: &str, port: u16) {
+    if !lab_available(&format!("map_lifecycle_{via}"), &["miniupnpd"]) {
+        return;
+    }
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve()
+        .expect("pinhole serve (miniupnpd's STUN check)");
+    lab.add_router("gw", NatConfig::port_restricted_cone(), Uplink::Internet)
+        .expect("router");
+    let host = lab.add_host("h", "gw").expect("host").clone();
+    lab.start_miniupnpd("gw").expect("miniupnpd");
+    // miniupnpd's epoch is 0 about now.
+    let started = Instant::now();
+    let wan = lab.router("gw").unwrap().wan_ip;
+    let port_s = port.to_string();
+    let lifetime = LIFETIME.to_string();
+    let mut map = MapRun::start(
+        &lab,
+        &host.ns,
+        &["--port", &port_s, "--via", via, "--lifetime", &lifetime],
+    );
+
+    // Mapped, and reachable from the internet.
+    let ev = map.expect(&lab, "mapped", EVENT_SLACK);
+    let ext = external(&ev);
+    assert!(
+        ev["via"] == via
+            && ext.ip() == wan
+            && ev["internal"] == format!("{}:{port}", host.ip)
+            && ev["reachable"] == true
+            && ev["protocol"] == "udp",
+        "{ev}"
+    );
+    if !arrives(&lab, &host.ns, port, from_internet(&lab), ext, 15) {
+        map.fail(&lab, &format!("nothing arrived through {ext}"));
+    }
+
+    // Restart miniupnpd right after a renewal, so that the next renewal is the first
+    // contact with the new instance. RFC 6887 §8.5 can only tell a restart from the
+    // epoch once the old instance's epoch exceeds the new one's by more than a second:
+    // with renewals every LIFETIME/2 s, the old one must have run LIFETIME/2 + 1 s
+    // (plus a margin) when its last answer was sent.
+    let renew = Duration::from_secs(u64::from(LIFETIME) / 2);
+    let epoch_gap = renew + Duration::from_millis(1500);
+    loop {
+        let ev = map.next(&lab, renew + EVENT_SLACK);
+        if ev["event"] != "renewed" {
+            map.fail(&lab, &format!("expected renewals, got {ev}"));
+        }
+        if via == "upnp" || started.elapsed() >= epoch_gap {
+            break;
+        }
+    }
+    lab.restart_miniupnpd("gw").expect("restarting miniupnpd");
+
+    let ext = if via == "upnp" {
+        // UPnP has no epoch: the next renewal (AddPortMapping) re-adds the mapping.
+        let ev = map.next(&lab, renew + EVENT_SLACK);
+        if ev["event"] != "renewed" && ev["event"] != "changed" {
+            map.fail(
+                &lab,
+                &format!("expected a renewal after the restart, got {ev}"),
+            );
+        }
+        external(&ev)
+    } else {
+        // The next renewal sees the epoch start again: lost, then mapped anew.
+        let ev = map.next(&lab, renew + EVENT_SLACK);
+        if ev["event"] != "lost" || ev["reason"] != "gateway-restarted" {
+            map.fail(
+                &lab,
+                &format!("expected the loss of the mapping to be noticed, got {ev}"),
+            );
+        }
+        let ev = map.expect(&lab, "mapped", EVENT_SLACK);
+        assert!(ev["via"] == via && ev["reachable"] == true, "{ev}");
+        external(&ev)
+    };
+    assert_eq!(ext.ip(), std::net::IpAddr::V4(wan));
+    if !arrives(&lab, &host.ns, port, from_internet(&lab), ext, 15) {
+        map.fail(
+            &lab,
+            &format!("nothing arrived through {ext} after the restart"),
+        );
+    }
+
+    // Ctrl-C: pinhole deletes the mapping, says so and exits 0.
+    map.p.signal("INT").expect("SIGINT");
+    loop {
+        let ev = map.next(&lab, EVENT_SLACK);
+        match ev["event"].as_str() {
+            Some("released") => break,
+            // A renewal may have been under way.
+            Some("renewed") => {}
+            _ => map.fail(&lab, &format!("expected `released`, got {ev}")),
+        }
+    }
+    match map.p.wait_exit(Duration::from_secs(5)) {
+        Some(s) if s.success() => {}
+        other => map.fail(&lab, &format!("pinhole map exited with {other:?}")),
+    }
+    assert!(
+        !arrives(&lab, &host.ns, port, from_internet(&lab), ext, 5),
+        "traffic to {ext} still arrives after pinhole deleted the mapping\n{}",
+        lab.server_logs()
+    );
+}
+
+#[test]
+fn map_lifecycle_pcp() {
+    map_lifecycle("pcp", 40410);
+}
+
+#[test]
+fn map_lifecycle_natpmp() {
+    map_lifecycle("natpmp", 40420);
+}
+
+#[test]
+fn map_lifecycle_upnp() {
+    map_lifecycle("upnp", 40430);
+}
+
+/// Double NAT: a home router running miniupnpd behind a carrier-grade NAT. miniupnpd's
+/// STUN check asks a server inside the carrier's network, so it reports its carrier-side
+/// address (100.64.0.0/10) as external, as home routers without STUN do. pinhole maps over
+/// each protocol and reports the mapping as not reachable from the internet; the mapping
+/// works from the carrier's network, but the internet cannot get through the carrier NAT.
+#[test]
+fn map_behind_carrier_nat_is_not_reachable() {
+    if !lab_available("map_behind_carrier_nat_is_not_reachable", &["miniupnpd"]) {
+        return;
+    }
+    let mut lab = Lab::new().expect("lab");
+    let cgn = lab
+        .add_carrier_nat("cgn", NatConfig::port_restricted_cone())
+        .expect("carrier NAT")
+        .clone();
+    lab.add_router(
+        "home",
+        NatConfig::port_restricted_cone(),
+        Uplink::Router("cgn"),
+    )
+    .expect("home router");
+    let host = lab.add_host("h", "home").expect("host").clone();
+    let stun = lab.start_carrier_stun("cgn").expect("STUN in the carrier");
+    lab.start_miniupnpd_with_stun("home", stun)
+        .expect("miniupnpd on the home router");
+    let home_wan = lab.router("home").unwrap().wan_ip;
+    assert!(home_wan.octets()[0] == 100, "{home_wan}");
+    let pinhole = bins::pinhole().expect("the pinhole CLI");
+
+    for (i, via) in ["pcp", "natpmp", "upnp"].into_iter().enumerate() {
+        let port = (40440 + i).to_string();
+        let out = lab
+            .exec(
+                &host.ns,
+                &pinhole.to_string_lossy(),
+                &["map", "--port", &port, "--via", via, "--once", "--json"],
+                TIMEOUT,
+            )
+            .unwrap();
+        let mapped = out
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "mapped");
+        assert!(
+            out.success()
+                && mapped.as_ref().is_some_and(|m| m["via"] == via
+                    && m["reachable"] == false
+                    && external(m).ip() == home_wan),
+            "pinhole map --via {via} behind the carrier NAT: {}\n{}\n{}",
+            out.stdout,
+            out.stderr,
+            lab.server_logs()
+        );
+    }
+    // The text output says so too.
+    let out = lab
+        .exec(
+            &host.ns,
+            &pinhole.to_string_lossy(),
+            &["map", "--port", "40443", "--once"],
+            TIMEOUT,
+        )
+        .unwrap();
+    assert!(
+        out.success() && out.stdout.contains("not reachable from the internet"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+
+    // Long-running, with `any`: the mapping forwards from the carrier's network, and the
+    // internet cannot reach the port through the carrier NAT.
+    let port = 40444;
+    let mut map = MapRun::start(&lab, &host.ns, &["--port", &port.to_string()]);
+    let ev = map.expect(&lab, "mapped", EVENT_SLACK);
+    assert!(ev["via"] == "pcp" && ev["reachable"] == false, "{ev}");
+    let ext = external(&ev);
+    if !arrives(&lab, &host.ns, port, (&cgn.ns, cgn.lan_ip), ext, 15) {
+        map.fail(
+            &lab,
+            &format!("nothing arrived through {ext} from the carrier"),
+        );
+    }
+    let through_carrier = SocketAddr::new(cgn.wan_ip.into(), ext.port());
+    assert!(
+        !arrives(
+            &lab,
+            &host.ns,
+            port,
+            from_internet(&lab),
+            through_carrier,
+            5
+        ),
+        "traffic from the internet to {through_carrier} arrived"
+    );
+    map.p.signal("TERM").expect("SIGTERM");
+    map.expect(&lab, "released", EVENT_SLACK);
+}
+
+/// A longer outage, as a real router reboot is: miniupnpd stays away until the renewal has
+/// failed and the mapping is lost, and while pinhole tries to re-create it — with
+/// `--via any`, PCP first (remembered), then NAT-PMP and UPnP, which it had never heard
+/// answer (PCP won the first time), then everything again after a pause. pinhole maps
+/// again once miniupnpd is back, over whichever protocol the attempt under way reaches,
+/// and inbound traffic arrives.
+#[test]
+fn map_recovers_after_a_long_outage() {
+    if !lab_available("map_recovers_after_a_long_outage", &["miniupnpd"]) {
+        return;
+    }
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve()
+        .expect("pinhole serve (miniupnpd's STUN check)");
+    lab.add_router("gw", NatConfig::port_restricted_cone(), Uplink::Internet)
+        .expect("router");
+    let host = lab.add_host("h", "gw").expect("host").clone();
+    lab.start_miniupnpd("gw").expect("miniupnpd");
+    let port = 40450;
+    let lifetime = LIFETIME.to_string();
+    let mut map = MapRun::start(
+        &lab,
+        &host.ns,
+        &["--port", &port.to_string(), "--lifetime", &lifetime],
+    );
+    let ev = map.expect(&lab, "mapped", EVENT_SLACK);
+    assert_eq!(ev["via"], "pcp", "{ev}");
+
+    lab.stop_miniupnpd("gw").expect("stopping miniupnpd");
+    let down = Instant::now();
+    // The renewal fails; the mapping is lost before it expires.
+    let ev = map.expect(
+        &lab,
+        "lost",
+        Duration::from_secs(u64::from(LIFETIME)) + EVENT_SLACK,
+    );
+    assert!(ev["reason"].as_str().is_some(), "{ev}");
+    // Let the attempt to re-create it over PCP, then NAT-PMP (1.75 s each) fail too.
+    std::thread::sleep(Duration::from_secs(4));
+    lab.restart_miniupnpd("gw")
+        .expect("starting miniupnpd again");
+    let ev = map.expect(&lab, "mapped", EVENT_SLACK);
+    eprintln!(
+        "re-created over {} {:?} after miniupnpd went away",
+        ev["via"],
+        down.elapsed()
+    );
+    let ext = external(&ev);
+    assert!(
+        ev["reachable"] == true && ext.ip() == lab.router("gw").unwrap().wan_ip,
+        "{ev}"
+    );
+    if !arrives(&lab, &host.ns, port, from_internet(&lab), ext, 15) {
+        map.fail(
+            &lab,
+            &format!("nothing arrived through {ext} after the outage"),
+        );
+    }
+    map.p.signal("INT").expect("SIGINT");
+    loop {
+        let ev = map.next(&lab, EVENT_SLACK);
+        match ev["event"].as_str() {
+            Some("released") => break,
+            Some("renewed") => {}
+            _ => map.fail(&lab, &format!("expected `released`, got {ev}")),
+        }
     }
 }

@@ -216,19 +216,12 @@ pub async fn run_mapper(
     let mut mapper = Mapper::new(Instant::now(), config, local, os_seed()?);
     let mut buf = vec![0u8; 1500];
     let mut release_deadline: Option<tokio::time::Instant> = None;
+    // UPnP operations in flight; dropping the set when this returns aborts them.
+    let mut upnp_tasks = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
-        while let Some(t) = mapper.poll_transmit() {
-            if let Err(e) = sock.send_to(&t.contents, t.destination).await {
-                debug!(to = %t.destination, error = %e, "send failed");
-            }
-        }
-        while let Some(cmd) = mapper.poll_upnp() {
-            let (u, tx) = (upnp.clone(), upnp_tx.clone());
-            tokio::spawn(async move {
-                let _ = tx.send(u.run(cmd).await).await;
-            });
-        }
+        // Events first: a release that `on_event` asks for queues a deletion, which must
+        // go out now, not when the next timer fires.
         while let Some(ev) = mapper.poll_event() {
             let keep = on_event(&ev);
             if matches!(ev, MapperEvent::Released | MapperEvent::Unavailable(_)) {
@@ -238,6 +231,17 @@ pub async fn run_mapper(
                 mapper.release(Instant::now());
                 release_deadline = Some(tokio::time::Instant::now() + RELEASE_TIMEOUT);
             }
+        }
+        while let Some(t) = mapper.poll_transmit() {
+            if let Err(e) = sock.send_to(&t.contents, t.destination).await {
+                debug!(to = %t.destination, error = %e, "send failed");
+            }
+        }
+        while let Some(cmd) = mapper.poll_upnp() {
+            let (u, tx) = (upnp.clone(), upnp_tx.clone());
+            upnp_tasks.spawn(async move {
+                let _ = tx.send(u.run(cmd).await).await;
+            });
         }
         if mapper.is_finished() {
             return Ok(());
@@ -265,6 +269,8 @@ pub async fn run_mapper(
                 Err(e) => debug!(error = %e, "receive error"),
             },
             Some(r) = upnp_rx.recv() => mapper.handle_upnp(Instant::now(), r),
+            // Reap finished UPnP tasks (their answers came through the channel).
+            Some(_) = upnp_tasks.join_next(), if !upnp_tasks.is_empty() => {}
             _ = tokio::time::sleep_until(wake) => {
                 if release_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     debug!("release not confirmed in time");

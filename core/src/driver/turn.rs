@@ -261,6 +261,11 @@ async fn run(
             let _ = events.send(TurnEvent::Allocation(ev));
         }
         if alloc.is_done() {
+            // Close streams cleanly: for TLS this sends close_notify, so the server sees an
+            // orderly close rather than a broken connection. Bounded like everything else.
+            if let Conn::Stream(s, _) = &mut conn {
+                let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
+            }
             return;
         }
         let wake = alloc

@@ -5,13 +5,18 @@
 //! in the tokio driver) through [`Mapper::poll_upnp`] / [`Mapper::handle_upnp`], so that
 //! one machine decides which protocol wins, when to renew and what to report.
 //!
-//! - With [`Via::Any`] it sends a PCP MAP, a NAT-PMP external-address request and a UPnP
-//!   discovery at once. A PCP answer is a mapping in one round trip. Only if PCP fails does
-//!   NAT-PMP map, and only if both fail does UPnP: a slow UPnP discovery never holds up a
-//!   working PCP or NAT-PMP. What worked is remembered for re-creation.
+//! - With [`ViaChoice::Any`] it sends a PCP MAP and a NAT-PMP external-address request at
+//!   once, and starts a UPnP discovery [`UPNP_HEAD_START`] later unless one of them has
+//!   mapped by then (or at once when both have failed). A PCP answer is a mapping in one
+//!   round trip. Only if PCP fails does NAT-PMP map, and only if both fail does UPnP: a
+//!   slow UPnP discovery never holds up a working PCP or NAT-PMP. What worked is
+//!   remembered for re-creation.
 //! - It renews at half the granted lifetime and tracks good-until.
 //! - It checks every PCP and NAT-PMP epoch (RFC 6887 §8.5): a gateway restart means the
-//!   mapping is lost; it re-creates it and says so.
+//!   mapping is lost; it re-creates it and says so. A lost mapping (restart, expiry,
+//!   refusal) is re-created for as long as the mapper runs: when an attempt fails (the
+//!   gateway is still rebooting) it tries every allowed protocol again after a pause
+//!   that doubles from [`RECREATE_RETRY_MIN`] to [`RECREATE_RETRY_MAX`].
 //! - A private or shared (100.64.0.0/10) external address means another NAT sits beyond
 //!   the gateway: the mapping is reported as not reachable from the internet.
 //! - [`Mapper::release`] deletes the mapping (PCP/NAT-PMP lifetime 0, UPnP
@@ -44,6 +49,17 @@ pub const REQUEST_LAST_WAIT: Duration = Duration::from_millis(1000);
 pub const DEFAULT_LIFETIME: u32 = 7200;
 /// How long the driver may take for one UPnP operation before it counts as failed.
 pub const UPNP_TIMEOUT: Duration = Duration::from_secs(5);
+/// With [`ViaChoice::Any`], UPnP discovery starts this long after PCP and NAT-PMP (or as
+/// soon as both have failed): a gateway that answers them within one retransmission
+/// timeout never sees UPnP traffic, and the discovery (SSDP, HTTP) does not compete with
+/// the one round trip PCP needs. A UPnP-only gateway loses nothing, since UPnP only maps
+/// once PCP and NAT-PMP have failed ([`REQUEST_RTO`] × 3 + [`REQUEST_LAST_WAIT`]).
+pub const UPNP_HEAD_START: Duration = REQUEST_RTO;
+/// After a mapping is lost, the first pause before another attempt to re-create it when
+/// one failed; it doubles up to [`RECREATE_RETRY_MAX`].
+pub const RECREATE_RETRY_MIN: Duration = Duration::from_secs(1);
+/// The longest pause between attempts to re-create a lost mapping.
+pub const RECREATE_RETRY_MAX: Duration = Duration::from_secs(64);
 
 /// Errors from the port-mapping codecs and machines.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,6 +228,28 @@ pub enum LossReason {
     Expired,
     /// The gateway refused the renewal.
     Refused(String),
+}
+
+impl LossReason {
+    /// A stable name for machine-readable output: `gateway-restarted`, `expired` or
+    /// `refused`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LossReason::GatewayRestarted => "gateway-restarted",
+            LossReason::Expired => "expired",
+            LossReason::Refused(_) => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LossReason::GatewayRestarted => f.write_str("the gateway restarted"),
+            LossReason::Expired => f.write_str("renewal failed until the mapping expired"),
+            LossReason::Refused(why) => write!(f, "the gateway refused the renewal: {why}"),
+        }
+    }
 }
 
 /// What the mapper reports.
@@ -475,6 +513,13 @@ pub struct Mapper {
     natpmp_external: Option<Ipv4Addr>,
     natpmp_port: Option<(u16, u32)>,
     upnp_busy: bool,
+    /// When the UPnP discovery of [`ViaChoice::Any`] starts (see [`UPNP_HEAD_START`]).
+    upnp_probe_at: Option<Instant>,
+    /// A mapping was lost and is being re-created: failing is not the end.
+    recreating: bool,
+    /// When to try re-creating again, and the pause after that attempt fails.
+    retry_at: Option<Instant>,
+    retry_pause: Duration,
     pcp_epoch: Option<(u32, Instant)>,
     natpmp_epoch: Option<(u32, Instant)>,
     mapping: Option<Mapping>,
@@ -504,6 +549,10 @@ impl Mapper {
             natpmp_external: None,
             natpmp_port: None,
             upnp_busy: false,
+            upnp_probe_at: None,
+            recreating: false,
+            retry_at: None,
+            retry_pause: RECREATE_RETRY_MIN,
             pcp_epoch: None,
             natpmp_epoch: None,
             mapping: None,
@@ -543,6 +592,11 @@ impl Mapper {
         self.phase = Phase::Probing;
         self.renewing = false;
         self.failures.clear();
+        self.retry_at = None;
+        // Whatever NAT-PMP said before may be stale (a restarted gateway may have another
+        // external address).
+        self.natpmp_external = None;
+        self.natpmp_port = None;
         let first = match (self.config.via, self.preferred) {
             (ViaChoice::Only(v), _) => Some(v),
             (ViaChoice::Any, p) => p,
@@ -557,8 +611,7 @@ impl Mapper {
             None => {
                 self.send_pcp_map(now, self.config.lifetime);
                 self.send_natpmp_external(now);
-                self.upnp_busy = true;
-                self.upnp_out.push_back(UpnpCommand::Probe);
+                self.upnp_probe_at = Some(now + UPNP_HEAD_START);
             }
         }
     }
@@ -621,6 +674,7 @@ impl Mapper {
     }
 
     fn send_upnp_map(&mut self) {
+        self.upnp_probe_at = None;
         let external_port = self
             .mapping
             .filter(|m| m.via == Via::Upnp)
@@ -639,6 +693,8 @@ impl Mapper {
     pub fn release(&mut self, now: Instant) {
         self.requests.out.clear();
         self.upnp_out.clear();
+        self.upnp_probe_at = None;
+        self.retry_at = None;
         match self.mapping.take() {
             Some(m) if self.phase == Phase::Mapped || self.renewing => {
                 self.phase = Phase::Releasing;
@@ -788,6 +844,7 @@ impl Mapper {
         if let (Some(ip), Some((port, lifetime))) = (self.natpmp_external, self.natpmp_port) {
             self.natpmp_port = None;
             if lifetime == 0 || port == 0 {
+                self.natpmp = Support::Fails;
                 self.on_failure(now, Via::NatPmp, "NAT-PMP granted no lifetime".into());
                 return;
             }
@@ -813,11 +870,7 @@ impl Mapper {
                 via = via.as_str(),
                 epoch, "gateway epoch inconsistent: it restarted"
             );
-            self.events
-                .push_back(MapperEvent::Lost(LossReason::GatewayRestarted));
-            self.mapping = None;
-            self.requests.out.clear();
-            self.start(now);
+            self.lose(now, LossReason::GatewayRestarted);
             return false;
         }
         true
@@ -839,6 +892,10 @@ impl Mapper {
         };
         let old = self.mapping.replace(new);
         self.preferred = Some(via);
+        self.upnp_probe_at = None;
+        self.recreating = false;
+        self.retry_at = None;
+        self.retry_pause = RECREATE_RETRY_MIN;
         let was_renewing = std::mem::replace(&mut self.renewing, false);
         self.phase = Phase::Mapped;
         // Whatever else was probing is no longer needed.
@@ -877,42 +934,58 @@ impl Mapper {
         self.events.push_back(MapperEvent::Lost(reason));
         self.mapping = None;
         self.requests.out.clear();
+        self.recreating = true;
         self.start(now);
     }
 
     /// In the probing phase, moves on to the next protocol once the preferred ones have
-    /// failed.
+    /// failed, asking those not heard from yet (after a re-creation that tried only the
+    /// remembered protocol, say).
     fn advance(&mut self, now: Instant) {
-        if self.phase != Phase::Probing {
+        if self.phase != Phase::Probing || self.retry_at.is_some() {
             return;
         }
-        let pcp_out = !self.allowed(Via::Pcp) || self.pcp == Support::Fails;
-        let natpmp_out = !self.allowed(Via::NatPmp) || self.natpmp == Support::Fails;
-        let upnp_out = !self.allowed(Via::Upnp) || self.upnp == Support::Fails;
-        if !pcp_out {
-            return; // PCP may still answer.
-        }
-        if !natpmp_out {
-            if self.natpmp == Support::Works
-                && !self.requests.pending(Req::NatPmpMap)
-                && self.natpmp_port.is_none()
-            {
-                self.send_natpmp_map(now, self.config.lifetime);
+        if self.allowed(Via::Pcp) && self.pcp != Support::Fails {
+            // PCP may still answer.
+            if !self.requests.pending(Req::PcpMap) {
+                self.send_pcp_map(now, self.config.lifetime);
             }
             return;
         }
-        if !upnp_out {
-            if self.upnp == Support::Works && !self.upnp_busy {
+        if self.allowed(Via::NatPmp) && self.natpmp != Support::Fails {
+            let waiting =
+                self.requests.pending(Req::NatPmpMap) || self.requests.pending(Req::NatPmpExternal);
+            if !waiting {
+                if self.natpmp_external.is_none() {
+                    self.send_natpmp_external(now);
+                }
+                if self.natpmp == Support::Works && self.natpmp_port.is_none() {
+                    self.send_natpmp_map(now, self.config.lifetime);
+                }
+            }
+            return;
+        }
+        if self.allowed(Via::Upnp) && self.upnp != Support::Fails {
+            // An IGD answered the discovery or has not been asked yet: map (the discovery
+            // is part of it). A discovery still under way answers first.
+            if !self.upnp_busy {
                 self.send_upnp_map();
             }
             return;
         }
-        self.phase = Phase::Unavailable;
         let why = if self.failures.is_empty() {
             "no port-mapping protocol answered".to_owned()
         } else {
             self.failures.join("; ")
         };
+        if self.recreating {
+            // The gateway may be rebooting: try everything again after a pause.
+            debug!(%why, pause = ?self.retry_pause, "re-creating the mapping failed");
+            self.retry_at = Some(now + self.retry_pause);
+            self.retry_pause = (self.retry_pause * 2).min(RECREATE_RETRY_MAX);
+            return;
+        }
+        self.phase = Phase::Unavailable;
         self.events.push_back(MapperEvent::Unavailable(why));
     }
 
@@ -953,20 +1026,58 @@ impl Mapper {
         self.events.push_back(MapperEvent::Released);
     }
 
-    /// Retransmissions, timeouts and renewals.
+    /// Retransmissions, timeouts, renewals, the UPnP discovery's start and retries.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Probing {
+            if self.retry_at.is_some_and(|t| now >= t) {
+                // Every allowed protocol again, in parallel, as at first.
+                self.pcp = Support::Unknown;
+                self.natpmp = Support::Unknown;
+                self.upnp = Support::Unknown;
+                let preferred = self.preferred.take();
+                self.start(now);
+                self.preferred = preferred;
+            }
+            if self.upnp_probe_at.is_some_and(|t| now >= t) {
+                self.upnp_probe_at = None;
+                if self.allowed(Via::Upnp) && self.upnp == Support::Unknown && !self.upnp_busy {
+                    self.upnp_busy = true;
+                    self.upnp_out.push_back(UpnpCommand::Probe);
+                }
+            }
+        }
+        // Note every protocol that gave up before reacting, so that the fallback neither
+        // asks one that is failing at this very moment nor gives up without its reason.
+        let mut gave_up: Vec<(Via, String)> = Vec::new();
         for req in self.requests.timeout(now) {
             match req {
-                Req::PcpMap => self.pcp_failed(now, "PCP: no answer".into()),
+                Req::PcpMap => {
+                    self.pcp = Support::Fails;
+                    gave_up.push((Via::Pcp, "PCP: no answer".into()));
+                }
                 Req::NatPmpExternal | Req::NatPmpMap => {
-                    self.natpmp = Support::Fails;
                     self.requests.done(Req::NatPmpExternal);
                     self.requests.done(Req::NatPmpMap);
-                    self.on_failure(now, Via::NatPmp, "NAT-PMP: no answer".into());
+                    // The external-address and map requests may both give up.
+                    if !gave_up.iter().any(|g| g.0 == Via::NatPmp) {
+                        gave_up.push((Via::NatPmp, "NAT-PMP: no answer".into()));
+                    }
+                    self.natpmp = Support::Fails;
                 }
                 Req::PcpDelete | Req::NatPmpDelete => self.finish_release(),
                 Req::PcpAnnounce => {}
             }
+        }
+        if self.renewing {
+            if let Some((via, why)) = gave_up.into_iter().next() {
+                self.on_failure(now, via, why);
+            }
+        } else if !gave_up.is_empty() {
+            for (via, why) in gave_up {
+                debug!(via = via.as_str(), %why, "port mapping attempt failed");
+                self.failures.push(why);
+            }
+            self.advance(now);
         }
         if self.phase == Phase::Mapped && !self.renewing {
             if let Some(m) = self.mapping {
@@ -1007,8 +1118,13 @@ impl Mapper {
             (Phase::Mapped, false, Some(m)) => Some(m.renew_at.min(m.good_until)),
             _ => None,
         };
+        let probing = match self.phase {
+            Phase::Probing => [self.upnp_probe_at, self.retry_at],
+            _ => [None, None],
+        };
         [self.requests.next_deadline(), renew]
             .into_iter()
+            .chain(probing)
             .flatten()
             .min()
     }

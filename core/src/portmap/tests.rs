@@ -20,6 +20,10 @@ struct FakeGateway {
     next_port: u16,
     /// Answer with this PCP result instead of success.
     pcp_result: pcp::ResultCode,
+    /// Answer NAT-PMP requests with this result instead of success.
+    natpmp_result: natpmp::ResultCode,
+    /// Switched off (rebooting): answers nothing.
+    down: bool,
     requests: Vec<Vec<u8>>,
 }
 
@@ -33,6 +37,8 @@ impl FakeGateway {
             max_lifetime: 7200,
             next_port: 61000,
             pcp_result: pcp::ResultCode::SUCCESS,
+            natpmp_result: natpmp::ResultCode::SUCCESS,
+            down: false,
             requests: Vec::new(),
         }
     }
@@ -43,6 +49,9 @@ impl FakeGateway {
 
     fn answer(&mut self, now: Instant, req: &[u8]) -> Option<Vec<u8>> {
         self.requests.push(req.to_vec());
+        if self.down {
+            return None;
+        }
         match req.first()? {
             2 if self.pcp => {
                 let r = pcp::Request::parse(req).ok()?;
@@ -81,6 +90,16 @@ impl FakeGateway {
                     body: natpmp::ResponseBody::Error {
                         opcode: req[1] & 0x7f,
                     },
+                };
+                let mut b = [0u8; 16];
+                let n = resp.emit(&mut b);
+                Some(b[..n].to_vec())
+            }
+            0 if self.natpmp && self.natpmp_result != natpmp::ResultCode::SUCCESS => {
+                let resp = natpmp::Response {
+                    result: self.natpmp_result,
+                    epoch: self.epoch(now),
+                    body: natpmp::ResponseBody::Error { opcode: req[1] },
                 };
                 let mut b = [0u8; 16];
                 let n = resp.emit(&mut b);
@@ -136,6 +155,8 @@ struct Harness {
     upnp: Option<UpnpFake>,
     events: Vec<(Duration, MapperEvent)>,
     upnp_seen: Vec<UpnpCommand>,
+    /// When each UPnP command was issued.
+    upnp_at: Vec<Duration>,
     rtt: Duration,
 }
 
@@ -161,6 +182,7 @@ impl Harness {
             upnp: None,
             events: Vec::new(),
             upnp_seen: Vec::new(),
+            upnp_at: Vec::new(),
             rtt: Duration::from_millis(2),
         }
     }
@@ -178,6 +200,7 @@ impl Harness {
             }
             while let Some(cmd) = self.mapper.poll_upnp() {
                 self.upnp_seen.push(cmd.clone());
+                self.upnp_at.push(self.now - self.t0);
                 if let Some(f) = self.upnp.as_mut() {
                     if let Some(r) = f(&cmd) {
                         self.mapper.handle_upnp(self.now, r);
@@ -243,8 +266,131 @@ fn pcp_wins_in_one_round_trip() {
             .filter(|r| r[0] == 0 && r[1] != 0)
             .count();
     assert_eq!(natpmp_maps, 0);
-    assert_eq!(h.upnp_seen, [UpnpCommand::Probe]);
+    // PCP answered within UPnP's head start: no UPnP traffic at all.
+    assert!(h.upnp_seen.is_empty(), "{:?}", h.upnp_seen);
     assert_eq!(h.mapper.preferred(), Some(Via::Pcp));
+}
+
+fn igd(cmd: &UpnpCommand) -> Option<UpnpResult> {
+    Some(match cmd {
+        UpnpCommand::Probe => UpnpResult::Available {
+            external_ip: Some("203.0.113.77".parse().unwrap()),
+        },
+        UpnpCommand::Map { .. } => UpnpResult::Mapped {
+            external: "203.0.113.77:62000".parse().unwrap(),
+            lifetime: 3600,
+        },
+        UpnpCommand::Delete { .. } => UpnpResult::Deleted,
+    })
+}
+
+#[test]
+fn upnp_discovery_starts_after_its_head_start() {
+    // PCP and NAT-PMP silent: the discovery starts after UPNP_HEAD_START, and the
+    // mapping waits for them to time out (the preference order).
+    let mut h = Harness::new(false, false, ViaChoice::Any);
+    h.upnp = Some(Box::new(igd));
+    h.run_until(Duration::from_secs(5));
+    assert_eq!(h.upnp_at[0], UPNP_HEAD_START);
+    assert_eq!(h.upnp_seen[0], UpnpCommand::Probe);
+    let (at, ev) = &h.events[0];
+    assert_eq!(*at, REQUEST_LAST_WAIT + REQUEST_RTO * 3);
+    assert!(matches!(ev, MapperEvent::Mapped(m) if m.via == Via::Upnp));
+}
+
+#[test]
+fn upnp_maps_at_once_when_pcp_and_natpmp_refuse_early() {
+    // A NAT-PMP-only gateway (PCP: UNSUPPORTED_VERSION) that refuses NAT-PMP: both are
+    // out after one round trip, before the head start, and UPnP maps right away.
+    let mut h = Harness::new(false, true, ViaChoice::Any);
+    h.gw.natpmp_result = natpmp::ResultCode::NOT_AUTHORIZED;
+    h.upnp = Some(Box::new(igd));
+    h.run_until(Duration::from_secs(5));
+    assert!(
+        matches!(h.upnp_seen[0], UpnpCommand::Map { .. }),
+        "{:?}",
+        h.upnp_seen
+    );
+    let (at, ev) = &h.events[0];
+    assert_eq!(*at, Duration::from_millis(2));
+    assert!(matches!(ev, MapperEvent::Mapped(m) if m.via == Via::Upnp));
+}
+
+#[test]
+fn recreation_falls_back_from_the_remembered_protocol() {
+    // Mapped over PCP; the gateway restarts speaking only NAT-PMP. Re-creation tries PCP
+    // (remembered) first, then asks NAT-PMP, whose status was never learnt (PCP won
+    // before its answer came).
+    let mut h = Harness::new(true, true, ViaChoice::Any);
+    h.gw.max_lifetime = 60;
+    h.run_until(Duration::from_secs(20));
+    h.gw.started = h.now;
+    h.gw.pcp = false;
+    // PCP renewals now fail (UNSUPPORTED_VERSION); the mapping is kept until it is about
+    // to expire (60 s after its last renewal at 30 s), then lost and re-created.
+    h.run_until(Duration::from_secs(100));
+    let evs: Vec<_> = h.events.iter().map(|(_, e)| e).collect();
+    assert!(
+        matches!(
+            evs[..],
+            [
+                MapperEvent::Mapped(a),
+                MapperEvent::Lost(_),
+                MapperEvent::Mapped(b),
+                ..
+            ] if a.via == Via::Pcp && b.via == Via::NatPmp
+        ),
+        "{:?}",
+        h.events
+    );
+}
+
+#[test]
+fn recreates_after_a_long_outage() {
+    // The gateway goes silent for a minute (a reboot): the renewals fail, the mapping
+    // expires and is lost, attempts to re-create it fail and are retried with backoff,
+    // and it is re-created once the gateway answers again. No Unavailable.
+    for via in [ViaChoice::Any, ViaChoice::Only(Via::Pcp)] {
+        let mut h = Harness::new(true, true, via);
+        h.gw.max_lifetime = 10;
+        h.run_until(Duration::from_secs(1));
+        h.gw.down = true;
+        h.run_until(Duration::from_secs(60));
+        let silent_requests = h.gw.requests.len();
+        h.gw.down = false;
+        h.gw.started = h.now;
+        h.run_until(Duration::from_secs(200));
+        let evs: Vec<_> = h.events.iter().map(|(_, e)| e).collect();
+        assert!(
+            matches!(
+                evs[..],
+                [
+                    MapperEvent::Mapped(_),
+                    MapperEvent::Lost(_),
+                    MapperEvent::Mapped(_),
+                    ..
+                ]
+            ),
+            "{via:?}: {:?}",
+            h.events
+        );
+        assert!(
+            !evs.iter().any(|e| matches!(e, MapperEvent::Unavailable(_))),
+            "{:?}",
+            h.events
+        );
+        // Re-created within the longest pause after the gateway came back.
+        let back = h.events[2].0;
+        assert!(
+            back <= Duration::from_secs(60) + RECREATE_RETRY_MAX + Duration::from_secs(2),
+            "{back:?}"
+        );
+        // Backoff: far fewer requests than one per retransmission timeout.
+        assert!(
+            silent_requests < 60,
+            "{silent_requests} requests while down"
+        );
+    }
 }
 
 #[test]

@@ -133,6 +133,7 @@ pub trait Attribute<'a>: Sized {
     fn encode(&self, out: &mut [u8], tid: &TransactionId);
 }
 
+#[inline]
 fn invalid(attr: AttributeType, reason: &'static str) -> StunError {
     StunError::InvalidAttribute {
         attr: attr.0,
@@ -182,6 +183,7 @@ impl AddressFamily {
     }
 }
 
+#[inline]
 fn address_len(addr: &SocketAddr) -> usize {
     match addr {
         SocketAddr::V4(_) => 8,
@@ -189,6 +191,7 @@ fn address_len(addr: &SocketAddr) -> usize {
     }
 }
 
+#[inline]
 fn xor_mask(tid: &TransactionId) -> [u8; 16] {
     let mut mask = [0u8; 16];
     mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
@@ -196,6 +199,7 @@ fn xor_mask(tid: &TransactionId) -> [u8; 16] {
     mask
 }
 
+#[inline]
 fn decode_address(
     attr: AttributeType,
     value: &[u8],
@@ -236,6 +240,7 @@ fn decode_address(
     Ok(SocketAddr::new(ip, port))
 }
 
+#[inline]
 fn encode_address(addr: &SocketAddr, out: &mut [u8], xor: Option<&TransactionId>) {
     let mask = xor.map(xor_mask);
     out[0] = 0;
@@ -262,12 +267,15 @@ macro_rules! address_attribute {
 
         impl<'a> Attribute<'a> for $name {
             const TYPE: AttributeType = AttributeType::$ty;
+            #[inline]
             fn decode(value: &'a [u8], tid: &TransactionId) -> Result<Self, StunError> {
                 decode_address(Self::TYPE, value, $xor.then_some(tid)).map($name)
             }
+            #[inline]
             fn encoded_len(&self) -> usize {
                 address_len(&self.0)
             }
+            #[inline]
             fn encode(&self, out: &mut [u8], tid: &TransactionId) {
                 encode_address(&self.0, out, $xor.then_some(tid))
             }
@@ -315,6 +323,7 @@ macro_rules! string_attribute {
 
         impl<'a> Attribute<'a> for $name<'a> {
             const TYPE: AttributeType = AttributeType::$ty;
+            #[inline]
             fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
                 if value.len() > $max {
                     return Err(invalid(Self::TYPE, "too long"));
@@ -323,9 +332,11 @@ macro_rules! string_attribute {
                     .map($name)
                     .map_err(|_| invalid(Self::TYPE, "not UTF-8"))
             }
+            #[inline]
             fn encoded_len(&self) -> usize {
                 self.0.len()
             }
+            #[inline]
             fn encode(&self, out: &mut [u8], _: &TransactionId) {
                 out.copy_from_slice(self.0.as_bytes())
             }
@@ -358,12 +369,15 @@ macro_rules! bytes_attribute {
 
         impl<'a> Attribute<'a> for $name<'a> {
             const TYPE: AttributeType = AttributeType::$ty;
+            #[inline]
             fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
                 Ok($name(value))
             }
+            #[inline]
             fn encoded_len(&self) -> usize {
                 self.0.len()
             }
+            #[inline]
             fn encode(&self, out: &mut [u8], _: &TransactionId) {
                 out.copy_from_slice(self.0)
             }
@@ -385,15 +399,18 @@ pub struct UserHash<'a>(pub &'a [u8; 32]);
 
 impl<'a> Attribute<'a> for UserHash<'a> {
     const TYPE: AttributeType = AttributeType::USERHASH;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         value
             .try_into()
             .map(UserHash)
             .map_err(|_| invalid(Self::TYPE, "length must be 32"))
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         32
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         out.copy_from_slice(self.0)
     }
@@ -411,15 +428,18 @@ macro_rules! int_attribute {
 
         impl<'a> Attribute<'a> for $name {
             const TYPE: AttributeType = AttributeType::$ty;
+            #[inline]
             fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
                 value
                     .try_into()
                     .map(|b| $name(<$int>::from_be_bytes(b)))
                     .map_err(|_| invalid(Self::TYPE, "wrong length"))
             }
+            #[inline]
             fn encoded_len(&self) -> usize {
                 std::mem::size_of::<$int>()
             }
+            #[inline]
             fn encode(&self, out: &mut [u8], _: &TransactionId) {
                 out.copy_from_slice(&self.0.to_be_bytes())
             }
@@ -451,6 +471,7 @@ macro_rules! flag_attribute {
 
         impl<'a> Attribute<'a> for $name {
             const TYPE: AttributeType = AttributeType::$ty;
+            #[inline]
             fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
                 if value.is_empty() {
                     Ok($name)
@@ -458,6 +479,7 @@ macro_rules! flag_attribute {
                     Err(invalid(Self::TYPE, "must be empty"))
                 }
             }
+            #[inline]
             fn encoded_len(&self) -> usize {
                 0
             }
@@ -483,15 +505,18 @@ macro_rules! u16_rffu_attribute {
 
         impl<'a> Attribute<'a> for $name {
             const TYPE: AttributeType = AttributeType::$ty;
+            #[inline]
             fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
                 match value {
                     [a, b, _, _] => Ok($name(u16::from_be_bytes([*a, *b]))),
                     _ => Err(invalid(Self::TYPE, "length must be 4")),
                 }
             }
+            #[inline]
             fn encoded_len(&self) -> usize {
                 4
             }
+            #[inline]
             fn encode(&self, out: &mut [u8], _: &TransactionId) {
                 out[..2].copy_from_slice(&self.0.to_be_bytes());
                 out[2..4].fill(0);
@@ -517,15 +542,18 @@ macro_rules! family_attribute {
 
         impl<'a> Attribute<'a> for $name {
             const TYPE: AttributeType = AttributeType::$ty;
+            #[inline]
             fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
                 match value {
                     [f, _, _, _] => AddressFamily::from_number(Self::TYPE, *f).map($name),
                     _ => Err(invalid(Self::TYPE, "length must be 4")),
                 }
             }
+            #[inline]
             fn encoded_len(&self) -> usize {
                 4
             }
+            #[inline]
             fn encode(&self, out: &mut [u8], _: &TransactionId) {
                 out.copy_from_slice(&[self.0.number(), 0, 0, 0]);
             }
@@ -551,6 +579,7 @@ pub struct ChangeRequest {
 
 impl<'a> Attribute<'a> for ChangeRequest {
     const TYPE: AttributeType = AttributeType::CHANGE_REQUEST;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         match value {
             [_, _, _, flags] => Ok(ChangeRequest {
@@ -560,9 +589,11 @@ impl<'a> Attribute<'a> for ChangeRequest {
             _ => Err(invalid(Self::TYPE, "length must be 4")),
         }
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         4
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         let flags = (u8::from(self.change_ip) << 2) | (u8::from(self.change_port) << 1);
         out.copy_from_slice(&[0, 0, 0, flags]);
@@ -578,6 +609,7 @@ pub struct EvenPort {
 
 impl<'a> Attribute<'a> for EvenPort {
     const TYPE: AttributeType = AttributeType::EVEN_PORT;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         match value {
             [b] => Ok(EvenPort {
@@ -586,9 +618,11 @@ impl<'a> Attribute<'a> for EvenPort {
             _ => Err(invalid(Self::TYPE, "length must be 1")),
         }
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         1
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         out[0] = if self.reserve_next { 0x80 } else { 0 };
     }
@@ -607,15 +641,18 @@ impl RequestedTransport {
 
 impl<'a> Attribute<'a> for RequestedTransport {
     const TYPE: AttributeType = AttributeType::REQUESTED_TRANSPORT;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         match value {
             [p, _, _, _] => Ok(RequestedTransport(*p)),
             _ => Err(invalid(Self::TYPE, "length must be 4")),
         }
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         4
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         out.copy_from_slice(&[self.0, 0, 0, 0]);
     }
@@ -634,6 +671,7 @@ pub struct Icmp {
 
 impl<'a> Attribute<'a> for Icmp {
     const TYPE: AttributeType = AttributeType::ICMP;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         match value {
             [_, _, kind, code, d0, d1, d2, d3] => Ok(Icmp {
@@ -644,9 +682,11 @@ impl<'a> Attribute<'a> for Icmp {
             _ => Err(invalid(Self::TYPE, "length must be 8")),
         }
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         8
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         out[..4].copy_from_slice(&[0, 0, self.kind, self.code]);
         out[4..].copy_from_slice(&self.data.to_be_bytes());
@@ -704,6 +744,7 @@ impl<'a> ErrorCode<'a> {
 
 impl<'a> Attribute<'a> for ErrorCode<'a> {
     const TYPE: AttributeType = AttributeType::ERROR_CODE;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         if value.len() < 4 {
             return Err(invalid(Self::TYPE, "shorter than 4 bytes"));
@@ -716,9 +757,11 @@ impl<'a> Attribute<'a> for ErrorCode<'a> {
             std::str::from_utf8(&value[4..]).map_err(|_| invalid(Self::TYPE, "not UTF-8"))?;
         Ok(ErrorCode { code, reason })
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         4 + self.reason.len()
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         let [c, n] = code_bytes(self.code);
         out[..4].copy_from_slice(&[0, 0, c, n]);
@@ -739,6 +782,7 @@ pub struct AddressErrorCode<'a> {
 
 impl<'a> Attribute<'a> for AddressErrorCode<'a> {
     const TYPE: AttributeType = AttributeType::ADDRESS_ERROR_CODE;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         if value.len() < 4 {
             return Err(invalid(Self::TYPE, "shorter than 4 bytes"));
@@ -756,9 +800,11 @@ impl<'a> Attribute<'a> for AddressErrorCode<'a> {
             reason,
         })
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         4 + self.reason.len()
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         let [c, n] = code_bytes(self.code);
         out[..4].copy_from_slice(&[self.family.number(), 0, c, n]);
@@ -793,12 +839,15 @@ impl<'a> UnknownAttributes<'a> {
 
 impl<'a> Attribute<'a> for UnknownAttributes<'a> {
     const TYPE: AttributeType = AttributeType::UNKNOWN_ATTRIBUTES;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         Self::from_wire(value).ok_or(invalid(Self::TYPE, "odd length"))
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         self.raw.len()
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         out.copy_from_slice(self.raw)
     }
@@ -815,6 +864,7 @@ pub struct PasswordAlgorithmAttr<'a> {
 
 impl<'a> Attribute<'a> for PasswordAlgorithmAttr<'a> {
     const TYPE: AttributeType = AttributeType::PASSWORD_ALGORITHM;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         if value.len() < 4 {
             return Err(invalid(Self::TYPE, "shorter than 4 bytes"));
@@ -826,9 +876,11 @@ impl<'a> Attribute<'a> for PasswordAlgorithmAttr<'a> {
             .ok_or(invalid(Self::TYPE, "parameters overflow"))?;
         Ok(Self { algorithm, params })
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         4 + self.params.len()
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         out[..2].copy_from_slice(&self.algorithm.to_be_bytes());
         let len = u16::try_from(self.params.len()).unwrap_or(u16::MAX);
@@ -871,6 +923,7 @@ impl<'a> PasswordAlgorithms<'a> {
 
 impl<'a> Attribute<'a> for PasswordAlgorithms<'a> {
     const TYPE: AttributeType = AttributeType::PASSWORD_ALGORITHMS;
+    #[inline]
     fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
         let mut rest = value;
         while !rest.is_empty() {
@@ -886,9 +939,11 @@ impl<'a> Attribute<'a> for PasswordAlgorithms<'a> {
         }
         Ok(Self { raw: value })
     }
+    #[inline]
     fn encoded_len(&self) -> usize {
         self.raw.len()
     }
+    #[inline]
     fn encode(&self, out: &mut [u8], _: &TransactionId) {
         out.copy_from_slice(self.raw)
     }

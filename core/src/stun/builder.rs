@@ -40,6 +40,7 @@ pub struct MessageBuilder<'b> {
 
 impl<'b> MessageBuilder<'b> {
     /// Starts a message of type `kind` with transaction ID `tid` in `buf`.
+    #[inline]
     pub fn new(
         buf: &'b mut [u8],
         kind: MessageType,
@@ -88,7 +89,9 @@ impl<'b> MessageBuilder<'b> {
     }
 
     /// Reserves room for an attribute with a `value_len`-byte value, writes its header and
-    /// the zero padding, updates the length field, and returns the value's slot.
+    /// the padding, updates the length field, and returns the value's slot, which the
+    /// caller must fill completely.
+    #[inline]
     fn reserve(&mut self, kind: AttributeType, value_len: usize) -> Result<&mut [u8], StunError> {
         let padded = (value_len + 3) & !3;
         let needed = self.len + 4 + padded;
@@ -111,18 +114,24 @@ impl<'b> MessageBuilder<'b> {
         let off = self.len;
         self.buf[off..off + 2].copy_from_slice(&kind.0.to_be_bytes());
         self.buf[off + 2..off + 4].copy_from_slice(&value_len16.to_be_bytes());
-        self.buf[off + 4 + value_len..off + 4 + padded].fill(self.padding);
+        if padded != value_len {
+            // Pad the whole last word with one fixed-size store rather than a variable-length
+            // fill; the caller writes the value next, over the word's leading bytes.
+            self.buf[off + padded..off + 4 + padded].copy_from_slice(&[self.padding; 4]);
+        }
         self.len = needed;
         self.write_length();
         Ok(&mut self.buf[off + 4..off + 4 + value_len])
     }
 
+    #[inline]
     fn write_length(&mut self) {
         // `len` never exceeds MAX_MESSAGE_LEN, so the body length fits 16 bits.
         let body = u16::try_from(self.len - HEADER_LEN).unwrap_or(u16::MAX);
         self.buf[2..4].copy_from_slice(&body.to_be_bytes());
     }
 
+    #[inline]
     fn check_order(&self, kind: AttributeType, max: Stage) -> Result<(), StunError> {
         if self.stage > max {
             return Err(StunError::AttributeOrder { attr: kind.0 });
@@ -131,6 +140,7 @@ impl<'b> MessageBuilder<'b> {
     }
 
     /// Appends a typed attribute.
+    #[inline]
     pub fn add<'a, A: Attribute<'a>>(&mut self, attr: &A) -> Result<&mut Self, StunError> {
         self.check_order(A::TYPE, Stage::Attributes)?;
         let tid = self.tid;
@@ -140,6 +150,7 @@ impl<'b> MessageBuilder<'b> {
     }
 
     /// Appends an attribute from its raw value (for types pinhole does not know).
+    #[inline]
     pub fn add_raw(&mut self, kind: AttributeType, value: &[u8]) -> Result<&mut Self, StunError> {
         self.check_order(kind, Stage::Attributes)?;
         self.reserve(kind, value.len())?.copy_from_slice(value);
@@ -147,17 +158,20 @@ impl<'b> MessageBuilder<'b> {
     }
 
     /// Appends MESSAGE-INTEGRITY (HMAC-SHA1 over the message so far, RFC 8489 §14.5).
+    #[inline]
     pub fn add_message_integrity(&mut self, key: &IntegrityKey) -> Result<&mut Self, StunError> {
         self.check_order(AttributeType::MESSAGE_INTEGRITY, Stage::Attributes)?;
         let off = self.len;
         self.reserve(AttributeType::MESSAGE_INTEGRITY, 20)?;
-        let mac = key.sha1_parts(&[&self.buf[..off]]);
+        // `reserve` already set the length field to count the new attribute.
+        let mac = key.sha1_mac(&self.buf[..off], [self.buf[2], self.buf[3]]);
         self.buf[off + 4..off + 24].copy_from_slice(&mac);
         self.stage = Stage::AfterIntegrity;
         Ok(self)
     }
 
     /// Appends MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256, the full 32 bytes, RFC 8489 §14.6).
+    #[inline]
     pub fn add_message_integrity_sha256(
         &mut self,
         key: &IntegrityKey,
@@ -168,13 +182,14 @@ impl<'b> MessageBuilder<'b> {
         )?;
         let off = self.len;
         self.reserve(AttributeType::MESSAGE_INTEGRITY_SHA256, 32)?;
-        let mac = key.sha256_parts(&[&self.buf[..off]]);
+        let mac = key.sha256_mac(&self.buf[..off], [self.buf[2], self.buf[3]]);
         self.buf[off + 4..off + 36].copy_from_slice(&mac);
         self.stage = Stage::AfterIntegritySha256;
         Ok(self)
     }
 
     /// Appends FINGERPRINT (RFC 8489 §14.7); nothing may follow it.
+    #[inline]
     pub fn add_fingerprint(&mut self) -> Result<&mut Self, StunError> {
         self.check_order(AttributeType::FINGERPRINT, Stage::AfterIntegritySha256)?;
         let off = self.len;
@@ -186,6 +201,7 @@ impl<'b> MessageBuilder<'b> {
     }
 
     /// The finished message.
+    #[inline]
     pub fn finish(self) -> &'b [u8] {
         &self.buf[..self.len]
     }

@@ -43,6 +43,7 @@ pub use nat::{Behaviour, NatConfig, PortAllocation};
 use cmd::{Output, command, in_ns, output_within, run_in, run_in_with_input, run_with_input};
 use netns::Netns;
 use process::Process;
+pub use process::Streaming;
 
 /// The internet namespace's gateway address for servers (203.0.113.0/24).
 pub const SERVER_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -62,8 +63,39 @@ pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
 pub const COTURN_USER: (&str, &str) = ("pinhole", "pinhole-lab");
 /// coturn's realm in the lab.
 pub const COTURN_REALM: &str = "lab.pinhole.test";
+/// coturn's TLS listener (`turns:`), when started with [`CoturnOptions::tls`].
+pub const COTURN_TLS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 20), 5349);
+/// coturn's shared secret for TURN REST credentials, when started with
+/// [`CoturnOptions::rest`].
+pub const COTURN_SECRET: &str = "pinhole-lab-secret";
 /// miniupnpd's HTTP (UPnP IGD) port.
 pub const UPNP_HTTP_PORT: u16 = 5000;
+/// The smallest PCP lifetime miniupnpd grants in the lab (its `min_lifetime`; its default
+/// is 120 s), so that tests can watch renewals within seconds.
+pub const MINIUPNPD_MIN_LIFETIME: u32 = 1;
+
+/// An RFC 5780 STUN server in the lab: its primary address and its alternate one (other
+/// IP, other port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StunServer {
+    /// The primary address.
+    pub primary: SocketAddrV4,
+    /// The alternate address.
+    pub alternate: SocketAddrV4,
+}
+
+/// `pinhole serve` in the internet ([`Lab::start_pinhole_serve`]).
+pub const PINHOLE_STUN: StunServer = StunServer {
+    primary: PINHOLE_PRIMARY,
+    alternate: PINHOLE_ALTERNATE,
+};
+
+/// The nftables table (inet family) of miniupnpd's rules on a router.
+pub const MINIUPNPD_TABLE: &str = "miniupnpd";
+
+fn miniupnpd_label(router: &str) -> String {
+    format!("miniupnpd on {router}")
+}
 
 /// How long a server may take to become ready.
 pub const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -119,6 +151,29 @@ pub struct PortMapper {
     pub pmp_addr: SocketAddrV4,
 }
 
+/// What [`Lab::start_coturn_with`] turns on besides the defaults of [`Lab::start_coturn`].
+#[derive(Debug, Clone, Default)]
+pub struct CoturnOptions {
+    /// A TLS listener on [`COTURN_TLS`] with a certificate for its IP, signed by a throw-away
+    /// CA generated with openssl ([`Lab::coturn_ca`] is its PEM file).
+    pub tls: bool,
+    /// TURN REST credentials (`use-auth-secret`, `static-auth-secret=`[`COTURN_SECRET`]).
+    /// coturn then accepts REST credentials only, not the long-term user [`COTURN_USER`].
+    pub rest: bool,
+    /// Further `turnserver.conf` lines.
+    pub extra: Vec<String>,
+}
+
+/// A miniupnpd the lab has set up on a router (running or stopped).
+#[derive(Debug, Clone)]
+struct Miniupnpd {
+    router: String,
+    stun: StunServer,
+    uuid: String,
+    starts: u32,
+    running: bool,
+}
+
 /// A running lab. See the module docs.
 #[derive(Debug)]
 pub struct Lab {
@@ -126,6 +181,7 @@ pub struct Lab {
     dir: PathBuf,
     inet: String,
     procs: Vec<Process>,
+    miniupnpd: Vec<Miniupnpd>,
     routers: Vec<Router>,
     hosts: Vec<Host>,
     namespaces: Vec<Netns>,
@@ -207,6 +263,7 @@ impl Lab {
             dir,
             inet: format!("{prefix}-inet"),
             procs: Vec::new(),
+            miniupnpd: Vec::new(),
             routers: Vec::new(),
             hosts: Vec::new(),
             namespaces: Vec::new(),
@@ -512,6 +569,26 @@ impl Lab {
         output_within(&mut in_ns(ns, program, args), timeout)
     }
 
+    /// Starts `program args…` inside `ns` as a [`Streaming`] process owned by the caller:
+    /// its standard output is read line by line as it comes, its standard error goes to
+    /// a log in [`dir`](Self::dir). It is killed when dropped (drop it before the lab).
+    pub fn spawn_streaming<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        label: &str,
+        ns: &str,
+        program: &Path,
+        args: &[S],
+    ) -> Result<Streaming> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let log = self.dir.join(format!("{name}-{n}.stderr.log"));
+        Streaming::spawn(label, ns, program, args, &log)
+    }
+
     /// Sends a STUN Binding request from inside `ns` (from `bind`, `0.0.0.0:0` for any) to
     /// `server` through the `natlab stun-ping` helper; returns the mapped address.
     pub fn stun_ping(
@@ -573,12 +650,12 @@ impl Lab {
         Ok(())
     }
 
-    fn wait_stun(p: &mut Process, lab: &Lab, addrs: &[SocketAddrV4]) -> Result<()> {
-        let inet = lab.inet.clone();
+    /// Waits until every address in `addrs` answers STUN from inside `from_ns`.
+    fn wait_stun(p: &mut Process, lab: &Lab, from_ns: &str, addrs: &[SocketAddrV4]) -> Result<()> {
         p.wait_ready(SERVER_READY_TIMEOUT, |_| {
             addrs.iter().all(|a| {
                 lab.stun_ping(
-                    &inet,
+                    from_ns,
                     "0.0.0.0:0".parse().expect("literal"),
                     SocketAddr::V4(*a),
                     Duration::from_millis(250),
@@ -588,33 +665,147 @@ impl Lab {
         })
     }
 
-    /// Starts `pinhole serve` on [`PINHOLE_PRIMARY`] and [`PINHOLE_ALTERNATE`] in the
-    /// internet, and waits until both IPs answer STUN.
-    pub fn start_pinhole_serve(&mut self) -> Result<()> {
+    fn spawn_pinhole_serve(
+        &mut self,
+        label: &str,
+        ns: &str,
+        stun: StunServer,
+        log_name: &str,
+    ) -> Result<()> {
         let bin = bins::pinhole()?;
-        let log = self.dir.join("pinhole-serve.log");
+        let log = self.dir.join(log_name);
         let mut p = Process::spawn(
-            "pinhole serve",
-            &self.inet,
+            label,
+            ns,
             &bin,
             &[
                 "serve".to_owned(),
                 "--primary".to_owned(),
-                PINHOLE_PRIMARY.to_string(),
+                stun.primary.to_string(),
                 "--alternate".to_owned(),
-                PINHOLE_ALTERNATE.to_string(),
+                stun.alternate.to_string(),
             ],
             &log,
         )?;
-        Self::wait_stun(&mut p, self, &[PINHOLE_PRIMARY, PINHOLE_ALTERNATE])?;
+        Self::wait_stun(&mut p, self, ns, &[stun.primary, stun.alternate])?;
         self.procs.push(p);
         Ok(())
+    }
+
+    /// Starts `pinhole serve` on [`PINHOLE_PRIMARY`] and [`PINHOLE_ALTERNATE`] in the
+    /// internet, and waits until both IPs answer STUN.
+    pub fn start_pinhole_serve(&mut self) -> Result<()> {
+        let inet = self.inet.clone();
+        self.spawn_pinhole_serve("pinhole serve", &inet, PINHOLE_STUN, "pinhole-serve.log")
+    }
+
+    /// Starts `pinhole serve` inside a carrier's network: on the carrier NAT `carrier`'s
+    /// LAN address (port 3478) and a second LAN address, `.2` (port 3479), which this
+    /// adds. A home router behind the carrier that asks it (miniupnpd's STUN check, see
+    /// [`start_miniupnpd_with_stun`](Self::start_miniupnpd_with_stun)) learns its
+    /// carrier-side address, as if no NAT were in between. Waits until both answer.
+    pub fn start_carrier_stun(&mut self, carrier: &str) -> Result<StunServer> {
+        let r = self.router(carrier)?.clone();
+        let o = r.lan_ip.octets();
+        let alternate_ip = Ipv4Addr::new(o[0], o[1], o[2], 2);
+        ip_batch(&r.ns, &[format!("addr add {alternate_ip}/24 dev lan")])?;
+        let stun = StunServer {
+            primary: SocketAddrV4::new(r.lan_ip, PINHOLE_PRIMARY.port()),
+            alternate: SocketAddrV4::new(alternate_ip, PINHOLE_ALTERNATE.port()),
+        };
+        self.spawn_pinhole_serve(
+            &format!("pinhole serve in {carrier}"),
+            &r.ns,
+            stun,
+            &format!("{carrier}-pinhole-serve.log"),
+        )?;
+        Ok(stun)
     }
 
     /// Starts coturn (`turnserver`) in the internet on [`COTURN_PRIMARY`] and
     /// [`COTURN_ALTERNATE`] (two listening IPs and an alternate port: RFC 5780), with a
     /// long-term credential [`COTURN_USER`] for TURN, and waits until both IPs answer STUN.
     pub fn start_coturn(&mut self) -> Result<()> {
+        self.start_coturn_with(&CoturnOptions::default())
+    }
+
+    /// The throw-away CA that signed coturn's certificate (see [`CoturnOptions::tls`]).
+    pub fn coturn_ca(&self) -> PathBuf {
+        self.dir.join("coturn-ca.pem")
+    }
+
+    /// Generates a CA and a server certificate for coturn's IP with openssl.
+    fn coturn_certificate(&self) -> Result<(PathBuf, PathBuf)> {
+        let d = &self.dir;
+        let openssl = |args: &[&str]| -> Result<()> {
+            let mut c = command("openssl", args);
+            c.current_dir(d);
+            let out = output_within(&mut c, cmd::SETUP_TIMEOUT)?;
+            if out.success() {
+                Ok(())
+            } else {
+                Err(lab_err!(
+                    "openssl {}: {}",
+                    args.join(" "),
+                    out.stderr.trim()
+                ))
+            }
+        };
+        let ip = COTURN_TLS.ip();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pinhole lab CA",
+            "-keyout",
+            "coturn-ca-key.pem",
+            "-out",
+            "coturn-ca.pem",
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={ip}"),
+            "-keyout",
+            "coturn-key.pem",
+            "-out",
+            "coturn.csr",
+        ])?;
+        std::fs::write(
+            d.join("coturn-ext.cnf"),
+            format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n"),
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "coturn.csr",
+            "-CA",
+            "coturn-ca.pem",
+            "-CAkey",
+            "coturn-ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "coturn-ext.cnf",
+            "-out",
+            "coturn-cert.pem",
+        ])?;
+        Ok((d.join("coturn-cert.pem"), d.join("coturn-key.pem")))
+    }
+
+    /// Like [`start_coturn`](Self::start_coturn), with TLS and REST credentials on
+    /// request.
+    pub fn start_coturn_with(&mut self, opts: &CoturnOptions) -> Result<()> {
         let conf = self.dir.join("turnserver.conf");
         let log = self.dir.join("turnserver.log");
         let d = self.dir.display();
@@ -632,7 +823,6 @@ impl Lab {
              lt-cred-mech\n\
              user={user}:{pass}\n\
              fingerprint\n\
-             no-tls\n\
              no-dtls\n\
              no-cli\n\
              verbose\n\
@@ -645,6 +835,29 @@ impl Lab {
             pp = COTURN_PRIMARY.port(),
             ap = COTURN_ALTERNATE.port(),
         );
+        let mut text = text;
+        if opts.tls {
+            let (cert, key) = self.coturn_certificate()?;
+            let _ = write!(
+                text,
+                "tls-listening-port={}\ncert={}\npkey={}\n",
+                COTURN_TLS.port(),
+                cert.display(),
+                key.display()
+            );
+        } else {
+            text.push_str("no-tls\n");
+        }
+        if opts.rest {
+            let _ = write!(
+                text,
+                "use-auth-secret\nstatic-auth-secret={COTURN_SECRET}\n"
+            );
+        }
+        for line in &opts.extra {
+            text.push_str(line);
+            text.push('\n');
+        }
         std::fs::write(&conf, text)?;
         let mut p = Process::spawn(
             "coturn",
@@ -653,7 +866,8 @@ impl Lab {
             &["-c".to_owned(), conf.to_string_lossy().into_owned()],
             &log,
         )?;
-        Self::wait_stun(&mut p, self, &[COTURN_PRIMARY, COTURN_ALTERNATE])?;
+        let inet = self.inet.clone();
+        Self::wait_stun(&mut p, self, &inet, &[COTURN_PRIMARY, COTURN_ALTERNATE])?;
         self.procs.push(p);
         Ok(())
     }
@@ -663,9 +877,29 @@ impl Lab {
     /// router's WAN address is reserved (documentation range), miniupnpd only forwards
     /// after its STUN check against `pinhole serve` passes: start that first. The router
     /// accepts the STUN answers from the server's addresses for it.
+    ///
+    /// The PCP and NAT-PMP epoch counts from miniupnpd's own start (`system_uptime=no`),
+    /// so that [`restart_miniupnpd`](Self::restart_miniupnpd) shows in it, and PCP grants
+    /// lifetimes down to [`MINIUPNPD_MIN_LIFETIME`].
     pub fn start_miniupnpd(&mut self, router: &str) -> Result<PortMapper> {
+        self.start_miniupnpd_with_stun(router, PINHOLE_STUN)
+    }
+
+    /// [`start_miniupnpd`](Self::start_miniupnpd) with miniupnpd's STUN check against
+    /// `stun`, which must be running and reachable from the router's WAN side. Its
+    /// external address is the one that server reports.
+    pub fn start_miniupnpd_with_stun(
+        &mut self,
+        router: &str,
+        stun: StunServer,
+    ) -> Result<PortMapper> {
+        if self.miniupnpd.iter().any(|m| m.router == router) {
+            return Err(lab_err!(
+                "miniupnpd was already set up on {router}: use restart_miniupnpd"
+            ));
+        }
         let r = self.router(router)?.clone();
-        let table = "miniupnpd";
+        let table = MINIUPNPD_TABLE;
         let rules = format!(
             "table inet {table} {{\n\
              \x20 chain forward {{ type filter hook forward priority filter - 5; policy accept; jump fwd_upnp; }}\n\
@@ -677,15 +911,35 @@ impl Lab {
              }}\n\
              insert rule ip {lab} filtin iifname \"wan\" ip saddr {{ {a}, {b} }} udp sport {{ {pa}, {pb} }} accept\n",
             lab = nat::TABLE,
-            a = PINHOLE_PRIMARY.ip(),
-            b = PINHOLE_ALTERNATE.ip(),
-            pa = PINHOLE_PRIMARY.port(),
-            pb = PINHOLE_ALTERNATE.port(),
+            a = stun.primary.ip(),
+            b = stun.alternate.ip(),
+            pa = stun.primary.port(),
+            pb = stun.alternate.port(),
         );
         run_in_with_input(&r.ns, "nft", &["-f", "-"], &rules)?;
+        // The same device across restarts.
+        let uuid = format!("7c9e6679-7425-40de-944b-e07fc1f9{:04x}", self.procs.len());
+        self.miniupnpd.push(Miniupnpd {
+            router: router.to_owned(),
+            stun,
+            uuid,
+            starts: 0,
+            running: false,
+        });
+        self.spawn_miniupnpd(router)
+    }
+
+    fn spawn_miniupnpd(&mut self, router: &str) -> Result<PortMapper> {
+        let r = self.router(router)?.clone();
+        let idx = self
+            .miniupnpd
+            .iter()
+            .position(|m| m.router == router)
+            .ok_or_else(|| lab_err!("miniupnpd is not set up on {router}"))?;
+        let m = self.miniupnpd[idx].clone();
+        let table = MINIUPNPD_TABLE;
         let d = self.dir.display();
         let conf = self.dir.join(format!("{router}-miniupnpd.conf"));
-        let uuid = format!("7c9e6679-7425-40de-944b-e07fc1f9{:04x}", self.procs.len());
         std::fs::write(
             &conf,
             format!(
@@ -704,23 +958,37 @@ impl Lab {
                  upnp_nat_chain=pre_upnp\n\
                  upnp_nat_postrouting_chain=post_upnp\n\
                  secure_mode=yes\n\
-                 system_uptime=yes\n\
-                 min_lifetime=60\n\
+                 system_uptime=no\n\
+                 min_lifetime={MINIUPNPD_MIN_LIFETIME}\n\
                  max_lifetime=86400\n\
                  lease_file={d}/{router}-upnp.leases\n\
                  uuid={uuid}\n\
                  allow 1024-65535 0.0.0.0/0 1024-65535\n\
                  deny 0-65535 0.0.0.0/0 0-65535\n",
-                sh = PINHOLE_PRIMARY.ip(),
-                sp = PINHOLE_PRIMARY.port(),
+                sh = m.stun.primary.ip(),
+                sp = m.stun.primary.port(),
+                uuid = m.uuid,
             ),
         )?;
-        let log = self.dir.join(format!("{router}-miniupnpd.log"));
+        let log = self.dir.join(if m.starts == 0 {
+            format!("{router}-miniupnpd.log")
+        } else {
+            format!("{router}-miniupnpd-{}.log", m.starts + 1)
+        });
+        // With `-d` miniupnpd logs every line to stderr (the log file) and to syslog; with
+        // no syslog daemon (no /dev/log) glibc writes it to /dev/console instead, which
+        // spams the machine's console and costs about a millisecond and a half per line,
+        // making every request slow. `ip netns exec` runs in a mount namespace of its own
+        // (a slave of the root one, so nothing propagates back): bind /dev/null over
+        // /dev/console there, then exec miniupnpd (its pid stays the one spawned).
         let mut p = Process::spawn(
-            &format!("miniupnpd on {router}"),
+            &miniupnpd_label(router),
             &r.ns,
-            Path::new("miniupnpd"),
+            Path::new("sh"),
             &[
+                "-c".to_owned(),
+                "mount --bind /dev/null /dev/console && exec \"$0\" \"$@\"".to_owned(),
+                cmd::tool("miniupnpd").to_string_lossy().into_owned(),
                 "-d".to_owned(),
                 "-f".to_owned(),
                 conf.to_string_lossy().into_owned(),
@@ -736,11 +1004,62 @@ impl Lab {
                 && l.contains("Listening for NAT-PMP/PCP traffic")
         })?;
         self.procs.push(p);
+        let m = &mut self.miniupnpd[idx];
+        m.starts += 1;
+        m.running = true;
         Ok(PortMapper {
             router: router.to_owned(),
             upnp_url: format!("http://{}:{UPNP_HTTP_PORT}/rootDesc.xml", r.lan_ip),
             pmp_addr: SocketAddrV4::new(r.lan_ip, 5351),
         })
+    }
+
+    /// Stops miniupnpd on `router` and wipes what a router reboot wipes: its rules (which
+    /// miniupnpd leaves in place when it exits), its lease file (from which it would
+    /// restore them), conntrack and the NAT's learned mappings. Its port mappings are
+    /// gone; start it again with [`restart_miniupnpd`](Self::restart_miniupnpd).
+    pub fn stop_miniupnpd(&mut self, router: &str) -> Result<()> {
+        let r = self.router(router)?.clone();
+        let m = self
+            .miniupnpd
+            .iter_mut()
+            .find(|m| m.router == router && m.running)
+            .ok_or_else(|| lab_err!("miniupnpd is not running on {router}"))?;
+        m.running = false;
+        let label = miniupnpd_label(router);
+        if let Some(i) = self.procs.iter().position(|p| p.label() == label) {
+            self.procs.remove(i).stop();
+        }
+        let table = MINIUPNPD_TABLE;
+        run_in_with_input(
+            &r.ns,
+            "nft",
+            &["-f", "-"],
+            &format!(
+                "flush chain inet {table} fwd_upnp\n\
+                 flush chain inet {table} pre_upnp\n\
+                 flush chain inet {table} post_upnp\n"
+            ),
+        )?;
+        let leases = self.dir.join(format!("{router}-upnp.leases"));
+        if leases.exists() {
+            std::fs::remove_file(&leases)?;
+        }
+        self.flush_mappings(router)
+    }
+
+    /// Restarts miniupnpd on `router` as a router reboot would
+    /// ([`stop_miniupnpd`](Self::stop_miniupnpd), then start it again with the same
+    /// configuration); its epoch starts again from 0.
+    pub fn restart_miniupnpd(&mut self, router: &str) -> Result<PortMapper> {
+        if self
+            .miniupnpd
+            .iter()
+            .any(|m| m.router == router && m.running)
+        {
+            self.stop_miniupnpd(router)?;
+        }
+        self.spawn_miniupnpd(router)
     }
 
     /// The logs of every process started so far, for failure messages.
