@@ -6,9 +6,9 @@
 #            valgrind (no errors, no leaks), and linked statically
 #   kotlin   the generated Kotlin on the host JVM (JNA), test program bindings/kotlin/Test.kt
 #   swift    the generated Swift in a SwiftPM package, `swift test` in a trixie chroot
-#   mobile   the library for aarch64/x86_64 Android, aarch64 iOS and the iOS simulator:
-#            cargo check (the simulator through -Zbuild-std) and, but for the simulator,
-#            a staticlib build; no crate that compiles C is allowed
+#   mobile   the library for aarch64/x86_64 Android and aarch64 iOS: a staticlib build
+#            (which includes everything cargo check checks); the iOS simulator: cargo
+#            check -Zbuild-std; no crate that compiles C is allowed
 #
 #   size     (only when asked for) the stripped release cdylib within the 2 MB budget
 #
@@ -264,10 +264,13 @@ cleanup_mounts() {
 }
 
 part_mobile() {
-    step "mobile targets: cargo check; staticlib for the tier-2 targets"
+    step "mobile targets: staticlib builds; cargo check -Zbuild-std for the iOS simulator"
     setup mobile || return 0
-    # No debug info: these builds only prove that the library compiles and archives.
-    export CARGO_PROFILE_DEV_DEBUG=0
+    # No debug info: these builds only prove that the library compiles and archives. Their
+    # own target directory, so that the different setting never invalidates (and rebuilds)
+    # the host's artifacts, nor theirs.
+    local host_target=$CARGO_TARGET_DIR
+    export CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR=$TARGET/mobile
     local t
     for t in "${MOBILE_TARGETS[@]}" aarch64-apple-ios-sim; do
         local zflags=()
@@ -284,19 +287,24 @@ part_mobile() {
             echo "bindings: $t pulls in crates that compile C: $c_crates" >&2
             exit 1
         fi
-        cargo check --quiet "${zflags[@]}" -p pinhole-ffi --lib --target "$t"
         if [ ${#zflags[@]} -eq 0 ]; then
+            # The staticlib build type-checks everything `cargo check` would; running both
+            # made their artifacts invalidate each other (every run rebuilt both).
             cargo rustc --quiet -p pinhole-ffi --lib --target "$t" --crate-type staticlib
-            local a=$TARGET/$t/debug/libpinhole_ffi.a
+            local a=$CARGO_TARGET_DIR/$t/debug/libpinhole_ffi.a
             [ -s "$a" ] || { echo "bindings: no $a" >&2; exit 1; }
-            echo "$t: check ok, staticlib ok ($(du -h "$a" | cut -f1))"
+            echo "$t: staticlib ok ($(du -h "$a" | cut -f1))"
         else
+            # RUSTC_BOOTSTRAP changes every unit's fingerprint: its own directory too.
+            CARGO_TARGET_DIR=$TARGET/mobile-build-std \
+                cargo check --quiet "${zflags[@]}" -p pinhole-ffi --lib --target "$t"
             echo "$t: check (build-std) ok"
         fi
         unset RUSTC_BOOTSTRAP
     done
     unset CARGO_PROFILE_DEV_DEBUG
-    results+=("mobile: check ok for ${MOBILE_TARGETS[*]} aarch64-apple-ios-sim; staticlib ok for ${MOBILE_TARGETS[*]}")
+    export CARGO_TARGET_DIR=$host_target
+    results+=("mobile: staticlib ok for ${MOBILE_TARGETS[*]}; check ok for aarch64-apple-ios-sim")
 }
 
 # Not in the default set (a release build with LTO takes minutes): the size of the
