@@ -183,11 +183,12 @@ part_c() {
         exit 1
     fi
     echo "valgrind: no errors, no leaks"
-    # The static library links with pkg-config --static and runs too.
-    # shellcheck disable=SC2046
+    # The static library links with the system libraries of pkg-config --static.
+    local private
+    private=$(pkg-config --static --libs-only-l pinhole | sed 's/-lpinhole_ffi//')
+    # shellcheck disable=SC2046,SC2086
     gcc -std=c11 -Wall -Wextra -Werror -O1 bindings/c/test.c -o "$out/test-static" \
-        $(pkg-config --cflags pinhole) "$TARGET/debug/libpinhole_ffi.a" \
-        $(pkg-config --libs-only-other --static pinhole) -lpthread -ldl -lm
+        $(pkg-config --cflags pinhole) "$TARGET/debug/libpinhole_ffi.a" $private
     "$out/test-static" "$STUN_URI" "$SILENT_URI" >"$out/test-static.log"
     tail -1 "$out/test-static.log" | sed 's/^/static: /'
     results+=("c: $(tail -1 "$out/test.log"); valgrind clean; static: $(tail -1 "$out/test-static.log")")

@@ -18,8 +18,8 @@
  * running callback returns, and no callback runs after it returns. The log callback may
  * run on any thread, several at once, and must not call back into pinhole.
  *
- * Link: pkg-config --cflags --libs pinhole (libpinhole_ffi, plus -lpthread -ldl -lm for
- * the static library).
+ * Link: pkg-config --cflags --libs pinhole (libpinhole_ffi); for the static library,
+ * libpinhole_ffi.a and pkg-config --static --libs-only-l's system libraries.
  */
 
 #ifndef PINHOLE_H
