@@ -3,14 +3,12 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use igd_next::PortMappingProtocol;
-use igd_next::aio::Gateway;
-use igd_next::aio::tokio::Tokio;
+use igd_next::{Gateway, PortMappingProtocol};
 use tokio::net::UdpSocket;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::{DriverError, io, os_seed};
@@ -85,10 +83,16 @@ pub async fn local_ip_toward(ip: IpAddr) -> Result<IpAddr, DriverError> {
 }
 
 /// The UPnP side: discovery (cached) and the SOAP calls, each bounded.
+///
+/// `igd-next`'s blocking client (HTTP/1.1 over `attohttpc`, every request bounded by its
+/// own timeouts) runs on a detached thread per command: its async client pulls in hyper
+/// with HTTP/2, which alone would take the C library over its size budget. A detached
+/// thread never holds up the runtime's shutdown or the process's exit; the driver stops
+/// waiting after [`UPNP_TIMEOUT`].
 #[derive(Clone)]
 struct Upnp {
     target: GatewayTarget,
-    igd: Arc<Mutex<Option<Gateway<Tokio>>>>,
+    igd: Arc<Mutex<Option<Gateway>>>,
 }
 
 impl Upnp {
@@ -99,8 +103,9 @@ impl Upnp {
         }
     }
 
-    async fn search(&self) -> Result<Gateway<Tokio>, String> {
-        if let Some(g) = self.igd.lock().await.clone() {
+    fn search(&self) -> Result<Gateway, String> {
+        let cached = self.igd.lock().map(|g| g.clone()).unwrap_or(None);
+        if let Some(g) = cached {
             return Ok(g);
         }
         let bind = SocketAddr::new(self.target.local_ip, 0);
@@ -109,7 +114,7 @@ impl Upnp {
         unicast.broadcast_address = SocketAddr::new(self.target.gateway, 1900);
         unicast.timeout = Some(SSDP_UNICAST_TIMEOUT);
         unicast.single_search_timeout = Some(SSDP_UNICAST_TIMEOUT);
-        let found = match igd_next::aio::tokio::search_gateway(unicast).await {
+        let found = match igd_next::search_gateway(unicast) {
             Ok(g) => Ok(g),
             Err(e) if self.target.multicast => {
                 debug!(error = %e, "SSDP unicast to the gateway failed; trying multicast");
@@ -117,24 +122,38 @@ impl Upnp {
                 multicast.bind_addr = bind;
                 multicast.timeout = Some(SSDP_MULTICAST_TIMEOUT);
                 multicast.single_search_timeout = Some(SSDP_MULTICAST_TIMEOUT);
-                igd_next::aio::tokio::search_gateway(multicast).await
+                igd_next::search_gateway(multicast)
             }
             Err(e) => Err(e),
         };
         let g = found.map_err(|e| format!("no IGD found: {e}"))?;
-        *self.igd.lock().await = Some(g.clone());
+        if let Ok(mut slot) = self.igd.lock() {
+            *slot = Some(g.clone());
+        }
         Ok(g)
     }
 
+    /// Runs `cmd` on a thread of its own; the answer, or a failure after [`UPNP_TIMEOUT`].
     async fn run(&self, cmd: UpnpCommand) -> UpnpResult {
-        match tokio::time::timeout(UPNP_TIMEOUT, self.run_unbounded(cmd)).await {
-            Ok(r) => r,
+        let (tx, rx) = oneshot::channel();
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pinhole-upnp".into())
+            .spawn(move || {
+                let _ = tx.send(this.run_blocking(cmd));
+            });
+        if let Err(e) = spawned {
+            return UpnpResult::Failed(format!("cannot start the UPnP thread: {e}"));
+        }
+        match tokio::time::timeout(UPNP_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => UpnpResult::Failed("the UPnP thread ended without an answer".into()),
             Err(_) => UpnpResult::Failed("timed out".into()),
         }
     }
 
-    async fn run_unbounded(&self, cmd: UpnpCommand) -> UpnpResult {
-        let g = match self.search().await {
+    fn run_blocking(&self, cmd: UpnpCommand) -> UpnpResult {
+        let g = match self.search() {
             Ok(g) => g,
             Err(e) => return UpnpResult::Failed(e),
         };
@@ -144,7 +163,7 @@ impl Upnp {
         };
         match cmd {
             UpnpCommand::Probe => UpnpResult::Available {
-                external_ip: g.get_external_ip().await.ok(),
+                external_ip: g.get_external_ip().ok(),
             },
             UpnpCommand::Map {
                 protocol,
@@ -152,7 +171,7 @@ impl Upnp {
                 external_port,
                 lifetime,
             } => {
-                let Ok(ip) = g.get_external_ip().await else {
+                let Ok(ip) = g.get_external_ip() else {
                     return UpnpResult::Failed("GetExternalIPAddress failed".into());
                 };
                 let description = "pinhole";
@@ -164,13 +183,11 @@ impl Upnp {
                         lifetime,
                         description,
                     )
-                    .await
                     .is_ok()
                 {
                     Ok(external_port)
                 } else {
                     g.add_any_port(proto(protocol), internal, lifetime, description)
-                        .await
                         .map_err(|e| e.to_string())
                 };
                 match port {
@@ -184,7 +201,7 @@ impl Upnp {
             UpnpCommand::Delete {
                 protocol,
                 external_port,
-            } => match g.remove_port(proto(protocol), external_port).await {
+            } => match g.remove_port(proto(protocol), external_port) {
                 Ok(()) => UpnpResult::Deleted,
                 Err(e) => UpnpResult::Failed(e.to_string()),
             },
