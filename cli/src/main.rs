@@ -10,7 +10,7 @@ use pinhole::driver::portmap::GatewayTarget;
 use pinhole::driver::{self, DEFAULT_STUN_SERVERS, ServeHandle};
 use pinhole::netcheck::{NetcheckConfig, NetcheckEvent, Report, ServerSpec};
 use pinhole::portmap::{
-    MapProtocol, MapperConfig, MapperEvent, Mapping, ProbeReport, Via, ViaChoice,
+    MapProtocol, MapperConfig, MapperEvent, Mapping, ProbeReport, VerifyConfig, Via, ViaChoice,
 };
 use pinhole::stun::ServerConfig;
 use serde_json::json;
@@ -130,6 +130,16 @@ struct MapArgs {
     /// This host's address toward the gateway (default: what the kernel would use).
     #[arg(long, value_name = "IP", requires = "gateway")]
     local_ip: Option<IpAddr>,
+    /// Verify that traffic arrives through the mapping with this RFC 5780 STUN server
+    /// (`stun:host[:port]`), after every new mapping and every `--verify-interval`; a
+    /// mapping that does not forward is deleted and added again. UDP only. pinhole then
+    /// binds the mapped port itself to hear the answer, so it must be free. With `--once`,
+    /// the verification's outcome is printed before the mapping is deleted.
+    #[arg(long, value_name = "URI")]
+    verify: Option<String>,
+    /// Seconds between verifications.
+    #[arg(long, value_name = "SECS", default_value_t = 300, requires = "verify", value_parser = clap::value_parser!(u64).range(1..))]
+    verify_interval: u64,
 }
 
 #[derive(clap::Args)]
@@ -435,6 +445,32 @@ async fn map(args: MapArgs) -> ExitCode {
     };
     let mut config = MapperConfig::new(target.gateway, target.local_ip, protocol, args.port);
     config.lifetime = args.lifetime;
+    if let Some(uri) = &args.verify {
+        if protocol != MapProtocol::Udp {
+            eprintln!("pinhole: --verify checks UDP mappings only");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        match driver::resolve(std::slice::from_ref(uri)).await {
+            Ok((servers, _)) if !servers.is_empty() => {
+                config.verify = Some(VerifyConfig {
+                    reflector: servers[0].addr,
+                    interval: Duration::from_secs(args.verify_interval),
+                });
+            }
+            Ok((_, unresolved)) => {
+                let why = unresolved
+                    .first()
+                    .map_or("no address", |u| u.reason.as_str());
+                eprintln!("pinhole: --verify {uri}: {why}");
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+            Err(e) => {
+                eprintln!("pinhole: --verify: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let verifying = config.verify.is_some();
     config.via = match args.via {
         ViaArg::Any => ViaChoice::Any,
         ViaArg::Pcp => ViaChoice::Only(Via::Pcp),
@@ -470,6 +506,24 @@ async fn map(args: MapArgs) -> ExitCode {
             MapperEvent::Mapped(m) => {
                 mapped = true;
                 print(m, "mapped");
+                // With --verify, --once waits for the verification's outcome.
+                return !once || verifying;
+            }
+            MapperEvent::Verified(m) => {
+                print(m, "verified");
+                return !once;
+            }
+            MapperEvent::NotForwarding(m) => {
+                print(m, "not-forwarding");
+                return !once;
+            }
+            MapperEvent::Unverified(why) => {
+                if json {
+                    println!("{}", json!({"event": "unverified", "detail": why}));
+                } else {
+                    println!("unverified: {why}");
+                }
+                let _ = std::io::stdout().flush();
                 return !once;
             }
             MapperEvent::Renewed(m) => print(m, "renewed"),

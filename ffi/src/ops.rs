@@ -242,9 +242,14 @@ impl MappingPlan {
                     MapperEvent::Lost(_) | MapperEvent::Unavailable(_) | MapperEvent::Released => {
                         set(None)
                     }
+                    MapperEvent::Verified(_)
+                    | MapperEvent::NotForwarding(_)
+                    | MapperEvent::Unverified(_) => {}
                 }
                 terminal |= matches!(ev, MapperEvent::Released | MapperEvent::Unavailable(_));
-                on_event(ev.into());
+                if let Some(ev) = PortMappingEvent::from_core(ev) {
+                    on_event(ev);
+                }
                 true
             })
             .await;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use pinhole::netcheck::{Behaviour, NetcheckEvent, Report};
-use pinhole::portmap::{LossReason, MapProtocol, MapperEvent, Mapping, ProbeReport, Via};
+use pinhole::portmap::{MapProtocol, MapperEvent, Mapping, ProbeReport, Via};
 
 use crate::error::PinholeError;
 
@@ -427,9 +427,11 @@ pub enum PortMappingEvent {
     Released,
 }
 
-impl From<&MapperEvent> for PortMappingEvent {
-    fn from(ev: &MapperEvent) -> Self {
-        match ev {
+impl PortMappingEvent {
+    /// The FFI form of a mapper event. Verification events have none: verification cannot
+    /// be configured through the FFI yet, so they never occur here.
+    pub(crate) fn from_core(ev: &MapperEvent) -> Option<Self> {
+        Some(match ev {
             MapperEvent::Mapped(m) => PortMappingEvent::Mapped { mapping: m.into() },
             MapperEvent::Renewed(m) => PortMappingEvent::Renewed { mapping: m.into() },
             MapperEvent::Changed { old, new } => PortMappingEvent::Changed {
@@ -437,17 +439,16 @@ impl From<&MapperEvent> for PortMappingEvent {
                 new: new.into(),
             },
             MapperEvent::Lost(reason) => PortMappingEvent::Lost {
-                reason: match reason {
-                    LossReason::GatewayRestarted => "the gateway restarted".into(),
-                    LossReason::Expired => "renewal failed until the mapping expired".into(),
-                    LossReason::Refused(why) => format!("the gateway refused the renewal: {why}"),
-                },
+                reason: reason.to_string(),
             },
             MapperEvent::Unavailable(why) => PortMappingEvent::Unavailable {
                 reason: why.clone(),
             },
             MapperEvent::Released => PortMappingEvent::Released,
-        }
+            MapperEvent::Verified(_)
+            | MapperEvent::NotForwarding(_)
+            | MapperEvent::Unverified(_) => return None,
+        })
     }
 }
 

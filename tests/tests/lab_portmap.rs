@@ -624,3 +624,163 @@ fn map_recovers_after_a_long_outage() {
         }
     }
 }
+
+/// `pinhole map --verify` against miniupnpd, with `pinhole serve` (RFC 5780) in the lab's
+/// internet as the reflector: the new mapping is verified (the reflector's answer, sent
+/// from its other address to the external port, arrives through it). Then the router
+/// stops forwarding without telling anybody (its DNAT rules flushed behind miniupnpd's
+/// back): the next verification notices, pinhole deletes the mapping and adds it again,
+/// and the mapping is verified again.
+fn map_verified(via: &str, port: u16) {
+    if !lab_available(&format!("map_verified_{via}"), &["miniupnpd"]) {
+        return;
+    }
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve()
+        .expect("pinhole serve (reflector and miniupnpd's STUN check)");
+    lab.add_router("gw", NatConfig::port_restricted_cone(), Uplink::Internet)
+        .expect("router");
+    let host = lab.add_host("h", "gw").expect("host").clone();
+    lab.start_miniupnpd("gw").expect("miniupnpd");
+    let router_ns = lab.router("gw").unwrap().ns.clone();
+    let reflector = format!("stun:{}", pinhole_tests::lab::PINHOLE_STUN.primary);
+    let port_s = port.to_string();
+    let mut map = MapRun::start(
+        &lab,
+        &host.ns,
+        &[
+            "--port",
+            &port_s,
+            "--via",
+            via,
+            "--verify",
+            &reflector,
+            "--verify-interval",
+            "5",
+        ],
+    );
+    let mapped = map.expect(&lab, "mapped", EVENT_SLACK);
+    let ev = map.expect(&lab, "verified", EVENT_SLACK);
+    assert_eq!(ev["external"], mapped["external"], "{ev}");
+    // Verified again at the interval while nothing changes.
+    map.expect(&lab, "verified", EVENT_SLACK);
+
+    // The router silently stops forwarding.
+    let flushed = lab
+        .exec(
+            &router_ns,
+            "nft",
+            &[
+                "flush",
+                "chain",
+                "inet",
+                pinhole_tests::lab::MINIUPNPD_TABLE,
+                "pre_upnp",
+            ],
+            Duration::from_secs(5),
+        )
+        .expect("nft");
+    assert!(flushed.status.success(), "{flushed:?}");
+    // And the connection tracking that would keep old flows going, as a router that lost
+    // its state has none.
+    let flushed = lab
+        .exec(&router_ns, "conntrack", &["-F"], Duration::from_secs(5))
+        .expect("conntrack");
+    assert!(flushed.status.success(), "{flushed:?}");
+    let ev = map.next(&lab, EVENT_SLACK);
+    if ev["event"] != "lost" || ev["reason"] != "not-forwarding" {
+        map.fail(
+            &lab,
+            &format!("expected the silent failure to be noticed, got {ev}"),
+        );
+    }
+    let again = map.expect(&lab, "mapped", EVENT_SLACK);
+    assert_eq!(again["via"], via, "{again}");
+    let ev = map.expect(&lab, "verified", EVENT_SLACK);
+    assert_eq!(ev["external"], again["external"], "{ev}");
+
+    map.p.signal("INT").expect("SIGINT");
+    loop {
+        let ev = map.next(&lab, EVENT_SLACK);
+        match ev["event"].as_str() {
+            Some("released") => break,
+            Some("verified") | Some("renewed") => {}
+            _ => map.fail(&lab, &format!("expected `released`, got {ev}")),
+        }
+    }
+    match map.p.wait_exit(Duration::from_secs(5)) {
+        Some(s) if s.success() => {}
+        other => map.fail(&lab, &format!("pinhole map exited with {other:?}")),
+    }
+}
+
+#[test]
+fn map_verified_pcp() {
+    map_verified("pcp", 40510);
+}
+
+#[test]
+fn map_verified_natpmp() {
+    map_verified("natpmp", 40520);
+}
+
+#[test]
+fn map_verified_upnp() {
+    map_verified("upnp", 40530);
+}
+
+/// miniupnpd announces its start (PCP ANNOUNCE, multicast to 224.0.0.1:5350). `pinhole map`
+/// hears it and, within the random pause of RFC 6887 §14.1.3, re-creates the mapping (PCP:
+/// the announcement's epoch shows the restart) or renews (NAT-PMP: the renewal's epoch
+/// shows it), long before the scheduled renewal (half an hour away) would have noticed.
+fn map_hears_restart_announcement(via: &str, port: u16) {
+    if !lab_available(&format!("map_hears_announcement_{via}"), &["miniupnpd"]) {
+        return;
+    }
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve()
+        .expect("pinhole serve (miniupnpd's STUN check)");
+    lab.add_router("gw", NatConfig::port_restricted_cone(), Uplink::Internet)
+        .expect("router");
+    let host = lab.add_host("h", "gw").expect("host").clone();
+    lab.start_miniupnpd("gw").expect("miniupnpd");
+    let port_s = port.to_string();
+    let mut map = MapRun::start(
+        &lab,
+        &host.ns,
+        &["--port", &port_s, "--via", via, "--lifetime", "3600"],
+    );
+    map.expect(&lab, "mapped", EVENT_SLACK);
+    // RFC 6887 §8.5 tells a restart from the epoch once the old instance has run for more
+    // than a couple of seconds.
+    std::thread::sleep(Duration::from_secs(4));
+    lab.restart_miniupnpd("gw").expect("restarting miniupnpd");
+    let restarted = Instant::now();
+    let ev = map.next(&lab, EVENT_SLACK);
+    if ev["event"] != "lost" || ev["reason"] != "gateway-restarted" {
+        map.fail(
+            &lab,
+            &format!("expected the announced restart to be heard, got {ev}"),
+        );
+    }
+    let ev = map.expect(&lab, "mapped", EVENT_SLACK);
+    assert_eq!(ev["via"], via, "{ev}");
+    eprintln!("re-created {:?} after the restart", restarted.elapsed());
+    let ext = external(&ev);
+    if !arrives(&lab, &host.ns, port, from_internet(&lab), ext, 15) {
+        map.fail(
+            &lab,
+            &format!("nothing arrived through {ext} after the restart"),
+        );
+    }
+}
+
+#[test]
+fn map_hears_restart_announcement_pcp() {
+    map_hears_restart_announcement("pcp", 40540);
+}
+
+#[test]
+fn map_hears_restart_announcement_natpmp() {
+    map_hears_restart_announcement("natpmp", 40550);
+}

@@ -13,8 +13,8 @@ use tracing::debug;
 
 use super::{DriverError, io, os_seed};
 use crate::portmap::{
-    MapProtocol, Mapper, MapperConfig, MapperEvent, Probe, ProbeReport, UPNP_TIMEOUT, UpnpCommand,
-    UpnpResult, default_gateway_from_proc_route, natpmp,
+    ANNOUNCE_PORT, MapProtocol, Mapper, MapperConfig, MapperEvent, Probe, ProbeReport,
+    UPNP_TIMEOUT, UpnpCommand, UpnpResult, default_gateway_from_proc_route, natpmp,
 };
 use crate::{Protocol, Received};
 
@@ -217,8 +217,62 @@ async fn bind_near(target: &GatewayTarget) -> Result<(Arc<UdpSocket>, SocketAddr
     Ok((Arc::new(s), local))
 }
 
+/// Binds the port on which the gateway's announcements arrive (multicast to
+/// 224.0.0.1:[`ANNOUNCE_PORT`]), shared with other listeners (`SO_REUSEADDR` and
+/// `SO_REUSEPORT`). `None` when that is impossible (then restarts are noticed at renewals).
+fn announcement_socket(local_ip: IpAddr) -> Option<UdpSocket> {
+    let IpAddr::V4(local_v4) = local_ip else {
+        return None;
+    };
+    let bind = || -> std::io::Result<UdpSocket> {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        s.set_reuse_address(true)?;
+        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, ANNOUNCE_PORT)).into())?;
+        // Every multicast-capable interface is in 224.0.0.1 already; joining explicitly
+        // matters where sockets only hear groups they joined.
+        if let Err(e) = s.join_multicast_v4(&ANNOUNCE_GROUP, &local_v4) {
+            debug!(error = %e, "joining 224.0.0.1 failed");
+        }
+        UdpSocket::from_std(s.into())
+    };
+    match bind() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            debug!(error = %e, port = ANNOUNCE_PORT, "cannot hear gateway announcements");
+            None
+        }
+    }
+}
+
+/// The all-hosts group to which gateways announce (RFC 6887 §8.2, RFC 6886 §3.2.1).
+const ANNOUNCE_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
+
+/// Receives on `sock` if there is one; otherwise never completes.
+async fn recv_opt(
+    sock: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs a [`Mapper`] until it cannot map, `on_event` returns false, or `stop` completes;
 /// then deletes the mapping (bounded by [`RELEASE_TIMEOUT`]).
+///
+/// It also listens for the gateway's announcements on port [`ANNOUNCE_PORT`] when it can.
+/// With [`MapperConfig::verify`] set (UDP), it binds the mapped port itself
+/// (`local_ip:internal_port`) to receive the reflector's answers, so that port must be free:
+/// this is for checking a gateway, or for a socket pinhole owns; an application that maps
+/// its own socket feeds [`Mapper::handle_input`] itself instead.
 pub async fn run_mapper(
     target: GatewayTarget,
     mut config: MapperConfig,
@@ -228,10 +282,27 @@ pub async fn run_mapper(
     config.gateway = target.gateway;
     config.local_ip = target.local_ip;
     let (sock, local) = bind_near(&target).await?;
+    let verify_sock = match config.verify {
+        Some(_) if config.protocol == MapProtocol::Udp => {
+            let at = SocketAddr::new(target.local_ip, config.internal_port);
+            let s = UdpSocket::bind(at).await.map_err(io(format!(
+                "binding the mapped port {at} to receive the verification (it must be free)"
+            )))?;
+            Some(s)
+        }
+        _ => None,
+    };
+    let verify_local = match &verify_sock {
+        Some(s) => Some(s.local_addr().map_err(io("local address"))?),
+        None => None,
+    };
+    let announcements = announcement_socket(target.local_ip);
     let upnp = Upnp::new(target);
     let (upnp_tx, mut upnp_rx) = mpsc::channel::<UpnpResult>(8);
     let mut mapper = Mapper::new(Instant::now(), config, local, os_seed()?);
     let mut buf = vec![0u8; 1500];
+    let mut vbuf = vec![0u8; 1500];
+    let mut abuf = vec![0u8; 1500];
     let mut release_deadline: Option<tokio::time::Instant> = None;
     // UPnP operations in flight; dropping the set when this returns aborts them.
     let mut upnp_tasks = tokio::task::JoinSet::new();
@@ -250,7 +321,11 @@ pub async fn run_mapper(
             }
         }
         while let Some(t) = mapper.poll_transmit() {
-            if let Err(e) = sock.send_to(&t.contents, t.destination).await {
+            let via = match &verify_sock {
+                Some(v) if Some(t.source) == verify_local => v,
+                _ => &*sock,
+            };
+            if let Err(e) = via.send_to(&t.contents, t.destination).await {
                 debug!(to = %t.destination, error = %e, "send failed");
             }
         }
@@ -284,6 +359,26 @@ pub async fn run_mapper(
                     }
                 }
                 Err(e) => debug!(error = %e, "receive error"),
+            },
+            r = recv_opt(verify_sock.as_ref(), &mut vbuf) => match (r, verify_local) {
+                (Ok((n, from)), Some(destination)) => {
+                    let rx = Received { proto: Protocol::Udp, source: from, destination, contents: &vbuf[..n] };
+                    if !mapper.handle_input(Instant::now(), rx) {
+                        debug!(%from, "datagram on the mapped port that is not a verification dropped");
+                    }
+                }
+                (Err(e), _) => debug!(error = %e, "receive error on the mapped port"),
+                _ => {}
+            },
+            r = recv_opt(announcements.as_ref(), &mut abuf) => match r {
+                Ok((n, from)) => {
+                    let destination = SocketAddr::new(ANNOUNCE_GROUP.into(), ANNOUNCE_PORT);
+                    let rx = Received { proto: Protocol::Udp, source: from, destination, contents: &abuf[..n] };
+                    if !mapper.handle_input(Instant::now(), rx) {
+                        debug!(%from, "announcement not from the gateway dropped");
+                    }
+                }
+                Err(e) => debug!(error = %e, "receive error on the announcement port"),
             },
             Some(r) = upnp_rx.recv() => mapper.handle_upnp(Instant::now(), r),
             // Reap finished UPnP tasks (their answers came through the channel).

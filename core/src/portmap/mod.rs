@@ -21,12 +21,29 @@
 //!   the gateway: the mapping is reported as not reachable from the internet.
 //! - [`Mapper::release`] deletes the mapping (PCP/NAT-PMP lifetime 0, UPnP
 //!   DeletePortMapping).
+//! - With a STUN reflector ([`MapperConfig::verify`], UDP mappings), it checks that traffic
+//!   really arrives through every new mapping, after renewals and every
+//!   [`VerifyConfig::interval`] (see [`verify`]). A gateway that grants a mapping and does
+//!   not forward gets it deleted and added again ([`LossReason::NotForwarding`]); if that
+//!   does not help either, [`MapperEvent::NotForwarding`] says so.
+//! - It hears the gateway's unsolicited announcements (PCP ANNOUNCE, NAT-PMP external
+//!   address notices, multicast to 224.0.0.1:[`ANNOUNCE_PORT`], RFC 6887 §14.1.3 and
+//!   RFC 6886 §3.2.1) when the driver hands them to [`Mapper::handle_input`]. An epoch
+//!   that shows a restart of the mapping's own protocol means the mapping is lost; any
+//!   other announcement (the gateway's start seen over the other protocol, a new external
+//!   address) makes the mapper renew, and the renewal's epoch and answer tell the rest.
+//!   Either happens after a random pause of up to [`ANNOUNCE_JITTER`], so that the hosts
+//!   of a network do not all ask in the same instant; a restarted gateway is noticed in
+//!   seconds rather than at the next renewal.
 //!
 //! [`Probe`] is the netcheck side: which of the three protocols the gateway speaks, and
 //! the external address each reports, without creating any mapping.
 
 pub mod natpmp;
 pub mod pcp;
+pub mod verify;
+
+pub use verify::{VERIFY_INTERVAL, VerifyConfig};
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -60,6 +77,13 @@ pub const UPNP_HEAD_START: Duration = REQUEST_RTO;
 pub const RECREATE_RETRY_MIN: Duration = Duration::from_secs(1);
 /// The longest pause between attempts to re-create a lost mapping.
 pub const RECREATE_RETRY_MAX: Duration = Duration::from_secs(64);
+/// The port on which clients hear the gateway's unsolicited announcements, multicast to
+/// 224.0.0.1 (RFC 6887 §8.2 and §14.1.3; RFC 6886 §3.2.1).
+pub const ANNOUNCE_PORT: u16 = 5350;
+/// The longest random pause before re-creating a mapping after an announcement showed
+/// that the gateway restarted (RFC 6887 §14.1.3: up to 5 seconds, so that the hosts of a
+/// network do not all ask at once).
+pub const ANNOUNCE_JITTER: Duration = Duration::from_secs(5);
 
 /// Errors from the port-mapping codecs and machines.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,16 +252,20 @@ pub enum LossReason {
     Expired,
     /// The gateway refused the renewal.
     Refused(String),
+    /// The gateway kept the mapping but traffic stopped arriving through it (STUN
+    /// verification, [`MapperConfig::verify`]): it is deleted and added again.
+    NotForwarding,
 }
 
 impl LossReason {
-    /// A stable name for machine-readable output: `gateway-restarted`, `expired` or
-    /// `refused`.
+    /// A stable name for machine-readable output: `gateway-restarted`, `expired`,
+    /// `refused` or `not-forwarding`.
     pub fn as_str(&self) -> &'static str {
         match self {
             LossReason::GatewayRestarted => "gateway-restarted",
             LossReason::Expired => "expired",
             LossReason::Refused(_) => "refused",
+            LossReason::NotForwarding => "not-forwarding",
         }
     }
 }
@@ -248,6 +276,9 @@ impl std::fmt::Display for LossReason {
             LossReason::GatewayRestarted => f.write_str("the gateway restarted"),
             LossReason::Expired => f.write_str("renewal failed until the mapping expired"),
             LossReason::Refused(why) => write!(f, "the gateway refused the renewal: {why}"),
+            LossReason::NotForwarding => {
+                f.write_str("traffic from the STUN reflector no longer arrives through it")
+            }
         }
     }
 }
@@ -272,6 +303,17 @@ pub enum MapperEvent {
     Unavailable(String),
     /// The mapping was deleted (after [`Mapper::release`]).
     Released,
+    /// Traffic from the STUN reflector arrived through the mapping
+    /// ([`MapperConfig::verify`]).
+    Verified(Mapping),
+    /// The gateway grants the mapping, but traffic does not arrive through it, even after
+    /// deleting and adding it again. It is kept (and verified again after
+    /// [`VerifyConfig::interval`]).
+    NotForwarding(Mapping),
+    /// The mapping could not be verified: the reflector did not answer, does not implement
+    /// RFC 5780, or sees this host at another address. With no answer it is tried again
+    /// after [`VerifyConfig::interval`]; otherwise verification stops.
+    Unverified(String),
 }
 
 /// Work for the driver's UPnP client.
@@ -341,6 +383,10 @@ pub struct MapperConfig {
     pub lifetime: u32,
     /// Which protocols may be used.
     pub via: ViaChoice,
+    /// Verify UDP mappings through this STUN reflector (default: none). The mapped socket's
+    /// datagrams must then reach [`Mapper::handle_input`], and [`Mapper::poll_transmit`]
+    /// yields datagrams whose `source` is the mapped socket.
+    pub verify: Option<VerifyConfig>,
 }
 
 impl MapperConfig {
@@ -359,6 +405,7 @@ impl MapperConfig {
             suggested_external_port: 0,
             lifetime: DEFAULT_LIFETIME,
             via: ViaChoice::Any,
+            verify: None,
         }
     }
 }
@@ -470,6 +517,12 @@ impl Requests {
     }
 }
 
+/// A uniformly random pause in `[0, max)`.
+fn jitter(rng: &mut ChaCha20Rng, max: Duration) -> Duration {
+    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rng.next_u64() % max_ms)
+}
+
 /// RFC 6887 §8.5: is the server's epoch consistent with the previous one?
 fn epoch_consistent(prev: Option<(u32, Instant)>, epoch: u32, now: Instant) -> bool {
     let Some((prev_epoch, prev_at)) = prev else {
@@ -494,6 +547,8 @@ enum Support {
 enum Phase {
     Probing,
     Mapped,
+    /// Deleting a mapping that does not forward, to add it again.
+    Readding,
     Releasing,
     Released,
     Unavailable,
@@ -528,6 +583,21 @@ pub struct Mapper {
     upnp_out: VecDeque<UpnpCommand>,
     events: VecDeque<MapperEvent>,
     failures: Vec<String>,
+    /// The verification under way.
+    verification: Option<verify::Verification>,
+    /// The last finished one, whose late answers are still ours.
+    verification_past: Option<verify::Verification>,
+    /// When to verify again.
+    verify_at: Option<Instant>,
+    /// The reflector cannot verify: stop asking.
+    verify_off: bool,
+    /// The current mapping was deleted and added again because it did not forward.
+    readded: bool,
+    /// Probe answers come from the reflector's other IP and primary port instead of its
+    /// other IP and port; switched after every failed verification (see [`verify`]).
+    verify_alt_source: bool,
+    /// Verification datagrams (sent from the mapped socket).
+    verify_out: VecDeque<Transmit>,
 }
 
 impl Mapper {
@@ -561,6 +631,13 @@ impl Mapper {
             upnp_out: VecDeque::new(),
             events: VecDeque::new(),
             failures: Vec::new(),
+            verification: None,
+            verification_past: None,
+            verify_at: None,
+            verify_off: false,
+            readded: false,
+            verify_alt_source: false,
+            verify_out: VecDeque::new(),
         };
         m.start(now);
         m
@@ -691,6 +768,13 @@ impl Mapper {
     /// Deletes the mapping; [`MapperEvent::Released`] follows (also when the gateway does
     /// not answer the deletion in time).
     pub fn release(&mut self, now: Instant) {
+        self.verification = None;
+        self.verify_at = None;
+        if self.phase == Phase::Readding {
+            // The deletion is already under way.
+            self.phase = Phase::Releasing;
+            return;
+        }
         self.requests.out.clear();
         self.upnp_out.clear();
         self.upnp_probe_at = None;
@@ -720,7 +804,31 @@ impl Mapper {
 
     /// Offers a datagram that arrived on the mapper's socket; returns whether it was a
     /// PCP or NAT-PMP answer from the gateway (accepted or dropped).
+    ///
+    /// Also takes the answers to a verification (on the mapped socket, see
+    /// [`MapperConfig::verify`]) and the gateway's announcements to port
+    /// [`ANNOUNCE_PORT`].
     pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> bool {
+        if let Some(v) = self.verification.as_mut().filter(|v| v.owns(rx.contents)) {
+            if let Some(outcome) = v.handle_input(rx.contents) {
+                self.verified(now, outcome);
+            }
+            return true;
+        }
+        if self
+            .verification_past
+            .as_ref()
+            .is_some_and(|v| v.owns(rx.contents))
+        {
+            debug!("late answer to a finished verification dropped");
+            return true;
+        }
+        let announcement =
+            rx.source == self.requests.server && rx.destination.port() == ANNOUNCE_PORT;
+        if announcement {
+            self.on_announcement(now, rx.contents);
+            return true;
+        }
         if !self.requests.is_from_gateway(&rx) {
             return false;
         }
@@ -755,7 +863,7 @@ impl Mapper {
             return;
         }
         if self.requests.done(Req::PcpDelete) {
-            self.finish_release();
+            self.delete_done(now);
             return;
         }
         if !self.requests.done(Req::PcpMap) {
@@ -811,7 +919,7 @@ impl Mapper {
                     return;
                 }
                 if self.requests.done(Req::NatPmpDelete) {
-                    self.finish_release();
+                    self.delete_done(now);
                     return;
                 }
                 if !self.requests.done(Req::NatPmpMap)
@@ -830,7 +938,7 @@ impl Mapper {
                     self.natpmp = Support::Fails;
                     self.on_failure(now, Via::NatPmp, why);
                 } else if self.requests.done(Req::NatPmpDelete) {
-                    self.finish_release();
+                    self.delete_done(now);
                 } else if self.requests.done(Req::NatPmpMap) {
                     self.natpmp = Support::Fails;
                     self.on_failure(now, Via::NatPmp, why);
@@ -907,7 +1015,11 @@ impl Mapper {
             Some(o) if was_renewing => MapperEvent::Changed { old: o, new },
             _ => MapperEvent::Mapped(new),
         };
+        let fresh = !matches!(ev, MapperEvent::Renewed(_));
         self.events.push_back(ev);
+        if fresh || self.verify_at.is_some_and(|t| now >= t) {
+            self.start_verification(now);
+        }
     }
 
     fn on_failure(&mut self, now: Instant, via: Via, why: String) {
@@ -932,6 +1044,8 @@ impl Mapper {
 
     fn lose(&mut self, now: Instant, reason: LossReason) {
         self.events.push_back(MapperEvent::Lost(reason));
+        self.verification = None;
+        self.verify_at = None;
         self.mapping = None;
         self.requests.out.clear();
         self.recreating = true;
@@ -1003,14 +1117,10 @@ impl Mapper {
                     self.mapped(now, Via::Upnp, external, lifetime);
                 }
             }
-            UpnpResult::Deleted => {
-                if self.phase == Phase::Releasing {
-                    self.finish_release();
-                }
-            }
+            UpnpResult::Deleted => self.delete_done(now),
             UpnpResult::Failed(why) => {
-                if self.phase == Phase::Releasing {
-                    self.finish_release();
+                if matches!(self.phase, Phase::Releasing | Phase::Readding) {
+                    self.delete_done(now);
                     return;
                 }
                 self.upnp = Support::Fails;
@@ -1021,13 +1131,199 @@ impl Mapper {
 
     fn finish_release(&mut self) {
         self.mapping = None;
+        self.verification = None;
         self.requests.out.clear();
         self.phase = Phase::Released;
         self.events.push_back(MapperEvent::Released);
     }
 
+    /// A deletion finished (answered or given up): released, or add the mapping again.
+    fn delete_done(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Releasing => self.finish_release(),
+            Phase::Readding => {
+                // The mapping stays known, so that the same external port is asked for.
+                self.requests.out.clear();
+                self.recreating = true;
+                self.start(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// An unsolicited message to [`ANNOUNCE_PORT`] from the gateway.
+    fn on_announcement(&mut self, now: Instant, contents: &[u8]) {
+        let (via, epoch) = match contents.first() {
+            Some(&pcp::VERSION) => match pcp::Response::parse(contents) {
+                Ok(r) if r.opcode == pcp::Opcode::Announce => (Via::Pcp, r.epoch),
+                Ok(_) => {
+                    debug!("unsolicited PCP message other than ANNOUNCE dropped");
+                    return;
+                }
+                Err(e) => {
+                    debug!(error = %e, "malformed PCP announcement dropped");
+                    return;
+                }
+            },
+            Some(&natpmp::VERSION) => match natpmp::Response::parse(contents) {
+                Ok(natpmp::Response {
+                    result: natpmp::ResultCode::SUCCESS,
+                    epoch,
+                    body: natpmp::ResponseBody::ExternalAddress(_),
+                }) => (Via::NatPmp, epoch),
+                Ok(_) => {
+                    debug!("unsolicited NAT-PMP message other than an address notice dropped");
+                    return;
+                }
+                Err(e) => {
+                    debug!(error = %e, "malformed NAT-PMP announcement dropped");
+                    return;
+                }
+            },
+            _ => {
+                debug!("announcement that is neither PCP nor NAT-PMP dropped");
+                return;
+            }
+        };
+        let slot = match via {
+            Via::Pcp => &mut self.pcp_epoch,
+            _ => &mut self.natpmp_epoch,
+        };
+        let consistent = epoch_consistent(*slot, epoch, now);
+        *slot = Some((epoch, now));
+        let Some(m) = self.mapping.filter(|_| self.phase == Phase::Mapped) else {
+            return;
+        };
+        if !consistent && m.via == via {
+            let pause = jitter(&mut self.rng, ANNOUNCE_JITTER);
+            debug!(
+                via = via.as_str(),
+                epoch,
+                ?pause,
+                "the gateway announced a restart; re-creating the mapping"
+            );
+            self.events
+                .push_back(MapperEvent::Lost(LossReason::GatewayRestarted));
+            self.verification = None;
+            self.verify_at = None;
+            self.mapping = None;
+            self.requests.out.clear();
+            self.renewing = false;
+            self.recreating = true;
+            self.phase = Phase::Probing;
+            self.retry_at = Some(now + pause);
+            return;
+        }
+        // Anything else the gateway announces (its start, over a protocol the mapping does
+        // not use; a new external address, RFC 6886 §3.2.1) is checked by renewing soon:
+        // the renewal's epoch tells a restart, its answer the external address.
+        let at = now + jitter(&mut self.rng, ANNOUNCE_JITTER);
+        if !self.renewing && m.renew_at > at {
+            debug!(
+                via = via.as_str(),
+                ?at,
+                "gateway announcement: renewing soon"
+            );
+            if let Some(m) = self.mapping.as_mut() {
+                m.renew_at = at;
+            }
+        }
+    }
+
+    /// Verifies the current mapping if that is configured and possible.
+    fn start_verification(&mut self, now: Instant) {
+        let (Some(cfg), Some(m)) = (self.config.verify, self.mapping) else {
+            return;
+        };
+        if self.verify_off || self.config.protocol != MapProtocol::Udp {
+            return;
+        }
+        if !m.reachable {
+            debug!("mapping behind another NAT: not verified");
+            return;
+        }
+        self.verify_at = None;
+        self.verification = Some(verify::Verification::start(
+            now,
+            &mut self.rng,
+            m.external,
+            m.internal,
+            cfg.reflector,
+            self.verify_alt_source,
+            &mut self.verify_out,
+        ));
+    }
+
+    /// What a verification found.
+    fn verified(&mut self, now: Instant, outcome: verify::Outcome) {
+        self.verification_past = self.verification.take();
+        let Some(m) = self.mapping.filter(|_| self.phase == Phase::Mapped) else {
+            return;
+        };
+        let interval = self.config.verify.map_or(VERIFY_INTERVAL, |v| v.interval);
+        match outcome {
+            verify::Outcome::Forwarding => {
+                self.readded = false;
+                self.verify_at = Some(now + interval);
+                self.events.push_back(MapperEvent::Verified(m));
+            }
+            verify::Outcome::NotForwarding if !self.readded => {
+                debug!(
+                    via = m.via.as_str(),
+                    "nothing arrives through the mapping: deleting and adding it again"
+                );
+                self.readded = true;
+                self.verify_alt_source = !self.verify_alt_source;
+                self.events
+                    .push_back(MapperEvent::Lost(LossReason::NotForwarding));
+                self.phase = Phase::Readding;
+                self.renewing = false;
+                self.requests.out.clear();
+                match m.via {
+                    Via::Pcp => self.send_pcp_map(now, 0),
+                    Via::NatPmp => self.send_natpmp_map(now, 0),
+                    Via::Upnp => {
+                        self.upnp_busy = true;
+                        self.upnp_out.push_back(UpnpCommand::Delete {
+                            protocol: m.protocol,
+                            external_port: m.external.port(),
+                        });
+                    }
+                }
+            }
+            verify::Outcome::NotForwarding => {
+                self.readded = false;
+                self.verify_alt_source = !self.verify_alt_source;
+                self.verify_at = Some(now + interval);
+                self.events.push_back(MapperEvent::NotForwarding(m));
+            }
+            verify::Outcome::Silent => {
+                self.verify_at = Some(now + interval);
+                self.events.push_back(MapperEvent::Unverified(
+                    "the STUN reflector did not answer".into(),
+                ));
+            }
+            verify::Outcome::Unsupported(why) => {
+                self.verify_off = true;
+                self.events.push_back(MapperEvent::Unverified(why));
+            }
+        }
+    }
+
     /// Retransmissions, timeouts, renewals, the UPnP discovery's start and retries.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(v) = self.verification.as_mut()
+            && let Some(outcome) = v.handle_timeout(now, &mut self.verify_out)
+        {
+            self.verified(now, outcome);
+        }
+        if self.phase == Phase::Mapped
+            && self.verification.is_none()
+            && !self.renewing
+            && self.verify_at.is_some_and(|t| now >= t)
+        {
+            self.start_verification(now);
+        }
         if self.phase == Phase::Probing {
             if self.retry_at.is_some_and(|t| now >= t) {
                 // Every allowed protocol again, in parallel, as at first.
@@ -1064,7 +1360,7 @@ impl Mapper {
                     }
                     self.natpmp = Support::Fails;
                 }
-                Req::PcpDelete | Req::NatPmpDelete => self.finish_release(),
+                Req::PcpDelete | Req::NatPmpDelete => self.delete_done(now),
                 Req::PcpAnnounce => {}
             }
         }
@@ -1098,10 +1394,13 @@ impl Mapper {
         }
     }
 
-    /// The next datagram for the gateway.
+    /// The next datagram: for the gateway, or (verification) for the STUN reflector.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.requests.transmits.pop_front()
+        self.requests
+            .transmits
+            .pop_front()
+            .or_else(|| self.verify_out.pop_front())
     }
 
     /// The next UPnP operation for the driver; answer it with [`Mapper::handle_upnp`]
@@ -1120,9 +1419,11 @@ impl Mapper {
         };
         let probing = match self.phase {
             Phase::Probing => [self.upnp_probe_at, self.retry_at],
+            Phase::Mapped => [self.verify_at, None],
             _ => [None, None],
         };
-        [self.requests.next_deadline(), renew]
+        let verifying = self.verification.as_ref().map(|v| v.deadline());
+        [self.requests.next_deadline(), renew, verifying]
             .into_iter()
             .chain(probing)
             .flatten()

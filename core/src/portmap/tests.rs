@@ -25,6 +25,10 @@ struct FakeGateway {
     /// Switched off (rebooting): answers nothing.
     down: bool,
     requests: Vec<Vec<u8>>,
+    /// Whether inbound traffic reaches the mapping (a router can stop silently).
+    forwarding: bool,
+    /// Whether deleting a mapping (and adding it again) makes it forward again.
+    readd_fixes: bool,
 }
 
 impl FakeGateway {
@@ -40,6 +44,8 @@ impl FakeGateway {
             natpmp_result: natpmp::ResultCode::SUCCESS,
             down: false,
             requests: Vec::new(),
+            forwarding: true,
+            readd_fixes: true,
         }
     }
 
@@ -55,6 +61,9 @@ impl FakeGateway {
         match req.first()? {
             2 if self.pcp => {
                 let r = pcp::Request::parse(req).ok()?;
+                if r.lifetime == 0 && self.readd_fixes {
+                    self.forwarding = true;
+                }
                 let data = match r.data {
                     pcp::OpData::Map(mut m) => {
                         if m.external_port == 0 {
@@ -117,6 +126,9 @@ impl FakeGateway {
                         suggested_external_port,
                         lifetime,
                     } => {
+                        if lifetime == 0 && self.readd_fixes {
+                            self.forwarding = true;
+                        }
                         let external_port = if suggested_external_port == 0 {
                             self.next_port += 1;
                             self.next_port
@@ -147,6 +159,50 @@ impl FakeGateway {
 
 type UpnpFake = Box<dyn FnMut(&UpnpCommand) -> Option<UpnpResult>>;
 
+const REFLECTOR: &str = "198.51.100.9:3478";
+
+/// What the fake STUN reflector does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reflector {
+    /// RFC 5780: answers the probe toward the mapping's external port.
+    Rfc5780,
+    /// A plain RFC 8489 server: 420 to CHANGE-REQUEST / RESPONSE-PORT.
+    Plain,
+    /// Answers nothing.
+    Silent,
+}
+
+/// The reflector's answer to `req` (from the mapped socket), if it arrives there.
+fn reflect(kind: Reflector, gw: &FakeGateway, req: &[u8]) -> Option<Vec<u8>> {
+    use crate::stun::attributes::{ErrorCode, ResponsePort, XorMappedAddress};
+    use crate::stun::{MessageBuilder, MessageType};
+    let m = crate::stun::Message::parse(req).ok()?;
+    let probe = m.get::<ResponsePort>().ok()?.is_some();
+    let mut buf = [0u8; 128];
+    let bytes = match kind {
+        Reflector::Silent => return None,
+        Reflector::Plain if probe => {
+            let mut b =
+                MessageBuilder::new(&mut buf, MessageType::BINDING_ERROR, m.transaction_id())
+                    .ok()?;
+            b.add(&ErrorCode::UNKNOWN_ATTRIBUTE).ok()?;
+            b.finish().to_vec()
+        }
+        // The probe's answer goes to the external port from another address: it arrives
+        // only if the gateway forwards.
+        Reflector::Rfc5780 if probe && !gw.forwarding => return None,
+        _ => {
+            let mut b =
+                MessageBuilder::new(&mut buf, MessageType::BINDING_SUCCESS, m.transaction_id())
+                    .ok()?;
+            let reflexive = SocketAddr::new(IpAddr::V4(gw.external), 5000);
+            b.add(&XorMappedAddress(reflexive)).ok()?;
+            b.finish().to_vec()
+        }
+    };
+    Some(bytes)
+}
+
 struct Harness {
     t0: Instant,
     now: Instant,
@@ -158,6 +214,9 @@ struct Harness {
     /// When each UPnP command was issued.
     upnp_at: Vec<Duration>,
     rtt: Duration,
+    reflector: Reflector,
+    /// Requests the reflector received.
+    reflected: usize,
 }
 
 fn source() -> SocketAddr {
@@ -184,18 +243,58 @@ impl Harness {
             upnp_seen: Vec::new(),
             upnp_at: Vec::new(),
             rtt: Duration::from_millis(2),
+            reflector: Reflector::Rfc5780,
+            reflected: 0,
         }
+    }
+
+    /// A harness whose mapper verifies through [`REFLECTOR`] every `interval`.
+    fn verifying(interval: Duration) -> Self {
+        let mut h = Self::new(true, true, ViaChoice::Any);
+        let mut config = h.mapper.config.clone();
+        config.verify = Some(VerifyConfig {
+            reflector: REFLECTOR.parse().unwrap(),
+            interval,
+        });
+        h.mapper = Mapper::new(h.t0, config, source(), [3; 32]);
+        h
+    }
+
+    /// The mapped socket (the verification's source).
+    fn mapped_socket() -> SocketAddr {
+        SocketAddr::new(LOCAL.parse().unwrap(), 5000)
+    }
+
+    /// Delivers an announcement from `from` to 224.0.0.1:5350 now.
+    fn announce(&mut self, from: SocketAddr, bytes: &[u8]) -> bool {
+        let rx = Received {
+            proto: crate::Protocol::Udp,
+            source: from,
+            destination: SocketAddr::new(Ipv4Addr::new(224, 0, 0, 1).into(), ANNOUNCE_PORT),
+            contents: bytes,
+        };
+        self.mapper.handle_input(self.now, rx)
     }
 
     /// Runs until `until` (virtual), delivering datagrams after one RTT.
     fn run_until(&mut self, until: Duration) {
         let end = self.t0 + until;
-        let mut in_flight: Vec<(Instant, Vec<u8>)> = Vec::new();
+        let gw_addr = SocketAddr::new(GW.parse().unwrap(), 5351);
+        let mut in_flight: Vec<(Instant, Vec<u8>, SocketAddr, SocketAddr)> = Vec::new();
         for _ in 0..100_000 {
             while let Some(t) = self.mapper.poll_transmit() {
-                assert_eq!(t.destination, SocketAddr::new(GW.parse().unwrap(), 5351));
+                if t.destination == REFLECTOR.parse().unwrap() {
+                    assert_eq!(t.source, Self::mapped_socket());
+                    self.reflected += 1;
+                    if let Some(resp) = reflect(self.reflector, &self.gw, &t.contents) {
+                        let from = REFLECTOR.parse().unwrap();
+                        in_flight.push((self.now + self.rtt, resp, from, t.source));
+                    }
+                    continue;
+                }
+                assert_eq!(t.destination, gw_addr);
                 if let Some(resp) = self.gw.answer(self.now, &t.contents) {
-                    in_flight.push((self.now + self.rtt, resp));
+                    in_flight.push((self.now + self.rtt, resp, gw_addr, source()));
                 }
             }
             while let Some(cmd) = self.mapper.poll_upnp() {
@@ -232,11 +331,11 @@ impl Harness {
                 .cloned()
                 .collect();
             in_flight.retain(|f| f.0 > self.now);
-            for (_, bytes) in due {
+            for (_, bytes, from, to) in due {
                 let rx = Received {
                     proto: crate::Protocol::Udp,
-                    source: SocketAddr::new(GW.parse().unwrap(), 5351),
-                    destination: source(),
+                    source: from,
+                    destination: to,
                     contents: &bytes,
                 };
                 assert!(self.mapper.handle_input(self.now, rx));
@@ -726,4 +825,216 @@ fn routability() {
     ] {
         assert_eq!(is_publicly_routable(ip.parse().unwrap()), public, "{ip}");
     }
+}
+
+fn names(h: &Harness) -> Vec<&'static str> {
+    h.events
+        .iter()
+        .map(|(_, e)| match e {
+            MapperEvent::Mapped(_) => "mapped",
+            MapperEvent::Renewed(_) => "renewed",
+            MapperEvent::Changed { .. } => "changed",
+            MapperEvent::Lost(r) => r.as_str(),
+            MapperEvent::Unavailable(_) => "unavailable",
+            MapperEvent::Released => "released",
+            MapperEvent::Verified(_) => "verified",
+            MapperEvent::NotForwarding(_) => "not-forwarding",
+            MapperEvent::Unverified(_) => "unverified",
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_mapping_is_verified_through_the_reflector() {
+    let mut h = Harness::verifying(Duration::from_secs(30));
+    h.run_until(Duration::from_secs(1));
+    assert_eq!(names(&h), ["mapped", "verified"], "{:?}", h.events);
+    // One round trip to the gateway, one to the reflector.
+    assert_eq!(h.events[1].0, Duration::from_millis(4));
+    // Probe and control, each once.
+    assert_eq!(h.reflected, 2);
+    // Verified again every interval.
+    h.run_until(Duration::from_secs(61));
+    assert_eq!(names(&h), ["mapped", "verified", "verified", "verified"]);
+}
+
+#[test]
+fn a_mapping_that_stops_forwarding_is_deleted_and_added_again() {
+    let mut h = Harness::verifying(Duration::from_secs(30));
+    h.run_until(Duration::from_secs(10));
+    let requests_before = h.gw.requests.len();
+    let MapperEvent::Mapped(first) = h.events[0].1 else {
+        panic!("{:?}", h.events)
+    };
+    // The router drops its forwarding rule without telling anybody.
+    h.gw.forwarding = false;
+    h.run_until(Duration::from_secs(35));
+    assert_eq!(
+        names(&h),
+        ["mapped", "verified", "not-forwarding", "mapped", "verified"],
+        "{:?}",
+        h.events
+    );
+    // Deleted (PCP lifetime 0) first, then added again asking for the same port.
+    let sent: Vec<pcp::Request> = h.gw.requests[requests_before..]
+        .iter()
+        .filter_map(|r| pcp::Request::parse(r).ok())
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0].lifetime, 0);
+    assert!(sent[1].lifetime > 0);
+    let MapperEvent::Mapped(again) = h.events[3].1 else {
+        unreachable!()
+    };
+    assert_eq!(again.external, first.external);
+}
+
+#[test]
+fn a_gateway_that_never_forwards_is_reported_once_per_interval() {
+    let mut h = Harness::verifying(Duration::from_secs(30));
+    h.gw.forwarding = false;
+    h.gw.readd_fixes = false;
+    h.run_until(Duration::from_secs(10));
+    assert_eq!(
+        names(&h),
+        ["mapped", "not-forwarding", "mapped", "not-forwarding"],
+        "{:?}",
+        h.events
+    );
+    let MapperEvent::NotForwarding(m) = h.events[3].1 else {
+        unreachable!()
+    };
+    // Kept: it may still work for other senders; tried again after the interval.
+    assert_eq!(h.mapper.mapping(), Some(&m));
+    h.run_until(Duration::from_secs(45));
+    assert_eq!(
+        names(&h)[4..],
+        ["not-forwarding", "mapped", "not-forwarding"]
+    );
+}
+
+#[test]
+fn a_reflector_without_rfc5780_stops_verification() {
+    let mut h = Harness::verifying(Duration::from_secs(30));
+    h.reflector = Reflector::Plain;
+    h.run_until(Duration::from_secs(100));
+    assert_eq!(names(&h), ["mapped", "unverified"], "{:?}", h.events);
+    let MapperEvent::Unverified(why) = &h.events[1].1 else {
+        unreachable!()
+    };
+    assert!(why.contains("420") && why.contains("RFC 5780"), "{why}");
+    assert_eq!(h.reflected, 2, "no further verification");
+}
+
+#[test]
+fn a_silent_reflector_leaves_the_mapping_alone_and_is_asked_again() {
+    let mut h = Harness::verifying(Duration::from_secs(30));
+    h.reflector = Reflector::Silent;
+    h.run_until(Duration::from_secs(10));
+    assert_eq!(names(&h), ["mapped", "unverified"], "{:?}", h.events);
+    // RFC 6886's schedule: 3 sends each of probe and control, then the last wait.
+    assert_eq!(h.reflected, 6);
+    assert_eq!(h.events[1].0, Duration::from_millis(2 + 250 + 500 + 1000));
+    h.reflector = Reflector::Rfc5780;
+    h.run_until(Duration::from_secs(40));
+    assert_eq!(names(&h), ["mapped", "unverified", "verified"]);
+}
+
+#[test]
+fn tcp_mappings_and_unreachable_ones_are_not_verified() {
+    let mut h = Harness::verifying(Duration::from_secs(30));
+    let mut config = h.mapper.config.clone();
+    config.protocol = MapProtocol::Tcp;
+    h.mapper = Mapper::new(h.t0, config, source(), [3; 32]);
+    h.run_until(Duration::from_secs(40));
+    assert_eq!(names(&h), ["mapped"]);
+    let mut h = Harness::verifying(Duration::from_secs(30));
+    h.gw.external = Ipv4Addr::new(100, 64, 0, 7);
+    h.run_until(Duration::from_secs(40));
+    assert_eq!(names(&h), ["mapped"]);
+    assert_eq!(h.reflected, 0);
+}
+
+/// PCP ANNOUNCE from the gateway (opcode 0, response bit), as a restarted server sends.
+fn pcp_announce(epoch: u32) -> Vec<u8> {
+    let resp = pcp::Response {
+        result: pcp::ResultCode::SUCCESS,
+        lifetime: 0,
+        epoch,
+        opcode: pcp::Opcode::Announce,
+        data: None,
+    };
+    let mut b = [0u8; 64];
+    let n = resp.emit(&mut b).unwrap();
+    b[..n].to_vec()
+}
+
+#[test]
+fn an_announced_restart_recreates_the_mapping_at_once() {
+    let mut h = Harness::new(true, true, ViaChoice::Any);
+    h.run_until(Duration::from_secs(100));
+    assert_eq!(names(&h), ["mapped"]);
+    // The gateway restarts and announces it (epoch 0); the next renewal is an hour away.
+    h.gw.started = h.now;
+    h.gw.next_port = 63000;
+    let gw = SocketAddr::new(GW.parse().unwrap(), 5351);
+    assert!(h.announce(gw, &pcp_announce(0)));
+    let announced = h.now - h.t0;
+    h.run_until(Duration::from_secs(110));
+    assert_eq!(
+        names(&h),
+        ["mapped", "gateway-restarted", "mapped"],
+        "{:?}",
+        h.events
+    );
+    assert_eq!(h.events[1].0, announced);
+    let again = h.events[2].0 - announced;
+    assert!(
+        again <= ANNOUNCE_JITTER + Duration::from_millis(2),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn announcements_that_are_consistent_spoofed_or_malformed_change_nothing() {
+    let mut h = Harness::new(true, true, ViaChoice::Any);
+    h.run_until(Duration::from_secs(100));
+    let gw = SocketAddr::new(GW.parse().unwrap(), 5351);
+    // A consistent epoch: nothing happened.
+    let epoch = h.gw.epoch(h.now);
+    assert!(h.announce(gw, &pcp_announce(epoch)));
+    // A restart claimed by another host on the network: not the gateway, not taken.
+    let other = SocketAddr::new("192.168.1.66".parse().unwrap(), 5351);
+    assert!(!h.announce(other, &pcp_announce(0)));
+    // Garbage from the gateway: taken (it is the gateway's) and dropped.
+    assert!(h.announce(gw, &[2, 0x80, 0]));
+    assert!(h.announce(gw, &[0, 0x80, 0, 0, 0, 0, 0, 1]));
+    assert!(h.announce(gw, &[9; 40]));
+    h.run_until(Duration::from_secs(200));
+    // The consistent announcement is checked with one early renewal.
+    assert_eq!(names(&h), ["mapped", "renewed"], "{:?}", h.events);
+    assert!(h.events[1].0 <= Duration::from_secs(100) + ANNOUNCE_JITTER);
+}
+
+#[test]
+fn a_natpmp_address_notice_with_a_new_address_renews_soon() {
+    let mut h = Harness::new(false, true, ViaChoice::Any);
+    h.run_until(Duration::from_secs(100));
+    assert_eq!(names(&h), ["mapped"]);
+    h.gw.external = Ipv4Addr::new(203, 0, 113, 99);
+    let notice = natpmp::Response {
+        result: natpmp::ResultCode::SUCCESS,
+        epoch: h.gw.epoch(h.now),
+        body: natpmp::ResponseBody::ExternalAddress(h.gw.external),
+    };
+    let mut b = [0u8; 16];
+    let n = notice.emit(&mut b);
+    let gw = SocketAddr::new(GW.parse().unwrap(), 5351);
+    assert!(h.announce(gw, &b[..n]));
+    h.run_until(Duration::from_secs(106));
+    assert_eq!(names(&h), ["mapped", "changed"], "{:?}", h.events);
+    let MapperEvent::Changed { new, .. } = &h.events[1].1 else {
+        unreachable!()
+    };
+    assert_eq!(new.external.ip(), IpAddr::V4(h.gw.external));
 }
