@@ -356,8 +356,9 @@ impl TurnAllocation {
     }
 
     /// Deallocates and waits until the allocation has ended (at most a few seconds: the
-    /// deallocation is bounded). The listener gets `Deallocated` (or `Lost`) first.
-    pub async fn close(&self) {
+    /// deallocation is bounded). The listener gets `Deallocated` (or `Lost`) first. Not to
+    /// be awaited inside the listener (it would wait for itself): use `deallocate` there.
+    pub async fn release(&self) {
         self.deallocate();
         let mut finished = self.finished.clone();
         let _ = finished.wait_for(|f| *f).await;

@@ -529,7 +529,7 @@ impl std::fmt::Debug for TurnConfig {
 pub enum TurnEvent {
     /// The allocation exists.
     Allocated {
-        /// The relayed addresses (two with [`RelayedFamily::Dual`]).
+        /// The relayed addresses (two with the `Dual` family).
         relayed: Vec<String>,
         /// This host's address as the server saw it.
         mapped: Option<String>,
