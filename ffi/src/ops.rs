@@ -672,3 +672,105 @@ pub(crate) fn turn_send_args(peer: &str, len: usize) -> Result<SocketAddr, Pinho
     }
     Ok(peer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TurnConfig {
+        TurnConfig {
+            uri: "turn:127.0.0.1:3478".into(),
+            username: "user".into(),
+            password: Some("pw".into()),
+            secret: None,
+            rest_ttl_secs: 0,
+            lifetime_secs: 0,
+            family: None,
+            ca_pem: None,
+        }
+    }
+
+    #[test]
+    fn turn_plans_check_their_arguments() {
+        let plan = TurnPlan::new(&config()).unwrap();
+        assert_eq!(plan.config.lifetime, Duration::from_secs(600));
+        assert_eq!(plan.config.credentials.username, "user");
+
+        let rest = TurnPlan::new(&TurnConfig {
+            password: None,
+            secret: Some("s".into()),
+            ..config()
+        })
+        .unwrap();
+        assert!(rest.config.credentials.username.ends_with(":user"));
+
+        let bad = |c: TurnConfig| TurnPlan::new(&c).unwrap_err();
+        for c in [
+            TurnConfig {
+                password: None,
+                ..config()
+            },
+            TurnConfig {
+                secret: Some("s".into()),
+                ..config()
+            },
+            TurnConfig {
+                username: String::new(),
+                ..config()
+            },
+            TurnConfig {
+                uri: "stun:127.0.0.1".into(),
+                ..config()
+            },
+            TurnConfig {
+                uri: format!("turn:{}", "a".repeat(600)),
+                ..config()
+            },
+        ] {
+            assert!(matches!(bad(c), PinholeError::InvalidArgument(_)));
+        }
+        let tls = TurnPlan::new(&TurnConfig {
+            uri: "turns:127.0.0.1".into(),
+            ..config()
+        });
+        assert_eq!(tls.is_err(), !cfg!(feature = "tls"));
+        if let Err(e) = tls {
+            assert!(matches!(e, PinholeError::Unsupported(_)));
+        }
+    }
+
+    #[test]
+    fn turn_configs_never_show_credentials() {
+        let c = TurnConfig {
+            secret: Some("the-secret".into()),
+            password: Some("the-password".into()),
+            ..config()
+        };
+        let text = format!("{c:?} {:?}", TurnPlan::new(&config()).unwrap());
+        assert!(!text.contains("the-secret") && !text.contains("the-password"));
+        assert!(!text.contains("\"pw\""), "{text}");
+    }
+
+    #[test]
+    fn turn_errors_are_typed() {
+        use pinhole::turn::TurnError;
+        let code = |e: TurnError| PinholeError::from(e).code();
+        use crate::capi::*;
+        assert_eq!(code(TurnError::Unauthenticated), PINHOLE_ERR_AUTH);
+        assert_eq!(code(TurnError::WrongCredentials), PINHOLE_ERR_AUTH);
+        assert_eq!(code(TurnError::AllocationQuotaReached), PINHOLE_ERR_REFUSED);
+        assert_eq!(
+            code(TurnError::ServerError {
+                code: 500,
+                reason: "x".into()
+            }),
+            PINHOLE_ERR_REFUSED
+        );
+        assert_eq!(code(TurnError::TimedOut), PINHOLE_ERR_TIMEOUT);
+        assert_eq!(code(TurnError::NoAllocation), PINHOLE_ERR_NOT_AVAILABLE);
+        assert_eq!(code(TurnError::FramingLost), PINHOLE_ERR_IO);
+        assert!(turn_send_args("127.0.0.1:9", MAX_TURN_DATA).is_ok());
+        assert!(turn_send_args("127.0.0.1:9", MAX_TURN_DATA + 1).is_err());
+        assert!(turn_send_args("127.0.0.1", 1).is_err());
+    }
+}
