@@ -3,8 +3,9 @@
 //!
 //! Threads: a listener's methods are called on the operation's own Rust thread (named
 //! `pinhole-netcheck`, `pinhole-portmap` or `pinhole-turn`), one at a time and in order;
-//! never on the caller's thread. A listener may call back into this API, including cancelling or
-//! releasing its own operation. The logger is called from any thread, possibly
+//! never on the caller's thread. A listener may call back into this API, including
+//! cancelling or releasing its own operation (but not wait there for it to end, as
+//! the async `release` methods do). The logger is called from any thread, possibly
 //! concurrently, and must not block for long.
 
 use std::sync::{Arc, Mutex};
@@ -278,7 +279,7 @@ pub trait TurnListener: Send + Sync {
     fn on_data(&self, peer: String, data: Vec<u8>);
 }
 
-/// A TURN allocation (RFC 8656): a relayed address on the server, refreshed until closed.
+/// A TURN allocation (RFC 8656): a relayed address on the server, refreshed until released.
 /// Made by [`allocate_turn`]. Dropping it deallocates in the background.
 #[derive(uniffi::Object)]
 pub struct TurnAllocation {
@@ -323,7 +324,7 @@ impl TurnAllocation {
         self.mapped.clone()
     }
 
-    /// Installs a permission for a peer's IP address (refreshed until closed), so that its
+    /// Installs a permission for a peer's IP address (refreshed until the end), so that its
     /// datagrams reach this host; returns once the server has confirmed it. Errors:
     /// `InvalidArgument`, `NotAvailable` (the allocation ended), the server's refusal.
     pub async fn create_permission(&self, peer_ip: String) -> Result<(), PinholeError> {
