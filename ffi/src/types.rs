@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use pinhole::netcheck::{Behaviour, NetcheckEvent, Report};
 use pinhole::portmap::{LossReason, MapProtocol, MapperEvent, Mapping, ProbeReport, Via};
-use pinhole::turn::{AllocationEvent, RequestedFamily};
 
 use crate::error::PinholeError;
 
@@ -468,8 +467,9 @@ pub enum RelayedFamily {
     Dual,
 }
 
-impl From<RelayedFamily> for RequestedFamily {
+impl From<RelayedFamily> for pinhole::turn::RequestedFamily {
     fn from(f: RelayedFamily) -> Self {
+        use pinhole::turn::RequestedFamily;
         match f {
             RelayedFamily::Ipv4 => RequestedFamily::V4,
             RelayedFamily::Ipv6 => RequestedFamily::V6,
@@ -586,7 +586,8 @@ pub enum TurnEvent {
 
 impl TurnEvent {
     /// The event for a core allocation event, with the typed error of a failure.
-    pub(crate) fn from_core(ev: AllocationEvent) -> (Self, Option<PinholeError>) {
+    pub(crate) fn from_core(ev: pinhole::turn::AllocationEvent) -> (Self, Option<PinholeError>) {
+        use pinhole::turn::AllocationEvent;
         let failed = |e: pinhole::turn::TurnError| {
             let reason = e.to_string();
             (reason, Some(PinholeError::from(e)))
