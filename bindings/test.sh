@@ -16,8 +16,10 @@
 #
 # bindings/setup.sh installs the tools first (idempotent: quick when they are there; the
 # chroot and kotlinc live outside the clone, under PINHOLE_TOOLS=/opt/pinhole-tools). The
-# C, Kotlin and Swift tests talk to a `pinhole serve` started here on 127.0.0.1/127.0.0.2;
-# the port-mapping tests point at 127.0.0.9, where no gateway listens. Nothing contacts
+# C, Kotlin and Swift tests talk to a `pinhole serve` started here on 127.0.0.1/127.0.0.2
+# and to a `pinhole serve --turn` on 127.0.0.1 (TURN over UDP, long-term and REST
+# credentials, relaying on 127.0.0.1); the port-mapping tests point at 127.0.0.9, where no
+# gateway listens. Nothing contacts
 # this machine's real gateway or any public server.
 #
 # With CI=true nothing may be skipped: a tool that cannot be set up fails the run. Without
@@ -61,6 +63,7 @@ setup() {
 # ---- pinhole serve on loopback ----
 
 serve_pid=
+turn_pid=
 mounted=()
 cleanup() {
     local m
@@ -73,6 +76,11 @@ cleanup() {
         kill "$serve_pid" 2>/dev/null || true
         wait "$serve_pid" 2>/dev/null || true
         serve_pid=
+    fi
+    if [ -n "$turn_pid" ]; then
+        kill "$turn_pid" 2>/dev/null || true
+        wait "$turn_pid" 2>/dev/null || true
+        turn_pid=
     fi
 }
 trap cleanup EXIT INT TERM
@@ -106,6 +114,7 @@ start_serve() {
     mkdir -p "$BUILD"
     for _ in 1 2 3 4 5; do
         read -r p1 p2 p3 <<<"$(free_ports 3)"
+        : >"$log"
         "$TARGET/debug/pinhole" serve --primary "127.0.0.1:$p1" --alternate "127.0.0.2:$p2" >"$log" 2>&1 &
         serve_pid=$!
         for _ in $(seq 50); do
@@ -126,6 +135,40 @@ start_serve() {
     done
     cat "$log"
     echo "bindings: cannot start pinhole serve" >&2
+    exit 1
+}
+
+# The TURN server's credentials: test values, for loopback only.
+TURN_URI=
+TURN_USER=pinhole
+TURN_PASSWORD=loopback-only-password
+TURN_SECRET=loopback-only-rest-secret
+start_turn() {
+    [ -n "$turn_pid" ] && return 0
+    local log=$BUILD/serve-turn.log p
+    mkdir -p "$BUILD"
+    for _ in 1 2 3 4 5; do
+        read -r p <<<"$(free_ports 1)"
+        : >"$log"
+        "$TARGET/debug/pinhole" serve --turn --primary "127.0.0.1:$p" \
+            --user "$TURN_USER:$TURN_PASSWORD" --secret "$TURN_SECRET" >"$log" 2>&1 &
+        turn_pid=$!
+        for _ in $(seq 50); do
+            grep -q '^listening' "$log" && break
+            kill -0 "$turn_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if grep -q '^listening' "$log"; then
+            TURN_URI=turn:127.0.0.1:$p
+            echo "pinhole serve --turn on 127.0.0.1:$p (pid $turn_pid)"
+            return 0
+        fi
+        kill "$turn_pid" 2>/dev/null || true
+        wait "$turn_pid" 2>/dev/null || true
+        turn_pid=
+    done
+    cat "$log"
+    echo "bindings: cannot start pinhole serve --turn" >&2
     exit 1
 }
 
@@ -165,6 +208,8 @@ part_c() {
     setup c || return 0
     build
     start_serve
+    start_turn
+    local turn_args=("$TURN_URI" "$TURN_USER" "$TURN_PASSWORD" "$TURN_SECRET")
     local out=$TARGET/bindings-c
     mkdir -p "$out"
     export PKG_CONFIG_PATH=$BUILD
@@ -176,7 +221,8 @@ part_c() {
         $(pkg-config --cflags pinhole) -
     valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect,possible \
         --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99 \
-        --log-file="$out/valgrind.log" "$out/test" "$STUN_URI" "$SILENT_URI" | tee "$out/test.log"
+        --log-file="$out/valgrind.log" "$out/test" "$STUN_URI" "$SILENT_URI" "${turn_args[@]}" |
+        tee "$out/test.log"
     if [ -s "$out/valgrind.log" ]; then
         cat "$out/valgrind.log"
         echo "bindings: valgrind reported errors or leaks" >&2
@@ -189,7 +235,7 @@ part_c() {
     # shellcheck disable=SC2046,SC2086
     gcc -std=c11 -Wall -Wextra -Werror -O1 bindings/c/test.c -o "$out/test-static" \
         $(pkg-config --cflags pinhole) "$TARGET/debug/libpinhole_ffi.a" $private
-    "$out/test-static" "$STUN_URI" "$SILENT_URI" >"$out/test-static.log"
+    "$out/test-static" "$STUN_URI" "$SILENT_URI" "${turn_args[@]}" >"$out/test-static.log"
     tail -1 "$out/test-static.log" | sed 's/^/static: /'
     results+=("c: $(tail -1 "$out/test.log"); valgrind clean; static: $(tail -1 "$out/test-static.log")")
 }
@@ -199,6 +245,7 @@ part_kotlin() {
     setup kotlin || return 0
     build
     start_serve
+    start_turn
     local lib=$KOTLIN_HOME/lib jna=/usr/share/java/jna.jar
     local cp=$jna:$lib/kotlinx-coroutines-core-jvm.jar
     local out=$TARGET/bindings-kotlin
@@ -213,7 +260,8 @@ part_kotlin() {
             bindings/kotlin/Test.kt "$BUILD/generated/dev/pinhole/pinhole.kt"
     fi
     java -Djna.library.path="$TARGET/debug" -cp "$out/test-$key.jar:$cp:$lib/kotlin-stdlib.jar" \
-        dev.pinhole.TestKt "$STUN_URI" "$SILENT_URI" | tee "$out/test.log"
+        dev.pinhole.TestKt "$STUN_URI" "$SILENT_URI" "$TURN_URI" "$TURN_USER" "$TURN_PASSWORD" \
+        "$TURN_SECRET" | tee "$out/test.log"
     results+=("kotlin: $(tail -1 "$out/test.log")")
 }
 
@@ -222,6 +270,7 @@ part_swift() {
     setup swift || return 0
     build
     start_serve
+    start_turn
     # A copy of the package with the generated sources; its .build stays for next time.
     local pkg=$BUILD/swift
     mkdir -p "$pkg/Sources/Pinhole" "$pkg/Sources/PinholeFFI" "$pkg/Tests"
@@ -247,6 +296,8 @@ part_swift() {
     chroot "$CHROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root \
         LD_LIBRARY_PATH=/pinhole/lib \
         PINHOLE_TEST_STUN="$STUN_URI" PINHOLE_TEST_SILENT="$SILENT_URI" \
+        PINHOLE_TEST_TURN="$TURN_URI" PINHOLE_TEST_TURN_USER="$TURN_USER" \
+        PINHOLE_TEST_TURN_PASSWORD="$TURN_PASSWORD" PINHOLE_TEST_TURN_SECRET="$TURN_SECRET" \
         swift test --disable-swift-testing --package-path /pinhole/pkg -Xlinker -L/pinhole/lib \
         >"$BUILD/swift-test.log" 2>&1 || rc=$?
     grep -vE '^(\[[0-9]+/[0-9]+\]|Building|Compiling|Write|Emitting)' "$BUILD/swift-test.log" || true

@@ -3,15 +3,23 @@
  * threads, a real netcheck against `pinhole serve` on loopback (its URI is argv[1]) and
  * against pinhole's embedded server, cancellation, destruction from a callback, and a
  * port mapping pointed at a loopback address where no gateway listens, which must fail
- * cleanly. Run under valgrind by bindings/test.sh. Prints "N passed, N failed".
+ * cleanly, and TURN allocations on `pinhole serve --turn` (argv[3..6]: its URI, user,
+ * password, REST secret) relaying to and from a UDP socket of the test's own on
+ * 127.0.0.1. Run under valgrind by bindings/test.sh. Prints "N passed, N failed".
  */
 #define _POSIX_C_SOURCE 200809L
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pinhole.h"
 
@@ -436,7 +444,8 @@ static void test_misc(void) {
     CHECK(strcmp(pinhole_strerror(PINHOLE_OK), "success") == 0);
     int codes[] = {PINHOLE_ERR_INVALID, PINHOLE_ERR_TOO_SMALL, PINHOLE_ERR_NO_SERVER,
                    PINHOLE_ERR_UNSUPPORTED, PINHOLE_ERR_IO, PINHOLE_ERR_CANCELLED,
-                   PINHOLE_ERR_NOT_AVAILABLE, PINHOLE_ERR_INTERNAL};
+                   PINHOLE_ERR_NOT_AVAILABLE, PINHOLE_ERR_INTERNAL, PINHOLE_ERR_AUTH,
+                   PINHOLE_ERR_REFUSED, PINHOLE_ERR_TIMEOUT};
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         CHECK(codes[i] < 0);
         CHECK(strcmp(pinhole_strerror(codes[i]), "unknown error") != 0);
@@ -471,11 +480,418 @@ static void test_server(void) {
     pinhole_server_destroy(rfc5780);
 }
 
+/* ---- TURN ---- */
+
+static const char *turn_uri, *turn_user, *turn_password, *turn_secret;
+
+#define TURN_KINDS 9
+
+typedef struct {
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;
+    pthread_t main_thread;
+    int on_main_thread;
+    int kinds[TURN_KINDS]; /* events seen, by kind */
+    int total;
+    int last_kind;
+    int result; /* of the last failure */
+    char reason[256];
+    char relayed[PINHOLE_ADDRESS_MAX], mapped[PINHOLE_ADDRESS_MAX], peer[PINHOLE_ADDRESS_MAX];
+    uint32_t lifetime_s;
+    uint16_t channel;
+    int data_count;
+    char data[256];
+    size_t data_len;
+    char data_peer[PINHOLE_ADDRESS_MAX];
+    int destroy_on_allocated;
+} turn_state;
+
+static void turn_state_init(turn_state *s) {
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->mutex, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    s->main_thread = pthread_self();
+    s->last_kind = -1;
+}
+
+static void turn_state_free(turn_state *s) {
+    pthread_mutex_destroy(&s->mutex);
+    pthread_cond_destroy(&s->cond);
+}
+
+static void on_turn_event(pinhole_turn *turn, const pinhole_turn_event *ev, void *user_ptr) {
+    turn_state *s = user_ptr;
+    pthread_mutex_lock(&s->mutex);
+    if (pthread_equal(pthread_self(), s->main_thread)) {
+        s->on_main_thread = 1;
+    }
+    if (ev->kind >= 0 && ev->kind < TURN_KINDS) {
+        s->kinds[ev->kind]++;
+    }
+    s->total++;
+    s->last_kind = ev->kind;
+    switch (ev->kind) {
+    case PINHOLE_TURN_EVENT_ALLOCATED:
+        snprintf(s->relayed, sizeof s->relayed, "%s", ev->relayed);
+        snprintf(s->mapped, sizeof s->mapped, "%s", ev->mapped);
+        s->lifetime_s = ev->lifetime_s;
+        break;
+    case PINHOLE_TURN_EVENT_PERMISSION:
+        snprintf(s->peer, sizeof s->peer, "%s", ev->peer);
+        break;
+    case PINHOLE_TURN_EVENT_CHANNEL:
+        snprintf(s->peer, sizeof s->peer, "%s", ev->peer);
+        s->channel = ev->channel;
+        break;
+    default:
+        break;
+    }
+    if (ev->reason != NULL) {
+        s->result = ev->result;
+        snprintf(s->reason, sizeof s->reason, "%s", ev->reason);
+    }
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mutex);
+    if (s->destroy_on_allocated && ev->kind == PINHOLE_TURN_EVENT_ALLOCATED) {
+        /* Allowed: freed at once; the deallocation finishes in the background. */
+        pinhole_turn_destroy(turn);
+    }
+}
+
+static void on_turn_data(pinhole_turn *turn, const char *peer, const uint8_t *data, size_t len,
+                         void *user_ptr) {
+    turn_state *s = user_ptr;
+    (void)turn;
+    pthread_mutex_lock(&s->mutex);
+    s->data_count++;
+    s->data_len = len < sizeof s->data ? len : sizeof s->data;
+    memcpy(s->data, data, s->data_len);
+    snprintf(s->data_peer, sizeof s->data_peer, "%s", peer);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mutex);
+}
+
+/* Waits up to `seconds` until `*counter` >= `want`; returns whether it got there. */
+static int turn_wait(turn_state *s, const int *counter, int want, int seconds) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += seconds;
+    pthread_mutex_lock(&s->mutex);
+    while (*counter < want) {
+        if (pthread_cond_timedwait(&s->cond, &s->mutex, &deadline) != 0) {
+            break;
+        }
+    }
+    int ok = *counter >= want;
+    pthread_mutex_unlock(&s->mutex);
+    return ok;
+}
+
+static void turn_config(pinhole_turn_config *cfg, turn_state *s) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->uri = turn_uri;
+    cfg->username = turn_user;
+    cfg->password = turn_password;
+    cfg->lifetime_s = 300;
+    cfg->cb_event = on_turn_event;
+    cfg->cb_data = on_turn_data;
+    cfg->user_ptr = s;
+}
+
+/* A UDP socket on 127.0.0.1 with a receive timeout: the peer on the far side of the relay. */
+static int peer_socket(char *addr, size_t size) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    socklen_t len = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &len);
+    snprintf(addr, size, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static struct sockaddr_in parse_addr(const char *text) {
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    char ip[PINHOLE_ADDRESS_MAX];
+    snprintf(ip, sizeof ip, "%s", text);
+    char *colon = strrchr(ip, ':');
+    if (colon != NULL) {
+        *colon = '\0';
+        sa.sin_port = htons((uint16_t)atoi(colon + 1));
+    }
+    inet_pton(AF_INET, ip, &sa.sin_addr);
+    return sa;
+}
+
+static void peer_send(int fd, const char *to, const char *text) {
+    struct sockaddr_in sa = parse_addr(to);
+    sendto(fd, text, strlen(text), 0, (struct sockaddr *)&sa, sizeof sa);
+}
+
+/* Receives one datagram (bounded by the socket's timeout); returns its length or -1. */
+static ssize_t peer_recv(int fd, char *buf, size_t size, char *from, size_t from_size) {
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    ssize_t n = recvfrom(fd, buf, size - 1, 0, (struct sockaddr *)&sa, &len);
+    if (n >= 0) {
+        buf[n] = '\0';
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
+        snprintf(from, from_size, "%s:%u", ip, (unsigned)ntohs(sa.sin_port));
+    }
+    return n;
+}
+
+/* Whether the server has closed the relayed port: a datagram to it draws ICMP port
+ * unreachable, which a connected socket reports as ECONNREFUSED. Tries for up to ~5 s. */
+static int relay_released(const char *relayed) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa = parse_addr(relayed);
+    connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    struct timeval tv = {0, 200 * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int released = 0;
+    for (int i = 0; i < 25 && !released; i++) {
+        char buf[16];
+        if (send(fd, "x", 1, 0) < 0 && errno == ECONNREFUSED) {
+            released = 1;
+        } else if (recv(fd, buf, sizeof buf, 0) < 0 && errno == ECONNREFUSED) {
+            released = 1;
+        }
+    }
+    close(fd);
+    return released;
+}
+
+static void test_turn_relay(void) {
+    printf("TURN allocation on %s: permission, channel, data both ways, deallocation\n", turn_uri);
+    turn_state s;
+    turn_state_init(&s);
+    pinhole_turn_config cfg;
+    turn_config(&cfg, &s);
+    pinhole_turn *turn = NULL;
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_OK);
+    CHECK(turn != NULL);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_ALLOCATED], 1, 20));
+    CHECK(s.kinds[PINHOLE_TURN_EVENT_LOST] == 0);
+    CHECK(strncmp(s.relayed, "127.0.0.1:", 10) == 0);
+    CHECK(strncmp(s.mapped, "127.0.0.1:", 10) == 0);
+    CHECK(s.lifetime_s > 0 && s.lifetime_s <= 300);
+    CHECK(!s.on_main_thread);
+    char buf[PINHOLE_ADDRESS_MAX];
+    int n = pinhole_turn_get_relayed(turn, buf, sizeof buf);
+    CHECK(n > 10 && strcmp(buf, s.relayed) == 0);
+    CHECK(pinhole_turn_get_mapped(turn, buf, sizeof buf) > 10 && strcmp(buf, s.mapped) == 0);
+    char tiny[4];
+    CHECK_RC(pinhole_turn_get_relayed(turn, tiny, sizeof tiny), PINHOLE_ERR_TOO_SMALL);
+    printf("  relayed %s, mapped %s, lifetime %u s\n", s.relayed, s.mapped, s.lifetime_s);
+
+    char peer_addr[PINHOLE_ADDRESS_MAX], from[PINHOLE_ADDRESS_MAX], got[256];
+    int peer = peer_socket(peer_addr, sizeof peer_addr);
+
+    /* Without a permission, data to a peer fails and data from it is dropped. */
+    CHECK_RC(pinhole_turn_send(turn, "127.0.0.2:9", (const uint8_t *)"x", 1), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_SEND_FAILED], 1, 10));
+    CHECK_RC(s.result, PINHOLE_ERR_NOT_AVAILABLE);
+
+    /* A permission: peer -> relay -> client, client -> relay -> peer (Send indications). */
+    CHECK_RC(pinhole_turn_create_permission(turn, "127.0.0.1"), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_PERMISSION], 1, 10));
+    CHECK(strcmp(s.peer, "127.0.0.1") == 0);
+    peer_send(peer, s.relayed, "hello through the relay");
+    CHECK(turn_wait(&s, &s.data_count, 1, 10));
+    pthread_mutex_lock(&s.mutex);
+    CHECK(s.data_len == strlen("hello through the relay") &&
+          memcmp(s.data, "hello through the relay", s.data_len) == 0);
+    CHECK(strcmp(s.data_peer, peer_addr) == 0);
+    pthread_mutex_unlock(&s.mutex);
+    const char *reply = "reply by Send indication";
+    CHECK_RC(pinhole_turn_send(turn, peer_addr, (const uint8_t *)reply, strlen(reply)), PINHOLE_OK);
+    CHECK(peer_recv(peer, got, sizeof got, from, sizeof from) == (ssize_t)strlen(reply));
+    CHECK(strcmp(got, reply) == 0);
+    CHECK(strcmp(from, s.relayed) == 0);
+
+    /* A channel: the same both ways as ChannelData. */
+    CHECK_RC(pinhole_turn_bind_channel(turn, peer_addr), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_CHANNEL], 1, 10));
+    CHECK(s.channel >= 0x4000 && s.channel <= 0x4FFF);
+    CHECK(strcmp(s.peer, peer_addr) == 0);
+    const char *over = "over channel 0x4000";
+    CHECK_RC(pinhole_turn_send(turn, peer_addr, (const uint8_t *)over, strlen(over)), PINHOLE_OK);
+    CHECK(peer_recv(peer, got, sizeof got, from, sizeof from) == (ssize_t)strlen(over));
+    CHECK(strcmp(got, over) == 0 && strcmp(from, s.relayed) == 0);
+    peer_send(peer, s.relayed, "back over the channel");
+    CHECK(turn_wait(&s, &s.data_count, 2, 10));
+    pthread_mutex_lock(&s.mutex);
+    CHECK(s.data_len == strlen("back over the channel") &&
+          memcmp(s.data, "back over the channel", s.data_len) == 0);
+    pthread_mutex_unlock(&s.mutex);
+    printf("  channel %#06x to %s: data both ways\n", s.channel, peer_addr);
+    CHECK_RC(pinhole_turn_send(turn, peer_addr, NULL, 0), PINHOLE_OK); /* empty is fine */
+
+    /* Arguments. */
+    CHECK_RC(pinhole_turn_send(turn, "nope", (const uint8_t *)"x", 1), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_send(turn, NULL, (const uint8_t *)"x", 1), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_send(turn, peer_addr, NULL, 1), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_send(turn, peer_addr, (const uint8_t *)"x", PINHOLE_TURN_DATA_MAX + 1),
+             PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_create_permission(turn, "127.0.0.1:80"), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_create_permission(turn, NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_bind_channel(turn, "127.0.0.1"), PINHOLE_ERR_INVALID);
+
+    /* Deallocation: the event, then nothing is available and the server freed the port. */
+    CHECK_RC(pinhole_turn_deallocate(turn), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_DEALLOCATED], 1, 10));
+    CHECK(s.last_kind == PINHOLE_TURN_EVENT_DEALLOCATED);
+    CHECK_RC(pinhole_turn_get_relayed(turn, buf, sizeof buf), PINHOLE_ERR_NOT_AVAILABLE);
+    CHECK_RC(pinhole_turn_send(turn, peer_addr, (const uint8_t *)"x", 1), PINHOLE_ERR_NOT_AVAILABLE);
+    CHECK_RC(pinhole_turn_create_permission(turn, "127.0.0.1"), PINHOLE_ERR_NOT_AVAILABLE);
+    CHECK(relay_released(s.relayed));
+    CHECK(!s.on_main_thread);
+    pinhole_turn_destroy(turn);
+    close(peer);
+    turn_state_free(&s);
+}
+
+static void test_turn_credentials_and_destroy(void) {
+    printf("TURN: wrong password, REST credentials, destroy while allocated and from a callback\n");
+    turn_state s;
+    turn_state_init(&s);
+    pinhole_turn_config cfg;
+    turn_config(&cfg, &s);
+    cfg.password = "not the password";
+    pinhole_turn *turn = NULL;
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_LOST], 1, 20));
+    CHECK_RC(s.result, PINHOLE_ERR_AUTH);
+    CHECK(s.kinds[PINHOLE_TURN_EVENT_ALLOCATED] == 0);
+    printf("  wrong password: %s (%s)\n", pinhole_strerror(s.result), s.reason);
+    char buf[PINHOLE_ADDRESS_MAX];
+    CHECK_RC(pinhole_turn_get_relayed(turn, buf, sizeof buf), PINHOLE_ERR_NOT_AVAILABLE);
+    CHECK_RC(pinhole_turn_create_permission(turn, "127.0.0.1"), PINHOLE_ERR_NOT_AVAILABLE);
+    pinhole_turn_destroy(turn);
+    turn_state_free(&s);
+
+    /* REST credentials derived from the shared secret; destroyed while allocated. */
+    turn_state_init(&s);
+    turn_config(&cfg, &s);
+    cfg.password = NULL;
+    cfg.secret = turn_secret;
+    cfg.rest_ttl_s = 600;
+    turn = NULL;
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_ALLOCATED], 1, 20));
+    CHECK(strncmp(s.relayed, "127.0.0.1:", 10) == 0);
+    printf("  REST credentials: relayed %s\n", s.relayed);
+    pinhole_turn_destroy(turn);
+    pthread_mutex_lock(&s.mutex);
+    int seen = s.total;
+    pthread_mutex_unlock(&s.mutex);
+    CHECK(relay_released(s.relayed));
+    CHECK(s.total == seen); /* no callback after destroy: not even DEALLOCATED */
+    CHECK(s.kinds[PINHOLE_TURN_EVENT_DEALLOCATED] == 0);
+    turn_state_free(&s);
+
+    /* A wrong REST secret is wrong credentials too. */
+    turn_state_init(&s);
+    turn_config(&cfg, &s);
+    cfg.password = NULL;
+    cfg.secret = "not the secret";
+    turn = NULL;
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_LOST], 1, 20));
+    CHECK_RC(s.result, PINHOLE_ERR_AUTH);
+    pinhole_turn_destroy(turn);
+    turn_state_free(&s);
+
+    /* Destroyed from its own ALLOCATED callback: deallocates in the background. */
+    turn_state_init(&s);
+    s.destroy_on_allocated = 1;
+    turn_config(&cfg, &s);
+    turn = NULL;
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_ALLOCATED], 1, 20));
+    CHECK(relay_released(s.relayed));
+    /* The thread ends once the server has answered: give it a moment before the leak check. */
+    struct timespec pause = {0, 300 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    CHECK(s.total == 1);
+    turn_state_free(&s);
+
+    /* Destroyed while allocating. */
+    turn_state_init(&s);
+    turn_config(&cfg, &s);
+    turn = NULL;
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_OK);
+    pinhole_turn_destroy(turn);
+    CHECK(s.total == 0 || s.last_kind == PINHOLE_TURN_EVENT_ALLOCATED);
+    turn_state_free(&s);
+}
+
+static void ignore_turn(pinhole_turn *turn, const pinhole_turn_event *ev, void *user_ptr) {
+    (void)turn, (void)ev, (void)user_ptr;
+}
+
+static void test_turn_arguments(void) {
+    printf("TURN argument validation\n");
+    pinhole_turn *turn = NULL;
+    pinhole_turn_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    CHECK_RC(pinhole_turn_allocate(NULL, &turn), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_allocate(&cfg, NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID); /* no cb_event */
+    cfg.cb_event = ignore_turn;
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID); /* no uri */
+    cfg.uri = "turn:127.0.0.1:3478";
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID); /* no username */
+    cfg.username = "";
+    cfg.password = "pw";
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID); /* empty username */
+    cfg.username = "user";
+    cfg.password = NULL;
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID); /* no credentials */
+    cfg.password = "pw";
+    cfg.secret = "s";
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID); /* both */
+    cfg.secret = NULL;
+    cfg.family = 7;
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID);
+    cfg.family = PINHOLE_TURN_FAMILY_IPV4;
+    cfg.uri = "stun:127.0.0.1";
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID);
+    cfg.uri = "turn:127.0.0.1?transport=sctp";
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID);
+    cfg.uri = "turns:127.0.0.1:5349";
+    CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_UNSUPPORTED); /* no tls feature */
+    CHECK(turn == NULL);
+    char buf[PINHOLE_ADDRESS_MAX];
+    CHECK_RC(pinhole_turn_get_relayed(NULL, buf, sizeof buf), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_get_mapped(NULL, buf, sizeof buf), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_create_permission(NULL, "127.0.0.1"), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_bind_channel(NULL, "127.0.0.1:9"), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_send(NULL, "127.0.0.1:9", (const uint8_t *)"x", 1), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_turn_deallocate(NULL), PINHOLE_ERR_INVALID);
+    pinhole_turn_destroy(NULL);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s stun:IP:PORT(pinhole serve) stun:IP:PORT(silent)\n", argv[0]);
+    if (argc != 7) {
+        fprintf(stderr,
+                "usage: %s stun:IP:PORT(pinhole serve) stun:IP:PORT(silent) "
+                "turn:IP:PORT(pinhole serve --turn) USER PASSWORD SECRET\n",
+                argv[0]);
         return 2;
     }
+    turn_uri = argv[3];
+    turn_user = argv[4];
+    turn_password = argv[5];
+    turn_secret = argv[6];
     CHECK_RC(pinhole_set_log_handler(on_log, PINHOLE_LOG_DEBUG, NULL), PINHOLE_OK);
     test_misc();
     test_arguments();
@@ -483,6 +899,9 @@ int main(int argc, char **argv) {
     test_server();
     test_netcheck_cancel_and_destroy(argv[2]);
     test_portmap();
+    test_turn_arguments();
+    test_turn_relay();
+    test_turn_credentials_and_destroy();
     CHECK(atomic_load(&log_records) > 0);
     printf("log records received: %d\n", atomic_load(&log_records));
     CHECK_RC(pinhole_set_log_handler(NULL, PINHOLE_LOG_NONE, NULL), PINHOLE_OK);

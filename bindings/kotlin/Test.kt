@@ -1,11 +1,19 @@
 // The Kotlin bindings' test on the host JVM (JNA): every exported item, callbacks arriving
 // on pinhole's Rust threads, async calls and their cancellation, errors, a netcheck against
 // `pinhole serve` on loopback (its URI is args[0]; args[1] is a loopback port where nothing
-// answers), and port mapping at 127.0.0.9, where no gateway listens. Prints
-// "N passed, N failed".
+// answers), port mapping at 127.0.0.9, where no gateway listens, and TURN allocations on
+// `pinhole serve --turn` (args[2..5]: its URI, user, password, REST secret) relaying to and
+// from a UDP socket of the test's own on 127.0.0.1. Prints "N passed, N failed".
 package dev.pinhole
 
+import java.net.DatagramPacket
+import java.net.DatagramSocket
+import java.net.InetAddress
+import java.net.InetSocketAddress
+import java.net.PortUnreachableException
+import java.net.SocketTimeoutException
 import java.util.concurrent.CountDownLatch
+import java.util.concurrent.LinkedBlockingQueue
 import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
 import kotlinx.coroutines.TimeoutCancellationException
@@ -90,6 +98,151 @@ class MappingListener : PortMappingListener {
     }
 }
 
+class TurnEvents : TurnListener {
+    val events = LinkedBlockingQueue<TurnEvent>()
+    val data = LinkedBlockingQueue<Pair<String, ByteArray>>()
+    @Volatile var onMainThread = false
+
+    override fun onEvent(event: TurnEvent) {
+        if (Thread.currentThread() == mainThread) onMainThread = true
+        events.add(event)
+    }
+
+    override fun onData(peer: String, data: ByteArray) {
+        if (Thread.currentThread() == mainThread) onMainThread = true
+        this.data.add(peer to data)
+    }
+
+    /** The next event of type T (skipping others, such as Refreshed), within 10 s. */
+    inline fun <reified T : TurnEvent> next(): T? {
+        val deadline = System.nanoTime() + 10_000_000_000L
+        while (true) {
+            val left = deadline - System.nanoTime()
+            if (left <= 0) return null
+            val e = events.poll(left, TimeUnit.NANOSECONDS) ?: return null
+            if (e is T) return e
+        }
+    }
+}
+
+fun socketAddress(text: String): InetSocketAddress =
+    InetSocketAddress(InetAddress.getByName(text.substringBeforeLast(':')), text.substringAfterLast(':').toInt())
+
+/** Whether the server closed the relayed port: ICMP port unreachable on a connected socket. */
+fun relayReleased(relayed: String): Boolean {
+    DatagramSocket().use { s ->
+        s.connect(socketAddress(relayed))
+        s.soTimeout = 200
+        repeat(25) {
+            try {
+                s.send(DatagramPacket(byteArrayOf(1), 1))
+                s.receive(DatagramPacket(ByteArray(16), 16))
+            } catch (e: PortUnreachableException) {
+                return true
+            } catch (e: SocketTimeoutException) {
+            }
+        }
+    }
+    return false
+}
+
+fun testTurn(uri: String, user: String, password: String, secret: String) {
+    println("TURN allocation on $uri: permission, channel, data both ways, release")
+    val l = TurnEvents()
+    val alloc = runBlocking {
+        withTimeout(20_000) { allocateTurn(TurnConfig(uri = uri, username = user, password = password, lifetimeSecs = 300u), l) }
+    }
+    val relayed = alloc.relayedAddress()
+    check(relayed.startsWith("127.0.0.1:") && alloc.relayedAddresses() == listOf(relayed), "relayed $relayed")
+    check(alloc.mappedAddress()?.startsWith("127.0.0.1:") == true, "mapped ${alloc.mappedAddress()}")
+    val allocated = l.next<TurnEvent.Allocated>()
+    check(allocated != null && allocated.relayed == listOf(relayed) && allocated.lifetime.seconds in 1..300,
+        "Allocated event $allocated")
+    println("  relayed $relayed, mapped ${alloc.mappedAddress()}, lifetime ${allocated?.lifetime}")
+    check(!alloc.isClosed(), "open")
+
+    DatagramSocket(0, InetAddress.getByName("127.0.0.1")).use { peer ->
+        peer.soTimeout = 5000
+        val peerAddr = "127.0.0.1:${peer.localPort}"
+        val relay = socketAddress(relayed)
+        fun peerSend(text: String) = peer.send(DatagramPacket(text.toByteArray(), text.length, relay))
+        fun peerReceive(): Pair<String, Any> {
+            val p = DatagramPacket(ByteArray(2048), 2048)
+            peer.receive(p)
+            return String(p.data, 0, p.length) to p.socketAddress
+        }
+
+        // Without a permission, sending fails (as an event).
+        alloc.send("127.0.0.2:9", byteArrayOf(1))
+        val sendFailed = l.next<TurnEvent.SendFailed>()
+        check(sendFailed?.peer == "127.0.0.2:9", "SendFailed $sendFailed")
+
+        runBlocking { withTimeout(10_000) { alloc.createPermission("127.0.0.1") } }
+        check(l.next<TurnEvent.PermissionCreated>()?.peerIp == "127.0.0.1", "PermissionCreated event")
+        peerSend("hello through the relay")
+        val d1 = l.data.poll(10, TimeUnit.SECONDS)
+        check(d1 != null && d1.first == peerAddr && String(d1.second) == "hello through the relay", "peer -> client: $d1")
+        alloc.send(peerAddr, "reply by Send indication".toByteArray())
+        check(peerReceive() == ("reply by Send indication" to relay), "client -> peer")
+
+        val channel = runBlocking { withTimeout(10_000) { alloc.bindChannel(peerAddr) } }
+        check(channel.toInt() in 0x4000..0x4FFF, "channel $channel")
+        check(l.next<TurnEvent.ChannelBound>() == TurnEvent.ChannelBound(peerAddr, channel), "ChannelBound event")
+        alloc.send(peerAddr, "over the channel".toByteArray())
+        check(peerReceive() == ("over the channel" to relay), "client -> peer over the channel")
+        peerSend("back over the channel")
+        val d2 = l.data.poll(10, TimeUnit.SECONDS)
+        check(d2 != null && d2.first == peerAddr && String(d2.second) == "back over the channel", "peer -> client: $d2")
+        println("  channel 0x${channel.toString(16)} to $peerAddr: data both ways")
+
+        expectThrows<PinholeException.InvalidArgument>("bad peer") { alloc.send("nope", byteArrayOf(1)) }
+        expectThrows<PinholeException.InvalidArgument>("too much data") { alloc.send(peerAddr, ByteArray(70_000)) }
+        expectThrows<PinholeException.InvalidArgument>("bad peer IP") { runBlocking { alloc.createPermission("127.0.0.1:80") } }
+        expectThrows<PinholeException.InvalidArgument>("channel without port") { runBlocking { alloc.bindChannel("127.0.0.1") } }
+
+        runBlocking { withTimeout(10_000) { alloc.release() } }
+        check(alloc.isClosed(), "closed after release")
+        check(l.next<TurnEvent.Deallocated>() != null, "Deallocated event")
+        expectThrows<PinholeException.NotAvailable>("send after release") { alloc.send(peerAddr, byteArrayOf(1)) }
+        expectThrows<PinholeException.NotAvailable>("permission after release") {
+            runBlocking { alloc.createPermission("127.0.0.1") }
+        }
+        check(relayReleased(relayed), "the server freed the relayed port")
+    }
+    check(!l.onMainThread, "TURN callbacks not on the main thread")
+    alloc.close()
+
+    println("TURN: wrong credentials, REST credentials, dropping deallocates")
+    expectThrows<PinholeException.Authentication>("wrong password") {
+        runBlocking { withTimeout(20_000) { allocateTurn(TurnConfig(uri = uri, username = user, password = "wrong"), TurnEvents()) } }
+    }
+    expectThrows<PinholeException.Authentication>("wrong secret") {
+        runBlocking { withTimeout(20_000) { allocateTurn(TurnConfig(uri = uri, username = user, secret = "wrong"), TurnEvents()) } }
+    }
+    val rest = runBlocking {
+        withTimeout(20_000) { allocateTurn(TurnConfig(uri = uri, username = user, secret = secret, restTtlSecs = 600u), TurnEvents()) }
+    }
+    val restRelayed = rest.relayedAddress()
+    check(restRelayed.startsWith("127.0.0.1:"), "REST relayed $restRelayed")
+    println("  REST credentials: relayed $restRelayed")
+    rest.close() // drops the Rust object: deallocates in the background
+    check(relayReleased(restRelayed), "dropping the allocation freed the relayed port")
+
+    expectThrows<PinholeException.InvalidArgument>("no credentials") {
+        runBlocking { allocateTurn(TurnConfig(uri = uri, username = user), TurnEvents()) }
+    }
+    expectThrows<PinholeException.InvalidArgument>("both credentials") {
+        runBlocking { allocateTurn(TurnConfig(uri = uri, username = user, password = "p", secret = "s"), TurnEvents()) }
+    }
+    expectThrows<PinholeException.InvalidArgument>("bad URI") {
+        runBlocking { allocateTurn(TurnConfig(uri = "stun:127.0.0.1", username = user, password = "p"), TurnEvents()) }
+    }
+    expectThrows<PinholeException.Unsupported>("turns: without TLS") {
+        runBlocking { allocateTurn(TurnConfig(uri = "turns:127.0.0.1", username = user, password = "p"), TurnEvents()) }
+    }
+    check(RelayedFamily.values().size == 3, "RelayedFamily")
+}
+
 fun checkLoopbackReport(r: NetcheckReport, what: String) {
     check(r.udp, "$what: udp")
     // Loopback has no NAT: everything is endpoint-independent and hairpins.
@@ -110,7 +263,9 @@ fun checkLoopbackReport(r: NetcheckReport, what: String) {
 }
 
 fun main(args: Array<String>) {
-    require(args.size == 2) { "usage: Test stun:IP:PORT(pinhole serve) stun:IP:PORT(silent)" }
+    require(args.size == 6) {
+        "usage: Test stun:IP:PORT(pinhole serve) stun:IP:PORT(silent) turn:IP:PORT USER PASSWORD SECRET"
+    }
     val serveUri = args[0]
     val silentUri = args[1]
 
@@ -229,6 +384,8 @@ fun main(args: Array<String>) {
         LogLevel.values().size == 6, "enums")
     check(BindingLifetime(java.time.Duration.ofSeconds(10), null).lessThan == null, "BindingLifetime")
     check(GatewayProbe(null, null, null, null, null, null, "x").error == "x", "GatewayProbe")
+
+    testTurn(args[2], args[3], args[4], args[5])
 
     check(logger.records.get() > 0, "log records arrived: ${logger.records.get()}")
     println("log records received: ${logger.records.get()}")

@@ -1,22 +1,23 @@
 /*
  * pinhole: NAT traversal. The C API.
  *
- * Conventions (libjuice's): opaque handles made by *_start from a config struct that
- * holds the callbacks and a user_ptr, freed by *_destroy; functions return PINHOLE_OK (0),
- * a non-negative length, or a negative PINHOLE_ERR_* code (pinhole_strerror names it);
- * a NULL where a pointer is required gives PINHOLE_ERR_INVALID; every entry point
- * catches Rust panics (PINHOLE_ERR_INTERNAL).
+ * Conventions (libjuice's): opaque handles made by *_start (pinhole_turn_allocate) from
+ * a config struct that holds the callbacks and a user_ptr, freed by *_destroy; functions
+ * return PINHOLE_OK (0), a non-negative length, or a negative PINHOLE_ERR_* code
+ * (pinhole_strerror names it); a NULL where a pointer is required gives
+ * PINHOLE_ERR_INVALID; every entry point catches Rust panics (PINHOLE_ERR_INTERNAL).
  *
  * Strings: asked-for strings are written into caller buffers (PINHOLE_ADDRESS_MAX bytes
  * always hold an address); strings and structs handed to callbacks live until the
  * callback returns.
  *
- * Threads: each netcheck and port mapping runs on a thread of its own, and its callbacks
- * run there, one at a time, in order, never on the thread that called *_start. A callback
- * may call any function here, including *_destroy on its own handle (the handle is freed
- * at once; do not use it afterwards). *_destroy called from another thread waits until a
- * running callback returns, and no callback runs after it returns. The log callback may
- * run on any thread, several at once, and must not call back into pinhole.
+ * Threads: each netcheck, port mapping and TURN allocation runs on a thread of its own,
+ * and its callbacks run there, one at a time, in order, never on the thread that called
+ * *_start. A callback may call any function here, including *_destroy on its own handle
+ * (the handle is freed at once; do not use it afterwards). *_destroy called from another
+ * thread waits until a running callback returns, and no callback runs after it returns.
+ * The log callback may run on any thread, several at once, and must not call back into
+ * pinhole.
  *
  * Link: pkg-config --cflags --libs pinhole (libpinhole_ffi); for the static library,
  * libpinhole_ffi.a and pkg-config --static --libs-only-l's system libraries.
@@ -59,9 +60,22 @@
 // An internal error (a bug; a caught panic).
 #define PINHOLE_ERR_INTERNAL -8
 
+// The server rejected the credentials (TURN 401 with credentials, 441).
+#define PINHOLE_ERR_AUTH -9
+
+// The server refused the request (TURN 403, 437, 440, 442, 443, 486, 508, ...).
+#define PINHOLE_ERR_REFUSED -10
+
+// The server did not answer in time.
+#define PINHOLE_ERR_TIMEOUT -11
+
 // The size of a buffer that holds any socket address as text with its NUL
 // (`[v6%scope]:port` is at most 64 characters).
 #define PINHOLE_ADDRESS_MAX 72
+
+// The most bytes one `pinhole_turn_send` carries (what fits a UDP datagram to the
+// server with the TURN headers).
+#define PINHOLE_TURN_DATA_MAX 65400
 
 // A running netcheck (opaque).
 typedef struct pinhole_netcheck pinhole_netcheck;
@@ -71,6 +85,9 @@ typedef struct pinhole_portmap pinhole_portmap;
 
 // A running STUN server (opaque).
 typedef struct pinhole_server pinhole_server;
+
+// A TURN allocation (opaque).
+typedef struct pinhole_turn pinhole_turn;
 
 // Log levels: `PINHOLE_LOG_*`.
 typedef int pinhole_log_level;
@@ -288,6 +305,82 @@ typedef struct pinhole_portmap_config {
   void *user_ptr;
 } pinhole_portmap_config;
 
+// The relayed address family a TURN allocation asks for: `PINHOLE_TURN_FAMILY_*`.
+typedef int pinhole_turn_family;
+
+// What a TURN event says: `PINHOLE_TURN_EVENT_*`.
+typedef int pinhole_turn_event_kind;
+
+// A TURN event; valid only during the callback. Fields not used by its kind are empty
+// ("", 0, NULL).
+typedef struct pinhole_turn_event {
+  // What happened.
+  pinhole_turn_event_kind kind;
+  // `ALLOCATED`: the relayed address (`IP:port`).
+  char relayed[PINHOLE_ADDRESS_MAX];
+  // `ALLOCATED` with `PINHOLE_TURN_FAMILY_DUAL`: the second relayed address.
+  char relayed_other[PINHOLE_ADDRESS_MAX];
+  // `ALLOCATED`: this host's address as the server saw it ("" if not reported).
+  char mapped[PINHOLE_ADDRESS_MAX];
+  // `ALLOCATED`, `REFRESHED`: the lifetime granted, seconds.
+  uint32_t lifetime_s;
+  // `PERMISSION`, `PERMISSION_FAILED`: the peer's IP; `CHANNEL`, `CHANNEL_FAILED`,
+  // `SEND_FAILED`: the peer's `IP:port`.
+  char peer[PINHOLE_ADDRESS_MAX];
+  // `CHANNEL`: the channel number (0x4000–0x4FFF).
+  uint16_t channel;
+  // The failures (`*_FAILED`, `LOST`): a `PINHOLE_ERR_*` code; else `PINHOLE_OK`.
+  int result;
+  // The failures: why, in words; else NULL.
+  const char *reason;
+} pinhole_turn_event;
+
+// Receives a TURN allocation's events, on the allocation's own thread. The last is
+// `PINHOLE_TURN_EVENT_LOST` or `PINHOLE_TURN_EVENT_DEALLOCATED`.
+typedef void (*pinhole_turn_event_cb)(struct pinhole_turn *turn,
+                                      const struct pinhole_turn_event *event,
+                                      void *user_ptr);
+
+// Receives a datagram from `peer` (`IP:port`) through the relay, on the allocation's own
+// thread; `peer` and `data` (`len` bytes) are valid only during the call.
+typedef void (*pinhole_turn_data_cb)(struct pinhole_turn *turn,
+                                     const char *peer,
+                                     const uint8_t *data,
+                                     size_t len,
+                                     void *user_ptr);
+
+// A TURN server and what to ask of it. Zero-initialise it, then set `uri`, `username`,
+// exactly one of `password` and `secret`, and `cb_event`.
+typedef struct pinhole_turn_config {
+  // `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port]` (RFC 7065; at most
+  // 500 bytes). `turns:` needs a library built with the `tls` feature, else
+  // `PINHOLE_ERR_UNSUPPORTED`.
+  const char *uri;
+  // The user name (1 to 512 bytes); with `secret`, the user part of the REST user name
+  // `expiry:username`.
+  const char *username;
+  // The password of long-term credentials.
+  const char *password;
+  // The shared secret of TURN REST credentials (coturn's `static-auth-secret`).
+  const char *secret;
+  // How long REST credentials stay valid, seconds; 0: the default (one day).
+  uint32_t rest_ttl_s;
+  // The allocation lifetime to ask for, seconds; 0: the default (600). It is refreshed
+  // before it ends.
+  uint32_t lifetime_s;
+  // `PINHOLE_TURN_FAMILY_IPV4` (0, the default), `_IPV6` or `_DUAL`.
+  pinhole_turn_family family;
+  // PEM certificates to trust for `turns:` instead of the system roots; NULL: the
+  // system roots.
+  const char *ca_pem;
+  // The events (required).
+  pinhole_turn_event_cb cb_event;
+  // Peers' data (optional: without it, data is dropped).
+  pinhole_turn_data_cb cb_data;
+  // Passed to the callbacks.
+  void *user_ptr;
+} pinhole_turn_config;
+
 // Very detailed tracing.
 #define PINHOLE_LOG_TRACE 0
 
@@ -377,6 +470,45 @@ typedef struct pinhole_portmap_config {
 
 // Deleted after `pinhole_portmap_release`; the mapper stopped. A last event.
 #define PINHOLE_PORTMAP_EVENT_RELEASED 5
+
+// IPv4 (the default: 0).
+#define PINHOLE_TURN_FAMILY_IPV4 0
+
+// IPv6 (RFC 8656 REQUESTED-ADDRESS-FAMILY).
+#define PINHOLE_TURN_FAMILY_IPV6 1
+
+// Both (ADDITIONAL-ADDRESS-FAMILY): two relayed addresses.
+#define PINHOLE_TURN_FAMILY_DUAL 2
+
+// The allocation exists (`relayed`, `relayed_other`, `mapped`, `lifetime_s`).
+#define PINHOLE_TURN_EVENT_ALLOCATED 0
+
+// Refreshed (`lifetime_s`).
+#define PINHOLE_TURN_EVENT_REFRESHED 1
+
+// A permission for a peer IP is installed or refreshed (`peer`: the IP).
+#define PINHOLE_TURN_EVENT_PERMISSION 2
+
+// A permission could not be installed (`peer`: the IP, `result`, `reason`).
+#define PINHOLE_TURN_EVENT_PERMISSION_FAILED 3
+
+// A channel is bound or refreshed (`peer`, `channel`).
+#define PINHOLE_TURN_EVENT_CHANNEL 4
+
+// A channel could not be bound (`peer`, `result`, `reason`).
+#define PINHOLE_TURN_EVENT_CHANNEL_FAILED 5
+
+// Data for a peer could not be sent (`peer`, `result`, `reason`), such as
+// `PINHOLE_ERR_NOT_AVAILABLE` without a permission for it.
+#define PINHOLE_TURN_EVENT_SEND_FAILED 6
+
+// The allocation failed or is gone (`result`, `reason`): `PINHOLE_ERR_AUTH` for wrong
+// credentials, `PINHOLE_ERR_REFUSED`, `PINHOLE_ERR_TIMEOUT`, `PINHOLE_ERR_IO` for a
+// broken connection. A last event.
+#define PINHOLE_TURN_EVENT_LOST 7
+
+// Deallocated after `pinhole_turn_deallocate`. A last event.
+#define PINHOLE_TURN_EVENT_DEALLOCATED 8
 
 #ifdef __cplusplus
 extern "C" {
@@ -483,6 +615,76 @@ int pinhole_server_get_address(const struct pinhole_server *server,
 // # Safety
 // `server` is NULL or a live handle, not used afterwards.
 void pinhole_server_destroy(struct pinhole_server *server);
+
+// Allocates a relayed address on a TURN server. On success `*out` is the handle (free it
+// with `pinhole_turn_destroy`) and the events follow on the allocation's own thread:
+// `PINHOLE_TURN_EVENT_ALLOCATED`, or `PINHOLE_TURN_EVENT_LOST` with the reason
+// (`PINHOLE_ERR_AUTH` for wrong credentials). The allocation is refreshed until
+// `pinhole_turn_deallocate` or `pinhole_turn_destroy`. The config is copied; the
+// password and secret are never logged.
+//
+// # Safety
+// `config` and `out` are NULL or valid; the config's strings are NULL or NUL-terminated.
+int pinhole_turn_allocate(const struct pinhole_turn_config *config, struct pinhole_turn **out);
+
+// Writes the relayed address (`IP:port`; the first with `PINHOLE_TURN_FAMILY_DUAL`) into
+// `buf` of `size` bytes (`PINHOLE_ADDRESS_MAX` always suffices). Returns its length, or
+// `PINHOLE_ERR_NOT_AVAILABLE` before `ALLOCATED` and after the allocation ended.
+//
+// # Safety
+// `turn` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
+int pinhole_turn_get_relayed(const struct pinhole_turn *turn, char *buf, size_t size);
+
+// Writes this host's address as the TURN server saw it (`IP:port`) into `buf` of `size`
+// bytes. Returns its length, or `PINHOLE_ERR_NOT_AVAILABLE` when there is none now.
+//
+// # Safety
+// `turn` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
+int pinhole_turn_get_mapped(const struct pinhole_turn *turn, char *buf, size_t size);
+
+// Installs a permission for a peer's IP address (refreshed until the end), so that its
+// datagrams reach this host, returning at once: `PINHOLE_TURN_EVENT_PERMISSION` or
+// `_PERMISSION_FAILED` follows. `PINHOLE_ERR_NOT_AVAILABLE` before `ALLOCATED` and after
+// the allocation ended.
+//
+// # Safety
+// `turn` is NULL or a live handle; `peer_ip` is NULL or NUL-terminated.
+int pinhole_turn_create_permission(struct pinhole_turn *turn, const char *peer_ip);
+
+// Binds a channel to a peer (`IP:port`), which also permits its IP; data to and from it
+// then travels with 4 bytes of overhead instead of 36. Returns at once:
+// `PINHOLE_TURN_EVENT_CHANNEL` or `_CHANNEL_FAILED` follows. `PINHOLE_ERR_NOT_AVAILABLE`
+// before `ALLOCATED` and after the allocation ended.
+//
+// # Safety
+// `turn` is NULL or a live handle; `peer` is NULL or NUL-terminated.
+int pinhole_turn_bind_channel(struct pinhole_turn *turn, const char *peer);
+
+// Sends `len` bytes (at most `PINHOLE_TURN_DATA_MAX`) to a peer (`IP:port`) through the
+// relay; the data is copied and the call returns at once. It needs a permission for the
+// peer's IP; a failure arrives as `PINHOLE_TURN_EVENT_SEND_FAILED`.
+// `PINHOLE_ERR_NOT_AVAILABLE` before `ALLOCATED` and after the allocation ended.
+//
+// # Safety
+// `turn` is NULL or a live handle; `peer` is NULL or NUL-terminated; `data` is NULL (then
+// `len` is 0) or has `len` readable bytes.
+int pinhole_turn_send(struct pinhole_turn *turn, const char *peer, const uint8_t *data, size_t len);
+
+// Deallocates, returning at once: `PINHOLE_TURN_EVENT_DEALLOCATED` follows (within a few
+// seconds, also when the server does not answer), then the allocation has ended.
+//
+// # Safety
+// `turn` is NULL or a live handle.
+int pinhole_turn_deallocate(struct pinhole_turn *turn);
+
+// Deallocates if the allocation exists (waiting at most about 4 s for the server), stops
+// and frees the handle. No callback runs once it has begun; from another thread it waits
+// until a running callback returns. Called from the handle's own callback, it returns at
+// once and the deallocation finishes in the background. NULL is ignored.
+//
+// # Safety
+// `turn` is NULL or a live handle, not used afterwards.
+void pinhole_turn_destroy(struct pinhole_turn *turn);
 
 #ifdef __cplusplus
 }  // extern "C"

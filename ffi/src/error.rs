@@ -3,6 +3,7 @@
 //! UniFFI turns it into an exception (Kotlin `PinholeException`, Swift `PinholeError`).
 
 use pinhole::driver::DriverError;
+use pinhole::turn::TurnError;
 
 use crate::capi::codes;
 
@@ -25,6 +26,20 @@ pub enum PinholeError {
     /// The operation was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// What was asked for does not exist (yet, or any more): no allocation, no permission
+    /// for the peer.
+    #[error("not available: {0}")]
+    NotAvailable(String),
+    /// The server rejected the credentials (TURN 401 with credentials, 441).
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+    /// The server refused the request (TURN 403, 437, 440, 442, 443, 486, 508, another
+    /// error code).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The server did not answer in time.
+    #[error("timed out: {0}")]
+    TimedOut(String),
     /// An internal error: a bug, such as a caught panic.
     #[error("internal error: {0}")]
     Internal(String),
@@ -39,6 +54,10 @@ impl PinholeError {
             PinholeError::Unsupported(_) => codes::PINHOLE_ERR_UNSUPPORTED,
             PinholeError::Io(_) => codes::PINHOLE_ERR_IO,
             PinholeError::Cancelled => codes::PINHOLE_ERR_CANCELLED,
+            PinholeError::NotAvailable(_) => codes::PINHOLE_ERR_NOT_AVAILABLE,
+            PinholeError::Authentication(_) => codes::PINHOLE_ERR_AUTH,
+            PinholeError::Refused(_) => codes::PINHOLE_ERR_REFUSED,
+            PinholeError::TimedOut(_) => codes::PINHOLE_ERR_TIMEOUT,
             PinholeError::Internal(_) => codes::PINHOLE_ERR_INTERNAL,
         }
     }
@@ -58,6 +77,36 @@ impl From<DriverError> for PinholeError {
             DriverError::NothingResolved | DriverError::Netcheck(_) => PinholeError::NoServer(text),
             // DriverError is non-exhaustive: a new variant is an I/O-level failure until
             // it is given its own mapping here.
+            _ => PinholeError::Io(text),
+        }
+    }
+}
+
+impl From<TurnError> for PinholeError {
+    fn from(e: TurnError) -> Self {
+        let text = e.to_string();
+        match e {
+            TurnError::Unauthenticated | TurnError::WrongCredentials => {
+                PinholeError::Authentication(text)
+            }
+            TurnError::Forbidden
+            | TurnError::AllocationMismatch
+            | TurnError::AddressFamilyNotSupported
+            | TurnError::UnsupportedTransport
+            | TurnError::PeerAddressFamilyMismatch
+            | TurnError::AllocationQuotaReached
+            | TurnError::InsufficientCapacity
+            | TurnError::TooManyRedirects
+            | TurnError::ServerError { .. } => PinholeError::Refused(text),
+            TurnError::TimedOut => PinholeError::TimedOut(text),
+            TurnError::NoPermission(_) | TurnError::NoAllocation | TurnError::NoChannel => {
+                PinholeError::NotAvailable(text)
+            }
+            TurnError::Uri(_) | TurnError::BufferTooSmall { .. } => {
+                PinholeError::InvalidArgument(text)
+            }
+            // The codec's errors (the server's messages were malformed or the stream lost
+            // its framing) and variants added later: a failure of the connection.
             _ => PinholeError::Io(text),
         }
     }

@@ -452,6 +452,203 @@ impl PortMappingEvent {
     }
 }
 
+/// The default TURN allocation lifetime asked for, seconds.
+pub(crate) const DEFAULT_TURN_LIFETIME_SECS: u32 = 600;
+/// The default validity of TURN REST credentials, seconds (one day).
+pub(crate) const DEFAULT_REST_TTL_SECS: u32 = 86_400;
+
+/// The relayed address family a TURN allocation asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum RelayedFamily {
+    /// IPv4 (the servers' default).
+    Ipv4,
+    /// IPv6 (RFC 8656 REQUESTED-ADDRESS-FAMILY).
+    Ipv6,
+    /// Both (ADDITIONAL-ADDRESS-FAMILY): two relayed addresses.
+    Dual,
+}
+
+impl From<RelayedFamily> for pinhole::turn::RequestedFamily {
+    fn from(f: RelayedFamily) -> Self {
+        use pinhole::turn::RequestedFamily;
+        match f {
+            RelayedFamily::Ipv4 => RequestedFamily::V4,
+            RelayedFamily::Ipv6 => RequestedFamily::V6,
+            RelayedFamily::Dual => RequestedFamily::Dual,
+        }
+    }
+}
+
+/// How to reach a TURN server (RFC 8656) and with which credentials. Exactly one of
+/// `password` (long-term credentials) and `secret` (TURN REST credentials) is required.
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TurnConfig {
+    /// `turn:host[:port][?transport=udp|tcp]`, or `turns:host[:port]` (RFC 7065; TLS only
+    /// in a library built with the `tls` feature).
+    pub uri: String,
+    /// The user name; with `secret`, the user part of the REST user name `expiry:username`.
+    pub username: String,
+    /// The password of long-term credentials.
+    #[uniffi(default = None)]
+    pub password: Option<String>,
+    /// The shared secret of TURN REST credentials (coturn's `static-auth-secret`): the
+    /// password is derived from it and the user name.
+    #[uniffi(default = None)]
+    pub secret: Option<String>,
+    /// How long REST credentials stay valid, seconds; 0 means the default (one day).
+    #[uniffi(default = 86400)]
+    pub rest_ttl_secs: u32,
+    /// The allocation lifetime to ask for, seconds (it is refreshed before it ends); 0
+    /// means the default (600).
+    #[uniffi(default = 600)]
+    pub lifetime_secs: u32,
+    /// The relayed address family; None: IPv4.
+    #[uniffi(default = None)]
+    pub family: Option<RelayedFamily>,
+    /// PEM certificates to trust for `turns:` instead of the system roots.
+    #[uniffi(default = None)]
+    pub ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password nor the secret.
+        f.debug_struct("TurnConfig")
+            .field("uri", &self.uri)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("lifetime_secs", &self.lifetime_secs)
+            .field("family", &self.family)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happens to a TURN allocation. Data from peers goes to
+/// [`TurnListener::on_data`](crate::api::TurnListener::on_data) instead.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum TurnEvent {
+    /// The allocation exists.
+    Allocated {
+        /// The relayed addresses (two with the `Dual` family).
+        relayed: Vec<String>,
+        /// This host's address as the server saw it.
+        mapped: Option<String>,
+        /// The lifetime granted.
+        lifetime: Duration,
+    },
+    /// Refreshed.
+    Refreshed {
+        /// The lifetime granted.
+        lifetime: Duration,
+    },
+    /// A permission for a peer IP is installed (or refreshed).
+    PermissionCreated {
+        /// The peer's IP address.
+        peer_ip: String,
+    },
+    /// A permission could not be installed.
+    PermissionFailed {
+        /// The peer's IP address.
+        peer_ip: String,
+        /// Why.
+        reason: String,
+    },
+    /// A channel is bound (or refreshed).
+    ChannelBound {
+        /// The peer (`IP:port`).
+        peer: String,
+        /// The channel number.
+        channel: u16,
+    },
+    /// A channel could not be bound.
+    ChannelFailed {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// Data for a peer could not be sent (no permission for it, no allocation).
+    SendFailed {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The allocation failed or is gone (refresh refused, server unreachable, connection
+    /// broken). This is the last event.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// Deallocated on request. This is the last event.
+    Deallocated,
+}
+
+impl TurnEvent {
+    /// The event for a core allocation event, with the typed error of a failure.
+    pub(crate) fn from_core(ev: pinhole::turn::AllocationEvent) -> (Self, Option<PinholeError>) {
+        use pinhole::turn::AllocationEvent;
+        let failed = |e: pinhole::turn::TurnError| {
+            let reason = e.to_string();
+            (reason, Some(PinholeError::from(e)))
+        };
+        match ev {
+            AllocationEvent::Allocated {
+                relayed,
+                mapped,
+                lifetime,
+            } => (
+                TurnEvent::Allocated {
+                    relayed: relayed.into_iter().map(addr).collect(),
+                    mapped: mapped.map(addr),
+                    lifetime,
+                },
+                None,
+            ),
+            AllocationEvent::Refreshed { lifetime } => (TurnEvent::Refreshed { lifetime }, None),
+            AllocationEvent::PermissionCreated(ip) => (
+                TurnEvent::PermissionCreated {
+                    peer_ip: ip.to_string(),
+                },
+                None,
+            ),
+            AllocationEvent::PermissionFailed(ip, e) => {
+                let (reason, e) = failed(e);
+                (
+                    TurnEvent::PermissionFailed {
+                        peer_ip: ip.to_string(),
+                        reason,
+                    },
+                    e,
+                )
+            }
+            AllocationEvent::ChannelBound { peer, channel } => (
+                TurnEvent::ChannelBound {
+                    peer: addr(peer),
+                    channel,
+                },
+                None,
+            ),
+            AllocationEvent::ChannelFailed(peer, e) => {
+                let (reason, e) = failed(e);
+                (
+                    TurnEvent::ChannelFailed {
+                        peer: addr(peer),
+                        reason,
+                    },
+                    e,
+                )
+            }
+            AllocationEvent::Lost(e) => {
+                let (reason, e) = failed(e);
+                (TurnEvent::Lost { reason }, e)
+            }
+            AllocationEvent::Deallocated => (TurnEvent::Deallocated, None),
+        }
+    }
+}
+
 /// Parses an IP address given as text.
 pub(crate) fn parse_ip(what: &str, text: &str) -> Result<IpAddr, PinholeError> {
     text.trim()

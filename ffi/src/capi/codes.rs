@@ -23,10 +23,20 @@ pub const PINHOLE_ERR_CANCELLED: c_int = -6;
 pub const PINHOLE_ERR_NOT_AVAILABLE: c_int = -7;
 /// An internal error (a bug; a caught panic).
 pub const PINHOLE_ERR_INTERNAL: c_int = -8;
+/// The server rejected the credentials (TURN 401 with credentials, 441).
+pub const PINHOLE_ERR_AUTH: c_int = -9;
+/// The server refused the request (TURN 403, 437, 440, 442, 443, 486, 508, ...).
+pub const PINHOLE_ERR_REFUSED: c_int = -10;
+/// The server did not answer in time.
+pub const PINHOLE_ERR_TIMEOUT: c_int = -11;
 
 /// The size of a buffer that holds any socket address as text with its NUL
 /// (`[v6%scope]:port` is at most 64 characters).
 pub const PINHOLE_ADDRESS_MAX: usize = 72;
+
+/// The most bytes one `pinhole_turn_send` carries (what fits a UDP datagram to the
+/// server with the TURN headers).
+pub const PINHOLE_TURN_DATA_MAX: usize = 65_400;
 
 /// Log levels: `PINHOLE_LOG_*`.
 pub type pinhole_log_level = c_int;
@@ -108,3 +118,36 @@ pub const PINHOLE_PORTMAP_EVENT_LOST: pinhole_portmap_event_kind = 3;
 pub const PINHOLE_PORTMAP_EVENT_UNAVAILABLE: pinhole_portmap_event_kind = 4;
 /// Deleted after `pinhole_portmap_release`; the mapper stopped. A last event.
 pub const PINHOLE_PORTMAP_EVENT_RELEASED: pinhole_portmap_event_kind = 5;
+
+/// The relayed address family a TURN allocation asks for: `PINHOLE_TURN_FAMILY_*`.
+pub type pinhole_turn_family = c_int;
+/// IPv4 (the default: 0).
+pub const PINHOLE_TURN_FAMILY_IPV4: pinhole_turn_family = 0;
+/// IPv6 (RFC 8656 REQUESTED-ADDRESS-FAMILY).
+pub const PINHOLE_TURN_FAMILY_IPV6: pinhole_turn_family = 1;
+/// Both (ADDITIONAL-ADDRESS-FAMILY): two relayed addresses.
+pub const PINHOLE_TURN_FAMILY_DUAL: pinhole_turn_family = 2;
+
+/// What a TURN event says: `PINHOLE_TURN_EVENT_*`.
+pub type pinhole_turn_event_kind = c_int;
+/// The allocation exists (`relayed`, `relayed_other`, `mapped`, `lifetime_s`).
+pub const PINHOLE_TURN_EVENT_ALLOCATED: pinhole_turn_event_kind = 0;
+/// Refreshed (`lifetime_s`).
+pub const PINHOLE_TURN_EVENT_REFRESHED: pinhole_turn_event_kind = 1;
+/// A permission for a peer IP is installed or refreshed (`peer`: the IP).
+pub const PINHOLE_TURN_EVENT_PERMISSION: pinhole_turn_event_kind = 2;
+/// A permission could not be installed (`peer`: the IP, `result`, `reason`).
+pub const PINHOLE_TURN_EVENT_PERMISSION_FAILED: pinhole_turn_event_kind = 3;
+/// A channel is bound or refreshed (`peer`, `channel`).
+pub const PINHOLE_TURN_EVENT_CHANNEL: pinhole_turn_event_kind = 4;
+/// A channel could not be bound (`peer`, `result`, `reason`).
+pub const PINHOLE_TURN_EVENT_CHANNEL_FAILED: pinhole_turn_event_kind = 5;
+/// Data for a peer could not be sent (`peer`, `result`, `reason`), such as
+/// `PINHOLE_ERR_NOT_AVAILABLE` without a permission for it.
+pub const PINHOLE_TURN_EVENT_SEND_FAILED: pinhole_turn_event_kind = 6;
+/// The allocation failed or is gone (`result`, `reason`): `PINHOLE_ERR_AUTH` for wrong
+/// credentials, `PINHOLE_ERR_REFUSED`, `PINHOLE_ERR_TIMEOUT`, `PINHOLE_ERR_IO` for a
+/// broken connection. A last event.
+pub const PINHOLE_TURN_EVENT_LOST: pinhole_turn_event_kind = 7;
+/// Deallocated after `pinhole_turn_deallocate`. A last event.
+pub const PINHOLE_TURN_EVENT_DEALLOCATED: pinhole_turn_event_kind = 8;

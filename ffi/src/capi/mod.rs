@@ -1,9 +1,10 @@
 //! The C API (header `include/pinhole.h`, generated from this module by cbindgen).
 //!
 //! Conventions, in the style of libjuice:
-//! - Opaque handles (`pinhole_netcheck`, `pinhole_portmap`, `pinhole_server`), created by
-//!   a `*_start` function from a config struct that holds the callbacks and a
-//!   `void *user_ptr`, and freed by `*_destroy`.
+//! - Opaque handles (`pinhole_netcheck`, `pinhole_portmap`, `pinhole_turn`,
+//!   `pinhole_server`), created by a `*_start` function (`pinhole_turn_allocate`) from a
+//!   config struct that holds the callbacks and a `void *user_ptr`, and freed by
+//!   `*_destroy`.
 //! - Functions return `PINHOLE_OK` (0), a non-negative length, or a negative
 //!   `PINHOLE_ERR_*` code; `pinhole_strerror` names it. A NULL where a pointer is required
 //!   gives `PINHOLE_ERR_INVALID`.
@@ -12,9 +13,9 @@
 //! - Every entry point catches panics (`PINHOLE_ERR_INTERNAL`): no unwinding crosses into
 //!   C.
 //!
-//! Threads: each netcheck and port mapping runs on a thread of its own; its callbacks run
-//! there, one at a time, in order, never on the thread that called `*_start`. A callback
-//! may call any function of this API, including `*_destroy` on its own handle (the handle
+//! Threads: each netcheck, port mapping and TURN allocation runs on a thread of its own;
+//! its callbacks run there, one at a time, in order, never on the thread that called
+//! `*_start`. A callback may call any function of this API, including `*_destroy` on its own handle (the handle
 //! is then freed at once and its thread ends when the callback returns; the handle must
 //! not be used afterwards). `*_destroy` called from another thread waits until a running
 //! callback returns; no callback runs after it returns. The log callback may run on any
@@ -27,6 +28,7 @@ pub mod codes;
 mod netcheck;
 mod portmap;
 mod server;
+mod turn;
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::AssertUnwindSafe;
@@ -36,6 +38,7 @@ pub use codes::*;
 pub use netcheck::*;
 pub use portmap::*;
 pub use server::*;
+pub use turn::*;
 
 use crate::error::PinholeError;
 use crate::log::{LogLevel, Sink};
@@ -145,6 +148,9 @@ pub extern "C" fn pinhole_strerror(code: c_int) -> *const c_char {
         PINHOLE_ERR_CANCELLED => c"cancelled",
         PINHOLE_ERR_NOT_AVAILABLE => c"not available",
         PINHOLE_ERR_INTERNAL => c"internal error",
+        PINHOLE_ERR_AUTH => c"authentication failed",
+        PINHOLE_ERR_REFUSED => c"refused by the server",
+        PINHOLE_ERR_TIMEOUT => c"timed out",
         n if n > 0 => c"success",
         _ => c"unknown error",
     };
@@ -264,6 +270,9 @@ mod tests {
             PINHOLE_ERR_CANCELLED,
             PINHOLE_ERR_NOT_AVAILABLE,
             PINHOLE_ERR_INTERNAL,
+            PINHOLE_ERR_AUTH,
+            PINHOLE_ERR_REFUSED,
+            PINHOLE_ERR_TIMEOUT,
         ] {
             // SAFETY: pinhole_strerror returns static C strings.
             let s = unsafe { CStr::from_ptr(pinhole_strerror(code)) };

@@ -1,15 +1,26 @@
 // The Swift bindings' tests (Linux, XCTest), the same ground as the Kotlin test: every
 // exported item, callbacks on pinhole's Rust threads, async calls and their cancellation,
 // errors, a netcheck against `pinhole serve` on loopback (PINHOLE_TEST_STUN) and against
-// the embedded server, and port mapping at 127.0.0.9, where no gateway listens.
+// the embedded server, port mapping at 127.0.0.9, where no gateway listens, and TURN
+// allocations on `pinhole serve --turn` (PINHOLE_TEST_TURN*) relaying to and from a UDP
+// socket of the test's own on 127.0.0.1.
 import Foundation
 import XCTest
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 @testable import Pinhole
 
 /// `pinhole serve`'s URI and a loopback URI where nothing answers, from bindings/test.sh.
 private let serveURI = ProcessInfo.processInfo.environment["PINHOLE_TEST_STUN"] ?? ""
 private let silentURI = ProcessInfo.processInfo.environment["PINHOLE_TEST_SILENT"] ?? ""
+/// `pinhole serve --turn`'s URI and credentials, from bindings/test.sh.
+private let turnURI = ProcessInfo.processInfo.environment["PINHOLE_TEST_TURN"] ?? ""
+private let turnUser = ProcessInfo.processInfo.environment["PINHOLE_TEST_TURN_USER"] ?? ""
+private let turnPassword = ProcessInfo.processInfo.environment["PINHOLE_TEST_TURN_PASSWORD"] ?? ""
+private let turnSecret = ProcessInfo.processInfo.environment["PINHOLE_TEST_TURN_SECRET"] ?? ""
 
 final class CountingLogger: PinholeLogger, @unchecked Sendable {
     private let lock = NSLock()
@@ -70,6 +81,115 @@ final class MappingListener: PortMappingListener, @unchecked Sendable {
     }
 }
 
+final class TurnEvents: TurnListener, @unchecked Sendable {
+    private let cond = NSCondition()
+    private var events: [TurnEvent] = []
+    private var received: [(String, Data)] = []
+    private(set) var onMainThread = false
+
+    func onEvent(event: TurnEvent) {
+        cond.lock()
+        if Thread.isMainThread { onMainThread = true }
+        events.append(event)
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    func onData(peer: String, data: Data) {
+        cond.lock()
+        if Thread.isMainThread { onMainThread = true }
+        received.append((peer, data))
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// The first event that matches, waiting up to 10 s for it.
+    func first(_ matches: (TurnEvent) -> Bool) -> TurnEvent? {
+        let deadline = Date().addingTimeInterval(10)
+        cond.lock()
+        defer { cond.unlock() }
+        while true {
+            if let e = events.first(where: matches) { return e }
+            if !cond.wait(until: deadline) { return events.first(where: matches) }
+        }
+    }
+
+    /// The `n`th datagram from a peer (1-based), waiting up to 10 s for it.
+    func datagram(_ n: Int) -> (String, Data)? {
+        let deadline = Date().addingTimeInterval(10)
+        cond.lock()
+        defer { cond.unlock() }
+        while received.count < n {
+            if !cond.wait(until: deadline) { break }
+        }
+        return received.count >= n ? received[n - 1] : nil
+    }
+}
+
+/// An IPv4 `IP:port` as a sockaddr_in.
+func sockaddrIn(_ text: String) -> sockaddr_in {
+    var sa = sockaddr_in()
+    sa.sin_family = sa_family_t(AF_INET)
+    let parts = text.split(separator: ":")
+    sa.sin_addr.s_addr = inet_addr(String(parts[0]))
+    sa.sin_port = UInt16(parts[1])!.bigEndian
+    return sa
+}
+
+func withSockaddr<T>(_ sa: inout sockaddr_in, _ body: (UnsafeMutablePointer<sockaddr>) -> T) -> T {
+    withUnsafeMutablePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1, body) }
+}
+
+/// A UDP socket on 127.0.0.1 with a 5 s receive timeout: the peer beyond the relay.
+final class PeerSocket {
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    private(set) var address = ""
+
+    init(timeoutMicros: Int = 5_000_000) {
+        var sa = sockaddrIn("127.0.0.1:0")
+        let size = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withSockaddr(&sa) { bind(fd, $0, size) }
+        var len = size
+        _ = withSockaddr(&sa) { getsockname(fd, $0, &len) }
+        address = "127.0.0.1:\(UInt16(bigEndian: sa.sin_port))"
+        var tv = timeval(tv_sec: timeoutMicros / 1_000_000, tv_usec: timeoutMicros % 1_000_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { Glibc.close(fd) }
+
+    func send(_ text: String, to: String) {
+        var sa = sockaddrIn(to)
+        let bytes = Array(text.utf8)
+        _ = withSockaddr(&sa) { sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+
+    /// One datagram and its sender, or nil after the timeout.
+    func receive() -> (String, String)? {
+        var buf = [UInt8](repeating: 0, count: 2048)
+        var sa = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let n = withSockaddr(&sa) { recvfrom(fd, &buf, buf.count, 0, $0, &len) }
+        guard n >= 0 else { return nil }
+        let ip = String(cString: inet_ntoa(sa.sin_addr))
+        return (String(decoding: buf[0..<n], as: UTF8.self), "\(ip):\(UInt16(bigEndian: sa.sin_port))")
+    }
+}
+
+/// Whether the server closed the relayed port: ICMP port unreachable reaches a connected
+/// socket as ECONNREFUSED.
+func relayReleased(_ relayed: String) -> Bool {
+    let s = PeerSocket(timeoutMicros: 200_000)
+    var sa = sockaddrIn(relayed)
+    _ = withSockaddr(&sa) { connect(s.fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    var buf = [UInt8](repeating: 0, count: 16)
+    for _ in 0..<25 {
+        if Glibc.send(s.fd, [1], 1, 0) < 0 && errno == ECONNREFUSED { return true }
+        if recv(s.fd, &buf, buf.count, 0) < 0 && errno == ECONNREFUSED { return true }
+    }
+    return false
+}
+
 func checkLoopback(_ r: NetcheckReport, _ what: String) {
     XCTAssertTrue(r.udp, what)
     // Loopback has no NAT: everything is endpoint-independent and hairpins.
@@ -91,8 +211,8 @@ func checkLoopback(_ r: NetcheckReport, _ what: String) {
 final class PinholeTests: XCTestCase {
     override class func setUp() {
         super.setUp()
-        precondition(!serveURI.isEmpty && !silentURI.isEmpty,
-                     "PINHOLE_TEST_STUN and PINHOLE_TEST_SILENT must be set (bindings/test.sh)")
+        precondition(!serveURI.isEmpty && !silentURI.isEmpty && !turnURI.isEmpty,
+                     "PINHOLE_TEST_STUN, PINHOLE_TEST_SILENT and PINHOLE_TEST_TURN* must be set (bindings/test.sh)")
     }
 
     func testVersion() {
@@ -226,6 +346,112 @@ final class PinholeTests: XCTestCase {
         case .released?, .unavailable?: break
         default: XCTFail("\(l2.events)")
         }
+    }
+
+    func testTurnRelay() async throws {
+        let l = TurnEvents()
+        let alloc = try await allocateTurn(
+            config: TurnConfig(uri: turnURI, username: turnUser, password: turnPassword, lifetimeSecs: 300),
+            listener: l)
+        let relayed = alloc.relayedAddress()
+        XCTAssertTrue(relayed.hasPrefix("127.0.0.1:"), relayed)
+        XCTAssertEqual(alloc.relayedAddresses(), [relayed])
+        XCTAssertTrue(alloc.mappedAddress()?.hasPrefix("127.0.0.1:") ?? false)
+        guard case .allocated(let r, _, let lifetime)? = l.first({ if case .allocated = $0 { return true }; return false })
+        else { return XCTFail("no Allocated event") }
+        XCTAssertEqual(r, [relayed])
+        XCTAssertTrue(lifetime > 0 && lifetime <= 300)
+        XCTAssertFalse(alloc.isClosed())
+
+        let peer = PeerSocket()
+        // Without a permission, sending fails (as an event).
+        try alloc.send(peer: "127.0.0.2:9", data: Data([1]))
+        XCTAssertNotNil(l.first { if case .sendFailed(let p, _) = $0 { return p == "127.0.0.2:9" }; return false })
+
+        // A permission: data both ways as Send and Data indications.
+        try await alloc.createPermission(peerIp: "127.0.0.1")
+        XCTAssertNotNil(l.first { $0 == .permissionCreated(peerIp: "127.0.0.1") })
+        peer.send("hello through the relay", to: relayed)
+        let d1 = l.datagram(1)
+        XCTAssertEqual(d1?.0, peer.address)
+        XCTAssertEqual(d1.map { String(decoding: $0.1, as: UTF8.self) }, "hello through the relay")
+        try alloc.send(peer: peer.address, data: Data("reply by Send indication".utf8))
+        let got1 = peer.receive()
+        XCTAssertEqual(got1?.0, "reply by Send indication")
+        XCTAssertEqual(got1?.1, relayed)
+
+        // A channel: the same as ChannelData.
+        let channel = try await alloc.bindChannel(peer: peer.address)
+        XCTAssertTrue((0x4000...0x4FFF).contains(channel), "\(channel)")
+        XCTAssertNotNil(l.first { $0 == .channelBound(peer: peer.address, channel: channel) })
+        try alloc.send(peer: peer.address, data: Data("over the channel".utf8))
+        let got2 = peer.receive()
+        XCTAssertEqual(got2?.0, "over the channel")
+        XCTAssertEqual(got2?.1, relayed)
+        peer.send("back over the channel", to: relayed)
+        let d2 = l.datagram(2)
+        XCTAssertEqual(d2?.0, peer.address)
+        XCTAssertEqual(d2.map { String(decoding: $0.1, as: UTF8.self) }, "back over the channel")
+
+        XCTAssertThrowsError(try alloc.send(peer: "nope", data: Data([1]))) { e in
+            guard case PinholeError.InvalidArgument = e else { return XCTFail("\(e)") }
+        }
+        XCTAssertThrowsError(try alloc.send(peer: peer.address, data: Data(count: 70_000)))
+        do {
+            try await alloc.createPermission(peerIp: "127.0.0.1:80")
+            XCTFail("no error")
+        } catch PinholeError.InvalidArgument {}
+
+        // Release: Deallocated, then nothing is available and the server freed the port.
+        await alloc.release()
+        XCTAssertTrue(alloc.isClosed())
+        XCTAssertNotNil(l.first { $0 == .deallocated })
+        XCTAssertThrowsError(try alloc.send(peer: peer.address, data: Data([1]))) { e in
+            guard case PinholeError.NotAvailable = e else { return XCTFail("\(e)") }
+        }
+        XCTAssertTrue(relayReleased(relayed))
+        XCTAssertFalse(l.onMainThread)
+    }
+
+    func testTurnCredentials() async throws {
+        do {
+            _ = try await allocateTurn(
+                config: TurnConfig(uri: turnURI, username: turnUser, password: "wrong"), listener: TurnEvents())
+            XCTFail("no error")
+        } catch PinholeError.Authentication(let message) {
+            XCTAssertFalse(message.isEmpty)
+        }
+        do {
+            _ = try await allocateTurn(
+                config: TurnConfig(uri: turnURI, username: turnUser, secret: "wrong"), listener: TurnEvents())
+            XCTFail("no error")
+        } catch PinholeError.Authentication {}
+
+        // REST credentials; dropping the allocation deallocates it.
+        var rest: TurnAllocation? = try await allocateTurn(
+            config: TurnConfig(uri: turnURI, username: turnUser, secret: turnSecret, restTtlSecs: 600),
+            listener: TurnEvents())
+        let relayed = rest!.relayedAddress()
+        XCTAssertTrue(relayed.hasPrefix("127.0.0.1:"), relayed)
+        rest = nil
+        XCTAssertNil(rest)
+        XCTAssertTrue(relayReleased(relayed))
+
+        for (config, what) in [
+            (TurnConfig(uri: turnURI, username: turnUser), "no credentials"),
+            (TurnConfig(uri: turnURI, username: turnUser, password: "p", secret: "s"), "both"),
+            (TurnConfig(uri: "stun:127.0.0.1", username: turnUser, password: "p"), "bad URI"),
+        ] {
+            do {
+                _ = try await allocateTurn(config: config, listener: TurnEvents())
+                XCTFail("\(what): no error")
+            } catch PinholeError.InvalidArgument {}
+        }
+        do {
+            _ = try await allocateTurn(
+                config: TurnConfig(uri: "turns:127.0.0.1", username: turnUser, password: "p"), listener: TurnEvents())
+            XCTFail("turns: without TLS: no error")
+        } catch PinholeError.Unsupported {}
     }
 
     func testRecordsAndEnums() {
