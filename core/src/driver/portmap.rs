@@ -1,20 +1,21 @@
 //! Port mapping on tokio: the gateway's address, one UDP socket for PCP and NAT-PMP, and
-//! UPnP IGD through `igd-next`, around the sans-IO [`Mapper`] and [`Probe`].
+//! UPnP IGD (SSDP over UDP, HTTP/1.1 over TCP, around the sans-IO [`upnp`] codec), around
+//! the sans-IO [`Mapper`] and [`Probe`].
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use igd_next::{Gateway, PortMappingProtocol};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::{DriverError, io, os_seed};
+use crate::portmap::upnp::{Control, HttpUrl, UpnpError};
 use crate::portmap::{
     ANNOUNCE_PORT, MapProtocol, Mapper, MapperConfig, MapperEvent, Probe, ProbeReport,
-    UPNP_TIMEOUT, UpnpCommand, UpnpResult, default_gateway_from_proc_route, natpmp,
+    UPNP_TIMEOUT, UpnpCommand, UpnpResult, default_gateway_from_proc_route, natpmp, upnp,
 };
 use crate::{Protocol, Received};
 
@@ -82,88 +83,81 @@ pub async fn local_ip_toward(ip: IpAddr) -> Result<IpAddr, DriverError> {
     Ok(s.local_addr().map_err(io("local address"))?.ip())
 }
 
-/// The UPnP side: discovery (cached) and the SOAP calls, each bounded.
-///
-/// `igd-next`'s blocking client (HTTP/1.1 over `attohttpc`, every request bounded by its
-/// own timeouts) runs on a detached thread per command: its async client pulls in hyper
-/// with HTTP/2, which alone would take the C library over its size budget. A detached
-/// thread never holds up the runtime's shutdown or the process's exit; the driver stops
-/// waiting after [`UPNP_TIMEOUT`].
+/// The UPnP side: SSDP discovery and the device description (both cached), and the SOAP
+/// actions, each bounded, over pinhole's own sans-IO UPnP codec ([`upnp`]).
 #[derive(Clone)]
 struct Upnp {
     target: GatewayTarget,
-    igd: Arc<Mutex<Option<Gateway>>>,
+    control: Arc<tokio::sync::Mutex<Option<Control>>>,
 }
 
 impl Upnp {
     fn new(target: GatewayTarget) -> Self {
         Self {
             target,
-            igd: Arc::new(Mutex::new(None)),
+            control: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
-    fn search(&self) -> Result<Gateway, String> {
-        let cached = self.igd.lock().map(|g| g.clone()).unwrap_or(None);
-        if let Some(g) = cached {
-            return Ok(g);
+    /// The gateway's WAN connection service: SSDP (unicast to the gateway, then multicast
+    /// when allowed), then the description. Concurrent callers wait for one search.
+    async fn search(&self) -> Result<Control, String> {
+        let mut slot = self.control.lock().await;
+        if let Some(c) = slot.clone() {
+            return Ok(c);
         }
-        let bind = SocketAddr::new(self.target.local_ip, 0);
-        let mut unicast = igd_next::SearchOptions::default();
-        unicast.bind_addr = bind;
-        unicast.broadcast_address = SocketAddr::new(self.target.gateway, 1900);
-        unicast.timeout = Some(SSDP_UNICAST_TIMEOUT);
-        unicast.single_search_timeout = Some(SSDP_UNICAST_TIMEOUT);
-        let found = match igd_next::search_gateway(unicast) {
-            Ok(g) => Ok(g),
-            Err(e) if self.target.multicast => {
-                debug!(error = %e, "SSDP unicast to the gateway failed; trying multicast");
-                let mut multicast = igd_next::SearchOptions::default();
-                multicast.bind_addr = bind;
-                multicast.timeout = Some(SSDP_MULTICAST_TIMEOUT);
-                multicast.single_search_timeout = Some(SSDP_MULTICAST_TIMEOUT);
-                igd_next::search_gateway(multicast)
+        let location = self.ssdp().await?;
+        let resp = http(&location, &upnp::get_request(&location)).await?;
+        if resp.status != 200 {
+            return Err(format!("device description: HTTP status {}", resp.status));
+        }
+        let c = upnp::parse_description(&resp.body, &location).map_err(|e| e.to_string())?;
+        debug!(service = %c.service_type, control = ?c.url, "UPnP IGD found");
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn ssdp(&self) -> Result<HttpUrl, String> {
+        let sock = UdpSocket::bind((self.target.local_ip, 0))
+            .await
+            .map_err(|e| format!("SSDP socket: {e}"))?;
+        let unicast = SocketAddr::new(self.target.gateway, upnp::SSDP_PORT);
+        if let Some(l) = ssdp_round(
+            &sock,
+            unicast,
+            SSDP_UNICAST_TIMEOUT,
+            Some(self.target.gateway),
+        )
+        .await
+        {
+            return Ok(l);
+        }
+        if self.target.multicast {
+            debug!("no SSDP answer from the gateway itself; searching by multicast");
+            if let Some(l) =
+                ssdp_round(&sock, upnp::SSDP_MULTICAST, SSDP_MULTICAST_TIMEOUT, None).await
+            {
+                return Ok(l);
             }
-            Err(e) => Err(e),
-        };
-        let g = found.map_err(|e| format!("no IGD found: {e}"))?;
-        if let Ok(mut slot) = self.igd.lock() {
-            *slot = Some(g.clone());
         }
-        Ok(g)
+        Err("no IGD answered the SSDP search".into())
     }
 
-    /// Runs `cmd` on a thread of its own; the answer, or a failure after [`UPNP_TIMEOUT`].
     async fn run(&self, cmd: UpnpCommand) -> UpnpResult {
-        let (tx, rx) = oneshot::channel();
-        let this = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("pinhole-upnp".into())
-            .spawn(move || {
-                let _ = tx.send(this.run_blocking(cmd));
-            });
-        if let Err(e) = spawned {
-            return UpnpResult::Failed(format!("cannot start the UPnP thread: {e}"));
-        }
-        match tokio::time::timeout(UPNP_TIMEOUT, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => UpnpResult::Failed("the UPnP thread ended without an answer".into()),
+        match tokio::time::timeout(UPNP_TIMEOUT, self.run_unbounded(cmd)).await {
+            Ok(r) => r,
             Err(_) => UpnpResult::Failed("timed out".into()),
         }
     }
 
-    fn run_blocking(&self, cmd: UpnpCommand) -> UpnpResult {
-        let g = match self.search() {
-            Ok(g) => g,
+    async fn run_unbounded(&self, cmd: UpnpCommand) -> UpnpResult {
+        let c = match self.search().await {
+            Ok(c) => c,
             Err(e) => return UpnpResult::Failed(e),
-        };
-        let proto = |p: MapProtocol| match p {
-            MapProtocol::Udp => PortMappingProtocol::UDP,
-            MapProtocol::Tcp => PortMappingProtocol::TCP,
         };
         match cmd {
             UpnpCommand::Probe => UpnpResult::Available {
-                external_ip: g.get_external_ip().ok(),
+                external_ip: external_ip(&c).await.ok(),
             },
             UpnpCommand::Map {
                 protocol,
@@ -171,29 +165,14 @@ impl Upnp {
                 external_port,
                 lifetime,
             } => {
-                let Ok(ip) = g.get_external_ip() else {
-                    return UpnpResult::Failed("GetExternalIPAddress failed".into());
+                let ip = match external_ip(&c).await {
+                    Ok(ip) => ip,
+                    Err(e) => return UpnpResult::Failed(format!("GetExternalIPAddress: {e}")),
                 };
-                let description = "pinhole";
-                let port = if external_port != 0
-                    && g.add_port(
-                        proto(protocol),
-                        external_port,
-                        internal,
-                        lifetime,
-                        description,
-                    )
-                    .is_ok()
-                {
-                    Ok(external_port)
-                } else {
-                    g.add_any_port(proto(protocol), internal, lifetime, description)
-                        .map_err(|e| e.to_string())
-                };
-                match port {
-                    Ok(p) => UpnpResult::Mapped {
-                        external: SocketAddr::new(ip, p),
-                        lifetime,
+                match add_mapping(&c, protocol, internal, external_port, lifetime).await {
+                    Ok((port, lease)) => UpnpResult::Mapped {
+                        external: SocketAddr::new(ip, port),
+                        lifetime: lease,
                     },
                     Err(e) => UpnpResult::Failed(e),
                 }
@@ -201,12 +180,222 @@ impl Upnp {
             UpnpCommand::Delete {
                 protocol,
                 external_port,
-            } => match g.remove_port(proto(protocol), external_port) {
-                Ok(()) => UpnpResult::Deleted,
-                Err(e) => UpnpResult::Failed(e.to_string()),
-            },
+            } => {
+                let port = external_port.to_string();
+                let args = [
+                    ("NewRemoteHost", ""),
+                    ("NewExternalPort", port.as_str()),
+                    ("NewProtocol", upnp_protocol(protocol)),
+                ];
+                match soap(&c, "DeletePortMapping", &args).await {
+                    Ok(_) => UpnpResult::Deleted,
+                    Err(e) => UpnpResult::Failed(e.to_string()),
+                }
+            }
         }
     }
+}
+
+/// How long one HTTP exchange with the gateway may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many random external ports an IGD v1 gateway is offered when the wanted ones are
+/// taken (WANIPConnection:1 has no AddAnyPortMapping).
+const V1_RANDOM_PORTS: usize = 6;
+
+fn upnp_protocol(p: MapProtocol) -> &'static str {
+    match p {
+        MapProtocol::Udp => "UDP",
+        MapProtocol::Tcp => "TCP",
+    }
+}
+
+/// Sends the M-SEARCH to `to` (twice, against loss) and waits up to `wait` for an IGD's
+/// answer, from `only_from` when given.
+async fn ssdp_round(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    wait: Duration,
+    only_from: Option<IpAddr>,
+) -> Option<HttpUrl> {
+    let request = upnp::search_request(to);
+    let deadline = tokio::time::Instant::now() + wait;
+    let resend = tokio::time::Instant::now() + wait / 3;
+    let mut resent = false;
+    if let Err(e) = sock.send_to(&request, to).await {
+        debug!(%to, error = %e, "SSDP send failed");
+        return None;
+    }
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let until = if resent {
+            deadline
+        } else {
+            resend.min(deadline)
+        };
+        match tokio::time::timeout_at(until, sock.recv_from(&mut buf)).await {
+            Ok(Ok((n, from))) => {
+                if only_from.is_some_and(|ip| ip != from.ip()) {
+                    debug!(%from, "SSDP answer from another host ignored");
+                    continue;
+                }
+                match upnp::parse_search_response(&buf[..n]) {
+                    Ok(location) => return Some(location),
+                    Err(e) => debug!(%from, error = %e, "SSDP answer ignored"),
+                }
+            }
+            Ok(Err(e)) => debug!(error = %e, "SSDP receive error"),
+            Err(_) if !resent && tokio::time::Instant::now() < deadline => {
+                resent = true;
+                let _ = sock.send_to(&request, to).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// One HTTP/1.1 exchange (`Connection: close`), bounded by [`HTTP_TIMEOUT`] and
+/// [`upnp::MAX_HTTP_RESPONSE`].
+async fn http(url: &HttpUrl, request: &[u8]) -> Result<upnp::HttpResponse, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let addr = match url.socket_addr() {
+            Some(a) => a,
+            None => tokio::net::lookup_host((url.host.as_str(), url.port))
+                .await
+                .map_err(|e| format!("resolving {}: {e}", url.host))?
+                .next()
+                .ok_or_else(|| format!("{} has no address", url.host))?,
+        };
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        stream
+            .write_all(request)
+            .await
+            .map_err(|e| format!("sending to {addr}: {e}"))?;
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("reading from {addr}: {e}"))?;
+            buf.extend_from_slice(&chunk[..n]);
+            match upnp::parse_http_response(&buf, n == 0) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) if buf.len() <= upnp::MAX_HTTP_RESPONSE => {}
+                Ok(None) => return Err("response too large".to_owned()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer from {} in time", url.host_header())))
+}
+
+/// A SOAP action; its output arguments, or the gateway's error.
+async fn soap(
+    c: &Control,
+    action: &str,
+    args: &[(&str, &str)],
+) -> Result<Vec<(String, String)>, UpnpError> {
+    let resp = http(&c.url, &upnp::soap_request(c, action, args))
+        .await
+        .map_err(|e| UpnpError::Fault {
+            code: 0,
+            description: e,
+        })?;
+    upnp::parse_soap_response(&resp, action)
+}
+
+async fn external_ip(c: &Control) -> Result<IpAddr, UpnpError> {
+    let out = soap(c, "GetExternalIPAddress", &[]).await?;
+    upnp::parse_external_ip(&out)
+}
+
+/// AddPortMapping for `wanted` (when not 0); else, or when it is taken, AddAnyPortMapping
+/// (IGD v2) or AddPortMapping on the internal port and then a few random ports (IGD v1).
+/// A gateway that only takes permanent leases (error 725) gets lease 0. Returns the
+/// external port and the lease granted.
+async fn add_mapping(
+    c: &Control,
+    protocol: MapProtocol,
+    internal: SocketAddr,
+    wanted: u16,
+    lease: u32,
+) -> Result<(u16, u32), String> {
+    let proto = upnp_protocol(protocol);
+    let mut lease = lease;
+    let mut last = String::from("no port tried");
+    // One action, retried once with lease 0 on 725.
+    async fn attempt(
+        c: &Control,
+        action: &str,
+        proto: &'static str,
+        port: u16,
+        internal: SocketAddr,
+        lease: &mut u32,
+    ) -> Result<Vec<(String, String)>, UpnpError> {
+        for _ in 0..2 {
+            let args = upnp::add_mapping_args(proto, port, internal, *lease);
+            let refs: Vec<(&str, &str)> = args.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            match soap(c, action, &refs).await {
+                Err(UpnpError::Fault { code, .. })
+                    if code == upnp::codes::ONLY_PERMANENT_LEASES_SUPPORTED && *lease != 0 =>
+                {
+                    *lease = 0;
+                }
+                other => return other,
+            }
+        }
+        Err(UpnpError::Soap("lease refused"))
+    }
+    if wanted != 0 {
+        match attempt(c, "AddPortMapping", proto, wanted, internal, &mut lease).await {
+            Ok(_) => return Ok((wanted, lease)),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    if c.is_v2() {
+        let suggest = if wanted != 0 { wanted } else { internal.port() };
+        match attempt(c, "AddAnyPortMapping", proto, suggest, internal, &mut lease).await {
+            Ok(out) => {
+                return upnp::argument(&out, "NewReservedPort")
+                    .and_then(|p| p.parse().ok())
+                    .filter(|&p: &u16| p != 0)
+                    .map(|p| (p, lease))
+                    .ok_or_else(|| "AddAnyPortMapping: no NewReservedPort".to_owned());
+            }
+            Err(UpnpError::Fault { code, .. }) if code == upnp::codes::INVALID_ACTION => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    let mut x = u64::from_le_bytes(seed) | 1;
+    let random = std::iter::repeat_with(move || {
+        // xorshift64: only to spread the candidates.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        1024 + (x % (65536 - 1024)) as u16
+    });
+    let candidates = std::iter::once(internal.port())
+        .filter(|&p| p != wanted)
+        .chain(random.take(V1_RANDOM_PORTS));
+    for port in candidates {
+        match attempt(c, "AddPortMapping", proto, port, internal, &mut lease).await {
+            Ok(_) => return Ok((port, lease)),
+            Err(UpnpError::Fault { code, .. })
+                if code == upnp::codes::CONFLICT_IN_MAPPING_ENTRY =>
+            {
+                last = format!("port {port} taken");
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(last)
 }
 
 async fn bind_near(target: &GatewayTarget) -> Result<(Arc<UdpSocket>, SocketAddr), DriverError> {

@@ -1,8 +1,8 @@
 //! Gateway port mapping: PCP (RFC 6887), NAT-PMP (RFC 6886) and UPnP IGD.
 //!
 //! [`Mapper`] is sans-IO. It speaks PCP and NAT-PMP itself, from one UDP socket the driver
-//! owns, and asks the driver to do UPnP (SOAP over HTTP, which the `igd-next` crate does
-//! in the tokio driver) through [`Mapper::poll_upnp`] / [`Mapper::handle_upnp`], so that
+//! owns, and asks the driver to do UPnP (SSDP, then SOAP over HTTP/1.1 connections, built
+//! and parsed by [`upnp`]) through [`Mapper::poll_upnp`] / [`Mapper::handle_upnp`], so that
 //! one machine decides which protocol wins, when to renew and what to report.
 //!
 //! - With [`ViaChoice::Any`] it sends a PCP MAP and a NAT-PMP external-address request at
@@ -41,6 +41,7 @@
 
 pub mod natpmp;
 pub mod pcp;
+pub mod upnp;
 pub mod verify;
 
 pub use verify::{VERIFY_INTERVAL, VerifyConfig};
