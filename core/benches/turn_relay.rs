@@ -804,7 +804,8 @@ fn main() {
     let rounds = env_num("TURN_BENCH_ROUNDS", 3.0).max(1.0) as usize;
     let warmup = Duration::from_secs_f64(env_num("TURN_BENCH_WARMUP", 0.5));
     let window = env_num("TURN_BENCH_WINDOW", 64.0) as usize;
-    // TURN_BENCH_ONLY=substring runs only the matching clients; RUST_LOG traces them.
+    // TURN_BENCH_ONLY=substring[,substring…] runs only the matching clients; RUST_LOG traces
+    // them.
     let only = std::env::var("TURN_BENCH_ONLY").ok();
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -837,7 +838,10 @@ fn main() {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); clients.len()];
         for _ in 0..rounds {
             for (i, (name, run)) in clients.iter().enumerate() {
-                if only.as_deref().is_some_and(|o| !name.contains(o)) {
+                if only
+                    .as_deref()
+                    .is_some_and(|o| !o.split(',').any(|o| name.contains(o)))
+                {
                     continue;
                 }
                 let cfg = Config {

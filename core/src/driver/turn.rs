@@ -1,9 +1,61 @@
 //! A TURN allocation on tokio: UDP, TCP, or TLS (feature `tls`) to the server, around the
 //! sans-IO [`Allocation`].
 //!
-//! [`allocate`] connects and starts a task that owns the transport and the machine; the
-//! returned [`TurnHandle`] sends commands to it and receives [`TurnEvent`]s. Dropping the
-//! handle deallocates (bounded by [`DEALLOCATE_TIMEOUT`]).
+//! [`allocate`] connects and starts a task that owns the transport and runs the machine;
+//! the returned [`TurnHandle`] sends commands to it and receives [`TurnEvent`]s. Dropping
+//! the handle deallocates (bounded by [`DEALLOCATE_TIMEOUT`]).
+//!
+//! # Two data paths
+//!
+//! - The handle: [`TurnHandle::send_to`] takes a `Vec<u8>` per datagram to the task, which
+//!   sends it with one system call; data from peers comes as [`TurnEvent::Data`], one
+//!   `Vec<u8>` each. Simple, works over every transport, and fine at modest rates.
+//! - The data plane of a UDP allocation, [`TurnHandle::data_plane`]: a [`TurnDataPlane`]
+//!   that the application drives itself, without the task in between. It receives a batch
+//!   of datagrams per system call into a caller-owned [`RecvBatch`] (`recvmmsg`, and GRO),
+//!   leaving the peer data in place, and sends runs of equal-sized datagrams with one GSO
+//!   system call (all datagrams of a TURN client go to its one server, so a batch of
+//!   equal-sized payloads goes out whole). Nothing is allocated per datagram. Its socket
+//!   work is the `quinn-udp` crate's, which falls back to one datagram per system call
+//!   where the platform has no batching. Under a sustained high packet rate, [`Coalescing`]
+//!   waits a few tens of microseconds before reading, trading that much latency for fewer
+//!   system calls and wake-ups per datagram; at low rates it adds none.
+//!
+//! The [`Allocation`] is shared by the task and the data plane under a mutex that neither
+//! holds across an `.await`: the data plane takes it once per received batch (ChannelData
+//! of bound channels and Data indications become data; STUN responses feed the machine and
+//! wake the task, which sends what follows and reports events) and once per queued
+//! datagram (to encode it as ChannelData or a Send indication). The task handles commands,
+//! timers (refreshes, permissions, channels) and everything sent for the machine. While a
+//! data plane exists it does all the receiving, so the application keeps calling
+//! [`TurnDataPlane::recv`]; dropping it hands receiving back to the task.
+//!
+//! ```no_run
+//! # async fn example(config: pinhole::driver::turn::TurnClientConfig, peer: std::net::SocketAddr)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use pinhole::driver::turn::{RecvBatch, TurnEvent, allocate};
+//! use pinhole::turn::AllocationEvent;
+//!
+//! let mut handle = allocate(config).await?;
+//! while let Some(ev) = handle.next_event().await {
+//!     match ev {
+//!         TurnEvent::Allocation(AllocationEvent::Allocated { .. }) => handle.bind_channel(peer),
+//!         TurnEvent::Allocation(AllocationEvent::ChannelBound { .. }) => break,
+//!         _ => {}
+//!     }
+//! }
+//! let mut data = handle.data_plane()?;
+//! let mut batch = RecvBatch::new();
+//! data.send_to(peer, b"hello").await?;
+//! loop {
+//!     // Sends what was queued, then waits for a batch (events still come from the handle).
+//!     data.recv(&mut batch).await?;
+//!     for (from, payload) in batch.iter() {
+//!         data.queue_to(from, payload).await?; // echo
+//!     }
+//! }
+//! # }
+//! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
