@@ -24,7 +24,8 @@
 //! allocation), without and with adaptive coalescing, and the handle's own
 //! `send_to`/`TurnEvent::Data`. `TURN_BENCH_COALESCE_US` and `TURN_BENCH_COALESCE_RATE`
 //! override the coalescing row's `Coalescing::max_wait` (µs) and `min_rate` (datagrams/s);
-//! `TURN_BENCH_VERBOSE=1` prints datagrams per system call and waits.
+//! `TURN_BENCH_VERBOSE=1` prints datagrams per system call and waits; `TURN_BENCH_SIZES`
+//! (default `100,1200`) the payload sizes.
 #![allow(unsafe_code, missing_docs, clippy::print_stdout)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -832,7 +833,15 @@ fn main() {
         measure.as_secs_f64(),
         warmup.as_secs_f64()
     );
-    for size in [100usize, 1200] {
+    let sizes: Vec<usize> = std::env::var("TURN_BENCH_SIZES")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().parse().expect("TURN_BENCH_SIZES"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![100, 1200]);
+    for size in sizes {
         // Rounds interleave the clients, so that a slow phase of the machine does not hit
         // one client only; each metric is the median over the rounds.
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); clients.len()];

@@ -247,12 +247,54 @@ pub struct TurnDataPlane {
     lens: Vec<usize>,
     sent: usize,
     sent_bytes: usize,
-    /// Rate measurement for coalescing.
+    gate: RateGate,
+    stats: DataPlaneStats,
+}
+
+/// The coalescing decision: the received-datagram rate over windows of [`RATE_WINDOW`].
+#[derive(Debug, Clone, Copy)]
+struct RateGate {
     window_start: Instant,
     window_count: u64,
+    /// The last complete window reached the policy's rate.
     high_rate: bool,
+    /// The last receive call filled every buffer.
     last_full: bool,
-    stats: DataPlaneStats,
+}
+
+impl RateGate {
+    fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            window_count: 0,
+            high_rate: false,
+            last_full: false,
+        }
+    }
+
+    /// A receive call at `now` brought `received` datagrams; `full`: it filled every
+    /// buffer.
+    fn note(&mut self, policy: &Coalescing, now: Instant, received: u64, full: bool) {
+        self.window_count += received;
+        self.last_full = full;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            // count / elapsed >= min_rate, without division.
+            self.high_rate = u128::from(self.window_count) * 1_000_000_000
+                >= u128::from(policy.min_rate) * elapsed.as_nanos();
+            self.window_start = now;
+            self.window_count = 0;
+        }
+    }
+
+    /// Whether to wait before the next read; `now` is called only when it matters.
+    fn should_wait(&self, policy: &Coalescing, now: impl FnOnce() -> Instant) -> bool {
+        self.high_rate
+            && !self.last_full
+            && !policy.max_wait.is_zero()
+            // A stale measurement (the application paused) does not count.
+            && now().saturating_duration_since(self.window_start) < 2 * RATE_WINDOW
+    }
 }
 
 impl TurnDataPlane {
@@ -287,10 +329,7 @@ impl TurnDataPlane {
             lens: Vec::with_capacity(SEND_QUEUE_DATAGRAMS),
             sent: 0,
             sent_bytes: 0,
-            window_start: Instant::now(),
-            window_count: 0,
-            high_rate: false,
-            last_full: false,
+            gate: RateGate::new(Instant::now()),
             stats: DataPlaneStats::default(),
         })
     }
@@ -426,7 +465,7 @@ impl TurnDataPlane {
     pub async fn recv(&mut self, batch: &mut RecvBatch) -> Result<usize, DataPlaneError> {
         batch.items.clear();
         self.flush().await?;
-        if self.should_wait() {
+        if self.gate.should_wait(&self.coalescing, Instant::now) {
             self.stats.waits += 1;
             std::thread::sleep(self.coalescing.max_wait);
         }
@@ -520,11 +559,19 @@ impl TurnDataPlane {
                         contents,
                     };
                     match alloc.handle_input(now, rx) {
-                        Input::Data { peer, data } => items.push(Item {
-                            peer,
-                            start: data.as_ptr() as usize - base,
-                            len: data.len(),
-                        }),
+                        Input::Data { peer, data } => {
+                            // The data is borrowed from `buf`: where it starts there.
+                            match (data.as_ptr() as usize).checked_sub(base) {
+                                Some(start) if start + data.len() <= buf.len() => {
+                                    items.push(Item {
+                                        peer,
+                                        start,
+                                        len: data.len(),
+                                    });
+                                }
+                                _ => debug!("peer data outside the receive buffers dropped"),
+                            }
+                        }
                         Input::Consumed => control |= !is_channel_data(contents),
                         Input::NotTurn => {}
                     }
@@ -537,29 +584,9 @@ impl TurnDataPlane {
         }
         self.stats.recv_calls += 1;
         self.stats.datagrams_received += received;
-        self.note_rate(now, received, n == metas.len());
+        self.gate
+            .note(&self.coalescing, now, received, n == metas.len());
         items.len()
-    }
-
-    fn note_rate(&mut self, now: Instant, received: u64, full: bool) {
-        self.window_count += received;
-        self.last_full = full;
-        let elapsed = now.saturating_duration_since(self.window_start);
-        if elapsed >= RATE_WINDOW {
-            // count / elapsed >= min_rate, without division.
-            self.high_rate = u128::from(self.window_count) * 1_000_000_000
-                >= u128::from(self.coalescing.min_rate) * elapsed.as_nanos();
-            self.window_start = now;
-            self.window_count = 0;
-        }
-    }
-
-    fn should_wait(&self) -> bool {
-        self.high_rate
-            && !self.last_full
-            && !self.coalescing.max_wait.is_zero()
-            // A stale measurement (the application paused) does not count.
-            && self.window_start.elapsed() < 2 * RATE_WINDOW
     }
 }
 
@@ -572,5 +599,48 @@ impl Drop for TurnDataPlane {
         self.shared.data_plane.store(false, Ordering::Release);
         // The allocation's task reads the socket again.
         self.shared.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalescing_waits_only_under_a_sustained_high_rate() {
+        let policy = Coalescing {
+            max_wait: Duration::from_micros(50),
+            min_rate: 50_000,
+        };
+        let t0 = Instant::now();
+        let us = |n: u64| t0 + Duration::from_micros(n);
+        let mut g = RateGate::new(t0);
+        assert!(!g.should_wait(&policy, || t0));
+        // 10 datagrams per 100 µs is 100 000/s: from the end of the first window on, wait.
+        for i in 1..=10 {
+            g.note(&policy, us(i * 100), 10, false);
+            assert_eq!(g.should_wait(&policy, || us(i * 100)), i >= 10, "{i}");
+        }
+        // A full batch: read again at once.
+        g.note(&policy, us(1100), 32, true);
+        assert!(!g.should_wait(&policy, || us(1100)));
+        g.note(&policy, us(1200), 10, false);
+        assert!(g.should_wait(&policy, || us(1200)));
+        // The application paused: the measurement is stale.
+        assert!(!g.should_wait(&policy, || us(5000)));
+        // The first datagram after a pause closes a window of a low rate.
+        g.note(&policy, us(50_000), 1, false);
+        assert!(!g.should_wait(&policy, || us(50_000)));
+        // 1 datagram per 100 µs (10 000/s) never waits.
+        for i in 1..=30 {
+            g.note(&policy, us(50_000 + i * 100), 1, false);
+            assert!(!g.should_wait(&policy, || us(50_000 + i * 100)));
+        }
+        // Off is off.
+        let mut g = RateGate::new(t0);
+        for i in 1..=30 {
+            g.note(&Coalescing::OFF, us(i * 100), 1000, false);
+            assert!(!g.should_wait(&Coalescing::OFF, || us(i * 100)));
+        }
     }
 }
