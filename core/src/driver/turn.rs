@@ -142,6 +142,9 @@ struct Shared {
     closed: AtomicBool,
     /// Wakes data planes waiting for datagrams when `closed` is set.
     closed_notify: Notify,
+    /// quinn-udp's state of the UDP socket, from the first data plane on. It turns GRO on,
+    /// so from then on the task reads through it too and splits what GRO coalesced.
+    udp_state: std::sync::OnceLock<Arc<quinn_udp::UdpSocketState>>,
     /// The server and our address as the machine knows them.
     server: SocketAddr,
     local: SocketAddr,
@@ -309,6 +312,7 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
         data_plane: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         closed_notify: Notify::new(),
+        udp_state: std::sync::OnceLock::new(),
         server,
         local,
     });
@@ -434,13 +438,18 @@ async fn run(
         // arrives even when the application no longer calls `recv`.
         let reading = !shared.data_plane.load(Ordering::Acquire) || dealloc_deadline.is_some();
         tokio::select! {
-            r = recv(&mut conn, &mut buf), if reading => match r {
-                Ok((0, None)) => {
+            r = recv(&mut conn, shared.udp_state.get(), &mut buf), if reading => match r {
+                Ok((0, None, _)) => {
                     let _ = events.send(TurnEvent::Disconnected("the server closed the connection".into()));
                     return;
                 }
-                Ok((n, from)) => match &mut conn {
-                    Conn::Udp(_) => deliver(&shared, &events, proto, from, &buf[..n]),
+                Ok((n, from, stride)) => match &mut conn {
+                    Conn::Udp(_) => {
+                        // GRO puts datagrams of one size back to back, `stride` apart.
+                        for d in buf[..n].chunks(stride.max(1)) {
+                            deliver(&shared, &events, proto, from, d);
+                        }
+                    }
                     Conn::Stream(_, framer) => {
                         if framer.push(&buf[..n]).is_err() {
                             let _ = events.send(TurnEvent::Disconnected("stream framing lost".into()));
@@ -544,11 +553,36 @@ async fn send(conn: &mut Conn, server: SocketAddr, bytes: &[u8]) -> std::io::Res
     }
 }
 
-/// Reads from the connection: the bytes and, over UDP, where they came from.
-async fn recv(conn: &mut Conn, buf: &mut [u8]) -> std::io::Result<(usize, Option<SocketAddr>)> {
-    match conn {
-        Conn::Udp(s) => s.recv_from(buf).await.map(|(n, from)| (n, Some(from))),
-        Conn::Stream(s, _) => s.read(buf).await.map(|n| (n, None)),
+/// Reads from the connection: the bytes, over UDP where they came from, and the size of
+/// each datagram in them (more than one only with GRO).
+async fn recv(
+    conn: &mut Conn,
+    udp_state: Option<&Arc<quinn_udp::UdpSocketState>>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<SocketAddr>, usize)> {
+    match (conn, udp_state) {
+        (Conn::Udp(s), None) => s.recv_from(buf).await.map(|(n, from)| (n, Some(from), n)),
+        (Conn::Udp(s), Some(state)) => {
+            let mut meta = [quinn_udp::RecvMeta::default()];
+            loop {
+                s.readable().await?;
+                let r = s.try_io(tokio::io::Interest::READABLE, || {
+                    let mut iov = [std::io::IoSliceMut::new(&mut *buf)];
+                    state.recv((&**s).into(), &mut iov, &mut meta)
+                });
+                match r {
+                    Ok(_) => {
+                        let m = meta[0];
+                        let n = m.len.min(buf.len());
+                        let stride = if m.stride == 0 { n } else { m.stride };
+                        return Ok((n, Some(m.addr), stride));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        (Conn::Stream(s, _), _) => s.read(buf).await.map(|n| (n, None, n)),
     }
 }
 

@@ -228,8 +228,9 @@ impl RecvBatch {
 ///
 /// The socket work is in the `quinn-udp` crate (as used by quinn), which falls back to one
 /// datagram per system call where batching is not available. Creating a data plane sets
-/// quinn-udp's options on the allocation's socket (among them: IPv4 datagrams are not
-/// fragmented, so datagrams larger than the path MTU fail to send).
+/// quinn-udp's options on the allocation's socket for good (among them: GRO on, which the
+/// handle's own receiving then handles too; IPv4 datagrams are not fragmented, so
+/// datagrams larger than the path MTU fail to send).
 ///
 /// While it exists it does all the receiving for the allocation: keep calling `recv`.
 /// Dropping it gives receiving back to the handle (and [`super::TurnEvent::Data`]); what
@@ -238,7 +239,7 @@ impl RecvBatch {
 pub struct TurnDataPlane {
     shared: Arc<Shared>,
     socket: Arc<UdpSocket>,
-    state: UdpSocketState,
+    state: Arc<UdpSocketState>,
     coalescing: Coalescing,
     /// The send queue: encoded datagrams back to back, their lengths, and how many (and
     /// how many bytes) of them are already sent.
@@ -310,12 +311,15 @@ impl TurnDataPlane {
         {
             return Err(DataPlaneError::InUse);
         }
-        let state = match UdpSocketState::new((&*socket).into()) {
-            Ok(s) => s,
-            Err(e) => {
-                shared.data_plane.store(false, Ordering::Release);
-                return Err(e.into());
-            }
+        let state = match shared.udp_state.get() {
+            Some(s) => s.clone(),
+            None => match UdpSocketState::new((&*socket).into()) {
+                Ok(s) => shared.udp_state.get_or_init(|| Arc::new(s)).clone(),
+                Err(e) => {
+                    shared.data_plane.store(false, Ordering::Release);
+                    return Err(e.into());
+                }
+            },
         };
         // The allocation's task stops reading the socket.
         shared.wake.notify_one();
