@@ -127,7 +127,6 @@ enum Command {
 }
 
 /// What the control task and a [`TurnDataPlane`] share.
-#[derive(Debug)]
 struct Shared {
     /// The machine. The control task locks it for commands, timers and transmits; a data
     /// plane locks it once per received batch and once per queued datagram, never across
@@ -148,6 +147,18 @@ struct Shared {
     /// The server and our address as the machine knows them.
     server: SocketAddr,
     local: SocketAddr,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the machine: its state is no one's business in a log line.
+        f.debug_struct("Shared")
+            .field("server", &self.server)
+            .field("local", &self.local)
+            .field("data_plane", &self.data_plane.load(Ordering::Relaxed))
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {

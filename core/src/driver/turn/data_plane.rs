@@ -130,12 +130,21 @@ struct Item {
 /// Caller-owned receive buffers for [`TurnDataPlane::recv`], allocated once and reused:
 /// after a `recv` it holds the peer data of the datagrams received, in place (each payload
 /// is a range of the buffers, no copy).
-#[derive(Debug)]
 pub struct RecvBatch {
     buf: Box<[u8]>,
     slot_len: usize,
     metas: Vec<RecvMeta>,
     items: Vec<Item>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("slots", &self.metas.len())
+            .field("slot_len", &self.slot_len)
+            .field("datagrams", &self.items.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RecvBatch {
@@ -235,7 +244,6 @@ impl RecvBatch {
 /// While it exists it does all the receiving for the allocation: keep calling `recv`.
 /// Dropping it gives receiving back to the handle (and [`super::TurnEvent::Data`]); what
 /// is still queued is sent if the socket takes it at once, else dropped.
-#[derive(Debug)]
 pub struct TurnDataPlane {
     shared: Arc<Shared>,
     socket: Arc<UdpSocket>,
@@ -295,6 +303,17 @@ impl RateGate {
             && !policy.max_wait.is_zero()
             // A stale measurement (the application paused) does not count.
             && now().saturating_duration_since(self.window_start) < 2 * RATE_WINDOW
+    }
+}
+
+impl std::fmt::Debug for TurnDataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnDataPlane")
+            .field("shared", &self.shared)
+            .field("coalescing", &self.coalescing)
+            .field("queued", &self.queued())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
     }
 }
 
