@@ -19,16 +19,17 @@
 //! ```
 //!
 //! Each client runs `TURN_BENCH_ROUNDS` times (interleaved with the others; medians are
-//! printed), `TURN_BENCH_SECS` each. `TURN_BENCH_COALESCE_US` (default 50) is the wait of
-//! the coalescing pinhole row: after a wake-up that brought fewer than 16 datagrams, it
-//! sleeps that long so that the next `recvmmsg` and GSO send carry more (fewer wake-ups,
-//! at most that much added latency). `TURN_BENCH_NO_GSO=1` sends pinhole's datagrams one
-//! `sendmsg` each (recvmmsg still batches), to see what GSO brings.
+//! printed), `TURN_BENCH_SECS` each. pinhole runs as applications use it, through the tokio
+//! driver: its data plane (`TurnHandle::data_plane`: recvmmsg in, GSO out, no heap
+//! allocation), without and with adaptive coalescing, and the handle's own
+//! `send_to`/`TurnEvent::Data`. `TURN_BENCH_COALESCE_US` and `TURN_BENCH_COALESCE_RATE`
+//! override the coalescing row's `Coalescing::max_wait` (µs) and `min_rate` (datagrams/s);
+//! `TURN_BENCH_VERBOSE=1` prints datagrams per system call and waits; `TURN_BENCH_SIZES`
+//! (default `100,1200`) the payload sizes.
 #![allow(unsafe_code, missing_docs, clippy::print_stdout)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -324,328 +325,123 @@ fn run_raw(cfg: Config) -> Sample {
 }
 
 // ---------------------------------------------------------------------------------------
-// pinhole: the sans-IO Allocation with batched system calls (recvmmsg in, GSO out).
+// pinhole: the tokio driver's data plane (TurnHandle::data_plane): recvmmsg in, GSO out,
+// on a current-thread runtime (the driver's task and the loop share this thread).
 
-mod mmsg {
-    use std::os::fd::RawFd;
-
-    pub(crate) const BATCH: usize = 64;
-    pub(crate) const BUF: usize = 2048;
-
-    /// Receives up to [`BATCH`] datagrams on a connected socket in one call, blocking (up
-    /// to SO_RCVTIMEO) for the first only. Returns how many; their lengths in `lens`.
-    pub(crate) fn recv(
-        fd: RawFd,
-        bufs: &mut [[u8; BUF]; BATCH],
-        lens: &mut [usize; BATCH],
-    ) -> std::io::Result<usize> {
-        let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-        let mut hdr: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for i in 0..BATCH {
-            iov[i] = libc::iovec {
-                iov_base: bufs[i].as_mut_ptr().cast(),
-                iov_len: BUF,
-            };
-            hdr[i].msg_hdr.msg_iov = &mut iov[i];
-            hdr[i].msg_hdr.msg_iovlen = 1;
-        }
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdr.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let n = n as usize;
-        for i in 0..n {
-            lens[i] = hdr[i].msg_len as usize;
-        }
-        Ok(n)
-    }
-
-    const UDP_SEGMENT: libc::c_int = 103;
-    /// At most this many segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is 64 on
-    /// older kernels), and at most this many bytes (one IPv4 UDP datagram).
-    const GSO_SEGMENTS: usize = 64;
-    const GSO_BYTES: usize = 65_000;
-
-    /// Equal-sized datagrams to one connected destination, sent with one `sendmsg` and
-    /// UDP_SEGMENT (GSO): the kernel passes the batch through the stack once and splits it
-    /// at the end. Frames are encoded in place, no copy.
-    pub(crate) struct Gso {
-        buf: Box<[u8]>,
-        len: usize,
-        seg: usize,
-        count: usize,
-        pub(crate) sends: u64,
-    }
-
-    impl Gso {
-        pub(crate) fn new() -> Self {
-            Self {
-                buf: vec![0u8; GSO_BYTES + BUF].into_boxed_slice(),
-                len: 0,
-                seg: 0,
-                count: 0,
-                sends: 0,
-            }
-        }
-
-        /// Appends one datagram written by `encode` (which returns its length).
-        pub(crate) fn push<E>(
-            &mut self,
-            fd: RawFd,
-            encode: impl FnOnce(&mut [u8]) -> Result<usize, E>,
-        ) -> std::io::Result<Result<(), E>> {
-            if self.len + BUF > GSO_BYTES || self.count == GSO_SEGMENTS {
-                self.flush(fd)?;
-            }
-            let n = match encode(&mut self.buf[self.len..self.len + BUF]) {
-                Ok(n) => n,
-                Err(e) => return Ok(Err(e)),
-            };
-            if self.count == 0 {
-                self.seg = n;
-            } else if n < self.seg {
-                // A shorter one may end the batch.
-                self.len += n;
-                self.count += 1;
-                self.flush(fd)?;
-                return Ok(Ok(()));
-            } else if n > self.seg {
-                // A longer one starts a new batch.
-                let start = self.len;
-                self.flush(fd)?;
-                self.buf.copy_within(start..start + n, 0);
-                self.seg = n;
-            }
-            self.len += n;
-            self.count += 1;
-            Ok(Ok(()))
-        }
-
-        pub(crate) fn flush(&mut self, fd: RawFd) -> std::io::Result<()> {
-            if self.count == 0 {
-                return Ok(());
-            }
-            let mut iov = libc::iovec {
-                iov_base: self.buf.as_mut_ptr().cast(),
-                iov_len: self.len,
-            };
-            let mut control = [0u64; 4];
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            if self.count > 1 {
-                msg.msg_control = control.as_mut_ptr().cast();
-                msg.msg_controllen =
-                    unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
-                unsafe {
-                    let c = libc::CMSG_FIRSTHDR(&msg);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), self.seg as u16);
-                }
-            }
-            let n = unsafe { libc::sendmsg(fd, &msg, 0) };
-            self.len = 0;
-            self.count = 0;
-            self.sends += 1;
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        }
-    }
+fn run_pinhole_data_plane(cfg: Config) -> Sample {
+    run_pinhole_data_plane_with(cfg, pinhole::driver::turn::Coalescing::OFF)
 }
 
-fn run_pinhole_batched(cfg: Config) -> Sample {
-    run_pinhole_batched_with(cfg, Duration::ZERO)
+fn run_pinhole_data_plane_coalescing(cfg: Config) -> Sample {
+    let mut c = pinhole::driver::turn::Coalescing::default();
+    if let Ok(us) = std::env::var("TURN_BENCH_COALESCE_US") {
+        c.max_wait = Duration::from_micros(us.parse().expect("TURN_BENCH_COALESCE_US"));
+    }
+    if let Ok(r) = std::env::var("TURN_BENCH_COALESCE_RATE") {
+        c.min_rate = r.parse().expect("TURN_BENCH_COALESCE_RATE");
+    }
+    run_pinhole_data_plane_with(cfg, c)
 }
 
-fn run_pinhole_coalescing(cfg: Config) -> Sample {
-    run_pinhole_batched_with(
-        cfg,
-        Duration::from_micros(env_num("TURN_BENCH_COALESCE_US", 50.0) as u64),
-    )
-}
-
-fn run_pinhole_batched_with(cfg: Config, coalesce: Duration) -> Sample {
-    use pinhole::turn::{
-        Allocation, AllocationConfig, AllocationEvent, Credentials, Input, TurnTransport,
-    };
-    use pinhole::{Protocol, Received};
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.connect(cfg.server).unwrap();
-    let local = s.local_addr().unwrap();
-    let ac = AllocationConfig::new(
-        cfg.server,
-        local,
-        TurnTransport::Udp,
-        Credentials::long_term(USER, PASS),
-    );
-    let mut alloc = Allocation::new(Instant::now(), ac, [7; 32]);
-    let fd = s.as_raw_fd();
-    let mut rx = Box::new([[0u8; mmsg::BUF]; mmsg::BATCH]);
-    let mut lens = [0usize; mmsg::BATCH];
-
-    // Set up: allocate, bind a channel, the simple way.
-    s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
-    let deadline = Instant::now() + SETUP_TIMEOUT;
-    let mut bound = false;
-    while !bound {
-        assert!(Instant::now() < deadline, "pinhole: setup timed out");
-        while let Some(t) = alloc.poll_transmit() {
-            s.send(&t.contents).unwrap();
-        }
-        while let Some(ev) = alloc.poll_event() {
-            match ev {
-                AllocationEvent::Allocated { .. } => {
-                    alloc.bind_channel(Instant::now(), cfg.peer).unwrap();
-                }
-                AllocationEvent::ChannelBound { .. } => bound = true,
-                AllocationEvent::Lost(e) => panic!("pinhole: {e}"),
-                _ => {}
-            }
-        }
-        let mut buf = [0u8; 2048];
-        if let Ok(n) = s.recv(&mut buf) {
-            let r = Received {
-                proto: Protocol::Udp,
-                source: cfg.server,
-                destination: local,
-                contents: &buf[..n],
-            };
-            alloc.handle_input(Instant::now(), r);
-        }
-        alloc.handle_timeout(Instant::now());
-    }
-
-    // The data path: recvmmsg in, GSO out.
-    s.set_read_timeout(Some(IDLE_TOPUP)).unwrap();
-    let payload = vec![7u8; cfg.size];
-    let mut gso = mmsg::Gso::new();
-    let no_gso = std::env::var_os("TURN_BENCH_NO_GSO").is_some();
-    let topup = |alloc: &Allocation, gso: &mut mmsg::Gso| {
-        for _ in 0..cfg.window {
-            gso.push(fd, |out| alloc.encode_to_peer(cfg.peer, &payload, out))
-                .unwrap()
-                .unwrap();
-        }
-        gso.flush(fd).unwrap();
-    };
-    topup(&alloc, &mut gso);
-    let mut m = Meter::new(&cfg);
-    let mut wake = alloc.poll_timeout();
-    let mut batches = 0u64;
-    let mut received = 0u64;
-    let sends0 = gso.sends;
-    loop {
-        match mmsg::recv(fd, &mut rx, &mut lens) {
-            Ok(n) => {
-                let now = Instant::now();
-                let mut k = 0;
-                for i in 0..n {
-                    let r = Received {
-                        proto: Protocol::Udp,
-                        source: cfg.server,
-                        destination: local,
-                        contents: &rx[i][..lens[i]],
-                    };
-                    if let Input::Data { peer, data } = alloc.handle_input(now, r) {
-                        gso.push(fd, |out| alloc.encode_to_peer(peer, data, out))
-                            .unwrap()
-                            .unwrap();
-                        if no_gso {
-                            gso.flush(fd).unwrap();
-                        }
-                        k += 1;
-                    }
-                }
-                gso.flush(fd).unwrap();
-                // Control traffic (refreshes) between data, rarely.
-                if wake.is_some_and(|w| now >= w) {
-                    alloc.handle_timeout(now);
-                    wake = alloc.poll_timeout();
-                }
-                while let Some(t) = alloc.poll_transmit() {
-                    s.send(&t.contents).unwrap();
-                }
-                batches += 1;
-                received += n as u64;
-                if m.complete(k as u64) {
-                    break;
-                }
-                // Optional coalescing: with few datagrams per wake-up, wait a little so
-                // that the next batch is larger (fewer wake-ups, bounded added latency).
-                if !coalesce.is_zero() && n < mmsg::BATCH / 4 {
-                    std::thread::sleep(coalesce);
-                }
-            }
-            Err(_) => {
-                topup(&alloc, &mut gso);
-                if m.check() || m.timed_out() {
-                    break;
-                }
-            }
-        }
-    }
-    if std::env::var_os("TURN_BENCH_VERBOSE").is_some() {
-        println!(
-            "  pinhole: {:.2} datagrams per recvmmsg, {:.2} per GSO send",
-            received as f64 / batches as f64,
-            received as f64 / (gso.sends - sends0) as f64
-        );
-    }
-    alloc.deallocate(Instant::now());
-    while let Some(t) = alloc.poll_transmit() {
-        let _ = s.send(&t.contents);
-    }
-    m.result.expect("pinhole measured")
-}
-
-// ---------------------------------------------------------------------------------------
-// pinhole: the tokio driver (TurnHandle), one Vec per datagram through its channels.
-
-fn run_pinhole_driver(cfg: Config) -> Sample {
+/// Allocates with the driver and binds a channel to the peer.
+async fn pinhole_driver_setup(cfg: &Config) -> pinhole::driver::turn::TurnHandle {
     use pinhole::driver::turn::{TurnClientConfig, TurnEvent, allocate};
     use pinhole::turn::{AllocationEvent, Credentials, RequestedFamily, TurnUri};
+    let uri: TurnUri = format!("turn:{}", cfg.server).parse().unwrap();
+    let mut h = allocate(TurnClientConfig {
+        uri,
+        credentials: Credentials::long_term(USER, PASS),
+        lifetime: Duration::from_secs(600),
+        family: RequestedFamily::V4,
+        ca_pem: None,
+    })
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, h.next_event())
+            .await
+            .expect("driver: setup timed out")
+            .expect("driver ended");
+        match ev {
+            TurnEvent::Allocation(AllocationEvent::Allocated { .. }) => h.bind_channel(cfg.peer),
+            TurnEvent::Allocation(AllocationEvent::ChannelBound { .. }) => return h,
+            TurnEvent::Allocation(AllocationEvent::Lost(e)) => panic!("driver: {e}"),
+            _ => {}
+        }
+    }
+}
+
+fn run_pinhole_data_plane_with(
+    cfg: Config,
+    coalescing: pinhole::driver::turn::Coalescing,
+) -> Sample {
+    use pinhole::driver::turn::RecvBatch;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let uri: TurnUri = format!("turn:{}", cfg.server).parse().unwrap();
-        let mut h = allocate(TurnClientConfig {
-            uri,
-            credentials: Credentials::long_term(USER, PASS),
-            lifetime: Duration::from_secs(600),
-            family: RequestedFamily::V4,
-            ca_pem: None,
-        })
-        .await
-        .unwrap();
-        let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+        let h = pinhole_driver_setup(&cfg).await;
+        let mut dp = h.data_plane_with(coalescing).unwrap();
+        let mut batch = RecvBatch::new();
+        let payload = vec![7u8; cfg.size];
+        for _ in 0..cfg.window {
+            dp.queue_to(cfg.peer, &payload).await.unwrap();
+        }
+        let mut m = Meter::new(&cfg);
+        let s0 = dp.stats();
         loop {
-            let ev = tokio::time::timeout_at(deadline, h.next_event())
-                .await
-                .expect("driver: setup timed out")
-                .expect("driver ended");
-            match ev {
-                TurnEvent::Allocation(AllocationEvent::Allocated { .. }) => {
-                    h.bind_channel(cfg.peer)
+            // `recv` sends the answers queued below first, then reads a batch.
+            match tokio::time::timeout(IDLE_TOPUP, dp.recv(&mut batch)).await {
+                Ok(Ok(n)) => {
+                    for (peer, data) in batch.iter() {
+                        dp.queue_to(peer, data).await.unwrap();
+                    }
+                    if m.complete(n as u64) {
+                        break;
+                    }
                 }
-                TurnEvent::Allocation(AllocationEvent::ChannelBound { .. }) => break,
-                TurnEvent::Allocation(AllocationEvent::Lost(e)) => panic!("driver: {e}"),
-                _ => {}
+                Ok(Err(e)) => panic!("data plane: {e}"),
+                Err(_) => {
+                    for _ in 0..cfg.window {
+                        dp.queue_to(cfg.peer, &payload).await.unwrap();
+                    }
+                    if m.check() || m.timed_out() {
+                        break;
+                    }
+                }
             }
         }
+        if std::env::var_os("TURN_BENCH_VERBOSE").is_some() {
+            let s = dp.stats();
+            let per = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+            println!(
+                "  pinhole data plane ({} µs): {:.2} datagrams per receive call, {:.2} per send call, {:.2} waits per receive call",
+                coalescing.max_wait.as_micros(),
+                per(s.datagrams_received - s0.datagrams_received, s.recv_calls - s0.recv_calls),
+                per(s.datagrams_sent - s0.datagrams_sent, s.send_calls - s0.send_calls),
+                per(s.waits - s0.waits, s.recv_calls - s0.recv_calls),
+            );
+        }
+        drop(dp);
+        h.deallocate();
+        m.result.expect("data plane measured")
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// pinhole: the tokio driver's handle (TurnHandle::send_to, TurnEvent::Data), one Vec per
+// datagram through its channels.
+
+fn run_pinhole_driver(cfg: Config) -> Sample {
+    use pinhole::driver::turn::TurnEvent;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut h = pinhole_driver_setup(&cfg).await;
         let payload = vec![7u8; cfg.size];
         for _ in 0..cfg.window {
             h.send_to(cfg.peer, payload.clone());
@@ -1009,7 +805,8 @@ fn main() {
     let rounds = env_num("TURN_BENCH_ROUNDS", 3.0).max(1.0) as usize;
     let warmup = Duration::from_secs_f64(env_num("TURN_BENCH_WARMUP", 0.5));
     let window = env_num("TURN_BENCH_WINDOW", 64.0) as usize;
-    // TURN_BENCH_ONLY=substring runs only the matching clients; RUST_LOG traces them.
+    // TURN_BENCH_ONLY=substring[,substring…] runs only the matching clients; RUST_LOG traces
+    // them.
     let only = std::env::var("TURN_BENCH_ONLY").ok();
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -1020,9 +817,12 @@ fn main() {
     let peer = Peer::start();
     let clients: [(&str, Runner); 7] = [
         ("raw UDP (no relay)", run_raw),
-        ("pinhole (sans-IO, mmsg+GSO)", run_pinhole_batched),
-        ("pinhole, + 50 µs coalescing", run_pinhole_coalescing),
-        ("pinhole driver (tokio)", run_pinhole_driver),
+        ("pinhole data plane", run_pinhole_data_plane),
+        (
+            "pinhole data plane, coalescing",
+            run_pinhole_data_plane_coalescing,
+        ),
+        ("pinhole handle (events)", run_pinhole_driver),
         ("rtc-turn (sans-IO)", run_rtc_turn),
         ("turn (tokio)", run_turn_tokio),
         ("turn-client-proto", run_turn_client_proto),
@@ -1033,13 +833,24 @@ fn main() {
         measure.as_secs_f64(),
         warmup.as_secs_f64()
     );
-    for size in [100usize, 1200] {
+    let sizes: Vec<usize> = std::env::var("TURN_BENCH_SIZES")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().parse().expect("TURN_BENCH_SIZES"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![100, 1200]);
+    for size in sizes {
         // Rounds interleave the clients, so that a slow phase of the machine does not hit
         // one client only; each metric is the median over the rounds.
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); clients.len()];
         for _ in 0..rounds {
             for (i, (name, run)) in clients.iter().enumerate() {
-                if only.as_deref().is_some_and(|o| !name.contains(o)) {
+                if only
+                    .as_deref()
+                    .is_some_and(|o| !o.split(',').any(|o| name.contains(o)))
+                {
                     continue;
                 }
                 let cfg = Config {

@@ -1,18 +1,78 @@
 //! A TURN allocation on tokio: UDP, TCP, or TLS (feature `tls`) to the server, around the
 //! sans-IO [`Allocation`].
 //!
-//! [`allocate`] connects and starts a task that owns the transport and the machine; the
-//! returned [`TurnHandle`] sends commands to it and receives [`TurnEvent`]s. Dropping the
-//! handle deallocates (bounded by [`DEALLOCATE_TIMEOUT`]).
+//! [`allocate`] connects and starts a task that owns the transport and runs the machine;
+//! the returned [`TurnHandle`] sends commands to it and receives [`TurnEvent`]s. Dropping
+//! the handle deallocates (bounded by [`DEALLOCATE_TIMEOUT`]).
+//!
+//! # Two data paths
+//!
+//! - The handle: [`TurnHandle::send_to`] takes a `Vec<u8>` per datagram to the task, which
+//!   sends it with one system call; data from peers comes as [`TurnEvent::Data`], one
+//!   `Vec<u8>` each. Simple, works over every transport, and fine at modest rates.
+//! - The data plane of a UDP allocation, [`TurnHandle::data_plane`]: a [`TurnDataPlane`]
+//!   that the application drives itself, without the task in between. It receives a batch
+//!   of datagrams per system call into a caller-owned [`RecvBatch`] (`recvmmsg`, and GRO),
+//!   leaving the peer data in place, and sends runs of equal-sized datagrams with one GSO
+//!   system call (all datagrams of a TURN client go to its one server, so a batch of
+//!   equal-sized payloads goes out whole). Nothing is allocated per datagram. Its socket
+//!   work is the `quinn-udp` crate's, which falls back to one datagram per system call
+//!   where the platform has no batching. Under a sustained high packet rate, [`Coalescing`]
+//!   waits a few tens of microseconds before reading, trading that much latency for fewer
+//!   system calls and wake-ups per datagram; at low rates it adds none.
+//!
+//! The [`Allocation`] is shared by the task and the data plane under a mutex that neither
+//! holds across an `.await`: the data plane takes it once per received batch (ChannelData
+//! of bound channels and Data indications become data; STUN responses feed the machine and
+//! wake the task, which sends what follows and reports events) and once per queued
+//! datagram (to encode it as ChannelData or a Send indication). The task handles commands,
+//! timers (refreshes, permissions, channels) and everything sent for the machine. While a
+//! data plane exists it does all the receiving, so the application keeps calling
+//! [`TurnDataPlane::recv`]; dropping it hands receiving back to the task.
+//!
+//! ```no_run
+//! # async fn example(config: pinhole::driver::turn::TurnClientConfig, peer: std::net::SocketAddr)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use pinhole::driver::turn::{RecvBatch, TurnEvent, allocate};
+//! use pinhole::turn::AllocationEvent;
+//!
+//! let mut handle = allocate(config).await?;
+//! while let Some(ev) = handle.next_event().await {
+//!     match ev {
+//!         TurnEvent::Allocation(AllocationEvent::Allocated { .. }) => handle.bind_channel(peer),
+//!         TurnEvent::Allocation(AllocationEvent::ChannelBound { .. }) => break,
+//!         _ => {}
+//!     }
+//! }
+//! let mut data = handle.data_plane()?;
+//! let mut batch = RecvBatch::new();
+//! data.send_to(peer, b"hello").await?;
+//! loop {
+//!     // Sends what was queued, then waits for a batch (events still come from the handle).
+//!     data.recv(&mut batch).await?;
+//!     for (from, payload) in batch.iter() {
+//!         data.queue_to(from, payload).await?; // echo
+//!     }
+//! }
+//! # }
+//! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::debug;
+
+mod data_plane;
+pub use data_plane::{
+    Coalescing, DataPlaneError, DataPlaneStats, RecvBatch, SEND_QUEUE_BYTES, SEND_QUEUE_DATAGRAMS,
+    TurnDataPlane,
+};
 
 use super::{DriverError, io, os_seed};
 use crate::turn::{
@@ -66,11 +126,66 @@ enum Command {
     Deallocate,
 }
 
+/// What the control task and a [`TurnDataPlane`] share.
+struct Shared {
+    /// The machine. The control task locks it for commands, timers and transmits; a data
+    /// plane locks it once per received batch and once per queued datagram, never across
+    /// an `.await`, so the lock is uncontended on the data path.
+    alloc: Mutex<Allocation>,
+    /// Wakes the control task: a data plane fed the machine a control message (its
+    /// transmits and events are the control task's to send), or a data plane came or went.
+    wake: Notify,
+    /// Whether a data plane exists: it then does all the receiving on the UDP socket.
+    data_plane: AtomicBool,
+    /// Set when the control task has ended: the allocation is over.
+    closed: AtomicBool,
+    /// Wakes data planes waiting for datagrams when `closed` is set.
+    closed_notify: Notify,
+    /// quinn-udp's state of the UDP socket, from the first data plane on. It turns GRO on,
+    /// so from then on the task reads through it too and splits what GRO coalesced.
+    udp_state: std::sync::OnceLock<Arc<quinn_udp::UdpSocketState>>,
+    /// The server and our address as the machine knows them.
+    server: SocketAddr,
+    local: SocketAddr,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the machine: its state is no one's business in a log line.
+        f.debug_struct("Shared")
+            .field("server", &self.server)
+            .field("local", &self.local)
+            .field("data_plane", &self.data_plane.load(Ordering::Relaxed))
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn alloc(&self) -> MutexGuard<'_, Allocation> {
+        // The machine never panics on input; should it ever, its state is still the best
+        // there is.
+        self.alloc.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Marks the allocation over when the control task ends, however it ends.
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.closed_notify.notify_waiters();
+    }
+}
+
 /// A running allocation. Dropping it deallocates.
 #[derive(Debug)]
 pub struct TurnHandle {
     commands: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<TurnEvent>,
+    shared: Arc<Shared>,
+    udp: Option<Arc<UdpSocket>>,
     /// The server's address and the transport in use.
     pub server: SocketAddr,
     /// The transport.
@@ -99,7 +214,8 @@ impl TurnHandle {
         let _ = self.commands.send(Command::Channel(peer));
     }
 
-    /// Sends data to a peer through the relay.
+    /// Sends data to a peer through the relay. Each call is a message to the allocation's
+    /// task and a system call; for high packet rates use [`TurnHandle::data_plane`].
     pub fn send_to(&self, peer: SocketAddr, data: Vec<u8>) {
         let _ = self.commands.send(Command::Send(peer, data));
     }
@@ -107,6 +223,27 @@ impl TurnHandle {
     /// Deallocates; [`AllocationEvent::Deallocated`] follows, then the task ends.
     pub fn deallocate(&self) {
         let _ = self.commands.send(Command::Deallocate);
+    }
+
+    /// The batched, allocation-free data path of a UDP allocation, with the default
+    /// [`Coalescing`]: see [`TurnDataPlane`]. One at a time: while it exists it does all
+    /// the receiving (data comes from [`TurnDataPlane::recv`], no longer as
+    /// [`TurnEvent::Data`]), so keep calling `recv` — the allocation's control responses
+    /// arrive through it too. Dropping it gives receiving back to the handle.
+    ///
+    /// Fails with [`DataPlaneError::NotUdp`] over TCP or TLS, and with
+    /// [`DataPlaneError::InUse`] while another data plane of this allocation exists.
+    pub fn data_plane(&self) -> Result<TurnDataPlane, DataPlaneError> {
+        self.data_plane_with(Coalescing::default())
+    }
+
+    /// [`TurnHandle::data_plane`] with a coalescing policy of your choice
+    /// ([`Coalescing::OFF`] never waits).
+    pub fn data_plane_with(&self, coalescing: Coalescing) -> Result<TurnDataPlane, DataPlaneError> {
+        let Some(socket) = &self.udp else {
+            return Err(DataPlaneError::NotUdp);
+        };
+        TurnDataPlane::new(self.shared.clone(), socket.clone(), coalescing)
     }
 }
 
@@ -120,7 +257,7 @@ trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 enum Conn {
-    Udp(UdpSocket),
+    Udp(Arc<UdpSocket>),
     Stream(Pin<Box<dyn Stream>>, StreamFramer),
 }
 
@@ -140,11 +277,23 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
                 SocketAddr::from(([0u16; 8], 0))
             };
             let s = UdpSocket::bind(any).await.map_err(io("binding"))?;
-            s.connect(server)
-                .await
-                .map_err(io(format!("routing to {server}")))?;
-            let local = s.local_addr().map_err(io("local address"))?;
-            (Conn::Udp(s), local)
+            // Connected where the data plane's `sendmsg` with a destination is allowed on
+            // a connected socket (BSDs and Apple refuse it with EISCONN): the kernel then
+            // drops datagrams from others and reports ICMP errors. Elsewhere the machine
+            // drops datagrams not from the server.
+            if cfg!(any(target_os = "linux", target_os = "android")) {
+                s.connect(server)
+                    .await
+                    .map_err(io(format!("routing to {server}")))?;
+            }
+            let local = match s.local_addr().map_err(io("local address"))? {
+                // Unconnected: the address the server is reached from.
+                l if l.ip().is_unspecified() => {
+                    local_toward(server).map_or(l, |ip| SocketAddr::new(ip, l.port()))
+                }
+                l => l,
+            };
+            (Conn::Udp(Arc::new(s)), local)
         }
         TurnTransport::Tcp | TurnTransport::Tls => {
             let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
@@ -168,12 +317,28 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
     ac.lifetime = config.lifetime;
     ac.family = config.family;
     let alloc = Allocation::new(Instant::now(), ac, os_seed()?);
+    let shared = Arc::new(Shared {
+        alloc: Mutex::new(alloc),
+        wake: Notify::new(),
+        data_plane: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        closed_notify: Notify::new(),
+        udp_state: std::sync::OnceLock::new(),
+        server,
+        local,
+    });
+    let udp = match &conn {
+        Conn::Udp(s) => Some(s.clone()),
+        Conn::Stream(..) => None,
+    };
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(alloc, conn, server, local, cmd_rx, ev_tx));
+    tokio::spawn(run(shared.clone(), conn, cmd_rx, ev_tx));
     Ok(TurnHandle {
         commands: cmd_tx,
         events: ev_rx,
+        shared,
+        udp,
         server,
         transport: uri.transport,
     })
@@ -235,13 +400,12 @@ async fn tls_connect(
 }
 
 async fn run(
-    mut alloc: Allocation,
+    shared: Arc<Shared>,
     mut conn: Conn,
-    server: SocketAddr,
-    local: SocketAddr,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<TurnEvent>,
 ) {
+    let _close = CloseOnDrop(shared.clone());
     let proto = match conn {
         Conn::Udp(_) => Protocol::Udp,
         Conn::Stream(..) => Protocol::Tcp,
@@ -251,16 +415,23 @@ async fn run(
     let mut dealloc_deadline: Option<tokio::time::Instant> = None;
     let mut commands_open = true;
     loop {
-        while let Some(t) = alloc.poll_transmit() {
-            if let Err(e) = send(&mut conn, &t.contents).await {
+        loop {
+            // Not `while let`: the lock must be released before the `.await`.
+            let t = shared.alloc().poll_transmit();
+            let Some(t) = t else { break };
+            if let Err(e) = send(&mut conn, shared.server, &t.contents).await {
                 let _ = events.send(TurnEvent::Disconnected(e.to_string()));
                 return;
             }
         }
-        while let Some(ev) = alloc.poll_event() {
-            let _ = events.send(TurnEvent::Allocation(ev));
-        }
-        if alloc.is_done() {
+        let (done, timeout) = {
+            let mut alloc = shared.alloc();
+            while let Some(ev) = alloc.poll_event() {
+                let _ = events.send(TurnEvent::Allocation(ev));
+            }
+            (alloc.is_done(), alloc.poll_timeout())
+        };
+        if done {
             // Close streams cleanly: for TLS this sends close_notify, so the server sees an
             // orderly close rather than a broken connection. Bounded like everything else.
             if let Conn::Stream(s, _) = &mut conn {
@@ -268,47 +439,44 @@ async fn run(
             }
             return;
         }
-        let wake = alloc
-            .poll_timeout()
+        let wake = timeout
             .map(tokio::time::Instant::from)
             .into_iter()
             .chain(dealloc_deadline)
             .min()
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        // A data plane receives for us; once deallocating we read too, so that the answer
+        // arrives even when the application no longer calls `recv`.
+        let reading = !shared.data_plane.load(Ordering::Acquire) || dealloc_deadline.is_some();
         tokio::select! {
-            r = recv(&mut conn, &mut buf) => match r {
-                Ok(0) => {
+            r = recv(&mut conn, shared.udp_state.get(), &mut buf), if reading => match r {
+                Ok((0, None, _)) => {
                     let _ = events.send(TurnEvent::Disconnected("the server closed the connection".into()));
                     return;
                 }
-                Ok(n) => {
-                    let frames: Vec<Vec<u8>> = match &mut conn {
-                        Conn::Udp(_) => vec![buf[..n].to_vec()],
-                        Conn::Stream(_, framer) => {
-                            if framer.push(&buf[..n]).is_err() {
-                                let _ = events.send(TurnEvent::Disconnected("stream framing lost".into()));
-                                return;
-                            }
-                            let mut v = Vec::new();
-                            while let Some(f) = framer.next_frame() {
-                                match f {
-                                    Ok(f) => v.push(f.to_vec()),
-                                    Err(e) => {
-                                        let _ = events.send(TurnEvent::Disconnected(e.to_string()));
-                                        return;
-                                    }
-                                }
-                            }
-                            v
-                        }
-                    };
-                    for frame in frames {
-                        let rx = Received { proto, source: server, destination: local, contents: &frame };
-                        if let Input::Data { peer, data } = alloc.handle_input(Instant::now(), rx) {
-                            let _ = events.send(TurnEvent::Data { peer, data: data.to_vec() });
+                Ok((n, from, stride)) => match &mut conn {
+                    Conn::Udp(_) => {
+                        // GRO puts datagrams of one size back to back, `stride` apart.
+                        for d in buf[..n].chunks(stride.max(1)) {
+                            deliver(&shared, &events, proto, from, d);
                         }
                     }
-                }
+                    Conn::Stream(_, framer) => {
+                        if framer.push(&buf[..n]).is_err() {
+                            let _ = events.send(TurnEvent::Disconnected("stream framing lost".into()));
+                            return;
+                        }
+                        while let Some(f) = framer.next_frame() {
+                            match f {
+                                Ok(f) => deliver(&shared, &events, proto, None, f),
+                                Err(e) => {
+                                    let _ = events.send(TurnEvent::Disconnected(e.to_string()));
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                },
                 Err(e) => {
                     // Over UDP an ICMP error surfaces here; keep going.
                     debug!(error = %e, "receive error");
@@ -318,60 +486,125 @@ async fn run(
                     }
                 }
             },
+            () = shared.wake.notified() => {}
             cmd = commands.recv(), if commands_open => {
                 let now = Instant::now();
                 match cmd {
                     Some(Command::Permission(ip)) => {
-                        if let Err(e) = alloc.create_permission(now, ip) {
+                        if let Err(e) = shared.alloc().create_permission(now, ip) {
                             let _ = events.send(TurnEvent::SendFailed(SocketAddr::new(ip, 0), e));
                         }
                     }
                     Some(Command::Channel(peer)) => {
-                        if let Err(e) = alloc.bind_channel(now, peer) {
+                        if let Err(e) = shared.alloc().bind_channel(now, peer) {
                             let _ = events.send(TurnEvent::SendFailed(peer, e));
                         }
                     }
-                    Some(Command::Send(peer, data)) => match alloc.encode_to_peer(peer, &data, &mut out) {
-                        Ok(n) => {
-                            if let Err(e) = send(&mut conn, &out[..n]).await {
-                                let _ = events.send(TurnEvent::Disconnected(e.to_string()));
-                                return;
+                    Some(Command::Send(peer, data)) => {
+                        let encoded = shared.alloc().encode_to_peer(peer, &data, &mut out);
+                        match encoded {
+                            Ok(n) => {
+                                if let Err(e) = send(&mut conn, shared.server, &out[..n]).await {
+                                    let _ = events.send(TurnEvent::Disconnected(e.to_string()));
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = events.send(TurnEvent::SendFailed(peer, e));
                             }
                         }
-                        Err(e) => {
-                            let _ = events.send(TurnEvent::SendFailed(peer, e));
-                        }
-                    },
+                    }
                     Some(Command::Deallocate) | None => {
                         commands_open = cmd.is_some();
                         if dealloc_deadline.is_none() {
-                            alloc.deallocate(now);
+                            shared.alloc().deallocate(now);
                             dealloc_deadline = Some(tokio::time::Instant::now() + DEALLOCATE_TIMEOUT);
                         }
                     }
                 }
             }
-            _ = tokio::time::sleep_until(wake) => {
+            () = tokio::time::sleep_until(wake) => {
                 if dealloc_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     debug!("deallocation not confirmed in time");
                     return;
                 }
-                alloc.handle_timeout(Instant::now());
+                shared.alloc().handle_timeout(Instant::now());
             }
         }
     }
 }
 
-async fn send(conn: &mut Conn, bytes: &[u8]) -> std::io::Result<()> {
+/// Feeds one datagram or stream message to the machine; peer data becomes an event.
+/// `from` is the datagram's source over UDP (the stream's peer is the server).
+fn deliver(
+    shared: &Shared,
+    events: &mpsc::UnboundedSender<TurnEvent>,
+    proto: Protocol,
+    from: Option<SocketAddr>,
+    frame: &[u8],
+) {
+    let rx = Received {
+        proto,
+        source: from.unwrap_or(shared.server),
+        destination: shared.local,
+        contents: frame,
+    };
+    if let Input::Data { peer, data } = shared.alloc().handle_input(Instant::now(), rx) {
+        let _ = events.send(TurnEvent::Data {
+            peer,
+            data: data.to_vec(),
+        });
+    }
+}
+
+async fn send(conn: &mut Conn, server: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
     match conn {
-        Conn::Udp(s) => s.send(bytes).await.map(|_| ()),
+        Conn::Udp(s) => s.send_to(bytes, server).await.map(|_| ()),
         Conn::Stream(s, _) => s.write_all(bytes).await,
     }
 }
 
-async fn recv(conn: &mut Conn, buf: &mut [u8]) -> std::io::Result<usize> {
-    match conn {
-        Conn::Udp(s) => s.recv(buf).await,
-        Conn::Stream(s, _) => s.read(buf).await,
+/// Reads from the connection: the bytes, over UDP where they came from, and the size of
+/// each datagram in them (more than one only with GRO).
+async fn recv(
+    conn: &mut Conn,
+    udp_state: Option<&Arc<quinn_udp::UdpSocketState>>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<SocketAddr>, usize)> {
+    match (conn, udp_state) {
+        (Conn::Udp(s), None) => s.recv_from(buf).await.map(|(n, from)| (n, Some(from), n)),
+        (Conn::Udp(s), Some(state)) => {
+            let mut meta = [quinn_udp::RecvMeta::default()];
+            loop {
+                s.readable().await?;
+                let r = s.try_io(tokio::io::Interest::READABLE, || {
+                    let mut iov = [std::io::IoSliceMut::new(&mut *buf)];
+                    state.recv((&**s).into(), &mut iov, &mut meta)
+                });
+                match r {
+                    Ok(_) => {
+                        let m = meta[0];
+                        let n = m.len.min(buf.len());
+                        let stride = if m.stride == 0 { n } else { m.stride };
+                        return Ok((n, Some(m.addr), stride));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        (Conn::Stream(s, _), _) => s.read(buf).await.map(|n| (n, None, n)),
     }
+}
+
+/// The local IP the system would use toward `server` (a throw-away connected socket).
+fn local_toward(server: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(server).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
 }

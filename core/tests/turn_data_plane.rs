@@ -1,0 +1,409 @@
+//! The TURN driver's data plane ([`pinhole::driver::turn::TurnDataPlane`]) against the
+//! development TURN server on loopback: data both ways through a channel and through
+//! Send/Data indications, batches of more than one datagram, handing receiving back to the
+//! handle, and no heap allocation on the steady-state data path.
+//!
+//! A counting global allocator wraps the system one. Implementing `GlobalAlloc` is unsafe
+//! by definition, hence the `allow` below: the library itself forbids unsafe code, but this
+//! test is a crate of its own, and its only unsafe code forwards each call unchanged to
+//! `System`, under the same contract the caller upheld.
+#![cfg(feature = "driver")]
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pinhole::driver::turn::{
+    Coalescing, DataPlaneError, RecvBatch, TurnClientConfig, TurnEvent, TurnHandle, allocate,
+};
+use pinhole::turn::{AllocationEvent, Credentials, RequestedFamily, TurnError, TurnServerConfig};
+
+/// Counts allocations (including reallocations) made by threads that asked to be counted.
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Whether this thread's allocations count (the server and the peers run on threads
+    /// of their own, and allocate).
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note_allocation() {
+    if COUNTING.try_with(Cell::get).unwrap_or(false) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to `System` with the arguments it was given; counting
+// touches neither the memory nor the layout.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const USER: &str = "alice";
+const PASS: &str = "data-plane-secret";
+/// Every wait in these tests is bounded by this.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The development TURN server on 127.0.0.1, on a thread (and runtime) of its own.
+struct DevServer {
+    addr: SocketAddr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DevServer {
+    fn start() -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut config =
+                    TurnServerConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), "test", 0);
+                config
+                    .credentials
+                    .users
+                    .insert(USER.to_owned(), PASS.to_owned());
+                let handle = pinhole::driver::serve_turn(config).await.unwrap();
+                addr_tx.send(handle.local_addrs()[0]).unwrap();
+                // Serve until told to stop (bounded: a test lasts less than this).
+                for _ in 0..600 {
+                    if stop_rx.try_recv().is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                drop(handle);
+            });
+        });
+        let addr = addr_rx.recv_timeout(WAIT).expect("dev server up");
+        Self {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Echoes every datagram back to its sender until dropped.
+struct Echo {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn allocated(server: SocketAddr) -> TurnHandle {
+    let mut h = allocate(TurnClientConfig {
+        uri: format!("turn:{server}").parse().unwrap(),
+        credentials: Credentials::long_term(USER, PASS),
+        lifetime: Duration::from_secs(600),
+        family: RequestedFamily::V4,
+        ca_pem: None,
+    })
+    .await
+    .unwrap();
+    match next(&mut h).await {
+        TurnEvent::Allocation(AllocationEvent::Allocated { .. }) => h,
+        other => panic!("expected Allocated, got {other:?}"),
+    }
+}
+
+async fn next(h: &mut TurnHandle) -> TurnEvent {
+    tokio::time::timeout(WAIT, h.next_event())
+        .await
+        .expect("an event in time")
+        .expect("the allocation's task is running")
+}
+
+/// Binds a channel to `channel_peer` and installs a permission for `other`'s IP.
+async fn bind(h: &mut TurnHandle, channel_peer: SocketAddr) {
+    h.bind_channel(channel_peer);
+    loop {
+        match next(h).await {
+            TurnEvent::Allocation(AllocationEvent::ChannelBound { peer, .. })
+                if peer == channel_peer =>
+            {
+                return;
+            }
+            TurnEvent::Allocation(AllocationEvent::PermissionCreated(_)) => {}
+            other => panic!("expected ChannelBound, got {other:?}"),
+        }
+    }
+}
+
+/// Datagram `i` of a test: its number, then filler, `len` bytes in all.
+fn datagram(i: u32, len: usize) -> Vec<u8> {
+    let mut d = vec![0xA5; len];
+    d[..4].copy_from_slice(&i.to_be_bytes());
+    d
+}
+
+/// Receives until `want` datagrams of peer data have arrived; returns them.
+async fn receive(
+    dp: &mut pinhole::driver::turn::TurnDataPlane,
+    batch: &mut RecvBatch,
+    want: usize,
+) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        let n = tokio::time::timeout(WAIT, dp.recv(batch))
+            .await
+            .expect("echoes in time")
+            .unwrap();
+        assert_eq!(n, batch.len());
+        for i in 0..n {
+            let (peer, data) = batch.get(i).unwrap();
+            let (p2, range) = batch.range(i).unwrap();
+            assert_eq!((peer, data), (p2, &batch.buffer()[range]));
+            got.push((peer, data.to_vec()));
+        }
+    }
+    got
+}
+
+#[test]
+fn data_plane_channels_and_indications() {
+    let server = DevServer::start();
+    let (a, b) = (Echo::start(), Echo::start());
+    runtime().block_on(async {
+        let mut h = allocated(server.addr).await;
+        bind(&mut h, a.addr).await;
+        // b shares a's IP: the channel's permission covers it, and b has no channel, so
+        // data to b goes as Send indications and comes back as Data indications.
+        let mut dp = h.data_plane().unwrap();
+        let mut batch = RecvBatch::new();
+
+        // A batch of equal-sized datagrams through the channel: one GSO send on Linux.
+        const N: u32 = 20;
+        for i in 0..N {
+            dp.queue_to(a.addr, &datagram(i, 300)).await.unwrap();
+        }
+        assert_eq!(dp.queued(), N as usize);
+        dp.flush().await.unwrap();
+        assert_eq!(dp.queued(), 0);
+        let s = dp.stats();
+        assert_eq!(s.datagrams_sent, u64::from(N));
+        if cfg!(target_os = "linux") {
+            assert!(s.send_calls < s.datagrams_sent, "no batching: {s:?}");
+        }
+        let mut got = receive(&mut dp, &mut batch, N as usize).await;
+        got.sort();
+        let want: Vec<_> = (0..N).map(|i| (a.addr, datagram(i, 300))).collect();
+        assert_eq!(got, want);
+
+        // Through indications, of differing sizes, with send_to (queue and flush).
+        for i in 0..5 {
+            dp.send_to(b.addr, &datagram(i, 100 + i as usize))
+                .await
+                .unwrap();
+        }
+        let mut got = receive(&mut dp, &mut batch, 5).await;
+        got.sort();
+        let want: Vec<_> = (0..5)
+            .map(|i| (b.addr, datagram(i, 100 + i as usize)))
+            .collect();
+        assert_eq!(got, want);
+
+        // Both at once, in one queue.
+        dp.queue_to(a.addr, b"to a").await.unwrap();
+        dp.queue_to(b.addr, b"to b").await.unwrap();
+        let mut got = receive(&mut dp, &mut batch, 2).await;
+        let mut want = vec![(a.addr, b"to a".to_vec()), (b.addr, b"to b".to_vec())];
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        eprintln!("data plane counters: {:?}", dp.stats());
+        h.deallocate();
+    });
+}
+
+#[test]
+fn data_plane_hand_over_and_errors() {
+    let server = DevServer::start();
+    let a = Echo::start();
+    runtime().block_on(async {
+        let mut h = allocated(server.addr).await;
+        bind(&mut h, a.addr).await;
+        let mut dp = h.data_plane().unwrap();
+        assert!(matches!(h.data_plane(), Err(DataPlaneError::InUse)));
+        // No permission for this IP: refused, nothing queued.
+        let stranger = SocketAddr::from(([127, 0, 0, 2], 9));
+        assert!(matches!(
+            dp.queue_to(stranger, b"x").await,
+            Err(DataPlaneError::Turn(TurnError::NoPermission(_)))
+        ));
+        assert_eq!(dp.queued(), 0);
+        let mut batch = RecvBatch::with_capacity(2, 2048);
+        dp.send_to(a.addr, b"via the data plane").await.unwrap();
+        let got = receive(&mut dp, &mut batch, 1).await;
+        assert_eq!(got, vec![(a.addr, b"via the data plane".to_vec())]);
+
+        // Dropped: the handle receives again, as events.
+        drop(dp);
+        h.send_to(a.addr, b"via the handle".to_vec());
+        loop {
+            match next(&mut h).await {
+                TurnEvent::Data { peer, data } => {
+                    assert_eq!((peer, data.as_slice()), (a.addr, &b"via the handle"[..]));
+                    break;
+                }
+                TurnEvent::Allocation(_) => {}
+                other => panic!("expected data, got {other:?}"),
+            }
+        }
+
+        // A data plane again, with coalescing off; then the allocation ends under it.
+        let mut dp = h.data_plane_with(Coalescing::OFF).unwrap();
+        assert_eq!(dp.coalescing(), Coalescing::OFF);
+        h.deallocate();
+        let r = tokio::time::timeout(WAIT, dp.recv(&mut batch))
+            .await
+            .expect("recv ends once the allocation is over");
+        assert!(matches!(r, Err(DataPlaneError::Closed)), "{r:?}");
+    });
+}
+
+#[test]
+fn data_plane_over_tcp_is_refused() {
+    let rt = runtime();
+    rt.block_on(async {
+        // Anything listening: the check comes before any exchange.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let h = allocate(TurnClientConfig {
+            uri: format!("turn:{addr}?transport=tcp").parse().unwrap(),
+            credentials: Credentials::long_term(USER, PASS),
+            lifetime: Duration::from_secs(600),
+            family: RequestedFamily::V4,
+            ca_pem: None,
+        })
+        .await
+        .unwrap();
+        assert!(matches!(h.data_plane(), Err(DataPlaneError::NotUdp)));
+    });
+}
+
+#[test]
+fn data_plane_steady_state_allocates_nothing() {
+    let server = DevServer::start();
+    let a = Echo::start();
+    runtime().block_on(async {
+        let mut h = allocated(server.addr).await;
+        bind(&mut h, a.addr).await;
+        let mut dp = h.data_plane().unwrap();
+        let mut batch = RecvBatch::new();
+        let payload = [7u8; 200];
+        const WINDOW: usize = 16;
+        // A closed loop: every echo is answered at once. Warm up, then count.
+        let run = async {
+            for _ in 0..WINDOW {
+                dp.queue_to(a.addr, &payload).await.unwrap();
+            }
+            let mut done = 0usize;
+            let mut counted = None;
+            while done < 3000 {
+                if done >= 500 && counted.is_none() {
+                    COUNTING.with(|c| c.set(true));
+                    counted = Some(ALLOCATIONS.load(Ordering::Relaxed));
+                }
+                let n = dp.recv(&mut batch).await.unwrap();
+                for (peer, data) in batch.iter() {
+                    dp.queue_to(peer, data).await.unwrap();
+                }
+                done += n;
+            }
+            COUNTING.with(|c| c.set(false));
+            ALLOCATIONS.load(Ordering::Relaxed) - counted.unwrap()
+        };
+        let allocations = tokio::time::timeout(WAIT * 3, run)
+            .await
+            .expect("the closed loop completes (no datagram lost on loopback)");
+        eprintln!("data plane counters: {:?}", dp.stats());
+        assert_eq!(allocations, 0, "heap allocations on the data path");
+        h.deallocate();
+    });
+}
