@@ -264,11 +264,18 @@ enum Conn {
 /// Resolves the server, connects (TCP/TLS), and starts allocating.
 pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverError> {
     let uri = &config.uri;
+    // Not `DriverError::NothingResolved`: that one speaks of STUN servers.
+    let resolving = format!("resolving the TURN server {}", uri.host);
     let server = tokio::net::lookup_host((uri.host.as_str(), uri.port))
         .await
-        .map_err(io(format!("resolving {}", uri.host)))?
+        .map_err(io(resolving.clone()))?
         .min_by_key(|a| !a.is_ipv4())
-        .ok_or(DriverError::NothingResolved)?;
+        .ok_or_else(|| {
+            io(resolving)(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no address",
+            ))
+        })?;
     let (conn, local) = match uri.transport {
         TurnTransport::Udp => {
             let any: SocketAddr = if server.is_ipv4() {
