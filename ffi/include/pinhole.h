@@ -267,21 +267,28 @@ typedef struct pinhole_mapping {
 typedef struct pinhole_portmap_event {
   // What happened.
   pinhole_portmap_event_kind kind;
-  // `MAPPED`, `RENEWED`, `CHANGED`: the mapping (for `CHANGED` the new one).
+  // `MAPPED`, `RENEWED`, `CHANGED`, `VERIFIED`, `NOT_FORWARDING`: the mapping (for
+  // `CHANGED` the new one).
   struct pinhole_mapping mapping;
   // `CHANGED`: the mapping before.
   struct pinhole_mapping old_mapping;
-  // `LOST`, `UNAVAILABLE`: why; else NULL.
+  // `LOST`, `UNAVAILABLE`, `UNVERIFIED`: why; else NULL.
   const char *reason;
 } pinhole_portmap_event;
 
 // Receives a port mapping's events, on the mapper's own thread. The last is
-// `PINHOLE_PORTMAP_EVENT_RELEASED` or `PINHOLE_PORTMAP_EVENT_UNAVAILABLE`.
+// `PINHOLE_PORTMAP_EVENT_RELEASED` or `PINHOLE_PORTMAP_EVENT_UNAVAILABLE`. Kinds may be
+// added in later versions: ignore the ones you do not know.
 typedef void (*pinhole_portmap_cb)(struct pinhole_portmap *portmap,
                                    const struct pinhole_portmap_event *event,
                                    void *user_ptr);
 
 // What to map. Zero-initialise it, then set at least `internal_port` and `cb_event`.
+//
+// The struct has no size or version field: fields are only ever added at its end, after
+// `user_ptr`, so the existing ones keep their offsets, and zero always means what the
+// struct meant before they existed (`verify_stun` and `verify_interval_s` were added
+// thus). A program must be rebuilt against the header of the library it runs with.
 typedef struct pinhole_portmap_config {
   // The gateway (an IP address); NULL: the default route's gateway. With an explicit
   // gateway UPnP searches by unicast to it only, never by multicast.
@@ -291,7 +298,8 @@ typedef struct pinhole_portmap_config {
   const char *local_ip;
   // UDP (0, the default) or TCP.
   pinhole_protocol protocol;
-  // The internal port to map (the application's socket; pinhole does not bind it).
+  // The internal port to map (the application's socket; pinhole does not bind it,
+  // except with `verify_stun`).
   uint16_t internal_port;
   // The external port wanted; 0: any.
   uint16_t suggested_external_port;
@@ -303,6 +311,21 @@ typedef struct pinhole_portmap_config {
   pinhole_portmap_cb cb_event;
   // Passed to the callback.
   void *user_ptr;
+  // Verify that traffic really arrives through the mapping with this STUN server, a
+  // `stun:host[:port]` URI (RFC 7064, at most 500 bytes) of a server that implements
+  // RFC 5780 (`pinhole serve`, coturn with `rfc5780`): after every new mapping, after
+  // renewals and every `verify_interval_s`. The outcome arrives as
+  // `PINHOLE_PORTMAP_EVENT_VERIFIED`, `_NOT_FORWARDING` or `_UNVERIFIED`; a mapping that
+  // does not forward is deleted and added again first (`_LOST`). UDP only
+  // (`PINHOLE_ERR_INVALID` for TCP; `PINHOLE_ERR_UNSUPPORTED` for `stuns:`). pinhole
+  // then binds the internal port itself (on the local address toward the gateway) to
+  // hear the answers, so it must be free: this checks a gateway, it cannot verify a port
+  // another socket holds. The host is resolved when the mapper starts (within 10 s); if
+  // that fails, or the port is taken, the mapper stops with `_UNAVAILABLE` and a reason.
+  // NULL (the default): no verification.
+  const char *verify_stun;
+  // Seconds between verifications; 0: the default (300); at most 86400.
+  uint32_t verify_interval_s;
 } pinhole_portmap_config;
 
 // The relayed address family a TURN allocation asks for: `PINHOLE_TURN_FAMILY_*`.
@@ -462,7 +485,8 @@ typedef struct pinhole_turn_config {
 // Renewed with another external address or port (`old_mapping`, `mapping`).
 #define PINHOLE_PORTMAP_EVENT_CHANGED 2
 
-// Lost; being re-created (`reason`).
+// Lost (gateway restart, expiry, refusal, or with `verify_stun` traffic no longer
+// arrives through it); being re-created (`reason`).
 #define PINHOLE_PORTMAP_EVENT_LOST 3
 
 // No mapping can be made; the mapper stopped (`reason`). A last event.
@@ -470,6 +494,20 @@ typedef struct pinhole_turn_config {
 
 // Deleted after `pinhole_portmap_release`; the mapper stopped. A last event.
 #define PINHOLE_PORTMAP_EVENT_RELEASED 5
+
+// Traffic from the STUN reflector arrived through the mapping (`mapping`; only with
+// `verify_stun`).
+#define PINHOLE_PORTMAP_EVENT_VERIFIED 6
+
+// The gateway grants the mapping but traffic does not arrive through it, even after
+// deleting and adding it again (`mapping`; only with `verify_stun`). It is kept, and
+// verified again after the interval.
+#define PINHOLE_PORTMAP_EVENT_NOT_FORWARDING 7
+
+// The mapping could not be verified (`reason`; only with `verify_stun`): the reflector
+// did not answer, does not implement RFC 5780, or sees this host at another address.
+// With no answer it is tried again after the interval; otherwise verification stops.
+#define PINHOLE_PORTMAP_EVENT_UNVERIFIED 8
 
 // IPv4 (the default: 0).
 #define PINHOLE_TURN_FAMILY_IPV4 0

@@ -15,6 +15,8 @@ use crate::error::PinholeError;
 pub(crate) const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 /// The default port-mapping lifetime asked for, seconds.
 pub(crate) const DEFAULT_MAPPING_LIFETIME_SECS: u32 = pinhole::portmap::DEFAULT_LIFETIME;
+/// The default interval between verifications of a mapping, seconds.
+pub(crate) const DEFAULT_VERIFY_INTERVAL_SECS: u32 = 300;
 
 /// What a netcheck probes.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -339,7 +341,8 @@ impl From<Via> for MappingMethod {
 /// What to map, and through which gateway.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct PortMappingConfig {
-    /// The internal port to map (a socket of the application's; pinhole does not bind it).
+    /// The internal port to map (a socket of the application's; pinhole does not bind it,
+    /// except with `verify_stun`).
     pub internal_port: u16,
     /// UDP or TCP.
     pub protocol: TransportProtocol,
@@ -359,6 +362,21 @@ pub struct PortMappingConfig {
     /// The only protocol to use; None: PCP, then NAT-PMP, then UPnP.
     #[uniffi(default = None)]
     pub method: Option<MappingMethod>,
+    /// Verify that traffic really arrives through the mapping with this STUN server, a
+    /// `stun:host[:port]` URI (RFC 7064) of a server that implements RFC 5780 (`pinhole
+    /// serve`, coturn with `rfc5780`): after every new mapping, after renewals and every
+    /// `verify_interval_secs`. The outcome arrives as `Verified`, `NotForwarding` or
+    /// `Unverified`; a mapping that does not forward is deleted and added again first
+    /// (`Lost`). UDP only. pinhole then binds the internal port itself (on the local
+    /// address toward the gateway) to hear the answers, so it must be free: this checks a
+    /// gateway, it cannot verify a port another socket holds. The host is resolved when the
+    /// mapper starts; if that fails the mapper stops with `Unavailable`. None: no
+    /// verification.
+    #[uniffi(default = None)]
+    pub verify_stun: Option<String>,
+    /// Seconds between verifications; 0 means the default (300); at most one day.
+    #[uniffi(default = 300)]
+    pub verify_interval_secs: u32,
 }
 
 /// A mapping that exists on the gateway.
@@ -412,7 +430,8 @@ pub enum PortMappingEvent {
         /// What it is.
         new: PortMapping,
     },
-    /// The mapping was lost (gateway restart, expiry, refusal); it is being re-created.
+    /// The mapping was lost (gateway restart, expiry, refusal, or traffic no longer
+    /// arrives through it with `verify_stun`); it is being re-created.
     Lost {
         /// Why.
         reason: String,
@@ -425,13 +444,31 @@ pub enum PortMappingEvent {
     /// The mapping was deleted after a release; the mapper has stopped. This is the last
     /// event.
     Released,
+    /// Traffic from the STUN reflector arrived through the mapping (`verify_stun`).
+    Verified {
+        /// It.
+        mapping: PortMapping,
+    },
+    /// The gateway grants the mapping but traffic does not arrive through it, even after
+    /// deleting and adding it again (`verify_stun`). It is kept, and verified again after
+    /// the interval.
+    NotForwarding {
+        /// It.
+        mapping: PortMapping,
+    },
+    /// The mapping could not be verified (`verify_stun`): the reflector did not answer,
+    /// does not implement RFC 5780, or sees this host at another address. With no answer
+    /// it is tried again after the interval; otherwise verification stops.
+    Unverified {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl PortMappingEvent {
-    /// The FFI form of a mapper event. Verification events have none: verification cannot
-    /// be configured through the FFI yet, so they never occur here.
-    pub(crate) fn from_core(ev: &MapperEvent) -> Option<Self> {
-        Some(match ev {
+    /// The FFI form of a mapper event.
+    pub(crate) fn from_core(ev: &MapperEvent) -> Self {
+        match ev {
             MapperEvent::Mapped(m) => PortMappingEvent::Mapped { mapping: m.into() },
             MapperEvent::Renewed(m) => PortMappingEvent::Renewed { mapping: m.into() },
             MapperEvent::Changed { old, new } => PortMappingEvent::Changed {
@@ -445,10 +482,12 @@ impl PortMappingEvent {
                 reason: why.clone(),
             },
             MapperEvent::Released => PortMappingEvent::Released,
-            MapperEvent::Verified(_)
-            | MapperEvent::NotForwarding(_)
-            | MapperEvent::Unverified(_) => return None,
-        })
+            MapperEvent::Verified(m) => PortMappingEvent::Verified { mapping: m.into() },
+            MapperEvent::NotForwarding(m) => PortMappingEvent::NotForwarding { mapping: m.into() },
+            MapperEvent::Unverified(why) => PortMappingEvent::Unverified {
+                reason: why.clone(),
+            },
+        }
     }
 }
 

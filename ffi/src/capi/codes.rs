@@ -112,12 +112,24 @@ pub const PINHOLE_PORTMAP_EVENT_MAPPED: pinhole_portmap_event_kind = 0;
 pub const PINHOLE_PORTMAP_EVENT_RENEWED: pinhole_portmap_event_kind = 1;
 /// Renewed with another external address or port (`old_mapping`, `mapping`).
 pub const PINHOLE_PORTMAP_EVENT_CHANGED: pinhole_portmap_event_kind = 2;
-/// Lost; being re-created (`reason`).
+/// Lost (gateway restart, expiry, refusal, or with `verify_stun` traffic no longer
+/// arrives through it); being re-created (`reason`).
 pub const PINHOLE_PORTMAP_EVENT_LOST: pinhole_portmap_event_kind = 3;
 /// No mapping can be made; the mapper stopped (`reason`). A last event.
 pub const PINHOLE_PORTMAP_EVENT_UNAVAILABLE: pinhole_portmap_event_kind = 4;
 /// Deleted after `pinhole_portmap_release`; the mapper stopped. A last event.
 pub const PINHOLE_PORTMAP_EVENT_RELEASED: pinhole_portmap_event_kind = 5;
+/// Traffic from the STUN reflector arrived through the mapping (`mapping`; only with
+/// `verify_stun`).
+pub const PINHOLE_PORTMAP_EVENT_VERIFIED: pinhole_portmap_event_kind = 6;
+/// The gateway grants the mapping but traffic does not arrive through it, even after
+/// deleting and adding it again (`mapping`; only with `verify_stun`). It is kept, and
+/// verified again after the interval.
+pub const PINHOLE_PORTMAP_EVENT_NOT_FORWARDING: pinhole_portmap_event_kind = 7;
+/// The mapping could not be verified (`reason`; only with `verify_stun`): the reflector
+/// did not answer, does not implement RFC 5780, or sees this host at another address.
+/// With no answer it is tried again after the interval; otherwise verification stops.
+pub const PINHOLE_PORTMAP_EVENT_UNVERIFIED: pinhole_portmap_event_kind = 8;
 
 /// The relayed address family a TURN allocation asks for: `PINHOLE_TURN_FAMILY_*`.
 pub type pinhole_turn_family = c_int;

@@ -44,16 +44,18 @@ pub struct pinhole_mapping {
 pub struct pinhole_portmap_event {
     /// What happened.
     pub kind: pinhole_portmap_event_kind,
-    /// `MAPPED`, `RENEWED`, `CHANGED`: the mapping (for `CHANGED` the new one).
+    /// `MAPPED`, `RENEWED`, `CHANGED`, `VERIFIED`, `NOT_FORWARDING`: the mapping (for
+    /// `CHANGED` the new one).
     pub mapping: pinhole_mapping,
     /// `CHANGED`: the mapping before.
     pub old_mapping: pinhole_mapping,
-    /// `LOST`, `UNAVAILABLE`: why; else NULL.
+    /// `LOST`, `UNAVAILABLE`, `UNVERIFIED`: why; else NULL.
     pub reason: *const c_char,
 }
 
 /// Receives a port mapping's events, on the mapper's own thread. The last is
-/// `PINHOLE_PORTMAP_EVENT_RELEASED` or `PINHOLE_PORTMAP_EVENT_UNAVAILABLE`.
+/// `PINHOLE_PORTMAP_EVENT_RELEASED` or `PINHOLE_PORTMAP_EVENT_UNAVAILABLE`. Kinds may be
+/// added in later versions: ignore the ones you do not know.
 pub type pinhole_portmap_cb = Option<
     unsafe extern "C" fn(
         portmap: *mut pinhole_portmap,
@@ -63,6 +65,11 @@ pub type pinhole_portmap_cb = Option<
 >;
 
 /// What to map. Zero-initialise it, then set at least `internal_port` and `cb_event`.
+///
+/// The struct has no size or version field: fields are only ever added at its end, after
+/// `user_ptr`, so the existing ones keep their offsets, and zero always means what the
+/// struct meant before they existed (`verify_stun` and `verify_interval_s` were added
+/// thus). A program must be rebuilt against the header of the library it runs with.
 #[repr(C)]
 pub struct pinhole_portmap_config {
     /// The gateway (an IP address); NULL: the default route's gateway. With an explicit
@@ -73,7 +80,8 @@ pub struct pinhole_portmap_config {
     pub local_ip: *const c_char,
     /// UDP (0, the default) or TCP.
     pub protocol: pinhole_protocol,
-    /// The internal port to map (the application's socket; pinhole does not bind it).
+    /// The internal port to map (the application's socket; pinhole does not bind it,
+    /// except with `verify_stun`).
     pub internal_port: u16,
     /// The external port wanted; 0: any.
     pub suggested_external_port: u16,
@@ -85,6 +93,21 @@ pub struct pinhole_portmap_config {
     pub cb_event: pinhole_portmap_cb,
     /// Passed to the callback.
     pub user_ptr: *mut c_void,
+    /// Verify that traffic really arrives through the mapping with this STUN server, a
+    /// `stun:host[:port]` URI (RFC 7064, at most 500 bytes) of a server that implements
+    /// RFC 5780 (`pinhole serve`, coturn with `rfc5780`): after every new mapping, after
+    /// renewals and every `verify_interval_s`. The outcome arrives as
+    /// `PINHOLE_PORTMAP_EVENT_VERIFIED`, `_NOT_FORWARDING` or `_UNVERIFIED`; a mapping that
+    /// does not forward is deleted and added again first (`_LOST`). UDP only
+    /// (`PINHOLE_ERR_INVALID` for TCP; `PINHOLE_ERR_UNSUPPORTED` for `stuns:`). pinhole
+    /// then binds the internal port itself (on the local address toward the gateway) to
+    /// hear the answers, so it must be free: this checks a gateway, it cannot verify a port
+    /// another socket holds. The host is resolved when the mapper starts (within 10 s); if
+    /// that fails, or the port is taken, the mapper stops with `_UNAVAILABLE` and a reason.
+    /// NULL (the default): no verification.
+    pub verify_stun: *const c_char,
+    /// Seconds between verifications; 0: the default (300); at most 86400.
+    pub verify_interval_s: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -159,6 +182,18 @@ impl CEvent {
                 reason = Some(cstring(r));
             }
             PortMappingEvent::Released => {}
+            PortMappingEvent::Verified { mapping: m } => {
+                event.kind = PINHOLE_PORTMAP_EVENT_VERIFIED;
+                event.mapping = mapping(m);
+            }
+            PortMappingEvent::NotForwarding { mapping: m } => {
+                event.kind = PINHOLE_PORTMAP_EVENT_NOT_FORWARDING;
+                event.mapping = mapping(m);
+            }
+            PortMappingEvent::Unverified { reason: r } => {
+                event.kind = PINHOLE_PORTMAP_EVENT_UNVERIFIED;
+                reason = Some(cstring(r));
+            }
         }
         if let Some(r) = &reason {
             event.reason = r.as_ptr();
@@ -195,6 +230,9 @@ unsafe fn read_config(c: &pinhole_portmap_config) -> Result<PortMappingConfig, P
             PINHOLE_METHOD_UPNP => Some(MappingMethod::Upnp),
             _ => return Err(PinholeError::invalid("method")),
         },
+        // SAFETY: per the contract.
+        verify_stun: unsafe { opt_str(c.verify_stun, "verify_stun") }?.map(str::to_owned),
+        verify_interval_secs: c.verify_interval_s,
     })
 }
 
@@ -324,4 +362,80 @@ pub unsafe extern "C" fn pinhole_portmap_destroy(portmap: *mut pinhole_portmap) 
             t.join();
         }
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn zeroed() -> pinhole_portmap_config {
+        pinhole_portmap_config {
+            gateway: ptr::null(),
+            local_ip: ptr::null(),
+            protocol: PINHOLE_PROTOCOL_UDP,
+            internal_port: 40000,
+            suggested_external_port: 0,
+            lifetime_s: 0,
+            method: PINHOLE_METHOD_ANY,
+            cb_event: None,
+            user_ptr: ptr::null_mut(),
+            verify_stun: ptr::null(),
+            verify_interval_s: 0,
+        }
+    }
+
+    #[test]
+    fn the_verification_fields_are_read_and_zero_means_off() {
+        // SAFETY: no strings.
+        let c = unsafe { read_config(&zeroed()) }.unwrap();
+        assert_eq!(c.verify_stun, None);
+        assert_eq!(c.verify_interval_secs, 0);
+        let mut cfg = zeroed();
+        cfg.verify_stun = c"stun:127.0.0.1:3478".as_ptr();
+        cfg.verify_interval_s = 60;
+        // SAFETY: a static C string.
+        let c = unsafe { read_config(&cfg) }.unwrap();
+        assert_eq!(c.verify_stun.as_deref(), Some("stun:127.0.0.1:3478"));
+        assert_eq!(c.verify_interval_secs, 60);
+        assert!(MappingPlan::new(&c).is_ok());
+        cfg.verify_stun = c"stun:".as_ptr();
+        // SAFETY: a static C string.
+        let c = unsafe { read_config(&cfg) }.unwrap();
+        assert_eq!(
+            MappingPlan::new(&c).unwrap_err().code(),
+            PINHOLE_ERR_INVALID
+        );
+    }
+
+    #[test]
+    fn verification_events_have_their_kinds() {
+        let m = PortMapping {
+            method: MappingMethod::Upnp,
+            protocol: TransportProtocol::Udp,
+            internal: "10.0.0.2:40000".into(),
+            external: "203.0.113.7:40000".into(),
+            lifetime: Duration::from_secs(3600),
+            reachable: true,
+        };
+        let ev = CEvent::new(&PortMappingEvent::Verified { mapping: m.clone() });
+        assert_eq!(ev.event.kind, PINHOLE_PORTMAP_EVENT_VERIFIED);
+        assert_eq!(ev.event.mapping.method, PINHOLE_METHOD_UPNP);
+        assert_eq!(ev.event.mapping.lifetime_s, 3600);
+        assert!(ev.event.reason.is_null());
+        let ev = CEvent::new(&PortMappingEvent::NotForwarding { mapping: m });
+        assert_eq!(ev.event.kind, PINHOLE_PORTMAP_EVENT_NOT_FORWARDING);
+        // SAFETY: `fill` NUL-terminates.
+        let external = unsafe { CStr::from_ptr(ev.event.mapping.external.as_ptr()) };
+        assert_eq!(external.to_str().unwrap(), "203.0.113.7:40000");
+        let ev = CEvent::new(&PortMappingEvent::Unverified {
+            reason: "no answer".into(),
+        });
+        assert_eq!(ev.event.kind, PINHOLE_PORTMAP_EVENT_UNVERIFIED);
+        // SAFETY: it points into `ev`, alive here.
+        let reason = unsafe { CStr::from_ptr(ev.event.reason) };
+        assert_eq!(reason.to_str().unwrap(), "no answer");
+    }
 }
