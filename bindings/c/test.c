@@ -3,7 +3,7 @@
  * threads, a real netcheck against `pinhole serve` on loopback (its URI is argv[1]) and
  * against pinhole's embedded server, cancellation, destruction from a callback, and a
  * port mapping pointed at a loopback address where no gateway listens, which must fail
- * cleanly, and TURN allocations on `pinhole serve --turn` (argv[3..6]: its URI, user,
+ * cleanly (also when verified through `pinhole serve`), and TURN allocations on `pinhole serve --turn` (argv[3..6]: its URI, user,
  * password, REST secret) relaying to and from a UDP socket of the test's own on
  * 127.0.0.1. Run under valgrind by bindings/test.sh. Prints "N passed, N failed".
  */
@@ -282,6 +282,8 @@ typedef struct {
     int on_main_thread;
     int events;
     int last_kind;
+    int verification_events; /* VERIFIED, NOT_FORWARDING, UNVERIFIED */
+    int unknown_kinds;
     char reason[256];
 } portmap_state;
 
@@ -295,6 +297,23 @@ static void on_portmap(pinhole_portmap *pm, const pinhole_portmap_event *ev, voi
     s->last_kind = ev->kind;
     if (ev->reason != NULL) {
         snprintf(s->reason, sizeof s->reason, "%s", ev->reason);
+    }
+    switch (ev->kind) {
+    case PINHOLE_PORTMAP_EVENT_MAPPED:
+    case PINHOLE_PORTMAP_EVENT_RENEWED:
+    case PINHOLE_PORTMAP_EVENT_CHANGED:
+    case PINHOLE_PORTMAP_EVENT_LOST:
+    case PINHOLE_PORTMAP_EVENT_UNAVAILABLE:
+    case PINHOLE_PORTMAP_EVENT_RELEASED:
+        break;
+    case PINHOLE_PORTMAP_EVENT_VERIFIED:
+    case PINHOLE_PORTMAP_EVENT_NOT_FORWARDING:
+    case PINHOLE_PORTMAP_EVENT_UNVERIFIED:
+        s->verification_events++;
+        break;
+    default:
+        s->unknown_kinds++; /* kinds may be added later: a program ignores them */
+        break;
     }
     if (ev->kind == PINHOLE_PORTMAP_EVENT_UNAVAILABLE || ev->kind == PINHOLE_PORTMAP_EVENT_RELEASED) {
         latch_signal(&s->latch);
@@ -355,6 +374,98 @@ static void test_portmap(void) {
     CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
     pinhole_portmap_destroy(pm);
     latch_free(&s.latch);
+}
+
+/* A UDP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed). */
+static int free_udp_port(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0) {
+        port = ntohs(sa.sin_port);
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    return port;
+}
+
+static void test_portmap_verify(const char *serve_uri) {
+    /* No gateway at 127.0.0.9, so nothing is mapped and nothing can be verified: what can
+     * be checked here is that a well-formed reflector is accepted, resolved and the mapped
+     * port bound, and that the mapper still ends cleanly. */
+    printf("port mapping via 127.0.0.9 verified through %s (no gateway there)\n", serve_uri);
+    int kinds[] = {PINHOLE_PORTMAP_EVENT_MAPPED,      PINHOLE_PORTMAP_EVENT_RENEWED,
+                   PINHOLE_PORTMAP_EVENT_CHANGED,     PINHOLE_PORTMAP_EVENT_LOST,
+                   PINHOLE_PORTMAP_EVENT_UNAVAILABLE, PINHOLE_PORTMAP_EVENT_RELEASED,
+                   PINHOLE_PORTMAP_EVENT_VERIFIED,    PINHOLE_PORTMAP_EVENT_NOT_FORWARDING,
+                   PINHOLE_PORTMAP_EVENT_UNVERIFIED};
+    int distinct = 1;
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        for (size_t j = i + 1; j < sizeof kinds / sizeof kinds[0]; j++) {
+            distinct &= kinds[i] != kinds[j];
+        }
+    }
+    CHECK(distinct);
+
+    portmap_state s;
+    memset(&s, 0, sizeof s);
+    latch_init(&s.latch);
+    s.main_thread = pthread_self();
+    s.last_kind = -1;
+    pinhole_portmap_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gateway = "127.0.0.9";
+    cfg.local_ip = "127.0.0.1";
+    cfg.internal_port = (uint16_t)free_udp_port();
+    cfg.lifetime_s = 60;
+    cfg.verify_stun = serve_uri;
+    cfg.verify_interval_s = 5;
+    cfg.cb_event = on_portmap;
+    cfg.user_ptr = &s;
+    pinhole_portmap *pm = NULL;
+    CHECK(cfg.internal_port > 0);
+    CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
+    CHECK(latch_wait(&s.latch, 30));
+    CHECK(s.last_kind == PINHOLE_PORTMAP_EVENT_UNAVAILABLE);
+    CHECK(s.reason[0] != '\0');
+    CHECK(strstr(s.reason, "verify_stun") == NULL);
+    CHECK(strstr(s.reason, "mapped port") == NULL);
+    CHECK(s.verification_events == 0 && s.unknown_kinds == 0);
+    CHECK(!s.on_main_thread);
+    printf("  unavailable: %s\n", s.reason);
+    pinhole_portmap_destroy(pm);
+    latch_free(&s.latch);
+
+    /* The mapped port is taken: the answers could not be heard, and the mapper says so. */
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+          getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
+    memset(&s, 0, sizeof s);
+    latch_init(&s.latch);
+    s.main_thread = pthread_self();
+    s.last_kind = -1;
+    cfg.internal_port = ntohs(sa.sin_port);
+    cfg.verify_interval_s = 0; /* the default */
+    pm = NULL;
+    CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
+    CHECK(latch_wait(&s.latch, 30));
+    CHECK(s.last_kind == PINHOLE_PORTMAP_EVENT_UNAVAILABLE);
+    CHECK(strstr(s.reason, "mapped port") != NULL);
+    printf("  port taken: %s\n", s.reason);
+    pinhole_portmap_destroy(pm);
+    latch_free(&s.latch);
+    close(fd);
 }
 
 /* ---- arguments ---- */
@@ -419,6 +530,24 @@ static void test_arguments(void) {
     pcfg.local_ip = "127.0.0.1"; /* local_ip needs a gateway */
     CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
     pcfg.gateway = "::zz";
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    /* The verification reflector: checked at start. */
+    pcfg.gateway = "127.0.0.9";
+    pcfg.method = PINHOLE_METHOD_ANY;
+    pcfg.protocol = PINHOLE_PROTOCOL_UDP;
+    const char *bad_verify[] = {"http://127.0.0.1:3478", "stun:", "stun:127.0.0.1:99999",
+                                "127.0.0.1:3478", ""};
+    for (size_t i = 0; i < sizeof bad_verify / sizeof bad_verify[0]; i++) {
+        pcfg.verify_stun = bad_verify[i];
+        CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    }
+    pcfg.verify_stun = "stuns:127.0.0.1:5349";
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_UNSUPPORTED);
+    pcfg.verify_stun = "stun:127.0.0.1:3478";
+    pcfg.protocol = PINHOLE_PROTOCOL_TCP; /* only UDP mappings can be verified */
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    pcfg.protocol = PINHOLE_PROTOCOL_UDP;
+    pcfg.verify_interval_s = 86401;
     CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
     CHECK(pm == NULL);
     char buf[PINHOLE_ADDRESS_MAX];
@@ -899,6 +1028,7 @@ int main(int argc, char **argv) {
     test_server();
     test_netcheck_cancel_and_destroy(argv[2]);
     test_portmap();
+    test_portmap_verify(argv[1]);
     test_turn_arguments();
     test_turn_relay();
     test_turn_credentials_and_destroy();

@@ -1,7 +1,8 @@
 // The Kotlin bindings' test on the host JVM (JNA): every exported item, callbacks arriving
 // on pinhole's Rust threads, async calls and their cancellation, errors, a netcheck against
 // `pinhole serve` on loopback (its URI is args[0]; args[1] is a loopback port where nothing
-// answers), port mapping at 127.0.0.9, where no gateway listens, and TURN allocations on
+// answers), port mapping at 127.0.0.9, where no gateway listens (also verified through
+// `pinhole serve`), and TURN allocations on
 // `pinhole serve --turn` (args[2..5]: its URI, user, password, REST secret) relaying to and
 // from a UDP socket of the test's own on 127.0.0.1. Prints "N passed, N failed".
 package dev.pinhole
@@ -364,6 +365,54 @@ fun main(args: Array<String>) {
     check(mapper.isStopped() && mapper.current() == null, "stopped, no mapping")
     mapper.close()
 
+    println("port mapping via 127.0.0.9 verified through $serveUri (no gateway there)")
+    for (bad in listOf("http://127.0.0.1:3478", "stun:", "stun:127.0.0.1:99999", "127.0.0.1:3478")) {
+        expectThrows<PinholeException.InvalidArgument>("verify_stun $bad") {
+            mapPort(PortMappingConfig(internalPort = 40000u, protocol = TransportProtocol.UDP,
+                gateway = "127.0.0.9", verifyStun = bad), MappingListener())
+        }
+    }
+    expectThrows<PinholeException.Unsupported>("verify_stun stuns:") {
+        mapPort(PortMappingConfig(internalPort = 40000u, protocol = TransportProtocol.UDP,
+            gateway = "127.0.0.9", verifyStun = "stuns:127.0.0.1:5349"), MappingListener())
+    }
+    expectThrows<PinholeException.InvalidArgument>("verify_stun with TCP") {
+        mapPort(PortMappingConfig(internalPort = 40000u, protocol = TransportProtocol.TCP,
+            gateway = "127.0.0.9", verifyStun = serveUri), MappingListener())
+    }
+    expectThrows<PinholeException.InvalidArgument>("verify interval over a day") {
+        mapPort(PortMappingConfig(internalPort = 40000u, protocol = TransportProtocol.UDP,
+            gateway = "127.0.0.9", verifyStun = serveUri, verifyIntervalSecs = 86401u), MappingListener())
+    }
+    check(PortMappingConfig(internalPort = 1u, protocol = TransportProtocol.UDP).let {
+        it.verifyStun == null && it.verifyIntervalSecs == 300u
+    }, "verification off by default, interval 300 s")
+    // No gateway at 127.0.0.9, so nothing is mapped and nothing can be verified: a
+    // well-formed reflector is accepted, resolved, the mapped port bound, and the mapper
+    // still ends cleanly.
+    val freePort = DatagramSocket(0, InetAddress.getByName("127.0.0.1")).use { it.localPort }
+    val mv = MappingListener()
+    val verifying = mapPort(PortMappingConfig(internalPort = freePort.toUShort(), protocol = TransportProtocol.UDP,
+        gateway = "127.0.0.9", localIp = "127.0.0.1", lifetimeSecs = 60u, verifyStun = serveUri,
+        verifyIntervalSecs = 5u), mv)
+    check(mv.stopped.await(30, TimeUnit.SECONDS), "verifying mapper stopped")
+    val lastV = synchronized(mv) { mv.events.last() }
+    check(lastV is PortMappingEvent.Unavailable && !lastV.reason.contains("verify_stun") &&
+        !lastV.reason.contains("mapped port"), "verifying: unavailable for want of a gateway: $lastV")
+    println("  $lastV")
+    runBlocking { withTimeout(10_000) { verifying.release() } }
+    verifying.close()
+    DatagramSocket(0, InetAddress.getByName("127.0.0.1")).use { taken ->
+        val mt = MappingListener()
+        val m = mapPort(PortMappingConfig(internalPort = taken.localPort.toUShort(), protocol = TransportProtocol.UDP,
+            gateway = "127.0.0.9", localIp = "127.0.0.1", verifyStun = serveUri), mt)
+        check(mt.stopped.await(30, TimeUnit.SECONDS), "mapper with a taken port stopped")
+        val lastT = synchronized(mt) { mt.events.last() }
+        check(lastT is PortMappingEvent.Unavailable && lastT.reason.contains("mapped port"), "port taken: $lastT")
+        println("  port taken: $lastT")
+        m.close()
+    }
+
     val ml2 = MappingListener()
     val m2 = mapPort(PortMappingConfig(internalPort = 40001u, protocol = TransportProtocol.TCP,
         gateway = "127.0.0.9", method = MappingMethod.PCP), ml2)
@@ -380,6 +429,27 @@ fun main(args: Array<String>) {
     val changed = PortMappingEvent.Changed(mapping, mapping.copy(external = "203.0.113.7:40002"))
     check(changed.old != changed.new && changed.new.method == MappingMethod.NAT_PMP, "records")
     check(PortMappingEvent.Mapped(mapping) == PortMappingEvent.Mapped(mapping.copy()), "data class equality")
+    // Every event, handled exhaustively (a `when` without `else` fails to compile when a
+    // case is missing).
+    val allEvents: List<PortMappingEvent> = listOf(
+        PortMappingEvent.Mapped(mapping), PortMappingEvent.Renewed(mapping), changed,
+        PortMappingEvent.Lost("x"), PortMappingEvent.Unavailable("x"), PortMappingEvent.Released,
+        PortMappingEvent.Verified(mapping), PortMappingEvent.NotForwarding(mapping),
+        PortMappingEvent.Unverified("no answer"))
+    val names = allEvents.map {
+        when (it) {
+            is PortMappingEvent.Mapped -> "mapped"
+            is PortMappingEvent.Renewed -> "renewed"
+            is PortMappingEvent.Changed -> "changed"
+            is PortMappingEvent.Lost -> "lost"
+            is PortMappingEvent.Unavailable -> "unavailable"
+            PortMappingEvent.Released -> "released"
+            is PortMappingEvent.Verified -> "verified:${it.mapping.external}"
+            is PortMappingEvent.NotForwarding -> "not-forwarding:${it.mapping.external}"
+            is PortMappingEvent.Unverified -> "unverified:${it.reason}"
+        }
+    }
+    check(names.toSet().size == 9 && "unverified:no answer" in names, "events $names")
     check(NatBehaviour.values().size == 4 && MappingMethod.values().size == 3 &&
         LogLevel.values().size == 6, "enums")
     check(BindingLifetime(java.time.Duration.ofSeconds(10), null).lessThan == null, "BindingLifetime")

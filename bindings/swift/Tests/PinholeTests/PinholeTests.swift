@@ -1,7 +1,8 @@
 // The Swift bindings' tests (Linux, XCTest), the same ground as the Kotlin test: every
 // exported item, callbacks on pinhole's Rust threads, async calls and their cancellation,
 // errors, a netcheck against `pinhole serve` on loopback (PINHOLE_TEST_STUN) and against
-// the embedded server, port mapping at 127.0.0.9, where no gateway listens, and TURN
+// the embedded server, port mapping at 127.0.0.9, where no gateway listens (also verified
+// through `pinhole serve`), and TURN
 // allocations on `pinhole serve --turn` (PINHOLE_TEST_TURN*) relaying to and from a UDP
 // socket of the test's own on 127.0.0.1.
 import Foundation
@@ -348,6 +349,76 @@ final class PinholeTests: XCTestCase {
         }
     }
 
+    func testPortMappingVerification() async throws {
+        func start(_ config: PortMappingConfig) throws -> PortMapper {
+            try mapPort(config: config, listener: MappingListener())
+        }
+        // The reflector is checked when the mapper starts.
+        for bad in ["http://127.0.0.1:3478", "stun:", "stun:127.0.0.1:99999", "127.0.0.1:3478"] {
+            XCTAssertThrowsError(
+                try start(PortMappingConfig(internalPort: 40000, protocol: .udp, gateway: "127.0.0.9",
+                                            verifyStun: bad))
+            ) { e in
+                guard case PinholeError.InvalidArgument = e else { return XCTFail("\(bad): \(e)") }
+            }
+        }
+        XCTAssertThrowsError(
+            try start(PortMappingConfig(internalPort: 40000, protocol: .udp, gateway: "127.0.0.9",
+                                        verifyStun: "stuns:127.0.0.1:5349"))
+        ) { e in
+            guard case PinholeError.Unsupported = e else { return XCTFail("\(e)") }
+        }
+        XCTAssertThrowsError(
+            try start(PortMappingConfig(internalPort: 40000, protocol: .tcp, gateway: "127.0.0.9",
+                                        verifyStun: serveURI))
+        ) { e in
+            guard case PinholeError.InvalidArgument = e else { return XCTFail("\(e)") }
+        }
+        XCTAssertThrowsError(
+            try start(PortMappingConfig(internalPort: 40000, protocol: .udp, gateway: "127.0.0.9",
+                                        verifyStun: serveURI, verifyIntervalSecs: 86401))
+        ) { e in
+            guard case PinholeError.InvalidArgument = e else { return XCTFail("\(e)") }
+        }
+        let defaults = PortMappingConfig(internalPort: 1, protocol: .udp)
+        XCTAssertNil(defaults.verifyStun)
+        XCTAssertEqual(defaults.verifyIntervalSecs, 300)
+
+        // No gateway at 127.0.0.9, so nothing is mapped and nothing can be verified: a
+        // well-formed reflector is accepted, resolved, the mapped port bound, and the
+        // mapper still ends cleanly.
+        let port = UInt16(PeerSocket().address.split(separator: ":")[1])!  // closed again at once
+        let listener = MappingListener()
+        let mapper = try mapPort(
+            config: PortMappingConfig(internalPort: port, protocol: .udp, gateway: "127.0.0.9",
+                                      localIp: "127.0.0.1", lifetimeSecs: 60, verifyStun: serveURI,
+                                      verifyIntervalSecs: 5),
+            listener: listener)
+        XCTAssertEqual(listener.stopped.wait(timeout: .now() + 30), .success)
+        guard case .unavailable(let reason)? = listener.events.last else {
+            return XCTFail("\(listener.events)")
+        }
+        XCTAssertFalse(reason.isEmpty)
+        XCTAssertFalse(reason.contains("verify_stun"), reason)
+        XCTAssertFalse(reason.contains("mapped port"), reason)
+        await mapper.release()
+        XCTAssertTrue(mapper.isStopped())
+
+        // The mapped port is taken: the answers could not be heard, and the mapper says so.
+        let taken = PeerSocket()
+        let l2 = MappingListener()
+        let m2 = try mapPort(
+            config: PortMappingConfig(internalPort: UInt16(taken.address.split(separator: ":")[1])!,
+                                      protocol: .udp, gateway: "127.0.0.9", localIp: "127.0.0.1",
+                                      verifyStun: serveURI),
+            listener: l2)
+        XCTAssertEqual(l2.stopped.wait(timeout: .now() + 30), .success)
+        guard case .unavailable(let why)? = l2.events.last else { return XCTFail("\(l2.events)") }
+        XCTAssertTrue(why.contains("mapped port"), why)
+        await m2.release()
+        withExtendedLifetime(taken) {}
+    }
+
     func testTurnRelay() async throws {
         let l = TurnEvents()
         let alloc = try await allocateTurn(
@@ -463,6 +534,28 @@ final class PinholeTests: XCTestCase {
         guard case .changed(let old, let new) = changed else { return XCTFail() }
         XCTAssertNotEqual(old, new)
         XCTAssertEqual(PortMappingEvent.mapped(mapping: m), .mapped(mapping: m))
+        // Every event, handled exhaustively (a switch without `default` fails to compile
+        // when a case is missing).
+        let all: [PortMappingEvent] = [
+            .mapped(mapping: m), .renewed(mapping: m), changed, .lost(reason: "x"),
+            .unavailable(reason: "x"), .released, .verified(mapping: m), .notForwarding(mapping: m),
+            .unverified(reason: "no answer"),
+        ]
+        let names = all.map { e -> String in
+            switch e {
+            case .mapped: return "mapped"
+            case .renewed: return "renewed"
+            case .changed: return "changed"
+            case .lost: return "lost"
+            case .unavailable: return "unavailable"
+            case .released: return "released"
+            case .verified(let mapping): return "verified:\(mapping.external)"
+            case .notForwarding(let mapping): return "not-forwarding:\(mapping.external)"
+            case .unverified(let reason): return "unverified:\(reason)"
+            }
+        }
+        XCTAssertEqual(Set(names).count, 9)
+        XCTAssertTrue(names.contains("unverified:no answer"))
         XCTAssertEqual(BindingLifetime(atLeast: 10, lessThan: nil).lessThan, nil)
         XCTAssertEqual(GatewayProbe(gateway: nil, pcp: nil, natpmp: nil, upnp: nil, natpmpExternal: nil,
                                     upnpExternal: nil, error: "x").error, "x")
