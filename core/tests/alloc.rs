@@ -1,78 +1,21 @@
 //! pinhole's STUN hot paths do not touch the heap: decoding and reading attributes,
 //! checking MESSAGE-INTEGRITY and FINGERPRINT, and building an authenticated request.
 //!
-//! A counting global allocator wraps the system one. Implementing `GlobalAlloc` is unsafe
-//! by definition, hence the `allow` below: the workspace denies `unsafe_code` and the
-//! library itself forbids it, but this test is a crate of its own, and its only unsafe code
-//! forwards each call unchanged to `System`, under the same contract the caller upheld.
-#![allow(unsafe_code)]
+//! A counting global allocator (`common`) wraps the system one.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pinhole::stun::attributes::{
     IceControlling, Priority, UseCandidate, Username, XorMappedAddress,
 };
 use pinhole::stun::{IntegrityKey, Message, MessageBuilder, MessageType, TransactionId};
 
-/// Counts allocations (including reallocations) made by threads that asked to be counted.
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Whether this thread's allocations count. Per-thread, so that the test harness's
-    /// other threads (output capture, other tests) cannot pollute a measurement.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note_allocation() {
-    // `try_with`: the thread-local may be gone while a thread shuts down.
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the arguments it was given; counting
-// touches neither the memory nor the layout.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+mod common;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::Counting = common::Counting;
 
-/// Heap allocations made by this thread while `f` runs.
-fn allocations_during<R>(f: impl FnOnce() -> R) -> (usize, R) {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    let r = f();
-    COUNTING.with(|c| c.set(false));
-    (ALLOCATIONS.load(Ordering::Relaxed) - before, r)
-}
+use common::allocations_during;
 
 /// RFC 5769 §2.1: sample request (short-term credentials).
 const RFC5769_REQUEST: [u8; 108] = [

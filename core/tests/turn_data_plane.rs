@@ -3,18 +3,12 @@
 //! Send/Data indications, batches of more than one datagram, handing receiving back to the
 //! handle, and no heap allocation on the steady-state data path.
 //!
-//! A counting global allocator wraps the system one. Implementing `GlobalAlloc` is unsafe
-//! by definition, hence the `allow` below: the library itself forbids unsafe code, but this
-//! test is a crate of its own, and its only unsafe code forwards each call unchanged to
-//! `System`, under the same contract the caller upheld.
+//! A counting global allocator (`common`) wraps the system one.
 #![cfg(feature = "driver")]
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pinhole::driver::turn::{
@@ -22,52 +16,10 @@ use pinhole::driver::turn::{
 };
 use pinhole::turn::{AllocationEvent, Credentials, RequestedFamily, TurnError, TurnServerConfig};
 
-/// Counts allocations (including reallocations) made by threads that asked to be counted.
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Whether this thread's allocations count (the server and the peers run on threads
-    /// of their own, and allocate).
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note_allocation() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the arguments it was given; counting
-// touches neither the memory nor the layout.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+mod common;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::Counting = common::Counting;
 
 const USER: &str = "alice";
 const PASS: &str = "data-plane-secret";
@@ -387,8 +339,7 @@ fn data_plane_steady_state_allocates_nothing() {
             let mut counted = None;
             while done < 3000 {
                 if done >= 500 && counted.is_none() {
-                    COUNTING.with(|c| c.set(true));
-                    counted = Some(ALLOCATIONS.load(Ordering::Relaxed));
+                    counted = Some(common::start_counting());
                 }
                 let n = dp.recv(&mut batch).await.unwrap();
                 for (peer, data) in batch.iter() {
@@ -396,8 +347,7 @@ fn data_plane_steady_state_allocates_nothing() {
                 }
                 done += n;
             }
-            COUNTING.with(|c| c.set(false));
-            ALLOCATIONS.load(Ordering::Relaxed) - counted.unwrap()
+            common::stop_counting() - counted.unwrap()
         };
         let allocations = tokio::time::timeout(WAIT * 3, run)
             .await

@@ -229,6 +229,23 @@ pub extern "C" fn pinhole_set_log_handler(
     })
 }
 
+/// The end of a handle backed by a [`Task`](crate::task::Task): marks it destroyed (its
+/// callbacks check the flag and stay silent from then on), stops the task and waits for it
+/// (which returns at once when called from the task's own callback; see
+/// [`Task::join`](crate::task::Task::join)). A panic stays here.
+pub(crate) fn destroy_task(
+    destroyed: &std::sync::atomic::AtomicBool,
+    task: Option<crate::task::Task>,
+) {
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        destroyed.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = task {
+            t.stop();
+            t.join();
+        }
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

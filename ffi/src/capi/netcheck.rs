@@ -482,13 +482,6 @@ pub unsafe extern "C" fn pinhole_netcheck_destroy(netcheck: *mut pinhole_netchec
         return;
     }
     // SAFETY: a live handle from Box::into_raw, per the contract.
-    let handle = unsafe { Box::from_raw(netcheck) };
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        handle.destroyed.store(true, Ordering::Release);
-        let mut handle = handle;
-        if let Some(t) = handle.task.take() {
-            t.stop();
-            t.join();
-        }
-    }));
+    let mut handle = unsafe { Box::from_raw(netcheck) };
+    super::destroy_task(&handle.destroyed, handle.task.take());
 }

@@ -353,15 +353,8 @@ pub unsafe extern "C" fn pinhole_portmap_destroy(portmap: *mut pinhole_portmap) 
         return;
     }
     // SAFETY: a live handle from Box::into_raw, per the contract.
-    let handle = unsafe { Box::from_raw(portmap) };
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        handle.destroyed.store(true, Ordering::Release);
-        let mut handle = handle;
-        if let Some(t) = handle.task.take() {
-            t.stop();
-            t.join();
-        }
-    }));
+    let mut handle = unsafe { Box::from_raw(portmap) };
+    super::destroy_task(&handle.destroyed, handle.task.take());
 }
 
 #[cfg(test)]
