@@ -784,3 +784,42 @@ fn map_hears_restart_announcement_pcp() {
 fn map_hears_restart_announcement_natpmp() {
     map_hears_restart_announcement("natpmp", 40550);
 }
+
+/// miniupnpd describing itself as an IGD v1 device (WANIPConnection:1, no
+/// AddAnyPortMapping): `pinhole map --via upnp` maps with AddPortMapping, traffic from the
+/// internet arrives through the mapping, and the mapping is deleted at the end.
+#[test]
+fn upnp_igd_v1_maps_with_add_port_mapping() {
+    if !lab_available("upnp_igd_v1", &["miniupnpd"]) {
+        return;
+    }
+    let port = 40560;
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve()
+        .expect("pinhole serve (miniupnpd's STUN check)");
+    lab.add_router("gw", NatConfig::port_restricted_cone(), Uplink::Internet)
+        .expect("router");
+    let host = lab.add_host("h", "gw").expect("host").clone();
+    lab.start_miniupnpd_igd_v1("gw").expect("miniupnpd");
+    let port_s = port.to_string();
+    let mut map = MapRun::start(&lab, &host.ns, &["--port", &port_s, "--via", "upnp"]);
+    let ev = map.expect(&lab, "mapped", EVENT_SLACK);
+    assert!(ev["via"] == "upnp" && ev["reachable"] == true, "{ev}");
+    let ext = external(&ev);
+    // IGD v1: no AddAnyPortMapping, so the internal port is asked for first.
+    assert_eq!(ext.port(), port, "{ev}");
+    if !arrives(&lab, &host.ns, port, from_internet(&lab), ext, 15) {
+        map.fail(&lab, &format!("nothing arrived through {ext}"));
+    }
+    let log = lab.server_logs();
+    assert!(
+        log.contains("WANIPConnection:1#AddPortMapping") && !log.contains("AddAnyPortMapping"),
+        "expected an IGD v1 exchange:\n{log}"
+    );
+    map.p.signal("INT").expect("SIGINT");
+    map.expect(&lab, "released", EVENT_SLACK);
+    assert!(
+        !arrives(&lab, &host.ns, port, from_internet(&lab), ext, 5),
+        "traffic to {ext} still arrives after the mapping was deleted"
+    );
+}

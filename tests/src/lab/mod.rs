@@ -172,6 +172,9 @@ struct Miniupnpd {
     uuid: String,
     starts: u32,
     running: bool,
+    /// Describe the device as IGD v1 (`force_igd_desc_v1`): WANIPConnection:1, without
+    /// AddAnyPortMapping.
+    igd_v1: bool,
 }
 
 /// A running lab. See the module docs.
@@ -893,6 +896,22 @@ impl Lab {
         router: &str,
         stun: StunServer,
     ) -> Result<PortMapper> {
+        self.setup_miniupnpd(router, stun, false)
+    }
+
+    /// [`start_miniupnpd`](Self::start_miniupnpd) with miniupnpd describing itself as an
+    /// IGD v1 device (WANIPConnection:1, which has no AddAnyPortMapping), as many routers
+    /// in the field still do.
+    pub fn start_miniupnpd_igd_v1(&mut self, router: &str) -> Result<PortMapper> {
+        self.setup_miniupnpd(router, PINHOLE_STUN, true)
+    }
+
+    fn setup_miniupnpd(
+        &mut self,
+        router: &str,
+        stun: StunServer,
+        igd_v1: bool,
+    ) -> Result<PortMapper> {
         if self.miniupnpd.iter().any(|m| m.router == router) {
             return Err(lab_err!(
                 "miniupnpd was already set up on {router}: use restart_miniupnpd"
@@ -925,6 +944,7 @@ impl Lab {
             uuid,
             starts: 0,
             running: false,
+            igd_v1,
         });
         self.spawn_miniupnpd(router)
     }
@@ -963,11 +983,13 @@ impl Lab {
                  max_lifetime=86400\n\
                  lease_file={d}/{router}-upnp.leases\n\
                  uuid={uuid}\n\
+                 force_igd_desc_v1={v1}\n\
                  allow 1024-65535 0.0.0.0/0 1024-65535\n\
                  deny 0-65535 0.0.0.0/0 0-65535\n",
                 sh = m.stun.primary.ip(),
                 sp = m.stun.primary.port(),
                 uuid = m.uuid,
+                v1 = if m.igd_v1 { "yes" } else { "no" },
             ),
         )?;
         let log = self.dir.join(if m.starts == 0 {
