@@ -205,6 +205,9 @@ pub struct Allocation {
     permissions: Vec<Permission>,
     channels: Vec<Channel>,
     events: VecDeque<AllocationEvent>,
+    /// Deallocation was asked for while an authenticated Allocate was in flight: should
+    /// the server grant it, it is deleted at once instead of lingering until it expires.
+    deallocate_when_granted: bool,
 }
 
 impl Allocation {
@@ -226,6 +229,7 @@ impl Allocation {
             permissions: Vec::new(),
             channels: Vec::new(),
             events: VecDeque::new(),
+            deallocate_when_granted: false,
         };
         a.send(now, Purpose::Allocate);
         a
@@ -374,7 +378,9 @@ impl Allocation {
     }
 
     /// Deletes the allocation (Refresh with LIFETIME 0); [`AllocationEvent::Deallocated`]
-    /// follows, also when the server does not answer.
+    /// follows, also when the server does not answer. While an authenticated Allocate is
+    /// still in flight, it waits for the answer: a granted allocation is deleted at once
+    /// (and never reported as allocated) rather than left to expire on the server.
     pub fn deallocate(&mut self, now: Instant) {
         match self.state {
             State::Allocated => {
@@ -383,8 +389,15 @@ impl Allocation {
                 self.send(now, Purpose::Deallocate);
             }
             State::Allocating => {
-                self.state = State::Done;
-                self.events.push_back(AllocationEvent::Deallocated);
+                let in_flight = self.auth.is_some()
+                    && self.purposes.iter().any(|(_, p)| *p == Purpose::Allocate);
+                if in_flight {
+                    self.deallocate_when_granted = true;
+                } else {
+                    self.state = State::Done;
+                    self.purposes.clear();
+                    self.events.push_back(AllocationEvent::Deallocated);
+                }
             }
             State::Deallocating | State::Done => {}
         }
@@ -608,6 +621,12 @@ impl Allocation {
                 self.mapped = msg.get::<XorMappedAddress>().ok().flatten().map(|m| m.0);
                 self.relayed = relayed.clone();
                 self.state = State::Allocated;
+                if self.deallocate_when_granted {
+                    debug!("allocation granted after deallocation was asked for: deleting it");
+                    self.deallocate_when_granted = false;
+                    self.deallocate(now);
+                    return;
+                }
                 self.schedule_refresh(now, lifetime);
                 self.events.push_back(AllocationEvent::Allocated {
                     relayed,
@@ -762,6 +781,10 @@ impl Allocation {
     fn lose(&mut self, error: TurnError) {
         if self.state == State::Done {
             return;
+        }
+        if self.deallocate_when_granted {
+            // Nothing was granted: the deallocation asked for is complete.
+            return self.finish_deallocation();
         }
         self.state = State::Done;
         self.purposes.clear();

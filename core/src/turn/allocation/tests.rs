@@ -715,3 +715,45 @@ fn credentials_never_reach_the_logs() {
     assert!(!logs.contains("hunter2-secret"));
     assert!(!logs.contains(PASS));
 }
+
+#[test]
+fn deallocating_while_the_allocate_is_in_flight_deletes_what_the_server_grants() {
+    let mut h = Harness::new(FakeTurn::new());
+    // The unauthenticated Allocate's 401 comes back at 10 ms; the authenticated one is
+    // then in flight until 20 ms.
+    h.run_until(Duration::from_millis(15));
+    assert!(h.kinds().is_empty(), "{:?}", h.events);
+    h.a.deallocate(h.now);
+    assert!(!h.a.is_done(), "waits for the Allocate's answer");
+    h.run_until(Duration::from_secs(2));
+    // Granted, then deleted at once: never reported as allocated.
+    assert_eq!(h.kinds(), ["Deallocated"]);
+    assert!(
+        h.turn.deallocated,
+        "the server saw the Refresh with LIFETIME 0"
+    );
+    assert!(h.a.is_done());
+}
+
+#[test]
+fn deallocating_before_any_authenticated_allocate_ends_at_once() {
+    let mut h = Harness::new(FakeTurn::new());
+    // Only the unauthenticated Allocate (which cannot create anything) is in flight.
+    h.a.deallocate(h.now);
+    assert!(h.a.is_done());
+    h.run_until(Duration::from_secs(1));
+    assert_eq!(h.kinds(), ["Deallocated"]);
+    assert!(!h.turn.deallocated);
+}
+
+#[test]
+fn deallocating_while_the_allocate_fails_ends_as_deallocated() {
+    let mut turn = FakeTurn::new();
+    turn.error = Some(486);
+    let mut h = Harness::new(turn);
+    h.run_until(Duration::from_millis(15));
+    h.a.deallocate(h.now);
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(h.kinds(), ["Deallocated"]);
+    assert!(h.a.is_done());
+}
