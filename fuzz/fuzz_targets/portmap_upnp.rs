@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use pinhole::portmap::upnp::{self, HttpResponse, HttpUrl};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = upnp::parse_search_response(data);
+    let _ = upnp::parse_search_response(data, [192, 168, 1, 1].into());
     if let Ok(Some(r)) = upnp::parse_http_response(data, false) {
         assert_eq!(upnp::parse_http_response(data, true), Ok(Some(r)));
     }

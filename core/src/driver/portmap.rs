@@ -238,7 +238,7 @@ async fn ssdp_round(
                     debug!(%from, "SSDP answer from another host ignored");
                     continue;
                 }
-                match upnp::parse_search_response(&buf[..n]) {
+                match upnp::parse_search_response(&buf[..n], from.ip()) {
                     Ok(location) => return Some(location),
                     Err(e) => debug!(%from, error = %e, "SSDP answer ignored"),
                 }
@@ -258,14 +258,10 @@ async fn ssdp_round(
 async fn http(url: &HttpUrl, request: &[u8]) -> Result<upnp::HttpResponse, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let addr = match url.socket_addr() {
-            Some(a) => a,
-            None => tokio::net::lookup_host((url.host.as_str(), url.port))
-                .await
-                .map_err(|e| format!("resolving {}: {e}", url.host))?
-                .next()
-                .ok_or_else(|| format!("{} has no address", url.host))?,
-        };
+        // Only IP addresses (see `upnp::parse_search_response`): no DNS.
+        let addr = url
+            .socket_addr()
+            .ok_or_else(|| format!("{} is not an IP address", url.host))?;
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;

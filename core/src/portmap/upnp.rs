@@ -3,7 +3,10 @@
 //!
 //! Everything here builds or parses bytes; the driver owns the sockets. The parsers accept
 //! what real gateways send (any header case, namespace prefixes, chunked bodies, relative
-//! control URLs, `URLBase`) and reject the rest with a typed [`UpnpError`]. Every parser has
+//! control URLs, `URLBase`) and reject the rest with a typed [`UpnpError`]. Answers come
+//! from the local network, where anybody can answer an SSDP search: the description must
+//! be on the answering host, named by its IP address, and the control URL on that same
+//! host, so that no answer can send pinhole's requests to another host or to the DNS. Every parser has
 //! a fuzz target (`fuzz/fuzz_targets/portmap_upnp.rs`).
 //!
 //! The protocol: UPnP Device Architecture 1.1 (SSDP §1, description §2, control §3) and
@@ -183,8 +186,9 @@ pub fn search_request(to: SocketAddr) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The LOCATION (device description URL) of an SSDP answer about an IGD.
-pub fn parse_search_response(datagram: &[u8]) -> Result<HttpUrl, UpnpError> {
+/// The LOCATION (device description URL) of an SSDP answer about an IGD from `from`; it
+/// must name `from` by IP address.
+pub fn parse_search_response(datagram: &[u8], from: IpAddr) -> Result<HttpUrl, UpnpError> {
     let text = std::str::from_utf8(datagram).map_err(|_| UpnpError::NotIgd("not text"))?;
     let mut lines = text.split("\r\n").flat_map(|l| l.split('\n'));
     let status = lines.next().unwrap_or("");
@@ -209,7 +213,13 @@ pub fn parse_search_response(datagram: &[u8]) -> Result<HttpUrl, UpnpError> {
     if !igd {
         return Err(UpnpError::NotIgd("the search target is not an IGD"));
     }
-    HttpUrl::parse(location.ok_or(UpnpError::NotIgd("no LOCATION"))?)
+    let location = HttpUrl::parse(location.ok_or(UpnpError::NotIgd("no LOCATION"))?)?;
+    if location.socket_addr().map(|a| a.ip()) != Some(from) {
+        return Err(UpnpError::NotIgd(
+            "LOCATION is not the answering host's IP address",
+        ));
+    }
+    Ok(location)
 }
 
 /// An HTTP/1.1 GET request (for the device description).
@@ -356,7 +366,7 @@ impl Control {
 }
 
 /// Finds the preferred WAN connection service in a device description fetched from
-/// `location`.
+/// `location`; its control URL must be on the same host.
 pub fn parse_description(xml: &[u8], location: &HttpUrl) -> Result<Control, UpnpError> {
     let xml = String::from_utf8_lossy(xml);
     let base = match elements(&xml, "URLBase").next() {
@@ -384,9 +394,16 @@ pub fn parse_description(xml: &[u8], location: &HttpUrl) -> Result<Control, Upnp
     found.sort_by_key(|f| f.0);
     let (_, best) = found.into_iter().next().ok_or(UpnpError::NoWanService)?;
     let (kind, url) = best.split_once('\n').ok_or(UpnpError::NoWanService)?;
+    let url = base.join(url)?;
+    if url.host != location.host {
+        return Err(UpnpError::Url(format!(
+            "the control URL is on {}, not on the gateway {}",
+            url.host, location.host
+        )));
+    }
     Ok(Control {
         service_type: kind.to_owned(),
-        url: base.join(url)?,
+        url,
     })
 }
 
@@ -655,24 +672,34 @@ mod tests {
 
     #[test]
     fn ssdp() {
+        let gw: IpAddr = "192.168.1.1".parse().unwrap();
         let req = String::from_utf8(search_request("192.168.1.1:1900".parse().unwrap())).unwrap();
         assert!(req.starts_with("M-SEARCH * HTTP/1.1\r\nHOST: 192.168.1.1:1900\r\n"));
         assert!(req.contains("MAN: \"ssdp:discover\"") && req.ends_with("\r\n\r\n"));
         let answer = b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nst: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nUSN: uuid:x\r\nLocation: http://192.168.1.1:5000/rootDesc.xml\r\n\r\n";
-        assert_eq!(parse_search_response(answer).unwrap(), location());
+        assert_eq!(parse_search_response(answer, gw).unwrap(), location());
+        // Another host on the network answering with the gateway's description, or a
+        // description by name: not taken.
+        let stranger: IpAddr = "192.168.1.66".parse().unwrap();
+        assert!(matches!(
+            parse_search_response(answer, stranger),
+            Err(UpnpError::NotIgd(_))
+        ));
+        let by_name = b"HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: http://router.example/desc.xml\r\n\r\n";
+        assert!(parse_search_response(by_name, gw).is_err());
         let other = b"HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:MediaServer:1\r\nLOCATION: http://192.168.1.9/\r\n\r\n";
         assert!(matches!(
-            parse_search_response(other),
+            parse_search_response(other, gw),
             Err(UpnpError::NotIgd(_))
         ));
         let no_location =
             b"HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\r\n";
         assert!(matches!(
-            parse_search_response(no_location),
+            parse_search_response(no_location, gw),
             Err(UpnpError::NotIgd(_))
         ));
-        assert!(parse_search_response(b"NOTIFY * HTTP/1.1\r\n\r\n").is_err());
-        assert!(parse_search_response(&[0xff, 0xfe]).is_err());
+        assert!(parse_search_response(b"NOTIFY * HTTP/1.1\r\n\r\n", gw).is_err());
+        assert!(parse_search_response(&[0xff, 0xfe], gw).is_err());
     }
 
     #[test]
@@ -726,7 +753,13 @@ mod tests {
         let v1 = r#"<r:root xmlns:r="urn:schemas-upnp-org:device-1-0"><r:URLBase>http://10.0.0.1:49000/</r:URLBase>
 <r:service><r:serviceType>urn:schemas-upnp-org:service:WANPPPConnection:1</r:serviceType><r:controlURL>upnp/ppp</r:controlURL></r:service>
 <r:service><r:serviceType> urn:schemas-upnp-org:service:WANIPConnection:1 </r:serviceType><r:controlURL>upnp/ip?a=1&amp;b=2</r:controlURL></r:service></r:root>"#;
-        let c = parse_description(v1.as_bytes(), &location()).unwrap();
+        // The same description fetched from another host: its control URL is elsewhere.
+        assert!(matches!(
+            parse_description(v1.as_bytes(), &location()),
+            Err(UpnpError::Url(_))
+        ));
+        let at = HttpUrl::parse("http://10.0.0.1:1900/igd.xml").unwrap();
+        let c = parse_description(v1.as_bytes(), &at).unwrap();
         assert_eq!(
             c.service_type,
             "urn:schemas-upnp-org:service:WANIPConnection:1"
