@@ -155,9 +155,20 @@ impl Upnp {
             Ok(c) => c,
             Err(e) => return UpnpResult::Failed(e),
         };
+        let r = self.act(&c, cmd).await;
+        if let UpnpResult::Failed(why) = &r
+            && why.contains(upnp::TRANSPORT_FAILURE)
+        {
+            // The gateway may have restarted on another HTTP port: search again next time.
+            *self.control.lock().await = None;
+        }
+        r
+    }
+
+    async fn act(&self, c: &Control, cmd: UpnpCommand) -> UpnpResult {
         match cmd {
             UpnpCommand::Probe => UpnpResult::Available {
-                external_ip: external_ip(&c).await.ok(),
+                external_ip: external_ip(c).await.ok(),
             },
             UpnpCommand::Map {
                 protocol,
@@ -165,11 +176,11 @@ impl Upnp {
                 external_port,
                 lifetime,
             } => {
-                let ip = match external_ip(&c).await {
+                let ip = match external_ip(c).await {
                     Ok(ip) => ip,
                     Err(e) => return UpnpResult::Failed(format!("GetExternalIPAddress: {e}")),
                 };
-                match add_mapping(&c, protocol, internal, external_port, lifetime).await {
+                match add_mapping(c, protocol, internal, external_port, lifetime).await {
                     Ok((port, lease)) => UpnpResult::Mapped {
                         external: SocketAddr::new(ip, port),
                         lifetime: lease,
@@ -187,7 +198,7 @@ impl Upnp {
                     ("NewExternalPort", port.as_str()),
                     ("NewProtocol", upnp_protocol(protocol)),
                 ];
-                match soap(&c, "DeletePortMapping", &args).await {
+                match soap(c, "DeletePortMapping", &args).await {
                     Ok(_) => UpnpResult::Deleted,
                     Err(e) => UpnpResult::Failed(e.to_string()),
                 }
@@ -298,10 +309,7 @@ async fn soap(
 ) -> Result<Vec<(String, String)>, UpnpError> {
     let resp = http(&c.url, &upnp::soap_request(c, action, args))
         .await
-        .map_err(|e| UpnpError::Fault {
-            code: 0,
-            description: e,
-        })?;
+        .map_err(UpnpError::Transport)?;
     upnp::parse_soap_response(&resp, action)
 }
 
@@ -566,8 +574,14 @@ pub async fn run_mapper(
                 Err(e) => debug!(error = %e, "receive error on the announcement port"),
             },
             Some(r) = upnp_rx.recv() => mapper.handle_upnp(Instant::now(), r),
-            // Reap finished UPnP tasks (their answers came through the channel).
-            Some(_) = upnp_tasks.join_next(), if !upnp_tasks.is_empty() => {}
+            // Reap finished UPnP tasks (their answers came through the channel); one that
+            // ended without answering (a panic) must not leave the mapper waiting.
+            Some(r) = upnp_tasks.join_next(), if !upnp_tasks.is_empty() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "UPnP task failed");
+                    mapper.handle_upnp(Instant::now(), UpnpResult::Failed("UPnP task failed".into()));
+                }
+            }
             _ = tokio::time::sleep_until(wake) => {
                 if release_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     debug!("release not confirmed in time");

@@ -811,7 +811,7 @@ impl Mapper {
     /// [`ANNOUNCE_PORT`].
     pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> bool {
         if let Some(v) = self.verification.as_mut().filter(|v| v.owns(rx.contents)) {
-            if let Some(outcome) = v.handle_input(rx.contents) {
+            if let Some(outcome) = v.handle_input(rx.source, rx.contents) {
                 self.verified(now, outcome);
             }
             return true;
@@ -1045,6 +1045,7 @@ impl Mapper {
 
     fn lose(&mut self, now: Instant, reason: LossReason) {
         self.events.push_back(MapperEvent::Lost(reason));
+        self.readded = false;
         self.verification = None;
         self.verify_at = None;
         self.mapping = None;
@@ -1233,6 +1234,8 @@ impl Mapper {
 
     /// Verifies the current mapping if that is configured and possible.
     fn start_verification(&mut self, now: Instant) {
+        // Cleared first: a check that cannot start must not stay due (a timer in the past).
+        self.verify_at = None;
         let (Some(cfg), Some(m)) = (self.config.verify, self.mapping) else {
             return;
         };
@@ -1293,7 +1296,9 @@ impl Mapper {
                 }
             }
             verify::Outcome::NotForwarding => {
-                self.readded = false;
+                // Still nothing after the re-add: report it and keep the mapping; it is
+                // re-added again only after it has forwarded once (or is lost and
+                // re-created), not at every interval.
                 self.verify_alt_source = !self.verify_alt_source;
                 self.verify_at = Some(now + interval);
                 self.events.push_back(MapperEvent::NotForwarding(m));
@@ -1420,7 +1425,10 @@ impl Mapper {
         };
         let probing = match self.phase {
             Phase::Probing => [self.upnp_probe_at, self.retry_at],
-            Phase::Mapped => [self.verify_at, None],
+            // Verification waits for a renewal under way (which starts it when due).
+            Phase::Mapped if !self.renewing && self.verification.is_none() => {
+                [self.verify_at, None]
+            }
             _ => [None, None],
         };
         let verifying = self.verification.as_ref().map(|v| v.deadline());

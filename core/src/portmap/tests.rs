@@ -170,14 +170,26 @@ enum Reflector {
     Plain,
     /// Answers nothing.
     Silent,
+    /// Ignores CHANGE-REQUEST and RESPONSE-PORT: answers everything from its primary
+    /// address to the request's source.
+    Careless,
 }
 
-/// The reflector's answer to `req` (from the mapped socket), if it arrives there.
-fn reflect(kind: Reflector, gw: &FakeGateway, req: &[u8]) -> Option<Vec<u8>> {
+/// The fake reflector's other address (RFC 5780 OTHER-ADDRESS).
+const REFLECTOR_OTHER: &str = "198.51.100.10:3479";
+
+/// The reflector's answer to `req` (from the mapped socket) and where it comes from, if it
+/// arrives there.
+fn reflect(kind: Reflector, gw: &FakeGateway, req: &[u8]) -> Option<(Vec<u8>, SocketAddr)> {
     use crate::stun::attributes::{ErrorCode, ResponsePort, XorMappedAddress};
     use crate::stun::{MessageBuilder, MessageType};
     let m = crate::stun::Message::parse(req).ok()?;
-    let probe = m.get::<ResponsePort>().ok()?.is_some();
+    let probe = m.get::<ResponsePort>().ok()?.is_some() && kind != Reflector::Careless;
+    let from = if probe && kind == Reflector::Rfc5780 {
+        REFLECTOR_OTHER.parse().unwrap()
+    } else {
+        REFLECTOR.parse().unwrap()
+    };
     let mut buf = [0u8; 128];
     let bytes = match kind {
         Reflector::Silent => return None,
@@ -200,7 +212,7 @@ fn reflect(kind: Reflector, gw: &FakeGateway, req: &[u8]) -> Option<Vec<u8>> {
             b.finish().to_vec()
         }
     };
-    Some(bytes)
+    Some((bytes, from))
 }
 
 struct Harness {
@@ -286,8 +298,7 @@ impl Harness {
                 if t.destination == REFLECTOR.parse().unwrap() {
                     assert_eq!(t.source, Self::mapped_socket());
                     self.reflected += 1;
-                    if let Some(resp) = reflect(self.reflector, &self.gw, &t.contents) {
-                        let from = REFLECTOR.parse().unwrap();
+                    if let Some((resp, from)) = reflect(self.reflector, &self.gw, &t.contents) {
                         in_flight.push((self.now + self.rtt, resp, from, t.source));
                     }
                     continue;
@@ -890,7 +901,7 @@ fn a_mapping_that_stops_forwarding_is_deleted_and_added_again() {
 }
 
 #[test]
-fn a_gateway_that_never_forwards_is_reported_once_per_interval() {
+fn a_gateway_that_never_forwards_is_reported_and_kept() {
     let mut h = Harness::verifying(Duration::from_secs(30));
     h.gw.forwarding = false;
     h.gw.readd_fixes = false;
@@ -907,10 +918,9 @@ fn a_gateway_that_never_forwards_is_reported_once_per_interval() {
     // Kept: it may still work for other senders; tried again after the interval.
     assert_eq!(h.mapper.mapping(), Some(&m));
     h.run_until(Duration::from_secs(45));
-    assert_eq!(
-        names(&h)[4..],
-        ["not-forwarding", "mapped", "not-forwarding"]
-    );
+    // Not deleted and re-added again at every interval: reported, and kept.
+    assert_eq!(names(&h)[4..], ["not-forwarding"]);
+    assert_eq!(h.mapper.mapping(), Some(&m));
 }
 
 #[test]
@@ -1037,4 +1047,34 @@ fn a_natpmp_address_notice_with_a_new_address_renews_soon() {
         unreachable!()
     };
     assert_eq!(new.external.ip(), IpAddr::V4(h.gw.external));
+}
+
+#[test]
+fn a_reflector_that_ignores_change_request_proves_nothing() {
+    let mut h = Harness::verifying(Duration::from_secs(30));
+    h.reflector = Reflector::Careless;
+    // Even with a gateway that does not forward, the careless answer would come back
+    // through the probe's own outbound binding: it must not count as verified.
+    h.gw.forwarding = false;
+    h.run_until(Duration::from_secs(100));
+    assert_eq!(names(&h), ["mapped", "unverified"], "{:?}", h.events);
+    let MapperEvent::Unverified(why) = &h.events[1].1 else {
+        unreachable!()
+    };
+    assert!(why.contains("CHANGE-REQUEST"), "{why}");
+}
+
+#[test]
+fn a_mapping_that_becomes_unreachable_stops_verification_without_spinning() {
+    // The external address turns private at a renewal (the ISP's modem now NATs too): no
+    // verification can work; the mapper must not keep an overdue timer (run_until panics
+    // when the simulation does not converge).
+    let mut h = Harness::verifying(Duration::from_secs(30));
+    h.gw.max_lifetime = 40;
+    h.run_until(Duration::from_secs(10));
+    h.gw.external = Ipv4Addr::new(100, 64, 0, 7);
+    h.run_until(Duration::from_secs(200));
+    let n = names(&h);
+    assert_eq!(n[..3], ["mapped", "verified", "changed"], "{:?}", h.events);
+    assert!(n[3..].iter().all(|e| *e == "renewed"), "{n:?}");
 }

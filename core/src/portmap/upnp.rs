@@ -25,8 +25,16 @@ pub const SSDP_PORT: u16 = 1900;
 pub const IGD_SEARCH_TARGET: &str = "urn:schemas-upnp-org:device:InternetGatewayDevice:1";
 /// The largest HTTP response (description or SOAP answer) accepted.
 pub const MAX_HTTP_RESPONSE: usize = 64 * 1024;
+/// How [`UpnpError::Transport`] reads: the start of its message.
+pub const TRANSPORT_FAILURE: &str = "HTTP exchange failed";
 /// The description pinhole gives its mappings.
 pub const MAPPING_DESCRIPTION: &str = "pinhole";
+
+/// How many elements the XML scanner visits in one document at most (a device description
+/// has a few hundred).
+const MAX_XML_ELEMENTS: usize = 2048;
+/// How many output arguments a SOAP answer may carry (the IGD actions have at most eight).
+const MAX_SOAP_ARGUMENTS: usize = 32;
 
 /// The WAN connection services that can map ports, in order of preference.
 const SERVICES: [&str; 3] = [
@@ -57,6 +65,9 @@ pub enum UpnpError {
     /// The SOAP answer lacks something it must carry.
     #[error("malformed SOAP response: {0}")]
     Soap(&'static str),
+    /// The HTTP exchange itself failed (connecting, sending, reading, in time).
+    #[error("HTTP exchange failed: {0}")]
+    Transport(String),
     /// The gateway refused the action (a UPnP error, e.g. 718 ConflictInMappingEntry).
     #[error("UPnP error {code}: {description}")]
     Fault {
@@ -320,8 +331,11 @@ fn dechunk(mut data: &[u8], eof: bool) -> Result<Option<HttpResponse>, UpnpError
         let size_text = std::str::from_utf8(&data[..line_end])
             .map_err(|_| UpnpError::Http("bad chunk size"))?;
         let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size =
-            usize::from_str_radix(size_text, 16).map_err(|_| UpnpError::Http("bad chunk size"))?;
+        // Bounded before any arithmetic: a huge size must not overflow.
+        let size = usize::from_str_radix(size_text, 16)
+            .ok()
+            .filter(|&n| n <= MAX_HTTP_RESPONSE)
+            .ok_or(UpnpError::Http("bad chunk size"))?;
         data = &data[line_end + 2..];
         if size == 0 {
             // The status is filled in by the caller.
@@ -461,7 +475,9 @@ pub fn parse_soap_response(
         .ok_or(UpnpError::Soap("no response element for the action"))?;
     let mut out = Vec::new();
     let mut rest = inner;
-    while let Some((name, text, after)) = next_element(rest) {
+    while let Some((name, text, after)) =
+        next_element(rest).filter(|_| out.len() < MAX_SOAP_ARGUMENTS)
+    {
         out.push((
             local_name(name).to_owned(),
             unescape(text).trim().to_owned(),
@@ -509,8 +525,12 @@ pub fn add_mapping_args(
 /// (device descriptions and SOAP answers do not need them).
 fn elements<'a>(xml: &'a str, local: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     let mut rest = xml;
+    // Each step searches the rest of the text for a closing tag: bounded, so that a
+    // hostile document (thousands of unclosed tags) cannot cost quadratic time.
+    let mut budget = MAX_XML_ELEMENTS;
     std::iter::from_fn(move || {
         loop {
+            budget = budget.checked_sub(1)?;
             let (name, text, after) = next_element(rest)?;
             if local_name(name) == local {
                 rest = after;
@@ -728,6 +748,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\nxx",
         ] {
             assert!(
                 parse_http_response(bad, true).is_err(),

@@ -8,8 +8,11 @@
 //! - the **probe** carries RESPONSE-PORT (RFC 5780 §7.5) set to the mapping's external port
 //!   and CHANGE-REQUEST (RFC 5780 §7.2) asking for the other IP and port, so the answer is
 //!   sent from an address this host never sent to, toward the external address and port of
-//!   the mapping: it can only arrive through the mapping (or through a NAT that forwards
-//!   anything, which also means traffic arrives);
+//!   the mapping: it can only arrive through the mapping, or through a NAT that lets in
+//!   anything from anywhere once a host has sent out (endpoint-independent filtering on the
+//!   same port), in which case it says that traffic arrives while such an outbound binding
+//!   lives, no more. An answer from the address asked (a server that ignores CHANGE-REQUEST)
+//!   proves nothing and makes the check unsupported;
 //! - the **control** is a plain Binding request: its answer shows that the reflector is
 //!   alive and that this host's traffic leaves from the mapping's external IP address (its
 //!   XOR-MAPPED-ADDRESS).
@@ -154,7 +157,8 @@ impl Verification {
     }
 
     /// An answer (one that [`Verification::owns`]); `Some` once the outcome is known.
-    pub(super) fn handle_input(&mut self, contents: &[u8]) -> Option<Outcome> {
+    /// `source`: where the answer came from.
+    pub(super) fn handle_input(&mut self, source: SocketAddr, contents: &[u8]) -> Option<Outcome> {
         let m = Message::parse(contents).ok()?;
         let is_probe = m.transaction_id() == self.probe.id;
         if m.class() == Class::Error {
@@ -163,15 +167,23 @@ impl Verification {
                 .ok()
                 .flatten()
                 .map_or(0, |e| e.code);
-            return Some(Outcome::Unsupported(if is_probe {
-                format!(
+            return Some(match (is_probe, code) {
+                (true, _) | (false, 400 | 420) => Outcome::Unsupported(format!(
                     "the reflector answered {code} to RESPONSE-PORT and CHANGE-REQUEST: it does not implement RFC 5780"
-                )
-            } else {
-                format!("the reflector answered {code} to a Binding request")
-            }));
+                )),
+                // A passing trouble of the server (500, say): ask again later.
+                (false, _) => Outcome::Silent,
+            });
         }
         if is_probe {
+            // The answer must come from the reflector's other IP address: one from the
+            // address asked comes back through the binding the probe itself opened, and
+            // proves nothing (a server that ignores CHANGE-REQUEST instead of refusing it).
+            if source.ip() == self.reflector.ip() {
+                return Some(Outcome::Unsupported(
+                    "the reflector ignores CHANGE-REQUEST (it answered from the address asked): it cannot test the mapping".into(),
+                ));
+            }
             self.probe.answered = true;
             return Some(Outcome::Forwarding);
         }
