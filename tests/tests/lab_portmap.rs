@@ -265,6 +265,28 @@ impl MapRun {
         ev
     }
 
+    /// Ctrl-C, then the `released` event; events in `tolerated` may come first (a renewal
+    /// or a verification under way).
+    fn interrupt(&mut self, lab: &Lab, tolerated: &[&str]) {
+        self.p.signal("INT").expect("SIGINT");
+        loop {
+            let ev = self.next(lab, EVENT_SLACK);
+            match ev["event"].as_str() {
+                Some("released") => return,
+                Some(e) if tolerated.contains(&e) => {}
+                _ => self.fail(lab, &format!("expected `released`, got {ev}")),
+            }
+        }
+    }
+
+    /// The process exits with status 0 within 5 s.
+    fn expect_success(&mut self, lab: &Lab) {
+        match self.p.wait_exit(Duration::from_secs(5)) {
+            Some(s) if s.success() => {}
+            other => self.fail(lab, &format!("pinhole map exited with {other:?}")),
+        }
+    }
+
     fn fail(&self, lab: &Lab, why: &str) -> ! {
         panic!("{why}\n{}\n{}", self.p.transcript(), lab.server_logs());
     }
@@ -420,20 +442,9 @@ fn map_lifecycle(via: &str, port: u16) {
     }
 
     // Ctrl-C: pinhole deletes the mapping, says so and exits 0.
-    map.p.signal("INT").expect("SIGINT");
-    loop {
-        let ev = map.next(&lab, EVENT_SLACK);
-        match ev["event"].as_str() {
-            Some("released") => break,
-            // A renewal may have been under way.
-            Some("renewed") => {}
-            _ => map.fail(&lab, &format!("expected `released`, got {ev}")),
-        }
-    }
-    match map.p.wait_exit(Duration::from_secs(5)) {
-        Some(s) if s.success() => {}
-        other => map.fail(&lab, &format!("pinhole map exited with {other:?}")),
-    }
+    // A renewal may have been under way.
+    map.interrupt(&lab, &["renewed"]);
+    map.expect_success(&lab);
     assert!(
         !arrives(&lab, &host.ns, port, from_internet(&lab), ext, 5),
         "traffic to {ext} still arrives after pinhole deleted the mapping\n{}",
@@ -614,15 +625,7 @@ fn map_recovers_after_a_long_outage() {
             &format!("nothing arrived through {ext} after the outage"),
         );
     }
-    map.p.signal("INT").expect("SIGINT");
-    loop {
-        let ev = map.next(&lab, EVENT_SLACK);
-        match ev["event"].as_str() {
-            Some("released") => break,
-            Some("renewed") => {}
-            _ => map.fail(&lab, &format!("expected `released`, got {ev}")),
-        }
-    }
+    map.interrupt(&lab, &["renewed"]);
 }
 
 /// `pinhole map --verify` against miniupnpd, with `pinhole serve` (RFC 5780) in the lab's
@@ -699,19 +702,8 @@ fn map_verified(via: &str, port: u16) {
     let ev = map.expect(&lab, "verified", EVENT_SLACK);
     assert_eq!(ev["external"], again["external"], "{ev}");
 
-    map.p.signal("INT").expect("SIGINT");
-    loop {
-        let ev = map.next(&lab, EVENT_SLACK);
-        match ev["event"].as_str() {
-            Some("released") => break,
-            Some("verified") | Some("renewed") => {}
-            _ => map.fail(&lab, &format!("expected `released`, got {ev}")),
-        }
-    }
-    match map.p.wait_exit(Duration::from_secs(5)) {
-        Some(s) if s.success() => {}
-        other => map.fail(&lab, &format!("pinhole map exited with {other:?}")),
-    }
+    map.interrupt(&lab, &["verified", "renewed"]);
+    map.expect_success(&lab);
 }
 
 #[test]
@@ -816,8 +808,7 @@ fn upnp_igd_v1_maps_with_add_port_mapping() {
         log.contains("WANIPConnection:1#AddPortMapping") && !log.contains("AddAnyPortMapping"),
         "expected an IGD v1 exchange:\n{log}"
     );
-    map.p.signal("INT").expect("SIGINT");
-    map.expect(&lab, "released", EVENT_SLACK);
+    map.interrupt(&lab, &[]);
     assert!(
         !arrives(&lab, &host.ns, port, from_internet(&lab), ext, 5),
         "traffic to {ext} still arrives after the mapping was deleted"

@@ -1,4 +1,5 @@
-//! Shared by the integration tests that count heap allocations: a global allocator that
+//! Shared by the integration tests: a UDP echo peer ([`echo`]), and for those that count
+//! heap allocations, a global allocator that
 //! wraps the system one and counts the allocations (and reallocations) of the threads that
 //! ask to be counted. Each test crate installs it with
 //! `#[global_allocator] static GLOBAL: common::Counting = common::Counting;`.
@@ -7,6 +8,8 @@
 //! a test is a crate of its own, and this code only forwards each call unchanged to
 //! `System`, under the same contract the caller upheld.
 #![allow(unsafe_code, dead_code)]
+
+pub(crate) mod echo;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
