@@ -150,7 +150,8 @@ start_turn() {
     for _ in 1 2 3 4 5; do
         read -r p <<<"$(free_ports 1)"
         : >"$log"
-        "$TARGET/debug/pinhole" serve --turn --primary "127.0.0.1:$p" \
+        # The tests' peers are on loopback, which the server refuses unless told.
+        "$TARGET/debug/pinhole" serve --turn --primary "127.0.0.1:$p" --allow-loopback-peers \
             --user "$TURN_USER:$TURN_PASSWORD" --secret "$TURN_SECRET" >"$log" 2>&1 &
         turn_pid=$!
         for _ in $(seq 50); do

@@ -66,19 +66,25 @@ impl Proc {
 }
 
 fn start_server(extra: &[&str]) -> (Proc, SocketAddr) {
+    start_server_on("127.0.0.1", extra)
+}
+
+/// Starts `pinhole serve --turn` on `ip` and a free port; returns it and the address to
+/// reach it at (on loopback).
+fn start_server_on(ip: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     for _ in 0..10 {
         let port = UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let primary = format!("127.0.0.1:{port}");
+        let primary = format!("{ip}:{port}");
         let mut args = vec!["serve", "--turn", "--primary", &primary, "--duration", "60"];
         args.extend_from_slice(extra);
         let p = Proc::start(&args);
         if let Ok(l) = p.lines.recv_timeout(Duration::from_secs(5)) {
             if l.contains("listening") {
-                return (p, primary.parse().unwrap());
+                return (p, SocketAddr::from(([127, 0, 0, 1], port)));
             }
         }
     }
@@ -87,7 +93,9 @@ fn start_server(extra: &[&str]) -> (Proc, SocketAddr) {
 
 #[test]
 fn allocate_echo_through_the_dev_server_with_both_credential_kinds() {
+    // The peers are on loopback, which the server refuses unless told.
     let (_server, addr) = start_server(&[
+        "--allow-loopback-peers",
         "--user",
         "alice:wonderland",
         "--secret",
@@ -157,10 +165,57 @@ fn allocate_echo_through_the_dev_server_with_both_credential_kinds() {
 
 #[test]
 fn serve_turn_usage_errors() {
-    for args in [
-        &["serve", "--turn"][..],
-        &["serve", "--turn", "--user", "nocolon"],
-        &["serve", "--user", "a:b"],
+    for (args, says) in [
+        (&["serve", "--turn"][..], "--user or --secret"),
+        (&["serve", "--turn", "--user", "nocolon"], "name:password"),
+        (&["serve", "--user", "a:b"], "--turn"),
+        // Empty users and secrets used to be accepted (and could never authenticate).
+        (&["serve", "--turn", "--user", "a:"], "non-empty"),
+        (&["serve", "--turn", "--user", ":b"], "non-empty"),
+        (
+            &["serve", "--turn", "--secret", ""],
+            "--secret must not be empty",
+        ),
+        // CIDRs are checked, and so are relay addresses.
+        (
+            &[
+                "serve",
+                "--turn",
+                "--user",
+                "a:b",
+                "--allow-peer",
+                "10.1.2.3/8",
+            ],
+            "10.0.0.0/8",
+        ),
+        (
+            &["serve", "--turn", "--user", "a:b", "--allow-peer", "lan"],
+            "not an IP address",
+        ),
+        (
+            &["serve", "--turn", "--user", "a:b", "--relay-ip", "0.0.0.0"],
+            "concrete unicast",
+        ),
+        (
+            &["serve", "--turn", "--user", "a:b", "--external-ip", "::1"],
+            "address family",
+        ),
+        (&["serve", "--allow-loopback-peers"], "--turn"),
+        // Limits are range-checked.
+        (
+            &["serve", "--turn", "--user", "a:b", "--max-channels", "5000"],
+            "5000",
+        ),
+        (
+            &["serve", "--turn", "--user", "a:b", "--nonce-lifetime", "0"],
+            "0",
+        ),
+        // --alternate with the default wildcard primary used to fail binding a port
+        // nothing used.
+        (
+            &["serve", "--alternate", "127.0.0.2:3479"],
+            "concrete primary and alternate IPs",
+        ),
     ] {
         let out = Command::new(BIN)
             .args(args)
@@ -168,7 +223,21 @@ fn serve_turn_usage_errors() {
             .arg("1")
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !err.contains("0x80"),
+            "{args:?}: attribute numbers in {err}"
+        );
+    }
+    // Huge durations used to panic (exit 101).
+    for d in ["1e20", "inf", "NaN", "-1", "0"] {
+        let out = Command::new(BIN)
+            .args(["serve", "--primary", "127.0.0.1:0", "--duration", d])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--duration {d}");
     }
     let out = Command::new(BIN)
         .args([
@@ -183,4 +252,121 @@ fn serve_turn_usage_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// By default the server refuses loopback peers (a client reached UDP services on the
+/// server's own loopback through it): 403 on ChannelBind.
+#[test]
+fn loopback_peers_are_refused_unless_allowed() {
+    let (_server, addr) = start_server(&["--user", "alice:wonderland"]);
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap().to_string();
+    let a = Proc::start(&[
+        "allocate",
+        "--turn",
+        &format!("turn:{addr}"),
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "--peer",
+        &peer_addr,
+        "--duration",
+        "3",
+        "--json",
+    ]);
+    let failed: serde_json::Value = serde_json::from_str(&a.line("\"channel_failed\"")).unwrap();
+    assert_eq!(failed["peer"], peer_addr.as_str());
+    assert!(
+        failed["error"].as_str().unwrap().contains("403"),
+        "{failed}"
+    );
+    assert_eq!(a.exit_code(), Some(0));
+}
+
+/// With the default `--primary 0.0.0.0:PORT` the server used to advertise the relayed
+/// address `0.0.0.0:PORT`, which no peer can use.
+#[test]
+fn a_wildcard_listener_advertises_a_concrete_relayed_address() {
+    let (_server, addr) = start_server_on("0.0.0.0", &["--user", "alice:wonderland"]);
+    let a = Proc::start(&[
+        "allocate",
+        "--turn",
+        &format!("turn:{addr}"),
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    let alloc: serde_json::Value = serde_json::from_str(&a.line("\"allocated\"")).unwrap();
+    let relayed: SocketAddr = alloc["relayed"].as_str().unwrap().parse().unwrap();
+    assert_eq!(relayed.ip().to_string(), "127.0.0.1", "{alloc}");
+    assert_ne!(relayed.port(), 0);
+    assert_eq!(a.exit_code(), Some(0));
+}
+
+fn binding_request(i: u16) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[1] = 0x01; // Binding request
+    b[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    b[8..10].copy_from_slice(&i.to_be_bytes());
+    b
+}
+
+/// Sends `n` Binding requests from one socket, 25 at a time (so that loopback's socket
+/// buffers do not drop any), reading the answers after each batch; returns how many were
+/// answered and how long it all took.
+fn flood(server: SocketAddr, n: u16) -> (usize, Duration) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answered = 0;
+    let mut buf = [0u8; 256];
+    for batch in 0..n.div_ceil(25) {
+        let mut waiting = 0;
+        for i in batch * 25..(batch * 25 + 25).min(n) {
+            s.send_to(&binding_request(i), server).unwrap();
+            waiting += 1;
+        }
+        while waiting > 0 && s.recv_from(&mut buf).is_ok() {
+            answered += 1;
+            waiting -= 1;
+        }
+    }
+    (answered, started.elapsed())
+}
+
+/// `pinhole serve` answered every request from any source at any rate (an amplifier):
+/// now 50 a second per source IP with bursts of 100 by default, `--rate-limit` to change.
+#[test]
+fn stun_serve_limits_each_source() {
+    for (limit, expect_all) in [(None, false), (Some("0"), true)] {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let primary = format!("127.0.0.1:{port}");
+        let mut args = vec!["serve", "--primary", &primary, "--duration", "30"];
+        if let Some(l) = limit {
+            args.extend(["--rate-limit", l]);
+        }
+        let p = Proc::start(&args);
+        p.line("listening");
+        let (answered, took) = flood(primary.parse().unwrap(), 300);
+        if expect_all {
+            assert_eq!(answered, 300, "--rate-limit 0 answers everything");
+        } else {
+            // The burst, plus what refilled while the flood was being sent.
+            let refill = (took.as_secs_f64() * 50.0).ceil() as usize + 1;
+            assert!(
+                (100..=100 + refill).contains(&answered),
+                "{answered} answered in {took:?}"
+            );
+        }
+    }
 }

@@ -20,6 +20,7 @@
 //!   attribute that STUN, RFC 5780, ICE and TURN define, integrity and fingerprint, client
 //!   transactions, and a Binding / RFC 5780 server.
 //! - [`netcheck`]: NAT behaviour discovery (RFC 5780, RFC 4787 terms).
+//! - [`ratelimit`]: per-source token buckets that keep the servers safe on a public address.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -28,6 +29,7 @@
 
 pub mod netcheck;
 pub mod portmap;
+pub mod ratelimit;
 pub mod stun;
 pub mod turn;
 

@@ -47,6 +47,8 @@ impl DevServer {
                     .credentials
                     .users
                     .insert(USER.to_owned(), PASS.to_owned());
+                // The peers are on loopback, which the server refuses by default.
+                config.peers = pinhole::turn::PeerPolicy::with_loopback();
                 let handle = pinhole::driver::serve_turn(config).await.unwrap();
                 addr_tx.send(handle.local_addrs()[0]).unwrap();
                 // Serve until told to stop (bounded: a test lasts less than this).

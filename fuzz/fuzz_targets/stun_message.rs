@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     // The server never panics and only ever sends parseable messages.
     let mut server = StunServer::new(ServerConfig::rfc5780(p, a)).unwrap();
     let rx = Received { proto: Protocol::Udp, source: client, destination: p, contents: data };
-    server.handle_input(rx);
+    server.handle_input(Instant::now(), rx);
     while let Some(t) = server.poll_transmit() {
         Message::parse(&t.contents).expect("server output parses");
     }

@@ -281,12 +281,15 @@ pub async fn serve(config: ServerConfig) -> Result<ServeHandle, DriverError> {
     let bound: Vec<SocketAddr> = sockets.sockets.iter().map(|(a, _)| *a).collect();
     let task = tokio::spawn(async move {
         while let Some((local, from, bytes)) = sockets.rx.recv().await {
-            server.handle_input(Received {
-                proto: Protocol::Udp,
-                source: from,
-                destination: local,
-                contents: &bytes,
-            });
+            server.handle_input(
+                Instant::now(),
+                Received {
+                    proto: Protocol::Udp,
+                    source: from,
+                    destination: local,
+                    contents: &bytes,
+                },
+            );
             while let Some(t) = server.poll_transmit() {
                 sockets.send(&t).await;
             }
@@ -308,7 +311,13 @@ pub async fn serve_loopback() -> Result<ServeHandle, DriverError> {
         }
         let primary = SocketAddr::new(Ipv4Addr::new(127, 0, 0, 1).into(), p1);
         let alternate = SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), p2);
-        match serve(ServerConfig::rfc5780(primary, alternate)).await {
+        // Only this host can reach it (loopback cannot be spoofed from outside), so the
+        // per-source limit would only slow this host's own probes.
+        let config = ServerConfig {
+            rate_limit: None,
+            ..ServerConfig::rfc5780(primary, alternate)
+        };
+        match serve(config).await {
             Ok(h) => return Ok(h),
             Err(e) => last = Some(e),
         }
@@ -324,8 +333,10 @@ async fn free_port() -> Result<u16, DriverError> {
 }
 
 /// Starts the development TURN server ([`crate::turn::TurnServer`]) on `config.listen`
-/// (UDP); relayed sockets are bound on the same IP as allocations come. Dropping the handle
-/// stops it and closes every relay.
+/// (UDP); relayed sockets are bound on `config.relay_ip`, else on the listen IP when it
+/// is concrete, else on the local IP the server answers each client from. Its peer
+/// policy, quotas and brakes are `config`'s (safe by default: see the server's docs).
+/// Dropping the handle stops it and closes every relay.
 pub async fn serve_turn(config: crate::turn::TurnServerConfig) -> Result<ServeHandle, DriverError> {
     use crate::turn::{ServerAction, TurnServer};
     use std::collections::HashMap;
@@ -336,7 +347,6 @@ pub async fn serve_turn(config: crate::turn::TurnServerConfig) -> Result<ServeHa
     let listen_addr = listen.local_addr().map_err(io("local address"))?;
     let mut config = config;
     config.listen = listen_addr;
-    let relay_ip = listen_addr.ip();
     let (tx, mut rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(1024);
     // Readers live in a JoinSet owned by the server task: aborting the task (dropping the
     // handle) drops the set, which aborts every reader and closes every socket.
@@ -369,8 +379,21 @@ pub async fn serve_turn(config: crate::turn::TurnServerConfig) -> Result<ServeHa
         loop {
             while let Some(action) = server.poll_action() {
                 match action {
-                    ServerAction::BindRelay { client } => {
-                        match UdpSocket::bind((relay_ip, 0)).await {
+                    ServerAction::BindRelay { client, ip } => {
+                        // Never a wildcard: the relayed address is advertised to peers. By
+                        // default the IP the server answers this client from.
+                        let ip = match ip {
+                            Some(ip) => ip,
+                            None => match portmap::local_ip_toward(client.ip()).await {
+                                Ok(ip) if !ip.is_unspecified() => ip,
+                                _ => {
+                                    debug!(%client, "no local IP toward the client for a relay");
+                                    server.relay_failed(client);
+                                    continue;
+                                }
+                            },
+                        };
+                        match UdpSocket::bind((ip, 0)).await {
                             Ok(s) => match s.local_addr() {
                                 Ok(addr) => {
                                     let s = Arc::new(s);

@@ -195,12 +195,15 @@ fn run(nat: &mut Nat, plain: bool, config_edit: impl FnOnce(&mut NetcheckConfig)
             if !srv_listens(srv, dst) {
                 continue;
             }
-            srv.handle_input(Received {
-                proto: Protocol::Udp,
-                source: src,
-                destination: dst,
-                contents: &bytes,
-            });
+            srv.handle_input(
+                now,
+                Received {
+                    proto: Protocol::Udp,
+                    source: src,
+                    destination: dst,
+                    contents: &bytes,
+                },
+            );
             while let Some(t) = srv.poll_transmit() {
                 in_flight.push((now + latency, t.source, t.destination, t.contents, false));
             }

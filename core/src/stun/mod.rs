@@ -27,7 +27,7 @@ pub use builder::MessageBuilder;
 pub use client::{ClientConfig, ExpectFrom, Request, StunClient, StunResponse, TransactionEvent};
 pub use integrity::{IntegrityKey, PasswordAlgorithm, opaque_string, userhash};
 pub use message::{Attributes, Message, RawAttribute};
-pub use server::{ServerConfig, StunServer};
+pub use server::{DEFAULT_RATE_LIMIT, ServerConfig, StunServer};
 pub use uri::{StunUri, UriError};
 
 /// The magic cookie, RFC 8489 §5.
@@ -141,6 +141,9 @@ pub enum StunError {
         /// The attribute type that was refused.
         attr: u16,
     },
+    /// A server configuration that cannot work.
+    #[error("{0}")]
+    ServerConfig(&'static str),
     /// A password, user name or realm is not valid under the OpaqueString profile (RFC 8265).
     #[error("credential is not a valid OpaqueString: {0}")]
     BadCredential(&'static str),

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use tracing::debug;
 
@@ -13,7 +14,17 @@ use super::{
     Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageBuilder, MessageType, Method, StunError,
     TransactionId,
 };
+use crate::ratelimit::{RateLimit, RateLimiter};
 use crate::{Received, Transmit};
+
+/// The default per-source brake: 50 requests a second from one IP address, bursts of
+/// 100. A netcheck sends a few dozen requests in its first seconds; a reflector that
+/// answers any source at any rate is an amplifier (a response is larger than its request,
+/// and RESPONSE-PORT lets a spoofer pick the victim's port).
+pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
+    per_second: 50,
+    burst: 100,
+};
 
 /// How the server is set up.
 #[derive(Debug, Clone)]
@@ -25,6 +36,9 @@ pub struct ServerConfig {
     pub alternate: Option<SocketAddr>,
     /// The SOFTWARE attribute in responses (`None` leaves it out).
     pub software: Option<String>,
+    /// Requests answered per source IP address ([`DEFAULT_RATE_LIMIT`]); beyond it they
+    /// are dropped. `None` answers every request (only for servers no stranger reaches).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl ServerConfig {
@@ -34,6 +48,7 @@ impl ServerConfig {
             primary,
             alternate: None,
             software: Some(concat!("pinhole ", env!("CARGO_PKG_VERSION")).to_owned()),
+            rate_limit: Some(DEFAULT_RATE_LIMIT),
         }
     }
 
@@ -51,27 +66,40 @@ impl ServerConfig {
 /// It answers 420 (with UNKNOWN-ATTRIBUTES) to requests carrying comprehension-required
 /// attributes it does not know — CHANGE-REQUEST among them when it has no alternate
 /// address — and 400 to requests whose header parses but whose body does not. Everything
-/// else that is not a Binding request is dropped. It holds no per-client state.
+/// else that is not a Binding request is dropped, and so is every request beyond the
+/// per-source rate limit. Its only per-client state is that limit's bounded table.
 #[derive(Debug)]
 pub struct StunServer {
     config: ServerConfig,
+    limiter: Option<RateLimiter>,
     transmits: VecDeque<Transmit>,
 }
 
 impl StunServer {
-    /// A server; fails when the alternate address does not differ from the primary in
-    /// both IP and port, or is of another family.
+    /// A server; with an alternate address, fails when either address is a wildcard
+    /// (an RFC 5780 server answers from two concrete IPs and names them in OTHER-ADDRESS),
+    /// or when the two do not differ in both IP and port, or are of different families.
     pub fn new(config: ServerConfig) -> Result<Self, StunError> {
         if let Some(alt) = config.alternate {
             let p = config.primary;
-            if alt.ip() == p.ip() || alt.port() == p.port() || alt.is_ipv4() != p.is_ipv4() {
-                return Err(StunError::InvalidAttribute {
-                    attr: AttributeType::OTHER_ADDRESS.0,
-                    reason: "the alternate address must differ in IP and port, same family",
-                });
+            let why = if p.ip().is_unspecified() || alt.ip().is_unspecified() {
+                Some(
+                    "RFC 5780 needs concrete primary and alternate IPs (not 0.0.0.0 or ::): \
+                     the server answers from both and names the other in OTHER-ADDRESS",
+                )
+            } else if alt.is_ipv4() != p.is_ipv4() {
+                Some("the primary and alternate addresses must be of the same family")
+            } else if alt.ip() == p.ip() || alt.port() == p.port() {
+                Some("the alternate address must differ from the primary in both IP and port")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(StunError::ServerConfig(why));
             }
         }
         Ok(Self {
+            limiter: config.rate_limit.map(RateLimiter::new),
             config,
             transmits: VecDeque::new(),
         })
@@ -107,8 +135,15 @@ impl StunServer {
         ))
     }
 
-    /// Handles one datagram; a response, if any, is queued for `poll_transmit`.
-    pub fn handle_input(&mut self, rx: Received<'_>) {
+    /// Handles one datagram that arrived at `now`; a response, if any, is queued for
+    /// `poll_transmit`.
+    pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) {
+        if let Some(limiter) = &mut self.limiter {
+            if !limiter.allow(now, rx.source.ip()) {
+                debug!(from = %rx.source, "over the per-source rate limit: dropped");
+                return;
+            }
+        }
         if let Some(t) = self.respond(rx) {
             self.transmits.push_back(t);
         }

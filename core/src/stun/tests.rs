@@ -825,12 +825,15 @@ fn serve(
     to: SocketAddr,
     bytes: &[u8],
 ) -> Option<crate::Transmit> {
-    server.handle_input(Received {
-        proto: Protocol::Udp,
-        source: from,
-        destination: to,
-        contents: bytes,
-    });
+    server.handle_input(
+        std::time::Instant::now(),
+        Received {
+            proto: Protocol::Udp,
+            source: from,
+            destination: to,
+            contents: bytes,
+        },
+    );
     server.poll_transmit()
 }
 
@@ -938,4 +941,84 @@ fn server_error_paths() {
     assert!(serve(&mut s, client, p, &[]).is_none());
     // Bad alternate.
     assert!(StunServer::new(ServerConfig::rfc5780(p, addr("127.0.0.1:1"))).is_err());
+}
+
+/// `pinhole serve --alternate` with the default `--primary 0.0.0.0:3478` used to bind
+/// 0.0.0.0 and the alternate IP on the same port and fail with an error naming a port
+/// nothing used; a wildcard cannot be one of the two IPs an RFC 5780 server answers from.
+#[test]
+fn server_rfc5780_refuses_wildcards_with_a_plain_reason() {
+    for (p, a) in [
+        ("0.0.0.0:3478", "192.0.2.2:3479"),
+        ("192.0.2.1:3478", "0.0.0.0:3479"),
+        ("[::]:3478", "[2001:db8::2]:3479"),
+    ] {
+        let e = StunServer::new(ServerConfig::rfc5780(addr(p), addr(a))).unwrap_err();
+        assert!(matches!(e, StunError::ServerConfig(_)), "{p} {a}: {e:?}");
+        assert!(e.to_string().contains("concrete"), "{e}");
+    }
+    let e = StunServer::new(ServerConfig::rfc5780(
+        addr("192.0.2.1:3478"),
+        addr("[2001:db8::2]:3479"),
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("family"), "{e}");
+    let e = StunServer::new(ServerConfig::rfc5780(
+        addr("192.0.2.1:3478"),
+        addr("192.0.2.2:3478"),
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("both IP and port"), "{e}");
+    // No attribute numbers in what a user reads.
+    assert!(!e.to_string().contains("0x"), "{e}");
+}
+
+/// The server used to answer every request from any source at any rate: an amplifier.
+#[test]
+fn server_limits_each_source() {
+    let p = addr("203.0.113.1:3478");
+    let mut s = StunServer::new(ServerConfig::new(p)).unwrap();
+    let t0 = std::time::Instant::now();
+    let attacker = addr("198.51.100.66:5000");
+    let other = addr("198.51.100.7:40000");
+    let req = request_with(&[]);
+    let rx = |from: SocketAddr| Received {
+        proto: Protocol::Udp,
+        source: from,
+        destination: p,
+        contents: &req,
+    };
+    let mut answered = 0;
+    for i in 0..1000u16 {
+        // Changing the source port does not escape the limit.
+        let from = SocketAddr::new(attacker.ip(), 5000 + i);
+        s.handle_input(t0, rx(from));
+        while s.poll_transmit().is_some() {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, crate::stun::DEFAULT_RATE_LIMIT.burst as usize);
+    // Others are unaffected.
+    s.handle_input(t0, rx(other));
+    assert!(s.poll_transmit().is_some());
+    // A second later the attacker gets its rate's worth again, no more.
+    let t1 = t0 + std::time::Duration::from_secs(1);
+    let mut later = 0;
+    for _ in 0..1000 {
+        s.handle_input(t1, rx(attacker));
+        while s.poll_transmit().is_some() {
+            later += 1;
+        }
+    }
+    assert_eq!(later, crate::stun::DEFAULT_RATE_LIMIT.per_second as usize);
+    // Without a limit (a loopback-only server), everything is answered.
+    let mut open = StunServer::new(ServerConfig {
+        rate_limit: None,
+        ..ServerConfig::new(p)
+    })
+    .unwrap();
+    for _ in 0..1000 {
+        open.handle_input(t0, rx(attacker));
+        assert!(open.poll_transmit().is_some());
+    }
 }

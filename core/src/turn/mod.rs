@@ -13,7 +13,12 @@ pub use channel::{
     ChannelData, HEADER_LEN as CHANNEL_DATA_HEADER_LEN, MAX_CHANNEL, MIN_CHANNEL, StreamFramer,
     frame_len, is_channel_data,
 };
-pub use server::{ServerAction, ServerCredentials, TurnServer, TurnServerConfig};
+pub use server::{
+    Cidr, CidrError, DEFAULT_ALLOCATION_LIFETIME, DEFAULT_AUTH_FAILURE_RATE,
+    DEFAULT_MAX_ALLOCATIONS, DEFAULT_MAX_ALLOCATIONS_PER_USER, DEFAULT_MAX_CHANNELS,
+    DEFAULT_MAX_PERMISSIONS, DEFAULT_UNAUTHENTICATED_RATE, PeerClass, PeerPolicy, ServerAction,
+    ServerCredentials, TurnServer, TurnServerConfig,
+};
 
 use std::net::SocketAddr;
 
