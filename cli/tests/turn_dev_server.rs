@@ -370,3 +370,72 @@ fn stun_serve_limits_each_source() {
         }
     }
 }
+
+/// `serve --turn --log debug` said almost nothing: it now logs allocations, permissions,
+/// channels and refusals, and never a credential.
+#[test]
+fn serve_turn_debug_log_tells_what_happened_without_credentials() {
+    let log = std::env::temp_dir().join(format!("pinhole-serve-turn-{}.log", std::process::id()));
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let primary = format!("127.0.0.1:{port}");
+    let mut server = Command::new(BIN)
+        .args([
+            "serve",
+            "--turn",
+            "--primary",
+            &primary,
+            "--duration",
+            "30",
+            "--log",
+            "debug",
+            "--user",
+            "alice:sesame-secret-pw",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let a = Proc::start(&[
+        "allocate",
+        "--turn",
+        &format!("turn:{primary}"),
+        "--user",
+        "alice",
+        "--password",
+        "sesame-secret-pw",
+        "--peer",
+        &peer.local_addr().unwrap().to_string(),
+        "--peer",
+        "203.0.113.9:9",
+        "--duration",
+        "2",
+        "--json",
+    ]);
+    a.line("\"channel\"");
+    let _ = a.exit_code();
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    for expected in [
+        "allocation created",
+        "peer refused by the policy",
+        "channel bound",
+        "permission created",
+        "allocation deleted",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("sesame-secret-pw"),
+        "a password in the log:\n{text}"
+    );
+    // Not a terminal: no colour codes.
+    assert!(!text.contains('\u{1b}'), "colour codes in:\n{text}");
+}

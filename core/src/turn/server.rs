@@ -761,6 +761,7 @@ impl TurnServer {
             );
         }
         if new_permission {
+            debug!(%client, peer = %peer.ip(), "permission created");
             self.arm(
                 now + PERMISSION_LIFETIME,
                 client,
@@ -920,7 +921,7 @@ impl TurnServer {
                 return None;
             }
             NonceCheck::NotOurs => {
-                debug!(from = %client, "nonce not issued to this client (or not by this server): 438");
+                debug!(from = %client, "nonce not issued for this client's address and allocation: 438 with a fresh one");
                 self.challenge(now, client, method, tid, 438, "Stale Nonce");
                 return None;
             }
