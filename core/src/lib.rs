@@ -16,6 +16,7 @@
 //! fuzzing and the foreign-language bindings cheap.
 //!
 //! Modules:
+//! - [`demux`]: the RFC 7983 / RFC 9443 classifier for datagrams sharing one socket.
 //! - [`stun`]: RFC 8489 messages (zero-copy view and allocation-free builder), every
 //!   attribute that STUN, RFC 5780, ICE and TURN define, integrity and fingerprint, client
 //!   transactions, and a Binding / RFC 5780 server.
@@ -27,6 +28,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod demux;
 pub mod netcheck;
 pub mod portmap;
 pub mod ratelimit;

@@ -19,9 +19,10 @@ pub struct ChannelData<'a> {
     pub data: &'a [u8],
 }
 
-/// Whether the first byte announces ChannelData (0b01 in the top two bits, RFC 7983).
+/// Whether the first byte announces ChannelData: 64–79, channels 0x4000–0x4FFF (RFC 7983
+/// as updated by RFC 9443, which gives 80–127 to QUIC; see [`crate::demux`]).
 pub fn is_channel_data(buf: &[u8]) -> bool {
-    buf.first().is_some_and(|b| b & 0xC0 == 0x40)
+    crate::demux::classify(buf) == crate::demux::Kind::ChannelData
 }
 
 impl<'a> ChannelData<'a> {
@@ -80,9 +81,10 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, TurnError> {
         return Ok(None);
     }
     let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-    let need = match first & 0xC0 {
-        0x00 => crate::stun::HEADER_LEN + len,
-        0x40 => HEADER_LEN + ((len + 3) & !3),
+    // Only STUN and ChannelData travel on a TURN stream (RFC 8656 §12.5).
+    let need = match crate::demux::classify_byte(first) {
+        crate::demux::Kind::Stun => crate::stun::HEADER_LEN + len,
+        crate::demux::Kind::ChannelData => HEADER_LEN + ((len + 3) & !3),
         _ => return Err(TurnError::FramingLost),
     };
     Ok((buf.len() >= need).then_some(need))
