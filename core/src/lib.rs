@@ -20,6 +20,8 @@
 //! - [`stun`]: RFC 8489 messages (zero-copy view and allocation-free builder), every
 //!   attribute that STUN, RFC 5780, ICE and TURN define, integrity and fingerprint, client
 //!   transactions, and a Binding / RFC 5780 server.
+//! - [`ice`]: ICE candidates (RFC 8445 priorities and foundations) and RFC 8839
+//!   descriptions.
 //! - [`netcheck`]: NAT behaviour discovery (RFC 5780, RFC 4787 terms).
 //! - [`ratelimit`]: per-source token buckets that keep the servers safe on a public address.
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@
 )]
 
 pub mod demux;
+pub mod ice;
 pub mod netcheck;
 pub mod portmap;
 pub mod ratelimit;

@@ -1,0 +1,657 @@
+//! ICE candidates (RFC 8445 §5.1): types, priorities, foundations, and the SDP
+//! `candidate` attribute (RFC 8839 §5.1, with RFC 6544's `tcptype`) parsed and written.
+//!
+//! The parser accepts what browsers, libnice, pion, webrtc-rs and str0m write: the
+//! attribute with or without `a=` and `candidate:`, any case for the transport, FQDN
+//! addresses (mDNS `<uuid>.local` host candidates), `raddr`/`rport`, `tcptype`, and every
+//! extension (`generation`, `ufrag`, `network-id`, `network-cost`, unknown ones), which
+//! are kept in order and written back. It is bounded: a line longer than
+//! [`MAX_LINE_LEN`] or with more than [`MAX_EXTENSIONS`] extensions is refused.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// The longest candidate line accepted.
+pub const MAX_LINE_LEN: usize = 1024;
+/// The most extensions a candidate may carry.
+pub const MAX_EXTENSIONS: usize = 16;
+/// The longest foundation (RFC 8839 §5.1: 1*32ice-char).
+pub const MAX_FOUNDATION_LEN: usize = 32;
+/// The longest FQDN accepted as a connection address (RFC 1035 §2.3.4).
+pub const MAX_FQDN_LEN: usize = 253;
+
+/// Why a candidate line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CandidateError {
+    /// The line is longer than [`MAX_LINE_LEN`] or has too many extensions.
+    #[error("candidate line too long")]
+    TooLong,
+    /// Not a `candidate` attribute.
+    #[error("not a candidate attribute")]
+    NotCandidate,
+    /// A field is missing.
+    #[error("candidate: missing {0}")]
+    Missing(&'static str),
+    /// A field does not have its grammar's form.
+    #[error("candidate: bad {field} {value:?}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// What it held (shortened).
+        value: String,
+    },
+    /// A transport other than UDP and TCP (RFC 8839 allows extensions; nobody uses one).
+    #[error("candidate: unsupported transport {0:?}")]
+    UnsupportedTransport(String),
+    /// A candidate type other than host, srflx, prflx and relay.
+    #[error("candidate: unknown type {0:?}")]
+    UnknownType(String),
+}
+
+fn invalid(field: &'static str, value: &str) -> CandidateError {
+    CandidateError::Invalid {
+        field,
+        value: value.chars().take(64).collect(),
+    }
+}
+
+/// The candidate type (RFC 8445 §5.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CandidateKind {
+    /// An address of a local interface.
+    Host,
+    /// A NAT's address as a STUN server saw it (also a port mapping's external address).
+    ServerReflexive,
+    /// Learned from a connectivity check.
+    PeerReflexive,
+    /// A TURN relayed address.
+    Relayed,
+}
+
+impl CandidateKind {
+    /// The SDP name: `host`, `srflx`, `prflx`, `relay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::ServerReflexive => "srflx",
+            Self::PeerReflexive => "prflx",
+            Self::Relayed => "relay",
+        }
+    }
+
+    /// The recommended type preference (RFC 8445 §5.1.2.2).
+    pub fn type_preference(self) -> u32 {
+        match self {
+            Self::Host => 126,
+            Self::PeerReflexive => 110,
+            Self::ServerReflexive => 100,
+            Self::Relayed => 0,
+        }
+    }
+}
+
+impl FromStr for CandidateKind {
+    type Err = CandidateError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "host" => Self::Host,
+            "srflx" => Self::ServerReflexive,
+            "prflx" => Self::PeerReflexive,
+            "relay" => Self::Relayed,
+            other => {
+                return Err(CandidateError::UnknownType(
+                    other.chars().take(32).collect(),
+                ));
+            }
+        })
+    }
+}
+
+/// The candidate's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CandidateTransport {
+    /// UDP.
+    Udp,
+    /// TCP (RFC 6544).
+    Tcp,
+}
+
+impl CandidateTransport {
+    /// The SDP token, `UDP` or `TCP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+        }
+    }
+}
+
+/// RFC 6544 §4.5: how a TCP candidate connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcpType {
+    /// Opens connections, never accepts them.
+    Active,
+    /// Accepts connections.
+    Passive,
+    /// Simultaneous open.
+    SimultaneousOpen,
+}
+
+impl TcpType {
+    /// The SDP token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Passive => "passive",
+            Self::SimultaneousOpen => "so",
+        }
+    }
+}
+
+/// A connection address: an IP address, or a name (an mDNS `.local` host candidate,
+/// RFC 8839 §5.1 allows an FQDN) to be resolved before use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CandidateAddress {
+    /// An IP address.
+    Ip(IpAddr),
+    /// A host name, lower-cased.
+    Name(String),
+}
+
+impl CandidateAddress {
+    /// The IP address, if it is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Self::Ip(ip) => Some(*ip),
+            Self::Name(_) => None,
+        }
+    }
+
+    /// Whether it is an mDNS name (`….local`, RFC 6762).
+    pub fn is_mdns(&self) -> bool {
+        matches!(self, Self::Name(n) if n.ends_with(".local"))
+    }
+}
+
+impl fmt::Display for CandidateAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ip(ip) => write!(f, "{ip}"),
+            Self::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl FromStr for CandidateAddress {
+    type Err = CandidateError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Self::Ip(ip));
+        }
+        // An FQDN: labels of letters, digits and hyphens (and a lenient underscore).
+        let ok = !s.is_empty()
+            && s.len() <= MAX_FQDN_LEN
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+            && s.bytes().any(|b| b.is_ascii_alphabetic());
+        if ok {
+            Ok(Self::Name(s.to_ascii_lowercase()))
+        } else {
+            Err(invalid("connection-address", s))
+        }
+    }
+}
+
+/// One ICE candidate. See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Candidate {
+    /// Equal for candidates of the same type, base, server and transport (RFC 8445
+    /// §5.1.1.3). 1 to 32 ice-chars.
+    pub foundation: String,
+    /// The component (1 to 256; 1 for a single data stream).
+    pub component: u16,
+    /// UDP or TCP.
+    pub transport: CandidateTransport,
+    /// The priority (RFC 8445 §5.1.2).
+    pub priority: u32,
+    /// The address.
+    pub address: CandidateAddress,
+    /// The port (0 for an active TCP candidate, RFC 6544 §4.5).
+    pub port: u16,
+    /// The type.
+    pub kind: CandidateKind,
+    /// `raddr`/`rport`: the base or mapped address it was derived from (not for host).
+    pub related: Option<(CandidateAddress, u16)>,
+    /// RFC 6544's `tcptype`, for TCP candidates.
+    pub tcp_type: Option<TcpType>,
+    /// Every other extension, in order: `generation`, `ufrag`, `network-id`,
+    /// `network-cost` and unknown ones.
+    pub extensions: Vec<(String, String)>,
+}
+
+/// RFC 8445 §5.1.2.1: `2^24 × type preference + 2^8 × local preference + (256 − component)`.
+pub fn priority(kind: CandidateKind, local_preference: u16, component: u16) -> u32 {
+    let component = u32::from(component.clamp(1, 256));
+    (kind.type_preference() << 24) + (u32::from(local_preference) << 8) + (256 - component)
+}
+
+/// A foundation (RFC 8445 §5.1.1.3) for a candidate of `kind` and `transport` whose base
+/// has `base_ip`, obtained through `server` (the STUN or TURN server's IP, if any): equal
+/// inputs give equal foundations, and different inputs almost surely different ones.
+pub fn foundation(
+    kind: CandidateKind,
+    transport: CandidateTransport,
+    base_ip: IpAddr,
+    server: Option<IpAddr>,
+) -> String {
+    // FNV-1a, 64 bits: stable across runs and platforms (no randomized std hasher).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(kind.as_str().as_bytes());
+    eat(transport.as_str().as_bytes());
+    let ip_bytes = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    eat(&ip_bytes(base_ip));
+    if let Some(s) = server {
+        eat(b"/");
+        eat(&ip_bytes(s));
+    }
+    // Ten decimal digits: ice-chars, short, and what browsers' foundations look like.
+    format!("{}", h % 10_000_000_000)
+}
+
+fn is_ice_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
+}
+
+impl Candidate {
+    /// A candidate with the recommended priority for `local_preference`, component 1,
+    /// and the foundation of its kind, base and server.
+    pub fn new(
+        kind: CandidateKind,
+        transport: CandidateTransport,
+        address: SocketAddr,
+        base: IpAddr,
+        server: Option<IpAddr>,
+        local_preference: u16,
+    ) -> Self {
+        Self {
+            foundation: foundation(kind, transport, base, server),
+            component: 1,
+            transport,
+            priority: priority(kind, local_preference, 1),
+            address: CandidateAddress::Ip(address.ip()),
+            port: address.port(),
+            kind,
+            related: None,
+            tcp_type: None,
+            extensions: Vec::new(),
+        }
+    }
+
+    /// The transport address, when the address is an IP.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.address.ip().map(|ip| SocketAddr::new(ip, self.port))
+    }
+
+    /// An extension's value (`generation`, `ufrag`, …).
+    pub fn extension(&self, name: &str) -> Option<&str> {
+        self.extensions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Parses a candidate attribute: `a=candidate:…`, `candidate:…` or the value alone
+    /// (RFC 8839 §5.1). Surrounding white space and a trailing CR are ignored.
+    pub fn parse(line: &str) -> Result<Self, CandidateError> {
+        if line.len() > MAX_LINE_LEN {
+            return Err(CandidateError::TooLong);
+        }
+        let line = line.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        // `name:value`, unless what precedes the first colon has spaces: then it is the
+        // value alone, with an IPv6 address in it.
+        let value = match line.split_once(':') {
+            Some((name, rest)) if !name.contains(char::is_whitespace) => {
+                if !name.eq_ignore_ascii_case("candidate") {
+                    return Err(CandidateError::NotCandidate);
+                }
+                rest
+            }
+            _ => line,
+        };
+        let mut it = value.split_ascii_whitespace();
+        let mut next = |what: &'static str| it.next().ok_or(CandidateError::Missing(what));
+        let foundation = next("foundation")?;
+        if foundation.is_empty()
+            || foundation.len() > MAX_FOUNDATION_LEN
+            || !foundation.bytes().all(is_ice_char)
+        {
+            return Err(invalid("foundation", foundation));
+        }
+        let component_s = next("component-id")?;
+        let component: u16 = component_s
+            .parse()
+            .ok()
+            .filter(|c| (1..=256).contains(c) && component_s.len() <= 3)
+            .ok_or_else(|| invalid("component-id", component_s))?;
+        let transport_s = next("transport")?;
+        let transport = if transport_s.eq_ignore_ascii_case("udp") {
+            CandidateTransport::Udp
+        } else if transport_s.eq_ignore_ascii_case("tcp") {
+            CandidateTransport::Tcp
+        } else {
+            return Err(CandidateError::UnsupportedTransport(
+                transport_s.chars().take(32).collect(),
+            ));
+        };
+        let priority_s = next("priority")?;
+        let priority: u32 = priority_s
+            .parse()
+            .ok()
+            .filter(|_| priority_s.len() <= 10 && priority_s.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| invalid("priority", priority_s))?;
+        let address: CandidateAddress = next("connection-address")?.parse()?;
+        let port = parse_port(next("port")?)?;
+        let typ = next("typ")?;
+        if typ != "typ" {
+            return Err(invalid("typ", typ));
+        }
+        let kind: CandidateKind = next("candidate type")?.parse()?;
+        let mut c = Self {
+            foundation: foundation.to_owned(),
+            component,
+            transport,
+            priority,
+            address,
+            port,
+            kind,
+            related: None,
+            tcp_type: None,
+            extensions: Vec::new(),
+        };
+        let mut raddr = None;
+        let mut rport = None;
+        while let Some(name) = it.next() {
+            let value = it
+                .next()
+                .ok_or(CandidateError::Missing("extension value"))?;
+            match name {
+                "raddr" if raddr.is_none() => raddr = Some(value.parse::<CandidateAddress>()?),
+                "rport" if rport.is_none() => rport = Some(parse_port(value)?),
+                "tcptype" if c.tcp_type.is_none() => {
+                    c.tcp_type = Some(match value {
+                        "active" => TcpType::Active,
+                        "passive" => TcpType::Passive,
+                        "so" => TcpType::SimultaneousOpen,
+                        other => return Err(invalid("tcptype", other)),
+                    });
+                }
+                _ => {
+                    if c.extensions.len() >= MAX_EXTENSIONS {
+                        return Err(CandidateError::TooLong);
+                    }
+                    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(invalid("extension name", name));
+                    }
+                    c.extensions.push((name.to_owned(), value.to_owned()));
+                }
+            }
+        }
+        c.related = match (raddr, rport) {
+            (Some(a), Some(p)) => Some((a, p)),
+            (None, None) => None,
+            // RFC 8839 §5.1 wants both; some stacks write only raddr. Keep what can be
+            // used; an rport without its address means nothing.
+            (Some(a), None) => Some((a, 0)),
+            (None, Some(_)) => return Err(invalid("rport", "without raddr")),
+        };
+        if transport == CandidateTransport::Udp && c.tcp_type.is_some() {
+            return Err(invalid("tcptype", "on a UDP candidate"));
+        }
+        Ok(c)
+    }
+
+    /// The attribute value, `candidate:…` (write `a=` before it for SDP).
+    pub fn to_attribute(&self) -> String {
+        self.to_string()
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, CandidateError> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|_| s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| invalid("port", s))
+}
+
+impl fmt::Display for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "candidate:{} {} {} {} {} {} typ {}",
+            self.foundation,
+            self.component,
+            self.transport.as_str(),
+            self.priority,
+            self.address,
+            self.port,
+            self.kind.as_str()
+        )?;
+        if let Some((a, p)) = &self.related {
+            write!(f, " raddr {a} rport {p}")?;
+        }
+        if let Some(t) = self.tcp_type {
+            write!(f, " tcptype {}", t.as_str())?;
+        }
+        for (n, v) in &self.extensions {
+            write!(f, " {n} {v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Candidate {
+    type Err = CandidateError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(line: &str) -> Candidate {
+        let c = Candidate::parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let again = Candidate::parse(&c.to_string()).unwrap();
+        assert_eq!(again, c, "{line}");
+        c
+    }
+
+    #[test]
+    fn what_peers_write_parses_and_round_trips() {
+        // Chromium, with mDNS and its extensions.
+        let c = roundtrip(
+            "a=candidate:2894919582 1 udp 2113937151 7e1c2f0a-3b4d-4c5e-8f9a-0b1c2d3e4f50.local 54321 typ host generation 0 ufrag EsAw network-cost 999",
+        );
+        assert!(c.address.is_mdns());
+        assert_eq!(c.kind, CandidateKind::Host);
+        assert_eq!(c.extension("ufrag"), Some("EsAw"));
+        assert_eq!(c.extension("network-cost"), Some("999"));
+        // Firefox srflx.
+        let c = roundtrip(
+            "candidate:1 1 UDP 1686052607 203.0.113.5 61665 typ srflx raddr 192.168.1.2 rport 61665",
+        );
+        assert_eq!(
+            c.related,
+            Some((CandidateAddress::Ip("192.168.1.2".parse().unwrap()), 61665))
+        );
+        assert_eq!(c.socket_addr(), Some("203.0.113.5:61665".parse().unwrap()));
+        // libnice relay and TCP with tcptype.
+        roundtrip(
+            "candidate:5 1 UDP 16777215 198.51.100.4 49200 typ relay raddr 203.0.113.5 rport 5000",
+        );
+        let c = roundtrip(
+            "candidate:3 1 TCP 1015022079 192.168.1.2 9 typ host tcptype active generation 0 network-id 1",
+        );
+        assert_eq!(c.tcp_type, Some(TcpType::Active));
+        assert_eq!(c.extension("network-id"), Some("1"));
+        // IPv6, a value alone, CRLF, and an unknown extension kept.
+        let c = roundtrip(
+            "candidate:a+b/c 2 udp 1 2001:db8::1 1 typ prflx raddr :: rport 0 x-future yes\r",
+        );
+        assert_eq!(c.component, 2);
+        assert_eq!(c.extension("x-future"), Some("yes"));
+        roundtrip("1 1 udp 100 192.0.2.1 1000 typ host");
+    }
+
+    #[test]
+    fn bad_lines_get_typed_errors() {
+        for (line, want) in [
+            ("candidate:", CandidateError::Missing("foundation")),
+            (
+                "candidate:1 1 udp 1 192.0.2.1 1 typ",
+                CandidateError::Missing("candidate type"),
+            ),
+            (
+                "candidate:1 1 sctp 1 192.0.2.1 1 typ host",
+                CandidateError::UnsupportedTransport("sctp".into()),
+            ),
+            (
+                "candidate:1 1 udp 1 192.0.2.1 1 typ weird",
+                CandidateError::UnknownType("weird".into()),
+            ),
+            ("a=ice-ufrag:abcd", CandidateError::NotCandidate),
+            (
+                "candidate:1 1 udp 1 192.0.2.1 1 typ host generation",
+                CandidateError::Missing("extension value"),
+            ),
+        ] {
+            assert_eq!(Candidate::parse(line), Err(want), "{line}");
+        }
+        for line in [
+            "candidate:1 0 udp 1 192.0.2.1 1 typ host",
+            "candidate:1 257 udp 1 192.0.2.1 1 typ host",
+            "candidate:1 1 udp 4294967296 192.0.2.1 1 typ host",
+            "candidate:1 1 udp -1 192.0.2.1 1 typ host",
+            "candidate:1 1 udp 1 192.0.2.1 65536 typ host",
+            "candidate:1 1 udp 1 192.0.2.1 +1 typ host",
+            "candidate:1 1 udp 1 bad..name 1 typ host",
+            "candidate:1 1 udp 1 1.2.3 1 typ host",
+            "candidate:1 1 udp 1 192.0.2.1 1 type host",
+            "candidate:f*o 1 udp 1 192.0.2.1 1 typ host",
+            "candidate:1 1 udp 1 192.0.2.1 1 typ host tcptype active",
+            "candidate:1 1 tcp 1 192.0.2.1 1 typ host tcptype both",
+        ] {
+            assert!(
+                matches!(Candidate::parse(line), Err(CandidateError::Invalid { .. })),
+                "{line}: {:?}",
+                Candidate::parse(line)
+            );
+        }
+        let long = format!(
+            "candidate:1 1 udp 1 192.0.2.1 1 typ host{}",
+            " a b".repeat(400)
+        );
+        assert_eq!(Candidate::parse(&long), Err(CandidateError::TooLong));
+        let many = format!(
+            "candidate:1 1 udp 1 192.0.2.1 1 typ host{}",
+            " a b".repeat(17)
+        );
+        assert_eq!(Candidate::parse(&many), Err(CandidateError::TooLong));
+    }
+
+    #[test]
+    fn priorities_follow_rfc_8445() {
+        // RFC 8445 §5.1.2.1 with the recommended type preferences.
+        assert_eq!(priority(CandidateKind::Host, 65535, 1), 2_130_706_431);
+        assert_eq!(
+            priority(CandidateKind::ServerReflexive, 65535, 1),
+            1_694_498_815
+        );
+        assert_eq!(priority(CandidateKind::Relayed, 65535, 1), 16_777_215);
+        assert_eq!(
+            priority(CandidateKind::PeerReflexive, 65535, 2),
+            1_862_270_974
+        );
+        assert!(
+            priority(CandidateKind::Host, 0, 1) > priority(CandidateKind::PeerReflexive, 65535, 1)
+        );
+    }
+
+    #[test]
+    fn foundations_are_equal_exactly_when_rfc_8445_says() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let f = |k, t, b, s| foundation(k, t, ip(b), s);
+        let udp = CandidateTransport::Udp;
+        let a = f(
+            CandidateKind::ServerReflexive,
+            udp,
+            "10.0.0.2",
+            Some(ip("203.0.113.1")),
+        );
+        assert_eq!(
+            a,
+            f(
+                CandidateKind::ServerReflexive,
+                udp,
+                "10.0.0.2",
+                Some(ip("203.0.113.1"))
+            )
+        );
+        for other in [
+            f(
+                CandidateKind::ServerReflexive,
+                udp,
+                "10.0.0.3",
+                Some(ip("203.0.113.1")),
+            ),
+            f(
+                CandidateKind::ServerReflexive,
+                udp,
+                "10.0.0.2",
+                Some(ip("203.0.113.2")),
+            ),
+            f(
+                CandidateKind::Relayed,
+                udp,
+                "10.0.0.2",
+                Some(ip("203.0.113.1")),
+            ),
+            f(
+                CandidateKind::ServerReflexive,
+                CandidateTransport::Tcp,
+                "10.0.0.2",
+                Some(ip("203.0.113.1")),
+            ),
+            f(CandidateKind::Host, udp, "10.0.0.2", None),
+        ] {
+            assert_ne!(a, other);
+        }
+        assert!(a.len() <= MAX_FOUNDATION_LEN && a.bytes().all(is_ice_char));
+        let c = Candidate::new(
+            CandidateKind::Host,
+            udp,
+            "192.0.2.1:5000".parse().unwrap(),
+            ip("192.0.2.1"),
+            None,
+            65535,
+        );
+        assert_eq!(Candidate::parse(&c.to_string()).unwrap(), c);
+    }
+}

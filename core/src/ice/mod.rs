@@ -1,0 +1,15 @@
+//! ICE (RFC 8445) building blocks: candidates with their priorities and foundations, and
+//! descriptions as RFC 8839 SDP attribute lines. The agent itself builds on these; it
+//! depends on [`crate::stun`] only, never on TURN (relayed candidates are ordinary local
+//! candidates to it).
+
+mod candidate;
+mod description;
+
+pub use candidate::{
+    Candidate, CandidateAddress, CandidateError, CandidateKind, CandidateTransport, MAX_EXTENSIONS,
+    MAX_FOUNDATION_LEN, MAX_FQDN_LEN, MAX_LINE_LEN, TcpType, foundation, priority,
+};
+pub use description::{
+    DescriptionError, IceDescription, MAX_CANDIDATES, MAX_DESCRIPTION_LEN, Parsed,
+};
