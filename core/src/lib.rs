@@ -23,6 +23,8 @@
 //! - [`ice`]: ICE candidates (RFC 8445 priorities and foundations) and RFC 8839
 //!   descriptions.
 //! - [`netcheck`]: NAT behaviour discovery (RFC 5780, RFC 4787 terms).
+//! - `sim` (feature `sim`): a seeded virtual network with RFC 4787 NATs for deterministic
+//!   tests.
 //! - [`ratelimit`]: per-source token buckets that keep the servers safe on a public address.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -35,6 +37,8 @@ pub mod ice;
 pub mod netcheck;
 pub mod portmap;
 pub mod ratelimit;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod stun;
 pub mod turn;
 

@@ -1,0 +1,452 @@
+//! A virtual network for deterministic tests: it moves [`Transmit`]s between any number of
+//! hosts on a virtual clock, with latency, jitter (hence reordering), loss, and NATs of
+//! every RFC 4787 behaviour. Seeded: the same seed and the same sends give the same
+//! deliveries.
+//!
+//! The network owns no machine. A test sends what its machines emit with
+//! [`Network::send`], asks [`Network::poll_timeout`] when the next datagram lands, and
+//! takes deliveries with [`Network::poll_delivery`]; each comes with the host it is for
+//! and the datagram as that host sees it (source and destination after every NAT on the
+//! way). NAT bindings expire after their timeout, so keepalive logic is testable too.
+//!
+//! It complements the NAT lab (real kernels, real NATs); it does not replace it.
+//!
+//! Behaviours (RFC 4787):
+//! - mapping (§4.1): endpoint-independent, address-dependent, address-and-port-dependent;
+//! - filtering (§5): endpoint-independent, address-dependent, address-and-port-dependent;
+//! - port allocation: preserving, sequential (a delta), random;
+//! - hairpinning (§6) on or off;
+//! - binding timeout (§4.3), refreshed by outbound traffic only (RFC 4787 REQ-6).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::{Protocol, Transmit};
+
+/// How a NAT chooses whether two flows share an external address (RFC 4787 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Behaviour {
+    /// The same for every remote endpoint.
+    EndpointIndependent,
+    /// The same for every port of one remote IP.
+    AddressDependent,
+    /// One per remote IP and port.
+    AddressAndPortDependent,
+}
+
+impl Behaviour {
+    /// All three, for matrices.
+    pub const ALL: [Behaviour; 3] = [
+        Self::EndpointIndependent,
+        Self::AddressDependent,
+        Self::AddressAndPortDependent,
+    ];
+
+    /// The part of the remote endpoint that the behaviour keys on.
+    fn key(self, remote: SocketAddr) -> Option<SocketAddr> {
+        match self {
+            Self::EndpointIndependent => None,
+            Self::AddressDependent => Some(SocketAddr::new(remote.ip(), 0)),
+            Self::AddressAndPortDependent => Some(remote),
+        }
+    }
+}
+
+/// How a NAT picks external ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortAllocation {
+    /// The internal port when free, else the next free one.
+    Preserving,
+    /// The previous allocation plus `delta` (a "sequential" NAT).
+    Sequential(u16),
+    /// Uniformly random in 1024–65535.
+    Random,
+}
+
+/// A NAT's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Mapping behaviour.
+    pub mapping: Behaviour,
+    /// Filtering behaviour.
+    pub filtering: Behaviour,
+    /// Port allocation.
+    pub allocation: PortAllocation,
+    /// Whether hosts behind it reach each other through its external address.
+    pub hairpin: bool,
+    /// Idle time after which a binding is forgotten (RFC 4787 REQ-5 says at least 2 min;
+    /// many real NATs use 30 s).
+    pub binding_timeout: Duration,
+}
+
+impl NatConfig {
+    /// A NAT of `mapping` and `filtering`, preserving ports, no hairpinning, 120 s bindings.
+    pub fn new(mapping: Behaviour, filtering: Behaviour) -> Self {
+        Self {
+            mapping,
+            filtering,
+            allocation: PortAllocation::Preserving,
+            hairpin: false,
+            binding_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Whether a peer behind a NAT of this kind gets a direct path to one behind `other`
+    /// with ICE's plain checks (no port prediction): one side's mapping must be
+    /// endpoint-independent, and the other side's filtering must let the first side's
+    /// traffic in once it sent toward it. The oracle for matrix tests.
+    pub fn direct_possible_with(&self, other: &NatConfig) -> bool {
+        let eim = |n: &NatConfig| n.mapping == Behaviour::EndpointIndependent;
+        // Both EIM: each side's filter opens when it sends to the other's mapping.
+        // One EIM: the EDM side sends from a fresh port toward the EIM side, whose filter
+        // must accept that unknown port (not address-and-port-dependent), and the EDM
+        // side's filter opened toward the EIM side's mapping (always, for its own flow).
+        (eim(self) && eim(other))
+            || (eim(self)
+                && other.mapping != Behaviour::EndpointIndependent
+                && self.filtering != Behaviour::AddressAndPortDependent)
+            || (eim(other)
+                && self.mapping != Behaviour::EndpointIndependent
+                && other.filtering != Behaviour::AddressAndPortDependent)
+    }
+}
+
+/// A host's place in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NatId(usize);
+
+#[derive(Debug, Clone, Copy)]
+struct Binding {
+    external_port: u16,
+    internal: SocketAddr,
+    /// The last outbound datagram (what keeps the binding alive).
+    last_out: Instant,
+}
+
+#[derive(Debug)]
+struct Nat {
+    config: NatConfig,
+    external_ip: IpAddr,
+    /// (internal endpoint, mapping key) → binding.
+    bindings: HashMap<(SocketAddr, Option<SocketAddr>), Binding>,
+    /// external port → the binding's key in `bindings`.
+    by_port: HashMap<u16, (SocketAddr, Option<SocketAddr>)>,
+    /// (external port, filtering key) → last outbound time.
+    permits: HashMap<(u16, Option<SocketAddr>), Instant>,
+    last_port: u16,
+}
+
+impl Nat {
+    fn alive(&self, b: &Binding, now: Instant) -> bool {
+        now.saturating_duration_since(b.last_out) < self.config.binding_timeout
+    }
+
+    /// Translates an outbound datagram's source; returns the external source.
+    fn outbound(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+        rng: &mut ChaCha20Rng,
+    ) -> SocketAddr {
+        let key = (src, self.config.mapping.key(dst));
+        let existing = self
+            .bindings
+            .get(&key)
+            .copied()
+            .filter(|b| self.alive(b, now));
+        let port = match existing {
+            Some(b) => b.external_port,
+            None => {
+                if let Some(old) = self.bindings.remove(&key) {
+                    self.by_port.remove(&old.external_port);
+                }
+                let port = self.allocate(now, src.port(), rng);
+                self.by_port.insert(port, key);
+                port
+            }
+        };
+        self.bindings.insert(
+            key,
+            Binding {
+                external_port: port,
+                internal: src,
+                last_out: now,
+            },
+        );
+        self.permits
+            .insert((port, self.config.filtering.key(dst)), now);
+        SocketAddr::new(self.external_ip, port)
+    }
+
+    fn port_free(&self, port: u16, now: Instant) -> bool {
+        port >= 1024
+            && self
+                .by_port
+                .get(&port)
+                .and_then(|k| self.bindings.get(k))
+                .is_none_or(|b| !self.alive(b, now))
+    }
+
+    fn allocate(&mut self, now: Instant, wanted: u16, rng: &mut ChaCha20Rng) -> u16 {
+        let mut candidate = match self.config.allocation {
+            PortAllocation::Preserving => wanted.max(1024),
+            PortAllocation::Sequential(delta) => self.last_port.wrapping_add(delta.max(1)),
+            PortAllocation::Random => 1024 + (rng.next_u32() % (65536 - 1024)) as u16,
+        };
+        for _ in 0..65536 {
+            if self.port_free(candidate, now) {
+                break;
+            }
+            candidate = match self.config.allocation {
+                PortAllocation::Random => 1024 + (rng.next_u32() % (65536 - 1024)) as u16,
+                _ => candidate.wrapping_add(1),
+            };
+        }
+        if let Some(old) = self.by_port.remove(&candidate) {
+            self.bindings.remove(&old);
+        }
+        self.last_port = candidate;
+        candidate
+    }
+
+    /// Translates an inbound datagram's destination, or drops it (filtering, no binding).
+    fn inbound(&mut self, now: Instant, src: SocketAddr, dst_port: u16) -> Option<SocketAddr> {
+        let key = self.by_port.get(&dst_port)?;
+        let b = self.bindings.get(key).copied()?;
+        if !self.alive(&b, now) {
+            return None;
+        }
+        let permit = self
+            .permits
+            .get(&(dst_port, self.config.filtering.key(src)))?;
+        if now.saturating_duration_since(*permit) >= self.config.binding_timeout {
+            return None;
+        }
+        Some(b.internal)
+    }
+}
+
+/// A datagram handed to a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The host (its own IP address) the datagram is for.
+    pub host: IpAddr,
+    /// As the host sees it: source after the sender's NATs, destination its own address.
+    pub transmit: Transmit,
+}
+
+/// Link conditions for every datagram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conditions {
+    /// One-way latency.
+    pub latency: Duration,
+    /// Extra latency, uniform in 0..jitter (reorders datagrams when larger than their
+    /// spacing).
+    pub jitter: Duration,
+    /// Share of datagrams lost, 0.0–1.0.
+    pub loss: f64,
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+        }
+    }
+}
+
+/// What became of sent datagrams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Sent into the network.
+    pub sent: u64,
+    /// Handed to hosts.
+    pub delivered: u64,
+    /// Lost to the loss rate.
+    pub lost: u64,
+    /// Dropped by a NAT (no binding, filtered, no hairpinning) or unroutable.
+    pub dropped: u64,
+}
+
+/// The virtual network. See the module docs.
+#[derive(Debug)]
+pub struct Network {
+    rng: ChaCha20Rng,
+    conditions: Conditions,
+    nats: Vec<Nat>,
+    /// Host IP → the NAT it sits behind (none: on the public network).
+    hosts: HashMap<IpAddr, Option<NatId>>,
+    in_flight: BinaryHeap<Reverse<(Instant, u64)>>,
+    payloads: HashMap<u64, (Transmit, Option<NatId>)>,
+    seq: u64,
+    stats: Stats,
+}
+
+impl Network {
+    /// An empty network with `conditions`, seeded.
+    pub fn new(seed: u64, conditions: Conditions) -> Self {
+        Self {
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            conditions,
+            nats: Vec::new(),
+            hosts: HashMap::new(),
+            in_flight: BinaryHeap::new(),
+            payloads: HashMap::new(),
+            seq: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Changes the link conditions from now on.
+    pub fn set_conditions(&mut self, conditions: Conditions) {
+        self.conditions = conditions;
+    }
+
+    /// Adds a NAT whose external address is `external_ip` (a public address).
+    pub fn add_nat(&mut self, external_ip: IpAddr, config: NatConfig) -> NatId {
+        self.nats.push(Nat {
+            config,
+            external_ip,
+            bindings: HashMap::new(),
+            by_port: HashMap::new(),
+            permits: HashMap::new(),
+            last_port: 40_000,
+        });
+        NatId(self.nats.len() - 1)
+    }
+
+    /// Adds a host with address `ip`, behind `nat` or on the public network.
+    pub fn add_host(&mut self, ip: IpAddr, nat: Option<NatId>) {
+        self.hosts.insert(ip, nat);
+    }
+
+    /// Forgets every binding of `nat` (a NAT reboot, or "mapping loss").
+    pub fn flush(&mut self, nat: NatId) {
+        if let Some(n) = self.nats.get_mut(nat.0) {
+            n.bindings.clear();
+            n.by_port.clear();
+            n.permits.clear();
+        }
+    }
+
+    /// What happened so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Sends `t` from its source host at `now`. Its source is translated by the host's
+    /// NAT now (as a real NAT does when the datagram leaves), its fate decided now.
+    pub fn send(&mut self, now: Instant, t: Transmit) {
+        self.stats.sent += 1;
+        let Some(&from_nat) = self.hosts.get(&t.source.ip()) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if self.conditions.loss > 0.0 {
+            let r = f64::from(self.rng.next_u32()) / f64::from(u32::MAX);
+            if r < self.conditions.loss {
+                self.stats.lost += 1;
+                return;
+            }
+        }
+        let mut t = t;
+        let dst_nat = self.nat_of_external(t.destination.ip());
+        let to_private_same_nat = self
+            .hosts
+            .get(&t.destination.ip())
+            .is_some_and(|n| n.is_some() && *n == from_nat);
+        // Leaving through the NAT unless the destination is on the same LAN.
+        if let Some(id) = from_nat {
+            if !to_private_same_nat {
+                if dst_nat == Some(id) && !self.nats[id.0].config.hairpin {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                let dst = t.destination;
+                t.source = self.nats[id.0].outbound(now, t.source, dst, &mut self.rng);
+            }
+        }
+        let jitter = if self.conditions.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            let j = u64::try_from(self.conditions.jitter.as_nanos()).unwrap_or(u64::MAX);
+            Duration::from_nanos(self.rng.next_u64() % j.max(1))
+        };
+        let at = now + self.conditions.latency + jitter;
+        self.seq += 1;
+        self.in_flight.push(Reverse((at, self.seq)));
+        self.payloads.insert(self.seq, (t, dst_nat));
+    }
+
+    fn nat_of_external(&self, ip: IpAddr) -> Option<NatId> {
+        self.nats
+            .iter()
+            .position(|n| n.external_ip == ip)
+            .map(NatId)
+    }
+
+    /// When the next datagram lands.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.in_flight.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// The next datagram that has landed by `now`, translated for its host; datagrams a
+    /// NAT drops are consumed silently (counted in [`Stats::dropped`]).
+    pub fn poll_delivery(&mut self, now: Instant) -> Option<Delivery> {
+        while let Some(&Reverse((at, seq))) = self.in_flight.peek() {
+            if at > now {
+                return None;
+            }
+            self.in_flight.pop();
+            let Some((mut t, dst_nat)) = self.payloads.remove(&seq) else {
+                continue;
+            };
+            if let Some(id) = dst_nat {
+                match self.nats[id.0].inbound(at, t.source, t.destination.port()) {
+                    Some(internal) => t.destination = internal,
+                    None => {
+                        self.stats.dropped += 1;
+                        continue;
+                    }
+                }
+            }
+            let host = t.destination.ip();
+            match self.hosts.get(&host) {
+                // A private host is reached only through its NAT or from its own LAN.
+                Some(Some(n))
+                    if dst_nat != Some(*n)
+                        && self.hosts.get(&t.source.ip()).copied().flatten() != Some(*n) =>
+                {
+                    self.stats.dropped += 1;
+                }
+                Some(_) => {
+                    self.stats.delivered += 1;
+                    return Some(Delivery { host, transmit: t });
+                }
+                None => self.stats.dropped += 1,
+            }
+        }
+        None
+    }
+}
+
+/// A UDP transmit, for tests.
+pub fn udp(source: SocketAddr, destination: SocketAddr, contents: &[u8]) -> Transmit {
+    Transmit {
+        proto: Protocol::Udp,
+        source,
+        destination,
+        contents: contents.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
