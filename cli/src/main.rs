@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Discover the NAT's behaviour (RFC 5780 / RFC 4787): mapping, filtering,
-    /// hairpinning, public address.
+    /// hairpinning, the address others see, and what it means for connectivity.
     Netcheck(NetcheckArgs),
     /// Run a STUN server (Binding; RFC 5780 when given an alternate address).
     Serve(ServeArgs),
@@ -57,36 +57,60 @@ struct AllocateArgs {
     #[arg(long, value_name = "URI")]
     turn: String,
     /// The user name.
-    #[arg(long, value_name = "U")]
+    #[arg(long, value_name = "U", value_parser = non_empty)]
     user: String,
     /// The password (long-term credentials).
     #[arg(
         long,
         value_name = "P",
         required_unless_present = "secret",
-        conflicts_with = "secret"
+        conflicts_with = "secret",
+        value_parser = non_empty
     )]
     password: Option<String>,
     /// The shared secret for TURN REST credentials (coturn's static-auth-secret): the user
     /// name becomes `expiry:U` and the password is derived from it.
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = non_empty)]
     secret: Option<String>,
     /// PEM file of a CA to trust for `turns:` (default: the system roots).
     #[arg(long, value_name = "PEM")]
     ca: Option<std::path::PathBuf>,
-    /// A peer to permit and bind a channel to. Repeatable.
-    #[arg(long, value_name = "IP:PORT")]
+    /// A peer to permit and bind a channel to. Repeatable (at most 4096, the channel
+    /// numbers there are, RFC 8656 §12).
+    #[arg(long, value_name = "IP:PORT", value_parser = peer_addr)]
     peer: Vec<SocketAddr>,
     /// Send every datagram from a permitted peer back to it through the relay.
     #[arg(long)]
     echo: bool,
-    /// Stop after this many seconds (default: run until interrupted).
-    #[arg(long, value_name = "SECS")]
-    duration: Option<f64>,
-    /// Lifetime to ask for, seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    /// Stop (deallocate) this many seconds after starting, at most 31536000 (a year).
+    /// Default: run until interrupted.
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = seconds(MAX_SECS),
+        allow_negative_numbers = true
+    )]
+    duration: Option<Duration>,
+    /// Lifetime to ask for, seconds, 1 to 86400 (the server may grant less; pinhole
+    /// refreshes before it ends).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_TURN_LIFETIME)
+    )]
     lifetime: u64,
-    /// Print JSON lines.
+    /// Give up, with exit status 1, when no allocation is made within this many seconds
+    /// (resolving, connecting and allocating; at most 3600). Progress is on stderr.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "15",
+        value_parser = seconds(3600),
+        allow_negative_numbers = true
+    )]
+    timeout: Duration,
+    /// Print JSON lines (and no progress on stderr).
     #[arg(long)]
     json: bool,
 }
@@ -145,21 +169,29 @@ struct MapArgs {
 
 #[derive(clap::Args)]
 struct NetcheckArgs {
-    /// A STUN server, `stun:host[:port]` (RFC 7064). Repeatable. Without it, the public
-    /// servers listed in the README are used.
+    /// A STUN server, `stun:host[:port]` (RFC 7064; UDP). Repeatable. Without it, the
+    /// public servers listed in the README are used.
     #[arg(long = "stun", value_name = "URI", conflicts_with = "embedded")]
     stun: Vec<String>,
     /// Start an RFC 5780 server on 127.0.0.1 and 127.0.0.2 inside this process and probe
     /// it: the whole job on one machine, no network needed.
     #[arg(long)]
     embedded: bool,
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object instead of a table (and no progress on stderr).
     #[arg(long)]
     json: bool,
-    /// Overall time budget in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    timeout: f64,
-    /// Also measure the NAT binding lifetime (RFC 5780 §4.6). Takes about three minutes.
+    /// Time budget in seconds for the tests, at most 3600; with --lifetime, the 180 s of
+    /// the binding-lifetime test come on top.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = seconds(3600),
+        allow_negative_numbers = true
+    )]
+    timeout: Duration,
+    /// Also measure the NAT binding lifetime (RFC 5780 §4.6): bindings left idle for 10,
+    /// 20, 40, 60, 120 and 180 s. Takes about three minutes; Ctrl-C prints what was found.
     #[arg(long)]
     lifetime: bool,
     /// Skip the hairpinning test.
@@ -168,8 +200,14 @@ struct NetcheckArgs {
     /// Do not probe the gateway for PCP, NAT-PMP and UPnP (implied by --embedded).
     #[arg(long)]
     no_portmap: bool,
-    /// The gateway to probe for port mapping (default: from the routing table).
-    #[arg(long, value_name = "IP")]
+    /// The gateway to probe for port mapping (default: from the routing table): a unicast
+    /// address.
+    #[arg(
+        long,
+        value_name = "IP",
+        value_parser = unicast_ip,
+        conflicts_with_all = ["embedded", "no_portmap"]
+    )]
     gateway: Option<IpAddr>,
 }
 
@@ -288,15 +326,21 @@ fn main() -> ExitCode {
     })
 }
 
+/// Logs go to stderr, in colour only when stderr is a terminal and `NO_COLOR` is unset or
+/// empty (<https://no-color.org>).
 fn init_logging(filter: Option<&str>) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
     };
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }
 
@@ -305,10 +349,97 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-async fn netcheck(args: NetcheckArgs) -> ExitCode {
-    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 3600.0) {
-        return usage("--timeout must be between 0 and 3600 seconds");
+/// The longest any duration flag may be: a year, in seconds. Longer is a typo, and the
+/// clock arithmetic behind it would overflow.
+const MAX_SECS: u64 = 365 * 24 * 3600;
+
+/// The longest TURN lifetime `allocate --lifetime` asks for: a day (servers cap it lower:
+/// coturn's default maximum is 3600 s).
+const MAX_TURN_LIFETIME: u64 = 24 * 3600;
+
+/// A value parser for a duration flag: a positive number of seconds, fractions allowed,
+/// at most `max`. Anything else is a usage error (exit status 2), never a panic.
+fn seconds(max: u64) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a number of seconds from 0 to {max}"))?;
+        // `max as f64` is exact: every maximum used is far below 2^53.
+        if !(v.is_finite() && v > 0.0 && v <= max as f64) {
+            return Err(format!(
+                "expected a number of seconds above 0 and at most {max}"
+            ));
+        }
+        Ok(Duration::from_secs_f64(v))
     }
+}
+
+/// A value parser for a gateway address: unicast only (not unspecified, multicast or
+/// broadcast, which nothing could answer from).
+fn unicast_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.trim().parse().map_err(|e| format!("{e}"))?;
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(format!(
+            "{ip} is not a unicast address: give the gateway's own address"
+        ));
+    }
+    Ok(ip)
+}
+
+/// A value parser for a TURN peer: a unicast address and a port other than 0.
+fn peer_addr(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e} (expected IP:PORT)"))?;
+    unicast_ip(&a.ip().to_string())?;
+    if a.port() == 0 {
+        return Err("port 0 is no peer's port".into());
+    }
+    Ok(a)
+}
+
+/// A value parser for user names, passwords and secrets: empty ones are mistakes (an unset
+/// shell variable), not credentials.
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// Ctrl-C or SIGTERM, for as many waiters as need it: [`StopSignal::wait`] completes for
+/// every waiter once the signal came, also for those that start waiting afterwards.
+#[derive(Clone)]
+struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+impl StopSignal {
+    /// Starts listening (call it inside the runtime).
+    fn new() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    async fn wait(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|stopped| *stopped).await.is_err() {
+            // The listener is gone without a signal: none will come.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// How often a long netcheck (`--lifetime`) says it is still measuring.
+const LIFETIME_PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+async fn netcheck(args: NetcheckArgs) -> ExitCode {
+    let stop = StopSignal::new();
     let mut _embedded: Option<ServeHandle> = None;
     let uris: Vec<String> = if args.embedded {
         match driver::serve_loopback().await {
@@ -361,35 +492,72 @@ async fn netcheck(args: NetcheckArgs) -> ExitCode {
         return ExitCode::from(EXIT_UNREACHABLE);
     }
 
+    let lifetime_probes = if args.lifetime {
+        pinhole::netcheck::DEFAULT_LIFETIME_PROBES.to_vec()
+    } else {
+        Vec::new()
+    };
+    let longest = lifetime_probes.iter().max().copied().unwrap_or_default();
     let config = NetcheckConfig {
         servers: servers.clone(),
         hairpinning: !args.no_hairpin,
-        lifetime_probes: if args.lifetime {
-            pinhole::netcheck::DEFAULT_LIFETIME_PROBES.to_vec()
-        } else {
-            Vec::new()
-        },
-        budget: Duration::from_secs_f64(args.timeout),
+        lifetime_probes,
+        budget: args.timeout,
         ..NetcheckConfig::default()
     };
-    if !args.json {
-        eprintln!("probing {} server(s)…", servers.len());
-    }
     let quiet = args.json;
+    if !quiet {
+        eprintln!("probing {} server(s)…", servers.len());
+        if args.lifetime {
+            eprintln!(
+                "binding lifetime: bindings are left idle for up to {} s, so this takes up to \
+                 {} s (--timeout {} s + {} s); Ctrl-C stops it and prints what was found",
+                longest.as_secs(),
+                (args.timeout + longest).as_secs_f64().ceil(),
+                args.timeout.as_secs_f64(),
+                longest.as_secs()
+            );
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let run = driver::netcheck_until(
+        config,
+        |ev| {
+            if !quiet {
+                progress(ev, &servers);
+            }
+        },
+        stop.wait(),
+    );
+    let netcheck = async {
+        tokio::pin!(run);
+        let mut ticker =
+            tokio::time::interval_at(started + LIFETIME_PROGRESS_EVERY, LIFETIME_PROGRESS_EVERY);
+        let end = started + args.timeout + longest;
+        loop {
+            tokio::select! {
+                r = &mut run => return r,
+                _ = ticker.tick(), if args.lifetime && !quiet => {
+                    let left = end.saturating_duration_since(tokio::time::Instant::now());
+                    eprintln!(
+                        "  binding lifetime: still measuring, at most {} s left (Ctrl-C \
+                         prints what was found)",
+                        left.as_secs()
+                    );
+                }
+            }
+        }
+    };
     let portmap = async {
         if args.no_portmap || args.embedded {
             return None;
         }
-        Some(portmap_probe(args.gateway).await)
+        tokio::select! {
+            p = portmap_probe(args.gateway) => Some(p),
+            () = stop.wait() => Some(Err("interrupted before the gateway probe ended".into())),
+        }
     };
-    let (report, portmap) = tokio::join!(
-        driver::netcheck(config, |ev| {
-            if !quiet {
-                progress(ev, &servers);
-            }
-        }),
-        portmap
-    );
+    let (report, portmap) = tokio::join!(netcheck, portmap);
     let report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -397,12 +565,14 @@ async fn netcheck(args: NetcheckArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let local = local_ips(&report);
     if args.json {
         let mut j = json_report(&report, &unresolved);
+        j["connectivity"] = connectivity(&report, &local).0.into();
         j["portmap"] = portmap_json(portmap.as_ref());
         println!("{j}");
     } else {
-        print_table(&report);
+        print_table(&report, &local, args.lifetime);
         print_portmap(portmap.as_ref());
     }
     if report.udp {
@@ -626,17 +796,24 @@ async fn map(args: MapArgs) -> ExitCode {
 /// Lifetime of derived TURN REST credentials.
 const REST_TTL_SECS: u64 = 24 * 3600;
 
+/// How often `allocate` says it is still waiting for the server.
+const ALLOCATE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Channel numbers there are (0x4000 through 0x4FFF, RFC 8656 §12): one per `--peer`.
+const MAX_PEERS: usize = 0x1000;
+
 async fn allocate(args: AllocateArgs) -> ExitCode {
-    use pinhole::driver::turn::{TurnClientConfig, TurnEvent};
-    use pinhole::turn::{AllocationEvent, Credentials, TurnUri};
+    use pinhole::driver::turn::{DEALLOCATE_TIMEOUT, TurnClientConfig, TurnEvent};
+    use pinhole::turn::{AllocationEvent, Credentials, TurnTransport, TurnUri};
+    let started = tokio::time::Instant::now();
     let uri: TurnUri = match args.turn.parse() {
         Ok(u) => u,
         Err(e) => return usage(e),
     };
-    if let Some(d) = args.duration {
-        if !(d.is_finite() && d > 0.0) {
-            return usage("--duration must be a positive number of seconds");
-        }
+    if args.peer.len() > MAX_PEERS {
+        return usage(format!(
+            "at most {MAX_PEERS} --peer (one channel number each, RFC 8656 §12)"
+        ));
     }
     let credentials = match (&args.password, &args.secret) {
         (Some(p), _) => Credentials::long_term(&args.user, p),
@@ -658,28 +835,80 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
     let config = TurnClientConfig {
         uri: uri.clone(),
         credentials,
-        lifetime: Duration::from_secs(args.lifetime.max(1)),
+        lifetime: Duration::from_secs(args.lifetime),
         family: Default::default(),
         ca_pem,
     };
-    let mut handle = match driver::turn::allocate(config).await {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("pinhole: {e}");
-            return ExitCode::from(EXIT_UNREACHABLE);
-        }
-    };
-    let stop = async {
+    let chatty = !args.json;
+    let secs = |d: Duration| d.as_secs_f64();
+    let give_up = started + args.timeout;
+    let stop = StopSignal::new();
+    let duration_over = async {
         match args.duration {
-            Some(d) => tokio::time::sleep(Duration::from_secs_f64(d)).await,
+            Some(d) => tokio::time::sleep_until(started + d).await,
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(stop);
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    let mut allocated = false;
+    tokio::pin!(duration_over);
+
+    if chatty {
+        if uri.host.parse::<IpAddr>().is_err() {
+            eprintln!("resolving {}…", uri.host);
+        }
+        if uri.transport != TurnTransport::Udp {
+            eprintln!(
+                "connecting to {} port {} over {}…",
+                uri.host,
+                uri.port,
+                if uri.transport == TurnTransport::Tls {
+                    "TLS"
+                } else {
+                    "TCP"
+                }
+            );
+        }
+    }
+    let mut handle = tokio::select! {
+        h = driver::turn::allocate(config) => match h {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("pinhole: {e}");
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+        },
+        () = tokio::time::sleep_until(give_up) => {
+            eprintln!(
+                "pinhole: could not reach {} within {} s (--timeout); nothing was allocated",
+                uri.host,
+                secs(args.timeout)
+            );
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+        () = &mut duration_over => {
+            eprintln!("pinhole: --duration ended before {} was reached; nothing was allocated", uri.host);
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+        () = stop.wait() => {
+            eprintln!("pinhole: interrupted before {} was reached; nothing was allocated", uri.host);
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    if chatty {
+        eprintln!(
+            "allocating on {} via {} (giving up after {} s)…",
+            handle.server,
+            uri.transport.as_str(),
+            secs(args.timeout)
+        );
+    }
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + ALLOCATE_PROGRESS_EVERY,
+        ALLOCATE_PROGRESS_EVERY,
+    );
+    // The lifetime last granted: how long an allocation left behind may live on.
+    let mut lifetime: Option<Duration> = None;
     let mut stopping = false;
+    let mut timed_out = false;
     let emit = |v: serde_json::Value, text: String| {
         if args.json {
             println!("{v}");
@@ -688,20 +917,59 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
         }
         let _ = std::io::stdout().flush();
     };
+    let deallocate = |handle: &pinhole::driver::turn::TurnHandle, allocated: bool| {
+        if chatty && allocated {
+            eprintln!("deallocating…");
+        }
+        handle.deallocate();
+    };
     loop {
+        let allocated = lifetime.is_some();
         let ev = tokio::select! {
             ev = handle.next_event() => ev,
-            _ = &mut stop, if !stopping => { stopping = true; handle.deallocate(); continue; }
-            _ = &mut signal, if !stopping => { stopping = true; handle.deallocate(); continue; }
+            () = &mut duration_over, if !stopping => {
+                stopping = true;
+                deallocate(&handle, allocated);
+                continue;
+            }
+            () = stop.wait(), if !stopping => {
+                stopping = true;
+                deallocate(&handle, allocated);
+                continue;
+            }
+            () = tokio::time::sleep_until(give_up), if !allocated && !stopping => {
+                eprintln!(
+                    "pinhole: no allocation from {} within {} s (--timeout): the server did not \
+                     answer, or not in time; giving up",
+                    handle.server,
+                    secs(args.timeout)
+                );
+                timed_out = true;
+                stopping = true;
+                handle.deallocate();
+                continue;
+            }
+            _ = ticker.tick(), if chatty && !allocated && !stopping => {
+                eprintln!(
+                    "no answer yet from {} after {} s",
+                    handle.server,
+                    started.elapsed().as_secs()
+                );
+                continue;
+            }
         };
-        let Some(ev) = ev else { break };
+        let Some(ev) = ev else {
+            // The task ended without saying how: only when it could not even report that.
+            eprintln!("pinhole: the allocation's task ended unexpectedly");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        };
         match ev {
             TurnEvent::Allocation(AllocationEvent::Allocated {
                 relayed,
                 mapped,
-                lifetime,
+                lifetime: granted,
             }) => {
-                allocated = true;
+                lifetime = Some(granted);
                 let r: Vec<String> = relayed.iter().map(ToString::to_string).collect();
                 emit(
                     json!({
@@ -710,7 +978,7 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
                         "relayed_all": r,
                         "mapped": mapped.map(|m| m.to_string()),
                         "transport": uri.transport.as_str(),
-                        "lifetime": lifetime.as_secs(),
+                        "lifetime": granted.as_secs(),
                         "server": handle.server.to_string(),
                     }),
                     format!(
@@ -719,17 +987,20 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
                         mapped.map_or("?".into(), |m| m.to_string()),
                         handle.server,
                         uri.transport.as_str(),
-                        lifetime.as_secs()
+                        granted.as_secs()
                     ),
                 );
                 for p in &args.peer {
                     handle.bind_channel(*p);
                 }
             }
-            TurnEvent::Allocation(AllocationEvent::Refreshed { lifetime }) => emit(
-                json!({"event": "refreshed", "lifetime": lifetime.as_secs()}),
-                format!("refreshed: lifetime {} s", lifetime.as_secs()),
-            ),
+            TurnEvent::Allocation(AllocationEvent::Refreshed { lifetime: granted }) => {
+                lifetime = Some(granted);
+                emit(
+                    json!({"event": "refreshed", "lifetime": granted.as_secs()}),
+                    format!("refreshed: lifetime {} s", granted.as_secs()),
+                );
+            }
             TurnEvent::Allocation(AllocationEvent::ChannelBound { peer, channel }) => emit(
                 json!({"event": "channel", "peer": peer.to_string(), "channel": channel}),
                 format!("channel {channel:#06x} bound to {peer}"),
@@ -754,8 +1025,49 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
                 return ExitCode::from(EXIT_UNREACHABLE);
             }
             TurnEvent::Allocation(AllocationEvent::Deallocated) => {
-                emit(json!({"event": "deallocated"}), "deallocated".into());
-                break;
+                if allocated {
+                    emit(json!({"event": "deallocated"}), "deallocated".into());
+                    return ExitCode::SUCCESS;
+                }
+                if !timed_out {
+                    let detail =
+                        "stopped before an allocation was made; nothing is left on the server";
+                    emit(json!({"event": "stopped", "detail": detail}), detail.into());
+                }
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+            TurnEvent::DeallocateUnconfirmed => {
+                let secs = DEALLOCATE_TIMEOUT.as_secs();
+                match lifetime {
+                    Some(l) => {
+                        let detail = format!(
+                            "the server did not confirm the deallocation within {secs} s: the \
+                             allocation expires on its own within its lifetime ({} s)",
+                            l.as_secs()
+                        );
+                        if args.json {
+                            emit(
+                                json!({"event": "deallocate_unconfirmed", "lifetime": l.as_secs(), "detail": detail}),
+                                String::new(),
+                            );
+                        }
+                        eprintln!("pinhole: {detail}");
+                        return ExitCode::SUCCESS;
+                    }
+                    None => {
+                        let detail = format!(
+                            "stopped while the server was answering the allocation, and it did \
+                             not confirm deleting it within {secs} s: an allocation it made \
+                             expires on its own within {} s",
+                            args.lifetime
+                        );
+                        if args.json && !timed_out {
+                            emit(json!({"event": "stopped", "detail": detail}), String::new());
+                        }
+                        eprintln!("pinhole: {detail}");
+                        return ExitCode::from(EXIT_UNREACHABLE);
+                    }
+                }
             }
             TurnEvent::Data { peer, data } => {
                 if args.echo {
@@ -770,11 +1082,6 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
                 return ExitCode::from(EXIT_UNREACHABLE);
             }
         }
-    }
-    if allocated {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_UNREACHABLE)
     }
 }
 
@@ -812,6 +1119,11 @@ fn progress(ev: &NetcheckEvent, servers: &[ServerSpec]) {
         NetcheckEvent::Mapping(b) => format!("  mapping: {b}"),
         NetcheckEvent::Filtering(b) => format!("  filtering: {b}"),
         NetcheckEvent::Hairpinning(h) => format!("  hairpinning: {}", yes_no(Some(*h))),
+        NetcheckEvent::BindingLifetime { idle, open } => format!(
+            "  binding lifetime: {} after {} s idle",
+            if *open { "still open" } else { "gone" },
+            idle.as_secs()
+        ),
         NetcheckEvent::Done(_) => return,
     };
     eprintln!("{line}");
@@ -825,39 +1137,182 @@ fn yes_no(v: Option<bool>) -> &'static str {
     }
 }
 
-fn print_table(r: &Report) {
+/// For each server that saw a mapped address: the local IP this host sends to it from (the
+/// kernel's choice for a socket connected to it; nothing is sent).
+fn local_ips(r: &Report) -> Vec<(SocketAddr, Option<IpAddr>)> {
+    r.servers
+        .iter()
+        .filter_map(|s| Some((s.mapped?, local_ip_toward(s.addr))))
+        .collect()
+}
+
+fn local_ip_toward(server: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(server).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
+}
+
+/// What kind of address `ip` is when it is not a public (global) one.
+fn non_global(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_private() {
+                Some("private")
+            } else if a == 100 && (b & 0xc0) == 64 {
+                // 100.64.0.0/10, RFC 6598.
+                Some("shared CGNAT space")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
+                Some("not unicast")
+            } else if v4.is_documentation() {
+                Some("documentation range")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return non_global(v4.into());
+            }
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if first & 0xfe00 == 0xfc00 {
+                // fc00::/7, unique local addresses (RFC 4193).
+                Some("private")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if v6.is_unspecified() || v6.is_multicast() {
+                Some("not unicast")
+            } else if first == 0x2001 && v6.segments()[1] == 0x0db8 {
+                Some("documentation range")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// What the report means for connectivity: a stable name for `--json` and plain words.
+fn connectivity(r: &Report, local: &[(SocketAddr, Option<IpAddr>)]) -> (&'static str, String) {
+    use pinhole::netcheck::Behaviour;
+    if !r.udp {
+        return (
+            "udp-blocked",
+            "UDP is blocked, or no STUN server could be reached: direct connections over UDP \
+             will not work; only a relay over TCP or TLS (TURN) can connect this host."
+                .into(),
+        );
+    }
+    let dependent = matches!(
+        r.mapping,
+        Behaviour::AddressDependent | Behaviour::AddressAndPortDependent
+    );
+    let own_address =
+        !local.is_empty() && local.iter().all(|(mapped, ip)| *ip == Some(mapped.ip()));
+    if own_address && !dependent {
+        let filtered = match r.filtering {
+            Behaviour::EndpointIndependent => "",
+            Behaviour::Unknown => " (a firewall may still filter what others send first)",
+            _ => " (but a firewall lets in only answers to what this host sent)",
+        };
+        return (
+            "no-nat",
+            format!(
+                "No NAT: the servers see this host's own address, so peers can reach it \
+                 directly{filtered}."
+            ),
+        );
+    }
+    match r.mapping {
+        Behaviour::EndpointIndependent => (
+            "nat-direct",
+            "A NAT that direct connections get through: its mapping is endpoint-independent, \
+             so the address STUN reports is the one every peer can use, and hole-punching \
+             works."
+                .into(),
+        ),
+        Behaviour::AddressDependent | Behaviour::AddressAndPortDependent => (
+            "nat-needs-relay",
+            "A NAT that needs help: its mapping is endpoint-dependent, so each peer sees a \
+             different port than STUN reports; direct connections need a relay (TURN), a \
+             port mapping (PCP, NAT-PMP or UPnP: see `pinhole map`), or a peer that can be \
+             reached directly."
+                .into(),
+        ),
+        Behaviour::Unknown => (
+            "unknown",
+            "Unknown: the NAT's mapping behaviour could not be determined (see the notes); \
+             an RFC 5780 server (--stun) tells it."
+                .into(),
+        ),
+    }
+}
+
+/// The binding lifetime in plain words.
+fn lifetime_words(l: pinhole::netcheck::LifetimeEstimate) -> String {
+    match (l.at_least, l.less_than) {
+        (Some(a), Some(b)) => format!(
+            "between {} s and {} s (open after {0} s idle, gone after {1} s)",
+            a.as_secs(),
+            b.as_secs()
+        ),
+        (Some(a), None) => format!(
+            "at least {} s (no expiry seen within the test)",
+            a.as_secs()
+        ),
+        (None, Some(b)) => format!(
+            "less than {} s (gone after the shortest idle interval tested)",
+            b.as_secs()
+        ),
+        (None, None) => "unknown (no interval finished)".into(),
+    }
+}
+
+fn print_table(r: &Report, local: &[(SocketAddr, Option<IpAddr>)], lifetime_asked: bool) {
     let mut out = std::io::stdout().lock();
-    let public = if r.public.is_empty() {
+    let mapped = if r.public.is_empty() {
         "none".to_owned()
     } else {
         r.public
             .iter()
-            .map(ToString::to_string)
+            .map(|a| format!("{a} ({})", non_global(a.ip()).unwrap_or("public")))
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let lifetime = match r.binding_lifetime {
+        Some(l) => Some(lifetime_words(l)),
+        None if lifetime_asked => Some("not measured (no server answered)".into()),
+        None => None,
+    };
     let rows = [
-        ("UDP", yes_no(Some(r.udp)).to_owned()),
-        ("public address", public),
-        ("mapping", r.mapping.to_string()),
-        ("filtering", r.filtering.to_string()),
-        ("hairpinning", yes_no(r.hairpinning).to_owned()),
-        ("ALG rewrites addresses", yes_no(r.alg_rewrites).to_owned()),
+        ("UDP", Some(yes_no(Some(r.udp)).to_owned())),
+        ("mapped address", Some(mapped)),
+        ("mapping", Some(r.mapping.to_string())),
+        ("filtering", Some(r.filtering.to_string())),
+        ("hairpinning", Some(yes_no(r.hairpinning).to_owned())),
+        (
+            "ALG rewrites addresses",
+            Some(yes_no(r.alg_rewrites).to_owned()),
+        ),
+        ("binding lifetime", lifetime),
     ];
     let _ = writeln!(out);
     for (k, v) in rows {
-        let _ = writeln!(out, "{k:<24} {v}");
+        if let Some(v) = v {
+            let _ = writeln!(out, "{k:<24} {v}");
+        }
     }
-    if let Some(l) = r.binding_lifetime {
-        let fmt = |d: Option<Duration>| d.map_or("?".into(), |d| format!("{}s", d.as_secs()));
-        let _ = writeln!(
-            out,
-            "{:<24} at least {}, less than {}",
-            "binding lifetime",
-            fmt(l.at_least),
-            fmt(l.less_than)
-        );
-    }
+    let _ = writeln!(out, "\n{}", connectivity(r, local).1);
     let _ = writeln!(out, "\n{:<40} {:>9}  mapped", "server", "rtt");
     for s in &r.servers {
         let rtt = s.rtt.map_or("-".into(), |d| {
@@ -1032,4 +1487,128 @@ async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_must_be_unicast() {
+        for bad in [
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "ff02::1",
+            "gateway",
+        ] {
+            assert!(unicast_ip(bad).is_err(), "{bad}");
+        }
+        for good in ["192.168.1.1", "127.0.0.3", "fe80::1", "2001:db8::1"] {
+            assert_eq!(unicast_ip(good), Ok(good.parse().unwrap()));
+        }
+        assert!(peer_addr("224.0.0.1:5000").is_err());
+        assert!(peer_addr("192.0.2.1:0").is_err());
+        assert!(peer_addr("192.0.2.1:5000").is_ok());
+    }
+
+    #[test]
+    fn seconds_are_range_checked() {
+        let p = seconds(3600);
+        for bad in [
+            "", "x", "0", "-0", "-1", "NaN", "inf", "-inf", "3600.001", "1e20", "1e309",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        assert_eq!(p("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(p("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(
+            seconds(MAX_SECS)("31536000"),
+            Ok(Duration::from_secs(MAX_SECS))
+        );
+    }
+
+    #[test]
+    fn connectivity_in_plain_words() {
+        use pinhole::netcheck::{Behaviour, ServerReport};
+        let server: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+        let mapped: SocketAddr = "203.0.113.5:40001".parse().unwrap();
+        let report = |mapping| Report {
+            udp: true,
+            public: vec![mapped],
+            mapping,
+            filtering: Behaviour::AddressAndPortDependent,
+            servers: vec![ServerReport {
+                label: "stun:x".into(),
+                addr: server,
+                rtt: Some(Duration::from_millis(9)),
+                mapped: Some(mapped),
+                other_address: None,
+            }],
+            notes: Vec::new(),
+            ..empty_report()
+        };
+        let behind_nat = [(mapped, Some("192.168.1.20".parse().unwrap()))];
+        let own = [(mapped, Some(mapped.ip()))];
+        let c = |r: &Report, l: &[(SocketAddr, Option<IpAddr>)]| connectivity(r, l);
+        assert_eq!(
+            c(&report(Behaviour::EndpointIndependent), &behind_nat).0,
+            "nat-direct"
+        );
+        for dependent in [
+            Behaviour::AddressDependent,
+            Behaviour::AddressAndPortDependent,
+        ] {
+            let (name, words) = c(&report(dependent), &behind_nat);
+            assert_eq!(name, "nat-needs-relay");
+            assert!(words.contains("relay"), "{words}");
+        }
+        assert_eq!(c(&report(Behaviour::Unknown), &behind_nat).0, "unknown");
+        let (name, words) = c(&report(Behaviour::EndpointIndependent), &own);
+        assert_eq!(name, "no-nat");
+        assert!(words.contains("firewall"), "{words}");
+        assert_eq!(c(&empty_report(), &[]).0, "udp-blocked");
+    }
+
+    #[test]
+    fn binding_lifetime_in_plain_words() {
+        use pinhole::netcheck::LifetimeEstimate;
+        let s = |a: Option<u64>, b: Option<u64>| {
+            lifetime_words(LifetimeEstimate {
+                at_least: a.map(Duration::from_secs),
+                less_than: b.map(Duration::from_secs),
+            })
+        };
+        assert_eq!(
+            s(Some(120), None),
+            "at least 120 s (no expiry seen within the test)"
+        );
+        assert!(s(Some(60), Some(120)).starts_with("between 60 s and 120 s"));
+        assert!(s(None, Some(10)).starts_with("less than 10 s"));
+        assert!(!s(None, None).contains('?'));
+    }
+
+    #[test]
+    fn addresses_are_not_all_public() {
+        for (ip, want) in [
+            ("127.0.0.1", Some("loopback")),
+            ("10.1.2.3", Some("private")),
+            ("192.168.0.9", Some("private")),
+            ("172.31.0.1", Some("private")),
+            ("100.64.0.1", Some("shared CGNAT space")),
+            ("100.127.255.254", Some("shared CGNAT space")),
+            ("100.128.0.1", None),
+            ("169.254.1.1", Some("link-local")),
+            ("8.8.8.8", None),
+            ("::1", Some("loopback")),
+            ("fd00::1", Some("private")),
+            ("fe80::1", Some("link-local")),
+            ("::ffff:10.0.0.1", Some("private")),
+            ("2606:4700::1111", None),
+        ] {
+            assert_eq!(non_global(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
 }

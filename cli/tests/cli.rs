@@ -2,10 +2,11 @@
 //! `netcheck --stun` against it, exit codes, and the server's robustness on a real socket.
 //! Nothing here sends to any address outside 127.0.0.0/8.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use pinhole::stun::attributes::{ErrorCode, UnknownAttributes, XorMappedAddress};
 use pinhole::stun::{AttributeType, Class, Message, MessageBuilder, MessageType, TransactionId};
@@ -142,7 +143,7 @@ fn netcheck_human_output_shows_a_table() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     for row in [
         "UDP",
-        "public address",
+        "mapped address",
         "mapping",
         "filtering",
         "hairpinning",
@@ -523,4 +524,520 @@ fn map_fails_cleanly_without_a_gateway() {
     assert!(stderr.contains("no port mapping"), "{stderr}");
     let (code, _, _) = map_cmd(&["--port", "0", "--gateway", "127.0.0.5"]);
     assert_eq!(code, Some(2));
+}
+
+// ---------------------------------------------------------------------------
+// Issue #10: what a new user ran into with netcheck and allocate
+// ---------------------------------------------------------------------------
+
+/// What a bounded run of the binary left behind.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+/// Runs `pinhole args...`, killing it after `limit` (then `code` is None).
+fn run(args: &[&str], limit: Duration) -> Run {
+    run_env(args, &[], limit)
+}
+
+fn run_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        code,
+        took: started.elapsed(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// A UDP socket on loopback that never answers (bound, so no ICMP error either).
+fn silent_udp() -> (UdpSocket, String) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let a = s.local_addr().unwrap().to_string();
+    (s, a)
+}
+
+#[test]
+fn huge_or_bad_durations_are_usage_errors_not_panics() {
+    let (_silent, addr) = silent_udp();
+    let turn = format!("turn:{addr}");
+    let allocate = [
+        "allocate",
+        "--turn",
+        &turn,
+        "--user",
+        "u",
+        "--password",
+        "p",
+    ];
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--duration", "1e20"],
+        vec!["--duration", "1e300"],
+        vec!["--duration", "inf"],
+        vec!["--duration", "NaN"],
+        vec!["--duration", "-1"],
+        vec!["--duration", "0"],
+        vec!["--duration", "31536001"],
+        vec!["--lifetime", "0"],
+        vec!["--lifetime", "86401"],
+        vec!["--lifetime", "18446744073709551615"],
+        vec!["--lifetime", "99999999999999999999999"],
+        vec!["--timeout", "1e20"],
+        vec!["--timeout", "0"],
+        vec!["--timeout", "3601"],
+    ];
+    for extra in cases {
+        let args: Vec<&str> = allocate.iter().copied().chain(extra.clone()).collect();
+        let r = run(&args, Duration::from_secs(10));
+        assert_eq!(r.code, Some(2), "{extra:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{extra:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(extra[0]),
+            "{extra:?} names the flag: {}",
+            r.stderr
+        );
+    }
+    for t in ["1e20", "inf", "NaN", "0", "-1", "3601"] {
+        let r = run(
+            &["netcheck", "--embedded", "--timeout", t],
+            Duration::from_secs(10),
+        );
+        assert_eq!(r.code, Some(2), "--timeout {t}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+    // The largest values allowed are accepted (and stopped at once by a short --timeout).
+    let r = run(
+        &[
+            &allocate[..],
+            &[
+                "--duration",
+                "31536000",
+                "--lifetime",
+                "86400",
+                "--timeout",
+                "0.5",
+            ],
+        ]
+        .concat(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+}
+
+#[test]
+fn allocate_shows_progress_and_gives_up_after_its_timeout() {
+    let (_silent, addr) = silent_udp();
+    let r = run(
+        &[
+            "allocate",
+            "--turn",
+            &format!("turn:{addr}"),
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--timeout",
+            "6",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.took >= Duration::from_secs(5) && r.took < Duration::from_secs(12),
+        "took {:?}",
+        r.took
+    );
+    for want in [
+        &format!("allocating on {addr} via udp") as &str,
+        "no answer yet",
+        "within 6 s (--timeout)",
+    ] {
+        assert!(r.stderr.contains(want), "{want:?} in {}", r.stderr);
+    }
+    assert!(!r.stdout.contains("deallocated"), "{}", r.stdout);
+}
+
+#[test]
+fn allocate_stopped_before_allocating_says_so() {
+    let (_silent, addr) = silent_udp();
+    let turn = format!("turn:{addr}");
+    let args = [
+        "allocate",
+        "--turn",
+        &turn,
+        "--user",
+        "u",
+        "--password",
+        "p",
+    ];
+    let r = run(
+        &[&args[..], &["--duration", "1"]].concat(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.took < Duration::from_secs(8), "took {:?}", r.took);
+    assert!(
+        r.stdout.contains("stopped before an allocation was made"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("deallocated"), "{}", r.stdout);
+    let r = run(
+        &[&args[..], &["--duration", "1", "--json"]].concat(),
+        Duration::from_secs(20),
+    );
+    let j: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(j["event"], "stopped", "{j}");
+    // --json keeps stderr for errors: no progress lines.
+    assert!(!r.stderr.contains("allocating on"), "{}", r.stderr);
+}
+
+/// `pinhole serve --turn` on loopback, with SIGSTOP/SIGCONT; killed on drop.
+struct TurnServer {
+    child: Child,
+    addr: String,
+}
+
+impl TurnServer {
+    fn start() -> Self {
+        for _ in 0..10 {
+            let addr = format!("127.0.0.1:{}", free_udp_port("127.0.0.1"));
+            let mut child = Command::new(BIN)
+                .args(["serve", "--turn", "--primary", &addr, "--user", "u:p"])
+                .args(["--duration", "60"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let first = BufReader::new(child.stdout.take().unwrap())
+                .lines()
+                .next()
+                .and_then(Result::ok);
+            if first.is_some_and(|l| l.contains("listening")) {
+                return Self { child, addr };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("pinhole serve --turn did not start");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for TurnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of a child's stream, as they come, through a channel.
+fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (bounded) for a line containing `want`; returns it and everything seen.
+fn wait_line(rx: &mpsc::Receiver<String>, want: &str, limit: Duration) -> (String, String) {
+    let deadline = Instant::now() + limit;
+    let mut seen = String::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(want) => return (l, seen),
+            Ok(l) => {
+                seen.push_str(&l);
+                seen.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {want:?}; saw:\n{seen}");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("did not exit within {limit:?}");
+}
+
+#[test]
+fn allocate_says_when_a_deallocation_was_not_confirmed() {
+    let server = TurnServer::start();
+    let turn = format!("turn:{}", server.addr);
+    let mut child = Command::new(BIN)
+        .args([
+            "allocate",
+            "--turn",
+            &turn,
+            "--user",
+            "u",
+            "--password",
+            "p",
+        ])
+        .args(["--duration", "2", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines_of(child.stdout.take().unwrap());
+    let mut err = child.stderr.take().unwrap();
+    let (line, _) = wait_line(&out, "\"allocated\"", Duration::from_secs(10));
+    let granted = serde_json::from_str::<serde_json::Value>(&line).unwrap()["lifetime"].clone();
+    // The server freezes: the Refresh (lifetime 0) that deallocates goes unanswered.
+    server.signal("-STOP");
+    let code = wait_exit(&mut child, Duration::from_secs(15));
+    server.signal("-CONT");
+    let (line, _) = wait_line(&out, "deallocate_unconfirmed", Duration::from_secs(1));
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["lifetime"], granted, "{j}");
+    let mut stderr = String::new();
+    err.read_to_string(&mut stderr).unwrap();
+    assert!(
+        stderr.contains("did not confirm the deallocation")
+            && stderr.contains("expires on its own"),
+        "{stderr}"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn log_output_has_no_colour_codes_unless_stderr_is_a_terminal() {
+    let r = run(
+        &["netcheck", "--embedded", "--json", "--log", "debug"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("DEBUG"), "{}", r.stderr);
+    assert!(!r.stderr.contains('\x1b'), "{:?}", r.stderr);
+
+    // On a terminal (a pty from util-linux `script`) colours are on, unless NO_COLOR says no.
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "util-linux `script` is missing (CI=true: a skip is a failure)"
+        );
+        eprintln!("skipping the terminal half: no `script`");
+        return;
+    }
+    let on_tty = |no_color: Option<&str>| {
+        let cmd = format!("{BIN} netcheck --embedded --json --log debug");
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = c.stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("DEBUG"), "{text}");
+        text
+    };
+    assert!(on_tty(None).contains('\x1b'), "colours on a terminal");
+    assert!(!on_tty(Some("1")).contains('\x1b'), "NO_COLOR=1");
+    assert!(
+        on_tty(Some("")).contains('\x1b'),
+        "an empty NO_COLOR counts as unset"
+    );
+}
+
+#[test]
+fn uri_errors_say_what_is_wrong() {
+    let r = run(
+        &["netcheck", "--stun", "stun:127.0.0.1:3478?transport=tcp"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(!r.stderr.contains("bad port"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("takes no query") && r.stderr.contains("RFC 7064"),
+        "{}",
+        r.stderr
+    );
+    for (uri, want) in [
+        ("stun://127.0.0.1", "no //"),
+        ("stun:::1", "brackets"),
+        ("stun:127.0.0.1:99999", "bad port"),
+    ] {
+        let r = run(&["netcheck", "--stun", uri], Duration::from_secs(10));
+        assert_eq!(r.code, Some(2), "{uri}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{uri}: {}", r.stderr);
+    }
+    for (uri, want) in [
+        (
+            "turn:127.0.0.1?transport=sctp",
+            "?transport=udp or ?transport=tcp",
+        ),
+        ("turns:127.0.0.1?transport=udp", "DTLS"),
+        ("turn:127.0.0.1:0", "bad port"),
+        ("stun:127.0.0.1", "RFC 7065"),
+    ] {
+        let r = run(
+            &["allocate", "--turn", uri, "--user", "u", "--password", "p"],
+            Duration::from_secs(10),
+        );
+        assert_eq!(r.code, Some(2), "{uri}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{uri}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn flags_that_would_be_ignored_are_refused() {
+    let (_silent, addr) = silent_udp();
+    let stun = format!("stun:{addr}");
+    for args in [
+        &["--embedded", "--gateway", "127.0.0.1"][..],
+        &["--stun", &stun, "--no-portmap", "--gateway", "127.0.0.1"],
+        &["--stun", &stun, "--gateway", "0.0.0.0"],
+        &["--stun", &stun, "--gateway", "::"],
+    ] {
+        let r = run(
+            &[&["netcheck", "--timeout", "1"], args].concat(),
+            Duration::from_secs(10),
+        );
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("--gateway"), "{args:?}: {}", r.stderr);
+    }
+    let turn = format!("turn:{addr}");
+    for args in [
+        &["--user", "", "--password", "p"][..],
+        &["--user", "u", "--password", ""],
+        &["--user", "u", "--secret", ""],
+        &["--user", "u", "--password", "p", "--peer", "0.0.0.0:5000"],
+        &["--user", "u", "--password", "p", "--peer", "127.0.0.1:0"],
+    ] {
+        let r = run(
+            &[&["allocate", "--turn", &turn, "--timeout", "1"], args].concat(),
+            Duration::from_secs(10),
+        );
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("must not be empty") || r.stderr.contains("--peer"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn netcheck_on_loopback_says_loopback_and_what_it_means() {
+    let r = run(&["netcheck", "--embedded"], Duration::from_secs(30));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let row = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("mapped address"))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(
+        row.contains("127.0.0.1:") && row.contains("(loopback)"),
+        "{row}"
+    );
+    assert!(!r.stdout.contains("public"), "{}", r.stdout);
+    assert!(r.stdout.contains("No NAT"), "{}", r.stdout);
+    let r = run(
+        &["netcheck", "--embedded", "--json"],
+        Duration::from_secs(30),
+    );
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(j["connectivity"], "no-nat", "{j}");
+    // The field name stays: scripts read it.
+    assert!(
+        j["public"][0].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{j}"
+    );
+}
+
+#[test]
+fn ctrl_c_during_lifetime_discovery_prints_the_partial_report() {
+    let mut child = Command::new(BIN)
+        .args(["netcheck", "--embedded", "--lifetime"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let err = lines_of(child.stderr.take().unwrap());
+    let (budget, _) = wait_line(&err, "takes up to", Duration::from_secs(10));
+    assert!(
+        budget.contains("190 s (--timeout 10 s + 180 s)"),
+        "{budget}"
+    );
+    // The first interval's answer comes 10 s in: progress while the lifetime test runs.
+    wait_line(&err, "still open after 10 s idle", Duration::from_secs(30));
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let code = wait_exit(&mut child, Duration::from_secs(10));
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("binding lifetime"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("at least 10 s (no expiry seen within the test)"),
+        "{row}"
+    );
+    assert!(!out.contains('?'), "{out}");
+    // What was found before the interruption is all there.
+    assert!(out.contains("endpoint-independent"), "{out}");
+    assert!(out.contains("stopped early"), "{out}");
 }

@@ -208,7 +208,8 @@ impl NetcheckProgress {
                 behaviour: (*b).into(),
             },
             NetcheckEvent::Hairpinning(h) => NetcheckProgress::Hairpinning { hairpins: *h },
-            NetcheckEvent::Done(_) => return None,
+            // Progress the foreign APIs do not carry (yet), and the final event.
+            NetcheckEvent::BindingLifetime { .. } | NetcheckEvent::Done(_) => return None,
         })
     }
 }

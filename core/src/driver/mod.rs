@@ -1,6 +1,7 @@
 //! The tokio driver: real sockets and the real clock around the sans-IO machines.
 //!
-//! - [`netcheck`] binds the sockets a [`Prober`] needs, runs it and returns its report.
+//! - [`netcheck`] binds the sockets a [`Prober`] needs, runs it and returns its report
+//!   ([`netcheck_until`]: or what it found when told to stop).
 //! - [`serve`] runs a [`StunServer`] on all of its addresses until the handle is dropped.
 //! - [`resolve`] turns `stun:` URIs into [`ServerSpec`]s.
 //! - [`portmap`] runs the port mapper and the gateway probe.
@@ -201,8 +202,20 @@ impl Sockets {
 /// the report.
 pub async fn netcheck(
     config: NetcheckConfig,
-    mut on_event: impl FnMut(&NetcheckEvent),
+    on_event: impl FnMut(&NetcheckEvent),
 ) -> Result<Report, DriverError> {
+    netcheck_until(config, on_event, std::future::pending()).await
+}
+
+/// [`netcheck`] that also ends when `stop` completes (for example on Ctrl-C): the report
+/// then holds what was found so far ([`Prober::finish_early`]).
+pub async fn netcheck_until(
+    config: NetcheckConfig,
+    mut on_event: impl FnMut(&NetcheckEvent),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Report, DriverError> {
+    tokio::pin!(stop);
+    let mut stopped = false;
     let v6 = config.servers.first().is_some_and(|s| s.addr.is_ipv6());
     let any: IpAddr = if v6 {
         Ipv6Addr::UNSPECIFIED.into()
@@ -244,6 +257,10 @@ pub async fn netcheck(
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 prober.handle_timeout(Instant::now());
+            }
+            () = &mut stop, if !stopped => {
+                stopped = true;
+                prober.finish_early();
             }
         }
     }

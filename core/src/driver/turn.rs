@@ -117,6 +117,10 @@ pub enum TurnEvent {
     SendFailed(SocketAddr, TurnError),
     /// The connection to the server broke.
     Disconnected(String),
+    /// The server did not confirm the deallocation within [`DEALLOCATE_TIMEOUT`]: the task
+    /// gave up, and the allocation (if the server still holds one) expires on its own at
+    /// the end of its lifetime. The last event.
+    DeallocateUnconfirmed,
 }
 
 enum Command {
@@ -220,7 +224,8 @@ impl TurnHandle {
         let _ = self.commands.send(Command::Send(peer, data));
     }
 
-    /// Deallocates; [`AllocationEvent::Deallocated`] follows, then the task ends.
+    /// Deallocates; [`AllocationEvent::Deallocated`] follows (or, when the server does not
+    /// confirm in time, [`TurnEvent::DeallocateUnconfirmed`]), then the task ends.
     pub fn deallocate(&self) {
         let _ = self.commands.send(Command::Deallocate);
     }
@@ -533,6 +538,7 @@ async fn run(
             () = tokio::time::sleep_until(wake) => {
                 if dealloc_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     debug!("deallocation not confirmed in time");
+                    let _ = events.send(TurnEvent::DeallocateUnconfirmed);
                     return;
                 }
                 shared.alloc().handle_timeout(Instant::now());

@@ -240,6 +240,14 @@ pub enum NetcheckEvent {
     Filtering(Behaviour),
     /// Hairpinning is known.
     Hairpinning(bool),
+    /// A binding-lifetime probe (RFC 5780 §4.6) has its answer: after `idle` without
+    /// traffic the binding was still `open`, or gone. Only with lifetime discovery.
+    BindingLifetime {
+        /// The idle interval probed.
+        idle: Duration,
+        /// Whether the binding still forwarded after it.
+        open: bool,
+    },
     /// Finished.
     Done(Box<Report>),
 }
@@ -367,6 +375,19 @@ impl Prober {
     /// Whether the report has been delivered.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Ends the netcheck now with what is known so far, for example when the user
+    /// interrupts it during binding-lifetime discovery: tests still running are reported
+    /// unknown (a lifetime interval not yet probed leaves the estimate's bounds as they
+    /// are), a note says so, and [`NetcheckEvent::Done`] follows. Nothing happens once done.
+    pub fn finish_early(&mut self) {
+        if self.done {
+            return;
+        }
+        self.notes
+            .push("stopped early: tests still running when it was interrupted are unknown".into());
+        self.finish();
     }
 
     fn send(
@@ -655,9 +676,7 @@ impl Prober {
                 self.lifetime[i].mapped = mapped;
                 self.lifetime[i].probe_at = Some(now + self.config.lifetime_probes[i]);
             }
-            Purpose::LifetimeProbe(i) => {
-                self.lifetime[i].alive = Some(true);
-            }
+            Purpose::LifetimeProbe(i) => self.set_lifetime(i, true),
         }
     }
 
@@ -698,7 +717,7 @@ impl Prober {
                 self.lifetime[i].probe_at = None;
                 self.lifetime[i].mapped = None;
             }
-            Purpose::LifetimeProbe(i) => self.lifetime[i].alive = Some(false),
+            Purpose::LifetimeProbe(i) => self.set_lifetime(i, false),
         }
     }
 
@@ -790,6 +809,16 @@ impl Prober {
         if self.mapping.is_none() {
             self.notes.push(format!("mapping: {why}"));
             self.set_mapping(Behaviour::Unknown);
+        }
+    }
+
+    fn set_lifetime(&mut self, i: usize, open: bool) {
+        if self.lifetime[i].alive.is_none() {
+            self.lifetime[i].alive = Some(open);
+            self.events.push_back(NetcheckEvent::BindingLifetime {
+                idle: self.config.lifetime_probes[i],
+                open,
+            });
         }
     }
 

@@ -97,6 +97,18 @@ impl Nat {
 }
 
 fn run(nat: &mut Nat, plain: bool, config_edit: impl FnOnce(&mut NetcheckConfig)) -> Report {
+    run_events(nat, plain, config_edit, None).0
+}
+
+/// Runs a netcheck through `nat` on a virtual clock; with `stop_after`, calls
+/// [`Prober::finish_early`] that long after the start. Returns the report and every
+/// progress event before it.
+fn run_events(
+    nat: &mut Nat,
+    plain: bool,
+    config_edit: impl FnOnce(&mut NetcheckConfig),
+    stop_after: Option<Duration>,
+) -> (Report, Vec<NetcheckEvent>) {
     let primary: SocketAddr = "203.0.113.1:3478".parse().unwrap();
     let alternate: SocketAddr = "203.0.113.2:3479".parse().unwrap();
     let mut server = StunServer::new(if plain {
@@ -122,6 +134,8 @@ fn run(nat: &mut Nat, plain: bool, config_edit: impl FnOnce(&mut NetcheckConfig)
     let mut p = Prober::new(now, config, locals, [7; 32]).unwrap();
     let latency = Duration::from_millis(15);
     let mut in_flight: Vec<(Instant, SocketAddr, SocketAddr, Vec<u8>, bool)> = Vec::new();
+    let stop_at = stop_after.map(|d| t0 + d);
+    let mut events = Vec::new();
     for _ in 0..100_000 {
         while let Some(t) = p.poll_transmit() {
             if t.destination.ip() == nat.public {
@@ -139,13 +153,14 @@ fn run(nat: &mut Nat, plain: bool, config_edit: impl FnOnce(&mut NetcheckConfig)
         }
         while let Some(ev) = p.poll_event() {
             if let NetcheckEvent::Done(r) = ev {
-                return *r;
+                return (*r, events);
             }
+            events.push(ev);
         }
         // Deliver what is due.
         in_flight.sort_by_key(|f| f.0);
         let next_packet = in_flight.first().map(|f| f.0);
-        let next = [next_packet, p.poll_timeout()]
+        let next = [next_packet, p.poll_timeout(), stop_at.filter(|s| *s > now)]
             .into_iter()
             .flatten()
             .min()
@@ -208,7 +223,11 @@ fn run(nat: &mut Nat, plain: bool, config_edit: impl FnOnce(&mut NetcheckConfig)
                 in_flight.push((now + latency, t.source, t.destination, t.contents, false));
             }
         }
-        p.handle_timeout(now);
+        if stop_at.is_some_and(|s| now >= s) {
+            p.finish_early();
+        } else {
+            p.handle_timeout(now);
+        }
         assert!(now - t0 < Duration::from_secs(600), "simulation ran away");
     }
     panic!("prober never finished");
@@ -352,4 +371,89 @@ fn address_rewriting_alg_is_detected() {
     // XOR-MAPPED-ADDRESS survives the ALG, so the public address is still right.
     assert_eq!(r.public[0].ip(), nat.public);
     assert_eq!(r.mapping, Behaviour::EndpointIndependent);
+}
+
+#[test]
+fn finishing_early_keeps_what_was_found() {
+    let probes = vec![
+        Duration::from_secs(5),
+        Duration::from_secs(20),
+        Duration::from_secs(60),
+    ];
+    let mut nat = Nat::new(Dep::Independent, Dep::AddressPort, true);
+    nat.idle_timeout = Some(Duration::from_secs(45));
+    // Stopped at 30 s: the 5 s and 20 s intervals have their answers, the 60 s one not.
+    let (r, events) = run_events(
+        &mut nat,
+        false,
+        |c| c.lifetime_probes = probes.clone(),
+        Some(Duration::from_secs(30)),
+    );
+    let l = r.binding_lifetime.expect("lifetime discovery had started");
+    assert_eq!(l.at_least, Some(Duration::from_secs(20)), "{r:#?}");
+    assert_eq!(l.less_than, None, "{r:#?}");
+    // The tests that had finished are all there.
+    assert!(r.udp);
+    assert_eq!(r.mapping, Behaviour::EndpointIndependent);
+    assert_eq!(r.filtering, Behaviour::AddressAndPortDependent);
+    assert_eq!(r.hairpinning, Some(true));
+    assert!(
+        r.notes.iter().any(|n| n.contains("stopped early")),
+        "{r:#?}"
+    );
+    // Each interval answered was reported as it came.
+    let lifetimes: Vec<(Duration, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            NetcheckEvent::BindingLifetime { idle, open } => Some((*idle, *open)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lifetimes,
+        [
+            (Duration::from_secs(5), true),
+            (Duration::from_secs(20), true)
+        ]
+    );
+
+    // Run to the end, the 60 s interval outlives the NAT's 45 s and is reported gone.
+    let mut nat = Nat::new(Dep::Independent, Dep::AddressPort, true);
+    nat.idle_timeout = Some(Duration::from_secs(45));
+    let (r, events) = run_events(&mut nat, false, |c| c.lifetime_probes = probes, None);
+    assert_eq!(
+        r.binding_lifetime.unwrap().less_than,
+        Some(Duration::from_secs(60))
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        NetcheckEvent::BindingLifetime { open: false, idle } if *idle == Duration::from_secs(60)
+    )));
+    assert!(!r.notes.iter().any(|n| n.contains("stopped early")));
+}
+
+#[test]
+fn finishing_early_before_any_answer_reports_unknowns() {
+    let t0 = Instant::now();
+    let config = NetcheckConfig {
+        servers: vec![ServerSpec {
+            label: "x".into(),
+            addr: "203.0.113.1:3478".parse().unwrap(),
+        }],
+        ..NetcheckConfig::default()
+    };
+    let locals = vec!["10.0.0.2:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap()];
+    let mut p = Prober::new(t0, config, locals, [1; 32]).unwrap();
+    p.finish_early();
+    assert!(p.is_done());
+    assert_eq!(p.poll_timeout(), None);
+    let Some(NetcheckEvent::Done(r)) = p.poll_event() else {
+        panic!("no report");
+    };
+    assert!(!r.udp);
+    assert_eq!(r.mapping, Behaviour::Unknown);
+    assert_eq!(r.binding_lifetime, None);
+    // Only once.
+    p.finish_early();
+    assert!(p.poll_event().is_none());
 }

@@ -7,14 +7,28 @@ use super::{DEFAULT_PORT, DEFAULT_TLS_PORT};
 #[non_exhaustive]
 pub enum UriError {
     /// The scheme is neither `stun` nor `stuns`.
-    #[error("scheme must be stun: or stuns:")]
+    #[error("scheme must be stun: or stuns: (stun:host[:port], RFC 7064)")]
     Scheme,
     /// The host is empty or malformed.
-    #[error("bad host")]
+    #[error(
+        "bad host: expected a name or an IP address, IPv6 in brackets (stun:[2001:db8::1]:3478)"
+    )]
     Host,
     /// The port is not a number from 1 to 65535.
-    #[error("bad port")]
+    #[error("bad port: expected a number from 1 to 65535")]
     Port,
+    /// The URI has a query (`?transport=...`): RFC 7064 defines none for STUN URIs.
+    #[error(
+        "a stun: URI takes no query such as ?transport= (RFC 7064); pinhole speaks STUN \
+         over UDP only (?transport=tcp belongs to turn: URIs, RFC 7065)"
+    )]
+    Query,
+    /// The URI has `//` after the scheme: RFC 7064 URIs have no authority part.
+    #[error("no // after the scheme: write stun:host[:port] (RFC 7064)")]
+    Slashes,
+    /// An IPv6 address without brackets.
+    #[error("an IPv6 address must be in brackets: stun:[2001:db8::1]:3478")]
+    UnbracketedIpv6,
 }
 
 /// A parsed `stun:host[:port]` or `stuns:host[:port]` URI (RFC 7064 §3.1).
@@ -43,6 +57,15 @@ impl std::str::FromStr for StunUri {
         } else {
             DEFAULT_PORT
         };
+        if rest.contains('?') {
+            return Err(UriError::Query);
+        }
+        if rest.starts_with("//") {
+            return Err(UriError::Slashes);
+        }
+        if rest.parse::<std::net::Ipv6Addr>().is_ok() {
+            return Err(UriError::UnbracketedIpv6);
+        }
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or(UriError::Host)?;
             if h.parse::<std::net::Ipv6Addr>().is_err() {
@@ -121,5 +144,24 @@ mod tests {
         ] {
             assert!(bad.parse::<StunUri>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        for (bad, want) in [
+            ("stun:host:3478?transport=tcp", UriError::Query),
+            ("stun:host?transport=udp", UriError::Query),
+            ("stun://host:3478", UriError::Slashes),
+            ("stun:2001:db8::1", UriError::UnbracketedIpv6),
+            ("stun:host:http", UriError::Port),
+            ("stun:host:0", UriError::Port),
+            ("http:host", UriError::Scheme),
+            ("stun:", UriError::Host),
+        ] {
+            assert_eq!(bad.parse::<StunUri>(), Err(want.clone()), "{bad}");
+        }
+        let msg = UriError::Query.to_string();
+        assert!(msg.contains("RFC 7064") && msg.contains("turn:"), "{msg}");
+        assert!(!msg.contains("bad port"), "{msg}");
     }
 }

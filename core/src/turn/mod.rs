@@ -174,11 +174,13 @@ impl std::str::FromStr for TurnUri {
     type Err = TurnError;
 
     fn from_str(s: &str) -> Result<Self, TurnError> {
-        let (scheme, rest) = s.split_once(':').ok_or(TurnError::Uri("no scheme"))?;
+        const FORM: &str =
+            "expected turn:host[:port][?transport=udp|tcp] or turns:host[:port] (RFC 7065)";
+        let (scheme, rest) = s.split_once(':').ok_or(TurnError::Uri(FORM))?;
         let secure = match scheme.to_ascii_lowercase().as_str() {
             "turn" => false,
             "turns" => true,
-            _ => return Err(TurnError::Uri("scheme must be turn: or turns:")),
+            _ => return Err(TurnError::Uri(FORM)),
         };
         let (hostport, query) = match rest.split_once('?') {
             Some((h, q)) => (h, Some(q)),
@@ -195,15 +197,28 @@ impl std::str::FromStr for TurnUri {
             Some("transport=udp") if !secure => TurnTransport::Udp,
             Some("transport=tcp") if secure => TurnTransport::Tls,
             Some("transport=tcp") => TurnTransport::Tcp,
+            Some("transport=udp") => {
+                return Err(TurnError::Uri(
+                    "turns: is TLS over TCP: ?transport=udp (DTLS) is not supported",
+                ));
+            }
             Some(_) => {
                 return Err(TurnError::Uri(
-                    "transport must be udp or tcp (turns: tcp only)",
+                    "the only query is ?transport=udp or ?transport=tcp (RFC 7065)",
                 ));
             }
         };
-        let stun: crate::stun::StunUri = format!("stun:{hostport}")
-            .parse()
-            .map_err(|_| TurnError::Uri("bad host or port"))?;
+        let stun: crate::stun::StunUri = format!("stun:{hostport}").parse().map_err(|e| {
+            use crate::stun::UriError;
+            TurnError::Uri(match e {
+                UriError::Port => "bad port: expected a number from 1 to 65535",
+                UriError::Slashes => "no // after the scheme: write turn:host[:port] (RFC 7065)",
+                UriError::UnbracketedIpv6 => {
+                    "an IPv6 address must be in brackets: turn:[2001:db8::1]:3478"
+                }
+                _ => "bad host: expected a name or an IP address, IPv6 in brackets",
+            })
+        })?;
         let port = if hostport.ends_with(&format!(":{}", stun.port)) {
             stun.port
         } else if secure {
@@ -306,6 +321,23 @@ mod tests {
             "turn:x:0",
         ] {
             assert!(bad.parse::<TurnUri>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uri_errors_say_what_is_wrong() {
+        for (bad, want) in [
+            ("stun:x", "RFC 7065"),
+            ("turn:x:0", "bad port"),
+            ("turn:x:99999?transport=udp", "bad port"),
+            ("turn:", "bad host"),
+            ("turn://x", "no //"),
+            ("turn:2001:db8::1", "brackets"),
+            ("turns:x?transport=udp", "DTLS"),
+            ("turn:x?transport=sctp", "?transport=udp or ?transport=tcp"),
+        ] {
+            let e = bad.parse::<TurnUri>().unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
         }
     }
 
