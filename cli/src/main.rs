@@ -220,8 +220,8 @@ struct ServeArgs {
     #[arg(long, value_name = "IP:PORT")]
     alternate: Option<SocketAddr>,
     /// Stop after this many seconds (default: run until interrupted).
-    #[arg(long, value_name = "SECS", value_parser = serve_secs)]
-    duration: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = seconds(MAX_SECS))]
+    duration: Option<Duration>,
     /// Requests answered per second from one source IP (bursts of twice that); the rest
     /// are dropped. For the TURN server: answers before authentication (Binding, 401,
     /// 438). 0 turns the limit off.
@@ -283,23 +283,6 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = pinhole::turn::DEFAULT_MAX_CHANNELS,
           requires = "turn", value_parser = clap::value_parser!(u32).range(1..=4096).map(|n| n as usize))]
     max_channels: usize,
-}
-
-/// The longest `serve --duration`: ten years, beyond which a duration is surely a typo
-/// (and `1e20` would overflow the clock).
-const SERVE_MAX_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
-
-fn serve_secs(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if v.is_finite() && v > 0.0 && v <= SERVE_MAX_SECS {
-        Ok(v)
-    } else {
-        Err(format!(
-            "must be more than 0 and at most {SERVE_MAX_SECS} seconds (ten years)"
-        ))
-    }
 }
 
 fn main() -> ExitCode {
@@ -1462,7 +1445,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let _ = std::io::stdout().flush();
     let stop = async {
         match args.duration {
-            Some(d) => tokio::time::sleep(Duration::from_secs_f64(d)).await,
+            Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
         }
     };
