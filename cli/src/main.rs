@@ -70,7 +70,9 @@ struct AllocateArgs {
     /// name becomes `expiry:U` and the password is derived from it.
     #[arg(long, value_name = "S")]
     secret: Option<String>,
-    /// PEM file of a CA to trust for `turns:` (default: the system roots).
+    /// PEM file of certificates to trust for `turns:` (default: the system roots): CAs, or
+    /// the server's own self-signed certificate (accepted when it is byte for byte one
+    /// of these).
     #[arg(long, value_name = "PEM")]
     ca: Option<std::path::PathBuf>,
     /// A peer to permit and bind a channel to. Repeatable.
@@ -591,7 +593,13 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
     };
     let ca_pem = match &args.ca {
         Some(path) => match std::fs::read(path) {
-            Ok(b) => Some(b),
+            Ok(b) => match driver::turn::check_ca_pem(&b) {
+                Ok(_) => Some(b),
+                Err(pinhole::driver::DriverError::Certificates(why)) => {
+                    return usage(format!("--ca {}: {why}", path.display()));
+                }
+                Err(e) => return usage(format!("--ca {}: {e}", path.display())),
+            },
             Err(e) => return usage(format!("--ca {}: {e}", path.display())),
         },
         None => None,
