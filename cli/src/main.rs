@@ -72,7 +72,9 @@ struct AllocateArgs {
     /// name becomes `expiry:U` and the password is derived from it.
     #[arg(long, value_name = "S", value_parser = non_empty)]
     secret: Option<String>,
-    /// PEM file of a CA to trust for `turns:` (default: the system roots).
+    /// PEM file of certificates to trust for `turns:` (default: the system roots): CAs, or
+    /// the server's own self-signed certificate (accepted when it is byte for byte one
+    /// of these).
     #[arg(long, value_name = "PEM")]
     ca: Option<std::path::PathBuf>,
     /// A peer to permit and bind a channel to. Repeatable (at most 4096, the channel
@@ -810,7 +812,13 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
     };
     let ca_pem = match &args.ca {
         Some(path) => match std::fs::read(path) {
-            Ok(b) => Some(b),
+            Ok(b) => match driver::turn::check_ca_pem(&b) {
+                Ok(_) => Some(b),
+                Err(pinhole::driver::DriverError::Certificates(why)) => {
+                    return usage(format!("--ca {}: {why}", path.display()));
+                }
+                Err(e) => return usage(format!("--ca {}: {e}", path.display())),
+            },
             Err(e) => return usage(format!("--ca {}: {e}", path.display())),
         },
         None => None,
@@ -924,7 +932,7 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
                 eprintln!(
                     "pinhole: no allocation from {} within {} s (--timeout): the server did not \
                      answer, or not in time; giving up",
-                    handle.server,
+                    handle.current_server(),
                     secs(args.timeout)
                 );
                 timed_out = true;
@@ -935,7 +943,7 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
             _ = ticker.tick(), if chatty && !allocated && !stopping => {
                 eprintln!(
                     "no answer yet from {} after {} s",
-                    handle.server,
+                    handle.current_server(),
                     started.elapsed().as_secs()
                 );
                 continue;
@@ -962,13 +970,13 @@ async fn allocate(args: AllocateArgs) -> ExitCode {
                         "mapped": mapped.map(|m| m.to_string()),
                         "transport": uri.transport.as_str(),
                         "lifetime": granted.as_secs(),
-                        "server": handle.server.to_string(),
+                        "server": handle.current_server().to_string(),
                     }),
                     format!(
                         "allocated: relayed {} mapped {} via {} ({}), lifetime {} s",
                         r.join(", "),
                         mapped.map_or("?".into(), |m| m.to_string()),
-                        handle.server,
+                        handle.current_server(),
                         uri.transport.as_str(),
                         granted.as_secs()
                     ),

@@ -1,7 +1,9 @@
 //! `pinhole allocate` against coturn on loopback: UDP, TCP and TLS, long-term and REST
 //! credentials, a short nonce lifetime (stale-nonce handling), a short allocation lifetime
-//! (refresh), a peer that sends through the relay and gets its datagrams echoed back, and
-//! deallocation seen in coturn's log. Everything stays on 127.0.0.0/8.
+//! (refresh), a peer that sends through the relay and gets its datagrams echoed back,
+//! deallocation seen in coturn's log, 300 Try Alternate (coturn's `alternate-server`) on
+//! every transport, and a pinned self-signed certificate. Everything stays on
+//! 127.0.0.0/8.
 //!
 //! Needs coturn (`turnserver`) and openssl. Without them the tests say so and pass —
 //! except under `CI=true`, where a skip is a failure.
@@ -67,15 +69,48 @@ fn free_port() -> u16 {
     }
 }
 
+/// The server certificate of a test coturn.
+#[derive(Default, Clone, Copy)]
+enum Cert<'a> {
+    /// A throw-away CA of its own (`ca.pem`, trusted with --ca) and a certificate for
+    /// 127.0.0.1 and localhost signed by it.
+    #[default]
+    OwnCa,
+    /// A certificate signed by the CA in another coturn's directory, for these subject
+    /// alternative names (openssl syntax).
+    CaOf(&'a Path, &'a str),
+    /// Self-signed the way coturn's documentation makes it (`openssl req -x509 … -nodes`,
+    /// which marks it CA:TRUE), for 127.0.0.1: `cert.pem` is what --ca pins.
+    SelfSigned,
+}
+
+/// What a test coturn has beyond the defaults.
+#[derive(Default)]
+struct CoturnOpts<'a> {
+    /// More configuration lines.
+    extra: &'a [&'a str],
+    /// Its listening ports (plain, TLS), for servers that must know each other's in
+    /// advance; free ones otherwise.
+    ports: Option<(u16, u16)>,
+    /// Its relayed ports (min, max); 49152–65535 otherwise.
+    relay_ports: Option<(u16, u16)>,
+    cert: Cert<'a>,
+}
+
 fn start_coturn(extra: &[&str]) -> Coturn {
+    start_coturn_with(&CoturnOpts {
+        extra,
+        ..CoturnOpts::default()
+    })
+}
+
+fn start_coturn_with(opts: &CoturnOpts<'_>) -> Coturn {
     let dir = std::env::temp_dir().join(format!(
         "pinhole-coturn-{}-{}",
         std::process::id(),
         free_port()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    // A throw-away CA (trusted with --ca) and a server certificate for 127.0.0.1 signed
-    // by it: webpki refuses a CA certificate used as the server's own.
     let openssl = |args: &[&str]| {
         let ok = Command::new("openssl")
             .args(args)
@@ -87,57 +122,88 @@ fn start_coturn(extra: &[&str]) -> Coturn {
             .success();
         assert!(ok, "openssl {args:?} failed");
     };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=pinhole test CA",
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    ]);
-    let port = free_port();
-    let tls_port = free_port();
+    // webpki refuses a CA certificate used as the server's own unless --ca pins it.
+    let (ca_dir, san) = match opts.cert {
+        Cert::OwnCa => {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=pinhole test CA",
+                "-keyout",
+                "ca-key.pem",
+                "-out",
+                "ca.pem",
+            ]);
+            (dir.clone(), "DNS:localhost,IP:127.0.0.1")
+        }
+        Cert::CaOf(other, san) => (other.to_owned(), san),
+        Cert::SelfSigned => {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+                "-days",
+                "365",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ]);
+            (PathBuf::new(), "")
+        }
+    };
+    if !matches!(opts.cert, Cert::SelfSigned) {
+        let ca_pem = ca_dir.join("ca.pem").display().to_string();
+        let ca_key = ca_dir.join("ca-key.pem").display().to_string();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n"),
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ]);
+    }
+    let (port, tls_port) = opts.ports.unwrap_or_else(|| (free_port(), free_port()));
+    let (min_port, max_port) = opts.relay_ports.unwrap_or((49152, 65535));
     let mut conf = vec![
         "listening-ip=127.0.0.1".to_owned(),
         "relay-ip=127.0.0.1".to_owned(),
@@ -149,8 +215,8 @@ fn start_coturn(extra: &[&str]) -> Coturn {
         "no-cli".to_owned(),
         "no-dtls".to_owned(),
         "no-multicast-peers".to_owned(),
-        "min-port=49152".to_owned(),
-        "max-port=65535".to_owned(),
+        format!("min-port={min_port}"),
+        format!("max-port={max_port}"),
         "verbose".to_owned(),
         format!("cert={}", dir.join("cert.pem").display()),
         format!("pkey={}", dir.join("key.pem").display()),
@@ -158,7 +224,7 @@ fn start_coturn(extra: &[&str]) -> Coturn {
         "simple-log".to_owned(),
         format!("pidfile={}", dir.join("turn.pid").display()),
     ];
-    conf.extend(extra.iter().map(|s| s.to_string()));
+    conf.extend(opts.extra.iter().map(|s| s.to_string()));
     std::fs::write(dir.join("turnserver.conf"), conf.join("\n") + "\n").unwrap();
     let child = Command::new("turnserver")
         .arg("-c")
@@ -278,7 +344,9 @@ fn echo_through(relayed: &str, peer: &UdpSocket) {
     panic!("no echo through the relay");
 }
 
-fn run_echo(coturn: &Coturn, uri: &str, creds: &[&str], ca: Option<&Path>) {
+/// Allocates through `uri`, echoes a peer's datagrams through the relay, deallocates;
+/// returns the "allocated" event.
+fn run_echo(coturn: &Coturn, uri: &str, creds: &[&str], ca: Option<&Path>) -> serde_json::Value {
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     let peer_addr = peer.local_addr().unwrap().to_string();
     let mut args = vec![
@@ -308,6 +376,7 @@ fn run_echo(coturn: &Coturn, uri: &str, creds: &[&str], ca: Option<&Path>) {
     a.wait_for("deallocated", Duration::from_secs(15));
     assert_eq!(a.finish(), Some(0));
     let _ = coturn;
+    alloc
 }
 
 #[test]
@@ -399,4 +468,255 @@ fn coturn_rest_credentials_stale_nonce_and_refresh() {
         "5",
     ]);
     assert_eq!(a.finish(), Some(1));
+}
+
+/// Runs `pinhole allocate` with `args` to its end, which must come within `within`: its
+/// exit code, its standard error, and how long it ran.
+fn run_to_end(args: &[&str], within: Duration) -> (Option<i32>, String, Duration) {
+    use std::io::Read;
+    let start = Instant::now();
+    let mut child = Command::new(BIN)
+        .arg("allocate")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pinhole allocate {args:?} still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code(), stderr, elapsed)
+}
+
+/// Four distinct free ports: two coturns' plain and TLS ports.
+fn four_ports() -> [u16; 4] {
+    let mut ports: Vec<u16> = Vec::new();
+    for _ in 0..100 {
+        let p = free_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+        if ports.len() == 4 {
+            return [ports[0], ports[1], ports[2], ports[3]];
+        }
+    }
+    panic!("no four distinct free ports");
+}
+
+const ALICE: [&str; 4] = ["--user", "alice", "--password", "wonderland"];
+const ALICE_CONF: [&str; 2] = ["lt-cred-mech", "user=alice:wonderland"];
+/// The relayed ports of the alternate server in the redirect tests: an allocation there
+/// is recognised by its port.
+const ALTERNATE_RELAY_PORTS: (u16, u16) = (60000, 60999);
+
+#[test]
+fn coturn_redirect_is_followed_on_udp_tcp_and_tls() {
+    if !tools_present() {
+        return;
+    }
+    // B allocates; A redirects every Allocate to B (`alternate-server` for UDP and TCP,
+    // `tls-alternate-server` for TLS). A's certificate comes from B's CA, so that one --ca
+    // trusts both; both carry 127.0.0.1, the name in the URI, which the alternate is
+    // checked against too (coturn sends no ALTERNATE-DOMAIN).
+    let b = start_coturn_with(&CoturnOpts {
+        extra: &ALICE_CONF,
+        relay_ports: Some(ALTERNATE_RELAY_PORTS),
+        ..CoturnOpts::default()
+    });
+    let to_b = format!("alternate-server=127.0.0.1:{}", b.port);
+    let tls_to_b = format!("tls-alternate-server=127.0.0.1:{}", b.tls_port);
+    let a = start_coturn_with(&CoturnOpts {
+        extra: &[ALICE_CONF[0], ALICE_CONF[1], &to_b, &tls_to_b],
+        relay_ports: Some((50000, 50999)),
+        cert: Cert::CaOf(&b.dir, "DNS:localhost,IP:127.0.0.1"),
+        ..CoturnOpts::default()
+    });
+    let ca = b.dir.join("ca.pem");
+    for (uri, ca) in [
+        (format!("turn:127.0.0.1:{}", a.port), None),
+        (format!("turn:127.0.0.1:{}?transport=tcp", a.port), None),
+        (
+            format!("turns:127.0.0.1:{}", a.tls_port),
+            Some(ca.as_path()),
+        ),
+    ] {
+        // Allocated (within run_echo's 10 s: before the fix, UDP gave up after 40 s),
+        // and data goes both ways through the alternate's relay.
+        let alloc = run_echo(&b, &uri, &ALICE, ca);
+        let relayed: SocketAddr = alloc["relayed"].as_str().unwrap().parse().unwrap();
+        assert!(
+            (ALTERNATE_RELAY_PORTS.0..=ALTERNATE_RELAY_PORTS.1).contains(&relayed.port()),
+            "{uri}: allocated at the alternate server: {alloc}"
+        );
+    }
+    let _ = a;
+}
+
+#[test]
+fn coturn_redirect_to_a_server_whose_certificate_does_not_fit_fails() {
+    if !tools_present() {
+        return;
+    }
+    // The alternate's certificate is from the trusted CA but names another host: a
+    // redirect does not bypass the check against the URI's name.
+    let [pb, tb, ..] = four_ports();
+    let tls_to_b = format!("tls-alternate-server=127.0.0.1:{tb}");
+    let a = start_coturn_with(&CoturnOpts {
+        extra: &[ALICE_CONF[0], ALICE_CONF[1], &tls_to_b],
+        ..CoturnOpts::default()
+    });
+    let b = start_coturn_with(&CoturnOpts {
+        extra: &ALICE_CONF,
+        ports: Some((pb, tb)),
+        cert: Cert::CaOf(&a.dir, "DNS:turn.other.example"),
+        ..CoturnOpts::default()
+    });
+    let ca = a.dir.join("ca.pem").display().to_string();
+    let uri = format!("turns:127.0.0.1:{}", a.tls_port);
+    let mut args = vec!["--turn", &uri, "--ca", &ca, "--duration", "30"];
+    args.extend_from_slice(&ALICE);
+    let (code, stderr, _) = run_to_end(&args, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("redirected to") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    let _ = b;
+}
+
+#[test]
+fn coturn_redirect_loop_fails_fast_on_every_transport() {
+    if !tools_present() {
+        return;
+    }
+    // A sends every Allocate to B, B sends it back to A.
+    let [pa, ta, pb, tb] = four_ports();
+    let a_to_b = [
+        format!("alternate-server=127.0.0.1:{pb}"),
+        format!("tls-alternate-server=127.0.0.1:{tb}"),
+    ];
+    let b_to_a = [
+        format!("alternate-server=127.0.0.1:{pa}"),
+        format!("tls-alternate-server=127.0.0.1:{ta}"),
+    ];
+    let a = start_coturn_with(&CoturnOpts {
+        extra: &[ALICE_CONF[0], ALICE_CONF[1], &a_to_b[0], &a_to_b[1]],
+        ports: Some((pa, ta)),
+        ..CoturnOpts::default()
+    });
+    let b = start_coturn_with(&CoturnOpts {
+        extra: &[ALICE_CONF[0], ALICE_CONF[1], &b_to_a[0], &b_to_a[1]],
+        ports: Some((pb, tb)),
+        cert: Cert::CaOf(&a.dir, "DNS:localhost,IP:127.0.0.1"),
+        ..CoturnOpts::default()
+    });
+    let ca = a.dir.join("ca.pem").display().to_string();
+    for uri in [
+        format!("turn:127.0.0.1:{pa}"),
+        format!("turn:127.0.0.1:{pa}?transport=tcp"),
+        format!("turns:127.0.0.1:{ta}"),
+    ] {
+        let mut args = vec!["--turn", &uri, "--ca", &ca, "--duration", "60"];
+        args.extend_from_slice(&ALICE);
+        let (code, stderr, took) = run_to_end(&args, Duration::from_secs(30));
+        assert_eq!(code, Some(1), "{uri}: {stderr}");
+        assert!(stderr.contains("redirected again"), "{uri}: {stderr}");
+        assert!(took < Duration::from_secs(5), "{uri}: took {took:?}");
+    }
+    let _ = b;
+}
+
+#[test]
+fn coturn_pinned_self_signed_certificate() {
+    if !tools_present() {
+        return;
+    }
+    // The certificate coturn's documentation makes (CA:TRUE, which webpki refuses as a
+    // server's own): pinned with --ca, it works.
+    let c = start_coturn_with(&CoturnOpts {
+        extra: &ALICE_CONF,
+        cert: Cert::SelfSigned,
+        ..CoturnOpts::default()
+    });
+    let pinned = c.dir.join("cert.pem");
+    let uri = format!("turns:127.0.0.1:{}", c.tls_port);
+    run_echo(&c, &uri, &ALICE, Some(&pinned));
+    // Another self-signed certificate in --ca: refused, as a certificate error.
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "other-key.pem",
+            "-out",
+            "other.pem",
+            "-days",
+            "365",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .current_dir(&c.dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let other = c.dir.join("other.pem").display().to_string();
+    let mut args = vec!["--turn", &uri, "--ca", &other, "--duration", "30"];
+    args.extend_from_slice(&ALICE);
+    let (code, stderr, _) = run_to_end(&args, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+}
+
+#[test]
+fn ca_file_without_a_certificate_is_a_usage_error_naming_it() {
+    // No server needed: the file is checked before anything is sent.
+    let dir = std::env::temp_dir().join(format!("pinhole-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_only = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    for (name, contents) in [("empty.pem", ""), ("key-only.pem", key_only)] {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        let path = path.display().to_string();
+        let args = [
+            "--turn",
+            "turns:127.0.0.1:9",
+            "--user",
+            "alice",
+            "--password",
+            "x",
+            "--ca",
+            &path,
+        ];
+        let (code, stderr, _) = run_to_end(&args, Duration::from_secs(10));
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&path) && stderr.contains("no certificate"),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

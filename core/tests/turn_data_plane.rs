@@ -319,3 +319,156 @@ fn data_plane_steady_state_allocates_nothing() {
         h.deallocate();
     });
 }
+
+/// Answers every Allocate with 300 Try Alternate to `to` (RFC 8489 §10), on 127.0.0.1,
+/// from a thread of its own until dropped; counts the Allocates it saw.
+struct Redirector {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Redirector {
+    fn start(to: SocketAddr) -> Self {
+        use pinhole::stun::attributes::{AlternateServer, ErrorCode};
+        use pinhole::stun::{Class, Message, MessageBuilder, MessageType, Method};
+        use std::sync::atomic::Ordering;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Bounds how long stopping takes.
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, n) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut out = [0u8; 256];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((len, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(m) = Message::parse(&buf[..len]) else {
+                    continue;
+                };
+                if m.class() != Class::Request || m.method() != Method::ALLOCATE {
+                    continue;
+                }
+                n.fetch_add(1, Ordering::Relaxed);
+                let kind = MessageType::new(Class::Error, Method::ALLOCATE);
+                let mut b = MessageBuilder::new(&mut out, kind, m.transaction_id()).unwrap();
+                b.add(&ErrorCode::new(300, "Try Alternate")).unwrap();
+                b.add(&AlternateServer(to)).unwrap();
+                let _ = sock.send_to(b.finish(), from);
+            }
+        });
+        Self {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Redirector {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The next event of `h` while `dp` does the receiving (which brings the allocation's
+/// responses in); peer data meanwhile is a failure.
+async fn event_receiving(
+    h: &mut TurnHandle,
+    dp: &mut pinhole::driver::turn::TurnDataPlane,
+    batch: &mut RecvBatch,
+) -> TurnEvent {
+    tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            ev = h.next_event() => ev.expect("the allocation's task is running"),
+            r = dp.recv(batch) => panic!("no peer data expected yet: {r:?}"),
+        }
+    })
+    .await
+    .expect("an event in time")
+}
+
+#[test]
+fn data_plane_follows_a_redirect_over_udp() {
+    // The first server redirects (300 Try Alternate) to the development server. The data
+    // plane exists from the start, so it is what receives the 300; the allocation is then
+    // made at the alternate, and data goes there, not to the server in the URI.
+    let server = DevServer::start();
+    let redirector = Redirector::start(server.addr);
+    let a = Echo::start();
+    runtime().block_on(async {
+        let mut h = allocate(TurnClientConfig {
+            uri: format!("turn:{}", redirector.addr).parse().unwrap(),
+            credentials: Credentials::long_term(USER, PASS),
+            lifetime: Duration::from_secs(600),
+            family: RequestedFamily::V4,
+            ca_pem: None,
+        })
+        .await
+        .unwrap();
+        let mut dp = h.data_plane().unwrap();
+        let mut batch = RecvBatch::new();
+        match event_receiving(&mut h, &mut dp, &mut batch).await {
+            TurnEvent::Allocation(AllocationEvent::Allocated { .. }) => {}
+            other => panic!("expected Allocated, got {other:?}"),
+        }
+        assert_eq!(h.server, redirector.addr);
+        assert_eq!(h.current_server(), server.addr);
+        h.bind_channel(a.addr);
+        loop {
+            match event_receiving(&mut h, &mut dp, &mut batch).await {
+                TurnEvent::Allocation(AllocationEvent::ChannelBound { .. }) => break,
+                TurnEvent::Allocation(AllocationEvent::PermissionCreated(_)) => {}
+                other => panic!("expected ChannelBound, got {other:?}"),
+            }
+        }
+        for i in 0..4 {
+            dp.queue_to(a.addr, &datagram(i, 200)).await.unwrap();
+        }
+        let mut got = receive(&mut dp, &mut batch, 4).await;
+        got.sort();
+        let want: Vec<_> = (0..4).map(|i| (a.addr, datagram(i, 200))).collect();
+        assert_eq!(got, want);
+        // The redirector saw the first Allocate only.
+        assert_eq!(
+            redirector.seen.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        h.deallocate();
+    });
+}
+
+#[test]
+fn a_redirect_loop_over_udp_fails_at_once() {
+    // Two servers sending the client to each other: the second 300 ends it.
+    let first = Redirector::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 9)));
+    let second = Redirector::start(first.addr);
+    runtime().block_on(async {
+        let mut h = allocate(TurnClientConfig {
+            uri: format!("turn:{}", second.addr).parse().unwrap(),
+            credentials: Credentials::long_term(USER, PASS),
+            lifetime: Duration::from_secs(600),
+            family: RequestedFamily::V4,
+            ca_pem: None,
+        })
+        .await
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            next(&mut h).await,
+            TurnEvent::Allocation(AllocationEvent::Lost(TurnError::TooManyRedirects))
+        );
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(h.current_server(), first.addr);
+    });
+}

@@ -394,7 +394,8 @@ typedef struct pinhole_turn_config {
   // `PINHOLE_TURN_FAMILY_IPV4` (0, the default), `_IPV6` or `_DUAL`.
   pinhole_turn_family family;
   // PEM certificates to trust for `turns:` instead of the system roots; NULL: the
-  // system roots.
+  // system roots. A server certificate that is one of them byte for byte is accepted
+  // (pinned: a self-signed one, too); others must chain to one of them.
   const char *ca_pem;
   // The events (required).
   pinhole_turn_event_cb cb_event;

@@ -72,7 +72,9 @@ impl From<DriverError> for PinholeError {
         let text = e.to_string();
         match e {
             DriverError::Io { .. } | DriverError::Random(_) => PinholeError::Io(text),
-            DriverError::Uri { .. } | DriverError::Stun(_) => PinholeError::InvalidArgument(text),
+            DriverError::Uri { .. } | DriverError::Stun(_) | DriverError::Certificates(_) => {
+                PinholeError::InvalidArgument(text)
+            }
             DriverError::Unsupported(_) => PinholeError::Unsupported(text),
             DriverError::NothingResolved | DriverError::Netcheck(_) => PinholeError::NoServer(text),
             // DriverError is non-exhaustive: a new variant is an I/O-level failure until
@@ -97,6 +99,8 @@ impl From<TurnError> for PinholeError {
             | TurnError::AllocationQuotaReached
             | TurnError::InsufficientCapacity
             | TurnError::TooManyRedirects
+            | TurnError::AlternateFamily(_)
+            | TurnError::ZeroLifetime
             | TurnError::ServerError { .. } => PinholeError::Refused(text),
             TurnError::TimedOut => PinholeError::TimedOut(text),
             TurnError::NoPermission(_) | TurnError::NoAllocation | TurnError::NoChannel => {

@@ -545,7 +545,9 @@ pub struct TurnConfig {
     /// The relayed address family; None: IPv4.
     #[uniffi(default = None)]
     pub family: Option<RelayedFamily>,
-    /// PEM certificates to trust for `turns:` instead of the system roots.
+    /// PEM certificates to trust for `turns:` instead of the system roots. A server
+    /// certificate that is one of them byte for byte is accepted (pinned: a self-signed
+    /// one, too); others must chain to one of them.
     #[uniffi(default = None)]
     pub ca_pem: Option<String>,
 }

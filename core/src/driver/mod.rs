@@ -70,6 +70,10 @@ pub enum DriverError {
     /// The operating system's random generator failed.
     #[error("random seed: {0}")]
     Random(String),
+    /// The certificates to trust for TLS (PEM) are unusable: none in the text, or
+    /// malformed.
+    #[error("CA certificates: {0}")]
+    Certificates(String),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {

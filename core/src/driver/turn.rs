@@ -5,6 +5,13 @@
 //! the returned [`TurnHandle`] sends commands to it and receives [`TurnEvent`]s. Dropping
 //! the handle deallocates (bounded by [`DEALLOCATE_TIMEOUT`]).
 //!
+//! A 300 Try Alternate to the Allocate is followed once, on every transport (RFC 8489 §10):
+//! over UDP the same socket is re-targeted at the alternate server, over TCP and TLS the
+//! connection is closed and a new one opened, its certificate checked against the URI's
+//! host name, or the ALTERNATE-DOMAIN of the 300 when it has one. A second 300 ends the
+//! allocation with [`TurnError::TooManyRedirects`]. [`TurnHandle::current_server`] tells
+//! where the allocation lives.
+//!
 //! # Two data paths
 //!
 //! - The handle: [`TurnHandle::send_to`] takes a `Vec<u8>` per datagram to the task, which
@@ -69,6 +76,8 @@ use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 mod data_plane;
+#[cfg(feature = "tls")]
+mod tls;
 pub use data_plane::{
     Coalescing, DataPlaneError, DataPlaneStats, RecvBatch, SEND_QUEUE_BYTES, SEND_QUEUE_DATAGRAMS,
     TurnDataPlane,
@@ -97,8 +106,20 @@ pub struct TurnClientConfig {
     pub lifetime: Duration,
     /// Relayed address family.
     pub family: RequestedFamily,
-    /// PEM certificates to trust for `turns:` instead of the system roots.
+    /// PEM certificates to trust for `turns:` instead of the system roots. A server
+    /// certificate that is byte for byte one of them is accepted as it is (pinned: a
+    /// self-signed certificate, even one marked as a CA, as `openssl req -x509` makes
+    /// them), the handshake signature still checked; any other must chain to one of them.
+    /// A text without a certificate is an error ([`DriverError::Certificates`]).
     pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Checks PEM text meant for [`TurnClientConfig::ca_pem`] before use: the number of
+/// certificates in it, or [`DriverError::Certificates`] when there is none or a block is
+/// malformed (so that a caller can name the file it came from).
+#[cfg(feature = "tls")]
+pub fn check_ca_pem(pem: &[u8]) -> Result<usize, DriverError> {
+    tls::certificates(pem).map(|c| c.len())
 }
 
 /// What the allocation task reports.
@@ -148,17 +169,14 @@ struct Shared {
     /// quinn-udp's state of the UDP socket, from the first data plane on. It turns GRO on,
     /// so from then on the task reads through it too and splits what GRO coalesced.
     udp_state: std::sync::OnceLock<Arc<quinn_udp::UdpSocketState>>,
-    /// The server and our address as the machine knows them.
-    server: SocketAddr,
-    local: SocketAddr,
+    // The server and our address are the machine's (`Allocation::server`, `local`): a
+    // 300 Try Alternate changes them.
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Not the machine: its state is no one's business in a log line.
         f.debug_struct("Shared")
-            .field("server", &self.server)
-            .field("local", &self.local)
             .field("data_plane", &self.data_plane.load(Ordering::Relaxed))
             .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -190,7 +208,8 @@ pub struct TurnHandle {
     events: mpsc::UnboundedReceiver<TurnEvent>,
     shared: Arc<Shared>,
     udp: Option<Arc<UdpSocket>>,
-    /// The server's address and the transport in use.
+    /// The server's address as resolved from the URI. After a 300 Try Alternate the
+    /// allocation lives on another: [`TurnHandle::current_server`].
     pub server: SocketAddr,
     /// The transport.
     pub transport: TurnTransport,
@@ -206,6 +225,12 @@ impl TurnHandle {
     /// The next event; `None` once the task has ended.
     pub async fn next_event(&mut self) -> Option<TurnEvent> {
         self.events.recv().await
+    }
+
+    /// The server in use: [`TurnHandle::server`], or the alternate server after a 300 Try
+    /// Alternate was followed.
+    pub fn current_server(&self) -> SocketAddr {
+        self.shared.alloc().server()
     }
 
     /// Installs a permission for a peer IP.
@@ -269,6 +294,12 @@ enum Conn {
 /// Resolves the server, connects (TCP/TLS), and starts allocating.
 pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverError> {
     let uri = &config.uri;
+    // First: unusable CA certificates fail before any network traffic.
+    let connector = Connector {
+        transport: uri.transport,
+        host: uri.host.clone(),
+        tls: TlsClient::for_transport(uri.transport, config.ca_pem.as_deref())?,
+    };
     // Not `DriverError::NothingResolved`: that one speaks of STUN servers.
     let resolving = format!("resolving the TURN server {}", uri.host);
     let server = tokio::net::lookup_host((uri.host.as_str(), uri.port))
@@ -289,15 +320,7 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
                 SocketAddr::from(([0u16; 8], 0))
             };
             let s = UdpSocket::bind(any).await.map_err(io("binding"))?;
-            // Connected where the data plane's `sendmsg` with a destination is allowed on
-            // a connected socket (BSDs and Apple refuse it with EISCONN): the kernel then
-            // drops datagrams from others and reports ICMP errors. Elsewhere the machine
-            // drops datagrams not from the server.
-            if cfg!(any(target_os = "linux", target_os = "android")) {
-                s.connect(server)
-                    .await
-                    .map_err(io(format!("routing to {server}")))?;
-            }
+            route_udp(&s, server).await?;
             let local = match s.local_addr().map_err(io("local address"))? {
                 // Unconnected: the address the server is reached from.
                 l if l.ip().is_unspecified() => {
@@ -308,20 +331,7 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
             (Conn::Udp(Arc::new(s)), local)
         }
         TurnTransport::Tcp | TurnTransport::Tls => {
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
-                .await
-                .map_err(|_| DriverError::Io {
-                    context: format!("connecting to {server}"),
-                    source: std::io::ErrorKind::TimedOut.into(),
-                })?
-                .map_err(io(format!("connecting to {server}")))?;
-            let _ = tcp.set_nodelay(true);
-            let local = tcp.local_addr().map_err(io("local address"))?;
-            let stream: Pin<Box<dyn Stream>> = if uri.transport == TurnTransport::Tls {
-                tls_connect(tcp, &uri.host, config.ca_pem.as_deref()).await?
-            } else {
-                Box::pin(tcp)
-            };
+            let (stream, local) = connector.connect_stream(server, None).await?;
             (Conn::Stream(stream, StreamFramer::new()), local)
         }
     };
@@ -336,8 +346,6 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
         closed: AtomicBool::new(false),
         closed_notify: Notify::new(),
         udp_state: std::sync::OnceLock::new(),
-        server,
-        local,
     });
     let udp = match &conn {
         Conn::Udp(s) => Some(s.clone()),
@@ -345,7 +353,7 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
     };
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(shared.clone(), conn, cmd_rx, ev_tx));
+    tokio::spawn(run(shared.clone(), conn, server, connector, cmd_rx, ev_tx));
     Ok(TurnHandle {
         commands: cmd_tx,
         events: ev_rx,
@@ -356,64 +364,113 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
     })
 }
 
-#[cfg(feature = "tls")]
-async fn tls_connect(
-    tcp: TcpStream,
-    host: &str,
-    ca_pem: Option<&[u8]>,
-) -> Result<Pin<Box<dyn Stream>>, DriverError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName};
-    let tls_err = |what: String| DriverError::Io {
-        context: "TLS".into(),
-        source: std::io::Error::other(what),
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| tls_err(format!("bad CA PEM: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| tls_err(format!("bad CA certificate: {e}")))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
+/// Connects the UDP socket to `server` where the platform allows the data plane's
+/// `sendmsg` with a destination on a connected socket (BSDs and Apple refuse it with
+/// EISCONN): the kernel then drops datagrams from others and reports ICMP errors.
+/// Elsewhere the machine drops datagrams not from the server. Called again to re-target
+/// the socket after a 300 Try Alternate.
+async fn route_udp(s: &UdpSocket, server: SocketAddr) -> Result<(), DriverError> {
+    if cfg!(any(target_os = "linux", target_os = "android")) {
+        s.connect(server)
+            .await
+            .map_err(io(format!("routing to {server}")))?;
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from(host.to_owned()).map_err(|e| tls_err(e.to_string()))?;
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
-        .await
-        .map_err(|_| tls_err("handshake timed out".into()))?
-        .map_err(io("TLS handshake"))?;
-    Ok(Box::pin(stream))
+    Ok(())
+}
+
+#[cfg(feature = "tls")]
+use tls::TlsClient;
+
+/// Without the `tls` feature: `turns:` fails.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+struct TlsClient;
+
+#[cfg(not(feature = "tls"))]
+impl TlsClient {
+    #[allow(clippy::unused_async)]
+    async fn connect(
+        &self,
+        _tcp: TcpStream,
+        _name: &str,
+    ) -> Result<Pin<Box<dyn Stream>>, DriverError> {
+        Err(no_tls())
+    }
 }
 
 #[cfg(not(feature = "tls"))]
-async fn tls_connect(
-    _tcp: TcpStream,
-    _host: &str,
-    _ca_pem: Option<&[u8]>,
-) -> Result<Pin<Box<dyn Stream>>, DriverError> {
-    Err(DriverError::Io {
+fn no_tls() -> DriverError {
+    DriverError::Io {
         context: "TLS".into(),
         source: std::io::Error::other("built without the `tls` feature"),
-    })
+    }
+}
+
+impl TlsClient {
+    /// The TLS client a transport needs: one for TLS, built now so that unusable CA
+    /// certificates fail before any connection.
+    fn for_transport(
+        transport: TurnTransport,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Option<Self>, DriverError> {
+        if transport != TurnTransport::Tls {
+            return Ok(None);
+        }
+        #[cfg(feature = "tls")]
+        return TlsClient::new(ca_pem).map(Some);
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = ca_pem;
+            Err(no_tls())
+        }
+    }
+}
+
+/// How the task (re)connects over TCP or TLS: the first time, and to an alternate server.
+#[derive(Debug)]
+struct Connector {
+    transport: TurnTransport,
+    /// The URI's host: the name a TLS certificate must carry (unless an alternate server
+    /// comes with an ALTERNATE-DOMAIN).
+    host: String,
+    /// Set for TLS.
+    tls: Option<TlsClient>,
+}
+
+impl Connector {
+    /// A TCP connection to `server`, with TLS on top for `turns:` (its certificate checked
+    /// against `domain`, or the URI's host), bounded by [`CONNECT_TIMEOUT`] each; the
+    /// stream and our end's address.
+    async fn connect_stream(
+        &self,
+        server: SocketAddr,
+        domain: Option<&str>,
+    ) -> Result<(Pin<Box<dyn Stream>>, SocketAddr), DriverError> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
+            .await
+            .map_err(|_| DriverError::Io {
+                context: format!("connecting to {server}"),
+                source: std::io::ErrorKind::TimedOut.into(),
+            })?
+            .map_err(io(format!("connecting to {server}")))?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().map_err(io("local address"))?;
+        let stream: Pin<Box<dyn Stream>> = match (&self.tls, self.transport) {
+            (Some(tls), TurnTransport::Tls) => {
+                tls.connect(tcp, domain.unwrap_or(&self.host)).await?
+            }
+            _ => Box::pin(tcp),
+        };
+        Ok((stream, local))
+    }
 }
 
 async fn run(
     shared: Arc<Shared>,
     mut conn: Conn,
+    // Where the connection goes: the server, or after a 300 Try Alternate the alternate.
+    mut target: SocketAddr,
+    connector: Connector,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<TurnEvent>,
 ) {
@@ -431,17 +488,35 @@ async fn run(
             // Not `while let`: the lock must be released before the `.await`.
             let t = shared.alloc().poll_transmit();
             let Some(t) = t else { break };
-            if let Err(e) = send(&mut conn, shared.server, &t.contents).await {
+            if let Conn::Udp(s) = &conn {
+                if t.destination != target {
+                    // A 300 Try Alternate was followed: the same socket, another server
+                    // (the data plane reads the machine's server as it encodes).
+                    debug!(from = %target, to = %t.destination, "TURN over UDP: to the alternate server");
+                    if let Err(e) = route_udp(s, t.destination).await {
+                        let _ = events.send(TurnEvent::Disconnected(format!(
+                            "the TURN server redirected to {}: {e}",
+                            t.destination
+                        )));
+                        return;
+                    }
+                    target = t.destination;
+                }
+            }
+            if let Err(e) = send(&mut conn, target, &t.contents).await {
                 let _ = events.send(TurnEvent::Disconnected(e.to_string()));
                 return;
             }
         }
-        let (done, timeout) = {
+        let (done, timeout, reconnect) = {
             let mut alloc = shared.alloc();
             while let Some(ev) = alloc.poll_event() {
                 let _ = events.send(TurnEvent::Allocation(ev));
             }
-            (alloc.is_done(), alloc.poll_timeout())
+            let reconnect = alloc
+                .reconnect_to()
+                .map(|to| (to, alloc.alternate_domain().map(str::to_owned)));
+            (alloc.is_done(), alloc.poll_timeout(), reconnect)
         };
         if done {
             // Close streams cleanly: for TLS this sends close_notify, so the server sees an
@@ -450,6 +525,26 @@ async fn run(
                 let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
             }
             return;
+        }
+        if let (Some((to, domain)), Conn::Stream(old, _)) = (reconnect, &mut conn) {
+            // A 300 Try Alternate over TCP or TLS: close this connection, open one to the
+            // alternate server (RFC 8656 §7.4), bounded by CONNECT_TIMEOUT (twice for TLS).
+            debug!(from = %target, to = %to, ?domain, "TURN: reconnecting to the alternate server");
+            let _ = tokio::time::timeout(Duration::from_secs(1), old.shutdown()).await;
+            match connector.connect_stream(to, domain.as_deref()).await {
+                Ok((stream, local)) => {
+                    conn = Conn::Stream(stream, StreamFramer::new());
+                    target = to;
+                    shared.alloc().connected(Instant::now(), local);
+                    continue;
+                }
+                Err(e) => {
+                    let _ = events.send(TurnEvent::Disconnected(format!(
+                        "the TURN server redirected to {to}: {e}"
+                    )));
+                    return;
+                }
+            }
         }
         let wake = timeout
             .map(tokio::time::Instant::from)
@@ -516,7 +611,7 @@ async fn run(
                         let encoded = shared.alloc().encode_to_peer(peer, &data, &mut out);
                         match encoded {
                             Ok(n) => {
-                                if let Err(e) = send(&mut conn, shared.server, &out[..n]).await {
+                                if let Err(e) = send(&mut conn, target, &out[..n]).await {
                                     let _ = events.send(TurnEvent::Disconnected(e.to_string()));
                                     return;
                                 }
@@ -556,13 +651,15 @@ fn deliver(
     from: Option<SocketAddr>,
     frame: &[u8],
 ) {
+    let mut alloc = shared.alloc();
     let rx = Received {
         proto,
-        source: from.unwrap_or(shared.server),
-        destination: shared.local,
+        // A stream carries only the server's messages, to us.
+        source: from.unwrap_or(alloc.server()),
+        destination: alloc.local(),
         contents: frame,
     };
-    if let Input::Data { peer, data } = shared.alloc().handle_input(Instant::now(), rx) {
+    if let Input::Data { peer, data } = alloc.handle_input(Instant::now(), rx) {
         let _ = events.send(TurnEvent::Data {
             peer,
             data: data.to_vec(),

@@ -10,10 +10,10 @@ use tracing::debug;
 use super::channel::{ChannelData, MAX_CHANNEL, MIN_CHANNEL, is_channel_data};
 use super::{Credentials, TurnError, TurnTransport};
 use crate::stun::attributes::{
-    AdditionalAddressFamily, AddressFamily, AlternateServer, ChannelNumber, Data, ErrorCode,
-    Lifetime, Nonce, PasswordAlgorithmAttr, PasswordAlgorithms, Realm, RequestedAddressFamily,
-    RequestedTransport, Software, UserHash, Username, XorMappedAddress, XorPeerAddress,
-    XorRelayedAddress,
+    AdditionalAddressFamily, AddressFamily, AlternateDomain, AlternateServer, ChannelNumber, Data,
+    ErrorCode, Lifetime, Nonce, PasswordAlgorithmAttr, PasswordAlgorithms, Realm,
+    RequestedAddressFamily, RequestedTransport, Software, UserHash, Username, XorMappedAddress,
+    XorPeerAddress, XorRelayedAddress,
 };
 use crate::stun::{
     AttributeType, Class, ClientConfig, ExpectFrom, IntegrityKey, Message, MessageBuilder,
@@ -195,7 +195,14 @@ pub struct Allocation {
     client: StunClient,
     state: State,
     auth: Option<Auth>,
+    /// A 300 Try Alternate was followed: a second one is an error (RFC 8489 §10's loop
+    /// rule, kept simple: one redirect per allocation).
     redirected: bool,
+    /// Over TCP or TLS after a 300: waiting for the driver's new connection to the
+    /// alternate server ([`Allocation::connected`]) before sending the Allocate again.
+    awaiting_connection: bool,
+    /// ALTERNATE-DOMAIN of the 300 followed (RFC 8489 §14.16), for the TLS name check.
+    alternate_domain: Option<String>,
     stale_retries: u32,
     purposes: Vec<(TransactionId, Purpose)>,
     relayed: Vec<SocketAddr>,
@@ -220,6 +227,8 @@ impl Allocation {
             state: State::Allocating,
             auth: None,
             redirected: false,
+            awaiting_connection: false,
+            alternate_domain: None,
             stale_retries: 0,
             purposes: Vec::new(),
             relayed: Vec::new(),
@@ -238,6 +247,41 @@ impl Allocation {
     /// The server in use (it changes once after 300 Try Alternate).
     pub fn server(&self) -> SocketAddr {
         self.config.server
+    }
+
+    /// The local address the machine talks to the server from (it changes when the driver
+    /// reconnects to an alternate server over TCP or TLS: [`Allocation::connected`]).
+    pub fn local(&self) -> SocketAddr {
+        self.config.local
+    }
+
+    /// After a 300 Try Alternate over TCP or TLS: the alternate server, to which the
+    /// driver closes its current connection and opens a new one (RFC 8656 §7.4, RFC 8489
+    /// §10: the same transport, a new connection), then calls [`Allocation::connected`].
+    /// Until then nothing is sent. `None` otherwise; over UDP a redirect needs no new
+    /// connection: the next Allocate simply goes to the new [`Allocation::server`] from
+    /// the same socket (a driver with a connected socket re-targets it).
+    pub fn reconnect_to(&self) -> Option<SocketAddr> {
+        (self.awaiting_connection && self.state == State::Allocating).then_some(self.config.server)
+    }
+
+    /// The ALTERNATE-DOMAIN of the 300 Try Alternate followed, if it had one: over TLS the
+    /// alternate server's certificate is checked against this name; without one, against
+    /// the name used for the original server (RFC 8489 §10, §14.16).
+    pub fn alternate_domain(&self) -> Option<&str> {
+        self.alternate_domain.as_deref()
+    }
+
+    /// The driver's new connection to [`Allocation::reconnect_to`] is up, from `local`:
+    /// the Allocate request goes out on it. Ignored when no reconnection is awaited.
+    pub fn connected(&mut self, now: Instant, local: SocketAddr) {
+        if self.reconnect_to().is_none() {
+            debug!("connected() without a redirect awaiting it: ignored");
+            return;
+        }
+        self.awaiting_connection = false;
+        self.config.local = local;
+        self.send(now, Purpose::Allocate);
     }
 
     /// The relayed addresses, once allocated.
@@ -615,6 +659,11 @@ impl Allocation {
                 let Some(lifetime) = granted(msg) else {
                     return self.lose(TurnError::MissingAttribute("LIFETIME"));
                 };
+                if lifetime.is_zero() {
+                    // An allocation that expires as it is made (RFC 8656 §7.3: the client
+                    // uses the lifetime granted): nothing to use, nothing to delete.
+                    return self.lose(TurnError::ZeroLifetime);
+                }
                 if relayed.is_empty() {
                     return self.lose(TurnError::MissingAttribute("XOR-RELAYED-ADDRESS"));
                 }
@@ -636,6 +685,11 @@ impl Allocation {
             }
             Purpose::Refresh => {
                 let lifetime = granted(msg).unwrap_or(self.config.lifetime);
+                if lifetime.is_zero() {
+                    // The server deleted the allocation (RFC 8656 §8.3): it is gone now,
+                    // not when a timer says so.
+                    return self.lose(TurnError::ZeroLifetime);
+                }
                 self.schedule_refresh(now, lifetime);
                 self.events
                     .push_back(AllocationEvent::Refreshed { lifetime });
@@ -686,22 +740,49 @@ impl Allocation {
                     Err(e) => self.fail(purpose, e),
                 }
             }
-            300 if purpose == Purpose::Allocate => {
-                let alt = msg.get::<AlternateServer>().ok().flatten();
-                match alt {
-                    Some(AlternateServer(addr)) if !self.redirected => {
-                        debug!(to = %addr, "TURN server redirects (300)");
-                        self.redirected = true;
-                        self.config.server = addr;
-                        self.auth = None;
-                        self.send(now, Purpose::Allocate);
-                    }
-                    Some(_) => self.fail(purpose, TurnError::TooManyRedirects),
-                    None => self.fail(purpose, TurnError::MissingAttribute("ALTERNATE-SERVER")),
-                }
-            }
+            300 if purpose == Purpose::Allocate => self.redirect(now, msg),
             437 if purpose == Purpose::Deallocate => self.finish_deallocation(),
             _ => self.fail(purpose, TurnError::from_code(code, &reason)),
+        }
+    }
+
+    /// 300 Try Alternate to an Allocate (RFC 8489 §10, RFC 8656 §7.4): the same request,
+    /// over the same transport, to ALTERNATE-SERVER, once. Over UDP it goes at once, from
+    /// the same socket; over TCP or TLS after the driver's new connection
+    /// ([`Allocation::reconnect_to`]).
+    fn redirect(&mut self, now: Instant, msg: &Message<'_>) {
+        let Some(AlternateServer(to)) = msg.get::<AlternateServer>().ok().flatten() else {
+            return self.fail(
+                Purpose::Allocate,
+                TurnError::MissingAttribute("ALTERNATE-SERVER"),
+            );
+        };
+        if self.redirected {
+            debug!(to = %to, "TURN server redirects again (300): not followed");
+            return self.fail(Purpose::Allocate, TurnError::TooManyRedirects);
+        }
+        let stream = self.config.transport.is_stream();
+        if !stream && to.is_ipv4() != self.config.local.is_ipv4() {
+            // One UDP socket reaches one address family.
+            debug!(to = %to, "TURN server redirects to another address family (300)");
+            return self.fail(Purpose::Allocate, TurnError::AlternateFamily(to));
+        }
+        // A malformed or absent ALTERNATE-DOMAIN leaves the original name in force.
+        self.alternate_domain = msg
+            .get::<AlternateDomain<'_>>()
+            .ok()
+            .flatten()
+            .map(|d| d.0.to_owned());
+        debug!(to = %to, domain = ?self.alternate_domain, "TURN server redirects (300)");
+        self.redirected = true;
+        self.config.server = to;
+        // The alternate has its own realm and nonces: start the dance again.
+        self.auth = None;
+        self.stale_retries = 0;
+        if stream {
+            self.awaiting_connection = true;
+        } else {
+            self.send(now, Purpose::Allocate);
         }
     }
 

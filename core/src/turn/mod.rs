@@ -83,9 +83,20 @@ pub enum TurnError {
     /// 508 Insufficient Capacity.
     #[error("508 Insufficient Capacity")]
     InsufficientCapacity,
-    /// 300 Try Alternate, a second time (followed once only).
-    #[error("300 Try Alternate more than once")]
+    /// 300 Try Alternate, a second time: a redirect is followed once only, so that two
+    /// servers sending the client to each other cannot keep it going round.
+    #[error(
+        "the TURN server redirected again (300 Try Alternate): one redirect is followed, not two"
+    )]
     TooManyRedirects,
+    /// 300 Try Alternate over UDP to an address of the other family, which the socket
+    /// cannot reach.
+    #[error("the TURN server redirected to {0}, of another address family than this socket")]
+    AlternateFamily(SocketAddr),
+    /// The server granted a LIFETIME of 0: the allocation expired as it was made (or a
+    /// refresh deleted it).
+    #[error("the server granted a lifetime of 0")]
+    ZeroLifetime,
     /// Another error code.
     #[error("error {code}: {reason}")]
     ServerError {

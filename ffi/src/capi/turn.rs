@@ -94,7 +94,8 @@ pub struct pinhole_turn_config {
     /// `PINHOLE_TURN_FAMILY_IPV4` (0, the default), `_IPV6` or `_DUAL`.
     pub family: pinhole_turn_family,
     /// PEM certificates to trust for `turns:` instead of the system roots; NULL: the
-    /// system roots.
+    /// system roots. A server certificate that is one of them byte for byte is accepted
+    /// (pinned: a self-signed one, too); others must chain to one of them.
     pub ca_pem: *const c_char,
     /// The events (required).
     pub cb_event: pinhole_turn_event_cb,

@@ -256,6 +256,10 @@ pub struct TurnDataPlane {
     lens: Vec<usize>,
     sent: usize,
     sent_bytes: usize,
+    /// Where the queue goes: the machine's server when the datagrams were encoded (all
+    /// of them, since only an allocation encodes, and a server changes only before one
+    /// exists, after a 300 Try Alternate).
+    server: SocketAddr,
     gate: RateGate,
     stats: DataPlaneStats,
 }
@@ -342,6 +346,7 @@ impl TurnDataPlane {
         };
         // The allocation's task stops reading the socket.
         shared.wake.notify_one();
+        let server = shared.alloc().server();
         Ok(Self {
             shared,
             socket,
@@ -352,6 +357,7 @@ impl TurnDataPlane {
             lens: Vec::with_capacity(SEND_QUEUE_DATAGRAMS),
             sent: 0,
             sent_bytes: 0,
+            server,
             gate: RateGate::new(Instant::now()),
             stats: DataPlaneStats::default(),
         })
@@ -387,10 +393,11 @@ impl TurnDataPlane {
         {
             self.flush().await?;
         }
-        let n = self
-            .shared
-            .alloc()
-            .encode_to_peer(peer, data, &mut self.out[self.out_len..])?;
+        let n = {
+            let alloc = self.shared.alloc();
+            self.server = alloc.server();
+            alloc.encode_to_peer(peer, data, &mut self.out[self.out_len..])?
+        };
         self.out_len += n;
         self.lens.push(n);
         Ok(())
@@ -446,7 +453,7 @@ impl TurnDataPlane {
                 }
             }
             let t = Transmit {
-                destination: self.shared.server,
+                destination: self.server,
                 ecn: None,
                 contents: &self.out[self.sent_bytes..self.sent_bytes + bytes],
                 segment_size: (end - first > 1).then_some(seg),
@@ -559,11 +566,11 @@ impl TurnDataPlane {
             items,
         } = batch;
         let base = buf.as_ptr() as usize;
-        let local = self.shared.local;
         let mut received = 0u64;
         let mut control = false;
         {
             let mut alloc = self.shared.alloc();
+            let local = alloc.local();
             for (i, meta) in metas.iter().enumerate().take(n) {
                 let slot = &buf[i * *slot_len..(i + 1) * *slot_len];
                 let len = meta.len.min(slot.len());

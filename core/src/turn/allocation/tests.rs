@@ -37,6 +37,10 @@ struct FakeTurn {
     error: Option<u16>,
     /// Redirect (300) to this server.
     alternate: Option<SocketAddr>,
+    /// ...with this ALTERNATE-DOMAIN.
+    alternate_domain: Option<&'static str>,
+    /// ...this many times (then allocate).
+    redirects: u32,
     /// Drop the next N datagrams.
     drop: u32,
     seen: Vec<Vec<u8>>,
@@ -53,6 +57,8 @@ impl FakeTurn {
             stale: 0,
             error: None,
             alternate: None,
+            alternate_domain: None,
+            redirects: u32::MAX,
             drop: 0,
             seen: Vec::new(),
             deallocated: false,
@@ -160,9 +166,14 @@ impl FakeTurn {
             return self.error(&m, 438, true, &|_| {});
         }
         if method == Method::ALLOCATE {
-            if let Some(alt) = self.alternate {
+            if let Some(alt) = self.alternate.filter(|_| self.redirects > 0) {
+                self.redirects -= 1;
+                let domain = self.alternate_domain;
                 return self.error(&m, 300, false, &|b| {
                     b.add(&AlternateServer(alt)).unwrap();
+                    if let Some(d) = domain {
+                        b.add(&AlternateDomain(d)).unwrap();
+                    }
                 });
             }
             if let Some(code) = self.error {
@@ -207,6 +218,8 @@ struct Harness {
     a: Allocation,
     events: Vec<(Duration, AllocationEvent)>,
     rtt: Duration,
+    /// (source, destination) of every transmit.
+    sent: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl Harness {
@@ -236,6 +249,7 @@ impl Harness {
             a: Allocation::new(t0, config, [9; 32]),
             events: Vec::new(),
             rtt: Duration::from_millis(10),
+            sent: Vec::new(),
         }
     }
 
@@ -244,6 +258,7 @@ impl Harness {
         let mut in_flight: Vec<(Instant, SocketAddr, Vec<u8>)> = Vec::new();
         for _ in 0..100_000 {
             while let Some(t) = self.a.poll_transmit() {
+                self.sent.push((t.source, t.destination));
                 if let Some(r) = self.turn.answer(&t.contents) {
                     in_flight.push((self.now + self.rtt, t.destination, r));
                 }
@@ -274,7 +289,8 @@ impl Harness {
                 let rx = Received {
                     proto: self.proto,
                     source: from,
-                    destination: local(),
+                    // Where the machine talks from (a reconnection changes it).
+                    destination: self.a.local(),
                     contents: &bytes,
                 };
                 assert_eq!(self.a.handle_input(self.now, rx), Input::Consumed);
@@ -566,6 +582,128 @@ fn alternate_server_is_followed_once() {
     assert_eq!(
         h.events[0].1,
         AllocationEvent::Lost(TurnError::TooManyRedirects)
+    );
+}
+
+#[test]
+fn alternate_server_over_udp_goes_to_the_alternate_from_the_same_address() {
+    let alt = addr("203.0.113.11:3478");
+    let mut t = FakeTurn::new();
+    t.alternate = Some(alt);
+    t.redirects = 1;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert_eq!(h.kinds(), ["Allocated"], "{:?}", h.events);
+    assert_eq!(h.a.server(), alt, "{:?}", h.sent);
+    assert_eq!(h.a.reconnect_to(), None, "no new connection over UDP");
+    // Two requests to the original, then the Allocate dance again at the alternate.
+    assert_eq!(
+        h.sent,
+        [
+            (local(), server()),
+            (local(), server()),
+            (local(), alt),
+            (local(), alt)
+        ]
+    );
+}
+
+#[test]
+fn alternate_server_over_a_stream_waits_for_the_new_connection() {
+    let alt = addr("203.0.113.11:5349");
+    let mut t = FakeTurn::new();
+    t.alternate = Some(alt);
+    t.alternate_domain = Some("turn2.example.org");
+    t.redirects = 1;
+    let mut h = Harness::with(t, |c| c.transport = TurnTransport::Tls);
+    h.run_until(Duration::from_millis(25));
+    assert_eq!(h.a.reconnect_to(), Some(alt));
+    assert_eq!(h.a.alternate_domain(), Some("turn2.example.org"));
+    // Nothing goes out on the old connection, nothing times out, however long it takes.
+    let sent = h.sent.len();
+    h.run_until(Duration::from_secs(120));
+    assert_eq!(h.sent.len(), sent);
+    assert!(h.kinds().is_empty(), "{:?}", h.events);
+    assert_eq!(h.a.poll_timeout(), None);
+    // The driver's new connection: the Allocate goes out on it.
+    let new_local = addr("10.0.0.2:5001");
+    h.a.connected(h.now, new_local);
+    assert_eq!(h.a.reconnect_to(), None);
+    h.run_until(Duration::from_secs(121));
+    assert_eq!(h.kinds(), ["Allocated"], "{:?}", h.events);
+    assert_eq!((h.a.server(), h.a.local()), (alt, new_local));
+    assert_eq!(h.sent[sent..], [(new_local, alt), (new_local, alt)]);
+    // A second `connected` is ignored.
+    h.a.connected(h.now, addr("10.0.0.2:5002"));
+    assert_eq!(h.a.local(), new_local);
+}
+
+#[test]
+fn deallocating_while_awaiting_the_alternate_connection_ends_at_once() {
+    let mut t = FakeTurn::new();
+    t.alternate = Some(addr("203.0.113.11:3478"));
+    let mut h = Harness::with(t, |c| c.transport = TurnTransport::Tcp);
+    h.run_until(Duration::from_millis(25));
+    assert!(h.a.reconnect_to().is_some());
+    h.a.deallocate(h.now);
+    assert!(h.a.is_done());
+    assert_eq!(h.a.reconnect_to(), None);
+    assert_eq!(h.a.poll_event(), Some(AllocationEvent::Deallocated));
+    assert_eq!(h.a.poll_transmit(), None);
+}
+
+#[test]
+fn alternate_server_of_another_family_over_udp_is_an_error() {
+    let mut t = FakeTurn::new();
+    t.alternate = Some(addr("[2001:db8::11]:3478"));
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert_eq!(
+        h.events[..],
+        [(
+            Duration::from_millis(20),
+            AllocationEvent::Lost(TurnError::AlternateFamily(addr("[2001:db8::11]:3478")))
+        )]
+    );
+    assert_eq!(h.a.server(), server());
+}
+
+#[test]
+fn a_granted_lifetime_of_zero_is_a_failure_not_an_allocation() {
+    let mut t = FakeTurn::new();
+    t.lifetime = 0;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(5));
+    assert_eq!(
+        h.events[..],
+        [(
+            Duration::from_millis(20),
+            AllocationEvent::Lost(TurnError::ZeroLifetime)
+        )]
+    );
+    assert!(h.a.is_done() && !h.a.is_allocated());
+    assert_eq!(
+        TurnError::ZeroLifetime.to_string(),
+        "the server granted a lifetime of 0"
+    );
+}
+
+#[test]
+fn a_refresh_granting_zero_loses_the_allocation_at_once() {
+    let mut t = FakeTurn::new();
+    t.lifetime = 120;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert_eq!(h.kinds(), ["Allocated"]);
+    // The next refresh (at 60 s) is answered with LIFETIME 0.
+    h.turn.lifetime = 0;
+    h.run_until(Duration::from_secs(200));
+    assert_eq!(h.kinds(), ["Allocated", "Lost"]);
+    let (at, ev) = &h.events[1];
+    assert_eq!(*ev, AllocationEvent::Lost(TurnError::ZeroLifetime));
+    assert!(
+        *at < Duration::from_secs(61),
+        "at the refresh, not at expiry: {at:?}"
     );
 }
 
