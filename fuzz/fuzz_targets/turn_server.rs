@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         [2; 32],
     );
     let mut relay = None;
-    let mut check = |server: &mut TurnServer, relay: &mut Option<SocketAddr>| {
+    let check = |server: &mut TurnServer, relay: &mut Option<SocketAddr>| {
         while let Some(a) = server.poll_action() {
             if let ServerAction::BindRelay { client, .. } = a {
                 let r: SocketAddr = "203.0.113.1:50000".parse().unwrap();
