@@ -3,8 +3,11 @@
 //! depends on [`crate::stun`] only, never on TURN (relayed candidates are ordinary local
 //! candidates to it).
 
+mod agent;
 mod candidate;
 mod description;
+
+pub use agent::{IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, IceState, pair_priority};
 
 pub use candidate::{
     Candidate, CandidateAddress, CandidateError, CandidateKind, CandidateTransport, MAX_EXTENSIONS,

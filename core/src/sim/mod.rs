@@ -97,22 +97,23 @@ impl NatConfig {
     }
 
     /// Whether a peer behind a NAT of this kind gets a direct path to one behind `other`
-    /// with ICE's plain checks (no port prediction): one side's mapping must be
-    /// endpoint-independent, and the other side's filtering must let the first side's
-    /// traffic in once it sent toward it. The oracle for matrix tests.
+    /// with ICE's plain checks (host and server-reflexive candidates, peer-reflexive ones
+    /// learned from checks, no port prediction): the oracle for matrix tests, in the
+    /// classic terms. With endpoint-dependent mapping (a new external port per peer
+    /// endpoint) a side's port toward its peer is unknown in advance, so the other side
+    /// must have endpoint-independent mapping and a filter that admits that unknown port
+    /// (not address-and-port-dependent); two endpoint-independent mappings always meet.
+    ///
+    /// Address-dependent mapping is treated as endpoint-dependent here, which is exact
+    /// for its first packet and conservative after: its port toward the peer's IP is the
+    /// same for every port of the peer, which later checks can use (tests assert "at
+    /// least" for it).
     pub fn direct_possible_with(&self, other: &NatConfig) -> bool {
         let eim = |n: &NatConfig| n.mapping == Behaviour::EndpointIndependent;
-        // Both EIM: each side's filter opens when it sends to the other's mapping.
-        // One EIM: the EDM side sends from a fresh port toward the EIM side, whose filter
-        // must accept that unknown port (not address-and-port-dependent), and the EDM
-        // side's filter opened toward the EIM side's mapping (always, for its own flow).
+        let admits_unknown_port = |n: &NatConfig| n.filtering != Behaviour::AddressAndPortDependent;
         (eim(self) && eim(other))
-            || (eim(self)
-                && other.mapping != Behaviour::EndpointIndependent
-                && self.filtering != Behaviour::AddressAndPortDependent)
-            || (eim(other)
-                && self.mapping != Behaviour::EndpointIndependent
-                && other.filtering != Behaviour::AddressAndPortDependent)
+            || (eim(self) && admits_unknown_port(self))
+            || (eim(other) && admits_unknown_port(other))
     }
 }
 

@@ -1,0 +1,1018 @@
+//! The ICE agent (RFC 8445), sans-IO: connectivity checks, nomination, consent freshness
+//! (RFC 7675), role conflicts, trickled candidates (RFC 8838) and restarts.
+//!
+//! The agent knows candidates, not sockets and not TURN: local candidates come from
+//! outside with their *base* (the local address checks are sent from; a relayed
+//! candidate is its own base), and every [`Transmit`] it emits has a base as its source.
+//! Whoever owns the sockets sends it from there — through the TURN allocation when the
+//! base is a relayed address — and hands datagrams received on a base back to
+//! [`IceAgent::handle_input`].
+//!
+//! Choices (RFC 8445 leaves them to the implementation):
+//! - Checks are paced at `Ta` ([`IceConfig::ta`], RFC 8445 §14.2), triggered checks first,
+//!   then the waiting pair of highest priority; retransmissions per RFC 8489 §6.2.1 with
+//!   [`IceConfig::check_rto`].
+//! - **Data flows on the first valid pair**: the controlling agent nominates the first pair
+//!   that succeeds and **renominates** when a pair of higher priority succeeds later
+//!   (direct after relay), without a restart; the controlled agent follows the latest
+//!   nomination (`a=ice-options:renomination`, as libwebrtc and str0m do). Before any
+//!   nomination, the best valid pair already carries data.
+//! - Consent (RFC 7675 §5.1): a check on the selected pair every 4–6 s; without an answer
+//!   for [`IceConfig::consent_timeout`] the pair is dropped and the agent moves to another
+//!   valid pair or reports [`IceState::Disconnected`]. These checks are also its keepalives.
+//! - Security: requests without the right USERNAME and MESSAGE-INTEGRITY are dropped
+//!   silently; remote candidates (trickled or peer-reflexive) and pairs are bounded; role
+//!   conflicts are repaired per RFC 8445 §7.3.1.1, at most a few times per pair. The
+//!   password is never logged.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use tracing::debug;
+
+use super::candidate::{Candidate, CandidateKind, CandidateTransport};
+use crate::stun::attributes::{
+    ErrorCode, IceControlled, IceControlling, Priority, UseCandidate, Username, XorMappedAddress,
+};
+use crate::stun::{
+    ClientConfig, ExpectFrom, IntegrityKey, Message, MessageBuilder, MessageType, Method, Request,
+    StunClient, TransactionEvent, TransactionId,
+};
+use crate::{Protocol, Received, Transmit};
+
+/// A side's ICE credentials (RFC 8445 §5.3): `a=ice-ufrag` and `a=ice-pwd`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IceCredentials {
+    /// The user name fragment (4 to 256 ice-chars).
+    pub ufrag: String,
+    /// The password (22 to 256 ice-chars). Never logged: `Debug` hides it.
+    pub pwd: String,
+}
+
+impl std::fmt::Debug for IceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceCredentials")
+            .field("ufrag", &self.ufrag)
+            .field("pwd", &"<redacted>")
+            .finish()
+    }
+}
+
+impl IceCredentials {
+    /// Random credentials: an 8-character ufrag (48 bits) and a 24-character password
+    /// (144 bits; RFC 8445 §5.3 asks for at least 24 and 128 bits).
+    pub fn random(rng: &mut impl RngCore) -> Self {
+        const CHARS: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut pick = |n: usize| -> String {
+            (0..n)
+                .map(|_| char::from(CHARS[(rng.next_u32() % 64) as usize]))
+                .collect()
+        };
+        Self {
+            ufrag: pick(8),
+            pwd: pick(24),
+        }
+    }
+}
+
+/// The agent's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IceConfig {
+    /// Pacing of new checks (RFC 8445 §14.2: 50 ms by default).
+    pub ta: Duration,
+    /// The first retransmission timeout of a check (RFC 8445 §14.3 takes RFC 8489's
+    /// 500 ms as the floor for a full checklist; one data stream's few pairs can go
+    /// faster). Default 250 ms.
+    pub check_rto: Duration,
+    /// Transmissions of a check before its pair fails (RFC 8489 Rc: 7).
+    pub check_transmits: u32,
+    /// Consent checks on the selected pair every `consent_interval` ± 20 % (RFC 7675
+    /// §5.1: 5 s).
+    pub consent_interval: Duration,
+    /// Consent is lost after this long without an answer (RFC 7675 §5.1: 30 s).
+    pub consent_timeout: Duration,
+    /// The most remote candidates held (trickled and peer-reflexive); more are ignored.
+    pub max_remote_candidates: usize,
+    /// The most candidate pairs (RFC 8445 §6.1.2.5 suggests 100).
+    pub max_pairs: usize,
+}
+
+impl Default for IceConfig {
+    fn default() -> Self {
+        Self {
+            ta: Duration::from_millis(50),
+            check_rto: Duration::from_millis(250),
+            check_transmits: 7,
+            consent_interval: Duration::from_secs(5),
+            consent_timeout: Duration::from_secs(30),
+            max_remote_candidates: 64,
+            max_pairs: 100,
+        }
+    }
+}
+
+/// The agent's state (RFC 8445 §6.1.3, with RFC 7675's consent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IceState {
+    /// Waiting for the remote description or candidates.
+    New,
+    /// Checking, nothing valid yet.
+    Checking,
+    /// A pair carries data.
+    Connected,
+    /// Consent was lost on every valid pair; checks go on while candidates remain.
+    Disconnected,
+    /// Every pair failed and the peer said no more candidates are coming.
+    Failed,
+}
+
+/// What the agent reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IceEvent {
+    /// The state changed.
+    State(IceState),
+    /// The pair data goes on changed (first valid pair, a nomination, a renomination, a
+    /// consent loss that moved to another pair).
+    SelectedPair {
+        /// Our candidate (its base is where data is sent from).
+        local: Candidate,
+        /// The peer's candidate.
+        remote: Candidate,
+        /// Whether the pair is nominated (else: the best valid pair, used until then).
+        nominated: bool,
+        /// The round-trip time of the check that validated it.
+        rtt: Option<Duration>,
+    },
+    /// A peer-reflexive remote candidate was learned from a check (RFC 8445 §7.3.1.3).
+    PeerReflexive(Candidate),
+    /// The agent changed role to repair a conflict (RFC 8445 §7.3.1.1).
+    RoleChanged {
+        /// Whether it is now controlling.
+        controlling: bool,
+    },
+}
+
+/// What a datagram offered to the agent was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceInput {
+    /// An ICE check or its answer: consumed.
+    Consumed,
+    /// Not for the agent (application data, another machine's STUN): pass it on.
+    NotIce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PairState {
+    Waiting,
+    InProgress,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct Local {
+    candidate: Candidate,
+    base: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+struct Pair {
+    local: usize,
+    remote: usize,
+    priority: u64,
+    state: PairState,
+    /// The check in flight, and whether it nominates.
+    check: Option<(TransactionId, bool)>,
+    /// Nominated (sent or received USE-CANDIDATE, and succeeded).
+    nominated: bool,
+    /// The controlled agent received USE-CANDIDATE before its own check succeeded.
+    nominate_on_success: bool,
+    rtt: Option<Duration>,
+    /// The last answered check on this pair (consent, RFC 7675).
+    last_answer: Option<Instant>,
+    role_conflicts: u8,
+}
+
+/// How many times one pair may repair a role conflict before it fails.
+const MAX_ROLE_CONFLICTS: u8 = 4;
+
+/// The ICE agent. See the module docs.
+#[derive(Debug)]
+pub struct IceAgent {
+    config: IceConfig,
+    rng: ChaCha20Rng,
+    controlling: bool,
+    tie_breaker: u64,
+    local_creds: IceCredentials,
+    remote_creds: Option<IceCredentials>,
+    locals: Vec<Local>,
+    remotes: Vec<Candidate>,
+    remote_done: bool,
+    pairs: Vec<Pair>,
+    triggered: VecDeque<usize>,
+    client: StunClient,
+    selected: Option<usize>,
+    /// The last nomination the controlling side sent or the controlled side followed.
+    nominated: Option<usize>,
+    /// Whether the selected pair was reported as nominated.
+    selected_nominated: bool,
+    /// After a restart, the old selected path carries data until a new pair is chosen.
+    previous_path: Option<(SocketAddr, SocketAddr)>,
+    state: IceState,
+    next_check: Option<Instant>,
+    next_consent: Option<Instant>,
+    /// The latest time the agent was given (for work that candidates or credentials
+    /// arriving between calls make due).
+    now: Instant,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<IceEvent>,
+}
+
+/// Pair priority, RFC 8445 §6.1.2.3: `2^32·min(G,D) + 2·max(G,D) + (G > D ? 1 : 0)`.
+pub fn pair_priority(controlling: u32, controlled: u32) -> u64 {
+    let (g, d) = (u64::from(controlling), u64::from(controlled));
+    (g.min(d) << 32) + 2 * g.max(d) + u64::from(g > d)
+}
+
+impl IceAgent {
+    /// An agent, controlling or controlled, created at `now`, with fresh credentials
+    /// from `seed`.
+    pub fn new(now: Instant, config: IceConfig, controlling: bool, seed: [u8; 32]) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let local_creds = IceCredentials::random(&mut rng);
+        let tie_breaker = rng.next_u64();
+        let mut client_seed = [0u8; 32];
+        rng.fill_bytes(&mut client_seed);
+        let client = StunClient::new(
+            ClientConfig {
+                rto: config.check_rto,
+                max_transmits: config.check_transmits,
+                last_wait_multiplier: 4,
+                max_outstanding: config.max_pairs + 8,
+                ..ClientConfig::default()
+            },
+            client_seed,
+        );
+        Self {
+            config,
+            rng,
+            controlling,
+            tie_breaker,
+            local_creds,
+            remote_creds: None,
+            locals: Vec::new(),
+            remotes: Vec::new(),
+            remote_done: false,
+            pairs: Vec::new(),
+            triggered: VecDeque::new(),
+            client,
+            selected: None,
+            nominated: None,
+            selected_nominated: false,
+            previous_path: None,
+            state: IceState::New,
+            next_check: None,
+            next_consent: None,
+            now,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Our credentials, for the local description.
+    pub fn local_credentials(&self) -> &IceCredentials {
+        &self.local_creds
+    }
+
+    /// Whether this agent is controlling.
+    pub fn is_controlling(&self) -> bool {
+        self.controlling
+    }
+
+    /// The current state.
+    pub fn state(&self) -> IceState {
+        self.state
+    }
+
+    /// Our candidates so far.
+    pub fn local_candidates(&self) -> impl Iterator<Item = &Candidate> {
+        self.locals.iter().map(|l| &l.candidate)
+    }
+
+    /// The pair data goes on: (our base, the peer's address).
+    pub fn selected(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let Some(s) = self.selected else {
+            return self.previous_path;
+        };
+        let p = &self.pairs[s];
+        Some((self.locals[p.local].base, self.remote_addr(p.remote)?))
+    }
+
+    fn remote_addr(&self, r: usize) -> Option<SocketAddr> {
+        self.remotes.get(r)?.socket_addr()
+    }
+
+    /// Adds one of our candidates, with its base (RFC 8445 §5.1.1). Returns false when it
+    /// is redundant (same address and base as one we have, RFC 8445 §5.1.3) or not usable
+    /// (not UDP, or no IP address).
+    pub fn add_local_candidate(&mut self, candidate: Candidate, base: SocketAddr) -> bool {
+        if candidate.transport != CandidateTransport::Udp || candidate.socket_addr().is_none() {
+            return false;
+        }
+        if self
+            .locals
+            .iter()
+            .any(|l| l.base == base && l.candidate.socket_addr() == candidate.socket_addr())
+        {
+            return false;
+        }
+        self.locals.push(Local { candidate, base });
+        let l = self.locals.len() - 1;
+        for r in 0..self.remotes.len() {
+            self.pair_up(l, r);
+        }
+        self.schedule_checks_now();
+        true
+    }
+
+    /// Sets the peer's credentials (from its description). A change of credentials is an
+    /// ICE restart by the peer: see [`IceAgent::restart`].
+    pub fn set_remote_credentials(&mut self, creds: IceCredentials) {
+        self.remote_creds = Some(creds);
+        self.schedule_checks_now();
+    }
+
+    /// Adds a remote candidate (from the description, or trickled). Candidates without an
+    /// IP address (unresolved mDNS names), other transports, duplicates and those beyond
+    /// [`IceConfig::max_remote_candidates`] are ignored; returns whether it was added.
+    pub fn add_remote_candidate(&mut self, candidate: Candidate) -> bool {
+        let Some(addr) = candidate.socket_addr() else {
+            debug!("remote candidate without an IP address ignored");
+            return false;
+        };
+        if candidate.transport != CandidateTransport::Udp {
+            return false;
+        }
+        if let Some(i) = self
+            .remotes
+            .iter()
+            .position(|c| c.socket_addr() == Some(addr))
+        {
+            // A signalled candidate replaces a peer-reflexive one learned first, keeping
+            // the learned priority (RFC 8445 §7.3.1.3).
+            if self.remotes[i].kind == CandidateKind::PeerReflexive
+                && candidate.kind != CandidateKind::PeerReflexive
+            {
+                let priority = self.remotes[i].priority;
+                self.remotes[i] = Candidate {
+                    priority,
+                    ..candidate
+                };
+            }
+            return false;
+        }
+        if self.remotes.len() >= self.config.max_remote_candidates {
+            debug!("remote candidate beyond the limit ignored");
+            return false;
+        }
+        self.remotes.push(candidate);
+        let r = self.remotes.len() - 1;
+        for l in 0..self.locals.len() {
+            self.pair_up(l, r);
+        }
+        self.schedule_checks_now();
+        true
+    }
+
+    /// The peer sent `a=end-of-candidates` (RFC 8838 §8.2).
+    pub fn end_of_remote_candidates(&mut self) {
+        self.remote_done = true;
+        self.update_failed();
+    }
+
+    /// An ICE restart (RFC 8445 §9): new local credentials, every remote candidate and
+    /// pair forgotten; local candidates stay. The selected pair keeps carrying data until
+    /// a new one is chosen. Returns the new credentials for the new description.
+    pub fn restart(&mut self) -> IceCredentials {
+        self.local_creds = IceCredentials::random(&mut self.rng);
+        self.remote_creds = None;
+        self.remote_done = false;
+        for p in &self.pairs {
+            if let Some((id, _)) = p.check {
+                self.client.cancel(id);
+            }
+        }
+        // The old path carries data until a new pair is selected (RFC 8445 §9).
+        self.previous_path = self.selected();
+        self.remotes.clear();
+        self.pairs.clear();
+        self.triggered.clear();
+        self.selected = None;
+        self.selected_nominated = false;
+        self.nominated = None;
+        self.next_check = None;
+        self.next_consent = None;
+        self.set_state(IceState::Checking);
+        self.local_creds.clone()
+    }
+
+    fn pair_up(&mut self, l: usize, r: usize) {
+        let (local, remote) = (&self.locals[l], &self.remotes[r]);
+        let (Some(la), Some(ra)) = (local.candidate.socket_addr(), remote.socket_addr()) else {
+            return;
+        };
+        if la.is_ipv4() != ra.is_ipv4() || local.candidate.component != remote.component {
+            return;
+        }
+        // Redundant: same base and remote; keep the higher priority (RFC 8445 §6.1.2.4).
+        let base = local.base;
+        let priority = self.priority_of(l, r);
+        if let Some(i) = self
+            .pairs
+            .iter()
+            .position(|p| self.locals[p.local].base == base && p.remote == r)
+        {
+            if self.pairs[i].priority < priority && self.pairs[i].state == PairState::Waiting {
+                self.pairs[i].local = l;
+                self.pairs[i].priority = priority;
+            }
+            return;
+        }
+        if self.pairs.len() >= self.config.max_pairs {
+            return;
+        }
+        self.pairs.push(Pair {
+            local: l,
+            remote: r,
+            priority,
+            state: PairState::Waiting,
+            check: None,
+            nominated: false,
+            nominate_on_success: false,
+            rtt: None,
+            last_answer: None,
+            role_conflicts: 0,
+        });
+    }
+
+    fn priority_of(&self, l: usize, r: usize) -> u64 {
+        let (lp, rp) = (self.locals[l].candidate.priority, self.remotes[r].priority);
+        if self.controlling {
+            pair_priority(lp, rp)
+        } else {
+            pair_priority(rp, lp)
+        }
+    }
+
+    fn reprioritize(&mut self) {
+        for i in 0..self.pairs.len() {
+            self.pairs[i].priority = self.priority_of(self.pairs[i].local, self.pairs[i].remote);
+        }
+    }
+
+    fn schedule_checks_now(&mut self) {
+        if self.next_check.is_none() && self.remote_creds.is_some() {
+            // Due at once: the caller's next handle_timeout sends it.
+            self.next_check = Some(self.now);
+        }
+    }
+
+    /// The next datagram to send: its source is one of our bases.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits
+            .pop_front()
+            .or_else(|| self.client.poll_transmit())
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<IceEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`IceAgent::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let consent_deadline = self.selected.and_then(|s| {
+            self.pairs[s]
+                .last_answer
+                .map(|t| t + self.config.consent_timeout)
+        });
+        [
+            self.client.poll_timeout(),
+            self.next_check,
+            self.next_consent,
+            consent_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Paces checks, retransmits, sends consent checks and notices lost consent.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.client.handle_timeout(now);
+        self.drain_client(now);
+        if self.next_check.is_some_and(|t| t <= now) {
+            self.next_check = None;
+            if self.start_next_check(now) {
+                self.next_check = Some(now + self.config.ta);
+            }
+        }
+        if let Some(s) = self.selected {
+            if self.pairs[s]
+                .last_answer
+                .is_some_and(|t| now >= t + self.config.consent_timeout)
+            {
+                debug!("consent lost on the selected pair (RFC 7675)");
+                self.pairs[s].state = PairState::Failed;
+                self.pairs[s].nominated = false;
+                if self.nominated == Some(s) {
+                    self.nominated = None;
+                }
+                self.selected = None;
+                self.reselect(now);
+            }
+        }
+        if self.next_consent.is_some_and(|t| t <= now) {
+            self.next_consent = None;
+            if let Some(s) = self.selected {
+                if self.pairs[s].check.is_none() {
+                    self.send_check(now, s, false);
+                }
+                self.arm_consent(now);
+            }
+        }
+        self.update_failed();
+    }
+
+    fn arm_consent(&mut self, now: Instant) {
+        // RFC 7675 §5.1: uniformly random in [0.8, 1.2] × the interval.
+        let base = self.config.consent_interval.as_millis() as u64;
+        let jitter = if base == 0 {
+            0
+        } else {
+            self.rng.next_u64() % (base * 2 / 5 + 1)
+        };
+        self.next_consent =
+            Some(now + Duration::from_millis(base * 4 / 5 + jitter).max(Duration::from_millis(1)));
+    }
+
+    /// Starts one check: a triggered one first, else the best waiting pair. Returns
+    /// whether one was started.
+    fn start_next_check(&mut self, now: Instant) -> bool {
+        if self.remote_creds.is_none() {
+            return false;
+        }
+        while let Some(i) = self.triggered.pop_front() {
+            if i < self.pairs.len()
+                && self.pairs[i].check.is_none()
+                && self.pairs[i].state != PairState::Failed
+            {
+                let nominate = self.controlling && self.nominated == Some(i);
+                self.send_check(now, i, nominate);
+                return true;
+            }
+        }
+        let best = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state == PairState::Waiting && p.check.is_none())
+            .max_by_key(|(_, p)| p.priority)
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            self.send_check(now, i, false);
+            return true;
+        }
+        false
+    }
+
+    fn send_check(&mut self, now: Instant, i: usize, nominate: bool) {
+        let Some(remote_creds) = self.remote_creds.clone() else {
+            return;
+        };
+        let Some(dest) = self.remote_addr(self.pairs[i].remote) else {
+            return;
+        };
+        let Ok(key) = IntegrityKey::short_term(&remote_creds.pwd) else {
+            debug!("the peer's ICE password is not a valid OpaqueString");
+            return;
+        };
+        let local = &self.locals[self.pairs[i].local];
+        // The priority a peer-reflexive candidate of ours would get (RFC 8445 §7.1.1).
+        let prflx_priority = (CandidateKind::PeerReflexive.type_preference() << 24)
+            | (local.candidate.priority & 0x00FF_FFFF);
+        let username = format!("{}:{}", remote_creds.ufrag, self.local_creds.ufrag);
+        let (controlling, tie) = (self.controlling, self.tie_breaker);
+        let req = Request {
+            proto: Protocol::Udp,
+            source: local.base,
+            destination: dest,
+            method: Method::BINDING,
+            key: Some(key),
+            expect_from: ExpectFrom::Destination,
+            response_at: None,
+        };
+        let started = self.client.start(now, req, |b| {
+            b.add(&Username(&username))?;
+            b.add(&Priority(prflx_priority))?;
+            if controlling {
+                b.add(&IceControlling(tie))?;
+                if nominate {
+                    b.add(&UseCandidate)?;
+                }
+            } else {
+                b.add(&IceControlled(tie))?;
+            }
+            Ok(())
+        });
+        match started {
+            Ok(id) => {
+                let p = &mut self.pairs[i];
+                p.check = Some((id, nominate));
+                if p.state == PairState::Waiting {
+                    p.state = PairState::InProgress;
+                }
+                if self.state == IceState::New {
+                    self.set_state(IceState::Checking);
+                }
+            }
+            Err(e) => debug!(error = %e, "could not start a check"),
+        }
+    }
+
+    /// Offers a datagram that arrived at one of our bases.
+    pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> IceInput {
+        self.now = self.now.max(now);
+        if crate::demux::classify(rx.contents) != crate::demux::Kind::Stun {
+            return IceInput::NotIce;
+        }
+        if !self.locals.iter().any(|l| l.base == rx.destination) {
+            return IceInput::NotIce;
+        }
+        let Ok(msg) = Message::parse(rx.contents) else {
+            return IceInput::NotIce;
+        };
+        if msg.method() != Method::BINDING {
+            return IceInput::NotIce;
+        }
+        match msg.class() {
+            crate::stun::Class::Request => {
+                if self.handle_request(now, &rx, &msg) {
+                    IceInput::Consumed
+                } else {
+                    IceInput::NotIce
+                }
+            }
+            crate::stun::Class::Indication => IceInput::Consumed, // keepalive (RFC 8445 §11)
+            _ => {
+                if self.client.handle_input(now, rx) {
+                    self.drain_client(now);
+                    IceInput::Consumed
+                } else {
+                    IceInput::NotIce
+                }
+            }
+        }
+    }
+
+    /// A check from the peer (RFC 8445 §7.3). Returns false when it is not an ICE check
+    /// for us (no USERNAME of ours: another protocol's Binding request).
+    fn handle_request(&mut self, now: Instant, rx: &Received<'_>, msg: &Message<'_>) -> bool {
+        let Ok(Some(Username(user))) = msg.get::<Username<'_>>() else {
+            return false;
+        };
+        let Some((ours, _theirs)) = user.split_once(':') else {
+            return false;
+        };
+        if ours != self.local_creds.ufrag {
+            debug!(from = %rx.source, "check for another ufrag dropped");
+            return true;
+        }
+        let Ok(key) = IntegrityKey::short_term(&self.local_creds.pwd) else {
+            return true;
+        };
+        if msg.has_fingerprint() && msg.verify_fingerprint().is_err() {
+            debug!(from = %rx.source, "check with a bad FINGERPRINT dropped");
+            return true;
+        }
+        if msg.verify_integrity(&key).is_err() {
+            debug!(from = %rx.source, "check failing MESSAGE-INTEGRITY dropped");
+            return true;
+        }
+        let tid = msg.transaction_id();
+        // Role conflicts, RFC 8445 §7.3.1.1.
+        let theirs_controlling = msg.get::<IceControlling>().ok().flatten().map(|c| c.0);
+        let theirs_controlled = msg.get::<IceControlled>().ok().flatten().map(|c| c.0);
+        if self.controlling {
+            if let Some(t) = theirs_controlling {
+                if self.tie_breaker >= t {
+                    self.respond_487(rx, tid, &key);
+                    return true;
+                }
+                self.switch_role(false);
+            }
+        } else if let Some(t) = theirs_controlled {
+            if self.tie_breaker >= t {
+                self.switch_role(true);
+            } else {
+                self.respond_487(rx, tid, &key);
+                return true;
+            }
+        }
+        // Answer: XOR-MAPPED-ADDRESS is where the check came from (RFC 8445 §7.3.1.2).
+        let mut buf = [0u8; 256];
+        if let Ok(mut b) = MessageBuilder::new(&mut buf, MessageType::BINDING_SUCCESS, tid) {
+            let built = b
+                .add(&XorMappedAddress(rx.source))
+                .and_then(|b| b.add_message_integrity(&key))
+                .and_then(|b| b.add_fingerprint());
+            if built.is_ok() {
+                self.transmits.push_back(Transmit {
+                    proto: Protocol::Udp,
+                    source: rx.destination,
+                    destination: rx.source,
+                    contents: b.finish().to_vec(),
+                });
+            }
+        }
+        // The remote candidate: known, or peer-reflexive (RFC 8445 §7.3.1.3).
+        let r = match self
+            .remotes
+            .iter()
+            .position(|c| c.socket_addr() == Some(rx.source))
+        {
+            Some(r) => r,
+            None => {
+                if self.remotes.len() >= self.config.max_remote_candidates {
+                    debug!(from = %rx.source, "peer-reflexive candidate beyond the limit ignored");
+                    return true;
+                }
+                let priority = msg.get::<Priority>().ok().flatten().map_or(0, |p| p.0);
+                let mut c = Candidate::new(
+                    CandidateKind::PeerReflexive,
+                    CandidateTransport::Udp,
+                    rx.source,
+                    rx.source.ip(),
+                    None,
+                    0,
+                );
+                c.priority = priority;
+                self.events.push_back(IceEvent::PeerReflexive(c.clone()));
+                self.remotes.push(c);
+                let r = self.remotes.len() - 1;
+                for l in 0..self.locals.len() {
+                    if self.locals[l].base == rx.destination {
+                        self.pair_up(l, r);
+                    }
+                }
+                r
+            }
+        };
+        let Some(i) = self
+            .pairs
+            .iter()
+            .position(|p| p.remote == r && self.locals[p.local].base == rx.destination)
+        else {
+            return true;
+        };
+        let use_candidate = msg.has(crate::stun::AttributeType::USE_CANDIDATE);
+        if use_candidate && !self.controlling {
+            if self.pairs[i].state == PairState::Succeeded {
+                self.nominate(now, i);
+            } else {
+                self.pairs[i].nominate_on_success = true;
+            }
+        }
+        // A triggered check (RFC 8445 §7.3.1.4), unless one is in flight or it succeeded
+        // recently enough.
+        let p = &mut self.pairs[i];
+        if p.check.is_none() && p.state != PairState::Succeeded {
+            if p.state == PairState::Failed {
+                p.state = PairState::Waiting;
+            }
+            if !self.triggered.contains(&i) {
+                self.triggered.push_back(i);
+            }
+            if self.next_check.is_none() {
+                self.next_check = Some(now);
+            }
+        }
+        true
+    }
+
+    fn respond_487(&mut self, rx: &Received<'_>, tid: TransactionId, key: &IntegrityKey) {
+        let mut buf = [0u8; 256];
+        let kind = MessageType::new(crate::stun::Class::Error, Method::BINDING);
+        if let Ok(mut b) = MessageBuilder::new(&mut buf, kind, tid) {
+            let built = b
+                .add(&ErrorCode::new(487, "Role Conflict"))
+                .and_then(|b| b.add_message_integrity(key))
+                .and_then(|b| b.add_fingerprint());
+            if built.is_ok() {
+                self.transmits.push_back(Transmit {
+                    proto: Protocol::Udp,
+                    source: rx.destination,
+                    destination: rx.source,
+                    contents: b.finish().to_vec(),
+                });
+            }
+        }
+    }
+
+    fn switch_role(&mut self, controlling: bool) {
+        if self.controlling == controlling {
+            return;
+        }
+        debug!(controlling, "ICE role switched to repair a conflict");
+        self.controlling = controlling;
+        self.reprioritize();
+        self.events.push_back(IceEvent::RoleChanged { controlling });
+    }
+
+    fn drain_client(&mut self, now: Instant) {
+        while let Some(ev) = self.client.poll_event() {
+            match ev {
+                TransactionEvent::Response(resp) => {
+                    let Some(i) = self
+                        .pairs
+                        .iter()
+                        .position(|p| p.check.is_some_and(|(id, _)| id == resp.id))
+                    else {
+                        continue;
+                    };
+                    let (_, nominating) = self.pairs[i].check.take().unwrap_or((resp.id, false));
+                    let msg = resp.message();
+                    if msg.class() == crate::stun::Class::Success {
+                        self.on_success(now, i, nominating, resp.rtt);
+                    } else {
+                        let code = msg
+                            .get::<ErrorCode<'_>>()
+                            .ok()
+                            .flatten()
+                            .map_or(0, |e| e.code);
+                        if code == 487 && self.pairs[i].role_conflicts < MAX_ROLE_CONFLICTS {
+                            self.pairs[i].role_conflicts += 1;
+                            let c = !self.controlling;
+                            self.switch_role(c);
+                            self.triggered.push_front(i);
+                            self.next_check = Some(now);
+                        } else {
+                            debug!(code, "check failed with an error response");
+                            self.fail_pair(now, i);
+                        }
+                    }
+                }
+                TransactionEvent::TimedOut { id, .. } => {
+                    if let Some(i) = self
+                        .pairs
+                        .iter()
+                        .position(|p| p.check.is_some_and(|(c, _)| c == id))
+                    {
+                        self.pairs[i].check = None;
+                        // A consent check that times out does not fail a valid pair by
+                        // itself: consent_timeout decides.
+                        if self.pairs[i].state != PairState::Succeeded {
+                            self.fail_pair(now, i);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_pair(&mut self, now: Instant, i: usize) {
+        self.pairs[i].state = PairState::Failed;
+        if self.selected == Some(i) {
+            self.selected = None;
+            self.reselect(now);
+        }
+        self.update_failed();
+    }
+
+    fn on_success(&mut self, now: Instant, i: usize, nominating: bool, rtt: Option<Duration>) {
+        let p = &mut self.pairs[i];
+        let first = p.state != PairState::Succeeded;
+        p.state = PairState::Succeeded;
+        p.last_answer = Some(now);
+        if rtt.is_some() {
+            p.rtt = rtt;
+        }
+        if nominating || (!self.controlling && p.nominate_on_success) {
+            p.nominate_on_success = false;
+            self.nominate(now, i);
+            return;
+        }
+        if first {
+            if self.controlling {
+                // Nominate the first valid pair, then any better one (renomination).
+                let better = self
+                    .nominated
+                    .is_none_or(|n| self.pairs[n].priority < self.pairs[i].priority);
+                if better {
+                    self.nominated = Some(i);
+                    self.triggered.push_front(i);
+                    self.next_check = Some(now);
+                }
+            }
+            self.reselect(now);
+        }
+    }
+
+    fn nominate(&mut self, now: Instant, i: usize) {
+        if let Some(old) = self.nominated.filter(|o| *o != i) {
+            self.pairs[old].nominated = false;
+        }
+        self.pairs[i].nominated = true;
+        self.nominated = Some(i);
+        self.reselect(now);
+    }
+
+    /// Picks the pair data goes on: the nominated one when valid, else the best valid one.
+    fn reselect(&mut self, now: Instant) {
+        let fresh = |p: &Pair| {
+            p.state == PairState::Succeeded
+                && p.last_answer
+                    .is_some_and(|t| now < t + self.config.consent_timeout)
+        };
+        let pick = self
+            .nominated
+            .filter(|n| self.pairs[*n].nominated && fresh(&self.pairs[*n]))
+            .or_else(|| {
+                self.pairs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| fresh(p))
+                    .max_by_key(|(_, p)| p.priority)
+                    .map(|(i, _)| i)
+            });
+        let nominated = pick.is_some_and(|i| self.pairs[i].nominated);
+        if pick == self.selected && nominated == self.selected_nominated {
+            return;
+        }
+        self.selected = pick;
+        self.selected_nominated = nominated;
+        if pick.is_some() {
+            self.previous_path = None;
+        }
+        match pick {
+            Some(i) => {
+                let p = &self.pairs[i];
+                self.events.push_back(IceEvent::SelectedPair {
+                    local: self.locals[p.local].candidate.clone(),
+                    remote: self.remotes[p.remote].clone(),
+                    nominated: p.nominated,
+                    rtt: p.rtt,
+                });
+                if self.next_consent.is_none() {
+                    self.arm_consent(now);
+                }
+                self.set_state(IceState::Connected);
+            }
+            None => {
+                self.next_consent = None;
+                if self.state == IceState::Connected {
+                    self.set_state(IceState::Disconnected);
+                }
+            }
+        }
+    }
+
+    fn update_failed(&mut self) {
+        if self.remote_done
+            && self.selected.is_none()
+            && self.triggered.is_empty()
+            && self
+                .pairs
+                .iter()
+                .all(|p| p.state == PairState::Failed && p.check.is_none())
+            && matches!(
+                self.state,
+                IceState::New | IceState::Checking | IceState::Disconnected
+            )
+        {
+            self.set_state(IceState::Failed);
+        }
+    }
+
+    fn set_state(&mut self, s: IceState) {
+        if self.state != s {
+            debug!(from = ?self.state, to = ?s, "ICE state");
+            self.state = s;
+            self.events.push_back(IceEvent::State(s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

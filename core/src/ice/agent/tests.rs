@@ -1,0 +1,522 @@
+//! Two agents on the virtual network ([`crate::sim`]), behind NATs of every RFC 4787 kind.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sim::{Behaviour, Conditions, Delivery, NatConfig, Network, udp};
+
+fn a(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const REFLECTOR: &str = "203.0.113.10:3478";
+
+struct Peer {
+    agent: IceAgent,
+    base: SocketAddr,
+    /// Application data that reached this peer (NotIce datagrams).
+    data: Vec<Vec<u8>>,
+    events: Vec<IceEvent>,
+}
+
+struct World {
+    now: Instant,
+    start: Instant,
+    net: Network,
+    peers: [Peer; 2],
+    /// Peers that stopped answering (consent tests).
+    muted: [bool; 2],
+}
+
+/// The server-reflexive address of `base`: a datagram to a public reflector, as a STUN
+/// Binding would do.
+fn reflect(net: &mut Network, now: &mut Instant, base: SocketAddr) -> SocketAddr {
+    net.send(*now, udp(base, a(REFLECTOR), b"binding"));
+    loop {
+        let t = net.poll_timeout().expect("the reflector answers");
+        *now = (*now).max(t);
+        if let Some(d) = net.poll_delivery(*now) {
+            return d.transmit.source;
+        }
+    }
+}
+
+fn host(base: SocketAddr) -> Candidate {
+    Candidate::new(
+        CandidateKind::Host,
+        CandidateTransport::Udp,
+        base,
+        base.ip(),
+        None,
+        65535,
+    )
+}
+
+fn srflx(mapped: SocketAddr, base: SocketAddr) -> Candidate {
+    let mut c = Candidate::new(
+        CandidateKind::ServerReflexive,
+        CandidateTransport::Udp,
+        mapped,
+        base.ip(),
+        Some(a(REFLECTOR).ip()),
+        65535,
+    );
+    c.related = Some((super::super::CandidateAddress::Ip(base.ip()), base.port()));
+    c
+}
+
+impl World {
+    /// Peer 0 (controlling) at 192.168.1.10:5000, peer 1 at 10.0.0.10:6000, each behind
+    /// its NAT (or on the public network with `None`), candidates host + srflx exchanged.
+    fn new(nats: [Option<NatConfig>; 2], conditions: Conditions, seed: u64) -> Self {
+        let start = Instant::now();
+        let mut now = start;
+        let mut net = Network::new(seed, Conditions::default());
+        net.add_host(a(REFLECTOR).ip(), None);
+        let bases = [a("192.168.1.10:5000"), a("10.0.0.10:6000")];
+        let externals = ["198.51.100.1", "198.51.100.2"];
+        for i in 0..2 {
+            let nat = nats[i].map(|c| net.add_nat(externals[i].parse().unwrap(), c));
+            net.add_host(bases[i].ip(), nat);
+        }
+        let mut peers = [0, 1].map(|i| {
+            let mut s = [0u8; 32];
+            s[0] = i as u8;
+            s[1] = seed as u8;
+            Peer {
+                agent: IceAgent::new(now, IceConfig::default(), i == 0, s),
+                base: bases[i],
+                data: vec![],
+                events: vec![],
+            }
+        });
+        let mut cands: [Vec<Candidate>; 2] = [vec![], vec![]];
+        for i in 0..2 {
+            let mapped = reflect(&mut net, &mut now, bases[i]);
+            cands[i].push(host(bases[i]));
+            if mapped != bases[i] {
+                cands[i].push(srflx(mapped, bases[i]));
+            }
+            for c in &cands[i] {
+                peers[i].agent.add_local_candidate(c.clone(), bases[i]);
+            }
+        }
+        net.set_conditions(conditions);
+        for i in 0..2 {
+            let creds = peers[1 - i].agent.local_credentials().clone();
+            peers[i].agent.set_remote_credentials(creds);
+            for c in &cands[1 - i] {
+                peers[i].agent.add_remote_candidate(c.clone());
+            }
+            peers[i].agent.end_of_remote_candidates();
+        }
+        Self {
+            now,
+            start,
+            net,
+            peers,
+            muted: [false; 2],
+        }
+    }
+
+    fn step(&mut self, until: Instant) -> bool {
+        for i in 0..2 {
+            while let Some(t) = self.peers[i].agent.poll_transmit() {
+                if !self.muted[i] {
+                    self.net.send(self.now, t);
+                }
+            }
+            while let Some(e) = self.peers[i].agent.poll_event() {
+                self.peers[i].events.push(e);
+            }
+        }
+        let next = [
+            self.peers[0].agent.poll_timeout(),
+            self.peers[1].agent.poll_timeout(),
+            self.net.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next.filter(|n| *n <= until) else {
+            self.now = until;
+            return false;
+        };
+        self.now = self.now.max(next);
+        while let Some(Delivery { host, transmit }) = self.net.poll_delivery(self.now) {
+            let Some(i) = self.peers.iter().position(|p| p.base.ip() == host) else {
+                continue;
+            };
+            if self.muted[i] {
+                continue;
+            }
+            let rx = Received {
+                proto: transmit.proto,
+                source: transmit.source,
+                destination: transmit.destination,
+                contents: &transmit.contents,
+            };
+            if self.peers[i].agent.handle_input(self.now, rx) == IceInput::NotIce {
+                self.peers[i].data.push(transmit.contents.clone());
+            }
+        }
+        for p in &mut self.peers {
+            p.agent.handle_timeout(self.now);
+        }
+        true
+    }
+
+    /// Runs until both sides have a nominated selected pair, or `limit` of virtual time.
+    fn connect(&mut self, limit: Duration) -> bool {
+        let until = self.start + limit;
+        for _ in 0..1_000_000 {
+            if self.peers.iter().all(|p| nominated(p).is_some()) {
+                return true;
+            }
+            if self
+                .peers
+                .iter()
+                .all(|p| p.agent.state() == IceState::Failed)
+            {
+                return false;
+            }
+            if !self.step(until) {
+                return false;
+            }
+        }
+        panic!("runaway loop");
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        for _ in 0..1_000_000 {
+            if !self.step(until) {
+                return;
+            }
+        }
+        panic!("runaway loop");
+    }
+
+    /// Sends application data from peer `i` on its selected pair; returns whether the
+    /// other peer got it.
+    fn data_flows(&mut self, i: usize) -> bool {
+        let (from, to) = self.peers[i].agent.selected().expect("a selected pair");
+        let before = self.peers[1 - i].data.len();
+        self.net
+            .send(self.now, udp(from, to, &[0x80, 0, 0, 1, i as u8]));
+        self.run_for(Duration::from_secs(1));
+        self.peers[1 - i].data.len() > before
+    }
+}
+
+fn nominated(p: &Peer) -> Option<(Candidate, Candidate)> {
+    p.events.iter().rev().find_map(|e| match e {
+        IceEvent::SelectedPair {
+            local,
+            remote,
+            nominated: true,
+            ..
+        } => Some((local.clone(), remote.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn public_hosts_connect_in_a_round_trip_or_two() {
+    let mut w = World::new([None, None], Conditions::default(), 1);
+    let t0 = w.now;
+    assert!(w.connect(Duration::from_secs(5)));
+    // 10 ms one way: check + answer + nomination well under 100 ms.
+    assert!(w.now - t0 < Duration::from_millis(100), "{:?}", w.now - t0);
+    let (l, r) = nominated(&w.peers[0]).unwrap();
+    assert_eq!((l.kind, r.kind), (CandidateKind::Host, CandidateKind::Host));
+    assert!(w.data_flows(0));
+    assert!(w.data_flows(1));
+    assert_eq!(w.peers[0].agent.state(), IceState::Connected);
+}
+
+#[test]
+fn every_pair_of_nat_kinds_connects_exactly_when_the_oracle_says() {
+    let mut table = String::new();
+    let mut kinds = Vec::new();
+    for m in Behaviour::ALL {
+        for f in Behaviour::ALL {
+            kinds.push(NatConfig::new(m, f));
+        }
+    }
+    let short = |b: Behaviour| match b {
+        Behaviour::EndpointIndependent => "EI",
+        Behaviour::AddressDependent => "AD",
+        Behaviour::AddressAndPortDependent => "APD",
+    };
+    let mut checked = 0;
+    for (x, nx) in kinds.iter().enumerate() {
+        for (y, ny) in kinds.iter().enumerate().skip(x) {
+            let mut w = World::new([Some(*nx), Some(*ny)], Conditions::default(), 7);
+            let connected = w.connect(Duration::from_secs(40));
+            let expected = nx.direct_possible_with(ny);
+            let has_adm = [nx, ny]
+                .iter()
+                .any(|n| n.mapping == Behaviour::AddressDependent);
+            table.push_str(&format!(
+                "{}M/{}F x {}M/{}F: {}\n",
+                short(nx.mapping),
+                short(nx.filtering),
+                short(ny.mapping),
+                short(ny.filtering),
+                if connected {
+                    "direct"
+                } else {
+                    "no direct path"
+                }
+            ));
+            if has_adm {
+                // The oracle is conservative for address-dependent mapping.
+                assert!(connected || !expected, "{x} {y}:\n{table}");
+            } else {
+                assert_eq!(connected, expected, "{x} {y}:\n{table}");
+            }
+            if connected {
+                assert!(w.data_flows(0) && w.data_flows(1), "{x} {y}");
+            } else {
+                // Both give up (the peer said end-of-candidates).
+                w.run_for(Duration::from_secs(60));
+                for p in &w.peers {
+                    assert_eq!(p.agent.state(), IceState::Failed, "{x} {y}:\n{table}");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 45);
+    println!("{table}");
+}
+
+#[test]
+fn loss_and_reordering_do_not_stop_it() {
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    for (loss, seed) in [(0.1, 11), (0.3, 12), (0.3, 13)] {
+        let conditions = Conditions {
+            latency: Duration::from_millis(40),
+            jitter: Duration::from_millis(30),
+            loss,
+        };
+        let mut w = World::new([Some(cone), Some(cone)], conditions, seed);
+        assert!(w.connect(Duration::from_secs(30)), "loss {loss}");
+        // Data over a lossy path: one of a few gets through.
+        assert!((0..5).any(|_| w.data_flows(0)), "loss {loss}");
+    }
+}
+
+#[test]
+fn a_role_conflict_is_repaired() {
+    let mut w = World::new([None, None], Conditions::default(), 3);
+    // Make both controlling, as two offerers would be.
+    let mut s = [9u8; 32];
+    s[0] = 42;
+    let creds0 = w.peers[0].agent.local_credentials().clone();
+    let mut b = IceAgent::new(w.now, IceConfig::default(), true, s);
+    b.add_local_candidate(host(w.peers[1].base), w.peers[1].base);
+    b.set_remote_credentials(creds0);
+    b.add_remote_candidate(host(w.peers[0].base));
+    w.peers[0]
+        .agent
+        .set_remote_credentials(b.local_credentials().clone());
+    w.peers[1].agent = b;
+    assert!(w.connect(Duration::from_secs(10)));
+    let roles = [
+        w.peers[0].agent.is_controlling(),
+        w.peers[1].agent.is_controlling(),
+    ];
+    assert!(roles[0] != roles[1], "{roles:?}");
+    assert!(w.peers.iter().any(|p| {
+        p.events
+            .iter()
+            .any(|e| matches!(e, IceEvent::RoleChanged { .. }))
+    }));
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
+
+#[test]
+fn a_better_pair_found_later_is_renominated() {
+    // Peer 1 first offers only a low-priority candidate (as a relayed one would be);
+    // the host candidate trickles in after the first nomination.
+    let mut w = World::new([None, None], Conditions::default(), 4);
+    let second = a("10.0.0.10:6001");
+    let mut relay_like = Candidate::new(
+        CandidateKind::Relayed,
+        CandidateTransport::Udp,
+        second,
+        second.ip(),
+        Some(a(REFLECTOR).ip()),
+        65535,
+    );
+    relay_like.foundation = "relay".into();
+    let mut s = [7u8; 32];
+    s[0] = 1;
+    let mut b = IceAgent::new(w.now, IceConfig::default(), false, s);
+    b.add_local_candidate(relay_like.clone(), second);
+    b.set_remote_credentials(w.peers[0].agent.local_credentials().clone());
+    b.add_remote_candidate(host(w.peers[0].base));
+    let mut a0 = IceAgent::new(w.now, IceConfig::default(), true, [3; 32]);
+    a0.add_local_candidate(host(w.peers[0].base), w.peers[0].base);
+    a0.set_remote_credentials(b.local_credentials().clone());
+    a0.add_remote_candidate(relay_like);
+    b.set_remote_credentials(a0.local_credentials().clone());
+    w.peers[0].agent = a0;
+    w.peers[1].agent = b;
+    w.peers[1].base = second;
+    assert!(w.connect(Duration::from_secs(5)));
+    assert_eq!(
+        nominated(&w.peers[0]).unwrap().1.kind,
+        CandidateKind::Relayed
+    );
+    // The direct candidate arrives (trickle): peer 1's host socket.
+    let direct = a("10.0.0.10:6000");
+    w.peers[1].agent.add_local_candidate(host(direct), direct);
+    w.peers[0].agent.add_remote_candidate(host(direct));
+    w.run_for(Duration::from_secs(2));
+    // (The world routes by IP, so both of peer 1's sockets reach its one agent.)
+    let (_, r) = nominated(&w.peers[0]).unwrap();
+    assert_eq!(r.kind, CandidateKind::Host, "{:?}", w.peers[0].events);
+    let (l, _) = nominated(&w.peers[1]).unwrap();
+    assert_eq!(l.kind, CandidateKind::Host, "{:?}", w.peers[1].events);
+    assert_eq!(w.peers[0].agent.selected().unwrap().1, direct);
+}
+
+#[test]
+fn consent_is_lost_within_its_timeout_and_traffic_stops() {
+    let mut w = World::new([None, None], Conditions::default(), 5);
+    assert!(w.connect(Duration::from_secs(5)));
+    let lost_from = w.now;
+    w.muted[1] = true;
+    w.run_for(Duration::from_secs(29));
+    assert_eq!(w.peers[0].agent.state(), IceState::Connected);
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(
+        w.peers[0].agent.state(),
+        IceState::Disconnected,
+        "{:?}",
+        w.now - lost_from
+    );
+    assert!(w.peers[0].agent.selected().is_none());
+}
+
+#[test]
+fn consent_checks_keep_a_nat_binding_alive() {
+    // A NAT that forgets bindings after 20 s idle: consent checks every 4-6 s keep it.
+    let mut nat = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    nat.binding_timeout = Duration::from_secs(20);
+    let mut w = World::new([Some(nat), Some(nat)], Conditions::default(), 6);
+    assert!(w.connect(Duration::from_secs(5)));
+    w.run_for(Duration::from_secs(120));
+    assert_eq!(w.peers[0].agent.state(), IceState::Connected);
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
+
+#[test]
+fn restart_with_new_credentials_connects_again() {
+    let mut w = World::new([None, None], Conditions::default(), 8);
+    assert!(w.connect(Duration::from_secs(5)));
+    let old = w.peers[0].agent.local_credentials().clone();
+    let new0 = w.peers[0].agent.restart();
+    assert_ne!(new0, old);
+    let new1 = w.peers[1].agent.restart();
+    // Data keeps flowing on the old pair meanwhile.
+    assert!(w.peers[0].agent.selected().is_some());
+    for (i, creds) in [(0, new1), (1, new0)] {
+        w.peers[i].agent.set_remote_credentials(creds);
+        let other = w.peers[1 - i].base;
+        w.peers[i].agent.add_remote_candidate(host(other));
+    }
+    for p in &mut w.peers {
+        p.events.clear();
+    }
+    assert!(w.connect(Duration::from_secs(10)));
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
+
+#[test]
+fn checks_with_the_wrong_key_or_ufrag_are_ignored() {
+    let now = Instant::now();
+    let mut agent = IceAgent::new(now, IceConfig::default(), false, [1; 32]);
+    let base = a("192.0.2.1:5000");
+    agent.add_local_candidate(host(base), base);
+    let ufrag = agent.local_credentials().ufrag.clone();
+    for (user, pwd) in [
+        (format!("{ufrag}:peer"), "wrong-password-0123456789"),
+        ("other:peer".to_owned(), "wrong-password-0123456789"),
+    ] {
+        let key = IntegrityKey::short_term(pwd).unwrap();
+        let mut buf = [0u8; 256];
+        let mut b = MessageBuilder::new(
+            &mut buf,
+            MessageType::new(crate::stun::Class::Request, Method::BINDING),
+            TransactionId([7; 12]),
+        )
+        .unwrap();
+        b.add(&Username(&user)).unwrap();
+        b.add(&IceControlling(1)).unwrap();
+        b.add_message_integrity(&key).unwrap();
+        b.add_fingerprint().unwrap();
+        let bytes = b.finish().to_vec();
+        let rx = Received {
+            proto: Protocol::Udp,
+            source: a("198.51.100.9:7000"),
+            destination: base,
+            contents: &bytes,
+        };
+        assert_eq!(agent.handle_input(now, rx), IceInput::Consumed);
+        assert!(agent.poll_transmit().is_none(), "{user}");
+        assert!(agent.poll_event().is_none());
+    }
+    // Application data and STUN for someone else are passed on.
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: a("198.51.100.9:7000"),
+        destination: base,
+        contents: &[0x80, 1, 2, 3],
+    };
+    assert_eq!(agent.handle_input(now, rx), IceInput::NotIce);
+    let plain = [
+        0u8, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: a("198.51.100.9:7000"),
+        destination: base,
+        contents: &plain,
+    };
+    assert_eq!(agent.handle_input(now, rx), IceInput::NotIce);
+}
+
+#[test]
+fn remote_candidates_and_pairs_are_bounded() {
+    let now = Instant::now();
+    let mut agent = IceAgent::new(now, IceConfig::default(), true, [2; 32]);
+    let base = a("192.0.2.1:5000");
+    agent.add_local_candidate(host(base), base);
+    let mut added = 0;
+    for i in 0..1000u32 {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0xC633_6400 + i));
+        if agent.add_remote_candidate(host(SocketAddr::new(ip, 9))) {
+            added += 1;
+        }
+    }
+    assert_eq!(added, IceConfig::default().max_remote_candidates);
+    assert!(agent.pairs.len() <= IceConfig::default().max_pairs);
+}
+
+#[test]
+fn pair_priorities_follow_rfc_8445() {
+    assert_eq!(pair_priority(1, 2), (1 << 32) + 4);
+    assert_eq!(pair_priority(2, 1), (1 << 32) + 4 + 1);
+    assert!(pair_priority(100, 100) > pair_priority(99, 1000));
+}
