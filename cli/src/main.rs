@@ -826,7 +826,10 @@ async fn map_list(target: GatewayTarget, json: bool) -> ExitCode {
         });
         if failed_empty {
             j["event"] = json!("error");
-            j["error"] = json!("refused");
+            j["error"] = json!(match lister.end() {
+                Some(ListEnd::Failed(e)) if e.is_no_answer() => "unavailable",
+                _ => "refused",
+            });
         }
         println!("{j}");
         let _ = std::io::stdout().flush();

@@ -1,6 +1,7 @@
 //! Port mapping on tokio: the gateway's address, one UDP socket for PCP and NAT-PMP, and
 //! UPnP IGD (SSDP over UDP, HTTP/1.1 over TCP, around the sans-IO [`upnp`] codec), around
-//! the sans-IO [`Mapper`] and [`Probe`].
+//! the sans-IO [`Mapper`], [`Probe`] and [`Delete`]; [`list_mappings`] reads the
+//! gateway's UPnP port-mapping table with [`upnp::MappingLister`].
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -20,7 +20,10 @@
 //! - A private or shared (100.64.0.0/10) external address means another NAT sits beyond
 //!   the gateway: the mapping is reported as not reachable from the internet.
 //! - [`Mapper::release`] deletes the mapping (PCP/NAT-PMP lifetime 0, UPnP
-//!   DeletePortMapping).
+//!   DeletePortMapping), and [`MapperEvent::Released`] says whether the gateway confirmed
+//!   it ([`ReleaseOutcome`]).
+//! - A renewal that goes unanswered until the mapping is about to expire loses it with
+//!   [`LossReason::NotAnswering`]; one the gateway refuses, with [`LossReason::Refused`].
 //! - With a STUN reflector ([`MapperConfig::verify`], UDP mappings), it checks that traffic
 //!   really arrives through every new mapping, after renewals and every
 //!   [`VerifyConfig::interval`] (see [`verify`]). A gateway that grants a mapping and does
@@ -37,7 +40,9 @@
 //!   seconds rather than at the next renewal.
 //!
 //! [`Probe`] is the netcheck side: which of the three protocols the gateway speaks, and
-//! the external address each reports, without creating any mapping.
+//! the external address each reports, without creating any mapping. [`Delete`] deletes a
+//! mapping another process left behind, over every protocol, and reports what each
+//! answered. Listing a gateway's mappings is UPnP's alone ([`upnp::MappingLister`]).
 
 pub mod natpmp;
 pub mod pcp;
@@ -321,8 +326,10 @@ pub enum MapperEvent {
     /// [`VerifyConfig::interval`]).
     NotForwarding(Mapping),
     /// The mapping could not be verified: the reflector did not answer, does not implement
-    /// RFC 5780, or sees this host at another address. With no answer it is tried again
-    /// after [`VerifyConfig::interval`]; otherwise verification stops.
+    /// RFC 5780, or sees this host at another address; or no verification can work (a TCP
+    /// mapping, or one whose external address is private or CGNAT, behind another NAT:
+    /// said at every new such mapping). With no answer it is tried again after
+    /// [`VerifyConfig::interval`]; otherwise verification stops.
     Unverified(String),
 }
 
@@ -349,11 +356,11 @@ pub enum ReleaseOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpnpCommand {
     /// Discover the IGD (SSDP: unicast to the gateway first, then multicast) and read
-    /// its external address. Answer with [`UpnpResult::Available`] or
-    /// [`UpnpResult::Failed`].
+    /// its external address. Answer with [`UpnpResult::Available`],
+    /// [`UpnpResult::Failed`] or [`UpnpResult::NoAnswer`].
     Probe,
     /// AddPortMapping (or AddAnyPortMapping when `external_port` is 0 or taken). Answer
-    /// with [`UpnpResult::Mapped`] or [`UpnpResult::Failed`].
+    /// with [`UpnpResult::Mapped`], [`UpnpResult::Failed`] or [`UpnpResult::NoAnswer`].
     Map {
         /// UDP or TCP.
         protocol: MapProtocol,
@@ -364,7 +371,8 @@ pub enum UpnpCommand {
         /// Lease in seconds.
         lifetime: u32,
     },
-    /// DeletePortMapping. Answer with [`UpnpResult::Deleted`] or [`UpnpResult::Failed`].
+    /// DeletePortMapping. Answer with [`UpnpResult::Deleted`],
+    /// [`UpnpResult::NoSuchMapping`], [`UpnpResult::Failed`] or [`UpnpResult::NoAnswer`].
     Delete {
         /// UDP or TCP.
         protocol: MapProtocol,
