@@ -324,6 +324,18 @@ mod fake_gateway {
     }
 
     pub(crate) fn start(ip: &str, speak_pcp: bool, speak_natpmp: bool) -> FakeGateway {
+        start_with(ip, speak_pcp, speak_natpmp, EXTERNAL, true)
+    }
+
+    /// [`start`] with another external address, and optionally deaf to deletions (lifetime
+    /// 0), as a gateway that stopped answering just then.
+    pub(crate) fn start_with(
+        ip: &str,
+        speak_pcp: bool,
+        speak_natpmp: bool,
+        external: Ipv4Addr,
+        answer_deletes: bool,
+    ) -> FakeGateway {
         let sock = UdpSocket::bind((ip, natpmp::SERVER_PORT)).expect("bind fake gateway");
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -340,6 +352,17 @@ mod fake_gateway {
                 };
                 let req = &buf[..n];
                 req2.lock().unwrap().push(req.to_vec());
+                let deletion = match req.first() {
+                    Some(2) => pcp::Request::parse(req).is_ok_and(|r| r.lifetime == 0),
+                    Some(0) => matches!(
+                        natpmp::Request::parse(req),
+                        Ok(natpmp::Request::Map { lifetime: 0, .. })
+                    ),
+                    _ => false,
+                };
+                if deletion && !answer_deletes {
+                    continue;
+                }
                 let epoch = started.elapsed().as_secs() as u32;
                 let mut out = [0u8; 128];
                 let len = match req.first() {
@@ -350,7 +373,7 @@ mod fake_gateway {
                         let data = match r.data {
                             pcp::OpData::Map(mut m) => {
                                 m.external_port = if r.lifetime == 0 { 0 } else { 61001 };
-                                m.external_ip = IpAddr::V4(EXTERNAL);
+                                m.external_ip = IpAddr::V4(external);
                                 pcp::OpData::Map(m)
                             }
                             d => d,
@@ -389,7 +412,7 @@ mod fake_gateway {
                         };
                         let body = match r {
                             natpmp::Request::ExternalAddress => {
-                                natpmp::ResponseBody::ExternalAddress(EXTERNAL)
+                                natpmp::ResponseBody::ExternalAddress(external)
                             }
                             natpmp::Request::Map {
                                 protocol,
@@ -520,7 +543,16 @@ fn map_fails_cleanly_without_a_gateway() {
         "--json",
     ]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(lines.is_empty(), "{lines:?}");
+    // --json: the failure as a JSON object on stdout, too.
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["event"], "error", "{lines:?}");
+    assert_eq!(lines[0]["error"], "unavailable", "{lines:?}");
+    assert!(
+        lines[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no port mapping") && d.contains("PCP")),
+        "{lines:?}"
+    );
     assert!(stderr.contains("no port mapping"), "{stderr}");
     let (code, _, _) = map_cmd(&["--port", "0", "--gateway", "127.0.0.5"]);
     assert_eq!(code, Some(2));
@@ -1040,4 +1072,325 @@ fn ctrl_c_during_lifetime_discovery_prints_the_partial_report() {
     // What was found before the interruption is all there.
     assert!(out.contains("endpoint-independent"), "{out}");
     assert!(out.contains("stopped early"), "{out}");
+}
+
+/// `pinhole map` with a bound: killed after `limit` (code `None`), so that a run that
+/// would hang fails the test instead of hanging it.
+fn map_within(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .arg("map")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    (
+        code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or(serde_json::Value::Null))
+        .collect()
+}
+
+#[test]
+fn map_flag_ranges_and_unusable_gateways_are_usage_errors() {
+    // Each would otherwise run (against 127.0.0.6, where nothing listens) or panic.
+    for args in [
+        &[
+            "--port",
+            "6003",
+            "--verify",
+            "stun:127.0.0.1:9",
+            "--verify-interval",
+            "18446744073709551615",
+        ][..],
+        &[
+            "--port",
+            "6003",
+            "--verify",
+            "stun:127.0.0.1:9",
+            "--verify-interval",
+            "86401",
+        ],
+        &[
+            "--port",
+            "6003",
+            "--verify",
+            "stun:127.0.0.1:9",
+            "--verify-interval",
+            "0",
+        ],
+        &[
+            "--port",
+            "6003",
+            "--verify",
+            "stun:127.0.0.1:9",
+            "--verify-interval",
+            "1e20",
+        ],
+        &["--port", "6003", "--lifetime", "4294967296"],
+        &["--port", "6003", "--lifetime", "0"],
+        &["--port", "65536"],
+        &["--delete", "0"],
+        &["--delete", "6003", "--once"],
+        &["--delete", "6003", "--verify-interval", "5"],
+        &["--list", "--once"],
+        &["--list", "--delete", "6003"],
+        &["--list", "--via", "natpmp"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--gateway", "127.0.0.6", "--json"]);
+        let (code, stdout, stderr) = map_within(&all, Duration::from_secs(5));
+        assert_eq!(code, Some(2), "{args:?}: {stdout}{stderr}");
+    }
+    for gw in ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"] {
+        let (code, stdout, stderr) = map_within(
+            &["--port", "6003", "--gateway", gw, "--json"],
+            Duration::from_secs(5),
+        );
+        assert_eq!(code, Some(2), "--gateway {gw}: {stdout}{stderr}");
+        let lines = json_lines(&stdout);
+        assert_eq!(lines.len(), 1, "{stdout}");
+        assert_eq!(lines[0]["event"], "error");
+        assert_eq!(lines[0]["error"], "usage");
+        assert!(stderr.contains("--gateway"), "{stderr}");
+    }
+    let (code, _, stderr) = map_within(
+        &[
+            "--port",
+            "6003",
+            "--gateway",
+            "127.0.0.6",
+            "--local-ip",
+            "0.0.0.0",
+        ],
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[test]
+fn map_once_verify_behind_another_nat_ends_with_unverified() {
+    // The gateway's external address is in 100.64.0.0/10: another NAT lies beyond it, the
+    // verification is skipped, and --once must say so and end, not wait forever.
+    let _gw = fake_gateway::start_with(
+        "127.0.0.11",
+        true,
+        false,
+        std::net::Ipv4Addr::new(100, 64, 7, 8),
+        true,
+    );
+    let port = free_udp_port("127.0.0.1").to_string();
+    let (code, stdout, stderr) = map_within(
+        &[
+            "--port",
+            &port,
+            "--gateway",
+            "127.0.0.11",
+            "--via",
+            "pcp",
+            "--once",
+            "--verify",
+            "stun:127.0.0.1:9",
+            "--json",
+        ],
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let lines = json_lines(&stdout);
+    let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(events, ["mapped", "unverified", "released"], "{stdout}");
+    assert_eq!(lines[0]["reachable"], false);
+    assert!(
+        lines[1]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("another NAT") && d.contains("100.64.7.8")),
+        "{stdout}"
+    );
+    assert_eq!(lines[2]["outcome"], "deleted", "{stdout}");
+}
+
+#[test]
+fn map_says_when_the_gateway_did_not_confirm_the_deletion() {
+    // The gateway maps, then does not answer the deletion: `released` says it was not
+    // confirmed and when the mapping expires; the text says so in words.
+    let _gw = fake_gateway::start_with("127.0.0.12", true, true, fake_gateway::EXTERNAL, false);
+    let (code, stdout, stderr) = map_within(
+        &[
+            "--port",
+            "6004",
+            "--gateway",
+            "127.0.0.12",
+            "--via",
+            "pcp",
+            "--once",
+            "--json",
+            "--lifetime",
+            "600",
+        ],
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let lines = json_lines(&stdout);
+    let released = lines.last().unwrap();
+    assert_eq!(released["event"], "released", "{stdout}");
+    assert_eq!(released["outcome"], "unconfirmed", "{stdout}");
+    assert_eq!(released["confirmed"], false, "{stdout}");
+    assert!(
+        released["expires_in"]
+            .as_u64()
+            .is_some_and(|s| (590..=600).contains(&s)),
+        "{stdout}"
+    );
+    assert!(
+        released["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no answer")),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = map_within(
+        &[
+            "--port",
+            "6005",
+            "--gateway",
+            "127.0.0.12",
+            "--via",
+            "natpmp",
+            "--once",
+            "--lifetime",
+            "600",
+        ],
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("delete not confirmed by the gateway") && stdout.contains("expires in"),
+        "{stdout}"
+    );
+    assert!(!stdout.lines().any(|l| l == "deleted"), "{stdout}");
+    // A gateway that confirms: the text says who confirmed.
+    let _gw2 = fake_gateway::start("127.0.0.13", true, true);
+    let (code, stdout, _) = map_within(
+        &[
+            "--port",
+            "6006",
+            "--gateway",
+            "127.0.0.13",
+            "--via",
+            "pcp",
+            "--once",
+        ],
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("deleted: udp") && stdout.contains("confirmed by the gateway over pcp"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn map_delete_asks_each_protocol_and_says_which_confirmed() {
+    let gw = fake_gateway::start("127.0.0.14", true, true);
+    // No IGD on 127.0.0.14: UPnP does not answer (unicast SSDP only, to loopback).
+    let (code, stdout, stderr) = map_within(
+        &["--delete", "6007", "--gateway", "127.0.0.14", "--json"],
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let j = &lines[0];
+    assert_eq!(j["event"], "deleted", "{j}");
+    assert_eq!(j["port"], 6007);
+    assert_eq!(
+        j["confirmed_by"],
+        serde_json::json!(["pcp", "natpmp"]),
+        "{j}"
+    );
+    assert_eq!(j["pcp"]["outcome"], "confirmed", "{j}");
+    assert_eq!(j["natpmp"]["outcome"], "confirmed", "{j}");
+    assert_eq!(j["upnp"]["outcome"], "no-answer", "{j}");
+    // What went out: PCP MAP and a NAT-PMP request with lifetime 0 for internal port 6007.
+    let reqs = gw.requests.lock().unwrap().clone();
+    assert!(reqs.iter().any(|r| {
+        pinhole::portmap::pcp::Request::parse(r).is_ok_and(|p| p.lifetime == 0
+        && matches!(p.data, pinhole::portmap::pcp::OpData::Map(m) if m.internal_port == 6007))
+    }));
+    assert!(reqs.iter().any(|r| matches!(
+        pinhole::portmap::natpmp::Request::parse(r),
+        Ok(pinhole::portmap::natpmp::Request::Map {
+            internal_port: 6007,
+            lifetime: 0,
+            ..
+        })
+    )));
+    // Only NAT-PMP asked, in words; a gateway that answers nothing: exit 1, and a JSON
+    // error object.
+    let (code, stdout, _) = map_within(
+        &[
+            "--delete",
+            "6007",
+            "--gateway",
+            "127.0.0.14",
+            "--via",
+            "natpmp",
+        ],
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("confirmed by the gateway over natpmp") && !stdout.contains("pcp "),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = map_within(
+        &["--delete", "6007", "--gateway", "127.0.0.15", "--json"],
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let j = &json_lines(&stdout)[0];
+    assert_eq!(j["event"], "error", "{j}");
+    assert_eq!(j["error"], "not-deleted", "{j}");
+    assert_eq!(j["pcp"]["outcome"], "no-answer", "{j}");
+}
+
+#[test]
+fn map_list_without_upnp_says_pcp_and_natpmp_cannot_list() {
+    let _gw = fake_gateway::start("127.0.0.16", true, true);
+    let (code, stdout, stderr) = map_within(
+        &["--list", "--gateway", "127.0.0.16", "--json"],
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let j = &json_lines(&stdout)[0];
+    assert_eq!(j["event"], "error", "{j}");
+    assert_eq!(j["error"], "no-list", "{j}");
+    assert_eq!(
+        (j["pcp"].as_bool(), j["natpmp"].as_bool()),
+        (Some(true), Some(true)),
+        "{j}"
+    );
+    assert!(
+        stderr.contains("PCP and NAT-PMP") && stderr.contains("no operation to list"),
+        "{stderr}"
+    );
 }

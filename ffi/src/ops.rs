@@ -345,12 +345,12 @@ impl MappingPlan {
                     | MapperEvent::Verified(m)
                     | MapperEvent::NotForwarding(m) => set(Some(m.into())),
                     MapperEvent::Changed { new, .. } => set(Some(new.into())),
-                    MapperEvent::Lost(_) | MapperEvent::Unavailable(_) | MapperEvent::Released => {
-                        set(None)
-                    }
+                    MapperEvent::Lost(_)
+                    | MapperEvent::Unavailable(_)
+                    | MapperEvent::Released(_) => set(None),
                     MapperEvent::Unverified(_) => {}
                 }
-                terminal |= matches!(ev, MapperEvent::Released | MapperEvent::Unavailable(_));
+                terminal |= matches!(ev, MapperEvent::Released(_) | MapperEvent::Unavailable(_));
                 on_event(PortMappingEvent::from_core(ev));
                 true
             })

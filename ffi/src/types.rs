@@ -442,8 +442,9 @@ pub enum PortMappingEvent {
         /// Why.
         reason: String,
     },
-    /// The mapping was deleted after a release; the mapper has stopped. This is the last
-    /// event.
+    /// The release is over (the gateway confirmed the deletion, or did not answer it in
+    /// time, in which case the mapping expires on its own); the mapper has stopped. This
+    /// is the last event.
     Released,
     /// Traffic from the STUN reflector arrived through the mapping (`verify_stun`).
     Verified {
@@ -482,7 +483,7 @@ impl PortMappingEvent {
             MapperEvent::Unavailable(why) => PortMappingEvent::Unavailable {
                 reason: why.clone(),
             },
-            MapperEvent::Released => PortMappingEvent::Released,
+            MapperEvent::Released(_) => PortMappingEvent::Released,
             MapperEvent::Verified(m) => PortMappingEvent::Verified { mapping: m.into() },
             MapperEvent::NotForwarding(m) => PortMappingEvent::NotForwarding { mapping: m.into() },
             MapperEvent::Unverified(why) => PortMappingEvent::Unverified {

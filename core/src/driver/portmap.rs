@@ -1,6 +1,7 @@
 //! Port mapping on tokio: the gateway's address, one UDP socket for PCP and NAT-PMP, and
 //! UPnP IGD (SSDP over UDP, HTTP/1.1 over TCP, around the sans-IO [`upnp`] codec), around
-//! the sans-IO [`Mapper`] and [`Probe`].
+//! the sans-IO [`Mapper`], [`Probe`] and [`Delete`]; [`list_mappings`] reads the
+//! gateway's UPnP port-mapping table with [`upnp::MappingLister`].
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,8 +15,9 @@ use tracing::debug;
 use super::{DriverError, io, os_seed};
 use crate::portmap::upnp::{Control, HttpUrl, UpnpError};
 use crate::portmap::{
-    ANNOUNCE_PORT, MapProtocol, Mapper, MapperConfig, MapperEvent, Probe, ProbeReport,
-    UPNP_TIMEOUT, UpnpCommand, UpnpResult, default_gateway_from_proc_route, natpmp, upnp,
+    ANNOUNCE_PORT, Delete, DeleteReport, MapProtocol, Mapper, MapperConfig, MapperEvent, Probe,
+    ProbeReport, UPNP_TIMEOUT, UpnpCommand, UpnpResult, ViaChoice, default_gateway_from_proc_route,
+    natpmp, upnp,
 };
 use crate::{Protocol, Received};
 
@@ -23,6 +25,10 @@ use crate::{Protocol, Received};
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The budget of the netcheck port-mapping probe.
 pub const PROBE_BUDGET: Duration = Duration::from_millis(2500);
+/// How long [`list_mappings`] may take in all (each exchange is bounded on its own too).
+pub const LIST_BUDGET: Duration = Duration::from_secs(30);
+/// How long [`delete_mapping`] may take: UPnP's bound, and a little.
+pub const DELETE_BUDGET: Duration = Duration::from_secs(6);
 /// SSDP unicast search timeout (to the gateway itself).
 const SSDP_UNICAST_TIMEOUT: Duration = Duration::from_millis(1200);
 /// SSDP multicast search timeout.
@@ -101,7 +107,7 @@ impl Upnp {
 
     /// The gateway's WAN connection service: SSDP (unicast to the gateway, then multicast
     /// when allowed), then the description. Concurrent callers wait for one search.
-    async fn search(&self) -> Result<Control, String> {
+    async fn search(&self) -> Result<Control, UpnpError> {
         let mut slot = self.control.lock().await;
         if let Some(c) = slot.clone() {
             return Ok(c);
@@ -109,18 +115,18 @@ impl Upnp {
         let location = self.ssdp().await?;
         let resp = http(&location, &upnp::get_request(&location)).await?;
         if resp.status != 200 {
-            return Err(format!("device description: HTTP status {}", resp.status));
+            return Err(UpnpError::Status(resp.status));
         }
-        let c = upnp::parse_description(&resp.body, &location).map_err(|e| e.to_string())?;
+        let c = upnp::parse_description(&resp.body, &location)?;
         debug!(service = %c.service_type, control = ?c.url, "UPnP IGD found");
         *slot = Some(c.clone());
         Ok(c)
     }
 
-    async fn ssdp(&self) -> Result<HttpUrl, String> {
+    async fn ssdp(&self) -> Result<HttpUrl, UpnpError> {
         let sock = UdpSocket::bind((self.target.local_ip, 0))
             .await
-            .map_err(|e| format!("SSDP socket: {e}"))?;
+            .map_err(|e| UpnpError::NotFound(format!("SSDP socket: {e}")))?;
         let unicast = SocketAddr::new(self.target.gateway, upnp::SSDP_PORT);
         if let Some(l) = ssdp_round(
             &sock,
@@ -140,25 +146,27 @@ impl Upnp {
                 return Ok(l);
             }
         }
-        Err("no IGD answered the SSDP search".into())
+        Err(UpnpError::NotFound(
+            "no IGD answered the SSDP search".into(),
+        ))
     }
 
     async fn run(&self, cmd: UpnpCommand) -> UpnpResult {
         match tokio::time::timeout(UPNP_TIMEOUT, self.run_unbounded(cmd)).await {
             Ok(r) => r,
-            Err(_) => UpnpResult::Failed("timed out".into()),
+            Err(_) => {
+                UpnpResult::NoAnswer(format!("no answer within {} s", UPNP_TIMEOUT.as_secs()))
+            }
         }
     }
 
     async fn run_unbounded(&self, cmd: UpnpCommand) -> UpnpResult {
         let c = match self.search().await {
             Ok(c) => c,
-            Err(e) => return UpnpResult::Failed(e),
+            Err(e) => return failure(None, &e),
         };
         let r = self.act(&c, cmd).await;
-        if let UpnpResult::Failed(why) = &r
-            && why.contains(upnp::TRANSPORT_FAILURE)
-        {
+        if matches!(r, UpnpResult::NoAnswer(_)) {
             // The gateway may have restarted on another HTTP port: search again next time.
             *self.control.lock().await = None;
         }
@@ -178,14 +186,14 @@ impl Upnp {
             } => {
                 let ip = match external_ip(c).await {
                     Ok(ip) => ip,
-                    Err(e) => return UpnpResult::Failed(format!("GetExternalIPAddress: {e}")),
+                    Err(e) => return failure(Some("GetExternalIPAddress"), &e),
                 };
                 match add_mapping(c, protocol, internal, external_port, lifetime).await {
                     Ok((port, lease)) => UpnpResult::Mapped {
                         external: SocketAddr::new(ip, port),
                         lifetime: lease,
                     },
-                    Err(e) => UpnpResult::Failed(e),
+                    Err(e) => failure(None, &e),
                 }
             }
             UpnpCommand::Delete {
@@ -200,10 +208,29 @@ impl Upnp {
                 ];
                 match soap(c, "DeletePortMapping", &args).await {
                     Ok(_) => UpnpResult::Deleted,
-                    Err(e) => UpnpResult::Failed(e.to_string()),
+                    Err(UpnpError::Fault { code, .. })
+                        if code == upnp::codes::NO_SUCH_ENTRY_IN_ARRAY =>
+                    {
+                        UpnpResult::NoSuchMapping
+                    }
+                    Err(e) => failure(None, &e),
                 }
             }
         }
+    }
+}
+
+/// A failed UPnP operation as the mapper hears it: nothing answered, or the gateway refused
+/// (or answered something unusable).
+fn failure(action: Option<&str>, e: &UpnpError) -> UpnpResult {
+    let why = match action {
+        Some(a) => format!("{a}: {e}"),
+        None => e.to_string(),
+    };
+    if e.is_no_answer() {
+        UpnpResult::NoAnswer(why)
+    } else {
+        UpnpResult::Failed(why)
     }
 }
 
@@ -266,39 +293,46 @@ async fn ssdp_round(
 
 /// One HTTP/1.1 exchange (`Connection: close`), bounded by [`HTTP_TIMEOUT`] and
 /// [`upnp::MAX_HTTP_RESPONSE`].
-async fn http(url: &HttpUrl, request: &[u8]) -> Result<upnp::HttpResponse, String> {
+async fn http(url: &HttpUrl, request: &[u8]) -> Result<upnp::HttpResponse, UpnpError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         // Only IP addresses (see `upnp::parse_search_response`): no DNS.
         let addr = url
             .socket_addr()
-            .ok_or_else(|| format!("{} is not an IP address", url.host))?;
+            .ok_or_else(|| UpnpError::Url(format!("{} is not an IP address", url.host)))?;
+        let transport =
+            |what: &str, e: std::io::Error| UpnpError::Transport(format!("{what} {addr}: {e}"));
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            .map_err(|e| transport("connecting to", e))?;
         stream
             .write_all(request)
             .await
-            .map_err(|e| format!("sending to {addr}: {e}"))?;
+            .map_err(|e| transport("sending to", e))?;
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 4096];
         loop {
             let n = stream
                 .read(&mut chunk)
                 .await
-                .map_err(|e| format!("reading from {addr}: {e}"))?;
+                .map_err(|e| transport("reading from", e))?;
             buf.extend_from_slice(&chunk[..n]);
             match upnp::parse_http_response(&buf, n == 0) {
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) if buf.len() <= upnp::MAX_HTTP_RESPONSE => {}
-                Ok(None) => return Err("response too large".to_owned()),
-                Err(e) => return Err(e.to_string()),
+                Ok(None) => return Err(UpnpError::Http("response too large")),
+                Err(e) => return Err(e),
             }
         }
     };
     tokio::time::timeout(HTTP_TIMEOUT, exchange)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer from {} in time", url.host_header())))
+        .unwrap_or_else(|_| {
+            Err(UpnpError::Transport(format!(
+                "no answer from {} in time",
+                url.host_header()
+            )))
+        })
 }
 
 /// A SOAP action; its output arguments, or the gateway's error.
@@ -307,9 +341,7 @@ async fn soap(
     action: &str,
     args: &[(&str, &str)],
 ) -> Result<Vec<(String, String)>, UpnpError> {
-    let resp = http(&c.url, &upnp::soap_request(c, action, args))
-        .await
-        .map_err(UpnpError::Transport)?;
+    let resp = http(&c.url, &upnp::soap_request(c, action, args)).await?;
     upnp::parse_soap_response(&resp, action)
 }
 
@@ -328,10 +360,10 @@ async fn add_mapping(
     internal: SocketAddr,
     wanted: u16,
     lease: u32,
-) -> Result<(u16, u32), String> {
+) -> Result<(u16, u32), UpnpError> {
     let proto = upnp_protocol(protocol);
     let mut lease = lease;
-    let mut last = String::from("no port tried");
+    let mut last = UpnpError::Soap("no port tried");
     // One action, retried once with lease 0 on 725.
     async fn attempt(
         c: &Control,
@@ -358,7 +390,8 @@ async fn add_mapping(
     if wanted != 0 {
         match attempt(c, "AddPortMapping", proto, wanted, internal, &mut lease).await {
             Ok(_) => return Ok((wanted, lease)),
-            Err(e) => last = e.to_string(),
+            Err(e) if e.is_no_answer() => return Err(e),
+            Err(e) => last = e,
         }
     }
     if c.is_v2() {
@@ -369,10 +402,10 @@ async fn add_mapping(
                     .and_then(|p| p.parse().ok())
                     .filter(|&p: &u16| p != 0)
                     .map(|p| (p, lease))
-                    .ok_or_else(|| "AddAnyPortMapping: no NewReservedPort".to_owned());
+                    .ok_or(UpnpError::Soap("AddAnyPortMapping: no NewReservedPort"));
             }
             Err(UpnpError::Fault { code, .. }) if code == upnp::codes::INVALID_ACTION => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
     }
     let mut seed = [0u8; 8];
@@ -391,12 +424,12 @@ async fn add_mapping(
     for port in candidates {
         match attempt(c, "AddPortMapping", proto, port, internal, &mut lease).await {
             Ok(_) => return Ok((port, lease)),
-            Err(UpnpError::Fault { code, .. })
+            Err(e @ UpnpError::Fault { code, .. })
                 if code == upnp::codes::CONFLICT_IN_MAPPING_ENTRY =>
             {
-                last = format!("port {port} taken");
+                last = e;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
     }
     Err(last)
@@ -505,7 +538,7 @@ pub async fn run_mapper(
         // go out now, not when the next timer fires.
         while let Some(ev) = mapper.poll_event() {
             let keep = on_event(&ev);
-            if matches!(ev, MapperEvent::Released | MapperEvent::Unavailable(_)) {
+            if matches!(ev, MapperEvent::Released(_) | MapperEvent::Unavailable(_)) {
                 return Ok(());
             }
             if !keep && release_deadline.is_none() {
@@ -585,7 +618,15 @@ pub async fn run_mapper(
             _ = tokio::time::sleep_until(wake) => {
                 if release_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     debug!("release not confirmed in time");
-                    on_event(&MapperEvent::Released);
+                    mapper.abandon_release(&format!(
+                        "no confirmation within {} s",
+                        RELEASE_TIMEOUT.as_secs()
+                    ));
+                    // The Released event goes out at the top of the loop; a mapper with no
+                    // release under way (it cannot be, but) ends here all the same.
+                    if mapper.is_finished() {
+                        continue;
+                    }
                     return Ok(());
                 }
                 mapper.handle_timeout(Instant::now());
@@ -642,4 +683,104 @@ pub async fn probe(target: GatewayTarget, upnp_enabled: bool) -> Result<ProbeRep
         }
     }
     Ok(probe.report().clone())
+}
+
+/// The gateway's port-mapping table, read over UPnP IGD (PCP and NAT-PMP have no operation
+/// to list mappings): GetGenericPortMappingEntry for index 0, 1, … until the gateway
+/// answers error 713, at most [`upnp::MAX_LISTED_MAPPINGS`] entries, within
+/// [`LIST_BUDGET`] (each exchange within its own bound). Returns the WAN connection service
+/// and the listing, which says how it ended; `Err` when no IGD could be found or its
+/// description read ([`UpnpError::is_no_answer`]: nothing answered).
+pub async fn list_mappings(
+    target: GatewayTarget,
+) -> Result<(Control, upnp::MappingLister), UpnpError> {
+    let deadline = tokio::time::Instant::now() + LIST_BUDGET;
+    let u = Upnp::new(target);
+    let control = match tokio::time::timeout_at(deadline, u.search()).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(UpnpError::NotFound(format!(
+                "no IGD found within {} s",
+                LIST_BUDGET.as_secs()
+            )));
+        }
+    };
+    let mut lister = upnp::MappingLister::new();
+    while let Some(request) = lister.next_request(&control) {
+        match tokio::time::timeout_at(deadline, http(&control.url, &request)).await {
+            Ok(Ok(resp)) => lister.handle_response(&resp),
+            Ok(Err(e)) => lister.handle_failure(e),
+            Err(_) => lister.handle_failure(UpnpError::Transport(format!(
+                "the listing took longer than {} s",
+                LIST_BUDGET.as_secs()
+            ))),
+        }
+    }
+    Ok((control, lister))
+}
+
+/// Deletes the `protocol` mapping of `port` that some other process made (see [`Delete`]):
+/// PCP and NAT-PMP with lifetime 0 for the internal port, UPnP DeletePortMapping for the
+/// external port, over the protocols `via` allows, at once; within [`DELETE_BUDGET`].
+/// Returns what each protocol answered.
+pub async fn delete_mapping(
+    target: GatewayTarget,
+    protocol: MapProtocol,
+    port: u16,
+    via: ViaChoice,
+) -> Result<DeleteReport, DriverError> {
+    let (sock, local) = bind_near(&target).await?;
+    let mut delete = Delete::new(
+        Instant::now(),
+        target.gateway,
+        local,
+        protocol,
+        port,
+        via,
+        os_seed()?,
+    );
+    let upnp = Upnp::new(target);
+    let mut upnp_task = delete
+        .poll_upnp()
+        .map(|cmd| tokio::spawn(async move { upnp.run(cmd).await }));
+    let deadline = tokio::time::Instant::now() + DELETE_BUDGET;
+    let mut buf = vec![0u8; 1500];
+    loop {
+        while let Some(t) = delete.poll_transmit() {
+            if let Err(e) = sock.send_to(&t.contents, t.destination).await {
+                debug!(to = %t.destination, error = %e, "send failed");
+            }
+        }
+        if delete.is_done() {
+            break;
+        }
+        let wake = delete
+            .poll_timeout()
+            .map_or(deadline, |t| tokio::time::Instant::from(t).min(deadline));
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => if let Ok((n, from)) = r {
+                let rx = Received { proto: Protocol::Udp, source: from, destination: local, contents: &buf[..n] };
+                if !delete.handle_input(Instant::now(), rx) {
+                    debug!(%from, "datagram not from the gateway dropped");
+                }
+            },
+            r = async {
+                match upnp_task.as_mut() {
+                    Some(t) => t.await,
+                    None => std::future::pending().await,
+                }
+            }, if upnp_task.is_some() => {
+                upnp_task = None;
+                delete.handle_upnp(r.unwrap_or_else(|_| UpnpResult::Failed("UPnP task failed".into())));
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= deadline {
+                    delete.give_up(&format!("no answer within {} s", DELETE_BUDGET.as_secs()));
+                    break;
+                }
+                delete.handle_timeout(Instant::now());
+            }
+        }
+    }
+    Ok(delete.report().clone())
 }

@@ -20,7 +20,10 @@
 //! - A private or shared (100.64.0.0/10) external address means another NAT sits beyond
 //!   the gateway: the mapping is reported as not reachable from the internet.
 //! - [`Mapper::release`] deletes the mapping (PCP/NAT-PMP lifetime 0, UPnP
-//!   DeletePortMapping).
+//!   DeletePortMapping), and [`MapperEvent::Released`] says whether the gateway confirmed
+//!   it ([`ReleaseOutcome`]).
+//! - A renewal that goes unanswered until the mapping is about to expire loses it with
+//!   [`LossReason::NotAnswering`]; one the gateway refuses, with [`LossReason::Refused`].
 //! - With a STUN reflector ([`MapperConfig::verify`], UDP mappings), it checks that traffic
 //!   really arrives through every new mapping, after renewals and every
 //!   [`VerifyConfig::interval`] (see [`verify`]). A gateway that grants a mapping and does
@@ -37,14 +40,16 @@
 //!   seconds rather than at the next renewal.
 //!
 //! [`Probe`] is the netcheck side: which of the three protocols the gateway speaks, and
-//! the external address each reports, without creating any mapping.
+//! the external address each reports, without creating any mapping. [`Delete`] deletes a
+//! mapping another process left behind, over every protocol, and reports what each
+//! answered. Listing a gateway's mappings is UPnP's alone ([`upnp::MappingLister`]).
 
 pub mod natpmp;
 pub mod pcp;
 pub mod upnp;
 pub mod verify;
 
-pub use verify::{VERIFY_INTERVAL, VerifyConfig};
+pub use verify::{MAX_VERIFY_INTERVAL, MIN_VERIFY_INTERVAL, VERIFY_INTERVAL, VerifyConfig};
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -253,6 +258,10 @@ pub enum LossReason {
     Expired,
     /// The gateway refused the renewal.
     Refused(String),
+    /// The gateway stopped answering the renewal (no answer to PCP or NAT-PMP after every
+    /// retransmission; for UPnP, no SSDP answer, a failed connection or no HTTP answer in
+    /// time) until the mapping was about to expire.
+    NotAnswering(String),
     /// The gateway kept the mapping but traffic stopped arriving through it (STUN
     /// verification, [`MapperConfig::verify`]): it is deleted and added again.
     NotForwarding,
@@ -260,12 +269,13 @@ pub enum LossReason {
 
 impl LossReason {
     /// A stable name for machine-readable output: `gateway-restarted`, `expired`,
-    /// `refused` or `not-forwarding`.
+    /// `refused`, `not-answering` or `not-forwarding`.
     pub fn as_str(&self) -> &'static str {
         match self {
             LossReason::GatewayRestarted => "gateway-restarted",
             LossReason::Expired => "expired",
             LossReason::Refused(_) => "refused",
+            LossReason::NotAnswering(_) => "not-answering",
             LossReason::NotForwarding => "not-forwarding",
         }
     }
@@ -277,6 +287,9 @@ impl std::fmt::Display for LossReason {
             LossReason::GatewayRestarted => f.write_str("the gateway restarted"),
             LossReason::Expired => f.write_str("renewal failed until the mapping expired"),
             LossReason::Refused(why) => write!(f, "the gateway refused the renewal: {why}"),
+            LossReason::NotAnswering(why) => {
+                write!(f, "the gateway stopped answering the renewal ({why})")
+            }
             LossReason::NotForwarding => {
                 f.write_str("traffic from the STUN reflector no longer arrives through it")
             }
@@ -302,8 +315,9 @@ pub enum MapperEvent {
     Lost(LossReason),
     /// No protocol could make a mapping.
     Unavailable(String),
-    /// The mapping was deleted (after [`Mapper::release`]).
-    Released,
+    /// The release ([`Mapper::release`]) is over, and how: whether the gateway confirmed
+    /// the deletion. The mapper has finished.
+    Released(ReleaseOutcome),
     /// Traffic from the STUN reflector arrived through the mapping
     /// ([`MapperConfig::verify`]).
     Verified(Mapping),
@@ -312,20 +326,41 @@ pub enum MapperEvent {
     /// [`VerifyConfig::interval`]).
     NotForwarding(Mapping),
     /// The mapping could not be verified: the reflector did not answer, does not implement
-    /// RFC 5780, or sees this host at another address. With no answer it is tried again
-    /// after [`VerifyConfig::interval`]; otherwise verification stops.
+    /// RFC 5780, or sees this host at another address; or no verification can work (a TCP
+    /// mapping, or one whose external address is private or CGNAT, behind another NAT:
+    /// said at every new such mapping). With no answer it is tried again after
+    /// [`VerifyConfig::interval`]; otherwise verification stops.
     Unverified(String),
+}
+
+/// How a release ended ([`MapperEvent::Released`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// The gateway confirmed the deletion of this mapping (for UPnP also by answering that
+    /// no such mapping exists any more).
+    Deleted(Mapping),
+    /// The gateway did not confirm the deletion: it did not answer in time, or refused.
+    /// The mapping may stay on the gateway until it expires (its
+    /// [`good_until`](Mapping::good_until)).
+    Unconfirmed {
+        /// The mapping that may still exist.
+        mapping: Mapping,
+        /// What happened instead of a confirmation.
+        why: String,
+    },
+    /// There was no mapping to delete (none was made, or it had been lost).
+    NothingToDelete,
 }
 
 /// Work for the driver's UPnP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpnpCommand {
     /// Discover the IGD (SSDP: unicast to the gateway first, then multicast) and read
-    /// its external address. Answer with [`UpnpResult::Available`] or
-    /// [`UpnpResult::Failed`].
+    /// its external address. Answer with [`UpnpResult::Available`],
+    /// [`UpnpResult::Failed`] or [`UpnpResult::NoAnswer`].
     Probe,
     /// AddPortMapping (or AddAnyPortMapping when `external_port` is 0 or taken). Answer
-    /// with [`UpnpResult::Mapped`] or [`UpnpResult::Failed`].
+    /// with [`UpnpResult::Mapped`], [`UpnpResult::Failed`] or [`UpnpResult::NoAnswer`].
     Map {
         /// UDP or TCP.
         protocol: MapProtocol,
@@ -336,7 +371,8 @@ pub enum UpnpCommand {
         /// Lease in seconds.
         lifetime: u32,
     },
-    /// DeletePortMapping. Answer with [`UpnpResult::Deleted`] or [`UpnpResult::Failed`].
+    /// DeletePortMapping. Answer with [`UpnpResult::Deleted`],
+    /// [`UpnpResult::NoSuchMapping`], [`UpnpResult::Failed`] or [`UpnpResult::NoAnswer`].
     Delete {
         /// UDP or TCP.
         protocol: MapProtocol,
@@ -362,8 +398,15 @@ pub enum UpnpResult {
     },
     /// A mapping was deleted.
     Deleted,
-    /// The operation failed.
+    /// DeletePortMapping: the gateway has no mapping on that external port (UPnP error 714,
+    /// NoSuchEntryInArray).
+    NoSuchMapping,
+    /// The gateway refused the operation, or answered something unusable.
     Failed(String),
+    /// Nothing answered: no IGD answered the SSDP search, or the HTTP exchange could not
+    /// connect or got no answer in time. Told apart from [`UpnpResult::Failed`] so that a
+    /// gateway that stops answering is not reported as one that refuses.
+    NoAnswer(String),
 }
 
 /// Where the mapper talks and what it asks for.
@@ -544,6 +587,23 @@ enum Support {
     Fails,
 }
 
+/// Why one attempt (to map or to renew) failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The gateway answered, and refused (or answered something unusable).
+    Refused(String),
+    /// Nothing answered in time.
+    NoAnswer(String),
+}
+
+impl Failure {
+    fn why(&self) -> &str {
+        match self {
+            Failure::Refused(why) | Failure::NoAnswer(why) => why,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Probing,
@@ -604,7 +664,10 @@ pub struct Mapper {
 impl Mapper {
     /// A mapper whose PCP/NAT-PMP socket is `source` (its IP should be
     /// `config.local_ip`). It starts probing at once.
-    pub fn new(now: Instant, config: MapperConfig, source: SocketAddr, seed: [u8; 32]) -> Self {
+    pub fn new(now: Instant, mut config: MapperConfig, source: SocketAddr, seed: [u8; 32]) -> Self {
+        if let Some(v) = config.verify.as_mut() {
+            v.interval = v.interval.clamp(MIN_VERIFY_INTERVAL, MAX_VERIFY_INTERVAL);
+        }
         let mut rng = ChaCha20Rng::from_seed(seed);
         let mut nonce = [0u8; 12];
         rng.fill_bytes(&mut nonce);
@@ -766,8 +829,9 @@ impl Mapper {
         });
     }
 
-    /// Deletes the mapping; [`MapperEvent::Released`] follows (also when the gateway does
-    /// not answer the deletion in time).
+    /// Deletes the mapping; [`MapperEvent::Released`] follows, saying whether the gateway
+    /// confirmed the deletion (also when it does not answer it: after the retransmissions
+    /// of PCP and NAT-PMP, when UPnP fails, or at [`Mapper::abandon_release`]).
     pub fn release(&mut self, now: Instant) {
         self.verification = None;
         self.verify_at = None;
@@ -780,8 +844,10 @@ impl Mapper {
         self.upnp_out.clear();
         self.upnp_probe_at = None;
         self.retry_at = None;
+        // A renewal under way is dropped: its answer must not count as a new mapping.
+        let renewing = std::mem::replace(&mut self.renewing, false);
         match self.mapping.take() {
-            Some(m) if self.phase == Phase::Mapped || self.renewing => {
+            Some(m) if self.phase == Phase::Mapped || renewing => {
                 self.phase = Phase::Releasing;
                 self.mapping = Some(m);
                 match m.via {
@@ -798,8 +864,19 @@ impl Mapper {
             }
             _ => {
                 self.phase = Phase::Released;
-                self.events.push_back(MapperEvent::Released);
+                self.events
+                    .push_back(MapperEvent::Released(ReleaseOutcome::NothingToDelete));
             }
+        }
+    }
+
+    /// Gives up waiting for the gateway to confirm a deletion under way (the driver's
+    /// bound on a release): [`MapperEvent::Released`] follows with
+    /// [`ReleaseOutcome::Unconfirmed`]. Does nothing when no release is under way.
+    pub fn abandon_release(&mut self, why: &str) {
+        if self.phase == Phase::Releasing {
+            self.upnp_out.clear();
+            self.finish_release(Err(why.to_owned()));
         }
     }
 
@@ -851,6 +928,9 @@ impl Mapper {
         let Some(pcp::OpData::Map(data)) = r.data.filter(|_| r.opcode == pcp::Opcode::Map) else {
             if r.opcode == pcp::Opcode::Announce {
                 self.check_epoch(now, Via::Pcp, r.epoch);
+            } else if r.result != pcp::ResultCode::SUCCESS && self.requests.done(Req::PcpDelete) {
+                // An error without the MAP data (RFC 6887 §7.3 lets a server truncate it).
+                self.delete_done(now, Err(format!("PCP: {}", r.result.name())));
             } else if r.result != pcp::ResultCode::SUCCESS && self.requests.pending(Req::PcpMap) {
                 self.pcp_failed(now, format!("PCP: {}", r.result.name()));
             }
@@ -864,7 +944,12 @@ impl Mapper {
             return;
         }
         if self.requests.done(Req::PcpDelete) {
-            self.delete_done(now);
+            let result = if r.result == pcp::ResultCode::SUCCESS {
+                Ok(())
+            } else {
+                Err(format!("PCP: {}", r.result.name()))
+            };
+            self.delete_done(now, result);
             return;
         }
         if !self.requests.done(Req::PcpMap) {
@@ -885,7 +970,7 @@ impl Mapper {
     fn pcp_failed(&mut self, now: Instant, why: String) {
         self.requests.done(Req::PcpMap);
         self.pcp = Support::Fails;
-        self.on_failure(now, Via::Pcp, why);
+        self.on_failure(now, Via::Pcp, Failure::Refused(why));
     }
 
     fn on_natpmp(&mut self, now: Instant, r: natpmp::Response) {
@@ -920,7 +1005,7 @@ impl Mapper {
                     return;
                 }
                 if self.requests.done(Req::NatPmpDelete) {
-                    self.delete_done(now);
+                    self.delete_done(now, Ok(()));
                     return;
                 }
                 if !self.requests.done(Req::NatPmpMap)
@@ -937,12 +1022,12 @@ impl Mapper {
                 if opcode == natpmp::OP_EXTERNAL_ADDRESS && self.requests.done(Req::NatPmpExternal)
                 {
                     self.natpmp = Support::Fails;
-                    self.on_failure(now, Via::NatPmp, why);
+                    self.on_failure(now, Via::NatPmp, Failure::Refused(why));
                 } else if self.requests.done(Req::NatPmpDelete) {
-                    self.delete_done(now);
+                    self.delete_done(now, Err(why));
                 } else if self.requests.done(Req::NatPmpMap) {
                     self.natpmp = Support::Fails;
-                    self.on_failure(now, Via::NatPmp, why);
+                    self.on_failure(now, Via::NatPmp, Failure::Refused(why));
                 }
             }
         }
@@ -954,7 +1039,11 @@ impl Mapper {
             self.natpmp_port = None;
             if lifetime == 0 || port == 0 {
                 self.natpmp = Support::Fails;
-                self.on_failure(now, Via::NatPmp, "NAT-PMP granted no lifetime".into());
+                self.on_failure(
+                    now,
+                    Via::NatPmp,
+                    Failure::Refused("NAT-PMP granted no lifetime".into()),
+                );
                 return;
             }
             self.mapped(
@@ -1023,8 +1112,8 @@ impl Mapper {
         }
     }
 
-    fn on_failure(&mut self, now: Instant, via: Via, why: String) {
-        debug!(via = via.as_str(), %why, "port mapping attempt failed");
+    fn on_failure(&mut self, now: Instant, via: Via, failure: Failure) {
+        debug!(via = via.as_str(), why = %failure.why(), "port mapping attempt failed");
         if self.renewing {
             // Keep the mapping until good-until; retry halfway to it.
             let Some(m) = self.mapping else { return };
@@ -1035,11 +1124,15 @@ impl Mapper {
                 }
                 self.renewing = false;
             } else {
-                self.lose(now, LossReason::Refused(why));
+                let reason = match failure {
+                    Failure::Refused(why) => LossReason::Refused(why),
+                    Failure::NoAnswer(why) => LossReason::NotAnswering(why),
+                };
+                self.lose(now, reason);
             }
             return;
         }
-        self.failures.push(why);
+        self.failures.push(failure.why().to_owned());
         self.advance(now);
     }
 
@@ -1114,35 +1207,46 @@ impl Mapper {
                 self.advance(now);
             }
             UpnpResult::Mapped { external, lifetime } => {
-                if self.phase == Phase::Probing || self.renewing {
+                if self.phase == Phase::Probing || (self.renewing && self.phase == Phase::Mapped) {
                     self.upnp = Support::Works;
                     self.mapped(now, Via::Upnp, external, lifetime);
                 }
             }
-            UpnpResult::Deleted => self.delete_done(now),
+            UpnpResult::Deleted | UpnpResult::NoSuchMapping => self.delete_done(now, Ok(())),
+            UpnpResult::Failed(why) | UpnpResult::NoAnswer(why)
+                if matches!(self.phase, Phase::Releasing | Phase::Readding) =>
+            {
+                self.delete_done(now, Err(format!("UPnP: {why}")));
+            }
             UpnpResult::Failed(why) => {
-                if matches!(self.phase, Phase::Releasing | Phase::Readding) {
-                    self.delete_done(now);
-                    return;
-                }
                 self.upnp = Support::Fails;
-                self.on_failure(now, Via::Upnp, format!("UPnP: {why}"));
+                self.on_failure(now, Via::Upnp, Failure::Refused(format!("UPnP: {why}")));
+            }
+            UpnpResult::NoAnswer(why) => {
+                self.upnp = Support::Fails;
+                self.on_failure(now, Via::Upnp, Failure::NoAnswer(format!("UPnP: {why}")));
             }
         }
     }
 
-    fn finish_release(&mut self) {
-        self.mapping = None;
+    /// The release is over: `result` is the gateway's confirmation, or why there is none.
+    fn finish_release(&mut self, result: Result<(), String>) {
+        let outcome = match (self.mapping.take(), result) {
+            (Some(m), Ok(())) => ReleaseOutcome::Deleted(m),
+            (Some(m), Err(why)) => ReleaseOutcome::Unconfirmed { mapping: m, why },
+            (None, _) => ReleaseOutcome::NothingToDelete,
+        };
         self.verification = None;
         self.requests.out.clear();
         self.phase = Phase::Released;
-        self.events.push_back(MapperEvent::Released);
+        self.events.push_back(MapperEvent::Released(outcome));
     }
 
-    /// A deletion finished (answered or given up): released, or add the mapping again.
-    fn delete_done(&mut self, now: Instant) {
+    /// A deletion finished (`Ok`: confirmed; `Err`: refused or given up, and why): released,
+    /// or add the mapping again.
+    fn delete_done(&mut self, now: Instant, result: Result<(), String>) {
         match self.phase {
-            Phase::Releasing => self.finish_release(),
+            Phase::Releasing => self.finish_release(result),
             Phase::Readding => {
                 // The mapping stays known, so that the same external port is asked for.
                 self.requests.out.clear();
@@ -1232,21 +1336,36 @@ impl Mapper {
         }
     }
 
-    /// Verifies the current mapping if that is configured and possible.
+    /// Verifies the current mapping if that is configured and possible. When it is not
+    /// possible, [`MapperEvent::Unverified`] says why (once for a TCP mapping, at every new
+    /// mapping behind another NAT), so that a caller waiting for the outcome of the
+    /// verification of a new mapping always gets one.
     fn start_verification(&mut self, now: Instant) {
         // Cleared first: a check that cannot start must not stay due (a timer in the past).
         self.verify_at = None;
         let (Some(cfg), Some(m)) = (self.config.verify, self.mapping) else {
             return;
         };
-        if self.verify_off || self.config.protocol != MapProtocol::Udp {
+        if self.verify_off {
+            return;
+        }
+        if self.config.protocol != MapProtocol::Udp {
+            self.verify_off = true;
+            self.events.push_back(MapperEvent::Unverified(
+                "verification checks UDP mappings only".into(),
+            ));
             return;
         }
         if !m.reachable {
             debug!("mapping behind another NAT: not verified");
+            self.events.push_back(MapperEvent::Unverified(format!(
+                "verification skipped: the mapping's external address {} is private or shared \
+                 (CGNAT), so another NAT lies beyond the gateway and traffic from the internet \
+                 cannot arrive through it",
+                m.external.ip()
+            )));
             return;
         }
-        self.verify_at = None;
         self.verification = Some(verify::Verification::start(
             now,
             &mut self.rng,
@@ -1366,13 +1485,14 @@ impl Mapper {
                     }
                     self.natpmp = Support::Fails;
                 }
-                Req::PcpDelete | Req::NatPmpDelete => self.delete_done(now),
+                Req::PcpDelete => self.delete_done(now, Err("PCP: no answer".into())),
+                Req::NatPmpDelete => self.delete_done(now, Err("NAT-PMP: no answer".into())),
                 Req::PcpAnnounce => {}
             }
         }
         if self.renewing {
             if let Some((via, why)) = gave_up.into_iter().next() {
-                self.on_failure(now, via, why);
+                self.on_failure(now, via, Failure::NoAnswer(why));
             }
         } else if !gave_up.is_empty() {
             for (via, why) in gave_up {
@@ -1593,6 +1713,328 @@ impl Probe {
 
     /// What is known so far.
     pub fn report(&self) -> &ProbeReport {
+        &self.report
+    }
+}
+
+/// What one protocol answered to a [`Delete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// Not asked: the `via` choice excludes it.
+    NotAsked,
+    /// Asked; no answer yet.
+    Pending,
+    /// The gateway confirmed the deletion. PCP and NAT-PMP answer a deletion of a mapping
+    /// that does not exist with success too (RFC 6887 §15, RFC 6886 §3.4): afterwards there
+    /// is no such mapping either way.
+    Confirmed,
+    /// UPnP: the gateway has no mapping on that external port (error 714,
+    /// NoSuchEntryInArray).
+    NoSuchMapping,
+    /// The gateway refused; its reason. A PCP gateway deletes only a mapping whose nonce
+    /// the request carries (RFC 6887 §11.1, §15), which a new process cannot know.
+    Refused(String),
+    /// Nothing answered (UPnP: no IGD answered, or the HTTP exchange failed).
+    NoAnswer(String),
+}
+
+impl DeleteOutcome {
+    /// A stable name for machine-readable output: `not-asked`, `pending`, `confirmed`,
+    /// `no-such-mapping`, `refused` or `no-answer`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeleteOutcome::NotAsked => "not-asked",
+            DeleteOutcome::Pending => "pending",
+            DeleteOutcome::Confirmed => "confirmed",
+            DeleteOutcome::NoSuchMapping => "no-such-mapping",
+            DeleteOutcome::Refused(_) => "refused",
+            DeleteOutcome::NoAnswer(_) => "no-answer",
+        }
+    }
+
+    /// The gateway's reason, for `Refused` and `NoAnswer`.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            DeleteOutcome::Refused(why) | DeleteOutcome::NoAnswer(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+/// What each protocol answered to a [`Delete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteReport {
+    /// PCP (MAP with lifetime 0 for the internal port).
+    pub pcp: DeleteOutcome,
+    /// NAT-PMP (mapping request with lifetime 0 for the internal port).
+    pub natpmp: DeleteOutcome,
+    /// UPnP IGD (DeletePortMapping for the external port).
+    pub upnp: DeleteOutcome,
+}
+
+impl DeleteReport {
+    /// The outcomes, with their protocols.
+    pub fn each(&self) -> [(Via, &DeleteOutcome); 3] {
+        [
+            (Via::Pcp, &self.pcp),
+            (Via::NatPmp, &self.natpmp),
+            (Via::Upnp, &self.upnp),
+        ]
+    }
+
+    /// The protocols that confirmed the deletion.
+    pub fn confirmed(&self) -> Vec<Via> {
+        self.each()
+            .into_iter()
+            .filter(|(_, o)| **o == DeleteOutcome::Confirmed)
+            .map(|(v, _)| v)
+            .collect()
+    }
+}
+
+/// Deletes a mapping that this process did not make (one a crashed program left behind),
+/// as `natpmpc -d` and `upnpc -d` do: a PCP MAP and a NAT-PMP mapping request with
+/// lifetime 0 for the internal port (RFC 6887 §15, RFC 6886 §3.4) and a UPnP
+/// DeletePortMapping for the same external port, all at once, each over the protocols the
+/// `via` choice allows. [`Delete::report`] tells what each answered.
+///
+/// A PCP gateway deletes only the mapping of the nonce that made it, which this process
+/// cannot know: PCP refuses (NOT_AUTHORIZED; miniupnpd says NO_RESOURCES), and NAT-PMP or
+/// UPnP may succeed instead.
+#[derive(Debug)]
+pub struct Delete {
+    requests: Requests,
+    protocol: MapProtocol,
+    port: u16,
+    nonce: [u8; 12],
+    report: DeleteReport,
+    upnp_out: VecDeque<UpnpCommand>,
+}
+
+impl Delete {
+    /// Starts deleting the `protocol` mapping of `port` (internal for PCP and NAT-PMP,
+    /// external for UPnP) on `gateway`, from `source` (its IP is this host's address toward
+    /// the gateway: PCP's client address).
+    pub fn new(
+        now: Instant,
+        gateway: IpAddr,
+        source: SocketAddr,
+        protocol: MapProtocol,
+        port: u16,
+        via: ViaChoice,
+        seed: [u8; 32],
+    ) -> Self {
+        let allowed = |v: Via| match via {
+            ViaChoice::Any => true,
+            ViaChoice::Only(o) => o == v,
+        };
+        let mut nonce = [0u8; 12];
+        ChaCha20Rng::from_seed(seed).fill_bytes(&mut nonce);
+        let mut requests = Requests::new(source, gateway);
+        let mut report = DeleteReport {
+            pcp: DeleteOutcome::NotAsked,
+            natpmp: DeleteOutcome::NotAsked,
+            upnp: DeleteOutcome::NotAsked,
+        };
+        if allowed(Via::Pcp) {
+            let req = pcp::Request {
+                lifetime: 0,
+                client_ip: source.ip(),
+                data: pcp::OpData::Map(pcp::MapData {
+                    nonce,
+                    protocol,
+                    internal_port: port,
+                    external_port: 0,
+                    external_ip: pcp::ANY_V4,
+                }),
+            };
+            let mut b = [0u8; 80];
+            if let Ok(n) = req.emit(&mut b) {
+                requests.send(now, Req::PcpDelete, b[..n].to_vec());
+                report.pcp = DeleteOutcome::Pending;
+            }
+        }
+        if allowed(Via::NatPmp) {
+            let mut b = [0u8; 12];
+            // RFC 6886 §3.4: suggested external port 0.
+            let n = natpmp::Request::Map {
+                protocol,
+                internal_port: port,
+                suggested_external_port: 0,
+                lifetime: 0,
+            }
+            .emit(&mut b);
+            requests.send(now, Req::NatPmpDelete, b[..n].to_vec());
+            report.natpmp = DeleteOutcome::Pending;
+        }
+        let mut upnp_out = VecDeque::new();
+        if allowed(Via::Upnp) {
+            upnp_out.push_back(UpnpCommand::Delete {
+                protocol,
+                external_port: port,
+            });
+            report.upnp = DeleteOutcome::Pending;
+        }
+        Self {
+            requests,
+            protocol,
+            port,
+            nonce,
+            report,
+            upnp_out,
+        }
+    }
+
+    /// Offers a datagram; returns whether it was the gateway's.
+    pub fn handle_input(&mut self, _now: Instant, rx: Received<'_>) -> bool {
+        if !self.requests.is_from_gateway(&rx) {
+            return false;
+        }
+        match rx.contents.first() {
+            Some(&pcp::VERSION) => match pcp::Response::parse(rx.contents) {
+                Ok(r) if r.opcode == pcp::Opcode::Map => {
+                    let ours = match r.data {
+                        Some(pcp::OpData::Map(d)) => {
+                            d.nonce == self.nonce
+                                && d.protocol == self.protocol
+                                && d.internal_port == self.port
+                        }
+                        // An error without the MAP data (RFC 6887 §7.3).
+                        _ => r.result != pcp::ResultCode::SUCCESS,
+                    };
+                    if ours && self.requests.done(Req::PcpDelete) {
+                        self.report.pcp = if r.result == pcp::ResultCode::SUCCESS {
+                            DeleteOutcome::Confirmed
+                        } else {
+                            DeleteOutcome::Refused(format!("PCP: {}", r.result.name()))
+                        };
+                    }
+                }
+                Ok(_) => debug!("PCP response other than MAP dropped"),
+                Err(e) => debug!(error = %e, "malformed PCP response dropped"),
+            },
+            Some(&natpmp::VERSION) => match natpmp::Response::parse(rx.contents) {
+                // A NAT-PMP-only gateway answers the PCP request so (RFC 6887 §9).
+                Ok(r) if r.result == natpmp::ResultCode::UNSUPPORTED_VERSION => {
+                    if self.requests.done(Req::PcpDelete) {
+                        self.report.pcp = DeleteOutcome::Refused(
+                            "PCP: not supported (the gateway speaks only NAT-PMP)".into(),
+                        );
+                    }
+                }
+                Ok(natpmp::Response {
+                    result,
+                    body:
+                        natpmp::ResponseBody::Map {
+                            protocol,
+                            internal_port,
+                            ..
+                        },
+                    ..
+                }) if protocol == self.protocol && internal_port == self.port => {
+                    if self.requests.done(Req::NatPmpDelete) {
+                        self.report.natpmp = if result == natpmp::ResultCode::SUCCESS {
+                            DeleteOutcome::Confirmed
+                        } else {
+                            DeleteOutcome::Refused(format!("NAT-PMP: {}", result.name()))
+                        };
+                    }
+                }
+                Ok(natpmp::Response {
+                    result,
+                    body: natpmp::ResponseBody::Error { opcode },
+                    ..
+                }) if opcode
+                    == match self.protocol {
+                        MapProtocol::Udp => natpmp::OP_MAP_UDP,
+                        MapProtocol::Tcp => natpmp::OP_MAP_TCP,
+                    } =>
+                {
+                    if self.requests.done(Req::NatPmpDelete) {
+                        self.report.natpmp =
+                            DeleteOutcome::Refused(format!("NAT-PMP: {}", result.name()));
+                    }
+                }
+                Ok(_) => debug!("NAT-PMP response for something else dropped"),
+                Err(e) => debug!(error = %e, "malformed NAT-PMP response dropped"),
+            },
+            _ => debug!("datagram from the gateway that is neither PCP nor NAT-PMP dropped"),
+        }
+        true
+    }
+
+    /// The driver's answer to the [`UpnpCommand::Delete`].
+    pub fn handle_upnp(&mut self, result: UpnpResult) {
+        if self.report.upnp != DeleteOutcome::Pending {
+            return;
+        }
+        self.report.upnp = match result {
+            UpnpResult::Deleted => DeleteOutcome::Confirmed,
+            UpnpResult::NoSuchMapping => DeleteOutcome::NoSuchMapping,
+            UpnpResult::NoAnswer(why) => DeleteOutcome::NoAnswer(format!("UPnP: {why}")),
+            UpnpResult::Failed(why) => DeleteOutcome::Refused(format!("UPnP: {why}")),
+            other => DeleteOutcome::Refused(format!("UPnP: unexpected answer {other:?}")),
+        };
+    }
+
+    /// Retransmits; gives up on requests unanswered after the last wait.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for req in self.requests.timeout(now) {
+            match req {
+                Req::PcpDelete => {
+                    self.report.pcp = DeleteOutcome::NoAnswer("PCP: no answer".into())
+                }
+                Req::NatPmpDelete => {
+                    self.report.natpmp = DeleteOutcome::NoAnswer("NAT-PMP: no answer".into());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next datagram for the gateway.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.requests.transmits.pop_front()
+    }
+
+    /// The UPnP deletion to run, once; answer it with [`Delete::handle_upnp`].
+    #[must_use]
+    pub fn poll_upnp(&mut self) -> Option<UpnpCommand> {
+        self.upnp_out.pop_front()
+    }
+
+    /// When to call `handle_timeout`.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.requests.next_deadline()
+    }
+
+    /// Stops waiting: every protocol still pending counts as not answering (`why`).
+    pub fn give_up(&mut self, why: &str) {
+        self.requests.out.clear();
+        self.upnp_out.clear();
+        for o in [
+            &mut self.report.pcp,
+            &mut self.report.natpmp,
+            &mut self.report.upnp,
+        ] {
+            if *o == DeleteOutcome::Pending {
+                *o = DeleteOutcome::NoAnswer(why.to_owned());
+            }
+        }
+    }
+
+    /// Whether every protocol asked has answered or given up.
+    pub fn is_done(&self) -> bool {
+        self.report
+            .each()
+            .iter()
+            .all(|(_, o)| **o != DeleteOutcome::Pending)
+    }
+
+    /// What each protocol answered so far.
+    pub fn report(&self) -> &DeleteReport {
         &self.report
     }
 }

@@ -554,7 +554,10 @@ fn upnp_only_after_pcp_and_natpmp_fail() {
     assert!(matches!(ev, MapperEvent::Mapped(m) if m.via == Via::Upnp));
     h.mapper.release(h.now);
     h.run_until(Duration::from_secs(6));
-    assert!(matches!(h.events.last(), Some((_, MapperEvent::Released))));
+    assert!(matches!(
+        h.events.last(),
+        Some((_, MapperEvent::Released(ReleaseOutcome::Deleted(m)))) if m.via == Via::Upnp
+    ));
     assert!(matches!(
         h.upnp_seen.last(),
         Some(UpnpCommand::Delete {
@@ -673,7 +676,10 @@ fn release_deletes_with_lifetime_zero() {
     h.run_until(Duration::from_secs(1));
     h.mapper.release(h.now);
     h.run_until(Duration::from_secs(2));
-    assert!(matches!(h.events.last(), Some((_, MapperEvent::Released))));
+    assert!(matches!(
+        h.events.last(),
+        Some((_, MapperEvent::Released(ReleaseOutcome::Deleted(m)))) if m.via == Via::Pcp
+    ));
     let last = pcp::Request::parse(h.gw.requests.last().unwrap()).unwrap();
     assert_eq!(last.lifetime, 0);
     assert!(h.mapper.is_finished());
@@ -847,7 +853,7 @@ fn names(h: &Harness) -> Vec<&'static str> {
             MapperEvent::Changed { .. } => "changed",
             MapperEvent::Lost(r) => r.as_str(),
             MapperEvent::Unavailable(_) => "unavailable",
-            MapperEvent::Released => "released",
+            MapperEvent::Released(_) => "released",
             MapperEvent::Verified(_) => "verified",
             MapperEvent::NotForwarding(_) => "not-forwarding",
             MapperEvent::Unverified(_) => "unverified",
@@ -951,18 +957,36 @@ fn a_silent_reflector_leaves_the_mapping_alone_and_is_asked_again() {
 }
 
 #[test]
-fn tcp_mappings_and_unreachable_ones_are_not_verified() {
+fn tcp_mappings_and_unreachable_ones_are_not_verified_and_say_so() {
+    // TCP: said once, never tried.
     let mut h = Harness::verifying(Duration::from_secs(30));
     let mut config = h.mapper.config.clone();
     config.protocol = MapProtocol::Tcp;
+    h.gw.max_lifetime = 10;
     h.mapper = Mapper::new(h.t0, config, source(), [3; 32]);
     h.run_until(Duration::from_secs(40));
-    assert_eq!(names(&h), ["mapped"]);
-    let mut h = Harness::verifying(Duration::from_secs(30));
-    h.gw.external = Ipv4Addr::new(100, 64, 0, 7);
-    h.run_until(Duration::from_secs(40));
-    assert_eq!(names(&h), ["mapped"]);
+    let n = names(&h);
+    assert_eq!(n[..2], ["mapped", "unverified"], "{:?}", h.events);
+    assert!(n[2..].iter().all(|e| *e == "renewed"), "{n:?}");
     assert_eq!(h.reflected, 0);
+    // Behind another NAT (the external address is CGNAT or private): a caller waiting for
+    // the verification's outcome (`pinhole map --once --verify`) gets one at once, saying
+    // why, instead of waiting forever; nothing is sent to the reflector.
+    for external in [Ipv4Addr::new(100, 64, 0, 7), Ipv4Addr::new(10, 0, 0, 2)] {
+        let mut h = Harness::verifying(Duration::from_secs(30));
+        h.gw.external = external;
+        h.run_until(Duration::from_secs(40));
+        assert_eq!(names(&h), ["mapped", "unverified"], "{:?}", h.events);
+        assert_eq!(h.events[1].0, h.events[0].0, "at once");
+        let MapperEvent::Unverified(why) = &h.events[1].1 else {
+            unreachable!()
+        };
+        assert!(
+            why.contains("another NAT") && why.contains(&external.to_string()),
+            "{why}"
+        );
+        assert_eq!(h.reflected, 0);
+    }
 }
 
 /// PCP ANNOUNCE from the gateway (opcode 0, response bit), as a restarted server sends.
@@ -1075,6 +1099,360 @@ fn a_mapping_that_becomes_unreachable_stops_verification_without_spinning() {
     h.gw.external = Ipv4Addr::new(100, 64, 0, 7);
     h.run_until(Duration::from_secs(200));
     let n = names(&h);
-    assert_eq!(n[..3], ["mapped", "verified", "changed"], "{:?}", h.events);
-    assert!(n[3..].iter().all(|e| *e == "renewed"), "{n:?}");
+    assert_eq!(
+        n[..4],
+        ["mapped", "verified", "changed", "unverified"],
+        "{:?}",
+        h.events
+    );
+    assert!(n[4..].iter().all(|e| *e == "renewed"), "{n:?}");
+}
+
+/// The last event, which must be `Released`: its outcome.
+fn released(h: &Harness) -> &ReleaseOutcome {
+    match h.events.last() {
+        Some((_, MapperEvent::Released(o))) => o,
+        other => panic!("expected Released, got {other:?} in {:?}", h.events),
+    }
+}
+
+#[test]
+fn release_says_whether_the_gateway_confirmed_the_deletion() {
+    // Confirmed over PCP and NAT-PMP.
+    for via in [Via::Pcp, Via::NatPmp] {
+        let mut h = Harness::new(true, true, ViaChoice::Only(via));
+        h.run_until(Duration::from_secs(1));
+        let mapping = *h.mapper.mapping().unwrap();
+        h.mapper.release(h.now);
+        h.run_until(Duration::from_secs(2));
+        assert_eq!(released(&h), &ReleaseOutcome::Deleted(mapping), "{via:?}");
+    }
+    // The gateway stops answering before the release: not confirmed, after the
+    // retransmissions; the mapping (and when it expires) is in the outcome.
+    for via in [Via::Pcp, Via::NatPmp] {
+        let mut h = Harness::new(true, true, ViaChoice::Only(via));
+        h.run_until(Duration::from_secs(1));
+        let mapping = *h.mapper.mapping().unwrap();
+        h.gw.down = true;
+        h.mapper.release(h.now);
+        let asked = h.now;
+        h.run_until(Duration::from_secs(5));
+        let ReleaseOutcome::Unconfirmed { mapping: m, why } = released(&h) else {
+            panic!("{:?}", h.events)
+        };
+        assert_eq!(*m, mapping);
+        assert!(why.contains("no answer"), "{why}");
+        assert_eq!(
+            h.events.last().unwrap().0,
+            asked - h.t0 + REQUEST_RTO * 3 + REQUEST_LAST_WAIT
+        );
+        assert!(h.mapper.is_finished());
+    }
+    // The gateway refuses the deletion.
+    let mut h = Harness::new(true, false, ViaChoice::Only(Via::Pcp));
+    h.run_until(Duration::from_secs(1));
+    h.gw.pcp_result = pcp::ResultCode::NOT_AUTHORIZED;
+    h.mapper.release(h.now);
+    h.run_until(Duration::from_secs(2));
+    assert!(
+        matches!(released(&h), ReleaseOutcome::Unconfirmed { why, .. } if why.contains("NOT_AUTHORIZED")),
+        "{:?}",
+        h.events
+    );
+    // UPnP: a failed deletion is not confirmed; "no such mapping" is as good as deleted.
+    for (answer, confirmed) in [
+        (UpnpResult::NoAnswer("connection refused".into()), false),
+        (UpnpResult::Failed("UPnP error 606".into()), false),
+        (UpnpResult::NoSuchMapping, true),
+    ] {
+        let mut h = Harness::new(false, false, ViaChoice::Only(Via::Upnp));
+        let answer2 = answer.clone();
+        h.upnp = Some(Box::new(move |cmd| match cmd {
+            UpnpCommand::Delete { .. } => Some(answer2.clone()),
+            c => igd(c),
+        }));
+        h.run_until(Duration::from_secs(1));
+        h.mapper.release(h.now);
+        h.run_until(Duration::from_secs(2));
+        assert_eq!(
+            matches!(released(&h), ReleaseOutcome::Deleted(_)),
+            confirmed,
+            "{answer:?}: {:?}",
+            h.events
+        );
+    }
+    // Nothing mapped yet: nothing to delete.
+    let mut h = Harness::new(false, false, ViaChoice::Any);
+    h.mapper.release(h.now);
+    h.run_until(Duration::from_millis(1));
+    assert_eq!(released(&h), &ReleaseOutcome::NothingToDelete);
+}
+
+#[test]
+fn an_abandoned_release_is_unconfirmed() {
+    // The driver's bound on a release (a UPnP deletion that hangs): the mapper reports it
+    // unconfirmed, with the reason given.
+    let mut h = Harness::new(false, false, ViaChoice::Only(Via::Upnp));
+    h.upnp = Some(Box::new(|cmd| match cmd {
+        UpnpCommand::Delete { .. } => None,
+        c => igd(c),
+    }));
+    h.run_until(Duration::from_secs(1));
+    h.mapper.release(h.now);
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(names(&h), ["mapped"]);
+    h.mapper.abandon_release("no confirmation within 3 s");
+    h.run_until(Duration::from_secs(3));
+    assert!(
+        matches!(released(&h), ReleaseOutcome::Unconfirmed { why, .. } if why == "no confirmation within 3 s"),
+        "{:?}",
+        h.events
+    );
+    assert!(h.mapper.is_finished());
+    // Not releasing: nothing happens.
+    let mut h = Harness::new(true, true, ViaChoice::Any);
+    h.run_until(Duration::from_secs(1));
+    h.mapper.abandon_release("x");
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(names(&h), ["mapped"]);
+}
+
+#[test]
+fn a_gateway_that_stops_answering_is_not_reported_as_refusing() {
+    // PCP and NAT-PMP: the renewals time out until the mapping is about to expire.
+    for via in [Via::Pcp, Via::NatPmp] {
+        let mut h = Harness::new(true, true, ViaChoice::Only(via));
+        h.gw.max_lifetime = 10;
+        h.run_until(Duration::from_secs(1));
+        h.gw.down = true;
+        h.run_until(Duration::from_secs(12));
+        let lost: Vec<_> = h
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                MapperEvent::Lost(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(&lost[..], [LossReason::NotAnswering(why)] if why.contains("no answer")),
+            "{via:?}: {:?}",
+            h.events
+        );
+        assert_eq!(lost[0].as_str(), "not-answering");
+    }
+    // A gateway that answers with a refusal is still one that refuses.
+    let mut h = Harness::new(true, false, ViaChoice::Only(Via::Pcp));
+    h.gw.max_lifetime = 10;
+    h.run_until(Duration::from_secs(1));
+    h.gw.pcp_result = pcp::ResultCode::NO_RESOURCES;
+    h.run_until(Duration::from_secs(12));
+    assert!(
+        h.events
+            .iter()
+            .any(|(_, e)| matches!(e, MapperEvent::Lost(LossReason::Refused(why)) if why.contains("NO_RESOURCES"))),
+        "{:?}",
+        h.events
+    );
+    // UPnP: no answer versus a refusal.
+    for (answer, expect) in [
+        (
+            UpnpResult::NoAnswer("connecting: refused".into()),
+            "not-answering",
+        ),
+        (UpnpResult::Failed("UPnP error 606".into()), "refused"),
+    ] {
+        let mut h = Harness::new(false, false, ViaChoice::Only(Via::Upnp));
+        let renewals = std::rc::Rc::new(std::cell::Cell::new(0));
+        let r2 = renewals.clone();
+        let answer2 = answer.clone();
+        h.upnp = Some(Box::new(move |cmd| match cmd {
+            UpnpCommand::Map { .. } if r2.get() > 0 => Some(answer2.clone()),
+            UpnpCommand::Map { .. } => {
+                r2.set(1);
+                Some(UpnpResult::Mapped {
+                    external: "203.0.113.77:62000".parse().unwrap(),
+                    lifetime: 10,
+                })
+            }
+            c => igd(c),
+        }));
+        h.run_until(Duration::from_secs(12));
+        assert!(names(&h).contains(&expect), "{answer:?}: {:?}", h.events);
+    }
+}
+
+#[test]
+fn a_huge_verification_interval_does_not_overflow_the_clock() {
+    // From the FFI or a library caller: Duration::MAX must not panic at `now + interval`.
+    let mut h = Harness::verifying(Duration::MAX);
+    h.run_until(Duration::from_secs(10));
+    assert_eq!(names(&h), ["mapped", "verified"], "{:?}", h.events);
+    // The next verification is due a day later (MAX_VERIFY_INTERVAL), with the renewals.
+    h.run_until(MAX_VERIFY_INTERVAL + Duration::from_secs(3600));
+    assert!(
+        names(&h).iter().filter(|e| **e == "verified").count() >= 2,
+        "{:?}",
+        names(&h)
+    );
+    // And a zero interval is taken as a second, not a busy loop.
+    let mut h = Harness::verifying(Duration::ZERO);
+    h.run_until(Duration::from_secs(10));
+    let verified = names(&h).iter().filter(|e| **e == "verified").count();
+    assert!((5..=11).contains(&verified), "{verified}");
+}
+
+/// Runs a [`Delete`] against `gw` (and `upnp` for its UPnP command) until it is done.
+fn run_delete(
+    gw: &mut FakeGateway,
+    via: ViaChoice,
+    upnp: Option<UpnpResult>,
+) -> (DeleteReport, Duration) {
+    let t0 = gw.started;
+    let mut now = t0;
+    let gw_addr = SocketAddr::new(GW.parse().unwrap(), 5351);
+    let mut d = Delete::new(
+        now,
+        GW.parse().unwrap(),
+        source(),
+        MapProtocol::Udp,
+        5000,
+        via,
+        [9; 32],
+    );
+    if let Some(cmd) = d.poll_upnp() {
+        assert_eq!(
+            cmd,
+            UpnpCommand::Delete {
+                protocol: MapProtocol::Udp,
+                external_port: 5000
+            }
+        );
+        if let Some(r) = upnp {
+            d.handle_upnp(r);
+        }
+    }
+    for _ in 0..100 {
+        while let Some(t) = d.poll_transmit() {
+            assert_eq!(t.destination, gw_addr);
+            if let Some(resp) = gw.answer(now, &t.contents) {
+                let rx = Received {
+                    proto: crate::Protocol::Udp,
+                    source: gw_addr,
+                    destination: source(),
+                    contents: &resp,
+                };
+                assert!(d.handle_input(now, rx));
+            }
+        }
+        if d.is_done() {
+            return (d.report().clone(), now - t0);
+        }
+        match d.poll_timeout() {
+            Some(t) => now = t,
+            None => break,
+        }
+        d.handle_timeout(now);
+    }
+    (d.report().clone(), now - t0)
+}
+
+#[test]
+fn delete_asks_every_allowed_protocol_and_reports_each() {
+    let t0 = Instant::now();
+    // A gateway that speaks both and confirms: PCP's MAP and NAT-PMP's request carry
+    // lifetime 0 for the internal port (NAT-PMP with suggested external port 0).
+    let mut gw = FakeGateway::new(t0, true, true);
+    let (r, took) = run_delete(&mut gw, ViaChoice::Any, Some(UpnpResult::NoSuchMapping));
+    assert_eq!(
+        (&r.pcp, &r.natpmp, &r.upnp),
+        (
+            &DeleteOutcome::Confirmed,
+            &DeleteOutcome::Confirmed,
+            &DeleteOutcome::NoSuchMapping
+        )
+    );
+    assert_eq!(r.confirmed(), [Via::Pcp, Via::NatPmp]);
+    assert_eq!(took, Duration::ZERO);
+    let pcp_req = gw
+        .requests
+        .iter()
+        .find_map(|b| pcp::Request::parse(b).ok())
+        .unwrap();
+    assert!(
+        matches!(pcp_req.data, pcp::OpData::Map(m) if m.internal_port == 5000)
+            && pcp_req.lifetime == 0
+    );
+    let nat_req = gw
+        .requests
+        .iter()
+        .find_map(|b| natpmp::Request::parse(b).ok())
+        .unwrap();
+    assert_eq!(
+        nat_req,
+        natpmp::Request::Map {
+            protocol: MapProtocol::Udp,
+            internal_port: 5000,
+            suggested_external_port: 0,
+            lifetime: 0
+        }
+    );
+    // PCP refuses (another nonce made the mapping); a NAT-PMP-only gateway answers PCP
+    // with UNSUPPORTED_VERSION; NAT-PMP refuses; UPnP confirms.
+    let mut gw = FakeGateway::new(t0, true, false);
+    gw.pcp_result = pcp::ResultCode::NOT_AUTHORIZED;
+    let (r, _) = run_delete(&mut gw, ViaChoice::Only(Via::Pcp), None);
+    assert_eq!(r.pcp, DeleteOutcome::Refused("PCP: NOT_AUTHORIZED".into()));
+    assert_eq!(
+        (&r.natpmp, &r.upnp),
+        (&DeleteOutcome::NotAsked, &DeleteOutcome::NotAsked)
+    );
+    let mut gw = FakeGateway::new(t0, false, true);
+    let (r, _) = run_delete(&mut gw, ViaChoice::Any, Some(UpnpResult::Deleted));
+    assert!(
+        matches!(&r.pcp, DeleteOutcome::Refused(w) if w.contains("only NAT-PMP")),
+        "{r:?}"
+    );
+    assert_eq!(r.natpmp, DeleteOutcome::Confirmed);
+    assert_eq!(r.upnp, DeleteOutcome::Confirmed);
+    let mut gw = FakeGateway::new(t0, false, true);
+    gw.natpmp_result = natpmp::ResultCode::NOT_AUTHORIZED;
+    let (r, _) = run_delete(&mut gw, ViaChoice::Only(Via::NatPmp), None);
+    assert_eq!(
+        r.natpmp,
+        DeleteOutcome::Refused("NAT-PMP: not authorized".into())
+    );
+    // Silence: no answer after the retransmissions (1.75 s), bounded.
+    let mut gw = FakeGateway::new(t0, true, true);
+    gw.down = true;
+    let (r, took) = run_delete(
+        &mut gw,
+        ViaChoice::Any,
+        Some(UpnpResult::NoAnswer("no IGD".into())),
+    );
+    assert!(
+        r.each()
+            .iter()
+            .all(|(_, o)| matches!(o, DeleteOutcome::NoAnswer(_))),
+        "{r:?}"
+    );
+    assert_eq!(took, REQUEST_RTO * 3 + REQUEST_LAST_WAIT);
+    assert!(r.confirmed().is_empty());
+    // Giving up marks what is pending.
+    let mut d = Delete::new(
+        t0,
+        GW.parse().unwrap(),
+        source(),
+        MapProtocol::Tcp,
+        80,
+        ViaChoice::Only(Via::Upnp),
+        [1; 32],
+    );
+    assert!(!d.is_done());
+    d.give_up("time is up");
+    assert_eq!(
+        d.report().upnp,
+        DeleteOutcome::NoAnswer("time is up".into())
+    );
+    assert!(d.is_done());
 }

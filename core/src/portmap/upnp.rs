@@ -68,6 +68,9 @@ pub enum UpnpError {
     /// The HTTP exchange itself failed (connecting, sending, reading, in time).
     #[error("HTTP exchange failed: {0}")]
     Transport(String),
+    /// No IGD answered the SSDP search.
+    #[error("no UPnP IGD found: {0}")]
+    NotFound(String),
     /// The gateway refused the action (a UPnP error, e.g. 718 ConflictInMappingEntry).
     #[error("UPnP error {code}: {description}")]
     Fault {
@@ -86,6 +89,19 @@ pub mod codes {
     pub const CONFLICT_IN_MAPPING_ENTRY: u16 = 718;
     /// The gateway only supports leases of 0 (permanent).
     pub const ONLY_PERMANENT_LEASES_SUPPORTED: u16 = 725;
+    /// GetGenericPortMappingEntry: no entry at that index (the end of the table).
+    pub const SPECIFIED_ARRAY_INDEX_INVALID: u16 = 713;
+    /// No such mapping (DeletePortMapping, GetSpecificPortMappingEntry; some gateways
+    /// also end GetGenericPortMappingEntry's table with it).
+    pub const NO_SUCH_ENTRY_IN_ARRAY: u16 = 714;
+}
+
+impl UpnpError {
+    /// Whether nothing answered (no IGD found, or the HTTP exchange failed) rather than
+    /// the gateway answering with a refusal or something unusable.
+    pub fn is_no_answer(&self) -> bool {
+        matches!(self, UpnpError::Transport(_) | UpnpError::NotFound(_))
+    }
 }
 
 /// An `http://` URL.
@@ -520,6 +536,179 @@ pub fn add_mapping_args(
     ]
 }
 
+/// The most entries [`MappingLister`] reads from one gateway's table: far more than a home
+/// gateway holds (miniupnpd's default limit is a few hundred), and a bound on what a
+/// gateway that never ends its table can make pinhole do.
+pub const MAX_LISTED_MAPPINGS: u32 = 512;
+/// The longest description of a listed mapping kept, in characters (the rest is cut).
+pub const MAX_DESCRIPTION_CHARS: usize = 256;
+
+/// One entry of a gateway's port-mapping table (GetGenericPortMappingEntry's output
+/// arguments, WANIPConnection:1 §2.4.14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMappingEntry {
+    /// The remote host the mapping is limited to (`None`: any).
+    pub remote_host: Option<IpAddr>,
+    /// The external port (0: every port, a wildcard some gateways allow).
+    pub external_port: u16,
+    /// UDP or TCP.
+    pub protocol: super::MapProtocol,
+    /// The internal client.
+    pub internal_client: IpAddr,
+    /// The internal port.
+    pub internal_port: u16,
+    /// Whether the mapping is enabled.
+    pub enabled: bool,
+    /// Its description (at most [`MAX_DESCRIPTION_CHARS`] characters kept).
+    pub description: String,
+    /// Seconds left of its lease (0: permanent).
+    pub lease: u32,
+}
+
+/// The input argument of GetGenericPortMappingEntry for entry `index`.
+pub fn generic_mapping_entry_args(index: u32) -> [(&'static str, String); 1] {
+    [("NewPortMappingIndex", index.to_string())]
+}
+
+/// Parses GetGenericPortMappingEntry's output arguments (from [`parse_soap_response`]).
+pub fn parse_generic_mapping_entry(
+    args: &[(String, String)],
+) -> Result<PortMappingEntry, UpnpError> {
+    let get = |name: &'static str| argument(args, name).ok_or(UpnpError::Soap(name));
+    let port = |name: &'static str| -> Result<u16, UpnpError> {
+        get(name)?.parse().map_err(|_| UpnpError::Soap(name))
+    };
+    let remote_host = match get("NewRemoteHost").unwrap_or("") {
+        "" | "*" => None,
+        h => Some(h.parse().map_err(|_| UpnpError::Soap("NewRemoteHost"))?),
+    };
+    let protocol = match get("NewProtocol")? {
+        p if p.eq_ignore_ascii_case("UDP") => super::MapProtocol::Udp,
+        p if p.eq_ignore_ascii_case("TCP") => super::MapProtocol::Tcp,
+        _ => return Err(UpnpError::Soap("NewProtocol")),
+    };
+    let enabled = match get("NewEnabled").unwrap_or("1") {
+        "1" | "true" | "yes" => true,
+        "0" | "false" | "no" => false,
+        _ => return Err(UpnpError::Soap("NewEnabled")),
+    };
+    Ok(PortMappingEntry {
+        remote_host,
+        external_port: port("NewExternalPort")?,
+        protocol,
+        internal_client: get("NewInternalClient")?
+            .parse()
+            .map_err(|_| UpnpError::Soap("NewInternalClient"))?,
+        internal_port: port("NewInternalPort")?,
+        enabled,
+        description: get("NewPortMappingDescription")
+            .unwrap_or("")
+            .chars()
+            .take(MAX_DESCRIPTION_CHARS)
+            .collect(),
+        lease: match get("NewLeaseDuration").unwrap_or("0") {
+            "" => 0,
+            l => l.parse().map_err(|_| UpnpError::Soap("NewLeaseDuration"))?,
+        },
+    })
+}
+
+/// Why a listing ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListEnd {
+    /// The gateway said there are no more entries (error 713, or 714).
+    Complete,
+    /// [`MAX_LISTED_MAPPINGS`] entries were read; the gateway may hold more.
+    Truncated,
+    /// The listing stopped at an error: the gateway refused (e.g. 606 Action not
+    /// authorized, 401 Invalid Action) or stopped answering. The entries read before
+    /// stay.
+    Failed(UpnpError),
+}
+
+/// Reads a gateway's port-mapping table, sans-IO: GetGenericPortMappingEntry for index 0,
+/// 1, … until the gateway answers error 713 (SpecifiedArrayIndexInvalid), bounded by
+/// [`MAX_LISTED_MAPPINGS`]. PCP and NAT-PMP have no such operation. The driver sends
+/// [`MappingLister::next_request`] and hands back each answer.
+#[derive(Debug, Clone, Default)]
+pub struct MappingLister {
+    entries: Vec<PortMappingEntry>,
+    /// Entries the gateway returned that did not parse (skipped).
+    skipped: u32,
+    next: u32,
+    end: Option<ListEnd>,
+}
+
+impl MappingLister {
+    /// A listing from index 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The request for the next entry, or `None` when the listing has ended.
+    pub fn next_request(&self, control: &Control) -> Option<Vec<u8>> {
+        if self.end.is_some() {
+            return None;
+        }
+        let args = generic_mapping_entry_args(self.next);
+        let refs: Vec<(&str, &str)> = args.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        Some(soap_request(control, "GetGenericPortMappingEntry", &refs))
+    }
+
+    /// The gateway's answer to the last request.
+    pub fn handle_response(&mut self, resp: &HttpResponse) {
+        if self.end.is_some() {
+            return;
+        }
+        match parse_soap_response(resp, "GetGenericPortMappingEntry") {
+            Ok(args) => {
+                match parse_generic_mapping_entry(&args) {
+                    Ok(e) => self.entries.push(e),
+                    Err(_) => self.skipped += 1,
+                }
+                self.next += 1;
+                if self.next >= MAX_LISTED_MAPPINGS {
+                    self.end = Some(ListEnd::Truncated);
+                }
+            }
+            Err(UpnpError::Fault { code, .. })
+                if code == codes::SPECIFIED_ARRAY_INDEX_INVALID
+                    || code == codes::NO_SUCH_ENTRY_IN_ARRAY =>
+            {
+                self.end = Some(ListEnd::Complete);
+            }
+            Err(e) => self.end = Some(ListEnd::Failed(e)),
+        }
+    }
+
+    /// The exchange failed (no answer, connection refused, time up).
+    pub fn handle_failure(&mut self, error: UpnpError) {
+        if self.end.is_none() {
+            self.end = Some(ListEnd::Failed(error));
+        }
+    }
+
+    /// Whether the listing has ended.
+    pub fn is_done(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// The entries read so far.
+    pub fn entries(&self) -> &[PortMappingEntry] {
+        &self.entries
+    }
+
+    /// How many entries did not parse and were skipped.
+    pub fn skipped(&self) -> u32 {
+        self.skipped
+    }
+
+    /// Why the listing ended (`None`: it has not).
+    pub fn end(&self) -> Option<&ListEnd> {
+        self.end.as_ref()
+    }
+}
+
 /// The inner texts of the elements whose local name (without namespace prefix) is `local`,
 /// in document order. Comments, processing instructions and CDATA are not interpreted
 /// (device descriptions and SOAP answers do not need them).
@@ -850,6 +1039,176 @@ mod tests {
             parse_soap_response(&plain, "AddPortMapping"),
             Err(UpnpError::Status(404))
         );
+    }
+
+    /// A GetGenericPortMappingEntry answer as miniupnpd sends it.
+    fn entry_answer(port: u16, protocol: &str, description: &str) -> HttpResponse {
+        HttpResponse {
+            status: 200,
+            body: format!(
+                "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+                 s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body>\
+                 <u:GetGenericPortMappingEntryResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:2\">\
+                 <NewRemoteHost></NewRemoteHost><NewExternalPort>{port}</NewExternalPort>\
+                 <NewProtocol>{protocol}</NewProtocol><NewInternalPort>40100</NewInternalPort>\
+                 <NewInternalClient>192.168.1.10</NewInternalClient><NewEnabled>1</NewEnabled>\
+                 <NewPortMappingDescription>{description}</NewPortMappingDescription>\
+                 <NewLeaseDuration>598</NewLeaseDuration></u:GetGenericPortMappingEntryResponse>\
+                 </s:Body></s:Envelope>\r\n"
+            )
+            .into_bytes(),
+        }
+    }
+
+    fn fault(code: u16, description: &str) -> HttpResponse {
+        HttpResponse {
+            status: 500,
+            body: format!(
+                "<s:Envelope><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring>\
+                 <detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>{code}</errorCode>\
+                 <errorDescription>{description}</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"
+            )
+            .into_bytes(),
+        }
+    }
+
+    #[test]
+    fn generic_port_mapping_entries_parse() {
+        let out = parse_soap_response(
+            &entry_answer(40100, "UDP", "NAT-PMP 40100 udp"),
+            "GetGenericPortMappingEntry",
+        )
+        .unwrap();
+        assert_eq!(
+            parse_generic_mapping_entry(&out).unwrap(),
+            PortMappingEntry {
+                remote_host: None,
+                external_port: 40100,
+                protocol: crate::portmap::MapProtocol::Udp,
+                internal_client: "192.168.1.10".parse().unwrap(),
+                internal_port: 40100,
+                enabled: true,
+                description: "NAT-PMP 40100 udp".into(),
+                lease: 598,
+            }
+        );
+        // Lower-case protocol, a remote host, escapes, a permanent lease without the
+        // argument, a description far too long (cut).
+        let long = "x".repeat(5000);
+        let args: Vec<(String, String)> = [
+            ("NewRemoteHost", "203.0.113.5"),
+            ("NewExternalPort", "8080"),
+            ("NewProtocol", "tcp"),
+            ("NewInternalPort", "80"),
+            ("NewInternalClient", "192.168.1.11"),
+            ("NewEnabled", "0"),
+            ("NewPortMappingDescription", long.as_str()),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let e = parse_generic_mapping_entry(&args).unwrap();
+        assert_eq!(e.remote_host, Some("203.0.113.5".parse().unwrap()));
+        assert_eq!(e.protocol, crate::portmap::MapProtocol::Tcp);
+        assert!(!e.enabled);
+        assert_eq!(e.lease, 0);
+        assert_eq!(e.description.chars().count(), MAX_DESCRIPTION_CHARS);
+        // What an entry must have, and must not be.
+        for (name, bad) in [
+            ("NewExternalPort", "70000"),
+            ("NewExternalPort", ""),
+            ("NewProtocol", "SCTP"),
+            ("NewInternalClient", "router.local"),
+            ("NewInternalPort", "-1"),
+            ("NewEnabled", "maybe"),
+            ("NewLeaseDuration", "forever"),
+            ("NewRemoteHost", "somewhere"),
+        ] {
+            let mut a = args.clone();
+            a.retain(|(n, _)| n != name);
+            a.push((name.to_string(), bad.to_string()));
+            assert_eq!(
+                parse_generic_mapping_entry(&a),
+                Err(UpnpError::Soap(name)),
+                "{name}={bad}"
+            );
+        }
+        let mut a = args.clone();
+        a.retain(|(n, _)| n != "NewInternalClient");
+        assert!(parse_generic_mapping_entry(&a).is_err());
+        assert!(parse_generic_mapping_entry(&[]).is_err());
+    }
+
+    #[test]
+    fn the_mapping_list_ends_at_713_and_is_bounded() {
+        let c = parse_description(DESCRIPTION.as_bytes(), &location()).unwrap();
+        let mut l = MappingLister::new();
+        let req = String::from_utf8(l.next_request(&c).unwrap()).unwrap();
+        assert!(req.contains("#GetGenericPortMappingEntry\""), "{req}");
+        assert!(
+            req.contains("<NewPortMappingIndex>0</NewPortMappingIndex>"),
+            "{req}"
+        );
+        l.handle_response(&entry_answer(40100, "UDP", "a"));
+        // A malformed entry is skipped, and the listing goes on with the next index.
+        l.handle_response(&entry_answer(40101, "ICMP", "b"));
+        let req = String::from_utf8(l.next_request(&c).unwrap()).unwrap();
+        assert!(
+            req.contains("<NewPortMappingIndex>2</NewPortMappingIndex>"),
+            "{req}"
+        );
+        l.handle_response(&entry_answer(40102, "TCP", "c"));
+        assert!(!l.is_done());
+        l.handle_response(&fault(
+            codes::SPECIFIED_ARRAY_INDEX_INVALID,
+            "SpecifiedArrayIndexInvalid",
+        ));
+        assert_eq!(l.end(), Some(&ListEnd::Complete));
+        assert_eq!(l.next_request(&c), None);
+        assert_eq!(
+            l.entries()
+                .iter()
+                .map(|e| e.external_port)
+                .collect::<Vec<_>>(),
+            [40100, 40102]
+        );
+        assert_eq!(l.skipped(), 1);
+        // Later answers change nothing.
+        l.handle_response(&entry_answer(1, "UDP", "late"));
+        assert_eq!(l.entries().len(), 2);
+
+        // 714 ends it too; another fault ends it as a failure, keeping what was read.
+        let mut l = MappingLister::new();
+        l.handle_response(&fault(codes::NO_SUCH_ENTRY_IN_ARRAY, "NoSuchEntryInArray"));
+        assert_eq!(l.end(), Some(&ListEnd::Complete));
+        assert!(l.entries().is_empty());
+        let mut l = MappingLister::new();
+        l.handle_response(&entry_answer(40100, "UDP", "a"));
+        l.handle_response(&fault(606, "Action not authorized"));
+        assert!(matches!(
+            l.end(),
+            Some(ListEnd::Failed(UpnpError::Fault { code: 606, .. }))
+        ));
+        assert_eq!(l.entries().len(), 1);
+        let mut l = MappingLister::new();
+        l.handle_failure(UpnpError::Transport("timeout".into()));
+        assert!(
+            l.is_done()
+                && l.end()
+                    .is_some_and(|e| matches!(e, ListEnd::Failed(e) if e.is_no_answer()))
+        );
+
+        // A gateway whose table never ends: at most MAX_LISTED_MAPPINGS requests.
+        let mut l = MappingLister::new();
+        let mut requests = 0;
+        while l.next_request(&c).is_some() {
+            requests += 1;
+            assert!(requests <= MAX_LISTED_MAPPINGS, "unbounded");
+            l.handle_response(&entry_answer(40100, "UDP", "again"));
+        }
+        assert_eq!(requests, MAX_LISTED_MAPPINGS);
+        assert_eq!(l.end(), Some(&ListEnd::Truncated));
+        assert_eq!(l.entries().len(), MAX_LISTED_MAPPINGS as usize);
     }
 
     #[test]

@@ -41,6 +41,11 @@ use crate::{Protocol, Transmit};
 /// How often a mapping is verified again while it lives (besides after every new mapping
 /// and every renewal that comes due after this interval).
 pub const VERIFY_INTERVAL: Duration = Duration::from_secs(300);
+/// The shortest interval between verifications: shorter ones are taken as this.
+pub const MIN_VERIFY_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest interval between verifications (a day): longer ones are taken as this, so
+/// that no deadline overflows the clock.
+pub const MAX_VERIFY_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// Verification of mappings through a STUN reflector that implements RFC 5780 (answers
 /// from its other address with CHANGE-REQUEST and to another port with RESPONSE-PORT):
@@ -50,7 +55,8 @@ pub const VERIFY_INTERVAL: Duration = Duration::from_secs(300);
 pub struct VerifyConfig {
     /// The reflector's primary address.
     pub reflector: SocketAddr,
-    /// How often to verify again; see [`VERIFY_INTERVAL`].
+    /// How often to verify again; see [`VERIFY_INTERVAL`]. The mapper keeps it between
+    /// [`MIN_VERIFY_INTERVAL`] and [`MAX_VERIFY_INTERVAL`].
     pub interval: Duration,
 }
 
