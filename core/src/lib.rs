@@ -22,6 +22,8 @@
 //!   transactions, and a Binding / RFC 5780 server.
 //! - [`ice`]: ICE candidates (RFC 8445 priorities and foundations) and RFC 8839
 //!   descriptions.
+//! - [`peer`]: the peer connection's sans-IO core: one socket, the ICE agent, its TURN
+//!   allocations and server-reflexive gathering.
 //! - [`netcheck`]: NAT behaviour discovery (RFC 5780, RFC 4787 terms).
 //! - `sim` (feature `sim`): a seeded virtual network with RFC 4787 NATs for deterministic
 //!   tests.
@@ -35,6 +37,7 @@
 pub mod demux;
 pub mod ice;
 pub mod netcheck;
+pub mod peer;
 pub mod portmap;
 pub mod ratelimit;
 #[cfg(any(test, feature = "sim"))]

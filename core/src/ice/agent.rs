@@ -202,6 +202,11 @@ struct Pair {
 
 /// How many times one pair may repair a role conflict before it fails.
 const MAX_ROLE_CONFLICTS: u8 = 4;
+/// Peer-reflexive candidates learned per local base. Between two NATs with
+/// endpoint-dependent mapping and open filtering, every triggered check arrives from a new
+/// port and makes another one: without a bound per base that storm would fill the remote
+/// candidates and starve the relayed base of the one it needs.
+const MAX_PRFLX_PER_BASE: usize = 8;
 
 /// The ICE agent. See the module docs.
 #[derive(Debug)]
@@ -214,6 +219,8 @@ pub struct IceAgent {
     remote_creds: Option<IceCredentials>,
     locals: Vec<Local>,
     remotes: Vec<Candidate>,
+    /// For each remote candidate: the local base it was learned on, if peer-reflexive.
+    learned_on: Vec<Option<SocketAddr>>,
     remote_done: bool,
     pairs: Vec<Pair>,
     triggered: VecDeque<usize>,
@@ -269,6 +276,7 @@ impl IceAgent {
             remote_creds: None,
             locals: Vec::new(),
             remotes: Vec::new(),
+            learned_on: Vec::new(),
             remote_done: false,
             pairs: Vec::new(),
             triggered: VecDeque::new(),
@@ -313,6 +321,14 @@ impl IceAgent {
         };
         let p = &self.pairs[s];
         Some((self.locals[p.local].base, self.remote_addr(p.remote)?))
+    }
+
+    /// The addresses of the remote candidates known so far.
+    pub fn remote_addresses(&self) -> Vec<SocketAddr> {
+        self.remotes
+            .iter()
+            .filter_map(Candidate::socket_addr)
+            .collect()
     }
 
     fn remote_addr(&self, r: usize) -> Option<SocketAddr> {
@@ -371,6 +387,7 @@ impl IceAgent {
                 && candidate.kind != CandidateKind::PeerReflexive
             {
                 let priority = self.remotes[i].priority;
+                self.learned_on[i] = None;
                 self.remotes[i] = Candidate {
                     priority,
                     ..candidate
@@ -378,11 +395,13 @@ impl IceAgent {
             }
             return false;
         }
-        if self.remotes.len() >= self.config.max_remote_candidates {
+        let signalled = self.learned_on.iter().filter(|l| l.is_none()).count();
+        if signalled >= self.config.max_remote_candidates {
             debug!("remote candidate beyond the limit ignored");
             return false;
         }
         self.remotes.push(candidate);
+        self.learned_on.push(None);
         let r = self.remotes.len() - 1;
         for l in 0..self.locals.len() {
             self.pair_up(l, r);
@@ -412,6 +431,7 @@ impl IceAgent {
         // The old path carries data until a new pair is selected (RFC 8445 §9).
         self.previous_path = self.selected();
         self.remotes.clear();
+        self.learned_on.clear();
         self.pairs.clear();
         self.triggered.clear();
         self.selected = None;
@@ -754,7 +774,12 @@ impl IceAgent {
         {
             Some(r) => r,
             None => {
-                if self.remotes.len() >= self.config.max_remote_candidates {
+                let here = self
+                    .learned_on
+                    .iter()
+                    .filter(|l| **l == Some(rx.destination))
+                    .count();
+                if here >= MAX_PRFLX_PER_BASE {
                     debug!(from = %rx.source, "peer-reflexive candidate beyond the limit ignored");
                     return true;
                 }
@@ -770,6 +795,7 @@ impl IceAgent {
                 c.priority = priority;
                 self.events.push_back(IceEvent::PeerReflexive(c.clone()));
                 self.remotes.push(c);
+                self.learned_on.push(Some(rx.destination));
                 let r = self.remotes.len() - 1;
                 for l in 0..self.locals.len() {
                     if self.locals[l].base == rx.destination {

@@ -1,0 +1,488 @@
+//! The peer connection's sans-IO core: one local socket, an [`IceAgent`], its TURN
+//! allocations and server-reflexive gathering, behind one input and one output.
+//!
+//! Every datagram that arrives on the socket goes, in this order (str0m's `Rtc::accepts`
+//! and firezone's snownet node are the models):
+//! 1. to the TURN allocation whose server sent it: ChannelData and Data indications are
+//!    unwrapped and **re-enter** with the peer as their source and the *relayed address*
+//!    as their destination, so the agent sees a relayed candidate as an ordinary local
+//!    candidate whose base is the relayed address;
+//! 2. to the STUN transactions that gather server-reflexive candidates;
+//! 3. to the ICE agent (checks and their answers);
+//! 4. what is left is application data, reported as a byte range of the datagram.
+//!
+//! The agent's datagrams whose source is a relayed address are sent *through* that
+//! allocation (a Send indication, or ChannelData once a channel is bound); permissions for
+//! every remote candidate's IP are installed as candidates arrive. The agent knows nothing
+//! of TURN.
+//!
+//! Candidates are trickled: each one gathered comes out as [`PeerEvent::Candidate`] for
+//! the signalling channel; [`PeerEvent::GatheringComplete`] follows the last one.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Instant;
+
+use tracing::debug;
+
+use crate::ice::{
+    Candidate, CandidateKind, CandidateTransport, IceAgent, IceConfig, IceCredentials, IceEvent,
+    IceInput,
+};
+use crate::stun::attributes::XorMappedAddress;
+use crate::stun::{ClientConfig, Request, StunClient, TransactionEvent, TransactionId};
+use crate::turn::{
+    Allocation, AllocationConfig, AllocationEvent, Credentials, Input, TurnError, TurnTransport,
+};
+use crate::{Received, Transmit};
+
+/// Errors from the peer connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// No pair is selected yet (or consent was lost).
+    #[error("not connected")]
+    NotConnected,
+    /// The relay could not carry the datagram.
+    #[error("relay: {0}")]
+    Relay(#[from] TurnError),
+}
+
+/// A TURN server to allocate on.
+#[derive(Debug, Clone)]
+pub struct TurnServerSpec {
+    /// Its address (UDP).
+    pub server: SocketAddr,
+    /// The credentials.
+    pub credentials: Credentials,
+}
+
+/// The peer connection's settings.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PeerConfig {
+    /// The ICE agent's settings.
+    pub ice: IceConfig,
+    /// STUN servers for server-reflexive candidates.
+    pub stun_servers: Vec<SocketAddr>,
+    /// TURN servers for relayed candidates.
+    pub turn_servers: Vec<TurnServerSpec>,
+    /// Offer host candidates (off: only reflexive and relayed ones, as for privacy).
+    pub no_host: bool,
+    /// Offer server-reflexive and host candidates at all (off: relay only).
+    pub relay_only: bool,
+    /// Use no relay.
+    pub no_relay: bool,
+}
+
+/// What the peer connection reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerEvent {
+    /// A local candidate to send to the peer (trickle, RFC 8838).
+    Candidate(Candidate),
+    /// Gathering is over: send `a=end-of-candidates`.
+    GatheringComplete,
+    /// From the ICE agent: state, selected pair, …
+    Ice(IceEvent),
+    /// A relay could not be allocated (the connection goes on without it).
+    RelayFailed(TurnError),
+}
+
+/// What a received datagram was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerInput {
+    /// Protocol traffic, consumed.
+    Consumed,
+    /// Application data from `from`, at `range` of the datagram.
+    Data {
+        /// The peer's address (through a relay: the peer's address as the relay saw it).
+        from: SocketAddr,
+        /// Where the data lies in the datagram.
+        range: Range<usize>,
+    },
+}
+
+#[derive(Debug)]
+struct Relay {
+    alloc: Allocation,
+    relayed: Option<SocketAddr>,
+    done: bool,
+}
+
+/// The peer connection machine. See the module docs.
+#[derive(Debug)]
+pub struct Peer {
+    config: PeerConfig,
+    local: SocketAddr,
+    agent: IceAgent,
+    stun: StunClient,
+    srflx_pending: Vec<TransactionId>,
+    relays: Vec<Relay>,
+    gathering_done: bool,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<PeerEvent>,
+    buf: Vec<u8>,
+}
+
+impl Peer {
+    /// A peer connection on the socket bound at `local` (a concrete address), starting to
+    /// gather at `now`.
+    pub fn new(
+        now: Instant,
+        config: PeerConfig,
+        local: SocketAddr,
+        controlling: bool,
+        seed: [u8; 32],
+    ) -> Self {
+        let mut sub = seed;
+        sub[31] ^= 0x5a;
+        let agent = IceAgent::new(now, config.ice.clone(), controlling, seed);
+        let mut p = Self {
+            stun: StunClient::new(ClientConfig::default(), sub),
+            local,
+            agent,
+            srflx_pending: Vec::new(),
+            relays: Vec::new(),
+            gathering_done: false,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            buf: vec![0u8; 65_600],
+            config,
+        };
+        if !p.config.relay_only && !p.config.no_host {
+            let host = Candidate::new(
+                CandidateKind::Host,
+                CandidateTransport::Udp,
+                local,
+                local.ip(),
+                None,
+                65535,
+            );
+            p.add_local(host, local);
+        }
+        if !p.config.relay_only {
+            for server in p.config.stun_servers.clone() {
+                match p
+                    .stun
+                    .start(now, Request::binding(local, server), |_| Ok(()))
+                {
+                    Ok(id) => p.srflx_pending.push(id),
+                    Err(e) => debug!(error = %e, "cannot ask a STUN server"),
+                }
+            }
+        }
+        if !p.config.no_relay {
+            for (i, spec) in p.config.turn_servers.clone().into_iter().enumerate() {
+                let mut s = seed;
+                s[0] ^= 0xA0 ^ (i as u8);
+                let cfg =
+                    AllocationConfig::new(spec.server, local, TurnTransport::Udp, spec.credentials);
+                p.relays.push(Relay {
+                    alloc: Allocation::new(now, cfg, s),
+                    relayed: None,
+                    done: false,
+                });
+            }
+        }
+        p.check_gathering();
+        p
+    }
+
+    /// Our ICE credentials.
+    pub fn local_credentials(&self) -> &IceCredentials {
+        self.agent.local_credentials()
+    }
+
+    /// The agent, for inspection.
+    pub fn agent(&self) -> &IceAgent {
+        &self.agent
+    }
+
+    /// The peer's credentials.
+    pub fn set_remote_credentials(&mut self, creds: IceCredentials) {
+        self.agent.set_remote_credentials(creds);
+    }
+
+    /// A remote candidate (from the description, or trickled): permitted on every relay.
+    pub fn add_remote_candidate(&mut self, now: Instant, c: Candidate) {
+        if let Some(a) = c.socket_addr() {
+            self.permit(now, a);
+        }
+        self.agent.add_remote_candidate(c);
+    }
+
+    /// The peer sent `a=end-of-candidates`.
+    pub fn end_of_remote_candidates(&mut self) {
+        self.agent.end_of_remote_candidates();
+    }
+
+    fn permit(&mut self, now: Instant, peer: SocketAddr) {
+        for r in &mut self.relays {
+            if r.alloc.is_allocated() {
+                let _ = r.alloc.create_permission(now, peer.ip());
+            }
+        }
+    }
+
+    fn add_local(&mut self, c: Candidate, base: SocketAddr) {
+        if self.agent.add_local_candidate(c.clone(), base) {
+            self.events.push_back(PeerEvent::Candidate(c));
+        }
+    }
+
+    fn check_gathering(&mut self) {
+        if !self.gathering_done
+            && self.srflx_pending.is_empty()
+            && self.relays.iter().all(|r| r.relayed.is_some() || r.done)
+        {
+            self.gathering_done = true;
+            self.events.push_back(PeerEvent::GatheringComplete);
+        }
+    }
+
+    /// Offers a datagram received on the socket. See the module docs for the order.
+    pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> PeerInput {
+        let whole = PeerInput::Data {
+            from: rx.source,
+            range: 0..rx.contents.len(),
+        };
+        // 1. TURN.
+        for i in 0..self.relays.len() {
+            if rx.source != self.relays[i].alloc.server() {
+                continue;
+            }
+            let relayed = self.relays[i].relayed;
+            let out = match self.relays[i].alloc.handle_input(now, rx) {
+                Input::NotTurn => continue,
+                Input::Consumed => PeerInput::Consumed,
+                Input::Data { peer, data } => {
+                    // Offsets, not borrows: where the data sits in the datagram.
+                    let start = data.as_ptr() as usize - rx.contents.as_ptr() as usize;
+                    let range = start..start + data.len();
+                    match relayed {
+                        Some(relayed) => {
+                            let inner = Received {
+                                proto: rx.proto,
+                                source: peer,
+                                destination: relayed,
+                                contents: data,
+                            };
+                            match self.agent.handle_input(now, inner) {
+                                IceInput::Consumed => PeerInput::Consumed,
+                                IceInput::NotIce => PeerInput::Data { from: peer, range },
+                            }
+                        }
+                        None => PeerInput::Data { from: peer, range },
+                    }
+                }
+            };
+            self.drain_relays(now);
+            return out;
+        }
+        // 2. Server-reflexive gathering.
+        if self.stun.handle_input(now, rx) {
+            self.drain_stun();
+            return PeerInput::Consumed;
+        }
+        // 3. ICE, 4. application data.
+        match self.agent.handle_input(now, rx) {
+            IceInput::Consumed => PeerInput::Consumed,
+            IceInput::NotIce => whole,
+        }
+    }
+
+    fn drain_stun(&mut self) {
+        while let Some(ev) = self.stun.poll_event() {
+            let id = match &ev {
+                TransactionEvent::Response(r) => r.id,
+                TransactionEvent::TimedOut { id, .. } => *id,
+            };
+            self.srflx_pending.retain(|p| *p != id);
+            if let TransactionEvent::Response(r) = ev {
+                let mapped = r
+                    .message()
+                    .get::<XorMappedAddress>()
+                    .ok()
+                    .flatten()
+                    .map(|m| m.0);
+                if let Some(m) = mapped.filter(|m| *m != self.local) {
+                    let mut c = Candidate::new(
+                        CandidateKind::ServerReflexive,
+                        CandidateTransport::Udp,
+                        m,
+                        self.local.ip(),
+                        Some(r.source.ip()),
+                        65535,
+                    );
+                    c.related = Some((
+                        crate::ice::CandidateAddress::Ip(self.local.ip()),
+                        self.local.port(),
+                    ));
+                    let local = self.local;
+                    self.add_local(c, local);
+                }
+            }
+        }
+        self.check_gathering();
+    }
+
+    fn drain_relays(&mut self, now: Instant) {
+        for i in 0..self.relays.len() {
+            while let Some(ev) = self.relays[i].alloc.poll_event() {
+                match ev {
+                    AllocationEvent::Allocated { relayed, .. } => {
+                        let Some(r) = relayed.first().copied() else {
+                            continue;
+                        };
+                        self.relays[i].relayed = Some(r);
+                        let server = self.relays[i].alloc.server();
+                        let mut c = Candidate::new(
+                            CandidateKind::Relayed,
+                            CandidateTransport::Udp,
+                            r,
+                            r.ip(),
+                            Some(server.ip()),
+                            65535,
+                        );
+                        c.related = Some((
+                            crate::ice::CandidateAddress::Ip(self.local.ip()),
+                            self.local.port(),
+                        ));
+                        self.add_local(c, r);
+                        // Permissions for what is already known.
+                        for a in self.remote_addrs() {
+                            let _ = self.relays[i].alloc.create_permission(now, a.ip());
+                        }
+                    }
+                    AllocationEvent::Lost(e) => {
+                        debug!(error = %e, "relay lost");
+                        if self.relays[i].relayed.is_none() {
+                            self.events.push_back(PeerEvent::RelayFailed(e));
+                        }
+                        self.relays[i].done = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.check_gathering();
+    }
+
+    fn remote_addrs(&self) -> Vec<SocketAddr> {
+        // Peer-reflexive candidates are learned from checks that arrived, so the relay
+        // already let them in or they came directly; only signalled ones need permits.
+        self.agent.remote_addresses()
+    }
+
+    /// Retransmissions, pacing, refreshes, consent.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.stun.handle_timeout(now);
+        self.drain_stun();
+        for r in &mut self.relays {
+            r.alloc.handle_timeout(now);
+        }
+        self.drain_relays(now);
+        self.agent.handle_timeout(now);
+    }
+
+    /// When to call [`Peer::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        std::iter::once(self.agent.poll_timeout())
+            .chain(std::iter::once(self.stun.poll_timeout()))
+            .chain(self.relays.iter().map(|r| r.alloc.poll_timeout()))
+            .flatten()
+            .min()
+    }
+
+    /// The next datagram for the socket.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(t);
+        }
+        if let Some(t) = self.stun.poll_transmit() {
+            return Some(t);
+        }
+        for r in &mut self.relays {
+            if let Some(t) = r.alloc.poll_transmit() {
+                return Some(t);
+            }
+        }
+        // The agent's: through a relay when its source is a relayed address.
+        while let Some(t) = self.agent.poll_transmit() {
+            if t.source == self.local {
+                return Some(t);
+            }
+            if let Some(out) = self.through_relay(t.source, t.destination, &t.contents) {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    fn through_relay(
+        &mut self,
+        relayed: SocketAddr,
+        to: SocketAddr,
+        data: &[u8],
+    ) -> Option<Transmit> {
+        let r = self.relays.iter().find(|r| r.relayed == Some(relayed))?;
+        match r.alloc.encode_to_peer(to, data, &mut self.buf) {
+            Ok(n) => Some(Transmit {
+                proto: crate::Protocol::Udp,
+                source: self.local,
+                destination: r.alloc.server(),
+                contents: self.buf[..n].to_vec(),
+            }),
+            Err(e) => {
+                debug!(%to, error = %e, "cannot send through the relay yet");
+                None
+            }
+        }
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        self.agent.poll_event().map(PeerEvent::Ice)
+    }
+
+    /// Application data for the peer, on the selected pair: the datagram to send.
+    pub fn send(&mut self, data: &[u8]) -> Result<Transmit, PeerError> {
+        let (base, to) = self.agent.selected().ok_or(PeerError::NotConnected)?;
+        if base == self.local {
+            return Ok(Transmit {
+                proto: crate::Protocol::Udp,
+                source: base,
+                destination: to,
+                contents: data.to_vec(),
+            });
+        }
+        let r = self
+            .relays
+            .iter()
+            .find(|r| r.relayed == Some(base))
+            .ok_or(PeerError::NotConnected)?;
+        let n = r.alloc.encode_to_peer(to, data, &mut self.buf)?;
+        Ok(Transmit {
+            proto: crate::Protocol::Udp,
+            source: self.local,
+            destination: r.alloc.server(),
+            contents: self.buf[..n].to_vec(),
+        })
+    }
+
+    /// Whether data would go through a relay.
+    pub fn is_relayed(&self) -> Option<bool> {
+        self.agent.selected().map(|(base, _)| base != self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,370 @@
+//! Two peer connections on the virtual network, with pinhole's STUN and TURN servers as
+//! public hosts, behind NATs of every RFC 4787 kind.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sim::{Behaviour, Conditions, Delivery, NatConfig, Network};
+use crate::stun::{ServerConfig, StunServer};
+use crate::turn::{ServerAction, TurnServer, TurnServerConfig};
+
+fn a(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const STUN: &str = "203.0.113.10:3478";
+const TURN: &str = "203.0.113.20:3478";
+
+struct Side {
+    peer: Peer,
+    events: Vec<PeerEvent>,
+    got: Vec<Vec<u8>>,
+}
+
+struct World {
+    now: Instant,
+    net: Network,
+    stun: StunServer,
+    turn: TurnServer,
+    next_relay_port: u16,
+    sides: [Side; 2],
+}
+
+impl World {
+    fn new(nats: [Option<NatConfig>; 2], conditions: Conditions, config: PeerConfig) -> Self {
+        Self::with([config.clone(), config], nats, conditions)
+    }
+
+    fn with(
+        configs: [PeerConfig; 2],
+        nats: [Option<NatConfig>; 2],
+        conditions: Conditions,
+    ) -> Self {
+        let now = Instant::now();
+        let mut net = Network::new(9, conditions);
+        net.add_host(a(STUN).ip(), None);
+        net.add_host(a(TURN).ip(), None);
+        let locals = [a("192.168.1.10:5000"), a("10.0.0.10:6000")];
+        let externals = ["198.51.100.1", "198.51.100.2"];
+        for i in 0..2 {
+            let nat = nats[i].map(|c| net.add_nat(externals[i].parse().unwrap(), c));
+            net.add_host(locals[i].ip(), nat);
+        }
+        let stun = StunServer::new(ServerConfig {
+            rate_limit: None,
+            ..ServerConfig::new(a(STUN))
+        })
+        .unwrap();
+        let mut tc = TurnServerConfig::new(a(TURN), "sim", 1_700_000_000);
+        tc.credentials.users.insert("u".into(), "p".into());
+        // The hosts' own addresses are private ones (public hosts too, in some tests):
+        // the lab's ranges, allowed as `--allow-peer` would.
+        tc.peers.allowed = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.0.0/16".parse().unwrap(),
+        ];
+        let turn = TurnServer::new(now, tc, [4; 32]);
+        let sides = [0usize, 1].map(|i| {
+            let mut config = configs[i].clone();
+            config.stun_servers = vec![a(STUN)];
+            config.turn_servers = vec![TurnServerSpec {
+                server: a(TURN),
+                credentials: Credentials::long_term("u", "p"),
+            }];
+            let mut seed = [i as u8 + 1; 32];
+            seed[5] = 77;
+            Side {
+                peer: Peer::new(now, config, locals[i], i == 0, seed),
+                events: vec![],
+                got: vec![],
+            }
+        });
+        let mut w = Self {
+            now,
+            net,
+            stun,
+            turn,
+            next_relay_port: 49152,
+            sides,
+        };
+        let creds = [0, 1].map(|i| w.sides[i].peer.local_credentials().clone());
+        for i in 0..2 {
+            w.sides[i].peer.set_remote_credentials(creds[1 - i].clone());
+        }
+        w
+    }
+
+    /// Moves events; trickles candidates to the other side at once (signalling).
+    fn signal(&mut self) {
+        for i in 0..2 {
+            while let Some(e) = self.sides[i].peer.poll_event() {
+                match &e {
+                    PeerEvent::Candidate(c) => {
+                        let c = c.clone();
+                        self.sides[1 - i].peer.add_remote_candidate(self.now, c);
+                    }
+                    PeerEvent::GatheringComplete => {
+                        self.sides[1 - i].peer.end_of_remote_candidates();
+                    }
+                    _ => {}
+                }
+                self.sides[i].events.push(e);
+            }
+        }
+    }
+
+    fn step(&mut self, until: Instant) -> bool {
+        self.signal();
+        for i in 0..2 {
+            while let Some(t) = self.sides[i].peer.poll_transmit() {
+                self.net.send(self.now, t);
+            }
+        }
+        while let Some(t) = self.stun.poll_transmit() {
+            self.net.send(self.now, t);
+        }
+        while let Some(action) = self.turn.poll_action() {
+            if let ServerAction::BindRelay { client, .. } = action {
+                self.next_relay_port += 1;
+                let relayed = SocketAddr::new(a(TURN).ip(), self.next_relay_port);
+                self.turn.relay_bound(client, relayed);
+            }
+        }
+        while let Some(t) = self.turn.poll_transmit() {
+            self.net.send(self.now, t);
+        }
+        let next = [
+            self.sides[0].peer.poll_timeout(),
+            self.sides[1].peer.poll_timeout(),
+            self.net.poll_timeout(),
+            self.turn.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next.filter(|n| *n <= until) else {
+            self.now = until;
+            return false;
+        };
+        self.now = self.now.max(next);
+        while let Some(Delivery { host, transmit }) = self.net.poll_delivery(self.now) {
+            let rx = Received {
+                proto: transmit.proto,
+                source: transmit.source,
+                destination: transmit.destination,
+                contents: &transmit.contents,
+            };
+            if host == a(STUN).ip() {
+                self.stun.handle_input(self.now, rx);
+            } else if host == a(TURN).ip() {
+                self.turn.handle_input(self.now, rx);
+            } else if let Some(i) = (0..2).find(|i| self.sides[*i].peer.local.ip() == host) {
+                if let PeerInput::Data { range, .. } = self.sides[i].peer.handle_input(self.now, rx)
+                {
+                    self.sides[i].got.push(transmit.contents[range].to_vec());
+                }
+            }
+        }
+        for s in &mut self.sides {
+            s.peer.handle_timeout(self.now);
+        }
+        self.turn.handle_timeout(self.now);
+        true
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        for _ in 0..1_000_000 {
+            if !self.step(until) {
+                return;
+            }
+        }
+        panic!("runaway");
+    }
+
+    /// Runs until both sides have a nominated pair (or `limit`).
+    fn connect(&mut self, limit: Duration) -> bool {
+        let until = self.now + limit;
+        for _ in 0..1_000_000 {
+            let done = self.sides.iter().all(|s| {
+                s.events.iter().any(|e| {
+                    matches!(
+                        e,
+                        PeerEvent::Ice(IceEvent::SelectedPair {
+                            nominated: true,
+                            ..
+                        })
+                    )
+                })
+            });
+            if done {
+                return true;
+            }
+            if !self.step(until) {
+                return false;
+            }
+        }
+        panic!("runaway");
+    }
+
+    /// Sends from side `i` on its selected pair; whether the other side got it.
+    fn data_flows(&mut self, i: usize) -> bool {
+        let payload = [0x80, 9, 9, i as u8];
+        let before = self.sides[1 - i].got.len();
+        match self.sides[i].peer.send(&payload) {
+            Ok(t) => self.net.send(self.now, t),
+            Err(_) => return false,
+        }
+        self.run_for(Duration::from_millis(500));
+        self.sides[1 - i].got[before..]
+            .iter()
+            .any(|g| g[..] == payload)
+    }
+
+    fn relayed(&self) -> [Option<bool>; 2] {
+        [
+            self.sides[0].peer.is_relayed(),
+            self.sides[1].peer.is_relayed(),
+        ]
+    }
+}
+
+#[test]
+fn candidates_are_gathered_and_trickled() {
+    let nat = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let mut w = World::new(
+        [Some(nat), Some(nat)],
+        Conditions::default(),
+        PeerConfig::default(),
+    );
+    w.run_for(Duration::from_secs(1));
+    for s in &w.sides {
+        let kinds: Vec<CandidateKind> = s
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::Candidate(c) => Some(c.kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                CandidateKind::Host,
+                CandidateKind::ServerReflexive,
+                CandidateKind::Relayed
+            ],
+            "{:?}",
+            s.events
+        );
+        assert!(s.events.contains(&PeerEvent::GatheringComplete));
+    }
+}
+
+/// Every pair of NAT kinds connects with TURN; directly exactly where the oracle says a
+/// direct path exists (at least there, for address-dependent mapping).
+#[test]
+fn every_pair_of_nat_kinds_connects_with_turn_and_directly_where_possible() {
+    let mut kinds = Vec::new();
+    for m in Behaviour::ALL {
+        for f in Behaviour::ALL {
+            kinds.push(NatConfig::new(m, f));
+        }
+    }
+    let mut table = String::new();
+    let (mut direct, mut relayed) = (0, 0);
+    for (x, nx) in kinds.iter().enumerate() {
+        for ny in kinds.iter().skip(x) {
+            let mut w = World::new(
+                [Some(*nx), Some(*ny)],
+                Conditions::default(),
+                PeerConfig::default(),
+            );
+            assert!(w.connect(Duration::from_secs(20)), "{nx:?} {ny:?}");
+            // Let renomination move to a direct path if one validates.
+            w.run_for(Duration::from_secs(5));
+            assert!(w.data_flows(0) && w.data_flows(1), "{nx:?} {ny:?}");
+            let r = w.relayed();
+            let is_direct = r == [Some(false), Some(false)];
+            table.push_str(&format!(
+                "{:?}/{:?} x {:?}/{:?}: {}\n",
+                nx.mapping,
+                nx.filtering,
+                ny.mapping,
+                ny.filtering,
+                if is_direct { "direct" } else { "relay" }
+            ));
+            let expected = nx.direct_possible_with(ny);
+            let adm = [nx, ny]
+                .iter()
+                .any(|n| n.mapping == Behaviour::AddressDependent);
+            if adm {
+                assert!(is_direct || !expected, "{table}");
+            } else {
+                assert_eq!(is_direct, expected, "{r:?}\n{table}");
+            }
+            if is_direct {
+                direct += 1;
+            } else {
+                relayed += 1;
+            }
+        }
+    }
+    println!("{table}{direct} direct, {relayed} relayed, 45 of 45 connected");
+    assert_eq!(direct + relayed, 45);
+}
+
+#[test]
+fn relay_only_and_no_relay() {
+    let sym = NatConfig::new(
+        Behaviour::AddressAndPortDependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    // Two symmetric NATs without a relay: no path, and both sides say so.
+    let config = PeerConfig {
+        no_relay: true,
+        ..PeerConfig::default()
+    };
+    let mut w = World::new([Some(sym), Some(sym)], Conditions::default(), config);
+    assert!(!w.connect(Duration::from_secs(60)));
+    for s in &w.sides {
+        assert_eq!(s.peer.agent().state(), crate::ice::IceState::Failed);
+    }
+    // One side relay only (a privacy setting): relayed all the same. (Both sides relay
+    // only would need relay-to-relay on one server, which pinhole's server refuses: its
+    // own relayed addresses are never peers. coturn would carry it.)
+    let relay = PeerConfig {
+        relay_only: true,
+        ..PeerConfig::default()
+    };
+    let mut w = World::with(
+        [relay, PeerConfig::default()],
+        [None, None],
+        Conditions::default(),
+    );
+    assert!(w.connect(Duration::from_secs(10)));
+    assert_eq!(w.relayed(), [Some(true), Some(false)]);
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
+
+#[test]
+fn relay_first_then_direct_on_a_lossy_link() {
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let conditions = Conditions {
+        latency: Duration::from_millis(30),
+        jitter: Duration::from_millis(10),
+        loss: 0.1,
+    };
+    let mut w = World::new([Some(cone), Some(cone)], conditions, PeerConfig::default());
+    assert!(w.connect(Duration::from_secs(30)));
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.relayed(), [Some(false), Some(false)]);
+    assert!((0..5).any(|_| w.data_flows(0)));
+}
