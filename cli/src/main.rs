@@ -1,5 +1,7 @@
 //! `pinhole`: the command-line face of the pinhole NAT traversal library.
 
+mod demo;
+
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -50,6 +52,10 @@ enum Command {
     /// Allocate a relayed address on a TURN server (RFC 8656), optionally echo peers'
     /// datagrams back through it, then deallocate.
     Allocate(AllocateArgs),
+    /// Connect two peers on this machine (STUN, TURN and signalling embedded on
+    /// loopback): directly, then through the relay; print candidates, the selected pairs,
+    /// time to connect and throughput.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -334,6 +340,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Map(args) => map(args).await,
             Command::Allocate(args) => allocate(args).await,
+            Command::Demo(args) => demo::demo(args).await,
         }
     })
 }

@@ -409,15 +409,48 @@ fn documented_commands_run() {
                 continue;
             };
             let args: Vec<&str> = args.split_whitespace().collect();
+            // Both stay on loopback: the embedded servers, nothing else.
+            let safe = (args.first() == Some(&"netcheck") && args.contains(&"--embedded"))
+                || args == ["demo"];
             assert!(
-                args.first() == Some(&"netcheck") && args.contains(&"--embedded"),
+                safe,
                 "a documented command this test does not know to be safe: {line}"
             );
             let (code, out, err) = output(&args);
             assert_eq!(code, Some(0), "{line}: {err}");
-            assert!(out.contains("mapped address"), "{line}: {out}");
+            if args[0] == "demo" {
+                assert!(
+                    out.contains("direct:") && out.contains("relay:"),
+                    "{line}: {out}"
+                );
+            } else {
+                assert!(out.contains("mapped address"), "{line}: {out}");
+            }
             ran += 1;
         }
     }
     assert!(ran > 0, "README: no documented pinhole command found");
+}
+
+#[test]
+fn demo_json_example_matches_the_real_output() {
+    let (code, out, err) = output(&["demo", "--json", "--datagrams", "300"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["path"], "direct");
+    assert_eq!(lines[1]["path"], "relay");
+    assert_eq!(lines[1]["local"]["type"], "relay", "{out}");
+    assert_ne!(lines[0]["local"]["type"], "relay", "{out}");
+    let documented = readme_json("demo");
+    for real in &lines {
+        assert_eq!(key_paths(&documented[0]), key_paths(real), "{real}");
+        assert!(
+            real["throughput_mbps"].as_f64().is_some_and(|t| t > 0.0),
+            "{real}"
+        );
+    }
 }

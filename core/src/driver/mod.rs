@@ -6,7 +6,9 @@
 //! - [`resolve`] turns `stun:` URIs into [`ServerSpec`]s.
 //! - [`portmap`] runs the port mapper and the gateway probe.
 //! - [`turn`] runs a TURN allocation over UDP, TCP or TLS.
+//! - [`peer`] runs a peer connection (ICE over STUN and TURN) on one UDP socket.
 
+pub mod peer;
 pub mod portmap;
 pub mod turn;
 
