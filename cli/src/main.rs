@@ -1,5 +1,6 @@
 //! `pinhole`: the command-line face of the pinhole NAT traversal library.
 
+mod connect;
 mod demo;
 
 use std::io::Write;
@@ -56,6 +57,12 @@ enum Command {
     /// loopback): directly, then through the relay; print candidates, the selected pairs,
     /// time to connect and throughput.
     Demo(demo::DemoArgs),
+    /// Connect to a peer through NATs (ICE over STUN and TURN), meeting it through a
+    /// `pinhole signal` room or a shared directory; then carry stdin to the peer and the
+    /// peer's data to stdout (a peer-to-peer netcat). Events go to stderr.
+    Connect(connect::ConnectArgs),
+    /// Run the rendezvous `pinhole connect` meets in (rooms of two; HTTP, see the README).
+    Signal(connect::SignalArgs),
 }
 
 #[derive(clap::Args)]
@@ -341,6 +348,8 @@ fn main() -> ExitCode {
             Command::Map(args) => map(args).await,
             Command::Allocate(args) => allocate(args).await,
             Command::Demo(args) => demo::demo(args).await,
+            Command::Connect(args) => connect::connect(args).await,
+            Command::Signal(args) => connect::signal(args).await,
         }
     })
 }

@@ -27,6 +27,7 @@
 //! - [`netcheck`]: NAT behaviour discovery (RFC 5780, RFC 4787 terms).
 //! - `sim` (feature `sim`): a seeded virtual network with RFC 4787 NATs for deterministic
 //!   tests.
+//! - [`signal`]: the rooms of `pinhole signal`, the development rendezvous.
 //! - [`ratelimit`]: per-source token buckets that keep the servers safe on a public address.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -40,6 +41,7 @@ pub mod netcheck;
 pub mod peer;
 pub mod portmap;
 pub mod ratelimit;
+pub mod signal;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod stun;

@@ -6,10 +6,12 @@
 //! - [`resolve`] turns `stun:` URIs into [`ServerSpec`]s.
 //! - [`portmap`] runs the port mapper and the gateway probe.
 //! - [`turn`] runs a TURN allocation over UDP, TCP or TLS.
+//! - [`signal`] serves `pinhole signal`'s rendezvous over HTTP.
 //! - [`peer`] runs a peer connection (ICE over STUN and TURN) on one UDP socket.
 
 pub mod peer;
 pub mod portmap;
+pub mod signal;
 pub mod turn;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -280,6 +282,10 @@ pub struct ServeHandle {
 }
 
 impl ServeHandle {
+    pub(crate) fn new(addrs: Vec<SocketAddr>, task: JoinHandle<()>) -> Self {
+        Self { addrs, task }
+    }
+
     /// The addresses it listens on (ports resolved when 0 was asked for).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs

@@ -50,11 +50,21 @@ pub enum PeerConnectionEvent {
     RelayFailed(String),
 }
 
+/// An event or a datagram, from [`PeerConnection::next`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// An event.
+    Event(Box<PeerConnectionEvent>),
+    /// A datagram from the peer.
+    Data(Vec<u8>),
+}
+
 enum Command {
     RemoteCredentials(IceCredentials),
     RemoteCandidate(Candidate),
     EndOfCandidates,
     Send(Vec<u8>),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A running peer connection. Dropping it stops the task and closes the socket.
@@ -159,9 +169,26 @@ impl PeerConnection {
         let _ = self.commands.send(Command::Send(data));
     }
 
+    /// Waits until every datagram passed to [`PeerConnection::send`] before it has been
+    /// handed to the socket (before exiting, say, so that the last ones are not lost).
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.commands.send(Command::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// The next datagram from the peer; `None` once the task is gone.
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
         self.data.recv().await.map(|(_, d)| d)
+    }
+
+    /// The next event or datagram, whichever comes first; `None` once the task is gone.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        tokio::select! {
+            ev = self.events.recv() => ev.map(|e| Incoming::Event(Box::new(e))),
+            d = self.data.recv() => d.map(|(_, d)| Incoming::Data(d)),
+        }
     }
 }
 
@@ -237,6 +264,9 @@ async fn run(
                     }
                     Err(e) => debug!(error = %e, "datagram not sent"),
                 },
+                Some(Command::Flush(done)) => {
+                    let _ = done.send(());
+                }
                 None => commands_open = false,
             },
             () = tokio::time::sleep_until(wake) => peer.handle_timeout(Instant::now()),

@@ -1,0 +1,536 @@
+//! `pinhole connect` (a peer-to-peer netcat over ICE) and `pinhole signal` (the
+//! rendezvous it can use).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use pinhole::driver::peer::{Incoming, PeerConnection, PeerConnectionEvent};
+use pinhole::driver::{self, DEFAULT_STUN_SERVERS};
+use pinhole::ice::{Candidate, IceCredentials, IceState};
+use pinhole::peer::{PeerConfig, TurnServerSpec};
+use pinhole::turn::{Credentials, TurnTransport, TurnUri};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::{EXIT_UNREACHABLE, seconds, usage};
+
+/// `pinhole signal` arguments.
+#[derive(clap::Args)]
+pub(crate) struct SignalArgs {
+    /// Where to listen (TCP).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8478")]
+    listen: SocketAddr,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long, value_name = "SECS", value_parser = seconds(crate::MAX_SECS))]
+    duration: Option<Duration>,
+}
+
+/// `pinhole connect` arguments.
+#[derive(clap::Args)]
+pub(crate) struct ConnectArgs {
+    /// The rendezvous: `http://HOST:PORT` of a `pinhole signal`.
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "room",
+        conflicts_with = "signal_dir"
+    )]
+    signal: Option<String>,
+    /// The room to meet in (both peers give the same).
+    #[arg(long, value_name = "NAME")]
+    room: Option<String>,
+    /// File-based signalling: a directory both peers can read and write. Each writes its
+    /// description lines to `DIR/NAME.sdp` and reads the peer's from `DIR/PEER.sdp`.
+    #[arg(long, value_name = "DIR", requires_all = ["name", "peer"])]
+    signal_dir: Option<PathBuf>,
+    /// This side's name, with --signal-dir (the smaller name is the controlling agent).
+    #[arg(long, value_name = "ME")]
+    name: Option<String>,
+    /// The peer's name, with --signal-dir.
+    #[arg(long, value_name = "THEM")]
+    peer: Option<String>,
+    /// A STUN server, `stun:host[:port]`. Repeatable. Default: the public servers that
+    /// netcheck uses.
+    #[arg(long, value_name = "URI")]
+    stun: Vec<String>,
+    /// A TURN server, `turn:host[:port]` (UDP). Repeatable.
+    #[arg(long, value_name = "URI")]
+    turn: Vec<String>,
+    /// The TURN user.
+    #[arg(long, value_name = "U")]
+    user: Option<String>,
+    /// The TURN password.
+    #[arg(long, value_name = "P", conflicts_with = "secret")]
+    password: Option<String>,
+    /// The TURN REST shared secret.
+    #[arg(long, value_name = "S")]
+    secret: Option<String>,
+    /// Offer no direct candidates: every datagram crosses the relay.
+    #[arg(long, conflicts_with = "no_relay")]
+    no_direct: bool,
+    /// Use no relay.
+    #[arg(long)]
+    no_relay: bool,
+    /// Give up when no path is found within this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds(3600))]
+    timeout: Duration,
+    /// Events as JSON lines on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `pinhole signal`.
+pub(crate) async fn signal(args: SignalArgs) -> ExitCode {
+    let handle = match driver::signal::serve_signal(args.listen).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("pinhole: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("signalling on http://{}", handle.local_addrs()[0]);
+    let _ = std::io::stdout().flush();
+    let stop = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = stop => {}
+        () = crate::shutdown_signal() => {}
+    }
+    ExitCode::SUCCESS
+}
+
+/// A signalling channel: lines out, lines in.
+enum Channel {
+    Http {
+        host: String,
+        room: String,
+        side: String,
+    },
+    Dir {
+        mine: PathBuf,
+    },
+}
+
+/// One HTTP/1.1 request to the rendezvous; returns the status and body.
+async fn http(host: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(host),
+    )
+    .await
+    .map_err(|_| format!("connecting to {host}: timed out"))?
+    .map_err(|e| format!("connecting to {host}: {e}"))?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("signalling: {e}"))?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(40), s.read_to_end(&mut out))
+        .await
+        .map_err(|_| "signalling: no answer".to_owned())?
+        .map_err(|e| format!("signalling: {e}"))?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| "signalling: not an HTTP answer".to_owned())?;
+    Ok((status, body.to_owned()))
+}
+
+impl Channel {
+    async fn send(&self, msg: &str) -> Result<(), String> {
+        match self {
+            Self::Http { host, room, side } => {
+                let (status, body) =
+                    http(host, "POST", &format!("/v1/rooms/{room}/{side}"), msg).await?;
+                if status == 204 {
+                    Ok(())
+                } else {
+                    Err(format!("signalling answered {status}: {body}"))
+                }
+            }
+            Self::Dir { mine } => {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(mine)
+                    .map_err(|e| format!("{}: {e}", mine.display()))?;
+                f.write_all(msg.as_bytes())
+                    .map_err(|e| format!("{}: {e}", mine.display()))
+            }
+        }
+    }
+}
+
+/// Reads the peer's messages in the background, line by line.
+fn receive(
+    channel: &Channel,
+    theirs: Option<PathBuf>,
+) -> mpsc::UnboundedReceiver<Result<String, String>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    match channel {
+        Channel::Http { host, room, side } => {
+            let (host, room, side) = (host.clone(), room.clone(), side.clone());
+            tokio::spawn(async move {
+                let mut after = 0u64;
+                loop {
+                    let path = format!("/v1/rooms/{room}/{side}?after={after}&wait=5");
+                    let got = http(&host, "GET", &path, "")
+                        .await
+                        .and_then(|(status, body)| {
+                            if status != 200 {
+                                return Err(format!("signalling answered {status}: {body}"));
+                            }
+                            serde_json::from_str::<serde_json::Value>(&body)
+                                .map_err(|e| format!("signalling: {e}"))
+                        });
+                    match got {
+                        Ok(v) => {
+                            for m in v["messages"].as_array().into_iter().flatten() {
+                                for line in m.as_str().unwrap_or_default().lines() {
+                                    if tx.send(Ok(line.to_owned())).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            after = v["next"].as_u64().unwrap_or(after);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Channel::Dir { .. } => {
+            let Some(path) = theirs else { return rx };
+            tokio::spawn(async move {
+                let mut seen = 0usize;
+                loop {
+                    if let Ok(text) = std::fs::read_to_string(&path) {
+                        // Whole lines only: the writer may be mid-line.
+                        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+                        if complete > seen {
+                            for line in text[seen..complete].lines() {
+                                if tx.send(Ok(line.to_owned())).is_err() {
+                                    return;
+                                }
+                            }
+                            seen = complete;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+    }
+    rx
+}
+
+fn candidate_json(c: &Candidate) -> serde_json::Value {
+    json!({"type": c.kind.as_str(), "address": c.socket_addr().map(|a| a.to_string())})
+}
+
+/// Runs `pinhole connect`.
+pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
+    // Servers.
+    let stun_uris: Vec<String> = if args.stun.is_empty() {
+        DEFAULT_STUN_SERVERS
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    } else {
+        args.stun.clone()
+    };
+    let stun = match driver::resolve(&stun_uris).await {
+        Ok((s, _)) => s.into_iter().map(|s| s.addr).collect::<Vec<_>>(),
+        Err(e) => return usage(e),
+    };
+    let mut turn = Vec::new();
+    for uri in &args.turn {
+        let u: TurnUri = match uri.parse() {
+            Ok(u) => u,
+            Err(e) => return usage(format!("--turn {uri}: {e}")),
+        };
+        if u.transport != TurnTransport::Udp {
+            return usage(format!(
+                "--turn {uri}: connect relays over UDP only for now (use allocate for TCP and TLS)"
+            ));
+        }
+        let Some(user) = args.user.as_deref().filter(|u| !u.is_empty()) else {
+            return usage("--turn needs --user");
+        };
+        let credentials = match (&args.password, &args.secret) {
+            (Some(p), _) if !p.is_empty() => Credentials::long_term(user, p),
+            (None, Some(s)) if !s.is_empty() => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                Credentials::rest(user, s.as_bytes(), now, 24 * 3600)
+            }
+            _ => return usage("--turn needs a non-empty --password or --secret"),
+        };
+        let server = match tokio::net::lookup_host((u.host.as_str(), u.port)).await {
+            Ok(mut a) => match a.find(SocketAddr::is_ipv4) {
+                Some(a) => a,
+                None => return usage(format!("--turn {uri}: no IPv4 address")),
+            },
+            Err(e) => {
+                eprintln!("pinhole: resolving {}: {e}", u.host);
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+        };
+        turn.push(TurnServerSpec {
+            server,
+            credentials,
+        });
+    }
+    if args.no_direct && turn.is_empty() {
+        return usage("--no-direct needs a --turn server");
+    }
+    // Signalling.
+    let (channel, theirs, controlling) = match (&args.signal, &args.signal_dir) {
+        (Some(url), None) => {
+            let Some(host) = url.strip_prefix("http://").map(|h| h.trim_end_matches('/')) else {
+                return usage("--signal takes http://HOST:PORT");
+            };
+            let room = args.room.clone().unwrap_or_default();
+            let (status, body) =
+                match http(host, "POST", &format!("/v1/rooms/{room}/join"), "").await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("pinhole: {e}");
+                        return ExitCode::from(EXIT_UNREACHABLE);
+                    }
+                };
+            if status != 200 {
+                eprintln!("pinhole: joining room {room}: {status} {body}");
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+            let side = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["peer"].as_str().map(ToOwned::to_owned))
+                .unwrap_or_default();
+            let controlling = side == "a";
+            (
+                Channel::Http {
+                    host: host.to_owned(),
+                    room,
+                    side,
+                },
+                None,
+                controlling,
+            )
+        }
+        (None, Some(dir)) => {
+            let (me, them) = (
+                args.name.clone().unwrap_or_default(),
+                args.peer.clone().unwrap_or_default(),
+            );
+            let ok = |n: &str| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if !ok(&me) || !ok(&them) || me == them {
+                return usage("--name and --peer: two different names of A-Z a-z 0-9 - _");
+            }
+            let mine = dir.join(format!("{me}.sdp"));
+            let _ = std::fs::remove_file(&mine);
+            (
+                Channel::Dir { mine },
+                Some(dir.join(format!("{them}.sdp"))),
+                me < them,
+            )
+        }
+        _ => {
+            return usage(
+                "give --signal URL --room NAME, or --signal-dir DIR --name ME --peer THEM",
+            );
+        }
+    };
+    let mut config = PeerConfig::default();
+    config.stun_servers = stun;
+    config.turn_servers = turn;
+    config.relay_only = args.no_direct;
+    config.no_relay = args.no_relay;
+    let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut pc = match PeerConnection::start(config, bind, controlling).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pinhole: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let creds = pc.local_credentials().clone();
+    if let Err(e) = channel
+        .send(&format!(
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle\r\n",
+            creds.ufrag, creds.pwd
+        ))
+        .await
+    {
+        eprintln!("pinhole: {e}");
+        return ExitCode::from(EXIT_UNREACHABLE);
+    }
+    let mut incoming = receive(&channel, theirs);
+    let json = args.json;
+    let say = |v: serde_json::Value, text: String| {
+        if json {
+            eprintln!("{v}");
+        } else {
+            eprintln!("{text}");
+        }
+    };
+    let started = Instant::now();
+    let give_up = tokio::time::Instant::now() + args.timeout;
+    let (mut ufrag, mut pwd) = (None::<String>, None::<String>);
+    let mut connected = false;
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let mut buf = vec![0u8; 1200];
+    let (mut local_done, mut remote_done) = (false, false);
+    let interrupted = crate::shutdown_signal();
+    tokio::pin!(interrupted);
+    loop {
+        if local_done && remote_done {
+            let _ = stdout.flush().await;
+            // Our end-of-data datagrams must leave before the process does.
+            pc.flush().await;
+            return ExitCode::SUCCESS;
+        }
+        tokio::select! {
+            next = pc.next() => {
+                let ev = match next {
+                    None => return ExitCode::FAILURE,
+                    Some(Incoming::Data(d)) if d.is_empty() => {
+                        remote_done = true;
+                        continue;
+                    }
+                    Some(Incoming::Data(d)) => {
+                        if stdout.write_all(&d).await.is_err() {
+                            return ExitCode::FAILURE;
+                        }
+                        let _ = stdout.flush().await;
+                        continue;
+                    }
+                    Some(Incoming::Event(ev)) => *ev,
+                };
+                match ev {
+                    PeerConnectionEvent::Candidate(c) => {
+                        if let Err(e) = channel.send(&format!("a={c}\r\n")).await {
+                            eprintln!("pinhole: {e}");
+                            return ExitCode::from(EXIT_UNREACHABLE);
+                        }
+                    }
+                    PeerConnectionEvent::GatheringComplete => {
+                        if let Err(e) = channel.send("a=end-of-candidates\r\n").await {
+                            eprintln!("pinhole: {e}");
+                            return ExitCode::from(EXIT_UNREACHABLE);
+                        }
+                    }
+                    PeerConnectionEvent::SelectedPair { local, remote, nominated: true, rtt } => {
+                        let event = if connected { "path-changed" } else { "connected" };
+                        connected = true;
+                        say(
+                            json!({
+                                "event": event,
+                                "local": candidate_json(&local),
+                                "remote": candidate_json(&remote),
+                                "rtt_ms": rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
+                                "elapsed_ms": (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+                            }),
+                            format!(
+                                "{event}: {} {} <-> {} {} (rtt {}, after {:.0} ms)",
+                                local.kind.as_str(),
+                                local.socket_addr().map_or("?".into(), |a| a.to_string()),
+                                remote.kind.as_str(),
+                                remote.socket_addr().map_or("?".into(), |a| a.to_string()),
+                                rtt.map_or("?".into(), |r| format!("{:.1} ms", r.as_secs_f64() * 1e3)),
+                                started.elapsed().as_secs_f64() * 1e3
+                            ),
+                        );
+                    }
+                    PeerConnectionEvent::State(s @ (IceState::Disconnected | IceState::Failed)) => {
+                        let reason = if s == IceState::Failed {
+                            "no path: every candidate pair failed"
+                        } else {
+                            "consent lost: the peer stopped answering (RFC 7675)"
+                        };
+                        say(json!({"event": "disconnected", "reason": reason}), format!("disconnected: {reason}"));
+                        return ExitCode::from(EXIT_UNREACHABLE);
+                    }
+                    PeerConnectionEvent::RelayFailed(e) => {
+                        say(json!({"event": "relay-failed", "error": e}), format!("relay failed: {e}"));
+                    }
+                    _ => {}
+                }
+            }
+            line = incoming.recv() => {
+                match line {
+                    Some(Ok(line)) => {
+                        let line = line.trim();
+                        if let Some(u) = line.strip_prefix("a=ice-ufrag:") {
+                            ufrag = Some(u.to_owned());
+                        } else if let Some(p) = line.strip_prefix("a=ice-pwd:") {
+                            pwd = Some(p.to_owned());
+                        } else if line.starts_with("a=candidate:") {
+                            match Candidate::parse(line) {
+                                Ok(c) => pc.add_remote_candidate(c),
+                                Err(e) => tracing::debug!(error = %e, "peer candidate ignored"),
+                            }
+                        } else if line == "a=end-of-candidates" {
+                            pc.end_of_remote_candidates();
+                        }
+                        if ufrag.is_some() && pwd.is_some() {
+                            let (u, p) = (ufrag.take().unwrap_or_default(), pwd.take().unwrap_or_default());
+                            pc.set_remote_credentials(IceCredentials { ufrag: u, pwd: p });
+                        }
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("pinhole: {e}");
+                        return ExitCode::from(EXIT_UNREACHABLE);
+                    }
+                    None => {}
+                }
+            }
+            n = stdin.read(&mut buf), if connected && !local_done => {
+                match n {
+                    Ok(0) | Err(_) => {
+                        // End of our direction: an empty datagram, a few times (UDP).
+                        for _ in 0..3 {
+                            pc.send(Vec::new());
+                        }
+                        local_done = true;
+                    }
+                    Ok(n) => pc.send(buf[..n].to_vec()),
+                }
+            }
+            () = tokio::time::sleep_until(give_up), if !connected => {
+                say(
+                    json!({"event": "disconnected", "reason": "no path within --timeout"}),
+                    format!("no path within {} s (--timeout)", args.timeout.as_secs()),
+                );
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+            () = &mut interrupted => {
+                say(json!({"event": "disconnected", "reason": "interrupted"}), "interrupted".into());
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+        }
+    }
+}

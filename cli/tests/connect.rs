@@ -1,0 +1,414 @@
+//! `pinhole connect` and `pinhole signal` end to end on loopback: two real processes meet
+//! through a `pinhole signal` room (or a shared directory), gather from `pinhole serve`
+//! and `pinhole serve --turn`, connect directly or through the relay, and carry stdin to
+//! the peer's stdout both ways. Every server and peer is on 127.0.0.1; `--stun` is always
+//! given, so no default public server is ever asked.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pinhole");
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a server and waits for its "listening"/"signalling" line.
+fn server(args: &[&str]) -> Proc {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    let _ = out.read(&mut first);
+    Proc(child)
+}
+
+struct Servers {
+    _procs: Vec<Proc>,
+    stun: String,
+    turn: String,
+    signal: String,
+}
+
+fn servers() -> Servers {
+    let (s, t, g) = (free_udp(), free_udp(), free_tcp());
+    let stun = format!("127.0.0.1:{s}");
+    let turn = format!("127.0.0.1:{t}");
+    let signal = format!("127.0.0.1:{g}");
+    let procs = vec![
+        server(&["serve", "--primary", &stun, "--duration", "60"]),
+        // The peers are on loopback: the relay must be told to reach them.
+        server(&[
+            "serve",
+            "--turn",
+            "--primary",
+            &turn,
+            "--user",
+            "u:p",
+            "--allow-loopback-peers",
+            "--duration",
+            "60",
+        ]),
+        server(&["signal", "--listen", &signal, "--duration", "60"]),
+    ];
+    Servers {
+        _procs: procs,
+        stun: format!("stun:{stun}"),
+        turn: format!("turn:{turn}"),
+        signal: format!("http://{signal}"),
+    }
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    events: Vec<serde_json::Value>,
+}
+
+/// Runs two `pinhole connect`s with `args` each (plus `--json`), feeding each a line on
+/// stdin; both bounded by `limit`.
+fn pair(args: [Vec<String>; 2], limit: Duration) -> [Outcome; 2] {
+    let mut children: Vec<Proc> = args
+        .iter()
+        .map(|a| {
+            Proc(
+                Command::new(BIN)
+                    .arg("connect")
+                    .args(a)
+                    .arg("--json")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let mut readers = Vec::new();
+    for (i, c) in children.iter_mut().enumerate() {
+        let mut stdin = c.0.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            // Once the other side is surely listening, a line; then EOF after a while.
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = writeln!(stdin, "hello from side {i}");
+            std::thread::sleep(Duration::from_secs(2));
+            drop(stdin);
+        });
+        let mut out = c.0.stdout.take().unwrap();
+        let mut err = c.0.stderr.take().unwrap();
+        readers.push((
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = out.read_to_string(&mut s);
+                s
+            }),
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = err.read_to_string(&mut s);
+                s
+            }),
+        ));
+    }
+    let started = Instant::now();
+    let mut codes = [None, None];
+    while started.elapsed() < limit && codes.iter().any(Option::is_none) {
+        for (i, c) in children.iter_mut().enumerate() {
+            if codes[i].is_none() {
+                if let Ok(Some(s)) = c.0.try_wait() {
+                    codes[i] = Some(s.code());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(children);
+    let mut out = readers.into_iter().map(|(o, e)| {
+        let stdout = o.join().unwrap();
+        let stderr = e.join().unwrap();
+        let events = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (stdout, events)
+    });
+    let mut next = |i: usize| {
+        let (stdout, events) = out.next().unwrap();
+        Outcome {
+            code: codes[i].flatten(),
+            stdout,
+            events,
+        }
+    };
+    [next(0), next(1)]
+}
+
+fn common(s: &Servers) -> Vec<String> {
+    [
+        "--stun",
+        &s.stun,
+        "--turn",
+        &s.turn,
+        "--user",
+        "u",
+        "--password",
+        "p",
+        "--timeout",
+        "15",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn connected(o: &Outcome) -> &serde_json::Value {
+    o.events
+        .iter()
+        .find(|e| e["event"] == "connected")
+        .unwrap_or_else(|| panic!("no connected event: {:?}", o.events))
+}
+
+#[test]
+fn two_peers_meet_in_a_room_and_talk_directly() {
+    let s = servers();
+    let mut args = common(&s);
+    args.extend(["--signal", &s.signal, "--room", "direct"].map(String::from));
+    let [a, b] = pair([args.clone(), args], Duration::from_secs(30));
+    assert_eq!(
+        (a.code, b.code),
+        (Some(0), Some(0)),
+        "{:?} {:?}",
+        a.events,
+        b.events
+    );
+    assert_eq!(a.stdout, "hello from side 1\n");
+    assert_eq!(b.stdout, "hello from side 0\n");
+    for o in [&a, &b] {
+        let c = connected(o);
+        assert_eq!(c["local"]["type"], "host", "{c}");
+        assert_eq!(c["remote"]["type"], "host", "{c}");
+        assert!(
+            c["elapsed_ms"].as_f64().is_some() && c["rtt_ms"].as_f64().is_some(),
+            "{c}"
+        );
+    }
+}
+
+#[test]
+fn no_direct_goes_through_the_relay_and_file_signalling_works() {
+    let s = servers();
+    let dir = std::env::temp_dir().join(format!("pinhole-connect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    let mut a = common(&s);
+    a.extend(
+        [
+            "--signal-dir",
+            &d,
+            "--name",
+            "alice",
+            "--peer",
+            "bob",
+            "--no-direct",
+        ]
+        .map(String::from),
+    );
+    let mut b = common(&s);
+    b.extend(["--signal-dir", &d, "--name", "bob", "--peer", "alice"].map(String::from));
+    let [a, b] = pair([a, b], Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (a.code, b.code),
+        (Some(0), Some(0)),
+        "{:?} {:?}",
+        a.events,
+        b.events
+    );
+    assert_eq!(a.stdout, "hello from side 1\n");
+    assert_eq!(b.stdout, "hello from side 0\n");
+    assert_eq!(connected(&a)["local"]["type"], "relay");
+    assert_eq!(connected(&b)["remote"]["type"], "relay");
+}
+
+#[test]
+fn a_peer_that_never_comes_is_a_timeout_with_exit_1() {
+    let s = servers();
+    let mut args = common(&s);
+    let at = args.iter().position(|a| a == "--timeout").unwrap();
+    args[at + 1] = "2".into();
+    args.extend(["--signal", &s.signal, "--room", "lonely"].map(String::from));
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .arg("connect")
+        .args(&args)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"event\":\"disconnected\""), "{err}");
+    assert!(err.contains("--timeout"), "{err}");
+    assert!(out.stdout.is_empty(), "stdout carries data only");
+}
+
+#[test]
+fn connect_usage_errors() {
+    for (args, says) in [
+        (&["connect", "--stun", "stun:127.0.0.1:9"][..], "--signal"),
+        (&["connect", "--signal", "http://127.0.0.1:9"], "--room"),
+        (
+            &[
+                "connect",
+                "--signal",
+                "ftp://x",
+                "--room",
+                "r",
+                "--stun",
+                "stun:127.0.0.1:9",
+            ],
+            "http://",
+        ),
+        (
+            &[
+                "connect",
+                "--signal-dir",
+                "/tmp",
+                "--name",
+                "a",
+                "--peer",
+                "a",
+                "--stun",
+                "stun:127.0.0.1:9",
+            ],
+            "two different names",
+        ),
+        (
+            &[
+                "connect",
+                "--signal",
+                "http://127.0.0.1:9",
+                "--room",
+                "r",
+                "--stun",
+                "stun:127.0.0.1:9",
+                "--no-direct",
+            ],
+            "--turn",
+        ),
+        (
+            &[
+                "connect",
+                "--signal",
+                "http://127.0.0.1:9",
+                "--room",
+                "r",
+                "--stun",
+                "stun:127.0.0.1:9",
+                "--turn",
+                "turn:127.0.0.1:9?transport=tcp",
+                "--user",
+                "u",
+                "--password",
+                "p",
+            ],
+            "UDP only",
+        ),
+        (&["connect", "--timeout", "1e20"], "seconds"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+/// One HTTP request to the rendezvous, as curl would make it.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn the_signal_http_api_as_documented() {
+    let g = free_tcp();
+    let addr = format!("127.0.0.1:{g}");
+    let _s = server(&["signal", "--listen", &addr, "--duration", "30"]);
+    assert_eq!(
+        http(&addr, "POST", "/v1/rooms/doc/join", ""),
+        (200, "{\"peer\":\"a\"}".into())
+    );
+    assert_eq!(
+        http(&addr, "POST", "/v1/rooms/doc/join", ""),
+        (200, "{\"peer\":\"b\"}".into())
+    );
+    assert_eq!(http(&addr, "POST", "/v1/rooms/doc/join", "").0, 409);
+    assert_eq!(
+        http(&addr, "POST", "/v1/rooms/doc/a", "a=ice-ufrag:abcd\r\n").0,
+        204
+    );
+    let (code, body) = http(&addr, "GET", "/v1/rooms/doc/b?after=0", "");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["next"], 1);
+    assert_eq!(v["messages"][0], "a=ice-ufrag:abcd\r\n");
+    // Long poll: a post while waiting is delivered at once.
+    let addr2 = addr.clone();
+    let waiter =
+        std::thread::spawn(move || http(&addr2, "GET", "/v1/rooms/doc/b?after=1&wait=10", ""));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(http(&addr, "POST", "/v1/rooms/doc/a", "second").0, 204);
+    let (code, body) = waiter.join().unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("second"), "{body}");
+    // Bounds and errors.
+    assert_eq!(
+        http(&addr, "POST", "/v1/rooms/doc/a", &"x".repeat(17 * 1024)).0,
+        413
+    );
+    assert_eq!(http(&addr, "GET", "/v1/rooms/nope/a", "").0, 404);
+    assert_eq!(http(&addr, "POST", "/v1/rooms/bad%20name/join", "").0, 400);
+    assert_eq!(http(&addr, "GET", "/v1/rooms/doc/c", "").0, 400);
+    assert_eq!(http(&addr, "GET", "/elsewhere", "").0, 404);
+    let _ = SocketAddr::from(([127, 0, 0, 1], g));
+}
