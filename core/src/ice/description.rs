@@ -109,7 +109,11 @@ impl IceDescription {
                     pwd = Some(value);
                 }
                 "ice-options" => {
-                    for o in value.split_ascii_whitespace().take(16) {
+                    for o in value.split_ascii_whitespace() {
+                        // At most 16 in all, however many lines carry them.
+                        if out.description.options.len() >= 16 {
+                            break;
+                        }
                         if !out.description.options.iter().any(|x| x == o) {
                             out.description.options.push(o.to_owned());
                         }
@@ -233,6 +237,23 @@ a=end-of-candidates\r\n";
         let p = IceDescription::parse(&many).unwrap();
         assert_eq!(p.description.candidates.len(), MAX_CANDIDATES);
         assert_eq!(p.over_limit, 100 - MAX_CANDIDATES);
+        // Options are bounded in all, not per line (found by the fuzzer: a description
+        // written back on one line lost what a second line had added).
+        let opts = format!(
+            "{base}a=ice-options:{}\na=ice-options:{}\n",
+            (0..10)
+                .map(|i| format!("a{i}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            (0..10)
+                .map(|i| format!("b{i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let p = IceDescription::parse(&opts).unwrap();
+        assert_eq!(p.description.options.len(), 16);
+        let again = IceDescription::parse(&p.description.to_string()).unwrap();
+        assert_eq!(again.description, p.description);
         assert_eq!(
             IceDescription::parse(&"a=x\n".repeat(20_000)),
             Err(DescriptionError::TooLong)
