@@ -213,6 +213,45 @@ impl Rooms {
     }
 }
 
+/// The parts of an HTTP/1.1 request head that the rendezvous uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Head {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query, without `?`.
+    pub query: String,
+    /// `Content-Length` (0 without one; `usize::MAX` when it is not a number, which the
+    /// server refuses as too large).
+    pub length: usize,
+}
+
+/// Parses a request head (the bytes before the blank line). Lenient and total: a head
+/// that is not HTTP gives empty parts, which route nowhere.
+pub fn parse_head(head: &[u8]) -> Head {
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_owned();
+    let target = first.next().unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut length = 0usize;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(usize::MAX);
+            }
+        }
+    }
+    Head {
+        method,
+        path: path.to_owned(),
+        query: query.to_owned(),
+        length,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +274,27 @@ mod tests {
         );
         assert_eq!(r.fetch(t, "demo", Side::B, 2).unwrap(), (vec![], 2));
         assert_eq!(r.fetch(t, "demo", Side::A, 0).unwrap(), (vec![], 0));
+    }
+
+    #[test]
+    fn request_heads() {
+        let h = parse_head(
+            b"GET /v1/rooms/r/a?after=3&wait=5 HTTP/1.1\r\nHost: x\r\nContent-Length: 12",
+        );
+        assert_eq!(
+            h,
+            Head {
+                method: "GET".into(),
+                path: "/v1/rooms/r/a".into(),
+                query: "after=3&wait=5".into(),
+                length: 12
+            }
+        );
+        assert_eq!(
+            parse_head(b"POST / HTTP/1.1\r\ncontent-length: lots").length,
+            usize::MAX
+        );
+        assert_eq!(parse_head(b"\xff\xfe").path, "");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::debug;
 
 use super::{DriverError, ServeHandle, io};
-use crate::signal::{MAX_MESSAGE, Rooms, Side, SignalError};
+use crate::signal::{Head, MAX_MESSAGE, Rooms, Side, SignalError};
 
 /// Connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -99,25 +99,17 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Request>
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let method = first.next().unwrap_or_default().to_owned();
-    let target = first.next().unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut length = 0usize;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(usize::MAX);
-            }
-        }
-    }
+    let Head {
+        method,
+        path,
+        query,
+        length,
+    } = crate::signal::parse_head(&buf[..head_end]);
     if length > MAX_MESSAGE {
         return Ok(Some(Request {
             method,
-            path: path.to_owned(),
-            query: query.to_owned(),
+            path,
+            query,
             body: vec![0; MAX_MESSAGE + 1],
         }));
     }
@@ -132,8 +124,8 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Request>
     body.truncate(length);
     Ok(Some(Request {
         method,
-        path: path.to_owned(),
-        query: query.to_owned(),
+        path,
+        query,
         body,
     }))
 }
