@@ -811,7 +811,9 @@ static void test_turn_relay(void) {
     CHECK(s.kinds[PINHOLE_TURN_EVENT_LOST] == 0);
     CHECK(strncmp(s.relayed, "127.0.0.1:", 10) == 0);
     CHECK(strncmp(s.mapped, "127.0.0.1:", 10) == 0);
-    CHECK(s.lifetime_s > 0 && s.lifetime_s <= 300);
+    /* Asked 300 s; pinhole's server, as coturn, grants at least its default 600 s
+     * (RFC 8656 section 7.2). */
+    CHECK(s.lifetime_s == 600);
     CHECK(!s.on_main_thread);
     char buf[PINHOLE_ADDRESS_MAX];
     int n = pinhole_turn_get_relayed(turn, buf, sizeof buf);

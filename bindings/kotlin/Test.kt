@@ -157,7 +157,7 @@ fun testTurn(uri: String, user: String, password: String, secret: String) {
     check(relayed.startsWith("127.0.0.1:") && alloc.relayedAddresses() == listOf(relayed), "relayed $relayed")
     check(alloc.mappedAddress()?.startsWith("127.0.0.1:") == true, "mapped ${alloc.mappedAddress()}")
     val allocated = l.next<TurnEvent.Allocated>()
-    check(allocated != null && allocated.relayed == listOf(relayed) && allocated.lifetime.seconds in 1..300,
+    check(allocated != null && allocated.relayed == listOf(relayed) && allocated.lifetime.seconds == 600L,
         "Allocated event $allocated")
     println("  relayed $relayed, mapped ${alloc.mappedAddress()}, lifetime ${allocated?.lifetime}")
     check(!alloc.isClosed(), "open")
