@@ -113,6 +113,7 @@ enum Channel {
         host: String,
         room: String,
         side: String,
+        token: String,
     },
     Dir {
         mine: PathBuf,
@@ -153,9 +154,14 @@ async fn http(host: &str, method: &str, path: &str, body: &str) -> Result<(u16, 
 impl Channel {
     async fn send(&self, msg: &str) -> Result<(), String> {
         match self {
-            Self::Http { host, room, side } => {
-                let (status, body) =
-                    http(host, "POST", &format!("/v1/rooms/{room}/{side}"), msg).await?;
+            Self::Http {
+                host,
+                room,
+                side,
+                token,
+            } => {
+                let path = format!("/v1/rooms/{room}/{side}?token={token}");
+                let (status, body) = http(host, "POST", &path, msg).await?;
                 if status == 204 {
                     Ok(())
                 } else {
@@ -182,12 +188,19 @@ fn receive(
 ) -> mpsc::UnboundedReceiver<Result<String, String>> {
     let (tx, rx) = mpsc::unbounded_channel();
     match channel {
-        Channel::Http { host, room, side } => {
-            let (host, room, side) = (host.clone(), room.clone(), side.clone());
+        Channel::Http {
+            host,
+            room,
+            side,
+            token,
+        } => {
+            let (host, room, side, token) =
+                (host.clone(), room.clone(), side.clone(), token.clone());
             tokio::spawn(async move {
                 let mut after = 0u64;
                 loop {
-                    let path = format!("/v1/rooms/{room}/{side}?after={after}&wait=5");
+                    let path =
+                        format!("/v1/rooms/{room}/{side}?token={token}&after={after}&wait=5");
                     let got = http(&host, "GET", &path, "")
                         .await
                         .and_then(|(status, body)| {
@@ -223,6 +236,10 @@ fn receive(
                 loop {
                     if let Ok(text) = std::fs::read_to_string(&path) {
                         // Whole lines only: the writer may be mid-line.
+                        // A file shorter than what was read: the peer started again.
+                        if text.len() < seen {
+                            seen = 0;
+                        }
                         let complete = text.rfind('\n').map_or(0, |i| i + 1);
                         if complete > seen {
                             for line in text[seen..complete].lines() {
@@ -247,6 +264,35 @@ fn candidate_json(c: &Candidate) -> serde_json::Value {
 
 /// Runs `pinhole connect`.
 pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
+    // The arguments first: a usage error asks no server anything (not even DNS).
+    match (&args.signal, &args.signal_dir) {
+        (Some(url), None) if !url.starts_with("http://") => {
+            return usage("--signal takes http://HOST:PORT");
+        }
+        (Some(_), None) => {}
+        (None, Some(_)) => {
+            let (me, them) = (
+                args.name.as_deref().unwrap_or_default(),
+                args.peer.as_deref().unwrap_or_default(),
+            );
+            let ok = |n: &str| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if !ok(me) || !ok(them) || me == them {
+                return usage("--name and --peer: two different names of A-Z a-z 0-9 - _");
+            }
+        }
+        _ => {
+            return usage(
+                "give --signal URL --room NAME, or --signal-dir DIR --name ME --peer THEM",
+            );
+        }
+    }
+    if args.no_direct && args.turn.is_empty() {
+        return usage("--no-direct needs a --turn server");
+    }
     // Servers.
     let stun_uris: Vec<String> = if args.stun.is_empty() {
         DEFAULT_STUN_SERVERS
@@ -321,16 +367,16 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                 eprintln!("pinhole: joining room {room}: {status} {body}");
                 return ExitCode::from(EXIT_UNREACHABLE);
             }
-            let side = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["peer"].as_str().map(ToOwned::to_owned))
-                .unwrap_or_default();
+            let joined = serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default();
+            let field = |k: &str| joined[k].as_str().unwrap_or_default().to_owned();
+            let (side, token) = (field("peer"), field("token"));
             let controlling = side == "a";
             (
                 Channel::Http {
                     host: host.to_owned(),
                     room,
                     side,
+                    token,
                 },
                 None,
                 controlling,
@@ -513,11 +559,11 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     Ok(0) | Err(_) => {
                         // End of our direction: an empty datagram, a few times (UDP).
                         for _ in 0..3 {
-                            pc.send(Vec::new());
+                            pc.send(Vec::new()).await;
                         }
                         local_done = true;
                     }
-                    Ok(n) => pc.send(buf[..n].to_vec()),
+                    Ok(n) => pc.send(buf[..n].to_vec()).await,
                 }
             }
             () = tokio::time::sleep_until(give_up), if !connected => {

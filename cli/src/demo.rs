@@ -150,11 +150,11 @@ async fn one(servers: &Servers, relay: bool, datagrams: u32) -> Result<Outcome, 
     let data_deadline = tokio::time::Instant::now() + DATA_TIMEOUT;
     let mut echoed = false;
     for _ in 0..50 {
-        a.send(b"ping".to_vec());
+        a.send(b"ping".to_vec()).await;
         let got = tokio::time::timeout(Duration::from_millis(100), b.recv()).await;
         if let Ok(Some(d)) = got {
             if d == b"ping" {
-                b.send(b"pong".to_vec());
+                b.send(b"pong".to_vec()).await;
                 if let Ok(Some(d)) =
                     tokio::time::timeout(Duration::from_millis(500), a.recv()).await
                 {
@@ -173,7 +173,7 @@ async fn one(servers: &Servers, relay: bool, datagrams: u32) -> Result<Outcome, 
     let (mut sent, mut received) = (0u32, 0u32);
     while received < datagrams && tokio::time::Instant::now() < data_deadline {
         while sent < datagrams && sent - received < 64 {
-            a.send(payload.clone());
+            a.send(payload.clone()).await;
             sent += 1;
         }
         match tokio::time::timeout(Duration::from_millis(200), b.recv()).await {

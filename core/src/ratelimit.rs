@@ -53,9 +53,26 @@ pub struct RateLimiter {
     max_sources: usize,
     table: HashMap<IpAddr, Bucket>,
     overflow: Option<Bucket>,
+    /// When the full table was last swept: at most once a second, so that a flood of new
+    /// (spoofed) sources cannot make every datagram pay for a scan of the table.
+    last_sweep: Option<Instant>,
 }
 
 const MICRO: u64 = 1_000_000;
+
+/// The key of a source: its IPv4 address, or its IPv6 /64 (one host commonly holds a whole
+/// /64, so per-address keys would let it take the table).
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
 
 impl RateLimiter {
     /// A limiter tracking at most [`DEFAULT_MAX_SOURCES`] sources.
@@ -70,6 +87,7 @@ impl RateLimiter {
             max_sources: max_sources.max(1),
             table: HashMap::new(),
             overflow: None,
+            last_sweep: None,
         }
     }
 
@@ -113,11 +131,18 @@ impl RateLimiter {
     }
 
     fn take(&mut self, now: Instant, source: IpAddr, spend: bool) -> bool {
+        let source = key(source);
         let full = Bucket {
             micro_tokens: self.capacity(),
             last: now,
         };
-        if !self.table.contains_key(&source) && self.table.len() >= self.max_sources {
+        if !self.table.contains_key(&source)
+            && self.table.len() >= self.max_sources
+            && self
+                .last_sweep
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_sweep = Some(now);
             self.forget_refilled(now);
         }
         let mut bucket = match self.table.get(&source) {
@@ -155,7 +180,7 @@ impl RateLimiter {
 
     /// How long until `source` has a token again (zero when it has one).
     pub fn wait(&self, now: Instant, source: IpAddr) -> Duration {
-        let Some(mut b) = self.table.get(&source).copied() else {
+        let Some(mut b) = self.table.get(&key(source)).copied() else {
             return Duration::ZERO;
         };
         self.refill(&mut b, now);
@@ -229,5 +254,22 @@ mod tests {
         let later = t0 + Duration::from_secs(10);
         assert!(r.allow(later, ip("198.51.100.1")));
         assert!(r.tracked() <= 16);
+    }
+
+    #[test]
+    fn an_ipv6_host_is_its_64() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(RateLimit {
+            per_second: 1,
+            burst: 3,
+        });
+        let mut allowed = 0;
+        for i in 0..100u16 {
+            let a = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i));
+            allowed += usize::from(r.allow(t0, a));
+        }
+        assert_eq!(allowed, 3);
+        assert_eq!(r.tracked(), 1);
+        assert!(r.allow(t0, ip("2001:db8:0:2::1")));
     }
 }

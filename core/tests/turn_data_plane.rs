@@ -463,12 +463,12 @@ fn a_redirect_loop_over_udp_fails_at_once() {
         })
         .await
         .unwrap();
-        let t0 = std::time::Instant::now();
+        // The redirect error itself, not a timeout (Lost(TimedOut) after 39.5 s), shows it
+        // failed at once.
         assert_eq!(
             next(&mut h).await,
             TurnEvent::Allocation(AllocationEvent::Lost(TurnError::TooManyRedirects))
         );
-        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
         assert_eq!(h.current_server(), first.addr);
     });
 }

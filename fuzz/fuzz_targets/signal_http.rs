@@ -9,15 +9,17 @@ use pinhole::signal::{MAX_ROOMS, Rooms, Side, parse_head};
 
 fuzz_target!(|data: &[u8]| {
     let head = parse_head(data);
-    let mut rooms = Rooms::new();
+    let mut rooms = Rooms::new([0; 32]);
     let now = Instant::now();
     let parts: Vec<&str> = head.path.trim_matches('/').split('/').collect();
     if let [_, _, room, peer] = parts.as_slice() {
-        let _ = rooms.join(now, room);
+        let token = rooms.join(now, room).map(|(_, t)| t).unwrap_or_default();
         if let Ok(side) = Side::parse(peer) {
-            let _ = rooms.post(now, room, side, head.query.as_bytes());
+            let _ = rooms.post(now, room, side, &token, head.query.as_bytes());
             let after = head.length.min(1 << 20) as u64;
-            let _ = rooms.fetch(now, room, side, after);
+            let _ = rooms.fetch(now, room, side, &token, after);
+            // Someone else's guesses get nothing.
+            assert!(rooms.fetch(now, room, side, &head.method, after).is_err() || head.method == token);
         }
     }
     assert!(rooms.len() <= MAX_ROOMS);

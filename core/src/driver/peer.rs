@@ -24,6 +24,8 @@ use crate::{Protocol, Received};
 
 /// How many received datagrams wait for [`PeerConnection::recv`] before more are dropped.
 pub const RECV_QUEUE: usize = 4096;
+/// How many datagrams [`PeerConnection::send`] queues before it waits for the socket.
+pub const SEND_QUEUE: usize = 1024;
 
 /// What the connection reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +65,6 @@ enum Command {
     RemoteCredentials(IceCredentials),
     RemoteCandidate(Candidate),
     EndOfCandidates,
-    Send(Vec<u8>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -71,6 +72,7 @@ enum Command {
 #[derive(Debug)]
 pub struct PeerConnection {
     commands: mpsc::UnboundedSender<Command>,
+    sends: mpsc::Sender<Vec<u8>>,
     events: mpsc::UnboundedReceiver<PeerConnectionEvent>,
     data: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     credentials: IceCredentials,
@@ -122,9 +124,19 @@ impl PeerConnection {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (data_tx, data_rx) = mpsc::channel(RECV_QUEUE);
-        let task = tokio::spawn(run(Arc::new(socket), local, peer, cmd_rx, ev_tx, data_tx));
+        let (send_tx, send_rx) = mpsc::channel(SEND_QUEUE);
+        let task = tokio::spawn(run(
+            Arc::new(socket),
+            local,
+            peer,
+            cmd_rx,
+            send_rx,
+            ev_tx,
+            data_tx,
+        ));
         Ok(Self {
             commands: cmd_tx,
+            sends: send_tx,
             events: ev_rx,
             data: data_rx,
             credentials,
@@ -164,9 +176,10 @@ impl PeerConnection {
     }
 
     /// Sends a datagram to the peer on the selected pair (dropped, as UDP would, while no
-    /// pair is selected).
-    pub fn send(&self, data: Vec<u8>) {
-        let _ = self.commands.send(Command::Send(data));
+    /// pair is selected). Waits while [`SEND_QUEUE`] datagrams are queued: the caller
+    /// cannot outrun the socket without bound.
+    pub async fn send(&self, data: Vec<u8>) {
+        let _ = self.sends.send(data).await;
     }
 
     /// Waits until every datagram passed to [`PeerConnection::send`] before it has been
@@ -197,6 +210,7 @@ async fn run(
     local: SocketAddr,
     mut peer: Peer,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    mut sends: mpsc::Receiver<Vec<u8>>,
     events: mpsc::UnboundedSender<PeerConnectionEvent>,
     data: mpsc::Sender<(SocketAddr, Vec<u8>)>,
 ) {
@@ -256,23 +270,31 @@ async fn run(
                 Some(Command::RemoteCredentials(c)) => peer.set_remote_credentials(c),
                 Some(Command::RemoteCandidate(c)) => peer.add_remote_candidate(Instant::now(), c),
                 Some(Command::EndOfCandidates) => peer.end_of_remote_candidates(),
-                Some(Command::Send(d)) => match peer.send(&d) {
-                    Ok(t) => {
-                        if let Err(e) = socket.send_to(&t.contents, t.destination).await {
-                            debug!(error = %e, "send failed");
-                        }
-                    }
-                    Err(e) => debug!(error = %e, "datagram not sent"),
-                },
                 Some(Command::Flush(done)) => {
+                    // Everything queued before the flush goes out first.
+                    while let Ok(d) = sends.try_recv() {
+                        send_one(&socket, &mut peer, &d).await;
+                    }
                     let _ = done.send(());
                 }
                 None => commands_open = false,
             },
+            Some(d) = sends.recv() => send_one(&socket, &mut peer, &d).await,
             () = tokio::time::sleep_until(wake) => peer.handle_timeout(Instant::now()),
         }
         if !commands_open && events.is_closed() {
             return;
         }
+    }
+}
+
+async fn send_one(socket: &UdpSocket, peer: &mut Peer, data: &[u8]) {
+    match peer.send(data) {
+        Ok(t) => {
+            if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                debug!(error = %e, "send failed");
+            }
+        }
+        Err(e) => debug!(error = %e, "datagram not sent"),
     }
 }

@@ -1,11 +1,13 @@
 //! `pinhole signal`'s HTTP API over the sans-IO [`Rooms`]: a small rendezvous for
 //! development and tests, usable with curl.
 //!
-//! - `POST /v1/rooms/ROOM/join` → `200 {"peer":"a"}` (the first, controlling) or `"b"`;
-//!   `409` when the room has two peers.
-//! - `POST /v1/rooms/ROOM/PEER` with a UTF-8 body (at most 16 KiB) → `204`: a message for
-//!   the other peer. `413` too large, `429` too many waiting, `404` no such room.
-//! - `GET /v1/rooms/ROOM/PEER?after=N&wait=SECS` → `200 {"next":M,"messages":["…",…]}`:
+//! - `POST /v1/rooms/ROOM/join` → `200 {"peer":"a","token":"…"}` (the first, controlling)
+//!   or `"b"`; `409` when the room has two peers. The token (32 hex digits) is that peer's
+//!   alone: every other request of the peer carries it as `token=`, else `403`.
+//! - `POST /v1/rooms/ROOM/PEER?token=T` with a UTF-8 body (at most 16 KiB) → `204`: a
+//!   message for the other peer. `413` too large, `429` too many waiting, `404` no such
+//!   room, `503` when the server holds 32 MiB of messages.
+//! - `GET /v1/rooms/ROOM/PEER?token=T&after=N&wait=SECS` → `200 {"next":M,"messages":[…]}`:
 //!   the messages for PEER from sequence number N on (those before N are acknowledged and
 //!   dropped); with `wait` (at most 30 s) it waits for one when there is none.
 //!
@@ -22,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tracing::debug;
 
-use super::{DriverError, ServeHandle, io};
+use super::{DriverError, ServeHandle, io, os_seed};
 use crate::signal::{Head, MAX_MESSAGE, Rooms, Side, SignalError};
 
 /// Connections served at once; more wait in the kernel's backlog.
@@ -46,7 +48,7 @@ pub async fn serve_signal(listen: SocketAddr) -> Result<ServeHandle, DriverError
         .map_err(io(format!("binding {listen}")))?;
     let addr = listener.local_addr().map_err(io("local address"))?;
     let state = Arc::new(State {
-        rooms: Mutex::new(Rooms::new()),
+        rooms: Mutex::new(Rooms::new(os_seed()?)),
         posted: Notify::new(),
     });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -156,6 +158,8 @@ fn status_of(e: &SignalError) -> u16 {
         SignalError::TooManyRooms => 503,
         SignalError::TooLarge => 413,
         SignalError::QueueFull => 429,
+        SignalError::Forbidden => 403,
+        SignalError::Busy => 503,
     }
 }
 
@@ -189,7 +193,10 @@ async fn route(req: &Request, state: &State) -> (u16, String) {
     let lock = || state.rooms.lock().unwrap_or_else(PoisonError::into_inner);
     match (req.method.as_str(), parts.as_slice()) {
         ("POST", ["v1", "rooms", room, "join"]) => match lock().join(Instant::now(), room) {
-            Ok(side) => (200, format!("{{\"peer\":\"{}\"}}", side.as_str())),
+            Ok((side, token)) => (
+                200,
+                format!("{{\"peer\":\"{}\",\"token\":\"{token}\"}}", side.as_str()),
+            ),
             Err(e) => err(e),
         },
         ("POST", ["v1", "rooms", room, peer]) => {
@@ -203,7 +210,8 @@ async fn route(req: &Request, state: &State) -> (u16, String) {
             if std::str::from_utf8(&req.body).is_err() {
                 return (400, "{\"error\":\"messages are UTF-8 text\"}".into());
             }
-            let posted = lock().post(Instant::now(), room, side, &req.body);
+            let token = query_value(&req.query, "token").unwrap_or_default();
+            let posted = lock().post(Instant::now(), room, side, token, &req.body);
             match posted {
                 Ok(()) => {
                     state.posted.notify_waiters();
@@ -230,7 +238,8 @@ async fn route(req: &Request, state: &State) -> (u16, String) {
             loop {
                 // Register before looking, so that a post in between is not missed.
                 let notified = state.posted.notified();
-                let fetched = lock().fetch(Instant::now(), room, side, after);
+                let token = query_value(&req.query, "token").unwrap_or_default();
+                let fetched = lock().fetch(Instant::now(), room, side, token, after);
                 match fetched {
                     Ok((messages, next))
                         if !messages.is_empty() || tokio::time::Instant::now() >= deadline =>
@@ -260,6 +269,7 @@ async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Re
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         408 => "Request Timeout",
         409 => "Conflict",

@@ -190,6 +190,8 @@ struct Pair {
     state: PairState,
     /// The check in flight, and whether it nominates.
     check: Option<(TransactionId, bool)>,
+    /// Whether that check was sent as the controlling agent (a 487 answers that role).
+    check_controlling: bool,
     /// Nominated (sent or received USE-CANDIDATE, and succeeded).
     nominated: bool,
     /// The controlled agent received USE-CANDIDATE before its own check succeeded.
@@ -222,6 +224,8 @@ pub struct IceAgent {
     /// For each remote candidate: the local base it was learned on, if peer-reflexive.
     learned_on: Vec<Option<SocketAddr>>,
     remote_done: bool,
+    /// Our gathering is over: without it, no pairs yet means "wait", not "failed".
+    local_done: bool,
     pairs: Vec<Pair>,
     triggered: VecDeque<usize>,
     client: StunClient,
@@ -278,6 +282,7 @@ impl IceAgent {
             remotes: Vec::new(),
             learned_on: Vec::new(),
             remote_done: false,
+            local_done: false,
             pairs: Vec::new(),
             triggered: VecDeque::new(),
             client,
@@ -321,6 +326,12 @@ impl IceAgent {
         };
         let p = &self.pairs[s];
         Some((self.locals[p.local].base, self.remote_addr(p.remote)?))
+    }
+
+    /// Whether `addr` is a known remote candidate: signalled by the peer, or learned from
+    /// one of its authenticated checks. Data from anyone else is not the peer's.
+    pub fn is_remote(&self, addr: SocketAddr) -> bool {
+        self.remotes.iter().any(|c| c.socket_addr() == Some(addr))
     }
 
     /// The addresses of the remote candidates known so far.
@@ -410,6 +421,13 @@ impl IceAgent {
         true
     }
 
+    /// Our own gathering is over (every local candidate was added). Until then the agent
+    /// never reports [`IceState::Failed`]: a relayed candidate may still be coming.
+    pub fn end_of_local_candidates(&mut self) {
+        self.local_done = true;
+        self.update_failed();
+    }
+
     /// The peer sent `a=end-of-candidates` (RFC 8838 §8.2).
     pub fn end_of_remote_candidates(&mut self) {
         self.remote_done = true;
@@ -474,6 +492,7 @@ impl IceAgent {
             priority,
             state: PairState::Waiting,
             check: None,
+            check_controlling: false,
             nominated: false,
             nominate_on_success: false,
             rtt: None,
@@ -660,6 +679,7 @@ impl IceAgent {
             Ok(id) => {
                 let p = &mut self.pairs[i];
                 p.check = Some((id, nominate));
+                p.check_controlling = controlling;
                 if p.state == PairState::Waiting {
                     p.state = PairState::InProgress;
                 }
@@ -889,7 +909,9 @@ impl IceAgent {
                             .map_or(0, |e| e.code);
                         if code == 487 && self.pairs[i].role_conflicts < MAX_ROLE_CONFLICTS {
                             self.pairs[i].role_conflicts += 1;
-                            let c = !self.controlling;
+                            // The opposite of the role the check was sent with: an incoming
+                            // check may have switched it already (RFC 8445 §7.2.5.1).
+                            let c = !self.pairs[i].check_controlling;
                             self.switch_role(c);
                             self.triggered.push_front(i);
                             self.next_check = Some(now);
@@ -934,7 +956,10 @@ impl IceAgent {
         if rtt.is_some() {
             p.rtt = rtt;
         }
-        if nominating || (!self.controlling && p.nominate_on_success) {
+        // A nomination's answer counts only while it is still the latest nomination: a
+        // slow answer for an older pair must not take the path back (renomination race).
+        let latest = self.nominated == Some(i);
+        if (nominating && latest) || (!self.controlling && p.nominate_on_success) {
             p.nominate_on_success = false;
             self.nominate(now, i);
             return;
@@ -1016,6 +1041,7 @@ impl IceAgent {
 
     fn update_failed(&mut self) {
         if self.remote_done
+            && self.local_done
             && self.selected.is_none()
             && self.triggered.is_empty()
             && self

@@ -238,6 +238,7 @@ impl Peer {
             && self.relays.iter().all(|r| r.relayed.is_some() || r.done)
         {
             self.gathering_done = true;
+            self.agent.end_of_local_candidates();
             self.events.push_back(PeerEvent::GatheringComplete);
         }
     }
@@ -271,10 +272,13 @@ impl Peer {
                             };
                             match self.agent.handle_input(now, inner) {
                                 IceInput::Consumed => PeerInput::Consumed,
-                                IceInput::NotIce => PeerInput::Data { from: peer, range },
+                                IceInput::NotIce => self.data_if_peer(peer, range),
                             }
                         }
-                        None => PeerInput::Data { from: peer, range },
+                        None => {
+                            debug!(%peer, "relayed data before the relay was reported: dropped");
+                            PeerInput::Consumed
+                        }
                     }
                 }
             };
@@ -286,10 +290,25 @@ impl Peer {
             self.drain_stun();
             return PeerInput::Consumed;
         }
-        // 3. ICE, 4. application data.
+        // 3. ICE, 4. application data, from the peer only.
         match self.agent.handle_input(now, rx) {
             IceInput::Consumed => PeerInput::Consumed,
-            IceInput::NotIce => whole,
+            IceInput::NotIce => match whole {
+                PeerInput::Data { from, range } => self.data_if_peer(from, range),
+                other => other,
+            },
+        }
+    }
+
+    /// Application data, when it comes from the peer: from one of its candidates (signalled,
+    /// or learned from an authenticated check). Anything else is dropped: whoever can
+    /// reach the socket must not be able to write into the application's stream.
+    fn data_if_peer(&self, from: SocketAddr, range: Range<usize>) -> PeerInput {
+        if self.agent.is_remote(from) {
+            PeerInput::Data { from, range }
+        } else {
+            debug!(%from, "datagram from outside the peer's candidates dropped");
+            PeerInput::Consumed
         }
     }
 

@@ -368,3 +368,23 @@ fn relay_first_then_direct_on_a_lossy_link() {
     assert_eq!(w.relayed(), [Some(false), Some(false)]);
     assert!((0..5).any(|_| w.data_flows(0)));
 }
+
+#[test]
+fn data_from_outside_the_peers_candidates_is_dropped() {
+    let mut w = World::new([None, None], Conditions::default(), PeerConfig::default());
+    assert!(w.connect(Duration::from_secs(5)));
+    // A stranger who can reach side 1's socket: neither data nor an empty datagram (the
+    // end-of-stream mark of `pinhole connect`) reaches the application.
+    let stranger = a("203.0.113.66:4444");
+    w.net.add_host(stranger.ip(), None);
+    let target = w.sides[1].peer.local;
+    for payload in [&b"injected"[..], b""] {
+        w.net
+            .send(w.now, crate::sim::udp(stranger, target, payload));
+    }
+    let before = w.sides[1].got.len();
+    w.run_for(Duration::from_millis(200));
+    assert_eq!(w.sides[1].got.len(), before);
+    // The peer's data still arrives.
+    assert!(w.data_flows(0));
+}

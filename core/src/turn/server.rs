@@ -594,7 +594,13 @@ impl TurnServer {
                     });
                     return;
                 }
+                let earlier = now + lifetime < a.expires;
                 a.expires = now + lifetime;
+                let serial = a.serial;
+                // A shorter lifetime than before: its heap entry is too late, add one.
+                if earlier {
+                    self.arm(now + lifetime, client, serial, TimerKind::Allocation);
+                }
                 let secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
                 self.respond(client, method, tid, Some(&key), |b| {
                     b.add(&Lifetime(secs))?;

@@ -101,6 +101,7 @@ impl World {
             for c in &cands[i] {
                 peers[i].agent.add_local_candidate(c.clone(), bases[i]);
             }
+            peers[i].agent.end_of_local_candidates();
         }
         net.set_conditions(conditions);
         for i in 0..2 {
@@ -519,4 +520,19 @@ fn pair_priorities_follow_rfc_8445() {
     assert_eq!(pair_priority(1, 2), (1 << 32) + 4);
     assert_eq!(pair_priority(2, 1), (1 << 32) + 4 + 1);
     assert!(pair_priority(100, 100) > pair_priority(99, 1000));
+}
+
+#[test]
+fn no_failure_before_our_own_gathering_is_over() {
+    // A relay-only side whose allocation is still pending has no candidates when the
+    // peer's end-of-candidates arrives: that is "wait", not "failed".
+    let now = Instant::now();
+    let mut agent = IceAgent::new(now, IceConfig::default(), true, [3; 32]);
+    agent.set_remote_credentials(IceCredentials::random(&mut ChaCha20Rng::from_seed([4; 32])));
+    agent.add_remote_candidate(host(a("192.0.2.7:9000")));
+    agent.end_of_remote_candidates();
+    agent.handle_timeout(now + Duration::from_secs(1));
+    assert_ne!(agent.state(), IceState::Failed);
+    agent.end_of_local_candidates();
+    assert_eq!(agent.state(), IceState::Failed);
 }

@@ -114,7 +114,18 @@ impl FromStr for Cidr {
 /// dual-stack relay socket sends to them as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            // IPv4-compatible `::a.b.c.d` (deprecated, RFC 4291 §2.5.5.1): the IPv4 address
+            // it carries decides (`::` and `::1` stay themselves).
+            let n = u128::from(v6);
+            if n >> 32 == 0 && n > 1 {
+                return IpAddr::V4(std::net::Ipv4Addr::from(n as u32));
+            }
+            ip
+        }
         v4 => v4,
     }
 }
@@ -177,7 +188,8 @@ impl PeerClass {
                     Self::Loopback
                 } else if s[0] & 0xffc0 == 0xfe80 {
                     Self::LinkLocal
-                } else if s[0] & 0xfe00 == 0xfc00 {
+                } else if s[0] & 0xfe00 == 0xfc00 || s[0] & 0xffc0 == 0xfec0 {
+                    // Unique local (RFC 4193) and the deprecated site-local fec0::/10.
                     Self::Private
                 } else {
                     Self::Global
@@ -280,6 +292,9 @@ mod tests {
             ("100.127.255.254", PeerClass::Private),
             ("fd00::1", PeerClass::Private),
             ("::ffff:10.1.1.1", PeerClass::Private),
+            ("::127.0.0.1", PeerClass::Loopback),
+            ("::10.0.0.1", PeerClass::Private),
+            ("fec0::1", PeerClass::Private),
             ("240.0.0.1", PeerClass::Reserved),
         ] {
             assert_eq!(p.check(ip(a)), Err(class), "{a}");

@@ -1066,3 +1066,39 @@ fn relays_are_bound_on_a_concrete_address_and_advertised_as_configured() {
         "{events:?}"
     );
 }
+
+#[test]
+fn a_refresh_that_shortens_the_lifetime_is_enforced() {
+    // Allocate for an hour, then a Refresh without LIFETIME (the default, 600 s): the
+    // allocation must end at 600 s, not at the hour its first timer was set for.
+    let now = Instant::now();
+    let mut config = TurnServerConfig::new(addr(LISTEN), "pinhole.test", 1_700_000_000);
+    config
+        .credentials
+        .users
+        .insert("alice".into(), "wonderland".into());
+    let mut ac = AllocationConfig::new(addr(LISTEN), addr(CLIENT), TurnTransport::Udp, alice());
+    ac.lifetime = Duration::from_secs(3600);
+    let mut w = World {
+        now,
+        server: TurnServer::new(now, config, [5; 32]),
+        client: Allocation::new(now, ac, [6; 32]),
+        next_relay_port: 50000,
+        at_peer: vec![],
+        at_client: vec![],
+        events: vec![],
+    };
+    w.pump();
+    assert!(
+        matches!(w.events[0], AllocationEvent::Allocated { lifetime, .. } if lifetime == Duration::from_secs(3600))
+    );
+    // The challenge for a nonce of the allocation's epoch, then a signed Refresh.
+    let challenge = exchange(&mut w, addr(CLIENT), &plain(Method::REFRESH, 1, &[]));
+    let nonce = nonce_of(&challenge[0]);
+    let refresh = signed(Method::REFRESH, 2, "wonderland", &nonce, |_| Ok(()));
+    let out = exchange(&mut w, addr(CLIENT), &refresh);
+    assert_eq!(error_code(&out[0]), None, "refresh answered with success");
+    w.now += Duration::from_secs(601);
+    w.server.handle_timeout(w.now);
+    assert_eq!(w.server.allocations(), 0);
+}
