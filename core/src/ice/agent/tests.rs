@@ -313,6 +313,69 @@ fn loss_and_reordering_do_not_stop_it() {
 }
 
 #[test]
+fn a_check_on_a_pair_in_progress_triggers_a_check_at_once() {
+    // RFC 8445 §7.3.1.4: a check that arrives on a pair whose own check is In-Progress
+    // cancels it and triggers a new one. Hole punching through two address-and-port-
+    // dependent filters needs exactly that: peer 0 starts checking first, its checks are
+    // dropped by peer 1's NAT (peer 1 has not sent yet) but open its own; when peer 1
+    // starts, its check gets through, and peer 0's answer must be followed at once by a
+    // check of its own, not by the next retransmission of the dropped one (up to
+    // seconds later with RFC 8489 back-off) — while a relay pair would win the race.
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let mut w = World::new([Some(cone), Some(cone)], Conditions::default(), 21);
+    let bases = [w.peers[0].base, w.peers[1].base];
+    let mapped = [0, 1].map(|i| reflect(&mut w.net, &mut w.now, bases[i]));
+    let cands = [0, 1].map(|i| vec![host(bases[i]), srflx(mapped[i], bases[i])]);
+    let mut agents = [0u8, 1].map(|i| {
+        let mut g = IceAgent::new(w.now, IceConfig::default(), i == 0, [30 + i; 32]);
+        for c in &cands[usize::from(i)] {
+            g.add_local_candidate(c.clone(), bases[usize::from(i)]);
+        }
+        g
+    });
+    // Peer 0 knows peer 1 at once; peer 1 learns of peer 0 only later (trickle).
+    let creds1 = agents[1].local_credentials().clone();
+    agents[0].set_remote_credentials(creds1);
+    for c in &cands[1] {
+        agents[0].add_remote_candidate(c.clone());
+    }
+    let [a0, a1] = agents;
+    w.peers[0].agent = a0;
+    w.peers[1].agent = a1;
+    // Past peer 0's first retransmission (50 ms pacing + 250 ms RTO): its check on the
+    // server-reflexive pair is in flight, dropped each time by peer 1's NAT.
+    w.run_for(Duration::from_millis(400));
+    assert!(nominated(&w.peers[0]).is_none());
+    let creds0 = w.peers[0].agent.local_credentials().clone();
+    w.peers[1].agent.set_remote_credentials(creds0);
+    for c in &cands[0] {
+        w.peers[1].agent.add_remote_candidate(c.clone());
+    }
+    let late = w.now;
+    w.peers[0].agent.end_of_remote_candidates();
+    w.peers[1].agent.end_of_remote_candidates();
+    assert!(w.connect(Duration::from_secs(10)));
+    // Peer 1's check goes out within a pacing slot or two (its host pair first), then
+    // one round trip for peer 0's triggered check and one for the nomination: well
+    // under 200 ms at 10 ms one way. Waiting for the next retransmission instead would
+    // take until 800 ms after the start (50 + 250 + 500).
+    let took = w.now - late;
+    assert!(
+        took < Duration::from_millis(200),
+        "connected {took:?} after peer 1 started"
+    );
+    let (l, r) = nominated(&w.peers[0]).unwrap();
+    assert_eq!(
+        (l.kind, r.kind),
+        (CandidateKind::Host, CandidateKind::ServerReflexive)
+    );
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
+
+#[test]
 fn a_role_conflict_is_repaired() {
     let mut w = World::new([None, None], Conditions::default(), 3);
     // Make both controlling, as two offerers would be.
