@@ -9,7 +9,10 @@
 //!    candidate whose base is the relayed address;
 //! 2. to the STUN transactions that gather server-reflexive candidates;
 //! 3. to the ICE agent (checks and their answers);
-//! 4. what is left is application data, reported as a byte range of the datagram.
+//! 4. what is left is application data, reported as a byte range of the datagram —
+//!    except a well-formed STUN message that none of them claimed (a late or duplicate
+//!    answer to a check or to gathering, whose transaction is over): RFC 7983 §7 makes
+//!    it STUN, not the application's, and it is dropped.
 //!
 //! The agent's datagrams whose source is a relayed address are sent *through* that
 //! allocation (a Send indication, or ChannelData once a channel is bound); permissions for
@@ -124,6 +127,21 @@ pub struct Peer {
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
     buf: Vec<u8>,
+}
+
+/// What no machine claimed: application data at `range` of the datagram, unless `data`
+/// (that range) is a well-formed STUN message (RFC 7983 §7: first byte 0–3; the magic
+/// cookie and length check out). Such a message is a late or duplicate answer to one of
+/// our transactions, or someone else's STUN: never the application's data.
+fn leftover(data: &[u8], from: SocketAddr, range: Range<usize>) -> PeerInput {
+    if crate::demux::classify(data) == crate::demux::Kind::Stun
+        && crate::stun::Message::parse(data).is_ok()
+    {
+        debug!(%from, "STUN message that nothing here claims dropped");
+        PeerInput::Consumed
+    } else {
+        PeerInput::Data { from, range }
+    }
 }
 
 impl Peer {
@@ -244,10 +262,6 @@ impl Peer {
 
     /// Offers a datagram received on the socket. See the module docs for the order.
     pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> PeerInput {
-        let whole = PeerInput::Data {
-            from: rx.source,
-            range: 0..rx.contents.len(),
-        };
         // 1. TURN.
         for i in 0..self.relays.len() {
             if rx.source != self.relays[i].alloc.server() {
@@ -271,10 +285,10 @@ impl Peer {
                             };
                             match self.agent.handle_input(now, inner) {
                                 IceInput::Consumed => PeerInput::Consumed,
-                                IceInput::NotIce => PeerInput::Data { from: peer, range },
+                                IceInput::NotIce => leftover(data, peer, range),
                             }
                         }
-                        None => PeerInput::Data { from: peer, range },
+                        None => leftover(data, peer, range),
                     }
                 }
             };
@@ -289,7 +303,7 @@ impl Peer {
         // 3. ICE, 4. application data.
         match self.agent.handle_input(now, rx) {
             IceInput::Consumed => PeerInput::Consumed,
-            IceInput::NotIce => whole,
+            IceInput::NotIce => leftover(rx.contents, rx.source, 0..rx.contents.len()),
         }
     }
 
