@@ -15,7 +15,8 @@
 //! - **Data flows on the first valid pair**: the controlling agent nominates the first pair
 //!   that succeeds and **renominates** when a pair of higher priority succeeds later
 //!   (direct after relay), without a restart; the controlled agent follows the latest
-//!   nomination (`a=ice-options:renomination`, as libwebrtc and str0m do). Before any
+//!   nomination (`a=ice-options:renomination`, as libwebrtc and str0m do). The old pair's
+//!   nominating check stops then, and a late answer to it nominates nothing. Before any
 //!   nomination, the best valid pair already carries data.
 //! - Consent (RFC 7675 §5.1): a check on the selected pair every 4–6 s; without an answer
 //!   for [`IceConfig::consent_timeout`] the pair is dropped and the agent moves to another
@@ -974,6 +975,9 @@ impl IceAgent {
     }
 
     fn on_success(&mut self, now: Instant, i: usize, nominating: bool, rtt: Option<Duration>) {
+        // A nominating check counts only while the controlling agent still nominates its
+        // pair: a late answer for a pair it has since renominated away from is stale.
+        let nominating = nominating && (!self.controlling || self.nominated == Some(i));
         let p = &mut self.pairs[i];
         let first = p.state != PairState::Succeeded;
         p.state = PairState::Succeeded;
@@ -997,12 +1001,35 @@ impl IceAgent {
                     .nominated
                     .is_none_or(|n| self.pairs[n].priority < self.pairs[i].priority);
                 if better {
+                    if let Some(old) = self.nominated.filter(|o| *o != i) {
+                        self.stop_nominating(old);
+                    }
                     self.nominated = Some(i);
                     self.triggered.push_front(i);
                     self.next_check = Some(now);
                 }
             }
             self.reselect(now);
+        }
+    }
+
+    /// Stops the nominating checks of a pair the controlling agent no longer nominates:
+    /// retransmitted after the better pair's, their USE-CANDIDATE would move the
+    /// controlled agent (which follows the latest nomination) back to the old pair.
+    fn stop_nominating(&mut self, i: usize) {
+        let p = &mut self.pairs[i];
+        let mut stopped = Vec::new();
+        for slot in [&mut p.check, &mut p.superseded] {
+            if let Some((id, true)) = *slot {
+                stopped.push(id);
+                *slot = None;
+            }
+        }
+        if p.check.is_none() && p.state == PairState::InProgress {
+            p.state = PairState::Waiting;
+        }
+        for id in stopped {
+            self.client.cancel(id);
         }
     }
 
