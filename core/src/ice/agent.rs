@@ -15,7 +15,8 @@
 //! - **Data flows on the first valid pair**: the controlling agent nominates the first pair
 //!   that succeeds and **renominates** when a pair of higher priority succeeds later
 //!   (direct after relay), without a restart; the controlled agent follows the latest
-//!   nomination (`a=ice-options:renomination`, as libwebrtc and str0m do). Before any
+//!   nomination (`a=ice-options:renomination`, as libwebrtc and str0m do). The old pair's
+//!   nominating check stops then, and a late answer to it nominates nothing. Before any
 //!   nomination, the best valid pair already carries data.
 //! - Consent (RFC 7675 §5.1): a check on the selected pair every 4–6 s; without an answer
 //!   for [`IceConfig::consent_timeout`] the pair is dropped and the agent moves to another
@@ -192,6 +193,9 @@ struct Pair {
     check: Option<(TransactionId, bool)>,
     /// Whether that check was sent as the controlling agent (a 487 answers that role).
     check_controlling: bool,
+    /// A check of ours that a triggered check replaced (RFC 8445 §7.3.1.4), and whether
+    /// it nominates: its answer still counts, its silence fails nothing.
+    superseded: Option<(TransactionId, bool)>,
     /// Nominated (sent or received USE-CANDIDATE, and succeeded).
     nominated: bool,
     /// The controlled agent received USE-CANDIDATE before its own check succeeded.
@@ -442,8 +446,8 @@ impl IceAgent {
         self.remote_creds = None;
         self.remote_done = false;
         for p in &self.pairs {
-            if let Some((id, _)) = p.check {
-                self.client.cancel(id);
+            for (id, _) in p.check.iter().chain(&p.superseded) {
+                self.client.cancel(*id);
             }
         }
         // The old path carries data until a new pair is selected (RFC 8445 §9).
@@ -493,6 +497,7 @@ impl IceAgent {
             state: PairState::Waiting,
             check: None,
             check_controlling: false,
+            superseded: None,
             nominated: false,
             nominate_on_success: false,
             rtt: None,
@@ -840,9 +845,22 @@ impl IceAgent {
                 self.pairs[i].nominate_on_success = true;
             }
         }
-        // A triggered check (RFC 8445 §7.3.1.4), unless one is in flight or it succeeded
-        // recently enough.
+        // RFC 8445 §7.3.1.4: a check on a pair whose own check is In-Progress makes a new
+        // triggered check. Its earlier transmissions may have been dropped by the peer's
+        // NAT before the peer had sent anything (hole punching through filtering NATs);
+        // the peer's check shows the way is open now, and waiting for the next
+        // retransmission would cost up to its back-off, long enough for a relay pair to
+        // win the race. The old transaction is kept as `superseded`: its answer still
+        // validates the pair. Once per pair at a time, so that the two agents' checks
+        // cannot keep replacing each other.
         let p = &mut self.pairs[i];
+        if p.state == PairState::InProgress && p.superseded.is_none() {
+            if let Some(old) = p.check.take() {
+                p.superseded = Some(old);
+                p.state = PairState::Waiting;
+            }
+        }
+        // A triggered check, unless one is in flight or the pair succeeded.
         if p.check.is_none() && p.state != PairState::Succeeded {
             if p.state == PairState::Failed {
                 p.state = PairState::Waiting;
@@ -890,6 +908,28 @@ impl IceAgent {
         while let Some(ev) = self.client.poll_event() {
             match ev {
                 TransactionEvent::Response(resp) => {
+                    if let Some(i) = self
+                        .pairs
+                        .iter()
+                        .position(|p| p.superseded.is_some_and(|(id, _)| id == resp.id))
+                    {
+                        // A replaced check's answer: success counts (and ends the check
+                        // that replaced it, so that a nomination can follow); an error is
+                        // left to the check that replaced it.
+                        let (_, nominating) =
+                            self.pairs[i].superseded.take().unwrap_or((resp.id, false));
+                        if resp.message().class() == crate::stun::Class::Success {
+                            if let Some((current, current_nominates)) = self.pairs[i].check.take() {
+                                self.client.cancel(current);
+                                if current_nominates {
+                                    self.triggered.push_front(i);
+                                    self.next_check = Some(now);
+                                }
+                            }
+                            self.on_success(now, i, nominating, resp.rtt);
+                        }
+                        continue;
+                    }
                     let Some(i) = self
                         .pairs
                         .iter()
@@ -922,6 +962,14 @@ impl IceAgent {
                     }
                 }
                 TransactionEvent::TimedOut { id, .. } => {
+                    if let Some(p) = self
+                        .pairs
+                        .iter_mut()
+                        .find(|p| p.superseded.is_some_and(|(s, _)| s == id))
+                    {
+                        p.superseded = None;
+                        continue;
+                    }
                     if let Some(i) = self
                         .pairs
                         .iter()
@@ -949,9 +997,16 @@ impl IceAgent {
     }
 
     fn on_success(&mut self, now: Instant, i: usize, nominating: bool, rtt: Option<Duration>) {
+        // A nominating check counts only while the controlling agent still nominates its
+        // pair: a late answer for a pair it has since renominated away from is stale.
+        let nominating = nominating && (!self.controlling || self.nominated == Some(i));
         let p = &mut self.pairs[i];
         let first = p.state != PairState::Succeeded;
         p.state = PairState::Succeeded;
+        // Valid now: a replaced check still in flight has nothing more to tell.
+        if let Some((old, _)) = p.superseded.take() {
+            self.client.cancel(old);
+        }
         p.last_answer = Some(now);
         if rtt.is_some() {
             p.rtt = rtt;
@@ -971,12 +1026,35 @@ impl IceAgent {
                     .nominated
                     .is_none_or(|n| self.pairs[n].priority < self.pairs[i].priority);
                 if better {
+                    if let Some(old) = self.nominated.filter(|o| *o != i) {
+                        self.stop_nominating(old);
+                    }
                     self.nominated = Some(i);
                     self.triggered.push_front(i);
                     self.next_check = Some(now);
                 }
             }
             self.reselect(now);
+        }
+    }
+
+    /// Stops the nominating checks of a pair the controlling agent no longer nominates:
+    /// retransmitted after the better pair's, their USE-CANDIDATE would move the
+    /// controlled agent (which follows the latest nomination) back to the old pair.
+    fn stop_nominating(&mut self, i: usize) {
+        let p = &mut self.pairs[i];
+        let mut stopped = Vec::new();
+        for slot in [&mut p.check, &mut p.superseded] {
+            if let Some((id, true)) = *slot {
+                stopped.push(id);
+                *slot = None;
+            }
+        }
+        if p.check.is_none() && p.state == PairState::InProgress {
+            p.state = PairState::Waiting;
+        }
+        for id in stopped {
+            self.client.cancel(id);
         }
     }
 

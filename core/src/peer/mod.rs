@@ -9,7 +9,10 @@
 //!    candidate whose base is the relayed address;
 //! 2. to the STUN transactions that gather server-reflexive candidates;
 //! 3. to the ICE agent (checks and their answers);
-//! 4. what is left is application data, reported as a byte range of the datagram.
+//! 4. what is left is application data, reported as a byte range of the datagram —
+//!    except a well-formed STUN message that none of them claimed (a late or duplicate
+//!    answer to a check or to gathering, whose transaction is over): RFC 7983 §7 makes
+//!    it STUN, not the application's, and it is dropped.
 //!
 //! The agent's datagrams whose source is a relayed address are sent *through* that
 //! allocation (a Send indication, or ChannelData once a channel is bound); permissions for
@@ -124,6 +127,21 @@ pub struct Peer {
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
     buf: Vec<u8>,
+}
+
+/// What no machine claimed: application data at `range` of the datagram, unless `data`
+/// (that range) is a well-formed STUN message (RFC 7983 §7: first byte 0–3; the magic
+/// cookie and length check out). Such a message is a late or duplicate answer to one of
+/// our transactions, or someone else's STUN: never the application's data.
+fn leftover(data: &[u8], from: SocketAddr, range: Range<usize>) -> PeerInput {
+    if crate::demux::classify(data) == crate::demux::Kind::Stun
+        && crate::stun::Message::parse(data).is_ok()
+    {
+        debug!(%from, "STUN message that nothing here claims dropped");
+        PeerInput::Consumed
+    } else {
+        PeerInput::Data { from, range }
+    }
 }
 
 impl Peer {
@@ -245,10 +263,6 @@ impl Peer {
 
     /// Offers a datagram received on the socket. See the module docs for the order.
     pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> PeerInput {
-        let whole = PeerInput::Data {
-            from: rx.source,
-            range: 0..rx.contents.len(),
-        };
         // 1. TURN.
         for i in 0..self.relays.len() {
             if rx.source != self.relays[i].alloc.server() {
@@ -272,7 +286,7 @@ impl Peer {
                             };
                             match self.agent.handle_input(now, inner) {
                                 IceInput::Consumed => PeerInput::Consumed,
-                                IceInput::NotIce => self.data_if_peer(peer, range),
+                                IceInput::NotIce => self.data_if_peer(data, peer, range),
                             }
                         }
                         None => {
@@ -293,22 +307,24 @@ impl Peer {
         // 3. ICE, 4. application data, from the peer only.
         match self.agent.handle_input(now, rx) {
             IceInput::Consumed => PeerInput::Consumed,
-            IceInput::NotIce => match whole {
-                PeerInput::Data { from, range } => self.data_if_peer(from, range),
-                other => other,
-            },
+            IceInput::NotIce => self.data_if_peer(rx.contents, rx.source, 0..rx.contents.len()),
         }
     }
 
     /// Application data, when it comes from the peer: from one of its candidates (signalled,
-    /// or learned from an authenticated check). Anything else is dropped: whoever can
-    /// reach the socket must not be able to write into the application's stream.
-    fn data_if_peer(&self, from: SocketAddr, range: Range<usize>) -> PeerInput {
-        if self.agent.is_remote(from) {
-            PeerInput::Data { from, range }
-        } else {
-            debug!(%from, "datagram from outside the peer's candidates dropped");
-            PeerInput::Consumed
+    /// or learned from an authenticated check), and not a stray STUN message (see
+    /// [`leftover`]). Anything else is dropped: whoever can reach the socket must not be
+    /// able to write into the application's stream.
+    fn data_if_peer(&self, data: &[u8], from: SocketAddr, range: Range<usize>) -> PeerInput {
+        match leftover(data, from, range) {
+            PeerInput::Data { from, range } if self.agent.is_remote(from) => {
+                PeerInput::Data { from, range }
+            }
+            PeerInput::Data { from, .. } => {
+                debug!(%from, "datagram from outside the peer's candidates dropped");
+                PeerInput::Consumed
+            }
+            other => other,
         }
     }
 

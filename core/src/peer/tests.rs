@@ -367,6 +367,64 @@ fn relay_first_then_direct_on_a_lossy_link() {
     w.run_for(Duration::from_secs(10));
     assert_eq!(w.relayed(), [Some(false), Some(false)]);
     assert!((0..5).any(|_| w.data_flows(0)));
+    // Retransmitted checks get answered twice; the late answers are STUN, not data.
+    for (i, side) in w.sides.iter().enumerate() {
+        for g in &side.got {
+            assert!(
+                crate::stun::Message::parse(g).is_err(),
+                "side {i} got a STUN message as application data: {g:02x?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn stray_stun_never_reaches_the_application() {
+    // A late or duplicate answer to a check whose transaction is over (a retransmitted
+    // check answered twice; a check replaced by a triggered one) is STUN (RFC 7983 §7),
+    // not the application's: `pinhole connect` printed such answers to stdout.
+    use crate::stun::{MessageBuilder, MessageType};
+    let now = Instant::now();
+    let local = a("192.168.1.10:5000");
+    let mut peer = Peer::new(now, PeerConfig::default(), local, true, [3; 32]);
+    let from = a("198.51.100.2:6000");
+    // The peer's candidate (data from anyone else is dropped whatever it holds).
+    peer.add_remote_candidate(
+        now,
+        Candidate::new(
+            CandidateKind::Host,
+            CandidateTransport::Udp,
+            from,
+            from.ip(),
+            None,
+            65535,
+        ),
+    );
+    let mut buf = [0u8; 128];
+    let mut b = MessageBuilder::new(
+        &mut buf,
+        MessageType::BINDING_SUCCESS,
+        TransactionId([7; 12]),
+    )
+    .unwrap();
+    b.add(&XorMappedAddress(local)).unwrap();
+    let stun = b.finish().to_vec();
+    let rx = |c| Received {
+        proto: crate::Protocol::Udp,
+        source: from,
+        destination: local,
+        contents: c,
+    };
+    assert_eq!(peer.handle_input(now, rx(&stun)), PeerInput::Consumed);
+    // Data that merely starts like STUN is still data.
+    let data = [0u8, 1, 0, 0, b'h', b'i'];
+    assert_eq!(
+        peer.handle_input(now, rx(&data)),
+        PeerInput::Data {
+            from,
+            range: 0..data.len()
+        }
+    );
 }
 
 #[test]

@@ -314,6 +314,69 @@ fn loss_and_reordering_do_not_stop_it() {
 }
 
 #[test]
+fn a_check_on_a_pair_in_progress_triggers_a_check_at_once() {
+    // RFC 8445 §7.3.1.4: a check that arrives on a pair whose own check is In-Progress
+    // cancels it and triggers a new one. Hole punching through two address-and-port-
+    // dependent filters needs exactly that: peer 0 starts checking first, its checks are
+    // dropped by peer 1's NAT (peer 1 has not sent yet) but open its own; when peer 1
+    // starts, its check gets through, and peer 0's answer must be followed at once by a
+    // check of its own, not by the next retransmission of the dropped one (up to
+    // seconds later with RFC 8489 back-off) — while a relay pair would win the race.
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let mut w = World::new([Some(cone), Some(cone)], Conditions::default(), 21);
+    let bases = [w.peers[0].base, w.peers[1].base];
+    let mapped = [0, 1].map(|i| reflect(&mut w.net, &mut w.now, bases[i]));
+    let cands = [0, 1].map(|i| vec![host(bases[i]), srflx(mapped[i], bases[i])]);
+    let mut agents = [0u8, 1].map(|i| {
+        let mut g = IceAgent::new(w.now, IceConfig::default(), i == 0, [30 + i; 32]);
+        for c in &cands[usize::from(i)] {
+            g.add_local_candidate(c.clone(), bases[usize::from(i)]);
+        }
+        g
+    });
+    // Peer 0 knows peer 1 at once; peer 1 learns of peer 0 only later (trickle).
+    let creds1 = agents[1].local_credentials().clone();
+    agents[0].set_remote_credentials(creds1);
+    for c in &cands[1] {
+        agents[0].add_remote_candidate(c.clone());
+    }
+    let [a0, a1] = agents;
+    w.peers[0].agent = a0;
+    w.peers[1].agent = a1;
+    // Past peer 0's first retransmission (50 ms pacing + 250 ms RTO): its check on the
+    // server-reflexive pair is in flight, dropped each time by peer 1's NAT.
+    w.run_for(Duration::from_millis(400));
+    assert!(nominated(&w.peers[0]).is_none());
+    let creds0 = w.peers[0].agent.local_credentials().clone();
+    w.peers[1].agent.set_remote_credentials(creds0);
+    for c in &cands[0] {
+        w.peers[1].agent.add_remote_candidate(c.clone());
+    }
+    let late = w.now;
+    w.peers[0].agent.end_of_remote_candidates();
+    w.peers[1].agent.end_of_remote_candidates();
+    assert!(w.connect(Duration::from_secs(10)));
+    // Peer 1's check goes out within a pacing slot or two (its host pair first), then
+    // one round trip for peer 0's triggered check and one for the nomination: well
+    // under 200 ms at 10 ms one way. Waiting for the next retransmission instead would
+    // take until 800 ms after the start (50 + 250 + 500).
+    let took = w.now - late;
+    assert!(
+        took < Duration::from_millis(200),
+        "connected {took:?} after peer 1 started"
+    );
+    let (l, r) = nominated(&w.peers[0]).unwrap();
+    assert_eq!(
+        (l.kind, r.kind),
+        (CandidateKind::Host, CandidateKind::ServerReflexive)
+    );
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
+
+#[test]
 fn a_role_conflict_is_repaired() {
     let mut w = World::new([None, None], Conditions::default(), 3);
     // Make both controlling, as two offerers would be.
@@ -387,6 +450,154 @@ fn a_better_pair_found_later_is_renominated() {
     let (l, _) = nominated(&w.peers[1]).unwrap();
     assert_eq!(l.kind, CandidateKind::Host, "{:?}", w.peers[1].events);
     assert_eq!(w.peers[0].agent.selected().unwrap().1, direct);
+}
+
+/// Moves datagrams between two agents instantly (zero latency) until `until`, dropping
+/// those `drop` picks; returns every event, per agent.
+fn pump(
+    agents: &mut [IceAgent; 2],
+    ips: [IpAddr; 2],
+    now: &mut Instant,
+    until: Instant,
+    mut drop: impl FnMut(usize, &Transmit) -> bool,
+    events: &mut [Vec<IceEvent>; 2],
+) {
+    for _ in 0..100_000 {
+        let mut moved = false;
+        for i in 0..2 {
+            while let Some(t) = agents[i].poll_transmit() {
+                moved = true;
+                if drop(i, &t) {
+                    continue;
+                }
+                let Some(j) = ips.iter().position(|ip| *ip == t.destination.ip()) else {
+                    continue;
+                };
+                let rx = Received {
+                    proto: t.proto,
+                    source: t.source,
+                    destination: t.destination,
+                    contents: &t.contents,
+                };
+                let _ = agents[j].handle_input(*now, rx);
+            }
+            while let Some(e) = agents[i].poll_event() {
+                events[i].push(e);
+            }
+        }
+        if moved {
+            continue;
+        }
+        let next = agents.iter().filter_map(IceAgent::poll_timeout).min();
+        match next.filter(|t| *t <= until) {
+            Some(t) => {
+                *now = (*now).max(t);
+                for g in agents.iter_mut() {
+                    g.handle_timeout(*now);
+                }
+            }
+            None => {
+                *now = until;
+                return;
+            }
+        }
+    }
+    panic!("runaway pump");
+}
+
+fn last_nominated(events: &[IceEvent]) -> Option<(Candidate, Candidate)> {
+    events.iter().rev().find_map(|e| match e {
+        IceEvent::SelectedPair {
+            local,
+            remote,
+            nominated: true,
+            ..
+        } => Some((local.clone(), remote.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_stale_nomination_does_not_undo_a_renomination() {
+    // The controlling agent nominates a relayed pair, but that nominating check's answer
+    // is lost; a direct pair succeeds and is renominated. The old nominating check must
+    // not be retransmitted, nor its late answer honoured: either put the connection back
+    // on the relay (seen in the NAT lab with 10 % loss: connected direct, then
+    // path-changed to relay 140 ms later when the retransmission was answered).
+    let t0 = Instant::now();
+    let mut now = t0;
+    let a_base = a("192.168.1.10:5000");
+    let (b_host, b_relay) = (a("10.0.0.10:6000"), a("10.0.0.10:6001"));
+    let mut relay_like = Candidate::new(
+        CandidateKind::Relayed,
+        CandidateTransport::Udp,
+        b_relay,
+        b_relay.ip(),
+        Some(a(REFLECTOR).ip()),
+        65535,
+    );
+    relay_like.foundation = "relay".into();
+    let mut agents = [
+        IceAgent::new(now, IceConfig::default(), true, [41; 32]),
+        IceAgent::new(now, IceConfig::default(), false, [42; 32]),
+    ];
+    agents[0].add_local_candidate(host(a_base), a_base);
+    agents[1].add_local_candidate(relay_like.clone(), b_relay);
+    agents[1].add_local_candidate(host(b_host), b_host);
+    let creds = [0, 1].map(|i| agents[i].local_credentials().clone());
+    agents[0].set_remote_credentials(creds[1].clone());
+    agents[1].set_remote_credentials(creds[0].clone());
+    // Peer 0 learns only the relayed candidate for now.
+    agents[0].add_remote_candidate(relay_like);
+    agents[1].add_remote_candidate(host(a_base));
+    let ips = [a_base.ip(), b_host.ip()];
+    let mut events = [vec![], vec![]];
+    let nominates_relay = |i: usize, t: &Transmit| {
+        i == 0
+            && t.destination == b_relay
+            && Message::parse(&t.contents)
+                .is_ok_and(|m| m.has(crate::stun::AttributeType::USE_CANDIDATE))
+    };
+    // The relayed pair succeeds; its nominating check is lost, and so is everything
+    // peer 1 sends from its host socket (a filtering NAT in the way).
+    pump(
+        &mut agents,
+        ips,
+        &mut now,
+        t0 + Duration::from_millis(100),
+        |i, t| nominates_relay(i, t) || (i == 1 && t.source == b_host),
+        &mut events,
+    );
+    assert!(last_nominated(&events[0]).is_none(), "{:?}", events[0]);
+    // The direct candidate arrives (trickle); nothing is lost any more. Well past the
+    // old check's retransmissions (250, 750 ms, …).
+    agents[0].add_remote_candidate(host(b_host));
+    let renominated_from = now;
+    let mut sent = Vec::new();
+    pump(
+        &mut agents,
+        ips,
+        &mut now,
+        t0 + Duration::from_secs(3),
+        |i, t| {
+            if nominates_relay(i, t) {
+                sent.push(t.clone());
+            }
+            false
+        },
+        &mut events,
+    );
+    let (_, r) = last_nominated(&events[0]).expect("peer 0 nominated");
+    assert_eq!(r.kind, CandidateKind::Host, "{:?}", events[0]);
+    let (l, _) =
+        last_nominated(&events[1]).unwrap_or_else(|| panic!("peer 1 followed: {:?}", events[1]));
+    assert_eq!(l.kind, CandidateKind::Host, "{:?}", events[1]);
+    assert!(
+        sent.is_empty(),
+        "{} USE-CANDIDATE checks toward the relayed candidate after {:?}",
+        sent.len(),
+        renominated_from - t0
+    );
 }
 
 #[test]
