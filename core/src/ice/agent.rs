@@ -838,7 +838,22 @@ impl IceAgent {
             return true;
         };
         let use_candidate = msg.has(crate::stun::AttributeType::USE_CANDIDATE);
-        if use_candidate && !self.controlling {
+        // Renomination only ever moves to a pair at least as good, as the controlling side
+        // renominates: a late copy of an older USE-CANDIDATE (the relay path is slower,
+        // so its copies arrive last) must not take the path back. A nominated pair that
+        // failed (consent) may be replaced by anything.
+        let acceptable = self.nominated.is_none_or(|n| {
+            n == i
+                || self.pairs[n].state != PairState::Succeeded
+                || self.pairs[n].priority <= self.pairs[i].priority
+        });
+        if use_candidate && !self.controlling && !acceptable {
+            debug!(
+                pair = i,
+                "USE-CANDIDATE for a worse pair than the nominated one ignored"
+            );
+        }
+        if use_candidate && !self.controlling && acceptable {
             if self.pairs[i].state == PairState::Succeeded {
                 self.nominate(now, i);
             } else {
