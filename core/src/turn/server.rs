@@ -556,18 +556,24 @@ impl TurnServer {
 
     /// A peer's address for `method`: refused (403) by the policy, as the server's own
     /// address, or for its family (443).
-    fn check_peer(&self, client: SocketAddr, peer: SocketAddr, whole: bool) -> Result<(), u16> {
+    fn check_peer(
+        &self,
+        client: SocketAddr,
+        peer: SocketAddr,
+        whole: bool,
+    ) -> Result<(), (u16, &'static str)> {
+        const FORBIDDEN: (u16, &str) = (403, "Forbidden");
         if let Err(class) = self.config.peers.check(peer.ip()) {
             debug!(%client, %peer, class = class.as_str(), "peer refused by the policy");
-            return Err(403);
+            return Err(FORBIDDEN);
         }
         if whole && self.is_own(peer) {
             debug!(%client, %peer, "peer is the server's own address: refused");
-            return Err(403);
+            return Err(FORBIDDEN);
         }
         if peer.is_ipv4() != self.config.listen.is_ipv4() {
             debug!(%client, %peer, "peer of another address family than the relay: 443");
-            return Err(443);
+            return Err((443, "Peer Address Family Mismatch"));
         }
         Ok(())
     }
@@ -641,19 +647,8 @@ impl TurnServer {
         }
         // All or nothing (RFC 8656 §9.2).
         for p in &peers {
-            match self.check_peer(client, *p, false) {
-                Ok(()) => {}
-                Err(403) => return self.error(client, method, tid, 403, "Forbidden", Some(&key)),
-                Err(_) => {
-                    return self.error(
-                        client,
-                        method,
-                        tid,
-                        443,
-                        "Peer Address Family Mismatch",
-                        Some(&key),
-                    );
-                }
+            if let Err((code, reason)) = self.check_peer(client, *p, false) {
+                return self.error(client, method, tid, code, reason, Some(&key));
             }
         }
         let max = self.config.max_permissions;
@@ -714,19 +709,8 @@ impl TurnServer {
         if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&ch) {
             return self.error(client, method, tid, 400, "Bad Request", Some(&key));
         }
-        match self.check_peer(client, peer, true) {
-            Ok(()) => {}
-            Err(403) => return self.error(client, method, tid, 403, "Forbidden", Some(&key)),
-            Err(_) => {
-                return self.error(
-                    client,
-                    method,
-                    tid,
-                    443,
-                    "Peer Address Family Mismatch",
-                    Some(&key),
-                );
-            }
+        if let Err((code, reason)) = self.check_peer(client, peer, true) {
+            return self.error(client, method, tid, code, reason, Some(&key));
         }
         let (max_ch, max_perm) = (self.config.max_channels, self.config.max_permissions);
         let Some(a) = self.allocations.get_mut(&client) else {
