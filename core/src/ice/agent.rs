@@ -591,7 +591,14 @@ impl IceAgent {
             self.next_consent = None;
             if let Some(s) = self.selected {
                 if self.pairs[s].check.is_none() {
-                    self.send_check(now, s, false);
+                    // The controlling agent's consent checks on the pair it nominates
+                    // repeat USE-CANDIDATE: a controlled agent that missed the nomination
+                    // (its copies lost, or its own check on the pair failed meanwhile)
+                    // follows within one consent interval, instead of the two agents
+                    // staying on different pairs. For a controlled agent that already
+                    // follows, it nominates what is nominated: nothing changes.
+                    let nominate = self.controlling && self.nominated == Some(s);
+                    self.send_check(now, s, nominate);
                 }
                 self.arm_consent(now);
             }
@@ -917,6 +924,29 @@ impl IceAgent {
         self.controlling = controlling;
         self.reprioritize();
         self.events.push_back(IceEvent::RoleChanged { controlling });
+        // Newly controlling with pairs that already succeeded: nominating waits for no
+        // new success (RFC 8445 §8.1.1: the controlling agent nominates a valid pair).
+        // Keep the pair a controlled agent already followed, else the best valid one.
+        if controlling {
+            let followed = self
+                .nominated
+                .filter(|n| self.pairs[*n].state == PairState::Succeeded);
+            let best = followed.or_else(|| {
+                self.pairs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.state == PairState::Succeeded)
+                    .max_by_key(|(_, p)| p.priority)
+                    .map(|(i, _)| i)
+            });
+            if let Some(i) = best {
+                self.nominated = Some(i);
+                if !self.triggered.contains(&i) {
+                    self.triggered.push_front(i);
+                }
+                self.next_check = Some(self.now);
+            }
+        }
     }
 
     fn drain_client(&mut self, now: Instant) {

@@ -41,8 +41,17 @@ impl World {
         nats: [Option<NatConfig>; 2],
         conditions: Conditions,
     ) -> Self {
+        Self::seeded(configs, nats, conditions, 9)
+    }
+
+    fn seeded(
+        configs: [PeerConfig; 2],
+        nats: [Option<NatConfig>; 2],
+        conditions: Conditions,
+        net_seed: u64,
+    ) -> Self {
         let now = Instant::now();
-        let mut net = Network::new(9, conditions);
+        let mut net = Network::new(net_seed, conditions);
         net.add_host(a(STUN).ip(), None);
         net.add_host(a(TURN).ip(), None);
         let locals = [a("192.168.1.10:5000"), a("10.0.0.10:6000")];
@@ -74,6 +83,7 @@ impl World {
             }];
             let mut seed = [i as u8 + 1; 32];
             seed[5] = 77;
+            seed[6..14].copy_from_slice(&net_seed.to_le_bytes());
             Side {
                 peer: Peer::new(now, config, locals[i], i == 0, seed),
                 events: vec![],
@@ -445,4 +455,49 @@ fn data_from_outside_the_peers_candidates_is_dropped() {
     assert_eq!(w.sides[1].got.len(), before);
     // The peer's data still arrives.
     assert!(w.data_flows(0));
+}
+
+/// Both sides settle on the same path, never one direct and one relayed, across the
+/// direct-capable NAT pairs with latency, jitter (reordering) and loss varied by seed.
+#[test]
+fn both_sides_settle_on_the_same_path() {
+    let mut kinds = Vec::new();
+    for m in Behaviour::ALL {
+        for f in Behaviour::ALL {
+            kinds.push(NatConfig::new(m, f));
+        }
+    }
+    let (mut runs, mut mixed) = (0, Vec::new());
+    for seed in 0..8u64 {
+        for (x, nx) in kinds.iter().enumerate() {
+            for ny in kinds.iter().skip(x) {
+                if !nx.direct_possible_with(ny) {
+                    continue;
+                }
+                let conditions = Conditions {
+                    latency: Duration::from_millis(5 + seed * 7),
+                    jitter: Duration::from_millis(seed % 4 * 15),
+                    loss: (seed % 3) as f64 * 0.05,
+                };
+                let c = PeerConfig::default();
+                let mut w = World::seeded([c.clone(), c], [Some(*nx), Some(*ny)], conditions, seed);
+                runs += 1;
+                assert!(
+                    w.connect(Duration::from_secs(30)),
+                    "seed {seed} {nx:?} {ny:?}"
+                );
+                w.run_for(Duration::from_secs(10));
+                let r = w.relayed();
+                if r[0] != r[1] {
+                    mixed.push(format!("seed {seed} {nx:?} {ny:?}: {r:?}"));
+                }
+            }
+        }
+    }
+    assert!(
+        mixed.is_empty(),
+        "{} of {runs} mixed:\n{}",
+        mixed.len(),
+        mixed.join("\n")
+    );
 }

@@ -747,3 +747,57 @@ fn no_failure_before_our_own_gathering_is_over() {
     agent.end_of_local_candidates();
     assert_eq!(agent.state(), IceState::Failed);
 }
+
+#[test]
+fn a_controlled_agent_that_missed_the_nomination_follows_at_the_next_consent_check() {
+    let mut w = World::new([None, None], Conditions::default(), 11);
+    assert!(w.connect(Duration::from_secs(5)));
+    // Copies of the nominating check still on the way arrive first.
+    w.run_for(Duration::from_secs(1));
+    // The controlled agent forgets the nomination, as when every copy of the nominating
+    // check was lost, or its own triggered check on the pair failed meanwhile: it uses
+    // its best valid pair, not nominated, and nothing in ordinary checks tells it more.
+    let now = w.now;
+    let p = &mut w.peers[1];
+    p.agent.nominated = None;
+    for pair in &mut p.agent.pairs {
+        pair.nominated = false;
+    }
+    p.agent.reselect(now);
+    p.events.clear();
+    assert!(nominated(&w.peers[1]).is_none());
+    // The controlling agent's consent checks (every 4-6 s) repeat USE-CANDIDATE.
+    w.run_for(Duration::from_secs(7));
+    let (l0, r0) = nominated(&w.peers[0]).unwrap();
+    let (l1, r1) = nominated(&w.peers[1]).expect("peer 1 follows the nomination again");
+    assert_eq!((l0.address, r0.address), (r1.address, l1.address));
+}
+
+#[test]
+fn an_agent_that_becomes_controlling_after_its_pairs_succeeded_nominates() {
+    let mut w = World::new([None, None], Conditions::default(), 12);
+    // Two controlled agents whose pairs already succeeded and nothing nominated (as after
+    // an application that answers both sides, with consent checks the first to show the
+    // conflict): reached by resetting the roles of a normal connection.
+    assert!(w.connect(Duration::from_secs(5)));
+    for p in &mut w.peers {
+        p.agent.controlling = false;
+        p.agent.nominated = None;
+        for pair in &mut p.agent.pairs {
+            pair.nominated = false;
+        }
+        let now = w.now;
+        p.agent.reselect(now);
+        p.events.clear();
+    }
+    w.peers[0].agent.tie_breaker = 1;
+    w.peers[1].agent.tie_breaker = u64::MAX;
+    // Consent checks now carry ICE-CONTROLLED both ways: peer 1 (larger tie-breaker)
+    // becomes controlling, its pairs already valid, and must nominate one.
+    w.run_for(Duration::from_secs(10));
+    assert!(w.peers[1].agent.is_controlling());
+    assert!(!w.peers[0].agent.is_controlling());
+    let (l0, r0) = nominated(&w.peers[0]).expect("peer 0 follows a nomination");
+    let (l1, r1) = nominated(&w.peers[1]).expect("peer 1 nominates");
+    assert_eq!((l0.address, r0.address), (r1.address, l1.address));
+}
