@@ -57,9 +57,14 @@ pub(crate) struct ConnectArgs {
     /// netcheck uses.
     #[arg(long, value_name = "URI")]
     stun: Vec<String>,
-    /// A TURN server, `turn:host[:port]` (UDP). Repeatable.
+    /// A TURN server: `turn:host[:port]` (UDP), `turn:host[:port]?transport=tcp` (TCP) or
+    /// `turns:host[:port]` (TLS; for networks that block UDP). Repeatable.
     #[arg(long, value_name = "URI")]
     turn: Vec<String>,
+    /// PEM file of certificates to trust for `turns:` (default: the system roots): CAs, or
+    /// the server's own self-signed certificate.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
     /// The TURN user.
     #[arg(long, value_name = "U")]
     user: Option<String>,
@@ -306,17 +311,25 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
         Ok((s, _)) => s.into_iter().map(|s| s.addr).collect::<Vec<_>>(),
         Err(e) => return usage(e),
     };
+    let ca_pem = match &args.ca {
+        Some(path) => match std::fs::read(path) {
+            Ok(b) => match driver::turn::check_ca_pem(&b) {
+                Ok(_) => Some(b),
+                Err(pinhole::driver::DriverError::Certificates(why)) => {
+                    return usage(format!("--ca {}: {why}", path.display()));
+                }
+                Err(e) => return usage(format!("--ca {}: {e}", path.display())),
+            },
+            Err(e) => return usage(format!("--ca {}: {e}", path.display())),
+        },
+        None => None,
+    };
     let mut turn = Vec::new();
     for uri in &args.turn {
         let u: TurnUri = match uri.parse() {
             Ok(u) => u,
             Err(e) => return usage(format!("--turn {uri}: {e}")),
         };
-        if u.transport != TurnTransport::Udp {
-            return usage(format!(
-                "--turn {uri}: connect relays over UDP only for now (use allocate for TCP and TLS)"
-            ));
-        }
         let Some(user) = args.user.as_deref().filter(|u| !u.is_empty()) else {
             return usage("--turn needs --user");
         };
@@ -340,10 +353,14 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                 return ExitCode::from(EXIT_UNREACHABLE);
             }
         };
-        turn.push(TurnServerSpec {
-            server,
-            credentials,
-        });
+        let mut spec = TurnServerSpec::new(server, credentials);
+        if u.transport != TurnTransport::Udp {
+            spec = spec.over(u.transport, Some(u.host.clone()));
+        }
+        if let Some(pem) = &ca_pem {
+            spec = spec.with_ca(pem.clone());
+        }
+        turn.push(spec);
     }
     if args.no_direct && turn.is_empty() {
         return usage("--no-direct needs a --turn server");

@@ -90,10 +90,10 @@ fn candidate_json(c: &Candidate) -> serde_json::Value {
 async fn one(servers: &Servers, relay: bool, datagrams: u32) -> Result<Outcome, String> {
     let mut base = PeerConfig::default();
     base.stun_servers = vec![servers.stun];
-    base.turn_servers = vec![TurnServerSpec {
-        server: servers.turn,
-        credentials: Credentials::long_term(USER, PASSWORD),
-    }];
+    base.turn_servers = vec![TurnServerSpec::new(
+        servers.turn,
+        Credentials::long_term(USER, PASSWORD),
+    )];
     let mut first = base.clone();
     first.relay_only = relay;
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));

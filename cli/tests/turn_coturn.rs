@@ -720,3 +720,136 @@ fn ca_file_without_a_certificate_is_a_usage_error_naming_it() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs two `pinhole connect --json` with `args`, each fed a line on stdin and EOF later;
+/// their exit codes, stdouts and JSON events. Bounded by `limit`.
+fn connect_pair(args: [Vec<String>; 2], limit: Duration) -> Vec<(Option<i32>, String, String)> {
+    use std::io::{Read, Write};
+    let mut children: Vec<Child> = args
+        .iter()
+        .map(|a| {
+            Command::new(BIN)
+                .arg("connect")
+                .args(a)
+                .arg("--json")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut readers = Vec::new();
+    for (i, c) in children.iter_mut().enumerate() {
+        let mut stdin = c.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = writeln!(stdin, "hello from side {i}");
+            std::thread::sleep(Duration::from_secs(2));
+            drop(stdin);
+        });
+        let (mut out, mut err) = (c.stdout.take().unwrap(), c.stderr.take().unwrap());
+        readers.push((
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = out.read_to_string(&mut s);
+                s
+            }),
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = err.read_to_string(&mut s);
+                s
+            }),
+        ));
+    }
+    let deadline = Instant::now() + limit;
+    let mut codes = [None, None];
+    while Instant::now() < deadline && codes.iter().any(Option::is_none) {
+        for (i, c) in children.iter_mut().enumerate() {
+            if codes[i].is_none() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    codes[i] = Some(s.code());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    readers
+        .into_iter()
+        .enumerate()
+        .map(|(i, (o, e))| (codes[i].flatten(), o.join().unwrap(), e.join().unwrap()))
+        .collect()
+}
+
+/// `pinhole connect` relays over TCP on one side and TLS on the other (RFC 8656 §3.1, for
+/// networks that block UDP): every datagram crosses coturn on a stream, both ways.
+#[test]
+fn connect_relays_over_tcp_and_tls() {
+    if !tools_present() {
+        return;
+    }
+    let c = start_coturn(&["lt-cred-mech", "user=alice:wonderland"]);
+    let dir = c.dir.join("signal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    let ca = c.dir.join("ca.pem").display().to_string();
+    let stun = format!("stun:127.0.0.1:{}", c.port);
+    let side = |turn: String, me: &str, them: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--stun",
+            &stun,
+            "--turn",
+            &turn,
+            "--user",
+            "alice",
+            "--password",
+            "wonderland",
+            "--no-direct",
+            "--signal-dir",
+            &d,
+            "--name",
+            me,
+            "--peer",
+            them,
+            "--timeout",
+            "15",
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a = side(
+        format!("turn:127.0.0.1:{}?transport=tcp", c.port),
+        "alice",
+        "bob",
+        &[],
+    );
+    let b = side(
+        format!("turns:127.0.0.1:{}", c.tls_port),
+        "bob",
+        "alice",
+        &["--ca", &ca],
+    );
+    let out = connect_pair([a, b], Duration::from_secs(40));
+    let report = format!("{out:#?}\ncoturn log:\n{}", c.log());
+    for (i, (code, stdout, events)) in out.iter().enumerate() {
+        assert_eq!(*code, Some(0), "side {i}: {report}");
+        assert_eq!(stdout, &format!("hello from side {}\n", 1 - i), "{report}");
+        let connected: serde_json::Value = events
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .find(|e: &serde_json::Value| e["event"] == "connected")
+            .unwrap_or_else(|| panic!("side {i}: no connected event: {report}"));
+        // Only relays over TCP and TLS were given, and no direct candidate: the pair's
+        // local side is a relayed address of coturn's.
+        assert_eq!(connected["local"]["type"], "relay", "side {i}: {report}");
+    }
+    // coturn saw both streams: a TCP and a TLS allocation.
+    let log = c.log();
+    assert!(log.contains("TCP") && log.contains("TLS"), "{log}");
+}

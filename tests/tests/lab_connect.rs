@@ -221,7 +221,15 @@ impl SideResult {
 }
 
 impl Side {
-    fn spawn(label: &str, bin: &Path, host: &Host, room: &str, signal: &str) -> Side {
+    /// Starts `pinhole connect` on `host`, meeting in `room`, with this TURN server URI.
+    fn spawn_with(
+        label: &str,
+        bin: &Path,
+        host: &Host,
+        room: &str,
+        signal: &str,
+        turn: &str,
+    ) -> Side {
         let (user, pass) = COTURN_USER;
         let args: Vec<String> = [
             "connect",
@@ -233,7 +241,7 @@ impl Side {
             "--stun",
             &format!("stun:{PINHOLE_PRIMARY}"),
             "--turn",
-            &format!("turn:{COTURN_PRIMARY}"),
+            turn,
             "--user",
             user,
             "--password",
@@ -400,10 +408,37 @@ fn run_pair(
     copies: usize,
     when: SendWhen,
 ) -> [SideResult; 2] {
+    let turn = format!("turn:{COTURN_PRIMARY}");
+    run_pair_with(
+        bin,
+        hosts,
+        room,
+        signal,
+        lines,
+        copies,
+        when,
+        [&turn, &turn],
+    )
+}
+
+/// Like [`run_pair`], with each side's TURN server URI.
+#[allow(clippy::too_many_arguments)]
+fn run_pair_with(
+    bin: &Path,
+    hosts: [&Host; 2],
+    room: &str,
+    signal: &str,
+    lines: [&str; 2],
+    copies: usize,
+    when: SendWhen,
+    turns: [&str; 2],
+) -> [SideResult; 2] {
     let deadline = Instant::now() + PAIR_BUDGET;
     let both: Connected = Arc::default();
-    let [a, b] =
-        [0, 1].map(|i| Side::spawn(&format!("{room} side {i}"), bin, hosts[i], room, signal));
+    let [a, b] = [0, 1].map(|i| {
+        let label = format!("{room} side {i}");
+        Side::spawn_with(&label, bin, hosts[i], room, signal, turns[i])
+    });
     let (la, lb) = (lines[0].to_owned(), lines[1].to_owned());
     let (ba, bb) = (both.clone(), both);
     let ta = std::thread::spawn(move || a.run(&la, copies, when, &ba, deadline));
@@ -814,6 +849,71 @@ fn connect_with_ten_percent_loss_on_one_router() {
         "lab_connect with loss:\n  {}\n{}{}\n{}",
         bad.join("\n  "),
         r[0].transcript("side A (lossy)"),
+        r[1].transcript("side B"),
+        lab.server_logs()
+    );
+}
+
+/// A firewall that drops all UDP on one side (as some corporate and hotel networks do):
+/// that side reaches coturn over TCP (RFC 8656 §3.1), and the two connect through the
+/// relay, data both ways.
+#[test]
+fn connect_through_a_udp_blocking_firewall_over_turn_tcp() {
+    if !lab_available("lab_connect firewall", &["turnserver"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("the pinhole CLI");
+    let (mut lab, signal, signal_url) = lab_with_servers(&bin);
+    let walled = NatConfig::port_restricted_cone().blocking_udp();
+    let other = NatConfig::port_restricted_cone();
+    let (da, db) = (walled.describe(), other.describe());
+    lab.add_router("walled", walled, Uplink::Internet)
+        .expect("router");
+    lab.add_router("other", other, Uplink::Internet)
+        .expect("router");
+    let ha = lab.add_host("walled-h", "walled").expect("host").clone();
+    let hb = lab.add_host("other-h", "other").expect("host").clone();
+    let room = format!("{}-fw", lab.prefix());
+    let (la, lb) = ("hello from behind the firewall", "hello from the open side");
+    let tcp = format!("turn:{COTURN_PRIMARY}?transport=tcp");
+    let udp = format!("turn:{COTURN_PRIMARY}");
+    let t0 = Instant::now();
+    let r = run_pair_with(
+        &bin,
+        [&ha, &hb],
+        &room,
+        &signal_url,
+        [la, lb],
+        1,
+        SendWhen::BothConnected,
+        [&tcp, &udp],
+    );
+    let took = t0.elapsed();
+    drop(signal);
+    let types = |e: Option<&Value>| e.map_or("-".into(), pair_types);
+    println!(
+        "\npinhole connect through a UDP-blocking firewall: A = {da} (TURN over TCP), B = {db}\n\
+         connected after A {} ms, B {} ms; A {} ; B {}; exits A {:?}, B {:?} ({:.1} s in all)",
+        ms(r[0].connected.as_ref().and_then(elapsed)),
+        ms(r[1].connected.as_ref().and_then(elapsed)),
+        types(r[0].settled()),
+        types(r[1].settled()),
+        r[0].code,
+        r[1].code,
+        took.as_secs_f64(),
+    );
+    let mut bad = check_data(&r, [la, lb], true);
+    if !r[0].settled().is_some_and(relay_in) {
+        bad.push(format!(
+            "side A (UDP blocked) is not on a relayed pair: {:?}",
+            r[0].settled()
+        ));
+    }
+    assert!(
+        bad.is_empty(),
+        "lab_connect firewall:\n  {}\n{}{}\n{}",
+        bad.join("\n  "),
+        r[0].transcript("side A (UDP blocked)"),
         r[1].transcript("side B"),
         lab.server_logs()
     );

@@ -10,6 +10,7 @@
 //! - [`peer`] runs a peer connection (ICE over STUN and TURN) on one UDP socket.
 
 pub mod peer;
+mod peer_streams;
 pub mod portmap;
 pub mod signal;
 pub mod turn;

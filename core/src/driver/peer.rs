@@ -17,6 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::peer_streams::{StreamEvent, Streams};
 use super::{DriverError, io, os_seed};
 use crate::ice::{Candidate, IceCredentials, IceEvent, IceState};
 use crate::peer::{Peer, PeerConfig, PeerEvent, PeerInput};
@@ -120,6 +121,7 @@ impl PeerConnection {
             .map_err(io(format!("binding {bind}")))?;
         let local = socket.local_addr().map_err(io("local address"))?;
         let peer = Peer::new(Instant::now(), config, local, controlling, os_seed()?);
+        let streams = Streams::start(peer.turn_streams());
         let credentials = peer.local_credentials().clone();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -129,6 +131,7 @@ impl PeerConnection {
             Arc::new(socket),
             local,
             peer,
+            streams,
             cmd_rx,
             send_rx,
             ev_tx,
@@ -205,10 +208,12 @@ impl PeerConnection {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     socket: Arc<UdpSocket>,
     local: SocketAddr,
     mut peer: Peer,
+    mut streams: Streams,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut sends: mpsc::Receiver<Vec<u8>>,
     events: mpsc::UnboundedSender<PeerConnectionEvent>,
@@ -218,6 +223,9 @@ async fn run(
     let mut commands_open = true;
     loop {
         while let Some(t) = peer.poll_transmit() {
+            if streams.send(&t) {
+                continue;
+            }
             if let Err(e) = socket.send_to(&t.contents, t.destination).await {
                 debug!(to = %t.destination, error = %e, "send failed");
             }
@@ -266,6 +274,28 @@ async fn run(
                 }
                 Err(e) => debug!(error = %e, "receive error"),
             },
+            Some(ev) = streams.next() => match ev {
+                StreamEvent::Connected { server, local } => {
+                    peer.turn_stream_connected(Instant::now(), server, local);
+                }
+                StreamEvent::Frame { server, local, data: frame } => {
+                    let rx = Received {
+                        proto: Protocol::Tcp,
+                        source: server,
+                        destination: local,
+                        contents: &frame,
+                    };
+                    if let PeerInput::Data { from, range } = peer.handle_input(Instant::now(), rx) {
+                        if data.try_send((from, frame[range].to_vec())).is_err() {
+                            debug!("receive queue full: datagram dropped");
+                        }
+                    }
+                }
+                StreamEvent::Closed { server, error } => {
+                    debug!(%server, %error, "TURN connection over TCP/TLS ended");
+                    peer.turn_stream_closed(server, crate::turn::TurnError::Stream(error));
+                }
+            },
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(Command::RemoteCredentials(c)) => peer.set_remote_credentials(c),
                 Some(Command::RemoteCandidate(c)) => peer.add_remote_candidate(Instant::now(), c),
@@ -273,13 +303,13 @@ async fn run(
                 Some(Command::Flush(done)) => {
                     // Everything queued before the flush goes out first.
                     while let Ok(d) = sends.try_recv() {
-                        send_one(&socket, &mut peer, &d).await;
+                        send_one(&socket, &mut streams, &mut peer, &d).await;
                     }
                     let _ = done.send(());
                 }
                 None => commands_open = false,
             },
-            Some(d) = sends.recv() => send_one(&socket, &mut peer, &d).await,
+            Some(d) = sends.recv() => send_one(&socket, &mut streams, &mut peer, &d).await,
             () = tokio::time::sleep_until(wake) => peer.handle_timeout(Instant::now()),
         }
         if !commands_open && events.is_closed() {
@@ -288,9 +318,12 @@ async fn run(
     }
 }
 
-async fn send_one(socket: &UdpSocket, peer: &mut Peer, data: &[u8]) {
+async fn send_one(socket: &UdpSocket, streams: &mut Streams, peer: &mut Peer, data: &[u8]) {
     match peer.send(data) {
         Ok(t) => {
+            if streams.send(&t) {
+                return;
+            }
             if let Err(e) = socket.send_to(&t.contents, t.destination).await {
                 debug!(error = %e, "send failed");
             }

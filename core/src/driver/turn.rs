@@ -283,7 +283,7 @@ impl Drop for TurnHandle {
     }
 }
 
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(super) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 enum Conn {
@@ -428,7 +428,7 @@ impl TlsClient {
 
 /// How the task (re)connects over TCP or TLS: the first time, and to an alternate server.
 #[derive(Debug)]
-struct Connector {
+pub(super) struct Connector {
     transport: TurnTransport,
     /// The URI's host: the name a TLS certificate must carry (unless an alternate server
     /// comes with an ALTERNATE-DOMAIN).
@@ -438,10 +438,25 @@ struct Connector {
 }
 
 impl Connector {
+    /// For `transport` (TCP or TLS) to a server named `host` (the name its certificate
+    /// must carry), trusting `ca_pem` instead of the system's roots when given. Unusable
+    /// CA certificates fail here, before any connection.
+    pub(super) fn new(
+        transport: TurnTransport,
+        host: String,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, DriverError> {
+        Ok(Self {
+            transport,
+            host,
+            tls: TlsClient::for_transport(transport, ca_pem)?,
+        })
+    }
+
     /// A TCP connection to `server`, with TLS on top for `turns:` (its certificate checked
     /// against `domain`, or the URI's host), bounded by [`CONNECT_TIMEOUT`] each; the
     /// stream and our end's address.
-    async fn connect_stream(
+    pub(super) async fn connect_stream(
         &self,
         server: SocketAddr,
         domain: Option<&str>,

@@ -54,11 +54,50 @@ pub enum PeerError {
 
 /// A TURN server to allocate on.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TurnServerSpec {
-    /// Its address (UDP).
+    /// Its address.
     pub server: SocketAddr,
     /// The credentials.
     pub credentials: Credentials,
+    /// How to reach it: UDP from the connection's own socket, or a TCP or TLS connection
+    /// that the driver opens (RFC 8656 §3.1: for networks that block UDP). Over a stream,
+    /// the driver tells the machine when the connection is up
+    /// ([`Peer::turn_stream_connected`]) or gone ([`Peer::turn_stream_closed`]).
+    pub transport: TurnTransport,
+    /// For TLS: the name the server's certificate must carry (the URI's host).
+    pub tls_name: Option<String>,
+    /// For TLS: PEM certificates to trust instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl TurnServerSpec {
+    /// A TURN server reached over UDP.
+    pub fn new(server: SocketAddr, credentials: Credentials) -> Self {
+        Self {
+            server,
+            credentials,
+            transport: TurnTransport::Udp,
+            tls_name: None,
+            ca_pem: None,
+        }
+    }
+
+    /// Reached over `transport` instead; `tls_name` is the name a TLS server's
+    /// certificate must carry.
+    #[must_use]
+    pub fn over(mut self, transport: TurnTransport, tls_name: Option<String>) -> Self {
+        self.transport = transport;
+        self.tls_name = tls_name;
+        self
+    }
+
+    /// Trusts these PEM certificates (for TLS) instead of the system's roots.
+    #[must_use]
+    pub fn with_ca(mut self, pem: Vec<u8>) -> Self {
+        self.ca_pem = Some(pem);
+        self
+    }
 }
 
 /// The peer connection's settings.
@@ -110,8 +149,18 @@ pub enum PeerInput {
 #[derive(Debug)]
 struct Relay {
     alloc: Allocation,
+    /// UDP from the connection's socket, or TCP for a stream (TLS included).
+    proto: crate::Protocol,
     relayed: Option<SocketAddr>,
     done: bool,
+}
+
+impl Relay {
+    /// A relay over a stream that the driver reported closed: nothing to send or wait
+    /// for any more (a UDP one that is done has no timers left by itself).
+    fn closed(&self) -> bool {
+        self.done && self.proto == crate::Protocol::Tcp
+    }
 }
 
 /// The peer connection machine. See the module docs.
@@ -123,6 +172,8 @@ pub struct Peer {
     stun: StunClient,
     srflx_pending: Vec<TransactionId>,
     relays: Vec<Relay>,
+    /// TURN servers over TCP or TLS whose connection the driver is still opening.
+    streams_pending: Vec<(TurnServerSpec, [u8; 32])>,
     gathering_done: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
@@ -163,6 +214,7 @@ impl Peer {
             agent,
             srflx_pending: Vec::new(),
             relays: Vec::new(),
+            streams_pending: Vec::new(),
             gathering_done: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -195,10 +247,15 @@ impl Peer {
             for (i, spec) in p.config.turn_servers.clone().into_iter().enumerate() {
                 let mut s = seed;
                 s[0] ^= 0xA0 ^ (i as u8);
+                if spec.transport.is_stream() {
+                    p.streams_pending.push((spec, s));
+                    continue;
+                }
                 let cfg =
                     AllocationConfig::new(spec.server, local, TurnTransport::Udp, spec.credentials);
                 p.relays.push(Relay {
                     alloc: Allocation::new(now, cfg, s),
+                    proto: crate::Protocol::Udp,
                     relayed: None,
                     done: false,
                 });
@@ -250,9 +307,67 @@ impl Peer {
         }
     }
 
+    /// The TURN servers the driver must open a TCP or TLS connection to, with what it
+    /// needs to know to open it.
+    pub fn turn_streams(&self) -> impl Iterator<Item = &TurnServerSpec> {
+        self.streams_pending.iter().map(|(spec, _)| spec)
+    }
+
+    /// The driver's connection to the TURN server `server` (over TCP or TLS, as its spec
+    /// says) is up, from `local`: the allocation starts on it. Its messages come out of
+    /// [`Peer::poll_transmit`] with protocol TCP and `server` as destination (framed as
+    /// RFC 8656 §12.5 says: the driver writes them as they are); what the driver reads
+    /// from the stream goes into [`Peer::handle_input`] one message at a time (a
+    /// [`crate::turn::StreamFramer`] cuts them), with protocol TCP, `server` as source
+    /// and `local` as destination.
+    pub fn turn_stream_connected(&mut self, now: Instant, server: SocketAddr, local: SocketAddr) {
+        let Some(i) = self
+            .streams_pending
+            .iter()
+            .position(|(s, _)| s.server == server)
+        else {
+            debug!(%server, "a TURN connection nobody waits for: ignored");
+            return;
+        };
+        let (spec, seed) = self.streams_pending.remove(i);
+        let cfg = AllocationConfig::new(server, local, spec.transport, spec.credentials);
+        self.relays.push(Relay {
+            alloc: Allocation::new(now, cfg, seed),
+            proto: crate::Protocol::Tcp,
+            relayed: None,
+            done: false,
+        });
+    }
+
+    /// The driver could not connect to the TURN server `server` over TCP or TLS, or the
+    /// connection ended: its relay is gone (reported as [`PeerEvent::RelayFailed`] when
+    /// it had not been allocated yet; a relayed pair on it loses consent).
+    pub fn turn_stream_closed(&mut self, server: SocketAddr, error: TurnError) {
+        if let Some(i) = self
+            .streams_pending
+            .iter()
+            .position(|(s, _)| s.server == server)
+        {
+            self.streams_pending.remove(i);
+            self.events.push_back(PeerEvent::RelayFailed(error));
+        } else if let Some(r) = self
+            .relays
+            .iter_mut()
+            .find(|r| r.proto == crate::Protocol::Tcp && r.alloc.server() == server && !r.done)
+        {
+            debug!(%server, %error, "TURN connection lost");
+            if r.relayed.is_none() {
+                self.events.push_back(PeerEvent::RelayFailed(error));
+            }
+            r.done = true;
+        }
+        self.check_gathering();
+    }
+
     fn check_gathering(&mut self) {
         if !self.gathering_done
             && self.srflx_pending.is_empty()
+            && self.streams_pending.is_empty()
             && self.relays.iter().all(|r| r.relayed.is_some() || r.done)
         {
             self.gathering_done = true;
@@ -265,7 +380,7 @@ impl Peer {
     pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> PeerInput {
         // 1. TURN.
         for i in 0..self.relays.len() {
-            if rx.source != self.relays[i].alloc.server() {
+            if rx.source != self.relays[i].alloc.server() || rx.proto != self.relays[i].proto {
                 continue;
             }
             let relayed = self.relays[i].relayed;
@@ -278,8 +393,10 @@ impl Peer {
                     let range = start..start + data.len();
                     match relayed {
                         Some(relayed) => {
+                            // UDP between the relay and the peer, whatever carries
+                            // it between the relay and us.
                             let inner = Received {
-                                proto: rx.proto,
+                                proto: crate::Protocol::Udp,
                                 source: peer,
                                 destination: relayed,
                                 contents: data,
@@ -373,14 +490,22 @@ impl Peer {
                         };
                         self.relays[i].relayed = Some(r);
                         let server = self.relays[i].alloc.server();
+                        let stream = self.relays[i].proto == crate::Protocol::Tcp;
+                        // RFC 8445 §5.1.2.2: a relay reached over UDP before one over a
+                        // stream (head-of-line blocking); RFC 8445 §5.1.1.3: the transport
+                        // to the server is part of the foundation.
+                        let local_pref = if stream { 65535 - 1024 } else { 65535 };
                         let mut c = Candidate::new(
                             CandidateKind::Relayed,
                             CandidateTransport::Udp,
                             r,
                             r.ip(),
                             Some(server.ip()),
-                            65535,
+                            local_pref,
                         );
+                        if stream && c.foundation.len() < 32 {
+                            c.foundation.push('t');
+                        }
                         c.related = Some((
                             crate::ice::CandidateAddress::Ip(self.local.ip()),
                             self.local.port(),
@@ -415,7 +540,7 @@ impl Peer {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.stun.handle_timeout(now);
         self.drain_stun();
-        for r in &mut self.relays {
+        for r in self.relays.iter_mut().filter(|r| !r.closed()) {
             r.alloc.handle_timeout(now);
         }
         self.drain_relays(now);
@@ -427,7 +552,12 @@ impl Peer {
     pub fn poll_timeout(&self) -> Option<Instant> {
         std::iter::once(self.agent.poll_timeout())
             .chain(std::iter::once(self.stun.poll_timeout()))
-            .chain(self.relays.iter().map(|r| r.alloc.poll_timeout()))
+            .chain(
+                self.relays
+                    .iter()
+                    .filter(|r| !r.closed())
+                    .map(|r| r.alloc.poll_timeout()),
+            )
             .flatten()
             .min()
     }
@@ -441,7 +571,7 @@ impl Peer {
         if let Some(t) = self.stun.poll_transmit() {
             return Some(t);
         }
-        for r in &mut self.relays {
+        for r in self.relays.iter_mut().filter(|r| !r.closed()) {
             if let Some(t) = r.alloc.poll_transmit() {
                 return Some(t);
             }
@@ -467,8 +597,8 @@ impl Peer {
         let r = self.relays.iter().find(|r| r.relayed == Some(relayed))?;
         match r.alloc.encode_to_peer(to, data, &mut self.buf) {
             Ok(n) => Some(Transmit {
-                proto: crate::Protocol::Udp,
-                source: self.local,
+                proto: r.proto,
+                source: r.alloc.local(),
                 destination: r.alloc.server(),
                 contents: self.buf[..n].to_vec(),
             }),
@@ -506,8 +636,8 @@ impl Peer {
             .ok_or(PeerError::NotConnected)?;
         let n = r.alloc.encode_to_peer(to, data, &mut self.buf)?;
         Ok(Transmit {
-            proto: crate::Protocol::Udp,
-            source: self.local,
+            proto: r.proto,
+            source: r.alloc.local(),
             destination: r.alloc.server(),
             contents: self.buf[..n].to_vec(),
         })

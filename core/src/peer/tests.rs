@@ -77,10 +77,10 @@ impl World {
         let sides = [0usize, 1].map(|i| {
             let mut config = configs[i].clone();
             config.stun_servers = vec![a(STUN)];
-            config.turn_servers = vec![TurnServerSpec {
-                server: a(TURN),
-                credentials: Credentials::long_term("u", "p"),
-            }];
+            config.turn_servers = vec![TurnServerSpec::new(
+                a(TURN),
+                Credentials::long_term("u", "p"),
+            )];
             let mut seed = [i as u8 + 1; 32];
             seed[5] = 77;
             seed[6..14].copy_from_slice(&net_seed.to_le_bytes());
@@ -499,5 +499,57 @@ fn both_sides_settle_on_the_same_path() {
         "{} of {runs} mixed:\n{}",
         mixed.len(),
         mixed.join("\n")
+    );
+}
+
+/// A TURN server over TCP or TLS waits for the driver's connection: gathering is not
+/// complete until it is up or has failed, and a failure is reported, not fatal.
+#[test]
+fn a_relay_over_a_stream_waits_for_the_driver_and_may_fail() {
+    let now = Instant::now();
+    let config = PeerConfig {
+        turn_servers: vec![
+            TurnServerSpec::new(a(TURN), Credentials::long_term("u", "p"))
+                .over(TurnTransport::Tcp, None),
+        ],
+        ..PeerConfig::default()
+    };
+    let mut p = Peer::new(now, config, a("192.168.1.10:5000"), true, [3; 32]);
+    let streams: Vec<_> = p.turn_streams().map(|s| (s.server, s.transport)).collect();
+    assert_eq!(streams, [(a(TURN), TurnTransport::Tcp)]);
+    let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
+    assert!(
+        !events.contains(&PeerEvent::GatheringComplete),
+        "{events:?}"
+    );
+    // Nothing goes out over UDP for it.
+    assert!(p.poll_transmit().is_none());
+    p.turn_stream_closed(a(TURN), TurnError::Stream("refused".into()));
+    let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
+    assert_eq!(
+        events,
+        [
+            PeerEvent::RelayFailed(TurnError::Stream("refused".into())),
+            PeerEvent::GatheringComplete
+        ]
+    );
+    assert_eq!(p.turn_streams().count(), 0);
+
+    // Connected: the Allocate request goes out on the stream (protocol TCP, from the
+    // stream's local address), and the server's answer is read from it.
+    let config = PeerConfig {
+        turn_servers: vec![
+            TurnServerSpec::new(a(TURN), Credentials::long_term("u", "p"))
+                .over(TurnTransport::Tcp, None),
+        ],
+        ..PeerConfig::default()
+    };
+    let mut p = Peer::new(now, config, a("192.168.1.10:5000"), true, [3; 32]);
+    let stream_local = a("192.168.1.10:40000");
+    p.turn_stream_connected(now, a(TURN), stream_local);
+    let t = p.poll_transmit().expect("the Allocate request");
+    assert_eq!(
+        (t.proto, t.source, t.destination),
+        (crate::Protocol::Tcp, stream_local, a(TURN))
     );
 }

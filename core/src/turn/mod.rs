@@ -108,6 +108,9 @@ pub enum TurnError {
     /// The server did not answer.
     #[error("the TURN server did not answer")]
     TimedOut,
+    /// The TCP or TLS connection to the server could not be made, or ended.
+    #[error("TURN connection: {0}")]
+    Stream(String),
     /// A success response lacked a required attribute.
     #[error("response lacks {0}")]
     MissingAttribute(&'static str),

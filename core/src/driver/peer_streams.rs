@@ -1,0 +1,191 @@
+//! The TCP and TLS connections of a [`super::peer::PeerConnection`] to its TURN servers
+//! (RFC 8656 §3.1: TURN over TCP or TLS reaches a relay from networks that block UDP).
+//!
+//! One task per server connects (bounded by [`super::turn::CONNECT_TIMEOUT`]), then reads
+//! the stream, cuts it into messages with a [`StreamFramer`] and hands each one to the
+//! connection's task as a [`StreamEvent::Frame`]; what the [`crate::peer::Peer`] machine
+//! sends to that server (protocol TCP) is written as it is. The relay path carries a
+//! `Vec` per message: the allocation-free path is the direct one.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::turn::Connector;
+use crate::peer::TurnServerSpec;
+use crate::turn::StreamFramer;
+use crate::{Protocol, Transmit};
+
+/// How many messages wait to be written on one stream before more are dropped (as UDP
+/// would drop them; the machine retransmits its requests over UDP only, but a relay that
+/// cannot keep up loses data either way).
+const WRITE_QUEUE: usize = 512;
+
+/// What a stream task reports.
+#[derive(Debug)]
+pub(super) enum StreamEvent {
+    /// The connection is up, from `local`.
+    Connected {
+        server: SocketAddr,
+        local: SocketAddr,
+    },
+    /// One message (STUN or ChannelData) from the server.
+    Frame {
+        server: SocketAddr,
+        local: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// Not connected, or the connection ended.
+    Closed { server: SocketAddr, error: String },
+}
+
+/// The connections, by server.
+#[derive(Debug)]
+pub(super) struct Streams {
+    writers: Vec<(SocketAddr, mpsc::Sender<Vec<u8>>)>,
+    events: mpsc::Receiver<StreamEvent>,
+    writer_rx: mpsc::UnboundedReceiver<(SocketAddr, mpsc::Sender<Vec<u8>>)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Streams {
+    /// Starts connecting to each server.
+    pub(super) fn start<'a>(specs: impl Iterator<Item = &'a TurnServerSpec>) -> Self {
+        let (tx, events) = mpsc::channel(1024);
+        let (wtx, writer_rx) = mpsc::unbounded_channel();
+        let tasks = specs
+            .map(|spec| tokio::spawn(run(spec.clone(), tx.clone(), wtx.clone())))
+            .collect();
+        Self {
+            writers: Vec::new(),
+            events,
+            writer_rx,
+            tasks,
+        }
+    }
+
+    /// Writes a message of the machine's to its server's stream; `false` when `t` is not
+    /// for a stream.
+    pub(super) fn send(&mut self, t: &Transmit) -> bool {
+        if t.proto != Protocol::Tcp {
+            return false;
+        }
+        while let Ok(w) = self.writer_rx.try_recv() {
+            self.writers.push(w);
+        }
+        match self.writers.iter().find(|(s, _)| *s == t.destination) {
+            Some((_, w)) => {
+                if w.try_send(t.contents.clone()).is_err() {
+                    debug!(to = %t.destination, "TURN stream full or closed: message dropped");
+                }
+            }
+            None => debug!(to = %t.destination, "no TURN stream to this server: message dropped"),
+        }
+        true
+    }
+
+    /// The next event of any stream (pending forever when there is none).
+    pub(super) async fn next(&mut self) -> Option<StreamEvent> {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        self.events.recv().await
+    }
+}
+
+async fn run(
+    spec: TurnServerSpec,
+    events: mpsc::Sender<StreamEvent>,
+    writers: mpsc::UnboundedSender<(SocketAddr, mpsc::Sender<Vec<u8>>)>,
+) {
+    let server = spec.server;
+    let closed = |error: String| StreamEvent::Closed { server, error };
+    let host = spec
+        .tls_name
+        .clone()
+        .unwrap_or_else(|| server.ip().to_string());
+    let connector = match Connector::new(spec.transport, host, spec.ca_pem.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = events.send(closed(e.to_string())).await;
+            return;
+        }
+    };
+    let (stream, local) = match connector.connect_stream(server, None).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = events.send(closed(e.to_string())).await;
+            return;
+        }
+    };
+    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    // The writer first, so that the machine's first message finds it.
+    if writers.send((server, wtx)).is_err()
+        || events
+            .send(StreamEvent::Connected { server, local })
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut framer = StreamFramer::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            r = rd.read(&mut buf) => {
+                let n = match r {
+                    Ok(0) => {
+                        let _ = events.send(closed("the server closed the connection".into())).await;
+                        return;
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = events.send(closed(e.to_string())).await;
+                        return;
+                    }
+                };
+                if framer.push(&buf[..n]).is_err() {
+                    let _ = events.send(closed("stream framing lost".into())).await;
+                    return;
+                }
+                while let Some(f) = framer.next_frame() {
+                    match f {
+                        Ok(f) => {
+                            let frame = StreamEvent::Frame { server, local, data: f.to_vec() };
+                            if events.send(frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = events.send(closed(e.to_string())).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            d = wrx.recv() => match d {
+                Some(d) => {
+                    if let Err(e) = wr.write_all(&d).await {
+                        let _ = events.send(closed(e.to_string())).await;
+                        return;
+                    }
+                }
+                None => {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wr.shutdown()).await;
+                    return;
+                }
+            },
+        }
+    }
+}
