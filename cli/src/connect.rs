@@ -80,6 +80,11 @@ pub(crate) struct ConnectArgs {
     /// Use no relay.
     #[arg(long)]
     no_relay: bool,
+    /// Ask the gateway for no port mapping. By default the socket is mapped through the
+    /// default gateway (PCP, NAT-PMP or UPnP IGD) and the mapping's external address is
+    /// offered too (released on exit); gathering waits for it at most 3 s.
+    #[arg(long)]
+    no_portmap: bool,
     /// Give up when no path is found within this many seconds.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds(3600))]
     timeout: Duration,
@@ -431,6 +436,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     config.turn_servers = turn;
     config.relay_only = args.no_direct;
     config.no_relay = args.no_relay;
+    config.port_mapping = !args.no_portmap && !args.no_direct;
     let bind = SocketAddr::from(([0, 0, 0, 0], 0));
     let mut pc = match PeerConnection::start(config, bind, controlling).await {
         Ok(p) => p,

@@ -918,3 +918,80 @@ fn connect_through_a_udp_blocking_firewall_over_turn_tcp() {
         lab.server_logs()
     );
 }
+
+/// Port mapping turns a relayed cell direct: EDM on one side and EIM/APDF on the other
+/// relay (the issue's oracle: nothing of A's reaches B through B's filter), but with
+/// miniupnpd on B's router, B maps its socket (PCP first) and offers the mapping's external
+/// address, which lets A's checks in whatever B's NAT filtering says.
+#[test]
+fn connect_direct_through_a_port_mapping_where_it_would_relay() {
+    if !lab_available("lab_connect portmap", &["turnserver", "miniupnpd"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("the pinhole CLI");
+    let (mut lab, signal, signal_url) = lab_with_servers(&bin);
+    let hard = NatConfig::symmetric();
+    let mapped = NatConfig::port_restricted_cone().random_ports();
+    let (da, db) = (hard.describe(), mapped.describe());
+    lab.add_router("hard", hard, Uplink::Internet)
+        .expect("router");
+    lab.add_router("mapped", mapped, Uplink::Internet)
+        .expect("router");
+    lab.start_miniupnpd("mapped").expect("miniupnpd");
+    let ha = lab.add_host("hard-h", "hard").expect("host").clone();
+    let hb = lab.add_host("mapped-h", "mapped").expect("host").clone();
+    let room = format!("{}-pm", lab.prefix());
+    let (la, lb) = ("hello from the hard side", "hello through the mapping");
+    let r = run_pair(
+        &bin,
+        [&ha, &hb],
+        &room,
+        &signal_url,
+        [la, lb],
+        1,
+        SendWhen::BothConnected,
+    );
+    drop(signal);
+    let types = |e: Option<&Value>| e.map_or("-".into(), pair_types);
+    let addr = |e: Option<&Value>, side: &str| {
+        e.and_then(|e| e[side]["address"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    println!(
+        "\npinhole connect with a port mapping: A = {da}, B = {db} + miniupnpd (PCP, NAT-PMP, UPnP)\n\
+         connected after A {} ms, B {} ms; settled A {} ({} -> {}), B {} ({} -> {}); exits A {:?}, B {:?}",
+        ms(r[0].connected.as_ref().and_then(elapsed)),
+        ms(r[1].connected.as_ref().and_then(elapsed)),
+        types(r[0].settled()),
+        addr(r[0].settled(), "local"),
+        addr(r[0].settled(), "remote"),
+        types(r[1].settled()),
+        addr(r[1].settled(), "local"),
+        addr(r[1].settled(), "remote"),
+        r[0].code,
+        r[1].code,
+    );
+    let mut bad = check_data(&r, [la, lb], true);
+    bad.extend(check_path(&r, true, DIRECT_WITHIN_MS));
+    // B's mapping is the way in: A's pair ends at it. B's router NATs with random ports,
+    // so its STUN-found address has a random port; miniupnpd maps the external port equal
+    // to the internal one when it is free (as here): A's remote port is B's socket's.
+    let port = |a: String| a.rsplit(':').next().map(str::to_owned).unwrap_or_default();
+    let (a_remote, b_local) = (
+        port(addr(r[0].settled(), "remote")),
+        port(addr(r[1].settled(), "local")),
+    );
+    if a_remote.is_empty() || a_remote != b_local {
+        bad.push(format!(
+            "A's pair does not end at B's port mapping: A's remote port {a_remote}, B's socket port {b_local}"
+        ));
+    }
+    assert!(
+        bad.is_empty(),
+        "lab_connect portmap:\n  {}\n{}{}\n{}",
+        bad.join("\n  "),
+        r[0].transcript("side A (EDM)"),
+        r[1].transcript("side B (mapped)"),
+        lab.server_logs()
+    );
+}

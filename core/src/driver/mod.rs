@@ -10,7 +10,9 @@
 //! - [`peer`] runs a peer connection (ICE over STUN and TURN) on one UDP socket.
 
 pub mod peer;
+mod peer_portmap;
 mod peer_streams;
+pub use peer_portmap::PORT_MAPPING_WAIT;
 pub mod portmap;
 pub mod signal;
 pub mod turn;

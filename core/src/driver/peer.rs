@@ -17,6 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::peer_portmap::{PortMapping, PortmapEvent};
 use super::peer_streams::{StreamEvent, Streams};
 use super::{DriverError, io, os_seed};
 use crate::ice::{Candidate, IceCredentials, IceEvent, IceState};
@@ -120,8 +121,17 @@ impl PeerConnection {
             .await
             .map_err(io(format!("binding {bind}")))?;
         let local = socket.local_addr().map_err(io("local address"))?;
-        let peer = Peer::new(Instant::now(), config, local, controlling, os_seed()?);
+        let port_mapping = config.port_mapping;
+        let mut peer = Peer::new(Instant::now(), config, local, controlling, os_seed()?);
         let streams = Streams::start(peer.turn_streams());
+        // A loopback socket has no gateway: nothing to ask (and nothing may be sent to
+        // one on behalf of a test).
+        let portmap = if port_mapping && !local.ip().is_loopback() {
+            PortMapping::start(local)
+        } else {
+            peer.port_mapping_done();
+            PortMapping::off()
+        };
         let credentials = peer.local_credentials().clone();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -132,6 +142,7 @@ impl PeerConnection {
             local,
             peer,
             streams,
+            portmap,
             cmd_rx,
             send_rx,
             ev_tx,
@@ -214,6 +225,7 @@ async fn run(
     local: SocketAddr,
     mut peer: Peer,
     mut streams: Streams,
+    mut portmap: PortMapping,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut sends: mpsc::Receiver<Vec<u8>>,
     events: mpsc::UnboundedSender<PeerConnectionEvent>,
@@ -273,6 +285,10 @@ async fn run(
                     }
                 }
                 Err(e) => debug!(error = %e, "receive error"),
+            },
+            Some(ev) = portmap.next() => match ev {
+                PortmapEvent::Mapped(external) => peer.port_mapped(external),
+                PortmapEvent::Done => peer.port_mapping_done(),
             },
             Some(ev) = streams.next() => match ev {
                 StreamEvent::Connected { server, local } => {

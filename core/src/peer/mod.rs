@@ -116,6 +116,13 @@ pub struct PeerConfig {
     pub relay_only: bool,
     /// Use no relay.
     pub no_relay: bool,
+    /// Ask the gateway for a port mapping of the socket (PCP, NAT-PMP or UPnP IGD, by the
+    /// driver) and offer its external address as a candidate: a mapping lets the peer in
+    /// whatever the NAT's filtering, which turns pairs that would relay into direct ones.
+    /// Gathering waits for the driver's answer ([`Peer::port_mapped`] or
+    /// [`Peer::port_mapping_done`]). Off by default in the library; `pinhole connect`
+    /// turns it on.
+    pub port_mapping: bool,
 }
 
 /// What the peer connection reports.
@@ -174,6 +181,8 @@ pub struct Peer {
     relays: Vec<Relay>,
     /// TURN servers over TCP or TLS whose connection the driver is still opening.
     streams_pending: Vec<(TurnServerSpec, [u8; 32])>,
+    /// The driver has not said yet whether the gateway mapped the socket.
+    portmap_pending: bool,
     gathering_done: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
@@ -215,6 +224,7 @@ impl Peer {
             srflx_pending: Vec::new(),
             relays: Vec::new(),
             streams_pending: Vec::new(),
+            portmap_pending: config.port_mapping && !config.relay_only,
             gathering_done: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -364,10 +374,50 @@ impl Peer {
         self.check_gathering();
     }
 
+    /// The gateway mapped the socket: `external` is its address outside. Offered as a
+    /// server-reflexive candidate with a foundation of its own (RFC 8445 §5.1.1.3: no
+    /// STUN server found it), unless gathering is already over (a mapping that comes
+    /// after `a=end-of-candidates` would need a restart to be offered: dropped).
+    pub fn port_mapped(&mut self, external: SocketAddr) {
+        if self.gathering_done && !self.portmap_pending {
+            debug!(%external, "port mapping after the end of gathering: not offered");
+            return;
+        }
+        self.portmap_pending = false;
+        if !self.config.relay_only && external != self.local {
+            let mut c = Candidate::new(
+                CandidateKind::ServerReflexive,
+                CandidateTransport::Udp,
+                external,
+                self.local.ip(),
+                None,
+                65535,
+            );
+            if c.foundation.len() < 32 {
+                c.foundation.push('m');
+            }
+            c.related = Some((
+                crate::ice::CandidateAddress::Ip(self.local.ip()),
+                self.local.port(),
+            ));
+            let local = self.local;
+            self.add_local(c, local);
+        }
+        self.check_gathering();
+    }
+
+    /// The gateway will not map the socket (no gateway, no protocol answered, or the
+    /// driver's wait is over): gathering goes on without it.
+    pub fn port_mapping_done(&mut self) {
+        self.portmap_pending = false;
+        self.check_gathering();
+    }
+
     fn check_gathering(&mut self) {
         if !self.gathering_done
             && self.srflx_pending.is_empty()
             && self.streams_pending.is_empty()
+            && !self.portmap_pending
             && self.relays.iter().all(|r| r.relayed.is_some() || r.done)
         {
             self.gathering_done = true;

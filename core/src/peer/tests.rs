@@ -553,3 +553,39 @@ fn a_relay_over_a_stream_waits_for_the_driver_and_may_fail() {
         (crate::Protocol::Tcp, stream_local, a(TURN))
     );
 }
+
+/// With port mapping on, gathering waits for the driver's answer; a mapping becomes a
+/// server-reflexive candidate with a foundation of its own.
+#[test]
+fn a_port_mapping_is_offered_as_a_candidate_of_its_own() {
+    let now = Instant::now();
+    let local = a("192.168.1.10:5000");
+    let config = PeerConfig {
+        port_mapping: true,
+        ..PeerConfig::default()
+    };
+    let mut p = Peer::new(now, config.clone(), local, true, [3; 32]);
+    let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
+    assert!(
+        !events.contains(&PeerEvent::GatheringComplete),
+        "{events:?}"
+    );
+    let external = a("198.51.100.1:40000");
+    p.port_mapped(external);
+    let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
+    let [PeerEvent::Candidate(c), PeerEvent::GatheringComplete] = &events[..] else {
+        panic!("{events:?}");
+    };
+    assert_eq!(c.kind, CandidateKind::ServerReflexive);
+    assert_eq!(c.socket_addr(), Some(external));
+    assert!(c.foundation.ends_with('m'), "{}", c.foundation);
+    // A mapping after the end of gathering is not offered.
+    p.port_mapped(a("198.51.100.1:40001"));
+    assert!(p.poll_event().is_none());
+
+    // No mapping: gathering ends without one.
+    let mut p = Peer::new(now, config, local, true, [3; 32]);
+    while p.poll_event().is_some() {}
+    p.port_mapping_done();
+    assert_eq!(p.poll_event(), Some(PeerEvent::GatheringComplete));
+}
