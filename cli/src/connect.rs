@@ -475,24 +475,24 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let (mut local_done, mut remote_done) = (false, false);
     let interrupted = crate::shutdown_signal();
     tokio::pin!(interrupted);
-    loop {
+    let code = 'session: loop {
         if local_done && remote_done {
             let _ = stdout.flush().await;
             // Our end-of-data datagrams must leave before the process does.
             pc.flush().await;
-            return ExitCode::SUCCESS;
+            break 'session ExitCode::SUCCESS;
         }
         tokio::select! {
             next = pc.next() => {
                 let ev = match next {
-                    None => return ExitCode::FAILURE,
+                    None => break 'session ExitCode::FAILURE,
                     Some(Incoming::Data(d)) if d.is_empty() => {
                         remote_done = true;
                         continue;
                     }
                     Some(Incoming::Data(d)) => {
                         if stdout.write_all(&d).await.is_err() {
-                            return ExitCode::FAILURE;
+                            break 'session ExitCode::FAILURE;
                         }
                         let _ = stdout.flush().await;
                         continue;
@@ -503,13 +503,13 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     PeerConnectionEvent::Candidate(c) => {
                         if let Err(e) = channel.send(&format!("a={c}\r\n")).await {
                             eprintln!("pinhole: {e}");
-                            return ExitCode::from(EXIT_UNREACHABLE);
+                            break 'session ExitCode::from(EXIT_UNREACHABLE);
                         }
                     }
                     PeerConnectionEvent::GatheringComplete => {
                         if let Err(e) = channel.send("a=end-of-candidates\r\n").await {
                             eprintln!("pinhole: {e}");
-                            return ExitCode::from(EXIT_UNREACHABLE);
+                            break 'session ExitCode::from(EXIT_UNREACHABLE);
                         }
                     }
                     PeerConnectionEvent::SelectedPair { local, remote, nominated: true, rtt } => {
@@ -541,7 +541,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                             "consent lost: the peer stopped answering (RFC 7675)"
                         };
                         say(json!({"event": "disconnected", "reason": reason}), format!("disconnected: {reason}"));
-                        return ExitCode::from(EXIT_UNREACHABLE);
+                        break 'session ExitCode::from(EXIT_UNREACHABLE);
                     }
                     PeerConnectionEvent::RelayFailed(e) => {
                         say(json!({"event": "relay-failed", "error": e}), format!("relay failed: {e}"));
@@ -572,7 +572,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     }
                     Some(Err(e)) => {
                         eprintln!("pinhole: {e}");
-                        return ExitCode::from(EXIT_UNREACHABLE);
+                        break 'session ExitCode::from(EXIT_UNREACHABLE);
                     }
                     None => {}
                 }
@@ -594,12 +594,15 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     json!({"event": "disconnected", "reason": "no path within --timeout"}),
                     format!("no path within {} s (--timeout)", args.timeout.as_secs()),
                 );
-                return ExitCode::from(EXIT_UNREACHABLE);
+                break 'session ExitCode::from(EXIT_UNREACHABLE);
             }
             () = &mut interrupted => {
                 say(json!({"event": "disconnected", "reason": "interrupted"}), "interrupted".into());
-                return ExitCode::from(EXIT_UNREACHABLE);
+                break 'session ExitCode::from(EXIT_UNREACHABLE);
             }
         }
-    }
+    };
+    // Whatever the outcome, a port mapping made for the socket is deleted before exit.
+    pc.close().await;
+    code
 }

@@ -986,6 +986,25 @@ fn connect_direct_through_a_port_mapping_where_it_would_relay() {
             "A's pair does not end at B's port mapping: A's remote port {a_remote}, B's socket port {b_local}"
         ));
     }
+    // B deleted its mapping as it exited: miniupnpd's redirect chain is empty again.
+    let router_ns = lab.router("mapped").expect("router").ns.clone();
+    let listed = lab
+        .exec(
+            &router_ns,
+            "nft",
+            &[
+                "list",
+                "chain",
+                "inet",
+                pinhole_tests::lab::MINIUPNPD_TABLE,
+                "pre_upnp",
+            ],
+            Duration::from_secs(5),
+        )
+        .expect("nft");
+    if listed.stdout.contains("dnat") {
+        bad.push(format!("B's port mapping outlived it:\n{}", listed.stdout));
+    }
     assert!(
         bad.is_empty(),
         "lab_connect portmap:\n  {}\n{}{}\n{}",

@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::peer_portmap::{PortMapping, PortmapEvent};
+use super::peer_portmap::{PortMapping, PortmapEvent, Release};
 use super::peer_streams::{StreamEvent, Streams};
 use super::{DriverError, io, os_seed};
 use crate::ice::{Candidate, IceCredentials, IceEvent, IceState};
@@ -80,6 +80,7 @@ pub struct PeerConnection {
     credentials: IceCredentials,
     local: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    release: Release,
 }
 
 impl std::fmt::Debug for Command {
@@ -126,7 +127,7 @@ impl PeerConnection {
         let streams = Streams::start(peer.turn_streams());
         // A loopback socket has no gateway: nothing to ask (and nothing may be sent to
         // one on behalf of a test).
-        let portmap = if port_mapping && !local.ip().is_loopback() {
+        let (portmap, release) = if port_mapping && !local.ip().is_loopback() {
             PortMapping::start(local)
         } else {
             peer.port_mapping_done();
@@ -156,6 +157,7 @@ impl PeerConnection {
             credentials,
             local,
             task,
+            release,
         })
     }
 
@@ -203,6 +205,15 @@ impl PeerConnection {
         if self.commands.send(Command::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Closes the connection: stops its task and, when the socket was mapped through the
+    /// gateway, deletes the mapping and waits for the gateway's answer (bounded: a few
+    /// seconds at most). Dropping the connection instead deletes the mapping in the
+    /// background, which a runtime that is shutting down may not finish.
+    pub async fn close(mut self) {
+        self.task.abort();
+        self.release.release().await;
     }
 
     /// The next datagram from the peer; `None` once the task is gone.

@@ -27,32 +27,57 @@ pub(super) enum PortmapEvent {
     Done,
 }
 
-/// The mapping task, if any.
+/// The mapping task's reports, for the connection's task.
 #[derive(Debug)]
 pub(super) struct PortMapping {
     events: Option<mpsc::Receiver<PortmapEvent>>,
-    /// Dropped with the connection: the task then deletes the mapping (bounded) and ends.
-    _stop: Option<oneshot::Sender<()>>,
+}
+
+/// The mapping task itself, held by the connection: dropping it lets the task delete
+/// the mapping in the background (if the runtime lives on); [`Release::release`] waits
+/// for the deletion.
+#[derive(Debug)]
+pub(super) struct Release {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Release {
+    /// Deletes the mapping and waits for the gateway's answer (bounded by the mapper's
+    /// [`super::portmap::RELEASE_TIMEOUT`], and a second on top).
+    pub(super) async fn release(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.task.take() {
+            let bound = super::portmap::RELEASE_TIMEOUT + Duration::from_secs(1);
+            let _ = tokio::time::timeout(bound, t).await;
+        }
+    }
 }
 
 impl PortMapping {
     /// None (port mapping off, or a socket that no gateway serves).
-    pub(super) fn off() -> Self {
-        Self {
-            events: None,
-            _stop: None,
-        }
+    pub(super) fn off() -> (Self, Release) {
+        (
+            Self { events: None },
+            Release {
+                stop: None,
+                task: None,
+            },
+        )
     }
 
     /// Maps the UDP socket at `local` through the default gateway.
-    pub(super) fn start(local: SocketAddr) -> Self {
+    pub(super) fn start(local: SocketAddr) -> (Self, Release) {
         let (tx, rx) = mpsc::channel(8);
         let (stop_tx, stop_rx) = oneshot::channel();
-        tokio::spawn(run(local, tx, stop_rx));
-        Self {
-            events: Some(rx),
-            _stop: Some(stop_tx),
-        }
+        let task = tokio::spawn(run(local, tx, stop_rx));
+        (
+            Self { events: Some(rx) },
+            Release {
+                stop: Some(stop_tx),
+                task: Some(task),
+            },
+        )
     }
 
     /// The next report (pending forever when there is none).
