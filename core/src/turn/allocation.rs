@@ -66,7 +66,17 @@ pub struct AllocationConfig {
     pub stun: ClientConfig,
     /// SOFTWARE in requests.
     pub software: Option<String>,
+    /// Over UDP, a STUN Binding indication to the server this often while allocated, so
+    /// that the NATs on the way keep the client's binding between refreshes (which come
+    /// minutes apart: RFC 8656 §9 permissions every 5 minutes, the allocation every
+    /// 10). Some NATs forget an idle UDP binding after 30 s (RFC 4787 REQ-5 asks for 2
+    /// minutes; many do less); an indication asks for no answer (RFC 8489 §6.3.2). `None`
+    /// sends none.
+    pub keepalive: Option<Duration>,
 }
+
+/// The default [`AllocationConfig::keepalive`]: RFC 8445 §11's Tr default, 15 s.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 impl AllocationConfig {
     /// An allocation on `server` from `local` with the defaults.
@@ -85,6 +95,7 @@ impl AllocationConfig {
             family: RequestedFamily::V4,
             stun: ClientConfig::default(),
             software: Some(concat!("pinhole ", env!("CARGO_PKG_VERSION")).to_owned()),
+            keepalive: Some(KEEPALIVE_INTERVAL),
         }
     }
 }
@@ -215,6 +226,13 @@ pub struct Allocation {
     /// Deallocation was asked for while an authenticated Allocate was in flight: should
     /// the server grant it, it is deleted at once instead of lingering until it expires.
     deallocate_when_granted: bool,
+    /// When the next keepalive indication goes (over UDP, allocated).
+    keepalive_at: Option<Instant>,
+    /// A keepalive indication to send.
+    keepalive_out: Option<Transmit>,
+    /// Transaction IDs for the keepalive indications (they need not be secret: nothing
+    /// answers them; RFC 8489 §5 asks only requests' IDs to be unpredictable).
+    keepalive_ids: u64,
 }
 
 impl Allocation {
@@ -239,6 +257,11 @@ impl Allocation {
             channels: Vec::new(),
             events: VecDeque::new(),
             deallocate_when_granted: false,
+            keepalive_at: None,
+            keepalive_out: None,
+            keepalive_ids: u64::from_le_bytes([
+                seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
+            ]),
         };
         a.send(now, Purpose::Allocate);
         a
@@ -545,6 +568,10 @@ impl Allocation {
             self.refresh_at = None;
             self.send(now, Purpose::Refresh);
         }
+        if self.keepalive_at.is_some_and(|k| now >= k) {
+            self.keepalive_at = self.config.keepalive.map(|k| now + k);
+            self.keepalive_out = self.keepalive_indication();
+        }
         let due: Vec<IpAddr> = self
             .permissions
             .iter_mut()
@@ -574,7 +601,28 @@ impl Allocation {
     /// The next datagram (or stream message) for the server.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.keepalive_out.take() {
+            return Some(t);
+        }
         self.client.poll_transmit()
+    }
+
+    /// A STUN Binding indication for the server, with FINGERPRINT.
+    fn keepalive_indication(&mut self) -> Option<Transmit> {
+        self.keepalive_ids = self.keepalive_ids.wrapping_add(1);
+        let mut id = [0u8; 12];
+        id[..8].copy_from_slice(&self.keepalive_ids.to_le_bytes());
+        id[8..].copy_from_slice(b"keep");
+        let mut buf = [0u8; 64];
+        let kind = MessageType::new(Class::Indication, Method::BINDING);
+        let mut b = MessageBuilder::new(&mut buf, kind, TransactionId(id)).ok()?;
+        b.add_fingerprint().ok()?;
+        Some(Transmit {
+            proto: self.proto(),
+            source: self.config.local,
+            destination: self.config.server,
+            contents: b.finish().to_vec(),
+        })
     }
 
     /// When to call `handle_timeout` next.
@@ -589,6 +637,7 @@ impl Allocation {
         if self.state == State::Allocated {
             consider(self.refresh_at);
             consider(self.expires_at);
+            consider(self.keepalive_at);
             for p in self
                 .permissions
                 .iter()
@@ -677,6 +726,9 @@ impl Allocation {
                     return;
                 }
                 self.schedule_refresh(now, lifetime);
+                if !self.config.transport.is_stream() {
+                    self.keepalive_at = self.config.keepalive.map(|k| now + k);
+                }
                 self.events.push_back(AllocationEvent::Allocated {
                     relayed,
                     mapped: self.mapped,

@@ -505,6 +505,9 @@ impl TurnServer {
         let tid = msg.transaction_id();
         match (msg.class(), msg.method()) {
             (Class::Indication, Method::SEND) => self.send_indication(now, client, &msg),
+            // A client's keepalive toward us (RFC 8489 §6.3.2: no answer): it has done
+            // its job by crossing the NATs on the way.
+            (Class::Indication, Method::BINDING) => {}
             (Class::Request, method) => {
                 if msg.has_unknown_comprehension_required() {
                     if !self.unauthenticated_allowed(now, client) {

@@ -895,3 +895,27 @@ fn deallocating_while_the_allocate_fails_ends_as_deallocated() {
     assert_eq!(h.kinds(), ["Deallocated"]);
     assert!(h.a.is_done());
 }
+
+#[test]
+fn binding_indications_keep_the_nat_binding_to_the_server_alive() {
+    let keepalives = |h: &Harness| {
+        h.turn
+            .seen
+            .iter()
+            .filter_map(|b| Message::parse(b).ok())
+            .filter(|m| m.class() == Class::Indication && m.method() == Method::BINDING)
+            .inspect(|m| assert!(m.verify_fingerprint().is_ok()))
+            .count()
+    };
+    // Allocated at 20 ms: one every 15 s after it (RFC 8445 §11's Tr), no answer needed.
+    let mut h = Harness::new(FakeTurn::new());
+    h.run_until(Duration::from_secs(50));
+    assert_eq!(keepalives(&h), 3);
+    // None over a stream (TCP keeps its own binding), and none when turned off.
+    let mut h = Harness::with(FakeTurn::new(), |c| c.transport = TurnTransport::Tcp);
+    h.run_until(Duration::from_secs(50));
+    assert_eq!(keepalives(&h), 0);
+    let mut h = Harness::with(FakeTurn::new(), |c| c.keepalive = None);
+    h.run_until(Duration::from_secs(50));
+    assert_eq!(keepalives(&h), 0);
+}
