@@ -101,6 +101,12 @@ pub struct IceConfig {
     pub max_remote_candidates: usize,
     /// The most candidate pairs (RFC 8445 §6.1.2.5 suggests 100).
     pub max_pairs: usize,
+    /// Run as an ICE-lite agent (RFC 8445 §2.5), for hosts with a public address such
+    /// as servers: always controlled, sends no checks (it answers them), and takes a pair
+    /// as valid when a check arrives on it and as selected when the check nominates it.
+    /// Consent is the peer's checks arriving (a lite agent sends none). Offer only host
+    /// candidates and `a=ice-lite` in the description. Off by default.
+    pub lite: bool,
 }
 
 impl Default for IceConfig {
@@ -113,6 +119,7 @@ impl Default for IceConfig {
             consent_timeout: Duration::from_secs(30),
             max_remote_candidates: 64,
             max_pairs: 100,
+            lite: false,
         }
     }
 }
@@ -276,9 +283,10 @@ impl IceAgent {
             client_seed,
         );
         Self {
+            // RFC 8445 §6.1.1: a lite agent is always the controlled one.
+            controlling: controlling && !config.lite,
             config,
             rng,
-            controlling,
             tie_breaker,
             local_creds,
             remote_creds: None,
@@ -301,6 +309,21 @@ impl IceAgent {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// The peer is an ICE-lite agent (`a=ice-lite` in its description): it sends no
+    /// checks, so this full agent takes the controlling role (RFC 8445 §6.1.1) and
+    /// nominates. Ignored when this agent is lite too (two lite agents cannot connect).
+    pub fn set_remote_lite(&mut self, lite: bool) {
+        if lite && !self.config.lite && !self.controlling {
+            debug!("the peer is ICE-lite: controlling");
+            self.switch_role(true);
+        }
+    }
+
+    /// Whether this agent runs lite ([`IceConfig::lite`]).
+    pub fn is_lite(&self) -> bool {
+        self.config.lite
     }
 
     /// Our credentials, for the local description.
@@ -589,7 +612,7 @@ impl IceAgent {
         }
         if self.next_consent.is_some_and(|t| t <= now) {
             self.next_consent = None;
-            if let Some(s) = self.selected {
+            if let Some(s) = self.selected.filter(|_| !self.config.lite) {
                 if self.pairs[s].check.is_none() {
                     // The controlling agent's consent checks on the pair it nominates
                     // repeat USE-CANDIDATE: a controlled agent that missed the nomination
@@ -621,7 +644,7 @@ impl IceAgent {
     /// Starts one check: a triggered one first, else the best waiting pair. Returns
     /// whether one was started.
     fn start_next_check(&mut self, now: Instant) -> bool {
-        if self.remote_creds.is_none() {
+        if self.remote_creds.is_none() || self.config.lite {
             return false;
         }
         while let Some(i) = self.triggered.pop_front() {
@@ -775,7 +798,8 @@ impl IceAgent {
                 self.switch_role(false);
             }
         } else if let Some(t) = theirs_controlled {
-            if self.tie_breaker >= t {
+            // A lite agent never controls (RFC 8445 §6.1.1): the full peer must switch.
+            if self.tie_breaker >= t && !self.config.lite {
                 self.switch_role(true);
             } else {
                 self.respond_487(rx, tid, &key);
@@ -845,6 +869,20 @@ impl IceAgent {
             return true;
         };
         let use_candidate = msg.has(crate::stun::AttributeType::USE_CANDIDATE);
+        if self.config.lite {
+            // RFC 8445 §7.3.1.4-5 for a lite agent: the check that arrived makes the pair
+            // valid (its answer goes back the way the check came), a nominating one selects
+            // it; each check is the peer's consent (the lite agent sends none).
+            let p = &mut self.pairs[i];
+            p.state = PairState::Succeeded;
+            p.last_answer = Some(now);
+            if use_candidate {
+                self.nominate(now, i);
+            } else {
+                self.reselect(now);
+            }
+            return true;
+        }
         // Renomination only ever moves to a pair at least as good, as the controlling side
         // renominates: a late copy of an older USE-CANDIDATE (the relay path is slower,
         // so its copies arrive last) must not take the path back. A nominated pair that

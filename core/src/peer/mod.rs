@@ -224,7 +224,7 @@ impl Peer {
             srflx_pending: Vec::new(),
             relays: Vec::new(),
             streams_pending: Vec::new(),
-            portmap_pending: config.port_mapping && !config.relay_only,
+            portmap_pending: config.port_mapping && !config.relay_only && !config.ice.lite,
             gathering_done: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -242,7 +242,10 @@ impl Peer {
             );
             p.add_local(host, local);
         }
-        if !p.config.relay_only {
+        // An ICE-lite agent offers its host candidate only (RFC 8445 §2.5: it has a
+        // public address, so nothing else is needed and it runs no gathering).
+        let lite = p.config.ice.lite;
+        if !p.config.relay_only && !lite {
             for server in p.config.stun_servers.clone() {
                 match p
                     .stun
@@ -253,7 +256,7 @@ impl Peer {
                 }
             }
         }
-        if !p.config.no_relay {
+        if !p.config.no_relay && !lite {
             for (i, spec) in p.config.turn_servers.clone().into_iter().enumerate() {
                 let mut s = seed;
                 s[0] ^= 0xA0 ^ (i as u8);
@@ -296,6 +299,12 @@ impl Peer {
             self.permit(now, a);
         }
         self.agent.add_remote_candidate(c);
+    }
+
+    /// The peer's description says `a=ice-lite`: this agent controls and nominates
+    /// ([`IceAgent::set_remote_lite`]).
+    pub fn set_remote_lite(&mut self, lite: bool) {
+        self.agent.set_remote_lite(lite);
     }
 
     /// The peer sent `a=end-of-candidates`.

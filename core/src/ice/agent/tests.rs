@@ -801,3 +801,79 @@ fn an_agent_that_becomes_controlling_after_its_pairs_succeeded_nominates() {
     let (l1, r1) = nominated(&w.peers[1]).expect("peer 1 nominates");
     assert_eq!((l0.address, r0.address), (r1.address, l1.address));
 }
+
+/// Peer 1 replaced by an ICE-lite agent with peer 0's candidates and credentials.
+fn with_lite_peer(w: &mut World) {
+    let mut s = [7u8; 32];
+    s[0] = 99;
+    let config = IceConfig {
+        lite: true,
+        ..IceConfig::default()
+    };
+    let mut lite = IceAgent::new(w.now, config, true, s);
+    assert!(!lite.is_controlling(), "a lite agent is always controlled");
+    let base = w.peers[1].base;
+    lite.add_local_candidate(host(base), base);
+    lite.end_of_local_candidates();
+    lite.set_remote_credentials(w.peers[0].agent.local_credentials().clone());
+    lite.add_remote_candidate(host(w.peers[0].base));
+    lite.end_of_remote_candidates();
+    w.peers[0]
+        .agent
+        .set_remote_credentials(lite.local_credentials().clone());
+    w.peers[1].agent = lite;
+}
+
+fn checks_sent_by(w: &mut World, i: usize, d: Duration) -> usize {
+    let mut n = 0;
+    let until = w.now + d;
+    for _ in 0..100_000 {
+        // Count requests as the peer emits them (step sends them on).
+        let mut sent = Vec::new();
+        while let Some(t) = w.peers[i].agent.poll_transmit() {
+            if Message::parse(&t.contents).is_ok_and(|m| m.class() == crate::stun::Class::Request) {
+                n += 1;
+            }
+            sent.push(t);
+        }
+        for t in sent {
+            w.net.send(w.now, t);
+        }
+        if !w.step(until) {
+            break;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_full_agent_connects_to_an_ice_lite_peer_and_controls() {
+    // Peer 0 starts controlled (as an answerer would), then learns that the peer is lite.
+    let mut w = World::new([None, None], Conditions::default(), 21);
+    w.peers[0].agent.controlling = false;
+    with_lite_peer(&mut w);
+    w.peers[0].agent.set_remote_lite(true);
+    assert!(w.peers[0].agent.is_controlling());
+    assert_eq!(checks_sent_by(&mut w, 1, Duration::from_secs(2)), 0);
+    assert!(w.connect(Duration::from_secs(5)));
+    let (l0, r0) = nominated(&w.peers[0]).unwrap();
+    let (l1, r1) = nominated(&w.peers[1]).unwrap();
+    assert_eq!((l0.address, r0.address), (r1.address, l1.address));
+    assert!(w.data_flows(0) && w.data_flows(1));
+    // The lite agent keeps consent from the full agent's checks, sending none itself.
+    assert_eq!(checks_sent_by(&mut w, 1, Duration::from_secs(40)), 0);
+    assert_eq!(w.peers[1].agent.state(), IceState::Connected);
+    assert_eq!(w.peers[0].agent.state(), IceState::Connected);
+}
+
+#[test]
+fn a_full_agent_that_was_not_told_learns_from_the_role_conflict() {
+    // Both think they are controlled: the lite agent answers 487 and never switches.
+    let mut w = World::new([None, None], Conditions::default(), 22);
+    w.peers[0].agent.controlling = false;
+    with_lite_peer(&mut w);
+    assert!(w.connect(Duration::from_secs(5)));
+    assert!(w.peers[0].agent.is_controlling());
+    assert!(!w.peers[1].agent.is_controlling());
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
