@@ -61,8 +61,11 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Totals per (path, size) over every batch criterion ran: CPU, datagrams, allocations.
-static TOTALS: Mutex<Vec<(&'static str, usize, Duration, u64, u64)>> = Mutex::new(Vec::new());
+/// (path, size, CPU, datagrams, allocations).
+type Total = (&'static str, usize, Duration, u64, u64);
+
+/// Totals per (path, size) over every batch criterion ran.
+static TOTALS: Mutex<Vec<Total>> = Mutex::new(Vec::new());
 
 fn record(path: &'static str, size: usize, cpu: Duration, n: u64, allocs: u64) {
     let mut t = TOTALS.lock().unwrap();
@@ -118,7 +121,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (mut a, mut b) = rt.block_on(connected_pair());
+    let (a, mut b) = rt.block_on(connected_pair());
     let (raw_a, raw_b) = rt.block_on(async {
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -190,7 +193,7 @@ fn main() {
     for size in [100usize, 1200] {
         let get = |p: &str| t.iter().find(|e| e.0 == p && e.1 == size).copied();
         if let (Some(raw), Some(pc)) = (get("raw_udp"), get("peer_connection")) {
-            let per = |e: (&str, usize, Duration, u64, u64)| e.2.as_nanos() as f64 / e.3 as f64;
+            let per = |e: Total| e.2.as_nanos() as f64 / e.3 as f64;
             println!(
                 "{size:>4}  {:>16.0}  {:>23.0}  {:>5.2}  {:>17.4}",
                 per(raw),

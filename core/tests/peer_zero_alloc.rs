@@ -2,7 +2,8 @@
 //! candidates, no servers), then datagrams go both ways with no heap allocation at all on
 //! the thread that runs both connections and their tasks (a current-thread runtime); data
 //! that arrives while the application is not receiving is kept for it, in order; the
-//! `Vec` API and short buffers still work.
+//! `Vec` API and short buffers still work; consent is answered whether the application
+//! waits in a receive, is between receives, or has stopped receiving.
 //!
 //! A counting global allocator (`common`) wraps the system one.
 #![cfg(feature = "driver")]
@@ -32,9 +33,16 @@ fn runtime() -> tokio::runtime::Runtime {
 /// nominated pair. No consent check falls in a short test (their interval is long), so
 /// that only data crosses the socket once connected.
 async fn connected_pair() -> (PeerConnection, PeerConnection) {
+    connected_pair_with(Duration::from_secs(120), Duration::from_secs(600)).await
+}
+
+async fn connected_pair_with(
+    consent_interval: Duration,
+    consent_timeout: Duration,
+) -> (PeerConnection, PeerConnection) {
     let mut config = PeerConfig::default();
-    config.ice.consent_interval = Duration::from_secs(120);
-    config.ice.consent_timeout = Duration::from_secs(600);
+    config.ice.consent_interval = consent_interval;
+    config.ice.consent_timeout = consent_timeout;
     let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut a = PeerConnection::start(config.clone(), lo, true)
         .await
@@ -121,7 +129,10 @@ fn direct_datagrams_do_not_allocate() {
             () = &mut timer => false,
         };
         let allocations = common::stop_counting() - before;
-        assert!(finished, "{MEASURED} round trips did not finish in {WAIT:?}");
+        assert!(
+            finished,
+            "{MEASURED} round trips did not finish in {WAIT:?}"
+        );
         assert_eq!(
             allocations,
             0,
@@ -189,5 +200,51 @@ fn the_vec_api_and_short_buffers_still_work() {
             matches!(got, Some(IncomingInto::Data { len: 0, .. })),
             "{got:?}"
         );
+    });
+}
+
+/// Whoever reads `b`'s socket (its application inside a receive, or its task once the
+/// application has not received for a while) answers `a`'s consent checks: `a` keeps
+/// its pair through several consent timeouts.
+#[test]
+fn consent_is_answered_whoever_reads() {
+    runtime().block_on(async {
+        let timeout = Duration::from_millis(400);
+        let (mut a, mut b) = connected_pair_with(Duration::from_millis(40), timeout).await;
+        let mut buf = [0u8; 4096];
+        // `a` reports its events meanwhile; a lost consent would be a state change.
+        let watch = async |a: &mut PeerConnection, for_: Duration| {
+            let end = tokio::time::Instant::now() + for_;
+            while let Ok(ev) = tokio::time::timeout_at(end, a.next_event()).await {
+                if let Some(PeerConnectionEvent::State(s)) = ev {
+                    panic!("a's state changed to {s:?}");
+                }
+            }
+        };
+        // 1. `b`'s application waits in a receive throughout.
+        let waiting = tokio::time::timeout(3 * timeout, b.recv_from(&mut buf));
+        let (r, ()) = tokio::join!(waiting, watch(&mut a, 3 * timeout));
+        assert!(r.is_err(), "nothing was sent");
+        // 2. `b` receives once, then not at all: its task takes the socket over.
+        a.send(b"one").await;
+        let (len, _) = tokio::time::timeout(WAIT, b.recv_from(&mut buf))
+            .await
+            .expect("in time")
+            .expect("b receives");
+        assert_eq!(&buf[..len], b"one");
+        watch(&mut a, 3 * timeout).await;
+        // Still connected both ways.
+        a.send(b"two").await;
+        let (len, _) = tokio::time::timeout(WAIT, b.recv_from(&mut buf))
+            .await
+            .expect("in time")
+            .expect("b receives");
+        assert_eq!(&buf[..len], b"two");
+        b.send(b"three").await;
+        let (len, _) = tokio::time::timeout(WAIT, a.recv_from(&mut buf))
+            .await
+            .expect("in time")
+            .expect("a receives");
+        assert_eq!(&buf[..len], b"three");
     });
 }

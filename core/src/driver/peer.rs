@@ -190,7 +190,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct PeerConnection {
     shared: Arc<Shared>,
-    events: mpsc::UnboundedReceiver<PeerConnectionEvent>,
+    /// Boxed: the channel's blocks hold 32 slots each, and an event is ~300 bytes.
+    events: mpsc::UnboundedReceiver<Box<PeerConnectionEvent>>,
     credentials: IceCredentials,
     local: SocketAddr,
     /// For receives into short buffers and for the `Vec` API (allocated on first use).
@@ -273,7 +274,7 @@ impl PeerConnection {
 
     /// The next event; `None` once the task is gone.
     pub async fn next_event(&mut self) -> Option<PeerConnectionEvent> {
-        self.events.recv().await
+        self.events.recv().await.map(|e| *e)
     }
 
     /// The peer's credentials (from its description).
@@ -336,7 +337,7 @@ impl PeerConnection {
         buf.resize(MAX_DATAGRAM, 0);
         let mut unused = Vec::new();
         let r = tokio::select! {
-            ev = self.events.recv() => ev.map(|e| Incoming::Event(Box::new(e))),
+            ev = self.events.recv() => ev.map(Incoming::Event),
             d = recv_from(&self.shared, &mut unused, &mut buf) => {
                 d.map(|(n, _)| Incoming::Data(buf[..n].to_vec()))
             }
@@ -349,7 +350,7 @@ impl PeerConnection {
     /// first; `None` once the task is gone. No heap allocation for a datagram.
     pub async fn next_into(&mut self, buf: &mut [u8]) -> Option<IncomingInto> {
         tokio::select! {
-            ev = self.events.recv() => ev.map(|e| IncomingInto::Event(Box::new(e))),
+            ev = self.events.recv() => ev.map(IncomingInto::Event),
             d = recv_from(&self.shared, &mut self.spare, buf) => {
                 d.map(|(len, from)| IncomingInto::Data { len, from })
             }
@@ -550,9 +551,11 @@ impl Drop for Closing {
     }
 }
 
-async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<PeerConnectionEvent>) {
+async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<Box<PeerConnectionEvent>>) {
     let _closing = Closing(shared.clone());
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Allocated while the task reads, freed while the application does: an idle
+    // connection whose application waits in a receive holds no 64 KiB of its own.
+    let mut buf: Vec<u8> = Vec::new();
     // While the application is between receives: when the task takes over, unless the
     // count of receives moved.
     let mut handover: Option<(tokio::time::Instant, u64)> = None;
@@ -566,7 +569,7 @@ async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<PeerConnectionEv
             let mut st = shared.lock();
             while let Some(ev) = st.peer.poll_event() {
                 let Some(out) = event(ev) else { continue };
-                if events.send(out).is_err() {
+                if events.send(Box::new(out)).is_err() {
                     return;
                 }
             }
@@ -581,6 +584,9 @@ async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<PeerConnectionEv
         let reader = shared.reader.load(Ordering::SeqCst);
         if reader != APP {
             shared.untimed.store(false, Ordering::SeqCst);
+        }
+        if reader != TASK && !buf.is_empty() {
+            buf = Vec::new();
         }
         if reader == IDLE {
             if handover.is_none() {
@@ -597,7 +603,12 @@ async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<PeerConnectionEv
             biased;
             () = shared.task_wake.notified() => {}
             r = shared.socket.readable(), if reader == TASK => match r {
-                Ok(()) => read(&shared, &mut buf),
+                Ok(()) => {
+                    if buf.is_empty() {
+                        buf = vec![0u8; MAX_DATAGRAM];
+                    }
+                    read(&shared, &mut buf);
+                }
                 Err(e) => {
                     debug!(error = %e, "socket not readable");
                     return;
@@ -635,8 +646,7 @@ fn read(shared: &Shared, buf: &mut [u8]) {
                     contents: &buf[..n],
                 };
                 let mut st = shared.lock();
-                if let PeerInput::Data { from, range } = st.peer.handle_input(Instant::now(), rx)
-                {
+                if let PeerInput::Data { from, range } = st.peer.handle_input(Instant::now(), rx) {
                     if st.queue.push(from, &buf[range]) {
                         shared.queued.store(st.queue.items.len(), Ordering::SeqCst);
                         drop(st);
