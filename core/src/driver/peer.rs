@@ -3,31 +3,70 @@
 //! [`PeerConnection::start`] binds the socket and starts gathering; candidates come out as
 //! [`PeerConnectionEvent::Candidate`] for the signalling channel, the peer's credentials
 //! and candidates go in, and once a pair is selected [`PeerConnection::send`] and
-//! [`PeerConnection::recv`] carry datagrams (directly or through the relay, whichever
+//! [`PeerConnection::recv_from`] carry datagrams (directly or through the relay, whichever
 //! pair ICE selected, switching without the application noticing).
 //!
-//! This first driver gives each datagram its own `Vec` on the way through the task; the
-//! allocation-free path of the TURN data plane is not yet shared with it.
+//! # The data path
+//!
+//! Application datagrams do not go through the connection's task, and on a direct pair
+//! they touch no heap memory:
+//! - [`PeerConnection::send`] asks the machine where data goes now ([`Peer::send_into`])
+//!   and writes the caller's bytes to the socket itself: as they are on a direct pair,
+//!   framed for the relay (ChannelData or a Send indication, in a buffer the connection
+//!   keeps) through a TURN server. It waits while the socket's send buffer is full.
+//! - [`PeerConnection::recv_from`] reads the socket into the caller's buffer and hands
+//!   each datagram to the machine, which says where the application's data lies in it;
+//!   STUN (checks, consent, TURN) is handled on the way and the task is woken to send
+//!   what follows. The data is moved to the start of the buffer only when it came through
+//!   the relay.
+//!
+//! The task reads the socket only while the application does not: before the first
+//! receive, and once the application has not called one for [`HANDOVER`] (or dropped one
+//! unfinished). Datagrams of data it reads meanwhile wait in a bounded queue
+//! ([`RECV_QUEUE`] datagrams, [`RECV_QUEUE_BYTES`] bytes) that the next receive drains
+//! first. [`PeerConnection::recv`] and [`PeerConnection::next`] are the same path with a
+//! `Vec` per datagram, for convenience.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 use super::peer_portmap::{PortMapping, PortmapEvent, Release};
-use super::peer_streams::{StreamEvent, Streams};
+use super::peer_streams::{StreamEvent, StreamWriters, Streams};
 use super::{DriverError, io, os_seed};
 use crate::ice::{Candidate, IceCredentials, IceEvent, IceState};
-use crate::peer::{Peer, PeerConfig, PeerEvent, PeerInput};
-use crate::{Protocol, Received};
+use crate::peer::{MAX_FRAMING, Outgoing, Peer, PeerConfig, PeerEvent, PeerInput};
+use crate::{Protocol, Received, Transmit};
 
-/// How many received datagrams wait for [`PeerConnection::recv`] before more are dropped.
+/// How many datagrams read by the task wait for a receive before more are dropped.
 pub const RECV_QUEUE: usize = 4096;
-/// How many datagrams [`PeerConnection::send`] queues before it waits for the socket.
-pub const SEND_QUEUE: usize = 1024;
+/// How many bytes of data read by the task wait for a receive before more are dropped.
+pub const RECV_QUEUE_BYTES: usize = 1 << 20;
+/// A buffer given to [`PeerConnection::recv_from`] at least this long is read into
+/// directly; a shorter one gets a copy from a buffer of the connection's (allocated on
+/// first use), so that STUN and TURN messages are never cut short. A datagram of data
+/// longer than the buffer is truncated, as a UDP socket would.
+pub const MIN_RECV_BUF: usize = 2048;
+/// Once the application has not received for this long, the task reads the socket (for
+/// the checks, consent and relay traffic that must go on).
+pub const HANDOVER: Duration = Duration::from_millis(5);
+/// The largest datagram.
+const MAX_DATAGRAM: usize = 65_536;
+/// At most this many receive errors in a row are skipped before a receive waits again.
+const MAX_SKIPPED_ERRORS: usize = 16;
+
+/// Who reads the socket.
+const TASK: u8 = 0;
+/// The application, inside a receive.
+const APP: u8 = 1;
+/// The application, between two receives: the task takes over after [`HANDOVER`].
+const IDLE: u8 = 2;
 
 /// What the connection reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,30 +102,107 @@ pub enum Incoming {
     Data(Vec<u8>),
 }
 
-enum Command {
-    RemoteCredentials(IceCredentials),
-    RemoteCandidate(Candidate),
-    EndOfCandidates,
-    Flush(tokio::sync::oneshot::Sender<()>),
+/// An event or a datagram, from [`PeerConnection::next_into`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncomingInto {
+    /// An event.
+    Event(Box<PeerConnectionEvent>),
+    /// A datagram from the peer, in the first `len` bytes of the buffer.
+    Data {
+        /// Its length.
+        len: usize,
+        /// The peer's address it came from (through a relay: as the relay saw it).
+        from: SocketAddr,
+    },
+}
+
+/// Datagrams of data the task read while the application did not: bytes back to back and
+/// their lengths, bounded; allocated as it fills (an idle connection holds none).
+#[derive(Debug, Default)]
+struct RecvQueue {
+    bytes: VecDeque<u8>,
+    items: VecDeque<(SocketAddr, usize)>,
+}
+
+impl RecvQueue {
+    fn push(&mut self, from: SocketAddr, data: &[u8]) -> bool {
+        if self.items.len() >= RECV_QUEUE || self.bytes.len() + data.len() > RECV_QUEUE_BYTES {
+            return false;
+        }
+        self.bytes.extend(data);
+        self.items.push_back((from, data.len()));
+        true
+    }
+
+    /// The oldest datagram into `buf` (truncated to it).
+    fn pop_into(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        let (from, len) = self.items.pop_front()?;
+        let n = len.min(buf.len());
+        let (a, b) = self.bytes.as_slices();
+        let from_a = n.min(a.len());
+        buf[..from_a].copy_from_slice(&a[..from_a]);
+        buf[from_a..n].copy_from_slice(&b[..n - from_a]);
+        self.bytes.drain(..len);
+        Some((n, from))
+    }
+}
+
+/// The machine and what goes with it, under one lock (held only briefly, never across an
+/// await).
+#[derive(Debug)]
+struct State {
+    peer: Peer,
+    queue: RecvQueue,
+    /// Data framed for the relay; grows to the largest datagram sent that way.
+    framed: Vec<u8>,
+}
+
+/// What the handle and the task share.
+#[derive(Debug)]
+struct Shared {
+    socket: UdpSocket,
+    /// The TCP and TLS connections to TURN servers, by server.
+    streams: StreamWriters,
+    local: SocketAddr,
+    state: Mutex<State>,
+    /// Datagrams in `state.queue` (read without the lock).
+    queued: AtomicUsize,
+    /// Wakes the task: the machine has something for it (datagrams, events, an earlier
+    /// timeout), or the reader changed.
+    task_wake: Notify,
+    /// Wakes a receive: data was queued, or the task ended.
+    data_wake: Notify,
+    /// [`TASK`], [`APP`] or [`IDLE`].
+    reader: AtomicU8,
+    /// Receives started so far: the task takes over only after [`HANDOVER`] without one.
+    receives: AtomicU64,
+    /// The task sleeps without a handover timer (it saw [`APP`]): the end of a receive
+    /// must wake it.
+    untimed: AtomicBool,
+    /// The task is gone.
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves a usable machine.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A running peer connection. Dropping it stops the task and closes the socket.
 #[derive(Debug)]
 pub struct PeerConnection {
-    commands: mpsc::UnboundedSender<Command>,
-    sends: mpsc::Sender<Vec<u8>>,
-    events: mpsc::UnboundedReceiver<PeerConnectionEvent>,
-    data: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    shared: Arc<Shared>,
+    /// Boxed: the channel's blocks hold 32 slots each, and an event is ~300 bytes.
+    events: mpsc::UnboundedReceiver<Box<PeerConnectionEvent>>,
     credentials: IceCredentials,
     local: SocketAddr,
+    /// For receives into short buffers and for the `Vec` API (allocated on first use).
+    spare: Vec<u8>,
     task: tokio::task::JoinHandle<()>,
+    /// Deletes the socket's port mapping ([`PeerConnection::close`]).
     release: Release,
-}
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Command")
-    }
 }
 
 impl Drop for PeerConnection {
@@ -124,6 +240,7 @@ impl PeerConnection {
         let local = socket.local_addr().map_err(io("local address"))?;
         let port_mapping = config.port_mapping;
         let mut peer = Peer::new(Instant::now(), config, local, controlling, os_seed()?);
+        let credentials = peer.local_credentials().clone();
         let streams = Streams::start(peer.turn_streams());
         // A loopback socket has no gateway: nothing to ask (and nothing may be sent to
         // one on behalf of a test).
@@ -133,29 +250,31 @@ impl PeerConnection {
             peer.port_mapping_done();
             PortMapping::off()
         };
-        let credentials = peer.local_credentials().clone();
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let (data_tx, data_rx) = mpsc::channel(RECV_QUEUE);
-        let (send_tx, send_rx) = mpsc::channel(SEND_QUEUE);
-        let task = tokio::spawn(run(
-            Arc::new(socket),
+        let shared = Arc::new(Shared {
+            socket,
+            streams: streams.writers(),
             local,
-            peer,
-            streams,
-            portmap,
-            cmd_rx,
-            send_rx,
-            ev_tx,
-            data_tx,
-        ));
+            state: Mutex::new(State {
+                peer,
+                queue: RecvQueue::default(),
+                framed: Vec::new(),
+            }),
+            queued: AtomicUsize::new(0),
+            task_wake: Notify::new(),
+            data_wake: Notify::new(),
+            reader: AtomicU8::new(TASK),
+            receives: AtomicU64::new(0),
+            untimed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
+        let task = tokio::spawn(run(shared.clone(), ev_tx, streams, portmap));
         Ok(Self {
-            commands: cmd_tx,
-            sends: send_tx,
+            shared,
             events: ev_rx,
-            data: data_rx,
             credentials,
             local,
+            spare: Vec::new(),
             task,
             release,
         })
@@ -173,38 +292,28 @@ impl PeerConnection {
 
     /// The next event; `None` once the task is gone.
     pub async fn next_event(&mut self) -> Option<PeerConnectionEvent> {
-        self.events.recv().await
+        self.events.recv().await.map(|e| *e)
     }
 
     /// The peer's credentials (from its description).
     pub fn set_remote_credentials(&self, creds: IceCredentials) {
-        let _ = self.commands.send(Command::RemoteCredentials(creds));
+        self.shared.lock().peer.set_remote_credentials(creds);
+        self.shared.task_wake.notify_one();
     }
 
     /// A candidate of the peer's (from its description, or trickled).
     pub fn add_remote_candidate(&self, c: Candidate) {
-        let _ = self.commands.send(Command::RemoteCandidate(c));
+        self.shared
+            .lock()
+            .peer
+            .add_remote_candidate(Instant::now(), c);
+        self.shared.task_wake.notify_one();
     }
 
-    /// The peer's `a=end-of-candidates`.
-    pub fn end_of_remote_candidates(&self) {
-        let _ = self.commands.send(Command::EndOfCandidates);
-    }
-
-    /// Sends a datagram to the peer on the selected pair (dropped, as UDP would, while no
-    /// pair is selected). Waits while [`SEND_QUEUE`] datagrams are queued: the caller
-    /// cannot outrun the socket without bound.
-    pub async fn send(&self, data: Vec<u8>) {
-        let _ = self.sends.send(data).await;
-    }
-
-    /// Waits until every datagram passed to [`PeerConnection::send`] before it has been
-    /// handed to the socket (before exiting, say, so that the last ones are not lost).
-    pub async fn flush(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.commands.send(Command::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
+    /// The peer's description says `a=ice-lite`: this side controls (RFC 8445 §6.1.1).
+    pub fn set_remote_lite(&self, lite: bool) {
+        self.shared.lock().peer.set_remote_lite(lite);
+        self.shared.task_wake.notify_one();
     }
 
     /// Closes the connection: stops its task and, when the socket was mapped through the
@@ -216,145 +325,502 @@ impl PeerConnection {
         self.release.release().await;
     }
 
-    /// The next datagram from the peer; `None` once the task is gone.
+    /// The peer's `a=end-of-candidates`.
+    pub fn end_of_remote_candidates(&self) {
+        self.shared.lock().peer.end_of_remote_candidates();
+        self.shared.task_wake.notify_one();
+    }
+
+    /// Sends a datagram to the peer on the selected pair (dropped, as UDP would, while no
+    /// pair is selected, or when the socket fails). Writes to the socket itself and waits
+    /// only while the socket's send buffer is full: when it returns, the datagram is with
+    /// the operating system. No heap allocation on a direct pair (through a relay: none
+    /// once the framing buffer has grown to the largest datagram).
+    pub async fn send(&self, data: impl AsRef<[u8]>) {
+        send(&self.shared, data.as_ref()).await;
+    }
+
+    /// Kept for callers of the queued sender: [`PeerConnection::send`] now hands each
+    /// datagram to the socket before it returns, so there is nothing left to wait for.
+    pub async fn flush(&self) {}
+
+    /// The next datagram from the peer into `buf` (at its start): its length and the
+    /// peer's address it came from; `None` once the task is gone. No heap allocation.
+    /// See [`MIN_RECV_BUF`] for short buffers. Cancel-safe: no datagram is lost when the
+    /// future is dropped while it waits.
+    pub async fn recv_from(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        recv_from(&self.shared, &mut self.spare, buf).await
+    }
+
+    /// The next datagram from the peer, in a `Vec` of its own; `None` once the task is
+    /// gone. [`PeerConnection::recv_from`] is the same without the allocation.
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
-        self.data.recv().await.map(|(_, d)| d)
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.resize(MAX_DATAGRAM, 0);
+        let r = recv_from(&self.shared, &mut Vec::new(), &mut buf).await;
+        let out = r.map(|(n, _)| buf[..n].to_vec());
+        self.spare = buf;
+        out
     }
 
     /// The next event or datagram, whichever comes first; `None` once the task is gone.
+    /// [`PeerConnection::next_into`] is the same without an allocation per datagram.
     pub async fn next(&mut self) -> Option<Incoming> {
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.resize(MAX_DATAGRAM, 0);
+        let mut unused = Vec::new();
+        let r = tokio::select! {
+            ev = self.events.recv() => ev.map(Incoming::Event),
+            d = recv_from(&self.shared, &mut unused, &mut buf) => {
+                d.map(|(n, _)| Incoming::Data(buf[..n].to_vec()))
+            }
+        };
+        self.spare = buf;
+        r
+    }
+
+    /// The next event, or the next datagram into `buf` (at its start), whichever comes
+    /// first; `None` once the task is gone. No heap allocation for a datagram.
+    pub async fn next_into(&mut self, buf: &mut [u8]) -> Option<IncomingInto> {
         tokio::select! {
-            ev = self.events.recv() => ev.map(|e| Incoming::Event(Box::new(e))),
-            d = self.data.recv() => d.map(|(_, d)| Incoming::Data(d)),
+            ev = self.events.recv() => ev.map(IncomingInto::Event),
+            d = recv_from(&self.shared, &mut self.spare, buf) => {
+                d.map(|(len, from)| IncomingInto::Data { len, from })
+            }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+async fn send(shared: &Shared, data: &[u8]) {
+    loop {
+        let r = {
+            let mut guard = shared.lock();
+            let st = &mut *guard;
+            if st.peer.is_relayed() == Some(true) && st.framed.len() < data.len() + MAX_FRAMING {
+                st.framed.resize(data.len() + MAX_FRAMING, 0);
+            }
+            match st.peer.send_into(data, &mut st.framed) {
+                Ok(Outgoing::Direct { destination, .. }) => {
+                    drop(guard);
+                    shared.socket.try_send_to(data, destination)
+                }
+                // Sent under the lock: the framing buffer is the connection's.
+                Ok(Outgoing::Framed {
+                    proto,
+                    destination,
+                    len,
+                    ..
+                }) => {
+                    // A relay over TCP or TLS: its stream's queue takes it (a copy).
+                    if shared
+                        .streams
+                        .send_bytes(proto, destination, &st.framed[..len])
+                    {
+                        return;
+                    }
+                    shared.socket.try_send_to(&st.framed[..len], destination)
+                }
+                Err(e) => {
+                    debug!(error = %e, "datagram not sent");
+                    return;
+                }
+            }
+        };
+        match r {
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(e) = shared.socket.writable().await {
+                    debug!(error = %e, "send failed");
+                    return;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "send failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Marks the application as the socket's reader for as long as a receive lasts.
+struct Reading<'a> {
+    shared: &'a Shared,
+    done: bool,
+}
+
+impl<'a> Reading<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        shared.receives.fetch_add(1, Ordering::SeqCst);
+        if shared.reader.swap(APP, Ordering::SeqCst) == TASK {
+            // Stop reading: the application does.
+            shared.task_wake.notify_one();
+        }
+        Self {
+            shared,
+            done: false,
+        }
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            // Between two receives: the task takes over only if no other comes soon.
+            self.shared.reader.store(IDLE, Ordering::SeqCst);
+            if self.shared.untimed.swap(false, Ordering::SeqCst) {
+                self.shared.task_wake.notify_one();
+            }
+        } else {
+            // Dropped while waiting: the task reads again at once.
+            self.shared.reader.store(TASK, Ordering::SeqCst);
+            self.shared.task_wake.notify_one();
+        }
+    }
+}
+
+async fn recv_from(
+    shared: &Shared,
+    spare: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> Option<(usize, SocketAddr)> {
+    let mut reading = Reading::start(shared);
+    let r = if buf.len() >= MIN_RECV_BUF {
+        recv_loop(shared, buf).await
+    } else {
+        if spare.len() < MAX_DATAGRAM {
+            spare.resize(MAX_DATAGRAM, 0);
+        }
+        let r = recv_loop(shared, spare).await;
+        r.map(|(n, from)| {
+            let n = n.min(buf.len());
+            buf[..n].copy_from_slice(&spare[..n]);
+            (n, from)
+        })
+    };
+    reading.done = true;
+    r
+}
+
+async fn recv_loop(shared: &Shared, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    let mut skipped = 0;
+    loop {
+        // What the task read before this receive (or while handing over) comes first.
+        if shared.queued.load(Ordering::SeqCst) > 0 {
+            let mut st = shared.lock();
+            if let Some(d) = st.queue.pop_into(buf) {
+                shared.queued.store(st.queue.items.len(), Ordering::SeqCst);
+                return Some(d);
+            }
+        }
+        if shared.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        match shared.socket.try_recv_from(buf) {
+            Ok((n, from)) => {
+                skipped = 0;
+                if let Some(d) = take(shared, buf, n, from) {
+                    return Some(d);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let queued = shared.data_wake.notified();
+                tokio::pin!(queued);
+                queued.as_mut().enable();
+                if shared.queued.load(Ordering::SeqCst) > 0 || shared.closed.load(Ordering::SeqCst)
+                {
+                    continue;
+                }
+                tokio::select! {
+                    biased;
+                    r = shared.socket.readable() => {
+                        if let Err(e) = r {
+                            debug!(error = %e, "socket not readable");
+                            return None;
+                        }
+                    }
+                    () = &mut queued => {}
+                }
+            }
+            Err(e) => {
+                // ICMP errors for earlier sends may surface here: skip a bounded number.
+                debug!(error = %e, "receive error");
+                skipped += 1;
+                if skipped >= MAX_SKIPPED_ERRORS {
+                    skipped = 0;
+                    if shared.socket.readable().await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands a datagram read by the application to the machine: the data moved to the start
+/// of `buf`, or `None` (protocol traffic: the task is woken to send what follows).
+fn take(
+    shared: &Shared,
+    buf: &mut [u8],
+    n: usize,
+    from: SocketAddr,
+) -> Option<(usize, SocketAddr)> {
+    let rx = Received {
+        proto: Protocol::Udp,
+        source: from,
+        destination: shared.local,
+        contents: &buf[..n],
+    };
+    let verdict = shared.lock().peer.handle_input(Instant::now(), rx);
+    match verdict {
+        PeerInput::Data { from, range } => {
+            let len = range.len();
+            if range.start != 0 {
+                buf.copy_within(range, 0);
+            }
+            Some((len, from))
+        }
+        PeerInput::Consumed => {
+            shared.task_wake.notify_one();
+            None
+        }
+    }
+}
+
+/// Marks the connection closed when the task ends, however it ends.
+struct Closing(Arc<Shared>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        self.0.data_wake.notify_one();
+    }
+}
+
 async fn run(
-    socket: Arc<UdpSocket>,
-    local: SocketAddr,
-    mut peer: Peer,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<Box<PeerConnectionEvent>>,
     mut streams: Streams,
     mut portmap: PortMapping,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    mut sends: mpsc::Receiver<Vec<u8>>,
-    events: mpsc::UnboundedSender<PeerConnectionEvent>,
-    data: mpsc::Sender<(SocketAddr, Vec<u8>)>,
 ) {
-    let mut buf = vec![0u8; 65_536];
-    let mut commands_open = true;
+    let _closing = Closing(shared.clone());
+    // Allocated while the task reads, freed while the application does: an idle
+    // connection whose application waits in a receive holds no 64 KiB of its own.
+    let mut buf: Vec<u8> = Vec::new();
+    // While the application is between receives: when the task takes over, unless the
+    // count of receives moved.
+    let mut handover: Option<(tokio::time::Instant, u64)> = None;
     loop {
-        while let Some(t) = peer.poll_transmit() {
-            if streams.send(&t) {
+        loop {
+            let t = shared.lock().peer.poll_transmit();
+            let Some(t) = t else { break };
+            if shared.streams.send(&t) {
                 continue;
             }
-            if let Err(e) = socket.send_to(&t.contents, t.destination).await {
-                debug!(to = %t.destination, error = %e, "send failed");
-            }
+            send_control(&shared.socket, &t).await;
         }
-        while let Some(ev) = peer.poll_event() {
-            let out = match ev {
-                PeerEvent::Candidate(c) => PeerConnectionEvent::Candidate(c),
-                PeerEvent::GatheringComplete => PeerConnectionEvent::GatheringComplete,
-                PeerEvent::RelayFailed(e) => PeerConnectionEvent::RelayFailed(e.to_string()),
-                PeerEvent::Ice(IceEvent::State(s)) => PeerConnectionEvent::State(s),
-                PeerEvent::Ice(IceEvent::SelectedPair {
-                    local,
-                    remote,
-                    nominated,
-                    rtt,
-                }) => PeerConnectionEvent::SelectedPair {
-                    local,
-                    remote,
-                    nominated,
-                    rtt,
-                },
-                PeerEvent::Ice(_) => continue,
-            };
-            if events.send(out).is_err() {
-                return;
+        let wake = {
+            let mut st = shared.lock();
+            while let Some(ev) = st.peer.poll_event() {
+                let Some(out) = event(ev) else { continue };
+                if events.send(Box::new(out)).is_err() {
+                    return;
+                }
             }
-        }
-        let wake = peer
-            .poll_timeout()
+            st.peer.poll_timeout()
+        };
+        let wake = wake
             .map(tokio::time::Instant::from)
-            .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    let rx = Received {
-                        proto: Protocol::Udp,
-                        source: from,
-                        destination: local,
-                        contents: &buf[..n],
-                    };
-                    if let PeerInput::Data { from, range } = peer.handle_input(Instant::now(), rx) {
-                        if data.try_send((from, buf[range].to_vec())).is_err() {
-                            debug!("receive queue full: datagram dropped");
-                        }
-                    }
-                }
-                Err(e) => debug!(error = %e, "receive error"),
-            },
-            Some(ev) = portmap.next() => match ev {
-                PortmapEvent::Mapped(external) => peer.port_mapped(external),
-                PortmapEvent::Done => peer.port_mapping_done(),
-            },
-            Some(ev) = streams.next() => match ev {
-                StreamEvent::Connected { server, local } => {
-                    peer.turn_stream_connected(Instant::now(), server, local);
-                }
-                StreamEvent::Frame { server, local, data: frame } => {
-                    let rx = Received {
-                        proto: Protocol::Tcp,
-                        source: server,
-                        destination: local,
-                        contents: &frame,
-                    };
-                    if let PeerInput::Data { from, range } = peer.handle_input(Instant::now(), rx) {
-                        if data.try_send((from, frame[range].to_vec())).is_err() {
-                            debug!("receive queue full: datagram dropped");
-                        }
-                    }
-                }
-                StreamEvent::Closed { server, error } => {
-                    debug!(%server, %error, "TURN connection over TCP/TLS ended");
-                    peer.turn_stream_closed(server, crate::turn::TurnError::Stream(error));
-                }
-            },
-            cmd = commands.recv(), if commands_open => match cmd {
-                Some(Command::RemoteCredentials(c)) => peer.set_remote_credentials(c),
-                Some(Command::RemoteCandidate(c)) => peer.add_remote_candidate(Instant::now(), c),
-                Some(Command::EndOfCandidates) => peer.end_of_remote_candidates(),
-                Some(Command::Flush(done)) => {
-                    // Everything queued before the flush goes out first.
-                    while let Ok(d) = sends.try_recv() {
-                        send_one(&socket, &mut streams, &mut peer, &d).await;
-                    }
-                    let _ = done.send(());
-                }
-                None => commands_open = false,
-            },
-            Some(d) = sends.recv() => send_one(&socket, &mut streams, &mut peer, &d).await,
-            () = tokio::time::sleep_until(wake) => peer.handle_timeout(Instant::now()),
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        // Who reads: see `Reading`. `untimed` first, so that a receive that ends after
+        // this looks sees it set.
+        shared.untimed.store(true, Ordering::SeqCst);
+        let reader = shared.reader.load(Ordering::SeqCst);
+        if reader != APP {
+            shared.untimed.store(false, Ordering::SeqCst);
         }
-        if !commands_open && events.is_closed() {
-            return;
+        if reader != TASK && !buf.is_empty() {
+            buf = Vec::new();
+        }
+        if reader == IDLE {
+            if handover.is_none() {
+                handover = Some((
+                    tokio::time::Instant::now() + HANDOVER,
+                    shared.receives.load(Ordering::SeqCst),
+                ));
+            }
+        } else {
+            handover = None;
+        }
+        let deadline = handover.map_or(wake, |(at, _)| at.min(wake));
+        tokio::select! {
+            biased;
+            () = shared.task_wake.notified() => {}
+            r = shared.socket.readable(), if reader == TASK => match r {
+                Ok(()) => {
+                    if buf.is_empty() {
+                        buf = vec![0u8; MAX_DATAGRAM];
+                    }
+                    read(&shared, &mut buf);
+                }
+                Err(e) => {
+                    debug!(error = %e, "socket not readable");
+                    return;
+                }
+            },
+            Some(ev) = portmap.next() => {
+                let mut st = shared.lock();
+                match ev {
+                    PortmapEvent::Mapped(external) => st.peer.port_mapped(external),
+                    PortmapEvent::Done => st.peer.port_mapping_done(),
+                }
+            }
+            Some(ev) = streams.next() => stream_event(&shared, ev),
+            () = tokio::time::sleep_until(deadline) => {
+                let now = tokio::time::Instant::now();
+                if let Some((_, receives)) = handover.filter(|(at, _)| *at <= now) {
+                    handover = None;
+                    if shared.receives.load(Ordering::SeqCst) == receives {
+                        let _ = shared.reader.compare_exchange(
+                            IDLE, TASK, Ordering::SeqCst, Ordering::SeqCst,
+                        );
+                    }
+                }
+                if wake <= now {
+                    shared.lock().peer.handle_timeout(Instant::now());
+                }
+            }
         }
     }
 }
 
-async fn send_one(socket: &UdpSocket, streams: &mut Streams, peer: &mut Peer, data: &[u8]) {
-    match peer.send(data) {
-        Ok(t) => {
-            if streams.send(&t) {
-                return;
+/// Reads what the socket holds while the task is the reader: protocol traffic to the
+/// machine, data to the queue.
+fn read(shared: &Shared, buf: &mut [u8]) {
+    let mut skipped = 0;
+    while shared.reader.load(Ordering::SeqCst) == TASK {
+        match shared.socket.try_recv_from(buf) {
+            Ok((n, from)) => {
+                let rx = Received {
+                    proto: Protocol::Udp,
+                    source: from,
+                    destination: shared.local,
+                    contents: &buf[..n],
+                };
+                let mut st = shared.lock();
+                if let PeerInput::Data { from, range } = st.peer.handle_input(Instant::now(), rx) {
+                    if st.queue.push(from, &buf[range]) {
+                        shared.queued.store(st.queue.items.len(), Ordering::SeqCst);
+                        drop(st);
+                        shared.data_wake.notify_one();
+                    } else {
+                        debug!("receive queue full: datagram dropped");
+                    }
+                }
             }
-            if let Err(e) = socket.send_to(&t.contents, t.destination).await {
-                debug!(error = %e, "send failed");
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                debug!(error = %e, "receive error");
+                skipped += 1;
+                if skipped >= MAX_SKIPPED_ERRORS {
+                    return;
+                }
             }
         }
-        Err(e) => debug!(error = %e, "datagram not sent"),
+    }
+}
+
+/// What a TURN stream brought: its connection to the machine, a message to the machine
+/// (and data in it to the queue), or its end.
+fn stream_event(shared: &Shared, ev: StreamEvent) {
+    let mut st = shared.lock();
+    match ev {
+        StreamEvent::Connected { server, local } => {
+            st.peer.turn_stream_connected(Instant::now(), server, local);
+        }
+        StreamEvent::Frame {
+            server,
+            local,
+            data: frame,
+        } => {
+            let rx = Received {
+                proto: Protocol::Tcp,
+                source: server,
+                destination: local,
+                contents: &frame,
+            };
+            if let PeerInput::Data { from, range } = st.peer.handle_input(Instant::now(), rx) {
+                if st.queue.push(from, &frame[range]) {
+                    shared.queued.store(st.queue.items.len(), Ordering::SeqCst);
+                    drop(st);
+                    shared.data_wake.notify_one();
+                } else {
+                    debug!("receive queue full: datagram dropped");
+                }
+            }
+        }
+        StreamEvent::Closed { server, error } => {
+            debug!(%server, %error, "TURN connection over TCP/TLS ended");
+            st.peer
+                .turn_stream_closed(server, crate::turn::TurnError::Stream(error));
+        }
+    }
+}
+
+async fn send_control(socket: &UdpSocket, t: &Transmit) {
+    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+        debug!(to = %t.destination, error = %e, "send failed");
+    }
+}
+
+fn event(ev: PeerEvent) -> Option<PeerConnectionEvent> {
+    Some(match ev {
+        PeerEvent::Candidate(c) => PeerConnectionEvent::Candidate(c),
+        PeerEvent::GatheringComplete => PeerConnectionEvent::GatheringComplete,
+        PeerEvent::RelayFailed(e) => PeerConnectionEvent::RelayFailed(e.to_string()),
+        PeerEvent::Ice(IceEvent::State(s)) => PeerConnectionEvent::State(s),
+        PeerEvent::Ice(IceEvent::SelectedPair {
+            local,
+            remote,
+            nominated,
+            rtt,
+        }) => PeerConnectionEvent::SelectedPair {
+            local,
+            remote,
+            nominated,
+            rtt,
+        },
+        PeerEvent::Ice(_) => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_keeps_order_and_bounds() {
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mut q = RecvQueue::default();
+        assert!(q.push(a, b"one"));
+        assert!(q.push(a, b""));
+        assert!(q.push(a, b"three"));
+        let mut buf = [0u8; 8];
+        assert_eq!(q.pop_into(&mut buf), Some((3, a)));
+        assert_eq!(&buf[..3], b"one");
+        assert_eq!(q.pop_into(&mut buf), Some((0, a)));
+        let mut short = [0u8; 2];
+        assert_eq!(q.pop_into(&mut short), Some((2, a)));
+        assert_eq!(&short, b"th");
+        assert_eq!(q.pop_into(&mut buf), None);
+        assert!(q.bytes.is_empty());
+        let big = vec![7u8; RECV_QUEUE_BYTES];
+        assert!(q.push(a, &big));
+        assert!(!q.push(a, b"x"), "the byte bound holds");
+        let mut out = vec![0u8; RECV_QUEUE_BYTES];
+        assert_eq!(q.pop_into(&mut out), Some((RECV_QUEUE_BYTES, a)));
+        for _ in 0..RECV_QUEUE {
+            assert!(q.push(a, b""));
+        }
+        assert!(!q.push(a, b""), "the datagram bound holds");
     }
 }

@@ -8,6 +8,7 @@
 //! `Vec` per message: the allocation-free path is the direct one.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -41,12 +42,47 @@ pub(super) enum StreamEvent {
     Closed { server: SocketAddr, error: String },
 }
 
+/// Where to write for each connected server: shared by the connection's task (control
+/// traffic) and its handle (application data through a relay on a stream).
+#[derive(Debug, Clone, Default)]
+pub(super) struct StreamWriters(Arc<Mutex<Vec<(SocketAddr, mpsc::Sender<Vec<u8>>)>>>);
+
+impl StreamWriters {
+    /// Writes a message of the machine's to its server's stream; `false` when `t` is not
+    /// for a stream.
+    pub(super) fn send(&self, t: &Transmit) -> bool {
+        self.send_bytes(t.proto, t.destination, &t.contents)
+    }
+
+    /// Writes `bytes` to the stream to `server`; `false` when `proto` is not TCP.
+    pub(super) fn send_bytes(&self, proto: Protocol, server: SocketAddr, bytes: &[u8]) -> bool {
+        if proto != Protocol::Tcp {
+            return false;
+        }
+        let writers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match writers.iter().find(|(s, _)| *s == server) {
+            Some((_, w)) => {
+                if w.try_send(bytes.to_vec()).is_err() {
+                    debug!(to = %server, "TURN stream full or closed: message dropped");
+                }
+            }
+            None => debug!(to = %server, "no TURN stream to this server: message dropped"),
+        }
+        true
+    }
+
+    fn add(&self, server: SocketAddr, w: mpsc::Sender<Vec<u8>>) {
+        let mut writers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        writers.retain(|(s, _)| *s != server);
+        writers.push((server, w));
+    }
+}
+
 /// The connections, by server.
 #[derive(Debug)]
 pub(super) struct Streams {
-    writers: Vec<(SocketAddr, mpsc::Sender<Vec<u8>>)>,
+    writers: StreamWriters,
     events: mpsc::Receiver<StreamEvent>,
-    writer_rx: mpsc::UnboundedReceiver<(SocketAddr, mpsc::Sender<Vec<u8>>)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -62,36 +98,20 @@ impl Streams {
     /// Starts connecting to each server.
     pub(super) fn start<'a>(specs: impl Iterator<Item = &'a TurnServerSpec>) -> Self {
         let (tx, events) = mpsc::channel(1024);
-        let (wtx, writer_rx) = mpsc::unbounded_channel();
+        let writers = StreamWriters::default();
         let tasks = specs
-            .map(|spec| tokio::spawn(run(spec.clone(), tx.clone(), wtx.clone())))
+            .map(|spec| tokio::spawn(run(spec.clone(), tx.clone(), writers.clone())))
             .collect();
         Self {
-            writers: Vec::new(),
+            writers,
             events,
-            writer_rx,
             tasks,
         }
     }
 
-    /// Writes a message of the machine's to its server's stream; `false` when `t` is not
-    /// for a stream.
-    pub(super) fn send(&mut self, t: &Transmit) -> bool {
-        if t.proto != Protocol::Tcp {
-            return false;
-        }
-        while let Ok(w) = self.writer_rx.try_recv() {
-            self.writers.push(w);
-        }
-        match self.writers.iter().find(|(s, _)| *s == t.destination) {
-            Some((_, w)) => {
-                if w.try_send(t.contents.clone()).is_err() {
-                    debug!(to = %t.destination, "TURN stream full or closed: message dropped");
-                }
-            }
-            None => debug!(to = %t.destination, "no TURN stream to this server: message dropped"),
-        }
-        true
+    /// The writers, for whoever sends.
+    pub(super) fn writers(&self) -> StreamWriters {
+        self.writers.clone()
     }
 
     /// The next event of any stream (pending forever when there is none).
@@ -103,11 +123,7 @@ impl Streams {
     }
 }
 
-async fn run(
-    spec: TurnServerSpec,
-    events: mpsc::Sender<StreamEvent>,
-    writers: mpsc::UnboundedSender<(SocketAddr, mpsc::Sender<Vec<u8>>)>,
-) {
+async fn run(spec: TurnServerSpec, events: mpsc::Sender<StreamEvent>, writers: StreamWriters) {
     let server = spec.server;
     let closed = |error: String| StreamEvent::Closed { server, error };
     let host = spec
@@ -130,11 +146,11 @@ async fn run(
     };
     let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     // The writer first, so that the machine's first message finds it.
-    if writers.send((server, wtx)).is_err()
-        || events
-            .send(StreamEvent::Connected { server, local })
-            .await
-            .is_err()
+    writers.add(server, wtx);
+    if events
+        .send(StreamEvent::Connected { server, local })
+        .await
+        .is_err()
     {
         return;
     }

@@ -186,7 +186,37 @@ pub struct Peer {
     gathering_done: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
-    buf: Vec<u8>,
+}
+
+/// What framing for a relay adds to a datagram at most: a Send indication to an IPv6 peer
+/// (RFC 8656 §11.2: a 20-byte header, a 24-byte XOR-PEER-ADDRESS, the DATA attribute's
+/// 4-byte header and up to 3 bytes of padding); ChannelData adds 4 (RFC 8656 §12.4).
+/// A buffer for [`Peer::send_into`] needs this much room beyond the data.
+pub const MAX_FRAMING: usize = 64;
+
+/// Where [`Peer::send_into`] says to send application data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Send the data as it is, from `source` to `destination` (the selected pair is direct).
+    Direct {
+        /// The local socket's address.
+        source: SocketAddr,
+        /// The peer's.
+        destination: SocketAddr,
+    },
+    /// Send the first `len` bytes of the buffer (the data framed for the relay) from
+    /// `source` to `destination` (the TURN server).
+    Framed {
+        /// UDP (on the connection's socket), or TCP for a relay reached over a TCP or TLS
+        /// stream (the driver writes it on that stream).
+        proto: crate::Protocol,
+        /// The local socket's address (for a stream: the stream's).
+        source: SocketAddr,
+        /// The TURN server's.
+        destination: SocketAddr,
+        /// The framed datagram's length.
+        len: usize,
+    },
 }
 
 /// What no machine claimed: application data at `range` of the datagram, unless `data`
@@ -228,7 +258,6 @@ impl Peer {
             gathering_done: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            buf: vec![0u8; 65_600],
             config,
         };
         if !p.config.relay_only && !p.config.no_host {
@@ -654,12 +683,17 @@ impl Peer {
         data: &[u8],
     ) -> Option<Transmit> {
         let r = self.relays.iter().find(|r| r.relayed == Some(relayed))?;
-        match r.alloc.encode_to_peer(to, data, &mut self.buf) {
+        // Control traffic: its own buffer, of the size it needs (no buffer kept per peer).
+        let mut contents = vec![0u8; data.len() + MAX_FRAMING];
+        match r.alloc.encode_to_peer(to, data, &mut contents) {
             Ok(n) => Some(Transmit {
                 proto: r.proto,
                 source: r.alloc.local(),
                 destination: r.alloc.server(),
-                contents: self.buf[..n].to_vec(),
+                contents: {
+                    contents.truncate(n);
+                    contents
+                },
             }),
             Err(e) => {
                 debug!(%to, error = %e, "cannot send through the relay yet");
@@ -677,15 +711,43 @@ impl Peer {
         self.agent.poll_event().map(PeerEvent::Ice)
     }
 
-    /// Application data for the peer, on the selected pair: the datagram to send.
+    /// Application data for the peer, on the selected pair: the datagram to send, in a
+    /// `Vec` of its own. [`Peer::send_into`] is the same without the allocation.
     pub fn send(&mut self, data: &[u8]) -> Result<Transmit, PeerError> {
+        let mut buf = vec![0u8; data.len() + MAX_FRAMING];
+        let (proto, source, destination, contents) = match self.send_into(data, &mut buf)? {
+            Outgoing::Direct {
+                source,
+                destination,
+            } => (crate::Protocol::Udp, source, destination, data.to_vec()),
+            Outgoing::Framed {
+                proto,
+                source,
+                destination,
+                len,
+            } => {
+                buf.truncate(len);
+                (proto, source, destination, buf)
+            }
+        };
+        Ok(Transmit {
+            proto,
+            source,
+            destination,
+            contents,
+        })
+    }
+
+    /// Application data for the peer, on the selected pair, without allocating: on a
+    /// direct pair it says where to send `data` as it is (`buf` untouched); through a relay
+    /// it frames `data` into `buf` (which needs [`MAX_FRAMING`] bytes beyond the data) and
+    /// says where to send that.
+    pub fn send_into(&self, data: &[u8], buf: &mut [u8]) -> Result<Outgoing, PeerError> {
         let (base, to) = self.agent.selected().ok_or(PeerError::NotConnected)?;
         if base == self.local {
-            return Ok(Transmit {
-                proto: crate::Protocol::Udp,
+            return Ok(Outgoing::Direct {
                 source: base,
                 destination: to,
-                contents: data.to_vec(),
             });
         }
         let r = self
@@ -693,12 +755,12 @@ impl Peer {
             .iter()
             .find(|r| r.relayed == Some(base))
             .ok_or(PeerError::NotConnected)?;
-        let n = r.alloc.encode_to_peer(to, data, &mut self.buf)?;
-        Ok(Transmit {
+        let len = r.alloc.encode_to_peer(to, data, buf)?;
+        Ok(Outgoing::Framed {
             proto: r.proto,
             source: r.alloc.local(),
             destination: r.alloc.server(),
-            contents: self.buf[..n].to_vec(),
+            len,
         })
     }
 

@@ -222,10 +222,41 @@ impl World {
     fn data_flows(&mut self, i: usize) -> bool {
         let payload = [0x80, 9, 9, i as u8];
         let before = self.sides[1 - i].got.len();
-        match self.sides[i].peer.send(&payload) {
-            Ok(t) => self.net.send(self.now, t),
+        let t = match self.sides[i].peer.send(&payload) {
+            Ok(t) => t,
             Err(_) => return false,
+        };
+        // The allocation-free form says the same.
+        let mut buf = [0u8; 4 + MAX_FRAMING];
+        match self.sides[i].peer.send_into(&payload, &mut buf) {
+            Ok(Outgoing::Direct {
+                source,
+                destination,
+            }) => assert_eq!(
+                (source, destination, &payload[..]),
+                (t.source, t.destination, &t.contents[..])
+            ),
+            Ok(Outgoing::Framed {
+                proto,
+                source,
+                destination,
+                len,
+            }) => {
+                assert_eq!(
+                    (proto, source, destination, &buf[..len]),
+                    (t.proto, t.source, t.destination, &t.contents[..])
+                );
+                // A buffer without room for the framing is an error, not a panic.
+                assert!(
+                    self.sides[i]
+                        .peer
+                        .send_into(&payload, &mut [0u8; 8])
+                        .is_err()
+                );
+            }
+            Err(e) => panic!("send worked, send_into failed: {e}"),
         }
+        self.net.send(self.now, t);
         self.run_for(Duration::from_millis(500));
         self.sides[1 - i].got[before..]
             .iter()
