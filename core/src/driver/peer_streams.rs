@@ -45,7 +45,10 @@ pub(super) enum StreamEvent {
 /// Where to write for each connected server: shared by the connection's task (control
 /// traffic) and its handle (application data through a relay on a stream).
 #[derive(Debug, Clone, Default)]
-pub(super) struct StreamWriters(Arc<Mutex<Vec<(SocketAddr, mpsc::Sender<Vec<u8>>)>>>);
+pub(super) struct StreamWriters(Arc<Mutex<Vec<Writer>>>);
+
+/// A server and the queue of its stream's writer.
+type Writer = (SocketAddr, mpsc::Sender<Vec<u8>>);
 
 impl StreamWriters {
     /// Writes a message of the machine's to its server's stream; `false` when `t` is not
