@@ -24,8 +24,9 @@
 //! receive, and once the application has not called one for [`HANDOVER`] (or dropped one
 //! unfinished). Datagrams of data it reads meanwhile wait in a bounded queue
 //! ([`RECV_QUEUE`] datagrams, [`RECV_QUEUE_BYTES`] bytes) that the next receive drains
-//! first. [`PeerConnection::recv`] and [`PeerConnection::next`] are the same path with a
-//! `Vec` per datagram, for convenience.
+//! first; it reads into one 64 KiB buffer per thread, shared by the connections whose
+//! tasks run there. [`PeerConnection::recv`] and [`PeerConnection::next`] are the same
+//! path with a `Vec` per datagram, for convenience.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -553,9 +554,6 @@ impl Drop for Closing {
 
 async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<Box<PeerConnectionEvent>>) {
     let _closing = Closing(shared.clone());
-    // Allocated while the task reads, freed while the application does: an idle
-    // connection whose application waits in a receive holds no 64 KiB of its own.
-    let mut buf: Vec<u8> = Vec::new();
     // While the application is between receives: when the task takes over, unless the
     // count of receives moved.
     let mut handover: Option<(tokio::time::Instant, u64)> = None;
@@ -585,9 +583,6 @@ async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<Box<PeerConnecti
         if reader != APP {
             shared.untimed.store(false, Ordering::SeqCst);
         }
-        if reader != TASK && !buf.is_empty() {
-            buf = Vec::new();
-        }
         if reader == IDLE {
             if handover.is_none() {
                 handover = Some((
@@ -603,12 +598,7 @@ async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<Box<PeerConnecti
             biased;
             () = shared.task_wake.notified() => {}
             r = shared.socket.readable(), if reader == TASK => match r {
-                Ok(()) => {
-                    if buf.is_empty() {
-                        buf = vec![0u8; MAX_DATAGRAM];
-                    }
-                    read(&shared, &mut buf);
-                }
+                Ok(()) => read_on_this_thread(&shared),
                 Err(e) => {
                     debug!(error = %e, "socket not readable");
                     return;
@@ -629,6 +619,32 @@ async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<Box<PeerConnecti
                 }
             }
         }
+    }
+}
+
+thread_local! {
+    /// The tasks' receive buffer: one per thread, shared by every connection whose task
+    /// runs there (reading is synchronous, so no two use it at once), allocated on first
+    /// use and kept. A connection holds no 64 KiB of its own, and handing reading back and
+    /// forth allocates nothing.
+    static TASK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn read_on_this_thread(shared: &Shared) {
+    let done = TASK_BUF.try_with(|b| {
+        let Ok(mut buf) = b.try_borrow_mut() else {
+            return false;
+        };
+        if buf.len() < MAX_DATAGRAM {
+            buf.resize(MAX_DATAGRAM, 0);
+        }
+        read(shared, &mut buf);
+        true
+    });
+    if done != Ok(true) {
+        // The thread is shutting down (or, impossibly, reading already): a buffer of
+        // its own.
+        read(shared, &mut vec![0u8; MAX_DATAGRAM]);
     }
 }
 
