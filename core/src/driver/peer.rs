@@ -50,7 +50,8 @@ pub const RECV_QUEUE_BYTES: usize = 1 << 20;
 /// A buffer given to [`PeerConnection::recv_from`] at least this long is read into
 /// directly; a shorter one gets a copy from a buffer of the connection's (allocated on
 /// first use), so that STUN and TURN messages are never cut short. A datagram of data
-/// longer than the buffer is truncated, as a UDP socket would.
+/// longer than the buffer is truncated, as a UDP socket would (through a relay, whose
+/// framing no longer checks out then, it is dropped).
 pub const MIN_RECV_BUF: usize = 2048;
 /// Once the application has not received for this long, the task reads the socket (for
 /// the checks, consent and relay traffic that must go on).
@@ -59,6 +60,10 @@ pub const HANDOVER: Duration = Duration::from_millis(5);
 const MAX_DATAGRAM: usize = 65_536;
 /// At most this many receive errors in a row are skipped before a receive waits again.
 const MAX_SKIPPED_ERRORS: usize = 16;
+/// After this many datagrams in a row that were not data (a flood of STUN, or of
+/// strangers' datagrams), a receive lets the runtime's other tasks run; the task reads at
+/// most this many per wake-up.
+const MAX_READ_BATCH: usize = 64;
 
 /// Who reads the socket.
 const TASK: u8 = 0;
@@ -459,6 +464,7 @@ async fn recv_from(
 
 async fn recv_loop(shared: &Shared, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
     let mut skipped = 0;
+    let mut not_data = 0;
     loop {
         // What the task read before this receive (or while handing over) comes first.
         if shared.queued.load(Ordering::SeqCst) > 0 {
@@ -476,6 +482,11 @@ async fn recv_loop(shared: &Shared, buf: &mut [u8]) -> Option<(usize, SocketAddr
                 skipped = 0;
                 if let Some(d) = take(shared, buf, n, from) {
                     return Some(d);
+                }
+                not_data += 1;
+                if not_data >= MAX_READ_BATCH {
+                    not_data = 0;
+                    tokio::task::yield_now().await;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -652,7 +663,10 @@ fn read_on_this_thread(shared: &Shared) {
 /// machine, data to the queue.
 fn read(shared: &Shared, buf: &mut [u8]) {
     let mut skipped = 0;
-    while shared.reader.load(Ordering::SeqCst) == TASK {
+    for _ in 0..MAX_READ_BATCH {
+        if shared.reader.load(Ordering::SeqCst) != TASK {
+            return;
+        }
         match shared.socket.try_recv_from(buf) {
             Ok((n, from)) => {
                 let rx = Received {
