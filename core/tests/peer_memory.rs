@@ -7,7 +7,8 @@
 //!   machine's own size.
 //! - 100 pairs of [`PeerConnection`]s (the tokio driver, 200 sockets on 127.0.0.1) likewise,
 //!   idle with the application waiting in a receive, as an application does: what the
-//!   driver adds per connection besides the kernel's socket buffers.
+//!   driver adds per connection besides the kernel's socket buffers (and besides the one
+//!   64 KiB receive buffer per runtime thread that the connections' tasks share).
 //!
 //! Both assert an upper bound on the bytes (the target: 32 KiB per idle agent,
 //! besides socket buffers) and print the figure.

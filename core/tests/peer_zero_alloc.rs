@@ -3,7 +3,9 @@
 //! the thread that runs both connections and their tasks (a current-thread runtime); data
 //! that arrives while the application is not receiving is kept for it, in order; the
 //! `Vec` API and short buffers still work; consent is answered whether the application
-//! waits in a receive, is between receives, or has stopped receiving.
+//! waits in a receive, is between receives, or has stopped receiving. Through the
+//! development TURN server (on a thread of its own, not counted) the relayed path allocates
+//! nothing either.
 //!
 //! A counting global allocator (`common`) wraps the system one.
 #![cfg(feature = "driver")]
@@ -12,7 +14,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pinhole::driver::peer::{IncomingInto, PeerConnection, PeerConnectionEvent};
-use pinhole::peer::PeerConfig;
+use pinhole::peer::{PeerConfig, TurnServerSpec};
+use pinhole::turn::{Credentials, TurnServerConfig};
 
 mod common;
 
@@ -43,14 +46,29 @@ async fn connected_pair_with(
     let mut config = PeerConfig::default();
     config.ice.consent_interval = consent_interval;
     config.ice.consent_timeout = consent_timeout;
+    connect(config.clone(), config).await
+}
+
+/// `a` (controlling) with `config_a` and `b` with `config_b`, signalled in-process until
+/// both have a nominated pair.
+async fn connect(config_a: PeerConfig, config_b: PeerConfig) -> (PeerConnection, PeerConnection) {
+    let (a, b, _) = connect_relayed(config_a, config_b).await;
+    (a, b)
+}
+
+/// [`connect`], and the address `b` sees `a` at: `a`'s local candidate in its nominated
+/// pair.
+async fn connect_relayed(
+    config_a: PeerConfig,
+    config_b: PeerConfig,
+) -> (PeerConnection, PeerConnection, SocketAddr) {
     let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut a = PeerConnection::start(config.clone(), lo, true)
-        .await
-        .unwrap();
-    let mut b = PeerConnection::start(config, lo, false).await.unwrap();
+    let mut a = PeerConnection::start(config_a, lo, true).await.unwrap();
+    let mut b = PeerConnection::start(config_b, lo, false).await.unwrap();
     a.set_remote_credentials(b.local_credentials().clone());
     b.set_remote_credentials(a.local_credentials().clone());
     let mut nominated = [false, false];
+    let mut a_as = None;
     tokio::time::timeout(WAIT, async {
         while nominated != [true, true] {
             let (i, ev) = tokio::select! {
@@ -62,21 +80,34 @@ async fn connected_pair_with(
                 PeerConnectionEvent::Candidate(c) => other.add_remote_candidate(c),
                 PeerConnectionEvent::GatheringComplete => other.end_of_remote_candidates(),
                 PeerConnectionEvent::SelectedPair {
-                    nominated: true, ..
-                } => nominated[i] = true,
+                    nominated: true,
+                    local,
+                    ..
+                } => {
+                    nominated[i] = true;
+                    if i == 0 {
+                        a_as = local.socket_addr();
+                    }
+                }
                 _ => {}
             }
         }
     })
     .await
     .expect("connected in time");
-    (a, b)
+    (
+        a,
+        b,
+        a_as.expect("a's nominated local candidate has an address"),
+    )
 }
 
-/// One datagram each way: `a` sends `n` in the first bytes, `b` echoes what it got.
+/// One datagram each way: `a` sends `n` in the first bytes, `b` echoes what it got. `b`
+/// sees `a` as `a_as` (`a`'s socket on a direct pair, its relayed address through a relay).
 async fn round_trip(
     a: &mut PeerConnection,
     b: &mut PeerConnection,
+    a_as: SocketAddr,
     n: u32,
     out: &mut [u8],
     buf: &mut [u8],
@@ -85,7 +116,7 @@ async fn round_trip(
     a.send(&*out).await;
     let (len, from) = b.recv_from(buf).await.expect("b receives");
     assert_eq!(len, out.len());
-    assert_eq!(from, a.local_addr());
+    assert_eq!(from, a_as);
     assert_eq!(buf[..4], n.to_be_bytes());
     b.send(&buf[..len]).await;
     let (len, from) = a.recv_from(buf).await.expect("a receives");
@@ -96,16 +127,28 @@ async fn round_trip(
 
 #[test]
 fn direct_datagrams_do_not_allocate() {
-    const WARM_UP: u32 = 1_000;
-    const MEASURED: u32 = 10_000;
     runtime().block_on(async {
-        let (mut a, mut b) = connected_pair().await;
+        let (a, b) = connected_pair().await;
+        let a_as = a.local_addr();
+        assert_no_allocations(a, b, a_as, 10_000).await;
+    });
+}
+
+/// Warms up, then asserts that `measured` round trips allocate nothing on this thread.
+async fn assert_no_allocations(
+    mut a: PeerConnection,
+    mut b: PeerConnection,
+    a_as: SocketAddr,
+    measured: u32,
+) {
+    const WARM_UP: u32 = 1_000;
+    {
         let mut out = vec![0x5au8; 1200];
         let mut buf = vec![0u8; 65_536];
         // Warm up: the checks' last answers, the runtime's lazily grown structures.
         tokio::time::timeout(WAIT, async {
             for n in 0..WARM_UP {
-                round_trip(&mut a, &mut b, n, &mut out, &mut buf).await;
+                round_trip(&mut a, &mut b, a_as, n, &mut out, &mut buf).await;
             }
         })
         .await
@@ -122,8 +165,8 @@ fn direct_datagrams_do_not_allocate() {
         let before = common::start_counting();
         let finished = tokio::select! {
             () = async {
-                for n in 0..MEASURED {
-                    round_trip(&mut a, &mut b, n, &mut out, &mut buf).await;
+                for n in 0..measured {
+                    round_trip(&mut a, &mut b, a_as, n, &mut out, &mut buf).await;
                 }
             } => true,
             () = &mut timer => false,
@@ -131,14 +174,80 @@ fn direct_datagrams_do_not_allocate() {
         let allocations = common::stop_counting() - before;
         assert!(
             finished,
-            "{MEASURED} round trips did not finish in {WAIT:?}"
+            "{measured} round trips did not finish in {WAIT:?}"
         );
         assert_eq!(
             allocations,
             0,
             "{allocations} heap allocations for {} datagrams",
-            2 * MEASURED
+            2 * measured
         );
+    }
+}
+
+/// The development TURN server on 127.0.0.1 (loopback peers allowed), on a thread and
+/// runtime of its own: its allocations are not counted.
+struct DevTurn {
+    addr: SocketAddr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DevTurn {
+    fn start() -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let mut config = TurnServerConfig::new("127.0.0.1:0".parse().unwrap(), "test", 0);
+                config.credentials.users.insert("u".into(), "p".into());
+                config.peers = pinhole::turn::PeerPolicy::with_loopback();
+                let handle = pinhole::driver::serve_turn(config).await.unwrap();
+                addr_tx.send(handle.local_addrs()[0]).unwrap();
+                // Bounded: a test lasts less than this.
+                for _ in 0..600 {
+                    if stop_rx.try_recv().is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        });
+        let addr = addr_rx.recv_timeout(WAIT).expect("TURN server up");
+        Self {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DevTurn {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn relayed_datagrams_do_not_allocate() {
+    let turn = DevTurn::start();
+    runtime().block_on(async {
+        let mut config = PeerConfig::default();
+        config.ice.consent_interval = Duration::from_secs(120);
+        config.ice.consent_timeout = Duration::from_secs(600);
+        let mut relayed = config.clone();
+        relayed.relay_only = true;
+        relayed.turn_servers = vec![TurnServerSpec::new(
+            turn.addr,
+            Credentials::long_term("u", "p"),
+        )];
+        let (a, b, a_relayed) = connect_relayed(relayed, config).await;
+        assert_no_allocations(a, b, a_relayed, 2_000).await;
     });
 }
 

@@ -24,8 +24,9 @@
 //! receive, and once the application has not called one for [`HANDOVER`] (or dropped one
 //! unfinished). Datagrams of data it reads meanwhile wait in a bounded queue
 //! ([`RECV_QUEUE`] datagrams, [`RECV_QUEUE_BYTES`] bytes) that the next receive drains
-//! first. [`PeerConnection::recv`] and [`PeerConnection::next`] are the same path with a
-//! `Vec` per datagram, for convenience.
+//! first; it reads into one 64 KiB buffer per thread, shared by the connections whose
+//! tasks run there. [`PeerConnection::recv`] and [`PeerConnection::next`] are the same
+//! path with a `Vec` per datagram, for convenience.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -51,7 +52,8 @@ pub const RECV_QUEUE_BYTES: usize = 1 << 20;
 /// A buffer given to [`PeerConnection::recv_from`] at least this long is read into
 /// directly; a shorter one gets a copy from a buffer of the connection's (allocated on
 /// first use), so that STUN and TURN messages are never cut short. A datagram of data
-/// longer than the buffer is truncated, as a UDP socket would.
+/// longer than the buffer is truncated, as a UDP socket would (through a relay, whose
+/// framing no longer checks out then, it is dropped).
 pub const MIN_RECV_BUF: usize = 2048;
 /// Once the application has not received for this long, the task reads the socket (for
 /// the checks, consent and relay traffic that must go on).
@@ -60,6 +62,10 @@ pub const HANDOVER: Duration = Duration::from_millis(5);
 const MAX_DATAGRAM: usize = 65_536;
 /// At most this many receive errors in a row are skipped before a receive waits again.
 const MAX_SKIPPED_ERRORS: usize = 16;
+/// After this many datagrams in a row that were not data (a flood of STUN, or of
+/// strangers' datagrams), a receive lets the runtime's other tasks run; the task reads at
+/// most this many per wake-up.
+const MAX_READ_BATCH: usize = 64;
 
 /// Who reads the socket.
 const TASK: u8 = 0;
@@ -503,6 +509,7 @@ async fn recv_from(
 
 async fn recv_loop(shared: &Shared, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
     let mut skipped = 0;
+    let mut not_data = 0;
     loop {
         // What the task read before this receive (or while handing over) comes first.
         if shared.queued.load(Ordering::SeqCst) > 0 {
@@ -520,6 +527,11 @@ async fn recv_loop(shared: &Shared, buf: &mut [u8]) -> Option<(usize, SocketAddr
                 skipped = 0;
                 if let Some(d) = take(shared, buf, n, from) {
                     return Some(d);
+                }
+                not_data += 1;
+                if not_data >= MAX_READ_BATCH {
+                    not_data = 0;
+                    tokio::task::yield_now().await;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -603,9 +615,6 @@ async fn run(
     mut portmap: PortMapping,
 ) {
     let _closing = Closing(shared.clone());
-    // Allocated while the task reads, freed while the application does: an idle
-    // connection whose application waits in a receive holds no 64 KiB of its own.
-    let mut buf: Vec<u8> = Vec::new();
     // While the application is between receives: when the task takes over, unless the
     // count of receives moved.
     let mut handover: Option<(tokio::time::Instant, u64)> = None;
@@ -638,9 +647,6 @@ async fn run(
         if reader != APP {
             shared.untimed.store(false, Ordering::SeqCst);
         }
-        if reader != TASK && !buf.is_empty() {
-            buf = Vec::new();
-        }
         if reader == IDLE {
             if handover.is_none() {
                 handover = Some((
@@ -656,12 +662,7 @@ async fn run(
             biased;
             () = shared.task_wake.notified() => {}
             r = shared.socket.readable(), if reader == TASK => match r {
-                Ok(()) => {
-                    if buf.is_empty() {
-                        buf = vec![0u8; MAX_DATAGRAM];
-                    }
-                    read(&shared, &mut buf);
-                }
+                Ok(()) => read_on_this_thread(&shared),
                 Err(e) => {
                     debug!(error = %e, "socket not readable");
                     return;
@@ -693,11 +694,40 @@ async fn run(
     }
 }
 
+thread_local! {
+    /// The tasks' receive buffer: one per thread, shared by every connection whose task
+    /// runs there (reading is synchronous, so no two use it at once), allocated on first
+    /// use and kept. A connection holds no 64 KiB of its own, and handing reading back and
+    /// forth allocates nothing.
+    static TASK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn read_on_this_thread(shared: &Shared) {
+    let done = TASK_BUF.try_with(|b| {
+        let Ok(mut buf) = b.try_borrow_mut() else {
+            return false;
+        };
+        if buf.len() < MAX_DATAGRAM {
+            buf.resize(MAX_DATAGRAM, 0);
+        }
+        read(shared, &mut buf);
+        true
+    });
+    if done != Ok(true) {
+        // The thread is shutting down (or, impossibly, reading already): a buffer of
+        // its own.
+        read(shared, &mut vec![0u8; MAX_DATAGRAM]);
+    }
+}
+
 /// Reads what the socket holds while the task is the reader: protocol traffic to the
 /// machine, data to the queue.
 fn read(shared: &Shared, buf: &mut [u8]) {
     let mut skipped = 0;
-    while shared.reader.load(Ordering::SeqCst) == TASK {
+    for _ in 0..MAX_READ_BATCH {
+        if shared.reader.load(Ordering::SeqCst) != TASK {
+            return;
+        }
         match shared.socket.try_recv_from(buf) {
             Ok((n, from)) => {
                 let rx = Received {
