@@ -258,6 +258,16 @@ fn receive(
     rx
 }
 
+/// Prints one of the timing events of `--json` (for benchmarks, such as the NAT lab's
+/// comparison with libnice), with `elapsed_ms` added: `remote-description` (the peer's
+/// credentials and `a=end-of-candidates` are in; with `unix_ms`, the wall clock then, which
+/// lines up the two sides' clocks), `valid-pair` (the best valid pair before any is
+/// nominated) and `first-data` (the first datagram from the peer).
+fn timing_event(mut v: serde_json::Value, started: Instant) {
+    v["elapsed_ms"] = json!((started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
+    eprintln!("{v}");
+}
+
 fn candidate_json(c: &Candidate) -> serde_json::Value {
     json!({"type": c.kind.as_str(), "address": c.socket_addr().map(|a| a.to_string())})
 }
@@ -446,6 +456,9 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let give_up = tokio::time::Instant::now() + args.timeout;
     let (mut ufrag, mut pwd) = (None::<String>, None::<String>);
     let mut connected = false;
+    // Timing events for benchmarks (--json only; see `timing_event`).
+    let (mut have_credentials, mut have_end, mut described) = (false, false, false);
+    let mut got_data = false;
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 1200];
@@ -468,6 +481,10 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         continue;
                     }
                     Some(Incoming::Data(d)) => {
+                        if json && !got_data {
+                            got_data = true;
+                            timing_event(json!({"event": "first-data", "bytes": d.len()}), started);
+                        }
                         if stdout.write_all(&d).await.is_err() {
                             return ExitCode::FAILURE;
                         }
@@ -511,6 +528,19 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                             ),
                         );
                     }
+                    PeerConnectionEvent::SelectedPair { local, remote, nominated: false, rtt } => {
+                        if json {
+                            timing_event(
+                                json!({
+                                    "event": "valid-pair",
+                                    "local": candidate_json(&local),
+                                    "remote": candidate_json(&remote),
+                                    "rtt_ms": rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
+                                }),
+                                started,
+                            );
+                        }
+                    }
                     PeerConnectionEvent::State(s @ (IceState::Disconnected | IceState::Failed)) => {
                         let reason = if s == IceState::Failed {
                             "no path: every candidate pair failed"
@@ -541,10 +571,22 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                             }
                         } else if line == "a=end-of-candidates" {
                             pc.end_of_remote_candidates();
+                            have_end = true;
                         }
                         if ufrag.is_some() && pwd.is_some() {
                             let (u, p) = (ufrag.take().unwrap_or_default(), pwd.take().unwrap_or_default());
                             pc.set_remote_credentials(IceCredentials { ufrag: u, pwd: p });
+                            have_credentials = true;
+                        }
+                        if json && have_credentials && have_end && !described {
+                            described = true;
+                            let unix_ms = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |d| (d.as_secs_f64() * 1e6).round() / 1e3);
+                            timing_event(
+                                json!({"event": "remote-description", "unix_ms": unix_ms}),
+                                started,
+                            );
                         }
                     }
                     Some(Err(e)) => {
