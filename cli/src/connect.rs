@@ -4,6 +4,8 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -181,10 +183,18 @@ impl Channel {
     }
 }
 
-/// Reads the peer's messages in the background, line by line.
+/// How often `--signal-dir` reads the peer's file while connecting: every line the peer
+/// writes then waits up to this long, and the connection with it.
+const DIR_POLL_CONNECTING: Duration = Duration::from_millis(5);
+/// How often once connected (later lines are trickled candidates, not urgent).
+const DIR_POLL_CONNECTED: Duration = Duration::from_millis(50);
+
+/// Reads the peer's messages in the background, line by line. `connected` (set by the
+/// caller) slows the `--signal-dir` polling down.
 fn receive(
     channel: &Channel,
     theirs: Option<PathBuf>,
+    connected: Arc<AtomicBool>,
 ) -> mpsc::UnboundedReceiver<Result<String, String>> {
     let (tx, rx) = mpsc::unbounded_channel();
     match channel {
@@ -250,7 +260,12 @@ fn receive(
                             seen = complete;
                         }
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(if connected.load(Ordering::Relaxed) {
+                        DIR_POLL_CONNECTED
+                    } else {
+                        DIR_POLL_CONNECTING
+                    })
+                    .await;
                 }
             });
         }
@@ -443,7 +458,8 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
         eprintln!("pinhole: {e}");
         return ExitCode::from(EXIT_UNREACHABLE);
     }
-    let mut incoming = receive(&channel, theirs);
+    let polling_slow = Arc::new(AtomicBool::new(false));
+    let mut incoming = receive(&channel, theirs, Arc::clone(&polling_slow));
     let json = args.json;
     let say = |v: serde_json::Value, text: String| {
         if json {
@@ -509,6 +525,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     PeerConnectionEvent::SelectedPair { local, remote, nominated: true, rtt } => {
                         let event = if connected { "path-changed" } else { "connected" };
                         connected = true;
+                        polling_slow.store(true, Ordering::Relaxed);
                         say(
                             json!({
                                 "event": event,
