@@ -4,9 +4,9 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use pinhole::driver::peer::{Incoming, PeerConnection, PeerConnectionEvent};
@@ -545,18 +545,16 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                             ),
                         );
                     }
-                    PeerConnectionEvent::SelectedPair { local, remote, nominated: false, rtt } => {
-                        if json {
-                            timing_event(
-                                json!({
-                                    "event": "valid-pair",
-                                    "local": candidate_json(&local),
-                                    "remote": candidate_json(&remote),
-                                    "rtt_ms": rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
-                                }),
-                                started,
-                            );
-                        }
+                    PeerConnectionEvent::SelectedPair { local, remote, nominated: false, rtt } if json => {
+                        timing_event(
+                            json!({
+                                "event": "valid-pair",
+                                "local": candidate_json(&local),
+                                "remote": candidate_json(&remote),
+                                "rtt_ms": rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
+                            }),
+                            started,
+                        );
                     }
                     PeerConnectionEvent::State(s @ (IceState::Disconnected | IceState::Failed)) => {
                         let reason = if s == IceState::Failed {

@@ -158,7 +158,7 @@ class Peer:
         ):
             raise SystemExit("nice_agent_attach_recv failed")
         event("started", controlling=controlling, nomination=args.nomination,
-              libnice_nomination_mode=str(a.props.nomination_mode))
+              libnice_nomination_mode=a.props.nomination_mode.value_nick)
 
     def run(self):
         if not self.agent.gather_candidates(self.stream):

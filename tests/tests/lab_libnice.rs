@@ -47,6 +47,10 @@ const PEER_TIMEOUT_SECS: u64 = 20;
 /// The bound on one interop run, from spawn to both done (then both are killed).
 const RUN_BUDGET: Duration = Duration::from_secs(PEER_TIMEOUT_SECS + 15);
 
+/// The tests of this file one at a time: the benchmark's times should not share the two
+/// cores with the interop runs.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn nice_peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("libnice/nice_peer.py")
 }
@@ -314,8 +318,7 @@ impl Side {
     }
 
     fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_owned()
+        String::from_utf8_lossy(&self.stdout.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
 
     fn event(&self, name: &str) -> Option<&Value> {
@@ -326,8 +329,7 @@ impl Side {
     fn settled(&self) -> Option<&Value> {
         self.events
             .iter()
-            .filter(|e| e["event"] == "connected" || e["event"] == "path-changed")
-            .last()
+            .rfind(|e| e["event"] == "connected" || e["event"] == "path-changed")
     }
 
     /// Stops it: stdin closed, then killed after `grace` unless it has exited.
@@ -523,6 +525,7 @@ fn pinhole_and_libnice_interoperate() {
     if !available("lab_libnice interop") {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let bin = bins::pinhole().expect("the pinhole CLI");
     let started = Instant::now();
     let mut lab = Lab::new().expect("lab");
@@ -716,10 +719,7 @@ fn pinhole_and_libnice_interoperate() {
 
 fn libnice_version() -> String {
     output_within(
-        &mut command(
-            "dpkg-query",
-            &["-W", "-f", "${Version}", "gir1.2-nice-0.1"],
-        ),
+        &mut command("dpkg-query", &["-W", "-f", "${Version}", "gir1.2-nice-0.1"]),
         Duration::from_secs(10),
     )
     .ok()
@@ -847,7 +847,10 @@ fn bench_run(bin: &Path, imp: Imp, hosts: [&Host; 2], dir: &Path) -> Times {
     }
     let descs: Vec<Option<f64>> = sides
         .iter()
-        .map(|s| s.event("remote-description").and_then(|e| e["unix_ms"].as_f64()))
+        .map(|s| {
+            s.event("remote-description")
+                .and_then(|e| e["unix_ms"].as_f64())
+        })
         .collect();
     let (Some(da), Some(db)) = (descs[0], descs[1]) else {
         t.trouble = Some(format!(
@@ -906,6 +909,7 @@ fn connect_time_vs_libnice() {
     if !available("lab_libnice benchmark") {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let bin = bins::pinhole().expect("the pinhole CLI");
     let started = Instant::now();
     let mut lab = Lab::new().expect("lab");
