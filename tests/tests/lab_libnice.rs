@@ -46,6 +46,8 @@ const PYTHON: &str = "/usr/bin/python3";
 const PEER_TIMEOUT_SECS: u64 = 20;
 /// The bound on one interop run, from spawn to both done (then both are killed).
 const RUN_BUDGET: Duration = Duration::from_secs(PEER_TIMEOUT_SECS + 15);
+/// How long an interop run goes on once both sides have a pair and the other's line.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// The tests of this file one at a time: the benchmark's times should not share the two
 /// cores with the interop runs.
@@ -479,6 +481,14 @@ fn interop_run(bin: &Path, specs: [SideSpec; 2]) -> ([Side; 2], Vec<String>, Dur
             s.pump(Duration::from_millis(10));
         }
         if done(&sides[0], &lines[1]) && done(&sides[1], &lines[0]) {
+            // Then a while longer, to see the path each settles on (a better pair that
+            // validates later is renominated by pinhole when it controls).
+            let settle = Instant::now() + SETTLE;
+            while Instant::now() < settle && !sides.iter_mut().any(Side::exited) {
+                for s in &mut sides {
+                    s.pump(Duration::from_millis(10));
+                }
+            }
             break;
         }
         if sides.iter_mut().any(|s| s.exited()) {
@@ -560,7 +570,8 @@ fn pinhole_and_libnice_interoperate() {
                 line: format!("hello from {} ({})", imp.label(), cell.label),
                 turn: true,
                 relay_only: cell.relay_only,
-                linger: 1.0,
+                // Past SETTLE: it exits by itself after the test has seen the path.
+                linger: SETTLE.as_secs_f64() + 0.5,
             };
             runs.push((
                 c,
