@@ -8,6 +8,7 @@
 #     with RUSTC_BOOTSTRAP=1, because sanitizer flags are unstable
 #   - the Debian packages of the NAT lab and the interop tests (tests/lab-deps.sh; root):
 #     iproute2, nftables, conntrack, iptables, coturn, miniupnpd, miniupnpc, natpmpc, openssl,
+#     gir1.2-nice-0.1 + python3-gi (the libnice interop peer),
 #     and pkg-config + libssl-dev for the TURN benchmark's openssl-sys dev-dependency
 #
 #   - the bindings' tools (bindings/setup.sh, called by bindings/test.sh; root): cbindgen,

@@ -30,6 +30,14 @@ done
 if [ ! -e /usr/include/openssl/ssl.h ]; then
   missing+=(libssl-dev)
 fi
+# libnice through Python GI: the interop peer of tests/tests/lab_libnice.rs
+# (tests/libnice/nice_peer.py).
+if ! compgen -G '/usr/lib/*/girepository-1.0/Nice-0.1.typelib' >/dev/null; then
+  missing+=(gir1.2-nice-0.1)
+fi
+if [ ! -e /usr/lib/python3/dist-packages/gi/__init__.py ]; then
+  missing+=(python3-gi)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0

@@ -5,6 +5,8 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pinhole::driver::peer::{Incoming, PeerConnection, PeerConnectionEvent};
@@ -191,10 +193,18 @@ impl Channel {
     }
 }
 
-/// Reads the peer's messages in the background, line by line.
+/// How often `--signal-dir` reads the peer's file while connecting: every line the peer
+/// writes then waits up to this long, and the connection with it.
+const DIR_POLL_CONNECTING: Duration = Duration::from_millis(5);
+/// How often once connected (later lines are trickled candidates, not urgent).
+const DIR_POLL_CONNECTED: Duration = Duration::from_millis(50);
+
+/// Reads the peer's messages in the background, line by line. `connected` (set by the
+/// caller) slows the `--signal-dir` polling down.
 fn receive(
     channel: &Channel,
     theirs: Option<PathBuf>,
+    connected: Arc<AtomicBool>,
 ) -> mpsc::UnboundedReceiver<Result<String, String>> {
     let (tx, rx) = mpsc::unbounded_channel();
     match channel {
@@ -260,12 +270,27 @@ fn receive(
                             seen = complete;
                         }
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(if connected.load(Ordering::Relaxed) {
+                        DIR_POLL_CONNECTED
+                    } else {
+                        DIR_POLL_CONNECTING
+                    })
+                    .await;
                 }
             });
         }
     }
     rx
+}
+
+/// Prints one of the timing events of `--json` (for benchmarks, such as the NAT lab's
+/// comparison with libnice), with `elapsed_ms` added: `remote-description` (the peer's
+/// credentials and `a=end-of-candidates` are in; with `unix_ms`, the wall clock then, which
+/// lines up the two sides' clocks), `valid-pair` (the best valid pair before any is
+/// nominated) and `first-data` (the first datagram from the peer).
+fn timing_event(mut v: serde_json::Value, started: Instant) {
+    v["elapsed_ms"] = json!((started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
+    eprintln!("{v}");
 }
 
 fn candidate_json(c: &Candidate) -> serde_json::Value {
@@ -456,7 +481,8 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
         eprintln!("pinhole: {e}");
         return ExitCode::from(EXIT_UNREACHABLE);
     }
-    let mut incoming = receive(&channel, theirs);
+    let polling_slow = Arc::new(AtomicBool::new(false));
+    let mut incoming = receive(&channel, theirs, Arc::clone(&polling_slow));
     let json = args.json;
     let say = |v: serde_json::Value, text: String| {
         if json {
@@ -469,6 +495,12 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let give_up = tokio::time::Instant::now() + args.timeout;
     let (mut ufrag, mut pwd) = (None::<String>, None::<String>);
     let mut connected = false;
+    // A pair works (nominated or not): data may flow. RFC 8445 lets either side send on
+    // any valid pair; waiting for the nomination costs a round trip for nothing.
+    let mut usable = false;
+    // Timing events for benchmarks (--json only; see `timing_event`).
+    let (mut have_credentials, mut have_end, mut described) = (false, false, false);
+    let mut got_data = false;
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 1200];
@@ -491,6 +523,10 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         continue;
                     }
                     Some(Incoming::Data(d)) => {
+                        if json && !got_data {
+                            got_data = true;
+                            timing_event(json!({"event": "first-data", "bytes": d.len()}), started);
+                        }
                         if stdout.write_all(&d).await.is_err() {
                             break 'session ExitCode::FAILURE;
                         }
@@ -499,6 +535,9 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     }
                     Some(Incoming::Event(ev)) => *ev,
                 };
+                if matches!(ev, PeerConnectionEvent::SelectedPair { .. }) {
+                    usable = true;
+                }
                 match ev {
                     PeerConnectionEvent::Candidate(c) => {
                         if let Err(e) = channel.send(&format!("a={c}\r\n")).await {
@@ -515,6 +554,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     PeerConnectionEvent::SelectedPair { local, remote, nominated: true, rtt } => {
                         let event = if connected { "path-changed" } else { "connected" };
                         connected = true;
+                        polling_slow.store(true, Ordering::Relaxed);
                         say(
                             json!({
                                 "event": event,
@@ -532,6 +572,17 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                                 rtt.map_or("?".into(), |r| format!("{:.1} ms", r.as_secs_f64() * 1e3)),
                                 started.elapsed().as_secs_f64() * 1e3
                             ),
+                        );
+                    }
+                    PeerConnectionEvent::SelectedPair { local, remote, nominated: false, rtt } if json => {
+                        timing_event(
+                            json!({
+                                "event": "valid-pair",
+                                "local": candidate_json(&local),
+                                "remote": candidate_json(&remote),
+                                "rtt_ms": rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
+                            }),
+                            started,
                         );
                     }
                     PeerConnectionEvent::State(s @ (IceState::Disconnected | IceState::Failed)) => {
@@ -564,10 +615,22 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                             }
                         } else if line == "a=end-of-candidates" {
                             pc.end_of_remote_candidates();
+                            have_end = true;
                         }
                         if ufrag.is_some() && pwd.is_some() {
                             let (u, p) = (ufrag.take().unwrap_or_default(), pwd.take().unwrap_or_default());
                             pc.set_remote_credentials(IceCredentials { ufrag: u, pwd: p });
+                            have_credentials = true;
+                        }
+                        if json && have_credentials && have_end && !described {
+                            described = true;
+                            let unix_ms = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |d| (d.as_secs_f64() * 1e6).round() / 1e3);
+                            timing_event(
+                                json!({"event": "remote-description", "unix_ms": unix_ms}),
+                                started,
+                            );
                         }
                     }
                     Some(Err(e)) => {
@@ -577,19 +640,19 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     None => {}
                 }
             }
-            n = stdin.read(&mut buf), if connected && !local_done => {
+            n = stdin.read(&mut buf), if usable && !local_done => {
                 match n {
                     Ok(0) | Err(_) => {
                         // End of our direction: an empty datagram, a few times (UDP).
                         for _ in 0..3 {
-                            pc.send(Vec::new()).await;
+                            pc.send([]).await;
                         }
                         local_done = true;
                     }
-                    Ok(n) => pc.send(buf[..n].to_vec()).await,
+                    Ok(n) => pc.send(&buf[..n]).await,
                 }
             }
-            () = tokio::time::sleep_until(give_up), if !connected => {
+            () = tokio::time::sleep_until(give_up), if !connected && !usable => {
                 say(
                     json!({"event": "disconnected", "reason": "no path within --timeout"}),
                     format!("no path within {} s (--timeout)", args.timeout.as_secs()),

@@ -263,6 +263,69 @@ fn no_direct_goes_through_the_relay_and_file_signalling_works() {
     );
 }
 
+/// `--json`'s timing events (for benchmarks such as lab_libnice's): `remote-description`
+/// with the wall clock (with trickle it may come after `connected`: the peer's
+/// end-of-candidates waits for its gathering), `first-data` with the first datagram's size.
+#[test]
+fn json_timing_events_with_file_signalling() {
+    let s = servers();
+    let dir = std::env::temp_dir().join(format!("pinhole-timing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    let side = |me: &str, them: &str| {
+        let mut a = common(&s);
+        a.extend(["--signal-dir", &d, "--name", me, "--peer", them].map(String::from));
+        a
+    };
+    let [a, b] = pair(
+        [side("ann", "ben"), side("ben", "ann")],
+        Duration::from_secs(30),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (a.code, b.code),
+        (Some(0), Some(0)),
+        "{:?} {:?}",
+        a.events,
+        b.events
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1e3;
+    for o in [&a, &b] {
+        let find = |name: &str| {
+            o.events
+                .iter()
+                .find(|e| e["event"] == name)
+                .unwrap_or_else(|| panic!("no {name} event: {:?}", o.events))
+        };
+        let desc = find("remote-description");
+        let unix_ms = desc["unix_ms"].as_f64().unwrap();
+        assert!(unix_ms <= now_ms && unix_ms > now_ms - 60_000.0, "{desc}");
+        let data = find("first-data");
+        // The harness writes its line in pieces (`writeln!` on an unbuffered pipe), and
+        // each piece pinhole reads from stdin is a datagram.
+        let bytes = data["bytes"].as_u64().unwrap();
+        assert!(
+            bytes > 0 && bytes as usize <= o.stdout.len(),
+            "{data} {:?}",
+            o.stdout
+        );
+        for e in [desc, data] {
+            assert!(e["elapsed_ms"].as_f64().is_some_and(|t| t >= 0.0), "{e}");
+        }
+        // Every valid-pair event has the pair and the time.
+        for v in o.events.iter().filter(|e| e["event"] == "valid-pair") {
+            assert!(
+                v["local"]["type"].is_string() && v["elapsed_ms"].is_number(),
+                "{v}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_peer_that_never_comes_is_a_timeout_with_exit_1() {
     let s = servers();

@@ -4,7 +4,8 @@
 //! (STUN) and coturn (TURN over UDP), connect, and carry a line each way from stdin to the
 //! peer's stdout. Every pair must connect (15 of 15 with TURN), and the path must end up
 //! direct exactly where the oracle says a direct path exists, relayed elsewhere. A second
-//! test does the same for one direct-capable pair with 10 % random loss on one router.
+//! test does the same for one direct-capable pair with 10 % random loss on one router, and
+//! a third with 50 ms one-way delay on one router (100 ms RTT).
 //!
 //! The NAT kinds (RFC 4787 terms, built by `tests/src/lab/nat.rs`):
 //!
@@ -1011,6 +1012,65 @@ fn connect_direct_through_a_port_mapping_where_it_would_relay() {
         bad.join("\n  "),
         r[0].transcript("side A (EDM)"),
         r[1].transcript("side B (mapped)"),
+        lab.server_logs()
+    );
+}
+
+#[test]
+fn connect_with_fifty_ms_one_way_delay_on_one_router() {
+    if !lab_available("lab_connect delay", &["turnserver"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("the pinhole CLI");
+    let (mut lab, signal, signal_url) = lab_with_servers(&bin);
+    // linux ↔ EIM/APDF, a direct pair that needs hole punching through both filters, with
+    // every packet through the linux router (the signalling's TCP and the servers'
+    // traffic included) held 50 ms each way: 100 ms RTT between the two hosts.
+    let delayed = NatConfig::default().delay(Duration::from_millis(50));
+    let other = NatConfig::port_restricted_cone().random_ports();
+    let (da, db) = (delayed.describe(), other.describe());
+    lab.add_router("slow", delayed, Uplink::Internet)
+        .expect("router");
+    lab.add_router("other", other, Uplink::Internet)
+        .expect("router");
+    let ha = lab.add_host("slow-h", "slow").expect("host").clone();
+    let hb = lab.add_host("other-h", "other").expect("host").clone();
+    let room = format!("{}-delay", lab.prefix());
+    let (la, lb) = ("hello across 100 ms", "hello back across 100 ms");
+    let r = run_pair(
+        &bin,
+        [&ha, &hb],
+        &room,
+        &signal_url,
+        [la, lb],
+        1,
+        SendWhen::OwnConnected,
+    );
+    drop(signal);
+    let types = |e: Option<&Value>| e.map_or("-".into(), pair_types);
+    println!(
+        "\npinhole connect with 50 ms one-way delay on one router (100 ms RTT): A = {da}, B = {db}\n\
+         connected after A {} ms, B {} ms (from each process's start: signalling and gathering included), \
+         check RTT A {} ms, B {} ms; settled: {} ({} ; {}); exits A {:?}, B {:?}",
+        ms(r[0].connected.as_ref().and_then(elapsed)),
+        ms(r[1].connected.as_ref().and_then(elapsed)),
+        ms(r[0].connected.as_ref().and_then(|e| e["rtt_ms"].as_f64())),
+        ms(r[1].connected.as_ref().and_then(|e| e["rtt_ms"].as_f64())),
+        path_word(path_of(r[0].settled(), r[1].settled())),
+        types(r[0].settled()),
+        types(r[1].settled()),
+        r[0].code,
+        r[1].code,
+    );
+    // Connection and data, not timing: the bound on the direct path is generous.
+    let mut bad = check_data(&r, [la, lb], true);
+    bad.extend(check_path(&r, true, DIRECT_WITHIN_MS_LOSSY));
+    assert!(
+        bad.is_empty(),
+        "lab_connect with delay:\n  {}\n{}{}\n{}",
+        bad.join("\n  "),
+        r[0].transcript("side A (delayed)"),
+        r[1].transcript("side B"),
         lab.server_logs()
     );
 }

@@ -84,7 +84,12 @@ impl IceCredentials {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct IceConfig {
-    /// Pacing of new checks (RFC 8445 §14.2: 50 ms by default).
+    /// Pacing of new checks. RFC 8445 §14.2 suggests 50 ms and lets it be configured; the
+    /// default here is 20 ms: one data stream of one component has a handful of pairs
+    /// (50 new checks a second stays far below what NATs and servers are paced for), and
+    /// with 50 ms the first pair that can work (server-reflexive, after a host pair to an
+    /// unreachable private address) was checked a whole Ta late, measured in the lab as
+    /// 0.5 RTT of the time to a usable path at 100 ms RTT.
     pub ta: Duration,
     /// The first retransmission timeout of a check (RFC 8445 §14.3 takes RFC 8489's
     /// 500 ms as the floor for a full checklist; one data stream's few pairs can go
@@ -112,7 +117,7 @@ pub struct IceConfig {
 impl Default for IceConfig {
     fn default() -> Self {
         Self {
-            ta: Duration::from_millis(50),
+            ta: Duration::from_millis(20),
             check_rto: Duration::from_millis(250),
             check_transmits: 7,
             consent_interval: Duration::from_secs(5),

@@ -263,11 +263,16 @@ impl World {
             .any(|g| g[..] == payload)
     }
 
+    /// Per side, whether its selected pair crosses a relay: its own (a relayed base) or
+    /// the peer's (a remote address of the TURN server's: a relayed candidate, perhaps
+    /// learned as peer-reflexive). A pair from a host base to the peer's relayed address
+    /// is not direct, whatever the local side's base says.
     fn relayed(&self) -> [Option<bool>; 2] {
-        [
-            self.sides[0].peer.is_relayed(),
-            self.sides[1].peer.is_relayed(),
-        ]
+        [0, 1].map(|i| {
+            let p = &self.sides[i].peer;
+            let (_, remote) = p.agent().selected()?;
+            Some(p.is_relayed()? || remote.ip() == a(TURN).ip())
+        })
     }
 }
 
@@ -388,7 +393,9 @@ fn relay_only_and_no_relay() {
         Conditions::default(),
     );
     assert!(w.connect(Duration::from_secs(10)));
-    assert_eq!(w.relayed(), [Some(true), Some(false)]);
+    // Side 0 through its own relay; side 1 from its host to side 0's relayed address.
+    assert_eq!(w.relayed(), [Some(true), Some(true)]);
+    assert_eq!(w.sides[1].peer.is_relayed(), Some(false));
     assert!(w.data_flows(0) && w.data_flows(1));
 }
 

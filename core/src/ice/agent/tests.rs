@@ -164,6 +164,11 @@ impl World {
         }
         for p in &mut self.peers {
             p.agent.handle_timeout(self.now);
+            // Events now, so that `connect` stops at the moment they happen, not at the
+            // next timer.
+            while let Some(e) = p.agent.poll_event() {
+                p.events.push(e);
+            }
         }
         true
     }
@@ -315,6 +320,16 @@ fn loss_and_reordering_do_not_stop_it() {
 
 #[test]
 fn a_check_on_a_pair_in_progress_triggers_a_check_at_once() {
+    for ta in [20, 50] {
+        let config = IceConfig {
+            ta: Duration::from_millis(ta),
+            ..IceConfig::default()
+        };
+        check_on_a_pair_in_progress(&config);
+    }
+}
+
+fn check_on_a_pair_in_progress(config: &IceConfig) {
     // RFC 8445 §7.3.1.4: a check that arrives on a pair whose own check is In-Progress
     // cancels it and triggers a new one. Hole punching through two address-and-port-
     // dependent filters needs exactly that: peer 0 starts checking first, its checks are
@@ -331,7 +346,7 @@ fn a_check_on_a_pair_in_progress_triggers_a_check_at_once() {
     let mapped = [0, 1].map(|i| reflect(&mut w.net, &mut w.now, bases[i]));
     let cands = [0, 1].map(|i| vec![host(bases[i]), srflx(mapped[i], bases[i])]);
     let mut agents = [0u8, 1].map(|i| {
-        let mut g = IceAgent::new(w.now, IceConfig::default(), i == 0, [30 + i; 32]);
+        let mut g = IceAgent::new(w.now, config.clone(), i == 0, [30 + i; 32]);
         for c in &cands[usize::from(i)] {
             g.add_local_candidate(c.clone(), bases[usize::from(i)]);
         }
@@ -366,7 +381,8 @@ fn a_check_on_a_pair_in_progress_triggers_a_check_at_once() {
     let took = w.now - late;
     assert!(
         took < Duration::from_millis(200),
-        "connected {took:?} after peer 1 started"
+        "connected {took:?} after peer 1 started (Ta {:?})",
+        config.ta
     );
     let (l, r) = nominated(&w.peers[0]).unwrap();
     assert_eq!(
