@@ -28,6 +28,7 @@
 //! - `sim` (feature `sim`): a seeded virtual network with RFC 4787 NATs for deterministic
 //!   tests.
 //! - [`signal`]: the rooms of `pinhole signal`, the development rendezvous.
+//! - [`retransmit`]: the one retransmission schedule of STUN, PCP and NAT-PMP requests.
 //! - [`ratelimit`]: per-source token buckets that keep the servers safe on a public address.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -41,6 +42,7 @@ pub mod netcheck;
 pub mod peer;
 pub mod portmap;
 pub mod ratelimit;
+pub mod retransmit;
 pub mod signal;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

@@ -68,13 +68,20 @@ pub use verify::{MAX_VERIFY_INTERVAL, MIN_VERIFY_INTERVAL, VERIFY_INTERVAL, Veri
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use crate::retransmit::Schedule;
+
 /// First retransmission timeout of PCP and NAT-PMP requests: RFC 6886 §3.1's 250 ms
 /// (PCP's 3 s initial timeout, RFC 6887 §8.1.1, is far too slow for a probe budget).
 pub const REQUEST_RTO: Duration = Duration::from_millis(250);
 /// Transmissions of one request: at 0, 250 and 750 ms.
 pub const REQUEST_TRANSMITS: u32 = 3;
 /// After the last transmission, wait this long: a request fails 1.75 s after it started.
+/// It is the RTO doubled once more, as RFC 6886 §3.1 waits after its last attempt.
 pub const REQUEST_LAST_WAIT: Duration = Duration::from_millis(1000);
+/// The schedule of every PCP and NAT-PMP request (and of the STUN checks that verify a
+/// mapping): RFC 6886 §3.1's ([`Schedule::NAT_PMP`]) cut to [`REQUEST_TRANSMITS`]
+/// transmissions, failing [`REQUEST_LAST_WAIT`] after the last.
+pub const REQUEST_SCHEDULE: Schedule = Schedule::doubling(REQUEST_RTO, REQUEST_TRANSMITS);
 /// Lifetime asked for by default, RFC 6886 §3.3's recommendation.
 pub const DEFAULT_LIFETIME: u32 = 7200;
 /// How long the driver may take for one UPnP operation before it counts as failed.

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
 
+use super::REQUEST_SCHEDULE;
 use super::natpmp;
-use super::{REQUEST_LAST_WAIT, REQUEST_RTO, REQUEST_TRANSMITS};
+use crate::retransmit::{Due, Retransmit};
 use crate::{Protocol, Received, Transmit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,12 +27,11 @@ pub(super) enum Req {
 pub(super) struct Outstanding {
     pub(super) req: Req,
     bytes: Vec<u8>,
-    transmits: u32,
-    rto: Duration,
-    deadline: Instant,
+    retransmit: Retransmit,
 }
 
-/// Retransmits PCP / NAT-PMP requests to the gateway on RFC 6886's schedule.
+/// Retransmits PCP / NAT-PMP requests to the gateway on [`REQUEST_SCHEDULE`] (RFC 6886's
+/// schedule, cut short).
 #[derive(Debug)]
 pub(super) struct Requests {
     source: SocketAddr,
@@ -61,9 +61,7 @@ impl Requests {
         self.out.push(Outstanding {
             req,
             bytes,
-            transmits: 1,
-            rto: REQUEST_RTO,
-            deadline: now + REQUEST_RTO,
+            retransmit: Retransmit::new(now, REQUEST_SCHEDULE),
         });
     }
 
@@ -83,34 +81,25 @@ impl Requests {
         let mut i = 0;
         while i < self.out.len() {
             let o = &mut self.out[i];
-            if o.deadline > now {
-                i += 1;
-                continue;
-            }
-            if o.transmits < REQUEST_TRANSMITS {
-                o.transmits += 1;
-                o.rto *= 2;
-                o.deadline = if o.transmits == REQUEST_TRANSMITS {
-                    now + REQUEST_LAST_WAIT
-                } else {
-                    now + o.rto
-                };
-                self.transmits.push_back(Transmit {
-                    proto: Protocol::Udp,
-                    source: self.source,
-                    destination: self.server,
-                    contents: o.bytes.clone(),
-                });
-                i += 1;
-            } else {
-                failed.push(self.out.swap_remove(i).req);
+            match o.retransmit.handle_timeout(now) {
+                None => i += 1,
+                Some(Due::Retransmit) => {
+                    self.transmits.push_back(Transmit {
+                        proto: Protocol::Udp,
+                        source: self.source,
+                        destination: self.server,
+                        contents: o.bytes.clone(),
+                    });
+                    i += 1;
+                }
+                Some(Due::GiveUp) => failed.push(self.out.swap_remove(i).req),
             }
         }
         failed
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.out.iter().map(|o| o.deadline).min()
+        self.out.iter().map(|o| o.retransmit.deadline()).min()
     }
 
     /// Whether `rx` comes from the gateway's port 5351 to our socket.
