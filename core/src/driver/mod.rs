@@ -2,11 +2,12 @@
 //!
 //! - [`netcheck`] binds the sockets a [`Prober`](crate::netcheck::Prober) needs, runs it and returns its report
 //!   ([`netcheck_until`]: or what it found when told to stop).
-//! - [`serve`] runs a [`StunServer`](crate::stun::StunServer) on all of its addresses until the handle is dropped.
+//! - `serve` (feature `server`) runs a `StunServer` on all of its addresses until the
+//!   handle is dropped; `serve_turn` the development TURN server.
 //! - [`resolve`] turns `stun:` URIs into [`ServerSpec`](crate::netcheck::ServerSpec)s.
 //! - [`portmap`] runs the port mapper and the gateway probe.
 //! - [`turn`] runs a TURN allocation over UDP, TCP or TLS.
-//! - [`signal`] serves `pinhole signal`'s rendezvous over HTTP.
+//! - `signal` (feature `server`) serves `pinhole signal`'s rendezvous over HTTP.
 //! - [`peer`] runs a peer connection (ICE over STUN and TURN) on one UDP socket.
 
 mod error;
@@ -14,8 +15,11 @@ mod netcheck;
 pub mod peer;
 pub mod portmap;
 mod resolve;
+#[cfg(feature = "server")]
 mod serve;
+#[cfg(feature = "server")]
 mod serve_turn;
+#[cfg(feature = "server")]
 pub mod signal;
 mod sockets;
 pub mod turn;
@@ -23,7 +27,9 @@ pub mod turn;
 pub use error::{DriverError, os_seed};
 pub use netcheck::{netcheck, netcheck_until};
 pub use resolve::{DEFAULT_STUN_SERVERS, Unresolved, resolve};
+#[cfg(feature = "server")]
 pub use serve::{ServeHandle, serve, serve_loopback};
+#[cfg(feature = "server")]
 pub use serve_turn::serve_turn;
 
 use error::io;

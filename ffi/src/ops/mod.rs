@@ -4,16 +4,19 @@
 //!
 //! - [`netcheck`]: [`NetcheckPlan`], a netcheck with the gateway probe beside it;
 //! - [`portmap`]: [`MappingPlan`], a port mapping (and its verification reflector);
-//! - [`server`]: [`Server`], the embedded STUN server;
+//! - `server`: `Server`, the embedded STUN server (feature `server`; also in the unit
+//!   tests, as a reflector);
 //! - [`turn`]: [`TurnPlan`], a TURN allocation and the commands it takes.
 
 mod netcheck;
 mod portmap;
+#[cfg(any(test, feature = "server"))]
 mod server;
 mod turn;
 
 pub(crate) use netcheck::NetcheckPlan;
 pub(crate) use portmap::MappingPlan;
+#[cfg(any(test, feature = "server"))]
 pub(crate) use server::Server;
 pub(crate) use turn::{TurnCommand, TurnPlan, TurnStatus, turn_send_args};
 
