@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{DEFAULT_LIFETIME, VerifyConfig};
+use super::{DEFAULT_LIFETIME, VerifyConfig, is_publicly_routable};
 
 /// The transport protocol of a mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +76,7 @@ pub enum ViaChoice {
 
 /// A mapping that exists on the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Mapping {
     /// The protocol that made it.
     pub via: Via,
@@ -96,8 +97,34 @@ pub struct Mapping {
     pub reachable: bool,
 }
 
+impl Mapping {
+    /// A mapping granted at `now` for `lifetime`: good until `now + lifetime`, renewed at
+    /// half of it, and reachable unless the external address is private or shared
+    /// ([`is_publicly_routable`]).
+    pub fn new(
+        now: Instant,
+        via: Via,
+        protocol: MapProtocol,
+        internal: SocketAddr,
+        external: SocketAddr,
+        lifetime: Duration,
+    ) -> Self {
+        Self {
+            via,
+            protocol,
+            internal,
+            external,
+            lifetime,
+            good_until: now + lifetime,
+            renew_at: now + lifetime / 2,
+            reachable: is_publicly_routable(external.ip()),
+        }
+    }
+}
+
 /// Where the mapper talks and what it asks for.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MapperConfig {
     /// The gateway (PCP and NAT-PMP server on port 5351).
     pub gateway: IpAddr,

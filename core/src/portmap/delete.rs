@@ -14,6 +14,7 @@ use crate::{Received, Transmit};
 
 /// What one protocol answered to a [`Delete`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeleteOutcome {
     /// Not asked: the `via` choice excludes it.
     NotAsked,
@@ -58,6 +59,7 @@ impl DeleteOutcome {
 
 /// What each protocol answered to a [`Delete`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeleteReport {
     /// PCP (MAP with lifetime 0 for the internal port).
     pub pcp: DeleteOutcome,

@@ -7,6 +7,7 @@ use super::{MapProtocol, Mapping};
 
 /// Why a mapping was lost or could not be made.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LossReason {
     /// The gateway's epoch went backwards or too slowly: it restarted (RFC 6887 §8.5).
     GatewayRestarted,
@@ -55,6 +56,7 @@ impl std::fmt::Display for LossReason {
 
 /// What the mapper reports.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum MapperEvent {
     /// A mapping exists (first time, or re-created after a loss).
     Mapped(Mapping),
@@ -91,6 +93,7 @@ pub enum MapperEvent {
 
 /// How a release ended ([`MapperEvent::Released`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReleaseOutcome {
     /// The gateway confirmed the deletion of this mapping (for UPnP also by answering that
     /// no such mapping exists any more).
@@ -110,6 +113,7 @@ pub enum ReleaseOutcome {
 
 /// Work for the driver's UPnP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UpnpCommand {
     /// Discover the IGD (SSDP: unicast to the gateway first, then multicast) and read
     /// its external address. Answer with [`UpnpResult::Available`],
@@ -139,6 +143,7 @@ pub enum UpnpCommand {
 
 /// The driver's answer to a [`UpnpCommand`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UpnpResult {
     /// An IGD answered; its external address if it gave one.
     Available {

@@ -13,7 +13,7 @@ use super::{
     ANNOUNCE_JITTER, ANNOUNCE_PORT, LossReason, MAX_VERIFY_INTERVAL, MIN_VERIFY_INTERVAL,
     MapProtocol, MapperConfig, MapperEvent, Mapping, RECREATE_RETRY_MAX, RECREATE_RETRY_MIN,
     ReleaseOutcome, UPNP_HEAD_START, UpnpCommand, UpnpResult, VERIFY_INTERVAL, Via, ViaChoice,
-    is_publicly_routable, natpmp, pcp, verify,
+    natpmp, pcp, verify,
 };
 use crate::{Received, Transmit};
 
@@ -515,16 +515,14 @@ impl Mapper {
         // UPnP's 0 means "infinite": renew hourly all the same.
         let secs = if lifetime == 0 { 7200 } else { lifetime };
         let lifetime = Duration::from_secs(u64::from(secs));
-        let new = Mapping {
+        let new = Mapping::new(
+            now,
             via,
-            protocol: self.config.protocol,
-            internal: SocketAddr::new(self.config.local_ip, self.config.internal_port),
+            self.config.protocol,
+            SocketAddr::new(self.config.local_ip, self.config.internal_port),
             external,
             lifetime,
-            good_until: now + lifetime,
-            renew_at: now + lifetime / 2,
-            reachable: is_publicly_routable(external.ip()),
-        };
+        );
         let old = self.mapping.replace(new);
         self.preferred = Some(via);
         self.upnp_probe_at = None;

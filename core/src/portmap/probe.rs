@@ -10,6 +10,7 @@ use crate::{Received, Transmit};
 
 /// What the gateway supports, for netcheck.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProbeReport {
     /// PCP answered an ANNOUNCE (`None`: not probed or undecided).
     pub pcp: Option<bool>,

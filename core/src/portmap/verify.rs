@@ -53,6 +53,7 @@ pub const MAX_VERIFY_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// `pinhole serve`, coturn with `rfc5780`, stunprotocol.org. Verification needs UDP and the
 /// mapped socket: its datagrams must reach [`Mapper::handle_input`](super::Mapper::handle_input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VerifyConfig {
     /// The reflector's primary address.
     pub reflector: SocketAddr,

@@ -17,6 +17,7 @@ use crate::{Protocol, Received, Transmit};
 
 /// Retransmission settings, RFC 8489 §6.2.1. The defaults are the RFC's.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Initial retransmission timeout (RTO); doubles after each transmission.
     /// Default 500 ms (RFC 8489 §6.2.1).
@@ -83,6 +84,7 @@ pub enum ExpectFrom {
 
 /// What a new request looks like: where it goes and how it is protected.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Request {
     /// The transport.
     pub proto: Protocol,
@@ -103,6 +105,25 @@ pub struct Request {
 }
 
 impl Request {
+    /// A `method` request over `proto` from `source` to `destination`, unauthenticated,
+    /// answered by `destination` at `source`.
+    pub fn new(
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        method: Method,
+    ) -> Self {
+        Self {
+            proto,
+            source,
+            destination,
+            method,
+            key: None,
+            expect_from: ExpectFrom::Destination,
+            response_at: None,
+        }
+    }
+
     /// A Binding request over UDP from `source` to `destination`, unauthenticated.
     pub fn binding(source: SocketAddr, destination: SocketAddr) -> Self {
         Self {
@@ -156,6 +177,7 @@ impl StunResponse {
 
 /// What the client reports.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum TransactionEvent {
     /// A response was accepted.
     Response(StunResponse),

@@ -100,17 +100,14 @@ impl NetcheckPlan {
             }));
         }
         let labels: Vec<String> = servers.iter().map(|s| s.label.clone()).collect();
-        let config = pinhole::netcheck::NetcheckConfig {
-            servers,
-            hairpinning: self.hairpinning,
-            lifetime_probes: if self.lifetime {
-                pinhole::netcheck::DEFAULT_LIFETIME_PROBES.to_vec()
-            } else {
-                Vec::new()
-            },
-            budget: self.budget,
-            ..pinhole::netcheck::NetcheckConfig::default()
+        let mut config = pinhole::netcheck::NetcheckConfig::new(servers);
+        config.hairpinning = self.hairpinning;
+        config.lifetime_probes = if self.lifetime {
+            pinhole::netcheck::DEFAULT_LIFETIME_PROBES.to_vec()
+        } else {
+            Vec::new()
         };
+        config.budget = self.budget;
         let portmap = async {
             match self.portmap {
                 None => None,

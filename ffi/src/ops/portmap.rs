@@ -124,10 +124,9 @@ impl MappingPlan {
                  address {local_ip}"
             ));
         }
-        self.config.verify = Some(VerifyConfig {
-            reflector,
-            interval: *interval,
-        });
+        let mut verify = VerifyConfig::new(reflector);
+        verify.interval = *interval;
+        self.config.verify = Some(verify);
         Ok(())
     }
 
@@ -184,10 +183,13 @@ impl MappingPlan {
                     MapperEvent::Lost(_)
                     | MapperEvent::Unavailable(_)
                     | MapperEvent::Released(_) => set(None),
-                    MapperEvent::Unverified(_) => {}
+                    // Events that leave the current mapping as it is.
+                    _ => {}
                 }
                 terminal |= matches!(ev, MapperEvent::Released(_) | MapperEvent::Unavailable(_));
-                on_event(PortMappingEvent::from_core(ev));
+                if let Some(event) = PortMappingEvent::from_core(ev) {
+                    on_event(event);
+                }
                 true
             })
             .await;
@@ -288,37 +290,36 @@ mod tests {
     #[test]
     fn verification_events_cross_the_ffi() {
         use pinhole::portmap::{MapProtocol, Mapping, Via};
-        let m = Mapping {
-            protocol: MapProtocol::Udp,
-            internal: "10.0.0.2:40000".parse().unwrap(),
-            external: "203.0.113.7:40000".parse().unwrap(),
-            lifetime: Duration::from_secs(7200),
-            good_until: std::time::Instant::now(),
-            renew_at: std::time::Instant::now(),
-            via: Via::Pcp,
-            reachable: true,
-        };
+        let m = Mapping::new(
+            std::time::Instant::now(),
+            Via::Pcp,
+            MapProtocol::Udp,
+            "10.0.0.2:40000".parse().unwrap(),
+            "203.0.113.7:40000".parse().unwrap(),
+            Duration::from_secs(7200),
+        );
+        assert!(m.reachable);
         let pm = PortMapping::from(&m);
         assert_eq!(
             PortMappingEvent::from_core(&MapperEvent::Verified(m)),
-            PortMappingEvent::Verified {
+            Some(PortMappingEvent::Verified {
                 mapping: pm.clone()
-            }
+            })
         );
         assert_eq!(
             PortMappingEvent::from_core(&MapperEvent::NotForwarding(m)),
-            PortMappingEvent::NotForwarding { mapping: pm }
+            Some(PortMappingEvent::NotForwarding { mapping: pm })
         );
         assert_eq!(
             PortMappingEvent::from_core(&MapperEvent::Unverified("silent".into())),
-            PortMappingEvent::Unverified {
+            Some(PortMappingEvent::Unverified {
                 reason: "silent".into()
-            }
+            })
         );
         let lost = PortMappingEvent::from_core(&MapperEvent::Lost(
             pinhole::portmap::LossReason::NotForwarding,
         ));
-        assert!(matches!(lost, PortMappingEvent::Lost { reason } if reason.contains("STUN")));
+        assert!(matches!(lost, Some(PortMappingEvent::Lost { reason }) if reason.contains("STUN")));
     }
 
     /// Runs a mapper at 127.0.0.9 (loopback, where no gateway listens) on a task's thread;

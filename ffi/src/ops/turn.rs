@@ -87,12 +87,12 @@ impl TurnPlan {
             l => l,
         };
         Ok(TurnPlan {
-            config: TurnClientConfig {
-                uri,
-                credentials,
-                lifetime: Duration::from_secs(lifetime.into()),
-                family: c.family.map(Into::into).unwrap_or_default(),
-                ca_pem: c.ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
+            config: {
+                let mut config = TurnClientConfig::new(uri, credentials);
+                config.lifetime = Duration::from_secs(lifetime.into());
+                config.family = c.family.map(Into::into).unwrap_or_default();
+                config.ca_pem = c.ca_pem.as_ref().map(|p| p.as_bytes().to_vec());
+                config
             },
         })
     }
@@ -206,7 +206,10 @@ impl TurnPlan {
                         ),
                         _ => {}
                     }
-                    TurnEvent::from_core(a)
+                    match TurnEvent::from_core(a) {
+                        Some(e) => e,
+                        None => continue,
+                    }
                 }
                 Core::SendFailed(peer, e) => {
                     // A permission or channel request the driver refused at once (its
@@ -235,7 +238,6 @@ impl TurnPlan {
                     Some(PinholeError::Io(why)),
                 ),
                 // Variants the driver may add later: not for the foreign APIs yet.
-                #[allow(unreachable_patterns)]
                 _ => continue,
             };
             match &event {
