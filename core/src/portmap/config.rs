@@ -142,7 +142,7 @@ pub struct MapperConfig {
     /// Which protocols may be used.
     pub via: ViaChoice,
     /// Verify UDP mappings through this STUN reflector (default: none). The mapped socket's
-    /// datagrams must then reach [`Mapper::handle_input`], and [`Mapper::poll_transmit`]
+    /// datagrams must then reach [`Mapper::handle_input`](super::Mapper::handle_input), and [`Mapper::poll_transmit`](super::Mapper::poll_transmit)
     /// yields datagrams whose `source` is the mapped socket.
     pub verify: Option<VerifyConfig>,
 }

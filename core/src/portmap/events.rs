@@ -20,7 +20,7 @@ pub enum LossReason {
     /// time) until the mapping was about to expire.
     NotAnswering(String),
     /// The gateway kept the mapping but traffic stopped arriving through it (STUN
-    /// verification, [`MapperConfig::verify`]): it is deleted and added again.
+    /// verification, [`MapperConfig::verify`](super::MapperConfig::verify)): it is deleted and added again.
     NotForwarding,
 }
 
@@ -73,21 +73,21 @@ pub enum MapperEvent {
     Lost(LossReason),
     /// No protocol could make a mapping.
     Unavailable(String),
-    /// The release ([`Mapper::release`]) is over, and how: whether the gateway confirmed
+    /// The release ([`Mapper::release`](super::Mapper::release)) is over, and how: whether the gateway confirmed
     /// the deletion. The mapper has finished.
     Released(ReleaseOutcome),
     /// Traffic from the STUN reflector arrived through the mapping
-    /// ([`MapperConfig::verify`]).
+    /// ([`MapperConfig::verify`](super::MapperConfig::verify)).
     Verified(Mapping),
     /// The gateway grants the mapping, but traffic does not arrive through it, even after
     /// deleting and adding it again. It is kept (and verified again after
-    /// [`VerifyConfig::interval`]).
+    /// [`VerifyConfig::interval`](super::VerifyConfig::interval)).
     NotForwarding(Mapping),
     /// The mapping could not be verified: the reflector did not answer, does not implement
     /// RFC 5780, or sees this host at another address; or no verification can work (a TCP
     /// mapping, or one whose external address is private or CGNAT, behind another NAT:
     /// said at every new such mapping). With no answer it is tried again after
-    /// [`VerifyConfig::interval`]; otherwise verification stops.
+    /// [`VerifyConfig::interval`](super::VerifyConfig::interval); otherwise verification stops.
     Unverified(String),
 }
 

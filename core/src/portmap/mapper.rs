@@ -965,7 +965,7 @@ impl Mapper {
     }
 
     /// The next UPnP operation for the driver; answer it with [`Mapper::handle_upnp`]
-    /// within [`UPNP_TIMEOUT`].
+    /// within [`UPNP_TIMEOUT`](super::UPNP_TIMEOUT).
     #[must_use]
     pub fn poll_upnp(&mut self) -> Option<UpnpCommand> {
         self.upnp_out.pop_front()
