@@ -4,7 +4,7 @@
 //! handle, and no heap allocation on the steady-state data path.
 //!
 //! A counting global allocator (`common`) wraps the system one.
-#![cfg(feature = "driver")]
+#![cfg(all(feature = "driver", feature = "server"))]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
