@@ -38,9 +38,15 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo check: sans-IO core alone, and without TLS"
+step "cargo check: sans-IO core alone, without TLS, and the feature combinations"
 cargo check -p pinhole --no-default-features
 cargo check -p pinhole
+# The mobile library's: the driver without the development servers.
+cargo check -p pinhole --no-default-features --features driver
+# The servers' sans-IO machines without the driver (the fuzz targets' build).
+cargo check -p pinhole --no-default-features --features server
+# The ffi crate's embedded STUN server, which the workspace's clippy run leaves out.
+cargo clippy -p pinhole-ffi --all-targets --features server -- -D warnings
 
 step "cargo test --workspace"
 cargo test --workspace

@@ -5,7 +5,9 @@
 #                               is committed; test.sh regenerates it elsewhere and diffs)
 #   generate.sh bindings        builds the host library (debug, unstripped: uniffi-bindgen
 #                               reads its metadata) and generates the Kotlin and Swift
-#                               sources into bindings/build/generated (not committed)
+#                               sources into bindings/build/generated (not committed);
+#                               with the ffi crate's features in PINHOLE_FFI_FEATURES
+#                               (bindings/test.sh: `server`, the embedded STUN server)
 #   generate.sh pc [PREFIX]     pinhole.pc from ffi/pinhole.pc.in; without PREFIX, one that
 #                               points into this tree (for the tests)
 #   generate.sh                 all three
@@ -24,7 +26,7 @@ header() {
 }
 
 bindings() {
-    cargo build --quiet -p pinhole-ffi
+    cargo build --quiet -p pinhole-ffi --features "${PINHOLE_FFI_FEATURES:-}"
     cargo build --quiet -p uniffi-bindgen
     rm -rf "$OUT/generated"
     mkdir -p "$OUT/generated"

@@ -16,7 +16,9 @@
 #
 # bindings/setup.sh installs the tools first (idempotent: quick when they are there; the
 # chroot and kotlinc live outside the clone, under PINHOLE_TOOLS=/opt/pinhole-tools). The
-# C, Kotlin and Swift tests talk to a `pinhole serve` started here on 127.0.0.1/127.0.0.2
+# C, Kotlin and Swift tests run against a library built with the ffi crate's feature
+# `server` (the embedded STUN server, which they also test; the mobile and size parts build
+# the library as it ships, without it). They talk to a `pinhole serve` started here on 127.0.0.1/127.0.0.2
 # and to a `pinhole serve --turn` on 127.0.0.1 (TURN over UDP, long-term and REST
 # credentials, relaying on 127.0.0.1); the port-mapping tests point at 127.0.0.9, where no
 # gateway listens. Nothing contacts
@@ -178,8 +180,10 @@ build() {
     [ -n "$built" ] && return 0
     step "build the host library, the CLI and uniffi-bindgen; generate the sources"
     # The library alone, so that it has exactly its own feature set (the CLI would add
-    # tokio's signal handling to the build), then the tools.
-    cargo build --quiet -p pinhole-ffi
+    # tokio's signal handling to the build), then the tools. With the embedded STUN
+    # server, which the tests exercise.
+    export PINHOLE_FFI_FEATURES=server
+    cargo build --quiet -p pinhole-ffi --features "$PINHOLE_FFI_FEATURES"
     cargo build --quiet -p pinhole-cli -p uniffi-bindgen
     bindings/generate.sh bindings
     bindings/generate.sh pc

@@ -21,6 +21,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The tests use the embedded STUN server (pinhole_server_*), which the library has when it
+ * is built with the feature `server`, as bindings/test.sh builds it. */
+#define PINHOLE_FEATURE_SERVER 1
 #include "pinhole.h"
 
 static int passed, failed;

@@ -121,13 +121,9 @@ pub(crate) async fn allocate(args: AllocateArgs) -> ExitCode {
         },
         None => None,
     };
-    let config = TurnClientConfig {
-        uri: uri.clone(),
-        credentials,
-        lifetime: Duration::from_secs(args.lifetime),
-        family: Default::default(),
-        ca_pem,
-    };
+    let mut config = TurnClientConfig::new(uri.clone(), credentials);
+    config.lifetime = Duration::from_secs(args.lifetime);
+    config.ca_pem = ca_pem;
     let chatty = !args.json;
     let secs = |d: Duration| d.as_secs_f64();
     let give_up = started + args.timeout;
@@ -370,6 +366,8 @@ pub(crate) async fn allocate(args: AllocateArgs) -> ExitCode {
                 eprintln!("pinhole: {why}");
                 return ExitCode::from(EXIT_UNREACHABLE);
             }
+            // Events this command does not show (added after it was written).
+            other => tracing::debug!(event = ?other, "TURN event not shown"),
         }
     }
 }

@@ -261,20 +261,20 @@ mod tests {
         use pinhole::netcheck::{Behaviour, ServerReport};
         let server: SocketAddr = "198.51.100.1:3478".parse().unwrap();
         let mapped: SocketAddr = "203.0.113.5:40001".parse().unwrap();
-        let report = |mapping| Report {
-            udp: true,
-            public: vec![mapped],
-            mapping,
-            filtering: Behaviour::AddressAndPortDependent,
-            servers: vec![ServerReport {
+        let report = |mapping| {
+            let mut r = Report::unknown(Vec::new());
+            r.udp = true;
+            r.public = vec![mapped];
+            r.mapping = mapping;
+            r.filtering = Behaviour::AddressAndPortDependent;
+            r.servers = vec![ServerReport {
                 label: "stun:x".into(),
                 addr: server,
                 rtt: Some(Duration::from_millis(9)),
                 mapped: Some(mapped),
                 other_address: None,
-            }],
-            notes: Vec::new(),
-            ..empty_report()
+            }];
+            r
         };
         let behind_nat = [(mapped, Some("192.168.1.20".parse().unwrap()))];
         let own = [(mapped, Some(mapped.ip()))];

@@ -203,10 +203,9 @@ pub(crate) async fn map(args: MapArgs) -> ExitCode {
         }
         match driver::resolve(std::slice::from_ref(uri)).await {
             Ok((servers, _)) if !servers.is_empty() => {
-                config.verify = Some(VerifyConfig {
-                    reflector: servers[0].addr,
-                    interval: Duration::from_secs(args.verify_interval),
-                });
+                let mut verify = VerifyConfig::new(servers[0].addr);
+                verify.interval = Duration::from_secs(args.verify_interval);
+                config.verify = Some(verify);
             }
             Ok((_, unresolved)) => {
                 let why = unresolved
@@ -305,6 +304,8 @@ pub(crate) async fn map(args: MapArgs) -> ExitCode {
             }
             MapperEvent::Unavailable(why) => failure = Some(why.clone()),
             MapperEvent::Released(outcome) => print_released(json, mapped, outcome),
+            // Events this command does not show (added after it was written).
+            other => tracing::debug!(event = ?other, "port-mapping event not shown"),
         }
         let _ = std::io::stdout().flush();
         true
@@ -387,6 +388,16 @@ pub(crate) fn print_released(json: bool, mapped: bool, outcome: &ReleaseOutcome)
                 );
             } else if mapped {
                 println!("nothing to delete: the mapping had been lost");
+            }
+        }
+        other => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"event": "released", "outcome": format!("{other:?}"), "confirmed": null})
+                );
+            } else {
+                println!("released: {other:?}");
             }
         }
     }
@@ -629,6 +640,7 @@ pub(crate) async fn map_delete(
                 ),
                 DeleteOutcome::Refused(why) => format!("refused ({why})"),
                 DeleteOutcome::NoAnswer(why) => format!("not answering ({why})"),
+                other => other.as_str().to_owned(),
             };
             println!("  {:<7} {line}", v.as_str());
         }

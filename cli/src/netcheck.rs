@@ -120,13 +120,10 @@ pub(crate) async fn netcheck(args: NetcheckArgs) -> ExitCode {
         Vec::new()
     };
     let longest = lifetime_probes.iter().max().copied().unwrap_or_default();
-    let config = NetcheckConfig {
-        servers: servers.clone(),
-        hairpinning: !args.no_hairpin,
-        lifetime_probes,
-        budget: args.timeout,
-        ..NetcheckConfig::default()
-    };
+    let mut config = NetcheckConfig::new(servers.clone());
+    config.hairpinning = !args.no_hairpin;
+    config.lifetime_probes = lifetime_probes;
+    config.budget = args.timeout;
     let quiet = args.json;
     if !quiet {
         eprintln!("probing {} server(s)…", servers.len());
@@ -264,18 +261,7 @@ pub(crate) fn print_portmap(p: Option<&PortmapOutcome>) {
 }
 
 pub(crate) fn empty_report() -> Report {
-    Report {
-        udp: false,
-        public: Vec::new(),
-        mapping: pinhole::netcheck::Behaviour::Unknown,
-        filtering: pinhole::netcheck::Behaviour::Unknown,
-        hairpinning: None,
-        alg_rewrites: None,
-        binding_lifetime: None,
-        rfc5780_server: None,
-        servers: Vec::new(),
-        notes: vec!["no STUN server could be resolved".into()],
-    }
+    Report::unknown(vec!["no STUN server could be resolved".into()])
 }
 
 pub(crate) fn progress(ev: &NetcheckEvent, servers: &[ServerSpec]) {
@@ -303,6 +289,8 @@ pub(crate) fn progress(ev: &NetcheckEvent, servers: &[ServerSpec]) {
             idle.as_secs()
         ),
         NetcheckEvent::Done(_) => return,
+        // Progress this command does not show.
+        _ => return,
     };
     eprintln!("{line}");
 }

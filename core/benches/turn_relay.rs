@@ -311,15 +311,12 @@ fn run_pinhole_data_plane_coalescing(cfg: Config) -> Sample {
 /// Allocates with the driver and binds a channel to the peer.
 async fn pinhole_driver_setup(cfg: &Config) -> pinhole::driver::turn::TurnHandle {
     use pinhole::driver::turn::{TurnClientConfig, TurnEvent, allocate};
-    use pinhole::turn::{AllocationEvent, Credentials, RequestedFamily, TurnUri};
+    use pinhole::turn::{AllocationEvent, Credentials, TurnUri};
     let uri: TurnUri = format!("turn:{}", cfg.server).parse().unwrap();
-    let mut h = allocate(TurnClientConfig {
+    let mut h = allocate(TurnClientConfig::new(
         uri,
-        credentials: Credentials::long_term(USER, PASS),
-        lifetime: Duration::from_secs(600),
-        family: RequestedFamily::V4,
-        ca_pem: None,
-    })
+        Credentials::long_term(USER, PASS),
+    ))
     .await
     .unwrap();
     let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;

@@ -27,8 +27,16 @@
 //! - [`netcheck`]: NAT behaviour discovery (RFC 5780, RFC 4787 terms).
 //! - `sim` (feature `sim`): a seeded virtual network with RFC 4787 NATs for deterministic
 //!   tests.
-//! - [`signal`]: the rooms of `pinhole signal`, the development rendezvous.
-//! - [`ratelimit`]: per-source token buckets that keep the servers safe on a public address.
+//! - [`retransmit`]: the one retransmission schedule of STUN, PCP and NAT-PMP requests.
+//! - `signal` (feature `server`): the rooms of `pinhole signal`, the development
+//!   rendezvous.
+//! - `ratelimit` (feature `server`): per-source token buckets that keep the servers safe
+//!   on a public address.
+//!
+//! The development servers (the STUN server, the TURN server, the rendezvous rooms, and
+//! with `driver` their drivers) are compiled only with the feature `server` (on by
+//! default), so that a client-only build, such as the mobile library, does not carry
+//! them.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -40,7 +48,10 @@ pub mod ice;
 pub mod netcheck;
 pub mod peer;
 pub mod portmap;
+#[cfg(any(test, feature = "server"))]
 pub mod ratelimit;
+pub mod retransmit;
+#[cfg(any(test, feature = "server"))]
 pub mod signal;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

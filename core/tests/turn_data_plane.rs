@@ -4,7 +4,7 @@
 //! handle, and no heap allocation on the steady-state data path.
 //!
 //! A counting global allocator (`common`) wraps the system one.
-#![cfg(feature = "driver")]
+#![cfg(all(feature = "driver", feature = "server"))]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use pinhole::driver::turn::{
     Coalescing, DataPlaneError, RecvBatch, TurnClientConfig, TurnEvent, TurnHandle, allocate,
 };
-use pinhole::turn::{AllocationEvent, Credentials, RequestedFamily, TurnError, TurnServerConfig};
+use pinhole::turn::{AllocationEvent, Credentials, TurnError, TurnServerConfig};
 
 mod common;
 
@@ -91,13 +91,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn allocated(server: SocketAddr) -> TurnHandle {
-    let mut h = allocate(TurnClientConfig {
-        uri: format!("turn:{server}").parse().unwrap(),
-        credentials: Credentials::long_term(USER, PASS),
-        lifetime: Duration::from_secs(600),
-        family: RequestedFamily::V4,
-        ca_pem: None,
-    })
+    let mut h = allocate(TurnClientConfig::new(
+        format!("turn:{server}").parse().unwrap(),
+        Credentials::long_term(USER, PASS),
+    ))
     .await
     .unwrap();
     match next(&mut h).await {
@@ -268,13 +265,10 @@ fn data_plane_over_tcp_is_refused() {
         // Anything listening: the check comes before any exchange.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let h = allocate(TurnClientConfig {
-            uri: format!("turn:{addr}?transport=tcp").parse().unwrap(),
-            credentials: Credentials::long_term(USER, PASS),
-            lifetime: Duration::from_secs(600),
-            family: RequestedFamily::V4,
-            ca_pem: None,
-        })
+        let h = allocate(TurnClientConfig::new(
+            format!("turn:{addr}?transport=tcp").parse().unwrap(),
+            Credentials::long_term(USER, PASS),
+        ))
         .await
         .unwrap();
         assert!(matches!(h.data_plane(), Err(DataPlaneError::NotUdp)));
@@ -407,13 +401,10 @@ fn data_plane_follows_a_redirect_over_udp() {
     let redirector = Redirector::start(server.addr);
     let a = Echo::start();
     runtime().block_on(async {
-        let mut h = allocate(TurnClientConfig {
-            uri: format!("turn:{}", redirector.addr).parse().unwrap(),
-            credentials: Credentials::long_term(USER, PASS),
-            lifetime: Duration::from_secs(600),
-            family: RequestedFamily::V4,
-            ca_pem: None,
-        })
+        let mut h = allocate(TurnClientConfig::new(
+            format!("turn:{}", redirector.addr).parse().unwrap(),
+            Credentials::long_term(USER, PASS),
+        ))
         .await
         .unwrap();
         let mut dp = h.data_plane().unwrap();
@@ -454,13 +445,10 @@ fn a_redirect_loop_over_udp_fails_at_once() {
     let first = Redirector::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 9)));
     let second = Redirector::start(first.addr);
     runtime().block_on(async {
-        let mut h = allocate(TurnClientConfig {
-            uri: format!("turn:{}", second.addr).parse().unwrap(),
-            credentials: Credentials::long_term(USER, PASS),
-            lifetime: Duration::from_secs(600),
-            family: RequestedFamily::V4,
-            ca_pem: None,
-        })
+        let mut h = allocate(TurnClientConfig::new(
+            format!("turn:{}", second.addr).parse().unwrap(),
+            Credentials::long_term(USER, PASS),
+        ))
         .await
         .unwrap();
         // The redirect error itself, not a timeout (Lost(TimedOut) after 39.5 s), shows it

@@ -21,6 +21,10 @@
  *
  * Link: pkg-config --cflags --libs pinhole (libpinhole_ffi); for the static library,
  * libpinhole_ffi.a and pkg-config --static --libs-only-l's system libraries.
+ *
+ * The embedded STUN server (pinhole_server_*) is only in a library built with the crate
+ * feature `server` (cargo build -p pinhole-ffi --features server); define
+ * PINHOLE_FEATURE_SERVER before including this header to declare it.
  */
 
 #ifndef PINHOLE_H
@@ -83,8 +87,10 @@ typedef struct pinhole_netcheck pinhole_netcheck;
 // A port mapping kept alive until released (opaque).
 typedef struct pinhole_portmap pinhole_portmap;
 
+#if defined(PINHOLE_FEATURE_SERVER)
 // A running STUN server (opaque).
 typedef struct pinhole_server pinhole_server;
+#endif
 
 // A TURN allocation (opaque).
 typedef struct pinhole_turn pinhole_turn;
@@ -623,6 +629,7 @@ int pinhole_portmap_release(struct pinhole_portmap *portmap);
 // `portmap` is NULL or a live handle, not used afterwards.
 void pinhole_portmap_destroy(struct pinhole_portmap *portmap);
 
+#if defined(PINHOLE_FEATURE_SERVER)
 // Starts a STUN server (RFC 8489 Binding) on `primary` (`IP:port`); with `alternate`
 // (another IP and port, no port 0) an RFC 5780 server on the four combinations. With
 // `primary` NULL: an RFC 5780 server on 127.0.0.1 and 127.0.0.2 with free ports. It
@@ -631,13 +638,17 @@ void pinhole_portmap_destroy(struct pinhole_portmap *portmap);
 // # Safety
 // `primary` and `alternate` are NULL or NUL-terminated; `out` is NULL or writable.
 int pinhole_server_start(const char *primary, const char *alternate, struct pinhole_server **out);
+#endif
 
+#if defined(PINHOLE_FEATURE_SERVER)
 // How many addresses the server listens on (1, or 4 for RFC 5780); 0 for NULL.
 //
 // # Safety
 // `server` is NULL or a live handle.
 size_t pinhole_server_address_count(const struct pinhole_server *server);
+#endif
 
+#if defined(PINHOLE_FEATURE_SERVER)
 // Writes the `index`th address (`IP:port`; 0 is the primary) into `buf` of `size`
 // bytes (`PINHOLE_ADDRESS_MAX` always suffices). Returns its length;
 // `PINHOLE_ERR_INVALID` when `index` is out of range.
@@ -648,12 +659,15 @@ int pinhole_server_get_address(const struct pinhole_server *server,
                                size_t index,
                                char *buf,
                                size_t size);
+#endif
 
+#if defined(PINHOLE_FEATURE_SERVER)
 // Stops the server, waits for its thread and frees the handle. NULL is ignored.
 //
 // # Safety
 // `server` is NULL or a live handle, not used afterwards.
 void pinhole_server_destroy(struct pinhole_server *server);
+#endif
 
 // Allocates a relayed address on a TURN server. On success `*out` is the handle (free it
 // with `pinhole_turn_destroy`) and the events follow on the allocation's own thread:

@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::PinholeError;
 use crate::log::{LogLevel, Sink};
-use crate::ops::{
-    MappingPlan, NetcheckPlan, Server, TurnCommand, TurnPlan, TurnStatus, turn_send_args,
-};
+#[cfg(feature = "server")]
+use crate::ops::Server;
+use crate::ops::{MappingPlan, NetcheckPlan, TurnCommand, TurnPlan, TurnStatus, turn_send_args};
 use crate::task::Task;
 use crate::types::{
     NetcheckConfig, NetcheckProgress, NetcheckReport, PortMapping, PortMappingConfig,
@@ -218,13 +218,16 @@ pub fn map_port(
 }
 
 /// A STUN server (RFC 8489 Binding; RFC 5780 with an alternate address), for tests and
-/// for running a server of one's own. Dropping it stops the server.
+/// for running a server of one's own. Dropping it stops the server. Only in a library
+/// built with the feature `server`.
+#[cfg(feature = "server")]
 #[derive(uniffi::Object)]
 pub struct StunServer {
     server: Mutex<Option<Server>>,
     addresses: Vec<String>,
 }
 
+#[cfg(feature = "server")]
 impl StunServer {
     fn wrap(server: Server) -> Arc<Self> {
         let addresses = server.addresses().iter().map(|a| a.to_string()).collect();
@@ -235,6 +238,7 @@ impl StunServer {
     }
 }
 
+#[cfg(feature = "server")]
 #[uniffi::export]
 impl StunServer {
     /// Starts a server on `primary` (`IP:port`); with `alternate` (a different IP and

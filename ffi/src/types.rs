@@ -210,6 +210,7 @@ impl NetcheckProgress {
             NetcheckEvent::Hairpinning(h) => NetcheckProgress::Hairpinning { hairpins: *h },
             // Progress the foreign APIs do not carry (yet), and the final event.
             NetcheckEvent::BindingLifetime { .. } | NetcheckEvent::Done(_) => return None,
+            _ => return None,
         })
     }
 }
@@ -468,9 +469,10 @@ pub enum PortMappingEvent {
 }
 
 impl PortMappingEvent {
-    /// The FFI form of a mapper event.
-    pub(crate) fn from_core(ev: &MapperEvent) -> Self {
-        match ev {
+    /// The FFI form of a mapper event; `None` for events the foreign APIs do not carry
+    /// (yet).
+    pub(crate) fn from_core(ev: &MapperEvent) -> Option<Self> {
+        Some(match ev {
             MapperEvent::Mapped(m) => PortMappingEvent::Mapped { mapping: m.into() },
             MapperEvent::Renewed(m) => PortMappingEvent::Renewed { mapping: m.into() },
             MapperEvent::Changed { old, new } => PortMappingEvent::Changed {
@@ -489,7 +491,8 @@ impl PortMappingEvent {
             MapperEvent::Unverified(why) => PortMappingEvent::Unverified {
                 reason: why.clone(),
             },
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -629,14 +632,17 @@ pub enum TurnEvent {
 }
 
 impl TurnEvent {
-    /// The event for a core allocation event, with the typed error of a failure.
-    pub(crate) fn from_core(ev: pinhole::turn::AllocationEvent) -> (Self, Option<PinholeError>) {
+    /// The event for a core allocation event, with the typed error of a failure; `None`
+    /// for events the foreign APIs do not carry (yet).
+    pub(crate) fn from_core(
+        ev: pinhole::turn::AllocationEvent,
+    ) -> Option<(Self, Option<PinholeError>)> {
         use pinhole::turn::AllocationEvent;
         let failed = |e: pinhole::turn::TurnError| {
             let reason = e.to_string();
             (reason, Some(PinholeError::from(e)))
         };
-        match ev {
+        Some(match ev {
             AllocationEvent::Allocated {
                 relayed,
                 mapped,
@@ -688,7 +694,8 @@ impl TurnEvent {
                 (TurnEvent::Lost { reason }, e)
             }
             AllocationEvent::Deallocated => (TurnEvent::Deallocated, None),
-        }
+            _ => return None,
+        })
     }
 }
 

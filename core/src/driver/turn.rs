@@ -97,6 +97,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to reach the server and what to ask for.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TurnClientConfig {
     /// The server.
     pub uri: TurnUri,
@@ -114,6 +115,21 @@ pub struct TurnClientConfig {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+impl TurnClientConfig {
+    /// An allocation on `uri` with `credentials` and the defaults: the lifetime
+    /// [`DEFAULT_LIFETIME`](crate::turn::DEFAULT_LIFETIME), an IPv4 relayed address, the
+    /// system's roots for `turns:`.
+    pub fn new(uri: TurnUri, credentials: Credentials) -> Self {
+        Self {
+            uri,
+            credentials,
+            lifetime: crate::turn::DEFAULT_LIFETIME,
+            family: RequestedFamily::V4,
+            ca_pem: None,
+        }
+    }
+}
+
 /// Checks PEM text meant for [`TurnClientConfig::ca_pem`] before use: the number of
 /// certificates in it, or [`DriverError::Certificates`] when there is none or a block is
 /// malformed (so that a caller can name the file it came from).
@@ -124,6 +140,7 @@ pub fn check_ca_pem(pem: &[u8]) -> Result<usize, DriverError> {
 
 /// What the allocation task reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TurnEvent {
     /// A machine event (allocated, refreshed, permission, channel, lost, deallocated).
     Allocation(AllocationEvent),

@@ -89,6 +89,7 @@ pub struct ServerSpec {
 
 /// What to probe and how long to take.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NetcheckConfig {
     /// The servers. The first RFC 5780 server among them is used for the behaviour tests.
     pub servers: Vec<ServerSpec>,
@@ -122,6 +123,14 @@ impl Default for NetcheckConfig {
 }
 
 impl NetcheckConfig {
+    /// Probes `servers` with the defaults.
+    pub fn new(servers: Vec<ServerSpec>) -> Self {
+        Self {
+            servers,
+            ..Self::default()
+        }
+    }
+
     /// How many local UDP sockets the driver must bind and pass to [`Prober::new`]:
     /// the mapping socket, the filtering socket, and with lifetime discovery one per
     /// interval plus one to send the RESPONSE-PORT probes from.
@@ -193,6 +202,7 @@ pub struct LifetimeEstimate {
 /// The outcome of a netcheck. Fields that could not be determined are `None` or
 /// [`Behaviour::Unknown`]: unknown is not false.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Report {
     /// Whether any server answered over UDP.
     pub udp: bool,
@@ -217,8 +227,28 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+impl Report {
+    /// A report in which nothing could be determined (no server answered, or none could
+    /// be asked), with the reasons in `notes`.
+    pub fn unknown(notes: Vec<String>) -> Self {
+        Self {
+            udp: false,
+            public: Vec::new(),
+            mapping: Behaviour::Unknown,
+            filtering: Behaviour::Unknown,
+            hairpinning: None,
+            alg_rewrites: None,
+            binding_lifetime: None,
+            rfc5780_server: None,
+            servers: Vec::new(),
+            notes,
+        }
+    }
+}
+
 /// Progress and the result.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum NetcheckEvent {
     /// A server answered test I.
     ServerReplied {

@@ -1,8 +1,9 @@
 //! The mapper against a fake gateway on a virtual clock.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::requests::epoch_consistent;
 use super::*;
 use crate::Received;
 

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
 
-use super::{REQUEST_LAST_WAIT, REQUEST_RTO, REQUEST_TRANSMITS};
+use super::REQUEST_SCHEDULE;
+use crate::retransmit::{Due, Retransmit};
 use crate::stun::attributes::{ChangeRequest, ErrorCode, ResponsePort, XorMappedAddress};
 use crate::stun::{Class, Message, MessageBuilder, MessageType, Method, TransactionId};
 use crate::{Protocol, Transmit};
@@ -52,6 +53,7 @@ pub const MAX_VERIFY_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// `pinhole serve`, coturn with `rfc5780`, stunprotocol.org. Verification needs UDP and the
 /// mapped socket: its datagrams must reach [`Mapper::handle_input`](super::Mapper::handle_input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VerifyConfig {
     /// The reflector's primary address.
     pub reflector: SocketAddr,
@@ -95,9 +97,8 @@ pub(super) struct Verification {
     control: Pending,
     /// The control's XOR-MAPPED-ADDRESS.
     reflexive: Option<SocketAddr>,
-    transmits: u32,
-    rto: Duration,
-    deadline: Instant,
+    /// Both requests go and go again together, on the gateway requests' schedule.
+    retransmit: Retransmit,
 }
 
 #[derive(Debug)]
@@ -127,9 +128,7 @@ impl Verification {
             probe,
             control,
             reflexive: None,
-            transmits: 1,
-            rto: REQUEST_RTO,
-            deadline: now + REQUEST_RTO,
+            retransmit: Retransmit::new(now, REQUEST_SCHEDULE),
         };
         v.send(out);
         v
@@ -150,7 +149,7 @@ impl Verification {
 
     /// When [`Verification::handle_timeout`] is due.
     pub(super) fn deadline(&self) -> Instant {
-        self.deadline
+        self.retransmit.deadline()
     }
 
     /// Whether `contents` answers one of our two requests.
@@ -204,19 +203,12 @@ impl Verification {
         now: Instant,
         out: &mut VecDeque<Transmit>,
     ) -> Option<Outcome> {
-        if now < self.deadline {
-            return None;
-        }
-        if self.transmits < REQUEST_TRANSMITS {
-            self.transmits += 1;
-            self.rto *= 2;
-            self.deadline = if self.transmits == REQUEST_TRANSMITS {
-                now + REQUEST_LAST_WAIT
-            } else {
-                now + self.rto
-            };
-            self.send(out);
-            return None;
+        match self.retransmit.handle_timeout(now)? {
+            Due::Retransmit => {
+                self.send(out);
+                return None;
+            }
+            Due::GiveUp => {}
         }
         Some(match self.reflexive {
             _ if !self.control.answered => Outcome::Silent,

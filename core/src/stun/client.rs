@@ -12,10 +12,12 @@ use super::attributes::ErrorCode;
 use super::{
     Class, IntegrityKey, Message, MessageBuilder, MessageType, Method, StunError, TransactionId,
 };
+use crate::retransmit::{Due, Retransmit, Schedule};
 use crate::{Protocol, Received, Transmit};
 
 /// Retransmission settings, RFC 8489 §6.2.1. The defaults are the RFC's.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Initial retransmission timeout (RTO); doubles after each transmission.
     /// Default 500 ms (RFC 8489 §6.2.1).
@@ -38,6 +40,20 @@ pub struct ClientConfig {
     /// the FINGERPRINT, and that is exactly what it wants to see. The transaction ID and
     /// source checks still apply, and integrity, when the request has a key.
     pub accept_bad_fingerprint: bool,
+}
+
+impl ClientConfig {
+    /// The retransmission schedule of a request over `proto`: RFC 8489 §6.2.1's over UDP
+    /// (`rto`, `max_transmits`, `last_wait_multiplier`), §6.2.2's over TCP (one
+    /// transmission, `reliable_timeout`).
+    pub fn schedule(&self, proto: Protocol) -> Schedule {
+        match proto {
+            Protocol::Udp => {
+                Schedule::rfc8489(self.rto, self.max_transmits, self.last_wait_multiplier)
+            }
+            Protocol::Tcp => Schedule::reliable(self.reliable_timeout),
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -68,6 +84,7 @@ pub enum ExpectFrom {
 
 /// What a new request looks like: where it goes and how it is protected.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Request {
     /// The transport.
     pub proto: Protocol,
@@ -88,6 +105,25 @@ pub struct Request {
 }
 
 impl Request {
+    /// A `method` request over `proto` from `source` to `destination`, unauthenticated,
+    /// answered by `destination` at `source`.
+    pub fn new(
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        method: Method,
+    ) -> Self {
+        Self {
+            proto,
+            source,
+            destination,
+            method,
+            key: None,
+            expect_from: ExpectFrom::Destination,
+            response_at: None,
+        }
+    }
+
     /// A Binding request over UDP from `source` to `destination`, unauthenticated.
     pub fn binding(source: SocketAddr, destination: SocketAddr) -> Self {
         Self {
@@ -141,6 +177,7 @@ impl StunResponse {
 
 /// What the client reports.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum TransactionEvent {
     /// A response was accepted.
     Response(StunResponse),
@@ -158,10 +195,7 @@ struct Pending {
     id: TransactionId,
     req: Request,
     bytes: Vec<u8>,
-    first_sent: Instant,
-    transmits: u32,
-    rto: Duration,
-    deadline: Instant,
+    retransmit: Retransmit,
 }
 
 /// Runs STUN client transactions: builds requests, retransmits them on schedule, matches
@@ -224,10 +258,7 @@ impl StunClient {
             b.finish().len()
         };
         let bytes = buf[..len].to_vec();
-        let timeout = match req.proto {
-            Protocol::Udp => self.config.rto,
-            Protocol::Tcp => self.config.reliable_timeout,
-        };
+        let retransmit = Retransmit::new(now, self.config.schedule(req.proto));
         self.transmits.push_back(Transmit {
             proto: req.proto,
             source: req.source,
@@ -238,10 +269,7 @@ impl StunClient {
             id,
             req,
             bytes,
-            first_sent: now,
-            transmits: 1,
-            rto: self.config.rto,
-            deadline: now + timeout,
+            retransmit,
         });
         Ok(id)
     }
@@ -312,14 +340,14 @@ impl StunClient {
             }
         }
         let p = self.pending.swap_remove(idx);
-        let elapsed = now.saturating_duration_since(p.first_sent);
+        let elapsed = now.saturating_duration_since(p.retransmit.first_sent());
         self.events
             .push_back(TransactionEvent::Response(StunResponse {
                 id,
                 source: rx.source,
                 destination: rx.destination,
                 elapsed,
-                rtt: (p.transmits == 1).then_some(elapsed),
+                rtt: (p.retransmit.transmits() == 1).then_some(elapsed),
                 fingerprint_ok,
                 bytes: rx.contents.to_vec(),
             }));
@@ -331,34 +359,25 @@ impl StunClient {
         let mut i = 0;
         while i < self.pending.len() {
             let p = &mut self.pending[i];
-            if p.deadline > now {
-                i += 1;
-                continue;
-            }
-            let may_resend =
-                p.req.proto == Protocol::Udp && p.transmits < self.config.max_transmits;
-            if may_resend {
-                p.transmits += 1;
-                p.rto *= 2;
-                p.deadline = if p.transmits == self.config.max_transmits {
-                    now + self.config.rto * self.config.last_wait_multiplier
-                } else {
-                    now + p.rto
-                };
-                self.transmits.push_back(Transmit {
-                    proto: p.req.proto,
-                    source: p.req.source,
-                    destination: p.req.destination,
-                    contents: p.bytes.clone(),
-                });
-                i += 1;
-            } else {
-                let p = self.pending.swap_remove(i);
-                debug!(id = ?p.id, to = %p.req.destination, "STUN transaction timed out");
-                self.events.push_back(TransactionEvent::TimedOut {
-                    id: p.id,
-                    destination: p.req.destination,
-                });
+            match p.retransmit.handle_timeout(now) {
+                None => i += 1,
+                Some(Due::Retransmit) => {
+                    self.transmits.push_back(Transmit {
+                        proto: p.req.proto,
+                        source: p.req.source,
+                        destination: p.req.destination,
+                        contents: p.bytes.clone(),
+                    });
+                    i += 1;
+                }
+                Some(Due::GiveUp) => {
+                    let p = self.pending.swap_remove(i);
+                    debug!(id = ?p.id, to = %p.req.destination, "STUN transaction timed out");
+                    self.events.push_back(TransactionEvent::TimedOut {
+                        id: p.id,
+                        destination: p.req.destination,
+                    });
+                }
             }
         }
     }
@@ -372,7 +391,7 @@ impl StunClient {
     /// When `handle_timeout` must next be called; `None` when nothing is outstanding.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.iter().map(|p| p.deadline).min()
+        self.pending.iter().map(|p| p.retransmit.deadline()).min()
     }
 
     /// The next event. Changes after `handle_input` and `handle_timeout`.

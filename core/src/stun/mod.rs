@@ -8,8 +8,8 @@
 //!   MD5 and SHA-256 password algorithms); [`Message::verify_integrity`] and
 //!   [`Message::verify_fingerprint`] check a received message.
 //! - [`StunClient`] runs client transactions (RFC 8489 §6.2.1 retransmission) sans-IO.
-//! - [`StunServer`] answers Binding requests, with the RFC 5780 extensions when it has
-//!   two addresses.
+//! - `StunServer` (feature `server`) answers Binding requests, with the RFC 5780
+//!   extensions when it has two addresses.
 //!
 //! Every attribute registered by RFC 8489, RFC 5780, RFC 8445 and RFC 8656 has a typed
 //! representation in [`attributes`].
@@ -19,6 +19,7 @@ mod builder;
 mod client;
 mod integrity;
 mod message;
+#[cfg(any(test, feature = "server"))]
 mod server;
 mod uri;
 
@@ -27,6 +28,7 @@ pub use builder::MessageBuilder;
 pub use client::{ClientConfig, ExpectFrom, Request, StunClient, StunResponse, TransactionEvent};
 pub use integrity::{IntegrityKey, PasswordAlgorithm, opaque_string, userhash};
 pub use message::{Attributes, Message, RawAttribute};
+#[cfg(any(test, feature = "server"))]
 pub use server::{DEFAULT_RATE_LIMIT, ServerConfig, StunServer};
 pub use uri::{StunUri, UriError};
 

@@ -49,6 +49,7 @@ pub enum RequestedFamily {
 
 /// What the allocation is and where it lives.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AllocationConfig {
     /// The TURN server.
     pub server: SocketAddr,
@@ -102,6 +103,7 @@ impl AllocationConfig {
 
 /// What the allocation reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AllocationEvent {
     /// The allocation exists.
     Allocated {

@@ -1,8 +1,10 @@
 //! TURN client, RFC 8656: ChannelData and stream framing, `turn:` URIs (RFC 7065),
-//! REST credentials, and the sans-IO [`Allocation`] machine.
+//! REST credentials, and the sans-IO [`Allocation`] machine; with the feature `server`,
+//! the development server (`TurnServer`).
 
 mod allocation;
 mod channel;
+#[cfg(any(test, feature = "server"))]
 mod server;
 
 pub use allocation::{
@@ -13,6 +15,7 @@ pub use channel::{
     ChannelData, HEADER_LEN as CHANNEL_DATA_HEADER_LEN, MAX_CHANNEL, MIN_CHANNEL, StreamFramer,
     frame_len, is_channel_data,
 };
+#[cfg(any(test, feature = "server"))]
 pub use server::{
     Cidr, CidrError, DEFAULT_ALLOCATION_LIFETIME, DEFAULT_AUTH_FAILURE_RATE,
     DEFAULT_MAX_ALLOCATIONS, DEFAULT_MAX_ALLOCATIONS_PER_USER, DEFAULT_MAX_CHANNELS,

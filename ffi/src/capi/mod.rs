@@ -1,8 +1,8 @@
 //! The C API (header `include/pinhole.h`, generated from this module by cbindgen).
 //!
 //! Conventions, in the style of libjuice:
-//! - Opaque handles (`pinhole_netcheck`, `pinhole_portmap`, `pinhole_turn`,
-//!   `pinhole_server`), created by a `*_start` function (`pinhole_turn_allocate`) from a
+//! - Opaque handles (`pinhole_netcheck`, `pinhole_portmap`, `pinhole_turn`, and with the
+//!   feature `server` `pinhole_server`), created by a `*_start` function (`pinhole_turn_allocate`) from a
 //!   config struct that holds the callbacks and a `void *user_ptr`, and freed by
 //!   `*_destroy`.
 //! - Functions return `PINHOLE_OK` (0), a non-negative length, or a negative
@@ -27,6 +27,7 @@
 pub mod codes;
 mod netcheck;
 mod portmap;
+#[cfg(feature = "server")]
 mod server;
 mod turn;
 
@@ -37,6 +38,7 @@ use std::sync::Arc;
 pub use codes::*;
 pub use netcheck::*;
 pub use portmap::*;
+#[cfg(feature = "server")]
 pub use server::*;
 pub use turn::*;
 
