@@ -206,12 +206,11 @@ impl Side {
                         spec.name,
                         "--peer",
                         spec.peer,
-                        // coturn, not pinhole serve: libnice's server-reflexive
+                        // pinhole serve, as pinhole uses: libnice's server-reflexive
                         // discovery sends RFC 3489 Binding requests (no magic cookie),
-                        // which pinhole serve does not answer (RFC 8489 §12 says a server
-                        // SHOULD); libnice would then wait 2 s for nothing.
+                        // which it answers with MAPPED-ADDRESS (RFC 8489 §12).
                         "--stun",
-                        &COTURN_PRIMARY.to_string(),
+                        &PINHOLE_PRIMARY.to_string(),
                         "--send",
                         &spec.line,
                         "--timeout",

@@ -158,7 +158,12 @@ impl StunServer {
     fn respond(&self, rx: Received<'_>) -> Option<Transmit> {
         let msg = match Message::parse(rx.contents) {
             Ok(m) => m,
-            Err(e) => return self.bad_request(rx, e),
+            Err(e) => {
+                if let Some(t) = classic_binding(&rx) {
+                    return Some(t);
+                }
+                return self.bad_request(rx, e);
+            }
         };
         if msg.class() != Class::Request {
             debug!(from = %rx.source, "non-request dropped");
@@ -283,4 +288,51 @@ impl StunServer {
             contents: b.finish().to_vec(),
         })
     }
+}
+
+/// A Binding request of RFC 3489 (no magic cookie: a 16-byte transaction ID), answered
+/// as RFC 8489 §12 asks of a server: with MAPPED-ADDRESS (not XOR-MAPPED-ADDRESS, which
+/// such a client does not know), and SOURCE-ADDRESS, which RFC 3489 §11.1 made part of
+/// every answer. Older ICE stacks (libnice among them, for server-reflexive gathering)
+/// still send these. Anything else without the cookie is not STUN of any age: `None`.
+fn classic_binding(rx: &Received<'_>) -> Option<Transmit> {
+    let b = rx.contents;
+    if b.len() < HEADER_LEN || b.len() > 548 || b[..2] != [0x00, 0x01] {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([b[2], b[3]]));
+    if b[4..8] == MAGIC_COOKIE.to_be_bytes() || len != b.len() - HEADER_LEN || len % 4 != 0 {
+        return None;
+    }
+    fn address(out: &mut Vec<u8>, kind: u16, a: std::net::SocketAddr) {
+        out.extend_from_slice(&kind.to_be_bytes());
+        match a.ip() {
+            std::net::IpAddr::V4(ip) => {
+                out.extend_from_slice(&8u16.to_be_bytes());
+                out.extend_from_slice(&[0, 1]);
+                out.extend_from_slice(&a.port().to_be_bytes());
+                out.extend_from_slice(&ip.octets());
+            }
+            std::net::IpAddr::V6(ip) => {
+                out.extend_from_slice(&20u16.to_be_bytes());
+                out.extend_from_slice(&[0, 2]);
+                out.extend_from_slice(&a.port().to_be_bytes());
+                out.extend_from_slice(&ip.octets());
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + 48);
+    out.extend_from_slice(&[0x01, 0x01, 0, 0]);
+    out.extend_from_slice(&b[4..20]);
+    address(&mut out, 0x0001, rx.source);
+    address(&mut out, 0x0004, rx.destination);
+    let body = u16::try_from(out.len() - HEADER_LEN).ok()?;
+    out[2..4].copy_from_slice(&body.to_be_bytes());
+    debug!(from = %rx.source, "RFC 3489 Binding request answered with MAPPED-ADDRESS");
+    Some(Transmit {
+        proto: rx.proto,
+        source: rx.destination,
+        destination: rx.source,
+        contents: out,
+    })
 }

@@ -892,6 +892,35 @@ fn server_answers_binding_and_rfc5780() {
 }
 
 #[test]
+fn server_answers_an_rfc_3489_binding_request() {
+    let p = addr("203.0.113.1:3478");
+    let mut s = StunServer::new(ServerConfig::new(p)).unwrap();
+    let client = addr("198.51.100.5:40000");
+    // No magic cookie: a 16-byte transaction ID, as libnice's gathering sends.
+    let mut req = vec![0x00, 0x01, 0x00, 0x00];
+    req.extend_from_slice(b"0123456789abcdef");
+    let t = serve(&mut s, client, p, &req).expect("an answer");
+    assert_eq!((t.source, t.destination), (p, client));
+    let b = &t.contents;
+    assert_eq!(&b[..2], &[0x01, 0x01], "Binding success");
+    assert_eq!(&b[4..20], b"0123456789abcdef", "the ID echoed");
+    assert_eq!(usize::from(u16::from_be_bytes([b[2], b[3]])), b.len() - 20);
+    // MAPPED-ADDRESS (not XORed): 198.51.100.5:40000, then SOURCE-ADDRESS.
+    assert_eq!(&b[20..32], &[0, 1, 0, 8, 0, 1, 0x9c, 0x40, 198, 51, 100, 5]);
+    assert_eq!(&b[32..36], &[0, 4, 0, 8]);
+    // Without the cookie and not a well-formed Binding request: nothing.
+    for bad in [
+        &req[..19],
+        &[0x00, 0x01, 0x00, 0x04][..],
+        &[
+            0x01, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ][..],
+    ] {
+        assert!(serve(&mut s, client, p, bad).is_none(), "{bad:?}");
+    }
+}
+
+#[test]
 fn server_error_paths() {
     let p = addr("127.0.0.1:3478");
     let mut s = StunServer::new(ServerConfig::new(p)).unwrap();
