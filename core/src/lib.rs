@@ -28,6 +28,9 @@
 //! - `sim` (feature `sim`): a seeded virtual network with RFC 4787 NATs for deterministic
 //!   tests.
 //! - [`retransmit`]: the one retransmission schedule of STUN, PCP and NAT-PMP requests.
+//! - [`machine`]: the five methods above as one trait, [`machine::Machine`], implemented by
+//!   every machine, for code written once for all of them (the driver's generic runner,
+//!   test harnesses).
 //! - `signal` (feature `server`): the rooms of `pinhole signal`, the development
 //!   rendezvous.
 //! - `ratelimit` (feature `server`): per-source token buckets that keep the servers safe
@@ -45,6 +48,7 @@
 
 pub mod demux;
 pub mod ice;
+pub mod machine;
 pub mod netcheck;
 pub mod peer;
 pub mod portmap;

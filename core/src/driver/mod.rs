@@ -18,6 +18,7 @@ mod peer_streams;
 pub use peer_portmap::PORT_MAPPING_WAIT;
 pub mod portmap;
 mod resolve;
+mod runner;
 #[cfg(feature = "server")]
 mod serve;
 #[cfg(feature = "server")]

@@ -1,15 +1,16 @@
 //! The STUN server on real sockets.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use super::runner::{Run, run_machine};
 use super::sockets::Sockets;
 use super::{DriverError, io};
+use crate::machine::NoEvent;
 use crate::stun::{ServerConfig, StunServer};
-use crate::{Protocol, Received};
 
 /// A running STUN server; dropping it stops the server.
 #[derive(Debug)]
@@ -46,20 +47,14 @@ pub async fn serve(config: ServerConfig) -> Result<ServeHandle, DriverError> {
     let mut sockets = Sockets::bind(&addrs).await?;
     let bound: Vec<SocketAddr> = sockets.sockets.iter().map(|(a, _)| *a).collect();
     let task = tokio::spawn(async move {
-        while let Some((local, from, bytes)) = sockets.rx.recv().await {
-            server.handle_input(
-                Instant::now(),
-                Received {
-                    proto: Protocol::Udp,
-                    source: from,
-                    destination: local,
-                    contents: &bytes,
-                },
-            );
-            while let Some(t) = server.poll_transmit() {
-                sockets.send(&t).await;
-            }
-        }
+        // Answers only: no events, no deadline, no stop but the handle's drop.
+        let run = Run {
+            stop: std::future::pending(),
+            on_stop: |_: &mut StunServer| {},
+            on_event: |_: &mut StunServer, ev: NoEvent| match ev {},
+            max_idle: Duration::from_secs(3600),
+        };
+        run_machine(&mut server, &mut sockets, run).await;
     });
     Ok(ServeHandle { addrs: bound, task })
 }
