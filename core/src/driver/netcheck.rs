@@ -41,7 +41,7 @@ pub async fn netcheck_until(
         stop,
         // What was found so far becomes the report.
         on_stop: Prober::finish_early,
-        on_event: |_: &mut Prober, ev: NetcheckEvent| {
+        on_event: async |_: &mut Prober, _: &mut Sockets, ev: NetcheckEvent| {
             on_event(&ev);
             match ev {
                 NetcheckEvent::Done(r) => {

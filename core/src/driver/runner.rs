@@ -17,7 +17,8 @@ pub(super) struct Run<S, F, E> {
     /// What stopping does to the machine (it may then still report, say a partial
     /// report, before `on_event` breaks).
     pub(super) on_stop: F,
-    /// Each event; `Break` ends the run.
+    /// Each event, with the sockets (to bind or close one, as the TURN server's relays
+    /// need); `Break` ends the run.
     pub(super) on_event: E,
     /// When the machine has no deadline, it is woken after this long anyway (its
     /// `handle_timeout` may be called early), so that no wait is unbounded by mistake.
@@ -33,7 +34,7 @@ pub(super) async fn run_machine<M, S, F, E>(
     M: Machine,
     S: Future<Output = ()>,
     F: FnOnce(&mut M),
-    E: FnMut(&mut M, M::Event) -> ControlFlow<()>,
+    E: AsyncFnMut(&mut M, &mut Sockets, M::Event) -> ControlFlow<()>,
 {
     let Run {
         stop,
@@ -48,7 +49,7 @@ pub(super) async fn run_machine<M, S, F, E>(
             sockets.send(&t).await;
         }
         while let Some(ev) = machine.poll_event() {
-            if on_event(machine, ev).is_break() {
+            if on_event(machine, sockets, ev).await.is_break() {
                 return;
             }
         }

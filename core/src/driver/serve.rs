@@ -51,7 +51,7 @@ pub async fn serve(config: ServerConfig) -> Result<ServeHandle, DriverError> {
         let run = Run {
             stop: std::future::pending(),
             on_stop: |_: &mut StunServer| {},
-            on_event: |_: &mut StunServer, ev: NoEvent| match ev {},
+            on_event: async |_: &mut StunServer, _: &mut Sockets, ev: NoEvent| match ev {},
             max_idle: Duration::from_secs(3600),
         };
         run_machine(&mut server, &mut sockets, run).await;

@@ -15,16 +15,20 @@ use crate::Transmit;
 /// The largest datagram the driver reads.
 pub(super) const MAX_DATAGRAM: usize = 65_535;
 
+/// A datagram a receive task read: (local, remote, bytes).
+type Datagram = (SocketAddr, SocketAddr, Vec<u8>);
+
 /// Bound UDP sockets and the channel their receive tasks feed.
 pub(super) struct Sockets {
     pub(super) sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
-    pub(super) rx: mpsc::Receiver<(SocketAddr, SocketAddr, Vec<u8>)>,
-    tasks: Vec<JoinHandle<()>>,
+    pub(super) rx: mpsc::Receiver<Datagram>,
+    tx: mpsc::Sender<Datagram>,
+    tasks: Vec<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl Drop for Sockets {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for (_, t) in &self.tasks {
             t.abort();
         }
     }
@@ -35,32 +39,54 @@ impl Sockets {
     /// of (local, remote, bytes).
     pub(super) async fn bind(addrs: &[SocketAddr]) -> Result<Self, DriverError> {
         let (tx, rx) = mpsc::channel(1024);
-        let mut sockets = Vec::new();
-        let mut tasks = Vec::new();
+        let mut s = Self {
+            sockets: Vec::new(),
+            rx,
+            tx,
+            tasks: Vec::new(),
+        };
         for a in addrs {
-            let s = UdpSocket::bind(a)
-                .await
-                .map_err(io(format!("binding {a}")))?;
-            let local = s.local_addr().map_err(io("local address"))?;
-            let s = Arc::new(s);
-            let (s2, tx) = (s.clone(), tx.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; MAX_DATAGRAM];
-                loop {
-                    match s2.recv_from(&mut buf).await {
-                        Ok((n, from)) => {
-                            if tx.send((local, from, buf[..n].to_vec())).await.is_err() {
-                                return;
-                            }
-                        }
-                        // ICMP errors surface as receive errors on Linux: keep reading.
-                        Err(e) => debug!(%local, error = %e, "receive error"),
-                    }
-                }
-            }));
-            sockets.push((local, s));
+            s.add(*a).await?;
         }
-        Ok(Self { sockets, rx, tasks })
+        Ok(s)
+    }
+
+    /// Binds one more socket (the TURN server's relays); its address.
+    pub(super) async fn add(&mut self, addr: SocketAddr) -> Result<SocketAddr, DriverError> {
+        let s = UdpSocket::bind(addr)
+            .await
+            .map_err(io(format!("binding {addr}")))?;
+        let local = s.local_addr().map_err(io("local address"))?;
+        let s = Arc::new(s);
+        let (s2, tx) = (s.clone(), self.tx.clone());
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            loop {
+                match s2.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        if tx.send((local, from, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    // ICMP errors surface as receive errors on Linux: keep reading.
+                    Err(e) => debug!(%local, error = %e, "receive error"),
+                }
+            }
+        });
+        self.tasks.push((local, task));
+        self.sockets.push((local, s));
+        Ok(local)
+    }
+
+    /// Closes the socket bound at `addr`.
+    pub(super) fn remove(&mut self, addr: SocketAddr) {
+        self.sockets.retain(|(a, _)| *a != addr);
+        self.tasks.retain(|(a, t)| {
+            if *a == addr {
+                t.abort();
+            }
+            *a != addr
+        });
     }
 
     pub(super) async fn send(&self, t: &Transmit) {
