@@ -462,8 +462,17 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     config.relay_only = args.no_direct;
     config.no_relay = args.no_relay;
     config.port_mapping = !args.no_portmap && !args.no_direct;
-    let bind = SocketAddr::from(([0, 0, 0, 0], 0));
-    let mut pc = match PeerConnection::start(config, bind, controlling).await {
+    // One dual-stack socket (a host candidate of each family the host routes); IPv4 alone
+    // where the system has no IPv6.
+    let dual = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let started = match PeerConnection::start(config.clone(), dual, controlling).await {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            tracing::debug!(error = %e, "no dual-stack socket: IPv4 only");
+            PeerConnection::start(config, SocketAddr::from(([0, 0, 0, 0], 0)), controlling).await
+        }
+    };
+    let mut pc = match started {
         Ok(p) => p,
         Err(e) => {
             eprintln!("pinhole: {e}");

@@ -29,7 +29,7 @@
 //! path with a `Vec` per datagram, for convenience.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -167,6 +167,11 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     socket: UdpSocket,
+    /// A dual-stack socket (bound to `[::]`): IPv4 addresses travel as IPv4-mapped IPv6
+    /// ones on it, and the machine's bases are one of each family.
+    dual: bool,
+    /// The machine's bases: the IPv4 one and the IPv6 one (one of them at least).
+    bases: [Option<SocketAddr>; 2],
     /// The TCP and TLS connections to TURN servers, by server.
     streams: StreamWriters,
     local: SocketAddr,
@@ -190,6 +195,33 @@ struct Shared {
 }
 
 impl Shared {
+    /// `to` as the socket takes it: IPv4-mapped on a dual-stack socket.
+    fn wire(&self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V4(v4) if self.dual => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            other => other,
+        }
+    }
+
+    /// An address from the socket as the machine knows it (IPv4-mapped made IPv4), and
+    /// the base of its family it arrived at.
+    fn unwire(&self, from: SocketAddr) -> (SocketAddr, SocketAddr) {
+        let from = match from {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(ip) => SocketAddr::new(IpAddr::V4(ip), v6.port()),
+                None => from,
+            },
+            other => other,
+        };
+        let base = self.bases[usize::from(from.is_ipv6())]
+            .or(self.bases[0])
+            .or(self.bases[1])
+            .unwrap_or(self.local);
+        (from, base)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock leaves a usable machine.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -218,47 +250,108 @@ impl Drop for PeerConnection {
 }
 
 impl PeerConnection {
-    /// Binds a UDP socket on `bind` and starts gathering. A wildcard `bind` is replaced by
-    /// the local IP toward the first STUN or TURN server (or 127.0.0.1 without any): the
-    /// connection has one concrete address, its host candidate.
+    /// Binds a UDP socket on `bind` and starts gathering.
+    ///
+    /// - `[::]:port`: one dual-stack socket with a base of each family, each the local IP
+    ///   toward the first STUN or TURN server of that family (asking the routing table
+    ///   sends nothing); without an IPv4 server the IPv4 base is 127.0.0.1, and beside a
+    ///   loopback IPv4 base the IPv6 one is ::1; without an IPv6 server, the IPv6 base is
+    ///   the host's primary IPv6 address if it routes any. A host candidate on each.
+    /// - `0.0.0.0:port`: one concrete address, the local IP toward the first IPv4 server
+    ///   (127.0.0.1 without any): its host candidate.
+    /// - A concrete address: that one.
     pub async fn start(
         config: PeerConfig,
         bind: SocketAddr,
         controlling: bool,
     ) -> Result<Self, DriverError> {
-        let bind = if bind.ip().is_unspecified() {
-            let toward = config
+        let first_of = |v4: bool| {
+            config
                 .stun_servers
-                .first()
+                .iter()
                 .copied()
-                .or_else(|| config.turn_servers.first().map(|t| t.server));
-            let ip = match toward {
-                Some(s) => super::portmap::local_ip_toward(s.ip()).await?,
-                None => IpAddr::from([127, 0, 0, 1]),
-            };
-            SocketAddr::new(ip, bind.port())
-        } else {
-            bind
+                .chain(config.turn_servers.iter().map(|t| t.server))
+                .find(|s| s.is_ipv4() == v4)
         };
-        let socket = UdpSocket::bind(bind)
-            .await
-            .map_err(io(format!("binding {bind}")))?;
-        let local = socket.local_addr().map_err(io("local address"))?;
+        let dual = bind.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let (socket, bases) = if dual {
+            // One dual-stack socket, a base of each family: the local IP toward the first
+            // server of that family (asking the routing table sends nothing). Beside a
+            // loopback IPv4 base (tests, the demo) the IPv6 one is loopback too.
+            let socket = bind_dual(bind.port())?;
+            let port = socket.local_addr().map_err(io("local address"))?.port();
+            let v4 = match first_of(true) {
+                Some(s) => super::portmap::local_ip_toward(s.ip()).await.ok(),
+                None => Some(IpAddr::from([127, 0, 0, 1])),
+            };
+            let v6 = match (first_of(false), v4) {
+                (Some(s), _) => super::portmap::local_ip_toward(s.ip()).await.ok(),
+                (None, Some(ip)) if ip.is_loopback() => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                // A global address's route: the host's primary IPv6 address, if any.
+                (None, _) => super::portmap::local_ip_toward(IpAddr::V6(Ipv6Addr::new(
+                    0x2001, 0x4860, 0x4860, 0, 0, 0, 0, 0x8888,
+                )))
+                .await
+                .ok(),
+            };
+            let v6 = v6.filter(|ip| !ip.is_unspecified());
+            let v4 = v4.filter(|ip| !ip.is_unspecified());
+            if v4.is_none() && v6.is_none() {
+                return Err(DriverError::Io {
+                    context: "choosing the connection's addresses".into(),
+                    source: std::io::Error::other("no route for either address family"),
+                });
+            }
+            (
+                socket,
+                [
+                    v4.map(|ip| SocketAddr::new(ip, port)),
+                    v6.map(|ip| SocketAddr::new(ip, port)),
+                ],
+            )
+        } else {
+            let bind = if bind.ip().is_unspecified() {
+                let ip = match first_of(bind.is_ipv4()) {
+                    Some(s) => super::portmap::local_ip_toward(s.ip()).await?,
+                    None if bind.is_ipv4() => IpAddr::from([127, 0, 0, 1]),
+                    None => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                };
+                SocketAddr::new(ip, bind.port())
+            } else {
+                bind
+            };
+            let socket = UdpSocket::bind(bind)
+                .await
+                .map_err(io(format!("binding {bind}")))?;
+            let local = socket.local_addr().map_err(io("local address"))?;
+            let bases = if local.is_ipv4() {
+                [Some(local), None]
+            } else {
+                [None, Some(local)]
+            };
+            (socket, bases)
+        };
+        let base_list: Vec<SocketAddr> = bases.iter().flatten().copied().collect();
+        let local = base_list[0];
         let port_mapping = config.port_mapping;
-        let mut peer = Peer::new(Instant::now(), config, local, controlling, os_seed()?);
+        let mut peer =
+            Peer::with_bases(Instant::now(), config, &base_list, controlling, os_seed()?);
         let credentials = peer.local_credentials().clone();
         let streams = Streams::start(peer.turn_streams());
         // A loopback socket has no gateway: nothing to ask (and nothing may be sent to
         // one on behalf of a test).
-        let (portmap, release) = if port_mapping && !local.ip().is_loopback() {
-            PortMapping::start(local)
-        } else {
-            peer.port_mapping_done();
-            PortMapping::off()
+        let (portmap, release) = match bases[0].filter(|b| port_mapping && !b.ip().is_loopback()) {
+            Some(v4) => PortMapping::start(v4),
+            None => {
+                peer.port_mapping_done();
+                PortMapping::off()
+            }
         };
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             socket,
+            dual,
+            bases,
             streams: streams.writers(),
             local,
             state: Mutex::new(State {
@@ -408,7 +501,7 @@ async fn send(shared: &Shared, data: &[u8]) {
             match st.peer.send_into(data, &mut st.framed) {
                 Ok(Outgoing::Direct { destination, .. }) => {
                     drop(guard);
-                    shared.socket.try_send_to(data, destination)
+                    shared.socket.try_send_to(data, shared.wire(destination))
                 }
                 // Sent under the lock: the framing buffer is the connection's.
                 Ok(Outgoing::Framed {
@@ -424,7 +517,9 @@ async fn send(shared: &Shared, data: &[u8]) {
                     {
                         return;
                     }
-                    shared.socket.try_send_to(&st.framed[..len], destination)
+                    shared
+                        .socket
+                        .try_send_to(&st.framed[..len], shared.wire(destination))
                 }
                 Err(e) => {
                     debug!(error = %e, "datagram not sent");
@@ -576,10 +671,11 @@ fn take(
     n: usize,
     from: SocketAddr,
 ) -> Option<(usize, SocketAddr)> {
+    let (from, base) = shared.unwire(from);
     let rx = Received {
         proto: Protocol::Udp,
         source: from,
-        destination: shared.local,
+        destination: base,
         contents: &buf[..n],
     };
     let verdict = shared.lock().peer.handle_input(Instant::now(), rx);
@@ -625,7 +721,7 @@ async fn run(
             if shared.streams.send(&t) {
                 continue;
             }
-            send_control(&shared.socket, &t).await;
+            send_control(&shared, &t).await;
         }
         let wake = {
             let mut st = shared.lock();
@@ -730,10 +826,11 @@ fn read(shared: &Shared, buf: &mut [u8]) {
         }
         match shared.socket.try_recv_from(buf) {
             Ok((n, from)) => {
+                let (from, base) = shared.unwire(from);
                 let rx = Received {
                     proto: Protocol::Udp,
                     source: from,
-                    destination: shared.local,
+                    destination: base,
                     contents: &buf[..n],
                 };
                 let mut st = shared.lock();
@@ -796,8 +893,12 @@ fn stream_event(shared: &Shared, ev: StreamEvent) {
     }
 }
 
-async fn send_control(socket: &UdpSocket, t: &Transmit) {
-    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+async fn send_control(shared: &Shared, t: &Transmit) {
+    if let Err(e) = shared
+        .socket
+        .send_to(&t.contents, shared.wire(t.destination))
+        .await
+    {
         debug!(to = %t.destination, error = %e, "send failed");
     }
 }
@@ -821,6 +922,18 @@ fn event(ev: PeerEvent) -> Option<PeerConnectionEvent> {
         },
         PeerEvent::Ice(_) => return None,
     })
+}
+
+/// A UDP socket on `[::]:port` that takes IPv4 too (IPV6_V6ONLY off, whatever the
+/// system's default).
+fn bind_dual(port: u16) -> Result<UdpSocket, DriverError> {
+    use socket2::{Domain, Socket, Type};
+    let at = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, None).map_err(io("a dual-stack socket"))?;
+    s.set_only_v6(false).map_err(io("a dual-stack socket"))?;
+    s.set_nonblocking(true).map_err(io("a dual-stack socket"))?;
+    s.bind(&at.into()).map_err(io(format!("binding {at}")))?;
+    UdpSocket::from_std(s.into()).map_err(io("a dual-stack socket"))
 }
 
 #[cfg(test)]

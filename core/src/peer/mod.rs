@@ -174,10 +174,16 @@ impl Relay {
 #[derive(Debug)]
 pub struct Peer {
     config: PeerConfig,
+    /// The primary base: the first of `bases` (TURN, port mapping and candidates' related
+    /// addresses use the base of the right family; this one when there is a choice).
     local: SocketAddr,
+    /// Every local address the socket answers on (one per address family on a
+    /// dual-stack socket): each a host candidate's base.
+    bases: Vec<SocketAddr>,
     agent: IceAgent,
     stun: StunClient,
-    srflx_pending: Vec<TransactionId>,
+    /// Binding requests out for server-reflexive candidates, and the base each is from.
+    srflx_pending: Vec<(TransactionId, SocketAddr)>,
     relays: Vec<Relay>,
     /// TURN servers over TCP or TLS whose connection the driver is still opening.
     streams_pending: Vec<(TurnServerSpec, [u8; 32])>,
@@ -244,12 +250,39 @@ impl Peer {
         controlling: bool,
         seed: [u8; 32],
     ) -> Self {
+        Self::with_bases(now, config, &[local], controlling, seed)
+    }
+
+    /// A peer connection whose socket answers on several local addresses, `bases` (the
+    /// first is the primary; a dual-stack socket has one of each family): a host
+    /// candidate on each, server-reflexive gathering from each toward the STUN servers of
+    /// its family, and each TURN allocation from the base of the server's family. The
+    /// driver says which base a datagram arrived at (its destination) and sends each of
+    /// the machine's datagrams from its source. An empty `bases` is a programming error:
+    /// it is treated as the unspecified IPv4 address, which no one can reach.
+    pub fn with_bases(
+        now: Instant,
+        config: PeerConfig,
+        bases: &[SocketAddr],
+        controlling: bool,
+        seed: [u8; 32],
+    ) -> Self {
+        let local = bases
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let mut bases = bases.to_vec();
+        bases.dedup();
+        if bases.is_empty() {
+            bases.push(local);
+        }
         let mut sub = seed;
         sub[31] ^= 0x5a;
         let agent = IceAgent::new(now, config.ice.clone(), controlling, seed);
         let mut p = Self {
             stun: StunClient::new(ClientConfig::default(), sub),
             local,
+            bases,
             agent,
             srflx_pending: Vec::new(),
             relays: Vec::new(),
@@ -261,27 +294,37 @@ impl Peer {
             config,
         };
         if !p.config.relay_only && !p.config.no_host {
-            let host = Candidate::new(
-                CandidateKind::Host,
-                CandidateTransport::Udp,
-                local,
-                local.ip(),
-                None,
-                65535,
-            );
-            p.add_local(host, local);
+            // RFC 8445 §5.1.2.1: local preference ranks the bases (the primary first).
+            for (i, base) in p.bases.clone().into_iter().enumerate() {
+                let pref =
+                    65535u16.saturating_sub(u16::try_from(i).unwrap_or(255).saturating_mul(256));
+                let host = Candidate::new(
+                    CandidateKind::Host,
+                    CandidateTransport::Udp,
+                    base,
+                    base.ip(),
+                    None,
+                    pref,
+                );
+                p.add_local(host, base);
+            }
         }
         // An ICE-lite agent offers its host candidate only (RFC 8445 §2.5: it has a
         // public address, so nothing else is needed and it runs no gathering).
         let lite = p.config.ice.lite;
         if !p.config.relay_only && !lite {
             for server in p.config.stun_servers.clone() {
-                match p
-                    .stun
-                    .start(now, Request::binding(local, server), |_| Ok(()))
-                {
-                    Ok(id) => p.srflx_pending.push(id),
-                    Err(e) => debug!(error = %e, "cannot ask a STUN server"),
+                for base in p.bases.clone() {
+                    if base.is_ipv4() != server.is_ipv4() {
+                        continue;
+                    }
+                    match p
+                        .stun
+                        .start(now, Request::binding(base, server), |_| Ok(()))
+                    {
+                        Ok(id) => p.srflx_pending.push((id, base)),
+                        Err(e) => debug!(error = %e, "cannot ask a STUN server"),
+                    }
                 }
             }
         }
@@ -293,8 +336,9 @@ impl Peer {
                     p.streams_pending.push((spec, s));
                     continue;
                 }
+                let from = p.base_for(spec.server);
                 let cfg =
-                    AllocationConfig::new(spec.server, local, TurnTransport::Udp, spec.credentials);
+                    AllocationConfig::new(spec.server, from, TurnTransport::Udp, spec.credentials);
                 p.relays.push(Relay {
                     alloc: Allocation::new(now, cfg, s),
                     proto: crate::Protocol::Udp,
@@ -305,6 +349,20 @@ impl Peer {
         }
         p.check_gathering();
         p
+    }
+
+    /// The base to reach `to` from: the first of its family, else the primary.
+    fn base_for(&self, to: SocketAddr) -> SocketAddr {
+        self.bases
+            .iter()
+            .copied()
+            .find(|b| b.is_ipv4() == to.is_ipv4())
+            .unwrap_or(self.local)
+    }
+
+    /// The local addresses the machine uses as bases.
+    pub fn bases(&self) -> &[SocketAddr] {
+        &self.bases
     }
 
     /// Our ICE credentials.
@@ -422,23 +480,21 @@ impl Peer {
             return;
         }
         self.portmap_pending = false;
-        if !self.config.relay_only && external != self.local {
+        let base = self.base_for(external);
+        if !self.config.relay_only && !self.bases.contains(&external) {
             let mut c = Candidate::new(
                 CandidateKind::ServerReflexive,
                 CandidateTransport::Udp,
                 external,
-                self.local.ip(),
+                base.ip(),
                 None,
                 65535,
             );
             if c.foundation.len() < 32 {
                 c.foundation.push('m');
             }
-            c.related = Some((
-                crate::ice::CandidateAddress::Ip(self.local.ip()),
-                self.local.port(),
-            ));
-            let local = self.local;
+            c.related = Some((crate::ice::CandidateAddress::Ip(base.ip()), base.port()));
+            let local = base;
             self.add_local(c, local);
         }
         self.check_gathering();
@@ -539,7 +595,15 @@ impl Peer {
                 TransactionEvent::Response(r) => r.id,
                 TransactionEvent::TimedOut { id, .. } => *id,
             };
-            self.srflx_pending.retain(|p| *p != id);
+            let Some(base) = self
+                .srflx_pending
+                .iter()
+                .find(|(p, _)| *p == id)
+                .map(|(_, b)| *b)
+            else {
+                continue;
+            };
+            self.srflx_pending.retain(|(p, _)| *p != id);
             if let TransactionEvent::Response(r) = ev {
                 let mapped = r
                     .message()
@@ -547,21 +611,17 @@ impl Peer {
                     .ok()
                     .flatten()
                     .map(|m| m.0);
-                if let Some(m) = mapped.filter(|m| *m != self.local) {
+                if let Some(m) = mapped.filter(|m| !self.bases.contains(m)) {
                     let mut c = Candidate::new(
                         CandidateKind::ServerReflexive,
                         CandidateTransport::Udp,
                         m,
-                        self.local.ip(),
+                        base.ip(),
                         Some(r.source.ip()),
                         65535,
                     );
-                    c.related = Some((
-                        crate::ice::CandidateAddress::Ip(self.local.ip()),
-                        self.local.port(),
-                    ));
-                    let local = self.local;
-                    self.add_local(c, local);
+                    c.related = Some((crate::ice::CandidateAddress::Ip(base.ip()), base.port()));
+                    self.add_local(c, base);
                 }
             }
         }
@@ -594,10 +654,9 @@ impl Peer {
                         if stream && c.foundation.len() < 32 {
                             c.foundation.push('t');
                         }
-                        c.related = Some((
-                            crate::ice::CandidateAddress::Ip(self.local.ip()),
-                            self.local.port(),
-                        ));
+                        let from = self.relays[i].alloc.local();
+                        c.related =
+                            Some((crate::ice::CandidateAddress::Ip(from.ip()), from.port()));
                         self.add_local(c, r);
                         // Permissions for what is already known.
                         for a in self.remote_addrs() {
@@ -666,7 +725,7 @@ impl Peer {
         }
         // The agent's: through a relay when its source is a relayed address.
         while let Some(t) = self.agent.poll_transmit() {
-            if t.source == self.local {
+            if self.bases.contains(&t.source) {
                 return Some(t);
             }
             if let Some(out) = self.through_relay(t.source, t.destination, &t.contents) {
@@ -744,7 +803,7 @@ impl Peer {
     /// says where to send that.
     pub fn send_into(&self, data: &[u8], buf: &mut [u8]) -> Result<Outgoing, PeerError> {
         let (base, to) = self.agent.selected().ok_or(PeerError::NotConnected)?;
-        if base == self.local {
+        if self.bases.contains(&base) {
             return Ok(Outgoing::Direct {
                 source: base,
                 destination: to,
@@ -766,7 +825,9 @@ impl Peer {
 
     /// Whether data would go through a relay.
     pub fn is_relayed(&self) -> Option<bool> {
-        self.agent.selected().map(|(base, _)| base != self.local)
+        self.agent
+            .selected()
+            .map(|(base, _)| !self.bases.contains(&base))
     }
 }
 

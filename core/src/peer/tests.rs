@@ -627,3 +627,107 @@ fn a_port_mapping_is_offered_as_a_candidate_of_its_own() {
     p.port_mapping_done();
     assert_eq!(p.poll_event(), Some(PeerEvent::GatheringComplete));
 }
+
+/// A dual-stack side (a base of each family) and an IPv6-only one: a host candidate on
+/// each base, and the pair that works is the IPv6 one, both ways. The loop is written
+/// once against the `Machine` trait.
+#[test]
+fn a_dual_stack_side_offers_both_families_and_meets_an_ipv6_only_peer() {
+    use crate::machine::Machine;
+    let now0 = Instant::now();
+    let mut net = Network::new(5, Conditions::default());
+    let dual = [a("198.51.100.50:5000"), a("[2001:db8::50]:5000")];
+    let v6 = a("[2001:db8::60]:6000");
+    for b in [dual[0], dual[1], v6] {
+        net.add_host(b.ip(), None);
+    }
+    let mut peers = [
+        Peer::with_bases(now0, PeerConfig::default(), &dual, true, [1; 32]),
+        Peer::with_bases(now0, PeerConfig::default(), &[v6], false, [2; 32]),
+    ];
+    assert_eq!(peers[0].bases(), &dual);
+    let creds = [0, 1].map(|i| peers[i].local_credentials().clone());
+    for i in 0..2 {
+        peers[i].set_remote_credentials(creds[1 - i].clone());
+    }
+    let mut candidates: [Vec<Candidate>; 2] = [vec![], vec![]];
+    let mut now = now0;
+    let mut nominated = [None, None];
+    let mut got = [0usize; 2];
+    for _ in 0..100_000 {
+        for i in 0..2 {
+            while let Some(ev) = Machine::poll_event(&mut peers[i]) {
+                match ev {
+                    PeerEvent::Candidate(c) => {
+                        candidates[i].push(c.clone());
+                        peers[1 - i].add_remote_candidate(now, c);
+                    }
+                    PeerEvent::GatheringComplete => peers[1 - i].end_of_remote_candidates(),
+                    PeerEvent::Ice(IceEvent::SelectedPair {
+                        local,
+                        remote,
+                        nominated: true,
+                        ..
+                    }) => nominated[i] = Some((local, remote)),
+                    _ => {}
+                }
+            }
+            while let Some(t) = Machine::poll_transmit(&mut peers[i]) {
+                net.send(now, t);
+            }
+        }
+        if nominated.iter().all(Option::is_some) && got.iter().all(|g| *g > 0) {
+            break;
+        }
+        if nominated.iter().all(Option::is_some) {
+            for i in 0..2 {
+                let t = peers[i]
+                    .send(&[0x80, 1, 2, i as u8])
+                    .expect("a selected pair");
+                net.send(now, t);
+            }
+        }
+        let next = [
+            Machine::poll_timeout(&peers[0]),
+            Machine::poll_timeout(&peers[1]),
+            net.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("something to wait for");
+        now = now.max(next);
+        assert!(now - now0 < Duration::from_secs(10), "no connection");
+        while let Some(Delivery { host, transmit }) = net.poll_delivery(now) {
+            let i = usize::from(host == v6.ip());
+            let rx = Received {
+                proto: transmit.proto,
+                source: transmit.source,
+                destination: transmit.destination,
+                contents: &transmit.contents,
+            };
+            if let PeerInput::Data { .. } = Machine::handle_input(&mut peers[i], now, rx) {
+                got[i] += 1;
+            }
+        }
+        for p in &mut peers {
+            Machine::handle_timeout(p, now);
+        }
+    }
+    let hosts: Vec<_> = candidates[0]
+        .iter()
+        .filter(|c| c.kind == CandidateKind::Host)
+        .map(|c| c.socket_addr().unwrap())
+        .collect();
+    assert_eq!(
+        hosts, dual,
+        "a host candidate on each base, the primary first"
+    );
+    assert!(candidates[0][0].priority > candidates[0][1].priority);
+    let (l, r) = nominated[0].clone().expect("connected");
+    assert_eq!(
+        (l.socket_addr(), r.socket_addr()),
+        (Some(dual[1]), Some(v6))
+    );
+    assert!(got.iter().all(|g| *g > 0), "data both ways: {got:?}");
+}
