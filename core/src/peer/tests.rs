@@ -680,10 +680,8 @@ fn a_dual_stack_side_offers_both_families_and_meets_an_ipv6_only_peer() {
             break;
         }
         if nominated.iter().all(Option::is_some) {
-            for i in 0..2 {
-                let t = peers[i]
-                    .send(&[0x80, 1, 2, i as u8])
-                    .expect("a selected pair");
+            for (i, p) in peers.iter_mut().enumerate() {
+                let t = p.send(&[0x80, 1, 2, i as u8]).expect("a selected pair");
                 net.send(now, t);
             }
         }
