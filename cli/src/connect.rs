@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pinhole::driver::peer::{Incoming, PeerConnection, PeerConnectionEvent};
+use pinhole::driver::peer::{IncomingInto, PeerConnection, PeerConnectionEvent};
 use pinhole::driver::{self, DEFAULT_STUN_SERVERS};
 use pinhole::ice::{Candidate, IceCredentials, IceState};
 use pinhole::peer::{PeerConfig, TurnServerSpec};
@@ -513,6 +513,8 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 1200];
+    // Datagrams from the peer land here, one at a time (no allocation per datagram).
+    let mut rbuf = vec![0u8; 65_536];
     let (mut local_done, mut remote_done) = (false, false);
     let interrupted = crate::shutdown_signal();
     tokio::pin!(interrupted);
@@ -524,25 +526,26 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
             break 'session ExitCode::SUCCESS;
         }
         tokio::select! {
-            next = pc.next() => {
+            next = pc.next_into(&mut rbuf) => {
                 let ev = match next {
                     None => break 'session ExitCode::FAILURE,
-                    Some(Incoming::Data(d)) if d.is_empty() => {
+                    Some(IncomingInto::Data { len: 0, .. }) => {
                         remote_done = true;
                         continue;
                     }
-                    Some(Incoming::Data(d)) => {
+                    Some(IncomingInto::Data { len, .. }) => {
+                        let d = &rbuf[..len];
                         if json && !got_data {
                             got_data = true;
                             timing_event(json!({"event": "first-data", "bytes": d.len()}), started);
                         }
-                        if stdout.write_all(&d).await.is_err() {
+                        if stdout.write_all(d).await.is_err() {
                             break 'session ExitCode::FAILURE;
                         }
                         let _ = stdout.flush().await;
                         continue;
                     }
-                    Some(Incoming::Event(ev)) => *ev,
+                    Some(IncomingInto::Event(ev)) => *ev,
                 };
                 if matches!(ev, PeerConnectionEvent::SelectedPair { .. }) {
                     usable = true;
