@@ -108,18 +108,9 @@ pub(crate) async fn allocate(args: AllocateArgs) -> ExitCode {
         }
         (None, None) => return usage("--password or --secret is required"),
     };
-    let ca_pem = match &args.ca {
-        Some(path) => match std::fs::read(path) {
-            Ok(b) => match driver::turn::check_ca_pem(&b) {
-                Ok(_) => Some(b),
-                Err(pinhole::driver::DriverError::Certificates(why)) => {
-                    return usage(format!("--ca {}: {why}", path.display()));
-                }
-                Err(e) => return usage(format!("--ca {}: {e}", path.display())),
-            },
-            Err(e) => return usage(format!("--ca {}: {e}", path.display())),
-        },
-        None => None,
+    let ca_pem = match args.ca.as_deref().map(crate::read_ca).transpose() {
+        Ok(pem) => pem,
+        Err(e) => return usage(e),
     };
     let mut config = TurnClientConfig::new(uri.clone(), credentials);
     config.lifetime = Duration::from_secs(args.lifetime);

@@ -341,18 +341,9 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
         Ok((s, _)) => s.into_iter().map(|s| s.addr).collect::<Vec<_>>(),
         Err(e) => return usage(e),
     };
-    let ca_pem = match &args.ca {
-        Some(path) => match std::fs::read(path) {
-            Ok(b) => match driver::turn::check_ca_pem(&b) {
-                Ok(_) => Some(b),
-                Err(pinhole::driver::DriverError::Certificates(why)) => {
-                    return usage(format!("--ca {}: {why}", path.display()));
-                }
-                Err(e) => return usage(format!("--ca {}: {e}", path.display())),
-            },
-            Err(e) => return usage(format!("--ca {}: {e}", path.display())),
-        },
-        None => None,
+    let ca_pem = match args.ca.as_deref().map(crate::read_ca).transpose() {
+        Ok(pem) => pem,
+        Err(e) => return usage(e),
     };
     let mut turn = Vec::new();
     for uri in &args.turn {

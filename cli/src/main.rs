@@ -108,6 +108,19 @@ fn init_logging(filter: Option<&str>) {
         .init();
 }
 
+/// A `--ca PEM` file: its bytes when they hold certificates the TLS client can use, else
+/// the usage error naming the file.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let b = std::fs::read(path).map_err(|e| format!("--ca {}: {e}", path.display()))?;
+    match pinhole::driver::turn::check_ca_pem(&b) {
+        Ok(_) => Ok(b),
+        Err(pinhole::driver::DriverError::Certificates(why)) => {
+            Err(format!("--ca {}: {why}", path.display()))
+        }
+        Err(e) => Err(format!("--ca {}: {e}", path.display())),
+    }
+}
+
 fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("pinhole: {msg}");
     ExitCode::from(EXIT_USAGE)

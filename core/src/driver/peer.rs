@@ -833,16 +833,7 @@ fn read(shared: &Shared, buf: &mut [u8]) {
                     destination: base,
                     contents: &buf[..n],
                 };
-                let mut st = shared.lock();
-                if let PeerInput::Data { from, range } = st.peer.handle_input(Instant::now(), rx) {
-                    if st.queue.push(from, &buf[range]) {
-                        shared.queued.store(st.queue.items.len(), Ordering::SeqCst);
-                        drop(st);
-                        shared.data_wake.notify_one();
-                    } else {
-                        debug!("receive queue full: datagram dropped");
-                    }
-                }
+                queue_input(shared, shared.lock(), rx);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) => {
@@ -852,6 +843,20 @@ fn read(shared: &Shared, buf: &mut [u8]) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Hands a datagram the task read to the machine, and the application's data in it to
+/// the queue that the next receive drains (waking a receive that waits).
+fn queue_input(shared: &Shared, mut st: MutexGuard<'_, State>, rx: Received<'_>) {
+    if let PeerInput::Data { from, range } = st.peer.handle_input(Instant::now(), rx) {
+        if st.queue.push(from, &rx.contents[range]) {
+            shared.queued.store(st.queue.items.len(), Ordering::SeqCst);
+            drop(st);
+            shared.data_wake.notify_one();
+        } else {
+            debug!("receive queue full: datagram dropped");
         }
     }
 }
@@ -875,15 +880,7 @@ fn stream_event(shared: &Shared, ev: StreamEvent) {
                 destination: local,
                 contents: &frame,
             };
-            if let PeerInput::Data { from, range } = st.peer.handle_input(Instant::now(), rx) {
-                if st.queue.push(from, &frame[range]) {
-                    shared.queued.store(st.queue.items.len(), Ordering::SeqCst);
-                    drop(st);
-                    shared.data_wake.notify_one();
-                } else {
-                    debug!("receive queue full: datagram dropped");
-                }
-            }
+            queue_input(shared, st, rx);
         }
         StreamEvent::Closed { server, error } => {
             debug!(%server, %error, "TURN connection over TCP/TLS ended");
