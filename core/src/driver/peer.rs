@@ -409,6 +409,17 @@ impl PeerConnection {
         self.shared.task_wake.notify_one();
     }
 
+    /// An ICE restart ([`Peer::restart`]): the new credentials for the new description;
+    /// the local candidates come out again as [`PeerConnectionEvent::Candidate`]s (then
+    /// [`PeerConnectionEvent::GatheringComplete`]). The current path carries data until
+    /// a new pair is selected.
+    pub fn restart(&mut self) -> IceCredentials {
+        let creds = self.shared.lock().peer.restart();
+        self.credentials = creds.clone();
+        self.shared.task_wake.notify_one();
+        creds
+    }
+
     /// The peer's description says `a=ice-lite`: this side controls (RFC 8445 §6.1.1).
     pub fn set_remote_lite(&self, lite: bool) {
         self.shared.lock().peer.set_remote_lite(lite);

@@ -364,6 +364,8 @@ impl IceAgent {
     /// one of its authenticated checks. Data from anyone else is not the peer's.
     pub fn is_remote(&self, addr: SocketAddr) -> bool {
         self.remotes.iter().any(|c| c.socket_addr() == Some(addr))
+            // During a restart, the old path still carries the peer's data (RFC 8445 §9).
+            || self.previous_path.is_some_and(|(_, to)| to == addr)
     }
 
     /// The addresses of the remote candidates known so far.

@@ -394,6 +394,26 @@ impl Peer {
         self.agent.set_remote_lite(lite);
     }
 
+    /// An ICE restart (RFC 8445 §9), when the network changed or the path was lost: new
+    /// local credentials (returned, for the new description), the peer's candidates
+    /// forgotten; our candidates come out again as [`PeerEvent::Candidate`]s, then
+    /// [`PeerEvent::GatheringComplete`] once gathering is over, to go with the new
+    /// credentials. The old path carries data (both ways) until a new pair is selected.
+    /// The peer restarts too when it sees the new credentials (its
+    /// [`Peer::set_remote_credentials`] with a new ufrag: the application calls its
+    /// `restart` then, as for any new description).
+    pub fn restart(&mut self) -> IceCredentials {
+        let creds = self.agent.restart();
+        let again: Vec<Candidate> = self.agent.local_candidates().cloned().collect();
+        for c in again {
+            self.events.push_back(PeerEvent::Candidate(c));
+        }
+        if self.gathering_done {
+            self.events.push_back(PeerEvent::GatheringComplete);
+        }
+        creds
+    }
+
     /// The peer sent `a=end-of-candidates`.
     pub fn end_of_remote_candidates(&mut self) {
         self.agent.end_of_remote_candidates();

@@ -729,3 +729,49 @@ fn a_dual_stack_side_offers_both_families_and_meets_an_ipv6_only_peer() {
     );
     assert!(got.iter().all(|g| *g > 0), "data both ways: {got:?}");
 }
+
+/// An ICE restart on both sides (as after a network change): the old path carries data
+/// both ways meanwhile, the candidates go out again with the new credentials, and the
+/// two connect again.
+#[test]
+fn a_restart_keeps_data_flowing_and_connects_again() {
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let mut w = World::new(
+        [Some(cone), Some(cone)],
+        Conditions::default(),
+        PeerConfig::default(),
+    );
+    assert!(w.connect(Duration::from_secs(10)));
+    w.run_for(Duration::from_secs(2));
+    let old = [0, 1].map(|i| w.sides[i].peer.local_credentials().clone());
+    for s in &mut w.sides {
+        s.events.clear();
+    }
+    let creds = [0, 1].map(|i| w.sides[i].peer.restart());
+    assert_ne!(creds[0], old[0]);
+    // Before the new descriptions are in (no new check can start): the old path, both
+    // ways.
+    assert!(w.sides.iter().all(|s| s.peer.agent().selected().is_some()));
+    assert!(w.data_flows(0) && w.data_flows(1));
+    for i in 0..2 {
+        w.sides[i].peer.set_remote_credentials(creds[1 - i].clone());
+    }
+    // Each side's candidates went out again (World::signal trickles them).
+    w.signal();
+    for s in &w.sides {
+        let again = s
+            .events
+            .iter()
+            .filter(|e| matches!(e, PeerEvent::Candidate(_)))
+            .count();
+        assert!(again >= 2, "{:?}", s.events);
+        assert!(s.events.contains(&PeerEvent::GatheringComplete));
+    }
+    assert!(w.data_flows(0) && w.data_flows(1));
+    assert!(w.connect(Duration::from_secs(10)));
+    assert!(w.data_flows(0) && w.data_flows(1));
+    assert_eq!(w.relayed(), [Some(false), Some(false)]);
+}

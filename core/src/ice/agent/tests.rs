@@ -657,8 +657,11 @@ fn restart_with_new_credentials_connects_again() {
     let new0 = w.peers[0].agent.restart();
     assert_ne!(new0, old);
     let new1 = w.peers[1].agent.restart();
-    // Data keeps flowing on the old pair meanwhile.
-    assert!(w.peers[0].agent.selected().is_some());
+    // Data keeps flowing on the old pair meanwhile, both ways: the old path's peer
+    // address is still the peer's, though every remote candidate was forgotten.
+    let (_, to) = w.peers[0].agent.selected().expect("the old path");
+    assert!(w.peers[0].agent.is_remote(to));
+    assert!(w.data_flows(0) && w.data_flows(1));
     for (i, creds) in [(0, new1), (1, new0)] {
         w.peers[i].agent.set_remote_credentials(creds);
         let other = w.peers[1 - i].base;
