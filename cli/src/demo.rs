@@ -45,12 +45,9 @@ struct Servers {
 
 async fn servers() -> Result<Servers, String> {
     let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let stun = driver::serve(ServerConfig {
-        rate_limit: None,
-        ..ServerConfig::new(any)
-    })
-    .await
-    .map_err(|e| format!("embedded STUN server: {e}"))?;
+    let stun = driver::serve(ServerConfig::new(any).with_rate_limit(None))
+        .await
+        .map_err(|e| format!("embedded STUN server: {e}"))?;
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

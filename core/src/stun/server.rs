@@ -28,6 +28,7 @@ pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
 
 /// How the server is set up.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// The primary address.
     pub primary: SocketAddr,
@@ -58,6 +59,14 @@ impl ServerConfig {
             alternate: Some(alternate),
             ..Self::new(primary)
         }
+    }
+
+    /// With this per-source rate limit (`None`: none, only for servers no stranger
+    /// reaches, such as one on loopback).
+    #[must_use]
+    pub fn with_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.rate_limit = limit;
+        self
     }
 }
 
