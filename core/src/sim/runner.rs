@@ -11,10 +11,12 @@
 //! to it (its verdict) and what it sends. A run repeats, at most
 //! [`Sim::set_max_iterations`] times (then it fails loudly):
 //!
-//! 1. every machine's datagrams go into the network (sent at the current time), and its
-//!    events to its hook;
-//! 2. the clock jumps to the earliest of: the next landing datagram, the earliest
-//!    machine deadline, the end of the run (and the run ends if nothing is earlier);
+//! 1. each machine's step hook runs, its events go to its event hook, and its datagrams
+//!    into the network (sent at the current time);
+//! 2. the clock jumps to the earliest of the next landing datagram and the earliest
+//!    machine deadline, if that is not after the end of the run; else to the end, and
+//!    the run ends once the clock reads the end (so a run to the current time, with
+//!    zero latency, moves datagrams back and forth "instantly" until all is quiet);
 //! 3. every datagram landed by then is handed to the machine at its destination host
 //!    (datagrams for hosts no machine claims are kept, see [`Sim::take_unclaimed`]);
 //! 4. every machine whose deadline has come gets `handle_timeout`.
@@ -23,7 +25,7 @@
 //! let mut net = Network::new(7, Conditions::default());
 //! let mut events = Vec::new();
 //! let mut sim = Sim::new(&mut net, t0);
-//! sim.add(Host::new(&mut client, [client_ip]).on_event(|at, e| events.push((at, e))));
+//! sim.add(Host::new(&mut client, [client_ip]).collect_events(&mut events));
 //! sim.add(Host::new(&mut server, [server_ip]));
 //! sim.run_until(t0 + Duration::from_secs(1));
 //! let now = sim.now();
@@ -54,7 +56,8 @@ pub enum SimError {
     HostTaken(IpAddr),
 }
 
-type EventHook<'a, E> = Box<dyn FnMut(Instant, E) + 'a>;
+type EventHook<'a, M> = Box<dyn FnMut(&mut M, Instant, <M as Machine>::Event) + 'a>;
+type StepHook<'a, M> = Box<dyn FnMut(&mut M, Instant) + 'a>;
 type VerdictHook<'a, M> = Box<dyn for<'v> FnMut(Instant, <M as Machine>::Verdict<'v>) + 'a>;
 type TransmitHook<'a> = Box<dyn FnMut(Instant, &Transmit) + 'a>;
 
@@ -62,7 +65,8 @@ type TransmitHook<'a> = Box<dyn FnMut(Instant, &Transmit) + 'a>;
 pub struct Host<'a, M: Machine> {
     machine: &'a mut M,
     ips: Vec<IpAddr>,
-    on_event: Option<EventHook<'a, M::Event>>,
+    on_event: Option<EventHook<'a, M>>,
+    on_step: Option<StepHook<'a, M>>,
     on_verdict: Option<VerdictHook<'a, M>>,
     on_transmit: Option<TransmitHook<'a>>,
 }
@@ -74,20 +78,30 @@ impl<'a, M: Machine> Host<'a, M> {
             machine,
             ips: ips.into_iter().collect(),
             on_event: None,
+            on_step: None,
             on_verdict: None,
             on_transmit: None,
         }
     }
 
-    /// Hands each event, with the virtual time it was taken, to `f`.
-    pub fn on_event(mut self, f: impl FnMut(Instant, M::Event) + 'a) -> Self {
+    /// Hands each event, with the virtual time it was taken, to `f`, with the machine
+    /// (to act on what the event asks of its driver).
+    pub fn on_event(mut self, f: impl FnMut(&mut M, Instant, M::Event) + 'a) -> Self {
         self.on_event = Some(Box::new(f));
         self
     }
 
     /// Collects each event, with the virtual time it was taken, into `events`.
     pub fn collect_events(self, events: &'a mut Vec<(Instant, M::Event)>) -> Self {
-        self.on_event(move |at, e| events.push((at, e)))
+        self.on_event(move |_, at, e| events.push((at, e)))
+    }
+
+    /// Calls `f` with the machine at each step, before its datagrams are taken: for what
+    /// a machine asks of its driver outside the [`Machine`] trait (the port mapper's UPnP
+    /// commands).
+    pub fn on_step(mut self, f: impl FnMut(&mut M, Instant) + 'a) -> Self {
+        self.on_step = Some(Box::new(f));
+        self
     }
 
     /// Hands the machine's verdict on each delivered datagram to `f` (to assert on it).
@@ -109,6 +123,7 @@ trait Node {
     fn timeout(&mut self, now: Instant);
     fn transmit(&mut self, now: Instant) -> Option<Transmit>;
     fn deadline(&self) -> Option<Instant>;
+    fn step(&mut self, now: Instant);
     fn events(&mut self, now: Instant);
 }
 
@@ -136,10 +151,16 @@ impl<M: Machine> Node for Host<'_, M> {
         self.machine.poll_timeout()
     }
 
+    fn step(&mut self, now: Instant) {
+        if let Some(f) = self.on_step.as_mut() {
+            f(self.machine, now);
+        }
+    }
+
     fn events(&mut self, now: Instant) {
         while let Some(e) = self.machine.poll_event() {
             if let Some(f) = self.on_event.as_mut() {
-                f(now, e);
+                f(self.machine, now, e);
             }
         }
     }
@@ -234,17 +255,19 @@ impl<'a> Sim<'a> {
         let start = self.now;
         for _ in 0..self.max_iterations {
             self.flush();
-            let next = self
+            let pending = self
                 .nodes
                 .iter()
                 .filter_map(|n| n.deadline())
                 .chain(self.net.poll_timeout())
-                .min()
-                .map_or(end, |t| t.min(end));
-            if next >= end && self.now >= end {
-                return Ok(());
+                .min();
+            match pending {
+                // Due by the end (at the end too: a zero-length run still delivers what
+                // lands now).
+                Some(at) if at <= end => self.now = self.now.max(at),
+                _ if self.now >= end => return Ok(()),
+                _ => self.now = end,
             }
-            self.now = self.now.max(next);
             while let Some(d) = self.net.poll_delivery(self.now) {
                 match self.by_ip.get(&d.host) {
                     Some(&i) => {
@@ -277,10 +300,12 @@ impl<'a> Sim<'a> {
     fn flush(&mut self) {
         let now = self.now;
         for n in &mut self.nodes {
+            n.step(now);
+            // Events first: acting on one may queue datagrams.
+            n.events(now);
             while let Some(t) = n.transmit(now) {
                 self.net.send(now, t);
             }
-            n.events(now);
         }
     }
 }

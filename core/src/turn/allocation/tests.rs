@@ -295,7 +295,7 @@ impl Harness {
         let sent = &mut self.sent;
         sim.add(
             Host::new(&mut self.a, [local().ip()])
-                .on_event(|at, e| events.push((at - t0, e)))
+                .on_event(|_, at, e| events.push((at - t0, e)))
                 .on_verdict(|_, v| assert_eq!(v, Input::Consumed))
                 .on_transmit(|_, t| sent.push((t.source, t.destination))),
         );
