@@ -200,6 +200,10 @@ impl<'a> Sim<'a> {
     /// Adds a machine. Its IPs not yet known to the network become public hosts (put
     /// them behind a NAT with [`Network::add_host`] first). Panics if an IP already has
     /// a machine (see [`Sim::try_add`]).
+    #[expect(
+        clippy::panic,
+        reason = "test support: a mis-wired simulation must fail the test that built it"
+    )]
     pub fn add<M: Machine + 'a>(&mut self, host: Host<'a, M>) {
         if let Err(e) = self.try_add(host) {
             panic!("{e}");
@@ -243,6 +247,10 @@ impl<'a> Sim<'a> {
     }
 
     /// Runs until `end` (virtual). Panics at the iteration cap (see [`Sim::try_run_until`]).
+    #[expect(
+        clippy::panic,
+        reason = "test support: a run that never converges must fail its test loudly"
+    )]
     pub fn run_until(&mut self, end: Instant) {
         if let Err(e) = self.try_run_until(end) {
             panic!("{e}");
