@@ -1,11 +1,13 @@
 //! The mapper against a fake gateway on a virtual clock.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::requests::epoch_consistent;
 use super::*;
-use crate::Received;
+use crate::sim::{Conditions, Host, Network, Sim};
+use crate::{Received, Transmit};
 
 const GW: &str = "192.168.1.1";
 const LOCAL: &str = "192.168.1.20";
@@ -226,7 +228,8 @@ struct Harness {
     upnp_seen: Vec<UpnpCommand>,
     /// When each UPnP command was issued.
     upnp_at: Vec<Duration>,
-    rtt: Duration,
+    /// 1 ms each way; carries datagrams between runs too.
+    net: Network,
     reflector: Reflector,
     /// Requests the reflector received.
     reflected: usize,
@@ -255,7 +258,13 @@ impl Harness {
             events: Vec::new(),
             upnp_seen: Vec::new(),
             upnp_at: Vec::new(),
-            rtt: Duration::from_millis(2),
+            net: Network::new(
+                1,
+                Conditions {
+                    latency: Duration::from_millis(1),
+                    ..Conditions::default()
+                },
+            ),
             reflector: Reflector::Rfc5780,
             reflected: 0,
         }
@@ -289,72 +298,102 @@ impl Harness {
         self.mapper.handle_input(self.now, rx)
     }
 
-    /// Runs until `until` (virtual), delivering datagrams after one RTT.
+    /// Runs until `until` (virtual), the gateway and the reflector answering after one
+    /// RTT (1 ms each way).
     fn run_until(&mut self, until: Duration) {
-        let end = self.t0 + until;
+        let t0 = self.t0;
         let gw_addr = SocketAddr::new(GW.parse().unwrap(), 5351);
-        let mut in_flight: Vec<(Instant, Vec<u8>, SocketAddr, SocketAddr)> = Vec::new();
-        for _ in 0..100_000 {
-            while let Some(t) = self.mapper.poll_transmit() {
-                if t.destination == REFLECTOR.parse().unwrap() {
-                    assert_eq!(t.source, Self::mapped_socket());
-                    self.reflected += 1;
-                    if let Some((resp, from)) = reflect(self.reflector, &self.gw, &t.contents) {
-                        in_flight.push((self.now + self.rtt, resp, from, t.source));
+        let (upnp, upnp_seen, upnp_at, events) = (
+            &mut self.upnp,
+            &mut self.upnp_seen,
+            &mut self.upnp_at,
+            &mut self.events,
+        );
+        let mut far = Far {
+            gw: &mut self.gw,
+            reflector: self.reflector,
+            reflected: &mut self.reflected,
+            out: VecDeque::new(),
+        };
+        let mut sim = Sim::new(&mut self.net, self.now);
+        sim.add(
+            Host::new(&mut self.mapper, [LOCAL.parse().unwrap()])
+                .on_transmit(|_, t| {
+                    if t.destination == REFLECTOR.parse().unwrap() {
+                        assert_eq!(t.source, Self::mapped_socket());
+                    } else {
+                        assert_eq!(t.destination, gw_addr);
                     }
-                    continue;
-                }
-                assert_eq!(t.destination, gw_addr);
-                if let Some(resp) = self.gw.answer(self.now, &t.contents) {
-                    in_flight.push((self.now + self.rtt, resp, gw_addr, source()));
-                }
-            }
-            while let Some(cmd) = self.mapper.poll_upnp() {
-                self.upnp_seen.push(cmd.clone());
-                self.upnp_at.push(self.now - self.t0);
-                if let Some(f) = self.upnp.as_mut() {
-                    if let Some(r) = f(&cmd) {
-                        self.mapper.handle_upnp(self.now, r);
+                })
+                .on_step(|mapper, now| {
+                    while let Some(cmd) = mapper.poll_upnp() {
+                        upnp_seen.push(cmd.clone());
+                        upnp_at.push(now - t0);
+                        if let Some(f) = upnp.as_mut() {
+                            if let Some(r) = f(&cmd) {
+                                mapper.handle_upnp(now, r);
+                            }
+                        } else {
+                            mapper.handle_upnp(now, UpnpResult::Failed("no IGD".into()));
+                        }
                     }
-                } else {
-                    self.mapper
-                        .handle_upnp(self.now, UpnpResult::Failed("no IGD".into()));
-                }
-            }
-            while let Some(e) = self.mapper.poll_event() {
-                self.events.push((self.now - self.t0, e));
-            }
-            let next = [
-                in_flight.iter().map(|f| f.0).min(),
-                self.mapper.poll_timeout(),
-                Some(end),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap();
-            if next >= end && self.now >= end {
-                return;
-            }
-            self.now = next.max(self.now);
-            let due: Vec<_> = in_flight
-                .iter()
-                .filter(|f| f.0 <= self.now)
-                .cloned()
-                .collect();
-            in_flight.retain(|f| f.0 > self.now);
-            for (_, bytes, from, to) in due {
-                let rx = Received {
-                    proto: crate::Protocol::Udp,
-                    source: from,
-                    destination: to,
-                    contents: &bytes,
-                };
-                assert!(self.mapper.handle_input(self.now, rx));
-            }
-            self.mapper.handle_timeout(self.now);
+                })
+                .on_event(|_, at, e| events.push((at - t0, e)))
+                .on_verdict(|_, taken| assert!(taken)),
+        );
+        sim.add(Host::new(
+            &mut far,
+            [
+                gw_addr.ip(),
+                REFLECTOR.parse::<SocketAddr>().unwrap().ip(),
+                REFLECTOR_OTHER.parse::<SocketAddr>().unwrap().ip(),
+            ],
+        ));
+        sim.run_until(t0 + until);
+        self.now = sim.now();
+    }
+}
+
+/// The gateway and the reflector as one machine on the virtual network (the reflector's
+/// answers depend on the gateway's state): each answers a request when it arrives.
+struct Far<'h> {
+    gw: &'h mut FakeGateway,
+    reflector: Reflector,
+    /// Requests the reflector received.
+    reflected: &'h mut usize,
+    out: VecDeque<Transmit>,
+}
+
+impl crate::machine::Machine for Far<'_> {
+    type Event = crate::machine::NoEvent;
+    type Verdict<'a> = ();
+    fn handle_input<'a>(&mut self, now: Instant, rx: Received<'a>) {
+        let answer = if rx.destination == REFLECTOR.parse().unwrap() {
+            *self.reflected += 1;
+            reflect(self.reflector, self.gw, rx.contents)
+        } else {
+            self.gw
+                .answer(now, rx.contents)
+                .map(|bytes| (bytes, rx.destination))
+        };
+        if let Some((contents, from)) = answer {
+            self.out.push_back(Transmit {
+                proto: crate::Protocol::Udp,
+                source: from,
+                destination: rx.source,
+                contents,
+            });
         }
-        panic!("simulation did not converge");
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn poll_event(&mut self) -> Option<crate::machine::NoEvent> {
+        None
     }
 }
 

@@ -9,6 +9,9 @@
 //! and the datagram as that host sees it (source and destination after every NAT on the
 //! way). NAT bindings expire after their timeout, so keepalive logic is testable too.
 //!
+//! [`Sim`] drives any set of [`crate::machine::Machine`]s over a network, so tests need no
+//! loops of their own.
+//!
 //! It complements the NAT lab (real kernels, real NATs); it does not replace it.
 //!
 //! Behaviours (RFC 4787):
@@ -329,6 +332,11 @@ impl Network {
         self.hosts.insert(ip, nat);
     }
 
+    /// Whether `ip` is a host of the network.
+    pub fn has_host(&self, ip: IpAddr) -> bool {
+        self.hosts.contains_key(&ip)
+    }
+
     /// Forgets every binding of `nat` (a NAT reboot, or "mapping loss").
     pub fn flush(&mut self, nat: NatId) {
         if let Some(n) = self.nats.get_mut(nat.0) {
@@ -448,6 +456,9 @@ pub fn udp(source: SocketAddr, destination: SocketAddr, contents: &[u8]) -> Tran
         contents: contents.to_vec(),
     }
 }
+
+mod runner;
+pub use runner::{DEFAULT_MAX_ITERATIONS, Host, Sim, SimError};
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,11 @@
 //! The allocation machine against a small fake TURN server, on a virtual clock.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::sim::{Conditions, Host, Network, Sim};
 use crate::stun::attributes::{PasswordAlgorithms, UnknownAttributes};
 use crate::stun::{Attribute, MessageBuilder};
 
@@ -45,6 +47,8 @@ struct FakeTurn {
     drop: u32,
     seen: Vec<Vec<u8>>,
     deallocated: bool,
+    /// Answers not yet sent.
+    out: VecDeque<Transmit>,
 }
 
 impl FakeTurn {
@@ -62,6 +66,7 @@ impl FakeTurn {
             drop: 0,
             seen: Vec::new(),
             deallocated: false,
+            out: VecDeque::new(),
         }
     }
 
@@ -210,14 +215,41 @@ impl FakeTurn {
     }
 }
 
+/// The fake server as a machine on the virtual network: it answers at once, from the
+/// address the request was sent to (so it serves every alternate address too).
+impl crate::machine::Machine for FakeTurn {
+    type Event = crate::machine::NoEvent;
+    type Verdict<'a> = ();
+    fn handle_input<'a>(&mut self, _now: Instant, rx: Received<'a>) {
+        if let Some(contents) = self.answer(rx.contents) {
+            self.out.push_back(Transmit {
+                proto: rx.proto,
+                source: rx.destination,
+                destination: rx.source,
+                contents,
+            });
+        }
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn poll_event(&mut self) -> Option<crate::machine::NoEvent> {
+        None
+    }
+}
+
 struct Harness {
-    proto: Protocol,
     t0: Instant,
     now: Instant,
     turn: FakeTurn,
     a: Allocation,
     events: Vec<(Duration, AllocationEvent)>,
-    rtt: Duration,
+    /// Carries datagrams between runs too: 5 ms each way, a 10 ms round trip.
+    net: Network,
     /// (source, destination) of every transmit.
     sent: Vec<(SocketAddr, SocketAddr)>,
 }
@@ -236,68 +268,44 @@ impl Harness {
             Credentials::long_term(USER, PASS),
         );
         edit(&mut config);
-        let proto = if config.transport.is_stream() {
-            Protocol::Tcp
-        } else {
-            Protocol::Udp
-        };
+        let net = Network::new(
+            1,
+            Conditions {
+                latency: Duration::from_millis(5),
+                ..Conditions::default()
+            },
+        );
         Self {
-            proto,
             t0,
             now: t0,
             turn,
             a: Allocation::new(t0, config, [9; 32]),
             events: Vec::new(),
-            rtt: Duration::from_millis(10),
+            net,
             sent: Vec::new(),
         }
     }
 
+    /// Runs the allocation and the fake server until `until` after the start (virtual);
+    /// every datagram the allocation receives must be TURN's.
     fn run_until(&mut self, until: Duration) {
-        let end = self.t0 + until;
-        let mut in_flight: Vec<(Instant, SocketAddr, Vec<u8>)> = Vec::new();
-        for _ in 0..100_000 {
-            while let Some(t) = self.a.poll_transmit() {
-                self.sent.push((t.source, t.destination));
-                if let Some(r) = self.turn.answer(&t.contents) {
-                    in_flight.push((self.now + self.rtt, t.destination, r));
-                }
-            }
-            while let Some(e) = self.a.poll_event() {
-                self.events.push((self.now - self.t0, e));
-            }
-            let next = [
-                in_flight.iter().map(|f| f.0).min(),
-                self.a.poll_timeout(),
-                Some(end),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap();
-            if next >= end && self.now >= end {
-                return;
-            }
-            self.now = next.max(self.now);
-            let due: Vec<_> = in_flight
-                .iter()
-                .filter(|f| f.0 <= self.now)
-                .cloned()
-                .collect();
-            in_flight.retain(|f| f.0 > self.now);
-            for (_, from, bytes) in due {
-                let rx = Received {
-                    proto: self.proto,
-                    source: from,
-                    // Where the machine talks from (a reconnection changes it).
-                    destination: self.a.local(),
-                    contents: &bytes,
-                };
-                assert_eq!(self.a.handle_input(self.now, rx), Input::Consumed);
-            }
-            self.a.handle_timeout(self.now);
-        }
-        panic!("no convergence");
+        let t0 = self.t0;
+        let mut sim = Sim::new(&mut self.net, self.now);
+        let events = &mut self.events;
+        let sent = &mut self.sent;
+        sim.add(
+            Host::new(&mut self.a, [local().ip()])
+                .on_event(|_, at, e| events.push((at - t0, e)))
+                .on_verdict(|_, v| assert_eq!(v, Input::Consumed))
+                .on_transmit(|_, t| sent.push((t.source, t.destination))),
+        );
+        // The server, and every alternate server the tests redirect to.
+        sim.add(Host::new(
+            &mut self.turn,
+            [server().ip(), addr("203.0.113.11:0").ip()],
+        ));
+        sim.run_until(t0 + until);
+        self.now = sim.now();
     }
 
     fn kinds(&self) -> Vec<String> {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::sim::{Conditions, Host, Network, Sim};
 use crate::turn::{
     Allocation, AllocationConfig, AllocationEvent, Credentials, Input, TurnError, TurnTransport,
 };
@@ -16,6 +17,20 @@ const LISTEN: &str = "203.0.113.1:3478";
 const CLIENT: &str = "198.51.100.7:40000";
 const PEER: &str = "192.0.2.50:9000";
 
+/// A network with zero latency, no loss, where the peer is a host without a machine
+/// (what reaches it is collected).
+fn instant_network() -> Network {
+    let mut net = Network::new(
+        1,
+        Conditions {
+            latency: Duration::ZERO,
+            ..Conditions::default()
+        },
+    );
+    net.add_host(addr(PEER).ip(), None);
+    net
+}
+
 struct World {
     now: Instant,
     server: TurnServer,
@@ -26,6 +41,8 @@ struct World {
     /// Data the client received.
     at_client: Vec<(SocketAddr, Vec<u8>)>,
     events: Vec<AllocationEvent>,
+    /// Zero latency: a pump is instant.
+    net: Network,
 }
 
 impl World {
@@ -52,87 +69,60 @@ impl World {
             at_peer: vec![],
             at_client: vec![],
             events: vec![],
+            net: instant_network(),
         }
     }
 
     /// Moves everything until quiet, instantly.
     fn pump(&mut self) {
-        for _ in 0..1000 {
-            let mut moved = false;
-            while let Some(t) = self.client.poll_transmit() {
-                moved = true;
-                self.server.handle_input(
-                    self.now,
-                    Received {
-                        proto: Protocol::Udp,
-                        source: t.source,
-                        destination: t.destination,
-                        contents: &t.contents,
-                    },
-                );
-            }
-            while let Some(a) = self.server.poll_action() {
-                moved = true;
-                if let ServerAction::BindRelay { client, .. } = a {
-                    self.next_relay_port += 1;
-                    self.server.relay_bound(
-                        client,
-                        SocketAddr::new(addr(LISTEN).ip(), self.next_relay_port),
-                    );
-                }
-            }
-            while let Some(t) = self.server.poll_transmit() {
-                moved = true;
-                if t.destination == addr(CLIENT) {
-                    let rx = Received {
-                        proto: Protocol::Udp,
-                        source: t.source,
-                        destination: t.destination,
-                        contents: &t.contents,
-                    };
-                    if let Input::Data { peer, data } = self.client.handle_input(self.now, rx) {
-                        self.at_client.push((peer, data.to_vec()));
+        self.run_until(self.now);
+    }
+
+    /// Runs the server and the client to `end` over a zero-latency network: datagrams for
+    /// the peer are collected in `at_peer`, data the client gets in `at_client`, relayed
+    /// sockets bound as the server asks.
+    fn run_until(&mut self, end: Instant) {
+        let listen = addr(LISTEN);
+        let (next_port, at_client, events) = (
+            &mut self.next_relay_port,
+            &mut self.at_client,
+            &mut self.events,
+        );
+        let mut sim = Sim::new(&mut self.net, self.now);
+        sim.add(
+            Host::new(&mut self.server, [listen.ip()])
+                .on_event(|server, _, action| {
+                    if let ServerAction::BindRelay { client, .. } = action {
+                        *next_port += 1;
+                        server.relay_bound(client, SocketAddr::new(listen.ip(), *next_port));
                     }
-                } else {
-                    assert_eq!(t.destination, addr(PEER));
-                    self.at_peer.push(t.contents);
-                }
-            }
-            while let Some(e) = self.client.poll_event() {
-                moved = true;
-                self.events.push(e);
-            }
-            if !moved {
-                return;
-            }
+                })
+                .on_transmit(|_, t| {
+                    assert!(
+                        t.destination == addr(CLIENT) || t.destination == addr(PEER),
+                        "{t:?}"
+                    )
+                }),
+        );
+        sim.add(
+            Host::new(&mut self.client, [addr(CLIENT).ip()])
+                .on_event(|_, _, e| events.push(e))
+                .on_verdict(|_, v| {
+                    if let Input::Data { peer, data } = v {
+                        at_client.push((peer, data.to_vec()));
+                    }
+                }),
+        );
+        sim.run_until(end);
+        self.now = sim.now();
+        for d in sim.take_unclaimed() {
+            assert_eq!(d.transmit.destination, addr(PEER));
+            self.at_peer.push(d.transmit.contents);
         }
-        panic!("no quiescence");
     }
 
     fn advance(&mut self, by: Duration) {
-        let end = self.now + by;
-        for _ in 0..10_000 {
-            self.pump();
-            let next = [
-                self.client.poll_timeout(),
-                self.server.poll_timeout(),
-                Some(end),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap();
-            if next >= end {
-                self.now = end;
-                self.client.handle_timeout(self.now);
-                self.server.handle_timeout(self.now);
-                self.pump();
-                return;
-            }
-            self.now = next.max(self.now);
-            self.client.handle_timeout(self.now);
-            self.server.handle_timeout(self.now);
-        }
+        self.run_until(self.now + by);
     }
 
     fn peer_sends(&mut self, relayed: SocketAddr, data: &[u8]) {
@@ -962,6 +952,7 @@ fn lifetimes_below_the_default_get_the_default() {
             at_peer: vec![],
             at_client: vec![],
             events: vec![],
+            net: instant_network(),
         };
         w.pump();
         assert!(
@@ -1087,6 +1078,7 @@ fn a_refresh_that_shortens_the_lifetime_is_enforced() {
         at_peer: vec![],
         at_client: vec![],
         events: vec![],
+        net: instant_network(),
     };
     w.pump();
     assert!(
