@@ -616,6 +616,10 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                                 Ok(c) => pc.add_remote_candidate(c),
                                 Err(e) => tracing::debug!(error = %e, "peer candidate ignored"),
                             }
+                        } else if line == "a=ice-lite" {
+                            // An ICE-lite peer (a server with a public address): this side
+                            // controls and nominates (RFC 8445 §6.1.1).
+                            pc.set_remote_lite(true);
                         } else if line == "a=end-of-candidates" {
                             pc.end_of_remote_candidates();
                             have_end = true;
