@@ -450,9 +450,16 @@ impl PeerConnection {
         send(&self.shared, data.as_ref()).await;
     }
 
-    /// Kept for callers of the queued sender: [`PeerConnection::send`] now hands each
-    /// datagram to the socket before it returns, so there is nothing left to wait for.
-    pub async fn flush(&self) {}
+    /// Waits until every datagram sent so far has left: over UDP [`PeerConnection::send`]
+    /// hands each to the socket before it returns; through a relay reached over TCP or
+    /// TLS, they wait in the stream's queue, and this waits until they are written
+    /// (bounded: a second per stream). Call it before exiting after the last send.
+    pub async fn flush(&self) {
+        self.shared
+            .streams
+            .flush(std::time::Duration::from_secs(1))
+            .await;
+    }
 
     /// The next datagram from the peer into `buf` (at its start): its length and the
     /// peer's address it came from; `None` once the task is gone. No heap allocation.

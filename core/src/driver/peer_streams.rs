@@ -48,7 +48,16 @@ pub(super) enum StreamEvent {
 pub(super) struct StreamWriters(Arc<Mutex<Vec<Writer>>>);
 
 /// A server and the queue of its stream's writer.
-type Writer = (SocketAddr, mpsc::Sender<Vec<u8>>);
+type Writer = (SocketAddr, mpsc::Sender<Write>);
+
+/// What a stream's writer is given.
+#[derive(Debug)]
+pub(super) enum Write {
+    /// A message, written as it is.
+    Bytes(Vec<u8>),
+    /// Answered once everything before it is written and flushed.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
 
 impl StreamWriters {
     /// Writes a message of the machine's to its server's stream; `false` when `t` is not
@@ -65,7 +74,7 @@ impl StreamWriters {
         let writers = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match writers.iter().find(|(s, _)| *s == server) {
             Some((_, w)) => {
-                if w.try_send(bytes.to_vec()).is_err() {
+                if w.try_send(Write::Bytes(bytes.to_vec())).is_err() {
                     debug!(to = %server, "TURN stream full or closed: message dropped");
                 }
             }
@@ -74,7 +83,22 @@ impl StreamWriters {
         true
     }
 
-    fn add(&self, server: SocketAddr, w: mpsc::Sender<Vec<u8>>) {
+    /// Waits until every message given to a stream so far is written (each stream
+    /// bounded by `within`): before a process that sent its last data exits.
+    pub(super) async fn flush(&self, within: std::time::Duration) {
+        let writers: Vec<mpsc::Sender<Write>> = {
+            let w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            w.iter().map(|(_, s)| s.clone()).collect()
+        };
+        for w in writers {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if w.send(Write::Flush(tx)).await.is_ok() {
+                let _ = tokio::time::timeout(within, rx).await;
+            }
+        }
+    }
+
+    fn add(&self, server: SocketAddr, w: mpsc::Sender<Write>) {
         let mut writers = self.0.lock().unwrap_or_else(|e| e.into_inner());
         writers.retain(|(s, _)| *s != server);
         writers.push((server, w));
@@ -147,7 +171,7 @@ async fn run(spec: TurnServerSpec, events: mpsc::Sender<StreamEvent>, writers: S
             return;
         }
     };
-    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let (wtx, mut wrx) = mpsc::channel::<Write>(WRITE_QUEUE);
     // The writer first, so that the machine's first message finds it.
     writers.add(server, wtx);
     if events
@@ -194,11 +218,16 @@ async fn run(spec: TurnServerSpec, events: mpsc::Sender<StreamEvent>, writers: S
                 }
             }
             d = wrx.recv() => match d {
-                Some(d) => {
+                Some(Write::Bytes(d)) => {
                     if let Err(e) = wr.write_all(&d).await {
                         let _ = events.send(closed(e.to_string())).await;
                         return;
                     }
+                }
+                Some(Write::Flush(done)) => {
+                    // TLS holds records until flushed.
+                    let _ = wr.flush().await;
+                    let _ = done.send(());
                 }
                 None => {
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wr.shutdown()).await;

@@ -894,11 +894,7 @@ impl IceAgent {
         // renominates: a late copy of an older USE-CANDIDATE (the relay path is slower,
         // so its copies arrive last) must not take the path back. A nominated pair that
         // failed (consent) may be replaced by anything.
-        let acceptable = self.nominated.is_none_or(|n| {
-            n == i
-                || self.pairs[n].state != PairState::Succeeded
-                || self.pairs[n].priority <= self.pairs[i].priority
-        });
+        let acceptable = self.may_follow(i);
         if use_candidate && !self.controlling && !acceptable {
             debug!(
                 pair = i,
@@ -1104,8 +1100,13 @@ impl IceAgent {
         // A nomination's answer counts only while it is still the latest nomination: a
         // slow answer for an older pair must not take the path back (renomination race).
         let latest = self.nominated == Some(i);
-        if (nominating && latest) || (!self.controlling && p.nominate_on_success) {
-            p.nominate_on_success = false;
+        let waiting = !self.controlling && p.nominate_on_success;
+        p.nominate_on_success = false;
+        // A USE-CANDIDATE that came before this pair was valid is followed now, unless a
+        // better pair was nominated meanwhile: an old nomination (of a relayed pair, say,
+        // before the controlling agent renominated a direct one) must not take the path
+        // back once its own check finally succeeds.
+        if (nominating && latest) || (waiting && self.may_follow(i)) {
             self.nominate(now, i);
             return;
         }
@@ -1126,6 +1127,17 @@ impl IceAgent {
             }
             self.reselect(now);
         }
+    }
+
+    /// Whether the controlled agent follows a nomination of pair `i`: renomination only
+    /// ever moves to a pair at least as good as the one nominated, unless that one is no
+    /// longer valid.
+    fn may_follow(&self, i: usize) -> bool {
+        self.nominated.is_none_or(|n| {
+            n == i
+                || self.pairs[n].state != PairState::Succeeded
+                || self.pairs[n].priority <= self.pairs[i].priority
+        })
     }
 
     /// Stops the nominating checks of a pair the controlling agent no longer nominates:

@@ -896,3 +896,28 @@ fn a_full_agent_that_was_not_told_learns_from_the_role_conflict() {
     assert!(!w.peers[1].agent.is_controlling());
     assert!(w.data_flows(0) && w.data_flows(1));
 }
+
+#[test]
+fn an_old_nomination_waiting_for_its_check_does_not_take_the_path_back() {
+    // Behind NATs there are several pairs; peer 1 (controlled) follows the nomination.
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let mut w = World::new([Some(cone), Some(cone)], Conditions::default(), 23);
+    assert!(w.connect(Duration::from_secs(5)));
+    w.run_for(Duration::from_secs(1));
+    let now = w.now;
+    let g = &mut w.peers[1].agent;
+    let d = g.nominated.expect("a nominated pair");
+    // A pair of lower priority whose USE-CANDIDATE came before its own check succeeded
+    // (the controlling agent's first nomination, of a relayed pair say, which it then
+    // renominated away from): its check succeeds only now.
+    let r = (0..g.pairs.len()).find(|r| *r != d).expect("another pair");
+    g.pairs[r].priority = g.pairs[d].priority - 1;
+    g.pairs[r].state = PairState::InProgress;
+    g.pairs[r].nominate_on_success = true;
+    g.on_success(now, r, false, None);
+    assert_eq!(g.nominated, Some(d), "the path stays on the better pair");
+    assert_eq!(g.state(), IceState::Connected);
+}
