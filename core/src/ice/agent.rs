@@ -44,6 +44,35 @@ use crate::stun::{
 };
 use crate::{Protocol, Received, Transmit};
 
+/// NOMINATION (0xC001, comprehension-optional, a 32-bit value), as libwebrtc's
+/// renomination carries it: the controlling agent numbers its nominations, and the
+/// controlled agent follows the latest number it saw. Pair priorities cannot order
+/// renominations: the two agents may rank the same pair differently (a relayed candidate
+/// first learned as peer-reflexive keeps that higher priority on one side only).
+/// Peers that do not send it are followed by priority, as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Nomination(u32);
+
+impl<'a> crate::stun::attributes::Attribute<'a> for Nomination {
+    const TYPE: crate::stun::AttributeType = crate::stun::AttributeType(0xC001);
+    fn decode(value: &'a [u8], _tid: &TransactionId) -> Result<Self, crate::stun::StunError> {
+        let b: [u8; 4] =
+            value
+                .try_into()
+                .map_err(|_| crate::stun::StunError::InvalidAttribute {
+                    attr: 0xC001,
+                    reason: "NOMINATION is 4 bytes",
+                })?;
+        Ok(Self(u32::from_be_bytes(b)))
+    }
+    fn encoded_len(&self) -> usize {
+        4
+    }
+    fn encode(&self, out: &mut [u8], _tid: &TransactionId) {
+        out.copy_from_slice(&self.0.to_be_bytes());
+    }
+}
+
 /// A side's ICE credentials (RFC 8445 §5.3): `a=ice-ufrag` and `a=ice-pwd`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IceCredentials {
@@ -212,6 +241,8 @@ struct Pair {
     nominated: bool,
     /// The controlled agent received USE-CANDIDATE before its own check succeeded.
     nominate_on_success: bool,
+    /// The NOMINATION number of the USE-CANDIDATE waiting for that success, if any.
+    nominate_seq: Option<u32>,
     rtt: Option<Duration>,
     /// The last answered check on this pair (consent, RFC 7675).
     last_answer: Option<Instant>,
@@ -248,6 +279,11 @@ pub struct IceAgent {
     selected: Option<usize>,
     /// The last nomination the controlling side sent or the controlled side followed.
     nominated: Option<usize>,
+    /// Controlling: the number of the latest nomination (NOMINATION), raised for each
+    /// newly nominated pair. Controlled: the highest number followed so far.
+    nomination_seq: u32,
+    /// Controlled: whether a numbered nomination was followed (then numbers decide).
+    followed_numbered: bool,
     /// Whether the selected pair was reported as nominated.
     selected_nominated: bool,
     /// After a restart, the old selected path carries data until a new pair is chosen.
@@ -305,6 +341,8 @@ impl IceAgent {
             client,
             selected: None,
             nominated: None,
+            nomination_seq: 0,
+            followed_numbered: false,
             selected_nominated: false,
             previous_path: None,
             state: IceState::New,
@@ -489,6 +527,11 @@ impl IceAgent {
         self.selected = None;
         self.selected_nominated = false;
         self.nominated = None;
+        if !self.controlling {
+            // Numbers start afresh with the restarted peer.
+            self.nomination_seq = 0;
+            self.followed_numbered = false;
+        }
         self.next_check = None;
         self.next_consent = None;
         self.set_state(IceState::Checking);
@@ -530,6 +573,7 @@ impl IceAgent {
             superseded: None,
             nominated: false,
             nominate_on_success: false,
+            nominate_seq: None,
             rtt: None,
             last_answer: None,
             role_conflicts: 0,
@@ -695,6 +739,7 @@ impl IceAgent {
             | (local.candidate.priority & 0x00FF_FFFF);
         let username = format!("{}:{}", remote_creds.ufrag, self.local_creds.ufrag);
         let (controlling, tie) = (self.controlling, self.tie_breaker);
+        let seq = self.nomination_seq;
         let req = Request {
             proto: Protocol::Udp,
             source: local.base,
@@ -711,6 +756,7 @@ impl IceAgent {
                 b.add(&IceControlling(tie))?;
                 if nominate {
                     b.add(&UseCandidate)?;
+                    b.add(&Nomination(seq))?;
                 }
             } else {
                 b.add(&IceControlled(tie))?;
@@ -894,7 +940,8 @@ impl IceAgent {
         // renominates: a late copy of an older USE-CANDIDATE (the relay path is slower,
         // so its copies arrive last) must not take the path back. A nominated pair that
         // failed (consent) may be replaced by anything.
-        let acceptable = self.may_follow(i);
+        let seq = msg.get::<Nomination>().ok().flatten().map(|n| n.0);
+        let acceptable = self.may_follow(i, seq);
         if use_candidate && !self.controlling && !acceptable {
             debug!(
                 pair = i,
@@ -903,9 +950,10 @@ impl IceAgent {
         }
         if use_candidate && !self.controlling && acceptable {
             if self.pairs[i].state == PairState::Succeeded {
-                self.nominate(now, i);
+                self.follow(now, i, seq);
             } else {
                 self.pairs[i].nominate_on_success = true;
+                self.pairs[i].nominate_seq = seq;
             }
         }
         // RFC 8445 §7.3.1.4: a check on a pair whose own check is In-Progress makes a new
@@ -963,6 +1011,11 @@ impl IceAgent {
         }
         debug!(controlling, "ICE role switched to repair a conflict");
         self.controlling = controlling;
+        if !controlling {
+            // The new controlling agent numbers its nominations from its own count.
+            self.nomination_seq = 0;
+            self.followed_numbered = false;
+        }
         self.reprioritize();
         self.events.push_back(IceEvent::RoleChanged { controlling });
         // Newly controlling with pairs that already succeeded: nominating waits for no
@@ -981,6 +1034,9 @@ impl IceAgent {
                     .map(|(i, _)| i)
             });
             if let Some(i) = best {
+                if self.nominated != Some(i) {
+                    self.nomination_seq = self.nomination_seq.wrapping_add(1);
+                }
                 self.nominated = Some(i);
                 if !self.triggered.contains(&i) {
                     self.triggered.push_front(i);
@@ -1101,13 +1157,18 @@ impl IceAgent {
         // slow answer for an older pair must not take the path back (renomination race).
         let latest = self.nominated == Some(i);
         let waiting = !self.controlling && p.nominate_on_success;
+        let waiting_seq = p.nominate_seq.take();
         p.nominate_on_success = false;
         // A USE-CANDIDATE that came before this pair was valid is followed now, unless a
         // better pair was nominated meanwhile: an old nomination (of a relayed pair, say,
         // before the controlling agent renominated a direct one) must not take the path
         // back once its own check finally succeeds.
-        if (nominating && latest) || (waiting && self.may_follow(i)) {
+        if nominating && latest {
             self.nominate(now, i);
+            return;
+        }
+        if waiting && self.may_follow(i, waiting_seq) {
+            self.follow(now, i, waiting_seq);
             return;
         }
         if first {
@@ -1119,6 +1180,9 @@ impl IceAgent {
                 if better {
                     if let Some(old) = self.nominated.filter(|o| *o != i) {
                         self.stop_nominating(old);
+                    }
+                    if self.nominated != Some(i) {
+                        self.nomination_seq = self.nomination_seq.wrapping_add(1);
                     }
                     self.nominated = Some(i);
                     self.triggered.push_front(i);
@@ -1132,7 +1196,12 @@ impl IceAgent {
     /// Whether the controlled agent follows a nomination of pair `i`: renomination only
     /// ever moves to a pair at least as good as the one nominated, unless that one is no
     /// longer valid.
-    fn may_follow(&self, i: usize) -> bool {
+    fn may_follow(&self, i: usize, seq: Option<u32>) -> bool {
+        // Numbered nominations (NOMINATION): the latest number wins, whatever this side's
+        // view of the pairs' priorities.
+        if let Some(v) = seq {
+            return !self.followed_numbered || v >= self.nomination_seq;
+        }
         self.nominated.is_none_or(|n| {
             n == i
                 || self.pairs[n].state != PairState::Succeeded
@@ -1158,6 +1227,15 @@ impl IceAgent {
         for id in stopped {
             self.client.cancel(id);
         }
+    }
+
+    /// The controlled agent follows a nomination of pair `i` (numbered `seq`, if it was).
+    fn follow(&mut self, now: Instant, i: usize, seq: Option<u32>) {
+        if let Some(v) = seq {
+            self.nomination_seq = self.nomination_seq.max(v);
+            self.followed_numbered = true;
+        }
+        self.nominate(now, i);
     }
 
     fn nominate(&mut self, now: Instant, i: usize) {

@@ -921,3 +921,29 @@ fn an_old_nomination_waiting_for_its_check_does_not_take_the_path_back() {
     assert_eq!(g.nominated, Some(d), "the path stays on the better pair");
     assert_eq!(g.state(), IceState::Connected);
 }
+
+#[test]
+fn numbered_nominations_order_renominations_whatever_the_priorities_say() {
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let mut w = World::new([Some(cone), Some(cone)], Conditions::default(), 24);
+    assert!(w.connect(Duration::from_secs(5)));
+    // Peer 1 followed a numbered nomination from peer 0 (pinhole numbers them).
+    assert!(w.peers[1].agent.followed_numbered);
+    let g = &mut w.peers[1].agent;
+    let d = g.nominated.expect("a nominated pair");
+    let r = (0..g.pairs.len()).find(|r| *r != d).expect("another pair");
+    // This side ranks r above the nominated pair (a relayed candidate learned first as
+    // peer-reflexive keeps that priority here, not on the controlling side).
+    g.pairs[r].priority = g.pairs[d].priority + 1_000;
+    let seq = g.nomination_seq;
+    // By priority alone a nomination of d would be refused if r were nominated; numbered,
+    // the later one is followed and an older one is not.
+    g.nominated = Some(r);
+    g.pairs[r].state = PairState::Succeeded;
+    assert!(!g.may_follow(d, None));
+    assert!(g.may_follow(d, Some(seq + 1)));
+    assert!(!g.may_follow(d, Some(seq.wrapping_sub(1))));
+}
