@@ -473,8 +473,10 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let creds = pc.local_credentials().clone();
     if let Err(e) = channel
         .send(&format!(
-            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle\r\n",
-            creds.ufrag, creds.pwd
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle\r\na=ice-pacing:{}\r\n",
+            creds.ufrag,
+            creds.pwd,
+            pc.pacing_ms()
         ))
         .await
     {
@@ -615,6 +617,12 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                             match Candidate::parse(line) {
                                 Ok(c) => pc.add_remote_candidate(c),
                                 Err(e) => tracing::debug!(error = %e, "peer candidate ignored"),
+                            }
+                        } else if let Some(ms) = line.strip_prefix("a=ice-pacing:") {
+                            // RFC 8839 §5.2; a value that is not a number is ignored.
+                            match ms.trim().parse::<u32>() {
+                                Ok(ms) => pc.set_remote_pacing(ms),
+                                Err(_) => tracing::debug!("peer's a=ice-pacing ignored: not a number"),
                             }
                         } else if line == "a=ice-lite" {
                             // An ICE-lite peer (a server with a public address): this side

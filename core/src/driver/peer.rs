@@ -426,6 +426,17 @@ impl PeerConnection {
         self.shared.task_wake.notify_one();
     }
 
+    /// The peer's description says `a=ice-pacing:MS` (RFC 8839 §5.2): checks are paced at
+    /// the higher of the two offers (RFC 8445 §14.2).
+    pub fn set_remote_pacing(&self, ms: u32) {
+        self.shared.lock().peer.set_remote_pacing(ms);
+    }
+
+    /// Our `a=ice-pacing`, in milliseconds, for the local description.
+    pub fn pacing_ms(&self) -> u32 {
+        self.shared.lock().peer.pacing_ms()
+    }
+
     /// Closes the connection: stops its task and, when the socket was mapped through the
     /// gateway, deletes the mapping and waits for the gateway's answer (bounded: a few
     /// seconds at most). Dropping the connection instead deletes the mapping in the

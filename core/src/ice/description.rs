@@ -1,5 +1,5 @@
 //! An ICE description as RFC 8839 SDP attribute lines: `a=ice-ufrag`, `a=ice-pwd`,
-//! `a=ice-options`, `a=ice-lite`, `a=candidate`, `a=end-of-candidates`.
+//! `a=ice-options`, `a=ice-pacing`, `a=ice-lite`, `a=candidate`, `a=end-of-candidates`.
 //!
 //! This is what pinhole's peers exchange through signalling. A whole SDP (libnice's, a
 //! browser's) is accepted too: lines that are not ICE attributes are ignored, and so are
@@ -43,6 +43,9 @@ pub struct IceDescription {
     pub pwd: String,
     /// `a=ice-options` tokens (`trickle`, `renomination`, …).
     pub options: Vec<String>,
+    /// `a=ice-pacing` (RFC 8839 §5.2): the Ta, in milliseconds, this side proposes; both
+    /// use the higher proposal (RFC 8445 §14.2). A value that is not a number is ignored.
+    pub pacing_ms: Option<u32>,
     /// `a=ice-lite`: the peer is a lite implementation (RFC 8445 §2.5).
     pub lite: bool,
     /// The candidates.
@@ -119,6 +122,11 @@ impl IceDescription {
                         }
                     }
                 }
+                "ice-pacing" => {
+                    if let Ok(ms) = value.trim().parse::<u32>() {
+                        out.description.pacing_ms = Some(ms);
+                    }
+                }
                 "ice-lite" => out.description.lite = true,
                 "end-of-candidates" => out.description.end_of_candidates = true,
                 "candidate" => {
@@ -151,6 +159,9 @@ impl fmt::Display for IceDescription {
         write!(f, "a=ice-pwd:{}\r\n", self.pwd)?;
         if !self.options.is_empty() {
             write!(f, "a=ice-options:{}\r\n", self.options.join(" "))?;
+        }
+        if let Some(ms) = self.pacing_ms {
+            write!(f, "a=ice-pacing:{ms}\r\n")?;
         }
         if self.lite {
             f.write_str("a=ice-lite\r\n")?;
@@ -258,5 +269,18 @@ a=end-of-candidates\r\n";
             IceDescription::parse(&"a=x\n".repeat(20_000)),
             Err(DescriptionError::TooLong)
         );
+    }
+
+    #[test]
+    fn ice_pacing_is_read_and_written() {
+        let base = "a=ice-ufrag:abcd\na=ice-pwd:0123456789012345678901\n";
+        let p = IceDescription::parse(&format!("{base}a=ice-pacing:20\n")).unwrap();
+        assert_eq!(p.description.pacing_ms, Some(20));
+        let again = IceDescription::parse(&p.description.to_string()).unwrap();
+        assert_eq!(again.description.pacing_ms, Some(20));
+        // Not a number: ignored, not a failed description.
+        let p = IceDescription::parse(&format!("{base}a=ice-pacing:fast\n")).unwrap();
+        assert_eq!(p.description.pacing_ms, None);
+        assert!(!p.description.to_string().contains("ice-pacing"));
     }
 }

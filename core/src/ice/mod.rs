@@ -7,7 +7,10 @@ mod agent;
 mod candidate;
 mod description;
 
-pub use agent::{IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, IceState, pair_priority};
+pub use agent::{
+    IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, IceState, MAX_REMOTE_TA, MIN_TA,
+    pair_priority,
+};
 
 pub use candidate::{
     Candidate, CandidateAddress, CandidateError, CandidateKind, CandidateTransport, MAX_EXTENSIONS,

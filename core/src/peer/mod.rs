@@ -394,6 +394,16 @@ impl Peer {
         self.agent.set_remote_lite(lite);
     }
 
+    /// The peer's `a=ice-pacing` in milliseconds ([`IceAgent::set_remote_pacing`]).
+    pub fn set_remote_pacing(&mut self, ms: u32) {
+        self.agent.set_remote_pacing(ms);
+    }
+
+    /// Our `a=ice-pacing` in milliseconds: the Ta we offer ([`IceConfig::ta`]).
+    pub fn pacing_ms(&self) -> u32 {
+        u32::try_from(self.agent.offered_ta().as_millis()).unwrap_or(u32::MAX)
+    }
+
     /// An ICE restart (RFC 8445 §9), when the network changed or the path was lost: new
     /// local credentials (returned, for the new description), the peer's candidates
     /// forgotten; our candidates come out again as [`PeerEvent::Candidate`]s, then

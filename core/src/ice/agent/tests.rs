@@ -947,3 +947,67 @@ fn numbered_nominations_order_renominations_whatever_the_priorities_say() {
     assert!(g.may_follow(d, Some(seq + 1)));
     assert!(!g.may_follow(d, Some(seq.wrapping_sub(1))));
 }
+
+/// Requests an agent alone emits over `d`, stepping its clock by 1 ms (nothing answers).
+fn checks_alone(agent: &mut IceAgent, start: Instant, d: Duration) -> Vec<Instant> {
+    let mut at = Vec::new();
+    let mut now = start;
+    while now <= start + d {
+        agent.handle_timeout(now);
+        while let Some(t) = agent.poll_transmit() {
+            if Message::parse(&t.contents).is_ok_and(|m| m.class() == crate::stun::Class::Request) {
+                at.push(now);
+            }
+        }
+        now += Duration::from_millis(1);
+    }
+    at
+}
+
+#[test]
+fn checks_are_paced_at_the_higher_of_both_ice_pacing_offers() {
+    let start = Instant::now();
+    let base = a("10.0.0.1:5000");
+    let agent = |remote_ta: Option<u32>| {
+        let mut ag = IceAgent::new(start, IceConfig::default(), true, [3; 32]);
+        ag.add_local_candidate(host(base), base);
+        ag.end_of_local_candidates();
+        ag.set_remote_credentials(IceCredentials {
+            ufrag: "abcd".into(),
+            pwd: "0123456789012345678901".into(),
+        });
+        if let Some(ms) = remote_ta {
+            ag.set_remote_pacing(ms);
+        }
+        // Ten remote hosts: ten pairs of ten foundations, all waiting at once.
+        for i in 0..10u8 {
+            ag.add_remote_candidate(host(SocketAddr::from(([198, 51, 100, i + 1], 6000))));
+        }
+        ag
+    };
+    // Ours alone (5 ms, RFC 8445 §14.2's floor): the ten first checks within 50 ms.
+    let mut ours = agent(None);
+    assert_eq!(ours.offered_ta(), MIN_TA);
+    let sent = checks_alone(&mut ours, start, Duration::from_millis(49));
+    assert_eq!(sent.len(), 10, "{sent:?}");
+    for w in sent.windows(2) {
+        assert!(w[1] - w[0] >= MIN_TA, "{sent:?}");
+    }
+    // The peer offers 20 ms: 20 ms apart, ours still offered as 5.
+    let mut slower = agent(Some(20));
+    assert_eq!(slower.ta(), Duration::from_millis(20));
+    assert_eq!(slower.offered_ta(), MIN_TA);
+    let sent = checks_alone(&mut slower, start, Duration::from_millis(49));
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    // A peer that asks for an hour gets MAX_REMOTE_TA: checks never stall.
+    let absurd = agent(Some(3_600_000));
+    assert_eq!(absurd.ta(), MAX_REMOTE_TA);
+    // A peer that offers less than ours does not speed us up.
+    let ours_cfg = IceConfig {
+        ta: Duration::from_millis(30),
+        ..IceConfig::default()
+    };
+    let mut faster = IceAgent::new(start, ours_cfg, true, [3; 32]);
+    faster.set_remote_pacing(5);
+    assert_eq!(faster.ta(), Duration::from_millis(30));
+}
