@@ -78,7 +78,8 @@ impl Sockets {
         Ok(local)
     }
 
-    /// Closes the socket bound at `addr`.
+    /// Closes the socket bound at `addr` (the TURN server's relays).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(super) fn remove(&mut self, addr: SocketAddr) {
         self.sockets.retain(|(a, _)| *a != addr);
         self.tasks.retain(|(a, t)| {

@@ -496,17 +496,22 @@ impl IceAgent {
             .iter()
             .position(|c| c.socket_addr() == Some(addr))
         {
-            // A signalled candidate replaces a peer-reflexive one learned first, keeping
-            // the learned priority (RFC 8445 §7.3.1.3).
+            // A signalled candidate replaces a peer-reflexive one learned first, with its
+            // signalled type and priority (as libwebrtc does; RFC 8445 §7.3.1.3 leaves
+            // it open). The learned priority is what a check's PRIORITY attribute says: a
+            // peer-reflexive one's (type preference 110) even when the check came from
+            // the peer's relayed candidate (RFC 8445 §7.1.1), so keeping it ranked the
+            // peer's relay above our direct pairs — on this side only, the two sides then
+            // disagreeing on which pair is best (seen in the lab: a controlling agent
+            // renominating from a direct pair to a relayed one).
             if self.remotes[i].kind == CandidateKind::PeerReflexive
                 && candidate.kind != CandidateKind::PeerReflexive
             {
-                let priority = self.remotes[i].priority;
                 self.learned_on[i] = None;
-                self.remotes[i] = Candidate {
-                    priority,
-                    ..candidate
-                };
+                self.remotes[i] = candidate;
+                self.reprioritize();
+                self.renominate_best();
+                self.reselect(self.now);
             }
             return false;
         }
@@ -625,6 +630,34 @@ impl IceAgent {
         for i in 0..self.pairs.len() {
             self.pairs[i].priority = self.priority_of(self.pairs[i].local, self.pairs[i].remote);
         }
+    }
+
+    /// After priorities changed: a controlling agent whose nominated pair is no longer
+    /// the best valid one nominates the best (numbered, so the peer follows).
+    fn renominate_best(&mut self) {
+        if !self.controlling || self.config.lite {
+            return;
+        }
+        let Some(n) = self.nominated else { return };
+        let best = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state == PairState::Succeeded)
+            .max_by_key(|(_, p)| p.priority)
+            .map(|(i, _)| i);
+        let Some(b) = best.filter(|b| *b != n && self.pairs[*b].priority > self.pairs[n].priority)
+        else {
+            return;
+        };
+        debug!("a better valid pair after a candidate update: renominating");
+        self.stop_nominating(n);
+        self.nomination_seq = self.nomination_seq.wrapping_add(1);
+        self.nominated = Some(b);
+        if !self.triggered.contains(&b) {
+            self.triggered.push_front(b);
+        }
+        self.next_check = Some(self.now);
     }
 
     fn schedule_checks_now(&mut self) {

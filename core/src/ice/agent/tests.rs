@@ -1011,3 +1011,62 @@ fn checks_are_paced_at_the_higher_of_both_ice_pacing_offers() {
     faster.set_remote_pacing(5);
     assert_eq!(faster.ta(), Duration::from_millis(30));
 }
+
+#[test]
+fn a_signalled_candidate_replacing_a_peer_reflexive_one_takes_its_priority_and_renominates() {
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let mut w = World::new([Some(cone), Some(cone)], Conditions::default(), 24);
+    assert!(w.connect(Duration::from_secs(5)));
+    let g = &mut w.peers[0].agent;
+    assert!(g.is_controlling());
+    let d = g.nominated.expect("a nominated pair");
+    let seq = g.nomination_seq;
+    // The peer's relayed candidate, learned from its check before the trickled candidate
+    // came: peer-reflexive, with the check's PRIORITY (type preference 110).
+    let relay = a("203.0.113.20:50000");
+    let learned = Candidate::new(
+        CandidateKind::PeerReflexive,
+        CandidateTransport::Udp,
+        relay,
+        relay.ip(),
+        None,
+        65535,
+    );
+    g.remotes.push(learned);
+    g.learned_on.push(Some(g.locals[g.pairs[d].local].base));
+    let r = g.remotes.len() - 1;
+    g.pair_up(g.pairs[d].local, r);
+    let p = g.pairs.len() - 1;
+    assert_eq!(g.pairs[p].remote, r);
+    // That pair succeeded and, ranked above the direct one for its learned priority, was
+    // renominated.
+    assert!(g.pairs[p].priority > g.pairs[d].priority);
+    g.pairs[p].state = PairState::Succeeded;
+    g.pairs[p].last_answer = Some(w.now);
+    g.stop_nominating(d);
+    g.nominated = Some(p);
+    // The trickled candidate arrives: a relayed one at the same address.
+    let signalled = Candidate::new(
+        CandidateKind::Relayed,
+        CandidateTransport::Udp,
+        relay,
+        relay.ip(),
+        Some(relay.ip()),
+        65535,
+    );
+    assert!(!g.add_remote_candidate(signalled.clone()));
+    assert_eq!(g.remotes[r].kind, CandidateKind::Relayed);
+    assert_eq!(g.remotes[r].priority, signalled.priority);
+    assert!(g.pairs[p].priority < g.pairs[d].priority);
+    // The direct pair is nominated again, with a later number, so the peer follows.
+    assert_eq!(g.nominated, Some(d));
+    assert!(g.nomination_seq > seq);
+    assert!(g.triggered.contains(&d));
+    w.run_for(Duration::from_secs(1));
+    let (l, r) = nominated(&w.peers[0]).expect("nominated");
+    assert_eq!(r.kind, CandidateKind::ServerReflexive, "{l:?} -> {r:?}");
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
