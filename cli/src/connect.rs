@@ -46,7 +46,9 @@ pub(crate) struct ConnectArgs {
     #[arg(long, value_name = "NAME")]
     room: Option<String>,
     /// File-based signalling: a directory both peers can read and write. Each writes its
-    /// description lines to `DIR/NAME.sdp` and reads the peer's from `DIR/PEER.sdp`.
+    /// description lines to `DIR/NAME.sdp` and reads the peer's from `DIR/PEER.sdp`. A
+    /// peer file last written more than --timeout before this side started is a dead
+    /// run's, and ignored until it is written again.
     #[arg(long, value_name = "DIR", requires_all = ["name", "peer"])]
     signal_dir: Option<PathBuf>,
     /// This side's name, with --signal-dir (the smaller name is the controlling agent).
@@ -198,6 +200,9 @@ impl Channel {
 const DIR_POLL_CONNECTING: Duration = Duration::from_millis(5);
 /// How often once connected (later lines are trickled candidates, not urgent).
 const DIR_POLL_CONNECTED: Duration = Duration::from_millis(50);
+/// What the `--signal-dir` reader reports, once, about a peer file older than the session.
+const STALE: &str =
+    "the peer's file is older than --timeout: a dead run's; waiting for it to be written again";
 
 /// Reads the peer's messages in the background, line by line. `connected` (set by the
 /// caller) slows the `--signal-dir` polling down.
@@ -205,6 +210,7 @@ fn receive(
     channel: &Channel,
     theirs: Option<PathBuf>,
     connected: Arc<AtomicBool>,
+    stale_before: std::time::SystemTime,
 ) -> mpsc::UnboundedReceiver<Result<String, String>> {
     let (tx, rx) = mpsc::unbounded_channel();
     match channel {
@@ -253,8 +259,21 @@ fn receive(
             let Some(path) = theirs else { return rx };
             tokio::spawn(async move {
                 let mut seen = 0usize;
+                let mut said_stale = false;
                 loop {
-                    if let Ok(text) = std::fs::read_to_string(&path) {
+                    // A file from a run that ended long ago (a crashed or finished peer)
+                    // is not this session's: wait for the peer to write it again.
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t < stale_before);
+                    if stale && !said_stale {
+                        said_stale = true;
+                        let _ = tx.send(Err(STALE.to_owned()));
+                    }
+                    if let Some(text) = (!stale)
+                        .then(|| std::fs::read_to_string(&path).ok())
+                        .flatten()
+                    {
                         // Whole lines only: the writer may be mid-line.
                         // A file shorter than what was read: the peer started again.
                         if text.len() < seen {
@@ -484,7 +503,10 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
         return ExitCode::from(EXIT_UNREACHABLE);
     }
     let polling_slow = Arc::new(AtomicBool::new(false));
-    let mut incoming = receive(&channel, theirs, Arc::clone(&polling_slow));
+    let stale_before = std::time::SystemTime::now()
+        .checked_sub(args.timeout)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let mut incoming = receive(&channel, theirs, Arc::clone(&polling_slow), stale_before);
     let json = args.json;
     let say = |v: serde_json::Value, text: String| {
         if json {
@@ -647,6 +669,9 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                                 started,
                             );
                         }
+                    }
+                    Some(Err(e)) if e == STALE => {
+                        say(json!({"event": "stale-peer-file"}), format!("pinhole: {e}"));
                     }
                     Some(Err(e)) => {
                         eprintln!("pinhole: {e}");

@@ -493,3 +493,49 @@ fn the_signal_http_api_as_documented() {
     assert_eq!(http(&addr, "GET", "/elsewhere", "").0, 404);
     let _ = SocketAddr::from(([127, 0, 0, 1], g));
 }
+
+/// A peer file left by a run that ended long ago is not read as this session's peer.
+#[test]
+fn a_stale_peer_file_is_ignored() {
+    let dir = std::env::temp_dir().join(format!("pinhole-stale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let theirs = dir.join("bob.sdp");
+    std::fs::write(
+        &theirs,
+        "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
+         a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\na=end-of-candidates\r\n",
+    )
+    .unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&theirs)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let d = dir.display().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "connect",
+            "--signal-dir",
+            &d,
+            "--name",
+            "alice",
+            "--peer",
+            "bob",
+            "--stun",
+            "stun:127.0.0.1:9",
+            "--no-portmap",
+            "--timeout",
+            "2",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stale-peer-file"), "{err}");
+    assert!(!err.contains("remote-description"), "{err}");
+}

@@ -9,8 +9,10 @@
 //! - [`turn`] runs a TURN allocation over UDP, TCP or TLS.
 //! - `signal` (feature `server`) serves `pinhole signal`'s rendezvous over HTTP.
 //! - [`peer`] runs a peer connection (ICE over STUN and TURN) on one UDP socket.
+//! - [`interfaces`] lists the host's interface addresses for host candidates.
 
 mod error;
+pub mod interfaces;
 mod netcheck;
 pub mod peer;
 mod peer_portmap;

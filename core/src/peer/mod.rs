@@ -112,6 +112,13 @@ pub struct PeerConfig {
     pub turn_servers: Vec<TurnServerSpec>,
     /// Offer host candidates (off: only reflexive and relayed ones, as for privacy).
     pub no_host: bool,
+    /// Host candidates only on the primary address of each family (the one toward the
+    /// servers), not on every usable interface (RFC 8445 §5.1.1.1; the default: the
+    /// driver lists the interfaces when the connection is bound to the wildcard address).
+    pub primary_interface_only: bool,
+    /// Interfaces whose names start with one of these offer no host candidate (a VPN, a
+    /// container bridge: `tun`, `docker`, `veth`…).
+    pub ignore_interfaces: Vec<String>,
     /// Offer server-reflexive and host candidates at all (off: relay only).
     pub relay_only: bool,
     /// Use no relay.

@@ -190,6 +190,8 @@ pub struct Lab {
     namespaces: Vec<Netns>,
     next_wan: u8,
     next_lan: u8,
+    /// The next side LAN of [`Lab::link_hosts`]: 10.77.K.0/24.
+    next_side_lan: u8,
     next_cgnat: u8,
     keep: bool,
 }
@@ -272,6 +274,7 @@ impl Lab {
             namespaces: Vec::new(),
             next_wan: 10,
             next_lan: 1,
+            next_side_lan: 1,
             next_cgnat: 1,
             keep: false,
         };
@@ -558,6 +561,35 @@ impl Lab {
             router: router.to_owned(),
         });
         Ok(self.hosts.last().expect("just pushed"))
+    }
+
+    /// Links hosts `a` and `b` directly, a second interface on each (`side0`): a side LAN
+    /// 10.77.K.0/24 of their own (.1 is `a`, .2 is `b`) with no route beyond it, as two
+    /// laptops on the same Wi-Fi besides their own uplinks. Returns (a's, b's) address.
+    pub fn link_hosts(&mut self, a: &str, b: &str) -> Result<(Ipv4Addr, Ipv4Addr)> {
+        let (na, nb) = (self.host(a)?.ns.clone(), self.host(b)?.ns.clone());
+        let k = self.next_side_lan;
+        self.next_side_lan = self
+            .next_side_lan
+            .checked_add(1)
+            .ok_or_else(|| lab_err!("out of side LAN subnets"))?;
+        let (ia, ib) = (Ipv4Addr::new(10, 77, k, 1), Ipv4Addr::new(10, 77, k, 2));
+        ip_batch(
+            &na,
+            &[
+                format!("link add side0 type veth peer name side0 netns {nb}"),
+                format!("addr add {ia}/24 dev side0"),
+                "link set side0 up".to_owned(),
+            ],
+        )?;
+        ip_batch(
+            &nb,
+            &[
+                format!("addr add {ib}/24 dev side0"),
+                "link set side0 up".to_owned(),
+            ],
+        )?;
+        Ok((ia, ib))
     }
 
     /// Runs `program args…` inside namespace `ns`, killed after `timeout`. Any exit status
