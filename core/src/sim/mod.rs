@@ -18,8 +18,11 @@
 //! - mapping (§4.1): endpoint-independent, address-dependent, address-and-port-dependent;
 //! - filtering (§5): endpoint-independent, address-dependent, address-and-port-dependent;
 //! - port allocation: preserving, sequential (a delta), random;
-//! - hairpinning (§6) on or off;
-//! - binding timeout (§4.3), refreshed by outbound traffic only (RFC 4787 REQ-6).
+//! - hairpinning (§6) on or off, with hairpinned datagrams filtered like inbound ones
+//!   or not;
+//! - binding timeout (§4.3), refreshed by outbound traffic only (RFC 4787 REQ-6);
+//! - an address-rewriting ALG (the middlebox that XOR-MAPPED-ADDRESS, RFC 8489 §14.2,
+//!   exists for).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -82,20 +85,36 @@ pub struct NatConfig {
     pub allocation: PortAllocation,
     /// Whether hosts behind it reach each other through its external address.
     pub hairpin: bool,
+    /// Whether a hairpinned datagram must pass the filter of the binding it is sent to,
+    /// as if it came from outside with the sender's external address (`true`): then
+    /// behind an endpoint-dependent filter the receiver must have sent to that address
+    /// first. `false`: a hairpinned datagram reaches any live binding, as on NATs that
+    /// translate the destination of traffic from the LAN before their inbound filter
+    /// (the NAT lab's nftables NAT; RFC 4787 §6 sets no filtering rule for it).
+    pub hairpin_filtering: bool,
     /// Idle time after which a binding is forgotten (RFC 4787 REQ-5 says at least 2 min;
-    /// many real NATs use 30 s).
+    /// many real NATs use 30 s). [`Duration::MAX`]: never.
     pub binding_timeout: Duration,
+    /// An address-rewriting ALG: in the payload of every datagram it translates, each
+    /// occurrence of the internal host's address bytes (4 for IPv4, 16 for IPv6) is
+    /// replaced with the external address on the way out, and each occurrence of the
+    /// external address with the internal host's on the way in. It breaks a plain
+    /// MAPPED-ADDRESS but not XOR-MAPPED-ADDRESS (RFC 8489 §14.2), and FINGERPRINT.
+    pub alg: bool,
 }
 
 impl NatConfig {
-    /// A NAT of `mapping` and `filtering`, preserving ports, no hairpinning, 120 s bindings.
+    /// A NAT of `mapping` and `filtering`, preserving ports, no hairpinning (filtered
+    /// when switched on), 120 s bindings, no ALG.
     pub fn new(mapping: Behaviour, filtering: Behaviour) -> Self {
         Self {
             mapping,
             filtering,
             allocation: PortAllocation::Preserving,
             hairpin: false,
+            hairpin_filtering: true,
             binding_timeout: Duration::from_secs(120),
+            alg: false,
         }
     }
 
@@ -220,11 +239,21 @@ impl Nat {
     }
 
     /// Translates an inbound datagram's destination, or drops it (filtering, no binding).
-    fn inbound(&mut self, now: Instant, src: SocketAddr, dst_port: u16) -> Option<SocketAddr> {
+    /// A hairpinned one skips the filter unless [`NatConfig::hairpin_filtering`].
+    fn inbound(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst_port: u16,
+        hairpinned: bool,
+    ) -> Option<SocketAddr> {
         let key = self.by_port.get(&dst_port)?;
         let b = self.bindings.get(key).copied()?;
         if !self.alive(&b, now) {
             return None;
+        }
+        if hairpinned && !self.config.hairpin_filtering {
+            return Some(b.internal);
         }
         let permit = self
             .permits
@@ -234,6 +263,35 @@ impl Nat {
         }
         Some(b.internal)
     }
+}
+
+/// Replaces every occurrence of `from`'s address bytes in `payload` with `to`'s (the
+/// ALG of [`NatConfig::alg`]); nothing when their families differ.
+fn rewrite_address(payload: &mut [u8], from: IpAddr, to: IpAddr) {
+    let (from, to): (Vec<u8>, Vec<u8>) = match (from, to) {
+        (IpAddr::V4(f), IpAddr::V4(t)) => (f.octets().to_vec(), t.octets().to_vec()),
+        (IpAddr::V6(f), IpAddr::V6(t)) => (f.octets().to_vec(), t.octets().to_vec()),
+        _ => return,
+    };
+    let mut i = 0;
+    while i + from.len() <= payload.len() {
+        if payload[i..i + from.len()] == from[..] {
+            payload[i..i + from.len()].copy_from_slice(&to);
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// A datagram in flight.
+#[derive(Debug)]
+struct InFlight {
+    transmit: Transmit,
+    /// The NAT whose external address it is sent to.
+    dst_nat: Option<NatId>,
+    /// Sent from behind `dst_nat` itself.
+    hairpinned: bool,
 }
 
 /// A datagram handed to a host.
@@ -289,7 +347,7 @@ pub struct Network {
     /// Host IP → the NAT it sits behind (none: on the public network).
     hosts: HashMap<IpAddr, Option<NatId>>,
     in_flight: BinaryHeap<Reverse<(Instant, u64)>>,
-    payloads: HashMap<u64, (Transmit, Option<NatId>)>,
+    payloads: HashMap<u64, InFlight>,
     seq: u64,
     stats: Stats,
 }
@@ -372,15 +430,20 @@ impl Network {
             .hosts
             .get(&t.destination.ip())
             .is_some_and(|n| n.is_some() && *n == from_nat);
+        let hairpinned = from_nat.is_some() && dst_nat == from_nat;
         // Leaving through the NAT unless the destination is on the same LAN.
         if let Some(id) = from_nat {
             if !to_private_same_nat {
-                if dst_nat == Some(id) && !self.nats[id.0].config.hairpin {
+                let nat = &mut self.nats[id.0];
+                if hairpinned && !nat.config.hairpin {
                     self.stats.dropped += 1;
                     return;
                 }
-                let dst = t.destination;
-                t.source = self.nats[id.0].outbound(now, t.source, dst, &mut self.rng);
+                let (internal, dst) = (t.source, t.destination);
+                t.source = nat.outbound(now, internal, dst, &mut self.rng);
+                if nat.config.alg {
+                    rewrite_address(&mut t.contents, internal.ip(), nat.external_ip);
+                }
             }
         }
         let jitter = if self.conditions.jitter.is_zero() {
@@ -392,7 +455,14 @@ impl Network {
         let at = now + self.conditions.latency + jitter;
         self.seq += 1;
         self.in_flight.push(Reverse((at, self.seq)));
-        self.payloads.insert(self.seq, (t, dst_nat));
+        self.payloads.insert(
+            self.seq,
+            InFlight {
+                transmit: t,
+                dst_nat,
+                hairpinned,
+            },
+        );
     }
 
     fn nat_of_external(&self, ip: IpAddr) -> Option<NatId> {
@@ -415,12 +485,23 @@ impl Network {
                 return None;
             }
             self.in_flight.pop();
-            let Some((mut t, dst_nat)) = self.payloads.remove(&seq) else {
+            let Some(InFlight {
+                transmit: mut t,
+                dst_nat,
+                hairpinned,
+            }) = self.payloads.remove(&seq)
+            else {
                 continue;
             };
             if let Some(id) = dst_nat {
-                match self.nats[id.0].inbound(at, t.source, t.destination.port()) {
-                    Some(internal) => t.destination = internal,
+                let nat = &mut self.nats[id.0];
+                match nat.inbound(at, t.source, t.destination.port(), hairpinned) {
+                    Some(internal) => {
+                        if nat.config.alg {
+                            rewrite_address(&mut t.contents, nat.external_ip, internal.ip());
+                        }
+                        t.destination = internal;
+                    }
                     None => {
                         self.stats.dropped += 1;
                         continue;

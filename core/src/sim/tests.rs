@@ -205,6 +205,136 @@ fn hairpinning_and_the_lan() {
 }
 
 #[test]
+fn a_binding_timeout_of_duration_max_never_expires() {
+    let mut c = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    c.binding_timeout = Duration::MAX;
+    let mut net = Network::new(3, Conditions::default());
+    let nat = net.add_nat(ip("198.51.100.1"), c);
+    net.add_host(ip("192.168.1.10"), Some(nat));
+    net.add_host(ip("203.0.113.10"), None);
+    let mut now = Instant::now();
+    net.send(now, udp(a(HOST), a(S1), b"out"));
+    let mapping = drain(&mut net, &mut now)[0].transmit.source;
+    now += Duration::from_secs(30 * 24 * 3600);
+    net.send(now, udp(a(S1), mapping, b"a month later"));
+    assert_eq!(drain(&mut net, &mut now).len(), 1);
+    // The mapping is still the same one.
+    net.send(now, udp(a(HOST), a(S1), b"out"));
+    assert_eq!(drain(&mut net, &mut now)[0].transmit.source, mapping);
+}
+
+/// Behind an address-dependent mapping and filtering with hairpinning: host .11 opens a
+/// mapping toward S1; then host .10 (another host) and .11 itself (a second binding,
+/// since the destination differs) send to it. Returns what arrived at .11.
+fn hairpinned(hairpin_filtering: bool) -> Vec<Delivery> {
+    let mut c = NatConfig::new(Behaviour::AddressDependent, Behaviour::AddressDependent);
+    c.hairpin = true;
+    c.hairpin_filtering = hairpin_filtering;
+    let mut net = Network::new(4, Conditions::default());
+    let nat = net.add_nat(ip("198.51.100.1"), c);
+    net.add_host(ip("192.168.1.10"), Some(nat));
+    net.add_host(ip("192.168.1.11"), Some(nat));
+    net.add_host(ip("203.0.113.10"), None);
+    let mut now = Instant::now();
+    net.send(now, udp(a("192.168.1.11:6000"), a(S1), b"open"));
+    let m = drain(&mut net, &mut now)[0].transmit.source;
+    net.send(now, udp(a(HOST), m, b"from the other host"));
+    net.send(now, udp(a("192.168.1.11:6000"), m, b"to itself"));
+    let d = drain(&mut net, &mut now);
+    for d in &d {
+        assert_eq!(d.transmit.destination, a("192.168.1.11:6000"));
+        assert_eq!(d.transmit.source.ip(), ip("198.51.100.1"));
+        assert_ne!(d.transmit.source, m, "a new address-dependent binding");
+    }
+    d
+}
+
+#[test]
+fn hairpinned_datagrams_skip_the_filter_only_when_told() {
+    // Filtered: neither sender was ever sent to from m's binding (only S1 was).
+    assert!(hairpinned(true).is_empty());
+    let d = hairpinned(false);
+    let contents: Vec<&[u8]> = d.iter().map(|d| &d.transmit.contents[..]).collect();
+    assert_eq!(contents, [&b"from the other host"[..], &b"to itself"[..]]);
+}
+
+#[test]
+fn an_alg_rewrites_addresses_in_payloads_both_ways() {
+    for alg in [false, true] {
+        let mut c = NatConfig::new(
+            Behaviour::EndpointIndependent,
+            Behaviour::EndpointIndependent,
+        );
+        c.alg = alg;
+        let mut net = Network::new(6, Conditions::default());
+        let nat = net.add_nat(ip("198.51.100.1"), c);
+        net.add_host(ip("192.168.1.10"), Some(nat));
+        net.add_host(ip("203.0.113.10"), None);
+        let mut now = Instant::now();
+        // "I am 192.168.1.10" twice, and an address the ALG leaves alone.
+        let out = [
+            b"me",
+            &[192, 168, 1, 10][..],
+            &[192, 168, 1, 10],
+            &[10, 0, 0, 1],
+        ]
+        .concat();
+        net.send(now, udp(a(HOST), a(S1), &out));
+        let d = drain(&mut net, &mut now);
+        let seen = &d[0].transmit;
+        let expect = if alg {
+            [
+                b"me",
+                &[198, 51, 100, 1][..],
+                &[198, 51, 100, 1],
+                &[10, 0, 0, 1],
+            ]
+            .concat()
+        } else {
+            out.clone()
+        };
+        assert_eq!(seen.contents, expect, "alg {alg}");
+        // "You are 198.51.100.1" (as a plain MAPPED-ADDRESS would say), and an XORed copy.
+        let xored: Vec<u8> = [198u8, 51, 100, 1].iter().map(|b| b ^ 0x21).collect();
+        let back = [b"you", &[198, 51, 100, 1][..], &xored].concat();
+        net.send(now, udp(a(S1), seen.source, &back));
+        let d = drain(&mut net, &mut now);
+        let expect = if alg {
+            [b"you", &[192, 168, 1, 10][..], &xored].concat()
+        } else {
+            back.clone()
+        };
+        assert_eq!(d[0].transmit.contents, expect, "alg {alg}");
+        assert_eq!(d[0].transmit.destination, a(HOST));
+    }
+}
+
+#[test]
+fn the_alg_rewrite_matches_whole_addresses_of_one_family() {
+    let v6: IpAddr = ip("2001:db8::1");
+    let v6b: IpAddr = ip("2001:db8::2");
+    let mut p = [&[0u8][..], &ip6_octets(v6), &[1, 2]].concat();
+    rewrite_address(&mut p, v6, v6b);
+    assert_eq!(p, [&[0u8][..], &ip6_octets(v6b), &[1, 2]].concat());
+    // Across families nothing changes; a partial address at the end neither.
+    let mut p = vec![198, 51, 100, 1, 198, 51, 100];
+    rewrite_address(&mut p, ip("198.51.100.1"), v6);
+    assert_eq!(p, [198, 51, 100, 1, 198, 51, 100]);
+    rewrite_address(&mut p, ip("198.51.100.1"), ip("10.0.0.2"));
+    assert_eq!(p, [10, 0, 0, 2, 198, 51, 100]);
+}
+
+fn ip6_octets(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+    }
+}
+
+#[test]
 fn loss_latency_jitter_and_determinism() {
     let run = |seed| {
         let mut net = Network::new(
