@@ -3,8 +3,10 @@
 //! the sans-IO [`Mapper`], [`Probe`] and [`Delete`]; [`list_mappings`] reads the
 //! gateway's UPnP port-mapping table with [`upnp::MappingLister`].
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,14 +14,17 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::runner::{Commands, Run, run_machine_with};
+use super::sockets::Sockets;
 use super::{DriverError, io, os_seed};
+use crate::machine::Machine;
 use crate::portmap::upnp::{Control, HttpUrl, UpnpError};
 use crate::portmap::{
     ANNOUNCE_PORT, Delete, DeleteReport, MapProtocol, Mapper, MapperConfig, MapperEvent, Probe,
     ProbeReport, UPNP_TIMEOUT, UpnpCommand, UpnpResult, ViaChoice, default_gateway_from_proc_route,
     natpmp, upnp,
 };
-use crate::{Protocol, Received};
+use crate::{Protocol, Received, Transmit};
 
 /// How long a release (deletion) may take at shutdown before the driver gives up.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -435,12 +440,26 @@ async fn add_mapping(
     Err(last)
 }
 
-async fn bind_near(target: &GatewayTarget) -> Result<(Arc<UdpSocket>, SocketAddr), DriverError> {
-    let s = UdpSocket::bind((target.local_ip, 0))
+/// Binds the runner's sockets, and one UDP socket toward the gateway (for PCP and
+/// NAT-PMP) among them; its address.
+async fn sockets_near(target: &GatewayTarget) -> Result<(Sockets, SocketAddr), DriverError> {
+    let mut sockets = Sockets::bind(&[]).await?;
+    let local = sockets
+        .add(SocketAddr::new(target.local_ip, 0))
         .await
-        .map_err(io(format!("binding {}", target.local_ip)))?;
-    let local = s.local_addr().map_err(io("local address"))?;
-    Ok((Arc::new(s), local))
+        .map_err(context(format!("binding {}", target.local_ip)))?;
+    Ok((sockets, local))
+}
+
+/// Replaces the context of an I/O error.
+fn context(what: String) -> impl FnOnce(DriverError) -> DriverError {
+    move |e| match e {
+        DriverError::Io { source, .. } => DriverError::Io {
+            context: what,
+            source,
+        },
+        other => other,
+    }
 }
 
 /// Binds the port on which the gateway's announcements arrive (multicast to
@@ -480,14 +499,209 @@ fn announcement_socket(local_ip: IpAddr) -> Option<UdpSocket> {
 /// The all-hosts group to which gateways announce (RFC 6887 §8.2, RFC 6886 §3.2.1).
 const ANNOUNCE_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
 
-/// Receives on `sock` if there is one; otherwise never completes.
-async fn recv_opt(
-    sock: Option<&UdpSocket>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    match sock {
-        Some(s) => s.recv_from(buf).await,
-        None => std::future::pending().await,
+/// Where announcements are addressed, as the mapper hears them.
+const ANNOUNCE_TO: SocketAddr = SocketAddr::new(IpAddr::V4(ANNOUNCE_GROUP), ANNOUNCE_PORT);
+
+/// Reads the gateway's announcements for the runner's command input. Their port is
+/// shared with other listeners (`SO_REUSEPORT`), so it is not one of the runner's own
+/// sockets; it never sends.
+async fn read_announcements(sock: UdpSocket, tx: mpsc::Sender<Input>) {
+    let mut buf = vec![0u8; 1500];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                if tx
+                    .send(Input::Announcement(from, buf[..n].to_vec()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => debug!(error = %e, "receive error on the announcement port"),
+        }
+    }
+}
+
+/// What reaches a port-mapping machine besides its own sockets: the runner's commands.
+#[derive(Debug)]
+enum Input {
+    /// The UPnP operation the machine asked for finished.
+    Upnp(UpnpResult),
+    /// A datagram to 224.0.0.1:[`ANNOUNCE_PORT`] (see [`read_announcements`]): (source,
+    /// bytes).
+    Announcement(SocketAddr, Vec<u8>),
+}
+
+/// What a port-mapping machine asks of the runner, as its events.
+#[derive(Debug)]
+enum Step<E> {
+    /// Something to report to the caller.
+    Event(E),
+    /// A UPnP operation to run: [`SideWork::upnp`].
+    Upnp(UpnpCommand),
+    /// Nothing more to do: the run ends.
+    Done,
+}
+
+/// The work of one run that is not datagrams on its sockets, as tasks: UPnP operations
+/// (SSDP and HTTP), each answering through the runner's command input, and the
+/// announcement reader. Dropping it aborts them all.
+struct SideWork {
+    upnp: Upnp,
+    tx: mpsc::Sender<Input>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl SideWork {
+    fn new(target: GatewayTarget, tx: mpsc::Sender<Input>) -> Self {
+        Self {
+            upnp: Upnp::new(target),
+            tx,
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Runs `cmd`; its result comes back as [`Input::Upnp`].
+    fn upnp(&mut self, cmd: UpnpCommand) {
+        // Forget the tasks that finished (their answers went through the channel).
+        while self.tasks.try_join_next().is_some() {}
+        let (u, tx) = (self.upnp.clone(), self.tx.clone());
+        self.tasks.spawn(async move {
+            let mut answer = Answer(Some(tx));
+            let result = u.run(cmd).await;
+            answer.send(result).await;
+        });
+    }
+
+    /// Listens for the gateway's announcements when their port can be bound.
+    fn announcements(&mut self, local_ip: IpAddr) {
+        if let Some(sock) = announcement_socket(local_ip) {
+            self.tasks.spawn(read_announcements(sock, self.tx.clone()));
+        }
+    }
+}
+
+/// A UPnP task's answer. A task that ends without sending one (a panic) answers
+/// [`UpnpResult::Failed`] as it unwinds, so that its machine is not left waiting.
+struct Answer(Option<mpsc::Sender<Input>>);
+
+impl Answer {
+    async fn send(&mut self, result: UpnpResult) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Input::Upnp(result)).await;
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let failed = UpnpResult::Failed("UPnP task failed".into());
+            let _ = tx.try_send(Input::Upnp(failed));
+        }
+    }
+}
+
+/// The [`Mapper`] as the runner drives it: its UPnP operations come out as events, and a
+/// release is given up [`RELEASE_TIMEOUT`] after it started.
+struct MapperRun {
+    mapper: Mapper,
+    /// When the release under way is given up.
+    release_by: Option<Instant>,
+    /// The release was given up: the run ends after the events that follow.
+    gave_up: bool,
+    /// [`Step::Done`] was reported.
+    done: bool,
+}
+
+impl MapperRun {
+    fn new(mapper: Mapper) -> Self {
+        Self {
+            mapper,
+            release_by: None,
+            gave_up: false,
+            done: false,
+        }
+    }
+
+    /// Deletes the mapping (once).
+    fn release(&mut self, now: Instant) {
+        if self.release_by.is_none() {
+            self.mapper.release(now);
+            self.release_by = Some(now + RELEASE_TIMEOUT);
+        }
+    }
+
+    /// A command: a UPnP result or an announcement.
+    fn input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Upnp(r) => self.mapper.handle_upnp(now, r),
+            Input::Announcement(source, bytes) => {
+                let rx = Received {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: ANNOUNCE_TO,
+                    contents: &bytes,
+                };
+                if !self.mapper.handle_input(now, rx) {
+                    debug!(from = %source, "announcement not from the gateway dropped");
+                }
+            }
+        }
+    }
+}
+
+impl Machine for MapperRun {
+    type Event = Step<MapperEvent>;
+    type Verdict<'a> = bool;
+
+    fn handle_input<'a>(&mut self, now: Instant, rx: Received<'a>) -> bool {
+        let (from, to) = (rx.source, rx.destination);
+        let mine = self.mapper.handle_input(now, rx);
+        if !mine {
+            debug!(%from, %to, "datagram that is neither the gateway's nor a verification dropped");
+        }
+        mine
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.release_by.is_some_and(|d| now >= d) {
+            debug!("release not confirmed in time");
+            self.mapper.abandon_release(&format!(
+                "no confirmation within {} s",
+                RELEASE_TIMEOUT.as_secs()
+            ));
+            self.gave_up = true;
+            return;
+        }
+        self.mapper.handle_timeout(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.mapper.poll_transmit()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.mapper
+            .poll_timeout()
+            .into_iter()
+            .chain(self.release_by)
+            .min()
+    }
+
+    fn poll_event(&mut self) -> Option<Step<MapperEvent>> {
+        if let Some(ev) = self.mapper.poll_event() {
+            return Some(Step::Event(ev));
+        }
+        if let Some(cmd) = self.mapper.poll_upnp() {
+            return Some(Step::Upnp(cmd));
+        }
+        if !self.done && (self.mapper.is_finished() || self.gave_up) {
+            self.done = true;
+            return Some(Step::Done);
+        }
+        None
     }
 }
 
@@ -499,6 +713,10 @@ async fn recv_opt(
 /// (`local_ip:internal_port`) to receive the reflector's answers, so that port must be free:
 /// this is for checking a gateway, or for a socket pinhole owns; an application that maps
 /// its own socket feeds [`Mapper::handle_input`] itself instead.
+///
+/// A configuration of the driver's generic runner: PCP, NAT-PMP and the verification
+/// over its sockets, UPnP operations as tasks whose results come back (with the
+/// announcements) through its command input.
 pub async fn run_mapper(
     target: GatewayTarget,
     mut config: MapperConfig,
@@ -507,181 +725,248 @@ pub async fn run_mapper(
 ) -> Result<(), DriverError> {
     config.gateway = target.gateway;
     config.local_ip = target.local_ip;
-    let (sock, local) = bind_near(&target).await?;
-    let verify_sock = match config.verify {
-        Some(_) if config.protocol == MapProtocol::Udp => {
-            let at = SocketAddr::new(target.local_ip, config.internal_port);
-            let s = UdpSocket::bind(at).await.map_err(io(format!(
-                "binding the mapped port {at} to receive the verification (it must be free)"
-            )))?;
-            Some(s)
-        }
-        _ => None,
+    let (mut sockets, local) = sockets_near(&target).await?;
+    if config.verify.is_some() && config.protocol == MapProtocol::Udp {
+        let at = SocketAddr::new(target.local_ip, config.internal_port);
+        sockets.add(at).await.map_err(context(format!(
+            "binding the mapped port {at} to receive the verification (it must be free)"
+        )))?;
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let mut side = SideWork::new(target, tx);
+    side.announcements(target.local_ip);
+    let mut machine = MapperRun::new(Mapper::new(Instant::now(), config, local, os_seed()?));
+    let run = Run {
+        stop,
+        on_stop: |m: &mut MapperRun| m.release(Instant::now()),
+        // Synchronous handlers whose futures are `Ready`: an `async` closure's future
+        // would hold `on_event`'s borrows under a higher-ranked lifetime, and rustc could
+        // then not prove a task running this `Send` (peer_portmap spawns it).
+        on_event: move |m: &mut MapperRun, _: &mut Sockets, step: Step<MapperEvent>| {
+            std::future::ready(match step {
+                Step::Event(ev) => {
+                    let keep = on_event(&ev);
+                    if matches!(ev, MapperEvent::Released(_) | MapperEvent::Unavailable(_)) {
+                        ControlFlow::Break(())
+                    } else {
+                        if !keep {
+                            // The deletion goes out before the runner waits again.
+                            m.release(Instant::now());
+                        }
+                        ControlFlow::Continue(())
+                    }
+                }
+                Step::Upnp(cmd) => {
+                    side.upnp(cmd);
+                    ControlFlow::Continue(())
+                }
+                Step::Done => ControlFlow::Break(()),
+            })
+        },
+        max_idle: Duration::from_secs(3600),
     };
-    let verify_local = match &verify_sock {
-        Some(s) => Some(s.local_addr().map_err(io("local address"))?),
-        None => None,
+    let commands = Commands {
+        rx,
+        on_command: |m: &mut MapperRun, _: &mut Sockets, input: Input| {
+            m.input(Instant::now(), input);
+            std::future::ready(ControlFlow::Continue(()))
+        },
     };
-    let announcements = announcement_socket(target.local_ip);
-    let upnp = Upnp::new(target);
-    let (upnp_tx, mut upnp_rx) = mpsc::channel::<UpnpResult>(8);
-    let mut mapper = Mapper::new(Instant::now(), config, local, os_seed()?);
-    let mut buf = vec![0u8; 1500];
-    let mut vbuf = vec![0u8; 1500];
-    let mut abuf = vec![0u8; 1500];
-    let mut release_deadline: Option<tokio::time::Instant> = None;
-    // UPnP operations in flight; dropping the set when this returns aborts them.
-    let mut upnp_tasks = tokio::task::JoinSet::new();
-    tokio::pin!(stop);
-    loop {
-        // Events first: a release that `on_event` asks for queues a deletion, which must
-        // go out now, not when the next timer fires.
-        while let Some(ev) = mapper.poll_event() {
-            let keep = on_event(&ev);
-            if matches!(ev, MapperEvent::Released(_) | MapperEvent::Unavailable(_)) {
-                return Ok(());
-            }
-            if !keep && release_deadline.is_none() {
-                mapper.release(Instant::now());
-                release_deadline = Some(tokio::time::Instant::now() + RELEASE_TIMEOUT);
-            }
-        }
-        while let Some(t) = mapper.poll_transmit() {
-            let via = match &verify_sock {
-                Some(v) if Some(t.source) == verify_local => v,
-                _ => &*sock,
-            };
-            if let Err(e) = via.send_to(&t.contents, t.destination).await {
-                debug!(to = %t.destination, error = %e, "send failed");
-            }
-        }
-        while let Some(cmd) = mapper.poll_upnp() {
-            let (u, tx) = (upnp.clone(), upnp_tx.clone());
-            upnp_tasks.spawn(async move {
-                let _ = tx.send(u.run(cmd).await).await;
-            });
-        }
-        if mapper.is_finished() {
-            return Ok(());
-        }
-        let wake = mapper
-            .poll_timeout()
-            .map(tokio::time::Instant::from)
-            .into_iter()
-            .chain(release_deadline)
-            .min()
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    let rx = Received {
-                        proto: Protocol::Udp,
-                        source: from,
-                        destination: local,
-                        contents: &buf[..n],
-                    };
-                    if !mapper.handle_input(Instant::now(), rx) {
-                        debug!(%from, "datagram not from the gateway dropped");
-                    }
-                }
-                Err(e) => debug!(error = %e, "receive error"),
-            },
-            r = recv_opt(verify_sock.as_ref(), &mut vbuf) => match (r, verify_local) {
-                (Ok((n, from)), Some(destination)) => {
-                    let rx = Received { proto: Protocol::Udp, source: from, destination, contents: &vbuf[..n] };
-                    if !mapper.handle_input(Instant::now(), rx) {
-                        debug!(%from, "datagram on the mapped port that is not a verification dropped");
-                    }
-                }
-                (Err(e), _) => debug!(error = %e, "receive error on the mapped port"),
-                _ => {}
-            },
-            r = recv_opt(announcements.as_ref(), &mut abuf) => match r {
-                Ok((n, from)) => {
-                    let destination = SocketAddr::new(ANNOUNCE_GROUP.into(), ANNOUNCE_PORT);
-                    let rx = Received { proto: Protocol::Udp, source: from, destination, contents: &abuf[..n] };
-                    if !mapper.handle_input(Instant::now(), rx) {
-                        debug!(%from, "announcement not from the gateway dropped");
-                    }
-                }
-                Err(e) => debug!(error = %e, "receive error on the announcement port"),
-            },
-            Some(r) = upnp_rx.recv() => mapper.handle_upnp(Instant::now(), r),
-            // Reap finished UPnP tasks (their answers came through the channel); one that
-            // ended without answering (a panic) must not leave the mapper waiting.
-            Some(r) = upnp_tasks.join_next(), if !upnp_tasks.is_empty() => {
-                if let Err(e) = r {
-                    debug!(error = %e, "UPnP task failed");
-                    mapper.handle_upnp(Instant::now(), UpnpResult::Failed("UPnP task failed".into()));
-                }
-            }
-            _ = tokio::time::sleep_until(wake) => {
-                if release_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    debug!("release not confirmed in time");
-                    mapper.abandon_release(&format!(
-                        "no confirmation within {} s",
-                        RELEASE_TIMEOUT.as_secs()
-                    ));
-                    // The Released event goes out at the top of the loop; a mapper with no
-                    // release under way (it cannot be, but) ends here all the same.
-                    if mapper.is_finished() {
-                        continue;
-                    }
-                    return Ok(());
-                }
-                mapper.handle_timeout(Instant::now());
-            }
-            _ = &mut stop, if release_deadline.is_none() => {
-                mapper.release(Instant::now());
-                release_deadline = Some(tokio::time::Instant::now() + RELEASE_TIMEOUT);
-            }
+    run_machine_with(&mut machine, &mut sockets, run, Some(commands)).await;
+    Ok(())
+}
+
+/// A one-shot exchange with the gateway ([`Probe`], [`Delete`]) that the runner drives
+/// within a budget ([`Budgeted`]).
+trait Exchange {
+    fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> bool;
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn poll_upnp(&mut self) -> Option<UpnpCommand>;
+    fn handle_upnp(&mut self, result: UpnpResult);
+    /// Whether what it waits for itself is decided (the budget aside).
+    fn is_done(&self) -> bool;
+    /// The budget ran out with the UPnP operation still under way or not.
+    fn out_of_time(&mut self, upnp_pending: bool);
+}
+
+impl Exchange for Probe {
+    fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> bool {
+        Probe::handle_input(self, now, rx)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Probe::handle_timeout(self, now);
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Probe::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Probe::poll_timeout(self)
+    }
+    fn poll_upnp(&mut self) -> Option<UpnpCommand> {
+        Probe::poll_upnp(self)
+    }
+    fn handle_upnp(&mut self, result: UpnpResult) {
+        Probe::handle_upnp(self, result);
+    }
+    /// PCP and NAT-PMP are decided; UPnP is [`Budgeted`]'s to wait for.
+    fn is_done(&self) -> bool {
+        self.udp_done()
+    }
+    fn out_of_time(&mut self, upnp_pending: bool) {
+        if upnp_pending {
+            Probe::handle_upnp(
+                self,
+                UpnpResult::Failed("no answer within the budget".into()),
+            );
         }
     }
+}
+
+impl Exchange for Delete {
+    fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> bool {
+        Delete::handle_input(self, now, rx)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Delete::handle_timeout(self, now);
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Delete::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Delete::poll_timeout(self)
+    }
+    fn poll_upnp(&mut self) -> Option<UpnpCommand> {
+        Delete::poll_upnp(self)
+    }
+    fn handle_upnp(&mut self, result: UpnpResult) {
+        Delete::handle_upnp(self, result);
+    }
+    fn is_done(&self) -> bool {
+        Delete::is_done(self)
+    }
+    fn out_of_time(&mut self, _upnp_pending: bool) {
+        self.give_up(&format!("no answer within {} s", DELETE_BUDGET.as_secs()));
+    }
+}
+
+/// An [`Exchange`] as the runner drives it: done when it is and its UPnP operation has
+/// answered, or when the budget runs out.
+struct Budgeted<X> {
+    exchange: X,
+    deadline: Instant,
+    upnp_pending: bool,
+    expired: bool,
+    done: bool,
+}
+
+impl<X: Exchange> Machine for Budgeted<X> {
+    type Event = Step<Infallible>;
+    type Verdict<'a> = bool;
+
+    fn handle_input<'a>(&mut self, now: Instant, rx: Received<'a>) -> bool {
+        let from = rx.source;
+        let mine = self.exchange.handle_input(now, rx);
+        if !mine {
+            debug!(%from, "datagram not from the gateway dropped");
+        }
+        mine
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.deadline {
+            if !self.expired {
+                self.expired = true;
+                self.exchange.out_of_time(self.upnp_pending);
+                self.upnp_pending = false;
+            }
+        } else if !self.exchange.is_done() {
+            self.exchange.handle_timeout(now);
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.exchange.poll_transmit()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let own = self
+            .exchange
+            .poll_timeout()
+            .filter(|_| !self.exchange.is_done());
+        Some(own.map_or(self.deadline, |t| t.min(self.deadline)))
+    }
+
+    fn poll_event(&mut self) -> Option<Step<Infallible>> {
+        if let Some(cmd) = self.exchange.poll_upnp() {
+            self.upnp_pending = true;
+            return Some(Step::Upnp(cmd));
+        }
+        let finished = self.expired || (self.exchange.is_done() && !self.upnp_pending);
+        if finished && !self.done {
+            self.done = true;
+            return Some(Step::Done);
+        }
+        None
+    }
+}
+
+/// Runs `exchange` from `local` (one of `sockets`) within `budget`; returns it finished.
+async fn run_exchange<X: Exchange>(
+    target: GatewayTarget,
+    mut sockets: Sockets,
+    exchange: X,
+    budget: Duration,
+) -> X {
+    let (tx, rx) = mpsc::channel(4);
+    let mut side = SideWork::new(target, tx);
+    let mut machine = Budgeted {
+        exchange,
+        deadline: Instant::now() + budget,
+        upnp_pending: false,
+        expired: false,
+        done: false,
+    };
+    let run = Run {
+        stop: std::future::pending(),
+        on_stop: |_: &mut Budgeted<X>| {},
+        // Synchronous handlers (see `run_mapper`).
+        on_event: move |_: &mut Budgeted<X>, _: &mut Sockets, step: Step<Infallible>| {
+            std::future::ready(match step {
+                Step::Upnp(cmd) => {
+                    side.upnp(cmd);
+                    ControlFlow::Continue(())
+                }
+                Step::Done => ControlFlow::Break(()),
+                Step::Event(never) => match never {},
+            })
+        },
+        // The deadline bounds every wait.
+        max_idle: budget,
+    };
+    let commands = Commands {
+        rx,
+        on_command: |m: &mut Budgeted<X>, _: &mut Sockets, input: Input| {
+            if let Input::Upnp(r) = input {
+                if !m.expired {
+                    m.upnp_pending = false;
+                    m.exchange.handle_upnp(r);
+                }
+            }
+            std::future::ready(ControlFlow::Continue(()))
+        },
+    };
+    run_machine_with(&mut machine, &mut sockets, run, Some(commands)).await;
+    machine.exchange
 }
 
 /// Which port-mapping protocols the gateway speaks (no mapping is made), within
 /// [`PROBE_BUDGET`].
 pub async fn probe(target: GatewayTarget, upnp_enabled: bool) -> Result<ProbeReport, DriverError> {
-    let (sock, local) = bind_near(&target).await?;
-    let mut probe = Probe::new(Instant::now(), target.gateway, local, upnp_enabled);
-    let upnp = Upnp::new(target);
-    let upnp_task = probe
-        .poll_upnp()
-        .map(|cmd| tokio::spawn(async move { upnp.run(cmd).await }));
-    let deadline = tokio::time::Instant::now() + PROBE_BUDGET;
-    let mut buf = vec![0u8; 1500];
-    loop {
-        while let Some(t) = probe.poll_transmit() {
-            if let Err(e) = sock.send_to(&t.contents, t.destination).await {
-                debug!(to = %t.destination, error = %e, "send failed");
-            }
-        }
-        if probe.udp_done() {
-            break;
-        }
-        let wake = probe
-            .poll_timeout()
-            .map_or(deadline, |t| tokio::time::Instant::from(t).min(deadline));
-        tokio::select! {
-            r = sock.recv_from(&mut buf) => if let Ok((n, from)) = r {
-                let rx = Received { proto: Protocol::Udp, source: from, destination: local, contents: &buf[..n] };
-                probe.handle_input(Instant::now(), rx);
-            },
-            _ = tokio::time::sleep_until(wake) => {
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                probe.handle_timeout(Instant::now());
-            }
-        }
-    }
-    if let Some(task) = upnp_task {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, task).await {
-            Ok(Ok(r)) => probe.handle_upnp(r),
-            _ => probe.handle_upnp(UpnpResult::Failed("no answer within the budget".into())),
-        }
-    }
+    let (sockets, local) = sockets_near(&target).await?;
+    let probe = Probe::new(Instant::now(), target.gateway, local, upnp_enabled);
+    let probe = run_exchange(target, sockets, probe, PROBE_BUDGET).await;
     Ok(probe.report().clone())
 }
 
@@ -729,8 +1014,8 @@ pub async fn delete_mapping(
     port: u16,
     via: ViaChoice,
 ) -> Result<DeleteReport, DriverError> {
-    let (sock, local) = bind_near(&target).await?;
-    let mut delete = Delete::new(
+    let (sockets, local) = sockets_near(&target).await?;
+    let delete = Delete::new(
         Instant::now(),
         target.gateway,
         local,
@@ -739,48 +1024,6 @@ pub async fn delete_mapping(
         via,
         os_seed()?,
     );
-    let upnp = Upnp::new(target);
-    let mut upnp_task = delete
-        .poll_upnp()
-        .map(|cmd| tokio::spawn(async move { upnp.run(cmd).await }));
-    let deadline = tokio::time::Instant::now() + DELETE_BUDGET;
-    let mut buf = vec![0u8; 1500];
-    loop {
-        while let Some(t) = delete.poll_transmit() {
-            if let Err(e) = sock.send_to(&t.contents, t.destination).await {
-                debug!(to = %t.destination, error = %e, "send failed");
-            }
-        }
-        if delete.is_done() {
-            break;
-        }
-        let wake = delete
-            .poll_timeout()
-            .map_or(deadline, |t| tokio::time::Instant::from(t).min(deadline));
-        tokio::select! {
-            r = sock.recv_from(&mut buf) => if let Ok((n, from)) = r {
-                let rx = Received { proto: Protocol::Udp, source: from, destination: local, contents: &buf[..n] };
-                if !delete.handle_input(Instant::now(), rx) {
-                    debug!(%from, "datagram not from the gateway dropped");
-                }
-            },
-            r = async {
-                match upnp_task.as_mut() {
-                    Some(t) => t.await,
-                    None => std::future::pending().await,
-                }
-            }, if upnp_task.is_some() => {
-                upnp_task = None;
-                delete.handle_upnp(r.unwrap_or_else(|_| UpnpResult::Failed("UPnP task failed".into())));
-            }
-            _ = tokio::time::sleep_until(wake) => {
-                if tokio::time::Instant::now() >= deadline {
-                    delete.give_up(&format!("no answer within {} s", DELETE_BUDGET.as_secs()));
-                    break;
-                }
-                delete.handle_timeout(Instant::now());
-            }
-        }
-    }
+    let delete = run_exchange(target, sockets, delete, DELETE_BUDGET).await;
     Ok(delete.report().clone())
 }

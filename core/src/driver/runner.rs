@@ -1,10 +1,19 @@
 //! One generic runner: any sans-IO [`Machine`] over a set of UDP sockets, with the real
-//! clock. The STUN server (`serve`) and netcheck are configurations of it; what differs
-//! between them is which sockets, what an event means, and what stopping does.
+//! clock, and optionally a stream of commands. The STUN server (`serve`), the TURN server
+//! (`serve_turn`), netcheck, the port mapper and its probe and deletion are
+//! configurations of it; what differs between them is which sockets, what an event
+//! means, what a command does, and what stopping does.
+//!
+//! Commands are whatever reaches the machine from outside its sockets: a user's request,
+//! or the result of side work that a configuration started on an event (the port
+//! mapper's UPnP HTTP exchanges run as tasks whose results come back as commands).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
 
 use super::sockets::Sockets;
 use crate::machine::Machine;
@@ -25,6 +34,18 @@ pub(super) struct Run<S, F, E> {
     pub(super) max_idle: Duration,
 }
 
+/// The command input of a run: a stream of commands and what each does.
+pub(super) struct Commands<C, H> {
+    /// The commands, in order. When every sender is gone the run goes on without them.
+    pub(super) rx: mpsc::Receiver<C>,
+    /// Each command, with the machine and the sockets; `Break` ends the run.
+    pub(super) on_command: H,
+}
+
+/// The handler of a run without commands (there are none to handle).
+type NoCommand<M> =
+    for<'a, 'b> fn(&'a mut M, &'b mut Sockets, Infallible) -> std::future::Ready<ControlFlow<()>>;
+
 /// Drives `machine` over `sockets` until `on_event` breaks or every socket is gone.
 pub(super) async fn run_machine<M, S, F, E>(
     machine: &mut M,
@@ -36,6 +57,29 @@ pub(super) async fn run_machine<M, S, F, E>(
     F: FnOnce(&mut M),
     E: AsyncFnMut(&mut M, &mut Sockets, M::Event) -> ControlFlow<()>,
 {
+    run_machine_with(
+        machine,
+        sockets,
+        run,
+        None::<Commands<Infallible, NoCommand<M>>>,
+    )
+    .await;
+}
+
+/// [`run_machine`] with a command input: each command is handed to its handler as it
+/// arrives; a handler or `on_event` that breaks ends the run.
+pub(super) async fn run_machine_with<M, S, F, E, C, H>(
+    machine: &mut M,
+    sockets: &mut Sockets,
+    run: Run<S, F, E>,
+    commands: Option<Commands<C, H>>,
+) where
+    M: Machine,
+    S: Future<Output = ()>,
+    F: FnOnce(&mut M),
+    E: AsyncFnMut(&mut M, &mut Sockets, M::Event) -> ControlFlow<()>,
+    H: AsyncFnMut(&mut M, &mut Sockets, C) -> ControlFlow<()>,
+{
     let Run {
         stop,
         on_stop,
@@ -44,6 +88,10 @@ pub(super) async fn run_machine<M, S, F, E>(
     } = run;
     tokio::pin!(stop);
     let mut on_stop = Some(on_stop);
+    let (mut commands, mut on_command) = match commands {
+        Some(c) => (Some(c.rx), Some(c.on_command)),
+        None => (None, None),
+    };
     loop {
         while let Some(t) = machine.poll_transmit() {
             sockets.send(&t).await;
@@ -75,6 +123,15 @@ pub(super) async fn run_machine<M, S, F, E>(
             () = tokio::time::sleep_until(deadline.into()) => {
                 machine.handle_timeout(Instant::now());
             }
+            cmd = next_command(commands.as_mut()), if commands.is_some() => match (cmd, on_command.as_mut()) {
+                (Some(cmd), Some(handle)) => {
+                    if handle(machine, sockets, cmd).await.is_break() {
+                        return;
+                    }
+                }
+                // Every sender is gone: no more commands.
+                _ => commands = None,
+            },
             () = &mut stop, if on_stop.is_some() => {
                 if let Some(f) = on_stop.take() {
                     f(machine);
@@ -82,4 +139,9 @@ pub(super) async fn run_machine<M, S, F, E>(
             }
         }
     }
+}
+
+/// The next command, `None` when every sender is gone (or there is no input).
+async fn next_command<C>(rx: Option<&mut mpsc::Receiver<C>>) -> Option<C> {
+    rx?.recv().await
 }
