@@ -120,25 +120,21 @@ async fn run(local: SocketAddr, tx: mpsc::Sender<PortmapEvent>, stop: oneshot::R
         tokio::time::sleep(PORT_MAPPING_WAIT).await;
         let _ = waiting.send(PortmapEvent::Done).await;
     });
-    // The callback owns what it uses (a clone of the sender, the wait task): a task
-    // that runs the mapper must be `Send`, and rustc cannot prove that of the runner's
-    // future when the callback borrows from this one.
-    let events = tx.clone();
     let result = run_mapper(
         target,
         config,
         async {
             let _ = stop.await;
         },
-        move |ev| {
+        |ev| {
             match ev {
                 MapperEvent::Mapped(m) | MapperEvent::Changed { new: m, .. } => {
                     wait.abort();
-                    let _ = events.try_send(PortmapEvent::Mapped(m.external));
+                    let _ = tx.try_send(PortmapEvent::Mapped(m.external));
                 }
                 MapperEvent::Unavailable(why) => {
                     debug!(%why, "the gateway does not map");
-                    let _ = events.try_send(PortmapEvent::Done);
+                    let _ = tx.try_send(PortmapEvent::Done);
                 }
                 _ => {}
             }

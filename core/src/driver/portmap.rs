@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::runner::{Commands, Run, run_machine_with};
+use super::runner::{Commands, Immediate, Run, run_machine_with};
 use super::sockets::Sockets;
 use super::{DriverError, io, os_seed};
 use crate::machine::Machine;
@@ -739,38 +739,38 @@ pub async fn run_mapper(
     let run = Run {
         stop,
         on_stop: |m: &mut MapperRun| m.release(Instant::now()),
-        // Synchronous handlers whose futures are `Ready`: an `async` closure's future
-        // would hold `on_event`'s borrows under a higher-ranked lifetime, and rustc could
-        // then not prove a task running this `Send` (peer_portmap spawns it).
-        on_event: move |m: &mut MapperRun, _: &mut Sockets, step: Step<MapperEvent>| {
-            std::future::ready(match step {
-                Step::Event(ev) => {
-                    let keep = on_event(&ev);
-                    if matches!(ev, MapperEvent::Released(_) | MapperEvent::Unavailable(_)) {
-                        ControlFlow::Break(())
-                    } else {
-                        if !keep {
-                            // The deletion goes out before the runner waits again.
-                            m.release(Instant::now());
+        // Immediate: `on_event` may borrow from the caller's task (see `Immediate`).
+        on_event: Immediate(
+            |m: &mut MapperRun, _: &mut Sockets, step: Step<MapperEvent>| {
+                match step {
+                    Step::Event(ev) => {
+                        let keep = on_event(&ev);
+                        if matches!(ev, MapperEvent::Released(_) | MapperEvent::Unavailable(_)) {
+                            ControlFlow::Break(())
+                        } else {
+                            if !keep {
+                                // The deletion goes out before the runner waits again.
+                                m.release(Instant::now());
+                            }
+                            ControlFlow::Continue(())
                         }
+                    }
+                    Step::Upnp(cmd) => {
+                        side.upnp(cmd);
                         ControlFlow::Continue(())
                     }
+                    Step::Done => ControlFlow::Break(()),
                 }
-                Step::Upnp(cmd) => {
-                    side.upnp(cmd);
-                    ControlFlow::Continue(())
-                }
-                Step::Done => ControlFlow::Break(()),
-            })
-        },
+            },
+        ),
         max_idle: Duration::from_secs(3600),
     };
     let commands = Commands {
         rx,
-        on_command: |m: &mut MapperRun, _: &mut Sockets, input: Input| {
+        on_command: Immediate(|m: &mut MapperRun, _: &mut Sockets, input: Input| {
             m.input(Instant::now(), input);
-            std::future::ready(ControlFlow::Continue(()))
-        },
+            ControlFlow::Continue(())
+        }),
     };
     run_machine_with(&mut machine, &mut sockets, run, Some(commands)).await;
     Ok(())
@@ -931,31 +931,30 @@ async fn run_exchange<X: Exchange>(
     let run = Run {
         stop: std::future::pending(),
         on_stop: |_: &mut Budgeted<X>| {},
-        // Synchronous handlers (see `run_mapper`).
-        on_event: move |_: &mut Budgeted<X>, _: &mut Sockets, step: Step<Infallible>| {
-            std::future::ready(match step {
+        on_event: Immediate(
+            |_: &mut Budgeted<X>, _: &mut Sockets, step: Step<Infallible>| match step {
                 Step::Upnp(cmd) => {
                     side.upnp(cmd);
                     ControlFlow::Continue(())
                 }
                 Step::Done => ControlFlow::Break(()),
                 Step::Event(never) => match never {},
-            })
-        },
+            },
+        ),
         // The deadline bounds every wait.
         max_idle: budget,
     };
     let commands = Commands {
         rx,
-        on_command: |m: &mut Budgeted<X>, _: &mut Sockets, input: Input| {
+        on_command: Immediate(|m: &mut Budgeted<X>, _: &mut Sockets, input: Input| {
             if let Input::Upnp(r) = input {
                 if !m.expired {
                     m.upnp_pending = false;
                     m.exchange.handle_upnp(r);
                 }
             }
-            std::future::ready(ControlFlow::Continue(()))
-        },
+            ControlFlow::Continue(())
+        }),
     };
     run_machine_with(&mut machine, &mut sockets, run, Some(commands)).await;
     machine.exchange

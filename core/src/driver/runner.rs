@@ -42,9 +42,68 @@ pub(super) struct Commands<C, H> {
     pub(super) on_command: H,
 }
 
+/// What handles an event or a command: an `async` closure
+/// (`AsyncFnMut(&mut M, &mut Sockets, T) -> ControlFlow<()>`), or an [`Immediate`] one.
+pub(super) trait Handler<M, T> {
+    /// Handles `t`; `Break` ends the run.
+    fn handle(
+        &mut self,
+        machine: &mut M,
+        sockets: &mut Sockets,
+        t: T,
+    ) -> impl Future<Output = ControlFlow<()>>;
+}
+
+impl<M, T, F> Handler<M, T> for F
+where
+    F: AsyncFnMut(&mut M, &mut Sockets, T) -> ControlFlow<()>,
+{
+    fn handle(
+        &mut self,
+        machine: &mut M,
+        sockets: &mut Sockets,
+        t: T,
+    ) -> impl Future<Output = ControlFlow<()>> {
+        self(machine, sockets, t)
+    }
+}
+
+/// A handler that never waits: a plain closure
+/// (`FnMut(&mut M, &mut Sockets, T) -> ControlFlow<()>`). Use it where the closure
+/// borrows from the caller's caller (the port mapper's `on_event`): the future of a run
+/// through an `async` closure that holds such a borrow cannot be proven `Send` by rustc
+/// (rust-lang/rust#139475), so a task could not run it.
+pub(super) struct Immediate<F>(pub(super) F);
+
+impl<M, T, F> Handler<M, T> for Immediate<F>
+where
+    F: FnMut(&mut M, &mut Sockets, T) -> ControlFlow<()>,
+{
+    #[allow(refining_impl_trait)]
+    fn handle(
+        &mut self,
+        machine: &mut M,
+        sockets: &mut Sockets,
+        t: T,
+    ) -> std::future::Ready<ControlFlow<()>> {
+        std::future::ready((self.0)(machine, sockets, t))
+    }
+}
+
 /// The handler of a run without commands (there are none to handle).
-type NoCommand<M> =
-    for<'a, 'b> fn(&'a mut M, &'b mut Sockets, Infallible) -> std::future::Ready<ControlFlow<()>>;
+struct NoCommands;
+
+impl<M> Handler<M, Infallible> for NoCommands {
+    #[allow(refining_impl_trait)]
+    fn handle(
+        &mut self,
+        _: &mut M,
+        _: &mut Sockets,
+        t: Infallible,
+    ) -> std::future::Ready<ControlFlow<()>> {
+        match t {}
+    }
+}
 
 /// Drives `machine` over `sockets` until `on_event` breaks or every socket is gone.
 pub(super) async fn run_machine<M, S, F, E>(
@@ -61,7 +120,7 @@ pub(super) async fn run_machine<M, S, F, E>(
         machine,
         sockets,
         run,
-        None::<Commands<Infallible, NoCommand<M>>>,
+        None::<Commands<Infallible, NoCommands>>,
     )
     .await;
 }
@@ -77,8 +136,8 @@ pub(super) async fn run_machine_with<M, S, F, E, C, H>(
     M: Machine,
     S: Future<Output = ()>,
     F: FnOnce(&mut M),
-    E: AsyncFnMut(&mut M, &mut Sockets, M::Event) -> ControlFlow<()>,
-    H: AsyncFnMut(&mut M, &mut Sockets, C) -> ControlFlow<()>,
+    E: Handler<M, M::Event>,
+    H: Handler<M, C>,
 {
     let Run {
         stop,
@@ -97,7 +156,7 @@ pub(super) async fn run_machine_with<M, S, F, E, C, H>(
             sockets.send(&t).await;
         }
         while let Some(ev) = machine.poll_event() {
-            if on_event(machine, sockets, ev).await.is_break() {
+            if on_event.handle(machine, sockets, ev).await.is_break() {
                 return;
             }
         }
@@ -125,7 +184,7 @@ pub(super) async fn run_machine_with<M, S, F, E, C, H>(
             }
             cmd = next_command(commands.as_mut()), if commands.is_some() => match (cmd, on_command.as_mut()) {
                 (Some(cmd), Some(handle)) => {
-                    if handle(machine, sockets, cmd).await.is_break() {
+                    if handle.handle(machine, sockets, cmd).await.is_break() {
                         return;
                     }
                 }
