@@ -861,6 +861,26 @@ struct Budgeted<X> {
     done: bool,
 }
 
+impl<X: Exchange> Budgeted<X> {
+    fn new(exchange: X, deadline: Instant) -> Self {
+        Self {
+            exchange,
+            deadline,
+            upnp_pending: false,
+            expired: false,
+            done: false,
+        }
+    }
+
+    /// The UPnP operation's result (too late once the budget ran out).
+    fn upnp_answered(&mut self, result: UpnpResult) {
+        if !self.expired {
+            self.upnp_pending = false;
+            self.exchange.handle_upnp(result);
+        }
+    }
+}
+
 impl<X: Exchange> Machine for Budgeted<X> {
     type Event = Step<Infallible>;
     type Verdict<'a> = bool;
@@ -921,13 +941,7 @@ async fn run_exchange<X: Exchange>(
 ) -> X {
     let (tx, rx) = mpsc::channel(4);
     let mut side = SideWork::new(target, tx);
-    let mut machine = Budgeted {
-        exchange,
-        deadline: Instant::now() + budget,
-        upnp_pending: false,
-        expired: false,
-        done: false,
-    };
+    let mut machine = Budgeted::new(exchange, Instant::now() + budget);
     let run = Run {
         stop: std::future::pending(),
         on_stop: |_: &mut Budgeted<X>| {},
@@ -948,10 +962,7 @@ async fn run_exchange<X: Exchange>(
         rx,
         on_command: Immediate(|m: &mut Budgeted<X>, _: &mut Sockets, input: Input| {
             if let Input::Upnp(r) = input {
-                if !m.expired {
-                    m.upnp_pending = false;
-                    m.exchange.handle_upnp(r);
-                }
+                m.upnp_answered(r);
             }
             ControlFlow::Continue(())
         }),
@@ -1025,4 +1036,139 @@ pub async fn delete_mapping(
     );
     let delete = run_exchange(target, sockets, delete, DELETE_BUDGET).await;
     Ok(delete.report().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::portmap::DeleteOutcome;
+
+    const GATEWAY: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    const SOURCE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 5000);
+
+    fn steps<X: Exchange>(m: &mut Budgeted<X>) -> Vec<String> {
+        std::iter::from_fn(|| m.poll_event())
+            .map(|s| match s {
+                Step::Upnp(cmd) => format!("upnp {cmd:?}"),
+                Step::Done => "done".into(),
+                Step::Event(never) => match never {},
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_probe_waits_for_upnp_until_the_budget_runs_out() {
+        let now = Instant::now();
+        let deadline = now + PROBE_BUDGET;
+        let mut m = Budgeted::new(Probe::new(now, GATEWAY, SOURCE, true), deadline);
+        assert_eq!(steps(&mut m), ["upnp Probe"]);
+        // PCP and NAT-PMP give up (nothing answers) well within the budget.
+        while let Some(t) = m.poll_timeout().filter(|&t| t < deadline) {
+            m.handle_timeout(t);
+        }
+        assert!(m.exchange.udp_done());
+        assert_eq!(m.exchange.report().pcp, Some(false));
+        // UPnP has not answered: not done before the budget runs out.
+        assert!(steps(&mut m).is_empty());
+        assert_eq!(m.poll_timeout(), Some(deadline));
+        m.handle_timeout(deadline);
+        assert_eq!(steps(&mut m), ["done"]);
+        assert_eq!(m.exchange.report().upnp, Some(false));
+        // A late answer changes nothing.
+        m.upnp_answered(UpnpResult::Available { external_ip: None });
+        assert_eq!(m.exchange.report().upnp, Some(false));
+    }
+
+    #[test]
+    fn a_probe_is_done_when_upnp_answers_after_pcp_and_natpmp() {
+        let now = Instant::now();
+        let deadline = now + PROBE_BUDGET;
+        let mut m = Budgeted::new(Probe::new(now, GATEWAY, SOURCE, true), deadline);
+        assert_eq!(steps(&mut m), ["upnp Probe"]);
+        while let Some(t) = m.poll_timeout().filter(|&t| t < deadline) {
+            m.handle_timeout(t);
+        }
+        assert!(steps(&mut m).is_empty());
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        m.upnp_answered(UpnpResult::Available {
+            external_ip: Some(ip),
+        });
+        assert_eq!(steps(&mut m), ["done"]);
+        assert_eq!(m.exchange.report().upnp, Some(true));
+        assert_eq!(m.exchange.report().upnp_external, Some(ip));
+    }
+
+    #[test]
+    fn a_deletion_out_of_time_says_nothing_answered() {
+        let now = Instant::now();
+        let deadline = now + DELETE_BUDGET;
+        let delete = Delete::new(
+            now,
+            GATEWAY,
+            SOURCE,
+            MapProtocol::Udp,
+            6000,
+            ViaChoice::Any,
+            [7; 32],
+        );
+        let mut m = Budgeted::new(delete, deadline);
+        assert_eq!(
+            steps(&mut m),
+            ["upnp Delete { protocol: Udp, external_port: 6000 }"]
+        );
+        m.handle_timeout(deadline);
+        assert_eq!(steps(&mut m), ["done"]);
+        let why = format!("no answer within {} s", DELETE_BUDGET.as_secs());
+        assert_eq!(m.exchange.report().upnp, DeleteOutcome::NoAnswer(why));
+    }
+
+    #[tokio::test]
+    async fn a_upnp_task_that_panics_answers_failed() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            let _answer = Answer(Some(tx));
+            panic!("a bug in the UPnP client");
+        });
+        assert!(task.await.is_err());
+        match rx.try_recv() {
+            Ok(Input::Upnp(UpnpResult::Failed(why))) => assert_eq!(why, "UPnP task failed"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_mapper_is_done_after_its_last_event() {
+        let now = Instant::now();
+        let config = MapperConfig::new(GATEWAY, SOURCE.ip(), MapProtocol::Udp, 6000);
+        let mut m = MapperRun::new(Mapper::new(now, config, SOURCE, [1; 32]));
+        // Nothing mapped yet: released at once.
+        m.release(now);
+        let got: Vec<String> = std::iter::from_fn(|| m.poll_event())
+            .map(|s| match s {
+                Step::Event(ev) => format!("{ev:?}"),
+                Step::Upnp(cmd) => format!("upnp {cmd:?}"),
+                Step::Done => "done".into(),
+            })
+            .collect();
+        assert_eq!(got, ["Released(NothingToDelete)", "done"]);
+    }
+
+    /// A task can run the mapper with a callback that borrows from the task, as
+    /// `PeerConnection`'s port mapping does (a compile-time check: rustc cannot prove
+    /// such a run `Send` through an `async` closure, rust-lang/rust#139475).
+    #[test]
+    fn a_task_can_run_the_mapper_with_a_borrowing_callback() {
+        fn assert_send<T: Send>(_: &T) {}
+        let task = async {
+            let seen = std::sync::Mutex::new(Vec::new());
+            let target = GatewayTarget::explicit(GATEWAY, SOURCE.ip());
+            let config = MapperConfig::new(GATEWAY, SOURCE.ip(), MapProtocol::Udp, 6000);
+            let _ = run_mapper(target, config, std::future::pending(), |ev| {
+                seen.lock().unwrap().push(format!("{ev:?}"));
+                true
+            })
+            .await;
+        };
+        assert_send(&task);
+    }
 }

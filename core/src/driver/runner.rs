@@ -114,7 +114,7 @@ pub(super) async fn run_machine<M, S, F, E>(
     M: Machine,
     S: Future<Output = ()>,
     F: FnOnce(&mut M),
-    E: AsyncFnMut(&mut M, &mut Sockets, M::Event) -> ControlFlow<()>,
+    E: Handler<M, M::Event>,
 {
     run_machine_with(
         machine,
@@ -203,4 +203,198 @@ pub(super) async fn run_machine_with<M, S, F, E, C, H>(
 /// The next command, `None` when every sender is gone (or there is no input).
 async fn next_command<C>(rx: Option<&mut mpsc::Receiver<C>>) -> Option<C> {
     rx?.recv().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::Transmit;
+
+    /// A machine that sends what it is told to and reports what it receives.
+    #[derive(Default)]
+    struct Echo {
+        out: VecDeque<Transmit>,
+        events: VecDeque<Vec<u8>>,
+        stopped: bool,
+    }
+
+    impl Machine for Echo {
+        type Event = Vec<u8>;
+        type Verdict<'a> = bool;
+        fn handle_input<'a>(&mut self, _: Instant, rx: Received<'a>) -> bool {
+            self.events.push_back(rx.contents.to_vec());
+            true
+        }
+        fn handle_timeout(&mut self, _: Instant) {}
+        fn poll_transmit(&mut self) -> Option<Transmit> {
+            self.out.pop_front()
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<Vec<u8>> {
+            self.events.pop_front()
+        }
+    }
+
+    enum Cmd {
+        /// Send these bytes to this address from the runner's socket.
+        Send(SocketAddr, Vec<u8>),
+        Quit,
+    }
+
+    const BOUND: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn commands_reach_the_machine_and_the_sockets_and_can_end_the_run() {
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let mut sockets = Sockets::bind(&[]).await.unwrap();
+        let local = sockets.add("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Cmd::Send(peer_addr, b"hello".to_vec()))
+            .await
+            .unwrap();
+        let mut echo = Echo::default();
+        let mut events = Vec::new();
+        let run = Run {
+            stop: std::future::pending(),
+            on_stop: |_: &mut Echo| {},
+            on_event: async |_: &mut Echo, _: &mut Sockets, ev: Vec<u8>| {
+                events.push(ev);
+                ControlFlow::Continue(())
+            },
+            max_idle: Duration::from_secs(60),
+        };
+        let mut handled = 0;
+        let commands = Commands {
+            rx,
+            on_command: async |m: &mut Echo, s: &mut Sockets, cmd: Cmd| {
+                handled += 1;
+                match cmd {
+                    Cmd::Send(to, bytes) => {
+                        // The handler has the sockets too (as an event handler has).
+                        assert_eq!(s.sockets.len(), 1);
+                        m.out.push_back(Transmit {
+                            proto: Protocol::Udp,
+                            source: local,
+                            destination: to,
+                            contents: bytes,
+                        });
+                        ControlFlow::Continue(())
+                    }
+                    Cmd::Quit => ControlFlow::Break(()),
+                }
+            },
+        };
+        let driven = async {
+            // The command's datagram arrives; the peer answers; the answer is an event;
+            // then Quit ends the run.
+            let mut buf = [0u8; 64];
+            let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], from), (&b"hello"[..], local));
+            peer.send_to(b"back", local).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(Cmd::Quit).await.unwrap();
+            // The sender lives on: only Quit can have ended the run.
+            std::future::pending::<()>().await;
+        };
+        let run = run_machine_with(&mut echo, &mut sockets, run, Some(commands));
+        tokio::time::timeout(BOUND, async {
+            tokio::select! {
+                () = run => {}
+                () = driven => unreachable!(),
+            }
+        })
+        .await
+        .expect("the run ended on Quit");
+        assert_eq!(handled, 2);
+        assert_eq!(events, vec![b"back".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_command_input_does_not_end_the_run() {
+        let mut sockets = Sockets::bind(&["127.0.0.1:0".parse().unwrap()])
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<Cmd>(1);
+        drop(tx);
+        let mut echo = Echo::default();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = Run {
+            stop: async {
+                let _ = stop_rx.await;
+            },
+            on_stop: |m: &mut Echo| {
+                m.stopped = true;
+                m.events.push_back(b"stopped".to_vec());
+            },
+            on_event: Immediate(|m: &mut Echo, _: &mut Sockets, _: Vec<u8>| {
+                if m.stopped {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            }),
+            max_idle: Duration::from_millis(20),
+        };
+        let commands = Commands {
+            rx,
+            on_command: Immediate(|_: &mut Echo, _: &mut Sockets, _: Cmd| {
+                panic!("no command was sent")
+            }),
+        };
+        {
+            let run = run_machine_with(&mut echo, &mut sockets, run, Some(commands));
+            tokio::pin!(run);
+            // Idle wake-ups and the closed input come and go; the run goes on...
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), &mut run)
+                    .await
+                    .is_err()
+            );
+            // ...until it is stopped.
+            stop_tx.send(()).unwrap();
+            tokio::time::timeout(BOUND, run)
+                .await
+                .expect("the run ended when stopped");
+        }
+        assert!(echo.stopped);
+    }
+
+    /// A task can run a configuration whose `Immediate` handler borrows from the task
+    /// (through an `async` closure rustc cannot prove that future `Send`:
+    /// rust-lang/rust#139475). A compile-time check.
+    #[test]
+    fn a_run_with_borrowing_immediate_handlers_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        async fn configured(seen: &mut Vec<Vec<u8>>) {
+            let mut sockets = Sockets::bind(&[]).await.unwrap();
+            let (_tx, rx) = mpsc::channel::<Cmd>(1);
+            let run = Run {
+                stop: std::future::pending(),
+                on_stop: |_: &mut Echo| {},
+                on_event: Immediate(|_: &mut Echo, _: &mut Sockets, ev: Vec<u8>| {
+                    seen.push(ev);
+                    ControlFlow::Continue(())
+                }),
+                max_idle: Duration::from_secs(1),
+            };
+            let commands = Commands {
+                rx,
+                on_command: Immediate(|_: &mut Echo, _: &mut Sockets, _: Cmd| {
+                    ControlFlow::Continue(())
+                }),
+            };
+            run_machine_with(&mut Echo::default(), &mut sockets, run, Some(commands)).await;
+        }
+        let task = async {
+            let mut seen = Vec::new();
+            configured(&mut seen).await;
+        };
+        assert_send(&task);
+    }
 }
