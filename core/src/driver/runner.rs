@@ -69,10 +69,10 @@ where
 }
 
 /// A handler that never waits: a plain closure
-/// (`FnMut(&mut M, &mut Sockets, T) -> ControlFlow<()>`). Use it where the closure
-/// borrows from the caller's caller (the port mapper's `on_event`): the future of a run
-/// through an `async` closure that holds such a borrow cannot be proven `Send` by rustc
-/// (rust-lang/rust#139475), so a task could not run it.
+/// (`FnMut(&mut M, &mut Sockets, T) -> ControlFlow<()>`). Use it where the closure holds
+/// a borrow from outside the configuration (a user's callback, as netcheck's and the port
+/// mapper's): rustc cannot prove `Send` the future of a run through an `async` closure
+/// that holds one (rust-lang/rust#139475), so a task could not run it.
 pub(super) struct Immediate<F>(pub(super) F);
 
 impl<M, T, F> Handler<M, T> for Immediate<F>
