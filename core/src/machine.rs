@@ -4,8 +4,8 @@
 //! port mapper, the NAT prober, the ICE agent, the peer connection) has these five
 //! methods as its own inherent methods too; the trait lets code be written once for any
 //! of them: the driver's generic runner ([`crate::driver`]'s `run_machine`, which the STUN
-//! server and netcheck are configurations of) and test harnesses that move datagrams
-//! between machines on a virtual clock.
+//! and TURN servers, netcheck and the port mapper are configurations of) and test
+//! harnesses that move datagrams between machines on a virtual clock.
 //!
 //! What a received datagram was is the machine's own answer ([`Machine::Verdict`]): some
 //! only say whether they took it (`bool`), the TURN allocation and the peer connection say

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use super::runner::{Run, run_machine};
+use super::runner::{Immediate, Run, run_machine};
 use super::sockets::Sockets;
 use super::{DriverError, os_seed};
 use crate::netcheck::{NetcheckConfig, NetcheckEvent, Prober, Report};
@@ -41,7 +41,8 @@ pub async fn netcheck_until(
         stop,
         // What was found so far becomes the report.
         on_stop: Prober::finish_early,
-        on_event: async |_: &mut Prober, _: &mut Sockets, ev: NetcheckEvent| {
+        // Immediate: `on_event` may borrow from the caller's task (see `Immediate`).
+        on_event: Immediate(|_: &mut Prober, _: &mut Sockets, ev: NetcheckEvent| {
             on_event(&ev);
             match ev {
                 NetcheckEvent::Done(r) => {
@@ -50,7 +51,7 @@ pub async fn netcheck_until(
                 }
                 _ => ControlFlow::Continue(()),
             }
-        },
+        }),
         // Until done the prober always has a deadline (its overall budget); stay bounded
         // even if that ever changed.
         max_idle: Duration::from_millis(100),
@@ -60,4 +61,23 @@ pub async fn netcheck_until(
         context: "netcheck".into(),
         source: std::io::Error::other("the sockets closed before the report"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task can run a netcheck whose callback borrows from the task (a compile-time
+    /// check: through an `async` closure rustc cannot prove that run `Send`,
+    /// rust-lang/rust#139475).
+    #[test]
+    fn a_task_can_run_netcheck_with_a_borrowing_callback() {
+        fn assert_send<T: Send>(_: &T) {}
+        let task = async {
+            let mut seen = 0;
+            let config = NetcheckConfig::new(Vec::new());
+            let _ = netcheck(config, |_| seen += 1).await;
+        };
+        assert_send(&task);
+    }
 }
