@@ -83,7 +83,7 @@ pub use data_plane::{
     TurnDataPlane,
 };
 
-use super::udp::{BindOptions, Datagrams, UdpSocket};
+use super::udp::{BindOptions, Datagrams, UdpSocket, segments};
 use super::{DriverError, io, os_seed};
 use crate::turn::{
     Allocation, AllocationConfig, AllocationEvent, Credentials, Input, RequestedFamily,
@@ -590,8 +590,8 @@ async fn run(
                 Ok((n, from, stride)) => match &mut conn {
                     Conn::Udp(_) => {
                         // GRO puts datagrams of one size back to back, `stride` apart.
-                        for d in buf[..n].chunks(stride.max(1)) {
-                            deliver(&shared, &events, proto, from, d);
+                        for d in segments(n, stride) {
+                            deliver(&shared, &events, proto, from, &buf[d]);
                         }
                     }
                     Conn::Stream(_, framer) => {

@@ -103,7 +103,6 @@ impl UdpSocket {
 
     /// Binds `[::]:port` taking IPv4 too (`IPV6_V6ONLY` off, whatever the system's
     /// default): one socket for both families.
-    #[allow(dead_code)] // the peer connection's, next
     pub(crate) fn bind_dual(port: u16, opts: BindOptions) -> io::Result<Self> {
         let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
         let s = socket2::Socket::new(
@@ -220,16 +219,13 @@ impl UdpSocket {
             let stride = if meta.stride == 0 { len } else { meta.stride };
             let source = unmap_addr(meta.addr);
             let destination = self.destination(&meta);
-            let mut at = 0;
-            while at < len {
-                let end = (at + stride).min(len);
+            for r in segments(len, stride) {
                 batch.items.push(Item {
                     source,
                     destination,
-                    start: base + at,
-                    len: end - at,
+                    start: base + r.start,
+                    len: r.len(),
                 });
-                at = end;
             }
         }
         Ok(batch.items.len())
@@ -310,6 +306,15 @@ impl UdpSocket {
     pub(crate) fn max_gso_segments(&self) -> usize {
         self.state.max_gso_segments()
     }
+}
+
+/// Where the datagrams lie in a buffer of `len` bytes that GRO filled with datagrams of
+/// `stride` bytes (the last may be shorter): one range without GRO, and one empty range
+/// for an empty datagram (UDP allows them; they are not to be lost).
+pub(crate) fn segments(len: usize, stride: usize) -> impl Iterator<Item = Range<usize>> {
+    let stride = stride.max(1);
+    let count = if len == 0 { 1 } else { len.div_ceil(stride) };
+    (0..count).map(move |k| (k * stride).min(len)..((k + 1) * stride).min(len))
 }
 
 /// An IPv4-mapped IPv6 address (from a dual-stack socket) as IPv4.
@@ -850,6 +855,15 @@ mod tests {
             g.note(&Coalescing::OFF, us(i * 100), 1000, false);
             assert!(!g.should_wait(&Coalescing::OFF, || us(i * 100)));
         }
+    }
+
+    #[test]
+    fn gro_buffers_split_into_their_datagrams_and_empty_ones_stay() {
+        let v = |len, stride| segments(len, stride).collect::<Vec<_>>();
+        assert_eq!(v(0, 0), vec![0..0]);
+        assert_eq!(v(5, 5), vec![0..5]);
+        assert_eq!(v(10, 4), vec![0..4, 4..8, 8..10]);
+        assert_eq!(v(8, 4), vec![0..4, 4..8]);
     }
 
     fn rt() -> tokio::runtime::Runtime {
