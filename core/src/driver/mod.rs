@@ -29,6 +29,7 @@ mod serve_turn;
 pub mod signal;
 mod sockets;
 pub mod turn;
+mod udp;
 
 pub use error::{DriverError, os_seed};
 pub use netcheck::{netcheck, netcheck_until};

@@ -34,12 +34,12 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 use super::peer_portmap::{PortMapping, PortmapEvent, Release};
 use super::peer_streams::{StreamEvent, StreamWriters, Streams};
+use super::udp::{BindOptions, Datagrams, Recv, UdpSocket, segments};
 use super::{DriverError, io, os_seed};
 use crate::ice::{Candidate, IceCredentials, IceEvent, IceState};
 use crate::peer::{MAX_FRAMING, Outgoing, Peer, PeerConfig, PeerEvent, PeerInput};
@@ -166,10 +166,9 @@ struct State {
 /// What the handle and the task share.
 #[derive(Debug)]
 struct Shared {
+    /// On a dual-stack socket (bound to `[::]`) the machine's bases are one of each
+    /// family (the UDP layer maps IPv4 addresses to and from IPv4-mapped IPv6 ones).
     socket: UdpSocket,
-    /// A dual-stack socket (bound to `[::]`): IPv4 addresses travel as IPv4-mapped IPv6
-    /// ones on it, and the machine's bases are one of each family.
-    dual: bool,
     /// The machine's bases: the IPv4 one and the IPv6 one (one of them at least).
     bases: [Option<SocketAddr>; 2],
     /// The TCP and TLS connections to TURN servers, by server.
@@ -195,31 +194,40 @@ struct Shared {
 }
 
 impl Shared {
-    /// `to` as the socket takes it: IPv4-mapped on a dual-stack socket.
-    fn wire(&self, to: SocketAddr) -> SocketAddr {
-        match to {
-            SocketAddr::V4(v4) if self.dual => {
-                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-            }
-            other => other,
+    /// The base a datagram that arrived at `destination` (its local address) came to:
+    /// the base with that address, else the base of its family.
+    fn base_for(&self, destination: SocketAddr) -> SocketAddr {
+        if let Some(b) = self.bases.iter().flatten().find(|b| **b == destination) {
+            return *b;
         }
-    }
-
-    /// An address from the socket as the machine knows it (IPv4-mapped made IPv4), and
-    /// the base of its family it arrived at.
-    fn unwire(&self, from: SocketAddr) -> (SocketAddr, SocketAddr) {
-        let from = match from {
-            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-                Some(ip) => SocketAddr::new(IpAddr::V4(ip), v6.port()),
-                None => from,
-            },
-            other => other,
-        };
-        let base = self.bases[usize::from(from.is_ipv6())]
+        self.bases[usize::from(destination.is_ipv6())]
             .or(self.bases[0])
             .or(self.bases[1])
-            .unwrap_or(self.local);
-        (from, base)
+            .unwrap_or(self.local)
+    }
+
+    /// What a datagram from `source` (a base, as the machine says) to `destination` goes
+    /// out as: on a socket bound to a wildcard IP, from that base's IP; else (and when
+    /// that IP cannot be the source: a loopback IP toward another host) from the IP the
+    /// system chooses.
+    fn datagram<'a>(
+        &self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &'a [u8],
+    ) -> Datagrams<'a> {
+        let ip = source.ip();
+        let source = (self.socket.local_addr().ip().is_unspecified()
+            && !ip.is_unspecified()
+            && ip.is_ipv4() == destination.is_ipv4()
+            && (!ip.is_loopback() || destination.ip().is_loopback()))
+        .then_some(ip);
+        Datagrams {
+            destination,
+            source,
+            contents,
+            segment_size: None,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -278,8 +286,9 @@ impl PeerConnection {
             // One dual-stack socket, a base of each family: the local IP toward the first
             // server of that family (asking the routing table sends nothing). Beside a
             // loopback IPv4 base (tests, the demo) the IPv6 one is loopback too.
-            let socket = bind_dual(bind.port())?;
-            let port = socket.local_addr().map_err(io("local address"))?.port();
+            let socket = UdpSocket::bind_dual(bind.port(), BindOptions::default())
+                .map_err(io(format!("binding [::]:{}", bind.port())))?;
+            let port = socket.local_addr().port();
             let v4 = match first_of(true) {
                 Some(s) => super::portmap::local_ip_toward(s.ip()).await.ok(),
                 None => Some(IpAddr::from([127, 0, 0, 1])),
@@ -320,10 +329,9 @@ impl PeerConnection {
             } else {
                 bind
             };
-            let socket = UdpSocket::bind(bind)
-                .await
+            let socket = UdpSocket::bind(bind, BindOptions::default())
                 .map_err(io(format!("binding {bind}")))?;
-            let local = socket.local_addr().map_err(io("local address"))?;
+            let local = socket.local_addr();
             let bases = if local.is_ipv4() {
                 [Some(local), None]
             } else {
@@ -350,7 +358,6 @@ impl PeerConnection {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             socket,
-            dual,
             bases,
             streams: streams.writers(),
             local,
@@ -528,16 +535,21 @@ async fn send(shared: &Shared, data: &[u8]) {
                 st.framed.resize(data.len() + MAX_FRAMING, 0);
             }
             match st.peer.send_into(data, &mut st.framed) {
-                Ok(Outgoing::Direct { destination, .. }) => {
+                Ok(Outgoing::Direct {
+                    source,
+                    destination,
+                }) => {
                     drop(guard);
-                    shared.socket.try_send_to(data, shared.wire(destination))
+                    shared
+                        .socket
+                        .try_send(&shared.datagram(source, destination, data))
                 }
                 // Sent under the lock: the framing buffer is the connection's.
                 Ok(Outgoing::Framed {
                     proto,
+                    source,
                     destination,
                     len,
-                    ..
                 }) => {
                     // A relay over TCP or TLS: its stream's queue takes it (a copy).
                     if shared
@@ -548,7 +560,7 @@ async fn send(shared: &Shared, data: &[u8]) {
                     }
                     shared
                         .socket
-                        .try_send_to(&st.framed[..len], shared.wire(destination))
+                        .try_send(&shared.datagram(source, destination, &st.framed[..len]))
                 }
                 Err(e) => {
                     debug!(error = %e, "datagram not sent");
@@ -646,10 +658,10 @@ async fn recv_loop(shared: &Shared, buf: &mut [u8]) -> Option<(usize, SocketAddr
         if shared.closed.load(Ordering::SeqCst) {
             return None;
         }
-        match shared.socket.try_recv_from(buf) {
-            Ok((n, from)) => {
+        match shared.socket.try_recv_into(buf) {
+            Ok(r) => {
                 skipped = 0;
-                if let Some(d) = take(shared, buf, n, from) {
+                if let Some(d) = take(shared, buf, r) {
                     return Some(d);
                 }
                 not_data += 1;
@@ -693,25 +705,24 @@ async fn recv_loop(shared: &Shared, buf: &mut [u8]) -> Option<(usize, SocketAddr
 }
 
 /// Hands a datagram read by the application to the machine: the data moved to the start
-/// of `buf`, or `None` (protocol traffic: the task is woken to send what follows).
-fn take(
-    shared: &Shared,
-    buf: &mut [u8],
-    n: usize,
-    from: SocketAddr,
-) -> Option<(usize, SocketAddr)> {
-    let (from, base) = shared.unwire(from);
+/// of `buf`, or `None` (protocol traffic: the task is woken to send what follows). When
+/// GRO put more datagrams behind it, they go to the machine too, their data to the queue
+/// that the next receive drains.
+fn take(shared: &Shared, buf: &mut [u8], r: Recv) -> Option<(usize, SocketAddr)> {
+    let base = shared.base_for(r.destination);
+    let first = r.stride.min(r.len);
     let rx = Received {
         proto: Protocol::Udp,
-        source: from,
+        source: r.source,
         destination: base,
-        contents: &buf[..n],
+        contents: &buf[..first],
     };
     let verdict = shared.lock().peer.handle_input(Instant::now(), rx);
-    match verdict {
+    let out = match verdict {
         PeerInput::Data { from, range } => {
             let len = range.len();
             if range.start != 0 {
+                // Within the first datagram: what GRO put behind it stays in place.
                 buf.copy_within(range, 0);
             }
             Some((len, from))
@@ -720,7 +731,20 @@ fn take(
             shared.task_wake.notify_one();
             None
         }
+    };
+    if r.len > first {
+        for d in buf[first..r.len].chunks(first.max(1)) {
+            let rx = Received {
+                proto: Protocol::Udp,
+                source: r.source,
+                destination: base,
+                contents: d,
+            };
+            queue_input(shared, shared.lock(), rx);
+        }
+        shared.task_wake.notify_one();
     }
+    out
 }
 
 /// Marks the connection closed when the task ends, however it ends.
@@ -853,16 +877,19 @@ fn read(shared: &Shared, buf: &mut [u8]) {
         if shared.reader.load(Ordering::SeqCst) != TASK {
             return;
         }
-        match shared.socket.try_recv_from(buf) {
-            Ok((n, from)) => {
-                let (from, base) = shared.unwire(from);
-                let rx = Received {
-                    proto: Protocol::Udp,
-                    source: from,
-                    destination: base,
-                    contents: &buf[..n],
-                };
-                queue_input(shared, shared.lock(), rx);
+        match shared.socket.try_recv_into(buf) {
+            Ok(r) => {
+                let base = shared.base_for(r.destination);
+                // With GRO, several datagrams of `stride` bytes back to back.
+                for d in segments(r.len, r.stride) {
+                    let rx = Received {
+                        proto: Protocol::Udp,
+                        source: r.source,
+                        destination: base,
+                        contents: &buf[d],
+                    };
+                    queue_input(shared, shared.lock(), rx);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) => {
@@ -922,7 +949,7 @@ fn stream_event(shared: &Shared, ev: StreamEvent) {
 async fn send_control(shared: &Shared, t: &Transmit) {
     if let Err(e) = shared
         .socket
-        .send_to(&t.contents, shared.wire(t.destination))
+        .send(&shared.datagram(t.source, t.destination, &t.contents))
         .await
     {
         debug!(to = %t.destination, error = %e, "send failed");
@@ -950,21 +977,68 @@ fn event(ev: PeerEvent) -> Option<PeerConnectionEvent> {
     })
 }
 
-/// A UDP socket on `[::]:port` that takes IPv4 too (IPV6_V6ONLY off, whatever the
-/// system's default).
-fn bind_dual(port: u16) -> Result<UdpSocket, DriverError> {
-    use socket2::{Domain, Socket, Type};
-    let at = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-    let s = Socket::new(Domain::IPV6, Type::DGRAM, None).map_err(io("a dual-stack socket"))?;
-    s.set_only_v6(false).map_err(io("a dual-stack socket"))?;
-    s.set_nonblocking(true).map_err(io("a dual-stack socket"))?;
-    s.bind(&at.into()).map_err(io(format!("binding {at}")))?;
-    UdpSocket::from_std(s.into()).map_err(io("a dual-stack socket"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ice::{CandidateKind, CandidateTransport};
+
+    /// Datagrams that GRO coalesced into one buffer (a GSO send over loopback reaches a
+    /// socket with GRO on whole) each reach the application, in order, with the
+    /// peer's address.
+    #[test]
+    fn gro_coalesced_datagrams_each_reach_the_application() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let mut p = PeerConnection::start(PeerConfig::default(), lo, true)
+                .await
+                .unwrap();
+            let other = PeerConnection::start(PeerConfig::default(), lo, false)
+                .await
+                .unwrap();
+            // A "peer" whose host candidate is a plain socket of the UDP layer.
+            let raw = UdpSocket::bind(lo, BindOptions::default()).unwrap();
+            p.set_remote_credentials(other.local_credentials().clone());
+            p.add_remote_candidate(Candidate::new(
+                CandidateKind::Host,
+                CandidateTransport::Udp,
+                raw.local_addr(),
+                raw.local_addr().ip(),
+                None,
+                65_535,
+            ));
+            let mut contents = Vec::new();
+            for i in 0..8u8 {
+                contents.extend_from_slice(&[0x80 | i; 200]);
+            }
+            contents.extend_from_slice(&[0x88; 50]);
+            let d = Datagrams {
+                destination: p.local_addr(),
+                source: None,
+                contents: &contents,
+                segment_size: Some(200),
+            };
+            raw.send(&d).await.unwrap();
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while got.len() < 9 {
+                    let (n, from) = p.recv_from(&mut buf).await.expect("the task runs");
+                    assert_eq!(from, raw.local_addr());
+                    got.push((buf[0], n));
+                }
+            })
+            .await
+            .expect("every datagram arrives");
+            let want: Vec<(u8, usize)> = (0..9u8)
+                .map(|i| (0x80 | i, if i == 8 { 50 } else { 200 }))
+                .collect();
+            assert_eq!(got, want);
+        });
+    }
 
     #[test]
     fn the_queue_keeps_order_and_bounds() {

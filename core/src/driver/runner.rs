@@ -169,15 +169,18 @@ pub(super) async fn run_machine_with<M, S, F, E, C, H>(
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + max_idle);
         tokio::select! {
-            msg = sockets.rx.recv() => {
-                let Some((local, from, bytes)) = msg else { return };
-                let rx = Received {
-                    proto: Protocol::Udp,
-                    source: from,
-                    destination: local,
-                    contents: &bytes,
-                };
-                let _ = machine.handle_input(Instant::now(), rx);
+            (local, n) = sockets.recv() => {
+                let now = Instant::now();
+                for i in 0..n {
+                    let Some((from, _, bytes)) = sockets.datagram(i) else { break };
+                    let rx = Received {
+                        proto: Protocol::Udp,
+                        source: from,
+                        destination: local,
+                        contents: bytes,
+                    };
+                    let _ = machine.handle_input(now, rx);
+                }
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 machine.handle_timeout(Instant::now());

@@ -1,49 +1,37 @@
-//! The UDP sockets of netcheck and the STUN server: one receive task per socket, all
-//! feeding one channel.
+//! The UDP sockets of the generic runner (netcheck, the STUN server, the TURN server): no
+//! task per socket and no allocation per datagram. One receive future polls every
+//! socket's readiness and reads a batch from the first that has datagrams (`recvmmsg`,
+//! GRO) into one reusable [`RecvBatch`].
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::task::Poll;
 
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::debug;
 
+use super::udp::{BindOptions, Datagrams, RecvBatch, UdpSocket};
 use super::{DriverError, io};
 use crate::Transmit;
 
-/// The largest datagram the driver reads.
-pub(super) const MAX_DATAGRAM: usize = 65_535;
+/// At most this many receive errors in a row (ICMP errors for earlier sends surface as
+/// receive errors on Linux) are skipped on one socket in one poll.
+const MAX_SKIPPED_ERRORS: usize = 16;
 
-/// A datagram a receive task read: (local, remote, bytes).
-type Datagram = (SocketAddr, SocketAddr, Vec<u8>);
-
-/// Bound UDP sockets and the channel their receive tasks feed.
+/// Bound UDP sockets and the buffers their datagrams are read into.
 pub(super) struct Sockets {
-    pub(super) sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
-    pub(super) rx: mpsc::Receiver<Datagram>,
-    tx: mpsc::Sender<Datagram>,
-    tasks: Vec<(SocketAddr, JoinHandle<()>)>,
-}
-
-impl Drop for Sockets {
-    fn drop(&mut self) {
-        for (_, t) in &self.tasks {
-            t.abort();
-        }
-    }
+    pub(super) sockets: Vec<(SocketAddr, UdpSocket)>,
+    batch: RecvBatch,
+    /// Where the next poll starts, so that a busy socket does not starve the others.
+    next: usize,
 }
 
 impl Sockets {
-    /// Binds each address and starts a receive task per socket, all feeding one channel
-    /// of (local, remote, bytes).
+    /// Binds each address.
     pub(super) async fn bind(addrs: &[SocketAddr]) -> Result<Self, DriverError> {
-        let (tx, rx) = mpsc::channel(1024);
         let mut s = Self {
             sockets: Vec::new(),
-            rx,
-            tx,
-            tasks: Vec::new(),
+            batch: RecvBatch::new(),
+            next: 0,
         };
         for a in addrs {
             s.add(*a).await?;
@@ -52,28 +40,11 @@ impl Sockets {
     }
 
     /// Binds one more socket (the TURN server's relays); its address.
+    #[allow(clippy::unused_async)]
     pub(super) async fn add(&mut self, addr: SocketAddr) -> Result<SocketAddr, DriverError> {
-        let s = UdpSocket::bind(addr)
-            .await
-            .map_err(io(format!("binding {addr}")))?;
-        let local = s.local_addr().map_err(io("local address"))?;
-        let s = Arc::new(s);
-        let (s2, tx) = (s.clone(), self.tx.clone());
-        let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            loop {
-                match s2.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
-                        if tx.send((local, from, buf[..n].to_vec())).await.is_err() {
-                            return;
-                        }
-                    }
-                    // ICMP errors surface as receive errors on Linux: keep reading.
-                    Err(e) => debug!(%local, error = %e, "receive error"),
-                }
-            }
-        });
-        self.tasks.push((local, task));
+        let s =
+            UdpSocket::bind(addr, BindOptions::default()).map_err(io(format!("binding {addr}")))?;
+        let local = s.local_addr();
         self.sockets.push((local, s));
         Ok(local)
     }
@@ -82,12 +53,6 @@ impl Sockets {
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(super) fn remove(&mut self, addr: SocketAddr) {
         self.sockets.retain(|(a, _)| *a != addr);
-        self.tasks.retain(|(a, t)| {
-            if *a == addr {
-                t.abort();
-            }
-            *a != addr
-        });
     }
 
     pub(super) async fn send(&self, t: &Transmit) {
@@ -95,8 +60,61 @@ impl Sockets {
             debug!(source = %t.source, "no socket for transmit");
             return;
         };
-        if let Err(e) = s.send_to(&t.contents, t.destination).await {
+        let d = Datagrams {
+            destination: t.destination,
+            source: None,
+            contents: &t.contents,
+            segment_size: None,
+        };
+        if let Err(e) = s.send(&d).await {
             debug!(to = %t.destination, error = %e, "send failed");
         }
+    }
+
+    /// Waits until a socket has datagrams and reads a batch of them: the socket's bound
+    /// address and how many datagrams ([`Sockets::datagram`]). Never returns with no
+    /// sockets (it waits for ever). Cancel-safe: nothing is read until it returns.
+    pub(super) async fn recv(&mut self) -> (SocketAddr, usize) {
+        poll_fn(|cx| {
+            let Self {
+                sockets,
+                batch,
+                next,
+            } = &mut *self;
+            let n = sockets.len();
+            for k in 0..n {
+                let i = (*next + k) % n;
+                let (local, s) = &sockets[i];
+                let mut skipped = 0;
+                loop {
+                    match s.poll_recv(cx, batch) {
+                        Poll::Ready(Ok(got)) => {
+                            *next = (i + 1) % n;
+                            return Poll::Ready((*local, got));
+                        }
+                        Poll::Ready(Err(e)) => {
+                            debug!(%local, error = %e, "receive error");
+                            skipped += 1;
+                            if skipped >= MAX_SKIPPED_ERRORS {
+                                // Back to it on the next wake-up (it stays ready).
+                                cx.waker().wake_by_ref();
+                                break;
+                            }
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The `i`th datagram of the last [`Sockets::recv`]: its source, the local address it
+    /// arrived at, and its bytes.
+    pub(super) fn datagram(&self, i: usize) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+        let (source, data) = self.batch.get(i)?;
+        let destination = self.batch.destination(i)?;
+        Some((source, destination, data))
     }
 }

@@ -71,7 +71,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
@@ -83,6 +83,7 @@ pub use data_plane::{
     TurnDataPlane,
 };
 
+use super::udp::{BindOptions, Datagrams, UdpSocket, segments};
 use super::{DriverError, io, os_seed};
 use crate::turn::{
     Allocation, AllocationConfig, AllocationEvent, Credentials, Input, RequestedFamily,
@@ -183,9 +184,6 @@ struct Shared {
     closed: AtomicBool,
     /// Wakes data planes waiting for datagrams when `closed` is set.
     closed_notify: Notify,
-    /// quinn-udp's state of the UDP socket, from the first data plane on. It turns GRO on,
-    /// so from then on the task reads through it too and splits what GRO coalesced.
-    udp_state: std::sync::OnceLock<Arc<quinn_udp::UdpSocketState>>,
     // The server and our address are the machine's (`Allocation::server`, `local`): a
     // 300 Try Alternate changes them.
 }
@@ -336,9 +334,9 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
             } else {
                 SocketAddr::from(([0u16; 8], 0))
             };
-            let s = UdpSocket::bind(any).await.map_err(io("binding"))?;
+            let s = UdpSocket::bind(any, BindOptions::default()).map_err(io("binding"))?;
             route_udp(&s, server).await?;
-            let local = match s.local_addr().map_err(io("local address"))? {
+            let local = match s.local_addr() {
                 // Unconnected: the address the server is reached from.
                 l if l.ip().is_unspecified() => {
                     local_toward(server).map_or(l, |ip| SocketAddr::new(ip, l.port()))
@@ -362,7 +360,6 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
         data_plane: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         closed_notify: Notify::new(),
-        udp_state: std::sync::OnceLock::new(),
     });
     let udp = match &conn {
         Conn::Udp(s) => Some(s.clone()),
@@ -387,12 +384,9 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
 /// Elsewhere the machine drops datagrams not from the server. Called again to re-target
 /// the socket after a 300 Try Alternate.
 async fn route_udp(s: &UdpSocket, server: SocketAddr) -> Result<(), DriverError> {
-    if cfg!(any(target_os = "linux", target_os = "android")) {
-        s.connect(server)
-            .await
-            .map_err(io(format!("routing to {server}")))?;
-    }
-    Ok(())
+    s.connect_where_supported(server)
+        .await
+        .map_err(io(format!("routing to {server}")))
 }
 
 #[cfg(feature = "tls")]
@@ -588,7 +582,7 @@ async fn run(
         // arrives even when the application no longer calls `recv`.
         let reading = !shared.data_plane.load(Ordering::Acquire) || dealloc_deadline.is_some();
         tokio::select! {
-            r = recv(&mut conn, shared.udp_state.get(), &mut buf), if reading => match r {
+            r = recv(&mut conn, &mut buf), if reading => match r {
                 Ok((0, None, _)) => {
                     let _ = events.send(TurnEvent::Disconnected("the server closed the connection".into()));
                     return;
@@ -596,8 +590,8 @@ async fn run(
                 Ok((n, from, stride)) => match &mut conn {
                     Conn::Udp(_) => {
                         // GRO puts datagrams of one size back to back, `stride` apart.
-                        for d in buf[..n].chunks(stride.max(1)) {
-                            deliver(&shared, &events, proto, from, d);
+                        for d in segments(n, stride) {
+                            deliver(&shared, &events, proto, from, &buf[d]);
                         }
                     }
                     Conn::Stream(_, framer) => {
@@ -701,7 +695,15 @@ fn deliver(
 
 async fn send(conn: &mut Conn, server: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
     match conn {
-        Conn::Udp(s) => s.send_to(bytes, server).await.map(|_| ()),
+        Conn::Udp(s) => {
+            let d = Datagrams {
+                destination: server,
+                source: None,
+                contents: bytes,
+                segment_size: None,
+            };
+            s.send(&d).await
+        }
         Conn::Stream(s, _) => s.write_all(bytes).await,
     }
 }
@@ -710,32 +712,18 @@ async fn send(conn: &mut Conn, server: SocketAddr, bytes: &[u8]) -> std::io::Res
 /// each datagram in them (more than one only with GRO).
 async fn recv(
     conn: &mut Conn,
-    udp_state: Option<&Arc<quinn_udp::UdpSocketState>>,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, Option<SocketAddr>, usize)> {
-    match (conn, udp_state) {
-        (Conn::Udp(s), None) => s.recv_from(buf).await.map(|(n, from)| (n, Some(from), n)),
-        (Conn::Udp(s), Some(state)) => {
-            let mut meta = [quinn_udp::RecvMeta::default()];
-            loop {
-                s.readable().await?;
-                let r = s.try_io(tokio::io::Interest::READABLE, || {
-                    let mut iov = [std::io::IoSliceMut::new(&mut *buf)];
-                    state.recv((&**s).into(), &mut iov, &mut meta)
-                });
-                match r {
-                    Ok(_) => {
-                        let m = meta[0];
-                        let n = m.len.min(buf.len());
-                        let stride = if m.stride == 0 { n } else { m.stride };
-                        return Ok((n, Some(m.addr), stride));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
+    match conn {
+        Conn::Udp(s) => loop {
+            s.readable().await?;
+            match s.try_recv_into(buf) {
+                Ok(r) => return Ok((r.len, Some(r.source), r.stride)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
             }
-        }
-        (Conn::Stream(s, _), _) => s.read(buf).await.map(|n| (n, None, n)),
+        },
+        Conn::Stream(s, _) => s.read(buf).await.map(|n| (n, None, n)),
     }
 }
 
