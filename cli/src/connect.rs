@@ -89,6 +89,14 @@ pub(crate) struct ConnectArgs {
     /// offered too (released on exit); gathering waits for it at most 3 s.
     #[arg(long)]
     no_portmap: bool,
+    /// Host candidates only on the address toward the servers (one per family), not on
+    /// every usable interface (RFC 8445 §5.1.1.1, the default).
+    #[arg(long)]
+    primary_interface_only: bool,
+    /// No host candidate on interfaces whose names start with PREFIX (a VPN, a container
+    /// bridge: `tun`, `docker`…). Repeatable.
+    #[arg(long, value_name = "PREFIX")]
+    ignore_interface: Vec<String>,
     /// Give up when no path is found within this many seconds.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds(3600))]
     timeout: Duration,
@@ -472,6 +480,8 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     config.relay_only = args.no_direct;
     config.no_relay = args.no_relay;
     config.port_mapping = !args.no_portmap && !args.no_direct;
+    config.primary_interface_only = args.primary_interface_only;
+    config.ignore_interfaces = args.ignore_interface.clone();
     // One dual-stack socket (a host candidate of each family the host routes); IPv4 alone
     // where the system has no IPv6.
     let dual = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));

@@ -1073,3 +1073,81 @@ fn connect_with_fifty_ms_one_way_delay_on_one_router() {
         lab.server_logs()
     );
 }
+
+/// Host candidates on every interface (RFC 8445 §5.1.1.1): A and B sit behind NATs with
+/// endpoint-dependent mapping (relayed in the matrix), and share a side LAN of their own
+/// (two laptops on one Wi-Fi besides their uplinks). The side LAN's host candidates give
+/// the direct host↔host pair, which wins on priority: a connection that offered only the
+/// address toward its servers would relay.
+#[test]
+fn connect_directly_over_a_second_interface() {
+    if !lab_available("lab_connect interfaces", &["turnserver"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("the pinhole CLI");
+    let (mut lab, signal, signal_url) = lab_with_servers(&bin);
+    for r in ["ifa", "ifb"] {
+        lab.add_router(r, NatConfig::symmetric(), Uplink::Internet)
+            .expect("router");
+    }
+    let ha = lab.add_host("ifa-h", "ifa").expect("host").clone();
+    let hb = lab.add_host("ifb-h", "ifb").expect("host").clone();
+    let (side_a, side_b) = lab.link_hosts("ifa-h", "ifb-h").expect("side LAN");
+    let room = format!("{}-if", lab.prefix());
+    let (la, lb) = ("hello over the side LAN", "hello back over it");
+    let r = run_pair(
+        &bin,
+        [&ha, &hb],
+        &room,
+        &signal_url,
+        [la, lb],
+        1,
+        SendWhen::BothConnected,
+    );
+    drop(signal);
+    let addr = |e: Option<&Value>, side: &str| {
+        e.and_then(|e| e[side]["address"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let settled = [0, 1].map(|i| {
+        (
+            r[i].settled().map_or("-".into(), pair_types),
+            addr(r[i].settled(), "local"),
+            addr(r[i].settled(), "remote"),
+        )
+    });
+    println!(
+        "\npinhole connect over a second interface: A, B behind EDM NATs, side LAN {side_a} ↔ {side_b}\n\
+         settled A {:?}, B {:?}; exits A {:?}, B {:?}",
+        settled[0], settled[1], r[0].code, r[1].code,
+    );
+    let mut bad = check_data(&r, [la, lb], true);
+    let ip = |s: &str| {
+        s.rsplit_once(':')
+            .map(|(ip, _)| ip.to_owned())
+            .unwrap_or_default()
+    };
+    let want = [
+        (side_a.to_string(), side_b.to_string()),
+        (side_b.to_string(), side_a.to_string()),
+    ];
+    for (i, (types, local, remote)) in settled.iter().enumerate() {
+        // The peer's side-LAN address may be known from its check before its trickled
+        // candidate: prflx then.
+        let direct = types == "host→host" || types == "host→prflx";
+        if !direct || (ip(local), ip(remote)) != want[i] {
+            bad.push(format!(
+                "side {i} settled on {types} {local} -> {remote}, expected host→host {} -> {}",
+                want[i].0, want[i].1
+            ));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "lab_connect interfaces:\n  {}\n{}{}\n{}",
+        bad.join("\n  "),
+        r[0].transcript("side A"),
+        r[1].transcript("side B"),
+        lab.server_logs()
+    );
+}

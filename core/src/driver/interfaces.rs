@@ -60,14 +60,17 @@ pub fn usable(ip: IpAddr, loopback: bool) -> bool {
 /// The addresses a connection offers host candidates on: for each family, `primary`
 /// (the address toward the servers) first, then the other usable addresses of interfaces
 /// that are up and whose names start with none of `ignore`, at most [`MAX_PER_FAMILY`]
-/// per family. IPv4 first, then IPv6. A loopback primary (tests, the demo) stays alone:
-/// a connection that talks to loopback servers offers nothing else.
+/// per family. The order is the order of preference (local preference, RFC 8445
+/// §5.1.2.1): the primary IPv4 and IPv6 addresses, then the others alternating between the
+/// families (RFC 8421 §4: a mix of both early in the checklist). A loopback primary
+/// (tests, the demo) stays alone: a connection that talks to loopback servers offers
+/// nothing else.
 pub fn host_addresses(
     all: &[InterfaceAddress],
     primary: [Option<IpAddr>; 2],
     ignore: &[String],
 ) -> Vec<IpAddr> {
-    let mut out = Vec::new();
+    let mut families: [Vec<IpAddr>; 2] = [Vec::new(), Vec::new()];
     for (family, first) in primary.into_iter().enumerate() {
         let v6 = family == 1;
         let mut mine: Vec<IpAddr> = first.into_iter().filter(|ip| ip.is_ipv6() == v6).collect();
@@ -89,7 +92,21 @@ pub fn host_addresses(
                 }
             }
         }
-        out.extend(mine);
+        families[family] = mine;
+    }
+    let [v4, v6] = families;
+    let mut out: Vec<IpAddr> = v4
+        .iter()
+        .take(1)
+        .chain(v6.iter().take(1))
+        .copied()
+        .collect();
+    let (mut a, mut b) = (v4.into_iter().skip(1), v6.into_iter().skip(1));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => break,
+            (x, y) => out.extend(x.into_iter().chain(y)),
+        }
     }
     out
 }
@@ -133,7 +150,7 @@ mod tests {
         );
         assert_eq!(
             got,
-            [ip("10.0.0.5"), ip("192.168.1.10"), ip("2001:db8::10")]
+            [ip("10.0.0.5"), ip("2001:db8::10"), ip("192.168.1.10")]
         );
         // No IPv6 route: the IPv6 addresses of the interfaces still count.
         let got = host_addresses(&all, [Some(ip("192.168.1.10")), None], &[]);
@@ -141,9 +158,27 @@ mod tests {
             got,
             [
                 ip("192.168.1.10"),
+                ip("2001:db8::10"),
                 ip("10.0.0.5"),
                 ip("172.17.0.1"),
-                ip("2001:db8::10")
+            ]
+        );
+        // The others alternate between the families.
+        let more = [
+            addr("a", "10.1.0.1"),
+            addr("a", "2001:db8:1::1"),
+            addr("b", "10.2.0.1"),
+            addr("b", "2001:db8:2::1"),
+        ];
+        assert_eq!(
+            host_addresses(&more, [Some(ip("10.0.0.1")), Some(ip("2001:db8::1"))], &[]),
+            [
+                ip("10.0.0.1"),
+                ip("2001:db8::1"),
+                ip("10.1.0.1"),
+                ip("2001:db8:1::1"),
+                ip("10.2.0.1"),
+                ip("2001:db8:2::1"),
             ]
         );
     }

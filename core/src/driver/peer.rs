@@ -169,8 +169,11 @@ struct Shared {
     /// On a dual-stack socket (bound to `[::]`) the machine's bases are one of each
     /// family (the UDP layer maps IPv4 addresses to and from IPv4-mapped IPv6 ones).
     socket: UdpSocket,
-    /// The machine's bases: the IPv4 one and the IPv6 one (one of them at least).
+    /// The primary base of each family: the IPv4 one and the IPv6 one (one at least).
     bases: [Option<SocketAddr>; 2],
+    /// Every base of the machine (the primary ones and, on a dual-stack socket, one per
+    /// other usable interface address: [`super::interfaces::host_addresses`]).
+    all_bases: Vec<SocketAddr>,
     /// The TCP and TLS connections to TURN servers, by server.
     streams: StreamWriters,
     local: SocketAddr,
@@ -195,9 +198,9 @@ struct Shared {
 
 impl Shared {
     /// The base a datagram that arrived at `destination` (its local address) came to:
-    /// the base with that address, else the base of its family.
+    /// the base with that address, else the primary base of its family.
     fn base_for(&self, destination: SocketAddr) -> SocketAddr {
-        if let Some(b) = self.bases.iter().flatten().find(|b| **b == destination) {
+        if let Some(b) = self.all_bases.iter().find(|b| **b == destination) {
             return *b;
         }
         self.bases[usize::from(destination.is_ipv6())]
@@ -339,7 +342,26 @@ impl PeerConnection {
             };
             (socket, bases)
         };
-        let base_list: Vec<SocketAddr> = bases.iter().flatten().copied().collect();
+        // RFC 8445 §5.1.1.1: a host candidate on every usable interface. Only a dual-stack
+        // socket (bound to the wildcard address) answers on all of them; a loopback
+        // primary (tests, the demo) stays alone.
+        let base_list: Vec<SocketAddr> = if dual && !config.primary_interface_only {
+            let port = socket.local_addr().port();
+            let listed = super::interfaces::list().unwrap_or_else(|e| {
+                debug!(error = %e, "no interface list: the primary addresses only");
+                Vec::new()
+            });
+            super::interfaces::host_addresses(
+                &listed,
+                bases.map(|b| b.map(|b| b.ip())),
+                &config.ignore_interfaces,
+            )
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect()
+        } else {
+            bases.iter().flatten().copied().collect()
+        };
         let local = base_list[0];
         let port_mapping = config.port_mapping;
         let mut peer =
@@ -359,6 +381,7 @@ impl PeerConnection {
         let shared = Arc::new(Shared {
             socket,
             bases,
+            all_bases: base_list,
             streams: streams.writers(),
             local,
             state: Mutex::new(State {
