@@ -487,6 +487,10 @@ impl PeerConnection {
     /// only while the socket's send buffer is full: when it returns, the datagram is with
     /// the operating system. No heap allocation on a direct pair (through a relay: none
     /// once the framing buffer has grown to the largest datagram).
+    ///
+    /// Datagrams are sent with the don't-fragment bit (RFC 8085 §3.2): one larger than
+    /// the path's MTU is dropped, not fragmented. Keep datagrams at 1 200 bytes or less,
+    /// as QUIC and WebRTC do, to fit every path (through a relay, less the TURN framing).
     pub async fn send(&self, data: impl AsRef<[u8]>) {
         send(&self.shared, data.as_ref()).await;
     }
