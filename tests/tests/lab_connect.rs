@@ -456,6 +456,29 @@ fn run_pair_with(
 
 /// A lab with `pinhole serve`, coturn and `pinhole signal`; the signal process is returned
 /// (drop it before the lab).
+/// Two NAT routers on the internet, `(name, NAT)` each, and a host behind each (named
+/// after its router with `-h`): the hosts, and the NATs' descriptions.
+fn two_hosts(
+    lab: &mut Lab,
+    a: (&str, NatConfig),
+    b: (&str, NatConfig),
+) -> ([Host; 2], [String; 2]) {
+    let described = [a.1.describe(), b.1.describe()];
+    let hosts = [a, b].map(|(name, nat)| {
+        lab.add_router(name, nat, Uplink::Internet).expect("router");
+        lab.add_host(&format!("{name}-h"), name)
+            .expect("host")
+            .clone()
+    });
+    (hosts, described)
+}
+
+/// The `side` ("local" or "remote") address of a pair event, or "".
+fn address(e: Option<&Value>, side: &str) -> String {
+    e.and_then(|e| e[side]["address"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn lab_with_servers(bin: &Path) -> (Lab, Process, String) {
     let mut lab = Lab::new().expect("lab");
     lab.start_pinhole_serve().expect("pinhole serve");
@@ -798,13 +821,7 @@ fn connect_with_ten_percent_loss_on_one_router() {
     // signalling's TCP included) is dropped with probability 10 %.
     let lossy = NatConfig::default().loss(10);
     let other = NatConfig::port_restricted_cone().random_ports();
-    let (da, db) = (lossy.describe(), other.describe());
-    lab.add_router("lossy", lossy, Uplink::Internet)
-        .expect("router");
-    lab.add_router("other", other, Uplink::Internet)
-        .expect("router");
-    let ha = lab.add_host("lossy-h", "lossy").expect("host").clone();
-    let hb = lab.add_host("other-h", "other").expect("host").clone();
+    let ([ha, hb], [da, db]) = two_hosts(&mut lab, ("lossy", lossy), ("other", other));
     let room = format!("{}-loss", lab.prefix());
     let (la, lb) = ("hello through the lossy NAT", "hello from the other side");
     // A datagram crosses the lossy router once and is lost with probability 1/10: each
@@ -866,13 +883,7 @@ fn connect_through_a_udp_blocking_firewall_over_turn_tcp() {
     let (mut lab, signal, signal_url) = lab_with_servers(&bin);
     let walled = NatConfig::port_restricted_cone().blocking_udp();
     let other = NatConfig::port_restricted_cone();
-    let (da, db) = (walled.describe(), other.describe());
-    lab.add_router("walled", walled, Uplink::Internet)
-        .expect("router");
-    lab.add_router("other", other, Uplink::Internet)
-        .expect("router");
-    let ha = lab.add_host("walled-h", "walled").expect("host").clone();
-    let hb = lab.add_host("other-h", "other").expect("host").clone();
+    let ([ha, hb], [da, db]) = two_hosts(&mut lab, ("walled", walled), ("other", other));
     let room = format!("{}-fw", lab.prefix());
     let (la, lb) = ("hello from behind the firewall", "hello from the open side");
     let tcp = format!("turn:{COTURN_PRIMARY}?transport=tcp");
@@ -932,14 +943,8 @@ fn connect_direct_through_a_port_mapping_where_it_would_relay() {
     let (mut lab, signal, signal_url) = lab_with_servers(&bin);
     let hard = NatConfig::symmetric();
     let mapped = NatConfig::port_restricted_cone().random_ports();
-    let (da, db) = (hard.describe(), mapped.describe());
-    lab.add_router("hard", hard, Uplink::Internet)
-        .expect("router");
-    lab.add_router("mapped", mapped, Uplink::Internet)
-        .expect("router");
+    let ([ha, hb], [da, db]) = two_hosts(&mut lab, ("hard", hard), ("mapped", mapped));
     lab.start_miniupnpd("mapped").expect("miniupnpd");
-    let ha = lab.add_host("hard-h", "hard").expect("host").clone();
-    let hb = lab.add_host("mapped-h", "mapped").expect("host").clone();
     let room = format!("{}-pm", lab.prefix());
     let (la, lb) = ("hello from the hard side", "hello through the mapping");
     let r = run_pair(
@@ -953,21 +958,17 @@ fn connect_direct_through_a_port_mapping_where_it_would_relay() {
     );
     drop(signal);
     let types = |e: Option<&Value>| e.map_or("-".into(), pair_types);
-    let addr = |e: Option<&Value>, side: &str| {
-        e.and_then(|e| e[side]["address"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    };
     println!(
         "\npinhole connect with a port mapping: A = {da}, B = {db} + miniupnpd (PCP, NAT-PMP, UPnP)\n\
          connected after A {} ms, B {} ms; settled A {} ({} -> {}), B {} ({} -> {}); exits A {:?}, B {:?}",
         ms(r[0].connected.as_ref().and_then(elapsed)),
         ms(r[1].connected.as_ref().and_then(elapsed)),
         types(r[0].settled()),
-        addr(r[0].settled(), "local"),
-        addr(r[0].settled(), "remote"),
+        address(r[0].settled(), "local"),
+        address(r[0].settled(), "remote"),
         types(r[1].settled()),
-        addr(r[1].settled(), "local"),
-        addr(r[1].settled(), "remote"),
+        address(r[1].settled(), "local"),
+        address(r[1].settled(), "remote"),
         r[0].code,
         r[1].code,
     );
@@ -978,8 +979,8 @@ fn connect_direct_through_a_port_mapping_where_it_would_relay() {
     // to the internal one when it is free (as here): A's remote port is B's socket's.
     let port = |a: String| a.rsplit(':').next().map(str::to_owned).unwrap_or_default();
     let (a_remote, b_local) = (
-        port(addr(r[0].settled(), "remote")),
-        port(addr(r[1].settled(), "local")),
+        port(address(r[0].settled(), "remote")),
+        port(address(r[1].settled(), "local")),
     );
     if a_remote.is_empty() || a_remote != b_local {
         bad.push(format!(
@@ -1027,13 +1028,7 @@ fn connect_with_fifty_ms_one_way_delay_on_one_router() {
     // traffic included) held 50 ms each way: 100 ms RTT between the two hosts.
     let delayed = NatConfig::default().delay(Duration::from_millis(50));
     let other = NatConfig::port_restricted_cone().random_ports();
-    let (da, db) = (delayed.describe(), other.describe());
-    lab.add_router("slow", delayed, Uplink::Internet)
-        .expect("router");
-    lab.add_router("other", other, Uplink::Internet)
-        .expect("router");
-    let ha = lab.add_host("slow-h", "slow").expect("host").clone();
-    let hb = lab.add_host("other-h", "other").expect("host").clone();
+    let ([ha, hb], [da, db]) = two_hosts(&mut lab, ("slow", delayed), ("other", other));
     let room = format!("{}-delay", lab.prefix());
     let (la, lb) = ("hello across 100 ms", "hello back across 100 ms");
     let r = run_pair(
@@ -1086,12 +1081,11 @@ fn connect_directly_over_a_second_interface() {
     }
     let bin = bins::pinhole().expect("the pinhole CLI");
     let (mut lab, signal, signal_url) = lab_with_servers(&bin);
-    for r in ["ifa", "ifb"] {
-        lab.add_router(r, NatConfig::symmetric(), Uplink::Internet)
-            .expect("router");
-    }
-    let ha = lab.add_host("ifa-h", "ifa").expect("host").clone();
-    let hb = lab.add_host("ifb-h", "ifb").expect("host").clone();
+    let ([ha, hb], _) = two_hosts(
+        &mut lab,
+        ("ifa", NatConfig::symmetric()),
+        ("ifb", NatConfig::symmetric()),
+    );
     let (side_a, side_b) = lab.link_hosts("ifa-h", "ifb-h").expect("side LAN");
     let room = format!("{}-if", lab.prefix());
     let (la, lb) = ("hello over the side LAN", "hello back over it");
@@ -1105,15 +1099,11 @@ fn connect_directly_over_a_second_interface() {
         SendWhen::BothConnected,
     );
     drop(signal);
-    let addr = |e: Option<&Value>, side: &str| {
-        e.and_then(|e| e[side]["address"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    };
     let settled = [0, 1].map(|i| {
         (
             r[i].settled().map_or("-".into(), pair_types),
-            addr(r[i].settled(), "local"),
-            addr(r[i].settled(), "remote"),
+            address(r[i].settled(), "local"),
+            address(r[i].settled(), "remote"),
         )
     });
     println!(
