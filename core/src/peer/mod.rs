@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -97,6 +97,20 @@ impl TurnServerSpec {
     pub fn with_ca(mut self, pem: Vec<u8>) -> Self {
         self.ca_pem = Some(pem);
         self
+    }
+}
+
+/// Retransmissions of the server-reflexive gathering requests: 4 transmissions from
+/// 250 ms, given up 2.75 s after the first (RFC 8489 §6.2.1's 500 ms × 7 would take 39.5
+/// s). A base that cannot reach the server — a second interface without a route to it, a
+/// container bridge — must not hold `a=end-of-candidates` back for long; a reachable
+/// server answers within a round trip, and four transmissions ride out loss.
+fn gathering_stun() -> ClientConfig {
+    ClientConfig {
+        rto: Duration::from_millis(250),
+        max_transmits: 4,
+        last_wait_multiplier: 4,
+        ..ClientConfig::default()
     }
 }
 
@@ -287,7 +301,7 @@ impl Peer {
         sub[31] ^= 0x5a;
         let agent = IceAgent::new(now, config.ice.clone(), controlling, seed);
         let mut p = Self {
-            stun: StunClient::new(ClientConfig::default(), sub),
+            stun: StunClient::new(gathering_stun(), sub),
             local,
             bases,
             agent,

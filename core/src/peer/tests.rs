@@ -775,3 +775,39 @@ fn a_restart_keeps_data_flowing_and_connects_again() {
     assert!(w.data_flows(0) && w.data_flows(1));
     assert_eq!(w.relayed(), [Some(false), Some(false)]);
 }
+
+/// A base that cannot reach the STUN server (a second interface without a route to it)
+/// holds gathering back for 2.75 s at most, not RFC 8489's 39.5 s.
+#[test]
+fn an_unanswered_gathering_request_ends_gathering_within_three_seconds() {
+    let start = Instant::now();
+    let config = PeerConfig {
+        stun_servers: vec![a(STUN)],
+        ..PeerConfig::default()
+    };
+    let bases = [a("192.168.1.10:5000"), a("10.77.1.1:5000")];
+    let mut p = Peer::with_bases(start, config, &bases, true, [5; 32]);
+    let mut now = start;
+    let mut requests = 0;
+    let mut done_at = None;
+    for _ in 0..1_000 {
+        while p.poll_transmit().is_some() {
+            requests += 1;
+        }
+        while let Some(ev) = p.poll_event() {
+            if ev == PeerEvent::GatheringComplete {
+                done_at.get_or_insert(now);
+            }
+        }
+        if done_at.is_some() {
+            break;
+        }
+        let Some(t) = p.poll_timeout() else { break };
+        now = t.max(now);
+        p.handle_timeout(now);
+    }
+    let took = done_at.expect("gathering completes") - start;
+    assert!(took <= Duration::from_millis(2_750), "{took:?}");
+    // Two bases, one server, four transmissions each.
+    assert_eq!(requests, 8);
+}
