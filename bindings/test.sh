@@ -11,6 +11,10 @@
 #            check -Zbuild-std; no crate that compiles C is allowed
 #
 #   size     the stripped release cdylib within the 2 MB budget
+#   the part named shellcheck: every script under bindings/, android/ and ios/ linted
+#   elf      every .so built here: LOAD segments aligned to 16 KB, a SONAME
+#            (bindings/check-elf.sh, first shown to reject a 4 KB-aligned library)
+#   android  the AAR laid out by android/assemble-aar.sh, checked by android/check-aar.sh
 #
 # Usage: bindings/test.sh [part...]   (default: all, in that order)
 #
@@ -175,6 +179,16 @@ start_turn() {
     exit 1
 }
 
+# The library's SONAME (libpinhole_ffi.so.<ABI>, ffi/build.rs) is what programs linked
+# against it look for at run time: a symlink by that name beside the library, as an
+# installation's ldconfig would make.
+soname_link() {
+    local so=$1 soname
+    soname=$(readelf --dynamic --wide "$so" | sed -n 's/.*(SONAME).*\[\(.*\)\]$/\1/p')
+    [ -n "$soname" ] || { echo "bindings: $so has no SONAME" >&2; exit 1; }
+    [ "$soname" = "$(basename "$so")" ] || ln -sfn "$(basename "$so")" "$(dirname "$so")/$soname"
+}
+
 built=
 build() {
     [ -n "$built" ] && return 0
@@ -187,6 +201,7 @@ build() {
     cargo build --quiet -p pinhole-cli -p uniffi-bindgen
     bindings/generate.sh bindings
     bindings/generate.sh pc
+    soname_link "$TARGET/debug/libpinhole_ffi.so"
     built=1
 }
 
@@ -222,6 +237,7 @@ part_c() {
     gcc -std=c11 -Wall -Wextra -Werror -pedantic -O1 -g bindings/c/test.c -o "$out/test" \
         $(pkg-config --cflags --libs pinhole) -lpthread -Wl,-rpath,"$TARGET/debug"
     # The header also compiles as C++.
+    # shellcheck disable=SC2046
     echo '#include "pinhole.h"' | g++ -x c++ -fsyntax-only -Wall -Wextra -Werror \
         $(pkg-config --cflags pinhole) -
     valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect,possible \
@@ -245,6 +261,24 @@ part_c() {
     results+=("c: $(tail -1 "$out/test.log"); valgrind clean; static: $(tail -1 "$out/test-static.log")")
 }
 
+# The generated Kotlin (JVM flavour) compiled on its own, for the test program and the AAR;
+# reused while the sources and kotlinc are unchanged.
+KOTLIN_BINDINGS_JAR=
+kotlin_bindings_jar() {
+    [ -n "$KOTLIN_BINDINGS_JAR" ] && return 0
+    build
+    local out=$TARGET/bindings-kotlin key
+    local cp=/usr/share/java/jna.jar:$KOTLIN_HOME/lib/kotlinx-coroutines-core-jvm.jar
+    mkdir -p "$out"
+    key=$(cat "$BUILD/generated/dev/pinhole/pinhole.kt" "$TOOLS/kotlin/.version" | sha256sum | cut -c1-16)
+    if [ ! -f "$out/pinhole-$key.jar" ]; then
+        rm -f "$out"/pinhole-*.jar
+        "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp" -d "$out/pinhole-$key.jar" \
+            "$BUILD/generated/dev/pinhole/pinhole.kt"
+    fi
+    KOTLIN_BINDINGS_JAR=$out/pinhole-$key.jar
+}
+
 part_kotlin() {
     step "Kotlin on the JVM"
     setup kotlin || return 0
@@ -254,17 +288,17 @@ part_kotlin() {
     local lib=$KOTLIN_HOME/lib jna=/usr/share/java/jna.jar
     local cp=$jna:$lib/kotlinx-coroutines-core-jvm.jar
     local out=$TARGET/bindings-kotlin
-    mkdir -p "$out"
+    kotlin_bindings_jar
     # kotlinc takes minutes here: reuse the jar while its inputs are unchanged.
     local key
-    key=$(cat bindings/kotlin/Test.kt "$BUILD/generated/dev/pinhole/pinhole.kt" "$TOOLS/kotlin/.version" |
-        sha256sum | cut -c1-16)
+    key=$(cat bindings/kotlin/Test.kt "$KOTLIN_BINDINGS_JAR" | sha256sum | cut -c1-16)
     if [ ! -f "$out/test-$key.jar" ]; then
         rm -f "$out"/test-*.jar
-        "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp" -d "$out/test-$key.jar" \
-            bindings/kotlin/Test.kt "$BUILD/generated/dev/pinhole/pinhole.kt"
+        "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp:$KOTLIN_BINDINGS_JAR" -d "$out/test-$key.jar" \
+            bindings/kotlin/Test.kt
     fi
-    java -Djna.library.path="$TARGET/debug" -cp "$out/test-$key.jar:$cp:$lib/kotlin-stdlib.jar" \
+    java -Djna.library.path="$TARGET/debug" \
+        -cp "$out/test-$key.jar:$KOTLIN_BINDINGS_JAR:$cp:$lib/kotlin-stdlib.jar" \
         dev.pinhole.TestKt "$STUN_URI" "$SILENT_URI" "$TURN_URI" "$TURN_USER" "$TURN_PASSWORD" \
         "$TURN_SECRET" | tee "$out/test.log"
     results+=("kotlin: $(tail -1 "$out/test.log")")
@@ -379,10 +413,95 @@ part_size() {
     results+=("size: stripped release cdylib $bytes bytes (budget 2,000,000)")
 }
 
-[ $# -gt 0 ] || set -- header c kotlin swift mobile size
+# The ELF hygiene of every shared library built here (bindings/check-elf.sh: LOAD segments
+# aligned to 16 KB, a SONAME), after the checker itself is shown to reject a library
+# aligned to 4 KB and one without a SONAME. The libraries: the debug cdylib of the tests
+# and the release cdylib of the size part (built there; built here only when run alone).
+# No Android .so can be linked here (no NDK): android/build-native.sh runs the same check
+# on its output.
+part_elf() {
+    step "ELF: 16 KB LOAD alignment and SONAME (bindings/check-elf.sh)"
+    setup elf || return 0
+    local out=$TARGET/bindings-elf
+    mkdir -p "$out"
+    echo 'int pinhole_elf_probe(void) { return 1; }' >"$out/probe.c"
+    gcc -shared -fPIC -Wl,-z,max-page-size=4096 -Wl,-z,common-page-size=4096 \
+        -Wl,-soname,libprobe4k.so.0 "$out/probe.c" -o "$out/libprobe4k.so"
+    gcc -shared -fPIC -Wl,-z,max-page-size=16384 "$out/probe.c" -o "$out/libprobenosoname.so"
+    gcc -shared -fPIC -Wl,-z,max-page-size=16384 -Wl,-soname,libprobe.so.0 \
+        "$out/probe.c" -o "$out/libprobe.so"
+    local bad
+    for bad in libprobe4k.so libprobenosoname.so; do
+        if bindings/check-elf.sh "$out/$bad" 2>"$out/$bad.log"; then
+            echo "bindings: check-elf.sh accepted $bad" >&2
+            exit 1
+        fi
+        sed 's/^/rejected as it should: /' "$out/$bad.log"
+    done
+    bindings/check-elf.sh "$out/libprobe.so" >/dev/null
+    # Both no-ops after the size part and build (in the default order).
+    cargo build --quiet --release -p pinhole-ffi
+    build
+    local libs
+    mapfile -t libs < <(find "$TARGET/debug" "$TARGET/release" -maxdepth 1 -type f -name '*.so' | sort)
+    bindings/check-elf.sh "${libs[@]}"
+    results+=("elf: ${#libs[@]} libraries aligned to 16 KB with a SONAME; 4 KB and SONAME-less probes rejected")
+}
+
+# The AAR as android/assemble-aar.sh lays it out (AGP's layout) from the compiled Kotlin
+# bindings (the JVM flavour: the Android flavour needs android.jar, which no reachable
+# registry has), the manifest, the R8 rules and the Android libraries built here (none: no
+# NDK), checked by android/check-aar.sh; which is first shown to reject an AAR without
+# proguard.txt, one asking for an extra permission, and one whose jni/x86 library is for
+# another machine (gcc-built stand-ins, not pinhole).
+part_android() {
+    step "Android: AAR layout (android/assemble-aar.sh, android/check-aar.sh)"
+    setup android || return 0
+    kotlin_bindings_jar
+    local out=$TARGET/bindings-android
+    rm -rf "$out"
+    mkdir -p "$out/jni/x86"
+    android/assemble-aar.sh --classes "$KOTLIN_BINDINGS_JAR" --out "$out/pinhole-release.aar"
+    android/check-aar.sh "$out/pinhole-release.aar"
+    # The checker rejects what it must.
+    local bad=$out/bad
+    mkdir -p "$bad"
+    (cd "$bad" && unzip -q ../pinhole-release.aar && zip -qd ../pinhole-release.aar proguard.txt \
+        -O ../no-rules.aar >/dev/null)
+    sed -i 's|</manifest>|<uses-permission android:name="android.permission.ACCESS_FINE_LOCATION" />\n</manifest>|' \
+        "$bad/AndroidManifest.xml"
+    (cd "$bad" && zip -qr ../extra-permission.aar .)
+    echo 'int probe(void) { return 0; }' >"$out/probe.c"
+    gcc -shared -fPIC -Wl,-z,max-page-size=16384 -Wl,-soname,libpinhole_ffi.so \
+        "$out/probe.c" -o "$out/jni/x86/libpinhole_ffi.so"
+    android/assemble-aar.sh --classes "$KOTLIN_BINDINGS_JAR" --jnilibs "$out/jni" \
+        --out "$out/wrong-machine.aar" >/dev/null
+    local aar
+    for aar in no-rules extra-permission wrong-machine; do
+        if android/check-aar.sh "$out/$aar.aar" 2>"$out/$aar.log"; then
+            echo "bindings: android/check-aar.sh accepted $aar.aar" >&2
+            exit 1
+        fi
+        sed 's/^/rejected as it should: /' "$out/$aar.log"
+    done
+    results+=("android: AAR layout checked ($(unzip -Z1 "$out/pinhole-release.aar" | grep -c .) entries; no Android .so: no NDK here); bad AARs rejected")
+}
+
+# Every script of the packages and the bindings, linted by shellcheck.
+part_shellcheck() {
+    step "shellcheck"
+    setup shellcheck || return 0
+    local scripts
+    mapfile -t scripts < <(find bindings android ios -maxdepth 2 -name '*.sh' -type f 2>/dev/null | sort)
+    shellcheck "${scripts[@]}"
+    echo "shellcheck: ${#scripts[@]} scripts clean"
+    results+=("shellcheck: ${#scripts[@]} scripts clean")
+}
+
+[ $# -gt 0 ] || set -- header shellcheck c kotlin swift mobile size elf android
 for part in "$@"; do
     case $part in
-    header | c | kotlin | swift | mobile | size) "part_$part" ;;
+    header | c | kotlin | swift | mobile | size | elf | android | shellcheck) "part_$part" ;;
     *) echo "bindings/test.sh: unknown part $part" >&2; exit 2 ;;
     esac
 done
