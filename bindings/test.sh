@@ -15,6 +15,8 @@
 #   elf      every .so built here: LOAD segments aligned to 16 KB, a SONAME
 #            (bindings/check-elf.sh, first shown to reject a 4 KB-aligned library)
 #   android  the AAR laid out by android/assemble-aar.sh, checked by android/check-aar.sh
+#   ios      ios/build-xcframework.sh --dry-run's XCFramework tree checked; ios/Package.swift
+#            evaluated by SwiftPM (chroot) with a local XCFramework and with the release URL
 #
 # Usage: bindings/test.sh [part...]   (default: all, in that order)
 #
@@ -498,10 +500,91 @@ part_shellcheck() {
     results+=("shellcheck: ${#scripts[@]} scripts clean")
 }
 
-[ $# -gt 0 ] || set -- header shellcheck c kotlin swift mobile size elf android
+# The XCFramework as ios/build-xcframework.sh --dry-run lays it out from the iOS static
+# library of the mobile part (debug, aarch64-apple-ios: the one Apple library that builds
+# here; the simulator and macOS slices need Xcode's lipo and SDKs, and are left out), checked
+# (Info.plist, each slice's Mach-O archive, headers and module map); and ios/Package.swift
+# evaluated by SwiftPM in the chroot, with the local XCFramework beside it (a path binary
+# target) and without (the release URL and checksum).
+part_ios() {
+    step "iOS: XCFramework dry run, Package.swift"
+    local out=$TARGET/bindings-ios a=$TARGET/mobile/aarch64-apple-ios/debug/libpinhole_ffi.a
+    build
+    if [ ! -s "$a" ]; then
+        part_mobile
+    fi
+    rm -rf "$out"
+    mkdir -p "$out/pkg"
+    CARGO_TARGET_DIR=$TARGET/mobile PINHOLE_XCF_PROFILE=debug ios/build-xcframework.sh --dry-run \
+        --generated "$BUILD/generated" --out "$out/pkg" --release 0.0.0 >"$out/dry-run.log"
+    grep -v '^+ ' "$out/dry-run.log"
+    python3 - "$out/pkg/Pinhole.xcframework" <<'PY'
+import os, plistlib, sys
+xcf = sys.argv[1]
+with open(os.path.join(xcf, "Info.plist"), "rb") as f:
+    info = plistlib.load(f)
+assert info["CFBundlePackageType"] == "XFWK", info
+libs = {l["LibraryIdentifier"]: l for l in info["AvailableLibraries"]}
+assert "ios-arm64" in libs, libs
+for ident, l in libs.items():
+    d = os.path.join(xcf, ident)
+    with open(os.path.join(d, l["LibraryPath"]), "rb") as f:
+        data = f.read()
+    assert data.startswith(b"!<arch>\n"), ident + ": not an ar archive"
+    # Members: 60-byte headers; the objects of arm64 Apple targets are Mach-O 64 (cffaedfe).
+    pos, macho = 8, 0
+    while pos + 60 <= len(data):
+        hdr = data[pos:pos + 60]
+        size = int(hdr[48:58].decode().strip())
+        name = hdr[:16].decode(errors="replace").strip()
+        body = pos + 60
+        if name.startswith("#1/"):  # BSD long name stored before the body
+            n = int(name[3:])
+            body += n
+        if data[body:body + 4] == b"\xcf\xfa\xed\xfe":
+            macho += 1
+        pos += 60 + size + (size & 1)
+    assert macho > 0, ident + ": no Mach-O 64 object"
+    h = os.path.join(d, l["HeadersPath"])
+    mm = open(os.path.join(h, "module.modulemap")).read()
+    assert "module PinholeFFI" in mm and 'header "PinholeFFI.h"' in mm, mm
+    assert os.path.getsize(os.path.join(h, "PinholeFFI.h")) > 0
+    print(f"xcframework: {ident}: {macho} Mach-O objects, Headers with module.modulemap")
+PY
+    setup swift || return 0
+    cp ios/Package.swift "$out/pkg/"
+    mkdir -p "$CHROOT/pinhole/ios" "$CHROOT/proc"
+    mount --bind /proc "$CHROOT/proc"
+    mounted+=("$CHROOT/proc")
+    mount --bind "$out/pkg" "$CHROOT/pinhole/ios"
+    mounted+=("$CHROOT/pinhole/ios")
+    local dump=(chroot "$CHROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root
+        swift package --manifest-cache none --package-path /pinhole/ios dump-package)
+    "${dump[@]}" >"$out/local.json"
+    mv "$out/pkg/Pinhole.xcframework" "$out/Pinhole.xcframework"
+    "${dump[@]}" >"$out/release.json"
+    cleanup_mounts
+    python3 - "$out/local.json" "$out/release.json" <<'PY'
+import json, sys
+def ffi(path):
+    d = json.load(open(path))
+    [t] = [t for t in d["targets"] if t["name"] == "PinholeFFI"]
+    assert t["type"] == "binary", t
+    assert {p["platformName"] for p in d["platforms"]} == {"ios", "macos"}, d["platforms"]
+    return t
+local, release = ffi(sys.argv[1]), ffi(sys.argv[2])
+assert local.get("path") == "Pinhole.xcframework" and not local.get("url"), local
+assert release.get("url", "").endswith("/Pinhole.xcframework.zip") and len(release["checksum"]) == 64, release
+print("Package.swift: a local binary target with Pinhole.xcframework present, the release URL otherwise")
+PY
+    rm -rf "$out/Pinhole.xcframework" # a copy of the 30 MB debug library
+    results+=("ios: XCFramework dry run checked (ios-arm64 slice; simulator and macOS need Xcode); Package.swift evaluated both ways")
+}
+
+[ $# -gt 0 ] || set -- header shellcheck c kotlin swift mobile size elf android ios
 for part in "$@"; do
     case $part in
-    header | c | kotlin | swift | mobile | size | elf | android | shellcheck) "part_$part" ;;
+    header | c | kotlin | swift | mobile | size | elf | android | ios | shellcheck) "part_$part" ;;
     *) echo "bindings/test.sh: unknown part $part" >&2; exit 2 ;;
     esac
 done
