@@ -447,6 +447,20 @@ part_elf() {
     local libs
     mapfile -t libs < <(find "$TARGET/debug" "$TARGET/release" -maxdepth 1 -type f -name '*.so' | sort)
     bindings/check-elf.sh "${libs[@]}"
+    # The SONAME carries the ABI version stated in pinhole.h: the major version, or
+    # 0.minor before 1.0 (ffi/build.rs).
+    local version abi so soname
+    version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+    abi=${version%%.*}
+    [ "$abi" != 0 ] || abi=0.$(cut -d. -f2 <<<"$version")
+    for so in "$TARGET/debug/libpinhole_ffi.so" "$TARGET/release/libpinhole_ffi.so"; do
+        soname=$(readelf --dynamic --wide "$so" | sed -n 's/.*(SONAME).*\[\(.*\)\]$/\1/p')
+        if [ "$soname" != "libpinhole_ffi.so.$abi" ]; then
+            echo "bindings: $so: SONAME $soname, want libpinhole_ffi.so.$abi (version $version)" >&2
+            exit 1
+        fi
+    done
+    echo "SONAME libpinhole_ffi.so.$abi for version $version"
     results+=("elf: ${#libs[@]} libraries aligned to 16 KB with a SONAME; 4 KB and SONAME-less probes rejected")
 }
 
