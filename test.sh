@@ -12,7 +12,8 @@
 #     and pkg-config + libssl-dev for the TURN benchmark's openssl-sys dev-dependency
 #
 #   - the bindings' tools (bindings/setup.sh, called by bindings/test.sh; root): cbindgen,
-#     valgrind, JNA, kotlinc (npm), a Debian trixie chroot with Swift, the mobile targets;
+#     valgrind, JNA, kotlinc (npm), a Debian trixie chroot with Swift, the mobile targets,
+#     shellcheck, binutils and zip (the packages' checks);
 #     kotlinc and the chroot live outside the clone, under /opt/pinhole-tools
 #
 # With CI=true, a lab, interop or bindings test that cannot run fails instead of skipping.
@@ -51,7 +52,7 @@ cargo clippy -p pinhole-ffi --all-targets --features server -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace
 
-step "bindings: C header, C (valgrind), Kotlin, Swift, mobile targets (bindings/test.sh)"
+step "bindings: C header, C (valgrind), Kotlin, Swift, mobile targets, ELF, AAR, XCFramework (bindings/test.sh)"
 bindings/test.sh
 
 step "fuzz corpus replay"

@@ -2,14 +2,15 @@
 # Installs what the bindings tests need, idempotently: each step checks first and does
 # nothing when its tool is already there, so a second run takes about a second.
 #
-#   - Debian packages: debootstrap, libjna-java (JNA for the Kotlin test), valgrind, pkg-config
+#   - Debian packages: debootstrap, libjna-java (JNA for the Kotlin test), valgrind, pkg-config,
+#     binutils (readelf), zip/unzip and the shellcheck linter
 #   - cbindgen (cargo install --locked, pinned: the committed header depends on its version)
 #   - rustup targets for the mobile compile checks, and rust-src for build-std
 #   - kotlinc from the npm package kotlin-compiler (pinned), under $PINHOLE_TOOLS/kotlin
 #   - a Debian trixie chroot with swiftlang, under $PINHOLE_TOOLS/swift-trixie
 #
 # Everything lives outside the clone: PINHOLE_TOOLS defaults to /opt/pinhole-tools.
-# Usage: setup.sh [all|c|kotlin|swift|mobile]...   (default: all). Needs root for apt and
+# Usage: setup.sh [all|c|shellcheck|elf|android|kotlin|swift|mobile]...   (default: all). Needs root for apt and
 # the chroot.
 set -euo pipefail
 
@@ -42,6 +43,20 @@ setup_c() {
         say "cargo install cbindgen $CBINDGEN_VERSION"
         cargo install --locked --quiet --force cbindgen --version "$CBINDGEN_VERSION"
     fi
+}
+
+setup_shellcheck() {
+    apt_install shellcheck
+}
+
+# readelf and gcc for bindings/check-elf.sh and its probes; zip for the AAR.
+setup_elf() {
+    apt_install binutils gcc
+}
+
+setup_android() {
+    apt_install zip unzip binutils gcc
+    setup_kotlin
 }
 
 setup_kotlin() {
@@ -101,7 +116,10 @@ setup_mobile() {
 mkdir -p "$TOOLS"
 for what in "$@"; do
     case $what in
-    all) setup_c; setup_kotlin; setup_mobile; setup_swift ;;
+    all) setup_c; setup_shellcheck; setup_elf; setup_android; setup_kotlin; setup_mobile; setup_swift ;;
+    shellcheck) setup_shellcheck ;;
+    elf) setup_elf ;;
+    android) setup_android ;;
     c) setup_c ;;
     kotlin) setup_kotlin ;;
     swift) setup_swift ;;

@@ -11,6 +11,12 @@
 #            check -Zbuild-std; no crate that compiles C is allowed
 #
 #   size     the stripped release cdylib within the 2 MB budget
+#   the part named shellcheck: every script under bindings/, android/ and ios/ linted
+#   elf      every .so built here: LOAD segments aligned to 16 KB, a SONAME
+#            (bindings/check-elf.sh, first shown to reject a 4 KB-aligned library)
+#   android  the AAR laid out by android/assemble-aar.sh, checked by android/check-aar.sh
+#   ios      ios/build-xcframework.sh --dry-run's XCFramework tree checked; ios/Package.swift
+#            evaluated by SwiftPM (chroot) with a local XCFramework and with the release URL
 #
 # Usage: bindings/test.sh [part...]   (default: all, in that order)
 #
@@ -175,6 +181,16 @@ start_turn() {
     exit 1
 }
 
+# The library's SONAME (libpinhole_ffi.so.<ABI>, ffi/build.rs) is what programs linked
+# against it look for at run time: a symlink by that name beside the library, as an
+# installation's ldconfig would make.
+soname_link() {
+    local so=$1 soname
+    soname=$(readelf --dynamic --wide "$so" | sed -n 's/.*(SONAME).*\[\(.*\)\]$/\1/p')
+    [ -n "$soname" ] || { echo "bindings: $so has no SONAME" >&2; exit 1; }
+    [ "$soname" = "$(basename "$so")" ] || ln -sfn "$(basename "$so")" "$(dirname "$so")/$soname"
+}
+
 built=
 build() {
     [ -n "$built" ] && return 0
@@ -187,6 +203,7 @@ build() {
     cargo build --quiet -p pinhole-cli -p uniffi-bindgen
     bindings/generate.sh bindings
     bindings/generate.sh pc
+    soname_link "$TARGET/debug/libpinhole_ffi.so"
     built=1
 }
 
@@ -222,6 +239,7 @@ part_c() {
     gcc -std=c11 -Wall -Wextra -Werror -pedantic -O1 -g bindings/c/test.c -o "$out/test" \
         $(pkg-config --cflags --libs pinhole) -lpthread -Wl,-rpath,"$TARGET/debug"
     # The header also compiles as C++.
+    # shellcheck disable=SC2046
     echo '#include "pinhole.h"' | g++ -x c++ -fsyntax-only -Wall -Wextra -Werror \
         $(pkg-config --cflags pinhole) -
     valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect,possible \
@@ -245,6 +263,24 @@ part_c() {
     results+=("c: $(tail -1 "$out/test.log"); valgrind clean; static: $(tail -1 "$out/test-static.log")")
 }
 
+# The generated Kotlin (JVM flavour) compiled on its own, for the test program and the AAR;
+# reused while the sources and kotlinc are unchanged.
+KOTLIN_BINDINGS_JAR=
+kotlin_bindings_jar() {
+    [ -n "$KOTLIN_BINDINGS_JAR" ] && return 0
+    build
+    local out=$TARGET/bindings-kotlin key
+    local cp=/usr/share/java/jna.jar:$KOTLIN_HOME/lib/kotlinx-coroutines-core-jvm.jar
+    mkdir -p "$out"
+    key=$(cat "$BUILD/generated/dev/pinhole/pinhole.kt" "$TOOLS/kotlin/.version" | sha256sum | cut -c1-16)
+    if [ ! -f "$out/pinhole-$key.jar" ]; then
+        rm -f "$out"/pinhole-*.jar
+        "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp" -d "$out/pinhole-$key.jar" \
+            "$BUILD/generated/dev/pinhole/pinhole.kt"
+    fi
+    KOTLIN_BINDINGS_JAR=$out/pinhole-$key.jar
+}
+
 part_kotlin() {
     step "Kotlin on the JVM"
     setup kotlin || return 0
@@ -254,17 +290,17 @@ part_kotlin() {
     local lib=$KOTLIN_HOME/lib jna=/usr/share/java/jna.jar
     local cp=$jna:$lib/kotlinx-coroutines-core-jvm.jar
     local out=$TARGET/bindings-kotlin
-    mkdir -p "$out"
+    kotlin_bindings_jar
     # kotlinc takes minutes here: reuse the jar while its inputs are unchanged.
     local key
-    key=$(cat bindings/kotlin/Test.kt "$BUILD/generated/dev/pinhole/pinhole.kt" "$TOOLS/kotlin/.version" |
-        sha256sum | cut -c1-16)
+    key=$(cat bindings/kotlin/Test.kt "$KOTLIN_BINDINGS_JAR" | sha256sum | cut -c1-16)
     if [ ! -f "$out/test-$key.jar" ]; then
         rm -f "$out"/test-*.jar
-        "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp" -d "$out/test-$key.jar" \
-            bindings/kotlin/Test.kt "$BUILD/generated/dev/pinhole/pinhole.kt"
+        "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp:$KOTLIN_BINDINGS_JAR" -d "$out/test-$key.jar" \
+            bindings/kotlin/Test.kt
     fi
-    java -Djna.library.path="$TARGET/debug" -cp "$out/test-$key.jar:$cp:$lib/kotlin-stdlib.jar" \
+    java -Djna.library.path="$TARGET/debug" \
+        -cp "$out/test-$key.jar:$KOTLIN_BINDINGS_JAR:$cp:$lib/kotlin-stdlib.jar" \
         dev.pinhole.TestKt "$STUN_URI" "$SILENT_URI" "$TURN_URI" "$TURN_USER" "$TURN_PASSWORD" \
         "$TURN_SECRET" | tee "$out/test.log"
     results+=("kotlin: $(tail -1 "$out/test.log")")
@@ -379,10 +415,190 @@ part_size() {
     results+=("size: stripped release cdylib $bytes bytes (budget 2,000,000)")
 }
 
-[ $# -gt 0 ] || set -- header c kotlin swift mobile size
+# The ELF hygiene of every shared library built here (bindings/check-elf.sh: LOAD segments
+# aligned to 16 KB, a SONAME), after the checker itself is shown to reject a library
+# aligned to 4 KB and one without a SONAME. The libraries: the debug cdylib of the tests
+# and the release cdylib of the size part (built there; built here only when run alone).
+# No Android .so can be linked here (no NDK): android/build-native.sh runs the same check
+# on its output.
+part_elf() {
+    step "ELF: 16 KB LOAD alignment and SONAME (bindings/check-elf.sh)"
+    setup elf || return 0
+    local out=$TARGET/bindings-elf
+    mkdir -p "$out"
+    echo 'int pinhole_elf_probe(void) { return 1; }' >"$out/probe.c"
+    gcc -shared -fPIC -Wl,-z,max-page-size=4096 -Wl,-z,common-page-size=4096 \
+        -Wl,-soname,libprobe4k.so.0 "$out/probe.c" -o "$out/libprobe4k.so"
+    gcc -shared -fPIC -Wl,-z,max-page-size=16384 "$out/probe.c" -o "$out/libprobenosoname.so"
+    gcc -shared -fPIC -Wl,-z,max-page-size=16384 -Wl,-soname,libprobe.so.0 \
+        "$out/probe.c" -o "$out/libprobe.so"
+    local bad
+    for bad in libprobe4k.so libprobenosoname.so; do
+        if bindings/check-elf.sh "$out/$bad" 2>"$out/$bad.log"; then
+            echo "bindings: check-elf.sh accepted $bad" >&2
+            exit 1
+        fi
+        sed 's/^/rejected as it should: /' "$out/$bad.log"
+    done
+    bindings/check-elf.sh "$out/libprobe.so" >/dev/null
+    # Both no-ops after the size part and build (in the default order).
+    cargo build --quiet --release -p pinhole-ffi
+    build
+    local libs
+    mapfile -t libs < <(find "$TARGET/debug" "$TARGET/release" -maxdepth 1 -type f -name '*.so' | sort)
+    bindings/check-elf.sh "${libs[@]}"
+    # The SONAME carries the ABI version stated in pinhole.h: the major version, or
+    # 0.minor before 1.0 (ffi/build.rs).
+    local version abi so soname
+    version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+    abi=${version%%.*}
+    [ "$abi" != 0 ] || abi=0.$(cut -d. -f2 <<<"$version")
+    for so in "$TARGET/debug/libpinhole_ffi.so" "$TARGET/release/libpinhole_ffi.so"; do
+        soname=$(readelf --dynamic --wide "$so" | sed -n 's/.*(SONAME).*\[\(.*\)\]$/\1/p')
+        if [ "$soname" != "libpinhole_ffi.so.$abi" ]; then
+            echo "bindings: $so: SONAME $soname, want libpinhole_ffi.so.$abi (version $version)" >&2
+            exit 1
+        fi
+    done
+    echo "SONAME libpinhole_ffi.so.$abi for version $version"
+    results+=("elf: ${#libs[@]} libraries aligned to 16 KB with a SONAME; 4 KB and SONAME-less probes rejected")
+}
+
+# The AAR as android/assemble-aar.sh lays it out (AGP's layout) from the compiled Kotlin
+# bindings (the JVM flavour: the Android flavour needs android.jar, which no reachable
+# registry has), the manifest, the R8 rules and the Android libraries built here (none: no
+# NDK), checked by android/check-aar.sh; which is first shown to reject an AAR without
+# proguard.txt, one asking for an extra permission, and one whose jni/x86 library is for
+# another machine (gcc-built stand-ins, not pinhole).
+part_android() {
+    step "Android: AAR layout (android/assemble-aar.sh, android/check-aar.sh)"
+    setup android || return 0
+    kotlin_bindings_jar
+    local out=$TARGET/bindings-android
+    rm -rf "$out"
+    mkdir -p "$out/jni/x86"
+    android/assemble-aar.sh --classes "$KOTLIN_BINDINGS_JAR" --out "$out/pinhole-release.aar"
+    android/check-aar.sh "$out/pinhole-release.aar"
+    # The checker rejects what it must.
+    local bad=$out/bad
+    mkdir -p "$bad"
+    (cd "$bad" && unzip -q ../pinhole-release.aar && zip -qd ../pinhole-release.aar proguard.txt \
+        -O ../no-rules.aar >/dev/null)
+    sed -i 's|</manifest>|<uses-permission android:name="android.permission.ACCESS_FINE_LOCATION" />\n</manifest>|' \
+        "$bad/AndroidManifest.xml"
+    (cd "$bad" && zip -qr ../extra-permission.aar .)
+    echo 'int probe(void) { return 0; }' >"$out/probe.c"
+    gcc -shared -fPIC -Wl,-z,max-page-size=16384 -Wl,-soname,libpinhole_ffi.so \
+        "$out/probe.c" -o "$out/jni/x86/libpinhole_ffi.so"
+    android/assemble-aar.sh --classes "$KOTLIN_BINDINGS_JAR" --jnilibs "$out/jni" \
+        --out "$out/wrong-machine.aar" >/dev/null
+    local aar
+    for aar in no-rules extra-permission wrong-machine; do
+        if android/check-aar.sh "$out/$aar.aar" 2>"$out/$aar.log"; then
+            echo "bindings: android/check-aar.sh accepted $aar.aar" >&2
+            exit 1
+        fi
+        sed 's/^/rejected as it should: /' "$out/$aar.log"
+    done
+    results+=("android: AAR layout checked ($(unzip -Z1 "$out/pinhole-release.aar" | grep -c .) entries; no Android .so: no NDK here); bad AARs rejected")
+}
+
+# Every script of the packages and the bindings, linted by shellcheck.
+part_shellcheck() {
+    step "shellcheck"
+    setup shellcheck || return 0
+    local scripts
+    mapfile -t scripts < <(find bindings android ios -maxdepth 2 -name '*.sh' -type f 2>/dev/null | sort)
+    shellcheck "${scripts[@]}"
+    echo "shellcheck: ${#scripts[@]} scripts clean"
+    results+=("shellcheck: ${#scripts[@]} scripts clean")
+}
+
+# The XCFramework as ios/build-xcframework.sh --dry-run lays it out from the iOS static
+# library of the mobile part (debug, aarch64-apple-ios: the one Apple library that builds
+# here; the simulator and macOS slices need Xcode's lipo and SDKs, and are left out), checked
+# (Info.plist, each slice's Mach-O archive, headers and module map); and ios/Package.swift
+# evaluated by SwiftPM in the chroot, with the local XCFramework beside it (a path binary
+# target) and without (the release URL and checksum).
+part_ios() {
+    step "iOS: XCFramework dry run, Package.swift"
+    local out=$TARGET/bindings-ios a=$TARGET/mobile/aarch64-apple-ios/debug/libpinhole_ffi.a
+    build
+    if [ ! -s "$a" ]; then
+        part_mobile
+    fi
+    rm -rf "$out"
+    mkdir -p "$out/pkg"
+    CARGO_TARGET_DIR=$TARGET/mobile PINHOLE_XCF_PROFILE=debug ios/build-xcframework.sh --dry-run \
+        --generated "$BUILD/generated" --out "$out/pkg" --release 0.0.0 >"$out/dry-run.log"
+    grep -v '^+ ' "$out/dry-run.log"
+    python3 - "$out/pkg/Pinhole.xcframework" <<'PY'
+import os, plistlib, sys
+xcf = sys.argv[1]
+with open(os.path.join(xcf, "Info.plist"), "rb") as f:
+    info = plistlib.load(f)
+assert info["CFBundlePackageType"] == "XFWK", info
+libs = {l["LibraryIdentifier"]: l for l in info["AvailableLibraries"]}
+assert "ios-arm64" in libs, libs
+for ident, l in libs.items():
+    d = os.path.join(xcf, ident)
+    with open(os.path.join(d, l["LibraryPath"]), "rb") as f:
+        data = f.read()
+    assert data.startswith(b"!<arch>\n"), ident + ": not an ar archive"
+    # Members: 60-byte headers; the objects of arm64 Apple targets are Mach-O 64 (cffaedfe).
+    pos, macho = 8, 0
+    while pos + 60 <= len(data):
+        hdr = data[pos:pos + 60]
+        size = int(hdr[48:58].decode().strip())
+        name = hdr[:16].decode(errors="replace").strip()
+        body = pos + 60
+        if name.startswith("#1/"):  # BSD long name stored before the body
+            n = int(name[3:])
+            body += n
+        if data[body:body + 4] == b"\xcf\xfa\xed\xfe":
+            macho += 1
+        pos += 60 + size + (size & 1)
+    assert macho > 0, ident + ": no Mach-O 64 object"
+    h = os.path.join(d, l["HeadersPath"])
+    mm = open(os.path.join(h, "module.modulemap")).read()
+    assert "module PinholeFFI" in mm and 'header "PinholeFFI.h"' in mm, mm
+    assert os.path.getsize(os.path.join(h, "PinholeFFI.h")) > 0
+    print(f"xcframework: {ident}: {macho} Mach-O objects, Headers with module.modulemap")
+PY
+    setup swift || return 0
+    cp ios/Package.swift "$out/pkg/"
+    mkdir -p "$CHROOT/pinhole/ios" "$CHROOT/proc"
+    mount --bind /proc "$CHROOT/proc"
+    mounted+=("$CHROOT/proc")
+    mount --bind "$out/pkg" "$CHROOT/pinhole/ios"
+    mounted+=("$CHROOT/pinhole/ios")
+    local dump=(chroot "$CHROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root
+        swift package --manifest-cache none --package-path /pinhole/ios dump-package)
+    "${dump[@]}" >"$out/local.json"
+    mv "$out/pkg/Pinhole.xcframework" "$out/Pinhole.xcframework"
+    "${dump[@]}" >"$out/release.json"
+    cleanup_mounts
+    python3 - "$out/local.json" "$out/release.json" <<'PY'
+import json, sys
+def ffi(path):
+    d = json.load(open(path))
+    [t] = [t for t in d["targets"] if t["name"] == "PinholeFFI"]
+    assert t["type"] == "binary", t
+    assert {p["platformName"] for p in d["platforms"]} == {"ios", "macos"}, d["platforms"]
+    return t
+local, release = ffi(sys.argv[1]), ffi(sys.argv[2])
+assert local.get("path") == "Pinhole.xcframework" and not local.get("url"), local
+assert release.get("url", "").endswith("/Pinhole.xcframework.zip") and len(release["checksum"]) == 64, release
+print("Package.swift: a local binary target with Pinhole.xcframework present, the release URL otherwise")
+PY
+    rm -rf "$out/Pinhole.xcframework" # a copy of the 30 MB debug library
+    results+=("ios: XCFramework dry run checked (ios-arm64 slice; simulator and macOS need Xcode); Package.swift evaluated both ways")
+}
+
+[ $# -gt 0 ] || set -- header shellcheck c kotlin swift mobile size elf android ios
 for part in "$@"; do
     case $part in
-    header | c | kotlin | swift | mobile | size) "part_$part" ;;
+    header | c | kotlin | swift | mobile | size | elf | android | ios | shellcheck) "part_$part" ;;
     *) echo "bindings/test.sh: unknown part $part" >&2; exit 2 ;;
     esac
 done

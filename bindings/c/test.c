@@ -585,6 +585,103 @@ static void test_misc(void) {
     CHECK(strcmp(pinhole_strerror(-1000), "unknown error") == 0);
 }
 
+/* The header's version macros, checked at compile time and against the library. */
+_Static_assert(PINHOLE_VERSION_NUMBER == ((PINHOLE_VERSION_MAJOR << 16) |
+                                          (PINHOLE_VERSION_MINOR << 8) | PINHOLE_VERSION_PATCH),
+               "PINHOLE_VERSION_NUMBER is (major << 16) | (minor << 8) | patch");
+#if !defined(PINHOLE_VERSION_NUMBER) || PINHOLE_VERSION_NUMBER < 0x000100
+#error "PINHOLE_VERSION_NUMBER is not usable in #if"
+#endif
+
+static void ignore_turn(pinhole_turn *turn, const pinhole_turn_event *ev, void *user_ptr);
+
+static void *last_error_on_another_thread(void *arg) {
+    int *ok = arg;
+    /* The main thread's failure does not show here. */
+    ok[0] = strcmp(pinhole_last_error(), "") == 0;
+    pinhole_server *srv = NULL;
+    ok[1] = pinhole_server_start("localhost", NULL, &srv) == PINHOLE_ERR_INVALID &&
+            strstr(pinhole_last_error(), "invalid argument") != NULL && srv == NULL;
+    return NULL;
+}
+
+static void test_version_and_last_error(void) {
+    printf("version number %06x, last error\n", (unsigned)pinhole_version_number());
+    CHECK(pinhole_version_number() == PINHOLE_VERSION_NUMBER);
+    char v[32];
+    snprintf(v, sizeof v, "%d.%d.%d", PINHOLE_VERSION_MAJOR, PINHOLE_VERSION_MINOR,
+             PINHOLE_VERSION_PATCH);
+    CHECK(strcmp(pinhole_version(), v) == 0);
+
+    /* Nothing failed on this thread yet. */
+    CHECK(strcmp(pinhole_last_error(), "") == 0);
+
+    /* Every *_start that fails says why. */
+    pinhole_netcheck *nc = NULL;
+    pinhole_netcheck_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.cb_done = ignore_done;
+    const char *bad[] = {"http://example.org"};
+    cfg.stun_servers = bad;
+    cfg.stun_server_count = 1;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_INVALID);
+    printf("  netcheck: %s\n", pinhole_last_error());
+    CHECK(strncmp(pinhole_last_error(), "invalid argument: ", 18) == 0);
+    const char *tls[] = {"stuns:127.0.0.1:5349"};
+    cfg.stun_servers = tls;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_UNSUPPORTED);
+    printf("  netcheck: %s\n", pinhole_last_error());
+    CHECK(strncmp(pinhole_last_error(), "unsupported: ", 13) == 0);
+    CHECK(nc == NULL);
+
+    pinhole_portmap *pm = NULL;
+    pinhole_portmap_config pcfg;
+    memset(&pcfg, 0, sizeof pcfg);
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    printf("  portmap: %s\n", pinhole_last_error());
+    CHECK(strstr(pinhole_last_error(), "cb_event") != NULL);
+    CHECK(pm == NULL);
+
+    pinhole_turn *turn = NULL;
+    pinhole_turn_config tcfg;
+    memset(&tcfg, 0, sizeof tcfg);
+    tcfg.cb_event = ignore_turn;
+    tcfg.uri = "turn:127.0.0.1:3478";
+    tcfg.username = "user";
+    tcfg.password = "pw";
+    tcfg.secret = "s";
+    CHECK_RC(pinhole_turn_allocate(&tcfg, &turn), PINHOLE_ERR_INVALID);
+    printf("  turn: %s\n", pinhole_last_error());
+    CHECK(strncmp(pinhole_last_error(), "invalid argument: ", 18) == 0);
+    CHECK(turn == NULL);
+
+    pinhole_server *srv = NULL;
+    CHECK_RC(pinhole_server_start("localhost", NULL, &srv), PINHOLE_ERR_INVALID);
+    printf("  server: %s\n", pinhole_last_error());
+    CHECK(strncmp(pinhole_last_error(), "invalid argument: ", 18) == 0);
+    CHECK(srv == NULL);
+
+    /* A buffer too small is a failure too, with the code's description. */
+    CHECK_RC(pinhole_server_start("127.0.0.1:0", NULL, &srv), PINHOLE_OK);
+    CHECK(strcmp(pinhole_last_error(), "") == 0); /* a success clears it */
+    char tiny[4];
+    CHECK_RC(pinhole_server_get_address(srv, 0, tiny, sizeof tiny), PINHOLE_ERR_TOO_SMALL);
+    CHECK(strcmp(pinhole_last_error(), "buffer too small") == 0);
+
+    /* Per thread: another thread starts clean and its failure stays there. */
+    CHECK_RC(pinhole_server_start("localhost", NULL, NULL), PINHOLE_ERR_INVALID);
+    char mine[256];
+    snprintf(mine, sizeof mine, "%s", pinhole_last_error());
+    int ok[2] = {0};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, last_error_on_another_thread, ok) == 0);
+    pthread_join(t, NULL);
+    CHECK(ok[0] == 1);
+    CHECK(ok[1] == 1);
+    CHECK(strcmp(pinhole_last_error(), mine) == 0);
+    pinhole_server_destroy(srv);
+}
+
 /* The embedded server: addresses into caller buffers, then a netcheck against it. */
 static void test_server(void) {
     printf("embedded servers\n");
@@ -1027,6 +1124,7 @@ int main(int argc, char **argv) {
     turn_password = argv[5];
     turn_secret = argv[6];
     CHECK_RC(pinhole_set_log_handler(on_log, PINHOLE_LOG_DEBUG, NULL), PINHOLE_OK);
+    test_version_and_last_error();
     test_misc();
     test_arguments();
     test_netcheck("pinhole serve", argv[1], "127.0.0.9");

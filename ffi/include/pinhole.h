@@ -6,6 +6,8 @@
  * return PINHOLE_OK (0), a non-negative length, or a negative PINHOLE_ERR_* code
  * (pinhole_strerror names it); a NULL where a pointer is required gives
  * PINHOLE_ERR_INVALID; every entry point catches Rust panics (PINHOLE_ERR_INTERNAL).
+ * pinhole_last_error() says why the calling thread's last call failed (a thread-local
+ * message, so that no existing signature changes and threads never see each other's).
  *
  * Strings: asked-for strings are written into caller buffers (PINHOLE_ADDRESS_MAX bytes
  * always hold an address); strings and structs handed to callbacks live until the
@@ -18,6 +20,19 @@
  * thread waits until a running callback returns, and no callback runs after it returns.
  * The log callback may run on any thread, several at once, and must not call back into
  * pinhole.
+ *
+ * Versions and ABI: PINHOLE_VERSION_MAJOR/MINOR/PATCH and PINHOLE_VERSION_NUMBER
+ * ((major << 16) | (minor << 8) | patch) are this header's version; pinhole_version_number()
+ * is the library's at run time. The ABI version is the major version, or 0.minor before
+ * 1.0; it is in the shared library's SONAME (libpinhole_ffi.so.0.1 for 0.1.x on Linux;
+ * libpinhole_ffi.so on Android, whose packages carry no versioned names). Within one ABI
+ * version: functions, result codes, enumeration values and log levels are only added
+ * (handle an unknown code or value: it may appear); no signature changes; a config struct
+ * (read by the library from the caller's memory) never changes (a new field means a new ABI
+ * version, or a new function taking a new struct); a struct the library hands to a callback
+ * (report, event) may grow at its end, so read its fields, never copy it by sizeof or
+ * allocate one. A program checks at start-up that pinhole_version_number() has the ABI
+ * version of the PINHOLE_VERSION_NUMBER it was built with.
  *
  * Link: pkg-config --cflags --libs pinhole (libpinhole_ffi); for the static library,
  * libpinhole_ffi.a and pkg-config --static --libs-only-l's system libraries.
@@ -80,6 +95,20 @@
 // The most bytes one `pinhole_turn_send` carries (what fits a UDP datagram to the
 // server with the TURN headers).
 #define PINHOLE_TURN_DATA_MAX 65400
+
+// The major version of the header (Cargo's version of pinhole-ffi).
+#define PINHOLE_VERSION_MAJOR 0
+
+// The minor version of the header.
+#define PINHOLE_VERSION_MINOR 1
+
+// The patch version of the header.
+#define PINHOLE_VERSION_PATCH 0
+
+// The header's version as one number, `(major << 16) | (minor << 8) | patch`
+// (0x000100 for 0.1.0), for `#if PINHOLE_VERSION_NUMBER >= ...`; compare it with
+// `pinhole_version_number()`, the library's at run time.
+#define PINHOLE_VERSION_NUMBER (((PINHOLE_VERSION_MAJOR << 16) | (PINHOLE_VERSION_MINOR << 8)) | PINHOLE_VERSION_PATCH)
 
 // A running netcheck (opaque).
 typedef struct pinhole_netcheck pinhole_netcheck;
@@ -738,6 +767,19 @@ int pinhole_turn_deallocate(struct pinhole_turn *turn);
 // # Safety
 // `turn` is NULL or a live handle, not used afterwards.
 void pinhole_turn_destroy(struct pinhole_turn *turn);
+
+// The library's version number at run time, in `PINHOLE_VERSION_NUMBER`'s format.
+// A program built against one header and run with another library checks that the
+// ABI matches: the same major version (before 1.0, the same major and minor).
+uint32_t pinhole_version_number(void);
+
+// Why the last call of this thread into pinhole that returned a negative `PINHOLE_ERR_*`
+// code failed, in English (for logs and people, not for matching: the codes are the
+// API), e.g. `invalid argument: stun_servers[0]: not a STUN URI`. An empty string when
+// that call succeeded or no call was made on this thread. Per thread: a failure on one
+// thread never shows on another. The string stays valid until the calling thread's next
+// call into pinhole (this function excepted); never free it.
+const char *pinhole_last_error(void);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -30,6 +30,7 @@ mod portmap;
 #[cfg(feature = "server")]
 mod server;
 mod turn;
+mod version;
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::AssertUnwindSafe;
@@ -41,17 +42,42 @@ pub use portmap::*;
 #[cfg(feature = "server")]
 pub use server::*;
 pub use turn::*;
+pub use version::*;
 
 use crate::error::PinholeError;
 use crate::log::{LogLevel, Sink};
 
-/// Runs an entry point's body, turning a panic into `PINHOLE_ERR_INTERNAL`.
+/// Runs an entry point's body, turning a panic into `PINHOLE_ERR_INTERNAL`, and records
+/// the outcome for `pinhole_last_error`: the error's message on failure, nothing on
+/// success.
 pub(crate) fn guard(body: impl FnOnce() -> Result<c_int, PinholeError>) -> c_int {
     match std::panic::catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(n)) => n,
-        Ok(Err(e)) => e.code(),
-        Err(_) => PINHOLE_ERR_INTERNAL,
+        Ok(Ok(n)) if n < 0 => {
+            set_last_error(Some(&strerror_str(n)));
+            n
+        }
+        Ok(Ok(n)) => {
+            set_last_error(None);
+            n
+        }
+        Ok(Err(e)) => {
+            set_last_error(Some(&e.to_string()));
+            e.code()
+        }
+        Err(_) => {
+            set_last_error(Some(
+                "internal error: a panic was caught (a bug in pinhole)",
+            ));
+            PINHOLE_ERR_INTERNAL
+        }
     }
+}
+
+fn strerror_str(code: c_int) -> String {
+    // SAFETY: pinhole_strerror returns a static NUL-terminated string.
+    unsafe { CStr::from_ptr(pinhole_strerror(code)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A pointer that may be sent to another thread: the C caller promises (by the
