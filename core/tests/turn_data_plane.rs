@@ -33,6 +33,11 @@ struct DevServer {
 
 impl DevServer {
     fn start() -> Self {
+        Self::with_lifetime(None)
+    }
+
+    /// With this allocation lifetime as the default and shortest granted.
+    fn with_lifetime(lifetime: Option<Duration>) -> Self {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -49,6 +54,9 @@ impl DevServer {
                     .insert(USER.to_owned(), PASS.to_owned());
                 // The peers are on loopback, which the server refuses by default.
                 config.peers = pinhole::turn::PeerPolicy::with_loopback();
+                if let Some(l) = lifetime {
+                    config.default_lifetime = l;
+                }
                 let handle = pinhole::driver::serve_turn(config).await.unwrap();
                 addr_tx.send(handle.local_addrs()[0]).unwrap();
                 // Serve until told to stop (bounded: a test lasts less than this).
@@ -458,5 +466,119 @@ fn a_redirect_loop_over_udp_fails_at_once() {
             TurnEvent::Allocation(AllocationEvent::Lost(TurnError::TooManyRedirects))
         );
         assert_eq!(h.current_server(), first.addr);
+    });
+}
+
+#[test]
+fn the_machine_goes_to_the_data_plane_and_back() {
+    // One owner at a time: a data plane takes the allocation's machine from the task and
+    // runs it (commands, refreshes, channel binding, deallocation) while it exists;
+    // dropped, it hands the machine back and the task runs it again; and again.
+    let lifetime = Duration::from_secs(2); // refreshed every second
+    let server = DevServer::with_lifetime(Some(lifetime));
+    let a = Echo::start();
+    let b = Echo::start();
+    runtime().block_on(async {
+        let mut config = TurnClientConfig::new(
+            format!("turn:{}", server.addr).parse().unwrap(),
+            Credentials::long_term(USER, PASS),
+        );
+        config.lifetime = lifetime;
+        let mut h = allocate(config).await.unwrap();
+        match next(&mut h).await {
+            TurnEvent::Allocation(AllocationEvent::Allocated { .. }) => {}
+            other => panic!("expected Allocated, got {other:?}"),
+        }
+        bind(&mut h, a.addr).await;
+        let mut batch = RecvBatch::with_capacity(4, 2048);
+
+        for round in 0..2 {
+            let mut dp = h.data_plane().unwrap();
+            dp.send_to(a.addr, b"to a").await.unwrap();
+            assert_eq!(
+                receive(&mut dp, &mut batch, 1).await,
+                vec![(a.addr, b"to a".to_vec())]
+            );
+            // The machine is the data plane's: its refreshes (two, ~1 s apart) and the
+            // handle's commands happen while the application receives.
+            let mut refreshed = 0;
+            let mut bound = false;
+            if round == 0 {
+                h.bind_channel(b.addr);
+            } else {
+                bound = true;
+            }
+            while refreshed < 2 || !bound {
+                match event_receiving(&mut h, &mut dp, &mut batch).await {
+                    TurnEvent::Allocation(AllocationEvent::Refreshed { .. }) => refreshed += 1,
+                    TurnEvent::Allocation(AllocationEvent::ChannelBound { peer, .. }) => {
+                        assert_eq!(peer, b.addr);
+                        bound = true;
+                    }
+                    TurnEvent::Allocation(AllocationEvent::PermissionCreated(_)) => {}
+                    other => panic!("expected refreshes and a channel, got {other:?}"),
+                }
+            }
+            // The handle's own sends go through the data plane's owner too.
+            h.send_to(b.addr, b"to b via the handle".to_vec());
+            assert_eq!(
+                receive(&mut dp, &mut batch, 1).await,
+                vec![(b.addr, b"to b via the handle".to_vec())]
+            );
+            assert_eq!(h.current_server(), server.addr);
+
+            // Back to the task: it receives (events) and refreshes again.
+            drop(dp);
+            h.send_to(a.addr, b"via the handle".to_vec());
+            let mut data = false;
+            let mut refreshed = false;
+            while !(data && refreshed) {
+                match next(&mut h).await {
+                    TurnEvent::Data { peer, data: d } => {
+                        assert_eq!((peer, d.as_slice()), (a.addr, &b"via the handle"[..]));
+                        data = true;
+                    }
+                    TurnEvent::Allocation(AllocationEvent::Refreshed { .. }) => refreshed = true,
+                    other => panic!("expected data and a refresh, got {other:?}"),
+                }
+            }
+        }
+
+        // Deallocating while the data plane owns the machine: it does it, then ends.
+        let mut dp = h.data_plane_with(Coalescing::OFF).unwrap();
+        dp.send_to(a.addr, b"last").await.unwrap();
+        receive(&mut dp, &mut batch, 1).await;
+        h.deallocate();
+        let r = tokio::time::timeout(WAIT, dp.recv(&mut batch))
+            .await
+            .expect("recv ends once the allocation is over");
+        assert!(matches!(r, Err(DataPlaneError::Closed)), "{r:?}");
+        let mut confirmed = false;
+        while let Some(ev) = tokio::time::timeout(WAIT, h.next_event())
+            .await
+            .expect("the task ends")
+        {
+            confirmed |= ev == TurnEvent::Allocation(AllocationEvent::Deallocated);
+        }
+        assert!(confirmed, "the server confirmed the deallocation");
+        drop(dp);
+
+        // The handle dropped while a data plane owns the machine: the data plane
+        // deallocates (confirmed: well within DEALLOCATE_TIMEOUT) and ends.
+        let mut h = allocated(server.addr).await;
+        bind(&mut h, a.addr).await;
+        let mut dp = h.data_plane().unwrap();
+        dp.send_to(a.addr, b"x").await.unwrap();
+        receive(&mut dp, &mut batch, 1).await;
+        drop(h);
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(WAIT, dp.recv(&mut batch))
+            .await
+            .expect("recv ends once the allocation is over");
+        assert!(matches!(r, Err(DataPlaneError::Closed)), "{r:?}");
+        assert!(
+            started.elapsed() < pinhole::driver::turn::DEALLOCATE_TIMEOUT,
+            "deallocated, not given up on"
+        );
     });
 }

@@ -28,14 +28,17 @@
 //!   waits a few tens of microseconds before reading, trading that much latency for fewer
 //!   system calls and wake-ups per datagram; at low rates it adds none.
 //!
-//! The [`Allocation`] is shared by the task and the data plane under a mutex that neither
-//! holds across an `.await`: the data plane takes it once per received batch (ChannelData
-//! of bound channels and Data indications become data; STUN responses feed the machine and
-//! wake the task, which sends what follows and reports events) and once per queued
-//! datagram (to encode it as ChannelData or a Send indication). The task handles commands,
-//! timers (refreshes, permissions, channels) and everything sent for the machine. While a
-//! data plane exists it does all the receiving, so the application keeps calling
-//! [`TurnDataPlane::recv`]; dropping it hands receiving back to the task.
+//! The [`Allocation`] has one owner at a time. The task owns it until a data plane is
+//! made: the task then lends it the machine, with the handle's commands and events, and
+//! stops touching the socket. From then on the data plane alone runs the allocation,
+//! without locks: [`TurnDataPlane::recv`] reads the socket, feeds control messages to the
+//! machine, applies the handle's commands, runs the timers (refreshes of the allocation,
+//! permissions and channels), sends the machine's requests and reports its events to the
+//! handle; `send_to`/`queue_to` encode with the machine it owns. So keep calling `recv`
+//! while a data plane exists. Dropping it hands the machine back to the task, which
+//! receives again. [`TurnHandle::current_server`] reads a copy that the owner updates.
+//! Dropping the handle deallocates whoever owns the machine: the data plane (in `recv`),
+//! or the task once the data plane is dropped.
 //!
 //! ```no_run
 //! # async fn example(config: pinhole::driver::turn::TurnClientConfig, peer: std::net::SocketAddr)
@@ -66,13 +69,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 mod data_plane;
@@ -167,53 +169,138 @@ enum Command {
     Channel(SocketAddr),
     Send(SocketAddr, Vec<u8>),
     Deallocate,
+    /// A data plane asks for the machine: see [`Lease`].
+    Lend(oneshot::Sender<Box<Lease>>),
 }
 
-/// What the control task and a [`TurnDataPlane`] share.
+/// What the control task and a [`TurnDataPlane`] share: never the machine, which has one
+/// owner at a time ([`Owned`]).
+#[derive(Debug)]
 struct Shared {
-    /// The machine. The control task locks it for commands, timers and transmits; a data
-    /// plane locks it once per received batch and once per queued datagram, never across
-    /// an `.await`, so the lock is uncontended on the data path.
-    alloc: Mutex<Allocation>,
-    /// Wakes the control task: a data plane fed the machine a control message (its
-    /// transmits and events are the control task's to send), or a data plane came or went.
-    wake: Notify,
-    /// Whether a data plane exists: it then does all the receiving on the UDP socket.
-    data_plane: AtomicBool,
-    /// Set when the control task has ended: the allocation is over.
-    closed: AtomicBool,
-    /// Wakes data planes waiting for datagrams when `closed` is set.
-    closed_notify: Notify,
-    // The server and our address are the machine's (`Allocation::server`, `local`): a
-    // 300 Try Alternate changes them.
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Not the machine: its state is no one's business in a log line.
-        f.debug_struct("Shared")
-            .field("data_plane", &self.data_plane.load(Ordering::Relaxed))
-            .field("closed", &self.closed.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
+    /// The server the allocation lives on, published by whoever owns the machine (a 300
+    /// Try Alternate changes it).
+    server: Mutex<SocketAddr>,
+    /// One permit: held by the one data plane that may exist.
+    lease: Arc<Semaphore>,
 }
 
 impl Shared {
-    fn alloc(&self) -> MutexGuard<'_, Allocation> {
-        // The machine never panics on input; should it ever, its state is still the best
-        // there is.
-        self.alloc.lock().unwrap_or_else(PoisonError::into_inner)
+    fn server(&self) -> SocketAddr {
+        *self.server.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Marks the allocation over when the control task ends, however it ends.
-struct CloseOnDrop(Arc<Shared>);
+/// The machine and everything that drives it: owned by the control task, or lent to a
+/// data plane (which then alone reads the socket, handles commands and timers, and sends
+/// the machine's transmits) until the data plane is dropped and hands it back.
+struct Owned {
+    alloc: Allocation,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// False once the handle is gone (deallocation follows).
+    commands_open: bool,
+    events: mpsc::UnboundedSender<TurnEvent>,
+    /// Where the transport goes: the server, or after a 300 Try Alternate the alternate.
+    target: SocketAddr,
+    /// Set once deallocating: when to give up (RFC 8656 leaves it to the client; bounded
+    /// by [`DEALLOCATE_TIMEOUT`]).
+    dealloc_deadline: Option<tokio::time::Instant>,
+    /// The server last published in [`Shared::server`].
+    published: SocketAddr,
+    /// A command taken from `commands` but not applied yet (`Some(None)`: the handle is
+    /// gone): a data plane waiting for one may be dropped before it applies it.
+    stashed: Option<Option<Command>>,
+    shared: Arc<Shared>,
+}
 
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.closed.store(true, Ordering::Release);
-        self.0.closed_notify.notify_waiters();
+/// What a command asks of the owner beyond the machine.
+enum Step {
+    Nothing,
+    /// Encode and send this for the handle.
+    Send(SocketAddr, Vec<u8>),
+    /// A data plane asks for the machine.
+    Lend(oneshot::Sender<Box<Lease>>),
+}
+
+impl Owned {
+    /// Applies a command (`None`: the handle is gone, so deallocate).
+    fn command(&mut self, cmd: Option<Command>, now: Instant) -> Step {
+        match cmd {
+            Some(Command::Permission(ip)) => {
+                if let Err(e) = self.alloc.create_permission(now, ip) {
+                    let _ = self
+                        .events
+                        .send(TurnEvent::SendFailed(SocketAddr::new(ip, 0), e));
+                }
+            }
+            Some(Command::Channel(peer)) => {
+                if let Err(e) = self.alloc.bind_channel(now, peer) {
+                    let _ = self.events.send(TurnEvent::SendFailed(peer, e));
+                }
+            }
+            Some(Command::Send(peer, data)) => return Step::Send(peer, data),
+            Some(Command::Lend(to)) => return Step::Lend(to),
+            Some(Command::Deallocate) | None => {
+                self.commands_open &= cmd.is_some();
+                if self.dealloc_deadline.is_none() {
+                    self.alloc.deallocate(now);
+                    self.dealloc_deadline = Some(tokio::time::Instant::now() + DEALLOCATE_TIMEOUT);
+                }
+            }
+        }
+        Step::Nothing
     }
+
+    /// Reports the machine's events and publishes its server; whether it is done.
+    fn report(&mut self) -> bool {
+        while let Some(ev) = self.alloc.poll_event() {
+            let _ = self.events.send(TurnEvent::Allocation(ev));
+        }
+        let server = self.alloc.server();
+        if server != self.published {
+            self.published = server;
+            *self
+                .shared
+                .server
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = server;
+        }
+        self.alloc.is_done()
+    }
+
+    /// When to wake for the machine's timers or the deallocation deadline.
+    fn wake_at(&self) -> tokio::time::Instant {
+        self.alloc
+            .poll_timeout()
+            .map(tokio::time::Instant::from)
+            .into_iter()
+            .chain(self.dealloc_deadline)
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600))
+    }
+
+    /// Runs what is due at `now`; false once the deallocation went unconfirmed too long
+    /// (reported: the end).
+    fn timers(&mut self, now: Instant) -> bool {
+        if self
+            .dealloc_deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
+            debug!("deallocation not confirmed in time");
+            let _ = self.events.send(TurnEvent::DeallocateUnconfirmed);
+            return false;
+        }
+        if self.alloc.poll_timeout().is_some_and(|t| now >= t) {
+            self.alloc.handle_timeout(now);
+        }
+        true
+    }
+}
+
+/// The machine lent to a data plane, and where to hand it back. Dropped without handing
+/// back (the allocation ended under the data plane), it ends the control task.
+struct Lease {
+    owned: Owned,
+    back: oneshot::Sender<Owned>,
 }
 
 /// A running allocation. Dropping it deallocates.
@@ -245,7 +332,7 @@ impl TurnHandle {
     /// The server in use: [`TurnHandle::server`], or the alternate server after a 300 Try
     /// Alternate was followed.
     pub fn current_server(&self) -> SocketAddr {
-        self.shared.alloc().server()
+        self.shared.server()
     }
 
     /// Installs a permission for a peer IP.
@@ -271,10 +358,12 @@ impl TurnHandle {
     }
 
     /// The batched, allocation-free data path of a UDP allocation, with the default
-    /// [`Coalescing`]: see [`TurnDataPlane`]. One at a time: while it exists it does all
-    /// the receiving (data comes from [`TurnDataPlane::recv`], no longer as
-    /// [`TurnEvent::Data`]), so keep calling `recv` — the allocation's control responses
-    /// arrive through it too. Dropping it gives receiving back to the handle.
+    /// [`Coalescing`]: see [`TurnDataPlane`]. One at a time: the allocation's task lends
+    /// it the machine (its first `recv` or `queue_to` waits for it), and while it exists
+    /// it runs the allocation: data comes from [`TurnDataPlane::recv`], no longer as
+    /// [`TurnEvent::Data`], and this handle's commands, the refreshes and the events
+    /// happen while `recv` runs, so keep calling it. Dropping it hands the machine back
+    /// to the task.
     ///
     /// Fails with [`DataPlaneError::NotUdp`] over TCP or TLS, and with
     /// [`DataPlaneError::InUse`] while another data plane of this allocation exists.
@@ -288,7 +377,16 @@ impl TurnHandle {
         let Some(socket) = &self.udp else {
             return Err(DataPlaneError::NotUdp);
         };
-        TurnDataPlane::new(self.shared.clone(), socket.clone(), coalescing)
+        let permit = self
+            .shared
+            .lease
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| DataPlaneError::InUse)?;
+        let (tx, rx) = oneshot::channel();
+        // Should the task be gone, the data plane finds the allocation over.
+        let _ = self.commands.send(Command::Lend(tx));
+        Ok(TurnDataPlane::new(permit, rx, socket.clone(), coalescing))
     }
 }
 
@@ -355,11 +453,8 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
     ac.family = config.family;
     let alloc = Allocation::new(Instant::now(), ac, os_seed()?);
     let shared = Arc::new(Shared {
-        alloc: Mutex::new(alloc),
-        wake: Notify::new(),
-        data_plane: AtomicBool::new(false),
-        closed: AtomicBool::new(false),
-        closed_notify: Notify::new(),
+        server: Mutex::new(server),
+        lease: Arc::new(Semaphore::new(1)),
     });
     let udp = match &conn {
         Conn::Udp(s) => Some(s.clone()),
@@ -367,7 +462,18 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
     };
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(shared.clone(), conn, server, connector, cmd_rx, ev_tx));
+    let owned = Owned {
+        alloc,
+        commands: cmd_rx,
+        commands_open: true,
+        events: ev_tx,
+        target: server,
+        dealloc_deadline: None,
+        published: server,
+        stashed: None,
+        shared: shared.clone(),
+    };
+    tokio::spawn(run(owned, conn, connector));
     Ok(TurnHandle {
         commands: cmd_tx,
         events: ev_rx,
@@ -491,60 +597,42 @@ impl Connector {
     }
 }
 
-async fn run(
-    shared: Arc<Shared>,
-    mut conn: Conn,
-    // Where the connection goes: the server, or after a 300 Try Alternate the alternate.
-    mut target: SocketAddr,
-    connector: Connector,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    events: mpsc::UnboundedSender<TurnEvent>,
-) {
-    let _close = CloseOnDrop(shared.clone());
+/// What woke the control task.
+enum Woken {
+    Received(std::io::Result<(usize, Option<SocketAddr>, usize)>),
+    Command(Option<Command>),
+    Timer,
+}
+
+async fn run(mut owned: Owned, mut conn: Conn, connector: Connector) {
     let proto = match conn {
         Conn::Udp(_) => Protocol::Udp,
         Conn::Stream(..) => Protocol::Tcp,
     };
     let mut buf = vec![0u8; 65_536];
     let mut out = vec![0u8; 65_600];
-    let mut dealloc_deadline: Option<tokio::time::Instant> = None;
-    let mut commands_open = true;
     loop {
-        loop {
-            // Not `while let`: the lock must be released before the `.await`.
-            let t = shared.alloc().poll_transmit();
-            let Some(t) = t else { break };
+        while let Some(t) = owned.alloc.poll_transmit() {
             if let Conn::Udp(s) = &conn {
-                if t.destination != target {
-                    // A 300 Try Alternate was followed: the same socket, another server
-                    // (the data plane reads the machine's server as it encodes).
-                    debug!(from = %target, to = %t.destination, "TURN over UDP: to the alternate server");
+                if t.destination != owned.target {
+                    // A 300 Try Alternate was followed: the same socket, another server.
+                    debug!(from = %owned.target, to = %t.destination, "TURN over UDP: to the alternate server");
                     if let Err(e) = route_udp(s, t.destination).await {
-                        let _ = events.send(TurnEvent::Disconnected(format!(
+                        let _ = owned.events.send(TurnEvent::Disconnected(format!(
                             "the TURN server redirected to {}: {e}",
                             t.destination
                         )));
                         return;
                     }
-                    target = t.destination;
+                    owned.target = t.destination;
                 }
             }
-            if let Err(e) = send(&mut conn, target, &t.contents).await {
-                let _ = events.send(TurnEvent::Disconnected(e.to_string()));
+            if let Err(e) = send(&mut conn, owned.target, &t.contents).await {
+                let _ = owned.events.send(TurnEvent::Disconnected(e.to_string()));
                 return;
             }
         }
-        let (done, timeout, reconnect) = {
-            let mut alloc = shared.alloc();
-            while let Some(ev) = alloc.poll_event() {
-                let _ = events.send(TurnEvent::Allocation(ev));
-            }
-            let reconnect = alloc
-                .reconnect_to()
-                .map(|to| (to, alloc.alternate_domain().map(str::to_owned)));
-            (alloc.is_done(), alloc.poll_timeout(), reconnect)
-        };
-        if done {
+        if owned.report() {
             // Close streams cleanly: for TLS this sends close_notify, so the server sees an
             // orderly close rather than a broken connection. Bounded like everything else.
             if let Conn::Stream(s, _) = &mut conn {
@@ -552,117 +640,111 @@ async fn run(
             }
             return;
         }
+        let reconnect = owned
+            .alloc
+            .reconnect_to()
+            .map(|to| (to, owned.alloc.alternate_domain().map(str::to_owned)));
         if let (Some((to, domain)), Conn::Stream(old, _)) = (reconnect, &mut conn) {
             // A 300 Try Alternate over TCP or TLS: close this connection, open one to the
             // alternate server (RFC 8656 §7.4), bounded by CONNECT_TIMEOUT (twice for TLS).
-            debug!(from = %target, to = %to, ?domain, "TURN: reconnecting to the alternate server");
+            debug!(from = %owned.target, to = %to, ?domain, "TURN: reconnecting to the alternate server");
             let _ = tokio::time::timeout(Duration::from_secs(1), old.shutdown()).await;
             match connector.connect_stream(to, domain.as_deref()).await {
                 Ok((stream, local)) => {
                     conn = Conn::Stream(stream, StreamFramer::new());
-                    target = to;
-                    shared.alloc().connected(Instant::now(), local);
+                    owned.target = to;
+                    owned.alloc.connected(Instant::now(), local);
                     continue;
                 }
                 Err(e) => {
-                    let _ = events.send(TurnEvent::Disconnected(format!(
+                    let _ = owned.events.send(TurnEvent::Disconnected(format!(
                         "the TURN server redirected to {to}: {e}"
                     )));
                     return;
                 }
             }
         }
-        let wake = timeout
-            .map(tokio::time::Instant::from)
-            .into_iter()
-            .chain(dealloc_deadline)
-            .min()
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        // A data plane receives for us; once deallocating we read too, so that the answer
-        // arrives even when the application no longer calls `recv`.
-        let reading = !shared.data_plane.load(Ordering::Acquire) || dealloc_deadline.is_some();
-        tokio::select! {
-            r = recv(&mut conn, &mut buf), if reading => match r {
-                Ok((0, None, _)) => {
-                    let _ = events.send(TurnEvent::Disconnected("the server closed the connection".into()));
-                    return;
-                }
-                Ok((n, from, stride)) => match &mut conn {
-                    Conn::Udp(_) => {
-                        // GRO puts datagrams of one size back to back, `stride` apart.
-                        for d in segments(n, stride) {
-                            deliver(&shared, &events, proto, from, &buf[d]);
-                        }
+        let wake = owned.wake_at();
+        let woken = if let Some(cmd) = owned.stashed.take() {
+            Woken::Command(cmd)
+        } else {
+            tokio::select! {
+            r = recv(&mut conn, &mut buf) => Woken::Received(r),
+            cmd = owned.commands.recv(), if owned.commands_open => Woken::Command(cmd),
+            () = tokio::time::sleep_until(wake) => Woken::Timer,
+            }
+        };
+        match woken {
+            Woken::Received(Ok((0, None, _))) => {
+                let _ = owned.events.send(TurnEvent::Disconnected(
+                    "the server closed the connection".into(),
+                ));
+                return;
+            }
+            Woken::Received(Ok((n, from, stride))) => match &mut conn {
+                Conn::Udp(_) => {
+                    // GRO puts datagrams of one size back to back, `stride` apart.
+                    for d in segments(n, stride) {
+                        deliver(&mut owned, proto, from, &buf[d]);
                     }
-                    Conn::Stream(_, framer) => {
-                        if framer.push(&buf[..n]).is_err() {
-                            let _ = events.send(TurnEvent::Disconnected("stream framing lost".into()));
-                            return;
-                        }
-                        while let Some(f) = framer.next_frame() {
-                            match f {
-                                Ok(f) => deliver(&shared, &events, proto, None, f),
-                                Err(e) => {
-                                    let _ = events.send(TurnEvent::Disconnected(e.to_string()));
-                                    return;
-                                }
+                }
+                Conn::Stream(_, framer) => {
+                    if framer.push(&buf[..n]).is_err() {
+                        let _ = owned
+                            .events
+                            .send(TurnEvent::Disconnected("stream framing lost".into()));
+                        return;
+                    }
+                    while let Some(f) = framer.next_frame() {
+                        match f {
+                            Ok(f) => deliver(&mut owned, proto, None, f),
+                            Err(e) => {
+                                let _ = owned.events.send(TurnEvent::Disconnected(e.to_string()));
+                                return;
                             }
                         }
-                    }
-                },
-                Err(e) => {
-                    // Over UDP an ICMP error surfaces here; keep going.
-                    debug!(error = %e, "receive error");
-                    if !matches!(conn, Conn::Udp(_)) {
-                        let _ = events.send(TurnEvent::Disconnected(e.to_string()));
-                        return;
                     }
                 }
             },
-            () = shared.wake.notified() => {}
-            cmd = commands.recv(), if commands_open => {
-                let now = Instant::now();
-                match cmd {
-                    Some(Command::Permission(ip)) => {
-                        if let Err(e) = shared.alloc().create_permission(now, ip) {
-                            let _ = events.send(TurnEvent::SendFailed(SocketAddr::new(ip, 0), e));
-                        }
-                    }
-                    Some(Command::Channel(peer)) => {
-                        if let Err(e) = shared.alloc().bind_channel(now, peer) {
-                            let _ = events.send(TurnEvent::SendFailed(peer, e));
-                        }
-                    }
-                    Some(Command::Send(peer, data)) => {
-                        let encoded = shared.alloc().encode_to_peer(peer, &data, &mut out);
-                        match encoded {
-                            Ok(n) => {
-                                if let Err(e) = send(&mut conn, target, &out[..n]).await {
-                                    let _ = events.send(TurnEvent::Disconnected(e.to_string()));
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                let _ = events.send(TurnEvent::SendFailed(peer, e));
-                            }
-                        }
-                    }
-                    Some(Command::Deallocate) | None => {
-                        commands_open = cmd.is_some();
-                        if dealloc_deadline.is_none() {
-                            shared.alloc().deallocate(now);
-                            dealloc_deadline = Some(tokio::time::Instant::now() + DEALLOCATE_TIMEOUT);
-                        }
-                    }
-                }
-            }
-            () = tokio::time::sleep_until(wake) => {
-                if dealloc_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    debug!("deallocation not confirmed in time");
-                    let _ = events.send(TurnEvent::DeallocateUnconfirmed);
+            Woken::Received(Err(e)) => {
+                // Over UDP an ICMP error surfaces here; keep going.
+                debug!(error = %e, "receive error");
+                if !matches!(conn, Conn::Udp(_)) {
+                    let _ = owned.events.send(TurnEvent::Disconnected(e.to_string()));
                     return;
                 }
-                shared.alloc().handle_timeout(Instant::now());
+            }
+            Woken::Command(cmd) => match owned.command(cmd, Instant::now()) {
+                Step::Nothing => {}
+                Step::Send(peer, data) => match owned.alloc.encode_to_peer(peer, &data, &mut out) {
+                    Ok(n) => {
+                        if let Err(e) = send(&mut conn, owned.target, &out[..n]).await {
+                            let _ = owned.events.send(TurnEvent::Disconnected(e.to_string()));
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = owned.events.send(TurnEvent::SendFailed(peer, e));
+                    }
+                },
+                Step::Lend(to) => {
+                    // The data plane owns the machine (and reads the socket) until it hands
+                    // it back; it keeps nothing when the allocation ended under it.
+                    let (back, returned) = oneshot::channel();
+                    owned = match to.send(Box::new(Lease { owned, back })) {
+                        Ok(()) => match returned.await {
+                            Ok(owned) => owned,
+                            Err(_) => return,
+                        },
+                        // It was dropped before it got the machine.
+                        Err(lease) => lease.owned,
+                    };
+                }
+            },
+            Woken::Timer => {
+                if !owned.timers(Instant::now()) {
+                    return;
+                }
             }
         }
     }
@@ -670,23 +752,16 @@ async fn run(
 
 /// Feeds one datagram or stream message to the machine; peer data becomes an event.
 /// `from` is the datagram's source over UDP (the stream's peer is the server).
-fn deliver(
-    shared: &Shared,
-    events: &mpsc::UnboundedSender<TurnEvent>,
-    proto: Protocol,
-    from: Option<SocketAddr>,
-    frame: &[u8],
-) {
-    let mut alloc = shared.alloc();
+fn deliver(owned: &mut Owned, proto: Protocol, from: Option<SocketAddr>, frame: &[u8]) {
     let rx = Received {
         proto,
         // A stream carries only the server's messages, to us.
-        source: from.unwrap_or(alloc.server()),
-        destination: alloc.local(),
+        source: from.unwrap_or(owned.alloc.server()),
+        destination: owned.alloc.local(),
         contents: frame,
     };
-    if let Input::Data { peer, data } = alloc.handle_input(Instant::now(), rx) {
-        let _ = events.send(TurnEvent::Data {
+    if let Input::Data { peer, data } = owned.alloc.handle_input(Instant::now(), rx) {
+        let _ = owned.events.send(TurnEvent::Data {
             peer,
             data: data.to_vec(),
         });

@@ -4,13 +4,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::debug;
 
-use super::Shared;
-use crate::driver::udp::{Coalescer, Item, SendQueue, UdpSocket};
+use super::{Lease, Step, TurnEvent, route_udp};
+use crate::driver::udp::{Coalescer, Datagrams, Item, SendQueue, UdpSocket};
 pub use crate::driver::udp::{Coalescing, RecvBatch};
 use crate::turn::{Input, TurnError, is_channel_data};
 use crate::{Protocol, Received};
@@ -69,10 +70,9 @@ pub struct DataPlaneStats {
 ///
 /// - Receiving: [`TurnDataPlane::recv`] reads up to a [`RecvBatch`] of datagrams with one
 ///   system call (`recvmmsg`, and GRO where the kernel coalesces), hands each to the
-///   allocation's machine (one uncontended lock per batch) and leaves the peer data in
-///   place in the caller's buffers. ChannelData of bound channels and Data indications
-///   become data; STUN responses feed the machine and wake the allocation's task, which
-///   sends what follows.
+///   allocation's machine and leaves the peer data in place in the caller's buffers.
+///   ChannelData of bound channels and Data indications become data; STUN responses feed
+///   the machine.
 /// - Sending: [`TurnDataPlane::queue_to`] encodes a datagram (ChannelData when a channel
 ///   is bound, else a Send indication) into the send queue; [`TurnDataPlane::flush`]
 ///   sends the queue with as few system calls as it can: runs of equal-sized datagrams
@@ -89,24 +89,57 @@ pub struct DataPlaneStats {
 /// the handle's own receiving handles too; IPv4 datagrams are not fragmented, so
 /// datagrams larger than the path MTU fail to send).
 ///
-/// While it exists it does all the receiving for the allocation: keep calling `recv`.
-/// Dropping it gives receiving back to the handle (and [`super::TurnEvent::Data`]); what
-/// is still queued is sent if the socket takes it at once, else dropped.
+/// # One owner at a time
+///
+/// While it exists the data plane owns the allocation: the handle's task lends it the
+/// machine (at the first `recv` or `queue_to`, which wait for it) and stops touching the
+/// socket. `recv` then does everything the task did: it reads the socket, applies the
+/// handle's commands ([`super::TurnHandle::bind_channel`], `send_to`, `deallocate`, a
+/// dropped handle), runs the timers (refreshes of the allocation, permissions and
+/// channels; retransmissions), sends the machine's requests and reports its events to the
+/// handle. So keep calling `recv` while the allocation should live. Dropping the data
+/// plane hands the machine back to the task, which receives again (peer data as
+/// [`super::TurnEvent::Data`]); what is still queued is sent if the socket takes it at
+/// once, else dropped.
 pub struct TurnDataPlane {
-    shared: Arc<Shared>,
     socket: Arc<UdpSocket>,
+    state: State,
     /// Encoded datagrams waiting to be sent (each to the machine's server when it was
     /// encoded: a 300 Try Alternate changes the server only before an allocation exists).
     queue: SendQueue,
     coalescer: Coalescer,
+    /// The machine took a control message or a command: its transmits, events and timer
+    /// need attention.
+    dirty: bool,
+    /// The machine's next timer while owned (kept here: computing it walks the
+    /// permissions and channels).
+    timer: Option<Instant>,
     recv_calls: u64,
     datagrams_received: u64,
+    /// This allocation's one data plane permit.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Where the machine is.
+enum State {
+    /// Asked for: the task lends it through this.
+    Waiting(oneshot::Receiver<Box<Lease>>),
+    /// Ours until dropped.
+    Owning(Box<Lease>),
+    /// The allocation is over.
+    Closed,
 }
 
 impl std::fmt::Debug for TurnDataPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the machine: its state is no one's business in a log line.
+        let state = match self.state {
+            State::Waiting(_) => "waiting",
+            State::Owning(_) => "owning",
+            State::Closed => "closed",
+        };
         f.debug_struct("TurnDataPlane")
-            .field("shared", &self.shared)
+            .field("state", &state)
             .field("coalescing", &self.coalescing())
             .field("queued", &self.queued())
             .field("stats", &self.stats())
@@ -116,27 +149,130 @@ impl std::fmt::Debug for TurnDataPlane {
 
 impl TurnDataPlane {
     pub(super) fn new(
-        shared: Arc<Shared>,
+        permit: OwnedSemaphorePermit,
+        lent: oneshot::Receiver<Box<Lease>>,
         socket: Arc<UdpSocket>,
         coalescing: Coalescing,
-    ) -> Result<Self, DataPlaneError> {
-        if shared
-            .data_plane
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Err(DataPlaneError::InUse);
-        }
-        // The allocation's task stops reading the socket.
-        shared.wake.notify_one();
-        Ok(Self {
-            shared,
+    ) -> Self {
+        Self {
             socket,
+            state: State::Waiting(lent),
             queue: SendQueue::new(SEND_QUEUE_BYTES, SEND_QUEUE_DATAGRAMS),
             coalescer: Coalescer::new(coalescing),
+            dirty: true,
+            timer: None,
             recv_calls: 0,
             datagrams_received: 0,
-        })
+            _permit: permit,
+        }
+    }
+
+    /// Waits until the machine is ours; `Closed` when the allocation is over.
+    /// Cancel-safe.
+    async fn own(&mut self) -> Result<(), DataPlaneError> {
+        if let State::Waiting(lent) = &mut self.state {
+            self.state = match lent.await {
+                Ok(lease) => State::Owning(lease),
+                // The task ended before lending it.
+                Err(_) => State::Closed,
+            };
+            self.dirty = true;
+        }
+        match self.state {
+            State::Owning(_) => Ok(()),
+            _ => Err(DataPlaneError::Closed),
+        }
+    }
+
+    /// Applies pending commands and due timers; then, when the machine changed, sends its
+    /// transmits, reports its events and notes its next timer. `Closed` once the
+    /// allocation is over (the machine is then dropped, which ends the task and, with it,
+    /// the handle's events).
+    async fn drive(&mut self, now: Instant) -> Result<(), DataPlaneError> {
+        let State::Owning(lease) = &mut self.state else {
+            return Err(DataPlaneError::Closed);
+        };
+        let owned = &mut lease.owned;
+        let mut queued = false;
+        while owned.commands_open {
+            let cmd = match owned.stashed.take() {
+                Some(cmd) => cmd,
+                None => match owned.commands.try_recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => None,
+                },
+            };
+            self.dirty = true;
+            match owned.command(cmd, now) {
+                Step::Nothing => {}
+                Step::Send(peer, data) => {
+                    let server = owned.alloc.server();
+                    let alloc = &owned.alloc;
+                    if !self.queue.has_room(data.len() + MAX_OVERHEAD) {
+                        self.queue.flush(&self.socket).await?;
+                    }
+                    if let Err(e) = self
+                        .queue
+                        .push_with(server, None, |out| alloc.encode_to_peer(peer, &data, out))
+                    {
+                        let _ = owned.events.send(TurnEvent::SendFailed(peer, e));
+                    }
+                    queued = true;
+                }
+                // One data plane at a time (a permit): not while this one exists. Should
+                // it happen, the asker finds the allocation over.
+                Step::Lend(_) => {}
+            }
+        }
+        if queued {
+            self.queue.flush(&self.socket).await?;
+        }
+        if self.timer.is_some_and(|t| now >= t) || owned.dealloc_deadline.is_some() {
+            self.dirty = true;
+            if !owned.timers(now) {
+                self.state = State::Closed;
+                return Err(DataPlaneError::Closed);
+            }
+        }
+        if !self.dirty {
+            return Ok(());
+        }
+        // (`dirty` stays set until all is done: should this future be dropped while it
+        // sends, the next call goes on.)
+        while let Some(t) = owned.alloc.poll_transmit() {
+            if t.destination != owned.target {
+                // A 300 Try Alternate was followed: the same socket, another server.
+                debug!(from = %owned.target, to = %t.destination, "TURN over UDP: to the alternate server");
+                if let Err(e) = route_udp(&self.socket, t.destination).await {
+                    let _ = owned.events.send(TurnEvent::Disconnected(format!(
+                        "the TURN server redirected to {}: {e}",
+                        t.destination
+                    )));
+                    self.state = State::Closed;
+                    return Err(DataPlaneError::Closed);
+                }
+                owned.target = t.destination;
+            }
+            let d = Datagrams {
+                destination: owned.target,
+                source: None,
+                contents: &t.contents,
+                segment_size: None,
+            };
+            if let Err(e) = self.socket.send(&d).await {
+                let _ = owned.events.send(TurnEvent::Disconnected(e.to_string()));
+                self.state = State::Closed;
+                return Err(DataPlaneError::Closed);
+            }
+        }
+        if owned.report() {
+            self.state = State::Closed;
+            return Err(DataPlaneError::Closed);
+        }
+        self.timer = owned.alloc.poll_timeout();
+        self.dirty = false;
+        Ok(())
     }
 
     /// The counters so far.
@@ -173,10 +309,14 @@ impl TurnDataPlane {
         if !self.queue.has_room(data.len() + MAX_OVERHEAD) {
             self.flush().await?;
         }
-        let alloc = self.shared.alloc();
-        let server = alloc.server();
-        self.queue
-            .push_with(server, None, |out| alloc.encode_to_peer(peer, data, out))?;
+        self.own().await?;
+        let State::Owning(lease) = &self.state else {
+            return Err(DataPlaneError::Closed);
+        };
+        let alloc = &lease.owned.alloc;
+        self.queue.push_with(alloc.server(), None, |out| {
+            alloc.encode_to_peer(peer, data, out)
+        })?;
         Ok(())
     }
 
@@ -201,40 +341,46 @@ impl TurnDataPlane {
     /// Sends what is queued, then waits for datagrams and fills `batch` with the peer data
     /// of those that arrived (clearing what it held); returns how many. Control messages
     /// (STUN responses) among them go to the allocation's machine and are not counted: it
-    /// returns only once there is peer data, or an error. Datagrams from channels that are
-    /// not (or no longer) bound, and anything malformed, are dropped.
+    /// returns only once there is peer data, or an error. Meanwhile it runs the
+    /// allocation: the handle's commands, timers, requests and events (see
+    /// [`TurnDataPlane`]). Datagrams from channels that are not (or no longer) bound, and
+    /// anything malformed, are dropped.
     ///
     /// Fails with [`DataPlaneError::Closed`] once the allocation is over. Cancel-safe:
     /// nothing is lost when the future is dropped while it waits.
     pub async fn recv(&mut self, batch: &mut RecvBatch) -> Result<usize, DataPlaneError> {
         batch.items.clear();
         self.flush().await?;
+        self.own().await?;
         // Under load: a moment for more datagrams to arrive (the thread runs other tasks
         // meanwhile).
         self.coalescer.wait().await;
         let mut skipped = 0;
         loop {
-            if self.shared.closed.load(Ordering::Acquire) {
-                return Err(DataPlaneError::Closed);
-            }
+            self.drive(Instant::now()).await?;
             match self.socket.try_recv(batch) {
                 Ok(_) => {
                     let got = self.take(batch, Instant::now());
+                    if self.dirty {
+                        // Responses may have produced requests, events or the end.
+                        self.drive(Instant::now()).await?;
+                    }
                     if got > 0 {
                         return Ok(got);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let closed = self.shared.closed_notify.notified();
-                    tokio::pin!(closed);
-                    closed.as_mut().enable();
-                    if self.shared.closed.load(Ordering::Acquire) {
+                    let State::Owning(lease) = &mut self.state else {
                         return Err(DataPlaneError::Closed);
-                    }
+                    };
+                    let owned = &mut lease.owned;
+                    let wake = owned.wake_at();
+                    let open = owned.commands_open;
                     tokio::select! {
-                        biased;
-                        () = &mut closed => return Err(DataPlaneError::Closed),
                         r = self.socket.readable() => r?,
+                        // Applied by `drive`, next.
+                        cmd = owned.commands.recv(), if open => owned.stashed = Some(cmd),
+                        () = tokio::time::sleep_until(wake) => {}
                     }
                 }
                 // ICMP errors for earlier sends surface here on a connected socket.
@@ -252,54 +398,52 @@ impl TurnDataPlane {
         }
     }
 
-    /// Hands the received datagrams to the machine, under one lock; keeps the peer data
-    /// in `batch` (the datagrams rewritten in place: the peer as the source, the data's
-    /// range). Returns how many datagrams of peer data.
+    /// Hands the received datagrams to the machine; keeps the peer data in `batch` (the
+    /// datagrams rewritten in place: the peer as the source, the data's range). Returns
+    /// how many datagrams of peer data.
     fn take(&mut self, batch: &mut RecvBatch, now: Instant) -> usize {
+        let State::Owning(lease) = &mut self.state else {
+            return 0;
+        };
+        let alloc = &mut lease.owned.alloc;
         let full = batch.was_full();
         let (buf, items) = batch.parts();
         let received = items.len();
         let base = buf.as_ptr() as usize;
         let mut control = false;
         let mut kept = 0;
-        {
-            let mut alloc = self.shared.alloc();
-            let local = alloc.local();
-            for i in 0..received {
-                let it = items[i];
-                let contents = &buf[it.start..it.start + it.len];
-                let rx = Received {
-                    proto: Protocol::Udp,
-                    source: it.source,
-                    destination: local,
-                    contents,
-                };
-                match alloc.handle_input(now, rx) {
-                    Input::Data { peer, data } => {
-                        // The data is borrowed from `buf`: where it starts there.
-                        match (data.as_ptr() as usize).checked_sub(base) {
-                            Some(start) if start + data.len() <= buf.len() => {
-                                items[kept] = Item {
-                                    source: peer,
-                                    destination: it.destination,
-                                    start,
-                                    len: data.len(),
-                                };
-                                kept += 1;
-                            }
-                            _ => debug!("peer data outside the receive buffers dropped"),
+        let local = alloc.local();
+        for i in 0..received {
+            let it = items[i];
+            let contents = &buf[it.start..it.start + it.len];
+            let rx = Received {
+                proto: Protocol::Udp,
+                source: it.source,
+                destination: local,
+                contents,
+            };
+            match alloc.handle_input(now, rx) {
+                Input::Data { peer, data } => {
+                    // The data is borrowed from `buf`: where it starts there.
+                    match (data.as_ptr() as usize).checked_sub(base) {
+                        Some(start) if start + data.len() <= buf.len() => {
+                            items[kept] = Item {
+                                source: peer,
+                                destination: it.destination,
+                                start,
+                                len: data.len(),
+                            };
+                            kept += 1;
                         }
+                        _ => debug!("peer data outside the receive buffers dropped"),
                     }
-                    Input::Consumed => control |= !is_channel_data(contents),
-                    Input::NotTurn => {}
                 }
+                Input::Consumed => control |= !is_channel_data(contents),
+                Input::NotTurn => {}
             }
         }
         items.truncate(kept);
-        if control {
-            // Responses may have produced requests, events or the end of the allocation.
-            self.shared.wake.notify_one();
-        }
+        self.dirty |= control;
         self.recv_calls += 1;
         self.datagrams_received += received as u64;
         self.coalescer.note(now, received as u64, full);
@@ -313,8 +457,9 @@ impl Drop for TurnDataPlane {
         if let Err(e) = self.queue.try_flush(&self.socket) {
             debug!(error = %e, "queued TURN data dropped with the data plane");
         }
-        self.shared.data_plane.store(false, Ordering::Release);
-        // The allocation's task reads the socket again.
-        self.shared.wake.notify_one();
+        // The machine goes back to the allocation's task, which reads the socket again.
+        if let State::Owning(lease) = std::mem::replace(&mut self.state, State::Closed) {
+            let _ = lease.back.send(lease.owned);
+        }
     }
 }
