@@ -278,10 +278,12 @@ fn receive(
                         said_stale = true;
                         let _ = tx.send(Err(STALE.to_owned()));
                     }
-                    if let Some(text) = (!stale)
-                        .then(|| std::fs::read_to_string(&path).ok())
-                        .flatten()
-                    {
+                    let text = if stale {
+                        None
+                    } else {
+                        std::fs::read_to_string(&path).ok()
+                    };
+                    if let Some(text) = text {
                         // Whole lines only: the writer may be mid-line.
                         // A file shorter than what was read: the peer started again.
                         if text.len() < seen {
