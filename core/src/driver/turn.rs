@@ -760,7 +760,7 @@ fn deliver(owned: &mut Owned, proto: Protocol, from: Option<SocketAddr>, frame: 
         destination: owned.alloc.local(),
         contents: frame,
     };
-    if let Input::Data { peer, data } = owned.alloc.handle_input(Instant::now(), rx) {
+    if let Input::Data { peer, data, .. } = owned.alloc.handle_input(Instant::now(), rx) {
         let _ = owned.events.send(TurnEvent::Data {
             peer,
             data: data.to_vec(),

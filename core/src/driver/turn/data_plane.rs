@@ -409,7 +409,6 @@ impl TurnDataPlane {
         let full = batch.was_full();
         let (buf, items) = batch.parts();
         let received = items.len();
-        let base = buf.as_ptr() as usize;
         let mut control = false;
         let mut kept = 0;
         let local = alloc.local();
@@ -423,20 +422,16 @@ impl TurnDataPlane {
                 contents,
             };
             match alloc.handle_input(now, rx) {
-                Input::Data { peer, data } => {
-                    // The data is borrowed from `buf`: where it starts there.
-                    match (data.as_ptr() as usize).checked_sub(base) {
-                        Some(start) if start + data.len() <= buf.len() => {
-                            items[kept] = Item {
-                                source: peer,
-                                destination: it.destination,
-                                start,
-                                len: data.len(),
-                            };
-                            kept += 1;
-                        }
-                        _ => debug!("peer data outside the receive buffers dropped"),
-                    }
+                Input::Data { peer, data, offset } => {
+                    // Where the data sits in the receive buffer: the datagram's start
+                    // plus the machine's offset.
+                    items[kept] = Item {
+                        source: peer,
+                        destination: it.destination,
+                        start: it.start + offset,
+                        len: data.len(),
+                    };
+                    kept += 1;
                 }
                 Input::Consumed => control |= !is_channel_data(contents),
                 Input::NotTurn => {}
