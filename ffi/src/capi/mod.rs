@@ -621,10 +621,8 @@ mod tests {
         // SAFETY: NULL is refused.
         assert!(unsafe { read_sized::<pinhole_turn_config>(std::ptr::null()) }.is_err());
         // SAFETY: NULL is refused.
-        assert_eq!(
-            unsafe { init_sized::<pinhole_turn_config>(std::ptr::null_mut(), 64) },
-            PINHOLE_ERR_INVALID
-        );
+        let rc = unsafe { init_sized::<pinhole_turn_config>(std::ptr::null_mut(), 64) };
+        assert_eq!(rc, PINHOLE_ERR_INVALID);
     }
 
     #[test]
