@@ -101,6 +101,8 @@ static int latch_wait(latch *l, int seconds) {
     return done;
 }
 
+static int no_pinhole_threads(int seconds);
+
 /* ---- logging ---- */
 
 static atomic_int log_records;
@@ -271,9 +273,8 @@ static void test_netcheck_cancel_and_destroy(const char *silent_uri) {
     CHECK_RC(pinhole_netcheck_cancel(nc), PINHOLE_OK);
     CHECK(latch_wait(&s.latch, 20));
     CHECK_RC(s.result, PINHOLE_ERR_CANCELLED);
-    /* The thread may still be ending: give it a moment before the leak check. */
-    struct timespec pause = {0, 200 * 1000 * 1000};
-    nanosleep(&pause, NULL);
+    /* The thread ends after the callback returns. */
+    CHECK(no_pinhole_threads(20));
     latch_free(&s.latch);
 
     /* Destroy while running: no callback afterwards. */
@@ -1058,9 +1059,8 @@ static void test_turn_credentials_and_destroy(void) {
     CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_OK);
     CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_ALLOCATED], 1, 20));
     CHECK(relay_released(s.relayed));
-    /* The thread ends once the server has answered: give it a moment before the leak check. */
-    struct timespec pause = {0, 300 * 1000 * 1000};
-    nanosleep(&pause, NULL);
+    /* The thread ends once the server has answered; no callback came meanwhile. */
+    CHECK(no_pinhole_threads(20));
     CHECK(s.total == 1);
     turn_state_free(&s);
 

@@ -147,17 +147,40 @@
 #define PINHOLE_VERSION_NUMBER (((PINHOLE_VERSION_MAJOR << 16) | (PINHOLE_VERSION_MINOR << 8)) | PINHOLE_VERSION_PATCH)
 
 // A running netcheck (opaque).
+//
+// Threads: its callbacks (progress, then done) run on the netcheck's own thread, one at a
+// time, in order. `pinhole_netcheck_cancel` may be called from any thread, several at
+// once, and from the callbacks; `pinhole_netcheck_destroy` (blocking) or
+// `pinhole_netcheck_destroy_async` is the last call, from any thread or from a callback.
 typedef struct pinhole_netcheck pinhole_netcheck;
 
 // A port mapping kept alive until released (opaque).
+//
+// Threads: its event callback runs on the mapper's own thread, one event at a time, in
+// order. `pinhole_portmap_get_external` and `pinhole_portmap_release` may be called from
+// any thread, several at once, and from the callback; `pinhole_portmap_destroy` (blocking
+// up to about 3 s while a mapping is deleted) or `pinhole_portmap_destroy_async` is the
+// last call, from any thread or from the callback.
 typedef struct pinhole_portmap pinhole_portmap;
 
 #if defined(PINHOLE_FEATURE_SERVER)
 // A running STUN server (opaque).
+//
+// Threads: it serves on a thread of its own and has no callbacks.
+// `pinhole_server_address_count` and `pinhole_server_get_address` may be called from any
+// thread, several at once; `pinhole_server_destroy` (which waits a moment for the thread)
+// or `pinhole_server_destroy_async` is the last call, from any thread.
 typedef struct pinhole_server pinhole_server;
 #endif
 
 // A TURN allocation (opaque).
+//
+// Threads: its event and data callbacks run on the allocation's own thread, one at a time
+// (never an event and data at once), in order. `pinhole_turn_get_relayed`, `_get_mapped`,
+// `_create_permission`, `_bind_channel`, `_send` and `_deallocate` may be called from any
+// thread, several at once, and from the callbacks; `pinhole_turn_destroy` (blocking up to
+// about 4 s while the allocation is released) or `pinhole_turn_destroy_async` is the last
+// call, from any thread or from a callback.
 typedef struct pinhole_turn pinhole_turn;
 
 // Log levels: `PINHOLE_LOG_*`.

@@ -18,6 +18,11 @@ use crate::task::Task;
 use crate::types::{GatewayProbe, NatBehaviour, NetcheckConfig, NetcheckProgress, NetcheckReport};
 
 /// A running netcheck (opaque).
+///
+/// Threads: its callbacks (progress, then done) run on the netcheck's own thread, one at a
+/// time, in order. `pinhole_netcheck_cancel` may be called from any thread, several at
+/// once, and from the callbacks; `pinhole_netcheck_destroy` (blocking) or
+/// `pinhole_netcheck_destroy_async` is the last call, from any thread or from a callback.
 pub struct pinhole_netcheck {
     task: Mutex<Option<Task>>,
     destroyed: Arc<AtomicBool>,

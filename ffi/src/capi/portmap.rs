@@ -19,6 +19,12 @@ use crate::types::{
 };
 
 /// A port mapping kept alive until released (opaque).
+///
+/// Threads: its event callback runs on the mapper's own thread, one event at a time, in
+/// order. `pinhole_portmap_get_external` and `pinhole_portmap_release` may be called from
+/// any thread, several at once, and from the callback; `pinhole_portmap_destroy` (blocking
+/// up to about 3 s while a mapping is deleted) or `pinhole_portmap_destroy_async` is the
+/// last call, from any thread or from the callback.
 pub struct pinhole_portmap {
     task: Mutex<Option<Task>>,
     destroyed: Arc<AtomicBool>,

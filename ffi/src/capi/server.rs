@@ -9,6 +9,11 @@ use crate::error::PinholeError;
 use crate::ops::Server;
 
 /// A running STUN server (opaque).
+///
+/// Threads: it serves on a thread of its own and has no callbacks.
+/// `pinhole_server_address_count` and `pinhole_server_get_address` may be called from any
+/// thread, several at once; `pinhole_server_destroy` (which waits a moment for the thread)
+/// or `pinhole_server_destroy_async` is the last call, from any thread.
 pub struct pinhole_server {
     server: Option<Server>,
 }

@@ -21,6 +21,13 @@ use crate::task::Task;
 use crate::types::{RelayedFamily, TurnConfig, TurnEvent, parse_ip, parse_socket_addr};
 
 /// A TURN allocation (opaque).
+///
+/// Threads: its event and data callbacks run on the allocation's own thread, one at a time
+/// (never an event and data at once), in order. `pinhole_turn_get_relayed`, `_get_mapped`,
+/// `_create_permission`, `_bind_channel`, `_send` and `_deallocate` may be called from any
+/// thread, several at once, and from the callbacks; `pinhole_turn_destroy` (blocking up to
+/// about 4 s while the allocation is released) or `pinhole_turn_destroy_async` is the last
+/// call, from any thread or from a callback.
 pub struct pinhole_turn {
     task: Mutex<Option<Task>>,
     destroyed: Arc<AtomicBool>,
