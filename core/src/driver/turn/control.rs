@@ -426,3 +426,167 @@ pub(super) async fn run(mut owned: Owned, mut sockets: Sockets, connector: Conne
         }
     }
 }
+
+#[cfg(all(test, feature = "server"))]
+mod tests {
+    //! The control task's machine against the development TURN server on the virtual
+    //! network: what the driver used to do with tokio timers now happens on the
+    //! machine's clock.
+
+    use std::net::{IpAddr, SocketAddr};
+
+    use super::*;
+    use crate::sim::{Conditions, Host, Network, Sim};
+    use crate::turn::{
+        AllocationConfig, AllocationEvent, Credentials, ServerAction, TurnServer,
+        TurnServerConfig,
+    };
+
+    const SERVER: &str = "203.0.113.1:3478";
+    const CLIENT: &str = "198.51.100.7:40000";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    struct World {
+        now: Instant,
+        net: Network,
+        server: TurnServer,
+        client: Client,
+        events: Vec<ClientEvent>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let now = Instant::now();
+            let mut config = TurnServerConfig::new(addr(SERVER), "pinhole.test", 1_700_000_000);
+            config
+                .credentials
+                .users
+                .insert("alice".into(), "wonderland".into());
+            let creds = Credentials::long_term("alice", "wonderland");
+            let alloc = Allocation::new(
+                now,
+                AllocationConfig::new(addr(SERVER), addr(CLIENT), TurnTransport::Udp, creds),
+                [7; 32],
+            );
+            Self {
+                now,
+                net: Network::new(
+                    3,
+                    Conditions {
+                        latency: Duration::from_millis(10),
+                        ..Conditions::default()
+                    },
+                ),
+                server: TurnServer::new(now, config, [8; 32]),
+                client: Client::new(alloc, TurnTransport::Udp),
+                events: Vec::new(),
+            }
+        }
+
+        /// Runs for `d`, the server answering only when `server_up`.
+        fn run(&mut self, d: Duration, server_up: bool) {
+            let server_ip = addr(SERVER).ip();
+            let events = &mut self.events;
+            let mut sim = Sim::new(&mut self.net, self.now);
+            if server_up {
+                sim.add(
+                    Host::new(&mut self.server, [server_ip]).on_event(|server, _, action| {
+                        if let ServerAction::BindRelay { client, .. } = action {
+                            server.relay_bound(client, SocketAddr::new(server_ip, 50_000));
+                        }
+                    }),
+                );
+            }
+            sim.add(
+                Host::new(&mut self.client, [addr(CLIENT).ip()]).on_event(|_, _, e| events.push(e)),
+            );
+            sim.run_for(d);
+            self.now = sim.now();
+        }
+
+        fn turn_events(&self) -> Vec<&TurnEvent> {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    ClientEvent::Turn(t) => Some(t),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn an_unconfirmed_deallocation_ends_at_its_deadline_on_the_machines_clock() {
+        let mut w = World::new();
+        w.run(Duration::from_secs(1), true);
+        assert!(
+            w.turn_events()
+                .iter()
+                .any(|e| matches!(e, TurnEvent::Allocation(AllocationEvent::Allocated { .. }))),
+            "{:?}",
+            w.events
+        );
+        // The server goes silent; the handle asks to deallocate.
+        let asked = w.now;
+        assert!(matches!(
+            w.client.command(Some(Command::Deallocate), asked),
+            Step::Nothing
+        ));
+        assert!(
+            w.client
+                .poll_timeout()
+                .is_some_and(|t| t <= asked + DEALLOCATE_TIMEOUT)
+        );
+        w.events.clear();
+        w.run(DEALLOCATE_TIMEOUT + Duration::from_secs(1), false);
+        let n = w.events.len();
+        assert!(n >= 2, "{:?}", w.events);
+        assert!(
+            matches!(
+                w.events[n - 2],
+                ClientEvent::Turn(TurnEvent::DeallocateUnconfirmed)
+            ),
+            "{:?}",
+            w.events
+        );
+        assert!(matches!(w.events[n - 1], ClientEvent::Done));
+        // Over: nothing more to send, no timer, no event.
+        assert!(w.client.is_done());
+        assert!(w.client.poll_transmit().is_none());
+        assert!(w.client.poll_timeout().is_none());
+        assert!(w.client.poll_event().is_none());
+    }
+
+    #[test]
+    fn a_confirmed_deallocation_is_done_and_handle_sends_go_to_the_server() {
+        let mut w = World::new();
+        w.run(Duration::from_secs(1), true);
+        let peer = SocketAddr::new(IpAddr::from([192, 0, 2, 50]), 9000);
+        w.client
+            .command(Some(Command::Permission(peer.ip())), w.now);
+        w.run(Duration::from_secs(1), true);
+        // A handle's send is encoded for the server (a Send indication: no channel).
+        w.client.send(peer, b"hello");
+        let t = w.client.poll_transmit().expect("the encoded datagram");
+        assert_eq!((t.source, t.destination), (addr(CLIENT), addr(SERVER)));
+        assert!(t.contents.windows(5).any(|x| x == b"hello"));
+        w.client.command(None, w.now);
+        w.events.clear();
+        w.run(Duration::from_secs(1), true);
+        assert!(
+            matches!(
+                w.events.as_slice(),
+                [
+                    ClientEvent::Turn(TurnEvent::Allocation(AllocationEvent::Deallocated)),
+                    ClientEvent::Done
+                ]
+            ),
+            "{:?}",
+            w.events
+        );
+        assert!(w.client.poll_timeout().is_none());
+    }
+}
