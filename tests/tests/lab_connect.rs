@@ -318,8 +318,8 @@ impl Side {
     /// [`DIRECT_WITHIN_MS_LOSSY`] after it started (the bound `check_path` applies to the
     /// events' `elapsed_ms`), and never past `deadline`.
     fn stay_for_direct(&mut self, deadline: Instant) {
-        let until = (self.started + Duration::from_secs_f64(DIRECT_WITHIN_MS_LOSSY / 1000.0))
-            .min(deadline);
+        let until =
+            (self.started + Duration::from_secs_f64(DIRECT_WITHIN_MS_LOSSY / 1000.0)).min(deadline);
         let direct = |l: &str| {
             serde_json::from_str::<Value>(l).is_ok_and(|v| {
                 (v["event"] == "connected" || v["event"] == "path-changed") && !relay_in(&v)

@@ -438,8 +438,7 @@ mod tests {
     use super::*;
     use crate::sim::{Conditions, Host, Network, Sim};
     use crate::turn::{
-        AllocationConfig, AllocationEvent, Credentials, ServerAction, TurnServer,
-        TurnServerConfig,
+        AllocationConfig, AllocationEvent, Credentials, ServerAction, TurnServer, TurnServerConfig,
     };
 
     const SERVER: &str = "203.0.113.1:3478";
