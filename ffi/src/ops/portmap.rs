@@ -257,8 +257,9 @@ impl MappingPlan {
                     () = stop.wait() => {}
                     n = network.recv() => match n {
                         Some(n) => changed.set(Some(latest(n, &mut network))),
-                        // The handle is gone: its drop stops the task too.
-                        None => std::future::pending().await,
+                        // No more network input (the C API's mapper never has any; a
+                        // dropped handle stops the task too): only `stop` ends it now.
+                        None => stop.wait().await,
                     },
                 }
             };
@@ -344,6 +345,91 @@ mod tests {
             verify_stun: verify_stun.map(str::to_owned),
             verify_interval_secs: 0,
         }
+    }
+
+    /// A NAT-PMP gateway (RFC 6886) on `ip`:5351 that grants every mapping as asked;
+    /// sends each mapping request's lifetime to `requests`.
+    fn fake_natpmp(ip: &str, requests: std::sync::mpsc::Sender<u32>) {
+        let sock = std::net::UdpSocket::bind((ip, 5351)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while let Ok((n, from)) = sock.recv_from(&mut b) {
+                // §3.2: external address; §3.3: map UDP (1) or TCP (2).
+                let reply = match (n, b[0], b[1]) {
+                    (2, 0, 0) => {
+                        let mut r = vec![0, 128, 0, 0, 0, 0, 0, 1];
+                        r.extend_from_slice(&[203, 0, 113, 7]);
+                        r
+                    }
+                    (12, 0, op @ (1 | 2)) => {
+                        let lifetime = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+                        if requests.send(lifetime).is_err() {
+                            return;
+                        }
+                        let mut r = vec![0, 128 + op, 0, 0, 0, 0, 0, 1];
+                        r.extend_from_slice(&b[4..6]); // internal port
+                        r.extend_from_slice(&b[4..6]); // external port: the same
+                        r.extend_from_slice(&b[8..12]);
+                        r
+                    }
+                    _ => continue,
+                };
+                let _ = sock.send_to(&reply, from);
+            }
+        });
+    }
+
+    /// The C API's mapper has no network input (its sender is gone at once): stopping it
+    /// must still end it, deleting the mapping. (When the network input came, a closed
+    /// input made the mapper ignore `stop` for ever: the C test's destroy never reached
+    /// the gateway.)
+    #[test]
+    fn a_mapper_without_network_input_deletes_its_mapping_when_stopped() {
+        let (req_tx, requests) = std::sync::mpsc::channel();
+        fake_natpmp("127.0.0.41", req_tx);
+        let plan = MappingPlan::new(&PortMappingConfig {
+            gateway: Some("127.0.0.41".into()),
+            method: Some(crate::types::MappingMethod::NatPmp),
+            ..mapping(None)
+        })
+        .unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        let task = Task::spawn("test-portmap", move |stop| async move {
+            plan.run(stop, Arc::default(), move |ev| {
+                let _ = tx.send(ev);
+            })
+            .await;
+        })
+        .unwrap();
+        let bound = Duration::from_secs(10);
+        let first = events.recv_timeout(bound).expect("an event");
+        assert!(
+            matches!(first, PortMappingEvent::Mapped { .. }),
+            "{first:?}"
+        );
+        assert_eq!(requests.recv_timeout(bound), Ok(60));
+        task.stop();
+        // The deletion: a request with lifetime 0 (RFC 6886 §3.4).
+        let deleted = requests.recv_timeout(bound);
+        let mut last = None;
+        let ended = deleted == Ok(0)
+            && loop {
+                match events.recv_timeout(bound) {
+                    Ok(ev) => last = Some(ev),
+                    // The sender went with the task: it ended.
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break true,
+                    Err(_) => break false,
+                }
+            };
+        if !ended {
+            // Dropping the task would wait for its thread, which does not end: fail instead
+            // of hanging.
+            std::mem::forget(task);
+            panic!("the mapper did not end when stopped (deletion {deleted:?}, last {last:?})");
+        }
+        assert!(matches!(last, Some(PortMappingEvent::Released)), "{last:?}");
     }
 
     #[test]
