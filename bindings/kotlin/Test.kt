@@ -157,9 +157,9 @@ fun testTurn(uri: String, user: String, password: String, secret: String) {
     check(relayed.startsWith("127.0.0.1:") && alloc.relayedAddresses() == listOf(relayed), "relayed $relayed")
     check(alloc.mappedAddress()?.startsWith("127.0.0.1:") == true, "mapped ${alloc.mappedAddress()}")
     val allocated = l.next<TurnEvent.Allocated>()
-    check(allocated != null && allocated.relayed == listOf(relayed) && allocated.lifetime.seconds == 600L,
+    check(allocated != null && allocated.relayed == listOf(relayed) && allocated.lifetimeSecs == 600u,
         "Allocated event $allocated")
-    println("  relayed $relayed, mapped ${alloc.mappedAddress()}, lifetime ${allocated?.lifetime}")
+    println("  relayed $relayed, mapped ${alloc.mappedAddress()}, lifetime ${allocated?.lifetimeSecs} s")
     check(!alloc.isClosed(), "open")
 
     DatagramSocket(0, InetAddress.getByName("127.0.0.1")).use { peer ->
@@ -201,17 +201,18 @@ fun testTurn(uri: String, user: String, password: String, secret: String) {
         expectThrows<PinholeException.InvalidArgument>("bad peer IP") { runBlocking { alloc.createPermission("127.0.0.1:80") } }
         expectThrows<PinholeException.InvalidArgument>("channel without port") { runBlocking { alloc.bindChannel("127.0.0.1") } }
 
-        runBlocking { withTimeout(10_000) { alloc.release() } }
-        check(alloc.isClosed(), "closed after release")
+        runBlocking { withTimeout(10_000) { alloc.closeAndWait() } }
+        check(alloc.isClosed(), "closed after closeAndWait")
         check(l.next<TurnEvent.Deallocated>() != null, "Deallocated event")
-        expectThrows<PinholeException.NotAvailable>("send after release") { alloc.send(peerAddr, byteArrayOf(1)) }
-        expectThrows<PinholeException.NotAvailable>("permission after release") {
+        expectThrows<PinholeException.NotAvailable>("send after closeAndWait") { alloc.send(peerAddr, byteArrayOf(1)) }
+        expectThrows<PinholeException.NotAvailable>("permission after closeAndWait") {
             runBlocking { alloc.createPermission("127.0.0.1") }
         }
         check(relayReleased(relayed), "the server freed the relayed port")
     }
     check(!l.onMainThread, "TURN callbacks not on the main thread")
     alloc.close()
+    expectThrows<IllegalStateException>("a closed object is gone") { alloc.isClosed() }
 
     println("TURN: wrong credentials, REST credentials, dropping deallocates")
     expectThrows<PinholeException.Authentication>("wrong password") {
@@ -258,9 +259,9 @@ fun checkLoopbackReport(r: NetcheckReport, what: String) {
     check(r.servers.size == 1, "$what: one server")
     val s = r.servers[0]
     check(s.label.startsWith("stun:"), "$what: label")
-    check(s.rtt != null && !s.rtt!!.isNegative, "$what: rtt")
+    check(s.rttUs != null, "$what: rtt")
     check(s.mapped != null && s.otherAddress != null, "$what: mapped and OTHER-ADDRESS")
-    println("  $what: mapping ${r.mapping}, filtering ${r.filtering}, public ${r.publicAddresses}, rtt ${s.rtt}")
+    println("  $what: mapping ${r.mapping}, filtering ${r.filtering}, public ${r.publicAddresses}, rtt ${s.rttUs} µs")
 }
 
 fun main(args: Array<String>) {
@@ -310,9 +311,8 @@ fun main(args: Array<String>) {
     println("embedded servers")
     val plain = StunServer("127.0.0.1:0", null)
     check(plain.addresses().size == 1 && plain.uri().startsWith("stun:127.0.0.1:"), "plain server ${plain.addresses()}")
-    plain.stop()
-    plain.stop() // idempotent
     plain.close()
+    plain.close() // idempotent
     val server = StunServer.loopback()
     check(server.addresses().size == 4, "RFC 5780 server has four addresses")
 
@@ -337,10 +337,10 @@ fun main(args: Array<String>) {
     val cancelled = Listener()
     val silent = NetcheckConfig(stunServers = listOf(silentUri), timeoutMs = 60000u, noPortmap = true)
     val t2 = startNetcheck(silent, cancelled)
-    t2.cancel()
+    t2.close() // cancels
     check(cancelled.done.await(20, TimeUnit.SECONDS), "cancelled listener done")
     check(cancelled.error is PinholeException.Cancelled, "cancelled: ${cancelled.error}")
-    t2.close()
+    t2.close() // idempotent
     val started = System.nanoTime()
     try {
         runBlocking { withTimeout(500) { netcheck(silent) } }
@@ -361,8 +361,17 @@ fun main(args: Array<String>) {
     check(last is PortMappingEvent.Unavailable, "unavailable: $last")
     check(!ml.onMainThread, "mapping events not on the main thread")
     println("  $last")
-    runBlocking { mapper.release() }
-    check(mapper.isStopped() && mapper.current() == null, "stopped, no mapping")
+    expectThrows<PinholeException.InvalidArgument>("networkChanged: not an IP") {
+        mapper.networkChanged(NetworkInfo(gateway = "nope"))
+    }
+    expectThrows<PinholeException.InvalidArgument>("networkChanged: local address without gateway") {
+        mapper.networkChanged(NetworkInfo(localIp = "127.0.0.1"))
+    }
+    runBlocking { mapper.closeAndWait() }
+    check(mapper.isClosed() && mapper.current() == null, "stopped, no mapping")
+    expectThrows<PinholeException.NotAvailable>("networkChanged after the end") {
+        mapper.networkChanged(NetworkInfo(gateway = "127.0.0.9"))
+    }
     mapper.close()
 
     println("port mapping via 127.0.0.9 verified through $serveUri (no gateway there)")
@@ -400,7 +409,7 @@ fun main(args: Array<String>) {
     check(lastV is PortMappingEvent.Unavailable && !lastV.reason.contains("verify_stun") &&
         !lastV.reason.contains("mapped port"), "verifying: unavailable for want of a gateway: $lastV")
     println("  $lastV")
-    runBlocking { withTimeout(10_000) { verifying.release() } }
+    runBlocking { withTimeout(10_000) { verifying.closeAndWait() } }
     verifying.close()
     DatagramSocket(0, InetAddress.getByName("127.0.0.1")).use { taken ->
         val mt = MappingListener()
@@ -416,21 +425,20 @@ fun main(args: Array<String>) {
     val ml2 = MappingListener()
     val m2 = mapPort(PortMappingConfig(internalPort = 40001u, protocol = TransportProtocol.TCP,
         gateway = "127.0.0.9", method = MappingMethod.PCP), ml2)
-    m2.stop()
-    runBlocking { withTimeout(10_000) { m2.release() } }
-    check(m2.isStopped(), "released before any answer")
+    runBlocking { withTimeout(10_000) { m2.closeAndWait() } }
+    check(m2.isClosed(), "released before any answer")
     val last2 = synchronized(ml2) { ml2.events.lastOrNull() }
     check(last2 == PortMappingEvent.Released || last2 is PortMappingEvent.Unavailable, "last event $last2")
     m2.close()
 
     // Records and enums the lab would produce, built here to check their shape.
     val mapping = PortMapping(MappingMethod.NAT_PMP, TransportProtocol.UDP, "10.0.0.2:40000",
-        "203.0.113.7:40000", java.time.Duration.ofSeconds(7200), true)
+        "203.0.113.7:40000", 7200u, true)
     val changed = PortMappingEvent.Changed(mapping, mapping.copy(external = "203.0.113.7:40002"))
     check(changed.old != changed.new && changed.new.method == MappingMethod.NAT_PMP, "records")
     check(PortMappingEvent.Mapped(mapping) == PortMappingEvent.Mapped(mapping.copy()), "data class equality")
-    // Every event, handled exhaustively (a `when` without `else` fails to compile when a
-    // case is missing).
+    // Every event, each handled, with an `else` branch: the event-evolution policy (a new
+    // variant is not a breaking change, so matching must never be exhaustive without one).
     val allEvents: List<PortMappingEvent> = listOf(
         PortMappingEvent.Mapped(mapping), PortMappingEvent.Renewed(mapping), changed,
         PortMappingEvent.Lost("x"), PortMappingEvent.Unavailable("x"), PortMappingEvent.Released,
@@ -447,12 +455,18 @@ fun main(args: Array<String>) {
             is PortMappingEvent.Verified -> "verified:${it.mapping.external}"
             is PortMappingEvent.NotForwarding -> "not-forwarding:${it.mapping.external}"
             is PortMappingEvent.Unverified -> "unverified:${it.reason}"
+            else -> "unknown"
         }
     }
     check(names.toSet().size == 9 && "unverified:no answer" in names, "events $names")
     check(NatBehaviour.values().size == 4 && MappingMethod.values().size == 3 &&
         LogLevel.values().size == 6, "enums")
-    check(BindingLifetime(java.time.Duration.ofSeconds(10), null).lessThan == null, "BindingLifetime")
+    check(BindingLifetime(10_000uL, null).let { it.atLeastMs == 10_000uL && it.lessThanMs == null }, "BindingLifetime")
+    // No java.time anywhere in the API (Android API 24 has none): durations are integers.
+    check(PortMapping::class.java.declaredFields.none { it.type.name.startsWith("java.time") } &&
+        TurnEvent.Allocated::class.java.declaredFields.none { it.type.name.startsWith("java.time") } &&
+        NetcheckProgress.ServerReplied::class.java.declaredFields.none { it.type.name.startsWith("java.time") },
+        "no java.time.Duration in the records")
     check(GatewayProbe(null, null, null, null, null, null, "x").error == "x", "GatewayProbe")
 
     testTurn(args[2], args[3], args[4], args[5])

@@ -4,9 +4,30 @@
 //! Threads: a listener's methods are called on the operation's own Rust thread (named
 //! `pinhole-netcheck`, `pinhole-portmap` or `pinhole-turn`), one at a time and in order;
 //! never on the caller's thread. A listener may call back into this API, including
-//! cancelling or releasing its own operation (but not wait there for it to end, as
-//! the async `release` methods do). The logger is called from any thread, possibly
+//! closing its own operation (but not wait there for it to end, as the async
+//! `close_and_wait` methods do). The logger is called from any thread, possibly
 //! concurrently, and must not block for long.
+//!
+//! # Ending things: one verb, `close`
+//!
+//! Every long-lived object ([`NetcheckTask`], [`PortMapper`], [`TurnAllocation`],
+//! [`StunServer`]) ends the same way, and never blocks the caller: the netcheck is
+//! cancelled, the port mapping deleted in the background (bounded), the TURN allocation
+//! deallocated in the background (bounded), the server stopped.
+//!
+//! - Dropping the Rust handle ends it. In Kotlin that is the generated `close()`
+//!   (`AutoCloseable`, so `use {}` works), which frees the handle; the objects' own Rust
+//!   `close` methods are excluded from the Kotlin bindings (`ffi/uniffi.toml`), because
+//!   they would clash with that generated `close()`, which does the same.
+//! - In Swift (no deterministic destruction) the Rust `close()` method below ends the
+//!   object while the handle lives on; the handle is freed when the last reference goes.
+//! - Where a graceful end is worth awaiting (the gateway confirmed the deletion, the
+//!   server the deallocation), `close_and_wait` (Kotlin `suspend fun closeAndWait()`,
+//!   Swift `func closeAndWait() async`) ends it and returns once it has ended, bounded
+//!   by a few seconds. In Kotlin, `close()` still frees the handle afterwards.
+//!
+//! After the end, `is_closed` is true (and `is_finished` for a netcheck); the other
+//! methods fail with `NotAvailable` or return nothing.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,10 +37,12 @@ use crate::error::PinholeError;
 use crate::log::{LogLevel, Sink};
 #[cfg(feature = "server")]
 use crate::ops::Server;
-use crate::ops::{MappingPlan, NetcheckPlan, TurnCommand, TurnPlan, TurnStatus, turn_send_args};
+use crate::ops::{
+    MappingPlan, NetcheckPlan, NetworkTarget, TurnCommand, TurnPlan, TurnStatus, turn_send_args,
+};
 use crate::task::Task;
 use crate::types::{
-    NetcheckConfig, NetcheckProgress, NetcheckReport, PortMapping, PortMappingConfig,
+    NetcheckConfig, NetcheckProgress, NetcheckReport, NetworkInfo, PortMapping, PortMappingConfig,
     PortMappingEvent, TurnConfig, TurnEvent, parse_ip, parse_socket_addr,
 };
 
@@ -101,7 +124,8 @@ pub trait NetcheckListener: Send + Sync {
     fn on_error(&self, error: PinholeError);
 }
 
-/// A running netcheck started by [`start_netcheck`]. Dropping it cancels the netcheck.
+/// A running netcheck started by [`start_netcheck`]. `close` (or dropping it: Kotlin's
+/// `close()`) cancels the netcheck without waiting.
 #[derive(uniffi::Object)]
 pub struct NetcheckTask {
     task: Mutex<DetachOnDrop>,
@@ -109,9 +133,10 @@ pub struct NetcheckTask {
 
 #[uniffi::export]
 impl NetcheckTask {
-    /// Cancels the netcheck: the listener's `on_error` gets `Cancelled`, unless the
-    /// outcome was already delivered.
-    pub fn cancel(&self) {
+    /// Cancels the netcheck, returning at once: the listener's `on_error` gets
+    /// `Cancelled`, unless the outcome was already delivered. Idempotent. (Not in the
+    /// Kotlin bindings, where the generated `close()` drops the handle, which does this.)
+    pub fn close(&self) {
         if let Ok(t) = self.task.lock() {
             if let Some(t) = &t.0 {
                 t.stop();
@@ -158,13 +183,15 @@ pub trait PortMappingListener: Send + Sync {
     fn on_event(&self, event: PortMappingEvent);
 }
 
-/// A port mapping kept alive (renewed, re-created) until released. Dropping it releases
-/// the mapping in the background.
+/// A port mapping kept alive (renewed, re-created, moved when the network changes) until
+/// closed. `close` (or dropping it: Kotlin's `close()`) deletes the mapping in the
+/// background; `close_and_wait` waits for the deletion.
 #[derive(uniffi::Object)]
 pub struct PortMapper {
     task: Mutex<DetachOnDrop>,
     finished: tokio::sync::watch::Receiver<bool>,
     current: Arc<Mutex<Option<PortMapping>>>,
+    network: mpsc::UnboundedSender<NetworkTarget>,
 }
 
 #[uniffi::export]
@@ -176,7 +203,9 @@ impl PortMapper {
 
     /// Deletes the mapping and stops, returning at once; the listener then gets
     /// `Released` (or `Unavailable` if no mapping existed and the gateway did not answer).
-    pub fn stop(&self) {
+    /// Idempotent. (Not in the Kotlin bindings, where the generated `close()` drops the
+    /// handle, which does this.)
+    pub fn close(&self) {
         if let Ok(t) = self.task.lock() {
             if let Some(t) = &t.0 {
                 t.stop();
@@ -185,16 +214,34 @@ impl PortMapper {
     }
 
     /// Deletes the mapping and waits until the mapper has stopped (at most a few
-    /// seconds: the deletion is bounded).
-    pub async fn release(&self) {
-        self.stop();
+    /// seconds: the deletion is bounded). Not to be awaited inside the listener (it would
+    /// wait for itself).
+    pub async fn close_and_wait(&self) {
+        self.close();
         let mut finished = self.finished.clone();
         let _ = finished.wait_for(|f| *f).await;
     }
 
-    /// Whether the mapper has stopped.
-    pub fn is_stopped(&self) -> bool {
+    /// Whether the mapper has stopped (closed, or ended by itself with `Unavailable`).
+    pub fn is_closed(&self) -> bool {
         *self.finished.borrow()
+    }
+
+    /// The host's network changed (or its facts became known): deletes the mapping at
+    /// the old gateway (bounded), reports `Lost`, and maps the same port again via
+    /// `info`'s gateway and local address, returning at once. With no gateway in `info`,
+    /// the routing table's; when none can be found, the mapper reports `Lost` and waits
+    /// for the next change. Errors: `InvalidArgument` (not IP addresses, a local address
+    /// without a gateway or of another family), `NotAvailable` (the mapper has stopped:
+    /// start a new one).
+    pub fn network_changed(&self, info: NetworkInfo) -> Result<(), PinholeError> {
+        let target = NetworkTarget::from_info(&info)?;
+        if self.is_closed() {
+            return Err(PinholeError::NotAvailable("the mapper has stopped".into()));
+        }
+        self.network
+            .send(target)
+            .map_err(|_| PinholeError::NotAvailable("the mapper has stopped".into()))
     }
 }
 
@@ -207,19 +254,23 @@ pub fn map_port(
     let plan = MappingPlan::new(&config)?;
     let current = Arc::new(Mutex::new(None));
     let current2 = current.clone();
+    let (network, network_rx) = mpsc::unbounded_channel();
     let task = Task::spawn("pinhole-portmap", move |stop| async move {
-        plan.run(stop, current2, |ev| listener.on_event(ev)).await;
+        plan.run_with_network(stop, network_rx, current2, |ev| listener.on_event(ev))
+            .await;
     })?;
     Ok(Arc::new(PortMapper {
         finished: task.finished(),
         task: Mutex::new(DetachOnDrop(Some(task))),
         current,
+        network,
     }))
 }
 
 /// A STUN server (RFC 8489 Binding; RFC 5780 with an alternate address), for tests and
-/// for running a server of one's own. Dropping it stops the server. Only in a library
-/// built with the feature `server`.
+/// for running a server of one's own. `close` (or dropping it: Kotlin's `close()`) stops
+/// the server without waiting for its thread. Only in a library built with the feature
+/// `server`.
 #[cfg(feature = "server")]
 #[derive(uniffi::Object)]
 pub struct StunServer {
@@ -264,12 +315,27 @@ impl StunServer {
         format!("stun:{}", self.addresses.first().map_or("", String::as_str))
     }
 
-    /// Stops the server (idempotent).
-    pub fn stop(&self) {
+    /// Stops the server, returning at once (its sockets close as its thread ends, within
+    /// milliseconds). Idempotent. (Not in the Kotlin bindings, where the generated
+    /// `close()` drops the handle, which does this.)
+    pub fn close(&self) {
         let server = self.server.lock().ok().and_then(|mut s| s.take());
         if let Some(s) = server {
-            s.stop();
+            s.detach();
         }
+    }
+
+    /// Whether the server has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.server.lock().map(|s| s.is_none()).unwrap_or(true)
+    }
+}
+
+#[cfg(feature = "server")]
+impl Drop for StunServer {
+    fn drop(&mut self) {
+        // Not `Server`'s own drop, which joins the thread: a finalizer must not block.
+        self.close();
     }
 }
 
@@ -283,8 +349,9 @@ pub trait TurnListener: Send + Sync {
     fn on_data(&self, peer: String, data: Vec<u8>);
 }
 
-/// A TURN allocation (RFC 8656): a relayed address on the server, refreshed until released.
-/// Made by [`allocate_turn`]. Dropping it deallocates in the background.
+/// A TURN allocation (RFC 8656): a relayed address on the server, refreshed until closed.
+/// Made by [`allocate_turn`]. `close` (or dropping it: Kotlin's `close()`) deallocates in
+/// the background; `close_and_wait` waits for the deallocation.
 #[derive(uniffi::Object)]
 pub struct TurnAllocation {
     task: Mutex<DetachOnDrop>,
@@ -355,16 +422,18 @@ impl TurnAllocation {
         self.command(TurnCommand::Send(peer, data))
     }
 
-    /// Deallocates, returning at once; `TurnEvent.Deallocated` follows.
-    pub fn deallocate(&self) {
+    /// Deallocates, returning at once; `TurnEvent.Deallocated` (or `Lost`) follows.
+    /// Idempotent. (Not in the Kotlin bindings, where the generated `close()` drops the
+    /// handle, which does this.)
+    pub fn close(&self) {
         let _ = self.commands.send(TurnCommand::Deallocate);
     }
 
     /// Deallocates and waits until the allocation has ended (at most a few seconds: the
     /// deallocation is bounded). The listener gets `Deallocated` (or `Lost`) first. Not to
-    /// be awaited inside the listener (it would wait for itself): use `deallocate` there.
-    pub async fn release(&self) {
-        self.deallocate();
+    /// be awaited inside the listener (it would wait for itself): use `close` there.
+    pub async fn close_and_wait(&self) {
+        self.close();
         let mut finished = self.finished.clone();
         let _ = finished.wait_for(|f| *f).await;
         if let Ok(mut t) = self.task.lock() {
@@ -450,5 +519,196 @@ pub async fn allocate_turn(
             }
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::sync::mpsc as std_mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::types::{MappingMethod, TransportProtocol};
+
+    /// PCP's and NAT-PMP's server port (RFC 6887 §19.1, RFC 6886 §3).
+    const PCP_PORT: u16 = 5351;
+
+    struct Events(Mutex<std_mpsc::Sender<PortMappingEvent>>);
+
+    impl PortMappingListener for Events {
+        fn on_event(&self, event: PortMappingEvent) {
+            if let Ok(tx) = self.0.lock() {
+                let _ = tx.send(event);
+            }
+        }
+    }
+
+    /// A silent gateway on loopback: its PCP socket, which never answers.
+    fn fake_gateway(ip: &str) -> UdpSocket {
+        let s = UdpSocket::bind((ip, PCP_PORT)).expect("bind a fake gateway on loopback");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        s
+    }
+
+    /// The source of the first request the fake gateway hears within 15 s.
+    fn first_request(gw: &UdpSocket) -> Option<std::net::SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut buf = [0u8; 1100];
+        while Instant::now() < deadline {
+            if let Ok((_, from)) = gw.recv_from(&mut buf) {
+                return Some(from);
+            }
+        }
+        None
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// `network_changed` moves the mapping: after it, requests go to the new gateway from
+    /// the new local address, and the listener hears `Lost` for the change. Loopback only
+    /// (127.0.0.21-23, where nothing else listens).
+    #[test]
+    fn network_changed_moves_the_mapping_to_the_new_gateway() {
+        let old = fake_gateway("127.0.0.21");
+        let new = fake_gateway("127.0.0.22");
+        let (tx, rx) = std_mpsc::channel();
+        let mapper = map_port(
+            PortMappingConfig {
+                internal_port: 40123,
+                protocol: TransportProtocol::Udp,
+                gateway: Some("127.0.0.21".into()),
+                local_ip: Some("127.0.0.1".into()),
+                suggested_external_port: 0,
+                lifetime_secs: 60,
+                method: Some(MappingMethod::Pcp),
+                verify_stun: None,
+                verify_interval_secs: 0,
+            },
+            Arc::new(Events(Mutex::new(tx))),
+        )
+        .unwrap();
+        let from = first_request(&old).expect("a request at the first gateway");
+        assert_eq!(from.ip().to_string(), "127.0.0.1");
+
+        // Bad facts are refused at once.
+        let bad = |gateway: Option<&str>, local_ip: Option<&str>| {
+            mapper.network_changed(NetworkInfo {
+                gateway: gateway.map(Into::into),
+                local_ip: local_ip.map(Into::into),
+            })
+        };
+        for (g, l) in [
+            (Some("nope"), None),
+            (None, Some("127.0.0.1")),
+            (Some("127.0.0.22"), Some("::1")),
+        ] {
+            assert!(matches!(bad(g, l), Err(PinholeError::InvalidArgument(_))));
+        }
+
+        mapper
+            .network_changed(NetworkInfo {
+                gateway: Some("127.0.0.22".into()),
+                local_ip: Some("127.0.0.23".into()),
+            })
+            .unwrap();
+        let from = first_request(&new).expect("a request at the new gateway");
+        assert_eq!(
+            from.ip().to_string(),
+            "127.0.0.23",
+            "from the new local address"
+        );
+        let lost = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an event for the change");
+        assert!(
+            matches!(&lost, PortMappingEvent::Lost { reason } if reason.contains("127.0.0.22")),
+            "{lost:?}"
+        );
+        assert!(!mapper.is_closed());
+
+        // close_and_wait ends it (bounded); the last event is Released or Unavailable.
+        let started = Instant::now();
+        block_on(mapper.close_and_wait());
+        assert!(started.elapsed() < Duration::from_secs(15));
+        assert!(mapper.is_closed());
+        let last = rx.try_iter().last();
+        assert!(
+            matches!(
+                last,
+                Some(PortMappingEvent::Released | PortMappingEvent::Unavailable { .. })
+            ),
+            "{last:?}"
+        );
+        assert!(matches!(
+            bad(Some("127.0.0.22"), None),
+            Err(PinholeError::NotAvailable(_))
+        ));
+    }
+
+    /// `close` returns at once and ends every object; dropping does too.
+    #[test]
+    fn close_ends_without_blocking() {
+        let _gw = fake_gateway("127.0.0.24");
+        let (tx, rx) = std_mpsc::channel();
+        let mapper = map_port(
+            PortMappingConfig {
+                internal_port: 40124,
+                protocol: TransportProtocol::Udp,
+                gateway: Some("127.0.0.24".into()),
+                local_ip: Some("127.0.0.1".into()),
+                suggested_external_port: 0,
+                lifetime_secs: 60,
+                method: Some(MappingMethod::Pcp),
+                verify_stun: None,
+                verify_interval_secs: 0,
+            },
+            Arc::new(Events(Mutex::new(tx))),
+        )
+        .unwrap();
+        let started = Instant::now();
+        mapper.close();
+        mapper.close();
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "close does not block"
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !mapper.is_closed() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(mapper.is_closed(), "the mapper ended in the background");
+        assert!(rx.try_iter().last().is_some());
+    }
+
+    /// Closing a STUN server returns at once and frees its port.
+    #[cfg(feature = "server")]
+    #[test]
+    fn closing_a_server_does_not_block() {
+        let server = StunServer::loopback().unwrap();
+        let addr: std::net::SocketAddr = server.addresses()[0].parse().unwrap();
+        let started = Instant::now();
+        server.close();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(server.is_closed());
+        // Its port is released once its thread has ended (within milliseconds).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut rebound = false;
+        while Instant::now() < deadline {
+            if UdpSocket::bind(addr).is_ok() {
+                rebound = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(rebound, "the server's port was freed");
+        drop(server);
     }
 }

@@ -1,7 +1,16 @@
 //! The FFI's own data types. They mirror the core's types with only what crosses a
-//! language boundary well (strings for addresses, [`Duration`]s, options), so no core type
-//! leaks into a binding, and they are the one conversion point from the core: the C API
-//! converts these, never the core's types, into its structs.
+//! language boundary well (strings for addresses, integers for durations, options), so no
+//! core type leaks into a binding, and they are the one conversion point from the core: the
+//! C API converts these, never the core's types, into its structs.
+//!
+//! Durations are plain integers whose name carries the unit (`_ms`, `_us`, `_secs`), never
+//! a `Duration`: UniFFI maps `Duration` to `java.time.Duration`, which Android has only
+//! from API 26, and the AAR supports API 24.
+//!
+//! Event evolution: the event and progress enums ([`NetcheckProgress`],
+//! [`PortMappingEvent`], [`TurnEvent`]) are `#[non_exhaustive]`: a new variant may be added
+//! in any release and is not a breaking change. Code that matches them (a Kotlin `when`, a
+//! Swift `switch`) must have an `else` / `default` branch.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -37,9 +46,15 @@ pub struct NetcheckConfig {
     /// Do not probe the gateway for PCP, NAT-PMP and UPnP.
     #[uniffi(default = false)]
     pub no_portmap: bool,
-    /// The gateway to probe (an IP address). None: the default route's gateway.
+    /// The gateway to probe (an IP address). None: the default route's gateway (read from
+    /// the routing table, which Android 10+ apps cannot read: pass it there, e.g. from
+    /// the package's `NetworkMonitor`).
     #[uniffi(default = None)]
     pub gateway: Option<String>,
+    /// This host's address toward the gateway (needs `gateway`). None: what the kernel
+    /// would use.
+    #[uniffi(default = None)]
+    pub local_ip: Option<String>,
 }
 
 impl Default for NetcheckConfig {
@@ -51,6 +66,7 @@ impl Default for NetcheckConfig {
             binding_lifetime: false,
             no_portmap: false,
             gateway: None,
+            local_ip: None,
         }
     }
 }
@@ -86,8 +102,9 @@ pub struct ServerReport {
     pub label: String,
     /// Its resolved address.
     pub address: String,
-    /// Round-trip time of the first Binding test; None when it did not answer.
-    pub rtt: Option<Duration>,
+    /// Round-trip time of the first Binding test, microseconds; None when it did not
+    /// answer.
+    pub rtt_us: Option<u64>,
     /// The public (mapped) address it saw.
     pub mapped: Option<String>,
     /// Its OTHER-ADDRESS, when it supports RFC 5780.
@@ -97,10 +114,11 @@ pub struct ServerReport {
 /// The estimated NAT binding lifetime (RFC 5780 §4.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
 pub struct BindingLifetime {
-    /// The longest idle interval after which the mapping still worked.
-    pub at_least: Option<Duration>,
-    /// The shortest idle interval after which it was gone (None: it outlived them all).
-    pub less_than: Option<Duration>,
+    /// The longest idle interval after which the mapping still worked, milliseconds.
+    pub at_least_ms: Option<u64>,
+    /// The shortest idle interval after which it was gone, milliseconds (None: it
+    /// outlived them all).
+    pub less_than_ms: Option<u64>,
 }
 
 /// Which port-mapping protocols the gateway speaks (netcheck makes no mapping).
@@ -150,8 +168,10 @@ pub struct NetcheckReport {
     pub portmap: Option<GatewayProbe>,
 }
 
-/// Progress of a running netcheck.
+/// Progress of a running netcheck. New variants may be added in any release (not a
+/// breaking change): a `when`/`switch` over it needs an `else`/`default` branch.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+#[non_exhaustive]
 pub enum NetcheckProgress {
     /// A server answered.
     ServerReplied {
@@ -159,8 +179,8 @@ pub enum NetcheckProgress {
         label: String,
         /// The public address it saw.
         mapped: Option<String>,
-        /// The round-trip time.
-        rtt: Duration,
+        /// The round-trip time, microseconds.
+        rtt_us: u64,
     },
     /// A server did not answer.
     ServerTimedOut {
@@ -196,7 +216,7 @@ impl NetcheckProgress {
             } => NetcheckProgress::ServerReplied {
                 label: label(*server),
                 mapped: mapped.map(|m| m.to_string()),
-                rtt: *rtt,
+                rtt_us: micros(*rtt),
             },
             NetcheckEvent::ServerTimedOut { server } => NetcheckProgress::ServerTimedOut {
                 label: label(*server),
@@ -219,6 +239,21 @@ fn addr(a: SocketAddr) -> String {
     a.to_string()
 }
 
+/// A duration in whole microseconds (saturating).
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A duration in whole milliseconds (saturating).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A duration in whole seconds (saturating).
+pub(crate) fn secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
 impl NetcheckReport {
     pub(crate) fn from_core(
         r: Report,
@@ -235,8 +270,8 @@ impl NetcheckReport {
             hairpinning: r.hairpinning,
             alg_rewrites: r.alg_rewrites,
             binding_lifetime: r.binding_lifetime.map(|l| BindingLifetime {
-                at_least: l.at_least,
-                less_than: l.less_than,
+                at_least_ms: l.at_least.map(millis),
+                less_than_ms: l.less_than.map(millis),
             }),
             rfc5780_server: r.rfc5780_server,
             servers: r
@@ -245,7 +280,7 @@ impl NetcheckReport {
                 .map(|s| ServerReport {
                     label: s.label,
                     address: addr(s.addr),
-                    rtt: s.rtt,
+                    rtt_us: s.rtt.map(micros),
                     mapped: s.mapped.map(addr),
                     other_address: s.other_address.map(addr),
                 })
@@ -348,11 +383,15 @@ pub struct PortMappingConfig {
     pub internal_port: u16,
     /// UDP or TCP.
     pub protocol: TransportProtocol,
-    /// The gateway (an IP address). None: the default route's gateway. UPnP then searches
-    /// by unicast to an explicit gateway only, never by multicast.
+    /// The gateway (an IP address). None: the default route's gateway, read from the
+    /// routing table (which Android 10+ apps cannot read: pass it there, e.g. from the
+    /// package's `NetworkMonitor`). UPnP searches by unicast to an explicit gateway only,
+    /// never by multicast. [`PortMapper::network_changed`](crate::api::PortMapper::network_changed)
+    /// moves the mapping to another gateway.
     #[uniffi(default = None)]
     pub gateway: Option<String>,
-    /// This host's address toward the gateway. None: what the kernel would use.
+    /// This host's address toward the gateway (needs `gateway`). None: what the kernel
+    /// would use.
     #[uniffi(default = None)]
     pub local_ip: Option<String>,
     /// The external port wanted; 0: any.
@@ -381,6 +420,23 @@ pub struct PortMappingConfig {
     pub verify_interval_secs: u32,
 }
 
+/// Network facts the host application knows and pinhole may not: Android 10+ apps cannot
+/// read the routing table, and mobile hosts learn about network changes from the system
+/// (`ConnectivityManager`, `NWPathMonitor`; the packages' `NetworkMonitor` and
+/// `PathMonitor` produce these). Given to
+/// [`PortMapper::network_changed`](crate::api::PortMapper::network_changed).
+#[derive(Debug, Clone, PartialEq, Eq, Default, uniffi::Record)]
+pub struct NetworkInfo {
+    /// The default route's gateway on the new network (an IP address). None: unknown;
+    /// pinhole then reads the routing table where it can (not on Android 10+ nor iOS).
+    #[uniffi(default = None)]
+    pub gateway: Option<String>,
+    /// This host's address on the new network, of the gateway's family (needs `gateway`).
+    /// None: what the kernel would use toward the gateway.
+    #[uniffi(default = None)]
+    pub local_ip: Option<String>,
+}
+
 /// A mapping that exists on the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct PortMapping {
@@ -392,8 +448,8 @@ pub struct PortMapping {
     pub internal: String,
     /// The external address and port.
     pub external: String,
-    /// The lifetime granted.
-    pub lifetime: Duration,
+    /// The lifetime granted, seconds.
+    pub lifetime_secs: u32,
     /// False when the external address is private or shared (CGNAT): another NAT lies
     /// beyond the gateway and the mapping is not reachable from the internet.
     pub reachable: bool,
@@ -406,14 +462,16 @@ impl From<&Mapping> for PortMapping {
             protocol: m.protocol.into(),
             internal: m.internal.to_string(),
             external: m.external.to_string(),
-            lifetime: m.lifetime,
+            lifetime_secs: secs(m.lifetime),
             reachable: m.reachable,
         }
     }
 }
 
-/// What happens to a port mapping.
+/// What happens to a port mapping. New variants may be added in any release (not a
+/// breaking change): a `when`/`switch` over it needs an `else`/`default` branch.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+#[non_exhaustive]
 pub enum PortMappingEvent {
     /// A mapping exists (first time, or re-created after a loss).
     Mapped {
@@ -432,8 +490,9 @@ pub enum PortMappingEvent {
         /// What it is.
         new: PortMapping,
     },
-    /// The mapping was lost (gateway restart, expiry, refusal, or traffic no longer
-    /// arrives through it with `verify_stun`); it is being re-created.
+    /// The mapping was lost (gateway restart, expiry, refusal, traffic no longer arrives
+    /// through it with `verify_stun`, or the network changed: `PortMapper.networkChanged`);
+    /// it is being re-created.
     Lost {
         /// Why.
         reason: String,
@@ -571,8 +630,11 @@ impl std::fmt::Debug for TurnConfig {
 }
 
 /// What happens to a TURN allocation. Data from peers goes to
-/// [`TurnListener::on_data`](crate::api::TurnListener::on_data) instead.
+/// [`TurnListener::on_data`](crate::api::TurnListener::on_data) instead. New variants may
+/// be added in any release (not a breaking change): a `when`/`switch` over it needs an
+/// `else`/`default` branch.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+#[non_exhaustive]
 pub enum TurnEvent {
     /// The allocation exists.
     Allocated {
@@ -580,13 +642,13 @@ pub enum TurnEvent {
         relayed: Vec<String>,
         /// This host's address as the server saw it.
         mapped: Option<String>,
-        /// The lifetime granted.
-        lifetime: Duration,
+        /// The lifetime granted, seconds.
+        lifetime_secs: u32,
     },
     /// Refreshed.
     Refreshed {
-        /// The lifetime granted.
-        lifetime: Duration,
+        /// The lifetime granted, seconds.
+        lifetime_secs: u32,
     },
     /// A permission for a peer IP is installed (or refreshed).
     PermissionCreated {
@@ -651,11 +713,16 @@ impl TurnEvent {
                 TurnEvent::Allocated {
                     relayed: relayed.into_iter().map(addr).collect(),
                     mapped: mapped.map(addr),
-                    lifetime,
+                    lifetime_secs: secs(lifetime),
                 },
                 None,
             ),
-            AllocationEvent::Refreshed { lifetime } => (TurnEvent::Refreshed { lifetime }, None),
+            AllocationEvent::Refreshed { lifetime } => (
+                TurnEvent::Refreshed {
+                    lifetime_secs: secs(lifetime),
+                },
+                None,
+            ),
             AllocationEvent::PermissionCreated(ip) => (
                 TurnEvent::PermissionCreated {
                     peer_ip: ip.to_string(),

@@ -4,7 +4,6 @@ use std::ffi::{CString, c_char, c_int, c_void};
 use std::ptr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use super::codes::*;
 use super::{SendPtr, cstring, fill, guard, opt_str};
@@ -183,12 +182,12 @@ pub(crate) fn tristate(v: Option<bool>) -> pinhole_tristate {
     }
 }
 
-fn micros(d: Duration) -> u32 {
-    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+fn micros(us: u64) -> u32 {
+    u32::try_from(us).unwrap_or(u32::MAX)
 }
 
-fn millis(d: Option<Duration>) -> i64 {
-    d.map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+fn millis(ms: Option<u64>) -> i64 {
+    ms.map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 /// A C progress event and the storage it points to.
@@ -209,11 +208,15 @@ impl CEvent {
         };
         let mut server = None;
         match p {
-            NetcheckProgress::ServerReplied { label, mapped, rtt } => {
+            NetcheckProgress::ServerReplied {
+                label,
+                mapped,
+                rtt_us,
+            } => {
                 event.kind = PINHOLE_NETCHECK_EVENT_SERVER_REPLIED;
                 server = Some(cstring(label));
                 fill(&mut event.mapped, mapped.as_deref().unwrap_or(""));
-                event.rtt_us = micros(*rtt);
+                event.rtt_us = micros(*rtt_us);
             }
             NetcheckProgress::ServerTimedOut { label } => {
                 event.kind = PINHOLE_NETCHECK_EVENT_SERVER_TIMED_OUT;
@@ -267,8 +270,8 @@ impl CReport {
                 let mut c = pinhole_server_report {
                     label: keep(&s.label),
                     address: [0; PINHOLE_ADDRESS_MAX],
-                    answered: s.rtt.is_some(),
-                    rtt_us: s.rtt.map_or(0, micros),
+                    answered: s.rtt_us.is_some(),
+                    rtt_us: s.rtt_us.map_or(0, micros),
                     mapped: [0; PINHOLE_ADDRESS_MAX],
                     other_address: [0; PINHOLE_ADDRESS_MAX],
                 };
@@ -325,8 +328,8 @@ impl CReport {
             hairpinning: tristate(r.hairpinning),
             alg_rewrites: tristate(r.alg_rewrites),
             lifetime_measured: r.binding_lifetime.is_some(),
-            lifetime_at_least_ms: millis(r.binding_lifetime.and_then(|l| l.at_least)),
-            lifetime_less_than_ms: millis(r.binding_lifetime.and_then(|l| l.less_than)),
+            lifetime_at_least_ms: millis(r.binding_lifetime.and_then(|l| l.at_least_ms)),
+            lifetime_less_than_ms: millis(r.binding_lifetime.and_then(|l| l.less_than_ms)),
             rfc5780_server,
             public_addresses: public.as_ptr(),
             public_address_count: public.len(),
@@ -376,6 +379,7 @@ unsafe fn read_config(c: &pinhole_netcheck_config) -> Result<NetcheckConfig, Pin
         no_portmap: c.no_portmap,
         // SAFETY: NULL or a NUL-terminated string.
         gateway: unsafe { opt_str(c.gateway, "gateway") }?.map(str::to_owned),
+        local_ip: None,
     })
 }
 

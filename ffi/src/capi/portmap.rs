@@ -128,7 +128,7 @@ fn mapping(m: &PortMapping) -> pinhole_mapping {
     };
     fill(&mut c.internal, &m.internal);
     fill(&mut c.external, &m.external);
-    c.lifetime_s = u32::try_from(m.lifetime.as_secs()).unwrap_or(u32::MAX);
+    c.lifetime_s = m.lifetime_secs;
     c.reachable = m.reachable;
     c
 }
@@ -360,7 +360,6 @@ pub unsafe extern "C" fn pinhole_portmap_destroy(portmap: *mut pinhole_portmap) 
 #[cfg(test)]
 mod tests {
     use std::ffi::CStr;
-    use std::time::Duration;
 
     use super::*;
 
@@ -410,7 +409,7 @@ mod tests {
             protocol: TransportProtocol::Udp,
             internal: "10.0.0.2:40000".into(),
             external: "203.0.113.7:40000".into(),
-            lifetime: Duration::from_secs(3600),
+            lifetime_secs: 3600,
             reachable: true,
         };
         let ev = CEvent::new(&PortMappingEvent::Verified { mapping: m.clone() });

@@ -129,13 +129,12 @@ impl CEvent {
             result: PINHOLE_OK,
             reason: ptr::null(),
         };
-        let secs = |d: &std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let mut reason = None;
         match ev {
             TurnEvent::Allocated {
                 relayed,
                 mapped,
-                lifetime,
+                lifetime_secs,
             } => {
                 event.kind = PINHOLE_TURN_EVENT_ALLOCATED;
                 fill(
@@ -147,11 +146,11 @@ impl CEvent {
                     relayed.get(1).map_or("", String::as_str),
                 );
                 fill(&mut event.mapped, mapped.as_deref().unwrap_or(""));
-                event.lifetime_s = secs(lifetime);
+                event.lifetime_s = *lifetime_secs;
             }
-            TurnEvent::Refreshed { lifetime } => {
+            TurnEvent::Refreshed { lifetime_secs } => {
                 event.kind = PINHOLE_TURN_EVENT_REFRESHED;
-                event.lifetime_s = secs(lifetime);
+                event.lifetime_s = *lifetime_secs;
             }
             TurnEvent::PermissionCreated { peer_ip } => {
                 event.kind = PINHOLE_TURN_EVENT_PERMISSION;

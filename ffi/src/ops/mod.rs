@@ -15,7 +15,7 @@ mod server;
 mod turn;
 
 pub(crate) use netcheck::NetcheckPlan;
-pub(crate) use portmap::MappingPlan;
+pub(crate) use portmap::{MappingPlan, NetworkTarget};
 #[cfg(any(test, feature = "server"))]
 pub(crate) use server::Server;
 pub(crate) use turn::{TurnCommand, TurnPlan, TurnStatus, turn_send_args};

@@ -1,16 +1,14 @@
 //! A netcheck: the STUN servers and, beside them, the gateway's port-mapping protocols.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use pinhole::driver::portmap::GatewayTarget;
 use pinhole::driver::{self, DEFAULT_STUN_SERVERS};
 use pinhole::stun::StunUri;
 
-use super::{MAX_SERVERS, MAX_URI_LEN};
+use super::{MAX_SERVERS, MAX_URI_LEN, NetworkTarget};
 use crate::error::PinholeError;
 use crate::types::{
-    DEFAULT_TIMEOUT_MS, GatewayProbe, NetcheckConfig, NetcheckProgress, NetcheckReport, parse_ip,
+    DEFAULT_TIMEOUT_MS, GatewayProbe, NetcheckConfig, NetcheckProgress, NetcheckReport,
 };
 
 /// The longest netcheck budget accepted.
@@ -23,7 +21,7 @@ pub(crate) struct NetcheckPlan {
     budget: Duration,
     hairpinning: bool,
     lifetime: bool,
-    portmap: Option<Option<IpAddr>>,
+    portmap: Option<NetworkTarget>,
 }
 
 impl NetcheckPlan {
@@ -61,17 +59,8 @@ impl NetcheckPlan {
             }
             t => t,
         };
-        let portmap = if config.no_portmap {
-            None
-        } else {
-            Some(
-                config
-                    .gateway
-                    .as_deref()
-                    .map(|g| parse_ip("gateway", g))
-                    .transpose()?,
-            )
-        };
+        let target = NetworkTarget::parse(config.gateway.as_deref(), config.local_ip.as_deref())?;
+        let portmap = (!config.no_portmap).then_some(target);
         Ok(NetcheckPlan {
             uris,
             budget: Duration::from_millis(timeout_ms.into()),
@@ -126,14 +115,9 @@ impl NetcheckPlan {
     }
 }
 
-async fn probe_gateway(gateway: Option<IpAddr>) -> GatewayProbe {
-    let target = match gateway {
-        Some(gw) => driver::portmap::local_ip_toward(gw)
-            .await
-            .map(|ip| GatewayTarget::explicit(gw, ip)),
-        None => driver::portmap::discover_gateway().await,
-    };
-    let target = match target {
+async fn probe_gateway(to: NetworkTarget) -> GatewayProbe {
+    let gateway = to.gateway;
+    let target = match to.resolve().await {
         Ok(t) => t,
         Err(e) => return GatewayProbe::failed(gateway, e.to_string()),
     };

@@ -1,8 +1,11 @@
 //! A port mapping, and the STUN reflector that verifies it.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use pinhole::driver::{self, portmap::GatewayTarget};
 use pinhole::portmap::{MapProtocol, MapperConfig, MapperEvent, VerifyConfig, ViaChoice};
@@ -11,9 +14,60 @@ use super::{MAX_VERIFY_INTERVAL_SECS, check_stun_uri};
 use crate::error::PinholeError;
 use crate::task::StopSignal;
 use crate::types::{
-    DEFAULT_MAPPING_LIFETIME_SECS, DEFAULT_VERIFY_INTERVAL_SECS, PortMapping, PortMappingConfig,
-    PortMappingEvent, parse_ip,
+    DEFAULT_MAPPING_LIFETIME_SECS, DEFAULT_VERIFY_INTERVAL_SECS, NetworkInfo, PortMapping,
+    PortMappingConfig, PortMappingEvent, parse_ip,
 };
+
+/// Where a mapper's requests go: the gateway (None: the default route's, from the routing
+/// table) and the local address toward it (None: the kernel's choice; needs a gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct NetworkTarget {
+    pub(crate) gateway: Option<IpAddr>,
+    pub(crate) local_ip: Option<IpAddr>,
+}
+
+impl NetworkTarget {
+    /// Checks the addresses given as text: IP addresses, a local address only with a
+    /// gateway, both of one family.
+    pub(crate) fn parse(
+        gateway: Option<&str>,
+        local_ip: Option<&str>,
+    ) -> Result<Self, PinholeError> {
+        let gateway = gateway.map(|g| parse_ip("gateway", g)).transpose()?;
+        let local_ip = local_ip.map(|g| parse_ip("local_ip", g)).transpose()?;
+        match (gateway, local_ip) {
+            (None, Some(_)) => Err(PinholeError::invalid("local_ip needs an explicit gateway")),
+            (Some(g), Some(l)) if g.is_ipv4() != l.is_ipv4() => Err(PinholeError::invalid(
+                format!("gateway {g} and local_ip {l} are of different address families"),
+            )),
+            _ => Ok(NetworkTarget { gateway, local_ip }),
+        }
+    }
+
+    /// The target of a host's network facts.
+    pub(crate) fn from_info(info: &NetworkInfo) -> Result<Self, PinholeError> {
+        Self::parse(info.gateway.as_deref(), info.local_ip.as_deref())
+    }
+
+    /// Finds the gateway and local address (sends nothing).
+    pub(crate) async fn resolve(self) -> Result<GatewayTarget, pinhole::driver::DriverError> {
+        match (self.gateway, self.local_ip) {
+            (Some(gw), Some(ip)) => Ok(GatewayTarget::explicit(gw, ip)),
+            (Some(gw), None) => driver::portmap::local_ip_toward(gw)
+                .await
+                .map(|ip| GatewayTarget::explicit(gw, ip)),
+            _ => driver::portmap::discover_gateway().await,
+        }
+    }
+}
+
+/// What the mapper says when the host reported a network change.
+fn network_changed_reason(to: NetworkTarget) -> String {
+    match to.gateway {
+        Some(g) => format!("the network changed: mapping again via gateway {g}"),
+        None => "the network changed: mapping again via the default route's gateway".into(),
+    }
+}
 
 /// How long resolving the verification reflector may take before the mapper gives up.
 const VERIFY_RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,8 +75,7 @@ const VERIFY_RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A port mapping whose arguments were checked.
 #[derive(Debug, Clone)]
 pub(crate) struct MappingPlan {
-    gateway: Option<IpAddr>,
-    local_ip: Option<IpAddr>,
+    target: NetworkTarget,
     config: MapperConfig,
     /// The verification reflector's URI (checked; resolved when the mapper starts) and the
     /// interval.
@@ -35,19 +88,7 @@ impl MappingPlan {
         if c.internal_port == 0 {
             return Err(PinholeError::invalid("internal_port must not be 0"));
         }
-        let gateway = c
-            .gateway
-            .as_deref()
-            .map(|g| parse_ip("gateway", g))
-            .transpose()?;
-        let local_ip = c
-            .local_ip
-            .as_deref()
-            .map(|g| parse_ip("local_ip", g))
-            .transpose()?;
-        if local_ip.is_some() && gateway.is_none() {
-            return Err(PinholeError::invalid("local_ip needs an explicit gateway"));
-        }
+        let target = NetworkTarget::parse(c.gateway.as_deref(), c.local_ip.as_deref())?;
         let unspecified = IpAddr::from([0u8; 4]);
         let mut config =
             MapperConfig::new(unspecified, unspecified, c.protocol.into(), c.internal_port);
@@ -82,8 +123,7 @@ impl MappingPlan {
             }
         };
         Ok(MappingPlan {
-            gateway,
-            local_ip,
+            target,
             config,
             verify,
         })
@@ -130,79 +170,160 @@ impl MappingPlan {
         Ok(())
     }
 
+    /// [`Self::run_with_network`] without network input (the C API's mapper).
+    pub(crate) async fn run(
+        self,
+        stop: StopSignal,
+        current: Arc<Mutex<Option<PortMapping>>>,
+        on_event: impl FnMut(PortMappingEvent),
+    ) {
+        // No sender: the mapper never hears of a change.
+        let (_, network) = mpsc::unbounded_channel();
+        self.run_with_network(stop, network, current, on_event)
+            .await;
+    }
+
     /// Runs the mapper until it stops by itself or `stop` fires (then it releases the
     /// mapping). `current` follows the mapping. The last event is always
     /// [`PortMappingEvent::Released`] or [`PortMappingEvent::Unavailable`].
-    pub(crate) async fn run(
+    ///
+    /// A [`NetworkTarget`] from `network` (the host's network facts) moves the mapping: the
+    /// mapper deletes it at the old gateway (bounded), says `Lost`, and maps again toward
+    /// the new target with the same configuration (the core's mapper has no network input:
+    /// this restarts it). When no gateway can be found after a change, it says `Lost` and
+    /// waits for the next change instead of stopping.
+    pub(crate) async fn run_with_network(
         mut self,
         stop: StopSignal,
+        mut network: mpsc::UnboundedReceiver<NetworkTarget>,
         current: Arc<Mutex<Option<PortMapping>>>,
         mut on_event: impl FnMut(PortMappingEvent),
     ) {
         let mut stop = stop;
-        let target = match (self.gateway, self.local_ip) {
-            (Some(gw), Some(ip)) => Ok(GatewayTarget::explicit(gw, ip)),
-            (Some(gw), None) => driver::portmap::local_ip_toward(gw)
-                .await
-                .map(|ip| GatewayTarget::explicit(gw, ip)),
-            _ => driver::portmap::discover_gateway().await,
-        };
-        let target = match target {
-            Ok(t) => t,
-            Err(e) => {
-                on_event(PortMappingEvent::Unavailable {
-                    reason: e.to_string(),
-                });
-                return;
-            }
-        };
-        // Stopping while the reflector is being resolved ends the mapper at once (nothing
-        // was mapped yet).
-        let resolved = tokio::select! {
-            r = self.resolve_verify(target.local_ip) => r,
-            () = stop.wait() => Err("stopped before the mapper started".into()),
-        };
-        if let Err(reason) = resolved {
-            on_event(PortMappingEvent::Unavailable { reason });
-            return;
-        }
-        let mut terminal = false;
         let set = |m: Option<PortMapping>| {
             if let Ok(mut c) = current.lock() {
                 *c = m;
             }
         };
-        let result =
-            driver::portmap::run_mapper(target, self.config, stop.wait(), |ev: &MapperEvent| {
-                match ev {
-                    MapperEvent::Mapped(m)
-                    | MapperEvent::Renewed(m)
-                    | MapperEvent::Verified(m)
-                    | MapperEvent::NotForwarding(m) => set(Some(m.into())),
-                    MapperEvent::Changed { new, .. } => set(Some(new.into())),
-                    MapperEvent::Lost(_)
-                    | MapperEvent::Unavailable(_)
-                    | MapperEvent::Released(_) => set(None),
-                    // Events that leave the current mapping as it is.
-                    _ => {}
+        let mut next = self.target;
+        let mut first = true;
+        loop {
+            let target = match next.resolve().await {
+                Ok(t) => t,
+                Err(e) if first => {
+                    on_event(PortMappingEvent::Unavailable {
+                        reason: e.to_string(),
+                    });
+                    return;
                 }
-                terminal |= matches!(ev, MapperEvent::Released(_) | MapperEvent::Unavailable(_));
-                if let Some(event) = PortMappingEvent::from_core(ev) {
-                    on_event(event);
+                Err(e) => {
+                    // After a change: wait for the next one (a network without a default
+                    // route, say), or the end.
+                    on_event(PortMappingEvent::Lost {
+                        reason: format!("{e}; waiting for the network to change"),
+                    });
+                    tokio::select! {
+                        () = stop.wait() => {
+                            on_event(PortMappingEvent::Released);
+                            return;
+                        }
+                        n = network.recv() => match n {
+                            Some(n) => next = latest(n, &mut network),
+                            None => {
+                                stop.wait().await;
+                                on_event(PortMappingEvent::Released);
+                                return;
+                            }
+                        },
+                    }
+                    continue;
                 }
-                true
-            })
-            .await;
-        if !terminal {
-            set(None);
-            on_event(PortMappingEvent::Unavailable {
-                reason: match result {
-                    Err(e) => e.to_string(),
-                    Ok(()) => "the mapper stopped".into(),
+            };
+            first = false;
+            // Stopping while the reflector is being resolved ends the mapper at once
+            // (nothing was mapped yet).
+            let resolved = tokio::select! {
+                r = self.resolve_verify(target.local_ip) => r,
+                () = stop.wait() => Err("stopped before the mapper started".into()),
+            };
+            if let Err(reason) = resolved {
+                on_event(PortMappingEvent::Unavailable { reason });
+                return;
+            }
+            let changed: Cell<Option<NetworkTarget>> = Cell::new(None);
+            let mut terminal = false;
+            let stop_or_change = async {
+                tokio::select! {
+                    () = stop.wait() => {}
+                    n = network.recv() => match n {
+                        Some(n) => changed.set(Some(latest(n, &mut network))),
+                        // The handle is gone: its drop stops the task too.
+                        None => std::future::pending().await,
+                    },
+                }
+            };
+            let result = driver::portmap::run_mapper(
+                target,
+                self.config.clone(),
+                stop_or_change,
+                |ev: &MapperEvent| {
+                    match ev {
+                        MapperEvent::Mapped(m)
+                        | MapperEvent::Renewed(m)
+                        | MapperEvent::Verified(m)
+                        | MapperEvent::NotForwarding(m) => set(Some(m.into())),
+                        MapperEvent::Changed { new, .. } => set(Some(new.into())),
+                        MapperEvent::Lost(_)
+                        | MapperEvent::Unavailable(_)
+                        | MapperEvent::Released(_) => set(None),
+                        // Events that leave the current mapping as it is.
+                        _ => {}
+                    }
+                    let end = matches!(ev, MapperEvent::Released(_) | MapperEvent::Unavailable(_));
+                    if end && changed.get().is_some() {
+                        // The end of the old network's mapper, not of this one.
+                        return true;
+                    }
+                    terminal |= end;
+                    if let Some(event) = PortMappingEvent::from_core(ev) {
+                        on_event(event);
+                    }
+                    true
                 },
-            });
+            )
+            .await;
+            if let Some(to) = changed.take() {
+                set(None);
+                on_event(PortMappingEvent::Lost {
+                    reason: network_changed_reason(to),
+                });
+                next = to;
+                continue;
+            }
+            if !terminal {
+                set(None);
+                on_event(PortMappingEvent::Unavailable {
+                    reason: match result {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "the mapper stopped".into(),
+                    },
+                });
+            }
+            return;
         }
     }
+}
+
+/// The last of the changes queued (the ones before it are out of date).
+fn latest(
+    first: NetworkTarget,
+    network: &mut mpsc::UnboundedReceiver<NetworkTarget>,
+) -> NetworkTarget {
+    let mut last = first;
+    while let Ok(n) = network.try_recv() {
+        last = n;
+    }
+    last
 }
 
 #[cfg(test)]

@@ -92,4 +92,10 @@ impl Server {
         self.task.stop();
         self.task.join();
     }
+
+    /// Stops the server without waiting for its thread (which ends within milliseconds).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn detach(self) {
+        self.task.detach();
+    }
 }

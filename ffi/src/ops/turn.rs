@@ -244,14 +244,16 @@ impl TurnPlan {
                 TurnEvent::Allocated {
                     relayed,
                     mapped,
-                    lifetime,
+                    lifetime_secs,
                 } => set(&|s| {
                     s.allocated = true;
                     s.relayed.clone_from(relayed);
                     s.mapped.clone_from(mapped);
-                    s.lifetime = *lifetime;
+                    s.lifetime = Duration::from_secs((*lifetime_secs).into());
                 }),
-                TurnEvent::Refreshed { lifetime } => set(&|s| s.lifetime = *lifetime),
+                TurnEvent::Refreshed { lifetime_secs } => {
+                    set(&|s| s.lifetime = Duration::from_secs((*lifetime_secs).into()));
+                }
                 TurnEvent::Lost { .. } | TurnEvent::Deallocated => set(&|s| s.ended = true),
                 _ => {}
             }

@@ -204,7 +204,7 @@ func checkLoopback(_ r: NetcheckReport, _ what: String) {
     XCTAssertEqual(r.servers.count, 1, what)
     let s = r.servers[0]
     XCTAssertTrue(s.label.hasPrefix("stun:"), what)
-    XCTAssertNotNil(s.rtt, what)
+    XCTAssertNotNil(s.rttUs, what)
     XCTAssertNotNil(s.mapped, what)
     XCTAssertNotNil(s.otherAddress, what)
 }
@@ -267,8 +267,9 @@ final class PinholeTests: XCTestCase {
         let plain = try StunServer(primary: "127.0.0.1:0", alternate: nil)
         XCTAssertEqual(plain.addresses().count, 1)
         XCTAssertTrue(plain.uri().hasPrefix("stun:127.0.0.1:"))
-        plain.stop()
-        plain.stop()  // idempotent
+        plain.close()
+        plain.close()  // idempotent
+        XCTAssertTrue(plain.isClosed())
 
         let server = try StunServer.loopback()
         XCTAssertEqual(server.addresses().count, 4)
@@ -284,8 +285,8 @@ final class PinholeTests: XCTestCase {
         var kinds = Set<String>()
         for p in listener.progress {
             switch p {
-            case .serverReplied(let label, let mapped, let rtt):
-                XCTAssertTrue(label.hasPrefix("stun:")); XCTAssertNotNil(mapped); XCTAssertGreaterThanOrEqual(rtt, 0)
+            case .serverReplied(let label, let mapped, let rttUs):
+                XCTAssertTrue(label.hasPrefix("stun:")); XCTAssertNotNil(mapped); XCTAssertGreaterThanOrEqual(rttUs, 0)
                 kinds.insert("replied")
             case .serverTimedOut: kinds.insert("timedOut")
             case .mapping(let b): XCTAssertEqual(b, .endpointIndependent); kinds.insert("mapping")
@@ -297,14 +298,14 @@ final class PinholeTests: XCTestCase {
         let report = try XCTUnwrap(listener.report)
         checkLoopback(report, "embedded server")
         XCTAssertNil(report.portmap)
-        server.stop()
+        server.close()
     }
 
     func testCancellation() async throws {
         let silent = NetcheckConfig(stunServers: [silentURI], timeoutMs: 60000, noPortmap: true)
         let listener = Listener()
         let task = try startNetcheck(config: silent, listener: listener)
-        task.cancel()
+        task.close()
         XCTAssertEqual(listener.done.wait(timeout: .now() + 20), .success)
         guard case .Cancelled? = listener.error else { return XCTFail("\(String(describing: listener.error))") }
 
@@ -333,16 +334,15 @@ final class PinholeTests: XCTestCase {
         }
         XCTAssertFalse(reason.isEmpty)
         XCTAssertFalse(listener.onMainThread)
-        await mapper.release()
-        XCTAssertTrue(mapper.isStopped())
+        await mapper.closeAndWait()
+        XCTAssertTrue(mapper.isClosed())
 
         let l2 = MappingListener()
         let m2 = try mapPort(
             config: PortMappingConfig(internalPort: 40001, protocol: .tcp, gateway: "127.0.0.9", method: .pcp),
             listener: l2)
-        m2.stop()
-        await m2.release()
-        XCTAssertTrue(m2.isStopped())
+        await m2.closeAndWait()
+        XCTAssertTrue(m2.isClosed())
         switch l2.events.last {
         case .released?, .unavailable?: break
         default: XCTFail("\(l2.events)")
@@ -401,8 +401,8 @@ final class PinholeTests: XCTestCase {
         XCTAssertFalse(reason.isEmpty)
         XCTAssertFalse(reason.contains("verify_stun"), reason)
         XCTAssertFalse(reason.contains("mapped port"), reason)
-        await mapper.release()
-        XCTAssertTrue(mapper.isStopped())
+        await mapper.closeAndWait()
+        XCTAssertTrue(mapper.isClosed())
 
         // The mapped port is taken: the answers could not be heard, and the mapper says so.
         let taken = PeerSocket()
@@ -415,7 +415,7 @@ final class PinholeTests: XCTestCase {
         XCTAssertEqual(l2.stopped.wait(timeout: .now() + 30), .success)
         guard case .unavailable(let why)? = l2.events.last else { return XCTFail("\(l2.events)") }
         XCTAssertTrue(why.contains("mapped port"), why)
-        await m2.release()
+        await m2.closeAndWait()
         withExtendedLifetime(taken) {}
     }
 
@@ -475,7 +475,7 @@ final class PinholeTests: XCTestCase {
         } catch PinholeError.InvalidArgument {}
 
         // Release: Deallocated, then nothing is available and the server freed the port.
-        await alloc.release()
+        await alloc.closeAndWait()
         XCTAssertTrue(alloc.isClosed())
         XCTAssertNotNil(l.first { $0 == .deallocated })
         XCTAssertThrowsError(try alloc.send(peer: peer.address, data: Data([1]))) { e in
@@ -528,7 +528,7 @@ final class PinholeTests: XCTestCase {
 
     func testRecordsAndEnums() {
         let m = PortMapping(method: .natPmp, protocol: .udp, internal: "10.0.0.2:40000",
-                            external: "203.0.113.7:40000", lifetime: 7200, reachable: true)
+                            external: "203.0.113.7:40000", lifetimeSecs: 7200, reachable: true)
         var moved = m
         moved.external = "203.0.113.7:40002"
         let changed = PortMappingEvent.changed(old: m, new: moved)
@@ -557,7 +557,7 @@ final class PinholeTests: XCTestCase {
         }
         XCTAssertEqual(Set(names).count, 9)
         XCTAssertTrue(names.contains("unverified:no answer"))
-        XCTAssertEqual(BindingLifetime(atLeast: 10, lessThan: nil).lessThan, nil)
+        XCTAssertEqual(BindingLifetime(atLeastMs: 10_000, lessThanMs: nil).lessThanMs, nil)
         XCTAssertEqual(GatewayProbe(gateway: nil, pcp: nil, natpmp: nil, upnp: nil, natpmpExternal: nil,
                                     upnpExternal: nil, error: "x").error, "x")
         let levels: [LogLevel] = [.trace, .debug, .info, .warn, .error, .off]
