@@ -1,7 +1,9 @@
 // The NWPathMonitor adapter of PathMonitor: Apple platforms only (Network.framework). It
 // only converts an NWPath into a PathSnapshot; the logic it feeds is in PathMonitor.swift
-// and tested on Linux. This file is not compiled on Linux (no Network module there): it
-// is built only by Xcode / SwiftPM on macOS.
+// and tested on Linux. Linux has no Network module: the Linux test package
+// (bindings/swift) compiles this file against a stand-in transcribed from Apple's
+// documentation (bindings/swift/Stubs/Network), which checks it against that transcription
+// only; Xcode compiles it against the real framework.
 #if canImport(Network)
     import Foundation
     import Network
@@ -42,7 +44,8 @@
             switch path.status {
             case .satisfied: status = .satisfied
             case .requiresConnection: status = .requiresConnection
-            default: status = .unsatisfied
+            case .unsatisfied: status = .unsatisfied
+            @unknown default: status = .unsatisfied
             }
             let interfaces = path.availableInterfaces.map { i -> Interface in
                 let type: InterfaceType
@@ -51,7 +54,8 @@
                 case .cellular: type = .cellular
                 case .wiredEthernet: type = .wiredEthernet
                 case .loopback: type = .loopback
-                default: type = .other
+                case .other: type = .other
+                @unknown default: type = .other
                 }
                 return Interface(name: i.name, type: type)
             }
@@ -62,7 +66,9 @@
                     return IPAddress(bytes: [UInt8](a.rawValue)).map { Gateway(ip: $0.description, interface: a.interface?.name) }
                 case .ipv6(let a):
                     return IPAddress(bytes: [UInt8](a.rawValue)).map { Gateway(ip: $0.description, interface: a.interface?.name) }
-                default:
+                case .name:
+                    return nil
+                @unknown default:
                     return nil
                 }
             }

@@ -9,6 +9,10 @@ import XCTest
 #if canImport(Glibc)
     import Glibc
 #endif
+// On Linux: the stand-in of bindings/swift/Stubs/Network (see there).
+#if canImport(Network)
+    import Network
+#endif
 
 @testable import Pinhole
 
@@ -52,7 +56,7 @@ final class FakeNatPmpGateway: @unchecked Sendable {
         let size = socklen_t(MemoryLayout<sockaddr_in>.size)
         guard withSockaddr(&sa, { bind(fd, $0, size) }) == 0 else {
             Glibc.close(fd)
-            throw PinholeError.Io("binding \(ip):5351: errno \(errno)")
+            throw PinholeError.Io(message: "binding \(ip):5351: errno \(errno)")
         }
         var tv = timeval(tv_sec: 0, tv_usec: 100_000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -75,16 +79,17 @@ final class FakeNatPmpGateway: @unchecked Sendable {
             switch buf[1] {
             case 0:
                 out += [203, 0, 113, 7]
-            case 1, 2 where n >= 12:
-                let internal = UInt16(buf[4]) << 8 | UInt16(buf[5])
+            case 1, 2:
+                guard n >= 12 else { continue }
+                let inPort = UInt16(buf[4]) << 8 | UInt16(buf[5])
                 let suggested = UInt16(buf[6]) << 8 | UInt16(buf[7])
                 let lifetime = UInt32(buf[8]) << 24 | UInt32(buf[9]) << 16 | UInt32(buf[10]) << 8 | UInt32(buf[11])
                 cond.lock()
-                requests.append(Request(internalPort: internal, lifetime: lifetime))
+                requests.append(Request(internalPort: inPort, lifetime: lifetime))
                 cond.broadcast()
                 cond.unlock()
-                let external = lifetime == 0 ? 0 : (suggested != 0 ? suggested : internal)
-                out += be16(internal) + be16(external) + be(lifetime)
+                let external = lifetime == 0 ? 0 : (suggested != 0 ? suggested : inPort)
+                out += be16(inPort) + be16(external) + be(lifetime)
             default:
                 continue
             }
@@ -194,10 +199,8 @@ final class AdapterTests: XCTestCase {
         var report: NetcheckReport?
         for try await u in updates {
             XCTAssertNil(report, "nothing after the report")
-            switch u {
-            case .progress: progress += 1
-            case .report(let r): report = r
-            }
+            // The policy for pinhole's enums: new cases may come, so no exhaustive switch.
+            if case .report(let r) = u { report = r } else { progress += 1 }
         }
         XCTAssertGreaterThan(progress, 0)
         let r = try XCTUnwrap(report)
@@ -285,8 +288,10 @@ final class AdapterTests: XCTestCase {
             lifetimeSecs: 60, method: .natPmp))
         XCTAssertTrue(gw.waitFor(10) { $0 == .init(internalPort: 40063, lifetime: 60) })
         XCTAssertTrue(eventually { events?.mapper.current() != nil })
+        weak var mapper = events?.mapper
         events = nil
         XCTAssertNil(events)
+        XCTAssertNil(mapper, "nothing on the Swift side keeps the mapper")
         XCTAssertTrue(gw.waitFor(10) { $0 == .init(internalPort: 40063, lifetime: 0) }, "deleted at the gateway")
     }
 
@@ -476,7 +481,8 @@ final class AdapterTests: XCTestCase {
         XCTAssertNil(end)
         source.emit(home())
         XCTAssertEqual(receiver.infos.count, 2)
-        let afterClose = await monitor.states().makeAsyncIterator().next()
+        var later = monitor.states().makeAsyncIterator()
+        let afterClose = await later.next()
         XCTAssertNil(afterClose)
     }
 
@@ -500,6 +506,49 @@ final class AdapterTests: XCTestCase {
         XCTAssertTrue(IPAddress("10.1.2.3")!.inSubnet(of: IPAddress("10.1.200.1")!, prefixLength: 17) == false)
         XCTAssertTrue(IPAddress("2001:db8:1::1")!.inSubnet(of: IPAddress("2001:db8:1::23")!, prefixLength: 64))
     }
+
+    #if canImport(Network)
+        /// NWPathSource's conversion of an NWPath (here: of the stand-in's, see
+        /// bindings/swift/Stubs/Network) and PathMonitor() on NWPathMonitor.
+        func testNWPathSourceConvertsPaths() async throws {
+            let en0 = NWInterface(stubName: "en0", type: .wifi)
+            let utun = NWInterface(stubName: "utun2", type: .other)
+            let v4 = try XCTUnwrap(IPv4Address(Data([192, 168, 1, 1])))
+            let v6 = try XCTUnwrap(IPv6Address(Data([0xFE, 0x80] + [UInt8](repeating: 0, count: 13) + [1]), en0))
+            let port = try XCTUnwrap(NWEndpoint.Port(rawValue: 0))
+            let path = NWPath(stubStatus: .satisfied, interfaces: [utun, en0],
+                              gateways: [.hostPort(host: .ipv4(v4), port: port),
+                                         .hostPort(host: .ipv6(v6), port: port),
+                                         .hostPort(host: .name("router.local", nil), port: port),
+                                         .unix(path: "/x")],
+                              isExpensive: true, isConstrained: true)
+            XCTAssertEqual(PathSnapshot(path), PathSnapshot(
+                status: .satisfied,
+                interfaces: [.init(name: "utun2", type: .other), .init(name: "en0", type: .wifi)],
+                gateways: [.init(ip: "192.168.1.1"), .init(ip: "fe80::1", interface: "en0")],
+                isExpensive: true, isConstrained: true))
+            for (status, want) in [(NWPath.Status.unsatisfied, PathSnapshot.Status.unsatisfied),
+                                   (.requiresConnection, .requiresConnection)] {
+                XCTAssertEqual(PathSnapshot(NWPath(stubStatus: status, interfaces: [], gateways: [])).status, want)
+            }
+
+            // PathMonitor() watches NWPathMonitor; close() cancels it.
+            NWPathMonitor.stubPath = NWPath(stubStatus: .satisfied,
+                                            interfaces: [NWInterface(stubName: "lo", type: .wiredEthernet)],
+                                            gateways: [.hostPort(host: .ipv4(v4), port: port)])
+            let cancelled = NWPathMonitor.stubCancelled
+            let monitor = PathMonitor(queue: DispatchQueue(label: "test"))
+            monitor.start()
+            var states = monitor.states().makeAsyncIterator()
+            let first = await states.next()
+            XCTAssertEqual(first?.gateway, "192.168.1.1")
+            XCTAssertEqual(first?.interface?.name, "lo")
+            // Read with getifaddrs: lo's address (none in the gateway's subnet: the first).
+            XCTAssertEqual(first?.localIp, "127.0.0.1")
+            monitor.close()
+            XCTAssertEqual(NWPathMonitor.stubCancelled, cancelled + 1)
+        }
+    #endif
 
     /// The whole chain on loopback: a PathMonitor's path names a gateway, the mapper it
     /// starts maps there; the path moves to another gateway, and the mapper deletes the
