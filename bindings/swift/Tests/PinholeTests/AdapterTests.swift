@@ -349,6 +349,51 @@ final class AdapterTests: XCTestCase {
         }
     }
 
+    // MARK: close()
+
+    /// close() on every long-lived object: at once (it never blocks), idempotent, and the
+    /// object ends; releasing the last reference ends one too.
+    func testCloseIsTheOneVerb() async throws {
+        let gw = try FakeNatPmpGateway(ip: "127.0.0.61")
+        defer { gw.stop() }
+        let netcheck = try startNetcheck(
+            config: NetcheckConfig(stunServers: [silentURI], timeoutMs: 60000, noPortmap: true),
+            listener: Listener())
+        let mapper = try mapPort(
+            config: PortMappingConfig(internalPort: 40065, protocol: .udp, gateway: gw.ip,
+                                      localIp: "127.0.0.1", lifetimeSecs: 60, method: .natPmp),
+            listener: MappingListener())
+        XCTAssertTrue(eventually { mapper.current() != nil })
+        let alloc = try await allocateTurn(
+            config: TurnConfig(uri: turnURI, username: turnUser, password: turnPassword), listener: TurnEvents())
+        let relayed = alloc.relayedAddress()
+        let server = try StunServer.loopback()
+        let monitor = PathMonitor(source: FakePathSource(), addresses: addresses)
+        monitor.start()
+        let objects: [PinholeClosable] = [netcheck, mapper, alloc, server, monitor]
+        let started = Date()
+        for o in objects { o.close(); o.close() }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 0.5, "close() does not block")
+        XCTAssertTrue(eventually { netcheck.isFinished() })
+        XCTAssertTrue(eventually { mapper.isClosed() })
+        XCTAssertTrue(gw.waitFor(10) { $0 == .init(internalPort: 40065, lifetime: 0) })
+        XCTAssertTrue(eventually { alloc.isClosed() })
+        XCTAssertTrue(relayReleased(relayed))
+        XCTAssertTrue(server.isClosed())
+
+        // Releasing the last reference: a server's port is free again.
+        var other: StunServer? = try StunServer(primary: "127.0.0.1:0", alternate: nil)
+        let address = other!.addresses()[0]
+        other = nil
+        XCTAssertNil(other)
+        XCTAssertTrue(eventually(5) {
+            let s = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            defer { Glibc.close(s) }
+            var sa = sockaddrIn(address)
+            return withSockaddr(&sa) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } == 0
+        }, "the server's port was freed")
+    }
+
     // MARK: PathMonitor logic
 
     func testPathLogicChoosesTheGatewayAndLocalAddress() {
@@ -587,3 +632,7 @@ final class AdapterTests: XCTestCase {
         monitor.close()
     }
 }
+
+/// The embedded server (only in a library built with the feature `server`, as the tests'
+/// is) ends with close() too.
+extension StunServer: PinholeClosable {}
