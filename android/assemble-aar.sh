@@ -4,7 +4,10 @@
 #
 #   AndroidManifest.xml   src/main/AndroidManifest.xml with package="dev.pinhole" (the
 #                         namespace, as AGP writes it)
-#   classes.jar           the compiled Kotlin bindings (given: --classes JAR)
+#   classes.jar           the compiled Kotlin (given: --classes JAR): the Android flavour
+#                         of the generated bindings and the package's own sources
+#                         (src/main/kotlin: Flow adapters, NetworkMonitor,
+#                         AndroidNetworkSource), as Gradle compiles them
 #   proguard.txt          consumer-rules.pro (AGP's name for the consumer rules)
 #   R.txt                 empty: the module has no resources
 #   jni/<abi>/*.so        every library found in --jnilibs DIR/<abi>/ for the four ABIs
@@ -12,9 +15,10 @@
 #
 # Usage: assemble-aar.sh --classes JAR [--jnilibs DIR] --out FILE.aar
 # (--jnilibs defaults to src/main/jniLibs, where build-native.sh puts the libraries).
-# bindings/test.sh runs it with the JVM flavour of the generated Kotlin (the Android
-# flavour needs android.jar to compile) and, on this machine, no Android library (no NDK):
-# the script says so. android/check-aar.sh checks the result.
+# bindings/test.sh runs it with the Android flavour of the generated Kotlin and the
+# package's sources compiled against minimal stubs of the Android classes they use (no
+# android.jar is reachable here) and, on this machine, no Android library (no NDK): the
+# script says so. android/check-aar.sh checks the result.
 set -euo pipefail
 ANDROID_DIR=$(cd "$(dirname "$0")" && pwd)
 ABIS=(arm64-v8a armeabi-v7a x86_64 x86)

@@ -3,7 +3,8 @@
 // the native libraries, the NDK with cargo-ndk: ./build-native.sh fills src/main/jniLibs
 // first (the preBuild dependency below runs it when PINHOLE_BUILD_NATIVE=1).
 //
-// The Kotlin sources are UniFFI's Android flavour, generated into
+// The Kotlin sources are src/main/kotlin (the package's own) and UniFFI's Android flavour,
+// generated into
 // build/generated/uniffi by ./build-native.sh (uniffi-bindgen with android = true); the
 // JVM flavour that bindings/test.sh tests on a host JVM is generated separately.
 plugins {
@@ -35,6 +36,10 @@ android {
         targetCompatibility = JavaVersion.VERSION_1_8
     }
 
+    // The package's own Kotlin: Flow adapters (Flows.kt), the NetworkMonitor logic
+    // (NetworkMonitor.kt, tested on a host JVM by ../bindings/test.sh) and its Android side
+    // (AndroidNetworkSource.kt, ConnectivityManager).
+    sourceSets["main"].kotlin.srcDir("src/main/kotlin")
     sourceSets["main"].kotlin.srcDir(layout.buildDirectory.dir("generated/uniffi"))
     sourceSets["main"].jniLibs.srcDir("src/main/jniLibs")
 

@@ -6,7 +6,9 @@
 #   - the manifest: package dev.pinhole, exactly the permissions INTERNET,
 #     ACCESS_NETWORK_STATE and CHANGE_WIFI_MULTICAST_STATE;
 #   - proguard.txt keeps JNA's classes and the bindings (the R8 crash of gobley#139);
-#   - classes.jar holds the bindings' classes (dev/pinhole/...);
+#   - classes.jar holds the bindings' classes (dev/pinhole/...) in UniFFI's Android flavour
+#     (they reference android.os.Build), the package's own Kotlin (the Flow adapters, the
+#     NetworkMonitor and its AndroidNetworkSource), and no android.* class (stubs);
 #   - every jni/<abi>/*.so: an ELF of that ABI's machine, 16 KB aligned with a SONAME
 #     (bindings/check-elf.sh). With --require-abis, all four ABIs must be there.
 #
@@ -51,6 +53,17 @@ trap 'rm -rf "$tmp"' EXIT
 unzip -q "$aar" -d "$tmp"
 classes=$(unzip -Z1 "$tmp/classes.jar") || fail "classes.jar is not a jar"
 grep -q '^dev/pinhole/.*\.class$' <<<"$classes" || fail "classes.jar holds no dev/pinhole classes"
+for c in dev/pinhole/FlowsKt dev/pinhole/NetcheckUpdate dev/pinhole/TurnUpdate dev/pinhole/NetworkMonitor \
+    dev/pinhole/NetworkFacts dev/pinhole/NetworkSource dev/pinhole/AndroidNetworkSource \
+    dev/pinhole/PortMapper dev/pinhole/NetworkInfo; do
+    grep -qx "$c.class" <<<"$classes" || fail "classes.jar lacks $c"
+done
+! grep -q '^android/' <<<"$classes" || fail "classes.jar holds android.* classes (stubs?)"
+(cd "$tmp" && unzip -q classes.jar -d classes)
+grep -rqa 'android/os/Build' "$tmp/classes/dev/pinhole" ||
+    fail "the bindings in classes.jar are not UniFFI's Android flavour (no android.os.Build)"
+grep -rqa 'android/net/ConnectivityManager' "$tmp/classes/dev/pinhole/AndroidNetworkSource.class" ||
+    fail "AndroidNetworkSource does not use ConnectivityManager"
 
 declare -A machine=([arm64-v8a]=AArch64 [armeabi-v7a]=ARM [x86_64]=X86-64 [x86]=80386)
 libs=()

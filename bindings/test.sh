@@ -4,7 +4,9 @@
 #   header   the committed C header equals a fresh cbindgen run
 #   c        test.c built with gcc -Wall -Wextra -Werror through pkg-config, run under
 #            valgrind (no errors, no leaks), and linked statically
-#   kotlin   the generated Kotlin on the host JVM (JNA), test program bindings/kotlin/Test.kt
+#   kotlin   the generated Kotlin (JVM flavour) with the package's Kotlin (android/src/main/
+#            kotlin: Flow adapters, NetworkMonitor logic) on the host JVM (JNA), test
+#            programs bindings/kotlin/Test.kt and AdaptersTest.kt; no java.time in the API
 #   swift    the generated Swift and the package's hand-written Swift (ios/Sources/Pinhole:
 #            AsyncSequence adapters, PathMonitor, close()) in a SwiftPM package, `swift test`
 #            in a trixie chroot
@@ -16,7 +18,9 @@
 #   the part named shellcheck: every script under bindings/, android/ and ios/ linted
 #   elf      every .so built here: LOAD segments aligned to 16 KB, a SONAME
 #            (bindings/check-elf.sh, first shown to reject a 4 KB-aligned library)
-#   android  the AAR laid out by android/assemble-aar.sh, checked by android/check-aar.sh
+#   android  the AAR laid out by android/assemble-aar.sh (the Android flavour of the
+#            bindings and the package's Kotlin, AndroidNetworkSource included, compiled
+#            against bindings/kotlin/android-stubs), checked by android/check-aar.sh
 #   ios      ios/build-xcframework.sh --dry-run's XCFramework tree checked, and the package it
 #            lays out beside it (Package.swift, Sources/Pinhole: the hand-written Swift the
 #            swift part tests, and the generated Pinhole.swift); ios/Package.swift evaluated
@@ -268,20 +272,35 @@ part_c() {
     results+=("c: $(tail -1 "$out/test.log"); valgrind clean; static: $(tail -1 "$out/test-static.log")")
 }
 
-# The generated Kotlin (JVM flavour) compiled on its own, for the test program and the AAR;
-# reused while the sources and kotlinc are unchanged.
+# The package's own Kotlin (android/src/main/kotlin: Flow adapters, NetworkMonitor), shipped
+# in the AAR beside the generated bindings. The files named Android*.kt use the Android API:
+# the JVM build leaves them out; the Android build compiles them against
+# bindings/kotlin/android-stubs (Java sources kotlinc only resolves against, never builds).
+PACKAGE_KT=android/src/main/kotlin/dev/pinhole
+package_kt() { find "$PACKAGE_KT" -name '*.kt' ! -name 'Android*.kt' | sort; }
+android_kt() { find "$PACKAGE_KT" -name 'Android*.kt' | sort; }
+
+# The generated Kotlin (JVM flavour) and the package's JVM sources, compiled together, for
+# the test program; reused while the sources and kotlinc are unchanged.
 KOTLIN_BINDINGS_JAR=
 kotlin_bindings_jar() {
     [ -n "$KOTLIN_BINDINGS_JAR" ] && return 0
     build
     local out=$TARGET/bindings-kotlin key
     local cp=/usr/share/java/jna.jar:$KOTLIN_HOME/lib/kotlinx-coroutines-core-jvm.jar
+    local sources
+    mapfile -t sources < <(package_kt)
     mkdir -p "$out"
-    key=$(cat "$BUILD/generated/dev/pinhole/pinhole.kt" "$TOOLS/kotlin/.version" | sha256sum | cut -c1-16)
+    # The durations of the API are integers (Android API 24 has no java.time).
+    if grep -n 'java\.time' "$BUILD/generated/dev/pinhole/pinhole.kt"; then
+        echo "bindings: the generated Kotlin uses java.time (needs Android API 26)" >&2
+        exit 1
+    fi
+    key=$(cat "$BUILD/generated/dev/pinhole/pinhole.kt" "${sources[@]}" "$TOOLS/kotlin/.version" | sha256sum | cut -c1-16)
     if [ ! -f "$out/pinhole-$key.jar" ]; then
         rm -f "$out"/pinhole-*.jar
         "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp" -d "$out/pinhole-$key.jar" \
-            "$BUILD/generated/dev/pinhole/pinhole.kt"
+            "$BUILD/generated/dev/pinhole/pinhole.kt" "${sources[@]}"
     fi
     KOTLIN_BINDINGS_JAR=$out/pinhole-$key.jar
 }
@@ -297,18 +316,55 @@ part_kotlin() {
     local out=$TARGET/bindings-kotlin
     kotlin_bindings_jar
     # kotlinc takes minutes here: reuse the jar while its inputs are unchanged.
-    local key
-    key=$(cat bindings/kotlin/Test.kt "$KOTLIN_BINDINGS_JAR" | sha256sum | cut -c1-16)
+    local key tests=(bindings/kotlin/Test.kt bindings/kotlin/AdaptersTest.kt)
+    key=$(cat "${tests[@]}" "$KOTLIN_BINDINGS_JAR" | sha256sum | cut -c1-16)
     if [ ! -f "$out/test-$key.jar" ]; then
         rm -f "$out"/test-*.jar
         "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp:$KOTLIN_BINDINGS_JAR" -d "$out/test-$key.jar" \
-            bindings/kotlin/Test.kt
+            "${tests[@]}"
     fi
     java -Djna.library.path="$TARGET/debug" \
         -cp "$out/test-$key.jar:$KOTLIN_BINDINGS_JAR:$cp:$lib/kotlin-stdlib.jar" \
         dev.pinhole.TestKt "$STUN_URI" "$SILENT_URI" "$TURN_URI" "$TURN_USER" "$TURN_PASSWORD" \
         "$TURN_SECRET" | tee "$out/test.log"
     results+=("kotlin: $(tail -1 "$out/test.log")")
+}
+
+# The AAR's classes.jar as Gradle builds it: UniFFI's Android flavour of the bindings
+# (android = true, android_cleaner = true, as android/build-native.sh generates it) and every
+# package source, the Android-only ones included, compiled against the android-stubs (no
+# android.jar is reachable here). Built from the host library (with the test feature
+# `server`, so StunServer is in it; the shipped AAR's library has none).
+ANDROID_CLASSES_JAR=
+android_classes_jar() {
+    [ -n "$ANDROID_CLASSES_JAR" ] && return 0
+    build
+    local out=$TARGET/bindings-android-classes key config gen=$BUILD/generated-android
+    local cp=/usr/share/java/jna.jar:$KOTLIN_HOME/lib/kotlinx-coroutines-core-jvm.jar
+    local sources stubs
+    config=$(mktemp)
+    sed 's/^\[bindings\.kotlin\]$/&\nandroid = true\nandroid_cleaner = true/' ffi/uniffi.toml >"$config"
+    rm -rf "$gen"
+    "$TARGET/debug/uniffi-bindgen" generate --no-format --library "$TARGET/debug/libpinhole_ffi.so" \
+        --language kotlin --config "$config" --out-dir "$gen" >/dev/null
+    rm -f "$config"
+    # The flavours differ (the Android one uses android.os.Build and SystemCleaner).
+    grep -q 'android\.os\.Build' "$gen/dev/pinhole/pinhole.kt" ||
+        { echo "bindings: the Android flavour of the Kotlin is not Android's" >&2; exit 1; }
+    mapfile -t sources < <(package_kt; android_kt)
+    mapfile -t stubs < <(find bindings/kotlin/android-stubs -name '*.java' | sort)
+    mkdir -p "$out"
+    key=$(cat "$gen/dev/pinhole/pinhole.kt" "${sources[@]}" "${stubs[@]}" "$TOOLS/kotlin/.version" | sha256sum | cut -c1-16)
+    if [ ! -f "$out/classes-$key.jar" ]; then
+        rm -f "$out"/classes-*.jar
+        "$KOTLIN_HOME/bin/kotlinc" -nowarn -cp "$cp" -d "$out/classes-$key.jar" \
+            "$gen/dev/pinhole/pinhole.kt" "${sources[@]}" "${stubs[@]}"
+    fi
+    if unzip -Z1 "$out/classes-$key.jar" | grep '^android/'; then
+        echo "bindings: a stub class got into the AAR's classes" >&2
+        exit 1
+    fi
+    ANDROID_CLASSES_JAR=$out/classes-$key.jar
 }
 
 # The hand-written Swift sources of the package (ios/Sources/Pinhole, without the generated
@@ -487,19 +543,19 @@ part_elf() {
 }
 
 # The AAR as android/assemble-aar.sh lays it out (AGP's layout) from the compiled Kotlin
-# bindings (the JVM flavour: the Android flavour needs android.jar, which no reachable
-# registry has), the manifest, the R8 rules and the Android libraries built here (none: no
-# NDK), checked by android/check-aar.sh; which is first shown to reject an AAR without
+# (android_classes_jar: the Android flavour of the bindings and the package's sources,
+# against stubs: android.jar is in no reachable registry), the manifest, the R8 rules and
+# the Android libraries built here (none: no NDK), checked by android/check-aar.sh; which is first shown to reject an AAR without
 # proguard.txt, one asking for an extra permission, and one whose jni/x86 library is for
 # another machine (gcc-built stand-ins, not pinhole).
 part_android() {
     step "Android: AAR layout (android/assemble-aar.sh, android/check-aar.sh)"
     setup android || return 0
-    kotlin_bindings_jar
+    android_classes_jar
     local out=$TARGET/bindings-android
     rm -rf "$out"
     mkdir -p "$out/jni/x86"
-    android/assemble-aar.sh --classes "$KOTLIN_BINDINGS_JAR" --out "$out/pinhole-release.aar"
+    android/assemble-aar.sh --classes "$ANDROID_CLASSES_JAR" --out "$out/pinhole-release.aar"
     android/check-aar.sh "$out/pinhole-release.aar"
     # The checker rejects what it must.
     local bad=$out/bad
@@ -512,7 +568,7 @@ part_android() {
     echo 'int probe(void) { return 0; }' >"$out/probe.c"
     gcc -shared -fPIC -Wl,-z,max-page-size=16384 -Wl,-soname,libpinhole_ffi.so \
         "$out/probe.c" -o "$out/jni/x86/libpinhole_ffi.so"
-    android/assemble-aar.sh --classes "$KOTLIN_BINDINGS_JAR" --jnilibs "$out/jni" \
+    android/assemble-aar.sh --classes "$ANDROID_CLASSES_JAR" --jnilibs "$out/jni" \
         --out "$out/wrong-machine.aar" >/dev/null
     local aar
     for aar in no-rules extra-permission wrong-machine; do

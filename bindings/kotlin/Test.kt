@@ -4,7 +4,8 @@
 // answers), port mapping at 127.0.0.9, where no gateway listens (also verified through
 // `pinhole serve`), and TURN allocations on
 // `pinhole serve --turn` (args[2..5]: its URI, user, password, REST secret) relaying to and
-// from a UDP socket of the test's own on 127.0.0.1. Prints "N passed, N failed".
+// from a UDP socket of the test's own on 127.0.0.1. The package's Flow adapters and
+// NetworkMonitor logic are tested in AdaptersTest.kt. Prints "N passed, N failed".
 package dev.pinhole
 
 import java.net.DatagramPacket
@@ -470,6 +471,8 @@ fun main(args: Array<String>) {
     check(GatewayProbe(null, null, null, null, null, null, "x").error == "x", "GatewayProbe")
 
     testTurn(args[2], args[3], args[4], args[5])
+    testFlows(serveUri, silentUri, args[2], args[3], args[4])
+    testNetworkMonitor()
 
     check(logger.records.get() > 0, "log records arrived: ${logger.records.get()}")
     println("log records received: ${logger.records.get()}")

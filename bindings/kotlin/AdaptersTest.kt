@@ -1,0 +1,293 @@
+// The package's Kotlin (android/src/main/kotlin: the Flow adapters and the NetworkMonitor
+// logic) on the host JVM, called from Test.kt's main. Loopback only: `pinhole serve` and
+// `pinhole serve --turn` started by bindings/test.sh, and silent fake gateways (UDP sockets
+// of this test on 127.0.0.31-36 port 5351, which never answer).
+package dev.pinhole
+
+import java.net.DatagramPacket
+import java.net.DatagramSocket
+import java.net.InetAddress
+import java.net.InetSocketAddress
+import java.net.SocketTimeoutException
+import java.util.concurrent.CopyOnWriteArrayList
+import kotlinx.coroutines.delay
+import kotlinx.coroutines.flow.filterIsInstance
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.flow.onEach
+import kotlinx.coroutines.flow.toList
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withTimeout
+import kotlinx.coroutines.withTimeoutOrNull
+
+/** PCP's and NAT-PMP's server port (RFC 6887 §19.1, RFC 6886 §3). */
+const val PCP_PORT = 5351
+
+/** A gateway that never answers: a UDP socket on ip:5351. */
+fun silentGateway(ip: String): DatagramSocket =
+    DatagramSocket(InetSocketAddress(InetAddress.getByName(ip), PCP_PORT)).also { it.soTimeout = 200 }
+
+/** The source address of the next request the fake gateway hears within [millis]. */
+fun DatagramSocket.nextRequestFrom(millis: Long = 15_000): String? {
+    val deadline = System.nanoTime() + millis * 1_000_000
+    val p = DatagramPacket(ByteArray(1100), 1100)
+    while (System.nanoTime() < deadline) {
+        try {
+            receive(p)
+            return p.address.hostAddress
+        } catch (e: SocketTimeoutException) {
+        }
+    }
+    return null
+}
+
+fun portFree(port: Int): Boolean = try {
+    DatagramSocket(InetSocketAddress(InetAddress.getByName("127.0.0.1"), port)).close()
+    true
+} catch (e: java.net.SocketException) {
+    false
+}
+
+/** Polls [cond] every 20 ms for up to [millis]. */
+fun eventually(millis: Long, cond: () -> Boolean): Boolean {
+    val deadline = System.nanoTime() + millis * 1_000_000
+    while (System.nanoTime() < deadline) {
+        if (cond()) return true
+        Thread.sleep(20)
+    }
+    return cond()
+}
+
+fun testFlows(serveUri: String, silentUri: String, turnUri: String, user: String, password: String) {
+    println("Flow adapters")
+
+    // Netcheck: progress, then the report; the flow completes.
+    val updates = runBlocking {
+        withTimeout(30_000) {
+            netcheckUpdates(NetcheckConfig(stunServers = listOf(serveUri), timeoutMs = 8000u, noPortmap = true)).toList()
+        }
+    }
+    val done = updates.lastOrNull()
+    check(done is NetcheckUpdate.Done && done.report.udp, "netcheck flow ends with the report: $done")
+    check(updates.any { it is NetcheckUpdate.Progress && it.progress is NetcheckProgress.ServerReplied },
+        "netcheck flow: progress")
+    expectThrows<PinholeException.InvalidArgument>("netcheck flow: a bad config fails the flow") {
+        runBlocking { netcheckUpdates(NetcheckConfig(stunServers = listOf("bogus"))).toList() }
+    }
+    // Cancelling the collector closes the task (a closed Kotlin object refuses calls).
+    var task: NetcheckTask? = null
+    val cancelled = runBlocking {
+        withTimeoutOrNull(500) {
+            netcheckUpdates(NetcheckConfig(stunServers = listOf(silentUri), timeoutMs = 60000u, noPortmap = true)) {
+                task = it
+            }.collect {}
+        }
+    }
+    check(cancelled == null && task != null, "netcheck flow cancelled by the timeout")
+    expectThrows<IllegalStateException>("netcheck flow cancelled: the task is closed") { task!!.isFinished() }
+
+    // Port mapping with no gateway (127.0.0.9): Unavailable, the flow completes, the
+    // mapper is closed.
+    var ended: PortMapper? = null
+    val events = runBlocking {
+        withTimeout(30_000) {
+            portMappingEvents(PortMappingConfig(internalPort = 40002u, protocol = TransportProtocol.UDP,
+                gateway = "127.0.0.9", localIp = "127.0.0.1", lifetimeSecs = 60u)) { ended = it }.toList()
+        }
+    }
+    check(events.lastOrNull() is PortMappingEvent.Unavailable, "mapping flow ends Unavailable: $events")
+    expectThrows<IllegalStateException>("mapping flow completed: the mapper is closed") { ended!!.current() }
+
+    // A mapper at a silent gateway verifying through pinhole serve holds the mapped port;
+    // cancelling the collector closes it, and its thread frees the port.
+    silentGateway("127.0.0.31").use { gw ->
+        val port = DatagramSocket(0, InetAddress.getByName("127.0.0.1")).use { it.localPort }
+        var mapper: PortMapper? = null
+        val seen = CopyOnWriteArrayList<PortMappingEvent>()
+        var heard: String? = null
+        runBlocking {
+            val job = launch {
+                portMappingEvents(PortMappingConfig(internalPort = port.toUShort(), protocol = TransportProtocol.UDP,
+                    gateway = "127.0.0.31", localIp = "127.0.0.1", method = MappingMethod.PCP,
+                    verifyStun = serveUri)) { mapper = it }.collect { seen.add(it) }
+            }
+            heard = kotlinx.coroutines.withContext(kotlinx.coroutines.Dispatchers.IO) { gw.nextRequestFrom() }
+            check(!portFree(port), "the running mapper holds the mapped port $port")
+            job.cancel()
+            job.join()
+        }
+        check(heard == "127.0.0.1", "the mapper asked the silent gateway: $heard")
+        check(seen.none { it.isLast }, "the mapper had not ended by itself: $seen")
+        expectThrows<IllegalStateException>("mapping flow cancelled: the mapper is closed") { mapper!!.current() }
+        check(eventually(5_000) { portFree(port) }, "cancelling the flow ended the mapper: port $port freed")
+    }
+
+    // TURN: allocate, permission, data from a peer through the flow; the first() that
+    // takes the data cancels the flow, which deallocates: the server frees the relayed port.
+    DatagramSocket(0, InetAddress.getByName("127.0.0.1")).use { peer ->
+        var allocation: TurnAllocation? = null
+        var relayed = ""
+        val data = runBlocking {
+            withTimeout(20_000) {
+                turnUpdates(TurnConfig(uri = turnUri, username = user, password = password)) { allocation = it }
+                    .onEach { u ->
+                        val e = (u as? TurnUpdate.Event)?.event
+                        if (e is TurnEvent.Allocated) {
+                            relayed = e.relayed.first()
+                            allocation!!.createPermission("127.0.0.1")
+                            val bytes = "through the flow".toByteArray()
+                            peer.send(DatagramPacket(bytes, bytes.size, socketAddress(relayed)))
+                        }
+                    }
+                    .filterIsInstance<TurnUpdate.Data>()
+                    .first()
+            }
+        }
+        check(String(data.data) == "through the flow" && data.peer == "127.0.0.1:${peer.localPort}",
+            "TURN flow: data ${String(data.data)} from ${data.peer}")
+        expectThrows<IllegalStateException>("TURN flow ended: the allocation is closed") { allocation!!.isClosed() }
+        check(relayReleased(relayed), "TURN flow ended: the server freed the relayed port $relayed")
+    }
+    expectThrows<PinholeException.Authentication>("TURN flow: wrong password fails the flow") {
+        runBlocking { withTimeout(20_000) { turnUpdates(TurnConfig(uri = turnUri, username = user, password = "wrong")).toList() } }
+    }
+}
+
+/** A NetworkSource the test drives. */
+class FakeSource : NetworkSource {
+    @Volatile var onChange: ((NetworkSnapshot?) -> Unit)? = null
+    @Volatile var starts = 0
+    @Volatile var stops = 0
+
+    override fun start(onChange: (NetworkSnapshot?) -> Unit) {
+        starts++
+        this.onChange = onChange
+    }
+
+    override fun stop() {
+        stops++
+        onChange = null
+    }
+
+    fun emit(s: NetworkSnapshot?) {
+        onChange!!(s)
+    }
+}
+
+fun ip(text: String): InetAddress = InetAddress.getByName(text)
+
+fun wifi(id: String, gateway: String, local: String, prefix: Int = 24, dns: String = "192.168.1.1") = NetworkSnapshot(
+    networkId = id,
+    interfaceName = "wlan0",
+    addresses = listOf(InterfaceAddress(ip("fe80::5"), 64), InterfaceAddress(ip(local), prefix)),
+    dnsServers = listOf(ip(dns)),
+    routes = listOf(
+        NetworkRoute(ip("0.0.0.0"), 0, ip(gateway), "wlan0"),
+        NetworkRoute(ip("192.168.1.0"), 24, null, "wlan0"),
+    ),
+)
+
+fun testNetworkMonitor() {
+    println("NetworkMonitor logic (fake source)")
+
+    // Gateway and local address choice.
+    val dual = NetworkSnapshot(
+        networkId = "100",
+        addresses = listOf(InterfaceAddress(ip("2001:db8::5"), 64), InterfaceAddress(ip("10.1.0.9"), 16),
+            InterfaceAddress(ip("192.168.1.23"), 24), InterfaceAddress(ip("fe80::5"), 64)),
+        dnsServers = listOf(ip("192.168.1.1")),
+        routes = listOf(NetworkRoute(ip("::"), 0, ip("fe80::1")), NetworkRoute(ip("0.0.0.0"), 0, ip("192.168.1.1"))),
+    )
+    val f = NetworkFacts.of(dual)
+    check(f.gateway == ip("192.168.1.1") && f.localAddress == ip("192.168.1.23"), "IPv4 preferred, in its subnet: $f")
+    check(f.toNetworkInfo() == NetworkInfo(gateway = "192.168.1.1", localIp = "192.168.1.23"), "NetworkInfo ${f.toNetworkInfo()}")
+    // As Android reports it: a link-local gateway with its scope (the interface).
+    val scoped = java.net.Inet6Address.getByAddress(null, ip("fe80::1").address, 1)
+    val v6 = NetworkFacts.of(dual.copy(routes = listOf(NetworkRoute(ip("::"), 0, scoped))))
+    check(v6.gateway == scoped && v6.localAddress == ip("2001:db8::5"), "IPv6 only: a global address: $v6")
+    val v6gw = v6.toNetworkInfo().gateway
+    check(v6gw != null && '%' !in v6gw && ip(v6gw) == ip("fe80::1"), "no scope in the gateway text: $v6gw")
+    val noRoute = NetworkFacts.of(dual.copy(routes = listOf(NetworkRoute(ip("192.168.1.0"), 24, null))))
+    check(noRoute.isOnline && noRoute.gateway == null && noRoute.toNetworkInfo() == NetworkInfo(null, null),
+        "no default route: no gateway: $noRoute")
+    val direct = NetworkFacts.of(dual.copy(routes = listOf(NetworkRoute(ip("0.0.0.0"), 0, ip("0.0.0.0")))))
+    check(direct.gateway == null, "a default route without a gateway (point-to-point): none")
+    val vpn = NetworkFacts.of(dual.copy(isVpn = true))
+    check(vpn.isVpn && vpn.gateway == null && vpn.addresses.size == 4, "VPN: no port mapping gateway: $vpn")
+    check(NetworkFacts.of(null) == NetworkFacts.OFFLINE && !NetworkFacts.OFFLINE.isOnline, "offline")
+    check(PortMappingConfig(internalPort = 1u, protocol = TransportProtocol.UDP).on(f).let {
+        it.gateway == "192.168.1.1" && it.localIp == "192.168.1.23"
+    }, "PortMappingConfig.on(facts)")
+    check(NetcheckConfig().on(f).gateway == "192.168.1.1", "NetcheckConfig.on(facts)")
+
+    // Settling and dedup: a burst gives one state, a repeat none; cancelling stops the source.
+    val source = FakeSource()
+    val monitor = NetworkMonitor(source, settleMillis = 100)
+    val seen = CopyOnWriteArrayList<NetworkFacts>()
+    val a = wifi("100", "192.168.1.1", "192.168.1.23")
+    val b = wifi("101", "10.0.0.1", "10.0.0.7", 8)
+    runBlocking {
+        val job = launch(kotlinx.coroutines.Dispatchers.Default) { monitor.facts.collect { seen.add(it) } }
+        check(eventually(5_000) { source.onChange != null }, "collecting starts the source")
+        source.emit(null)
+        source.emit(a.copy(routes = emptyList()))
+        source.emit(a)
+        delay(400)
+        source.emit(a)
+        delay(400)
+        source.emit(b)
+        delay(400)
+        job.cancel()
+        job.join()
+    }
+    check(seen == listOf(NetworkFacts.of(a), NetworkFacts.of(b)), "one state per settled burst, no repeats: $seen")
+    check(source.starts == 1 && source.stops == 1, "the source stopped with the collection (${source.starts}/${source.stops})")
+
+    // feed: only changes that matter to a mapping, after the first state.
+    val fed = CopyOnWriteArrayList<NetworkInfo>()
+    val source2 = FakeSource()
+    runBlocking {
+        val job = launch(kotlinx.coroutines.Dispatchers.Default) {
+            NetworkMonitor(source2, 50).feed { fed.add(it); fed.size < 2 }
+        }
+        check(eventually(5_000) { source2.onChange != null }, "feed starts the source")
+        source2.emit(a)
+        delay(250)
+        source2.emit(a.copy(dnsServers = listOf(ip("9.9.9.9"))))
+        delay(250)
+        source2.emit(a.copy(networkId = "102"))
+        delay(250)
+        source2.emit(null)
+        withTimeout(5_000) { job.join() }
+    }
+    check(fed == listOf(NetworkInfo("192.168.1.1", "192.168.1.23"), NetworkInfo(null, null)),
+        "feed: another network, then offline; not the first state, not a DNS change: $fed")
+    check(source2.stops == 1, "feed stopped the source when told to")
+
+    // End to end: the monitor moves a real mapper from one (silent, loopback) gateway to
+    // another, from the new local address.
+    silentGateway("127.0.0.32").use { g1 ->
+        silentGateway("127.0.0.33").use { g2 ->
+            val source3 = FakeSource()
+            val first = wifi("200", "127.0.0.32", "127.0.0.1", 8)
+            val second = wifi("201", "127.0.0.33", "127.0.0.34", 8)
+            val cfg = PortMappingConfig(internalPort = 40003u, protocol = TransportProtocol.UDP, lifetimeSecs = 60u,
+                method = MappingMethod.PCP).on(NetworkFacts.of(first))
+            check(cfg.gateway == "127.0.0.32" && cfg.localIp == "127.0.0.1", "config from the facts: $cfg")
+            mapPort(cfg, MappingListener()).use { mapper ->
+                check(g1.nextRequestFrom() == "127.0.0.1", "the mapper asks the first gateway")
+                runBlocking {
+                    val job = launch(kotlinx.coroutines.Dispatchers.Default) { NetworkMonitor(source3, 50).feed(mapper) }
+                    check(eventually(5_000) { source3.onChange != null }, "feed(mapper) starts the source")
+                    source3.emit(first)
+                    delay(200)
+                    source3.emit(second)
+                    val from = kotlinx.coroutines.withContext(kotlinx.coroutines.Dispatchers.IO) { g2.nextRequestFrom() }
+                    check(from == "127.0.0.34", "after the change the mapper asks the new gateway from the new address: $from")
+                    job.cancel()
+                    job.join()
+                }
+            }
+        }
+    }
+}
