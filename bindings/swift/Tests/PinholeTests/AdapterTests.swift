@@ -381,7 +381,17 @@ final class AdapterTests: XCTestCase {
         XCTAssertTrue(relayReleased(relayed))
         XCTAssertTrue(server.isClosed())
 
-        // Releasing the last reference: a server's port is free again.
+        // Releasing the last reference: a netcheck is cancelled...
+        let listener = Listener()
+        var running: NetcheckTask? = try startNetcheck(
+            config: NetcheckConfig(stunServers: [silentURI], timeoutMs: 60000, noPortmap: true),
+            listener: listener)
+        XCTAssertFalse(running!.isFinished())
+        running = nil
+        XCTAssertNil(running)
+        XCTAssertEqual(listener.done.wait(timeout: .now() + 10), .success)
+        guard case .Cancelled? = listener.error else { return XCTFail("\(String(describing: listener.error))") }
+        // ...and a server's port is free again.
         var other: StunServer? = try StunServer(primary: "127.0.0.1:0", alternate: nil)
         let address = other!.addresses()[0]
         other = nil
