@@ -28,6 +28,8 @@
 #            sources of its target Pinhole as SwiftPM resolves them
 #
 # Usage: bindings/test.sh [part...]   (default: all, in that order)
+#        PINHOLE_SWIFT_FILTER=REGEX bindings/test.sh swift   (only the XCTest tests matching
+#        REGEX, e.g. AdapterTests or AdapterTests.testPathLogic; swift test --filter)
 #
 # bindings/setup.sh installs the tools first (idempotent: quick when they are there; the
 # chroot and kotlinc live outside the clone, under PINHOLE_TOOLS=/opt/pinhole-tools). The
@@ -418,6 +420,7 @@ part_swift() {
         PINHOLE_TEST_TURN="$TURN_URI" PINHOLE_TEST_TURN_USER="$TURN_USER" \
         PINHOLE_TEST_TURN_PASSWORD="$TURN_PASSWORD" PINHOLE_TEST_TURN_SECRET="$TURN_SECRET" \
         swift test --disable-swift-testing --package-path /pinhole/pkg -Xlinker -L/pinhole/lib \
+        ${PINHOLE_SWIFT_FILTER:+--filter "$PINHOLE_SWIFT_FILTER"} \
         >"$BUILD/swift-test.log" 2>&1 || rc=$?
     grep -vE '^(\[[0-9]+/[0-9]+\]|Building|Compiling|Write|Emitting)' "$BUILD/swift-test.log" || true
     cleanup_mounts
