@@ -66,11 +66,10 @@ done
 run "$ROOT/bindings/check-elf.sh" "${libs[@]}"
 
 (cd "$ROOT" && run cargo build --release -p uniffi-bindgen)
-config=$(mktemp)
-trap 'rm -f "$config"' EXIT
-# The package's settings (ffi/uniffi.toml) plus the Android flavour's.
-sed 's/^\[bindings\.kotlin\]$/&\nandroid = true\nandroid_cleaner = true/' "$ROOT/ffi/uniffi.toml" >"$config"
+# The package's settings (ffi/uniffi.toml) with the Android flavour's merged over them
+# (uniffi-android.toml; UniFFI 0.32 ignores an old-style flat --config file, with a warning,
+# and would generate the JVM flavour).
 run rm -rf "$GENERATED"
 run "$TARGET_DIR/release/uniffi-bindgen" generate --library "$JNILIBS/arm64-v8a/libpinhole_ffi.so" \
-    --language kotlin --config "$config" --no-format --out-dir "$GENERATED"
+    --language kotlin --config "$ANDROID_DIR/uniffi-android.toml" --no-format --out-dir "$GENERATED"
 echo "build-native.sh: ${#libs[@]} libraries in $JNILIBS, Kotlin in $GENERATED"

@@ -58,6 +58,8 @@ dependencies {
     // JNA's Android artifact (with its own libjnidispatch.so for every ABI), not the jar.
     implementation("net.java.dev.jna:jna:5.19.1@aar")
     implementation("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.10.1")
+    // UniFFI's Android flavour annotates its SystemCleaner path with @RequiresApi.
+    implementation("androidx.annotation:annotation:1.9.1")
 }
 
 val buildNative by tasks.registering(Exec::class) {

@@ -7,7 +7,7 @@
 #     ACCESS_NETWORK_STATE and CHANGE_WIFI_MULTICAST_STATE;
 #   - proguard.txt keeps JNA's classes and the bindings (the R8 crash of gobley#139);
 #   - classes.jar holds the bindings' classes (dev/pinhole/...) in UniFFI's Android flavour
-#     (they reference android.os.Build), the package's own Kotlin (the Flow adapters, the
+#     (they read Build.VERSION.SDK_INT and use SystemCleaner), the package's own Kotlin (the Flow adapters, the
 #     NetworkMonitor and its AndroidNetworkSource), and no android.* class (stubs);
 #   - every jni/<abi>/*.so: an ELF of that ABI's machine, 16 KB aligned with a SONAME
 #     (bindings/check-elf.sh). With --require-abis, all four ABIs must be there.
@@ -60,8 +60,11 @@ for c in dev/pinhole/FlowsKt dev/pinhole/NetcheckUpdate dev/pinhole/TurnUpdate d
 done
 ! grep -q '^android/' <<<"$classes" || fail "classes.jar holds android.* classes (stubs?)"
 (cd "$tmp" && unzip -q classes.jar -d classes)
-grep -rqa 'android/os/Build' "$tmp/classes/dev/pinhole" ||
-    fail "the bindings in classes.jar are not UniFFI's Android flavour (no android.os.Build)"
+# The Android flavour reads Build.VERSION.SDK_INT at run time and uses SystemCleaner.
+if ! grep -rqaF "android/os/Build\$VERSION" "$tmp/classes/dev/pinhole" ||
+    ! grep -rqaF 'android/system/SystemCleaner' "$tmp/classes/dev/pinhole"; then
+    fail "the bindings in classes.jar are not UniFFI's Android flavour (no SDK_INT check, no SystemCleaner)"
+fi
 grep -rqa 'android/net/ConnectivityManager' "$tmp/classes/dev/pinhole/AndroidNetworkSource.class" ||
     fail "AndroidNetworkSource does not use ConnectivityManager"
 

@@ -341,15 +341,12 @@ ANDROID_CLASSES_JAR=
 android_classes_jar() {
     [ -n "$ANDROID_CLASSES_JAR" ] && return 0
     build
-    local out=$TARGET/bindings-android-classes key config gen=$BUILD/generated-android
+    local out=$TARGET/bindings-android-classes key gen=$BUILD/generated-android
     local cp=/usr/share/java/jna.jar:$KOTLIN_HOME/lib/kotlinx-coroutines-core-jvm.jar
     local sources stubs
-    config=$(mktemp)
-    sed 's/^\[bindings\.kotlin\]$/&\nandroid = true\nandroid_cleaner = true/' ffi/uniffi.toml >"$config"
     rm -rf "$gen"
     "$TARGET/debug/uniffi-bindgen" generate --no-format --library "$TARGET/debug/libpinhole_ffi.so" \
-        --language kotlin --config "$config" --out-dir "$gen" >/dev/null
-    rm -f "$config"
+        --language kotlin --config android/uniffi-android.toml --out-dir "$gen" >/dev/null
     # The flavours differ (the Android one uses android.os.Build and SystemCleaner).
     grep -q 'android\.os\.Build' "$gen/dev/pinhole/pinhole.kt" ||
         { echo "bindings: the Android flavour of the Kotlin is not Android's" >&2; exit 1; }
@@ -548,9 +545,10 @@ part_elf() {
 # The AAR as android/assemble-aar.sh lays it out (AGP's layout) from the compiled Kotlin
 # (android_classes_jar: the Android flavour of the bindings and the package's sources,
 # against stubs: android.jar is in no reachable registry), the manifest, the R8 rules and
-# the Android libraries built here (none: no NDK), checked by android/check-aar.sh; which is first shown to reject an AAR without
-# proguard.txt, one asking for an extra permission, and one whose jni/x86 library is for
-# another machine (gcc-built stand-ins, not pinhole).
+# the Android libraries built here (none: no NDK), checked by android/check-aar.sh; which
+# is first shown to reject an AAR without proguard.txt, one asking for an extra permission,
+# one whose jni/x86 library is for another machine (gcc-built stand-ins, not pinhole), and
+# one with the JVM flavour of the bindings.
 part_android() {
     step "Android: AAR layout (android/assemble-aar.sh, android/check-aar.sh)"
     setup android || return 0
@@ -573,14 +571,25 @@ part_android() {
         "$out/probe.c" -o "$out/jni/x86/libpinhole_ffi.so"
     android/assemble-aar.sh --classes "$ANDROID_CLASSES_JAR" --jnilibs "$out/jni" \
         --out "$out/wrong-machine.aar" >/dev/null
+    # The JVM flavour of the bindings (what build-native.sh generated while it passed an
+    # old-style --config that UniFFI 0.32 ignores).
+    # With the package's classes, AndroidNetworkSource too, so that only the flavour differs.
+    kotlin_bindings_jar
+    mkdir -p "$out/jvm"
+    cp "$KOTLIN_BINDINGS_JAR" "$out/jvm/classes.jar"
+    (cd "$out/jvm" && unzip -q "$ANDROID_CLASSES_JAR" 'dev/pinhole/AndroidNetworkSource*' &&
+        zip -q classes.jar dev/pinhole/AndroidNetworkSource*)
+    android/assemble-aar.sh --classes "$out/jvm/classes.jar" --out "$out/jvm-flavour.aar" >/dev/null
     local aar
-    for aar in no-rules extra-permission wrong-machine; do
+    for aar in no-rules extra-permission wrong-machine jvm-flavour; do
         if android/check-aar.sh "$out/$aar.aar" 2>"$out/$aar.log"; then
             echo "bindings: android/check-aar.sh accepted $aar.aar" >&2
             exit 1
         fi
         sed 's/^/rejected as it should: /' "$out/$aar.log"
     done
+    grep -q "Android flavour" "$out/jvm-flavour.log" ||
+        { echo "bindings: jvm-flavour.aar was rejected for another reason" >&2; exit 1; }
     results+=("android: AAR layout checked ($(unzip -Z1 "$out/pinhole-release.aar" | grep -c .) entries; no Android .so: no NDK here); bad AARs rejected")
 }
 

@@ -11,7 +11,7 @@
 //! # Ending things: one verb, `close`
 //!
 //! Every long-lived object ([`NetcheckTask`], [`PortMapper`], [`TurnAllocation`],
-//! [`StunServer`]) ends the same way, and never blocks the caller: the netcheck is
+//! `StunServer`) ends the same way, and never blocks the caller: the netcheck is
 //! cancelled, the port mapping deleted in the background (bounded), the TURN allocation
 //! deallocated in the background (bounded), the server stopped.
 //!

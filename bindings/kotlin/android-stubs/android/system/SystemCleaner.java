@@ -1,0 +1,5 @@
+package android.system;
+
+public final class SystemCleaner {
+    public static java.lang.ref.Cleaner cleaner() { return null; }
+}
