@@ -233,16 +233,24 @@ struct PathLogic {
         // matter. An IPv6 gateway (PCP, RFC 6887, opens firewall pinholes) only when the
         // network has no IPv4 gateway, and only a routable one: link-local gateways (the
         // usual kind) need a zone, which an IP address given to the mapper cannot carry.
+        // Within a family, a gateway in the subnet of one of the interface's addresses comes
+        // first (NWPath lists the gateways of every available interface, often without
+        // saying which); else the first gateway (a point-to-point link, such as cellular,
+        // has its gateway outside its own /32), with the interface's first usable address.
         for v4 in [true, false] {
-            for (_, gw) in gateways where gw.isIPv4 == v4 {
-                if !v4 && gw.isLinkLocal { continue }
-                let candidates = local.filter { $0.0.isIPv4 == v4 && !$0.0.isLinkLocal }
-                let pick = candidates.first { gw.inSubnet(of: $0.0, prefixLength: $0.1) } ?? candidates.first
-                if let (ip, _) = pick {
+            let usable = gateways.map { $0.1 }.filter { $0.isIPv4 == v4 && (v4 || !$0.isLinkLocal) }
+            let candidates = local.filter { $0.0.isIPv4 == v4 && !$0.0.isLinkLocal }
+            for gw in usable {
+                if let (ip, _) = candidates.first(where: { gw.inSubnet(of: $0.0, prefixLength: $0.1) }) {
                     state.gateway = gw.description
                     state.localIp = ip.description
                     return state
                 }
+            }
+            if let gw = usable.first, let (ip, _) = candidates.first {
+                state.gateway = gw.description
+                state.localIp = ip.description
+                return state
             }
         }
         let kinds = Set(gateways.map { $0.1.isIPv4 ? "IPv4" : "IPv6" }).sorted().joined(separator: "/")

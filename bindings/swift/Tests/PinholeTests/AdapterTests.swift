@@ -437,6 +437,11 @@ final class AdapterTests: XCTestCase {
 
         // A gateway outside every local subnet: the interface's first usable address.
         XCTAssertEqual(decide(home([.init(ip: "172.16.0.1")])).localIp, "10.1.0.5")
+        // But a gateway in a local subnet wins over one listed before it (NWPath lists
+        // the gateways of every available interface, often without their interface).
+        let listed = decide(home([.init(ip: "172.16.0.1"), .init(ip: "192.168.1.1")]))
+        XCTAssertEqual(listed.gateway, "192.168.1.1")
+        XCTAssertEqual(listed.localIp, "192.168.1.23")
 
         // Unsatisfied, or waiting for a connection: no gateway.
         for status in [PathSnapshot.Status.unsatisfied, .requiresConnection] {
