@@ -38,7 +38,8 @@
 # the library as it ships, without it). They talk to a `pinhole serve` started here on 127.0.0.1/127.0.0.2
 # and to a `pinhole serve --turn` on 127.0.0.1 (TURN over UDP, long-term and REST
 # credentials, relaying on 127.0.0.1); the port-mapping tests point at 127.0.0.9, where no
-# gateway listens. Nothing contacts
+# gateway listens (the C test also runs a NAT-PMP gateway of its own on 127.0.0.77:5351 and
+# a UDP proxy in front of the TURN server, both on loopback). Nothing contacts
 # this machine's real gateway or any public server.
 #
 # With CI=true nothing may be skipped: a tool that cannot be set up fails the run. Without

@@ -5,17 +5,26 @@
  * port mapping pointed at a loopback address where no gateway listens, which must fail
  * cleanly (also when verified through `pinhole serve`), and TURN allocations on `pinhole serve --turn` (argv[3..6]: its URI, user,
  * password, REST secret) relaying to and from a UDP socket of the test's own on
- * 127.0.0.1. Run under valgrind by bindings/test.sh. Prints "N passed, N failed".
+ * 127.0.0.1. Then the ABI (config structs read by their struct_size: older, newer and
+ * wrong sizes), the last error of failing starts, and each handle's life: calls from
+ * several threads, destruction from its callbacks and from other threads, and
+ * *_destroy_async returning at once while a callback blocks or the gateway (a NAT-PMP one
+ * of the test's own on 127.0.0.77) or the TURN server (behind a proxy of the test's own
+ * that drops everything) does not answer. Run under valgrind by bindings/test.sh. Prints
+ * "N passed, N failed".
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -91,6 +100,8 @@ static int latch_wait(latch *l, int seconds) {
     pthread_mutex_unlock(&l->mutex);
     return done;
 }
+
+static int no_pinhole_threads(int seconds);
 
 /* ---- logging ---- */
 
@@ -185,7 +196,7 @@ static void test_netcheck(const char *what, const char *uri, const char *gateway
     netcheck_state_init(&s);
     const char *servers[] = {uri};
     pinhole_netcheck_config cfg;
-    memset(&cfg, 0, sizeof cfg);
+    CHECK_RC(pinhole_netcheck_config_init(&cfg, sizeof cfg), PINHOLE_OK);
     cfg.stun_servers = servers;
     cfg.stun_server_count = 1;
     cfg.timeout_ms = 8000;
@@ -233,7 +244,7 @@ static void test_netcheck_cancel_and_destroy(const char *silent_uri) {
     printf("netcheck cancel, destroy from a callback, destroy while running\n");
     const char *servers[] = {silent_uri};
     pinhole_netcheck_config cfg;
-    memset(&cfg, 0, sizeof cfg);
+    CHECK_RC(pinhole_netcheck_config_init(&cfg, sizeof cfg), PINHOLE_OK);
     cfg.stun_servers = servers;
     cfg.stun_server_count = 1;
     cfg.timeout_ms = 60000;
@@ -262,9 +273,8 @@ static void test_netcheck_cancel_and_destroy(const char *silent_uri) {
     CHECK_RC(pinhole_netcheck_cancel(nc), PINHOLE_OK);
     CHECK(latch_wait(&s.latch, 20));
     CHECK_RC(s.result, PINHOLE_ERR_CANCELLED);
-    /* The thread may still be ending: give it a moment before the leak check. */
-    struct timespec pause = {0, 200 * 1000 * 1000};
-    nanosleep(&pause, NULL);
+    /* The thread ends after the callback returns. */
+    CHECK(no_pinhole_threads(20));
     latch_free(&s.latch);
 
     /* Destroy while running: no callback afterwards. */
@@ -332,7 +342,7 @@ static void test_portmap(void) {
     s.main_thread = pthread_self();
     s.last_kind = -1;
     pinhole_portmap_config cfg;
-    memset(&cfg, 0, sizeof cfg);
+    CHECK_RC(pinhole_portmap_config_init(&cfg, sizeof cfg), PINHOLE_OK);
     cfg.gateway = "127.0.0.9";
     cfg.local_ip = "127.0.0.1";
     cfg.protocol = PINHOLE_PROTOCOL_UDP;
@@ -422,7 +432,7 @@ static void test_portmap_verify(const char *serve_uri) {
     s.main_thread = pthread_self();
     s.last_kind = -1;
     pinhole_portmap_config cfg;
-    memset(&cfg, 0, sizeof cfg);
+    CHECK_RC(pinhole_portmap_config_init(&cfg, sizeof cfg), PINHOLE_OK);
     cfg.gateway = "127.0.0.9";
     cfg.local_ip = "127.0.0.1";
     cfg.internal_port = (uint16_t)free_udp_port();
@@ -486,7 +496,7 @@ static void test_arguments(void) {
     printf("argument validation\n");
     pinhole_netcheck *nc = NULL;
     pinhole_netcheck_config cfg;
-    memset(&cfg, 0, sizeof cfg);
+    CHECK_RC(pinhole_netcheck_config_init(&cfg, sizeof cfg), PINHOLE_OK);
     CHECK_RC(pinhole_netcheck_start(NULL, &nc), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_netcheck_start(&cfg, NULL), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_ERR_INVALID); /* no cb_done */
@@ -515,7 +525,7 @@ static void test_arguments(void) {
 
     pinhole_portmap *pm = NULL;
     pinhole_portmap_config pcfg;
-    memset(&pcfg, 0, sizeof pcfg);
+    CHECK_RC(pinhole_portmap_config_init(&pcfg, sizeof pcfg), PINHOLE_OK);
     CHECK_RC(pinhole_portmap_start(NULL, &pm), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_portmap_start(&pcfg, NULL), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID); /* no cb_event */
@@ -619,7 +629,7 @@ static void test_version_and_last_error(void) {
     /* Every *_start that fails says why. */
     pinhole_netcheck *nc = NULL;
     pinhole_netcheck_config cfg;
-    memset(&cfg, 0, sizeof cfg);
+    CHECK_RC(pinhole_netcheck_config_init(&cfg, sizeof cfg), PINHOLE_OK);
     cfg.cb_done = ignore_done;
     const char *bad[] = {"http://example.org"};
     cfg.stun_servers = bad;
@@ -636,7 +646,7 @@ static void test_version_and_last_error(void) {
 
     pinhole_portmap *pm = NULL;
     pinhole_portmap_config pcfg;
-    memset(&pcfg, 0, sizeof pcfg);
+    CHECK_RC(pinhole_portmap_config_init(&pcfg, sizeof pcfg), PINHOLE_OK);
     CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
     printf("  portmap: %s\n", pinhole_last_error());
     CHECK(strstr(pinhole_last_error(), "cb_event") != NULL);
@@ -644,7 +654,7 @@ static void test_version_and_last_error(void) {
 
     pinhole_turn *turn = NULL;
     pinhole_turn_config tcfg;
-    memset(&tcfg, 0, sizeof tcfg);
+    CHECK_RC(pinhole_turn_config_init(&tcfg, sizeof tcfg), PINHOLE_OK);
     tcfg.cb_event = ignore_turn;
     tcfg.uri = "turn:127.0.0.1:3478";
     tcfg.username = "user";
@@ -817,7 +827,7 @@ static int turn_wait(turn_state *s, const int *counter, int want, int seconds) {
 }
 
 static void turn_config(pinhole_turn_config *cfg, turn_state *s) {
-    memset(cfg, 0, sizeof *cfg);
+    CHECK_RC(pinhole_turn_config_init(cfg, sizeof *cfg), PINHOLE_OK);
     cfg->uri = turn_uri;
     cfg->username = turn_user;
     cfg->password = turn_password;
@@ -1049,9 +1059,8 @@ static void test_turn_credentials_and_destroy(void) {
     CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_OK);
     CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_ALLOCATED], 1, 20));
     CHECK(relay_released(s.relayed));
-    /* The thread ends once the server has answered: give it a moment before the leak check. */
-    struct timespec pause = {0, 300 * 1000 * 1000};
-    nanosleep(&pause, NULL);
+    /* The thread ends once the server has answered; no callback came meanwhile. */
+    CHECK(no_pinhole_threads(20));
     CHECK(s.total == 1);
     turn_state_free(&s);
 
@@ -1073,7 +1082,7 @@ static void test_turn_arguments(void) {
     printf("TURN argument validation\n");
     pinhole_turn *turn = NULL;
     pinhole_turn_config cfg;
-    memset(&cfg, 0, sizeof cfg);
+    CHECK_RC(pinhole_turn_config_init(&cfg, sizeof cfg), PINHOLE_OK);
     CHECK_RC(pinhole_turn_allocate(NULL, &turn), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_turn_allocate(&cfg, NULL), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_turn_allocate(&cfg, &turn), PINHOLE_ERR_INVALID); /* no cb_event */
@@ -1111,6 +1120,850 @@ static void test_turn_arguments(void) {
     pinhole_turn_destroy(NULL);
 }
 
+/* ==== ABI: config structs read by their struct_size ==== */
+
+/* A config of an older program: the struct through user_ptr (its first version), in a
+ * buffer whose bytes after it are garbage that the library must not read. */
+#define FIRST_VERSION(type) (offsetof(type, user_ptr) + sizeof(void *))
+#define GARBAGE 0xAB
+
+typedef struct {
+    pinhole_portmap_config cfg;
+    uint64_t newer[2]; /* fields of a newer header, unknown to this library */
+} newer_portmap_config;
+
+static void test_config_sizes(const char *silent_uri) {
+    printf("config structs: struct_size, init, older and newer sizes, wrong sizes\n");
+    pinhole_netcheck_config nc;
+    pinhole_portmap_config pm;
+    pinhole_turn_config tc;
+    memset(&nc, GARBAGE, sizeof nc);
+    memset(&pm, GARBAGE, sizeof pm);
+    memset(&tc, GARBAGE, sizeof tc);
+    CHECK_RC(pinhole_netcheck_config_init(&nc, sizeof nc), PINHOLE_OK);
+    CHECK_RC(pinhole_portmap_config_init(&pm, sizeof pm), PINHOLE_OK);
+    CHECK_RC(pinhole_turn_config_init(&tc, sizeof tc), PINHOLE_OK);
+    CHECK(nc.struct_size == sizeof nc && pm.struct_size == sizeof pm &&
+          tc.struct_size == sizeof tc);
+    /* The defaults, spelled out; everything else zero. */
+    CHECK(nc.timeout_ms == 10000 && nc.stun_server_count == 0 && nc.cb_done == NULL &&
+          nc.gateway == NULL && !nc.no_portmap);
+    CHECK(pm.lifetime_s == 7200 && pm.verify_interval_s == 300 && pm.verify_stun == NULL &&
+          pm.protocol == PINHOLE_PROTOCOL_UDP && pm.method == PINHOLE_METHOD_ANY);
+    CHECK(tc.lifetime_s == 600 && tc.rest_ttl_s == 86400 && tc.family == PINHOLE_TURN_FAMILY_IPV4 &&
+          tc.ca_pem == NULL && tc.uri == NULL);
+
+    /* Sizes that cannot be the struct's: an error that says why, nothing written. */
+    size_t bad_sizes[] = {0, 4, FIRST_VERSION(pinhole_portmap_config) - sizeof(size_t),
+                          sizeof pm + 1, 1u << 20};
+    for (size_t i = 0; i < sizeof bad_sizes / sizeof bad_sizes[0]; i++) {
+        memset(&pm, GARBAGE, sizeof pm);
+        CHECK_RC(pinhole_portmap_config_init(&pm, bad_sizes[i]), PINHOLE_ERR_INVALID);
+        CHECK(strstr(pinhole_last_error(), "struct_size") != NULL);
+        CHECK(((unsigned char *)&pm)[0] == GARBAGE);
+    }
+    CHECK_RC(pinhole_turn_config_init(NULL, sizeof tc), PINHOLE_ERR_INVALID);
+
+    /* A config not initialised (zeroed only, or garbage): refused, never read. */
+    pinhole_portmap *handle = NULL;
+    memset(&pm, 0, sizeof pm);
+    pm.gateway = "127.0.0.9";
+    pm.internal_port = 40000;
+    pm.cb_event = ignore_portmap;
+    CHECK_RC(pinhole_portmap_start(&pm, &handle), PINHOLE_ERR_INVALID);
+    printf("  zeroed: %s\n", pinhole_last_error());
+    CHECK(strstr(pinhole_last_error(), "pinhole_portmap_config_init") != NULL);
+    memset(&tc, GARBAGE, sizeof tc);
+    pinhole_turn *turn = NULL;
+    CHECK_RC(pinhole_turn_allocate(&tc, &turn), PINHOLE_ERR_INVALID);
+    CHECK(strstr(pinhole_last_error(), "struct_size") != NULL);
+    memset(&nc, 0, sizeof nc);
+    nc.struct_size = sizeof nc - 4; /* not a multiple of sizeof(size_t) */
+    nc.cb_done = ignore_done;
+    pinhole_netcheck *check = NULL;
+    CHECK_RC(pinhole_netcheck_start(&nc, &check), PINHOLE_ERR_INVALID);
+    CHECK(handle == NULL && turn == NULL && check == NULL);
+
+    /* An older program's netcheck config: `gateway` (after user_ptr) is garbage beyond its
+     * struct_size; read, it would be a wild pointer. */
+    static unsigned char older[sizeof(pinhole_netcheck_config) + 64];
+    memset(older, GARBAGE, sizeof older);
+    pinhole_netcheck_config *onc = (pinhole_netcheck_config *)(void *)older;
+    CHECK_RC(pinhole_netcheck_config_init(onc, FIRST_VERSION(pinhole_netcheck_config)),
+             PINHOLE_OK);
+    CHECK(older[FIRST_VERSION(pinhole_netcheck_config)] == GARBAGE); /* not written */
+    const char *servers[] = {silent_uri};
+    onc->stun_servers = servers;
+    onc->stun_server_count = 1;
+    onc->no_portmap = true;
+    onc->cb_done = ignore_done;
+    CHECK_RC(pinhole_netcheck_start(onc, &check), PINHOLE_OK);
+    pinhole_netcheck_destroy(check);
+
+    /* An older program's port-mapping config: verify_stun and verify_interval_s are
+     * garbage beyond it (0xABAB... would be refused as an interval, or crash as a string). */
+    static unsigned char older_pm[sizeof(pinhole_portmap_config) + 64];
+    memset(older_pm, GARBAGE, sizeof older_pm);
+    pinhole_portmap_config *opm = (pinhole_portmap_config *)(void *)older_pm;
+    CHECK_RC(pinhole_portmap_config_init(opm, FIRST_VERSION(pinhole_portmap_config)), PINHOLE_OK);
+    opm->gateway = "127.0.0.9";
+    opm->local_ip = "127.0.0.1";
+    opm->internal_port = 40000;
+    opm->method = PINHOLE_METHOD_PCP;
+    opm->cb_event = ignore_portmap;
+    CHECK_RC(pinhole_portmap_start(opm, &handle), PINHOLE_OK);
+    pinhole_portmap_destroy(handle);
+
+    /* A newer program's config: accepted while the fields unknown here are zero, refused
+     * (with why) once it sets one. */
+    newer_portmap_config newer;
+    memset(&newer, GARBAGE, sizeof newer);
+    CHECK_RC(pinhole_portmap_config_init(&newer.cfg, sizeof newer), PINHOLE_OK);
+    CHECK(newer.cfg.struct_size == sizeof newer && newer.newer[0] == 0 && newer.newer[1] == 0);
+    newer.cfg.gateway = "127.0.0.9";
+    newer.cfg.local_ip = "127.0.0.1";
+    newer.cfg.internal_port = 40000;
+    newer.cfg.method = PINHOLE_METHOD_PCP;
+    newer.cfg.cb_event = ignore_portmap;
+    handle = NULL;
+    CHECK_RC(pinhole_portmap_start(&newer.cfg, &handle), PINHOLE_OK);
+    pinhole_portmap_destroy(handle);
+    newer.newer[1] = 7;
+    handle = NULL;
+    CHECK_RC(pinhole_portmap_start(&newer.cfg, &handle), PINHOLE_ERR_UNSUPPORTED);
+    printf("  newer: %s\n", pinhole_last_error());
+    CHECK(strstr(pinhole_last_error(), "does not know") != NULL);
+    CHECK(handle == NULL);
+}
+
+/* ==== last error: every failing start says why ==== */
+
+/* The last error names the code's kind and then the detail: "<strerror>...: <detail>". */
+static int says_why(int code) {
+    const char *e = pinhole_last_error();
+    const char *colon = strstr(e, ": ");
+    char kind[32];
+    snprintf(kind, sizeof kind, "%s", pinhole_strerror(code));
+    kind[8] = '\0'; /* "invalid " / "unsuppor" / "refused " ...: the message's start */
+    return colon != NULL && colon[2] != '\0' && strncmp(e, kind, strlen(kind)) == 0;
+}
+
+static void test_start_errors(void) {
+    printf("every failing start sets the last error\n");
+    pinhole_netcheck *nc = NULL;
+    pinhole_portmap *pm = NULL;
+    pinhole_turn *turn = NULL;
+    pinhole_netcheck_config ncfg;
+    pinhole_portmap_config pcfg;
+    pinhole_turn_config tcfg;
+
+    CHECK_RC(pinhole_netcheck_start(NULL, &nc), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID));
+    CHECK_RC(pinhole_netcheck_config_init(&ncfg, sizeof ncfg), PINHOLE_OK);
+    CHECK_RC(pinhole_netcheck_start(&ncfg, NULL), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID) && strstr(pinhole_last_error(), "out") != NULL);
+    CHECK_RC(pinhole_netcheck_start(&ncfg, &nc), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID) && strstr(pinhole_last_error(), "cb_done") != NULL);
+    ncfg.cb_done = ignore_done;
+    const char *tls[] = {"stuns:127.0.0.1:5349"};
+    ncfg.stun_servers = tls;
+    ncfg.stun_server_count = 1;
+    CHECK_RC(pinhole_netcheck_start(&ncfg, &nc), PINHOLE_ERR_UNSUPPORTED);
+    CHECK(says_why(PINHOLE_ERR_UNSUPPORTED) && strstr(pinhole_last_error(), "stuns:") != NULL);
+    const char *ok[] = {"stun:127.0.0.1:3478"};
+    ncfg.stun_servers = ok;
+    ncfg.timeout_ms = 4000000;
+    CHECK_RC(pinhole_netcheck_start(&ncfg, &nc), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID) && strstr(pinhole_last_error(), "timeout_ms") != NULL);
+    ncfg.timeout_ms = 0;
+    ncfg.stun_server_count = 40;
+    CHECK_RC(pinhole_netcheck_start(&ncfg, &nc), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID));
+
+    CHECK_RC(pinhole_portmap_config_init(&pcfg, sizeof pcfg), PINHOLE_OK);
+    pcfg.cb_event = ignore_portmap;
+    pcfg.gateway = "127.0.0.9";
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID) && strstr(pinhole_last_error(), "internal_port") != NULL);
+    pcfg.internal_port = 40000;
+    pcfg.method = 9;
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID) && strstr(pinhole_last_error(), "method") != NULL);
+    pcfg.method = PINHOLE_METHOD_ANY;
+    pcfg.gateway = "gateway.example";
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID) && strstr(pinhole_last_error(), "gateway") != NULL);
+    pcfg.gateway = "127.0.0.9";
+    pcfg.verify_stun = "stuns:127.0.0.1:5349";
+    CHECK_RC(pinhole_portmap_start(&pcfg, &pm), PINHOLE_ERR_UNSUPPORTED);
+    CHECK(says_why(PINHOLE_ERR_UNSUPPORTED) && strstr(pinhole_last_error(), "verify_stun") != NULL);
+
+    CHECK_RC(pinhole_turn_config_init(&tcfg, sizeof tcfg), PINHOLE_OK);
+    tcfg.cb_event = ignore_turn;
+    CHECK_RC(pinhole_turn_allocate(&tcfg, &turn), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID) && strstr(pinhole_last_error(), "uri") != NULL);
+    tcfg.uri = "turn:127.0.0.1:3478";
+    tcfg.username = "user";
+    CHECK_RC(pinhole_turn_allocate(&tcfg, &turn), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID));
+    printf("  turn without credentials: %s\n", pinhole_last_error());
+    tcfg.password = "pw";
+    tcfg.family = 7;
+    CHECK_RC(pinhole_turn_allocate(&tcfg, &turn), PINHOLE_ERR_INVALID);
+    CHECK(says_why(PINHOLE_ERR_INVALID) && strstr(pinhole_last_error(), "family") != NULL);
+    tcfg.family = PINHOLE_TURN_FAMILY_IPV4;
+    tcfg.uri = "turns:127.0.0.1:5349";
+    CHECK_RC(pinhole_turn_allocate(&tcfg, &turn), PINHOLE_ERR_UNSUPPORTED);
+    CHECK(says_why(PINHOLE_ERR_UNSUPPORTED));
+    printf("  turns: without tls: %s\n", pinhole_last_error());
+
+    pinhole_server *srv = NULL, *other = NULL;
+    CHECK_RC(pinhole_server_start("127.0.0.1:0", NULL, &srv), PINHOLE_OK);
+    char addr[PINHOLE_ADDRESS_MAX];
+    CHECK(pinhole_server_get_address(srv, 0, addr, sizeof addr) > 0);
+    /* The port is taken: an I/O error that says so. */
+    CHECK_RC(pinhole_server_start(addr, NULL, &other), PINHOLE_ERR_IO);
+    printf("  server on a taken port: %s\n", pinhole_last_error());
+    CHECK(strncmp(pinhole_last_error(), "I/O error: ", 11) == 0 && strlen(pinhole_last_error()) > 11);
+    CHECK(other == NULL && nc == NULL && pm == NULL && turn == NULL);
+    pinhole_server_destroy(srv);
+}
+
+/* ==== threads: destroying each handle from its callbacks and from other threads ==== */
+
+/* Waits (bounded) until no thread of pinhole's is left in the process: the threads of
+ * handles that ended in the background finish a moment after their last callback. */
+static int no_pinhole_threads(int seconds) {
+    for (int i = 0; i < seconds * 20; i++) {
+        int found = 0;
+        DIR *dir = opendir("/proc/self/task");
+        if (dir == NULL) {
+            return 0;
+        }
+        struct dirent *e;
+        while ((e = readdir(dir)) != NULL) {
+            if (e->d_name[0] == '.') {
+                continue;
+            }
+            char path[300], name[32] = "";
+            snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+            FILE *f = fopen(path, "r");
+            if (f == NULL) {
+                continue; /* ended meanwhile */
+            }
+            if (fgets(name, sizeof name, f) != NULL &&
+                (strncmp(name, "pinhole-", 8) == 0 || strncmp(name, "tokio-", 6) == 0)) {
+                found = 1;
+            }
+            fclose(f);
+        }
+        closedir(dir);
+        if (!found) {
+            return 1;
+        }
+        struct timespec pause = {0, 50 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    return 0;
+}
+
+/* The completion of a *_destroy_async. */
+typedef struct {
+    latch latch;
+    atomic_int count;
+    pthread_t caller;
+    atomic_int on_caller;
+} destroyed_state;
+
+static void destroyed_init(destroyed_state *d) {
+    latch_init(&d->latch);
+    atomic_store(&d->count, 0);
+    atomic_store(&d->on_caller, 0);
+    d->caller = pthread_self();
+}
+
+static void on_destroyed(void *user_ptr) {
+    destroyed_state *d = user_ptr;
+    if (pthread_equal(pthread_self(), d->caller)) {
+        atomic_store(&d->on_caller, 1);
+    }
+    atomic_fetch_add(&d->count, 1);
+    latch_signal(&d->latch);
+}
+
+/* Waits for the completion, then a little more: it came exactly once, not on the caller. */
+static void check_destroyed_once(destroyed_state *d) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(latch_wait(&d->latch, 20));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("  completion %ld ms after the call returned\n",
+           (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+    struct timespec pause = {0, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    CHECK(atomic_load(&d->count) == 1);
+    CHECK(atomic_load(&d->on_caller) == 0);
+    latch_free(&d->latch);
+}
+
+/* A thread that destroys a handle. */
+typedef struct {
+    void (*destroy)(void *);
+    void *handle;
+} destroyer;
+
+static void *destroy_on_thread(void *arg) {
+    destroyer *d = arg;
+    d->destroy(d->handle);
+    return NULL;
+}
+
+static void destroy_from_another_thread(void (*destroy)(void *), void *handle) {
+    destroyer d = {destroy, handle};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, destroy_on_thread, &d) == 0);
+    pthread_join(t, NULL);
+}
+
+static void netcheck_destroy_v(void *h) { pinhole_netcheck_destroy(h); }
+static void portmap_destroy_v(void *h) { pinhole_portmap_destroy(h); }
+static void turn_destroy_v(void *h) { pinhole_turn_destroy(h); }
+static void server_destroy_v(void *h) { pinhole_server_destroy(h); }
+
+/* ---- netcheck ---- */
+
+typedef struct {
+    latch entered, gate;
+    int block;              /* the done callback waits at the gate */
+    int destroy_in_progress; /* the progress callback destroys the handle */
+    int async_in_done;      /* the done callback destroys it without waiting */
+    atomic_int progress, done;
+    destroyed_state *d;
+    int async_rc, count_in_callback;
+} nc_life;
+
+static void life_progress(pinhole_netcheck *nc, const pinhole_netcheck_event *ev, void *user_ptr) {
+    nc_life *l = user_ptr;
+    (void)ev;
+    atomic_fetch_add(&l->progress, 1);
+    if (l->destroy_in_progress && atomic_load(&l->progress) == 1) {
+        pinhole_netcheck_destroy(nc);
+        latch_signal(&l->entered);
+    }
+}
+
+static void life_done(pinhole_netcheck *nc, int result, const pinhole_netcheck_report *r,
+                      void *user_ptr) {
+    nc_life *l = user_ptr;
+    (void)result, (void)r;
+    atomic_fetch_add(&l->done, 1);
+    if (l->async_in_done) {
+        l->async_rc = pinhole_netcheck_destroy_async(nc, on_destroyed, l->d);
+        l->count_in_callback = atomic_load(&l->d->count);
+    }
+    latch_signal(&l->entered);
+    if (l->block) {
+        latch_wait(&l->gate, 30);
+    }
+}
+
+static void nc_life_init(nc_life *l, pinhole_netcheck_config *cfg, const char **servers) {
+    memset(l, 0, sizeof *l);
+    latch_init(&l->entered);
+    latch_init(&l->gate);
+    CHECK_RC(pinhole_netcheck_config_init(cfg, sizeof *cfg), PINHOLE_OK);
+    cfg->stun_servers = servers;
+    cfg->stun_server_count = 1;
+    cfg->no_portmap = true;
+    cfg->timeout_ms = 60000;
+    cfg->cb_progress = life_progress;
+    cfg->cb_done = life_done;
+    cfg->user_ptr = l;
+}
+
+static void nc_life_free(nc_life *l) {
+    latch_free(&l->entered);
+    latch_free(&l->gate);
+}
+
+static void test_netcheck_lifecycle(const char *serve_uri, const char *silent_uri) {
+    printf("netcheck: destroy from another thread, from progress; destroy_async\n");
+    pinhole_netcheck_config cfg;
+    const char *silent[] = {silent_uri}, *serve[] = {serve_uri};
+    nc_life l;
+    pinhole_netcheck *nc = NULL;
+
+    /* Destroyed from another thread while it runs: no callback afterwards. */
+    nc_life_init(&l, &cfg, silent);
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_OK);
+    destroy_from_another_thread(netcheck_destroy_v, nc);
+    CHECK(atomic_load(&l.done) == 0);
+    nc_life_free(&l);
+
+    /* Destroyed from its first progress callback: no done callback. */
+    nc_life_init(&l, &cfg, serve);
+    l.destroy_in_progress = 1;
+    nc = NULL;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_OK);
+    CHECK(latch_wait(&l.entered, 20));
+    CHECK(no_pinhole_threads(20));
+    CHECK(atomic_load(&l.progress) == 1 && atomic_load(&l.done) == 0);
+    nc_life_free(&l);
+
+    /* destroy_async while its done callback is blocked: returns at once (a blocking
+     * destroy would wait for the callback, which waits for us); the completion follows
+     * only after the callback returns. */
+    destroyed_state d;
+    destroyed_init(&d);
+    nc_life_init(&l, &cfg, silent);
+    l.block = 1;
+    nc = NULL;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_OK);
+    CHECK_RC(pinhole_netcheck_cancel(nc), PINHOLE_OK);
+    CHECK(latch_wait(&l.entered, 20));
+    CHECK_RC(pinhole_netcheck_destroy_async(nc, on_destroyed, &d), PINHOLE_OK);
+    CHECK(atomic_load(&d.count) == 0); /* the netcheck's thread is still in our callback */
+    latch_signal(&l.gate);
+    check_destroyed_once(&d);
+    CHECK(atomic_load(&l.done) == 1);
+    nc_life_free(&l);
+
+    /* destroy_async from its own done callback: returns there, completes afterwards. */
+    destroyed_init(&d);
+    nc_life_init(&l, &cfg, silent);
+    l.async_in_done = 1;
+    l.d = &d;
+    nc = NULL;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_OK);
+    CHECK_RC(pinhole_netcheck_cancel(nc), PINHOLE_OK);
+    CHECK(latch_wait(&l.entered, 20));
+    CHECK_RC(l.async_rc, PINHOLE_OK);
+    CHECK(l.count_in_callback == 0);
+    check_destroyed_once(&d);
+    nc_life_free(&l);
+
+    /* Without a completion callback, and NULL. */
+    nc_life_init(&l, &cfg, silent);
+    nc = NULL;
+    CHECK_RC(pinhole_netcheck_start(&cfg, &nc), PINHOLE_OK);
+    CHECK_RC(pinhole_netcheck_destroy_async(nc, NULL, NULL), PINHOLE_OK);
+    CHECK(no_pinhole_threads(20));
+    CHECK(atomic_load(&l.done) == 0);
+    nc_life_free(&l);
+    CHECK_RC(pinhole_netcheck_destroy_async(NULL, on_destroyed, &d), PINHOLE_ERR_INVALID);
+    CHECK(strstr(pinhole_last_error(), "NULL") != NULL);
+}
+
+/* ---- port mapping, with a NAT-PMP gateway of the test's own on loopback ---- */
+
+#define FAKE_GATEWAY "127.0.0.77"
+
+/* A NAT-PMP gateway (RFC 6886) on FAKE_GATEWAY:5351 that maps whatever is asked, or with
+ * `silent` answers nothing; it counts the deletions (lifetime 0) it hears. */
+typedef struct {
+    int fd;
+    atomic_int stop, silent, requests, deletes;
+    pthread_t thread;
+} fake_gateway;
+
+static void *fake_gateway_run(void *arg) {
+    fake_gateway *g = arg;
+    uint32_t epoch = 1000;
+    while (!atomic_load(&g->stop)) {
+        unsigned char req[64], resp[16];
+        struct sockaddr_in from;
+        socklen_t len = sizeof from;
+        ssize_t n = recvfrom(g->fd, req, sizeof req, 0, (struct sockaddr *)&from, &len);
+        if (n < 2 || req[0] != 0) {
+            continue; /* the receive timeout, or not NAT-PMP */
+        }
+        atomic_fetch_add(&g->requests, 1);
+        uint32_t lifetime = 0;
+        if ((req[1] == 1 || req[1] == 2) && n >= 12) {
+            lifetime = (uint32_t)req[8] << 24 | (uint32_t)req[9] << 16 | (uint32_t)req[10] << 8 | req[11];
+            if (lifetime == 0) {
+                atomic_fetch_add(&g->deletes, 1);
+            }
+        }
+        if (atomic_load(&g->silent)) {
+            continue;
+        }
+        epoch++;
+        memset(resp, 0, sizeof resp);
+        resp[1] = (unsigned char)(128 + req[1]);
+        resp[4] = (unsigned char)(epoch >> 24), resp[5] = (unsigned char)(epoch >> 16);
+        resp[6] = (unsigned char)(epoch >> 8), resp[7] = (unsigned char)epoch;
+        size_t size;
+        if (req[1] == 0) {
+            unsigned char ip[4] = {203, 0, 113, 5};
+            memcpy(resp + 8, ip, 4);
+            size = 12;
+        } else if ((req[1] == 1 || req[1] == 2) && n >= 12) {
+            memcpy(resp + 8, req + 4, 2);  /* internal port */
+            memcpy(resp + 10, req + 4, 2); /* external port: the same */
+            memcpy(resp + 12, req + 8, 4); /* the lifetime asked */
+            size = 16;
+        } else {
+            continue;
+        }
+        sendto(g->fd, resp, size, 0, (struct sockaddr *)&from, len);
+    }
+    return NULL;
+}
+
+static int fake_gateway_start(fake_gateway *g) {
+    memset(g, 0, sizeof *g);
+    g->fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(5351);
+    inet_pton(AF_INET, FAKE_GATEWAY, &sa.sin_addr);
+    struct timeval tv = {0, 100 * 1000};
+    setsockopt(g->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (g->fd < 0 || bind(g->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        fprintf(stderr, "fake gateway: cannot bind %s:5351: %s\n", FAKE_GATEWAY, strerror(errno));
+        if (g->fd >= 0) {
+            close(g->fd);
+        }
+        return 0;
+    }
+    return pthread_create(&g->thread, NULL, fake_gateway_run, g) == 0;
+}
+
+static void fake_gateway_stop(fake_gateway *g) {
+    atomic_store(&g->stop, 1);
+    pthread_join(g->thread, NULL);
+    close(g->fd);
+}
+
+/* Waits (bounded) until `*counter` >= want. */
+static int wait_count(atomic_int *counter, int want, int seconds) {
+    for (int i = 0; i < seconds * 20 && atomic_load(counter) < want; i++) {
+        struct timespec pause = {0, 50 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    return atomic_load(counter) >= want;
+}
+
+typedef struct {
+    latch mapped;
+    atomic_int events, mapped_events;
+    int destroy_on_mapped;
+    char external[PINHOLE_ADDRESS_MAX];
+} pm_life;
+
+static void life_portmap(pinhole_portmap *pm, const pinhole_portmap_event *ev, void *user_ptr) {
+    pm_life *l = user_ptr;
+    atomic_fetch_add(&l->events, 1);
+    if (ev->kind == PINHOLE_PORTMAP_EVENT_MAPPED) {
+        snprintf(l->external, sizeof l->external, "%s", ev->mapping.external);
+        atomic_fetch_add(&l->mapped_events, 1);
+        if (l->destroy_on_mapped) {
+            pinhole_portmap_destroy(pm); /* returns at once; the deletion goes on */
+        }
+        latch_signal(&l->mapped);
+    }
+}
+
+static void pm_life_config(pinhole_portmap_config *cfg, pm_life *l) {
+    memset(l, 0, sizeof *l);
+    latch_init(&l->mapped);
+    CHECK_RC(pinhole_portmap_config_init(cfg, sizeof *cfg), PINHOLE_OK);
+    cfg->gateway = FAKE_GATEWAY;
+    cfg->local_ip = "127.0.0.1";
+    cfg->method = PINHOLE_METHOD_NATPMP;
+    cfg->internal_port = (uint16_t)free_udp_port();
+    cfg->lifetime_s = 600;
+    cfg->cb_event = life_portmap;
+    cfg->user_ptr = l;
+}
+
+static void test_portmap_lifecycle(void) {
+    printf("port mapping on a NAT-PMP gateway at %s: destroy from its callback, from another "
+           "thread, destroy_async while the gateway is silent\n", FAKE_GATEWAY);
+    fake_gateway g;
+    if (!fake_gateway_start(&g)) {
+        CHECK(!"the fake gateway could not start");
+        return;
+    }
+    pinhole_portmap_config cfg;
+    pm_life l;
+    pinhole_portmap *pm = NULL;
+
+    /* Destroyed from its MAPPED callback: the deletion goes on in the background. */
+    pm_life_config(&cfg, &l);
+    l.destroy_on_mapped = 1;
+    CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
+    CHECK(latch_wait(&l.mapped, 20));
+    printf("  mapped: %s\n", l.external);
+    CHECK(wait_count(&g.deletes, 1, 10));
+    CHECK(no_pinhole_threads(20));
+    CHECK(atomic_load(&l.events) == 1); /* no RELEASED after destroy */
+    latch_free(&l.mapped);
+
+    /* Destroyed from another thread while mapped: blocks until the deletion is done. */
+    pm_life_config(&cfg, &l);
+    pm = NULL;
+    CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
+    CHECK(latch_wait(&l.mapped, 20));
+    char buf[PINHOLE_ADDRESS_MAX];
+    CHECK(pinhole_portmap_get_external(pm, buf, sizeof buf) > 0 && strcmp(buf, l.external) == 0);
+    destroy_from_another_thread(portmap_destroy_v, pm);
+    CHECK(atomic_load(&g.deletes) == 2); /* confirmed before destroy returned */
+    latch_free(&l.mapped);
+
+    /* destroy_async while the gateway does not answer: returns at once although the
+     * deletion waits for an answer (about 3 s); the completion comes once after that. */
+    destroyed_state d;
+    destroyed_init(&d);
+    pm_life_config(&cfg, &l);
+    pm = NULL;
+    CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
+    CHECK(latch_wait(&l.mapped, 20));
+    atomic_store(&g.silent, 1);
+    int seen = atomic_load(&l.events);
+    CHECK_RC(pinhole_portmap_destroy_async(pm, on_destroyed, &d), PINHOLE_OK);
+    CHECK(atomic_load(&d.count) == 0);
+    CHECK(wait_count(&g.deletes, 3, 10)); /* the deletion was asked for, unanswered */
+    check_destroyed_once(&d);
+    CHECK(atomic_load(&l.events) == seen); /* no event after destroy_async */
+    latch_free(&l.mapped);
+    atomic_store(&g.silent, 0);
+
+    /* Destroyed from another thread before any answer, and destroy_async of NULL. */
+    pm_life_config(&cfg, &l);
+    pm = NULL;
+    CHECK_RC(pinhole_portmap_start(&cfg, &pm), PINHOLE_OK);
+    destroy_from_another_thread(portmap_destroy_v, pm);
+    latch_free(&l.mapped);
+    CHECK_RC(pinhole_portmap_destroy_async(NULL, NULL, NULL), PINHOLE_ERR_INVALID);
+    fake_gateway_stop(&g);
+}
+
+/* ---- TURN, through a UDP proxy of the test's own that can go silent ---- */
+
+/* Forwards datagrams between one client and the TURN server; with `paused` it drops them
+ * all, so that the server seems not to answer. */
+typedef struct {
+    int client_fd, server_fd;
+    char uri[64];
+    atomic_int stop, paused;
+    struct sockaddr_in client;
+    int have_client;
+    pthread_t thread;
+} turn_proxy;
+
+static void *turn_proxy_run(void *arg) {
+    turn_proxy *p = arg;
+    while (!atomic_load(&p->stop)) {
+        fd_set fds;
+        FD_ZERO(&fds);
+        FD_SET(p->client_fd, &fds);
+        FD_SET(p->server_fd, &fds);
+        struct timeval tv = {0, 100 * 1000};
+        int maxfd = p->client_fd > p->server_fd ? p->client_fd : p->server_fd;
+        if (select(maxfd + 1, &fds, NULL, NULL, &tv) <= 0) {
+            continue;
+        }
+        unsigned char buf[65536];
+        if (FD_ISSET(p->client_fd, &fds)) {
+            socklen_t len = sizeof p->client;
+            ssize_t n = recvfrom(p->client_fd, buf, sizeof buf, 0, (struct sockaddr *)&p->client, &len);
+            p->have_client = 1;
+            if (n > 0 && !atomic_load(&p->paused)) {
+                send(p->server_fd, buf, (size_t)n, 0);
+            }
+        }
+        if (FD_ISSET(p->server_fd, &fds)) {
+            ssize_t n = recv(p->server_fd, buf, sizeof buf, 0);
+            if (n > 0 && p->have_client && !atomic_load(&p->paused)) {
+                sendto(p->client_fd, buf, (size_t)n, 0, (struct sockaddr *)&p->client, sizeof p->client);
+            }
+        }
+    }
+    return NULL;
+}
+
+static int turn_proxy_start(turn_proxy *p, const char *server_uri) {
+    memset(p, 0, sizeof *p);
+    const char *hostport = strchr(server_uri, ':');
+    if (hostport == NULL) {
+        return 0;
+    }
+    struct sockaddr_in server = parse_addr(hostport + 1), sa;
+    p->client_fd = socket(AF_INET, SOCK_DGRAM, 0);
+    p->server_fd = socket(AF_INET, SOCK_DGRAM, 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    if (bind(p->client_fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        getsockname(p->client_fd, (struct sockaddr *)&sa, &len) != 0 ||
+        connect(p->server_fd, (struct sockaddr *)&server, sizeof server) != 0) {
+        return 0;
+    }
+    snprintf(p->uri, sizeof p->uri, "turn:127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    return pthread_create(&p->thread, NULL, turn_proxy_run, p) == 0;
+}
+
+static void turn_proxy_stop(turn_proxy *p) {
+    atomic_store(&p->stop, 1);
+    pthread_join(p->thread, NULL);
+    close(p->client_fd);
+    close(p->server_fd);
+}
+
+typedef struct {
+    pinhole_turn *turn;
+    const char *peer;
+    int failures;
+} turn_caller;
+
+/* Calls into one allocation, as other threads do at the same time. */
+static void *turn_calls(void *arg) {
+    turn_caller *c = arg;
+    char buf[PINHOLE_ADDRESS_MAX];
+    for (int i = 0; i < 50; i++) {
+        if (pinhole_turn_get_relayed(c->turn, buf, sizeof buf) <= 0 ||
+            pinhole_turn_get_mapped(c->turn, buf, sizeof buf) <= 0 ||
+            pinhole_turn_create_permission(c->turn, "127.0.0.1") != PINHOLE_OK ||
+            pinhole_turn_send(c->turn, c->peer, (const uint8_t *)"concurrent", 10) != PINHOLE_OK) {
+            c->failures++;
+        }
+    }
+    return NULL;
+}
+
+static void test_turn_lifecycle(void) {
+    printf("TURN: an older config, calls from several threads, destroy from another thread, "
+           "destroy_async while the server is silent\n");
+    turn_state s;
+    turn_state_init(&s);
+
+    /* An older program's config: family and ca_pem (after user_ptr) are garbage beyond its
+     * struct_size (family 0xABABABAB would be refused): IPv4 and the system roots. */
+    static unsigned char older[sizeof(pinhole_turn_config) + 64];
+    memset(older, GARBAGE, sizeof older);
+    pinhole_turn_config *cfg = (pinhole_turn_config *)(void *)older;
+    CHECK_RC(pinhole_turn_config_init(cfg, FIRST_VERSION(pinhole_turn_config)), PINHOLE_OK);
+    cfg->uri = turn_uri;
+    cfg->username = turn_user;
+    cfg->password = turn_password;
+    cfg->cb_event = on_turn_event;
+    cfg->cb_data = on_turn_data;
+    cfg->user_ptr = &s;
+    pinhole_turn *turn = NULL;
+    CHECK_RC(pinhole_turn_allocate(cfg, &turn), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_ALLOCATED], 1, 20));
+    CHECK(strncmp(s.relayed, "127.0.0.1:", 10) == 0); /* IPv4, the default */
+    CHECK(s.lifetime_s == 600);
+
+    /* Four threads call into it at once. */
+    char peer_addr[PINHOLE_ADDRESS_MAX];
+    int peer = peer_socket(peer_addr, sizeof peer_addr);
+    turn_caller callers[4];
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++) {
+        callers[i] = (turn_caller){turn, peer_addr, 0};
+        CHECK(pthread_create(&threads[i], NULL, turn_calls, &callers[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK(callers[i].failures == 0);
+    }
+    char got[64], from[PINHOLE_ADDRESS_MAX];
+    CHECK(peer_recv(peer, got, sizeof got, from, sizeof from) == 10 && strcmp(from, s.relayed) == 0);
+    close(peer);
+
+    /* Destroyed from another thread while allocated: the deallocation is done when it
+     * returns, and no callback comes after. */
+    destroy_from_another_thread(turn_destroy_v, turn);
+    pthread_mutex_lock(&s.mutex);
+    int seen = s.total;
+    pthread_mutex_unlock(&s.mutex);
+    CHECK(relay_released(s.relayed));
+    pthread_mutex_lock(&s.mutex);
+    CHECK(s.total == seen);
+    pthread_mutex_unlock(&s.mutex);
+    turn_state_free(&s);
+
+    /* destroy_async while the server does not answer (the proxy drops everything): it
+     * returns at once, although the deallocation waits for an answer (about 4 s). */
+    turn_proxy proxy;
+    if (!turn_proxy_start(&proxy, turn_uri)) {
+        CHECK(!"the TURN proxy could not start");
+        return;
+    }
+    turn_state_init(&s);
+    pinhole_turn_config pcfg;
+    turn_config(&pcfg, &s);
+    pcfg.uri = proxy.uri;
+    turn = NULL;
+    CHECK_RC(pinhole_turn_allocate(&pcfg, &turn), PINHOLE_OK);
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_ALLOCATED], 1, 20));
+    printf("  through %s: relayed %s\n", proxy.uri, s.relayed);
+    atomic_store(&proxy.paused, 1);
+    destroyed_state d;
+    destroyed_init(&d);
+    pthread_mutex_lock(&s.mutex);
+    seen = s.total;
+    pthread_mutex_unlock(&s.mutex);
+    CHECK_RC(pinhole_turn_destroy_async(turn, on_destroyed, &d), PINHOLE_OK);
+    CHECK(atomic_load(&d.count) == 0);
+    check_destroyed_once(&d);
+    pthread_mutex_lock(&s.mutex);
+    CHECK(s.total == seen); /* no callback after destroy_async, not even DEALLOCATED */
+    pthread_mutex_unlock(&s.mutex);
+    turn_proxy_stop(&proxy);
+    turn_state_free(&s);
+    CHECK_RC(pinhole_turn_destroy_async(NULL, NULL, NULL), PINHOLE_ERR_INVALID);
+}
+
+/* ---- the STUN server ---- */
+
+typedef struct {
+    pinhole_server *server;
+    int failures;
+} server_caller;
+
+static void *server_calls(void *arg) {
+    server_caller *c = arg;
+    char buf[PINHOLE_ADDRESS_MAX];
+    for (int i = 0; i < 100; i++) {
+        if (pinhole_server_address_count(c->server) != 4 ||
+            pinhole_server_get_address(c->server, (size_t)i % 4, buf, sizeof buf) <= 0) {
+            c->failures++;
+        }
+    }
+    return NULL;
+}
+
+static void test_server_lifecycle(void) {
+    printf("STUN server: calls from several threads, destroy from another thread, destroy_async\n");
+    pinhole_server *srv = NULL;
+    CHECK_RC(pinhole_server_start(NULL, NULL, &srv), PINHOLE_OK);
+    server_caller callers[4];
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++) {
+        callers[i] = (server_caller){srv, 0};
+        CHECK(pthread_create(&threads[i], NULL, server_calls, &callers[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK(callers[i].failures == 0);
+    }
+    destroy_from_another_thread(server_destroy_v, srv);
+
+    destroyed_state d;
+    destroyed_init(&d);
+    srv = NULL;
+    CHECK_RC(pinhole_server_start("127.0.0.1:0", NULL, &srv), PINHOLE_OK);
+    CHECK_RC(pinhole_server_destroy_async(srv, on_destroyed, &d), PINHOLE_OK);
+    check_destroyed_once(&d);
+    CHECK_RC(pinhole_server_destroy_async(NULL, NULL, NULL), PINHOLE_ERR_INVALID);
+}
+
 int main(int argc, char **argv) {
     if (argc != 7) {
         fprintf(stderr,
@@ -1135,6 +1988,15 @@ int main(int argc, char **argv) {
     test_turn_arguments();
     test_turn_relay();
     test_turn_credentials_and_destroy();
+    test_config_sizes(argv[2]);
+    test_start_errors();
+    test_netcheck_lifecycle(argv[1], argv[2]);
+    test_portmap_lifecycle();
+    test_turn_lifecycle();
+    test_server_lifecycle();
+    /* Every handle's thread has ended (those ended in the background too) before the
+     * leak check. */
+    CHECK(no_pinhole_threads(20));
     CHECK(atomic_load(&log_records) > 0);
     printf("log records received: %d\n", atomic_load(&log_records));
     CHECK_RC(pinhole_set_log_handler(NULL, PINHOLE_LOG_NONE, NULL), PINHOLE_OK);

@@ -9,6 +9,13 @@
 //! ratio of the means (PeerConnection / raw) and the heap allocations per datagram are
 //! printed for each payload size.
 //!
+//! A second pair of rows measures a receiver bound to the wildcard `[::]` (one dual-stack
+//! socket for every interface, as `pinhole connect` binds by default). Such a socket must
+//! learn each datagram's local destination address (`IP_PKTINFO`/`IPV6_RECVPKTINFO`) to
+//! know which local candidate it reached, so its ceiling is raw UDP on that same socket
+//! API: a dual-stack socket read with `recvmsg` and its control messages (quinn-udp's
+//! `UdpSocketState::recv`, one datagram per call), not `recvfrom`.
+//!
 //! ```sh
 //! cargo bench -p pinhole --bench peer_data -- --warm-up-time 1 --measurement-time 3
 //! ```
@@ -81,7 +88,8 @@ fn record(path: &'static str, size: usize, cpu: Duration, n: u64, allocs: u64) {
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn connected_pair() -> (PeerConnection, PeerConnection) {
+/// `a` on 127.0.0.1, `b` on `b_bind`.
+async fn connected_pair(b_bind: SocketAddr) -> (PeerConnection, PeerConnection) {
     let mut config = PeerConfig::default();
     // The bench is about data; consent checks every 5 s would be noise.
     config.ice.consent_interval = Duration::from_secs(600);
@@ -90,7 +98,7 @@ async fn connected_pair() -> (PeerConnection, PeerConnection) {
     let mut a = PeerConnection::start(config.clone(), lo, true)
         .await
         .unwrap();
-    let mut b = PeerConnection::start(config, lo, false).await.unwrap();
+    let mut b = PeerConnection::start(config, b_bind, false).await.unwrap();
     a.set_remote_credentials(b.local_credentials().clone());
     b.set_remote_credentials(a.local_credentials().clone());
     let mut nominated = [false, false];
@@ -121,7 +129,26 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (a, mut b) = rt.block_on(connected_pair());
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let wild: SocketAddr = "[::]:0".parse().unwrap();
+    let (a, mut b) = rt.block_on(connected_pair(lo));
+    let (wa, mut wb) = rt.block_on(connected_pair(wild));
+    let (raw_wb, raw_wb_state) = rt.block_on(async {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.set_only_v6(false).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s.bind(&wild.into()).unwrap();
+        let s = UdpSocket::from_std(s.into()).unwrap();
+        // quinn-udp turns on IP_PKTINFO / IPV6_RECVPKTINFO (and GRO).
+        let state = quinn_udp::UdpSocketState::new((&s).into()).unwrap();
+        (s, state)
+    });
+    let raw_wb_addr = SocketAddr::from(([127, 0, 0, 1], raw_wb.local_addr().unwrap().port()));
     let (raw_a, raw_b) = rt.block_on(async {
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -156,6 +183,66 @@ fn bench(c: &mut Criterion) {
                 })
             });
         });
+        g.bench_with_input(BenchmarkId::new("raw_udp_pktinfo", size), &size, |bn, _| {
+            bn.iter_custom(|iters| {
+                rt.block_on(async {
+                    let allocs = ALLOCS.load(Ordering::Relaxed);
+                    let t0 = thread_cpu();
+                    let mut meta = [quinn_udp::RecvMeta::default()];
+                    for _ in 0..iters {
+                        raw_a.send_to(&payload, raw_wb_addr).await.unwrap();
+                        let n = loop {
+                            raw_wb.readable().await.unwrap();
+                            let mut bufs = [std::io::IoSliceMut::new(&mut rbuf)];
+                            match raw_wb.try_io(tokio::io::Interest::READABLE, || {
+                                raw_wb_state.recv((&raw_wb).into(), &mut bufs, &mut meta)
+                            }) {
+                                Ok(_) => break meta[0].len,
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                Err(e) => panic!("{e}"),
+                            }
+                        };
+                        assert_eq!(n, size);
+                        assert!(meta[0].dst_ip.is_some());
+                    }
+                    let cpu = thread_cpu() - t0;
+                    record(
+                        "raw_udp_pktinfo",
+                        size,
+                        cpu,
+                        iters,
+                        ALLOCS.load(Ordering::Relaxed) - allocs,
+                    );
+                    cpu
+                })
+            });
+        });
+        g.bench_with_input(
+            BenchmarkId::new("peer_connection_wildcard", size),
+            &size,
+            |bn, _| {
+                bn.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let allocs = ALLOCS.load(Ordering::Relaxed);
+                        let t0 = thread_cpu();
+                        for _ in 0..iters {
+                            wa.send(&payload).await;
+                            let (n, _) = wb.recv_from(&mut rbuf).await.unwrap();
+                            assert_eq!(n, size);
+                        }
+                        let cpu = thread_cpu() - t0;
+                        record(
+                            "peer_connection_wildcard",
+                            size,
+                            cpu,
+                            iters,
+                            ALLOCS.load(Ordering::Relaxed) - allocs,
+                        );
+                        cpu
+                    })
+                });
+            },
+        );
         g.bench_with_input(BenchmarkId::new("peer_connection", size), &size, |bn, _| {
             bn.iter_custom(|iters| {
                 rt.block_on(async {
@@ -180,7 +267,7 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
-    drop((a, b));
+    drop((a, b, wa, wb));
 }
 
 fn main() {
@@ -189,18 +276,28 @@ fn main() {
     c.final_summary();
     let t = TOTALS.lock().unwrap();
     println!();
-    println!("size  raw UDP ns/dgram  PeerConnection ns/dgram  ratio  allocations/dgram");
-    for size in [100usize, 1200] {
-        let get = |p: &str| t.iter().find(|e| e.0 == p && e.1 == size).copied();
-        if let (Some(raw), Some(pc)) = (get("raw_udp"), get("peer_connection")) {
-            let per = |e: Total| e.2.as_nanos() as f64 / e.3 as f64;
-            println!(
-                "{size:>4}  {:>16.0}  {:>23.0}  {:>5.2}  {:>17.4}",
-                per(raw),
-                per(pc),
-                per(pc) / per(raw),
-                pc.4 as f64 / pc.3 as f64,
-            );
+    let per = |e: Total| e.2.as_nanos() as f64 / e.3 as f64;
+    for (title, raw_path, pc_path) in [
+        ("bound to 127.0.0.1", "raw_udp", "peer_connection"),
+        (
+            "receiver on [::] (raw: recvmsg + PKTINFO)",
+            "raw_udp_pktinfo",
+            "peer_connection_wildcard",
+        ),
+    ] {
+        println!("{title}");
+        println!("size  raw UDP ns/dgram  PeerConnection ns/dgram  ratio  allocations/dgram");
+        for size in [100usize, 1200] {
+            let get = |p: &str| t.iter().find(|e| e.0 == p && e.1 == size).copied();
+            if let (Some(raw), Some(pc)) = (get(raw_path), get(pc_path)) {
+                println!(
+                    "{size:>4}  {:>16.0}  {:>23.0}  {:>5.2}  {:>17.4}",
+                    per(raw),
+                    per(pc),
+                    per(pc) / per(raw),
+                    pc.4 as f64 / pc.3 as f64,
+                );
+            }
         }
     }
 }

@@ -13,26 +13,62 @@
  * always hold an address); strings and structs handed to callbacks live until the
  * callback returns.
  *
- * Threads: each netcheck, port mapping and TURN allocation runs on a thread of its own,
- * and its callbacks run there, one at a time, in order, never on the thread that called
- * *_start. A callback may call any function here, including *_destroy on its own handle
- * (the handle is freed at once; do not use it afterwards). *_destroy called from another
- * thread waits until a running callback returns, and no callback runs after it returns.
- * The log callback may run on any thread, several at once, and must not call back into
- * pinhole.
+ * Config structs: each *_start (pinhole_turn_allocate) takes a config struct that begins
+ * with `size_t struct_size`. Initialise it with its init function, which zeroes it, sets
+ * the defaults and struct_size, then set the fields you need:
+ *     pinhole_turn_config cfg;
+ *     pinhole_turn_config_init(&cfg, sizeof cfg);
+ * A config is copied by *_start: it need not outlive the call.
  *
  * Versions and ABI: PINHOLE_VERSION_MAJOR/MINOR/PATCH and PINHOLE_VERSION_NUMBER
  * ((major << 16) | (minor << 8) | patch) are this header's version; pinhole_version_number()
  * is the library's at run time. The ABI version is the major version, or 0.minor before
  * 1.0; it is in the shared library's SONAME (libpinhole_ffi.so.0.1 for 0.1.x on Linux;
- * libpinhole_ffi.so on Android, whose packages carry no versioned names). Within one ABI
- * version: functions, result codes, enumeration values and log levels are only added
- * (handle an unknown code or value: it may appear); no signature changes; a config struct
- * (read by the library from the caller's memory) never changes (a new field means a new ABI
- * version, or a new function taking a new struct); a struct the library hands to a callback
- * (report, event) may grow at its end, so read its fields, never copy it by sizeof or
- * allocate one. A program checks at start-up that pinhole_version_number() has the ABI
- * version of the PINHOLE_VERSION_NUMBER it was built with.
+ * libpinhole_ffi.so on Android, whose packages carry no versioned names). A program checks
+ * at start-up that pinhole_version_number() has the ABI version of the
+ * PINHOLE_VERSION_NUMBER it was built with. Within one ABI version:
+ *  - functions, result codes, enumeration values, event kinds and log levels are only
+ *    added (handle an unknown code or value: it may appear); no signature changes;
+ *  - a config struct only grows at its end, and says its size: fields are only appended
+ *    (each struct's first version ends at user_ptr), a new field's zero means what the
+ *    struct meant before it existed, and the library reads only the fields that lie
+ *    within the caller's struct_size, giving the others their defaults. So a program built
+ *    against an older header runs unchanged with a newer library, and one built against a
+ *    newer header runs with an older library as long as it leaves the fields that library
+ *    does not know at zero (else PINHOLE_ERR_UNSUPPORTED). A struct_size that cannot be
+ *    the struct's (below its first version, above 4096, not a multiple of sizeof(size_t):
+ *    typically a config not initialised) is PINHOLE_ERR_INVALID, with pinhole_last_error()
+ *    saying so; nothing beyond struct_size is ever read;
+ *  - a struct the library hands to a callback (report, event) may grow at its end: read
+ *    its fields, never copy it by sizeof or allocate one.
+ *
+ * Threads: every function may be called from any thread. Each netcheck, port mapping and
+ * TURN allocation runs on a thread of its own (the handle's thread, kept until the handle
+ * is destroyed), and all its callbacks run there, one at a time, in order, never on the
+ * thread that called *_start. The STUN server (pinhole_server_*) has a thread too, but no
+ * callbacks. On a live handle, its functions may be called from several threads at once
+ * and from its own callbacks, except that *_destroy or *_destroy_async is the last call on
+ * it: no other call on the handle may run concurrently with it or follow it (its own
+ * callbacks excepted, as said below). A callback may call any function here: on its own
+ * handle, also *_destroy or *_destroy_async (the handle is not used after that); on
+ * another handle too, but a blocking *_destroy of another handle blocks this handle's
+ * thread meanwhile (prefer *_destroy_async there). Two ways to destroy a handle:
+ *  - *_destroy blocks: from another thread it waits until a running callback returns and
+ *    the handle's ending is over (deleting a mapping: up to about 3 s; deallocating a TURN
+ *    allocation: up to about 4 s, when the gateway or server does not answer); after it
+ *    returns no callback runs and everything is freed, so the callbacks' data may be freed
+ *    at once. From the handle's own callback it returns at once (the ending finishes in
+ *    the background; no further callback runs).
+ *  - *_destroy_async(handle, cb, user_ptr) never blocks (for UI threads and event loops):
+ *    it returns at once, also while a callback of the handle runs or the server does not
+ *    answer. A callback already running (or just starting) when it is called may still
+ *    run; then no callback of the handle runs, the ending finishes, the handle is freed
+ *    and cb(user_ptr) runs exactly once, on the handle's thread, never inside the call:
+ *    free the callbacks' data in cb, not before. It is a function of its own rather than a
+ *    non-blocking *_destroy because *_destroy's promise (nothing runs after it returns)
+ *    needs the wait that *_destroy_async avoids; instead, it says when with cb.
+ * The log callback may run on any thread, several at once, and must not call back into
+ * pinhole.
  *
  * Link: pkg-config --cflags --libs pinhole (libpinhole_ffi); for the static library,
  * libpinhole_ffi.a and pkg-config --static --libs-only-l's system libraries.
@@ -111,17 +147,40 @@
 #define PINHOLE_VERSION_NUMBER (((PINHOLE_VERSION_MAJOR << 16) | (PINHOLE_VERSION_MINOR << 8)) | PINHOLE_VERSION_PATCH)
 
 // A running netcheck (opaque).
+//
+// Threads: its callbacks (progress, then done) run on the netcheck's own thread, one at a
+// time, in order. `pinhole_netcheck_cancel` may be called from any thread, several at
+// once, and from the callbacks; `pinhole_netcheck_destroy` (blocking) or
+// `pinhole_netcheck_destroy_async` is the last call, from any thread or from a callback.
 typedef struct pinhole_netcheck pinhole_netcheck;
 
 // A port mapping kept alive until released (opaque).
+//
+// Threads: its event callback runs on the mapper's own thread, one event at a time, in
+// order. `pinhole_portmap_get_external` and `pinhole_portmap_release` may be called from
+// any thread, several at once, and from the callback; `pinhole_portmap_destroy` (blocking
+// up to about 3 s while a mapping is deleted) or `pinhole_portmap_destroy_async` is the
+// last call, from any thread or from the callback.
 typedef struct pinhole_portmap pinhole_portmap;
 
 #if defined(PINHOLE_FEATURE_SERVER)
 // A running STUN server (opaque).
+//
+// Threads: it serves on a thread of its own and has no callbacks.
+// `pinhole_server_address_count` and `pinhole_server_get_address` may be called from any
+// thread, several at once; `pinhole_server_destroy` (which waits a moment for the thread)
+// or `pinhole_server_destroy_async` is the last call, from any thread.
 typedef struct pinhole_server pinhole_server;
 #endif
 
 // A TURN allocation (opaque).
+//
+// Threads: its event and data callbacks run on the allocation's own thread, one at a time
+// (never an event and data at once), in order. `pinhole_turn_get_relayed`, `_get_mapped`,
+// `_create_permission`, `_bind_channel`, `_send` and `_deallocate` may be called from any
+// thread, several at once, and from the callbacks; `pinhole_turn_destroy` (blocking up to
+// about 4 s while the allocation is released) or `pinhole_turn_destroy_async` is the last
+// call, from any thread or from a callback.
 typedef struct pinhole_turn pinhole_turn;
 
 // Log levels: `PINHOLE_LOG_*`.
@@ -246,9 +305,13 @@ typedef void (*pinhole_netcheck_done_cb)(struct pinhole_netcheck *netcheck,
                                          const struct pinhole_netcheck_report *report,
                                          void *user_ptr);
 
-// What a netcheck probes, and where its results go. Zero-initialise it, then set what
-// you need: only `cb_done` is required.
+// What a netcheck probes, and where its results go. Initialise it with
+// `pinhole_netcheck_config_init(&config, sizeof config)`, then set what you need: only
+// `cb_done` is required.
 typedef struct pinhole_netcheck_config {
+  // The size of this struct as the program was built (`sizeof`), set by
+  // `pinhole_netcheck_config_init`: how the library tells which fields the program knows.
+  size_t struct_size;
   // STUN servers as `stun:host[:port]` URIs (RFC 7064; at most 32, each at most 500
   // bytes). With `stun_server_count` 0: the public default servers.
   const char *const *stun_servers;
@@ -262,15 +325,24 @@ typedef struct pinhole_netcheck_config {
   bool binding_lifetime;
   // Do not probe the gateway for PCP, NAT-PMP and UPnP.
   bool no_portmap;
-  // The gateway to probe (an IP address); NULL: the default route's gateway.
-  const char *gateway;
   // Progress (optional).
   pinhole_netcheck_progress_cb cb_progress;
   // The outcome (required).
   pinhole_netcheck_done_cb cb_done;
   // Passed to the callbacks.
   void *user_ptr;
+  // (The struct's first version ends above, at `user_ptr`; fields from here on are
+  // appended ones, read only when `struct_size` covers them, else their default.)
+  //
+  // The gateway to probe (an IP address); NULL: the default route's gateway.
+  const char *gateway;
 } pinhole_netcheck_config;
+
+// Called once a handle destroyed by `pinhole_*_destroy_async` is gone: its work has ended
+// (a mapping deleted, an allocation released, or given up on), no callback of it runs any
+// more, and it is freed. Runs on the handle's own thread, never inside the
+// `*_destroy_async` call.
+typedef void (*pinhole_destroyed_cb)(void *user_ptr);
 
 // A mapping's transport: `PINHOLE_PROTOCOL_*`.
 typedef int pinhole_protocol;
@@ -318,13 +390,12 @@ typedef void (*pinhole_portmap_cb)(struct pinhole_portmap *portmap,
                                    const struct pinhole_portmap_event *event,
                                    void *user_ptr);
 
-// What to map. Zero-initialise it, then set at least `internal_port` and `cb_event`.
-//
-// The struct has no size or version field: fields are only ever added at its end, after
-// `user_ptr`, so the existing ones keep their offsets, and zero always means what the
-// struct meant before they existed (`verify_stun` and `verify_interval_s` were added
-// thus). A program must be rebuilt against the header of the library it runs with.
+// What to map. Initialise it with `pinhole_portmap_config_init(&config, sizeof config)`,
+// then set at least `internal_port` and `cb_event`.
 typedef struct pinhole_portmap_config {
+  // The size of this struct as the program was built (`sizeof`), set by
+  // `pinhole_portmap_config_init`: how the library tells which fields the program knows.
+  size_t struct_size;
   // The gateway (an IP address); NULL: the default route's gateway. With an explicit
   // gateway UPnP searches by unicast to it only, never by multicast.
   const char *gateway;
@@ -346,6 +417,9 @@ typedef struct pinhole_portmap_config {
   pinhole_portmap_cb cb_event;
   // Passed to the callback.
   void *user_ptr;
+  // (The struct's first version ends above, at `user_ptr`; fields from here on are
+  // appended ones, read only when `struct_size` covers them, else their default.)
+  //
   // Verify that traffic really arrives through the mapping with this STUN server, a
   // `stun:host[:port]` URI (RFC 7064, at most 500 bytes) of a server that implements
   // RFC 5780 (`pinhole serve`, coturn with `rfc5780`): after every new mapping, after
@@ -362,9 +436,6 @@ typedef struct pinhole_portmap_config {
   // Seconds between verifications; 0: the default (300); at most 86400.
   uint32_t verify_interval_s;
 } pinhole_portmap_config;
-
-// The relayed address family a TURN allocation asks for: `PINHOLE_TURN_FAMILY_*`.
-typedef int pinhole_turn_family;
 
 // What a TURN event says: `PINHOLE_TURN_EVENT_*`.
 typedef int pinhole_turn_event_kind;
@@ -407,9 +478,16 @@ typedef void (*pinhole_turn_data_cb)(struct pinhole_turn *turn,
                                      size_t len,
                                      void *user_ptr);
 
-// A TURN server and what to ask of it. Zero-initialise it, then set `uri`, `username`,
-// exactly one of `password` and `secret`, and `cb_event`.
+// The relayed address family a TURN allocation asks for: `PINHOLE_TURN_FAMILY_*`.
+typedef int pinhole_turn_family;
+
+// A TURN server and what to ask of it. Initialise it with
+// `pinhole_turn_config_init(&config, sizeof config)`, then set `uri`, `username`, exactly
+// one of `password` and `secret`, and `cb_event`.
 typedef struct pinhole_turn_config {
+  // The size of this struct as the program was built (`sizeof`), set by
+  // `pinhole_turn_config_init`: how the library tells which fields the program knows.
+  size_t struct_size;
   // `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port]` (RFC 7065; at most
   // 500 bytes). `turns:` needs a library built with the `tls` feature, else
   // `PINHOLE_ERR_UNSUPPORTED`.
@@ -426,18 +504,21 @@ typedef struct pinhole_turn_config {
   // The allocation lifetime to ask for, seconds; 0: the default (600). It is refreshed
   // before it ends.
   uint32_t lifetime_s;
-  // `PINHOLE_TURN_FAMILY_IPV4` (0, the default), `_IPV6` or `_DUAL`.
-  pinhole_turn_family family;
-  // PEM certificates to trust for `turns:` instead of the system roots; NULL: the
-  // system roots. A server certificate that is one of them byte for byte is accepted
-  // (pinned: a self-signed one, too); others must chain to one of them.
-  const char *ca_pem;
   // The events (required).
   pinhole_turn_event_cb cb_event;
   // Peers' data (optional: without it, data is dropped).
   pinhole_turn_data_cb cb_data;
   // Passed to the callbacks.
   void *user_ptr;
+  // (The struct's first version ends above, at `user_ptr`; fields from here on are
+  // appended ones, read only when `struct_size` covers them, else their default.)
+  //
+  // `PINHOLE_TURN_FAMILY_IPV4` (0, the default), `_IPV6` or `_DUAL`.
+  pinhole_turn_family family;
+  // PEM certificates to trust for `turns:` instead of the system roots; NULL: the
+  // system roots. A server certificate that is one of them byte for byte is accepted
+  // (pinned: a self-signed one, too); others must chain to one of them.
+  const char *ca_pem;
 } pinhole_turn_config;
 
 // Very detailed tracing.
@@ -616,13 +697,35 @@ int pinhole_netcheck_start(const struct pinhole_netcheck_config *config,
 int pinhole_netcheck_cancel(struct pinhole_netcheck *netcheck);
 
 // Stops the netcheck if it runs and frees the handle. From another thread, it waits
-// until a running callback returns, and no callback runs after it returns; from the
-// netcheck's own callback, it returns at once and no further callback runs. NULL is
-// ignored.
+// until a running callback returns (a netcheck has nothing to tell a server: it stops at
+// once otherwise), and no callback runs after it returns; from the netcheck's own
+// callback, it returns at once and no further callback runs. NULL is ignored.
 //
 // # Safety
 // `netcheck` is NULL or a live handle, not used afterwards.
 void pinhole_netcheck_destroy(struct pinhole_netcheck *netcheck);
+
+// Stops the netcheck and frees the handle without waiting: returns at once, also from
+// the netcheck's own callback. A callback already running (or just starting) when it is
+// called may still run; then no callback of the netcheck runs (not even the done
+// callback), the handle is freed, and `cb` (optional) is called once on the netcheck's
+// thread, never from within this call. Data the callbacks use must stay valid until `cb`.
+// `PINHOLE_ERR_INVALID` for NULL.
+//
+// # Safety
+// `netcheck` is NULL or a live handle, not used afterwards.
+int pinhole_netcheck_destroy_async(struct pinhole_netcheck *netcheck,
+                                   pinhole_destroyed_cb cb,
+                                   void *user_ptr);
+
+// Initialises a config: zeroes its `size` bytes, sets the defaults (`timeout_ms` 10000;
+// everything else zero, NULL or false) and `struct_size` = `size`. Call it as
+// `pinhole_netcheck_config_init(&config, sizeof config)`; `PINHOLE_ERR_INVALID` (nothing
+// written) for NULL or a size that cannot be a `pinhole_netcheck_config`.
+//
+// # Safety
+// `config` is NULL or has `size` writable bytes.
+int pinhole_netcheck_config_init(struct pinhole_netcheck_config *config, size_t size);
 
 // Starts mapping a port; events follow on the mapper's own thread. The mapping is
 // renewed and re-created until `pinhole_portmap_release` or `pinhole_portmap_destroy`.
@@ -649,14 +752,40 @@ int pinhole_portmap_get_external(const struct pinhole_portmap *portmap, char *bu
 // `portmap` is NULL or a live handle.
 int pinhole_portmap_release(struct pinhole_portmap *portmap);
 
-// Releases the mapping if it exists (waiting at most about 3 s for the gateway), stops
-// and frees the handle. No event is delivered once it has begun; from another thread it
-// waits until a running callback returns. Called from the handle's own callback, it
-// returns at once and the release finishes in the background. NULL is ignored.
+// Releases the mapping if it exists, stops and frees the handle, blocking: from another
+// thread it waits until a running callback returns and the deletion is confirmed or given
+// up on (at most about 3 s when the gateway does not answer; from a UI thread use
+// `pinhole_portmap_destroy_async`). No event is delivered once it has begun. Called from
+// the handle's own callback, it returns at once and the release finishes in the
+// background. NULL is ignored.
 //
 // # Safety
 // `portmap` is NULL or a live handle, not used afterwards.
 void pinhole_portmap_destroy(struct pinhole_portmap *portmap);
+
+// Releases the mapping if it exists, stops the mapper and frees the handle without
+// waiting: returns at once, also from the mapper's own callback and while the gateway
+// does not answer. An event already being delivered (or just starting) when it is called
+// may still run; then no event is delivered (not even `RELEASED`); once the deletion is
+// confirmed or given up on (about 3 s), the handle is freed and `cb` (optional) is called
+// once on the mapper's thread, never from within this call. Data the callback uses must
+// stay valid until `cb`. `PINHOLE_ERR_INVALID` for NULL.
+//
+// # Safety
+// `portmap` is NULL or a live handle, not used afterwards.
+int pinhole_portmap_destroy_async(struct pinhole_portmap *portmap,
+                                  pinhole_destroyed_cb cb,
+                                  void *user_ptr);
+
+// Initialises a config: zeroes its `size` bytes, sets the defaults (`lifetime_s` 7200,
+// `verify_interval_s` 300; everything else zero, NULL or UDP) and `struct_size` = `size`.
+// Call it as `pinhole_portmap_config_init(&config, sizeof config)`;
+// `PINHOLE_ERR_INVALID` (nothing written) for NULL or a size that cannot be a
+// `pinhole_portmap_config`.
+//
+// # Safety
+// `config` is NULL or has `size` writable bytes.
+int pinhole_portmap_config_init(struct pinhole_portmap_config *config, size_t size);
 
 #if defined(PINHOLE_FEATURE_SERVER)
 // Starts a STUN server (RFC 8489 Binding) on `primary` (`IP:port`); with `alternate`
@@ -691,11 +820,25 @@ int pinhole_server_get_address(const struct pinhole_server *server,
 #endif
 
 #if defined(PINHOLE_FEATURE_SERVER)
-// Stops the server, waits for its thread and frees the handle. NULL is ignored.
+// Stops the server, waits for its thread (a moment: it has no callbacks and nothing to
+// tell a peer) and frees the handle. NULL is ignored.
 //
 // # Safety
 // `server` is NULL or a live handle, not used afterwards.
 void pinhole_server_destroy(struct pinhole_server *server);
+#endif
+
+#if defined(PINHOLE_FEATURE_SERVER)
+// Stops the server and frees the handle without waiting: returns at once; a thread of
+// its own stops it, frees the handle, then calls `cb` (optional) once, never from within
+// this call. `PINHOLE_ERR_INVALID` for NULL; `PINHOLE_ERR_IO` when no thread could be
+// started (the handle is then untouched and still live).
+//
+// # Safety
+// `server` is NULL or a live handle, not used afterwards (unless `PINHOLE_ERR_IO`).
+int pinhole_server_destroy_async(struct pinhole_server *server,
+                                 pinhole_destroyed_cb cb,
+                                 void *user_ptr);
 #endif
 
 // Allocates a relayed address on a TURN server. On success `*out` is the handle (free it
@@ -759,14 +902,38 @@ int pinhole_turn_send(struct pinhole_turn *turn, const char *peer, const uint8_t
 // `turn` is NULL or a live handle.
 int pinhole_turn_deallocate(struct pinhole_turn *turn);
 
-// Deallocates if the allocation exists (waiting at most about 4 s for the server), stops
-// and frees the handle. No callback runs once it has begun; from another thread it waits
-// until a running callback returns. Called from the handle's own callback, it returns at
-// once and the deallocation finishes in the background. NULL is ignored.
+// Deallocates if the allocation exists, stops and frees the handle, blocking: from
+// another thread it waits until a running callback returns and the server has confirmed
+// the deallocation or it was given up on (at most about 4 s when the server does not
+// answer; from a UI thread use `pinhole_turn_destroy_async`). No callback runs once it
+// has begun. Called from the handle's own callback, it returns at once and the
+// deallocation finishes in the background. NULL is ignored.
 //
 // # Safety
 // `turn` is NULL or a live handle, not used afterwards.
 void pinhole_turn_destroy(struct pinhole_turn *turn);
+
+// Deallocates if the allocation exists, stops and frees the handle without waiting:
+// returns at once, also from the allocation's own callback and while the server does not
+// answer. A callback already running (or just starting) when it is called may still run;
+// then no callback runs (not even `DEALLOCATED`); once the server has confirmed the
+// deallocation or it was given up on (about 4 s), the handle is freed and `cb` (optional)
+// is called once on the allocation's thread, never from within this call. Data the
+// callbacks use must stay valid until `cb`. `PINHOLE_ERR_INVALID` for NULL.
+//
+// # Safety
+// `turn` is NULL or a live handle, not used afterwards.
+int pinhole_turn_destroy_async(struct pinhole_turn *turn, pinhole_destroyed_cb cb, void *user_ptr);
+
+// Initialises a config: zeroes its `size` bytes, sets the defaults (`rest_ttl_s` 86400,
+// `lifetime_s` 600; everything else zero, NULL or `PINHOLE_TURN_FAMILY_IPV4`) and
+// `struct_size` = `size`. Call it as `pinhole_turn_config_init(&config, sizeof config)`;
+// `PINHOLE_ERR_INVALID` (nothing written) for NULL or a size that cannot be a
+// `pinhole_turn_config`.
+//
+// # Safety
+// `config` is NULL or has `size` writable bytes.
+int pinhole_turn_config_init(struct pinhole_turn_config *config, size_t size);
 
 // The library's version number at run time, in `PINHOLE_VERSION_NUMBER`'s format.
 // A program built against one header and run with another library checks that the

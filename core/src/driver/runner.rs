@@ -1,8 +1,10 @@
-//! One generic runner: any sans-IO [`Machine`] over a set of UDP sockets, with the real
-//! clock, and optionally a stream of commands. The STUN server (`serve`), the TURN server
-//! (`serve_turn`), netcheck, the port mapper and its probe and deletion are
-//! configurations of it; what differs between them is which sockets, what an event
-//! means, what a command does, and what stopping does.
+//! One generic runner: any sans-IO [`Machine`] over a set of UDP sockets (and at most one
+//! TCP/TLS stream of STUN/TURN messages), with the real clock, and optionally a stream of
+//! commands. The STUN server (`serve`), the TURN server (`serve_turn`), netcheck, the port
+//! mapper and its probe and deletion, and the TURN client's control task
+//! (`turn::control`, over UDP, TCP or TLS) are configurations of it; what differs between
+//! them is which sockets, what an event means, what a command does, and what stopping
+//! does.
 //!
 //! Commands are whatever reaches the machine from outside its sockets: a user's request,
 //! or the result of side work that a configuration started on an event (the port
@@ -17,7 +19,6 @@ use tokio::sync::mpsc;
 
 use super::sockets::Sockets;
 use crate::machine::Machine;
-use crate::{Protocol, Received};
 
 /// How the runner is configured besides the machine and its sockets.
 pub(super) struct Run<S, F, E> {
@@ -35,11 +36,42 @@ pub(super) struct Run<S, F, E> {
 }
 
 /// The command input of a run: a stream of commands and what each does.
-pub(super) struct Commands<C, H> {
-    /// The commands, in order. When every sender is gone the run goes on without them.
-    pub(super) rx: mpsc::Receiver<C>,
+pub(super) struct Commands<R, H> {
+    /// The commands, in order (a channel's receiver, or a borrow of one that outlives
+    /// the run: the TURN client's, which goes to its data plane between runs). When
+    /// every sender is gone the run goes on without them.
+    pub(super) rx: R,
     /// Each command, with the machine and the sockets; `Break` ends the run.
     pub(super) on_command: H,
+}
+
+/// Where a run's commands come from.
+pub(super) trait CommandRx {
+    /// What comes.
+    type Command;
+    /// The next command; `None` once every sender is gone. Cancel-safe.
+    fn next(&mut self) -> impl Future<Output = Option<Self::Command>>;
+}
+
+impl<C> CommandRx for mpsc::Receiver<C> {
+    type Command = C;
+    fn next(&mut self) -> impl Future<Output = Option<C>> {
+        self.recv()
+    }
+}
+
+impl<C> CommandRx for mpsc::UnboundedReceiver<C> {
+    type Command = C;
+    fn next(&mut self) -> impl Future<Output = Option<C>> {
+        self.recv()
+    }
+}
+
+impl<R: CommandRx> CommandRx for &mut R {
+    type Command = R::Command;
+    fn next(&mut self) -> impl Future<Output = Option<R::Command>> {
+        (**self).next()
+    }
 }
 
 /// What handles an event or a command: an `async` closure
@@ -120,24 +152,26 @@ pub(super) async fn run_machine<M, S, F, E>(
         machine,
         sockets,
         run,
-        None::<Commands<Infallible, NoCommands>>,
+        None::<Commands<mpsc::Receiver<Infallible>, NoCommands>>,
     )
     .await;
 }
 
 /// [`run_machine`] with a command input: each command is handed to its handler as it
-/// arrives; a handler or `on_event` that breaks ends the run.
-pub(super) async fn run_machine_with<M, S, F, E, C, H>(
+/// arrives; a handler or `on_event` that breaks ends the run, as does a stream that ends
+/// or breaks ([`Sockets::broken`]).
+pub(super) async fn run_machine_with<M, S, F, E, R, H>(
     machine: &mut M,
     sockets: &mut Sockets,
     run: Run<S, F, E>,
-    commands: Option<Commands<C, H>>,
+    commands: Option<Commands<R, H>>,
 ) where
     M: Machine,
     S: Future<Output = ()>,
     F: FnOnce(&mut M),
     E: Handler<M, M::Event>,
-    H: Handler<M, C>,
+    R: CommandRx,
+    H: Handler<M, R::Command>,
 {
     let Run {
         stop,
@@ -155,6 +189,9 @@ pub(super) async fn run_machine_with<M, S, F, E, C, H>(
         while let Some(t) = machine.poll_transmit() {
             sockets.send(&t).await;
         }
+        if sockets.broken().is_some() {
+            return;
+        }
         while let Some(ev) = machine.poll_event() {
             if on_event.handle(machine, sockets, ev).await.is_break() {
                 return;
@@ -169,17 +206,15 @@ pub(super) async fn run_machine_with<M, S, F, E, C, H>(
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + max_idle);
         tokio::select! {
-            (local, n) = sockets.recv() => {
+            (_, n) = sockets.recv() => {
                 let now = Instant::now();
                 for i in 0..n {
-                    let Some((from, _, bytes)) = sockets.datagram(i) else { break };
-                    let rx = Received {
-                        proto: Protocol::Udp,
-                        source: from,
-                        destination: local,
-                        contents: bytes,
-                    };
+                    let Some(rx) = sockets.received(i) else { break };
                     let _ = machine.handle_input(now, rx);
+                }
+                if sockets.broken().is_some() {
+                    // The stream is over: what the machine queued cannot go out.
+                    return;
                 }
             }
             () = tokio::time::sleep_until(deadline.into()) => {
@@ -204,8 +239,8 @@ pub(super) async fn run_machine_with<M, S, F, E, C, H>(
 }
 
 /// The next command, `None` when every sender is gone (or there is no input).
-async fn next_command<C>(rx: Option<&mut mpsc::Receiver<C>>) -> Option<C> {
-    rx?.recv().await
+async fn next_command<R: CommandRx>(rx: Option<&mut R>) -> Option<R::Command> {
+    rx?.next().await
 }
 
 #[cfg(test)]
@@ -214,7 +249,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::Transmit;
+    use crate::{Protocol, Received, Transmit};
 
     /// A machine that sends what it is told to and reports what it receives.
     #[derive(Default)]

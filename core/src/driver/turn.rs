@@ -1,8 +1,9 @@
 //! A TURN allocation on tokio: UDP, TCP, or TLS (feature `tls`) to the server, around the
 //! sans-IO [`Allocation`].
 //!
-//! [`allocate`] connects and starts a task that owns the transport and runs the machine;
-//! the returned [`TurnHandle`] sends commands to it and receives [`TurnEvent`]s. Dropping
+//! [`allocate`] connects and starts a task that owns the transport and runs the machine
+//! (a configuration of the driver's generic runner, like the servers and the port
+//! mapper); the returned [`TurnHandle`] sends commands to it and receives [`TurnEvent`]s. Dropping
 //! the handle deallocates (bounded by [`DEALLOCATE_TIMEOUT`]).
 //!
 //! A 300 Try Alternate to the Allocate is followed once, on every transport (RFC 8489 §10):
@@ -72,11 +73,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::debug;
 
+mod control;
 mod data_plane;
 #[cfg(feature = "tls")]
 mod tls;
@@ -85,13 +86,14 @@ pub use data_plane::{
     TurnDataPlane,
 };
 
-use super::udp::{BindOptions, Datagrams, UdpSocket, segments};
+use super::sockets::Sockets;
+use super::udp::{BindOptions, UdpSocket};
 use super::{DriverError, io, os_seed};
 use crate::turn::{
-    Allocation, AllocationConfig, AllocationEvent, Credentials, Input, RequestedFamily,
-    StreamFramer, TurnError, TurnTransport, TurnUri,
+    Allocation, AllocationConfig, AllocationEvent, Credentials, RequestedFamily, TurnError,
+    TurnTransport, TurnUri,
 };
-use crate::{Protocol, Received};
+use control::{Client, Lease, Owned};
 
 /// How long deallocation may take when the handle is closed or dropped.
 pub const DEALLOCATE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -190,119 +192,6 @@ impl Shared {
     }
 }
 
-/// The machine and everything that drives it: owned by the control task, or lent to a
-/// data plane (which then alone reads the socket, handles commands and timers, and sends
-/// the machine's transmits) until the data plane is dropped and hands it back.
-struct Owned {
-    alloc: Allocation,
-    commands: mpsc::UnboundedReceiver<Command>,
-    /// False once the handle is gone (deallocation follows).
-    commands_open: bool,
-    events: mpsc::UnboundedSender<TurnEvent>,
-    /// Where the transport goes: the server, or after a 300 Try Alternate the alternate.
-    target: SocketAddr,
-    /// Set once deallocating: when to give up (RFC 8656 leaves it to the client; bounded
-    /// by [`DEALLOCATE_TIMEOUT`]).
-    dealloc_deadline: Option<tokio::time::Instant>,
-    /// The server last published in [`Shared::server`].
-    published: SocketAddr,
-    /// A command taken from `commands` but not applied yet (`Some(None)`: the handle is
-    /// gone): a data plane waiting for one may be dropped before it applies it.
-    stashed: Option<Option<Command>>,
-    shared: Arc<Shared>,
-}
-
-/// What a command asks of the owner beyond the machine.
-enum Step {
-    Nothing,
-    /// Encode and send this for the handle.
-    Send(SocketAddr, Vec<u8>),
-    /// A data plane asks for the machine.
-    Lend(oneshot::Sender<Box<Lease>>),
-}
-
-impl Owned {
-    /// Applies a command (`None`: the handle is gone, so deallocate).
-    fn command(&mut self, cmd: Option<Command>, now: Instant) -> Step {
-        match cmd {
-            Some(Command::Permission(ip)) => {
-                if let Err(e) = self.alloc.create_permission(now, ip) {
-                    let _ = self
-                        .events
-                        .send(TurnEvent::SendFailed(SocketAddr::new(ip, 0), e));
-                }
-            }
-            Some(Command::Channel(peer)) => {
-                if let Err(e) = self.alloc.bind_channel(now, peer) {
-                    let _ = self.events.send(TurnEvent::SendFailed(peer, e));
-                }
-            }
-            Some(Command::Send(peer, data)) => return Step::Send(peer, data),
-            Some(Command::Lend(to)) => return Step::Lend(to),
-            Some(Command::Deallocate) | None => {
-                self.commands_open &= cmd.is_some();
-                if self.dealloc_deadline.is_none() {
-                    self.alloc.deallocate(now);
-                    self.dealloc_deadline = Some(tokio::time::Instant::now() + DEALLOCATE_TIMEOUT);
-                }
-            }
-        }
-        Step::Nothing
-    }
-
-    /// Reports the machine's events and publishes its server; whether it is done.
-    fn report(&mut self) -> bool {
-        while let Some(ev) = self.alloc.poll_event() {
-            let _ = self.events.send(TurnEvent::Allocation(ev));
-        }
-        let server = self.alloc.server();
-        if server != self.published {
-            self.published = server;
-            *self
-                .shared
-                .server
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = server;
-        }
-        self.alloc.is_done()
-    }
-
-    /// When to wake for the machine's timers or the deallocation deadline.
-    fn wake_at(&self) -> tokio::time::Instant {
-        self.alloc
-            .poll_timeout()
-            .map(tokio::time::Instant::from)
-            .into_iter()
-            .chain(self.dealloc_deadline)
-            .min()
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600))
-    }
-
-    /// Runs what is due at `now`; false once the deallocation went unconfirmed too long
-    /// (reported: the end).
-    fn timers(&mut self, now: Instant) -> bool {
-        if self
-            .dealloc_deadline
-            .is_some_and(|d| tokio::time::Instant::now() >= d)
-        {
-            debug!("deallocation not confirmed in time");
-            let _ = self.events.send(TurnEvent::DeallocateUnconfirmed);
-            return false;
-        }
-        if self.alloc.poll_timeout().is_some_and(|t| now >= t) {
-            self.alloc.handle_timeout(now);
-        }
-        true
-    }
-}
-
-/// The machine lent to a data plane, and where to hand it back. Dropped without handing
-/// back (the allocation ended under the data plane), it ends the control task.
-struct Lease {
-    owned: Owned,
-    back: oneshot::Sender<Owned>,
-}
-
 /// A running allocation. Dropping it deallocates.
 #[derive(Debug)]
 pub struct TurnHandle {
@@ -399,11 +288,6 @@ impl Drop for TurnHandle {
 pub(super) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
-enum Conn {
-    Udp(Arc<UdpSocket>),
-    Stream(Pin<Box<dyn Stream>>, StreamFramer),
-}
-
 /// Resolves the server, connects (TCP/TLS), and starts allocating.
 pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverError> {
     let uri = &config.uri;
@@ -425,7 +309,8 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
                 "no address",
             ))
         })?;
-    let (conn, local) = match uri.transport {
+    let mut sockets = Sockets::bind(&[]).await?;
+    let (udp, local) = match uri.transport {
         TurnTransport::Udp => {
             let any: SocketAddr = if server.is_ipv4() {
                 SocketAddr::from(([0, 0, 0, 0], 0))
@@ -433,7 +318,6 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
                 SocketAddr::from(([0u16; 8], 0))
             };
             let s = UdpSocket::bind(any, BindOptions::default()).map_err(io("binding"))?;
-            route_udp(&s, server).await?;
             let local = match s.local_addr() {
                 // Unconnected: the address the server is reached from.
                 l if l.ip().is_unspecified() => {
@@ -441,11 +325,15 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
                 }
                 l => l,
             };
-            (Conn::Udp(Arc::new(s)), local)
+            let s = Arc::new(s);
+            sockets.adopt(local, s.clone());
+            sockets.connect(local, server).await?;
+            (Some(s), local)
         }
         TurnTransport::Tcp | TurnTransport::Tls => {
             let (stream, local) = connector.connect_stream(server, None).await?;
-            (Conn::Stream(stream, StreamFramer::new()), local)
+            sockets.set_stream(stream, local, server);
+            (None, local)
         }
     };
     let mut ac = AllocationConfig::new(server, local, uri.transport, config.credentials.clone());
@@ -456,24 +344,18 @@ pub async fn allocate(config: TurnClientConfig) -> Result<TurnHandle, DriverErro
         server: Mutex::new(server),
         lease: Arc::new(Semaphore::new(1)),
     });
-    let udp = match &conn {
-        Conn::Udp(s) => Some(s.clone()),
-        Conn::Stream(..) => None,
-    };
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let owned = Owned {
-        alloc,
+        client: Client::new(alloc, uri.transport),
         commands: cmd_rx,
         commands_open: true,
         events: ev_tx,
-        target: server,
-        dealloc_deadline: None,
-        published: server,
         stashed: None,
         shared: shared.clone(),
+        target: server,
     };
-    tokio::spawn(run(owned, conn, connector));
+    tokio::spawn(control::run(owned, sockets, connector));
     Ok(TurnHandle {
         commands: cmd_tx,
         events: ev_rx,
@@ -594,211 +476,6 @@ impl Connector {
             _ => Box::pin(tcp),
         };
         Ok((stream, local))
-    }
-}
-
-/// What woke the control task.
-enum Woken {
-    Received(std::io::Result<(usize, Option<SocketAddr>, usize)>),
-    Command(Option<Command>),
-    Timer,
-}
-
-async fn run(mut owned: Owned, mut conn: Conn, connector: Connector) {
-    let proto = match conn {
-        Conn::Udp(_) => Protocol::Udp,
-        Conn::Stream(..) => Protocol::Tcp,
-    };
-    let mut buf = vec![0u8; 65_536];
-    let mut out = vec![0u8; 65_600];
-    loop {
-        while let Some(t) = owned.alloc.poll_transmit() {
-            if let Conn::Udp(s) = &conn {
-                if t.destination != owned.target {
-                    // A 300 Try Alternate was followed: the same socket, another server.
-                    debug!(from = %owned.target, to = %t.destination, "TURN over UDP: to the alternate server");
-                    if let Err(e) = route_udp(s, t.destination).await {
-                        let _ = owned.events.send(TurnEvent::Disconnected(format!(
-                            "the TURN server redirected to {}: {e}",
-                            t.destination
-                        )));
-                        return;
-                    }
-                    owned.target = t.destination;
-                }
-            }
-            if let Err(e) = send(&mut conn, owned.target, &t.contents).await {
-                let _ = owned.events.send(TurnEvent::Disconnected(e.to_string()));
-                return;
-            }
-        }
-        if owned.report() {
-            // Close streams cleanly: for TLS this sends close_notify, so the server sees an
-            // orderly close rather than a broken connection. Bounded like everything else.
-            if let Conn::Stream(s, _) = &mut conn {
-                let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
-            }
-            return;
-        }
-        let reconnect = owned
-            .alloc
-            .reconnect_to()
-            .map(|to| (to, owned.alloc.alternate_domain().map(str::to_owned)));
-        if let (Some((to, domain)), Conn::Stream(old, _)) = (reconnect, &mut conn) {
-            // A 300 Try Alternate over TCP or TLS: close this connection, open one to the
-            // alternate server (RFC 8656 §7.4), bounded by CONNECT_TIMEOUT (twice for TLS).
-            debug!(from = %owned.target, to = %to, ?domain, "TURN: reconnecting to the alternate server");
-            let _ = tokio::time::timeout(Duration::from_secs(1), old.shutdown()).await;
-            match connector.connect_stream(to, domain.as_deref()).await {
-                Ok((stream, local)) => {
-                    conn = Conn::Stream(stream, StreamFramer::new());
-                    owned.target = to;
-                    owned.alloc.connected(Instant::now(), local);
-                    continue;
-                }
-                Err(e) => {
-                    let _ = owned.events.send(TurnEvent::Disconnected(format!(
-                        "the TURN server redirected to {to}: {e}"
-                    )));
-                    return;
-                }
-            }
-        }
-        let wake = owned.wake_at();
-        let woken = if let Some(cmd) = owned.stashed.take() {
-            Woken::Command(cmd)
-        } else {
-            tokio::select! {
-            r = recv(&mut conn, &mut buf) => Woken::Received(r),
-            cmd = owned.commands.recv(), if owned.commands_open => Woken::Command(cmd),
-            () = tokio::time::sleep_until(wake) => Woken::Timer,
-            }
-        };
-        match woken {
-            Woken::Received(Ok((0, None, _))) => {
-                let _ = owned.events.send(TurnEvent::Disconnected(
-                    "the server closed the connection".into(),
-                ));
-                return;
-            }
-            Woken::Received(Ok((n, from, stride))) => match &mut conn {
-                Conn::Udp(_) => {
-                    // GRO puts datagrams of one size back to back, `stride` apart.
-                    for d in segments(n, stride) {
-                        deliver(&mut owned, proto, from, &buf[d]);
-                    }
-                }
-                Conn::Stream(_, framer) => {
-                    if framer.push(&buf[..n]).is_err() {
-                        let _ = owned
-                            .events
-                            .send(TurnEvent::Disconnected("stream framing lost".into()));
-                        return;
-                    }
-                    while let Some(f) = framer.next_frame() {
-                        match f {
-                            Ok(f) => deliver(&mut owned, proto, None, f),
-                            Err(e) => {
-                                let _ = owned.events.send(TurnEvent::Disconnected(e.to_string()));
-                                return;
-                            }
-                        }
-                    }
-                }
-            },
-            Woken::Received(Err(e)) => {
-                // Over UDP an ICMP error surfaces here; keep going.
-                debug!(error = %e, "receive error");
-                if !matches!(conn, Conn::Udp(_)) {
-                    let _ = owned.events.send(TurnEvent::Disconnected(e.to_string()));
-                    return;
-                }
-            }
-            Woken::Command(cmd) => match owned.command(cmd, Instant::now()) {
-                Step::Nothing => {}
-                Step::Send(peer, data) => match owned.alloc.encode_to_peer(peer, &data, &mut out) {
-                    Ok(n) => {
-                        if let Err(e) = send(&mut conn, owned.target, &out[..n]).await {
-                            let _ = owned.events.send(TurnEvent::Disconnected(e.to_string()));
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = owned.events.send(TurnEvent::SendFailed(peer, e));
-                    }
-                },
-                Step::Lend(to) => {
-                    // The data plane owns the machine (and reads the socket) until it hands
-                    // it back; it keeps nothing when the allocation ended under it.
-                    let (back, returned) = oneshot::channel();
-                    owned = match to.send(Box::new(Lease { owned, back })) {
-                        Ok(()) => match returned.await {
-                            Ok(owned) => owned,
-                            Err(_) => return,
-                        },
-                        // It was dropped before it got the machine.
-                        Err(lease) => lease.owned,
-                    };
-                }
-            },
-            Woken::Timer => {
-                if !owned.timers(Instant::now()) {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Feeds one datagram or stream message to the machine; peer data becomes an event.
-/// `from` is the datagram's source over UDP (the stream's peer is the server).
-fn deliver(owned: &mut Owned, proto: Protocol, from: Option<SocketAddr>, frame: &[u8]) {
-    let rx = Received {
-        proto,
-        // A stream carries only the server's messages, to us.
-        source: from.unwrap_or(owned.alloc.server()),
-        destination: owned.alloc.local(),
-        contents: frame,
-    };
-    if let Input::Data { peer, data } = owned.alloc.handle_input(Instant::now(), rx) {
-        let _ = owned.events.send(TurnEvent::Data {
-            peer,
-            data: data.to_vec(),
-        });
-    }
-}
-
-async fn send(conn: &mut Conn, server: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
-    match conn {
-        Conn::Udp(s) => {
-            let d = Datagrams {
-                destination: server,
-                source: None,
-                contents: bytes,
-                segment_size: None,
-            };
-            s.send(&d).await
-        }
-        Conn::Stream(s, _) => s.write_all(bytes).await,
-    }
-}
-
-/// Reads from the connection: the bytes, over UDP where they came from, and the size of
-/// each datagram in them (more than one only with GRO).
-async fn recv(
-    conn: &mut Conn,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, Option<SocketAddr>, usize)> {
-    match conn {
-        Conn::Udp(s) => loop {
-            s.readable().await?;
-            match s.try_recv_into(buf) {
-                Ok(r) => return Ok((r.len, Some(r.source), r.stride)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        },
-        Conn::Stream(s, _) => s.read(buf).await.map(|n| (n, None, n)),
     }
 }
 

@@ -582,10 +582,9 @@ impl Peer {
             let out = match self.relays[i].alloc.handle_input(now, rx) {
                 Input::NotTurn => continue,
                 Input::Consumed => PeerInput::Consumed,
-                Input::Data { peer, data } => {
+                Input::Data { peer, data, offset } => {
                     // Offsets, not borrows: where the data sits in the datagram.
-                    let start = data.as_ptr() as usize - rx.contents.as_ptr() as usize;
-                    let range = start..start + data.len();
+                    let range = offset..offset + data.len();
                     match relayed {
                         Some(relayed) => {
                             // UDP between the relay and the peer, whatever carries

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use tracing::debug;
 
-use super::channel::{ChannelData, MAX_CHANNEL, MIN_CHANNEL, is_channel_data};
+use super::channel::{
+    ChannelData, HEADER_LEN as CHANNEL_DATA_HEADER, MAX_CHANNEL, MIN_CHANNEL, is_channel_data,
+};
 use super::{Credentials, TurnError, TurnTransport};
 use crate::stun::attributes::{
     AdditionalAddressFamily, AddressFamily, AlternateDomain, AlternateServer, ChannelNumber, Data,
@@ -147,6 +149,10 @@ pub enum Input<'a> {
         peer: SocketAddr,
         /// The application data.
         data: &'a [u8],
+        /// Where `data` starts in the datagram (`data` is
+        /// `contents[offset..offset + data.len()]`): a driver that keeps the datagram in
+        /// its own buffer finds the data there without pointer arithmetic.
+        offset: usize,
     },
     /// A message for the allocation (or dropped as bogus).
     Consumed,
@@ -523,6 +529,8 @@ impl Allocation {
                 Some(c) => Input::Data {
                     peer: c.peer,
                     data: cd.data,
+                    // After the 4-byte ChannelData header (RFC 8656 §12.4).
+                    offset: CHANNEL_DATA_HEADER,
                 },
                 None => {
                     debug!(
@@ -538,10 +546,13 @@ impl Allocation {
             return Input::Consumed;
         };
         if msg.class() == Class::Indication && msg.method() == Method::DATA {
-            return match (msg.get::<XorPeerAddress>(), msg.get::<Data<'a>>()) {
-                (Ok(Some(XorPeerAddress(peer))), Ok(Some(Data(data)))) => {
-                    Input::Data { peer, data }
-                }
+            return match (msg.get::<XorPeerAddress>(), msg.raw(AttributeType::DATA)) {
+                (Ok(Some(XorPeerAddress(peer))), Some(raw)) => Input::Data {
+                    peer,
+                    data: raw.value,
+                    // The value follows the attribute's 4-byte header (RFC 8489 §14).
+                    offset: raw.offset + 4,
+                },
                 _ => {
                     debug!("malformed Data indication dropped");
                     Input::Consumed

@@ -126,16 +126,29 @@ impl StreamFramer {
     /// The next complete message, if any. An error means the stream is not STUN or
     /// ChannelData; drop the connection.
     pub fn next_frame(&mut self) -> Option<Result<&[u8], TurnError>> {
-        let rest = &self.buf[self.start..];
-        match frame_len(rest) {
+        match self.next_frame_range()? {
+            Ok(r) => Some(Ok(&self.buf[r])),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// [`StreamFramer::next_frame`] as a range of [`StreamFramer::buffer`], for a driver
+    /// that hands the message out later: valid until the next [`StreamFramer::push`].
+    pub fn next_frame_range(&mut self) -> Option<Result<std::ops::Range<usize>, TurnError>> {
+        match frame_len(&self.buf[self.start..]) {
             Ok(Some(n)) => {
                 let at = self.start;
                 self.start += n;
-                Some(Ok(&self.buf[at..at + n]))
+                Some(Ok(at..at + n))
             }
             Ok(None) => None,
             Err(e) => Some(Err(e)),
         }
+    }
+
+    /// The buffered bytes, the messages already returned included (until the next push).
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Bytes buffered but not yet returned.

@@ -13,12 +13,20 @@
 //! - Every entry point catches panics (`PINHOLE_ERR_INTERNAL`): no unwinding crosses into
 //!   C.
 //!
-//! Threads: each netcheck, port mapping and TURN allocation runs on a thread of its own;
-//! its callbacks run there, one at a time, in order, never on the thread that called
-//! `*_start`. A callback may call any function of this API, including `*_destroy` on its own handle (the handle
-//! is then freed at once and its thread ends when the callback returns; the handle must
-//! not be used afterwards). `*_destroy` called from another thread waits until a running
-//! callback returns; no callback runs after it returns. The log callback may run on any
+//! Config structs begin with `size_t struct_size` and are read by it ([`read_sized`]):
+//! fields are only appended, the ones beyond the caller's size take their defaults, and a
+//! size that cannot be the struct's is `PINHOLE_ERR_INVALID`. `pinhole_*_config_init`
+//! fills a config's defaults and size.
+//!
+//! Threads: each netcheck, port mapping and TURN allocation runs on a thread of its own (a
+//! parked [`Task`](crate::task::Task), kept until the handle is destroyed); its callbacks
+//! run there, one at a time, in order, never on the thread that called `*_start`. Every
+//! function but `*_destroy`/`*_destroy_async` may be called on a live handle from several
+//! threads at once and from its callbacks. `*_destroy` from another thread waits until a
+//! running callback returns and the handle's ending (deleting a mapping, deallocating) is
+//! over; from the handle's own callback it frees the handle at once and the ending goes on
+//! in the background. `*_destroy_async` never waits: the handle's thread frees it once its
+//! work has ended and then calls the completion callback. The log callback may run on any
 //! thread, several at once, and must not call back into pinhole.
 
 // The C API's names follow C conventions (`pinhole_netcheck`, `PINHOLE_OK`).
@@ -257,21 +265,202 @@ pub extern "C" fn pinhole_set_log_handler(
     })
 }
 
-/// The end of a handle backed by a [`Task`](crate::task::Task): marks it destroyed (its
-/// callbacks check the flag and stay silent from then on), stops the task and waits for it
-/// (which returns at once when called from the task's own callback; see
-/// [`Task::join`](crate::task::Task::join)). A panic stays here.
-pub(crate) fn destroy_task(
-    destroyed: &std::sync::atomic::AtomicBool,
-    task: Option<crate::task::Task>,
-) {
+/// Called once a handle destroyed by `pinhole_*_destroy_async` is gone: its work has ended
+/// (a mapping deleted, an allocation released, or given up on), no callback of it runs any
+/// more, and it is freed. Runs on the handle's own thread, never inside the
+/// `*_destroy_async` call.
+pub type pinhole_destroyed_cb = Option<unsafe extern "C" fn(user_ptr: *mut c_void)>;
+
+/// A C handle backed by a parked [`Task`](crate::task::Task).
+pub(crate) trait TaskHandle: Send + 'static {
+    /// The task, taken once by the destruction. Behind a mutex: a callback may cancel or
+    /// release through the handle while another thread destroys it.
+    fn task(&self) -> &std::sync::Mutex<Option<crate::task::Task>>;
+    /// Set when the destruction begins; callbacks check it and stay silent from then on.
+    fn destroyed(&self) -> &std::sync::atomic::AtomicBool;
+}
+
+/// Starts the end of a live handle: marks it destroyed and takes its task.
+///
+/// # Safety
+/// `handle` is a live handle from `Box::into_raw`.
+unsafe fn begin_destroy<H: TaskHandle>(handle: *mut H) -> Option<crate::task::Task> {
+    // SAFETY: live, per the contract; only shared access until the task has ended.
+    let h = unsafe { &*handle };
+    h.destroyed()
+        .store(true, std::sync::atomic::Ordering::Release);
+    h.task().lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// The blocking end of a handle: stops its task and waits for it (which returns at once
+/// when called from the task's own callback; see [`Task::join`](crate::task::Task::join)),
+/// then frees the handle. NULL is ignored; a panic stays here.
+///
+/// # Safety
+/// `handle` is NULL or a live handle from `Box::into_raw`, not used afterwards.
+pub(crate) unsafe fn destroy_task_handle<H: TaskHandle>(handle: *mut H) {
+    if handle.is_null() {
+        return;
+    }
     let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        destroyed.store(true, std::sync::atomic::Ordering::Release);
-        if let Some(t) = task {
+        // SAFETY: per the contract.
+        if let Some(t) = unsafe { begin_destroy(handle) } {
             t.stop();
             t.join();
         }
+        // SAFETY: live, and its task has ended or it is its own thread's caller that
+        // promised not to use it again.
+        drop(unsafe { Box::from_raw(handle) });
     }));
+}
+
+/// A handle owned by its task's end hook.
+struct Owned<H>(*mut H);
+// SAFETY: the handle is `Send` (`TaskHandle: Send`); the pointer is its only owner from
+// the moment the destruction hands it over.
+unsafe impl<H: Send> Send for Owned<H> {}
+
+/// The non-blocking end of a handle: marks it destroyed, asks its task to stop and
+/// returns; once the task's work has ended, its thread frees the handle and calls `cb`.
+///
+/// # Safety
+/// `handle` is NULL or a live handle from `Box::into_raw`, not used afterwards.
+pub(crate) unsafe fn destroy_task_handle_async<H: TaskHandle>(
+    handle: *mut H,
+    what: &str,
+    cb: pinhole_destroyed_cb,
+    user_ptr: *mut c_void,
+) -> c_int {
+    guard(|| {
+        if handle.is_null() {
+            return Err(PinholeError::invalid(format!("{what} is NULL")));
+        }
+        // SAFETY: per the contract.
+        let Some(task) = (unsafe { begin_destroy(handle) }) else {
+            return Err(PinholeError::Internal(format!("{what} has no task")));
+        };
+        let (owned, user_ptr) = (Owned(handle), SendPtr(user_ptr));
+        let hook: crate::task::Hook = Box::new(move || {
+            let (owned, user_ptr) = (owned, user_ptr);
+            // SAFETY: the hook owns the handle; its task's work (every callback) is over.
+            drop(unsafe { Box::from_raw(owned.0) });
+            if let Some(cb) = cb {
+                // SAFETY: the caller's callback, with its own pointer.
+                unsafe { cb(user_ptr.0) };
+            }
+        });
+        task.end_detached(hook).map_err(|(task, _)| {
+            // Not parked: a bug. Stop it without waiting; the handle is leaked rather
+            // than freed under a running callback.
+            task.detach();
+            PinholeError::Internal(format!("{what}'s task cannot end detached"))
+        })?;
+        Ok(PINHOLE_OK)
+    })
+}
+
+/// The largest `struct_size` accepted: anything above is not the size of a config.
+pub(crate) const CONFIG_SIZE_MAX: usize = 4096;
+
+/// A config struct of the C API, which begins with its `size_t struct_size`.
+///
+/// # Safety
+/// Implemented only for `#[repr(C)]` structs whose first field is `struct_size: usize`
+/// and for which all-zero bytes are a valid value meaning "every field at its default".
+pub(crate) unsafe trait CConfig: Copy {
+    /// The C name, for messages.
+    const NAME: &'static str;
+    /// The name of its init function, for messages.
+    const INIT: &'static str;
+    /// The smallest `struct_size` accepted: the struct through `user_ptr`, the end of its
+    /// first version.
+    const MIN_SIZE: usize;
+    /// Sets the fields whose default is not zero to that default.
+    fn set_defaults(&mut self);
+}
+
+/// Checks a caller's `struct_size` (a wrong one is an error, never a read out of bounds).
+fn check_size<T: CConfig>(size: usize) -> Result<(), PinholeError> {
+    let ours = std::mem::size_of::<T>();
+    if size < T::MIN_SIZE || size > CONFIG_SIZE_MAX || size % std::mem::align_of::<usize>() != 0 {
+        return Err(PinholeError::invalid(format!(
+            "{}.struct_size is {size}, not the size of a {} (this library's is {ours} bytes; \
+             at least {} are accepted): initialise it with {}(&config, sizeof config)",
+            T::NAME,
+            T::NAME,
+            T::MIN_SIZE,
+            T::INIT,
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a caller's config by its `struct_size`: the fields within it are the caller's,
+/// the fields beyond it (a program built against an older header) take their defaults; a
+/// larger struct (a newer header) is accepted when the fields this library does not know
+/// are zero (their defaults), else `PINHOLE_ERR_UNSUPPORTED`.
+///
+/// # Safety
+/// `config` is NULL or points to a readable struct of at least `struct_size` bytes (or
+/// `MIN_SIZE` when `struct_size` is wrong).
+pub(crate) unsafe fn read_sized<T: CConfig>(config: *const T) -> Result<T, PinholeError> {
+    if config.is_null() {
+        return Err(PinholeError::invalid(format!("{} is NULL", T::NAME)));
+    }
+    // SAFETY: the first field, a size_t, of a readable struct.
+    let size = unsafe { std::ptr::read(config.cast::<usize>()) };
+    check_size::<T>(size)?;
+    let ours = std::mem::size_of::<T>();
+    let bytes = config.cast::<u8>();
+    if size > ours {
+        // SAFETY: the caller's struct has `size` readable bytes.
+        let newer = unsafe { std::slice::from_raw_parts(bytes.add(ours), size - ours) };
+        if newer.iter().any(|b| *b != 0) {
+            return Err(PinholeError::Unsupported(format!(
+                "{} sets fields this library ({}) does not know: struct_size {size} is \
+                 above its {ours} bytes and the bytes beyond are not zero",
+                T::NAME,
+                env!("CARGO_PKG_VERSION"),
+            )));
+        }
+    }
+    let mut out = std::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: `min(size, ours)` bytes are readable there and writable here; all-zero is a
+    // valid `T` (the trait's contract) and the copied prefix holds the caller's fields.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes, out.as_mut_ptr().cast::<u8>(), size.min(ours));
+        Ok(out.assume_init())
+    }
+}
+
+/// Initialises a caller's config of `size` bytes: all zero (padding too), the defaults of
+/// the fields within `size`, and `struct_size` = `size`.
+///
+/// # Safety
+/// `config` is NULL or points to `size` writable bytes.
+pub(crate) unsafe fn init_sized<T: CConfig>(config: *mut T, size: usize) -> c_int {
+    guard(|| {
+        if config.is_null() {
+            return Err(PinholeError::invalid(format!("{} is NULL", T::NAME)));
+        }
+        check_size::<T>(size)?;
+        // SAFETY: all-zero is a valid `T` (the trait's contract).
+        let mut defaults: T = unsafe { std::mem::MaybeUninit::zeroed().assume_init() };
+        defaults.set_defaults();
+        let bytes = config.cast::<u8>();
+        // SAFETY: `size` writable bytes there; `min(size, ours)` of the defaults copied
+        // (`struct_size` first), the rest stays zero.
+        unsafe {
+            std::ptr::write_bytes(bytes, 0, size);
+            std::ptr::copy_nonoverlapping(
+                (&raw const defaults).cast::<u8>(),
+                bytes,
+                size.min(std::mem::size_of::<T>()),
+            );
+            std::ptr::write(bytes.cast::<usize>(), size);
+        }
+        Ok(PINHOLE_OK)
+    })
 }
 
 #[cfg(test)]
@@ -329,6 +518,111 @@ mod tests {
             PINHOLE_ERR_INVALID,
             "one conversion for both APIs"
         );
+    }
+
+    /// A config in a buffer of `len` bytes filled with `fill`, initialised for `size`.
+    fn buffer(len: usize, fill: u8) -> Vec<u64> {
+        let mut b = vec![0u64; len.div_ceil(8)];
+        // SAFETY: the vector has at least `len` bytes.
+        unsafe { std::ptr::write_bytes(b.as_mut_ptr().cast::<u8>(), fill, len) };
+        b
+    }
+
+    #[test]
+    fn a_config_is_read_by_its_size_with_defaults_beyond_it() {
+        let ours = size_of::<pinhole_portmap_config>();
+        let min = <pinhole_portmap_config as CConfig>::MIN_SIZE;
+        assert!(
+            min < ours,
+            "the first version is smaller than the current one"
+        );
+        // An older program's struct ends at `user_ptr`; what follows it in memory is not
+        // its and must not be read.
+        let mut b = buffer(ours + 64, 0xAB);
+        let p = b.as_mut_ptr().cast::<pinhole_portmap_config>();
+        // SAFETY: the buffer holds `ours` bytes and more.
+        assert_eq!(unsafe { init_sized(p, min) }, PINHOLE_OK);
+        // SAFETY: as above.
+        let c = unsafe { read_sized(p) }.unwrap();
+        assert_eq!(c.struct_size, min);
+        assert_eq!(c.lifetime_s, crate::types::DEFAULT_MAPPING_LIFETIME_SECS);
+        assert!(c.verify_stun.is_null(), "beyond struct_size: the default");
+        assert_eq!(
+            c.verify_interval_s, 0,
+            "beyond struct_size: zero, the default"
+        );
+        // SAFETY: the bytes after `min` were left alone by init.
+        assert_eq!(unsafe { *b.as_ptr().cast::<u8>().add(min) }, 0xAB);
+        // A current program's struct: every field read, the init's defaults in place.
+        let mut b = buffer(ours, 0xAB);
+        let p = b.as_mut_ptr().cast::<pinhole_portmap_config>();
+        // SAFETY: `ours` bytes.
+        assert_eq!(unsafe { init_sized(p, ours) }, PINHOLE_OK);
+        // SAFETY: as above.
+        let c = unsafe { read_sized(p) }.unwrap();
+        assert_eq!(
+            c.verify_interval_s,
+            crate::types::DEFAULT_VERIFY_INTERVAL_SECS
+        );
+        assert!(c.gateway.is_null() && c.cb_event.is_none());
+    }
+
+    #[test]
+    fn a_newer_config_is_accepted_when_the_unknown_fields_are_zero() {
+        let ours = size_of::<pinhole_turn_config>();
+        let mut b = buffer(ours + 16, 0xAB);
+        let p = b.as_mut_ptr().cast::<pinhole_turn_config>();
+        // SAFETY: `ours + 16` bytes.
+        assert_eq!(unsafe { init_sized(p, ours + 16) }, PINHOLE_OK);
+        // SAFETY: as above.
+        let c = unsafe { read_sized(p) }.unwrap();
+        assert_eq!(c.lifetime_s, crate::types::DEFAULT_TURN_LIFETIME_SECS);
+        // SAFETY: inside the buffer.
+        unsafe { *b.as_mut_ptr().cast::<u8>().add(ours + 3) = 1 };
+        // SAFETY: as above.
+        let e = unsafe { read_sized(b.as_ptr().cast::<pinhole_turn_config>()) }
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), PINHOLE_ERR_UNSUPPORTED);
+        assert!(e.to_string().contains("does not know"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_size_is_an_error_and_nothing_is_read_or_written() {
+        let ours = size_of::<pinhole_netcheck_config>();
+        for size in [
+            0,
+            1,
+            8,
+            <pinhole_netcheck_config as CConfig>::MIN_SIZE - 8,
+            ours + 1,
+            CONFIG_SIZE_MAX + 8,
+            usize::MAX,
+            0xdead_beef,
+        ] {
+            let mut b = buffer(ours, 0);
+            // SAFETY: the first field is a size_t.
+            unsafe { *b.as_mut_ptr().cast::<usize>() = size };
+            // SAFETY: `ours` bytes; a wrong size is refused before anything else is read.
+            let e = unsafe { read_sized(b.as_ptr().cast::<pinhole_netcheck_config>()) };
+            let e = e.err().unwrap_or_else(|| panic!("{size} accepted"));
+            assert_eq!(e.code(), PINHOLE_ERR_INVALID);
+            assert!(
+                e.to_string().contains("pinhole_netcheck_config_init"),
+                "{e}"
+            );
+            let mut b = buffer(ours, 0xAB);
+            let p = b.as_mut_ptr().cast::<pinhole_netcheck_config>();
+            // SAFETY: refused before writing.
+            assert_eq!(unsafe { init_sized(p, size) }, PINHOLE_ERR_INVALID);
+            // SAFETY: the buffer's first byte.
+            assert_eq!(unsafe { *b.as_ptr().cast::<u8>() }, 0xAB);
+        }
+        // SAFETY: NULL is refused.
+        assert!(unsafe { read_sized::<pinhole_turn_config>(std::ptr::null()) }.is_err());
+        // SAFETY: NULL is refused.
+        let rc = unsafe { init_sized::<pinhole_turn_config>(std::ptr::null_mut(), 64) };
+        assert_eq!(rc, PINHOLE_ERR_INVALID);
     }
 
     #[test]

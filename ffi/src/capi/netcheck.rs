@@ -1,21 +1,39 @@
-//! Netcheck: `pinhole_netcheck_start`, `_cancel`, `_destroy`.
+//! Netcheck: `pinhole_netcheck_config_init`, `_start`, `_cancel`, `_destroy`,
+//! `_destroy_async`.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::ptr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::codes::*;
-use super::{SendPtr, cstring, fill, guard, opt_str};
+use super::{
+    CConfig, SendPtr, TaskHandle, cstring, fill, guard, init_sized, opt_str, pinhole_destroyed_cb,
+    read_sized,
+};
 use crate::error::PinholeError;
 use crate::ops::NetcheckPlan;
 use crate::task::Task;
 use crate::types::{GatewayProbe, NatBehaviour, NetcheckConfig, NetcheckProgress, NetcheckReport};
 
 /// A running netcheck (opaque).
+///
+/// Threads: its callbacks (progress, then done) run on the netcheck's own thread, one at a
+/// time, in order. `pinhole_netcheck_cancel` may be called from any thread, several at
+/// once, and from the callbacks; `pinhole_netcheck_destroy` (blocking) or
+/// `pinhole_netcheck_destroy_async` is the last call, from any thread or from a callback.
 pub struct pinhole_netcheck {
-    task: Option<Task>,
+    task: Mutex<Option<Task>>,
     destroyed: Arc<AtomicBool>,
+}
+
+impl TaskHandle for pinhole_netcheck {
+    fn task(&self) -> &Mutex<Option<Task>> {
+        &self.task
+    }
+    fn destroyed(&self) -> &AtomicBool {
+        &self.destroyed
+    }
 }
 
 /// A netcheck progress event; valid only during the callback.
@@ -133,10 +151,15 @@ pub type pinhole_netcheck_done_cb = Option<
     ),
 >;
 
-/// What a netcheck probes, and where its results go. Zero-initialise it, then set what
-/// you need: only `cb_done` is required.
+/// What a netcheck probes, and where its results go. Initialise it with
+/// `pinhole_netcheck_config_init(&config, sizeof config)`, then set what you need: only
+/// `cb_done` is required.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct pinhole_netcheck_config {
+    /// The size of this struct as the program was built (`sizeof`), set by
+    /// `pinhole_netcheck_config_init`: how the library tells which fields the program knows.
+    pub struct_size: usize,
     /// STUN servers as `stun:host[:port]` URIs (RFC 7064; at most 32, each at most 500
     /// bytes). With `stun_server_count` 0: the public default servers.
     pub stun_servers: *const *const c_char,
@@ -150,14 +173,29 @@ pub struct pinhole_netcheck_config {
     pub binding_lifetime: bool,
     /// Do not probe the gateway for PCP, NAT-PMP and UPnP.
     pub no_portmap: bool,
-    /// The gateway to probe (an IP address); NULL: the default route's gateway.
-    pub gateway: *const c_char,
     /// Progress (optional).
     pub cb_progress: pinhole_netcheck_progress_cb,
     /// The outcome (required).
     pub cb_done: pinhole_netcheck_done_cb,
     /// Passed to the callbacks.
     pub user_ptr: *mut c_void,
+    /// (The struct's first version ends above, at `user_ptr`; fields from here on are
+    /// appended ones, read only when `struct_size` covers them, else their default.)
+    ///
+    /// The gateway to probe (an IP address); NULL: the default route's gateway.
+    pub gateway: *const c_char,
+}
+
+// SAFETY: `#[repr(C)]`, `struct_size` first; all-zero is valid (NULL pointers, no
+// callbacks, false, 0) and means every default.
+unsafe impl CConfig for pinhole_netcheck_config {
+    const NAME: &'static str = "pinhole_netcheck_config";
+    const INIT: &'static str = "pinhole_netcheck_config_init";
+    const MIN_SIZE: usize =
+        std::mem::offset_of!(pinhole_netcheck_config, user_ptr) + size_of::<*mut c_void>();
+    fn set_defaults(&mut self) {
+        self.timeout_ms = crate::types::DEFAULT_TIMEOUT_MS;
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -396,10 +434,11 @@ pub unsafe extern "C" fn pinhole_netcheck_start(
     out: *mut *mut pinhole_netcheck,
 ) -> c_int {
     guard(|| {
-        // SAFETY: NULL or valid, per the contract.
-        let (Some(c), false) = (unsafe { config.as_ref() }, out.is_null()) else {
-            return Err(PinholeError::invalid("config or out is NULL"));
-        };
+        if out.is_null() {
+            return Err(PinholeError::invalid("out is NULL"));
+        }
+        // SAFETY: NULL or valid for its `struct_size`, per the contract.
+        let c = &unsafe { read_sized(config) }?;
         let Some(cb_done) = c.cb_done else {
             return Err(PinholeError::invalid("cb_done is NULL"));
         };
@@ -408,13 +447,14 @@ pub unsafe extern "C" fn pinhole_netcheck_start(
         // SAFETY: per this function's contract.
         let plan = NetcheckPlan::new(&unsafe { read_config(c) }?)?;
         let destroyed = Arc::new(AtomicBool::new(false));
-        let mut handle = Box::new(pinhole_netcheck {
-            task: None,
+        let handle = Box::new(pinhole_netcheck {
+            task: Mutex::new(None),
             destroyed: destroyed.clone(),
         });
-        let hptr = HandlePtr(&raw mut *handle);
+        let raw = Box::into_raw(handle);
+        let hptr = HandlePtr(raw);
         let (go, ready) = tokio::sync::oneshot::channel::<()>();
-        let task = Task::spawn("pinhole-netcheck", move |mut stop| async move {
+        let task = Task::spawn_parked("pinhole-netcheck", move |mut stop| async move {
             // Wait until the handle is complete: a callback may destroy it.
             if ready.await.is_err() {
                 return;
@@ -444,9 +484,20 @@ pub unsafe extern "C" fn pinhole_netcheck_start(
                 // SAFETY: as above.
                 Err(e) => unsafe { cb_done(hptr.0, e.code(), ptr::null(), user_ptr.0) },
             }
-        })?;
-        handle.task = Some(task);
-        let raw = Box::into_raw(handle);
+        });
+        let task = match task {
+            Ok(t) => t,
+            Err(e) => {
+                // SAFETY: from Box::into_raw above, never handed out.
+                drop(unsafe { Box::from_raw(raw) });
+                return Err(e);
+            }
+        };
+        // SAFETY: from Box::into_raw above; its thread waits for `go` before using it.
+        *unsafe { &*raw }
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(task);
         // SAFETY: `out` is non-NULL and writable per the contract.
         unsafe { *out = raw };
         let _ = go.send(());
@@ -466,7 +517,7 @@ pub unsafe extern "C" fn pinhole_netcheck_cancel(netcheck: *mut pinhole_netcheck
         let Some(h) = (unsafe { netcheck.as_ref() }) else {
             return Err(PinholeError::invalid("netcheck is NULL"));
         };
-        if let Some(t) = &h.task {
+        if let Some(t) = &*h.task.lock().unwrap_or_else(|p| p.into_inner()) {
             t.stop();
         }
         Ok(PINHOLE_OK)
@@ -474,18 +525,49 @@ pub unsafe extern "C" fn pinhole_netcheck_cancel(netcheck: *mut pinhole_netcheck
 }
 
 /// Stops the netcheck if it runs and frees the handle. From another thread, it waits
-/// until a running callback returns, and no callback runs after it returns; from the
-/// netcheck's own callback, it returns at once and no further callback runs. NULL is
-/// ignored.
+/// until a running callback returns (a netcheck has nothing to tell a server: it stops at
+/// once otherwise), and no callback runs after it returns; from the netcheck's own
+/// callback, it returns at once and no further callback runs. NULL is ignored.
 ///
 /// # Safety
 /// `netcheck` is NULL or a live handle, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pinhole_netcheck_destroy(netcheck: *mut pinhole_netcheck) {
-    if netcheck.is_null() {
-        return;
-    }
-    // SAFETY: a live handle from Box::into_raw, per the contract.
-    let mut handle = unsafe { Box::from_raw(netcheck) };
-    super::destroy_task(&handle.destroyed, handle.task.take());
+    // SAFETY: NULL or a live handle from Box::into_raw, per the contract.
+    unsafe { super::destroy_task_handle(netcheck) }
+}
+
+/// Stops the netcheck and frees the handle without waiting: returns at once, also from
+/// the netcheck's own callback. A callback already running (or just starting) when it is
+/// called may still run; then no callback of the netcheck runs (not even the done
+/// callback), the handle is freed, and `cb` (optional) is called once on the netcheck's
+/// thread, never from within this call. Data the callbacks use must stay valid until `cb`.
+/// `PINHOLE_ERR_INVALID` for NULL.
+///
+/// # Safety
+/// `netcheck` is NULL or a live handle, not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_netcheck_destroy_async(
+    netcheck: *mut pinhole_netcheck,
+    cb: pinhole_destroyed_cb,
+    user_ptr: *mut c_void,
+) -> c_int {
+    // SAFETY: NULL or a live handle from Box::into_raw, per the contract.
+    unsafe { super::destroy_task_handle_async(netcheck, "netcheck", cb, user_ptr) }
+}
+
+/// Initialises a config: zeroes its `size` bytes, sets the defaults (`timeout_ms` 10000;
+/// everything else zero, NULL or false) and `struct_size` = `size`. Call it as
+/// `pinhole_netcheck_config_init(&config, sizeof config)`; `PINHOLE_ERR_INVALID` (nothing
+/// written) for NULL or a size that cannot be a `pinhole_netcheck_config`.
+///
+/// # Safety
+/// `config` is NULL or has `size` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_netcheck_config_init(
+    config: *mut pinhole_netcheck_config,
+    size: usize,
+) -> c_int {
+    // SAFETY: per the contract.
+    unsafe { init_sized(config, size) }
 }

@@ -1,4 +1,5 @@
-//! Port mapping: `pinhole_portmap_start`, `_get_external`, `_release`, `_destroy`.
+//! Port mapping: `pinhole_portmap_config_init`, `_start`, `_get_external`, `_release`,
+//! `_destroy`, `_destroy_async`.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::ptr;
@@ -6,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::codes::*;
-use super::{SendPtr, cstring, fill, guard, opt_str, write_buf};
+use super::{
+    CConfig, SendPtr, TaskHandle, cstring, fill, guard, init_sized, opt_str, pinhole_destroyed_cb,
+    read_sized, write_buf,
+};
 use crate::error::PinholeError;
 use crate::ops::MappingPlan;
 use crate::task::Task;
@@ -15,10 +19,25 @@ use crate::types::{
 };
 
 /// A port mapping kept alive until released (opaque).
+///
+/// Threads: its event callback runs on the mapper's own thread, one event at a time, in
+/// order. `pinhole_portmap_get_external` and `pinhole_portmap_release` may be called from
+/// any thread, several at once, and from the callback; `pinhole_portmap_destroy` (blocking
+/// up to about 3 s while a mapping is deleted) or `pinhole_portmap_destroy_async` is the
+/// last call, from any thread or from the callback.
 pub struct pinhole_portmap {
-    task: Option<Task>,
+    task: Mutex<Option<Task>>,
     destroyed: Arc<AtomicBool>,
     current: Arc<Mutex<Option<PortMapping>>>,
+}
+
+impl TaskHandle for pinhole_portmap {
+    fn task(&self) -> &Mutex<Option<Task>> {
+        &self.task
+    }
+    fn destroyed(&self) -> &AtomicBool {
+        &self.destroyed
+    }
 }
 
 /// A mapping that exists on the gateway.
@@ -64,14 +83,14 @@ pub type pinhole_portmap_cb = Option<
     ),
 >;
 
-/// What to map. Zero-initialise it, then set at least `internal_port` and `cb_event`.
-///
-/// The struct has no size or version field: fields are only ever added at its end, after
-/// `user_ptr`, so the existing ones keep their offsets, and zero always means what the
-/// struct meant before they existed (`verify_stun` and `verify_interval_s` were added
-/// thus). A program must be rebuilt against the header of the library it runs with.
+/// What to map. Initialise it with `pinhole_portmap_config_init(&config, sizeof config)`,
+/// then set at least `internal_port` and `cb_event`.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct pinhole_portmap_config {
+    /// The size of this struct as the program was built (`sizeof`), set by
+    /// `pinhole_portmap_config_init`: how the library tells which fields the program knows.
+    pub struct_size: usize,
     /// The gateway (an IP address); NULL: the default route's gateway. With an explicit
     /// gateway UPnP searches by unicast to it only, never by multicast.
     pub gateway: *const c_char,
@@ -93,6 +112,9 @@ pub struct pinhole_portmap_config {
     pub cb_event: pinhole_portmap_cb,
     /// Passed to the callback.
     pub user_ptr: *mut c_void,
+    /// (The struct's first version ends above, at `user_ptr`; fields from here on are
+    /// appended ones, read only when `struct_size` covers them, else their default.)
+    ///
     /// Verify that traffic really arrives through the mapping with this STUN server, a
     /// `stun:host[:port]` URI (RFC 7064, at most 500 bytes) of a server that implements
     /// RFC 5780 (`pinhole serve`, coturn with `rfc5780`): after every new mapping, after
@@ -108,6 +130,19 @@ pub struct pinhole_portmap_config {
     pub verify_stun: *const c_char,
     /// Seconds between verifications; 0: the default (300); at most 86400.
     pub verify_interval_s: u32,
+}
+
+// SAFETY: `#[repr(C)]`, `struct_size` first; all-zero is valid (NULL pointers, no
+// callback, 0) and means every default.
+unsafe impl CConfig for pinhole_portmap_config {
+    const NAME: &'static str = "pinhole_portmap_config";
+    const INIT: &'static str = "pinhole_portmap_config_init";
+    const MIN_SIZE: usize =
+        std::mem::offset_of!(pinhole_portmap_config, user_ptr) + size_of::<*mut c_void>();
+    fn set_defaults(&mut self) {
+        self.lifetime_s = crate::types::DEFAULT_MAPPING_LIFETIME_SECS;
+        self.verify_interval_s = crate::types::DEFAULT_VERIFY_INTERVAL_SECS;
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -248,10 +283,11 @@ pub unsafe extern "C" fn pinhole_portmap_start(
     out: *mut *mut pinhole_portmap,
 ) -> c_int {
     guard(|| {
-        // SAFETY: NULL or valid, per the contract.
-        let (Some(c), false) = (unsafe { config.as_ref() }, out.is_null()) else {
-            return Err(PinholeError::invalid("config or out is NULL"));
-        };
+        if out.is_null() {
+            return Err(PinholeError::invalid("out is NULL"));
+        }
+        // SAFETY: NULL or valid for its `struct_size`, per the contract.
+        let c = &unsafe { read_sized(config) }?;
         let Some(cb) = c.cb_event else {
             return Err(PinholeError::invalid("cb_event is NULL"));
         };
@@ -260,14 +296,15 @@ pub unsafe extern "C" fn pinhole_portmap_start(
         let plan = MappingPlan::new(&unsafe { read_config(c) }?)?;
         let destroyed = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
-        let mut handle = Box::new(pinhole_portmap {
-            task: None,
+        let handle = Box::new(pinhole_portmap {
+            task: Mutex::new(None),
             destroyed: destroyed.clone(),
             current: current.clone(),
         });
-        let hptr = HandlePtr(&raw mut *handle);
+        let raw = Box::into_raw(handle);
+        let hptr = HandlePtr(raw);
         let (go, ready) = tokio::sync::oneshot::channel::<()>();
-        let task = Task::spawn("pinhole-portmap", move |stop| async move {
+        let task = Task::spawn_parked("pinhole-portmap", move |stop| async move {
             if ready.await.is_err() {
                 return;
             }
@@ -280,9 +317,20 @@ pub unsafe extern "C" fn pinhole_portmap_start(
                 }
             })
             .await;
-        })?;
-        handle.task = Some(task);
-        let raw = Box::into_raw(handle);
+        });
+        let task = match task {
+            Ok(t) => t,
+            Err(e) => {
+                // SAFETY: from Box::into_raw above, never handed out.
+                drop(unsafe { Box::from_raw(raw) });
+                return Err(e);
+            }
+        };
+        // SAFETY: from Box::into_raw above; its thread waits for `go` before using it.
+        *unsafe { &*raw }
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(task);
         // SAFETY: `out` is non-NULL and writable per the contract.
         unsafe { *out = raw };
         let _ = go.send(());
@@ -333,28 +381,63 @@ pub unsafe extern "C" fn pinhole_portmap_release(portmap: *mut pinhole_portmap) 
         let Some(h) = (unsafe { portmap.as_ref() }) else {
             return Err(PinholeError::invalid("portmap is NULL"));
         };
-        if let Some(t) = &h.task {
+        if let Some(t) = &*h.task.lock().unwrap_or_else(|p| p.into_inner()) {
             t.stop();
         }
         Ok(PINHOLE_OK)
     })
 }
 
-/// Releases the mapping if it exists (waiting at most about 3 s for the gateway), stops
-/// and frees the handle. No event is delivered once it has begun; from another thread it
-/// waits until a running callback returns. Called from the handle's own callback, it
-/// returns at once and the release finishes in the background. NULL is ignored.
+/// Releases the mapping if it exists, stops and frees the handle, blocking: from another
+/// thread it waits until a running callback returns and the deletion is confirmed or given
+/// up on (at most about 3 s when the gateway does not answer; from a UI thread use
+/// `pinhole_portmap_destroy_async`). No event is delivered once it has begun. Called from
+/// the handle's own callback, it returns at once and the release finishes in the
+/// background. NULL is ignored.
 ///
 /// # Safety
 /// `portmap` is NULL or a live handle, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pinhole_portmap_destroy(portmap: *mut pinhole_portmap) {
-    if portmap.is_null() {
-        return;
-    }
-    // SAFETY: a live handle from Box::into_raw, per the contract.
-    let mut handle = unsafe { Box::from_raw(portmap) };
-    super::destroy_task(&handle.destroyed, handle.task.take());
+    // SAFETY: NULL or a live handle from Box::into_raw, per the contract.
+    unsafe { super::destroy_task_handle(portmap) }
+}
+
+/// Releases the mapping if it exists, stops the mapper and frees the handle without
+/// waiting: returns at once, also from the mapper's own callback and while the gateway
+/// does not answer. An event already being delivered (or just starting) when it is called
+/// may still run; then no event is delivered (not even `RELEASED`); once the deletion is
+/// confirmed or given up on (about 3 s), the handle is freed and `cb` (optional) is called
+/// once on the mapper's thread, never from within this call. Data the callback uses must
+/// stay valid until `cb`. `PINHOLE_ERR_INVALID` for NULL.
+///
+/// # Safety
+/// `portmap` is NULL or a live handle, not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_portmap_destroy_async(
+    portmap: *mut pinhole_portmap,
+    cb: pinhole_destroyed_cb,
+    user_ptr: *mut c_void,
+) -> c_int {
+    // SAFETY: NULL or a live handle from Box::into_raw, per the contract.
+    unsafe { super::destroy_task_handle_async(portmap, "portmap", cb, user_ptr) }
+}
+
+/// Initialises a config: zeroes its `size` bytes, sets the defaults (`lifetime_s` 7200,
+/// `verify_interval_s` 300; everything else zero, NULL or UDP) and `struct_size` = `size`.
+/// Call it as `pinhole_portmap_config_init(&config, sizeof config)`;
+/// `PINHOLE_ERR_INVALID` (nothing written) for NULL or a size that cannot be a
+/// `pinhole_portmap_config`.
+///
+/// # Safety
+/// `config` is NULL or has `size` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_portmap_config_init(
+    config: *mut pinhole_portmap_config,
+    size: usize,
+) -> c_int {
+    // SAFETY: per the contract.
+    unsafe { init_sized(config, size) }
 }
 
 #[cfg(test)]
@@ -365,6 +448,7 @@ mod tests {
 
     fn zeroed() -> pinhole_portmap_config {
         pinhole_portmap_config {
+            struct_size: size_of::<pinhole_portmap_config>(),
             gateway: ptr::null(),
             local_ip: ptr::null(),
             protocol: PINHOLE_PROTOCOL_UDP,

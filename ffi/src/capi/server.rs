@@ -1,14 +1,19 @@
 //! A STUN server for tests and self-hosting: `pinhole_server_start`, `_address_count`,
-//! `_get_address`, `_destroy`.
+//! `_get_address`, `_destroy`, `_destroy_async`.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_void};
 
 use super::codes::*;
-use super::{guard, opt_str, write_buf};
+use super::{SendPtr, guard, opt_str, pinhole_destroyed_cb, write_buf};
 use crate::error::PinholeError;
 use crate::ops::Server;
 
 /// A running STUN server (opaque).
+///
+/// Threads: it serves on a thread of its own and has no callbacks.
+/// `pinhole_server_address_count` and `pinhole_server_get_address` may be called from any
+/// thread, several at once; `pinhole_server_destroy` (which waits a moment for the thread)
+/// or `pinhole_server_destroy_async` is the last call, from any thread.
 pub struct pinhole_server {
     server: Option<Server>,
 }
@@ -86,7 +91,8 @@ pub unsafe extern "C" fn pinhole_server_get_address(
     })
 }
 
-/// Stops the server, waits for its thread and frees the handle. NULL is ignored.
+/// Stops the server, waits for its thread (a moment: it has no callbacks and nothing to
+/// tell a peer) and frees the handle. NULL is ignored.
 ///
 /// # Safety
 /// `server` is NULL or a live handle, not used afterwards.
@@ -102,4 +108,43 @@ pub unsafe extern "C" fn pinhole_server_destroy(server: *mut pinhole_server) {
             s.stop();
         }
     }));
+}
+
+/// A server handle on its way to the thread that ends it.
+struct Owned(*mut pinhole_server);
+// SAFETY: the handle (a `Server`: a task and addresses) may be ended on any thread; this
+// pointer is its only owner once handed over.
+unsafe impl Send for Owned {}
+
+/// Stops the server and frees the handle without waiting: returns at once; a thread of
+/// its own stops it, frees the handle, then calls `cb` (optional) once, never from within
+/// this call. `PINHOLE_ERR_INVALID` for NULL; `PINHOLE_ERR_IO` when no thread could be
+/// started (the handle is then untouched and still live).
+///
+/// # Safety
+/// `server` is NULL or a live handle, not used afterwards (unless `PINHOLE_ERR_IO`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_server_destroy_async(
+    server: *mut pinhole_server,
+    cb: pinhole_destroyed_cb,
+    user_ptr: *mut c_void,
+) -> c_int {
+    guard(|| {
+        if server.is_null() {
+            return Err(PinholeError::invalid("server is NULL"));
+        }
+        let (owned, user_ptr) = (Owned(server), SendPtr(user_ptr));
+        std::thread::Builder::new()
+            .name("pinhole-server-end".into())
+            .spawn(move || {
+                let (owned, user_ptr) = (owned, user_ptr);
+                // SAFETY: the only owner of a live handle, per the contract.
+                unsafe { pinhole_server_destroy(owned.0) };
+                if let Some(cb) = cb {
+                    // SAFETY: the caller's callback, with its own pointer.
+                    unsafe { cb(user_ptr.0) };
+                }
+            })?;
+        Ok(PINHOLE_OK)
+    })
 }

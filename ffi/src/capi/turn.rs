@@ -1,5 +1,6 @@
-//! TURN (RFC 8656): `pinhole_turn_allocate`, `_get_relayed`, `_get_mapped`,
-//! `_create_permission`, `_bind_channel`, `_send`, `_deallocate`, `_destroy`.
+//! TURN (RFC 8656): `pinhole_turn_config_init`, `pinhole_turn_allocate`, `_get_relayed`,
+//! `_get_mapped`, `_create_permission`, `_bind_channel`, `_send`, `_deallocate`,
+//! `_destroy`, `_destroy_async`.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::net::SocketAddr;
@@ -10,18 +11,37 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::codes::*;
-use super::{SendPtr, cstring, fill, guard, opt_str, write_buf};
+use super::{
+    CConfig, SendPtr, TaskHandle, cstring, fill, guard, init_sized, opt_str, pinhole_destroyed_cb,
+    read_sized, write_buf,
+};
 use crate::error::PinholeError;
 use crate::ops::{TurnCommand, TurnPlan, TurnStatus, turn_send_args};
 use crate::task::Task;
 use crate::types::{RelayedFamily, TurnConfig, TurnEvent, parse_ip, parse_socket_addr};
 
 /// A TURN allocation (opaque).
+///
+/// Threads: its event and data callbacks run on the allocation's own thread, one at a time
+/// (never an event and data at once), in order. `pinhole_turn_get_relayed`, `_get_mapped`,
+/// `_create_permission`, `_bind_channel`, `_send` and `_deallocate` may be called from any
+/// thread, several at once, and from the callbacks; `pinhole_turn_destroy` (blocking up to
+/// about 4 s while the allocation is released) or `pinhole_turn_destroy_async` is the last
+/// call, from any thread or from a callback.
 pub struct pinhole_turn {
-    task: Option<Task>,
+    task: Mutex<Option<Task>>,
     destroyed: Arc<AtomicBool>,
     commands: mpsc::UnboundedSender<TurnCommand>,
     status: Arc<Mutex<TurnStatus>>,
+}
+
+impl TaskHandle for pinhole_turn {
+    fn task(&self) -> &Mutex<Option<Task>> {
+        &self.task
+    }
+    fn destroyed(&self) -> &AtomicBool {
+        &self.destroyed
+    }
 }
 
 /// A TURN event; valid only during the callback. Fields not used by its kind are empty
@@ -71,10 +91,15 @@ pub type pinhole_turn_data_cb = Option<
     ),
 >;
 
-/// A TURN server and what to ask of it. Zero-initialise it, then set `uri`, `username`,
-/// exactly one of `password` and `secret`, and `cb_event`.
+/// A TURN server and what to ask of it. Initialise it with
+/// `pinhole_turn_config_init(&config, sizeof config)`, then set `uri`, `username`, exactly
+/// one of `password` and `secret`, and `cb_event`.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct pinhole_turn_config {
+    /// The size of this struct as the program was built (`sizeof`), set by
+    /// `pinhole_turn_config_init`: how the library tells which fields the program knows.
+    pub struct_size: usize,
     /// `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port]` (RFC 7065; at most
     /// 500 bytes). `turns:` needs a library built with the `tls` feature, else
     /// `PINHOLE_ERR_UNSUPPORTED`.
@@ -91,18 +116,34 @@ pub struct pinhole_turn_config {
     /// The allocation lifetime to ask for, seconds; 0: the default (600). It is refreshed
     /// before it ends.
     pub lifetime_s: u32,
-    /// `PINHOLE_TURN_FAMILY_IPV4` (0, the default), `_IPV6` or `_DUAL`.
-    pub family: pinhole_turn_family,
-    /// PEM certificates to trust for `turns:` instead of the system roots; NULL: the
-    /// system roots. A server certificate that is one of them byte for byte is accepted
-    /// (pinned: a self-signed one, too); others must chain to one of them.
-    pub ca_pem: *const c_char,
     /// The events (required).
     pub cb_event: pinhole_turn_event_cb,
     /// Peers' data (optional: without it, data is dropped).
     pub cb_data: pinhole_turn_data_cb,
     /// Passed to the callbacks.
     pub user_ptr: *mut c_void,
+    /// (The struct's first version ends above, at `user_ptr`; fields from here on are
+    /// appended ones, read only when `struct_size` covers them, else their default.)
+    ///
+    /// `PINHOLE_TURN_FAMILY_IPV4` (0, the default), `_IPV6` or `_DUAL`.
+    pub family: pinhole_turn_family,
+    /// PEM certificates to trust for `turns:` instead of the system roots; NULL: the
+    /// system roots. A server certificate that is one of them byte for byte is accepted
+    /// (pinned: a self-signed one, too); others must chain to one of them.
+    pub ca_pem: *const c_char,
+}
+
+// SAFETY: `#[repr(C)]`, `struct_size` first; all-zero is valid (NULL pointers, no
+// callbacks, 0) and means every default.
+unsafe impl CConfig for pinhole_turn_config {
+    const NAME: &'static str = "pinhole_turn_config";
+    const INIT: &'static str = "pinhole_turn_config_init";
+    const MIN_SIZE: usize =
+        std::mem::offset_of!(pinhole_turn_config, user_ptr) + size_of::<*mut c_void>();
+    fn set_defaults(&mut self) {
+        self.rest_ttl_s = crate::types::DEFAULT_REST_TTL_SECS;
+        self.lifetime_s = crate::types::DEFAULT_TURN_LIFETIME_SECS;
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -233,10 +274,11 @@ pub unsafe extern "C" fn pinhole_turn_allocate(
     out: *mut *mut pinhole_turn,
 ) -> c_int {
     guard(|| {
-        // SAFETY: NULL or valid, per the contract.
-        let (Some(c), false) = (unsafe { config.as_ref() }, out.is_null()) else {
-            return Err(PinholeError::invalid("config or out is NULL"));
-        };
+        if out.is_null() {
+            return Err(PinholeError::invalid("out is NULL"));
+        }
+        // SAFETY: NULL or valid for its `struct_size`, per the contract.
+        let c = &unsafe { read_sized(config) }?;
         let Some(cb_event) = c.cb_event else {
             return Err(PinholeError::invalid("cb_event is NULL"));
         };
@@ -247,15 +289,16 @@ pub unsafe extern "C" fn pinhole_turn_allocate(
         let destroyed = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(TurnStatus::default()));
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let mut handle = Box::new(pinhole_turn {
-            task: None,
+        let handle = Box::new(pinhole_turn {
+            task: Mutex::new(None),
             destroyed: destroyed.clone(),
             commands,
             status: status.clone(),
         });
-        let hptr = HandlePtr(&raw mut *handle);
+        let raw = Box::into_raw(handle);
+        let hptr = HandlePtr(raw);
         let (go, ready) = tokio::sync::oneshot::channel::<()>();
-        let task = Task::spawn("pinhole-turn", move |stop| async move {
+        let task = Task::spawn_parked("pinhole-turn", move |stop| async move {
             // Wait until the handle is complete: a callback may destroy it.
             if ready.await.is_err() {
                 return;
@@ -288,9 +331,20 @@ pub unsafe extern "C" fn pinhole_turn_allocate(
                 },
             )
             .await;
-        })?;
-        handle.task = Some(task);
-        let raw = Box::into_raw(handle);
+        });
+        let task = match task {
+            Ok(t) => t,
+            Err(e) => {
+                // SAFETY: from Box::into_raw above, never handed out.
+                drop(unsafe { Box::from_raw(raw) });
+                return Err(e);
+            }
+        };
+        // SAFETY: from Box::into_raw above; its thread waits for `go` before using it.
+        *unsafe { &*raw }
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(task);
         // SAFETY: `out` is non-NULL and writable per the contract.
         unsafe { *out = raw };
         let _ = go.send(());
@@ -480,19 +534,54 @@ pub unsafe extern "C" fn pinhole_turn_deallocate(turn: *mut pinhole_turn) -> c_i
     })
 }
 
-/// Deallocates if the allocation exists (waiting at most about 4 s for the server), stops
-/// and frees the handle. No callback runs once it has begun; from another thread it waits
-/// until a running callback returns. Called from the handle's own callback, it returns at
-/// once and the deallocation finishes in the background. NULL is ignored.
+/// Deallocates if the allocation exists, stops and frees the handle, blocking: from
+/// another thread it waits until a running callback returns and the server has confirmed
+/// the deallocation or it was given up on (at most about 4 s when the server does not
+/// answer; from a UI thread use `pinhole_turn_destroy_async`). No callback runs once it
+/// has begun. Called from the handle's own callback, it returns at once and the
+/// deallocation finishes in the background. NULL is ignored.
 ///
 /// # Safety
 /// `turn` is NULL or a live handle, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pinhole_turn_destroy(turn: *mut pinhole_turn) {
-    if turn.is_null() {
-        return;
-    }
-    // SAFETY: a live handle from Box::into_raw, per the contract.
-    let mut handle = unsafe { Box::from_raw(turn) };
-    super::destroy_task(&handle.destroyed, handle.task.take());
+    // SAFETY: NULL or a live handle from Box::into_raw, per the contract.
+    unsafe { super::destroy_task_handle(turn) }
+}
+
+/// Deallocates if the allocation exists, stops and frees the handle without waiting:
+/// returns at once, also from the allocation's own callback and while the server does not
+/// answer. A callback already running (or just starting) when it is called may still run;
+/// then no callback runs (not even `DEALLOCATED`); once the server has confirmed the
+/// deallocation or it was given up on (about 4 s), the handle is freed and `cb` (optional)
+/// is called once on the allocation's thread, never from within this call. Data the
+/// callbacks use must stay valid until `cb`. `PINHOLE_ERR_INVALID` for NULL.
+///
+/// # Safety
+/// `turn` is NULL or a live handle, not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_turn_destroy_async(
+    turn: *mut pinhole_turn,
+    cb: pinhole_destroyed_cb,
+    user_ptr: *mut c_void,
+) -> c_int {
+    // SAFETY: NULL or a live handle from Box::into_raw, per the contract.
+    unsafe { super::destroy_task_handle_async(turn, "turn", cb, user_ptr) }
+}
+
+/// Initialises a config: zeroes its `size` bytes, sets the defaults (`rest_ttl_s` 86400,
+/// `lifetime_s` 600; everything else zero, NULL or `PINHOLE_TURN_FAMILY_IPV4`) and
+/// `struct_size` = `size`. Call it as `pinhole_turn_config_init(&config, sizeof config)`;
+/// `PINHOLE_ERR_INVALID` (nothing written) for NULL or a size that cannot be a
+/// `pinhole_turn_config`.
+///
+/// # Safety
+/// `config` is NULL or has `size` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_turn_config_init(
+    config: *mut pinhole_turn_config,
+    size: usize,
+) -> c_int {
+    // SAFETY: per the contract.
+    unsafe { init_sized(config, size) }
 }

@@ -10,9 +10,11 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::debug;
 
-use super::{Lease, Step, TurnEvent, route_udp};
+use super::control::{Lease, Step};
+use super::{TurnEvent, route_udp};
 use crate::driver::udp::{Coalescer, Datagrams, Item, SendQueue, UdpSocket};
 pub use crate::driver::udp::{Coalescing, RecvBatch};
+use crate::machine::Machine;
 use crate::turn::{Input, TurnError, is_channel_data};
 use crate::{Protocol, Received};
 
@@ -203,12 +205,14 @@ impl TurnDataPlane {
                     Err(TryRecvError::Disconnected) => None,
                 },
             };
+            // Every sender is gone (the handle was dropped): deallocate, read no more.
+            owned.commands_open &= cmd.is_some();
             self.dirty = true;
-            match owned.command(cmd, now) {
+            match owned.client.command(cmd, now) {
                 Step::Nothing => {}
                 Step::Send(peer, data) => {
-                    let server = owned.alloc.server();
-                    let alloc = &owned.alloc;
+                    let alloc = &owned.client.alloc;
+                    let server = alloc.server();
                     if !self.queue.has_room(data.len() + MAX_OVERHEAD) {
                         self.queue.flush(&self.socket).await?;
                     }
@@ -228,19 +232,17 @@ impl TurnDataPlane {
         if queued {
             self.queue.flush(&self.socket).await?;
         }
-        if self.timer.is_some_and(|t| now >= t) || owned.dealloc_deadline.is_some() {
+        if self.timer.is_some_and(|t| now >= t) {
+            // The allocation's timers, or the deallocation's deadline.
             self.dirty = true;
-            if !owned.timers(now) {
-                self.state = State::Closed;
-                return Err(DataPlaneError::Closed);
-            }
+            owned.client.handle_timeout(now);
         }
         if !self.dirty {
             return Ok(());
         }
         // (`dirty` stays set until all is done: should this future be dropped while it
         // sends, the next call goes on.)
-        while let Some(t) = owned.alloc.poll_transmit() {
+        while let Some(t) = owned.client.poll_transmit() {
             if t.destination != owned.target {
                 // A 300 Try Alternate was followed: the same socket, another server.
                 debug!(from = %owned.target, to = %t.destination, "TURN over UDP: to the alternate server");
@@ -266,11 +268,12 @@ impl TurnDataPlane {
                 return Err(DataPlaneError::Closed);
             }
         }
-        if owned.report() {
+        // (Over UDP there is no reconnecting.)
+        if owned.report().0 {
             self.state = State::Closed;
             return Err(DataPlaneError::Closed);
         }
-        self.timer = owned.alloc.poll_timeout();
+        self.timer = owned.client.poll_timeout();
         self.dirty = false;
         Ok(())
     }
@@ -313,7 +316,7 @@ impl TurnDataPlane {
         let State::Owning(lease) = &self.state else {
             return Err(DataPlaneError::Closed);
         };
-        let alloc = &lease.owned.alloc;
+        let alloc = &lease.owned.client.alloc;
         self.queue.push_with(alloc.server(), None, |out| {
             alloc.encode_to_peer(peer, data, out)
         })?;
@@ -374,7 +377,10 @@ impl TurnDataPlane {
                         return Err(DataPlaneError::Closed);
                     };
                     let owned = &mut lease.owned;
-                    let wake = owned.wake_at();
+                    let wake = self.timer.map_or_else(
+                        || tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+                        tokio::time::Instant::from,
+                    );
                     let open = owned.commands_open;
                     tokio::select! {
                         r = self.socket.readable() => r?,
@@ -405,11 +411,10 @@ impl TurnDataPlane {
         let State::Owning(lease) = &mut self.state else {
             return 0;
         };
-        let alloc = &mut lease.owned.alloc;
+        let alloc = &mut lease.owned.client.alloc;
         let full = batch.was_full();
         let (buf, items) = batch.parts();
         let received = items.len();
-        let base = buf.as_ptr() as usize;
         let mut control = false;
         let mut kept = 0;
         let local = alloc.local();
@@ -423,20 +428,16 @@ impl TurnDataPlane {
                 contents,
             };
             match alloc.handle_input(now, rx) {
-                Input::Data { peer, data } => {
-                    // The data is borrowed from `buf`: where it starts there.
-                    match (data.as_ptr() as usize).checked_sub(base) {
-                        Some(start) if start + data.len() <= buf.len() => {
-                            items[kept] = Item {
-                                source: peer,
-                                destination: it.destination,
-                                start,
-                                len: data.len(),
-                            };
-                            kept += 1;
-                        }
-                        _ => debug!("peer data outside the receive buffers dropped"),
-                    }
+                Input::Data { peer, data, offset } => {
+                    // Where the data sits in the receive buffer: the datagram's start
+                    // plus the machine's offset.
+                    items[kept] = Item {
+                        source: peer,
+                        destination: it.destination,
+                        start: it.start + offset,
+                        len: data.len(),
+                    };
+                    kept += 1;
                 }
                 Input::Consumed => control |= !is_channel_data(contents),
                 Input::NotTurn => {}

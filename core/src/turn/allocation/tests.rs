@@ -474,7 +474,8 @@ fn permissions_channels_and_data() {
         h.a.handle_input(h.now, rx),
         Input::Data {
             peer,
-            data: b"hello"
+            data: b"hello",
+            offset: 4
         }
     );
     let mut ind = [0u8; 128];
@@ -495,7 +496,12 @@ fn permissions_channels_and_data() {
     };
     assert_eq!(
         h.a.handle_input(h.now, rx),
-        Input::Data { peer, data: b"yo" }
+        Input::Data {
+            peer,
+            data: b"yo",
+            // Header 20, XOR-PEER-ADDRESS 4 + 8, DATA's header 4.
+            offset: 36
+        }
     );
     // From somebody else: not ours.
     let rx = Received {

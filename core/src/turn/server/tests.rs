@@ -108,7 +108,7 @@ impl World {
             Host::new(&mut self.client, [addr(CLIENT).ip()])
                 .on_event(|_, _, e| events.push(e))
                 .on_verdict(|_, v| {
-                    if let Input::Data { peer, data } = v {
+                    if let Input::Data { peer, data, .. } = v {
                         at_client.push((peer, data.to_vec()));
                     }
                 }),
