@@ -7,7 +7,9 @@
 #   kotlin   the generated Kotlin (JVM flavour) with the package's Kotlin (android/src/main/
 #            kotlin: Flow adapters, NetworkMonitor logic) on the host JVM (JNA), test
 #            programs bindings/kotlin/Test.kt and AdaptersTest.kt; no java.time in the API
-#   swift    the generated Swift in a SwiftPM package, `swift test` in a trixie chroot
+#   swift    the generated Swift and the package's hand-written Swift (ios/Sources/Pinhole:
+#            AsyncSequence adapters, PathMonitor, close()) in a SwiftPM package, `swift test`
+#            in a trixie chroot
 #   mobile   the library for aarch64/x86_64 Android and aarch64 iOS: a staticlib build
 #            (which includes everything cargo check checks); the iOS simulator: cargo
 #            check -Zbuild-std; no crate that compiles C is allowed
@@ -19,10 +21,15 @@
 #   android  the AAR laid out by android/assemble-aar.sh (the Android flavour of the
 #            bindings and the package's Kotlin, AndroidNetworkSource included, compiled
 #            against bindings/kotlin/android-stubs), checked by android/check-aar.sh
-#   ios      ios/build-xcframework.sh --dry-run's XCFramework tree checked; ios/Package.swift
-#            evaluated by SwiftPM (chroot) with a local XCFramework and with the release URL
+#   ios      ios/build-xcframework.sh --dry-run's XCFramework tree checked, and the package it
+#            lays out beside it (Package.swift, Sources/Pinhole: the hand-written Swift the
+#            swift part tests, and the generated Pinhole.swift); ios/Package.swift evaluated
+#            by SwiftPM (chroot) with a local XCFramework and with the release URL, and the
+#            sources of its target Pinhole as SwiftPM resolves them
 #
 # Usage: bindings/test.sh [part...]   (default: all, in that order)
+#        PINHOLE_SWIFT_FILTER=REGEX bindings/test.sh swift   (only the XCTest tests matching
+#        REGEX, e.g. AdapterTests or AdapterTests.testPathLogic; swift test --filter)
 #
 # bindings/setup.sh installs the tools first (idempotent: quick when they are there; the
 # chroot and kotlinc live outside the clone, under PINHOLE_TOOLS=/opt/pinhole-tools). The
@@ -360,6 +367,12 @@ android_classes_jar() {
     ANDROID_CLASSES_JAR=$out/classes-$key.jar
 }
 
+# The hand-written Swift sources of the package (ios/Sources/Pinhole, without the generated
+# Pinhole.swift), one file name a line.
+swift_sources() {
+    find ios/Sources/Pinhole -maxdepth 1 -name '*.swift' ! -name Pinhole.swift -printf '%f\n' | sort
+}
+
 part_swift() {
     step "Swift in the trixie chroot"
     setup swift || return 0
@@ -371,10 +384,21 @@ part_swift() {
     mkdir -p "$pkg/Sources/Pinhole" "$pkg/Sources/PinholeFFI" "$pkg/Tests"
     cp bindings/swift/Package.swift "$pkg/"
     cp bindings/swift/Sources/PinholeFFI/module.modulemap "$pkg/Sources/PinholeFFI/"
-    rm -rf "$pkg/Tests/PinholeTests"
+    rm -rf "$pkg/Tests/PinholeTests" "$pkg/Stubs"
     cp -r bindings/swift/Tests/PinholeTests "$pkg/Tests/"
+    cp -r bindings/swift/Stubs "$pkg/"
     cmp -s "$BUILD/generated/Pinhole.swift" "$pkg/Sources/Pinhole/Pinhole.swift" ||
         cp "$BUILD/generated/Pinhole.swift" "$pkg/Sources/Pinhole/"
+    # The package's hand-written Swift (the AsyncSequence adapters, PathMonitor, close()),
+    # which lives in ios/Sources/Pinhole beside the generated Pinhole.swift; its
+    # NWPathMonitor adapter compiles against the Network stand-in of bindings/swift/Stubs.
+    local f
+    for f in "$pkg/Sources/Pinhole"/*.swift; do
+        [ "$(basename "$f")" = Pinhole.swift ] || [ -f "ios/Sources/Pinhole/$(basename "$f")" ] || rm -f "$f"
+    done
+    for f in $(swift_sources); do
+        cmp -s "ios/Sources/Pinhole/$f" "$pkg/Sources/Pinhole/$f" || cp "ios/Sources/Pinhole/$f" "$pkg/Sources/Pinhole/"
+    done
     cmp -s "$BUILD/generated/PinholeFFI.h" "$pkg/Sources/PinholeFFI/PinholeFFI.h" ||
         cp "$BUILD/generated/PinholeFFI.h" "$pkg/Sources/PinholeFFI/"
     mkdir -p "$CHROOT/pinhole/pkg" "$CHROOT/pinhole/lib"
@@ -394,6 +418,7 @@ part_swift() {
         PINHOLE_TEST_TURN="$TURN_URI" PINHOLE_TEST_TURN_USER="$TURN_USER" \
         PINHOLE_TEST_TURN_PASSWORD="$TURN_PASSWORD" PINHOLE_TEST_TURN_SECRET="$TURN_SECRET" \
         swift test --disable-swift-testing --package-path /pinhole/pkg -Xlinker -L/pinhole/lib \
+        ${PINHOLE_SWIFT_FILTER:+--filter "$PINHOLE_SWIFT_FILTER"} \
         >"$BUILD/swift-test.log" 2>&1 || rc=$?
     grep -vE '^(\[[0-9]+/[0-9]+\]|Building|Compiling|Write|Emitting)' "$BUILD/swift-test.log" || true
     cleanup_mounts
@@ -583,9 +608,14 @@ part_shellcheck() {
 # The XCFramework as ios/build-xcframework.sh --dry-run lays it out from the iOS static
 # library of the mobile part (debug, aarch64-apple-ios: the one Apple library that builds
 # here; the simulator and macOS slices need Xcode's lipo and SDKs, and are left out), checked
-# (Info.plist, each slice's Mach-O archive, headers and module map); and ios/Package.swift
-# evaluated by SwiftPM in the chroot, with the local XCFramework beside it (a path binary
-# target) and without (the release URL and checksum).
+# (Info.plist, each slice's Mach-O archive, headers and module map); the package laid out
+# beside it (Package.swift, and in Sources/Pinhole the hand-written Swift of
+# ios/Sources/Pinhole, byte for byte what the swift part tests, and the generated
+# Pinhole.swift); and ios/Package.swift evaluated by SwiftPM in the chroot, with the local
+# XCFramework beside it (a path binary target) and without (the release URL and checksum),
+# and its target Pinhole's sources as SwiftPM resolves them (`describe`). SwiftPM cannot
+# build the package on Linux (an XCFramework is an Apple binary target): the swift part
+# compiles the same sources over the system library instead.
 part_ios() {
     step "iOS: XCFramework dry run, Package.swift"
     local out=$TARGET/bindings-ios a=$TARGET/mobile/aarch64-apple-ios/debug/libpinhole_ffi.a
@@ -631,8 +661,23 @@ for ident, l in libs.items():
     assert os.path.getsize(os.path.join(h, "PinholeFFI.h")) > 0
     print(f"xcframework: {ident}: {macho} Mach-O objects, Headers with module.modulemap")
 PY
+    # The package the dry run laid out beside the XCFramework: Package.swift, and in
+    # Sources/Pinhole exactly the hand-written Swift of ios/Sources/Pinhole (the sources the
+    # swift part compiles and tests) and the generated Pinhole.swift.
+    cmp ios/Package.swift "$out/pkg/Package.swift"
+    local f laid want
+    laid=$(cd "$out/pkg/Sources/Pinhole" && ls -- *.swift)
+    want=$( (swift_sources; echo Pinhole.swift) | sort)
+    if [ "$laid" != "$want" ]; then
+        echo "bindings: the dry run laid out Sources/Pinhole as: $laid; want: $want" >&2
+        exit 1
+    fi
+    for f in $(swift_sources); do
+        cmp "ios/Sources/Pinhole/$f" "$out/pkg/Sources/Pinhole/$f"
+    done
+    cmp "$BUILD/generated/Pinhole.swift" "$out/pkg/Sources/Pinhole/Pinhole.swift"
+    echo "package: Package.swift, Sources/Pinhole: $(echo "$want" | tr '\n' ' ')"
     setup swift || return 0
-    cp ios/Package.swift "$out/pkg/"
     mkdir -p "$CHROOT/pinhole/ios" "$CHROOT/proc"
     mount --bind /proc "$CHROOT/proc"
     mounted+=("$CHROOT/proc")
@@ -641,10 +686,13 @@ PY
     local dump=(chroot "$CHROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root
         swift package --manifest-cache none --package-path /pinhole/ios dump-package)
     "${dump[@]}" >"$out/local.json"
+    # What SwiftPM makes of the package's target Pinhole: its sources.
+    chroot "$CHROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root \
+        swift package --package-path /pinhole/ios describe --type json >"$out/describe.json"
     mv "$out/pkg/Pinhole.xcframework" "$out/Pinhole.xcframework"
     "${dump[@]}" >"$out/release.json"
     cleanup_mounts
-    python3 - "$out/local.json" "$out/release.json" <<'PY'
+    python3 - "$out/local.json" "$out/release.json" "$out/describe.json" "$want" <<'PY'
 import json, sys
 def ffi(path):
     d = json.load(open(path))
@@ -656,9 +704,15 @@ local, release = ffi(sys.argv[1]), ffi(sys.argv[2])
 assert local.get("path") == "Pinhole.xcframework" and not local.get("url"), local
 assert release.get("url", "").endswith("/Pinhole.xcframework.zip") and len(release["checksum"]) == 64, release
 print("Package.swift: a local binary target with Pinhole.xcframework present, the release URL otherwise")
+d = json.load(open(sys.argv[3]))
+[t] = [t for t in d["targets"] if t["name"] == "Pinhole"]
+want = sys.argv[4].split()
+assert sorted(t["sources"]) == want, (t["sources"], want)
+assert "PinholeFFI" in t.get("target_dependencies", []), t
+print("Package.swift: target Pinhole builds " + ", ".join(want) + " over PinholeFFI")
 PY
     rm -rf "$out/Pinhole.xcframework" # a copy of the 30 MB debug library
-    results+=("ios: XCFramework dry run checked (ios-arm64 slice; simulator and macOS need Xcode); Package.swift evaluated both ways")
+    results+=("ios: XCFramework dry run checked (ios-arm64 slice; simulator and macOS need Xcode); package sources ($(echo "$want" | wc -l) files) laid out and resolved by SwiftPM; Package.swift evaluated both ways")
 }
 
 [ $# -gt 0 ] || set -- header shellcheck c kotlin swift mobile size elf android ios

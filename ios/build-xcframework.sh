@@ -19,7 +19,9 @@
 # per slice with its library, Headers/PinholeFFI.h and Headers/module.modulemap) from the
 # static libraries already built under $CARGO_TARGET_DIR (a slice whose library is missing
 # is left out, and said so: on Linux only aarch64-apple-ios links, without the SDK, as
-# a static library). --out DIR puts the tree elsewhere (default: this folder).
+# a static library). --out DIR puts the tree elsewhere (default: this folder), with the
+# package beside it (Package.swift; Sources/Pinhole: the hand-written Swift of this folder and
+# the generated Pinhole.swift), laid out as a release publishes it.
 #
 # Usage: build-xcframework.sh [--dry-run] [--out DIR] [--release VERSION]
 #        [--generated DIR (PinholeFFI.h and Pinhole.swift, already generated)]
@@ -96,6 +98,23 @@ if [ -f "$generated/PinholeFFI.h" ]; then
         mkdir -p "$IOS_DIR/Sources/Pinhole"
         cp "$generated/Pinhole.swift" "$IOS_DIR/Sources/Pinhole/"
     fi
+fi
+# With --out elsewhere: the whole package there, as a release publishes it (Package.swift;
+# Sources/Pinhole: the hand-written Swift of this folder and the generated Pinhole.swift;
+# Pinhole.xcframework, below).
+mkdir -p "$out"
+if [ "$(cd "$out" && pwd)" != "$IOS_DIR" ]; then
+    mkdir -p "$out/Sources/Pinhole"
+    rm -f "$out/Sources/Pinhole"/*.swift
+    cp "$IOS_DIR/Package.swift" "$out/"
+    for f in "$IOS_DIR/Sources/Pinhole"/*.swift; do
+        [ "$(basename "$f")" = Pinhole.swift ] || cp "$f" "$out/Sources/Pinhole/"
+    done
+    if [ -f "$generated/Pinhole.swift" ]; then
+        cp "$generated/Pinhole.swift" "$out/Sources/Pinhole/"
+    fi
+    echo "build-xcframework.sh: package laid out in $out: Package.swift, Sources/Pinhole:" \
+        "$(cd "$out/Sources/Pinhole" && echo ./*.swift | sed 's|\./||g')"
 fi
 
 # 4. The XCFramework.

@@ -1,7 +1,9 @@
 // swift-tools-version:6.0
-// The Swift bindings as a SwiftPM package. bindings/test.sh fills in the generated sources
-// (Sources/Pinhole/Pinhole.swift, Sources/PinholeFFI/PinholeFFI.h) in a copy under
-// bindings/build/swift and runs `swift test` there; nothing generated is committed.
+// The Swift bindings as a SwiftPM package, for Linux. bindings/test.sh fills in, in a copy
+// under bindings/build/swift, the generated sources (Sources/Pinhole/Pinhole.swift,
+// Sources/PinholeFFI/PinholeFFI.h) and the package's hand-written Swift, which lives in
+// ios/Sources/Pinhole (the AsyncSequence adapters, PathMonitor, close()), and runs
+// `swift test` there; nothing generated is committed.
 import PackageDescription
 
 let package = Package(
@@ -12,12 +14,16 @@ let package = Package(
     targets: [
         // The C side of the UniFFI scaffolding; its module map links libpinhole_ffi.
         .systemLibrary(name: "PinholeFFI", path: "Sources/PinholeFFI"),
+        // A stand-in for Apple's Network framework (Linux only, never shipped): with it,
+        // the package's NWPathMonitor adapter (under `#if canImport(Network)`) compiles and
+        // runs here against a transcription of Apple's documented API.
+        .target(name: "Network", path: "Stubs/Network", swiftSettings: [.swiftLanguageMode(.v5)]),
         // Swift 6.0.3 crashes compiling UniFFI's async foreign-trait helper in Swift 6 mode.
         .target(
-            name: "Pinhole", dependencies: ["PinholeFFI"], path: "Sources/Pinhole",
+            name: "Pinhole", dependencies: ["PinholeFFI", "Network"], path: "Sources/Pinhole",
             swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(
-            name: "PinholeTests", dependencies: ["Pinhole"], path: "Tests/PinholeTests",
+            name: "PinholeTests", dependencies: ["Pinhole", "Network"], path: "Tests/PinholeTests",
             swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )

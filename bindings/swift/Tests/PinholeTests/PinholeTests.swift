@@ -292,6 +292,7 @@ final class PinholeTests: XCTestCase {
             case .mapping(let b): XCTAssertEqual(b, .endpointIndependent); kinds.insert("mapping")
             case .filtering(let b): XCTAssertEqual(b, .endpointIndependent); kinds.insert("filtering")
             case .hairpinning(let h): XCTAssertTrue(h); kinds.insert("hairpinning")
+            @unknown default: XCTFail("a progress kind this test does not know: \(p)")
             }
         }
         XCTAssertEqual(kinds, ["replied", "mapping", "filtering", "hairpinning"])
@@ -535,8 +536,8 @@ final class PinholeTests: XCTestCase {
         guard case .changed(let old, let new) = changed else { return XCTFail() }
         XCTAssertNotEqual(old, new)
         XCTAssertEqual(PortMappingEvent.mapped(mapping: m), .mapped(mapping: m))
-        // Every event, handled exhaustively (a switch without `default` fails to compile
-        // when a case is missing).
+        // Every event, handled as apps must handle pinhole's enums (new cases may come in
+        // any release, README): with a `default` branch.
         let all: [PortMappingEvent] = [
             .mapped(mapping: m), .renewed(mapping: m), changed, .lost(reason: "x"),
             .unavailable(reason: "x"), .released, .verified(mapping: m), .notForwarding(mapping: m),
@@ -553,6 +554,7 @@ final class PinholeTests: XCTestCase {
             case .verified(let mapping): return "verified:\(mapping.external)"
             case .notForwarding(let mapping): return "not-forwarding:\(mapping.external)"
             case .unverified(let reason): return "unverified:\(reason)"
+            @unknown default: return "a newer event"
             }
         }
         XCTAssertEqual(Set(names).count, 9)
