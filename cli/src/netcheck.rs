@@ -435,9 +435,9 @@ pub(crate) fn allocation_words(a: Option<pinhole::netcheck::PortAllocation>) -> 
         None => "not tested".into(),
         Some(PortAllocation::Unknown) => "unknown (too few probes answered)".into(),
         Some(PortAllocation::Preserving) => "preserving (the local port is kept)".into(),
-        Some(PortAllocation::Sequential { delta }) => format!(
-            "sequential, step {delta:+} (the next mappings' ports can be predicted)"
-        ),
+        Some(PortAllocation::Sequential { delta }) => {
+            format!("sequential, step {delta:+} (the next mappings' ports can be predicted)")
+        }
         Some(PortAllocation::Random) => "random".into(),
     }
 }

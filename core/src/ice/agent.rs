@@ -615,7 +615,9 @@ impl IceAgent {
             }
             let Ok(k32) = i32::try_from(k) else { return };
             let port = i32::from(from.port()) + step * k32;
-            let Ok(port) = u16::try_from(port) else { return };
+            let Ok(port) = u16::try_from(port) else {
+                return;
+            };
             if port == 0 {
                 return;
             }

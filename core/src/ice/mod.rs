@@ -18,5 +18,6 @@ pub use candidate::{
     MAX_FOUNDATION_LEN, MAX_FQDN_LEN, MAX_LINE_LEN, TcpType, foundation, priority,
 };
 pub use description::{
-    DescriptionError, IceDescription, MAX_CANDIDATES, MAX_DESCRIPTION_LEN, Parsed,
+    DescriptionError, IceDescription, MAX_CANDIDATES, MAX_DESCRIPTION_LEN,
+    PORT_ALLOCATION_ATTRIBUTE, Parsed,
 };

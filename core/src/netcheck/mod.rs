@@ -1152,8 +1152,7 @@ impl Prober {
         let allocation_done = self.config.port_allocation_probes == 0
             || self.port_allocation.is_some()
             || (self.alloc_started == 0 && self.servers.iter().all(|s| s.rtt.is_none()));
-        if behaviour_done && hairpin_done && lifetime_done && !lifetime_pending && allocation_done
-        {
+        if behaviour_done && hairpin_done && lifetime_done && !lifetime_pending && allocation_done {
             self.finish();
         }
     }

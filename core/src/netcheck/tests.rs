@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::sim::{self, Conditions, Host, NatConfig, Network, PortAllocation as PortAllocation_, Sim};
+use crate::sim::{
+    self, Conditions, Host, NatConfig, Network, PortAllocation as PortAllocation_, Sim,
+};
 use crate::stun::{ServerConfig, StunServer};
 
 use sim::Behaviour::{AddressAndPortDependent as APD, EndpointIndependent as EI};
@@ -442,7 +444,6 @@ fn expect_allocation(a: PortAllocation_) -> PortAllocation {
     }
 }
 
-
 /// Every allocation kind under every mapping behaviour, over 100 seeds each (random ports,
 /// the prober's local ports and transaction IDs): the classification and its accuracy.
 #[test]
@@ -605,10 +606,7 @@ fn the_classifier_and_the_attribute() {
         Sequential { delta: -1 }
     );
     // One wrap-around among four steps is forgiven, not among two.
-    assert_eq!(
-        sequential_step(&[65533, 65534, 65535, 1024, 1025]),
-        Some(1)
-    );
+    assert_eq!(sequential_step(&[65533, 65534, 65535, 1024, 1025]), Some(1));
     assert_eq!(sequential_step(&[65535, 1024, 1025]), None);
     assert_eq!(
         classify_port_allocation(&[(1, 31000), (2, 52011), (3, 7777), (4, 9000)]),

@@ -390,21 +390,28 @@ impl Peer {
     }
 
     /// How our NAT allocates ports, as far as gathering tells (see the module docs), for
-    /// the peer (pinhole's `a=x-pinhole-port-allocation`): from the primary base, the
-    /// addresses the STUN and UDP TURN servers saw, in the order they were asked.
+    /// the peer (pinhole's `a=x-pinhole-port-allocation`): from the first base that two
+    /// servers or more answered, the addresses the STUN and UDP TURN servers saw, in the
+    /// order they were asked.
     /// `Some(Preserving)` when every server saw the base's own port, `Sequential` or
     /// `Random` when they saw different ports, `None` when there is nothing to tell (one
     /// server, or one external port other than the local one for all: endpoint-independent
     /// mapping, nothing to predict). Complete once gathering is.
     pub fn port_allocation(&self) -> Option<crate::netcheck::PortAllocation> {
         use crate::netcheck::{PortAllocation, sequential_step};
-        let base = self.local;
-        let mut seen: Vec<(usize, SocketAddr)> = self
-            .gathered
+        // The first base (the primary first) that more than one server answered.
+        let samples = |base: SocketAddr| -> Vec<(usize, SocketAddr)> {
+            self.gathered
+                .iter()
+                .filter(|(_, b, m)| *b == base && m.is_ipv4() == base.is_ipv4())
+                .map(|(o, _, m)| (*o, *m))
+                .collect()
+        };
+        let (base, mut seen) = self
+            .bases
             .iter()
-            .filter(|(_, b, m)| *b == base && m.is_ipv4() == base.is_ipv4())
-            .map(|(o, _, m)| (*o, *m))
-            .collect();
+            .map(|b| (*b, samples(*b)))
+            .find(|(_, s)| s.len() >= 2)?;
         seen.sort_by_key(|(o, _)| *o);
         if seen.len() < 2 {
             return None;

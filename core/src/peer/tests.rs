@@ -916,9 +916,16 @@ fn prediction_changes_nothing_in_the_easy_cells() {
             eim(Behaviour::AddressAndPortDependent),
             eim(Behaviour::AddressAndPortDependent),
         ),
-        (eim(Behaviour::AddressDependent), eim(Behaviour::AddressDependent)),
+        (
+            eim(Behaviour::AddressDependent),
+            eim(Behaviour::AddressDependent),
+        ),
     ] {
-        let mut w = World::new([Some(x), Some(y)], Conditions::default(), PeerConfig::default());
+        let mut w = World::new(
+            [Some(x), Some(y)],
+            Conditions::default(),
+            PeerConfig::default(),
+        );
         w.share_allocation = true;
         assert!(w.connect(Duration::from_secs(20)));
         w.run_for(Duration::from_secs(2));
