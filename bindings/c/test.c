@@ -127,6 +127,7 @@ typedef struct {
     int udp;
     pinhole_behaviour mapping, filtering;
     pinhole_tristate hairpinning;
+    pinhole_port_allocation port_allocation;
     size_t servers, public_addresses;
     int server_answered;
     char mapped[PINHOLE_ADDRESS_MAX];
@@ -161,6 +162,7 @@ static void on_done(pinhole_netcheck *nc, int result, const pinhole_netcheck_rep
         s->mapping = r->mapping;
         s->filtering = r->filtering;
         s->hairpinning = r->hairpinning;
+        s->port_allocation = r->port_allocation;
         s->servers = r->server_count;
         s->public_addresses = r->public_address_count;
         if (r->server_count > 0) {
@@ -219,6 +221,8 @@ static void test_netcheck(const char *what, const char *uri, const char *gateway
     CHECK(s.mapping == PINHOLE_BEHAVIOUR_ENDPOINT_INDEPENDENT);
     CHECK(s.filtering == PINHOLE_BEHAVIOUR_ENDPOINT_INDEPENDENT);
     CHECK(s.hairpinning == PINHOLE_YES);
+    /* No NAT keeps every local port. */
+    CHECK(s.port_allocation == PINHOLE_PORT_ALLOCATION_PRESERVING);
     CHECK(s.servers == 1);
     CHECK(s.public_addresses >= 1);
     CHECK(s.server_answered);

@@ -253,6 +253,7 @@ fun checkLoopbackReport(r: NetcheckReport, what: String) {
     check(r.filtering == NatBehaviour.ENDPOINT_INDEPENDENT, "$what: filtering ${r.filtering}")
     check(r.hairpinning == true, "$what: hairpinning")
     check(r.algRewrites == false, "$what: ALG")
+    check(r.portAllocation?.kind == PortAllocationKind.PRESERVING, "$what: port allocation ${r.portAllocation}")
     check(r.bindingLifetime == null, "$what: no lifetime measured")
     check(r.rfc5780Server != null, "$what: RFC 5780 server")
     check(r.publicAddresses.isNotEmpty() && r.publicAddresses[0].startsWith("127.0.0.1:"),

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use pinhole::driver::peer::{IncomingInto, PeerConnection, PeerConnectionEvent};
 use pinhole::driver::{self, DEFAULT_STUN_SERVERS};
-use pinhole::ice::{Candidate, IceCredentials, IceState};
+use pinhole::ice::{Candidate, IceCredentials, IceState, PORT_ALLOCATION_ATTRIBUTE};
+use pinhole::netcheck::PortAllocation;
 use pinhole::peer::{PeerConfig, TurnServerSpec};
 use pinhole::turn::{Credentials, TurnTransport, TurnUri};
 use serde_json::json;
@@ -585,7 +586,17 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         }
                     }
                     PeerConnectionEvent::GatheringComplete => {
-                        if let Err(e) = channel.send("a=end-of-candidates\r\n").await {
+                        // How our NAT allocates ports (issue 13): a peer that reads it
+                        // predicts our ports when they are sequential; others ignore it.
+                        let allocation = pc
+                            .port_allocation()
+                            .and_then(|a| a.to_attribute())
+                            .map(|v| format!("a={PORT_ALLOCATION_ATTRIBUTE}:{v}\r\n"))
+                            .unwrap_or_default();
+                        if let Err(e) = channel
+                            .send(&format!("{allocation}a=end-of-candidates\r\n"))
+                            .await
+                        {
                             eprintln!("pinhole: {e}");
                             break 'session ExitCode::from(EXIT_UNREACHABLE);
                         }
@@ -657,6 +668,16 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                             match ms.trim().parse::<u32>() {
                                 Ok(ms) => pc.set_remote_pacing(ms),
                                 Err(_) => tracing::debug!("peer's a=ice-pacing ignored: not a number"),
+                            }
+                        } else if let Some(v) = line
+                            .strip_prefix("a=")
+                            .and_then(|l| l.strip_prefix(PORT_ALLOCATION_ATTRIBUTE))
+                            .and_then(|l| l.strip_prefix(':'))
+                        {
+                            // Tolerant: a value not understood is ignored.
+                            match PortAllocation::parse_attribute(v) {
+                                Some(a) => pc.set_remote_port_allocation(a),
+                                None => tracing::debug!("peer's port allocation not understood"),
                             }
                         } else if line == "a=ice-lite" {
                             // An ICE-lite peer (a server with a public address): this side

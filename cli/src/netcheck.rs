@@ -283,6 +283,7 @@ pub(crate) fn progress(ev: &NetcheckEvent, servers: &[ServerSpec]) {
         NetcheckEvent::Mapping(b) => format!("  mapping: {b}"),
         NetcheckEvent::Filtering(b) => format!("  filtering: {b}"),
         NetcheckEvent::Hairpinning(h) => format!("  hairpinning: {}", yes_no(Some(*h))),
+        NetcheckEvent::PortAllocation(k) => format!("  port allocation: {k}"),
         NetcheckEvent::BindingLifetime { idle, open } => format!(
             "  binding lifetime: {} after {} s idle",
             if *open { "still open" } else { "gone" },
@@ -427,6 +428,20 @@ pub(crate) fn connectivity(
     }
 }
 
+/// Port allocation in plain words, for the table.
+pub(crate) fn allocation_words(a: Option<pinhole::netcheck::PortAllocation>) -> String {
+    use pinhole::netcheck::PortAllocation;
+    match a {
+        None => "not tested".into(),
+        Some(PortAllocation::Unknown) => "unknown (too few probes answered)".into(),
+        Some(PortAllocation::Preserving) => "preserving (the local port is kept)".into(),
+        Some(PortAllocation::Sequential { delta }) => {
+            format!("sequential, step {delta:+} (the next mappings' ports can be predicted)")
+        }
+        Some(PortAllocation::Random) => "random".into(),
+    }
+}
+
 /// The binding lifetime in plain words.
 pub(crate) fn lifetime_words(l: pinhole::netcheck::LifetimeEstimate) -> String {
     match (l.at_least, l.less_than) {
@@ -473,6 +488,7 @@ pub(crate) fn print_table(
         ("mapping", Some(r.mapping.to_string())),
         ("filtering", Some(r.filtering.to_string())),
         ("hairpinning", Some(yes_no(r.hairpinning).to_owned())),
+        ("port allocation", Some(allocation_words(r.port_allocation))),
         (
             "ALG rewrites addresses",
             Some(yes_no(r.alg_rewrites).to_owned()),
@@ -515,6 +531,10 @@ pub(crate) fn json_report(r: &Report, unresolved: &[driver::Unresolved]) -> serd
         "binding_lifetime": r.binding_lifetime.map(|l| json!({
             "at_least_secs": l.at_least.map(|d| d.as_secs()),
             "less_than_secs": l.less_than.map(|d| d.as_secs()),
+        })),
+        "port_allocation": r.port_allocation.map(|a| json!({
+            "kind": a.as_str(),
+            "delta": a.delta(),
         })),
         "rfc5780_server": r.rfc5780_server,
         "servers": r.servers.iter().map(|s| json!({

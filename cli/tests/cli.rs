@@ -100,6 +100,12 @@ fn netcheck_json_against_pinhole_serve() {
     assert_eq!(j["filtering"], "endpoint-independent", "{j}");
     assert_eq!(j["hairpinning"], true, "{j}");
     assert_eq!(j["alg_rewrites"], false, "{j}");
+    // No NAT keeps every local port.
+    assert_eq!(
+        j["port_allocation"],
+        serde_json::json!({"kind": "preserving", "delta": null}),
+        "{j}"
+    );
     let public = j["public"].as_array().unwrap();
     assert!(public[0].as_str().unwrap().starts_with("127.0.0.1:"), "{j}");
     let s = &j["servers"][0];
@@ -150,6 +156,12 @@ fn netcheck_human_output_shows_a_table() {
     ] {
         assert!(stdout.contains(row), "{stdout}");
     }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("port allocation") && l.contains("preserving")),
+        "{stdout}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("answered in"),
@@ -177,6 +189,11 @@ fn netcheck_exit_1_when_nothing_answers() {
     assert_eq!(j["udp"], false);
     assert_eq!(j["hairpinning"], serde_json::Value::Null);
     assert_eq!(j["mapping"], "unknown");
+    // Probed but nothing answered: not enough evidence (not `null`, "not tested").
+    assert_eq!(
+        j["port_allocation"],
+        serde_json::json!({"kind": "unknown", "delta": null})
+    );
 }
 
 #[test]

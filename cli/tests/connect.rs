@@ -281,6 +281,15 @@ fn json_timing_events_with_file_signalling() {
         [side("ann", "ben"), side("ben", "ann")],
         Duration::from_secs(30),
     );
+    // Each side says how its NAT allocates ports (issue 13): on loopback, no NAT, so the
+    // STUN and TURN servers both saw the socket's own port.
+    for f in ["ann.sdp", "ben.sdp"] {
+        let sdp = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        assert!(
+            sdp.contains("a=x-pinhole-port-allocation:preserving\r\n"),
+            "{f}: {sdp}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
         (a.code, b.code),

@@ -259,6 +259,9 @@ typedef struct pinhole_gateway_probe {
   const char *error;
 } pinhole_gateway_probe;
 
+// How a NAT allocates external ports: `PINHOLE_PORT_ALLOCATION_*`.
+typedef int pinhole_port_allocation;
+
 // A netcheck's outcome. Everything it points to lives until the callback returns: copy
 // what you keep. Unknown is not false: undetermined answers are `PINHOLE_UNKNOWN` or
 // `PINHOLE_BEHAVIOUR_UNKNOWN`.
@@ -295,6 +298,10 @@ typedef struct pinhole_netcheck_report {
   size_t note_count;
   // The gateway probe.
   struct pinhole_gateway_probe portmap;
+  // How the NAT allocates external ports (appended: read it from a library that has it).
+  pinhole_port_allocation port_allocation;
+  // `PINHOLE_PORT_ALLOCATION_SEQUENTIAL`: the step between new mappings; else 0.
+  int32_t port_allocation_delta;
 } pinhole_netcheck_report;
 
 // The outcome: called exactly once, last (unless the handle was destroyed first), with
@@ -559,6 +566,21 @@ typedef struct pinhole_turn_config {
 
 // Address-and-port-dependent.
 #define PINHOLE_BEHAVIOUR_ADDRESS_AND_PORT_DEPENDENT 3
+
+// Not tested.
+#define PINHOLE_PORT_ALLOCATION_NOT_TESTED 0
+
+// Tested, but too few answers to tell.
+#define PINHOLE_PORT_ALLOCATION_UNKNOWN 1
+
+// The local port is kept (also what no NAT looks like).
+#define PINHOLE_PORT_ALLOCATION_PRESERVING 2
+
+// Each new mapping gets the previous one's port plus a step (`port_allocation_delta`).
+#define PINHOLE_PORT_ALLOCATION_SEQUENTIAL 3
+
+// Unpredictable.
+#define PINHOLE_PORT_ALLOCATION_RANDOM 4
 
 // A server answered (`server`, `mapped`, `rtt_us`).
 #define PINHOLE_NETCHECK_EVENT_SERVER_REPLIED 0

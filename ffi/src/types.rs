@@ -15,7 +15,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use pinhole::netcheck::{Behaviour, NetcheckEvent, Report};
+use pinhole::netcheck::{Behaviour, NetcheckEvent, PortAllocation, Report};
 use pinhole::portmap::{MapProtocol, MapperEvent, Mapping, ProbeReport, Via};
 
 use crate::error::PinholeError;
@@ -95,6 +95,44 @@ impl From<Behaviour> for NatBehaviour {
     }
 }
 
+/// How a NAT picks the external port of a new mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PortAllocationKind {
+    /// The local port is kept (also what no NAT looks like).
+    Preserving,
+    /// Each new mapping gets the previous one's port plus `delta`: predictable.
+    Sequential,
+    /// Unpredictable.
+    Random,
+    /// Probed, but too few answers to tell.
+    Unknown,
+}
+
+/// Netcheck's port-allocation result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct PortAllocationReport {
+    /// The kind.
+    pub kind: PortAllocationKind,
+    /// The step between consecutive mappings, when sequential.
+    pub delta: Option<i32>,
+}
+
+impl From<PortAllocation> for PortAllocationReport {
+    fn from(a: PortAllocation) -> Self {
+        let kind = match a {
+            PortAllocation::Preserving => PortAllocationKind::Preserving,
+            PortAllocation::Sequential { .. } => PortAllocationKind::Sequential,
+            PortAllocation::Random => PortAllocationKind::Random,
+            // Unknown, and kinds added later.
+            _ => PortAllocationKind::Unknown,
+        };
+        PortAllocationReport {
+            kind,
+            delta: a.delta(),
+        }
+    }
+}
+
 /// What one STUN server told us.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ServerReport {
@@ -166,6 +204,8 @@ pub struct NetcheckReport {
     pub notes: Vec<String>,
     /// The gateway probe; None when it was not asked for.
     pub portmap: Option<GatewayProbe>,
+    /// How the NAT allocates ports; None when it was not tested.
+    pub port_allocation: Option<PortAllocationReport>,
 }
 
 /// Progress of a running netcheck. New variants may be added in any release (not a
@@ -287,6 +327,7 @@ impl NetcheckReport {
                 .collect(),
             notes,
             portmap,
+            port_allocation: r.port_allocation.map(Into::into),
         }
     }
 }

@@ -21,6 +21,7 @@ struct Got {
     mapping: String,
     filtering: String,
     hairpinning: String,
+    port_allocation: String,
     rtt_ms: Option<f64>,
     raw: String,
     error: Option<String>,
@@ -77,6 +78,10 @@ fn netcheck(lab: &Lab, host: &Host, server: &str) -> Got {
                 Value::Null => "null".to_owned(),
                 other => other.to_string(),
             };
+            got.port_allocation = v["port_allocation"]["kind"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
             got.rtt_ms = v["servers"][0]["rtt_ms"].as_f64();
         }
         Err(e) => got.error = Some(format!("output is not JSON ({e})")),
@@ -113,6 +118,12 @@ fn check(case: &Case, got: &Got, mapping_only: bool) -> Vec<String> {
         if got.udp != Some(false) {
             bad.push(format!("udp {:?}, expected false", got.udp));
         }
+        if !mapping_only && got.port_allocation != case.expect.port_allocation {
+            bad.push(format!(
+                "port allocation {} != expected {}",
+                got.port_allocation, case.expect.port_allocation
+            ));
+        }
         return bad;
     }
     if got.exit != Some(0) {
@@ -127,6 +138,12 @@ fn check(case: &Case, got: &Got, mapping_only: bool) -> Vec<String> {
         }
         if got.hairpinning != h {
             bad.push(format!("hairpinning {} != expected {h}", got.hairpinning));
+        }
+        if got.port_allocation != case.expect.port_allocation {
+            bad.push(format!(
+                "port allocation {} != expected {}",
+                got.port_allocation, case.expect.port_allocation
+            ));
         }
     }
     bad
@@ -207,18 +224,19 @@ fn nat_matrix_netcheck_against_pinhole_serve_and_coturn() {
     );
     let _ = writeln!(
         table,
-        "{:<16} {:<w$} | {:<9} {:<9} {:<11} {:>7} | {:<10} {:<9} {:<11}",
+        "{:<16} {:<w$} | {:<9} {:<9} {:<11} {:<15} {:>7} | {:<10} {:<9} {:<11}",
         "case",
         "NAT",
         "mapping",
         "filtering",
         "hairpin",
+        "ports",
         "rtt ms",
         "coturn:map",
         "filtering",
         "hairpin"
     );
-    let _ = writeln!(table, "{}", "-".repeat(w + 100));
+    let _ = writeln!(table, "{}", "-".repeat(w + 116));
     let mut failures = String::new();
     for (case, (ours, theirs)) in cases.iter().zip(&results) {
         let (m, f, h) = expected_strings(case);
@@ -236,6 +254,7 @@ fn nat_matrix_netcheck_against_pinhole_serve_and_coturn() {
             };
             (udp.to_owned(), "-".to_owned(), "-".to_owned())
         };
+        let ports = cell(case.expect.port_allocation, &ours.port_allocation);
         let rtt = ours.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.1}"));
         let (tm, tf, th) = match theirs {
             Some(t) => (
@@ -247,12 +266,13 @@ fn nat_matrix_netcheck_against_pinhole_serve_and_coturn() {
         };
         let _ = writeln!(
             table,
-            "{:<16} {:<w$} | {:<9} {:<9} {:<11} {:>7} | {:<10} {:<9} {:<11}",
+            "{:<16} {:<w$} | {:<9} {:<9} {:<11} {:<15} {:>7} | {:<10} {:<9} {:<11}",
             case.name,
             case.describe(),
             om,
             of,
             oh,
+            ports,
             rtt,
             tm,
             tf,

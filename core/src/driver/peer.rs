@@ -471,6 +471,22 @@ impl PeerConnection {
         self.shared.lock().peer.pacing_ms()
     }
 
+    /// How our NAT allocates ports, from gathering ([`Peer::port_allocation`]): for
+    /// `a=x-pinhole-port-allocation` once [`PeerConnectionEvent::GatheringComplete`] came.
+    pub fn port_allocation(&self) -> Option<crate::netcheck::PortAllocation> {
+        self.shared.lock().peer.port_allocation()
+    }
+
+    /// The peer's `a=x-pinhole-port-allocation`: a sequential one turns on port
+    /// prediction ([`Peer::set_remote_port_allocation`]).
+    pub fn set_remote_port_allocation(&self, allocation: crate::netcheck::PortAllocation) {
+        self.shared
+            .lock()
+            .peer
+            .set_remote_port_allocation(allocation);
+        self.shared.task_wake.notify_one();
+    }
+
     /// Closes the connection: stops its task and, when the socket was mapped through the
     /// gateway, deletes the mapping and waits for the gateway's answer (bounded: a few
     /// seconds at most). Dropping the connection instead deletes the mapping in the

@@ -21,6 +21,16 @@
 //! - Consent (RFC 7675 §5.1): a check on the selected pair every 4–6 s; without an answer
 //!   for [`IceConfig::consent_timeout`] the pair is dropped and the agent moves to another
 //!   valid pair or reports [`IceState::Disconnected`]. These checks are also its keepalives.
+//! - **Port prediction**: when the peer says its NAT allocates ports sequentially
+//!   ([`IceAgent::set_remote_port_allocation`], from pinhole's
+//!   `a=x-pinhole-port-allocation` attribute), each of its server-reflexive candidates
+//!   brings up to [`IceConfig::predicted_ports`] predicted ones (the next ports by its
+//!   step), peer-reflexive in kind and ranked just below the candidate they come from,
+//!   paired with our host and server-reflexive candidates only. Behind an
+//!   endpoint-dependent mapping the peer's checks to us leave from a new port, which is
+//!   one of those: our checks to it open our filter for the peer's checks and answer
+//!   them, and the ordinary machinery (triggered checks, peer-reflexive candidates) does
+//!   the rest. Wrong guesses are a few unanswered checks.
 //! - Security: requests without the right USERNAME and MESSAGE-INTEGRITY are dropped
 //!   silently; remote candidates (trickled or peer-reflexive) and pairs are bounded; role
 //!   conflicts are repaired per RFC 8445 §7.3.1.1, at most a few times per pair. The
@@ -149,7 +159,16 @@ pub struct IceConfig {
     /// Consent is the peer's checks arriving (a lite agent sends none). Offer only host
     /// candidates and `a=ice-lite` in the description. Off by default.
     pub lite: bool,
+    /// Predicted candidates per server-reflexive candidate of a peer whose NAT allocates
+    /// ports sequentially (see the module docs); default 8, at most
+    /// [`MAX_PREDICTED_PORTS`]. 0 turns prediction off.
+    pub predicted_ports: usize,
 }
+
+/// The most predicted candidates per server-reflexive candidate of the peer, and in all
+/// twice that: each is a pair or two to check, and a wrong guess costs a check's
+/// retransmissions.
+pub const MAX_PREDICTED_PORTS: usize = 8;
 
 impl Default for IceConfig {
     fn default() -> Self {
@@ -162,6 +181,7 @@ impl Default for IceConfig {
             max_remote_candidates: 64,
             max_pairs: 100,
             lite: false,
+            predicted_ports: MAX_PREDICTED_PORTS,
         }
     }
 }
@@ -278,6 +298,10 @@ pub struct IceAgent {
     remotes: Vec<Candidate>,
     /// For each remote candidate: the local base it was learned on, if peer-reflexive.
     learned_on: Vec<Option<SocketAddr>>,
+    /// The peer's NAT's step between new mappings, when it allocates sequentially.
+    remote_step: Option<i32>,
+    /// The remote candidates that are predictions (not signalled, not learned).
+    predicted: Vec<SocketAddr>,
     remote_done: bool,
     /// Our gathering is over: without it, no pairs yet means "wait", not "failed".
     local_done: bool,
@@ -344,6 +368,8 @@ impl IceAgent {
             locals: Vec::new(),
             remotes: Vec::new(),
             learned_on: Vec::new(),
+            remote_step: None,
+            predicted: Vec::new(),
             remote_done: false,
             local_done: false,
             pairs: Vec::new(),
@@ -464,10 +490,16 @@ impl IceAgent {
         {
             return false;
         }
+        let relayed = candidate.kind == CandidateKind::Relayed;
         self.locals.push(Local { candidate, base });
         let l = self.locals.len() - 1;
         for r in 0..self.remotes.len() {
-            self.pair_up(l, r);
+            let predicted = self.remotes[r]
+                .socket_addr()
+                .is_some_and(|a| self.predicted.contains(&a));
+            if !(relayed && predicted) {
+                self.pair_up(l, r);
+            }
         }
         self.schedule_checks_now();
         true
@@ -515,19 +547,107 @@ impl IceAgent {
             }
             return false;
         }
-        let signalled = self.learned_on.iter().filter(|l| l.is_none()).count();
+        let signalled = self.learned_on.iter().filter(|l| l.is_none()).count()
+            - self
+                .remotes
+                .iter()
+                .filter(|c| c.socket_addr().is_some_and(|a| self.predicted.contains(&a)))
+                .count();
         if signalled >= self.config.max_remote_candidates {
             debug!("remote candidate beyond the limit ignored");
             return false;
         }
+        let srflx = candidate.kind == CandidateKind::ServerReflexive;
         self.remotes.push(candidate);
         self.learned_on.push(None);
         let r = self.remotes.len() - 1;
         for l in 0..self.locals.len() {
             self.pair_up(l, r);
         }
+        if srflx {
+            self.predict_from(r);
+        }
         self.schedule_checks_now();
         true
+    }
+
+    /// How the peer's NAT allocates external ports, as the peer says (pinhole's
+    /// `a=x-pinhole-port-allocation`). A sequential allocation turns on port prediction
+    /// for its server-reflexive candidates, those known and those to come (see the module
+    /// docs); any other kind turns it off for the candidates to come.
+    pub fn set_remote_port_allocation(&mut self, allocation: crate::netcheck::PortAllocation) {
+        self.remote_step = allocation
+            .delta()
+            .filter(|d| *d != 0 && d.abs() <= crate::netcheck::MAX_SEQUENTIAL_STEP);
+        if self.remote_step.is_none() {
+            return;
+        }
+        let srflx: Vec<usize> = (0..self.remotes.len())
+            .filter(|r| {
+                self.remotes[*r].kind == CandidateKind::ServerReflexive
+                    && self.learned_on[*r].is_none()
+            })
+            .collect();
+        for r in srflx {
+            self.predict_from(r);
+        }
+        self.schedule_checks_now();
+    }
+
+    /// The predicted remote candidates so far.
+    pub fn predicted_candidates(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.predicted.iter().copied()
+    }
+
+    /// Adds the predicted candidates of the peer's server-reflexive candidate `r`: the
+    /// next ports by the peer's step, ranked just below it.
+    fn predict_from(&mut self, r: usize) {
+        let Some(step) = self.remote_step else { return };
+        let Some(from) = self.remotes[r].socket_addr() else {
+            return;
+        };
+        let per = self.config.predicted_ports.min(MAX_PREDICTED_PORTS);
+        let base_priority = self.remotes[r].priority;
+        let component = self.remotes[r].component;
+        for k in 1..=per {
+            if self.predicted.len() >= 2 * MAX_PREDICTED_PORTS {
+                return;
+            }
+            let Ok(k32) = i32::try_from(k) else { return };
+            let port = i32::from(from.port()) + step * k32;
+            let Ok(port) = u16::try_from(port) else {
+                return;
+            };
+            if port == 0 {
+                return;
+            }
+            let addr = SocketAddr::new(from.ip(), port);
+            if self.remotes.iter().any(|c| c.socket_addr() == Some(addr)) {
+                continue;
+            }
+            let mut c = Candidate::new(
+                CandidateKind::PeerReflexive,
+                CandidateTransport::Udp,
+                addr,
+                addr.ip(),
+                None,
+                0,
+            );
+            c.component = component;
+            c.priority = base_priority.saturating_sub(u32::try_from(k).unwrap_or(u32::MAX));
+            debug!(%addr, "predicted remote candidate");
+            self.predicted.push(addr);
+            self.remotes.push(c);
+            self.learned_on.push(None);
+            let pr = self.remotes.len() - 1;
+            // Our checks from a relay leave from the relay server, whose mapping on the
+            // peer's NAT is not the one predicted.
+            for l in 0..self.locals.len() {
+                if self.locals[l].candidate.kind != CandidateKind::Relayed {
+                    self.pair_up(l, pr);
+                }
+            }
+        }
     }
 
     /// Our own gathering is over (every local candidate was added). Until then the agent
@@ -559,6 +679,7 @@ impl IceAgent {
         self.previous_path = self.selected();
         self.remotes.clear();
         self.learned_on.clear();
+        self.predicted.clear();
         self.pairs.clear();
         self.triggered.clear();
         self.selected = None;

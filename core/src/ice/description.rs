@@ -1,5 +1,8 @@
 //! An ICE description as RFC 8839 SDP attribute lines: `a=ice-ufrag`, `a=ice-pwd`,
-//! `a=ice-options`, `a=ice-pacing`, `a=ice-lite`, `a=candidate`, `a=end-of-candidates`.
+//! `a=ice-options`, `a=ice-pacing`, `a=ice-lite`, `a=candidate`, `a=end-of-candidates`,
+//! and pinhole's own `a=x-pinhole-port-allocation` (how the side's NAT allocates ports:
+//! `sequential 1`, `preserving`, `random`; for port prediction), which other
+//! implementations ignore as any unknown attribute.
 //!
 //! This is what pinhole's peers exchange through signalling. A whole SDP (libnice's, a
 //! browser's) is accepted too: lines that are not ICE attributes are ignored, and so are
@@ -48,6 +51,9 @@ pub struct IceDescription {
     pub pacing_ms: Option<u32>,
     /// `a=ice-lite`: the peer is a lite implementation (RFC 8445 §2.5).
     pub lite: bool,
+    /// `a=x-pinhole-port-allocation` ([`crate::netcheck::PortAllocation::parse_attribute`]):
+    /// how this side's NAT allocates ports. A value not understood is ignored.
+    pub port_allocation: Option<crate::netcheck::PortAllocation>,
     /// The candidates.
     pub candidates: Vec<Candidate>,
     /// `a=end-of-candidates` (RFC 8838 §8.2): no more will be trickled.
@@ -64,6 +70,9 @@ pub struct Parsed {
     /// Candidates beyond [`MAX_CANDIDATES`], ignored.
     pub over_limit: usize,
 }
+
+/// pinhole's attribute for a side's port allocation (see the module docs).
+pub const PORT_ALLOCATION_ATTRIBUTE: &str = "x-pinhole-port-allocation";
 
 fn ice_chars(s: &str, min: usize) -> bool {
     (min..=256).contains(&s.len())
@@ -128,6 +137,11 @@ impl IceDescription {
                     }
                 }
                 "ice-lite" => out.description.lite = true,
+                PORT_ALLOCATION_ATTRIBUTE => {
+                    if let Some(a) = crate::netcheck::PortAllocation::parse_attribute(value) {
+                        out.description.port_allocation = Some(a);
+                    }
+                }
                 "end-of-candidates" => out.description.end_of_candidates = true,
                 "candidate" => {
                     if out.description.candidates.len() >= MAX_CANDIDATES {
@@ -165,6 +179,9 @@ impl fmt::Display for IceDescription {
         }
         if self.lite {
             f.write_str("a=ice-lite\r\n")?;
+        }
+        if let Some(v) = self.port_allocation.and_then(|a| a.to_attribute()) {
+            write!(f, "a={PORT_ALLOCATION_ATTRIBUTE}:{v}\r\n")?;
         }
         for c in &self.candidates {
             write!(f, "a={c}\r\n")?;
@@ -282,5 +299,26 @@ a=end-of-candidates\r\n";
         let p = IceDescription::parse(&format!("{base}a=ice-pacing:fast\n")).unwrap();
         assert_eq!(p.description.pacing_ms, None);
         assert!(!p.description.to_string().contains("ice-pacing"));
+    }
+
+    #[test]
+    fn port_allocation_is_read_tolerantly_and_written() {
+        use crate::netcheck::PortAllocation;
+        let base = "a=ice-ufrag:abcd\na=ice-pwd:0123456789012345678901\n";
+        let p = IceDescription::parse(&format!("{base}a=x-pinhole-port-allocation:sequential 2\n"))
+            .unwrap();
+        assert_eq!(
+            p.description.port_allocation,
+            Some(PortAllocation::Sequential { delta: 2 })
+        );
+        let again = IceDescription::parse(&p.description.to_string()).unwrap();
+        assert_eq!(again.description, p.description);
+        // Not understood: ignored, not a failed description.
+        for bad in ["sequential", "sequential 99999", "fancy 3", ""] {
+            let p = IceDescription::parse(&format!("{base}a=x-pinhole-port-allocation:{bad}\n"))
+                .unwrap();
+            assert_eq!(p.description.port_allocation, None, "{bad:?}");
+            assert!(!p.description.to_string().contains("x-pinhole"));
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! ICE (RFC 8445) building blocks: candidates with their priorities and foundations, and
 //! descriptions as RFC 8839 SDP attribute lines. The agent itself builds on these; it
-//! depends on [`crate::stun`] only, never on TURN (relayed candidates are ordinary local
+//! depends on [`crate::stun`] (and on [`crate::netcheck::PortAllocation`], the peer's port
+//! allocation it predicts from), never on TURN (relayed candidates are ordinary local
 //! candidates to it).
 
 mod agent;
@@ -8,8 +9,8 @@ mod candidate;
 mod description;
 
 pub use agent::{
-    IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, IceState, MAX_REMOTE_TA, MIN_TA,
-    pair_priority,
+    IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, IceState, MAX_PREDICTED_PORTS,
+    MAX_REMOTE_TA, MIN_TA, pair_priority,
 };
 
 pub use candidate::{
@@ -17,5 +18,6 @@ pub use candidate::{
     MAX_FOUNDATION_LEN, MAX_FQDN_LEN, MAX_LINE_LEN, TcpType, foundation, priority,
 };
 pub use description::{
-    DescriptionError, IceDescription, MAX_CANDIDATES, MAX_DESCRIPTION_LEN, Parsed,
+    DescriptionError, IceDescription, MAX_CANDIDATES, MAX_DESCRIPTION_LEN,
+    PORT_ALLOCATION_ATTRIBUTE, Parsed,
 };

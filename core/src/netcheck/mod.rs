@@ -16,6 +16,12 @@
 //!   "IP and port" and "port only" at once.
 //! - **Hairpinning** (§4.5): a Binding request from the mapping socket to its own mapped
 //!   address; receiving it means the NAT hairpins.
+//! - **Port allocation**: from [`NetcheckConfig::port_allocation_probes`] fresh sockets,
+//!   one after the other, a Binding request each, to the reflectors that answered in
+//!   turn: each makes a new mapping, so the external ports show how the NAT picks them —
+//!   the local port kept (*preserving*), the previous one plus a small step
+//!   (*sequential*, what port prediction needs), or neither (*random*). See
+//!   [`classify_port_allocation`].
 //! - **Binding lifetime** (§4.6), opt-in because it takes minutes: one socket per probed
 //!   interval binds at once; after the interval another socket asks the server, with
 //!   RESPONSE-PORT, to answer to the first socket's mapping. All intervals run in parallel.
@@ -48,6 +54,17 @@ pub const PROBE_TRANSMITS: u32 = 4;
 pub const PROBE_LAST_WAIT: u32 = 5;
 /// The default overall budget of a netcheck without lifetime discovery.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(10);
+/// Fresh sockets (one Binding request each) that port-allocation discovery uses by
+/// default: four steps between five new mappings.
+pub const DEFAULT_PORT_ALLOCATION_PROBES: usize = 5;
+/// Fewer answered port-allocation probes than this are not enough evidence: the kind is
+/// reported [`PortAllocation::Unknown`].
+pub const MIN_PORT_ALLOCATION_SAMPLES: usize = 3;
+/// The largest step between consecutive new mappings that still counts as sequential
+/// allocation: other hosts behind the NAT take ports between ours (a gap), and a random
+/// allocator makes a step this small only about once in 500 (64 × 2 of 64 512 ports).
+pub const MAX_SEQUENTIAL_STEP: i32 = 64;
+
 /// The intervals probed by binding-lifetime discovery when it is enabled.
 pub const DEFAULT_LIFETIME_PROBES: [Duration; 6] = [
     Duration::from_secs(10),
@@ -102,6 +119,10 @@ pub struct NetcheckConfig {
     pub lifetime_probes: Vec<Duration>,
     /// The overall budget: whatever is unresolved then is reported unknown.
     pub budget: Duration,
+    /// Port-allocation discovery: how many fresh sockets send one Binding request each
+    /// (default [`DEFAULT_PORT_ALLOCATION_PROBES`]); 0 disables it (then
+    /// [`Report::port_allocation`] is `None`, "not tested").
+    pub port_allocation_probes: usize,
 }
 
 impl Default for NetcheckConfig {
@@ -118,6 +139,7 @@ impl Default for NetcheckConfig {
             hairpinning: true,
             lifetime_probes: Vec::new(),
             budget: DEFAULT_BUDGET,
+            port_allocation_probes: DEFAULT_PORT_ALLOCATION_PROBES,
         }
     }
 }
@@ -132,9 +154,15 @@ impl NetcheckConfig {
     }
 
     /// How many local UDP sockets the driver must bind and pass to [`Prober::new`]:
-    /// the mapping socket, the filtering socket, and with lifetime discovery one per
-    /// interval plus one to send the RESPONSE-PORT probes from.
+    /// the mapping socket, the filtering socket, with lifetime discovery one per
+    /// interval plus one to send the RESPONSE-PORT probes from, then one per
+    /// port-allocation probe.
     pub fn sockets_needed(&self) -> usize {
+        self.allocation_socket_offset() + self.port_allocation_probes
+    }
+
+    /// The index of the first port-allocation socket among the locals.
+    fn allocation_socket_offset(&self) -> usize {
         2 + if self.lifetime_probes.is_empty() {
             0
         } else {
@@ -173,6 +201,134 @@ impl std::fmt::Display for Behaviour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// How a NAT picks the external port of a new mapping (RFC 4787 §4.2.1 port preservation;
+/// "sequential" in the hole-punching literature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PortAllocation {
+    /// The mapping keeps the local port (when it is free): also what no NAT looks like.
+    Preserving,
+    /// Each new mapping gets the previous one's port plus `delta` (other hosts' mappings
+    /// may come between): the ports of the next mappings can be predicted.
+    Sequential {
+        /// The step between consecutive mappings (the smallest one seen; may be negative).
+        delta: i32,
+    },
+    /// Neither: unpredictable.
+    Random,
+    /// Probed, but not enough answers to tell.
+    Unknown,
+}
+
+impl PortAllocation {
+    /// `preserving`, `sequential`, `random` or `unknown` (the `kind` of `--json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortAllocation::Preserving => "preserving",
+            PortAllocation::Sequential { .. } => "sequential",
+            PortAllocation::Random => "random",
+            PortAllocation::Unknown => "unknown",
+        }
+    }
+
+    /// The step of a sequential allocation.
+    pub fn delta(self) -> Option<i32> {
+        match self {
+            PortAllocation::Sequential { delta } => Some(delta),
+            _ => None,
+        }
+    }
+
+    /// The value of pinhole's `a=x-pinhole-port-allocation` attribute: `sequential 1`,
+    /// `preserving`, `random`; `None` for [`PortAllocation::Unknown`] (nothing to say).
+    pub fn to_attribute(self) -> Option<String> {
+        match self {
+            PortAllocation::Sequential { delta } => Some(format!("sequential {delta}")),
+            PortAllocation::Unknown => None,
+            other => Some(other.as_str().to_owned()),
+        }
+    }
+
+    /// Reads the value of `a=x-pinhole-port-allocation`, tolerantly: case does not matter,
+    /// words after the ones understood are ignored (room for later additions), and
+    /// anything not understood — an unknown kind, a sequential step that is not a number
+    /// or is 0 or larger than [`MAX_SEQUENTIAL_STEP`] — is `None`.
+    pub fn parse_attribute(value: &str) -> Option<Self> {
+        let mut words = value.split_ascii_whitespace();
+        let kind = words.next()?.to_ascii_lowercase();
+        match kind.as_str() {
+            "preserving" => Some(PortAllocation::Preserving),
+            "random" => Some(PortAllocation::Random),
+            "sequential" => {
+                let delta: i32 = words.next()?.parse().ok()?;
+                (delta != 0 && delta.abs() <= MAX_SEQUENTIAL_STEP)
+                    .then_some(PortAllocation::Sequential { delta })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PortAllocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortAllocation::Sequential { delta } => write!(f, "sequential (step {delta:+})"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// Classifies port allocation from new mappings, each `(local port, external port)`, in
+/// the order the NAT made them:
+/// - fewer than [`MIN_PORT_ALLOCATION_SAMPLES`]: [`PortAllocation::Unknown`];
+/// - more than half keep their local port: [`PortAllocation::Preserving`] (a port that
+///   was taken makes the NAT pick another for that one mapping);
+/// - else the steps between consecutive external ports, if [`sequential_step`] finds
+///   one: [`PortAllocation::Sequential`];
+/// - else [`PortAllocation::Random`].
+pub fn classify_port_allocation(samples: &[(u16, u16)]) -> PortAllocation {
+    if samples.len() < MIN_PORT_ALLOCATION_SAMPLES {
+        return PortAllocation::Unknown;
+    }
+    let preserved = samples.iter().filter(|(l, m)| l == m).count();
+    if preserved * 2 > samples.len() {
+        return PortAllocation::Preserving;
+    }
+    let ports: Vec<u16> = samples.iter().map(|(_, m)| *m).collect();
+    match sequential_step(&ports) {
+        Some(delta) => PortAllocation::Sequential { delta },
+        None => PortAllocation::Random,
+    }
+}
+
+/// The step of external ports allocated one after the other, when they look sequential:
+/// every step (all but one when there are four or more: a wrap-around, or a burst of
+/// other hosts' traffic) has the same sign and is at most [`MAX_SEQUENTIAL_STEP`] in
+/// size. The step is the smallest one seen (the others are gaps where other mappings
+/// came between). `None` for fewer than two ports, or ports that do not look sequential.
+pub fn sequential_step(ports: &[u16]) -> Option<i32> {
+    let steps: Vec<i32> = ports
+        .windows(2)
+        .map(|w| i32::from(w[1]) - i32::from(w[0]))
+        .collect();
+    if steps.is_empty() {
+        return None;
+    }
+    let small = |s: &i32| *s != 0 && s.abs() <= MAX_SEQUENTIAL_STEP;
+    let up = steps.iter().filter(|s| small(s) && **s > 0).count();
+    let down = steps.iter().filter(|s| small(s) && **s < 0).count();
+    let (count, sign) = if up >= down { (up, 1) } else { (down, -1) };
+    let outliers = if steps.len() >= 4 { 1 } else { 0 };
+    if count == 0 || count + outliers < steps.len() {
+        return None;
+    }
+    steps
+        .iter()
+        .filter(|s| small(s) && s.signum() == sign)
+        .map(|s| s.abs())
+        .min()
+        .map(|m| m * sign)
 }
 
 /// What one server told us.
@@ -219,6 +375,10 @@ pub struct Report {
     pub alg_rewrites: Option<bool>,
     /// The binding lifetime, when lifetime discovery ran.
     pub binding_lifetime: Option<LifetimeEstimate>,
+    /// How the NAT allocates external ports: `None` when not tested
+    /// ([`NetcheckConfig::port_allocation_probes`] 0), [`PortAllocation::Unknown`] when
+    /// too few probes were answered.
+    pub port_allocation: Option<PortAllocation>,
     /// The RFC 5780 server used for the behaviour tests.
     pub rfc5780_server: Option<String>,
     /// Per-server results.
@@ -239,6 +399,7 @@ impl Report {
             hairpinning: None,
             alg_rewrites: None,
             binding_lifetime: None,
+            port_allocation: None,
             rfc5780_server: None,
             servers: Vec::new(),
             notes,
@@ -270,6 +431,8 @@ pub enum NetcheckEvent {
     Filtering(Behaviour),
     /// Hairpinning is known.
     Hairpinning(bool),
+    /// Port allocation is known (or found unknowable).
+    PortAllocation(PortAllocation),
     /// A binding-lifetime probe (RFC 5780 §4.6) has its answer: after `idle` without
     /// traffic the binding was still `open`, or gone. Only with lifetime discovery.
     BindingLifetime {
@@ -293,6 +456,8 @@ enum Purpose {
     Hairpin,
     LifetimeBind(usize),
     LifetimeProbe(usize),
+    /// Port-allocation probe `i`, from its own fresh socket.
+    Allocation(usize),
 }
 
 #[derive(Debug, Default)]
@@ -331,6 +496,13 @@ pub struct Prober {
     hairpin: Option<bool>,
     lifetime: Vec<LifetimeSlot>,
     lifetime_server: Option<SocketAddr>,
+    /// Port-allocation probes started so far (they run one after the other).
+    alloc_started: usize,
+    /// Whether a port-allocation probe is in flight.
+    alloc_in_flight: bool,
+    /// `(local port, external port)` of each answered port-allocation probe, in order.
+    alloc_samples: Vec<(u16, u16)>,
+    port_allocation: Option<PortAllocation>,
     notes: Vec<String>,
     deadline: Instant,
     events: VecDeque<NetcheckEvent>,
@@ -384,6 +556,10 @@ impl Prober {
             hairpin_tid: None,
             hairpin: None,
             lifetime_server: None,
+            alloc_started: 0,
+            alloc_in_flight: false,
+            alloc_samples: Vec::new(),
+            port_allocation: None,
             notes: Vec::new(),
             events: VecDeque::new(),
             done: false,
@@ -543,7 +719,7 @@ impl Prober {
                     if msg.class() != Class::Success {
                         self.notes
                             .push(format!("{purpose:?}: error response from {}", resp.source));
-                        self.on_failure(purpose);
+                        self.on_failure(now, purpose);
                         continue;
                     }
                     let mapped = msg
@@ -559,7 +735,7 @@ impl Prober {
                 }
                 TransactionEvent::TimedOut { id, .. } => {
                     if let Some(purpose) = self.purposes.remove(&id) {
-                        self.on_failure(purpose);
+                        self.on_failure(now, purpose);
                     }
                 }
             }
@@ -607,6 +783,9 @@ impl Prober {
                 }
                 if self.lifetime_server.is_none() && !self.lifetime.is_empty() {
                     self.start_lifetime(now, server);
+                }
+                if self.alloc_started == 0 {
+                    self.next_allocation_probe(now);
                 }
             }
             Purpose::MapII => {
@@ -682,7 +861,7 @@ impl Prober {
                     self.notes.push(format!(
                         "the server answered a CHANGE-REQUEST from {source}, not {expected}"
                     ));
-                    self.on_failure(purpose);
+                    self.on_failure(now, purpose);
                     return;
                 }
                 if purpose == Purpose::FilterIpPort {
@@ -707,10 +886,79 @@ impl Prober {
                 self.lifetime[i].probe_at = Some(now + self.config.lifetime_probes[i]);
             }
             Purpose::LifetimeProbe(i) => self.set_lifetime(i, true),
+            Purpose::Allocation(i) => {
+                self.alloc_in_flight = false;
+                if let Some(m) = mapped {
+                    let local = self.locals[self.config.allocation_socket_offset() + i];
+                    self.alloc_samples.push((local.port(), m.port()));
+                }
+                self.next_allocation_probe(now);
+            }
         }
     }
 
-    fn on_failure(&mut self, purpose: Purpose) {
+    /// Starts the next port-allocation probe, or classifies once all have run. Probes run
+    /// one after the other so that the NAT makes their mappings in a known order; each
+    /// goes to the next reflector that answered (the servers, and an RFC 5780 server's
+    /// alternate address), in turn.
+    fn next_allocation_probe(&mut self, now: Instant) {
+        if self.alloc_in_flight || self.port_allocation.is_some() {
+            return;
+        }
+        let i = self.alloc_started;
+        if i >= self.config.port_allocation_probes {
+            if self.config.port_allocation_probes > 0 {
+                self.decide_port_allocation();
+            }
+            return;
+        }
+        let mut reflectors: Vec<SocketAddr> = self
+            .servers
+            .iter()
+            .zip(&self.config.servers)
+            .filter(|(s, _)| s.rtt.is_some())
+            .map(|(_, spec)| spec.addr)
+            .collect();
+        if let Some((_, other)) = self.rfc5780_addrs() {
+            reflectors.push(other);
+        }
+        let Some(dest) = reflectors.get(i % reflectors.len().max(1)).copied() else {
+            return;
+        };
+        self.alloc_started += 1;
+        let local = self.locals[self.config.allocation_socket_offset() + i];
+        self.alloc_in_flight = self
+            .try_send(
+                now,
+                Purpose::Allocation(i),
+                local,
+                dest,
+                ExpectFrom::Destination,
+                |_| Ok(()),
+            )
+            .is_some();
+        if !self.alloc_in_flight {
+            self.next_allocation_probe(now);
+        }
+    }
+
+    fn decide_port_allocation(&mut self) {
+        if self.port_allocation.is_some() {
+            return;
+        }
+        let kind = classify_port_allocation(&self.alloc_samples);
+        if kind == PortAllocation::Unknown {
+            self.notes.push(format!(
+                "port allocation: {} of {} probes answered, {MIN_PORT_ALLOCATION_SAMPLES} needed",
+                self.alloc_samples.len(),
+                self.config.port_allocation_probes
+            ));
+        }
+        self.port_allocation = Some(kind);
+        self.events.push_back(NetcheckEvent::PortAllocation(kind));
+    }
+
+    fn on_failure(&mut self, now: Instant, purpose: Purpose) {
         match purpose {
             Purpose::TestI(i) => {
                 self.servers[i].done = true;
@@ -748,6 +996,10 @@ impl Prober {
                 self.lifetime[i].mapped = None;
             }
             Purpose::LifetimeProbe(i) => self.set_lifetime(i, false),
+            Purpose::Allocation(_) => {
+                self.alloc_in_flight = false;
+                self.next_allocation_probe(now);
+            }
         }
     }
 
@@ -896,7 +1148,11 @@ impl Prober {
             .purposes
             .values()
             .any(|p| matches!(p, Purpose::LifetimeBind(_) | Purpose::LifetimeProbe(_)));
-        if behaviour_done && hairpin_done && lifetime_done && !lifetime_pending {
+        // Port allocation: decided, or never started because no server answered.
+        let allocation_done = self.config.port_allocation_probes == 0
+            || self.port_allocation.is_some()
+            || (self.alloc_started == 0 && self.servers.iter().all(|s| s.rtt.is_none()));
+        if behaviour_done && hairpin_done && lifetime_done && !lifetime_pending && allocation_done {
             self.finish();
         }
     }
@@ -980,9 +1236,19 @@ impl Prober {
                 less_than,
             }
         });
+        let port_allocation = (self.config.port_allocation_probes > 0).then(|| {
+            self.port_allocation.unwrap_or_else(|| {
+                let kind = classify_port_allocation(&self.alloc_samples);
+                if kind == PortAllocation::Unknown && udp {
+                    notes.push("port allocation: the probes did not finish".into());
+                }
+                kind
+            })
+        });
         Report {
             udp,
             public,
+            port_allocation,
             mapping,
             filtering,
             hairpinning: self.hairpin,

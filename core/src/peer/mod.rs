@@ -21,6 +21,13 @@
 //!
 //! Candidates are trickled: each one gathered comes out as [`PeerEvent::Candidate`] for
 //! the signalling channel; [`PeerEvent::GatheringComplete`] follows the last one.
+//!
+//! Port allocation: gathering asks every STUN server, then every TURN server over UDP,
+//! from the same socket, in that order; the addresses they saw tell how our NAT allocates
+//! ports ([`Peer::port_allocation`]): one external port for all (nothing to predict), or
+//! a new one per server, sequential or not. Sent to the peer (pinhole's
+//! `a=x-pinhole-port-allocation`), it lets the peer's agent predict the port our NAT
+//! gives our checks to it ([`Peer::set_remote_port_allocation`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -210,6 +217,10 @@ pub struct Peer {
     streams_pending: Vec<(TurnServerSpec, [u8; 32])>,
     /// The driver has not said yet whether the gateway mapped the socket.
     portmap_pending: bool,
+    /// What the servers saw of us, per request: (order sent, base, mapped address).
+    gathered: Vec<(usize, SocketAddr, SocketAddr)>,
+    /// The order each gathering request was sent in (STUN first, then TURN over UDP).
+    srflx_order: Vec<(TransactionId, usize)>,
     gathering_done: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
@@ -309,6 +320,8 @@ impl Peer {
             relays: Vec::new(),
             streams_pending: Vec::new(),
             portmap_pending: config.port_mapping && !config.relay_only && !config.ice.lite,
+            gathered: Vec::new(),
+            srflx_order: Vec::new(),
             gathering_done: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -343,7 +356,11 @@ impl Peer {
                         .stun
                         .start(now, Request::binding(base, server), |_| Ok(()))
                     {
-                        Ok(id) => p.srflx_pending.push((id, base)),
+                        Ok(id) => {
+                            let order = p.srflx_order.len();
+                            p.srflx_order.push((id, order));
+                            p.srflx_pending.push((id, base));
+                        }
                         Err(e) => debug!(error = %e, "cannot ask a STUN server"),
                     }
                 }
@@ -370,6 +387,56 @@ impl Peer {
         }
         p.check_gathering();
         p
+    }
+
+    /// How our NAT allocates ports, as far as gathering tells (see the module docs), for
+    /// the peer (pinhole's `a=x-pinhole-port-allocation`): from the first base that two
+    /// servers or more answered, the addresses the STUN and UDP TURN servers saw, in the
+    /// order they were asked.
+    /// `Some(Preserving)` when every server saw the base's own port, `Sequential` or
+    /// `Random` when they saw different ports, `None` when there is nothing to tell (one
+    /// server, or one external port other than the local one for all: endpoint-independent
+    /// mapping, nothing to predict). Complete once gathering is.
+    pub fn port_allocation(&self) -> Option<crate::netcheck::PortAllocation> {
+        use crate::netcheck::{PortAllocation, sequential_step};
+        // The first base (the primary first) that more than one server answered.
+        let samples = |base: SocketAddr| -> Vec<(usize, SocketAddr)> {
+            self.gathered
+                .iter()
+                .filter(|(_, b, m)| *b == base && m.is_ipv4() == base.is_ipv4())
+                .map(|(o, _, m)| (*o, *m))
+                .collect()
+        };
+        let (base, mut seen) = self
+            .bases
+            .iter()
+            .map(|b| (*b, samples(*b)))
+            .find(|(_, s)| s.len() >= 2)?;
+        seen.sort_by_key(|(o, _)| *o);
+        if seen.len() < 2 {
+            return None;
+        }
+        let mut ports: Vec<u16> = Vec::new();
+        for (_, m) in &seen {
+            if !ports.contains(&m.port()) {
+                ports.push(m.port());
+            }
+        }
+        match ports.as_slice() {
+            [one] if *one == base.port() => Some(PortAllocation::Preserving),
+            [_] => None,
+            _ => Some(match sequential_step(&ports) {
+                Some(delta) => PortAllocation::Sequential { delta },
+                None => PortAllocation::Random,
+            }),
+        }
+    }
+
+    /// How the peer's NAT allocates ports, as the peer says (pinhole's
+    /// `a=x-pinhole-port-allocation`): sequential allocation turns on port prediction
+    /// ([`IceAgent::set_remote_port_allocation`]).
+    pub fn set_remote_port_allocation(&mut self, allocation: crate::netcheck::PortAllocation) {
+        self.agent.set_remote_port_allocation(allocation);
     }
 
     /// The base to reach `to` from: the first of its family, else the primary.
@@ -655,6 +722,15 @@ impl Peer {
             };
             self.srflx_pending.retain(|(p, _)| *p != id);
             if let TransactionEvent::Response(r) = ev {
+                if let (Some(order), Ok(Some(m))) = (
+                    self.srflx_order
+                        .iter()
+                        .find(|(t, _)| *t == id)
+                        .map(|(_, o)| *o),
+                    r.message().get::<XorMappedAddress>(),
+                ) {
+                    self.gathered.push((order, base, m.0));
+                }
                 let mapped = r
                     .message()
                     .get::<XorMappedAddress>()
@@ -682,7 +758,15 @@ impl Peer {
         for i in 0..self.relays.len() {
             while let Some(ev) = self.relays[i].alloc.poll_event() {
                 match ev {
-                    AllocationEvent::Allocated { relayed, .. } => {
+                    AllocationEvent::Allocated {
+                        relayed, mapped, ..
+                    } => {
+                        if let (Some(m), crate::Protocol::Udp) = (mapped, self.relays[i].proto) {
+                            // After every STUN request: TURN allocations start after them.
+                            let order = self.srflx_order.len() + i;
+                            let base = self.relays[i].alloc.local();
+                            self.gathered.push((order, base, m));
+                        }
                         let Some(r) = relayed.first().copied() else {
                             continue;
                         };

@@ -29,6 +29,9 @@ struct World {
     turn: TurnServer,
     next_relay_port: u16,
     sides: [Side; 2],
+    /// Signal each side's port allocation ([`Peer::port_allocation`]) with its
+    /// end-of-candidates, as `pinhole connect` does.
+    share_allocation: bool,
 }
 
 impl World {
@@ -97,6 +100,7 @@ impl World {
             turn,
             next_relay_port: 49152,
             sides,
+            share_allocation: false,
         };
         let creds = [0, 1].map(|i| w.sides[i].peer.local_credentials().clone());
         for i in 0..2 {
@@ -115,6 +119,13 @@ impl World {
                         self.sides[1 - i].peer.add_remote_candidate(self.now, c);
                     }
                     PeerEvent::GatheringComplete => {
+                        if let Some(a) = self.sides[i]
+                            .peer
+                            .port_allocation()
+                            .filter(|_| self.share_allocation)
+                        {
+                            self.sides[1 - i].peer.set_remote_port_allocation(a);
+                        }
                         self.sides[1 - i].peer.end_of_remote_candidates();
                     }
                     _ => {}
@@ -810,4 +821,130 @@ fn an_unanswered_gathering_request_ends_gathering_within_three_seconds() {
     assert!(took <= Duration::from_millis(2_750), "{took:?}");
     // Two bases, one server, four transmissions each.
     assert_eq!(requests, 8);
+}
+
+/// Port prediction (issue 13): a side behind an endpoint-dependent mapping with
+/// sequential ports, against one behind endpoint-independent mapping with
+/// address-and-port-dependent filtering. Plain ICE relays that cell; with the hard side's
+/// port allocation signalled, the easy side predicts the port the hard side's NAT gives
+/// its checks and the two go direct. Both orientations (hard side controlling or not),
+/// steps 1 and 2, and 20 network seeds each; the easy cells do not change.
+#[test]
+fn sequential_nat_goes_direct_with_prediction_and_relays_without() {
+    use crate::netcheck::PortAllocation as Kind;
+    use crate::sim::PortAllocation;
+    let easy = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let mut table = String::new();
+    let (mut with_direct, mut without_direct, mut trials) = (0, 0, 0);
+    for step in [1u16, 2] {
+        let hard = NatConfig {
+            allocation: PortAllocation::Sequential(step),
+            ..NatConfig::new(
+                Behaviour::AddressAndPortDependent,
+                Behaviour::AddressAndPortDependent,
+            )
+        };
+        for hard_side in [0usize, 1] {
+            for seed in 0..20u64 {
+                let mut nats = [Some(easy), Some(easy)];
+                nats[hard_side] = Some(hard);
+                let mut outcome = [false; 2];
+                for (k, predict) in [false, true].into_iter().enumerate() {
+                    let cfg = PeerConfig::default();
+                    let mut w =
+                        World::seeded([cfg.clone(), cfg], nats, Conditions::default(), seed);
+                    w.share_allocation = predict;
+                    assert!(w.connect(Duration::from_secs(20)), "seed {seed}");
+                    w.run_for(Duration::from_secs(5));
+                    // What the hard side learned of its NAT from gathering.
+                    assert_eq!(
+                        w.sides[hard_side].peer.port_allocation(),
+                        Some(Kind::Sequential {
+                            delta: i32::from(step)
+                        }),
+                        "seed {seed}"
+                    );
+                    // The easy side keeps its port for every server: nothing to predict.
+                    assert_eq!(
+                        w.sides[1 - hard_side].peer.port_allocation(),
+                        Some(Kind::Preserving)
+                    );
+                    let predicted = w.sides[1 - hard_side]
+                        .peer
+                        .agent()
+                        .predicted_candidates()
+                        .count();
+                    assert_eq!(predicted, if predict { MAX_PREDICTED } else { 0 });
+                    assert!(w.data_flows(0) && w.data_flows(1), "seed {seed}");
+                    outcome[k] = w.relayed() == [Some(false), Some(false)];
+                }
+                trials += 1;
+                with_direct += usize::from(outcome[1]);
+                without_direct += usize::from(outcome[0]);
+                table.push_str(&format!(
+                    "step {step}, hard side {hard_side}, seed {seed}: without {}, with {}\n",
+                    if outcome[0] { "direct" } else { "relay" },
+                    if outcome[1] { "direct" } else { "relay" }
+                ));
+            }
+        }
+    }
+    println!(
+        "{table}direct with prediction {with_direct}/{trials}, without {without_direct}/{trials}"
+    );
+    assert_eq!(without_direct, 0, "{table}");
+    assert_eq!(with_direct, trials, "{table}");
+}
+
+const MAX_PREDICTED: usize = crate::ice::MAX_PREDICTED_PORTS;
+
+/// The easy cells with port allocation signalled: nothing is predicted (no side is
+/// sequential: one port for every server, the local one), and the paths are those of
+/// plain ICE.
+#[test]
+fn prediction_changes_nothing_in_the_easy_cells() {
+    let eim = |f| NatConfig::new(Behaviour::EndpointIndependent, f);
+    for (x, y) in [
+        (
+            eim(Behaviour::EndpointIndependent),
+            eim(Behaviour::AddressAndPortDependent),
+        ),
+        (
+            eim(Behaviour::AddressAndPortDependent),
+            eim(Behaviour::AddressAndPortDependent),
+        ),
+        (
+            eim(Behaviour::AddressDependent),
+            eim(Behaviour::AddressDependent),
+        ),
+    ] {
+        let mut w = World::new(
+            [Some(x), Some(y)],
+            Conditions::default(),
+            PeerConfig::default(),
+        );
+        w.share_allocation = true;
+        assert!(w.connect(Duration::from_secs(20)));
+        w.run_for(Duration::from_secs(2));
+        for s in &w.sides {
+            assert_eq!(
+                s.peer.port_allocation(),
+                Some(crate::netcheck::PortAllocation::Preserving)
+            );
+            assert_eq!(s.peer.agent().predicted_candidates().count(), 0);
+        }
+        assert_eq!(w.relayed(), [Some(false), Some(false)]);
+    }
+    // No NAT at all: every server sees the local port.
+    let mut w = World::new([None, None], Conditions::default(), PeerConfig::default());
+    w.share_allocation = true;
+    assert!(w.connect(Duration::from_secs(20)));
+    assert_eq!(
+        w.sides[0].peer.port_allocation(),
+        Some(crate::netcheck::PortAllocation::Preserving)
+    );
+    assert_eq!(w.sides[1].peer.agent().predicted_candidates().count(), 0);
 }

@@ -73,6 +73,19 @@ pub const PINHOLE_BEHAVIOUR_ADDRESS_DEPENDENT: pinhole_behaviour = 2;
 /// Address-and-port-dependent.
 pub const PINHOLE_BEHAVIOUR_ADDRESS_AND_PORT_DEPENDENT: pinhole_behaviour = 3;
 
+/// How a NAT allocates external ports: `PINHOLE_PORT_ALLOCATION_*`.
+pub type pinhole_port_allocation = c_int;
+/// Not tested.
+pub const PINHOLE_PORT_ALLOCATION_NOT_TESTED: pinhole_port_allocation = 0;
+/// Tested, but too few answers to tell.
+pub const PINHOLE_PORT_ALLOCATION_UNKNOWN: pinhole_port_allocation = 1;
+/// The local port is kept (also what no NAT looks like).
+pub const PINHOLE_PORT_ALLOCATION_PRESERVING: pinhole_port_allocation = 2;
+/// Each new mapping gets the previous one's port plus a step (`port_allocation_delta`).
+pub const PINHOLE_PORT_ALLOCATION_SEQUENTIAL: pinhole_port_allocation = 3;
+/// Unpredictable.
+pub const PINHOLE_PORT_ALLOCATION_RANDOM: pinhole_port_allocation = 4;
+
 /// What a netcheck progress event says: `PINHOLE_NETCHECK_EVENT_*`.
 pub type pinhole_netcheck_event_kind = c_int;
 /// A server answered (`server`, `mapped`, `rtt_us`).

@@ -14,7 +14,10 @@ use super::{
 use crate::error::PinholeError;
 use crate::ops::NetcheckPlan;
 use crate::task::Task;
-use crate::types::{GatewayProbe, NatBehaviour, NetcheckConfig, NetcheckProgress, NetcheckReport};
+use crate::types::{
+    GatewayProbe, NatBehaviour, NetcheckConfig, NetcheckProgress, NetcheckReport,
+    PortAllocationKind,
+};
 
 /// A running netcheck (opaque).
 ///
@@ -128,6 +131,10 @@ pub struct pinhole_netcheck_report {
     pub note_count: usize,
     /// The gateway probe.
     pub portmap: pinhole_gateway_probe,
+    /// How the NAT allocates external ports (appended: read it from a library that has it).
+    pub port_allocation: pinhole_port_allocation,
+    /// `PINHOLE_PORT_ALLOCATION_SEQUENTIAL`: the step between new mappings; else 0.
+    pub port_allocation_delta: i32,
 }
 
 /// Progress: called zero or more times before the done callback.
@@ -376,6 +383,14 @@ impl CReport {
             notes: notes.as_ptr(),
             note_count: notes.len(),
             portmap,
+            port_allocation: match r.port_allocation.map(|a| a.kind) {
+                None => PINHOLE_PORT_ALLOCATION_NOT_TESTED,
+                Some(PortAllocationKind::Unknown) => PINHOLE_PORT_ALLOCATION_UNKNOWN,
+                Some(PortAllocationKind::Preserving) => PINHOLE_PORT_ALLOCATION_PRESERVING,
+                Some(PortAllocationKind::Sequential) => PINHOLE_PORT_ALLOCATION_SEQUENTIAL,
+                Some(PortAllocationKind::Random) => PINHOLE_PORT_ALLOCATION_RANDOM,
+            },
+            port_allocation_delta: r.port_allocation.and_then(|a| a.delta).unwrap_or(0),
         };
         CReport {
             _strings: strings,

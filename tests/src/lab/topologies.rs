@@ -21,6 +21,11 @@ pub struct Expected {
     pub filtering: Option<Behaviour>,
     /// Whether the NAT hairpins.
     pub hairpinning: Option<bool>,
+    /// How the NAT allocates ports to new mappings, as netcheck's `port_allocation.kind`
+    /// says it: `preserving` (masquerade keeps a free port), `random` (`masquerade
+    /// random`, and a chain with a random NAT in it), `unknown` without UDP. The lab's
+    /// Linux NATs cannot allocate sequentially (the virtual network tests that kind).
+    pub port_allocation: &'static str,
 }
 
 impl Expected {
@@ -30,7 +35,14 @@ impl Expected {
             mapping: Some(mapping),
             filtering: Some(filtering),
             hairpinning: Some(hairpinning),
+            port_allocation: "preserving",
         }
+    }
+
+    /// With random port allocation expected.
+    const fn random(mut self) -> Self {
+        self.port_allocation = "random";
+        self
     }
 }
 
@@ -75,7 +87,7 @@ pub fn matrix() -> Vec<Case> {
         Case::single(
             "full-cone",
             NatConfig::full_cone().random_ports().hairpinning(true),
-            Expected::nat(Ei, Ei, true),
+            Expected::nat(Ei, Ei, true).random(),
         ),
         Case::single(
             "full-cone-nohp",
@@ -97,17 +109,17 @@ pub fn matrix() -> Vec<Case> {
             NatConfig::port_restricted_cone()
                 .random_ports()
                 .hairpinning(true),
-            Expected::nat(Ei, Apd, true),
+            Expected::nat(Ei, Apd, true).random(),
         ),
         Case::single(
             "addr-dependent",
             NatConfig::new(Ad, Ad).random_ports(),
-            Expected::nat(Ad, Ad, false),
+            Expected::nat(Ad, Ad, false).random(),
         ),
         Case::single(
             "symmetric",
             NatConfig::symmetric(),
-            Expected::nat(Apd, Apd, false),
+            Expected::nat(Apd, Apd, false).random(),
         ),
         Case::single(
             "symmetric-pres",
@@ -117,7 +129,7 @@ pub fn matrix() -> Vec<Case> {
         Case::single(
             "symmetric-hp",
             NatConfig::symmetric().hairpinning(true),
-            Expected::nat(Apd, Apd, true),
+            Expected::nat(Apd, Apd, true).random(),
         ),
         Case::single(
             "lossy-5pct",
@@ -137,6 +149,7 @@ pub fn matrix() -> Vec<Case> {
                 mapping: None,
                 filtering: None,
                 hairpinning: None,
+                port_allocation: "unknown",
             },
         ),
         Case {
@@ -145,12 +158,12 @@ pub fn matrix() -> Vec<Case> {
                 NatConfig::full_cone().random_ports().hairpinning(true),
                 NatConfig::restricted_cone(),
             ],
-            expect: Expected::nat(Ei, Ad, true),
+            expect: Expected::nat(Ei, Ad, true).random(),
         },
         Case {
             name: "cgnat-symmetric",
             nats: vec![NatConfig::symmetric(), NatConfig::full_cone()],
-            expect: Expected::nat(Apd, Apd, false),
+            expect: Expected::nat(Apd, Apd, false).random(),
         },
     ]
 }
@@ -194,5 +207,26 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), m.len());
         assert!(m.iter().all(|c| c.name.len() <= 16));
+    }
+
+    /// The expected port allocation follows from the NATs: random when any NAT of the
+    /// chain is, unknown without UDP, else preserving.
+    #[test]
+    fn expected_port_allocation_follows_the_nats() {
+        use super::super::nat::PortAllocation;
+        for c in matrix() {
+            let want = if !c.expect.udp {
+                "unknown"
+            } else if c
+                .nats
+                .iter()
+                .any(|n| n.allocation == PortAllocation::Random)
+            {
+                "random"
+            } else {
+                "preserving"
+            };
+            assert_eq!(c.expect.port_allocation, want, "{}", c.name);
+        }
     }
 }

@@ -198,6 +198,7 @@ func checkLoopback(_ r: NetcheckReport, _ what: String) {
     XCTAssertEqual(r.filtering, .endpointIndependent, what)
     XCTAssertEqual(r.hairpinning, true, what)
     XCTAssertEqual(r.algRewrites, false, what)
+    XCTAssertEqual(r.portAllocation?.kind, .preserving, what)
     XCTAssertNil(r.bindingLifetime, what)
     XCTAssertNotNil(r.rfc5780Server, what)
     XCTAssertTrue(r.publicAddresses.first?.hasPrefix("127.0.0.1:") ?? false, what)

@@ -1070,3 +1070,73 @@ fn a_signalled_candidate_replacing_a_peer_reflexive_one_takes_its_priority_and_r
     assert_eq!(r.kind, CandidateKind::ServerReflexive, "{l:?} -> {r:?}");
     assert!(w.data_flows(0) && w.data_flows(1));
 }
+
+/// Port prediction's bounds: up to [`MAX_PREDICTED_PORTS`] candidates per
+/// server-reflexive candidate of the peer, by its step, never beyond the port range,
+/// twice that in all, none for a kind other than sequential, none paired with a relayed
+/// base; ranked just below the candidate they come from.
+#[test]
+fn predicted_candidates_are_bounded() {
+    use crate::netcheck::PortAllocation;
+    let now = Instant::now();
+    let base = a("192.168.1.10:5000");
+    let mut agent = IceAgent::new(now, IceConfig::default(), true, [3; 32]);
+    agent.add_local_candidate(host(base), base);
+    let relayed = a("203.0.113.20:49153");
+    let relay = Candidate::new(
+        CandidateKind::Relayed,
+        CandidateTransport::Udp,
+        relayed,
+        relayed.ip(),
+        Some(relayed.ip()),
+        65535,
+    );
+    agent.add_local_candidate(relay, relayed);
+    let s1 = srflx(a("198.51.100.2:40001"), a("10.0.0.10:6000"));
+    agent.add_remote_candidate(s1.clone());
+    // Not sequential: nothing.
+    agent.set_remote_port_allocation(PortAllocation::Random);
+    agent.set_remote_port_allocation(PortAllocation::Preserving);
+    assert_eq!(agent.predicted_candidates().count(), 0);
+    agent.set_remote_port_allocation(PortAllocation::Sequential { delta: 2 });
+    let got: Vec<u16> = agent.predicted_candidates().map(|p| p.port()).collect();
+    assert_eq!(
+        got,
+        [40003, 40005, 40007, 40009, 40011, 40013, 40015, 40017]
+    );
+    for r in &agent.remotes[1..] {
+        assert_eq!(r.kind, CandidateKind::PeerReflexive);
+        assert!(r.priority < s1.priority);
+    }
+    // Paired with the host base only: 1 + 8 pairs from it, 1 from the relay.
+    assert_eq!(agent.pairs.len(), 1 + 8 + 1);
+    assert!(agent.pairs.iter().all(|p| {
+        agent.locals[p.local].candidate.kind != CandidateKind::Relayed || p.remote == 0
+    }));
+    // A second server-reflexive candidate near the top of the range: only what fits.
+    agent.add_remote_candidate(srflx(a("198.51.100.2:65530"), a("10.0.0.10:6000")));
+    assert_eq!(agent.predicted_candidates().count(), 8 + 2);
+    // A third: the total bound.
+    agent.add_remote_candidate(srflx(a("198.51.100.3:30000"), a("10.0.0.10:6000")));
+    agent.add_remote_candidate(srflx(a("198.51.100.4:30000"), a("10.0.0.10:6000")));
+    assert_eq!(
+        agent.predicted_candidates().count(),
+        2 * MAX_PREDICTED_PORTS
+    );
+    // Predictions do not count against the signalled candidates' limit.
+    assert_eq!(
+        agent.remotes.len(),
+        4 + 2 * MAX_PREDICTED_PORTS,
+        "{:?}",
+        agent.remotes
+    );
+    // Off by configuration.
+    let config = IceConfig {
+        predicted_ports: 0,
+        ..IceConfig::default()
+    };
+    let mut agent = IceAgent::new(now, config, true, [3; 32]);
+    agent.add_remote_candidate(s1);
+    agent.set_remote_port_allocation(PortAllocation::Sequential { delta: 1 });
+    assert_eq!(agent.predicted_candidates().count(), 0);
+}
