@@ -37,11 +37,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
+use super::mdns::{Outcome as MdnsOutcome, Resolver};
 use super::peer_portmap::{PortMapping, PortmapEvent, Release};
 use super::peer_streams::{StreamEvent, StreamWriters, Streams};
 use super::udp::{BindOptions, Datagrams, Recv, UdpSocket, segments};
 use super::{DriverError, io, os_seed};
 use crate::ice::{Candidate, IceCredentials, IceEvent, IceState};
+use crate::mdns::MdnsConfig;
 use crate::peer::{MAX_FRAMING, Outgoing, Peer, PeerConfig, PeerEvent, PeerInput};
 use crate::{Protocol, Received, Transmit};
 
@@ -97,6 +99,10 @@ pub enum PeerConnectionEvent {
     },
     /// A relay could not be allocated; the connection goes on without it.
     RelayFailed(String),
+    /// A candidate of the peer's with an mDNS name (`<uuid>.local`) that had no answer
+    /// within the resolver's bound ([`crate::mdns::MAX_TIMEOUT`]): dropped, the
+    /// connection goes on without it. The name.
+    CandidateUnresolved(String),
 }
 
 /// An event or a datagram, from [`PeerConnection::next`].
@@ -252,6 +258,14 @@ pub struct PeerConnection {
     task: tokio::task::JoinHandle<()>,
     /// Deletes the socket's port mapping ([`PeerConnection::close`]).
     release: Release,
+    /// Where the mDNS resolver's task runs (started on the first `.local` candidate).
+    runtime: tokio::runtime::Handle,
+    mdns: Mutex<Option<Resolver>>,
+    mdns_config: MdnsConfig,
+    /// Counts ICE restarts: a name resolved after one belongs to the old session.
+    generation: Arc<AtomicU64>,
+    /// For the resolver's reports; weak, so that the events end with the task.
+    events_tx: mpsc::WeakUnboundedSender<Box<PeerConnectionEvent>>,
 }
 
 impl Drop for PeerConnection {
@@ -401,6 +415,7 @@ impl PeerConnection {
             untimed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
+        let events_tx = ev_tx.downgrade();
         let task = tokio::spawn(run(shared.clone(), ev_tx, streams, portmap));
         Ok(Self {
             shared,
@@ -410,7 +425,18 @@ impl PeerConnection {
             spare: Vec::new(),
             task,
             release,
+            runtime: tokio::runtime::Handle::current(),
+            mdns: Mutex::new(None),
+            mdns_config: MdnsConfig::default(),
+            generation: Arc::new(AtomicU64::new(0)),
+            events_tx,
         })
+    }
+
+    /// How the peer's mDNS candidates are resolved (where the questions go, how long to
+    /// wait); takes effect if set before the first `.local` candidate arrives.
+    pub fn set_mdns_config(&mut self, config: MdnsConfig) {
+        self.mdns_config = config;
     }
 
     /// Our ICE credentials, for the local description.
@@ -434,8 +460,16 @@ impl PeerConnection {
         self.shared.task_wake.notify_one();
     }
 
-    /// A candidate of the peer's (from its description, or trickled).
+    /// A candidate of the peer's (from its description, or trickled). One with an mDNS
+    /// name (`<uuid>.local`, what browsers send) is resolved first (RFC 6762 one-shot
+    /// queries, at most [`crate::mdns::MAX_TIMEOUT`]) and added with its address, one
+    /// candidate per address family the name has; a name without an answer is dropped
+    /// and reported as [`PeerConnectionEvent::CandidateUnresolved`].
     pub fn add_remote_candidate(&self, c: Candidate) {
+        if c.address.is_mdns() {
+            self.resolve_mdns(c);
+            return;
+        }
         self.shared
             .lock()
             .peer
@@ -443,11 +477,42 @@ impl PeerConnection {
         self.shared.task_wake.notify_one();
     }
 
+    fn resolve_mdns(&self, c: Candidate) {
+        let mut guard = self.mdns.lock().unwrap_or_else(|e| e.into_inner());
+        let resolver = guard.get_or_insert_with(|| {
+            let shared = Arc::downgrade(&self.shared);
+            let events = self.events_tx.clone();
+            let generation = self.generation.clone();
+            Resolver::start(&self.runtime, self.mdns_config.clone(), move |o| match o {
+                MdnsOutcome::Resolved(c, g) => {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    if g != generation.load(Ordering::Relaxed) {
+                        debug!("mDNS candidate resolved after an ICE restart: dropped");
+                        return;
+                    }
+                    debug!(address = %c.address, "mDNS candidate resolved");
+                    shared.lock().peer.add_remote_candidate(Instant::now(), c);
+                    shared.task_wake.notify_one();
+                }
+                MdnsOutcome::Unresolved(name) => {
+                    debug!(%name, "mDNS candidate unresolved: dropped");
+                    if let Some(tx) = events.upgrade() {
+                        let _ = tx.send(Box::new(PeerConnectionEvent::CandidateUnresolved(name)));
+                    }
+                }
+            })
+        });
+        resolver.resolve(c, self.generation.load(Ordering::Relaxed));
+    }
+
     /// An ICE restart ([`Peer::restart`]): the new credentials for the new description;
     /// the local candidates come out again as [`PeerConnectionEvent::Candidate`]s (then
     /// [`PeerConnectionEvent::GatheringComplete`]). The current path carries data until
     /// a new pair is selected.
     pub fn restart(&mut self) -> IceCredentials {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         let creds = self.shared.lock().peer.restart();
         self.credentials = creds.clone();
         self.shared.task_wake.notify_one();
