@@ -4,9 +4,16 @@
 //! the agent; a name without an answer is dropped and reported, the agent goes on.
 //!
 //! The questions are one-shot queries (RFC 6762 §5.1) from an ephemeral port of each
-//! family with the QU bit, so the answers come back by unicast to these sockets; the
-//! IPv4 socket sends with TTL 255 (§11) and multicast loopback (a responder on this
-//! host hears it).
+//! family with the QU bit, so that a responder that follows §5.4 or §6.7 answers by
+//! unicast to these sockets; the sockets send with TTL 255 (§11) and multicast loopback
+//! (a responder on this host hears it). Chromium's responder answers to the group
+//! whatever the query, so when asking the real groups the task also listens on
+//! 224.0.0.251:5353 (shared with the host's own responder through `SO_REUSEADDR` and
+//! `SO_REUSEPORT`, on every IPv4 interface) when it can.
+//!
+//! [`Publisher`]: the other way round, for [`super::peer::PeerConnection::publish_mdns`]:
+//! an [`MdnsResponder`] on that shared port answering for the names the connection gave
+//! its host candidates.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::ice::{Candidate, CandidateAddress};
-use crate::mdns::{MdnsConfig, MdnsEvent, MdnsResolver};
+use crate::mdns::{GROUP_V4, MdnsConfig, MdnsEvent, MdnsResolver, MdnsResponder};
 use crate::{Protocol, Received};
 
 /// Candidates waiting for their names at most; more are dropped (and reported).
@@ -87,6 +94,37 @@ fn bind(v4: bool) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// 0.0.0.0:5353, shared, joined to 224.0.0.251 on every up IPv4 interface (RFC 6762 §3),
+/// sending with TTL 255 (§11).
+fn bind_group_v4() -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    s.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    s.set_reuse_port(true)?;
+    s.set_multicast_ttl_v4(255)?;
+    s.set_multicast_loop_v4(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, crate::mdns::MDNS_PORT)).into())?;
+    let group = Ipv4Addr::new(224, 0, 0, 251);
+    let mut joined = 0;
+    for a in super::interfaces::list().unwrap_or_default() {
+        if let (IpAddr::V4(ip), true) = (a.ip, a.up) {
+            if ip.is_loopback() {
+                continue;
+            }
+            match s.join_multicast_v4(&group, &ip) {
+                Ok(()) => joined += 1,
+                Err(e) => debug!(%ip, error = %e, "mDNS group not joined on this address"),
+            }
+        }
+    }
+    if joined == 0 {
+        s.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)?;
+    }
+    UdpSocket::from_std(s.into())
+}
+
 async fn recv(s: &Option<UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
     match s {
         Some(s) => s.recv_from(buf).await,
@@ -109,6 +147,17 @@ async fn run(
             .ok()
     };
     let (s4, s6) = (open(true), open(false));
+    // Answers sent to the group (Chromium's responder sends every answer there).
+    let group = config
+        .groups
+        .contains(&GROUP_V4)
+        .then(|| {
+            bind_group_v4()
+                .inspect_err(|e| debug!(error = %e, "not listening on the mDNS group"))
+                .ok()
+        })
+        .flatten();
+    let mut bufg = vec![0u8; crate::mdns::MAX_MESSAGE_LEN];
     let mut resolver = MdnsResolver::new(config);
     let mut waiting: HashMap<String, Vec<(Candidate, u64)>> = HashMap::new();
     let mut buf4 = vec![0u8; crate::mdns::MAX_MESSAGE_LEN];
@@ -151,6 +200,7 @@ async fn run(
             c = rx.recv(), if open_rx => Step::Candidate(c),
             r = recv(&s4, &mut buf4) => Step::V4(r),
             r = recv(&s6, &mut buf6) => Step::V6(r),
+            r = recv(&group, &mut bufg) => Step::Group(r),
             () = sleep_until(deadline) => Step::Timeout,
         };
         match step {
@@ -172,6 +222,7 @@ async fn run(
             }
             Step::V4(r) => input(&mut resolver, &s4, &buf4, r),
             Step::V6(r) => input(&mut resolver, &s6, &buf6, r),
+            Step::Group(r) => input(&mut resolver, &group, &bufg, r),
             Step::Timeout => resolver.handle_timeout(Instant::now()),
         }
     }
@@ -181,6 +232,7 @@ enum Step {
     Candidate(Option<(Candidate, u64)>),
     V4(std::io::Result<(usize, SocketAddr)>),
     V6(std::io::Result<(usize, SocketAddr)>),
+    Group(std::io::Result<(usize, SocketAddr)>),
     Timeout,
 }
 
@@ -214,6 +266,90 @@ fn input(
             );
         }
         Err(e) => debug!(error = %e, "mDNS receive failed"),
+    }
+}
+
+/// The responder for the names of a connection's own host candidates. Dropping it stops
+/// the task.
+#[derive(Debug)]
+pub(super) struct Publisher {
+    tx: mpsc::UnboundedSender<(String, IpAddr)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Publisher {
+    /// Binds the shared group port (an error when it cannot) and starts answering.
+    pub(super) fn start(runtime: &tokio::runtime::Handle) -> std::io::Result<Self> {
+        let socket = {
+            let _guard = runtime.enter();
+            bind_group_v4()?
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = runtime.spawn(publish(socket, rx));
+        Ok(Self { tx, task })
+    }
+
+    /// Answers for `name` with `ip` from now on.
+    pub(super) fn publish(&self, name: String, ip: IpAddr) {
+        let _ = self.tx.send((name, ip));
+    }
+}
+
+async fn publish(socket: UdpSocket, mut rx: mpsc::UnboundedReceiver<(String, IpAddr)>) {
+    let mut responder = MdnsResponder::new();
+    let mut names: Vec<(String, Vec<IpAddr>)> = Vec::new();
+    let mut buf = vec![0u8; crate::mdns::MAX_MESSAGE_LEN];
+    let here = socket.local_addr().unwrap_or(SocketAddr::from((
+        Ipv4Addr::UNSPECIFIED,
+        crate::mdns::MDNS_PORT,
+    )));
+    let mut open_rx = true;
+    loop {
+        tokio::select! {
+            n = rx.recv(), if open_rx => {
+                let Some((name, ip)) = n else {
+                    open_rx = false;
+                    continue;
+                };
+                let i = match names.iter().position(|(n, _)| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        names.push((name, Vec::new()));
+                        names.len() - 1
+                    }
+                };
+                if !names[i].1.contains(&ip) {
+                    names[i].1.push(ip);
+                }
+                if let Err(e) = responder.publish(&names[i].0, &names[i].1) {
+                    debug!(error = %e, "mDNS name not published");
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                let (n, source) = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        debug!(error = %e, "mDNS receive failed");
+                        continue;
+                    }
+                };
+                responder.handle_input(
+                    Instant::now(),
+                    Received { proto: Protocol::Udp, source, destination: here, contents: &buf[..n] },
+                );
+                while let Some(t) = responder.poll_transmit() {
+                    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                        debug!(to = %t.destination, error = %e, "mDNS answer not sent");
+                    }
+                }
+            }
+        }
     }
 }
 

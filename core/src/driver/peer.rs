@@ -37,12 +37,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
-use super::mdns::{Outcome as MdnsOutcome, Resolver};
+use super::mdns::{Outcome as MdnsOutcome, Publisher, Resolver};
 use super::peer_portmap::{PortMapping, PortmapEvent, Release};
 use super::peer_streams::{StreamEvent, StreamWriters, Streams};
 use super::udp::{BindOptions, Datagrams, Recv, UdpSocket, segments};
 use super::{DriverError, io, os_seed};
-use crate::ice::{Candidate, IceCredentials, IceEvent, IceState};
+use crate::ice::{Candidate, CandidateAddress, CandidateKind, IceCredentials, IceEvent, IceState};
 use crate::mdns::MdnsConfig;
 use crate::peer::{MAX_FRAMING, Outgoing, Peer, PeerConfig, PeerEvent, PeerInput};
 use crate::{Protocol, Received, Transmit};
@@ -266,6 +266,40 @@ pub struct PeerConnection {
     generation: Arc<AtomicU64>,
     /// For the resolver's reports; weak, so that the events end with the task.
     events_tx: mpsc::WeakUnboundedSender<Box<PeerConnectionEvent>>,
+    /// With [`PeerConnection::publish_mdns`]: the responder, and the name of each host
+    /// address.
+    published: Option<(Publisher, Vec<(IpAddr, String)>)>,
+}
+
+/// A fresh mDNS name: a random (version 4) UUID, `.local` (what browsers use).
+fn mdns_name() -> String {
+    let mut b: [u8; 16] = match os_seed() {
+        Ok(s) => s[..16].try_into().unwrap_or([0; 16]),
+        Err(_) => {
+            // No randomness from the system: unique within this process at least.
+            static N: AtomicU64 = AtomicU64::new(1);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&n.to_be_bytes());
+            b[8..].copy_from_slice(&t.to_be_bytes());
+            b
+        }
+    };
+    // RFC 9562 §5.4: version 4, variant 10.
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}.local",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl Drop for PeerConnection {
@@ -430,6 +464,7 @@ impl PeerConnection {
             mdns_config: MdnsConfig::default(),
             generation: Arc::new(AtomicU64::new(0)),
             events_tx,
+            published: None,
         })
     }
 
@@ -451,7 +486,60 @@ impl PeerConnection {
 
     /// The next event; `None` once the task is gone.
     pub async fn next_event(&mut self) -> Option<PeerConnectionEvent> {
-        self.events.recv().await.map(|e| *e)
+        let ev = self.events.recv().await?;
+        Some(*self.outgoing(ev))
+    }
+
+    /// Publishes this side's host candidates under mDNS names (RFC 6762,
+    /// draft-ietf-mmusic-mdns-ice-candidates), as browsers do to keep local addresses
+    /// private: from now on each host candidate comes out of the events with a
+    /// `<uuid>.local` name (one per address) instead of its address, a responder on
+    /// 224.0.0.251:5353 (shared with the host's own) answers for the names, and the
+    /// related address of the other candidates is hidden (`0.0.0.0` port 0). Call it
+    /// before taking the first event. The peer must resolve the names, so it must be on
+    /// the same link (a browser is, when it gets such candidates at all). Fails when the
+    /// mDNS port cannot be shared.
+    pub fn publish_mdns(&mut self) -> Result<(), DriverError> {
+        if self.published.is_none() {
+            let p = Publisher::start(&self.runtime).map_err(io("binding 0.0.0.0:5353"))?;
+            self.published = Some((p, Vec::new()));
+        }
+        Ok(())
+    }
+
+    /// An event on its way out: with [`PeerConnection::publish_mdns`], a host candidate's
+    /// address becomes its name and the others' related address is hidden.
+    fn outgoing(&mut self, mut ev: Box<PeerConnectionEvent>) -> Box<PeerConnectionEvent> {
+        let Some((publisher, names)) = &mut self.published else {
+            return ev;
+        };
+        if let PeerConnectionEvent::Candidate(c) = &mut *ev {
+            match (c.kind, c.address.ip()) {
+                (CandidateKind::Host, Some(ip)) => {
+                    let name = match names.iter().find(|(a, _)| *a == ip) {
+                        Some((_, n)) => n.clone(),
+                        None => {
+                            let n = mdns_name();
+                            publisher.publish(n.clone(), ip);
+                            names.push((ip, n.clone()));
+                            n
+                        }
+                    };
+                    c.address = CandidateAddress::Name(name);
+                }
+                (_, _) => {
+                    if let Some((a, p)) = &mut c.related {
+                        let unspecified = match a.ip() {
+                            Some(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                            _ => IpAddr::from([0, 0, 0, 0]),
+                        };
+                        *a = CandidateAddress::Ip(unspecified);
+                        *p = 0;
+                    }
+                }
+            }
+        }
+        ev
     }
 
     /// The peer's credentials (from its description).
@@ -601,7 +689,7 @@ impl PeerConnection {
         buf.resize(MAX_DATAGRAM, 0);
         let mut unused = Vec::new();
         let r = tokio::select! {
-            ev = self.events.recv() => ev.map(Incoming::Event),
+            ev = self.events.recv() => ev.map(|e| Incoming::Event(self.outgoing(e))),
             d = recv_from(&self.shared, &mut unused, &mut buf) => {
                 d.map(|(n, _)| Incoming::Data(buf[..n].to_vec()))
             }
@@ -614,7 +702,7 @@ impl PeerConnection {
     /// first; `None` once the task is gone. No heap allocation for a datagram.
     pub async fn next_into(&mut self, buf: &mut [u8]) -> Option<IncomingInto> {
         tokio::select! {
-            ev = self.events.recv() => ev.map(IncomingInto::Event),
+            ev = self.events.recv() => ev.map(|e| IncomingInto::Event(self.outgoing(e))),
             d = recv_from(&self.shared, &mut self.spare, buf) => {
                 d.map(|(len, from)| IncomingInto::Data { len, from })
             }
