@@ -189,3 +189,169 @@ fn connect_over_mdns_names_on_one_lan() {
     );
     println!("lab_mdns: both sides connected host→host over resolved .local names{report}");
 }
+
+/// A responder that answers the way Chromium's does (to the group only, whatever the
+/// query asked: `tests/mdns/group_responder.py`, on the other host of the LAN) still
+/// resolves a name for `pinhole connect`, and a name nobody answers for is reported
+/// (`mdns-unresolved`) and dropped within the resolver's bound while the run goes on:
+/// the peer's `a=end-of-candidates` reaches the agent only then.
+#[test]
+fn answers_sent_to_the_group_resolve_and_silent_names_are_reported() {
+    if !lab_available("lab_mdns group", &["python3"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("the pinhole CLI");
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve().expect("pinhole serve");
+    lab.add_router("mdg", NatConfig::default(), Uplink::Internet)
+        .expect("router");
+    let a = lab.add_host("mdg-a", "mdg").expect("host").clone();
+    let b = lab.add_host("mdg-b", "mdg").expect("host").clone();
+    let name = "6f0e4c1a-9b2d-4e3f-8a7b-1c2d3e4f5a6b.local";
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mdns/group_responder.py");
+    let mut responder = in_ns(
+        &b.ns,
+        "python3",
+        &[
+            script.to_string_lossy().as_ref(),
+            &b.ip.to_string(),
+            name,
+            &b.ip.to_string(),
+            "20",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("the responder");
+    let mut r_out = BufReader::new(responder.stdout.take().expect("stdout"));
+    let mut ready = String::new();
+    r_out.read_line(&mut ready).expect("responder output");
+    assert_eq!(ready.trim(), "ready");
+    let r_lines = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r_out.read_to_string(&mut s);
+        s
+    });
+
+    // The peer "z": its description by hand, as a browser hiding its addresses writes it.
+    let dir = lab.dir().join("mdg-signal");
+    std::fs::create_dir_all(&dir).expect("signal dir");
+    std::fs::write(
+        dir.join("z.sdp"),
+        format!(
+            "a=ice-ufrag:zzzz\r\na=ice-pwd:zzzzzzzzzzzzzzzzzzzzzzzz\r\n\
+             a=candidate:1 1 udp 2113937151 {name} 40000 typ host generation 0 network-cost 999\r\n\
+             a=candidate:2 1 udp 2113937151 dead-beef-0000.local 40001 typ host generation 0\r\n\
+             a=end-of-candidates\r\n"
+        ),
+    )
+    .expect("peer file");
+    let args: Vec<String> = [
+        "connect",
+        "--json",
+        "--signal-dir",
+        &dir.to_string_lossy(),
+        "--name",
+        "a",
+        "--peer",
+        "z",
+        "--stun",
+        &format!("stun:{PINHOLE_PRIMARY}"),
+        "--no-relay",
+        "--no-portmap",
+        "--timeout",
+        "6",
+    ]
+    .map(String::from)
+    .to_vec();
+    let child = in_ns(&a.ns, &bin.to_string_lossy(), &args)
+        .env("RUST_LOG", "pinhole=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning pinhole connect");
+    let mut side = Side {
+        child,
+        stdout: None,
+        events: mpsc::channel().1,
+        seen: Vec::new(),
+    };
+    let err = side.child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    side.events = rx;
+    // No peer answers the checks: exit 1 at --timeout (bounded here too).
+    let deadline = Instant::now() + WITHIN;
+    let code = loop {
+        while let Ok(l) = side.events.try_recv() {
+            side.seen.push(l);
+        }
+        if let Ok(Some(st)) = side.child.try_wait() {
+            break st.code();
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while let Ok(l) = side.events.recv_timeout(Duration::from_millis(200)) {
+        side.seen.push(l);
+    }
+    let _ = responder.kill();
+    let _ = responder.wait();
+    let answered = r_lines.join().unwrap_or_default();
+    let log = side.seen.join("\n");
+    let want_addr = format!("{}", b.ip);
+    let resolved = side
+        .seen
+        .iter()
+        .any(|l| l.contains("mDNS candidate resolved") && l.contains(&want_addr));
+    let unresolved: Vec<Value> = side
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "mdns-unresolved")
+        .collect();
+    // The agent checks the resolved candidate, and does not give up before the silent
+    // name is dropped (the peer's a=end-of-candidates waits for the names; regression:
+    // with no candidate yet, it failed at once and the CLI exited).
+    let pos = |what: &str| side.seen.iter().position(|l| l.contains(what));
+    let checking = pos("to=Checking");
+    let failed = pos("to=Failed");
+    let dropped = pos("mdns-unresolved");
+    let mut bad = Vec::new();
+    if !answered.contains("to the group") {
+        bad.push("the responder answered nothing".to_owned());
+    }
+    if !resolved {
+        bad.push(format!("{name} not resolved to {want_addr}"));
+    }
+    if checking.is_none() {
+        bad.push("the agent never checked".to_owned());
+    }
+    if failed.is_some() && (dropped.is_none() || failed < dropped) {
+        bad.push("the agent failed before the silent name was dropped".to_owned());
+    }
+    if unresolved.len() != 1 || unresolved[0]["name"] != "dead-beef-0000.local" {
+        bad.push(format!("unresolved events: {unresolved:?}"));
+    }
+    if code != Some(1) {
+        bad.push(format!(
+            "exit {code:?}, expected 1 (no path within --timeout)"
+        ));
+    }
+    assert!(
+        bad.is_empty(),
+        "lab_mdns group:\n  {}\nresponder:\n{answered}\nconnect:\n{log}",
+        bad.join("\n  ")
+    );
+    println!("lab_mdns group: resolved through an answer to the group; responder:\n{answered}");
+}

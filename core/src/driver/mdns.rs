@@ -30,13 +30,20 @@ use crate::{Protocol, Received};
 /// Candidates waiting for their names at most; more are dropped (and reported).
 const MAX_WAITING: usize = 64;
 
-/// What became of a `.local` candidate.
+/// What became of `.local` candidates: each candidate given to
+/// [`Resolver::resolve`] is counted in exactly one outcome.
 #[derive(Debug)]
 pub(super) enum Outcome {
-    /// Resolved: the candidate with an IP address (one per address family the name had).
-    Resolved(Candidate, u64),
+    /// One candidate resolved: it with an IP address, one per address family the name
+    /// had (the first address of each), and the generation it was given with.
+    Resolved(Vec<Candidate>, u64),
     /// The name had no answer (or could not be asked): its candidates are dropped.
-    Unresolved(String),
+    Unresolved {
+        /// The name.
+        name: String,
+        /// How many candidates had it.
+        candidates: usize,
+    },
 }
 
 /// A running resolver: candidates go in, outcomes come out through the callback. Dropping
@@ -179,16 +186,17 @@ async fn run(
                     let v4 = addrs.iter().find(|a| a.is_ipv4());
                     let v6 = addrs.iter().find(|a| a.is_ipv6());
                     for (c, generation) in waiting.remove(&name).unwrap_or_default() {
-                        for ip in v4.iter().chain(v6.iter()) {
+                        let each = v4.iter().chain(v6.iter()).map(|ip| {
                             let mut c = c.clone();
                             c.address = CandidateAddress::Ip(**ip);
-                            deliver(Outcome::Resolved(c, generation));
-                        }
+                            c
+                        });
+                        deliver(Outcome::Resolved(each.collect(), generation));
                     }
                 }
                 MdnsEvent::Unresolved { name } => {
-                    waiting.remove(&name);
-                    deliver(Outcome::Unresolved(name));
+                    let candidates = waiting.remove(&name).map_or(0, |w| w.len());
+                    deliver(Outcome::Unresolved { name, candidates });
                 }
             }
         }
@@ -209,14 +217,20 @@ async fn run(
                 let name = c.address.to_string();
                 if waiting.values().map(Vec::len).sum::<usize>() >= MAX_WAITING {
                     debug!(%name, "too many mDNS candidates waiting: dropped");
-                    deliver(Outcome::Unresolved(name));
+                    deliver(Outcome::Unresolved {
+                        name,
+                        candidates: 1,
+                    });
                     continue;
                 }
                 match resolver.resolve(now, &name) {
                     Ok(()) => waiting.entry(name).or_default().push((c, generation)),
                     Err(e) => {
                         debug!(%name, error = %e, "mDNS candidate dropped");
-                        deliver(Outcome::Unresolved(name));
+                        deliver(Outcome::Unresolved {
+                            name,
+                            candidates: 1,
+                        });
                     }
                 }
             }
@@ -367,7 +381,9 @@ mod tests {
 
     /// A peer whose only candidate is an mDNS name reaches the agent through the
     /// resolver (a responder on loopback: no multicast leaves the host), and a name
-    /// without an answer is dropped and reported while the connection goes on.
+    /// without an answer is dropped and reported while the connection goes on; the
+    /// peer's end of candidates, given at once, waits for the names (regression: the
+    /// agent, with no candidate yet, failed at once).
     #[test]
     fn local_candidates_are_resolved_before_the_agent_sees_them() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -439,6 +455,9 @@ mod tests {
             dead.port = 9;
             a.add_remote_candidate(dead);
             a.add_remote_candidate(host);
+            // At once, as a description ends: the agent must not conclude from it that
+            // every pair failed while the names are still being resolved.
+            a.end_of_remote_candidates();
 
             let mut selected = None;
             let mut unresolved = Vec::new();
@@ -450,6 +469,9 @@ mod tests {
                                 selected = Some(remote);
                             }
                             PeerConnectionEvent::CandidateUnresolved(n) => unresolved.push(n),
+                            PeerConnectionEvent::State(s) => {
+                                assert_ne!(s, crate::ice::IceState::Failed, "a failed early");
+                            }
                             _ => {}
                         },
                         ev = b.next_event() => { ev.expect("b runs"); }

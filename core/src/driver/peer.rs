@@ -262,13 +262,26 @@ pub struct PeerConnection {
     runtime: tokio::runtime::Handle,
     mdns: Mutex<Option<Resolver>>,
     mdns_config: MdnsConfig,
-    /// Counts ICE restarts: a name resolved after one belongs to the old session.
-    generation: Arc<AtomicU64>,
+    /// The peer's `.local` candidates being resolved.
+    mdns_wait: Arc<Mutex<MdnsWait>>,
     /// For the resolver's reports; weak, so that the events end with the task.
     events_tx: mpsc::WeakUnboundedSender<Box<PeerConnectionEvent>>,
     /// With [`PeerConnection::publish_mdns`]: the responder, and the name of each host
     /// address.
     published: Option<(Publisher, Vec<(IpAddr, String)>)>,
+}
+
+/// The peer's `.local` candidates on their way to the agent.
+#[derive(Debug, Default)]
+struct MdnsWait {
+    /// Candidates given to the resolver without an outcome yet.
+    pending: usize,
+    /// The peer's `a=end-of-candidates` came while some were pending: the agent hears it
+    /// once the last one is resolved or dropped (else it would conclude, with no
+    /// candidate yet, that every pair failed).
+    end_deferred: bool,
+    /// Counts ICE restarts: a name resolved after one belongs to the old session.
+    generation: u64,
 }
 
 /// A fresh mDNS name: a random (version 4) UUID, `.local` (what browsers use).
@@ -462,7 +475,7 @@ impl PeerConnection {
             runtime: tokio::runtime::Handle::current(),
             mdns: Mutex::new(None),
             mdns_config: MdnsConfig::default(),
-            generation: Arc::new(AtomicU64::new(0)),
+            mdns_wait: Arc::new(Mutex::new(MdnsWait::default())),
             events_tx,
             published: None,
         })
@@ -570,29 +583,45 @@ impl PeerConnection {
         let resolver = guard.get_or_insert_with(|| {
             let shared = Arc::downgrade(&self.shared);
             let events = self.events_tx.clone();
-            let generation = self.generation.clone();
-            Resolver::start(&self.runtime, self.mdns_config.clone(), move |o| match o {
-                MdnsOutcome::Resolved(c, g) => {
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
-                    if g != generation.load(Ordering::Relaxed) {
-                        debug!("mDNS candidate resolved after an ICE restart: dropped");
-                        return;
+            let wait = self.mdns_wait.clone();
+            Resolver::start(&self.runtime, self.mdns_config.clone(), move |o| {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let mut w = wait.lock().unwrap_or_else(|e| e.into_inner());
+                let mut peer = shared.lock();
+                match o {
+                    MdnsOutcome::Resolved(cs, g) => {
+                        w.pending = w.pending.saturating_sub(1);
+                        if g == w.generation {
+                            for c in cs {
+                                debug!(address = %c.address, "mDNS candidate resolved");
+                                peer.peer.add_remote_candidate(Instant::now(), c);
+                            }
+                        } else {
+                            debug!("mDNS candidate resolved after an ICE restart: dropped");
+                        }
                     }
-                    debug!(address = %c.address, "mDNS candidate resolved");
-                    shared.lock().peer.add_remote_candidate(Instant::now(), c);
-                    shared.task_wake.notify_one();
-                }
-                MdnsOutcome::Unresolved(name) => {
-                    debug!(%name, "mDNS candidate unresolved: dropped");
-                    if let Some(tx) = events.upgrade() {
-                        let _ = tx.send(Box::new(PeerConnectionEvent::CandidateUnresolved(name)));
+                    MdnsOutcome::Unresolved { name, candidates } => {
+                        w.pending = w.pending.saturating_sub(candidates);
+                        debug!(%name, "mDNS candidate unresolved: dropped");
+                        if let Some(tx) = events.upgrade() {
+                            let _ =
+                                tx.send(Box::new(PeerConnectionEvent::CandidateUnresolved(name)));
+                        }
                     }
                 }
+                if w.pending == 0 && w.end_deferred {
+                    w.end_deferred = false;
+                    peer.peer.end_of_remote_candidates();
+                }
+                drop(peer);
+                shared.task_wake.notify_one();
             })
         });
-        resolver.resolve(c, self.generation.load(Ordering::Relaxed));
+        let mut w = self.mdns_wait.lock().unwrap_or_else(|e| e.into_inner());
+        w.pending += 1;
+        resolver.resolve(c, w.generation);
     }
 
     /// An ICE restart ([`Peer::restart`]): the new credentials for the new description;
@@ -600,7 +629,11 @@ impl PeerConnection {
     /// [`PeerConnectionEvent::GatheringComplete`]). The current path carries data until
     /// a new pair is selected.
     pub fn restart(&mut self) -> IceCredentials {
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut w = self.mdns_wait.lock().unwrap_or_else(|e| e.into_inner());
+            w.generation += 1;
+            w.end_deferred = false;
+        }
         let creds = self.shared.lock().peer.restart();
         self.credentials = creds.clone();
         self.shared.task_wake.notify_one();
@@ -633,8 +666,16 @@ impl PeerConnection {
         self.release.release().await;
     }
 
-    /// The peer's `a=end-of-candidates`.
+    /// The peer's `a=end-of-candidates`. While some of its `.local` candidates are being
+    /// resolved, the agent hears it once they are resolved or dropped.
     pub fn end_of_remote_candidates(&self) {
+        {
+            let mut w = self.mdns_wait.lock().unwrap_or_else(|e| e.into_inner());
+            if w.pending > 0 {
+                w.end_deferred = true;
+                return;
+            }
+        }
         self.shared.lock().peer.end_of_remote_candidates();
         self.shared.task_wake.notify_one();
     }
