@@ -144,26 +144,21 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<(Candidate, u64)>,
     mut deliver: impl FnMut(Outcome) + Send + 'static,
 ) {
-    let want = |v4: bool| config.groups.iter().any(|g| g.is_ipv4() == v4);
-    let open = |v4: bool| {
-        if !want(v4) {
+    let want4 = config.groups.iter().any(SocketAddr::is_ipv4);
+    let want6 = config.groups.iter().any(SocketAddr::is_ipv6);
+    let want_group = config.groups.contains(&GROUP_V4);
+    let open = |want: bool, v4: bool| {
+        if !want {
             return None;
         }
         bind(v4)
             .inspect_err(|e| debug!(error = %e, v4, "no mDNS socket for this family"))
             .ok()
     };
-    let (s4, s6) = (open(true), open(false));
-    // Answers sent to the group (Chromium's responder sends every answer there).
-    let group = config
-        .groups
-        .contains(&GROUP_V4)
-        .then(|| {
-            bind_group_v4()
-                .inspect_err(|e| debug!(error = %e, "not listening on the mDNS group"))
-                .ok()
-        })
-        .flatten();
+    // The sockets are open only while names are being resolved (the group's port hears
+    // every mDNS message on the link).
+    let (mut s4, mut s6, mut group): (Option<UdpSocket>, Option<UdpSocket>, Option<UdpSocket>) =
+        (None, None, None);
     let mut bufg = vec![0u8; crate::mdns::MAX_MESSAGE_LEN];
     let mut resolver = MdnsResolver::new(config);
     let mut waiting: HashMap<String, Vec<(Candidate, u64)>> = HashMap::new();
@@ -200,8 +195,11 @@ async fn run(
                 }
             }
         }
-        if !open_rx && waiting.is_empty() {
-            return;
+        if waiting.is_empty() {
+            if !open_rx {
+                return;
+            }
+            (s4, s6, group) = (None, None, None);
         }
         let deadline = resolver.poll_timeout();
         let step = tokio::select! {
@@ -215,6 +213,21 @@ async fn run(
             Step::Candidate(None) => open_rx = false,
             Step::Candidate(Some((c, generation))) => {
                 let name = c.address.to_string();
+                if waiting.is_empty() {
+                    s4 = open(want4, true);
+                    s6 = open(want6, false);
+                    // Answers sent to the group (Chromium's responder sends every
+                    // answer there).
+                    group = want_group
+                        .then(|| {
+                            bind_group_v4()
+                                .inspect_err(
+                                    |e| debug!(error = %e, "not listening on the mDNS group"),
+                                )
+                                .ok()
+                        })
+                        .flatten();
+                }
                 if waiting.values().map(Vec::len).sum::<usize>() >= MAX_WAITING {
                     debug!(%name, "too many mDNS candidates waiting: dropped");
                     deliver(Outcome::Unresolved {
