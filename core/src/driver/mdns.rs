@@ -503,4 +503,90 @@ mod tests {
             serve.abort();
         });
     }
+
+    /// A name answered after an ICE restart belongs to the old session: its candidate
+    /// is not added (else the agent would check, and here connect to, the peer of the
+    /// session it left).
+    #[test]
+    fn a_name_resolved_after_a_restart_is_not_used() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let responder_socket = UdpSocket::bind(lo).await.unwrap();
+            let responder_addr = responder_socket.local_addr().unwrap();
+            let mut a = PeerConnection::start(PeerConfig::default(), lo, true)
+                .await
+                .unwrap();
+            a.set_mdns_config(MdnsConfig::with_groups(vec![responder_addr]));
+            let mut b = PeerConnection::start(PeerConfig::default(), lo, false)
+                .await
+                .unwrap();
+            let mut host = loop {
+                if let PeerConnectionEvent::Candidate(c) =
+                    tokio::time::timeout(Duration::from_secs(5), b.next_event())
+                        .await
+                        .expect("b gathers")
+                        .expect("b runs")
+                {
+                    break c;
+                }
+            };
+            let name = "5a6b7c8d-1e2f-4a3b-9c4d-5e6f7a8b9c0d.local";
+            let real = host.socket_addr().unwrap();
+            host.address = CandidateAddress::Name(name.into());
+            a.set_remote_credentials(b.local_credentials().clone());
+            b.set_remote_credentials(a.local_credentials().clone());
+            a.add_remote_candidate(host);
+
+            // The question arrives; the restart happens; then the answer.
+            let mut buf = [0u8; 1500];
+            let (n, from) = tokio::time::timeout(
+                Duration::from_secs(5),
+                responder_socket.recv_from(&mut buf),
+            )
+            .await
+            .expect("a asks")
+            .unwrap();
+            let mut responder = MdnsResponder::new();
+            responder.publish(name, &[real.ip()]).unwrap();
+            let fresh = a.restart();
+            // The new session's credentials, both ways (the peer kept its own): only a
+            // candidate is missing for a pair.
+            a.set_remote_credentials(b.local_credentials().clone());
+            b.set_remote_credentials(fresh);
+            responder.handle_input(
+                Instant::now(),
+                Received {
+                    proto: Protocol::Udp,
+                    source: from,
+                    destination: responder_addr,
+                    contents: &buf[..n],
+                },
+            );
+            let t = responder.poll_transmit().expect("an answer");
+            responder_socket
+                .send_to(&t.contents, t.destination)
+                .await
+                .unwrap();
+            // A second or so: no pair, and the answer was consumed (nothing pending).
+            let quiet = tokio::time::timeout(Duration::from_millis(1500), async {
+                loop {
+                    tokio::select! {
+                        ev = a.next_event() => {
+                            if let PeerConnectionEvent::SelectedPair { remote, .. } = ev.expect("a runs") {
+                                return remote;
+                            }
+                        }
+                        ev = b.next_event() => { ev.expect("b runs"); }
+                    }
+                }
+            })
+            .await;
+            assert!(quiet.is_err(), "a used the old session's candidate: {quiet:?}");
+            assert_eq!(a.mdns_wait.lock().unwrap().pending, 0);
+        });
+    }
 }

@@ -263,7 +263,7 @@ pub struct PeerConnection {
     mdns: Mutex<Option<Resolver>>,
     mdns_config: MdnsConfig,
     /// The peer's `.local` candidates being resolved.
-    mdns_wait: Arc<Mutex<MdnsWait>>,
+    pub(super) mdns_wait: Arc<Mutex<MdnsWait>>,
     /// For the resolver's reports; weak, so that the events end with the task.
     events_tx: mpsc::WeakUnboundedSender<Box<PeerConnectionEvent>>,
     /// With [`PeerConnection::publish_mdns`]: the responder, and the name of each host
@@ -273,9 +273,9 @@ pub struct PeerConnection {
 
 /// The peer's `.local` candidates on their way to the agent.
 #[derive(Debug, Default)]
-struct MdnsWait {
+pub(super) struct MdnsWait {
     /// Candidates given to the resolver without an outcome yet.
-    pending: usize,
+    pub(super) pending: usize,
     /// The peer's `a=end-of-candidates` came while some were pending: the agent hears it
     /// once the last one is resolved or dropped (else it would conclude, with no
     /// candidate yet, that every pair failed).
