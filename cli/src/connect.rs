@@ -104,6 +104,12 @@ pub(crate) struct ConnectArgs {
     /// Events as JSON lines on stderr.
     #[arg(long)]
     json: bool,
+    /// Offer host candidates as mDNS names (`<uuid>.local`, RFC 6762) instead of their
+    /// addresses, as browsers do, answering for them on 224.0.0.251:5353; the peer must
+    /// be on the same link to resolve them. (The peer's `.local` candidates are resolved
+    /// with or without this.)
+    #[arg(long)]
+    mdns: bool,
 }
 
 /// Runs `pinhole signal`.
@@ -502,6 +508,12 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.mdns
+        && let Err(e) = pc.publish_mdns()
+    {
+        eprintln!("pinhole: publishing mDNS names: {e}");
+        return ExitCode::FAILURE;
+    }
     let creds = pc.local_credentials().clone();
     if let Err(e) = channel
         .send(&format!(
@@ -646,6 +658,12 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     }
                     PeerConnectionEvent::RelayFailed(e) => {
                         say(json!({"event": "relay-failed", "error": e}), format!("relay failed: {e}"));
+                    }
+                    PeerConnectionEvent::CandidateUnresolved(name) => {
+                        say(
+                            json!({"event": "mdns-unresolved", "name": name}),
+                            format!("peer candidate {name} unresolved (mDNS): ignored"),
+                        );
                     }
                     _ => {}
                 }

@@ -22,6 +22,8 @@
 //!   transactions, and a Binding / RFC 5780 server.
 //! - [`ice`]: ICE candidates (RFC 8445 priorities and foundations) and RFC 8839
 //!   descriptions.
+//! - [`mdns`]: multicast DNS (RFC 6762) for `.local` ICE host candidates: a one-shot
+//!   resolver and a responder.
 //! - [`peer`]: the peer connection's sans-IO core: one socket, the ICE agent, its TURN
 //!   allocations and server-reflexive gathering.
 //! - [`netcheck`]: NAT behaviour discovery (RFC 5780, RFC 4787 terms).
@@ -49,6 +51,7 @@
 pub mod demux;
 pub mod ice;
 pub mod machine;
+pub mod mdns;
 pub mod netcheck;
 pub mod peer;
 pub mod portmap;

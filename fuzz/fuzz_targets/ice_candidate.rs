@@ -1,5 +1,6 @@
 //! The ICE candidate line parser and the RFC 8839 description reader. Properties: no
-//! panic; what parses is written back to text that parses to the same value.
+//! panic; what parses is written back to text that parses to the same value (parse →
+//! write → parse), and writing that again gives the same text (the writer is stable).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,8 +11,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(c) = Candidate::parse(text) {
-        let again = Candidate::parse(&c.to_string()).expect("a written candidate parses");
+        let written = c.to_string();
+        let again = Candidate::parse(&written).expect("a written candidate parses");
         assert_eq!(again, c);
+        assert_eq!(again.to_string(), written);
+        // SDP carries it as `a=…` on a line of its own.
+        assert!(!written.contains(['\r', '\n']));
+        let sdp = Candidate::parse(&format!("a={written}\r\n")).expect("as an SDP line");
+        assert_eq!(sdp, c);
     }
     if let Ok(p) = IceDescription::parse(text) {
         let written = p.description.to_string();

@@ -9,10 +9,13 @@
 //! - [`turn`] runs a TURN allocation over UDP, TCP or TLS.
 //! - `signal` (feature `server`) serves `pinhole signal`'s rendezvous over HTTP.
 //! - [`peer`] runs a peer connection (ICE over STUN and TURN) on one UDP socket.
+//! - the peer connection resolves the peer's mDNS (`.local`) candidates on sockets of
+//!   their own (`mdns`).
 //! - [`interfaces`] lists the host's interface addresses for host candidates.
 
 mod error;
 pub mod interfaces;
+mod mdns;
 mod netcheck;
 pub mod peer;
 mod peer_portmap;

@@ -37,11 +37,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
+use super::mdns::{Outcome as MdnsOutcome, Publisher, Resolver};
 use super::peer_portmap::{PortMapping, PortmapEvent, Release};
 use super::peer_streams::{StreamEvent, StreamWriters, Streams};
 use super::udp::{BindOptions, Datagrams, Recv, UdpSocket, segments};
 use super::{DriverError, io, os_seed};
-use crate::ice::{Candidate, IceCredentials, IceEvent, IceState};
+use crate::ice::{Candidate, CandidateAddress, CandidateKind, IceCredentials, IceEvent, IceState};
+use crate::mdns::MdnsConfig;
 use crate::peer::{MAX_FRAMING, Outgoing, Peer, PeerConfig, PeerEvent, PeerInput};
 use crate::{Protocol, Received, Transmit};
 
@@ -97,6 +99,10 @@ pub enum PeerConnectionEvent {
     },
     /// A relay could not be allocated; the connection goes on without it.
     RelayFailed(String),
+    /// A candidate of the peer's with an mDNS name (`<uuid>.local`) that had no answer
+    /// within the resolver's bound ([`crate::mdns::MAX_TIMEOUT`]): dropped, the
+    /// connection goes on without it. The name.
+    CandidateUnresolved(String),
 }
 
 /// An event or a datagram, from [`PeerConnection::next`].
@@ -252,6 +258,61 @@ pub struct PeerConnection {
     task: tokio::task::JoinHandle<()>,
     /// Deletes the socket's port mapping ([`PeerConnection::close`]).
     release: Release,
+    /// Where the mDNS resolver's task runs (started on the first `.local` candidate).
+    runtime: tokio::runtime::Handle,
+    mdns: Mutex<Option<Resolver>>,
+    mdns_config: MdnsConfig,
+    /// The peer's `.local` candidates being resolved.
+    pub(super) mdns_wait: Arc<Mutex<MdnsWait>>,
+    /// For the resolver's reports; weak, so that the events end with the task.
+    events_tx: mpsc::WeakUnboundedSender<Box<PeerConnectionEvent>>,
+    /// With [`PeerConnection::publish_mdns`]: the responder, and the name of each host
+    /// address.
+    published: Option<(Publisher, Vec<(IpAddr, String)>)>,
+}
+
+/// The peer's `.local` candidates on their way to the agent.
+#[derive(Debug, Default)]
+pub(super) struct MdnsWait {
+    /// Candidates given to the resolver without an outcome yet.
+    pub(super) pending: usize,
+    /// The peer's `a=end-of-candidates` came while some were pending: the agent hears it
+    /// once the last one is resolved or dropped (else it would conclude, with no
+    /// candidate yet, that every pair failed).
+    end_deferred: bool,
+    /// Counts ICE restarts: a name resolved after one belongs to the old session.
+    generation: u64,
+}
+
+/// A fresh mDNS name: a random (version 4) UUID, `.local` (what browsers use).
+fn mdns_name() -> String {
+    let mut b: [u8; 16] = match os_seed() {
+        Ok(s) => s[..16].try_into().unwrap_or([0; 16]),
+        Err(_) => {
+            // No randomness from the system: unique within this process at least.
+            static N: AtomicU64 = AtomicU64::new(1);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&n.to_be_bytes());
+            b[8..].copy_from_slice(&t.to_be_bytes());
+            b
+        }
+    };
+    // RFC 9562 §5.4: version 4, variant 10.
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}.local",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl Drop for PeerConnection {
@@ -401,6 +462,7 @@ impl PeerConnection {
             untimed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
+        let events_tx = ev_tx.downgrade();
         let task = tokio::spawn(run(shared.clone(), ev_tx, streams, portmap));
         Ok(Self {
             shared,
@@ -410,7 +472,19 @@ impl PeerConnection {
             spare: Vec::new(),
             task,
             release,
+            runtime: tokio::runtime::Handle::current(),
+            mdns: Mutex::new(None),
+            mdns_config: MdnsConfig::default(),
+            mdns_wait: Arc::new(Mutex::new(MdnsWait::default())),
+            events_tx,
+            published: None,
         })
+    }
+
+    /// How the peer's mDNS candidates are resolved (where the questions go, how long to
+    /// wait); takes effect if set before the first `.local` candidate arrives.
+    pub fn set_mdns_config(&mut self, config: MdnsConfig) {
+        self.mdns_config = config;
     }
 
     /// Our ICE credentials, for the local description.
@@ -425,7 +499,60 @@ impl PeerConnection {
 
     /// The next event; `None` once the task is gone.
     pub async fn next_event(&mut self) -> Option<PeerConnectionEvent> {
-        self.events.recv().await.map(|e| *e)
+        let ev = self.events.recv().await?;
+        Some(*self.outgoing(ev))
+    }
+
+    /// Publishes this side's host candidates under mDNS names (RFC 6762,
+    /// draft-ietf-mmusic-mdns-ice-candidates), as browsers do to keep local addresses
+    /// private: from now on each host candidate comes out of the events with a
+    /// `<uuid>.local` name (one per address) instead of its address, a responder on
+    /// 224.0.0.251:5353 (shared with the host's own) answers for the names, and the
+    /// related address of the other candidates is hidden (`0.0.0.0` port 0). Call it
+    /// before taking the first event. The peer must resolve the names, so it must be on
+    /// the same link (a browser is, when it gets such candidates at all). Fails when the
+    /// mDNS port cannot be shared.
+    pub fn publish_mdns(&mut self) -> Result<(), DriverError> {
+        if self.published.is_none() {
+            let p = Publisher::start(&self.runtime).map_err(io("binding 0.0.0.0:5353"))?;
+            self.published = Some((p, Vec::new()));
+        }
+        Ok(())
+    }
+
+    /// An event on its way out: with [`PeerConnection::publish_mdns`], a host candidate's
+    /// address becomes its name and the others' related address is hidden.
+    fn outgoing(&mut self, mut ev: Box<PeerConnectionEvent>) -> Box<PeerConnectionEvent> {
+        let Some((publisher, names)) = &mut self.published else {
+            return ev;
+        };
+        if let PeerConnectionEvent::Candidate(c) = &mut *ev {
+            match (c.kind, c.address.ip()) {
+                (CandidateKind::Host, Some(ip)) => {
+                    let name = match names.iter().find(|(a, _)| *a == ip) {
+                        Some((_, n)) => n.clone(),
+                        None => {
+                            let n = mdns_name();
+                            publisher.publish(n.clone(), ip);
+                            names.push((ip, n.clone()));
+                            n
+                        }
+                    };
+                    c.address = CandidateAddress::Name(name);
+                }
+                (_, _) => {
+                    if let Some((a, p)) = &mut c.related {
+                        let unspecified = match a.ip() {
+                            Some(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                            _ => IpAddr::from([0, 0, 0, 0]),
+                        };
+                        *a = CandidateAddress::Ip(unspecified);
+                        *p = 0;
+                    }
+                }
+            }
+        }
+        ev
     }
 
     /// The peer's credentials (from its description).
@@ -434,8 +561,16 @@ impl PeerConnection {
         self.shared.task_wake.notify_one();
     }
 
-    /// A candidate of the peer's (from its description, or trickled).
+    /// A candidate of the peer's (from its description, or trickled). One with an mDNS
+    /// name (`<uuid>.local`, what browsers send) is resolved first (RFC 6762 one-shot
+    /// queries, at most [`crate::mdns::MAX_TIMEOUT`]) and added with its address, one
+    /// candidate per address family the name has; a name without an answer is dropped
+    /// and reported as [`PeerConnectionEvent::CandidateUnresolved`].
     pub fn add_remote_candidate(&self, c: Candidate) {
+        if c.address.is_mdns() {
+            self.resolve_mdns(c);
+            return;
+        }
         self.shared
             .lock()
             .peer
@@ -443,11 +578,62 @@ impl PeerConnection {
         self.shared.task_wake.notify_one();
     }
 
+    fn resolve_mdns(&self, c: Candidate) {
+        let mut guard = self.mdns.lock().unwrap_or_else(|e| e.into_inner());
+        let resolver = guard.get_or_insert_with(|| {
+            let shared = Arc::downgrade(&self.shared);
+            let events = self.events_tx.clone();
+            let wait = self.mdns_wait.clone();
+            Resolver::start(&self.runtime, self.mdns_config.clone(), move |o| {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let mut w = wait.lock().unwrap_or_else(|e| e.into_inner());
+                let mut peer = shared.lock();
+                match o {
+                    MdnsOutcome::Resolved(cs, g) => {
+                        w.pending = w.pending.saturating_sub(1);
+                        if g == w.generation {
+                            for c in cs {
+                                debug!(address = %c.address, "mDNS candidate resolved");
+                                peer.peer.add_remote_candidate(Instant::now(), c);
+                            }
+                        } else {
+                            debug!("mDNS candidate resolved after an ICE restart: dropped");
+                        }
+                    }
+                    MdnsOutcome::Unresolved { name, candidates } => {
+                        w.pending = w.pending.saturating_sub(candidates);
+                        debug!(%name, "mDNS candidate unresolved: dropped");
+                        if let Some(tx) = events.upgrade() {
+                            let _ =
+                                tx.send(Box::new(PeerConnectionEvent::CandidateUnresolved(name)));
+                        }
+                    }
+                }
+                if w.pending == 0 && w.end_deferred {
+                    w.end_deferred = false;
+                    peer.peer.end_of_remote_candidates();
+                }
+                drop(peer);
+                shared.task_wake.notify_one();
+            })
+        });
+        let mut w = self.mdns_wait.lock().unwrap_or_else(|e| e.into_inner());
+        w.pending += 1;
+        resolver.resolve(c, w.generation);
+    }
+
     /// An ICE restart ([`Peer::restart`]): the new credentials for the new description;
     /// the local candidates come out again as [`PeerConnectionEvent::Candidate`]s (then
     /// [`PeerConnectionEvent::GatheringComplete`]). The current path carries data until
     /// a new pair is selected.
     pub fn restart(&mut self) -> IceCredentials {
+        {
+            let mut w = self.mdns_wait.lock().unwrap_or_else(|e| e.into_inner());
+            w.generation += 1;
+            w.end_deferred = false;
+        }
         let creds = self.shared.lock().peer.restart();
         self.credentials = creds.clone();
         self.shared.task_wake.notify_one();
@@ -496,8 +682,16 @@ impl PeerConnection {
         self.release.release().await;
     }
 
-    /// The peer's `a=end-of-candidates`.
+    /// The peer's `a=end-of-candidates`. While some of its `.local` candidates are being
+    /// resolved, the agent hears it once they are resolved or dropped.
     pub fn end_of_remote_candidates(&self) {
+        {
+            let mut w = self.mdns_wait.lock().unwrap_or_else(|e| e.into_inner());
+            if w.pending > 0 {
+                w.end_deferred = true;
+                return;
+            }
+        }
         self.shared.lock().peer.end_of_remote_candidates();
         self.shared.task_wake.notify_one();
     }
@@ -552,7 +746,7 @@ impl PeerConnection {
         buf.resize(MAX_DATAGRAM, 0);
         let mut unused = Vec::new();
         let r = tokio::select! {
-            ev = self.events.recv() => ev.map(Incoming::Event),
+            ev = self.events.recv() => ev.map(|e| Incoming::Event(self.outgoing(e))),
             d = recv_from(&self.shared, &mut unused, &mut buf) => {
                 d.map(|(n, _)| Incoming::Data(buf[..n].to_vec()))
             }
@@ -565,7 +759,7 @@ impl PeerConnection {
     /// first; `None` once the task is gone. No heap allocation for a datagram.
     pub async fn next_into(&mut self, buf: &mut [u8]) -> Option<IncomingInto> {
         tokio::select! {
-            ev = self.events.recv() => ev.map(IncomingInto::Event),
+            ev = self.events.recv() => ev.map(|e| IncomingInto::Event(self.outgoing(e))),
             d = recv_from(&self.shared, &mut self.spare, buf) => {
                 d.map(|(len, from)| IncomingInto::Data { len, from })
             }

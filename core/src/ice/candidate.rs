@@ -95,12 +95,14 @@ impl CandidateKind {
 impl FromStr for CandidateKind {
     type Err = CandidateError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
+        // RFC 5234 §2.3: ABNF literals are case-insensitive.
+        Ok(match s.to_ascii_lowercase().as_str() {
             "host" => Self::Host,
             "srflx" => Self::ServerReflexive,
             "prflx" => Self::PeerReflexive,
             "relay" => Self::Relayed,
-            other => {
+            _ => {
+                let other = s;
                 return Err(CandidateError::UnknownType(
                     other.chars().take(32).collect(),
                 ));
@@ -321,7 +323,10 @@ impl Candidate {
         if line.len() > MAX_LINE_LEN {
             return Err(CandidateError::TooLong);
         }
-        let line = line.trim();
+        // ASCII white space only: what the writer puts between fields. (Trimming
+        // Unicode spaces would eat the end of a last extension value, so that a line
+        // written with that value in the middle would not read back the same.)
+        let line = line.trim_ascii();
         let line = line.strip_prefix("a=").unwrap_or(line);
         // `name:value`, unless what precedes the first colon has spaces: then it is the
         // value alone, with an IPv6 address in it.
@@ -368,7 +373,7 @@ impl Candidate {
         let address: CandidateAddress = next("connection-address")?.parse()?;
         let port = parse_port(next("port")?)?;
         let typ = next("typ")?;
-        if typ != "typ" {
+        if !typ.eq_ignore_ascii_case("typ") {
             return Err(invalid("typ", typ));
         }
         let kind: CandidateKind = next("candidate type")?.parse()?;
@@ -390,23 +395,35 @@ impl Candidate {
             let value = it
                 .next()
                 .ok_or(CandidateError::Missing("extension value"))?;
-            match name {
-                "raddr" if raddr.is_none() => raddr = Some(value.parse::<CandidateAddress>()?),
-                "rport" if rport.is_none() => rport = Some(parse_port(value)?),
-                "tcptype" if c.tcp_type.is_none() => {
-                    c.tcp_type = Some(match value {
+            // RFC 5234 §2.3: the literals `raddr`, `rport`, `tcptype` and its values are
+            // case-insensitive; what is written is lower case.
+            let known = ["raddr", "rport", "tcptype"]
+                .into_iter()
+                .find(|k| name.eq_ignore_ascii_case(k));
+            match known {
+                Some("raddr") if raddr.is_none() => {
+                    raddr = Some(value.parse::<CandidateAddress>()?);
+                }
+                Some("rport") if rport.is_none() => rport = Some(parse_port(value)?),
+                Some("tcptype") if c.tcp_type.is_none() => {
+                    c.tcp_type = Some(match value.to_ascii_lowercase().as_str() {
                         "active" => TcpType::Active,
                         "passive" => TcpType::Passive,
                         "so" => TcpType::SimultaneousOpen,
-                        other => return Err(invalid("tcptype", other)),
+                        _ => return Err(invalid("tcptype", value)),
                     });
                 }
                 _ => {
                     if c.extensions.len() >= MAX_EXTENSIONS {
                         return Err(CandidateError::TooLong);
                     }
+                    // RFC 8839 §5.1: a token, and *VCHAR; beyond ASCII is let through
+                    // (it writes back as it came), control characters are not.
                     if !name.bytes().all(|b| b.is_ascii_graphic()) {
                         return Err(invalid("extension name", name));
+                    }
+                    if value.chars().any(char::is_control) {
+                        return Err(invalid("extension value", value));
                     }
                     c.extensions.push((name.to_owned(), value.to_owned()));
                 }
@@ -518,6 +535,269 @@ mod tests {
         assert_eq!(c.component, 2);
         assert_eq!(c.extension("x-future"), Some("yes"));
         roundtrip("1 1 udp 100 192.0.2.1 1000 typ host");
+    }
+
+    /// Lines as each stack writes them (formats from their documentation and source:
+    /// libwebrtc's `SdpSerializeCandidate`, Firefox's nICEr `nr_ice_format_candidate_attribute`,
+    /// libnice's `nice_agent_generate_local_candidate_sdp`, pion's `Candidate.Marshal`),
+    /// with the fields each one sets.
+    #[test]
+    fn real_stacks_lines_parse_keep_everything_and_round_trip() {
+        struct Want {
+            line: &'static str,
+            transport: CandidateTransport,
+            kind: CandidateKind,
+            address: &'static str,
+            port: u16,
+            related: Option<(&'static str, u16)>,
+            tcp_type: Option<TcpType>,
+            extensions: &'static [(&'static str, &'static str)],
+        }
+        use CandidateKind::*;
+        use CandidateTransport::*;
+        let wants = [
+            // Chrome: srflx with every extension it writes.
+            Want {
+                line: "a=candidate:842163049 1 udp 1677729535 203.0.113.5 46154 typ srflx raddr 192.168.1.5 rport 46154 generation 0 ufrag EsAw network-id 1 network-cost 10",
+                transport: Udp,
+                kind: ServerReflexive,
+                address: "203.0.113.5",
+                port: 46154,
+                related: Some(("192.168.1.5", 46154)),
+                tcp_type: None,
+                extensions: &[
+                    ("generation", "0"),
+                    ("ufrag", "EsAw"),
+                    ("network-id", "1"),
+                    ("network-cost", "10"),
+                ],
+            },
+            // Chrome: mDNS host.
+            Want {
+                line: "candidate:1840965416 1 udp 2113937151 4ac7ab5e-92a1-4f0b-9a2d-6f7c0e4b8a11.local 56117 typ host generation 0 ufrag EsAw network-cost 999",
+                transport: Udp,
+                kind: Host,
+                address: "4ac7ab5e-92a1-4f0b-9a2d-6f7c0e4b8a11.local",
+                port: 56117,
+                related: None,
+                tcp_type: None,
+                extensions: &[
+                    ("generation", "0"),
+                    ("ufrag", "EsAw"),
+                    ("network-cost", "999"),
+                ],
+            },
+            // Chrome: srflx behind mDNS (the related address hidden as 0.0.0.0 0).
+            Want {
+                line: "candidate:3006307946 1 udp 1677729535 198.51.100.20 50713 typ srflx raddr 0.0.0.0 rport 0 generation 0 ufrag EsAw network-cost 999",
+                transport: Udp,
+                kind: ServerReflexive,
+                address: "198.51.100.20",
+                port: 50713,
+                related: Some(("0.0.0.0", 0)),
+                tcp_type: None,
+                extensions: &[
+                    ("generation", "0"),
+                    ("ufrag", "EsAw"),
+                    ("network-cost", "999"),
+                ],
+            },
+            // Chrome: IPv6 host, and a TCP active host (port 9, RFC 6544 §4.5 discard).
+            Want {
+                line: "candidate:2999745851 1 udp 2122262783 2001:db8:85a3::8a2e:370:7334 58481 typ host generation 0 ufrag EsAw network-id 2",
+                transport: Udp,
+                kind: Host,
+                address: "2001:db8:85a3::8a2e:370:7334",
+                port: 58481,
+                related: None,
+                tcp_type: None,
+                extensions: &[("generation", "0"), ("ufrag", "EsAw"), ("network-id", "2")],
+            },
+            Want {
+                line: "candidate:1467250027 1 tcp 1518280447 192.168.1.5 9 typ host tcptype active generation 0 ufrag EsAw network-id 1 network-cost 10",
+                transport: Tcp,
+                kind: Host,
+                address: "192.168.1.5",
+                port: 9,
+                related: None,
+                tcp_type: Some(TcpType::Active),
+                extensions: &[
+                    ("generation", "0"),
+                    ("ufrag", "EsAw"),
+                    ("network-id", "1"),
+                    ("network-cost", "10"),
+                ],
+            },
+            // Chrome: relay.
+            Want {
+                line: "candidate:1052359862 1 udp 33562367 198.51.100.4 61090 typ relay raddr 203.0.113.5 rport 46154 generation 0 ufrag EsAw network-id 1",
+                transport: Udp,
+                kind: Relayed,
+                address: "198.51.100.4",
+                port: 61090,
+                related: Some(("203.0.113.5", 46154)),
+                tcp_type: None,
+                extensions: &[("generation", "0"), ("ufrag", "EsAw"), ("network-id", "1")],
+            },
+            // Firefox: mDNS host, srflx, TCP passive and so.
+            Want {
+                line: "candidate:0 1 UDP 2122252543 b3e1c2d4-5f60-4a7b-8c9d-0e1f2a3b4c5d.local 49203 typ host",
+                transport: Udp,
+                kind: Host,
+                address: "b3e1c2d4-5f60-4a7b-8c9d-0e1f2a3b4c5d.local",
+                port: 49203,
+                related: None,
+                tcp_type: None,
+                extensions: &[],
+            },
+            Want {
+                line: "candidate:1 1 UDP 1686052863 203.0.113.5 49203 typ srflx raddr 0.0.0.0 rport 0",
+                transport: Udp,
+                kind: ServerReflexive,
+                address: "203.0.113.5",
+                port: 49203,
+                related: Some(("0.0.0.0", 0)),
+                tcp_type: None,
+                extensions: &[],
+            },
+            Want {
+                line: "candidate:2 1 TCP 2105524479 192.168.1.5 9 typ host tcptype active",
+                transport: Tcp,
+                kind: Host,
+                address: "192.168.1.5",
+                port: 9,
+                related: None,
+                tcp_type: Some(TcpType::Active),
+                extensions: &[],
+            },
+            Want {
+                line: "candidate:3 1 TCP 2105458943 192.168.1.5 52614 typ host tcptype passive",
+                transport: Tcp,
+                kind: Host,
+                address: "192.168.1.5",
+                port: 52614,
+                related: None,
+                tcp_type: Some(TcpType::Passive),
+                extensions: &[],
+            },
+            // libnice: IPv6 link-local host, TCP so with a related address.
+            Want {
+                line: "a=candidate:1 1 UDP 2015363327 fe80::2c0:ffff:fe00:1 40123 typ host",
+                transport: Udp,
+                kind: Host,
+                address: "fe80::2c0:ffff:fe00:1",
+                port: 40123,
+                related: None,
+                tcp_type: None,
+                extensions: &[],
+            },
+            Want {
+                line: "a=candidate:7 1 TCP 1684796415 203.0.113.5 40200 typ srflx raddr 192.168.1.5 rport 40200 tcptype so",
+                transport: Tcp,
+                kind: ServerReflexive,
+                address: "203.0.113.5",
+                port: 40200,
+                related: Some(("192.168.1.5", 40200)),
+                tcp_type: Some(TcpType::SimultaneousOpen),
+                extensions: &[],
+            },
+            // pion: the value alone (no `candidate:`), TCP passive, and a prflx.
+            Want {
+                line: "1966762133 1 udp 2130706431 192.168.1.5 60540 typ host",
+                transport: Udp,
+                kind: Host,
+                address: "192.168.1.5",
+                port: 60540,
+                related: None,
+                tcp_type: None,
+                extensions: &[],
+            },
+            Want {
+                line: "candidate:1052353102 1 tcp 1675624447 192.168.1.5 8443 typ host tcptype passive",
+                transport: Tcp,
+                kind: Host,
+                address: "192.168.1.5",
+                port: 8443,
+                related: None,
+                tcp_type: Some(TcpType::Passive),
+                extensions: &[],
+            },
+            Want {
+                line: "candidate:3493287136 1 udp 1845501695 203.0.113.9 51000 typ prflx raddr 0.0.0.0 rport 51000 generation 0",
+                transport: Udp,
+                kind: PeerReflexive,
+                address: "203.0.113.9",
+                port: 51000,
+                related: Some(("0.0.0.0", 51000)),
+                tcp_type: None,
+                extensions: &[("generation", "0")],
+            },
+            // The ABNF's literals are case-insensitive (RFC 5234 §2.3); an unknown
+            // extension is kept in its place.
+            Want {
+                line: "candidate:9 1 UDP 100 192.0.2.1 1000 TYP SRFLX RADDR 10.0.0.1 RPORT 5 x-vendor a=b;c generation 3",
+                transport: Udp,
+                kind: ServerReflexive,
+                address: "192.0.2.1",
+                port: 1000,
+                related: Some(("10.0.0.1", 5)),
+                tcp_type: None,
+                extensions: &[("x-vendor", "a=b;c"), ("generation", "3")],
+            },
+        ];
+        for w in wants {
+            let c = roundtrip(w.line);
+            assert_eq!(c.transport, w.transport, "{}", w.line);
+            assert_eq!(c.kind, w.kind, "{}", w.line);
+            assert_eq!(c.address, w.address.parse().unwrap(), "{}", w.line);
+            assert_eq!(c.port, w.port, "{}", w.line);
+            assert_eq!(
+                c.related,
+                w.related.map(|(a, p)| (a.parse().unwrap(), p)),
+                "{}",
+                w.line
+            );
+            assert_eq!(c.tcp_type, w.tcp_type, "{}", w.line);
+            let ext: Vec<(&str, &str)> = c
+                .extensions
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            assert_eq!(ext, w.extensions, "{}", w.line);
+            // What is written is what the stacks expect: lower-case keywords, the
+            // extensions after the related address and tcptype, in order.
+            let written = c.to_string();
+            assert!(written.starts_with("candidate:"), "{written}");
+            assert!(written.contains(&format!(" typ {}", c.kind.as_str())));
+            if !w.extensions.is_empty() {
+                let tail: String = w
+                    .extensions
+                    .iter()
+                    .map(|(n, v)| format!(" {n} {v}"))
+                    .collect();
+                assert!(written.ends_with(&tail), "{written}");
+            }
+        }
+    }
+
+    /// Regressions: trimming Unicode spaces ate the end of a last extension value, so that
+    /// a candidate written with that value in the middle read back different; a control
+    /// character in a value (which would be written into SDP) was accepted.
+    #[test]
+    fn values_write_back_exactly() {
+        let c = roundtrip("candidate:1 1 udp 1 192.0.2.1 1 typ host a x\u{2003} b y");
+        assert_eq!(c.extension("a"), Some("x\u{2003}"));
+        let last =
+            Candidate::parse("candidate:1 1 udp 1 192.0.2.1 1 typ host a x\u{2003}").unwrap();
+        assert_eq!(last.extension("a"), Some("x\u{2003}"));
+        assert_eq!(Candidate::parse(&last.to_string()).unwrap(), last);
+        assert!(matches!(
+            Candidate::parse("candidate:1 1 udp 1 192.0.2.1 1 typ host a x\u{7}y"),
+            Err(CandidateError::Invalid {
+                field: "extension value",
+                ..
+            })
+        ));
     }
 
     #[test]
