@@ -5,7 +5,8 @@
 #   - Debian packages: debootstrap, libjna-java (JNA for the Kotlin test), valgrind, pkg-config,
 #     binutils (readelf), zip/unzip and the shellcheck linter
 #   - cbindgen (cargo install --locked, pinned: the committed header depends on its version)
-#   - rustup targets for the mobile compile checks, and rust-src for build-std
+#   - rustup targets for the mobile static libraries, rust-src for the Apple targets built
+#     with build-std, and llvm-lipo (llvm-14)
 #   - kotlinc from the npm package kotlin-compiler (pinned), under $PINHOLE_TOOLS/kotlin
 #   - a Debian trixie chroot with swiftlang, under $PINHOLE_TOOLS/swift-trixie
 #
@@ -17,6 +18,8 @@ set -euo pipefail
 TOOLS=${PINHOLE_TOOLS:-/opt/pinhole-tools}
 CBINDGEN_VERSION=0.29.4
 KOTLIN_VERSION=2.4.20
+# Targets with a prebuilt standard library from rustup. The other Apple targets (both iOS
+# simulators, both macOS) build their standard library from rust-src (-Zbuild-std).
 MOBILE_TARGETS=(aarch64-linux-android x86_64-linux-android aarch64-apple-ios)
 CHROOT=$TOOLS/swift-trixie
 
@@ -110,6 +113,8 @@ setup_mobile() {
         grep -qx "$t" <<<"$installed" || rustup target add "$t"
     done
     rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
+    # llvm-lipo makes the XCFramework's fat simulator and macOS libraries (part ios).
+    apt_install llvm-14
 }
 
 [ $# -gt 0 ] || set -- all

@@ -10,9 +10,9 @@
 #   swift    the generated Swift and the package's hand-written Swift (ios/Sources/Pinhole:
 #            AsyncSequence adapters, PathMonitor, close()) in a SwiftPM package, `swift test`
 #            in a trixie chroot
-#   mobile   the library for aarch64/x86_64 Android and aarch64 iOS: a staticlib build
-#            (which includes everything cargo check checks); the iOS simulator: cargo
-#            check -Zbuild-std; no crate that compiles C is allowed
+#   mobile   the library for aarch64/x86_64 Android, iOS (device, arm64 and x86_64
+#            simulators) and macOS (arm64, x86_64): a staticlib build each (which
+#            includes everything cargo check checks); no crate that compiles C is allowed
 #
 #   size     the stripped release cdylib within the 2 MB budget
 #   the part named shellcheck: every script under bindings/, android/ and ios/ linted
@@ -21,7 +21,8 @@
 #   android  the AAR laid out by android/assemble-aar.sh (the Android flavour of the
 #            bindings and the package's Kotlin, AndroidNetworkSource included, compiled
 #            against bindings/kotlin/android-stubs), checked by android/check-aar.sh
-#   ios      ios/build-xcframework.sh --dry-run's XCFramework tree checked, and the package it
+#   ios      ios/build-xcframework.sh --dry-run's XCFramework tree checked (three slices, the
+#            simulator's and macOS's joined by llvm-lipo), and the package it
 #            lays out beside it (Package.swift, Sources/Pinhole: the hand-written Swift the
 #            swift part tests, and the generated Pinhole.swift); ios/Package.swift evaluated
 #            by SwiftPM (chroot) with a local XCFramework and with the release URL, and the
@@ -54,6 +55,9 @@ CHROOT=$TOOLS/swift-trixie
 KOTLIN_HOME=$TOOLS/kotlin/node_modules/kotlin-compiler
 BUILD=$ROOT/bindings/build
 MOBILE_TARGETS=(aarch64-linux-android x86_64-linux-android aarch64-apple-ios)
+# The other Apple targets of the XCFramework: rustup's prebuilt standard libraries for them
+# are not reachable from here, so their standard library is built from rust-src.
+BUILD_STD_TARGETS=(aarch64-apple-ios-sim x86_64-apple-ios aarch64-apple-darwin x86_64-apple-darwin)
 
 step() { printf '\n--> bindings: %s\n' "$*"; }
 skipped=()
@@ -436,7 +440,7 @@ cleanup_mounts() {
 }
 
 part_mobile() {
-    step "mobile targets: staticlib builds; cargo check -Zbuild-std for the iOS simulator"
+    step "mobile targets: staticlib builds (Android, iOS device and simulators, macOS)"
     setup mobile || return 0
     # No debug info: these builds only prove that the library compiles and archives. Their
     # own target directory, so that the different setting never invalidates (and rebuilds)
@@ -444,13 +448,7 @@ part_mobile() {
     local host_target=$CARGO_TARGET_DIR
     export CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR=$TARGET/mobile
     local t
-    for t in "${MOBILE_TARGETS[@]}" aarch64-apple-ios-sim; do
-        local zflags=()
-        if [ "$t" = aarch64-apple-ios-sim ]; then
-            # Tier 3, no prebuilt standard library: build it from rust-src.
-            export RUSTC_BOOTSTRAP=1
-            zflags=(-Zbuild-std)
-        fi
+    for t in "${MOBILE_TARGETS[@]}" "${BUILD_STD_TARGETS[@]}"; do
         # Crates that compile C fail on these targets without their SDKs: none allowed.
         local c_crates
         c_crates=$(cargo tree --quiet -p pinhole-ffi --target "$t" -e normal,build --prefix none |
@@ -459,24 +457,26 @@ part_mobile() {
             echo "bindings: $t pulls in crates that compile C: $c_crates" >&2
             exit 1
         fi
-        if [ ${#zflags[@]} -eq 0 ]; then
-            # The staticlib build type-checks everything `cargo check` would; running both
-            # made their artifacts invalidate each other (every run rebuilt both).
-            cargo rustc --quiet -p pinhole-ffi --lib --target "$t" --crate-type staticlib
-            local a=$CARGO_TARGET_DIR/$t/debug/libpinhole_ffi.a
-            [ -s "$a" ] || { echo "bindings: no $a" >&2; exit 1; }
-            echo "$t: staticlib ok ($(du -h "$a" | cut -f1))"
+        local a=$CARGO_TARGET_DIR/$t/debug/libpinhole_ffi.a how=staticlib
+        if [[ " ${BUILD_STD_TARGETS[*]} " == *" $t "* ]]; then
+            # RUSTC_BOOTSTRAP changes every unit's fingerprint: its own directory. The
+            # library is then put where the others are (the ios part takes them there).
+            RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$TARGET/mobile-build-std \
+                cargo rustc --quiet -Zbuild-std -p pinhole-ffi --lib --target "$t" \
+                --crate-type staticlib
+            mkdir -p "$(dirname "$a")"
+            cp "$TARGET/mobile-build-std/$t/debug/libpinhole_ffi.a" "$a"
+            how="staticlib (build-std)"
         else
-            # RUSTC_BOOTSTRAP changes every unit's fingerprint: its own directory too.
-            CARGO_TARGET_DIR=$TARGET/mobile-build-std \
-                cargo check --quiet "${zflags[@]}" -p pinhole-ffi --lib --target "$t"
-            echo "$t: check (build-std) ok"
+            # The staticlib build type-checks everything `cargo check` would.
+            cargo rustc --quiet -p pinhole-ffi --lib --target "$t" --crate-type staticlib
         fi
-        unset RUSTC_BOOTSTRAP
+        [ -s "$a" ] || { echo "bindings: no $a" >&2; exit 1; }
+        echo "$t: $how ok ($(du -h "$a" | cut -f1))"
     done
     unset CARGO_PROFILE_DEV_DEBUG
     export CARGO_TARGET_DIR=$host_target
-    results+=("mobile: staticlib ok for ${MOBILE_TARGETS[*]}; check ok for aarch64-apple-ios-sim")
+    results+=("mobile: staticlib ok for ${MOBILE_TARGETS[*]} ${BUILD_STD_TARGETS[*]} (the last four with build-std)")
 }
 
 # The size of the stripped release cdylib for the host (TLS off, as the ffi crate builds
@@ -605,10 +605,11 @@ part_shellcheck() {
     results+=("shellcheck: ${#scripts[@]} scripts clean")
 }
 
-# The XCFramework as ios/build-xcframework.sh --dry-run lays it out from the iOS static
-# library of the mobile part (debug, aarch64-apple-ios: the one Apple library that builds
-# here; the simulator and macOS slices need Xcode's lipo and SDKs, and are left out), checked
-# (Info.plist, each slice's Mach-O archive, headers and module map); the package laid out
+# The XCFramework as ios/build-xcframework.sh --dry-run lays it out from the five Apple
+# static libraries of the mobile part (debug), the simulator's two and macOS's two joined by
+# llvm-lipo as Xcode's lipo would (PINHOLE_LIPO), checked (Info.plist; each slice: the
+# architectures it declares, each an ar archive of Mach-O 64 objects, in a fat file where it
+# has two; headers and module map); the package laid out
 # beside it (Package.swift, and in Sources/Pinhole the hand-written Swift of
 # ios/Sources/Pinhole, byte for byte what the swift part tests, and the generated
 # Pinhole.swift); and ios/Package.swift evaluated by SwiftPM in the chroot, with the local
@@ -618,14 +619,20 @@ part_shellcheck() {
 # compiles the same sources over the system library instead.
 part_ios() {
     step "iOS: XCFramework dry run, Package.swift"
-    local out=$TARGET/bindings-ios a=$TARGET/mobile/aarch64-apple-ios/debug/libpinhole_ffi.a
+    local out=$TARGET/bindings-ios t
     build
-    if [ ! -s "$a" ]; then
-        part_mobile
-    fi
+    for t in aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios aarch64-apple-darwin \
+        x86_64-apple-darwin; do
+        if [ ! -s "$TARGET/mobile/$t/debug/libpinhole_ffi.a" ]; then
+            part_mobile
+            break
+        fi
+    done
+    setup mobile || return 0
     rm -rf "$out"
     mkdir -p "$out/pkg"
-    CARGO_TARGET_DIR=$TARGET/mobile PINHOLE_XCF_PROFILE=debug ios/build-xcframework.sh --dry-run \
+    CARGO_TARGET_DIR=$TARGET/mobile PINHOLE_XCF_PROFILE=debug PINHOLE_LIPO=llvm-lipo-14 \
+        ios/build-xcframework.sh --dry-run \
         --generated "$BUILD/generated" --out "$out/pkg" --release 0.0.0 >"$out/dry-run.log"
     grep -v '^+ ' "$out/dry-run.log"
     python3 - "$out/pkg/Pinhole.xcframework" <<'PY'
@@ -635,26 +642,50 @@ with open(os.path.join(xcf, "Info.plist"), "rb") as f:
     info = plistlib.load(f)
 assert info["CFBundlePackageType"] == "XFWK", info
 libs = {l["LibraryIdentifier"]: l for l in info["AvailableLibraries"]}
-assert "ios-arm64" in libs, libs
-for ident, l in libs.items():
-    d = os.path.join(xcf, ident)
-    with open(os.path.join(d, l["LibraryPath"]), "rb") as f:
-        data = f.read()
+want = {"ios-arm64": ["arm64"], "ios-arm64_x86_64-simulator": ["arm64", "x86_64"],
+        "macos-arm64_x86_64": ["arm64", "x86_64"]}
+assert sorted(libs) == sorted(want), libs
+# Mach-O CPU types (mach/machine.h): arm64, x86_64.
+CPU = {0x0100000C: "arm64", 0x01000007: "x86_64"}
+
+def archive_objects(data, ident):
+    """Counts the Mach-O 64 objects of an ar archive (60-byte member headers)."""
     assert data.startswith(b"!<arch>\n"), ident + ": not an ar archive"
-    # Members: 60-byte headers; the objects of arm64 Apple targets are Mach-O 64 (cffaedfe).
-    pos, macho = 8, 0
+    pos, macho, cpus = 8, 0, set()
     while pos + 60 <= len(data):
         hdr = data[pos:pos + 60]
         size = int(hdr[48:58].decode().strip())
         name = hdr[:16].decode(errors="replace").strip()
         body = pos + 60
         if name.startswith("#1/"):  # BSD long name stored before the body
-            n = int(name[3:])
-            body += n
+            body += int(name[3:])
         if data[body:body + 4] == b"\xcf\xfa\xed\xfe":
             macho += 1
+            cpus.add(CPU.get(int.from_bytes(data[body + 4:body + 8], "little")))
         pos += 60 + size + (size & 1)
     assert macho > 0, ident + ": no Mach-O 64 object"
+    return macho, cpus
+
+for ident, l in libs.items():
+    d = os.path.join(xcf, ident)
+    assert l["SupportedArchitectures"] == want[ident], (ident, l)
+    with open(os.path.join(d, l["LibraryPath"]), "rb") as f:
+        data = f.read()
+    if data[:4] == b"\xca\xfe\xba\xbe":
+        # A fat file (big-endian header): one archive per architecture.
+        n = int.from_bytes(data[4:8], "big")
+        archs, macho = [], 0
+        for i in range(n):
+            cpu, _, off, size, _ = (int.from_bytes(data[8 + 20 * i + 4 * k:12 + 20 * i + 4 * k],
+                                                   "big") for k in range(5))
+            m, cpus = archive_objects(data[off:off + size], ident)
+            assert cpus == {CPU[cpu]}, (ident, cpus, CPU.get(cpu))
+            archs.append(CPU[cpu])
+            macho += m
+        assert sorted(archs) == want[ident], (ident, archs)
+    else:
+        macho, cpus = archive_objects(data, ident)
+        assert sorted(cpus) == want[ident], (ident, cpus)
     h = os.path.join(d, l["HeadersPath"])
     mm = open(os.path.join(h, "module.modulemap")).read()
     assert "module PinholeFFI" in mm and 'header "PinholeFFI.h"' in mm, mm
@@ -712,7 +743,7 @@ assert "PinholeFFI" in t.get("target_dependencies", []), t
 print("Package.swift: target Pinhole builds " + ", ".join(want) + " over PinholeFFI")
 PY
     rm -rf "$out/Pinhole.xcframework" # a copy of the 30 MB debug library
-    results+=("ios: XCFramework dry run checked (ios-arm64 slice; simulator and macOS need Xcode); package sources ($(echo "$want" | wc -l) files) laid out and resolved by SwiftPM; Package.swift evaluated both ways")
+    results+=("ios: XCFramework dry run checked (ios-arm64, ios-arm64_x86_64-simulator and macos-arm64_x86_64 slices, lipo'd by llvm-lipo); package sources ($(echo "$want" | wc -l) files) laid out and resolved by SwiftPM; Package.swift evaluated both ways")
 }
 
 [ $# -gt 0 ] || set -- header shellcheck c kotlin swift mobile size elf android ios

@@ -18,8 +18,10 @@
 # instead of running them, and lays out the XCFramework tree itself (Info.plist, one folder
 # per slice with its library, Headers/PinholeFFI.h and Headers/module.modulemap) from the
 # static libraries already built under $CARGO_TARGET_DIR (a slice whose library is missing
-# is left out, and said so: on Linux only aarch64-apple-ios links, without the SDK, as
-# a static library). --out DIR puts the tree elsewhere (default: this folder), with the
+# is left out, and said so; Rust builds all five as static libraries on Linux, without the
+# SDKs). With PINHOLE_LIPO=llvm-lipo-14 (say) the dry run joins the simulator and macOS
+# libraries with it for real, as step 2 would on macOS. --out DIR puts the tree elsewhere
+# (default: this folder), with the
 # package beside it (Package.swift; Sources/Pinhole: the hand-written Swift of this folder and
 # the generated Pinhole.swift), laid out as a release publishes it.
 #
@@ -68,6 +70,19 @@ FAT=$TARGET_DIR/xcframework
 run mkdir -p "$FAT/ios-simulator" "$FAT/macos"
 run lipo -create "$(lib aarch64-apple-ios-sim)" "$(lib x86_64-apple-ios)" -output "$FAT/ios-simulator/libpinhole_ffi.a"
 run lipo -create "$(lib aarch64-apple-darwin)" "$(lib x86_64-apple-darwin)" -output "$FAT/macos/libpinhole_ffi.a"
+if [ -n "$dry" ] && [ -n "${PINHOLE_LIPO:-}" ]; then
+    # The same with a lipo that runs here (llvm-lipo), from the libraries that exist.
+    rm -f "$FAT/ios-simulator/libpinhole_ffi.a" "$FAT/macos/libpinhole_ffi.a"
+    mkdir -p "$FAT/ios-simulator" "$FAT/macos"
+    if [ -s "$(lib aarch64-apple-ios-sim)" ] && [ -s "$(lib x86_64-apple-ios)" ]; then
+        "$PINHOLE_LIPO" -create "$(lib aarch64-apple-ios-sim)" "$(lib x86_64-apple-ios)" \
+            -output "$FAT/ios-simulator/libpinhole_ffi.a"
+    fi
+    if [ -s "$(lib aarch64-apple-darwin)" ] && [ -s "$(lib x86_64-apple-darwin)" ]; then
+        "$PINHOLE_LIPO" -create "$(lib aarch64-apple-darwin)" "$(lib x86_64-apple-darwin)" \
+            -output "$FAT/macos/libpinhole_ffi.a"
+    fi
+fi
 
 # 3. The Swift sources and the C header with its module map.
 if [ -z "$generated" ]; then
