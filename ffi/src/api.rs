@@ -572,6 +572,21 @@ mod tests {
             .block_on(f)
     }
 
+    /// A PCP mapping of UDP `internal_port` from 127.0.0.1 at the gateway `gateway`.
+    fn pcp_mapping(gateway: &str, internal_port: u16) -> PortMappingConfig {
+        PortMappingConfig {
+            internal_port,
+            protocol: TransportProtocol::Udp,
+            gateway: Some(gateway.into()),
+            local_ip: Some("127.0.0.1".into()),
+            suggested_external_port: 0,
+            lifetime_secs: 60,
+            method: Some(MappingMethod::Pcp),
+            verify_stun: None,
+            verify_interval_secs: 0,
+        }
+    }
+
     /// `network_changed` moves the mapping: after it, requests go to the new gateway from
     /// the new local address, and the listener hears `Lost` for the change. Loopback only
     /// (127.0.0.21-23, where nothing else listens).
@@ -581,17 +596,7 @@ mod tests {
         let new = fake_gateway("127.0.0.22");
         let (tx, rx) = std_mpsc::channel();
         let mapper = map_port(
-            PortMappingConfig {
-                internal_port: 40123,
-                protocol: TransportProtocol::Udp,
-                gateway: Some("127.0.0.21".into()),
-                local_ip: Some("127.0.0.1".into()),
-                suggested_external_port: 0,
-                lifetime_secs: 60,
-                method: Some(MappingMethod::Pcp),
-                verify_stun: None,
-                verify_interval_secs: 0,
-            },
+            pcp_mapping("127.0.0.21", 40123),
             Arc::new(Events(Mutex::new(tx))),
         )
         .unwrap();
@@ -659,17 +664,7 @@ mod tests {
         let _gw = fake_gateway("127.0.0.24");
         let (tx, rx) = std_mpsc::channel();
         let mapper = map_port(
-            PortMappingConfig {
-                internal_port: 40124,
-                protocol: TransportProtocol::Udp,
-                gateway: Some("127.0.0.24".into()),
-                local_ip: Some("127.0.0.1".into()),
-                suggested_external_port: 0,
-                lifetime_secs: 60,
-                method: Some(MappingMethod::Pcp),
-                verify_stun: None,
-                verify_interval_secs: 0,
-            },
+            pcp_mapping("127.0.0.24", 40124),
             Arc::new(Events(Mutex::new(tx))),
         )
         .unwrap();

@@ -280,6 +280,37 @@ pub(crate) trait TaskHandle: Send + 'static {
     fn destroyed(&self) -> &std::sync::atomic::AtomicBool;
 }
 
+/// Completes a `*_start`: stores the started task in the handle, hands the handle out
+/// through `out`, and lets the task go (it waits for `go` before using the handle). When
+/// the task could not start, frees the handle and returns the error.
+///
+/// # Safety
+/// `raw` is from `Box::into_raw`, not handed out yet; `out` is non-NULL and writable.
+pub(crate) unsafe fn publish_task_handle<H: TaskHandle>(
+    raw: *mut H,
+    task: Result<crate::task::Task, PinholeError>,
+    out: *mut *mut H,
+    go: tokio::sync::oneshot::Sender<()>,
+) -> Result<c_int, PinholeError> {
+    let task = match task {
+        Ok(t) => t,
+        Err(e) => {
+            // SAFETY: from Box::into_raw, never handed out.
+            drop(unsafe { Box::from_raw(raw) });
+            return Err(e);
+        }
+    };
+    // SAFETY: from Box::into_raw; its thread waits for `go` before using it.
+    *unsafe { &*raw }
+        .task()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(task);
+    // SAFETY: `out` is non-NULL and writable per the contract.
+    unsafe { *out = raw };
+    let _ = go.send(());
+    Ok(codes::PINHOLE_OK)
+}
+
 /// Starts the end of a live handle: marks it destroyed and takes its task.
 ///
 /// # Safety

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::codes::*;
 use super::{
     CConfig, SendPtr, TaskHandle, cstring, fill, guard, init_sized, opt_str, pinhole_destroyed_cb,
-    read_sized, write_buf,
+    publish_task_handle, read_sized, write_buf,
 };
 use crate::error::PinholeError;
 use crate::ops::MappingPlan;
@@ -318,23 +318,8 @@ pub unsafe extern "C" fn pinhole_portmap_start(
             })
             .await;
         });
-        let task = match task {
-            Ok(t) => t,
-            Err(e) => {
-                // SAFETY: from Box::into_raw above, never handed out.
-                drop(unsafe { Box::from_raw(raw) });
-                return Err(e);
-            }
-        };
-        // SAFETY: from Box::into_raw above; its thread waits for `go` before using it.
-        *unsafe { &*raw }
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(task);
-        // SAFETY: `out` is non-NULL and writable per the contract.
-        unsafe { *out = raw };
-        let _ = go.send(());
-        Ok(PINHOLE_OK)
+        // SAFETY: `raw` from Box::into_raw above, not handed out; `out` checked non-NULL.
+        unsafe { publish_task_handle(raw, task, out, go) }
     })
 }
 
