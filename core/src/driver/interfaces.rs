@@ -40,6 +40,20 @@ pub fn list() -> Result<Vec<InterfaceAddress>, DriverError> {
         .collect())
 }
 
+/// The networks of the host's up interfaces: an address on each and its prefix length
+/// (for RFC 6762 §11's on-link check). Empty when the interfaces cannot be listed.
+pub(crate) fn networks() -> Vec<(IpAddr, u8)> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !matches!(i.oper_status, if_addrs::IfOperStatus::Down))
+        .map(|i| match i.addr {
+            if_addrs::IfAddr::V4(a) => (IpAddr::V4(a.ip), a.prefixlen),
+            if_addrs::IfAddr::V6(a) => (IpAddr::V6(a.ip), a.prefixlen),
+        })
+        .collect()
+}
+
 /// Whether `ip` can be a host candidate: not unspecified, multicast, loopback (unless
 /// `loopback`), link-local (RFC 8445 §5.1.1.1: IPv6 link-local addresses need a scope a
 /// candidate line cannot carry; IPv4 link-local ones are self-assigned addresses of a

@@ -330,6 +330,8 @@ impl Publisher {
 
 async fn publish(socket: UdpSocket, mut rx: mpsc::UnboundedReceiver<(String, IpAddr)>) {
     let mut responder = MdnsResponder::new();
+    // Unicast answers only to sources on our links (RFC 6762 §11).
+    responder.set_local_networks(super::interfaces::networks());
     let mut names: Vec<(String, Vec<IpAddr>)> = Vec::new();
     let mut buf = vec![0u8; crate::mdns::MAX_MESSAGE_LEN];
     let here = socket.local_addr().unwrap_or(SocketAddr::from((

@@ -322,11 +322,29 @@ impl MdnsResolver {
     }
 }
 
+/// Whether `a` and `b` share their first `len` bits (different families never do).
+fn same_prefix(a: IpAddr, b: IpAddr, len: u8) -> bool {
+    let (a, b, bits): (u128, u128, u8) = match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a).into(), u32::from(b).into(), 32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return false,
+    };
+    let len = len.min(bits);
+    if len == 0 {
+        return true;
+    }
+    let shift = u32::from(bits - len);
+    (a >> shift) == (b >> shift)
+}
+
 /// The sans-IO responder for names this host owns. See the module docs.
 #[derive(Debug, Default)]
 pub struct MdnsResponder {
     names: Vec<(String, Vec<IpAddr>)>,
     transmits: VecDeque<Transmit>,
+    /// The networks of this host's links (address, prefix length): a unicast answer goes
+    /// only to a source on one of them (RFC 6762 §11).
+    local_networks: Vec<(IpAddr, u8)>,
 }
 
 impl MdnsResponder {
@@ -350,6 +368,28 @@ impl MdnsResponder {
         Ok(())
     }
 
+    /// The networks of this host's links (an address on each and its prefix length), for
+    /// RFC 6762 §11's source address check: a question that asks for a unicast answer
+    /// (legacy or QU) is answered only when its source is on one of them, or loopback or
+    /// link-local. Without it, a forged source anywhere could have answers reflected to
+    /// it.
+    pub fn set_local_networks(&mut self, networks: Vec<(IpAddr, u8)>) {
+        self.local_networks = networks;
+    }
+
+    /// Whether `ip` is on this host's links (see [`MdnsResponder::set_local_networks`]).
+    fn on_link(&self, ip: IpAddr) -> bool {
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_loopback() || v6.is_unicast_link_local(),
+        };
+        link_local
+            || self
+                .local_networks
+                .iter()
+                .any(|&(net, len)| same_prefix(net, ip, len))
+    }
+
     /// Offers a datagram; returns whether it asked for a name owned here (and an answer
     /// is queued).
     pub fn handle_input(&mut self, _now: Instant, rx: Received<'_>) -> bool {
@@ -364,6 +404,7 @@ impl MdnsResponder {
             return false;
         }
         let legacy = rx.source.port() != MDNS_PORT;
+        let source_on_link = self.on_link(rx.source.ip());
         let mut answered = false;
         for q in &msg.questions {
             let Some((name, addrs)) = self
@@ -397,6 +438,10 @@ impl MdnsResponder {
                 continue;
             };
             let destination = if legacy || q.unicast_response {
+                if !source_on_link {
+                    debug!(from = %rx.source, "mDNS question from off the link: no unicast answer");
+                    continue;
+                }
                 rx.source
             } else if rx.destination.is_ipv4() {
                 GROUP_V4

@@ -245,6 +245,8 @@ fn malformed_and_odd_messages_are_dropped() {
 fn responder_answers_for_its_names_the_way_rfc_6762_says() {
     let t0 = Instant::now();
     let mut resp = MdnsResponder::new();
+    // This host's link: 192.0.2.0/24 (the queriers below are on it).
+    resp.set_local_networks(vec![(ip("192.0.2.7"), 24)]);
     resp.publish(NAME, &[ip("192.0.2.7"), ip("2001:db8::7")])
         .unwrap();
     assert!(resp.publish("example.com", &[]).is_err());
@@ -316,4 +318,47 @@ fn responder_answers_for_its_names_the_way_rfc_6762_says() {
             addrs: vec![ip("192.0.2.7")]
         }]
     );
+}
+
+/// RFC 6762 §11: a question asking for a unicast answer (legacy or QU) from a source off
+/// this host's links gets none (else a forged source anywhere could have answers
+/// reflected at it); on the link, loopback and link-local sources are answered; a plain
+/// multicast question is answered to the group whatever its source.
+#[test]
+fn responder_answers_unicast_only_on_the_link() {
+    let mut resp = MdnsResponder::new();
+    resp.set_local_networks(vec![(ip("192.0.2.7"), 24), (ip("2001:db8::7"), 64)]);
+    resp.publish(NAME, &[ip("192.0.2.7")]).unwrap();
+    let here = sa("192.0.2.7:5353");
+    let legacy = encode_query(0x1234, NAME, TYPE_A, false).unwrap();
+    let qu = encode_query(0, NAME, TYPE_A, true).unwrap();
+    for off in [
+        "198.51.100.7:40000",
+        "192.0.3.1:40000",
+        "[2001:db9::1]:40000",
+    ] {
+        assert!(!feed(&mut resp, off, here, &legacy), "{off}");
+        assert_eq!(resp.poll_transmit(), None, "{off}");
+    }
+    assert!(!feed(&mut resp, "198.51.100.7:5353", here, &qu));
+    assert_eq!(resp.poll_transmit(), None);
+    for on in [
+        "192.0.2.200:40000",
+        "127.0.0.1:40000",
+        "169.254.3.4:40000",
+        "[2001:db8::99]:40000",
+        "[fe80::1]:40000",
+    ] {
+        assert!(feed(&mut resp, on, here, &legacy), "{on}");
+        assert_eq!(resp.poll_transmit().map(|t| t.destination), Some(sa(on)));
+    }
+    // A multicast question from off the link: the group hears the answer, not the source.
+    let plain = encode_query(0, NAME, TYPE_A, false).unwrap();
+    assert!(feed(&mut resp, "198.51.100.7:5353", here, &plain));
+    assert_eq!(resp.poll_transmit().map(|t| t.destination), Some(GROUP_V4));
+    // Without any network of its own, only loopback and link-local sources get unicast.
+    let mut bare = MdnsResponder::new();
+    bare.publish(NAME, &[ip("192.0.2.7")]).unwrap();
+    assert!(!feed(&mut bare, "192.0.2.200:40000", here, &legacy));
+    assert!(feed(&mut bare, "127.0.0.1:40000", here, &legacy));
 }
