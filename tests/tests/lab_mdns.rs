@@ -10,7 +10,7 @@
 //! no check at all. The description files must carry no host address, only names.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::process::{Child, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,10 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 struct Side {
     child: Child,
+    /// Open until the side reports its `connected` event: at EOF both ways a side exits,
+    /// and the controlling one could otherwise exit with data exchanged over a valid pair
+    /// before its nomination completed (seen once in CI: no `connected` event).
+    stdin: Option<ChildStdin>,
     stdout: Option<std::thread::JoinHandle<String>>,
     events: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -80,12 +84,11 @@ fn connect_over_mdns_names_on_one_lan() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawning pinhole connect");
-            // The line goes once a pair is selected; then EOF.
+            // The line goes once a pair is selected; EOF once the side is connected.
             let mut stdin = child.stdin.take().expect("stdin");
             stdin
                 .write_all(format!("{line}\n").as_bytes())
                 .expect("stdin");
-            drop(stdin);
             let mut out = child.stdout.take().expect("stdout");
             let stdout = std::thread::spawn(move || {
                 let mut s = Vec::new();
@@ -103,6 +106,7 @@ fn connect_over_mdns_names_on_one_lan() {
             });
             Side {
                 child,
+                stdin: Some(stdin),
                 stdout: Some(stdout),
                 events: rx,
                 seen: Vec::new(),
@@ -117,6 +121,9 @@ fn connect_over_mdns_names_on_one_lan() {
         for (i, s) in sides.iter_mut().enumerate() {
             while let Ok(l) = s.events.try_recv() {
                 s.seen.push(l);
+            }
+            if s.stdin.is_some() && s.seen.iter().any(|l| l.contains(r#""event":"connected""#)) {
+                s.stdin = None;
             }
             if codes[i].is_none()
                 && let Ok(Some(st)) = s.child.try_wait()
@@ -274,6 +281,7 @@ fn answers_sent_to_the_group_resolve_and_silent_names_are_reported() {
         .expect("spawning pinhole connect");
     let mut side = Side {
         child,
+        stdin: None,
         stdout: None,
         events: mpsc::channel().1,
         seen: Vec::new(),
