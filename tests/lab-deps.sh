@@ -18,6 +18,8 @@ declare -A need=(
   [python3]=python3
   [openssl]=openssl
   [pkg-config]=pkg-config
+  # The browser peer of tests/tests/lab_chromium.rs (tests/chromium/browser_peer.py).
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!need[@]}"; do

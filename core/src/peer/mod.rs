@@ -640,7 +640,15 @@ impl Peer {
 
     /// Offers a datagram received on the socket. See the module docs for the order.
     pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> PeerInput {
-        // 1. TURN.
+        // 1. Server-reflexive gathering, while a request is out: a STUN server may also
+        // be a TURN server (one host for `stun:` and `turn:`), whose Binding response
+        // comes from the allocation's server address; the client claims only responses to
+        // its own transactions, so this costs nothing once gathering is done.
+        if !self.srflx_pending.is_empty() && self.stun.handle_input(now, rx) {
+            self.drain_stun();
+            return PeerInput::Consumed;
+        }
+        // 2. TURN.
         for i in 0..self.relays.len() {
             if rx.source != self.relays[i].alloc.server() || rx.proto != self.relays[i].proto {
                 continue;
@@ -677,12 +685,12 @@ impl Peer {
             self.drain_relays(now);
             return out;
         }
-        // 2. Server-reflexive gathering.
+        // 3. Server-reflexive gathering (a late or repeated response).
         if self.stun.handle_input(now, rx) {
             self.drain_stun();
             return PeerInput::Consumed;
         }
-        // 3. ICE, 4. application data, from the peer only.
+        // 4. ICE, 5. application data, from the peer only.
         match self.agent.handle_input(now, rx) {
             IceInput::Consumed => PeerInput::Consumed,
             IceInput::NotIce => self.data_if_peer(rx.contents, rx.source, 0..rx.contents.len()),

@@ -79,7 +79,9 @@ impl World {
         let turn = TurnServer::new(now, tc, [4; 32]);
         let sides = [0usize, 1].map(|i| {
             let mut config = configs[i].clone();
-            config.stun_servers = vec![a(STUN)];
+            if config.stun_servers.is_empty() {
+                config.stun_servers = vec![a(STUN)];
+            }
             config.turn_servers = vec![TurnServerSpec::new(
                 a(TURN),
                 Credentials::long_term("u", "p"),
@@ -320,6 +322,48 @@ fn candidates_are_gathered_and_trickled() {
         );
         assert!(s.events.contains(&PeerEvent::GatheringComplete));
     }
+}
+
+/// One server for both STUN and TURN (`stun:turn.example.com` beside
+/// `turn:turn.example.com`, what browsers are commonly given): the Binding response comes
+/// from the TURN server's address on the allocation's socket, and must reach gathering,
+/// not the allocation (which once swallowed it: no server-reflexive candidate).
+#[test]
+fn one_server_for_stun_and_turn_gives_a_server_reflexive_candidate() {
+    let nat = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let config = PeerConfig {
+        stun_servers: vec![a(TURN)],
+        ..PeerConfig::default()
+    };
+    let mut w = World::new([Some(nat), Some(nat)], Conditions::default(), config);
+    w.run_for(Duration::from_secs(1));
+    for s in &w.sides {
+        let mut kinds: Vec<CandidateKind> = s
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::Candidate(c) => Some(c.kind),
+                _ => None,
+            })
+            .collect();
+        kinds.sort_by_key(|k| *k as u8);
+        assert_eq!(
+            kinds,
+            [
+                CandidateKind::Host,
+                CandidateKind::ServerReflexive,
+                CandidateKind::Relayed
+            ],
+            "{:?}",
+            s.events
+        );
+        assert!(s.events.contains(&PeerEvent::GatheringComplete));
+    }
+    assert!(w.connect(Duration::from_secs(10)));
+    assert_eq!(w.relayed(), [Some(false), Some(false)]);
 }
 
 /// Every pair of NAT kinds connects with TURN; directly exactly where the oracle says a
