@@ -70,6 +70,7 @@ impl Drop for Side {
 impl Side {
     fn spawn(what: &'static str, host: &Host, program: &str, args: &[String]) -> Side {
         let mut child = in_ns(&host.ns, program, args)
+            .env("RUST_LOG", "pinhole::mdns=debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -114,6 +115,14 @@ impl Side {
         self.events.iter().find(|e| e["event"] == name)
     }
 
+    /// The last pair pinhole selected (`connected`, then any `path-changed`).
+    fn settled(&self) -> Option<&Value> {
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "connected" || e["event"] == "path-changed")
+    }
+
     fn count(&self, name: &str) -> usize {
         self.events.iter().filter(|e| e["event"] == name).count()
     }
@@ -150,6 +159,12 @@ struct Cell {
     browser_nat: NatConfig,
     relay: bool,
     forced: bool,
+    /// Both hosts behind the one router, on one LAN; pinhole offers its host candidate as
+    /// an mDNS name too (`--mdns`). Each side must resolve the other's `<uuid>.local`
+    /// name (pinhole's debug log must say it resolved the browser's; its pair may still
+    /// show the peer-reflexive candidate that the browser's first check made, which the
+    /// resolved host candidate replaces in place).
+    same_lan: bool,
 }
 
 fn cells() -> Vec<Cell> {
@@ -161,6 +176,15 @@ fn cells() -> Vec<Cell> {
             browser_nat: apdf(),
             relay: false,
             forced: false,
+            same_lan: false,
+        },
+        Cell {
+            label: "one LAN, mDNS names",
+            pinhole_nat: NatConfig::default(),
+            browser_nat: NatConfig::default(),
+            relay: false,
+            forced: false,
+            same_lan: true,
         },
         Cell {
             label: "EDM ↔ EIM/APDF",
@@ -168,6 +192,7 @@ fn cells() -> Vec<Cell> {
             browser_nat: apdf(),
             relay: true,
             forced: false,
+            same_lan: false,
         },
         Cell {
             label: "linux ↔ linux, relay only",
@@ -175,6 +200,7 @@ fn cells() -> Vec<Cell> {
             browser_nat: NatConfig::default(),
             relay: true,
             forced: true,
+            same_lan: false,
         },
     ]
 }
@@ -248,6 +274,9 @@ fn run_one(pinhole: &Path, cell: &Cell, run: &Run) -> Outcome {
     ]
     .map(String::from)
     .to_vec();
+    if cell.same_lan {
+        pargs.push("--mdns".into());
+    }
     if cell.forced {
         pargs.push("--no-direct".into());
         bargs.push("--relay-only".into());
@@ -283,7 +312,7 @@ fn run_one(pinhole: &Path, cell: &Cell, run: &Run) -> Outcome {
     if p.code.is_some() {
         trouble.push(format!("pinhole exited {:?} before the end", p.code));
     }
-    match p.event("connected") {
+    match p.settled() {
         None => trouble.push("pinhole reported no selected pair".into()),
         Some(e) if relayed(&e["local"], &e["remote"]) != cell.relay => trouble.push(format!(
             "pinhole's pair {} is not the cell's path ({})",
@@ -291,6 +320,9 @@ fn run_one(pinhole: &Path, cell: &Cell, run: &Run) -> Outcome {
             if cell.relay { "relay" } else { "direct" }
         )),
         Some(_) => {}
+    }
+    if cell.same_lan && !p.seen.iter().any(|l| l.contains("mDNS name resolved")) {
+        trouble.push("pinhole did not resolve the browser's .local name on one LAN".into());
     }
     if let Some(e) = b.event("still-connected") {
         let pair = &e["pair"];
@@ -324,10 +356,15 @@ fn chromium_and_pinhole_connect() {
             let (rp, rb) = (format!("c{n}p"), format!("c{n}b"));
             lab.add_router(&rp, cell.pinhole_nat.clone(), Uplink::Internet)
                 .expect("router");
-            lab.add_router(&rb, cell.browser_nat.clone(), Uplink::Internet)
-                .expect("router");
+            let rb = if cell.same_lan {
+                rp.clone()
+            } else {
+                lab.add_router(&rb, cell.browser_nat.clone(), Uplink::Internet)
+                    .expect("router");
+                rb
+            };
             let hp = lab.add_host(&format!("{rp}-h"), &rp).expect("host").clone();
-            let hb = lab.add_host(&format!("{rb}-h"), &rb).expect("host").clone();
+            let hb = lab.add_host(&format!("{rb}-b"), &rb).expect("host").clone();
             let dir = lab.dir().join(format!("chromium-{n}"));
             std::fs::create_dir_all(&dir).expect("signal dir");
             runs.push(Run {
@@ -378,9 +415,9 @@ fn chromium_and_pinhole_connect() {
         let cell = &cells[run.cell];
         let [p, b] = &o.sides;
         let ppair = p
-            .event("connected")
+            .settled()
             .map_or("-".into(), |e| pair_text(&e["local"], &e["remote"]));
-        let bpair = b.event("connected").map_or("-".into(), |e| {
+        let bpair = b.event("still-connected").map_or("-".into(), |e| {
             pair_text(&e["pair"]["local"], &e["pair"]["remote"])
         });
         let ok = o.trouble.is_empty();
