@@ -76,10 +76,25 @@ pub struct AllocationConfig {
     /// minutes; many do less); an indication asks for no answer (RFC 8489 §6.3.2). `None`
     /// sends none.
     pub keepalive: Option<Duration>,
+    /// Over UDP, an authenticated Refresh this often while allocated, to learn within
+    /// seconds that the server lost the allocation: a restarted server answers 437
+    /// Allocation Mismatch (RFC 8656 §7.2 and §8.2: the 5-tuple has no allocation) and a
+    /// dead one does not answer, and either way the allocation is reported
+    /// [`AllocationEvent::Lost`]. Without it that is noticed at the next scheduled
+    /// refresh, up to nine minutes later. Over UDP nothing else tells: no connection
+    /// breaks (over TCP and TLS the stream's end does). A check is a refresh too (it
+    /// asks for [`lifetime`](Self::lifetime)) and keeps the NAT binding like a
+    /// [`keepalive`](Self::keepalive) indication, which is not sent in the same interval.
+    /// It costs a request and a response per interval, so a background policy turns it
+    /// off (`None`) or stretches it.
+    pub liveness: Option<Duration>,
 }
 
 /// The default [`AllocationConfig::keepalive`]: RFC 8445 §11's Tr default, 15 s.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// The default [`AllocationConfig::liveness`]: a lost allocation is noticed within about
+/// this long plus a round trip (plus a 438 and its retry after a server restart).
+pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl AllocationConfig {
     /// An allocation on `server` from `local` with the defaults.
@@ -99,6 +114,7 @@ impl AllocationConfig {
             stun: ClientConfig::default(),
             software: Some(concat!("pinhole ", env!("CARGO_PKG_VERSION")).to_owned()),
             keepalive: Some(KEEPALIVE_INTERVAL),
+            liveness: Some(LIVENESS_INTERVAL),
         }
     }
 }
@@ -172,6 +188,8 @@ enum State {
 enum Purpose {
     Allocate,
     Refresh,
+    /// A refresh sent as a liveness check ([`AllocationConfig::liveness`]).
+    Check,
     Deallocate,
     Permission(IpAddr),
     Channel(u16),
@@ -238,6 +256,8 @@ pub struct Allocation {
     keepalive_at: Option<Instant>,
     /// A keepalive indication to send.
     keepalive_out: Option<Transmit>,
+    /// When the next liveness check goes (over UDP, allocated).
+    liveness_at: Option<Instant>,
     /// Transaction IDs for the keepalive indications (they need not be secret: nothing
     /// answers them; RFC 8489 §5 asks only requests' IDs to be unpredictable).
     keepalive_ids: u64,
@@ -267,6 +287,7 @@ impl Allocation {
             deallocate_when_granted: false,
             keepalive_at: None,
             keepalive_out: None,
+            liveness_at: None,
             keepalive_ids: u64::from_le_bytes([
                 seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
             ]),
@@ -341,7 +362,7 @@ impl Allocation {
     fn send(&mut self, now: Instant, purpose: Purpose) {
         let method = match purpose {
             Purpose::Allocate => Method::ALLOCATE,
-            Purpose::Refresh | Purpose::Deallocate => Method::REFRESH,
+            Purpose::Refresh | Purpose::Check | Purpose::Deallocate => Method::REFRESH,
             Purpose::Permission(_) => Method::CREATE_PERMISSION,
             Purpose::Channel(_) => Method::CHANNEL_BIND,
         };
@@ -380,7 +401,7 @@ impl Allocation {
                         b.add(&Software(s))?;
                     }
                 }
-                Purpose::Refresh => {
+                Purpose::Refresh | Purpose::Check => {
                     b.add(&Lifetime(lifetime))?;
                 }
                 Purpose::Deallocate => {
@@ -581,6 +602,19 @@ impl Allocation {
             self.refresh_at = None;
             self.send(now, Purpose::Refresh);
         }
+        if self.liveness_at.is_some_and(|l| now >= l) {
+            self.liveness_at = self.config.liveness.map(|l| now + l);
+            // One at a time: a check (or refresh) still being retransmitted will tell.
+            if !self
+                .purposes
+                .iter()
+                .any(|(_, p)| matches!(p, Purpose::Check | Purpose::Refresh))
+            {
+                self.send(now, Purpose::Check);
+            }
+            // The check keeps the NAT binding too: no indication in this interval.
+            self.keepalive_at = self.config.keepalive.map(|k| now + k);
+        }
         if self.keepalive_at.is_some_and(|k| now >= k) {
             self.keepalive_at = self.config.keepalive.map(|k| now + k);
             self.keepalive_out = self.keepalive_indication();
@@ -651,6 +685,7 @@ impl Allocation {
             consider(self.refresh_at);
             consider(self.expires_at);
             consider(self.keepalive_at);
+            consider(self.liveness_at);
             for p in self
                 .permissions
                 .iter()
@@ -741,6 +776,7 @@ impl Allocation {
                 self.schedule_refresh(now, lifetime);
                 if !self.config.transport.is_stream() {
                     self.keepalive_at = self.config.keepalive.map(|k| now + k);
+                    self.liveness_at = self.config.liveness.map(|l| now + l);
                 }
                 self.events.push_back(AllocationEvent::Allocated {
                     relayed,
@@ -758,6 +794,14 @@ impl Allocation {
                 self.schedule_refresh(now, lifetime);
                 self.events
                     .push_back(AllocationEvent::Refreshed { lifetime });
+            }
+            Purpose::Check => {
+                // Alive. A check is a refresh: the next scheduled one moves with it.
+                let lifetime = granted(msg).unwrap_or(self.config.lifetime);
+                if lifetime.is_zero() {
+                    return self.lose(TurnError::ZeroLifetime);
+                }
+                self.schedule_refresh(now, lifetime);
             }
             Purpose::Deallocate => self.finish_deallocation(),
             Purpose::Permission(ip) => {
@@ -907,7 +951,7 @@ impl Allocation {
     fn fail(&mut self, purpose: Purpose, error: TurnError) {
         debug!(?purpose, %error, "TURN request failed");
         match purpose {
-            Purpose::Allocate | Purpose::Refresh => self.lose(error),
+            Purpose::Allocate | Purpose::Refresh | Purpose::Check => self.lose(error),
             Purpose::Deallocate => self.finish_deallocation(),
             Purpose::Permission(ip) => {
                 self.permissions.retain(|p| p.ip != ip);

@@ -47,6 +47,11 @@ struct FakeTurn {
     drop: u32,
     seen: Vec<Vec<u8>>,
     deallocated: bool,
+    /// A restarted server: it has no allocation, so authenticated requests other than
+    /// Allocate get 437 (after a 438 for the old nonce, which `restart` arranges).
+    forgot: bool,
+    /// A dead server: nothing is answered.
+    dead: bool,
     /// Answers not yet sent.
     out: VecDeque<Transmit>,
 }
@@ -66,8 +71,17 @@ impl FakeTurn {
             drop: 0,
             seen: Vec::new(),
             deallocated: false,
+            forgot: false,
+            dead: false,
             out: VecDeque::new(),
         }
+    }
+
+    /// The server restarts: a new nonce, and no allocation.
+    fn restart(&mut self) {
+        self.nonce.push_str("-restarted");
+        self.stale = 1;
+        self.forgot = true;
     }
 
     fn nonce(&self) -> String {
@@ -129,6 +143,9 @@ impl FakeTurn {
 
     fn answer(&mut self, req: &[u8]) -> Option<Vec<u8>> {
         self.seen.push(req.to_vec());
+        if self.dead {
+            return None;
+        }
         if self.drop > 0 {
             self.drop -= 1;
             return None;
@@ -169,6 +186,9 @@ impl FakeTurn {
             self.stale -= 1;
             self.nonce.push('x');
             return self.error(&m, 438, true, &|_| {});
+        }
+        if self.forgot && method != Method::ALLOCATE {
+            return self.error(&m, 437, false, &|_| {});
         }
         if method == Method::ALLOCATE {
             if let Some(alt) = self.alternate.filter(|_| self.redirects > 0) {
@@ -390,7 +410,9 @@ fn stale_nonce_is_retried_with_the_new_nonce() {
 
 #[test]
 fn refresh_before_expiry() {
-    let mut h = Harness::new(FakeTurn::new());
+    // Without liveness checks (each is a refresh too, moving the scheduled one).
+    let no_checks = |c: &mut AllocationConfig| c.liveness = None;
+    let mut h = Harness::with(FakeTurn::new(), no_checks);
     h.run_until(Duration::from_secs(1200));
     let refreshes: Vec<_> = h
         .events
@@ -402,7 +424,7 @@ fn refresh_before_expiry() {
     assert_eq!(refreshes, [540_030, 1_080_040]);
     let mut t = FakeTurn::new();
     t.lifetime = 30;
-    let mut h = Harness::new(t);
+    let mut h = Harness::with(t, no_checks);
     h.run_until(Duration::from_secs(20));
     let refreshes: Vec<_> = h
         .events
@@ -921,10 +943,14 @@ fn binding_indications_keep_the_nat_binding_to_the_server_alive() {
             .inspect(|m| assert!(m.verify_fingerprint().is_ok()))
             .count()
     };
-    // Allocated at 20 ms: one every 15 s after it (RFC 8445 §11's Tr), no answer needed.
-    let mut h = Harness::new(FakeTurn::new());
+    // Allocated at 20 ms: one every 15 s after it (RFC 8445 §11's Tr), no answer needed
+    // (without liveness checks, which keep the binding themselves: none then).
+    let mut h = Harness::with(FakeTurn::new(), |c| c.liveness = None);
     h.run_until(Duration::from_secs(50));
     assert_eq!(keepalives(&h), 3);
+    let mut h = Harness::new(FakeTurn::new());
+    h.run_until(Duration::from_secs(50));
+    assert_eq!(keepalives(&h), 0);
     // None over a stream (TCP keeps its own binding), and none when turned off.
     let mut h = Harness::with(FakeTurn::new(), |c| c.transport = TurnTransport::Tcp);
     h.run_until(Duration::from_secs(50));
@@ -932,4 +958,84 @@ fn binding_indications_keep_the_nat_binding_to_the_server_alive() {
     let mut h = Harness::with(FakeTurn::new(), |c| c.keepalive = None);
     h.run_until(Duration::from_secs(50));
     assert_eq!(keepalives(&h), 0);
+}
+
+fn refreshes_seen(h: &Harness) -> usize {
+    h.turn
+        .seen
+        .iter()
+        .filter_map(|b| Message::parse(b).ok())
+        .filter(|m| m.method() == Method::REFRESH && m.has_integrity())
+        .count()
+}
+
+/// A server that restarts under a live allocation forgets it; the client learns that at
+/// its next liveness check (438 for the old nonce, then 437), not at the next refresh
+/// nine minutes later.
+#[test]
+fn a_restarted_server_is_noticed_at_the_next_liveness_check() {
+    let mut h = Harness::new(FakeTurn::new());
+    h.run_until(Duration::from_secs(30));
+    assert_eq!(
+        h.kinds(),
+        ["Allocated"],
+        "checks report nothing while alive"
+    );
+    // Allocated at 20 ms; a check every 5 s after it: 5 by 30 s (the sixth at 30.020 s).
+    assert_eq!(refreshes_seen(&h), 5);
+    assert!(!h.a.is_done());
+    h.turn.restart();
+    h.run_until(Duration::from_secs(60));
+    let lost: Vec<_> = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, AllocationEvent::Lost(_)))
+        .collect();
+    assert_eq!(lost.len(), 1, "{:?}", h.events);
+    let (at, e) = lost[0];
+    assert_eq!(*e, AllocationEvent::Lost(TurnError::AllocationMismatch));
+    // The check at 30.020 s: 438 at 30.030, the retry's 437 at 30.040.
+    assert_eq!(*at, Duration::from_millis(30_040));
+    assert!(h.a.is_done());
+}
+
+/// A server that stops answering: the check's retransmissions run out and the
+/// allocation is lost then, well before its lifetime would end.
+#[test]
+fn a_dead_server_is_noticed_when_a_check_times_out() {
+    let mut h = Harness::new(FakeTurn::new());
+    h.run_until(Duration::from_secs(10));
+    h.turn.dead = true;
+    h.run_until(Duration::from_secs(120));
+    let lost: Vec<_> = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, AllocationEvent::Lost(_)))
+        .collect();
+    assert_eq!(lost.len(), 1, "{:?}", h.events);
+    assert_eq!(lost[0].1, AllocationEvent::Lost(TurnError::TimedOut));
+    assert!(lost[0].0 < Duration::from_secs(60), "{:?}", lost[0].0);
+    // One check at a time: the next ticks sent no new request while it was retransmitted.
+    let checks: std::collections::HashSet<[u8; 12]> = h
+        .turn
+        .seen
+        .iter()
+        .filter_map(|b| Message::parse(b).ok())
+        .filter(|m| m.method() == Method::REFRESH)
+        .map(|m| m.transaction_id().0)
+        .collect();
+    // The one at 5.020 s, answered, and the one at 10.020 s (the server dead by then),
+    // retransmitted until it timed out: the ticks meanwhile sent none.
+    assert_eq!(checks.len(), 2, "{checks:?}");
+}
+
+/// Without checks (a background policy), nothing but the scheduled refresh asks.
+#[test]
+fn liveness_checks_can_be_turned_off() {
+    let mut h = Harness::with(FakeTurn::new(), |c| c.liveness = None);
+    h.run_until(Duration::from_secs(100));
+    assert_eq!(refreshes_seen(&h), 0);
+    h.turn.restart();
+    h.run_until(Duration::from_secs(200));
+    assert_eq!(h.kinds(), ["Allocated"], "unnoticed until the refresh");
 }

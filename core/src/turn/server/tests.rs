@@ -213,7 +213,18 @@ fn long_term_allocation_permission_channel_and_data_both_ways() {
 #[test]
 fn rest_credentials_and_stale_nonces() {
     let creds = Credentials::rest("bob", b"north", 1_700_000_000, 3600);
-    let mut w = World::new(creds, |c| c.nonce_lifetime = Duration::from_secs(30));
+    let mut w = World::new(creds.clone(), |c| {
+        c.nonce_lifetime = Duration::from_secs(30)
+    });
+    // The scheduled refreshes (liveness checks, each a refresh too, would move them).
+    w.client = Allocation::new(
+        w.now,
+        AllocationConfig {
+            liveness: None,
+            ..AllocationConfig::new(addr(LISTEN), addr(CLIENT), TurnTransport::Udp, creds)
+        },
+        [6; 32],
+    );
     w.pump();
     assert!(matches!(w.events[0], AllocationEvent::Allocated { .. }));
     // Refreshes after the nonce went stale: 438, then success with the new nonce.
@@ -1093,4 +1104,40 @@ fn a_refresh_that_shortens_the_lifetime_is_enforced() {
     w.now += Duration::from_secs(601);
     w.server.handle_timeout(w.now);
     assert_eq!(w.server.allocations(), 0);
+}
+
+/// The dev server restarts under a live allocation (a new instance on the same address:
+/// a new nonce key, no allocations): the client's next liveness check gets 438, then 437,
+/// and the allocation is lost within the check interval, not at the refresh minutes later.
+#[test]
+fn a_server_restart_is_noticed_by_the_next_liveness_check() {
+    let mut w = World::new(Credentials::long_term("alice", "wonderland"), |_| {});
+    w.pump();
+    assert!(matches!(w.events[0], AllocationEvent::Allocated { .. }));
+    w.advance(Duration::from_secs(12));
+    assert_eq!(
+        w.events.len(),
+        1,
+        "checks report nothing while alive: {:?}",
+        w.events
+    );
+    assert_eq!(w.server.allocations(), 1);
+    let mut config = TurnServerConfig::new(addr(LISTEN), "pinhole.test", 1_700_000_000);
+    config
+        .credentials
+        .users
+        .insert("alice".into(), "wonderland".into());
+    w.server = TurnServer::new(w.now, config, [7; 32]);
+    let restarted = w.now;
+    w.advance(crate::turn::LIVENESS_INTERVAL + Duration::from_secs(1));
+    assert_eq!(
+        w.events.last(),
+        Some(&AllocationEvent::Lost(
+            crate::turn::TurnError::AllocationMismatch
+        )),
+        "{:?}",
+        w.events
+    );
+    assert!(w.client.is_done());
+    assert!(w.now - restarted <= crate::turn::LIVENESS_INTERVAL + Duration::from_secs(1));
 }
