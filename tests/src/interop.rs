@@ -194,6 +194,7 @@ pub mod str0m_is {
     use super::*;
     use is::stun::{StunMessage, StunPacket};
     use is::{Candidate, IceAgent, IceAgentEvent, IceCreds, Protocol};
+    use pinhole::stun::attributes::XorMappedAddress;
 
     /// The agent, its socket, and what it has received.
     pub struct IsPeer {
@@ -229,6 +230,81 @@ pub mod str0m_is {
                 data: VecDeque::new(),
                 notes: Vec::new(),
             })
+        }
+
+        /// The socket's address (the host candidate).
+        pub fn local_addr(&self) -> SocketAddr {
+            self.local
+        }
+
+        /// Asks the STUN server `server` for the socket's mapped address (RFC 8489 §6: a
+        /// Binding request, sent again every 250 ms) and adds it as a server-reflexive
+        /// candidate: the agent gathers nothing itself. Call before [`IsPeer::drive`].
+        pub async fn gather_srflx(
+            &mut self,
+            server: SocketAddr,
+            within: Duration,
+        ) -> Result<SocketAddr, String> {
+            use std::hash::{BuildHasher as _, Hasher as _};
+            // A transaction id unlikely to repeat (it needs no secrecy here).
+            let mut tid = [0u8; 12];
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            tid[..8].copy_from_slice(&h.finish().to_be_bytes());
+            tid[8..].copy_from_slice(&std::process::id().to_be_bytes());
+            // Binding request, no attributes, the magic cookie (RFC 8489 §5).
+            let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+            req.extend_from_slice(&tid);
+            let until = tokio::time::Instant::now() + within;
+            let mut buf = vec![0u8; 2048];
+            while tokio::time::Instant::now() < until {
+                self.socket
+                    .send_to(&req, server)
+                    .await
+                    .map_err(|e| format!("to {server}: {e}"))?;
+                let wait = (tokio::time::Instant::now() + Duration::from_millis(250)).min(until);
+                while let Ok(Ok((n, from))) =
+                    tokio::time::timeout_at(wait, self.socket.recv_from(&mut buf)).await
+                {
+                    let d = &buf[..n];
+                    if from != server || n < 20 || d[8..20] != tid {
+                        continue;
+                    }
+                    // pinhole's parser: `is` parses ICE checks, not a server's answer.
+                    let mapped = pinhole::stun::Message::parse(d)
+                        .ok()
+                        .and_then(|m| m.get::<XorMappedAddress>().ok().flatten())
+                        .map(|a| a.0)
+                        .ok_or(format!("{server} answered without XOR-MAPPED-ADDRESS"))?;
+                    let c = Candidate::server_reflexive(mapped, self.local, "udp")
+                        .map_err(|e| e.to_string())?;
+                    self.agent.add_local_candidate(c);
+                    return Ok(mapped);
+                }
+            }
+            Err(format!("no answer from {server} within {within:?}"))
+        }
+
+        /// The nominated pair: (local type, local address, remote type, remote address).
+        /// The local end is the socket's (host) address; the remote's type is that of the
+        /// peer's candidate with its address, else peer-reflexive.
+        pub fn pair(&self) -> Option<(String, String, String, String)> {
+            let to = self.nominated?;
+            let kind = self
+                .agent
+                .remote_candidates()
+                .find(|c| c.addr() == to)
+                .map_or("prflx".to_owned(), |c| c.kind().to_string());
+            Some((
+                "host".to_owned(),
+                self.local.to_string(),
+                kind,
+                to.to_string(),
+            ))
         }
 
         /// Our (ufrag, password).

@@ -1,22 +1,28 @@
-//! `pinhole connect` ⇄ webrtc-rs's ICE agent (`webrtc-ice` 0.17) in the NAT lab (issue 15).
+//! `pinhole connect` ⇄ webrtc-rs's ICE agent (`webrtc-ice` 0.17) and str0m's sans-IO ICE
+//! agent (crate `is` 0.12) in the NAT lab (issue 15).
 //!
-//! The webrtc-ice side is this crate's `wrtc-ice-peer` binary (`pinhole_tests::interop`),
-//! a full peer of `pinhole connect --signal-dir` that reads and writes the same
-//! `DIR/NAME.sdp` files, run in a lab namespace with `ip netns exec`, as the libnice peer
-//! of `lab_libnice` is. Both print JSON events on stderr (`remote-description`,
-//! `connected`, `first-data`).
+//! The other side is this crate's `ice-peer` binary (`--impl webrtc-ice` or `--impl
+//! str0m`, over `pinhole_tests::interop`), a full peer of `pinhole connect --signal-dir`
+//! that reads and writes the same `DIR/NAME.sdp` files, run in a lab namespace with `ip
+//! netns exec`, as the libnice peer of `lab_libnice` is. Both print JSON events on stderr
+//! (`remote-description`, `connected`, `first-data`).
 //!
-//! [`pinhole_and_webrtc_ice_in_the_lab`] runs, at once:
-//! - a direct cell (pinhole behind a Linux NAT, webrtc-ice behind an endpoint-independent
-//!   mapping with address-and-port-dependent filtering: `lab_connect`'s oracle says a
-//!   direct path exists) and a relayed cell (both sides forced onto coturn's TURN/UDP
-//!   relay), each with pinhole controlling and controlled;
-//! - ICE-lite: webrtc-ice running lite on the lab's internet (a public address, as a lite
+//! [`pinhole_and_webrtc_ice_and_str0m_in_the_lab`] runs, at once, each with pinhole
+//! controlling and controlled:
+//! - a direct cell: pinhole behind a Linux NAT, the peer behind an endpoint-independent
+//!   mapping with address-and-port-dependent filtering (`lab_connect`'s oracle says a
+//!   direct path exists);
+//! - a relayed cell through coturn's TURN/UDP: webrtc-ice and pinhole both forced onto
+//!   the relay; str0m's agent has no TURN client, so there only pinhole relays
+//!   (`--no-direct`) and str0m reaches the relayed address from its server-reflexive one;
+//! - ICE-lite: the peer running lite on the lab's internet (a public address, as a lite
 //!   agent must have), pinhole full behind a NAT; pinhole is named to start controlled,
 //!   so it must switch to controlling on the peer's `a=ice-lite` (RFC 8445 §6.1.1).
+//!   (pinhole running lite is tested on loopback, `interop_ice`: `pinhole connect` has no
+//!   lite switch.)
 //!
 //! Pass: both sides report a selected pair, each printed the other's line, the path is
-//! the expected one, and webrtc-ice exited 0. A table shows the path and each side's time
+//! the expected one, and the peer exited 0. A table shows the path and each side's time
 //! to its first selected pair, in ms from t0, the moment both sides held the other's
 //! description (as `lab_libnice` measures it; `PINHOLE_LAB_VERBOSE=1` prints every
 //! transcript).
@@ -48,6 +54,7 @@ const LINGER_SECS: f64 = 1.5;
 enum Imp {
     Pinhole,
     WebrtcIce,
+    Str0m,
 }
 
 impl Imp {
@@ -55,6 +62,7 @@ impl Imp {
         match self {
             Imp::Pinhole => "pinhole",
             Imp::WebrtcIce => "webrtc-ice",
+            Imp::Str0m => "str0m",
         }
     }
 }
@@ -127,9 +135,16 @@ impl Side {
                 }
                 pinhole.to_string_lossy().into_owned()
             }
-            Imp::WebrtcIce => {
+            Imp::WebrtcIce | Imp::Str0m => {
+                let imp = if spec.imp == Imp::Str0m {
+                    "str0m"
+                } else {
+                    "webrtc-ice"
+                };
                 args.extend(
                     [
+                        "--impl",
+                        imp,
                         "--signal-dir",
                         &dir,
                         "--name",
@@ -145,7 +160,7 @@ impl Side {
                     ]
                     .map(String::from),
                 );
-                if !spec.lite {
+                if !spec.lite || spec.imp == Imp::Str0m {
                     args.extend(["--stun".to_owned(), PINHOLE_PRIMARY.to_string()]);
                 }
                 if spec.turn {
@@ -160,7 +175,7 @@ impl Side {
                 if spec.lite {
                     args.push("--lite".into());
                 }
-                env!("CARGO_BIN_EXE_wrtc-ice-peer").to_owned()
+                env!("CARGO_BIN_EXE_ice-peer").to_owned()
             }
         };
         let mut child = in_ns(&spec.ns, &program, &args)
@@ -359,7 +374,11 @@ fn run(bin: &Path, specs: [SideSpec; 2]) -> ([Side; 2], Vec<String>) {
     w.stop(Duration::from_secs_f64(LINGER_SECS + 3.0));
     p.stop(Duration::from_millis(300));
     if w.code != Some(0) {
-        trouble.push(format!("webrtc-ice exited {:?}, expected 0", w.code));
+        trouble.push(format!(
+            "{} exited {:?}, expected 0",
+            w.spec.imp.label(),
+            w.code
+        ));
     }
     (sides, trouble)
 }
@@ -372,7 +391,7 @@ struct Case {
 }
 
 #[test]
-fn pinhole_and_webrtc_ice_in_the_lab() {
+fn pinhole_and_webrtc_ice_and_str0m_in_the_lab() {
     if !lab_available("lab_webrtc interop", &["turnserver"]) {
         return;
     }
@@ -382,23 +401,49 @@ fn pinhole_and_webrtc_ice_in_the_lab() {
     lab.start_coturn().expect("coturn");
     let inet = lab.internet().to_owned();
     let mut cases = Vec::new();
+    let apdf = || NatConfig::port_restricted_cone().random_ports();
+    // (peer, cell, pinhole's NAT, the peer's NAT, pinhole relay only, peer relay only,
+    // expected path)
     let cells = [
         (
+            Imp::WebrtcIce,
             "linux ↔ EIM/APDF",
             NatConfig::default(),
-            NatConfig::port_restricted_cone().random_ports(),
+            apdf(),
+            false,
             false,
             "direct",
         ),
         (
+            Imp::WebrtcIce,
             "linux ↔ linux, relay only",
             NatConfig::default(),
             NatConfig::default(),
             true,
+            true,
+            "relay",
+        ),
+        (
+            Imp::Str0m,
+            "linux ↔ EIM/APDF",
+            NatConfig::default(),
+            apdf(),
+            false,
+            false,
+            "direct",
+        ),
+        // str0m's agent has no TURN client: the relay is pinhole's alone.
+        (
+            Imp::Str0m,
+            "linux ↔ linux, pinhole relay only",
+            NatConfig::default(),
+            NatConfig::default(),
+            true,
+            false,
             "relay",
         ),
     ];
-    for (label, p_nat, w_nat, relay_only, expected) in cells {
+    for (imp, label, p_nat, w_nat, p_relay, w_relay, expected) in cells {
         for pinhole_controls in [true, false] {
             let n = cases.len();
             let (rp, rw) = (format!("w{n}p"), format!("w{n}w"));
@@ -423,14 +468,14 @@ fn pinhole_and_webrtc_ice_in_the_lab() {
             } else {
                 ("b", "a")
             };
-            let spec = |imp: Imp, ns: String, name, peer| SideSpec {
+            let spec = |imp: Imp, ns: String, name, peer, relay_only| SideSpec {
                 imp,
                 ns,
                 dir: dir.clone(),
                 name,
                 peer,
                 line: format!("hello from {} ({label})", imp.label()),
-                turn: true,
+                turn: imp != Imp::Str0m,
                 relay_only,
                 lite: false,
             };
@@ -443,15 +488,16 @@ fn pinhole_and_webrtc_ice_in_the_lab() {
                 },
                 expected,
                 specs: [
-                    spec(Imp::Pinhole, hp, pn, wn),
-                    spec(Imp::WebrtcIce, hw, wn, pn),
+                    spec(Imp::Pinhole, hp, pn, wn, p_relay),
+                    spec(imp, hw, wn, pn, w_relay),
                 ],
             });
         }
     }
-    // ICE-lite: webrtc-ice lite on the internet (public addresses), pinhole full behind a
-    // NAT, named "b" so that it starts controlled and must take control.
-    {
+    // ICE-lite: the peer lite on the internet (public addresses, as a lite agent must
+    // have), pinhole full behind a NAT, named "b" so that it starts controlled and must
+    // take control on the peer's a=ice-lite (RFC 8445 §6.1.1).
+    for imp in [Imp::WebrtcIce, Imp::Str0m] {
         let n = cases.len();
         let rp = format!("w{n}p");
         lab.add_router(&rp, NatConfig::default(), Uplink::Internet)
@@ -481,7 +527,7 @@ fn pinhole_and_webrtc_ice_in_the_lab() {
             expected: "direct",
             specs: [
                 spec(Imp::Pinhole, hp, "b", "a", false),
-                spec(Imp::WebrtcIce, inet.clone(), "a", "b", true),
+                spec(imp, inet.clone(), "a", "b", true),
             ],
         });
     }
@@ -504,16 +550,19 @@ fn pinhole_and_webrtc_ice_in_the_lab() {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "\npinhole connect ⇄ webrtc-ice 0.17 (wrtc-ice-peer) in the NAT lab: pinhole serve STUN, coturn TURN/UDP, file signalling"
+        "\npinhole connect ⇄ webrtc-ice 0.17 and str0m's is 0.12 (bin ice-peer) in the NAT lab: \
+         pinhole serve STUN, coturn TURN/UDP, file signalling; connected = ms from t0 (both hold \
+         the other's description), pinhole/peer"
     );
     let _ = writeln!(
         table,
-        "{:<26} | {:<27} | {:<8} | {:<6} | {:<23} | {:>13} | result",
-        "NATs (pinhole ↔ webrtc)",
+        "{:<11} | {:<33} | {:<27} | {:<8} | {:<6} | {:<23} | {:>13} | result",
+        "peer",
+        "NATs (pinhole ↔ peer)",
         "pinhole is",
         "expected",
         "path",
-        "pair: pinhole ; webrtc",
+        "pair: pinhole ; peer",
         "connected p/w"
     );
     let mut failures = String::new();
@@ -538,7 +587,8 @@ fn pinhole_and_webrtc_ice_in_the_lab() {
         let since = |s: &Side| t0.and_then(|t0| s.connected_since(t0));
         let _ = writeln!(
             table,
-            "{:<26} | {:<27} | {:<8} | {:<6} | {:<23} | {:>13} | {}",
+            "{:<11} | {:<33} | {:<27} | {:<8} | {:<6} | {:<23} | {:>13} | {}",
+            w.spec.imp.label(),
             c.label,
             c.pinhole_role,
             c.expected,
@@ -553,7 +603,8 @@ fn pinhole_and_webrtc_ice_in_the_lab() {
         if !trouble.is_empty() {
             let _ = writeln!(
                 failures,
-                "{} (pinhole {}): {}\n{}{}",
+                "{} {} (pinhole {}): {}\n{}{}",
+                w.spec.imp.label(),
                 c.label,
                 c.pinhole_role,
                 trouble.join("; "),
