@@ -5,7 +5,7 @@
 //! them the same way.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 pub mod wrtc {
     use super::*;
     use webrtc_ice::agent::Agent;
-    use webrtc_ice::agent::agent_config::AgentConfig;
+    use webrtc_ice::agent::agent_config::{AgentConfig, IpFilterFn};
     use webrtc_ice::candidate::candidate_base::unmarshal_candidate;
     use webrtc_ice::candidate::{Candidate, CandidateType};
     use webrtc_ice::mdns::MulticastDnsMode;
@@ -37,6 +37,8 @@ pub mod wrtc {
         pub turn: Option<(SocketAddr, String, String)>,
         /// Relayed candidates only.
         pub relay_only: bool,
+        /// Host candidates on this address only.
+        pub ip: Option<IpAddr>,
     }
 
     /// A webrtc-ice agent and the candidates it gathered.
@@ -91,6 +93,10 @@ pub mod wrtc {
                 interface_filter: Arc::new(Some(Box::new(move |name: &str| {
                     (name == "lo") == loopback
                 }))),
+                ip_filter: Arc::new(
+                    opts.ip
+                        .map(|only| Box::new(move |ip: IpAddr| ip == only) as IpFilterFn),
+                ),
                 lite: opts.lite,
                 ..AgentConfig::default()
             };

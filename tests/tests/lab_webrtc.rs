@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use pinhole_tests::lab::cmd::in_ns;
 use pinhole_tests::lab::support::lab_available;
 use pinhole_tests::lab::{
-    COTURN_PRIMARY, COTURN_USER, Lab, NatConfig, PINHOLE_PRIMARY, Uplink, bins,
+    COTURN_PRIMARY, COTURN_USER, Lab, NatConfig, PEER_IP, PINHOLE_PRIMARY, Uplink, bins,
 };
 use serde_json::Value;
 
@@ -47,8 +47,12 @@ use serde_json::Value;
 const PEER_TIMEOUT_SECS: u64 = 20;
 /// The bound on one run, from spawn to both done (then both are killed).
 const RUN_BUDGET: Duration = Duration::from_secs(PEER_TIMEOUT_SECS + 15);
-/// webrtc-ice's `--linger`: it exits this long after its line went and one came.
-const LINGER_SECS: f64 = 1.5;
+/// How long a run goes on once both sides have a pair and the other's line: to see the
+/// path each settles on (pinhole renominates a better pair that validates later).
+const SETTLE: Duration = Duration::from_millis(2500);
+/// The peer's `--linger`: it exits this long after its line went and one came (past
+/// [`SETTLE`]).
+const LINGER_SECS: f64 = 3.5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Imp {
@@ -173,7 +177,9 @@ impl Side {
                     args.push("--relay-only".into());
                 }
                 if spec.lite {
-                    args.push("--lite".into());
+                    // One public host address: the internet namespace also holds the
+                    // servers' (coturn's among them, which would read as a relay).
+                    args.extend(["--lite".to_owned(), "--ip".to_owned(), PEER_IP.to_string()]);
                 }
                 env!("CARGO_BIN_EXE_ice-peer").to_owned()
             }
@@ -346,6 +352,12 @@ fn run(bin: &Path, specs: [SideSpec; 2]) -> ([Side; 2], Vec<String>) {
             s.pump(Duration::from_millis(10));
         }
         if done(&sides[0], &lines[1]) && done(&sides[1], &lines[0]) {
+            let settle = Instant::now() + SETTLE;
+            while Instant::now() < settle && !sides.iter_mut().any(Side::exited) {
+                for s in &mut sides {
+                    s.pump(Duration::from_millis(10));
+                }
+            }
             break;
         }
         if sides.iter_mut().any(Side::exited) {
@@ -574,8 +586,22 @@ fn pinhole_and_webrtc_ice_and_str0m_in_the_lab() {
             (Some(_), Some(_)) => "mixed",
             _ => "-",
         };
+        // webrtc-ice's controlled agent takes the first nominated pair and never another
+        // (it selects on USE-CANDIDATE only while no pair is selected; it has no
+        // renomination): when pinhole, controlling, nominated a relayed pair that
+        // validated first and then renominated the direct one, webrtc-ice goes on
+        // sending through the relay while pinhole sends directly. Data flows both ways;
+        // the table marks it.
+        let kept_first = path == "mixed"
+            && c.expected == "direct"
+            && w.spec.imp == Imp::WebrtcIce
+            && c.pinhole_role == "controlling"
+            && p.settled().is_some_and(|e| !relay_in(e))
+            && p.event("connected").is_some_and(relay_in)
+            && w.settled().is_some_and(relay_in);
+        let path = if kept_first { "mixed*" } else { path };
         let mut trouble = trouble.clone();
-        if trouble.is_empty() && path != c.expected {
+        if trouble.is_empty() && path != c.expected && !kept_first {
             trouble.push(format!("path {path}, expected {}", c.expected));
         }
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |m| format!("{m:.0}"));
@@ -613,6 +639,11 @@ fn pinhole_and_webrtc_ice_and_str0m_in_the_lab() {
             );
         }
     }
+    let _ = writeln!(
+        table,
+        "mixed*: pinhole (controlling) renominated the direct pair after a relayed one; \
+         webrtc-ice, which does not follow renomination, kept sending through the relay"
+    );
     eprintln!("{table}");
     assert!(failures.is_empty(), "{table}\n{failures}");
 }

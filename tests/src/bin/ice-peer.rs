@@ -12,6 +12,9 @@
 //! DIR/THEM.sdp (polled) until its credentials and `a=end-of-candidates` are in. The
 //! smaller name controls; a lite agent is always controlled.
 //!
+//! `--ip IP`: the host candidate on that address only (else webrtc-ice's on every
+//! interface but loopback, str0m's on the address toward --stun).
+//!
 //! Data: once a pair is selected it sends --send (a line) three times (UDP), prints every
 //! datagram it receives on stdout, and exits 0 --linger seconds after it has sent its line
 //! and received one; 1 on failure or --timeout; 2 on bad arguments.
@@ -19,10 +22,11 @@
 //! Events: one JSON object a line on stderr, each with `elapsed_ms` from the start of the
 //! process, named as `pinhole connect --json` names them: `remote-description` (with
 //! `unix_ms`), `connected` (with the pair's `local` and `remote` `{type, address}`),
-//! `first-data`, `disconnected`.
+//! `path-changed` (the same, when the agent moves data to another pair), `first-data`,
+//! `disconnected`.
 //!
 //! Usage: `ice-peer [--impl webrtc-ice|str0m] --signal-dir DIR --name ME --peer THEM
-//! [--stun IP:PORT] [--turn IP:PORT --user U --password P] [--relay-only] [--lite]
+//! [--ip IP] [--stun IP:PORT] [--turn IP:PORT --user U --password P] [--relay-only] [--lite]
 //! [--send LINE] [--timeout S] [--linger S]`
 
 use std::net::SocketAddr;
@@ -54,7 +58,7 @@ struct Args {
 fn usage(why: &str) -> ExitCode {
     eprintln!(
         "ice-peer: {why}\nusage: ice-peer [--impl webrtc-ice|str0m] --signal-dir DIR --name ME --peer THEM \
-         [--stun IP:PORT] [--turn IP:PORT --user U --password P] [--relay-only] [--lite] \
+         [--ip IP] [--stun IP:PORT] [--turn IP:PORT --user U --password P] [--relay-only] [--lite] \
          [--send LINE] [--timeout S] [--linger S]"
     );
     ExitCode::from(2)
@@ -95,6 +99,10 @@ fn parse() -> Result<Args, String> {
             "--send" => send = Some(value()?),
             "--timeout" => timeout = secs(value()?)?,
             "--linger" => linger = secs(value()?)?,
+            "--ip" => {
+                let v = value()?;
+                opts.ip = Some(v.parse().map_err(|e| format!("--ip {v}: {e}"))?);
+            }
             "--relay-only" => opts.relay_only = true,
             "--lite" => opts.lite = true,
             _ => return Err(format!("unknown argument {a}")),
@@ -197,10 +205,11 @@ async fn wait_description(
     }
 }
 
-fn pair_json(pair: Option<(String, String, String, String)>) -> Value {
+/// A `connected` or `path-changed` event for the pair.
+fn pair_json(name: &str, pair: Option<(String, String, String, String)>) -> Value {
     let end = |t: Option<&String>, a: Option<&String>| json!({"type": t.map_or("?", |s| s.as_str()), "address": a.map_or("?", |s| s.as_str())});
     json!({
-        "event": "connected",
+        "event": name,
         "local": end(pair.as_ref().map(|p| &p.0), pair.as_ref().map(|p| &p.1)),
         "remote": end(pair.as_ref().map(|p| &p.2), pair.as_ref().map(|p| &p.3)),
     })
@@ -283,7 +292,8 @@ async fn run_webrtc_ice(args: &Args, started: Instant, controlling: bool) -> Res
         .connect(controlling, ufrag, pwd, within)
         .await
         .map_err(|e| format!("no path: {e}"))?;
-    event(started, pair_json(peer.selected()));
+    let mut selected = peer.selected();
+    event(started, pair_json("connected", selected.clone()));
 
     let mut sent = args.send.is_none();
     let mut received = false;
@@ -314,6 +324,12 @@ async fn run_webrtc_ice(args: &Args, started: Instant, controlling: bool) -> Res
         if sent && received && finish_at.is_none() {
             finish_at = Some(Instant::now() + args.linger);
         }
+        // The pair data goes on now (the agent's choice; reported when it changes).
+        let now_selected = peer.selected();
+        if now_selected != selected {
+            selected = now_selected;
+            event(started, pair_json("path-changed", selected.clone()));
+        }
         match tokio::time::timeout(Duration::from_millis(100), conn.recv(&mut buf)).await {
             Ok(Ok(n)) => got_data(started, &mut received, &buf[..n]),
             Ok(Err(e)) => break Err(format!("receive: {e}")),
@@ -326,15 +342,16 @@ async fn run_webrtc_ice(args: &Args, started: Instant, controlling: bool) -> Res
 
 async fn run_str0m(args: &Args, started: Instant, controlling: bool) -> Result<(), String> {
     let deadline = started + args.timeout;
-    // The host candidate: the local address toward the STUN server (connecting a UDP
-    // socket sends nothing), or any.
-    let ip = match args.opts.stun {
-        Some(s) => std::net::UdpSocket::bind("0.0.0.0:0")
+    // The host candidate: --ip, else the local address toward the STUN server
+    // (connecting a UDP socket sends nothing).
+    let ip = match (args.opts.ip, args.opts.stun) {
+        (Some(ip), _) => ip,
+        (None, Some(s)) => std::net::UdpSocket::bind("0.0.0.0:0")
             .and_then(|u| u.connect(s).and_then(|()| u.local_addr()))
             .map_err(|e| format!("local address toward {s}: {e}"))?
             .ip(),
-        None => {
-            return Err("--impl str0m needs --stun (its host address is the one toward it)".into());
+        (None, None) => {
+            return Err("--impl str0m needs --ip or --stun (for its host address)".into());
         }
     };
     let mut peer = IsPeer::bind(SocketAddr::new(ip, 0), args.opts.lite).await?;
@@ -376,7 +393,8 @@ async fn run_str0m(args: &Args, started: Instant, controlling: bool) -> Result<(
     if peer.nominated.is_none() {
         return Err(format!("no path (notes: {:?})", peer.notes));
     }
-    event(started, pair_json(peer.pair()));
+    let mut nominated = peer.nominated;
+    event(started, pair_json("connected", peer.pair()));
     let mut sent = args.send.is_none();
     let mut received = false;
     let mut sends = 0;
@@ -405,5 +423,9 @@ async fn run_str0m(args: &Args, started: Instant, controlling: bool) -> Result<(
         // The agent keeps answering checks (and consent) meanwhile.
         peer.drive(Instant::now() + Duration::from_millis(100), |_| false)
             .await;
+        if peer.nominated != nominated {
+            nominated = peer.nominated;
+            event(started, pair_json("path-changed", peer.pair()));
+        }
     }
 }
