@@ -853,3 +853,102 @@ fn connect_relays_over_tcp_and_tls() {
     let log = c.log();
     assert!(log.contains("TCP") && log.contains("TLS"), "{log}");
 }
+
+/// coturn restarts under a live allocation (killed and started again on the same ports:
+/// a new nonce, no allocations). `pinhole allocate` notices at its next liveness check
+/// (a Refresh every 5 s: 438 for the old nonce, then 437 Allocation Mismatch) and ends
+/// with "allocation lost", seconds after the restart: before the checks it went unnoticed
+/// until the next refresh, up to nine minutes later (the allocation here is 600 s, its
+/// first refresh due at 540 s). The wait for the exit is bounded at 30 s.
+#[test]
+fn coturn_restart_under_a_live_allocation_is_noticed_within_seconds() {
+    use std::io::Read;
+    if !tools_present() {
+        return;
+    }
+    let [port, tls_port, _, _] = four_ports();
+    let opts = CoturnOpts {
+        extra: &ALICE_CONF,
+        ports: Some((port, tls_port)),
+        ..CoturnOpts::default()
+    };
+    let c = start_coturn_with(&opts);
+    let uri = format!("turn:127.0.0.1:{port}");
+    let mut args = vec!["--turn", uri.as_str()];
+    args.extend(ALICE);
+    args.extend(["--duration", "300", "--json"]);
+    let mut child = Command::new(BIN)
+        .arg("allocate")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut allocated = false;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(r#""event":"allocated""#) => {
+                allocated = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    if !allocated {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no allocation; coturn's log:\n{}", c.log());
+    }
+    // Alive across a few checks first.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "pinhole allocate ended while coturn was up"
+    );
+    drop(c);
+    let c = start_coturn_with(&opts);
+    let restarted = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if restarted.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the restart went unnoticed for 30 s; coturn's log:\n{}",
+                c.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let noticed = restarted.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    println!(
+        "coturn restarted under a live allocation: pinhole allocate noticed it {:.1} s later ({})",
+        noticed.as_secs_f64(),
+        stderr.trim()
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("allocation lost") && stderr.contains("437"),
+        "{stderr}"
+    );
+}
