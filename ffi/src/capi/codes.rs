@@ -38,6 +38,11 @@ pub const PINHOLE_ADDRESS_MAX: usize = 72;
 /// server with the TURN headers).
 pub const PINHOLE_TURN_DATA_MAX: usize = 65_400;
 
+/// The most bytes one `pinhole_peer_send` carries (what fits a UDP datagram, through a
+/// relay too). Keep datagrams at 1 200 bytes or less to fit every path's MTU: a larger
+/// one is sent with the don't-fragment bit and may be dropped.
+pub const PINHOLE_PEER_DATA_MAX: usize = 65_400;
+
 /// Log levels: `PINHOLE_LOG_*`.
 pub type pinhole_log_level = c_int;
 /// Very detailed tracing.
