@@ -565,8 +565,12 @@ impl PeerConnection {
     /// Candidates then come as `LocalCandidate` events. Errors: `InvalidArgument` (the
     /// config), `Unsupported` (`turns:` without TLS support), `NoServer` (relay only and
     /// no TURN server resolved), `Io` (the socket).
+    ///
+    /// A named constructor, not `new`: Kotlin has no async primary constructors (Kotlin
+    /// `PeerConnection.create(config, listener)`, a suspend function; Swift
+    /// `try await PeerConnection.create(config:listener:)`).
     #[uniffi::constructor]
-    pub async fn new(
+    pub async fn create(
         config: PeerConnectionConfig,
         listener: Arc<dyn PeerConnectionListener>,
     ) -> Result<Arc<Self>, PinholeError> {

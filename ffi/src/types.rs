@@ -865,8 +865,7 @@ pub struct PeerConnectionConfig {
     /// its external address as a candidate. Gathering waits for the gateway's answer.
     #[uniffi(default = false)]
     pub port_mapping: bool,
-    /// Which paths may be used.
-    #[uniffi(default = "All")]
+    /// Which paths may be used (`All` for the usual).
     pub relay_policy: RelayPolicy,
     /// The local socket address: `IP:port`. None: `0.0.0.0:0` (an IPv4 socket on the
     /// local address toward the first server, 127.0.0.1 without servers). `[::]:0`: one

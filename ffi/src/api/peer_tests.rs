@@ -57,7 +57,7 @@ struct Side {
 impl Side {
     fn new(config: PeerConnectionConfig) -> Side {
         let (tx, rx) = std_mpsc::channel();
-        let pc = block_on(PeerConnection::new(
+        let pc = block_on(PeerConnection::create(
             config,
             Arc::new(Events(Mutex::new(tx))),
         ))
@@ -363,7 +363,7 @@ fn a_listener_may_restart_its_connection() {
         pc: OnceLock::new(),
         results: Mutex::new(tx),
     });
-    let pc = block_on(PeerConnection::new(config(true), listener.clone())).unwrap();
+    let pc = block_on(PeerConnection::create(config(true), listener.clone())).unwrap();
     let first = ufrag(&pc.local_description());
     let _ = listener.pc.set(Arc::downgrade(&pc));
     // Gathering (host candidates only) ends at once; the restart gathers again, and so on:
@@ -383,7 +383,7 @@ fn a_listener_may_restart_its_connection() {
 fn bad_input_is_refused_with_typed_errors() {
     let bad = |c: PeerConnectionConfig| {
         let (tx, _rx) = std_mpsc::channel();
-        block_on(PeerConnection::new(c, Arc::new(Events(Mutex::new(tx))))).err()
+        block_on(PeerConnection::create(c, Arc::new(Events(Mutex::new(tx))))).err()
     };
     let invalid = |e: Option<PinholeError>| matches!(e, Some(PinholeError::InvalidArgument(_)));
     assert!(invalid(bad(PeerConnectionConfig {
