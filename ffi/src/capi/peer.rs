@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::PinholeError;
 use crate::ops::{PeerControl, PeerPlan};
-use crate::task::Task;
+use crate::task::{Rendezvous, Task};
 use crate::types::{
     IceConnectionState, PeerConnectionConfig, PeerConnectionEvent, PeerTurnServer, RelayPolicy,
     SelectedPair,
@@ -415,16 +415,17 @@ pub unsafe extern "C" fn pinhole_peer_create(
             destroyed,
         };
         let (go, ready) = tokio::sync::oneshot::channel::<()>();
-        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+        // A condition variable, not a channel: this may be a C program's main thread,
+        // which a channel's wait would give a handle never freed.
+        let started = Arc::new(Rendezvous::<Result<(), PinholeError>>::default());
+        let started_tx = started.clone();
         let task = Task::spawn_parked("pinhole-peer", move |stop| async move {
             let callbacks = callbacks;
             plan.run(
                 stop,
                 control,
                 commands,
-                |r| {
-                    let _ = started_tx.send(r);
-                },
+                |r| started_tx.put(r),
                 // The handle is complete before the callbacks begin: one may destroy it.
                 Some(ready),
                 |ev| callbacks.deliver(ev),
@@ -439,9 +440,11 @@ pub unsafe extern "C" fn pinhole_peer_create(
                 return Err(e);
             }
         };
-        let started = started_rx
-            .recv_timeout(CREATE_TIMEOUT)
-            .unwrap_or_else(|_| Err(PinholeError::Internal("the peer's thread ended".into())));
+        let started = started.take_timeout(CREATE_TIMEOUT).unwrap_or_else(|| {
+            Err(PinholeError::TimedOut(
+                "the peer connection did not start in time".into(),
+            ))
+        });
         if let Err(e) = started {
             task.stop();
             // It has reported its failure (or is told to stop): it ends without a

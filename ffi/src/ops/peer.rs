@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::{MAX_SERVERS, MAX_URI_LEN};
 use crate::error::PinholeError;
-use crate::task::StopSignal;
+use crate::task::{Rendezvous, StopSignal};
 use crate::types::{
     IceConnectionState, PeerConnectionConfig, PeerConnectionEvent, RelayPolicy, SelectedPair,
     parse_socket_addr,
@@ -599,18 +599,28 @@ impl PeerControl {
                 .ok_or_else(|| PinholeError::Internal("the connection is busy".into()))?;
             return Ok(f(ctx));
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        // A condition variable, not a channel: the caller may be a C program's main
+        // thread, which a channel's wait would give a handle never freed.
+        let answer = Arc::new(Rendezvous::<T>::default());
+        let answer2 = answer.clone();
         self.commands
-            .send(Command::Call(Box::new(move |ctx| {
-                let _ = tx.send(f(ctx));
-            })))
+            .send(Command::Call(Box::new(move |ctx| answer2.put(f(ctx)))))
             .map_err(|_| closed_error())?;
-        rx.recv_timeout(CALL_TIMEOUT).map_err(|e| match e {
-            std::sync::mpsc::RecvTimeoutError::Timeout => PinholeError::TimedOut(
-                "the connection's thread did not answer (a callback blocks it?)".into(),
-            ),
-            std::sync::mpsc::RecvTimeoutError::Disconnected => closed_error(),
-        })
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        loop {
+            if let Some(v) = answer.take_timeout(Duration::from_millis(50)) {
+                return Ok(v);
+            }
+            // The task ended without applying it (the command was dropped).
+            if Arc::strong_count(&answer) == 1 {
+                return Err(closed_error());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(PinholeError::TimedOut(
+                    "the connection's thread did not answer (a callback blocks it?)".into(),
+                ));
+            }
+        }
     }
 
     /// Queues `f` for the connection's thread without waiting (in order with the other
