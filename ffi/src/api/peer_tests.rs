@@ -334,23 +334,27 @@ fn two_peer_connections_connect_through_a_turn_relay() {
 }
 
 /// A listener that restarts its own connection from inside `on_event` (on the
-/// connection's thread): the call is applied at once rather than deadlocking, and the
-/// connection goes on.
+/// connection's thread), once, when checking begins: the call is applied at once rather
+/// than deadlocking, and the connection goes on.
 struct Restarter {
     pc: OnceLock<Weak<PeerConnection>>,
-    results: Mutex<std_mpsc::Sender<Result<String, PinholeError>>>,
+    done: std::sync::atomic::AtomicBool,
+    results: Mutex<std_mpsc::Sender<(Result<String, PinholeError>, Duration)>>,
 }
 
 impl PeerConnectionListener for Restarter {
     fn on_event(&self, event: PeerConnectionEvent) {
-        if matches!(event, PeerConnectionEvent::GatheringComplete) {
-            if let Some(pc) = self.pc.get().and_then(Weak::upgrade) {
-                let started = Instant::now();
-                let r = pc.restart();
-                assert!(started.elapsed() < Duration::from_secs(1));
-                if let Ok(tx) = self.results.lock() {
-                    let _ = tx.send(r);
-                }
+        let checking = PeerConnectionEvent::StateChanged {
+            state: IceConnectionState::Checking,
+        };
+        if event != checking || self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if let Some(pc) = self.pc.get().and_then(Weak::upgrade) {
+            let started = Instant::now();
+            let r = pc.restart();
+            if let Ok(tx) = self.results.lock() {
+                let _ = tx.send((r, started.elapsed()));
             }
         }
     }
@@ -361,19 +365,25 @@ fn a_listener_may_restart_its_connection() {
     let (tx, rx) = std_mpsc::channel();
     let listener = Arc::new(Restarter {
         pc: OnceLock::new(),
+        done: std::sync::atomic::AtomicBool::new(false),
         results: Mutex::new(tx),
     });
     let pc = block_on(PeerConnection::create(config(true), listener.clone())).unwrap();
     let first = ufrag(&pc.local_description());
     let _ = listener.pc.set(Arc::downgrade(&pc));
-    // Gathering (host candidates only) ends at once; the restart gathers again, and so on:
-    // two restarts in a row from the listener.
-    for _ in 0..2 {
-        let r = rx.recv_timeout(WAIT).expect("the listener restarted");
-        let desc = r.expect("restart from the listener");
-        assert_ne!(ufrag(&desc), first);
-        assert_eq!(ufrag(&pc.local_description()), ufrag(&desc));
-    }
+    // A peer's description starts the checks: the listener restarts on `Checking`.
+    pc.set_remote_description(
+        "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
+         a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+            .into(),
+    )
+    .unwrap();
+    let (r, took) = rx.recv_timeout(WAIT).expect("the listener restarted");
+    let desc = r.expect("restart from the listener");
+    assert!(took < Duration::from_secs(1), "applied at once: {took:?}");
+    assert_ne!(ufrag(&desc), first);
+    assert_eq!(ufrag(&pc.local_description()), ufrag(&desc));
+    assert!(!pc.is_closed());
     pc.close();
     drop(pc);
 }
