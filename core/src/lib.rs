@@ -53,6 +53,7 @@ pub mod ice;
 pub mod machine;
 pub mod mdns;
 pub mod netcheck;
+pub mod netmon;
 pub mod peer;
 pub mod portmap;
 #[cfg(any(test, feature = "server"))]

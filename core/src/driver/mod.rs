@@ -17,6 +17,7 @@ mod error;
 pub mod interfaces;
 mod mdns;
 mod netcheck;
+pub mod netmon;
 pub mod peer;
 mod peer_portmap;
 mod peer_streams;

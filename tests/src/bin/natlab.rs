@@ -11,6 +11,7 @@
 //! natlab udp-recv --bind A [--timeout-ms N]              (helper: print the first datagram)
 //! natlab udp-send --bind A --to B [--text T] [--wait-ms N] (helper: send one datagram)
 //! natlab pcp-map --gateway G --client C --port N         (helper: one PCP MAP for UDP)
+//! natlab watch-network [--count N] [--timeout-ms N]     (helper: print network changes)
 //! ```
 //! Topologies: `matrix` (every NAT case), `basic` (one port-restricted NAT), or a case name
 //! from `natlab list`. Run as root. See tests/README.md.
@@ -32,6 +33,7 @@ const USAGE: &str = "usage:
   natlab udp-recv --bind ADDR [--timeout-ms N]
   natlab udp-send --bind ADDR --to ADDR [--text TEXT] [--count N | --wait-ms N]
   natlab pcp-map --gateway IP --client IP --port N [--lifetime SECS] [--timeout-ms N]
+  natlab watch-network [--count N] [--timeout-ms N]
 topologies: basic, matrix, or one case of `natlab list`";
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Some("udp-recv") => udp_recv(&args[1..]),
         Some("udp-send") => udp_send(&args[1..]),
         Some("pcp-map") => pcp_map(&args[1..]),
+        Some("watch-network") => watch_network(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -430,4 +433,55 @@ fn pcp_map(args: &[String]) -> Result<ExitCode, LabError> {
         return Ok(ExitCode::SUCCESS);
     }
     Err(LabError(format!("no PCP answer from {gateway}")))
+}
+
+/// Runs pinhole's network monitor (`pinhole::driver::netmon`) in this namespace: prints
+/// `ready` once it listens, then one JSON line per debounced change (its kinds and the
+/// usable addresses after it), until `--count` changes (default 1) or `--timeout-ms`
+/// (default 10 000; exit 1 then).
+fn watch_network(args: &[String]) -> Result<ExitCode, LabError> {
+    let opts = Opts::parse(args, &["count", "timeout-ms"])?;
+    let count: usize = opts
+        .value("count")
+        .unwrap_or("1")
+        .parse()
+        .map_err(|e| LabError(format!("--count: {e}")))?;
+    let timeout = Duration::from_millis(
+        opts.value("timeout-ms")
+            .unwrap_or("10000")
+            .parse()
+            .map_err(|e| LabError(format!("--timeout-ms: {e}")))?,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LabError(format!("runtime: {e}")))?;
+    rt.block_on(async {
+        let mut monitor = pinhole::driver::netmon::watch()
+            .map_err(|e| LabError(format!("network monitor: {e}")))?;
+        println!("ready");
+        let deadline = tokio::time::Instant::now() + timeout;
+        for _ in 0..count {
+            let change = tokio::time::timeout_at(deadline, monitor.changed())
+                .await
+                .map_err(|_| LabError("no network change within --timeout-ms".into()))?
+                .ok_or_else(|| LabError("the network monitor stopped".into()))?;
+            let ips: Vec<String> = change
+                .usable_ips()
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "links": change.change.links,
+                    "addresses": change.change.addresses,
+                    "default_route": change.change.default_route,
+                    "overrun": change.change.overrun,
+                    "ips": ips,
+                })
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
