@@ -1214,7 +1214,7 @@ fn event(ev: PeerEvent) -> Option<PeerConnectionEvent> {
             nominated,
             rtt,
         },
-        PeerEvent::Ice(_) => return None,
+        PeerEvent::Ice(_) | PeerEvent::BirthdaySockets(_) | PeerEvent::Birthday(_) => return None,
     })
 }
 

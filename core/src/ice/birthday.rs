@@ -233,6 +233,11 @@ impl BirthdayProber {
         &self.role
     }
 
+    /// When probing started.
+    pub fn started_at(&self) -> Instant {
+        self.started
+    }
+
     /// Probes sent so far.
     pub fn probes_sent(&self) -> u32 {
         self.sent
