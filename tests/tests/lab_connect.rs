@@ -1417,3 +1417,134 @@ fn connect_matrix_with_birthday_probing_side_by_side() {
         lab.server_logs()
     );
 }
+
+/// Issue 13's bench: in the EDM × EIM/APDF cell (the hard side behind `masquerade
+/// random`-like endpoint-dependent mapping, the easy side behind endpoint-independent
+/// mapping with address-and-port-dependent filtering), the time to a direct path with
+/// birthday probing (each run: the later side's first direct pair, from its start), the
+/// probes it took (both sides, until found), and the same runs' time through the relay
+/// (the later side's `connected` event, which in this cell is the relayed pair), in one
+/// run; median and p90 printed; asserted only that every run went direct.
+/// `PINHOLE_BIRTHDAY_BENCH_RUNS` sets the runs (default 20), 5 pairs at a time.
+#[test]
+fn bench_birthday_time_to_direct_in_the_edm_eim_apdf_cell() {
+    if !lab_available("lab_connect birthday bench", &["turnserver"]) {
+        return;
+    }
+    let runs: usize = std::env::var("PINHOLE_BIRTHDAY_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let bin = bins::pinhole().expect("the pinhole CLI");
+    let (mut lab, signal, signal_url) = lab_with_servers(&bin);
+    let kinds = kinds();
+    let easy = kinds
+        .iter()
+        .find(|k| k.label == "EIM/APDF")
+        .expect("kind")
+        .clone();
+    let hard = kinds
+        .iter()
+        .find(|k| k.label == "EDM")
+        .expect("kind")
+        .clone();
+    let mut pairs = Vec::new();
+    for n in 0..5 {
+        let (hosts, _) = two_hosts(
+            &mut lab,
+            (&format!("bb{n}e"), easy.config.clone()),
+            (&format!("bb{n}h"), hard.config.clone()),
+        );
+        pairs.push(hosts);
+    }
+    let turn = format!("turn:{COTURN_PRIMARY}");
+    let mut results: Vec<[SideResult; 2]> = Vec::new();
+    let mut round = 0;
+    while results.len() < runs {
+        let batch = (runs - results.len()).min(pairs.len());
+        let got: Vec<[SideResult; 2]> = std::thread::scope(|s| {
+            let handles: Vec<_> = pairs[..batch]
+                .iter()
+                .enumerate()
+                .map(|(n, hosts)| {
+                    let (bin, url, turn) = (&bin, &signal_url, &turn);
+                    let room = format!("{}-bb{round}-{n}", lab.prefix());
+                    s.spawn(move || {
+                        run_pair_with(
+                            bin,
+                            [&hosts[0], &hosts[1]],
+                            &room,
+                            url,
+                            ["hello from the easy side", "hello from the hard side"],
+                            1,
+                            SendWhen::BothConnectedStayForDirect,
+                            [turn, turn],
+                            &[],
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("pair thread"))
+                .collect()
+        });
+        results.extend(got);
+        round += 1;
+    }
+    drop(signal);
+    let probes_of = |r: &SideResult| -> u64 {
+        r.stderr
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "birthday-found")
+            .and_then(|v| v["probes"].as_u64())
+            .unwrap_or(0)
+    };
+    let (mut direct, mut relay, mut probes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failures = String::new();
+    for (i, r) in results.iter().enumerate() {
+        let d = [r[0].first_direct(), r[1].first_direct()].map(|e| e.and_then(elapsed));
+        let c = [r[0].connected.as_ref(), r[1].connected.as_ref()];
+        match d {
+            [Some(a), Some(b)] => direct.push(a.max(b)),
+            _ => {
+                let _ = writeln!(
+                    failures,
+                    "run {i}: not direct\n{}{}",
+                    r[0].transcript("easy"),
+                    r[1].transcript("hard")
+                );
+            }
+        }
+        if c.iter().all(|e| e.is_some_and(relay_in)) {
+            if let [Some(a), Some(b)] = c.map(|e| e.and_then(elapsed)) {
+                relay.push(a.max(b));
+            }
+        }
+        probes.push(probes_of(&r[0]) + probes_of(&r[1]));
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| -> String {
+        if v.is_empty() {
+            return "-".into();
+        }
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        format!("{:.0}", v[i])
+    };
+    let mut probes_f: Vec<f64> = probes.iter().map(|p| *p as f64).collect();
+    println!(
+        "\nbirthday bench, EDM × EIM/APDF, {runs} runs ({} direct): time to a direct path \
+         median {} ms, p90 {} ms; probes (both sides) median {}, p90 {}; time through the \
+         relay (connected on the relayed pair, {} runs) median {} ms, p90 {} ms",
+        direct.len(),
+        pct(&mut direct.clone(), 0.5),
+        pct(&mut direct, 0.9),
+        pct(&mut probes_f.clone(), 0.5),
+        pct(&mut probes_f, 0.9),
+        relay.len(),
+        pct(&mut relay.clone(), 0.5),
+        pct(&mut relay, 0.9),
+    );
+    assert!(failures.is_empty(), "birthday bench failures:\n{failures}");
+}
