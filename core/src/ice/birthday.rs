@@ -383,8 +383,23 @@ impl BirthdayProber {
         let Ok(msg) = Message::parse(rx.contents) else {
             return false;
         };
-        if msg.method() != Method::BINDING || !msg.has(PROBE_ATTRIBUTE) {
+        if msg.method() != Method::BINDING {
             return false;
+        }
+        if !msg.has(PROBE_ATTRIBUTE) {
+            // An ICE check at one of the hard side's probe sockets (never a base of the
+            // agent's): the peer found this socket and our answer to its probe was lost.
+            // Authenticated like a probe, it makes the pair as well (and the answer is
+            // a valid answer to the check).
+            // Once a pair is found, checks are the agent's (the socket is its base then).
+            let at_probe_socket = !self.done
+                && matches!(
+                    &self.role,
+                    BirthdayRole::Hard { sockets, .. } if sockets.contains(&rx.destination)
+                );
+            if !(at_probe_socket && msg.class() == Class::Request) {
+                return false;
+            }
         }
         if !self.owns(rx.destination) {
             // A probe at a socket of ours that the role does not use: not ours to take,

@@ -456,3 +456,75 @@ fn one_socket_is_not_enough() {
     assert!(one <= 10, "{one}");
     assert!(many >= 99, "{many}");
 }
+
+/// The hard side takes an authenticated ICE check (no probe attribute) at one of its
+/// probe sockets as the pair too, and answers it: the easy side found that socket and
+/// the answer to its probe was lost, and its agent's checks now go there. Not with the
+/// wrong password, and not at an address that is not a probe socket.
+#[test]
+fn an_ice_check_at_a_probe_socket_makes_the_pair_on_the_hard_side() {
+    let t0 = Instant::now();
+    let sockets = hard_sockets(4);
+    let mut hard = BirthdayProber::new(
+        t0,
+        &BirthdayConfig::default(),
+        BirthdayRole::Hard {
+            sockets: sockets.clone(),
+            target: a(EASY_SRFLX),
+        },
+        creds("hard"),
+        creds("easy"),
+        [7; 32],
+    );
+    let check = |pwd: &str| {
+        let mut buf = [0u8; 512];
+        let mut b = MessageBuilder::new(
+            &mut buf,
+            MessageType::BINDING_REQUEST,
+            TransactionId([4; 12]),
+        )
+        .unwrap();
+        b.add(&Username("hard:easy"))
+            .unwrap()
+            .add_message_integrity(&IntegrityKey::short_term(pwd).unwrap())
+            .unwrap()
+            .add_fingerprint()
+            .unwrap();
+        b.finish().to_vec()
+    };
+    let rx = |to: SocketAddr, c: &[u8]| -> (SocketAddr, Vec<u8>) { (to, c.to_vec()) };
+    let offer = |hard: &mut BirthdayProber, (to, c): (SocketAddr, Vec<u8>)| {
+        hard.handle_input(
+            t0,
+            Received {
+                proto: Protocol::Udp,
+                source: a(EASY_SRFLX),
+                destination: to,
+                contents: &c,
+            },
+        )
+    };
+    let bad = check("wrongwrongwrongwrongwrong");
+    assert!(offer(&mut hard, rx(sockets[2], &bad)));
+    assert!(hard.found().is_none());
+    let good = check(&creds("hard").pwd);
+    // At an address that is not a probe socket: not the prober's.
+    assert!(!offer(&mut hard, rx(a("10.0.0.10:5000"), &good)));
+    assert!(offer(&mut hard, rx(sockets[2], &good)));
+    assert_eq!(hard.found(), Some((sockets[2], a(EASY_SRFLX))));
+    let answer = hard.poll_transmit().unwrap();
+    assert_eq!(
+        (answer.source, answer.destination),
+        (sockets[2], a(EASY_SRFLX))
+    );
+    let m = Message::parse(&answer.contents).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert_eq!(m.transaction_id(), TransactionId([4; 12]));
+    assert!(
+        m.verify_integrity(&IntegrityKey::short_term(&creds("hard").pwd).unwrap())
+            .is_ok()
+    );
+    // From now on the socket is the agent's base: its checks are the agent's.
+    assert!(!offer(&mut hard, rx(sockets[2], &good)));
+    assert!(hard.poll_transmit().is_none());
+}
