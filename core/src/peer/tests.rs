@@ -1206,3 +1206,38 @@ fn birthday_probing_never_slows_the_easy_cells() {
         println!("side {i}: probing started {wait:?} after both sides' candidates were known");
     }
 }
+
+/// Birthday probing on a lossy link (5 % of datagrams lost each way): a lost probe is
+/// one fewer chance, a lost answer is made up by the other side's checks (an
+/// authenticated check at the hard side's probe socket makes the pair there too).
+/// Both orientations, 10 seeds each; printed, and at least 18 of 20 direct.
+#[test]
+fn birthday_probing_goes_direct_on_a_lossy_link() {
+    let easy = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let lossy = Conditions {
+        loss: 0.05,
+        ..Conditions::default()
+    };
+    let (mut direct_n, mut trials) = (0, 0);
+    for hard_side in [0usize, 1] {
+        for seed in 0..10u64 {
+            trials += 1;
+            let mut nats = [Some(easy), Some(easy)];
+            nats[hard_side] = Some(edm_random());
+            let mut w = World::seeded(
+                [with_birthday(true), with_birthday(true)],
+                nats,
+                lossy,
+                100 + seed,
+            );
+            w.share_allocation = true;
+            assert!(w.connect(Duration::from_secs(30)), "seed {seed}");
+            direct_n += usize::from(until_direct(&mut w, Duration::from_secs(30)).is_some());
+        }
+    }
+    println!("EDM x EIM/APDF with 5 % loss: direct with birthday {direct_n}/{trials}");
+    assert!(direct_n >= 18, "{direct_n}/{trials}");
+}
