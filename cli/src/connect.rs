@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use pinhole::driver::peer::{IncomingInto, PeerConnection, PeerConnectionEvent};
 use pinhole::driver::{self, DEFAULT_STUN_SERVERS};
+use pinhole::ice::BirthdayEvent;
 use pinhole::ice::{Candidate, IceCredentials, IceState, PORT_ALLOCATION_ATTRIBUTE};
 use pinhole::netcheck::PortAllocation;
 use pinhole::peer::{PeerConfig, TurnServerSpec};
@@ -110,6 +111,28 @@ pub(crate) struct ConnectArgs {
     /// with or without this.)
     #[arg(long)]
     mdns: bool,
+    /// No birthday probing. By default, when one side's NAT maps endpoint-dependently
+    /// (its gathering saw a new port per server) and plain checks found no direct pair
+    /// within --birthday-wait, that side opens --birthday-sockets sockets toward the
+    /// other's server-reflexive address and the other probes random ports of its public
+    /// IP, within the caps below; both sides must take part (a=ice-options:x-pinhole-birthday).
+    #[arg(long)]
+    no_birthday: bool,
+    /// Birthday probing: sockets the hard side opens (at most 1024).
+    #[arg(long, value_name = "N", default_value = "256", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    birthday_sockets: u16,
+    /// Birthday probing: probes per second, per side (at most 1000).
+    #[arg(long, value_name = "N", default_value = "250", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    birthday_rate: u32,
+    /// Birthday probing: the easy side's probes in all (at most 16384).
+    #[arg(long, value_name = "N", default_value = "2048", value_parser = clap::value_parser!(u32).range(1..=16384))]
+    birthday_probes: u32,
+    /// Birthday probing: how long it may last.
+    #[arg(long, value_name = "SECS", default_value = "12", value_parser = seconds(300))]
+    birthday_time: Duration,
+    /// Birthday probing: how long plain checks run without a direct pair first.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = seconds(300))]
+    birthday_wait: Duration,
 }
 
 /// Runs `pinhole signal`.
@@ -491,6 +514,15 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     config.port_mapping = !args.no_portmap && !args.no_direct;
     config.primary_interface_only = args.primary_interface_only;
     config.ignore_interfaces = args.ignore_interface.clone();
+    // Birthday probing (issue 13): on unless --no-birthday, and never without direct
+    // candidates.
+    config.birthday.enabled = !args.no_birthday && !args.no_direct;
+    config.birthday.sockets = usize::from(args.birthday_sockets);
+    config.birthday.probes_per_second = args.birthday_rate;
+    config.birthday.max_probes = args.birthday_probes;
+    config.birthday.max_duration = args.birthday_time;
+    config.birthday.wait = args.birthday_wait;
+    let birthday = config.birthday.enabled;
     // One dual-stack socket (a host candidate of each family the host routes); IPv4 alone
     // where the system has no IPv6.
     let dual = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
@@ -517,9 +549,14 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let creds = pc.local_credentials().clone();
     if let Err(e) = channel
         .send(&format!(
-            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle\r\na=ice-pacing:{}\r\n",
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle{}\r\na=ice-pacing:{}\r\n",
             creds.ufrag,
             creds.pwd,
+            if birthday {
+                format!(" {}", pinhole::ice::birthday::ICE_OPTION)
+            } else {
+                String::new()
+            },
             pc.pacing_ms()
         ))
         .await
@@ -659,6 +696,27 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     PeerConnectionEvent::RelayFailed(e) => {
                         say(json!({"event": "relay-failed", "error": e}), format!("relay failed: {e}"));
                     }
+                    PeerConnectionEvent::Birthday(BirthdayEvent::Found { local, remote, probes, after, .. }) => {
+                        say(
+                            json!({
+                                "event": "birthday-found",
+                                "local": local.to_string(),
+                                "remote": remote.to_string(),
+                                "probes": probes,
+                                "after_ms": (after.as_secs_f64() * 1e6).round() / 1e3,
+                            }),
+                            format!(
+                                "birthday probing: {local} <-> {remote} after {probes} probes, {:.0} ms",
+                                after.as_secs_f64() * 1e3
+                            ),
+                        );
+                    }
+                    PeerConnectionEvent::Birthday(BirthdayEvent::GaveUp { probes, .. }) => {
+                        say(
+                            json!({"event": "birthday-gave-up", "probes": probes}),
+                            format!("birthday probing gave up after {probes} probes"),
+                        );
+                    }
                     PeerConnectionEvent::CandidateUnresolved(name) => {
                         say(
                             json!({"event": "mdns-unresolved", "name": name}),
@@ -681,6 +739,13 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                                 Ok(c) => pc.add_remote_candidate(c),
                                 Err(e) => tracing::debug!(error = %e, "peer candidate ignored"),
                             }
+                        } else if let Some(options) = line.strip_prefix("a=ice-options:") {
+                            // Birthday probing needs both sides (issue 13).
+                            pc.set_remote_birthday(
+                                options
+                                    .split_ascii_whitespace()
+                                    .any(|o| o == pinhole::ice::birthday::ICE_OPTION),
+                            );
                         } else if let Some(ms) = line.strip_prefix("a=ice-pacing:") {
                             // RFC 8839 §5.2; a value that is not a number is ignored.
                             match ms.trim().parse::<u32>() {

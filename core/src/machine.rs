@@ -70,6 +70,7 @@ machine!(
     bool
 );
 machine!(crate::portmap::Mapper, crate::portmap::MapperEvent, bool);
+machine!(crate::ice::BirthdayProber, crate::ice::BirthdayEvent, bool);
 machine!(
     crate::ice::IceAgent,
     crate::ice::IceEvent,

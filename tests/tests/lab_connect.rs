@@ -41,6 +41,12 @@
 //! reached within [`DIRECT_WITHIN_MS`] ([`DIRECT_WITHIN_MS_LOSSY`] with loss); where the
 //! oracle says relay, no event on either side may ever be direct. Which pair was
 //! nominated first is printed and counted, not asserted.
+//!
+//! That matrix runs plain ICE (`--no-birthday`). Issue 13's matrix
+//! (`connect_matrix_with_birthday_probing_side_by_side`) runs the 15 pairs again, plain
+//! then with birthday probing (the default of `pinhole connect`), in one run: EDM with
+//! linux and with EIM/APDF go direct too (14 of 15), EDM × EDM is measured, and the
+//! cells plain ICE takes direct are no slower and never probe.
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -238,6 +244,7 @@ impl Side {
         room: &str,
         signal: &str,
         turn: &str,
+        extra: &[String],
     ) -> Side {
         let (user, pass) = COTURN_USER;
         let args: Vec<String> = [
@@ -259,7 +266,9 @@ impl Side {
             &CONNECT_TIMEOUT_SECS.to_string(),
         ]
         .map(String::from)
-        .to_vec();
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect();
         let mut child = in_ns(&host.ns, &bin.to_string_lossy(), &args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -459,6 +468,7 @@ fn run_pair(
         copies,
         when,
         [&turn, &turn],
+        &[],
     )
 }
 
@@ -473,12 +483,13 @@ fn run_pair_with(
     copies: usize,
     when: SendWhen,
     turns: [&str; 2],
+    extra: &[String],
 ) -> [SideResult; 2] {
     let deadline = Instant::now() + PAIR_BUDGET;
     let both: Connected = Arc::default();
     let [a, b] = [0, 1].map(|i| {
         let label = format!("{room} side {i}");
-        Side::spawn_with(&label, bin, hosts[i], room, signal, turns[i])
+        Side::spawn_with(&label, bin, hosts[i], room, signal, turns[i], extra)
     });
     let (la, lb) = (lines[0].to_owned(), lines[1].to_owned());
     let (ba, bb) = (both.clone(), both);
@@ -691,7 +702,10 @@ fn connect_matrix_through_every_pair_of_nat_kinds() {
                 let (bin, url) = (&bin, &signal_url);
                 s.spawn(move || {
                     let [la, lb] = p.lines();
-                    run_pair(
+                    // Plain ICE (the matrix of issue 11); birthday probing has its own
+                    // matrix below.
+                    let turn = format!("turn:{COTURN_PRIMARY}");
+                    run_pair_with(
                         bin,
                         [&p.hosts[0], &p.hosts[1]],
                         &p.room,
@@ -699,6 +713,8 @@ fn connect_matrix_through_every_pair_of_nat_kinds() {
                         [&la, &lb],
                         1,
                         SendWhen::OwnConnected,
+                        [&turn, &turn],
+                        &["--no-birthday".to_owned()],
                     )
                 })
             })
@@ -938,6 +954,7 @@ fn connect_through_a_udp_blocking_firewall_over_turn_tcp() {
         1,
         SendWhen::BothConnected,
         [&tcp, &udp],
+        &[],
     );
     let took = t0.elapsed();
     drop(signal);
@@ -1180,4 +1197,354 @@ fn connect_directly_over_a_second_interface() {
         r[1].transcript("side B"),
         lab.server_logs()
     );
+}
+
+/// The birthday oracle (issue 13): a direct path where plain ICE has one, and where one
+/// side has endpoint-dependent mapping and the other endpoint-independent mapping
+/// (whatever its filtering): the hard side's probe sockets meet the easy side's probes.
+/// EDM × EDM is measured, not asserted (`None`).
+fn birthday_expected(a: &Kind, b: &Kind) -> Option<bool> {
+    if !a.eim() && !b.eim() {
+        return None;
+    }
+    Some(true)
+}
+
+/// Issue 13's matrix: the 15 pairs again, side by side in one run, first with plain ICE
+/// (`--no-birthday`), then with birthday probing (`pinhole connect`'s default). With
+/// it, EDM × linux and EDM × EIM/APDF go direct (14 of 15 with EDM × EDM measured);
+/// the cells plain ICE takes direct are no slower (each side's first direct pair no
+/// later than [`NO_SLOWER_MS`] after the plain run's; they never probe: no
+/// `birthday-found` event); every pair carries its line each way.
+#[test]
+fn connect_matrix_with_birthday_probing_side_by_side() {
+    /// How much later the plain-direct cells may reach their direct pair with birthday
+    /// probing on than without, in one run (scheduling noise between two runs of 15
+    /// parallel pairs on a shared machine).
+    const NO_SLOWER_MS: f64 = 1000.0;
+    if !lab_available("lab_connect birthday matrix", &["turnserver"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("the pinhole CLI");
+    let started = Instant::now();
+    let (mut lab, signal, signal_url) = lab_with_servers(&bin);
+    let kinds = kinds();
+    let mut specs = Vec::new();
+    for i in 0..kinds.len() {
+        for j in i..kinds.len() {
+            let n = specs.len();
+            let (a, b) = (kinds[i].clone(), kinds[j].clone());
+            let ra = format!("b{n}{}a", a.tag);
+            let rb = format!("b{n}{}b", b.tag);
+            lab.add_router(&ra, a.config.clone(), Uplink::Internet)
+                .expect("router");
+            lab.add_router(&rb, b.config.clone(), Uplink::Internet)
+                .expect("router");
+            let ha = lab.add_host(&format!("{ra}-h"), &ra).expect("host").clone();
+            let hb = lab.add_host(&format!("{rb}-h"), &rb).expect("host").clone();
+            specs.push(PairSpec {
+                a,
+                b,
+                hosts: [ha, hb],
+                room: format!("{}-bday{n}", lab.prefix()),
+            });
+        }
+    }
+    let built = started.elapsed();
+    let turn = format!("turn:{COTURN_PRIMARY}");
+    let run_all = |extra: &[String], tag: &str| -> Vec<[SideResult; 2]> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = specs
+                .iter()
+                .map(|p| {
+                    let (bin, url, turn) = (&bin, &signal_url, &turn);
+                    let room = format!("{}-{tag}", p.room);
+                    s.spawn(move || {
+                        let [la, lb] = p.lines();
+                        run_pair_with(
+                            bin,
+                            [&p.hosts[0], &p.hosts[1]],
+                            &room,
+                            url,
+                            [&la, &lb],
+                            1,
+                            SendWhen::BothConnectedStayForDirect,
+                            [turn, turn],
+                            extra,
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("pair thread"))
+                .collect()
+        })
+    };
+    let t = Instant::now();
+    let plain = run_all(&["--no-birthday".to_owned()], "plain");
+    let plain_took = t.elapsed();
+    let t = Instant::now();
+    let bday = run_all(&[], "bday");
+    let bday_took = t.elapsed();
+    drop(signal);
+
+    let event = |r: &SideResult, name: &str| -> Option<Value> {
+        r.stderr
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == name)
+    };
+    let found = |r: &SideResult| event(r, "birthday-found");
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "\npinhole connect, every pair of NAT kinds, plain ICE (--no-birthday) then birthday probing, one run"
+    );
+    let _ = writeln!(
+        table,
+        "{:<20} | {:<7} {:>11} | {:<8} {:<7} {:>11} {:>8} {:>9} | verdict",
+        "pair (A ↔ B)", "plain", "direct at", "expected", "bday", "direct at", "probes", "found at",
+    );
+    let _ = writeln!(table, "{}", "-".repeat(110));
+    let mut failures = String::new();
+    let (mut direct, mut edm_edm) = (0, (0, 0));
+    for ((p, r0), r1) in specs.iter().zip(&plain).zip(&bday) {
+        let [la, lb] = p.lines();
+        let mut bad = check_data(r1, [&la, &lb], true);
+        bad.extend(
+            check_data(r0, [&la, &lb], true)
+                .into_iter()
+                .map(|b| format!("plain: {b}")),
+        );
+        let expected = birthday_expected(&p.a, &p.b);
+        let plain_direct = direct_expected(&p.a, &p.b);
+        bad.extend(
+            check_path(r0, plain_direct, DIRECT_WITHIN_MS_LOSSY)
+                .into_iter()
+                .map(|b| format!("plain: {b}")),
+        );
+        let settled = path_of(r1[0].settled(), r1[1].settled());
+        if settled == Some(true) {
+            direct += 1;
+        }
+        match expected {
+            Some(d) => bad.extend(check_path(r1, d, DIRECT_WITHIN_MS_LOSSY)),
+            None => {
+                edm_edm.1 += 1;
+                edm_edm.0 += usize::from(settled == Some(true));
+            }
+        }
+        let probes: u64 = r1
+            .iter()
+            .filter_map(|s| {
+                found(s)
+                    .or_else(|| event(s, "birthday-gave-up"))
+                    .and_then(|v| v["probes"].as_u64())
+            })
+            .sum();
+        if plain_direct {
+            // No slower, and never probing.
+            for i in 0..2 {
+                let (a, b) = (
+                    r0[i].first_direct().and_then(elapsed),
+                    r1[i].first_direct().and_then(elapsed),
+                );
+                if let (Some(a), Some(b)) = (a, b)
+                    && b > a + NO_SLOWER_MS
+                {
+                    bad.push(format!("side {i} direct at {b:.0} ms, plain {a:.0} ms"));
+                }
+                if found(&r1[i]).is_some() {
+                    bad.push(format!("side {i} probed in a cell plain ICE takes direct"));
+                }
+            }
+        }
+        let found_at = r1
+            .iter()
+            .filter_map(|s| found(s).and_then(|v| v["after_ms"].as_f64()))
+            .reduce(f64::max);
+        let _ = writeln!(
+            table,
+            "{:<20} | {:<7} {:>11} | {:<8} {:<7} {:>11} {:>8} {:>9} | {}",
+            format!("{} ↔ {}", p.a.label, p.b.label),
+            path_word(path_of(r0[0].settled(), r0[1].settled())),
+            format!(
+                "{}/{}",
+                ms(r0[0].first_direct().and_then(elapsed)),
+                ms(r0[1].first_direct().and_then(elapsed))
+            ),
+            expected.map_or("measure", |d| path_word(Some(d))),
+            path_word(settled),
+            format!(
+                "{}/{}",
+                ms(r1[0].first_direct().and_then(elapsed)),
+                ms(r1[1].first_direct().and_then(elapsed))
+            ),
+            probes,
+            ms(found_at),
+            if bad.is_empty() { "ok" } else { "FAIL" },
+        );
+        if !bad.is_empty() {
+            let _ = writeln!(
+                failures,
+                "{} ↔ {} (room {}):\n  {}\n{}{}",
+                p.a.label,
+                p.b.label,
+                p.room,
+                bad.join("\n  "),
+                r1[0].transcript("side A"),
+                r1[1].transcript("side B")
+            );
+        }
+    }
+    let _ = writeln!(
+        table,
+        "with birthday probing: direct {direct}/15 (EDM × EDM direct {}/{}); \
+         lab built in {:.1} s, plain pass {:.1} s, birthday pass {:.1} s; \
+         direct at: elapsed_ms of each side's first direct pair (A/B); probes: both sides' \
+         birthday probes until found; found at: probing's own time to the pair (ms)",
+        edm_edm.0,
+        edm_edm.1,
+        built.as_secs_f64(),
+        plain_took.as_secs_f64(),
+        bday_took.as_secs_f64()
+    );
+    println!("{table}");
+    assert!(
+        failures.is_empty(),
+        "birthday matrix failures:\n{failures}\n{}",
+        lab.server_logs()
+    );
+}
+
+/// Issue 13's bench: in the EDM × EIM/APDF cell (the hard side behind `masquerade
+/// random`-like endpoint-dependent mapping, the easy side behind endpoint-independent
+/// mapping with address-and-port-dependent filtering), the time to a direct path with
+/// birthday probing (each run: the later side's first direct pair, from its start), the
+/// probes it took (both sides, until found), and the same runs' time through the relay
+/// (the later side's `connected` event, which in this cell is the relayed pair), in one
+/// run; median and p90 printed; asserted only that every run went direct.
+/// `PINHOLE_BIRTHDAY_BENCH_RUNS` sets the runs (default 20), 5 pairs at a time.
+#[test]
+fn bench_birthday_time_to_direct_in_the_edm_eim_apdf_cell() {
+    if !lab_available("lab_connect birthday bench", &["turnserver"]) {
+        return;
+    }
+    let runs: usize = std::env::var("PINHOLE_BIRTHDAY_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let bin = bins::pinhole().expect("the pinhole CLI");
+    let (mut lab, signal, signal_url) = lab_with_servers(&bin);
+    let kinds = kinds();
+    let easy = kinds
+        .iter()
+        .find(|k| k.label == "EIM/APDF")
+        .expect("kind")
+        .clone();
+    let hard = kinds
+        .iter()
+        .find(|k| k.label == "EDM")
+        .expect("kind")
+        .clone();
+    let mut pairs = Vec::new();
+    for n in 0..5 {
+        let (hosts, _) = two_hosts(
+            &mut lab,
+            (&format!("bb{n}e"), easy.config.clone()),
+            (&format!("bb{n}h"), hard.config.clone()),
+        );
+        pairs.push(hosts);
+    }
+    let turn = format!("turn:{COTURN_PRIMARY}");
+    let mut results: Vec<[SideResult; 2]> = Vec::new();
+    let mut round = 0;
+    while results.len() < runs {
+        let batch = (runs - results.len()).min(pairs.len());
+        let got: Vec<[SideResult; 2]> = std::thread::scope(|s| {
+            let handles: Vec<_> = pairs[..batch]
+                .iter()
+                .enumerate()
+                .map(|(n, hosts)| {
+                    let (bin, url, turn) = (&bin, &signal_url, &turn);
+                    let room = format!("{}-bb{round}-{n}", lab.prefix());
+                    s.spawn(move || {
+                        run_pair_with(
+                            bin,
+                            [&hosts[0], &hosts[1]],
+                            &room,
+                            url,
+                            ["hello from the easy side", "hello from the hard side"],
+                            1,
+                            SendWhen::BothConnectedStayForDirect,
+                            [turn, turn],
+                            &[],
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("pair thread"))
+                .collect()
+        });
+        results.extend(got);
+        round += 1;
+    }
+    drop(signal);
+    let probes_of = |r: &SideResult| -> u64 {
+        r.stderr
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "birthday-found")
+            .and_then(|v| v["probes"].as_u64())
+            .unwrap_or(0)
+    };
+    let (mut direct, mut relay, mut probes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failures = String::new();
+    for (i, r) in results.iter().enumerate() {
+        let d = [r[0].first_direct(), r[1].first_direct()].map(|e| e.and_then(elapsed));
+        let c = [r[0].connected.as_ref(), r[1].connected.as_ref()];
+        match d {
+            [Some(a), Some(b)] => direct.push(a.max(b)),
+            _ => {
+                let _ = writeln!(
+                    failures,
+                    "run {i}: not direct\n{}{}",
+                    r[0].transcript("easy"),
+                    r[1].transcript("hard")
+                );
+            }
+        }
+        if c.iter().all(|e| e.is_some_and(relay_in)) {
+            if let [Some(a), Some(b)] = c.map(|e| e.and_then(elapsed)) {
+                relay.push(a.max(b));
+            }
+        }
+        probes.push(probes_of(&r[0]) + probes_of(&r[1]));
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| -> String {
+        if v.is_empty() {
+            return "-".into();
+        }
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        format!("{:.0}", v[i])
+    };
+    let mut probes_f: Vec<f64> = probes.iter().map(|p| *p as f64).collect();
+    println!(
+        "\nbirthday bench, EDM × EIM/APDF, {runs} runs ({} direct): time to a direct path \
+         median {} ms, p90 {} ms; probes (both sides) median {}, p90 {}; time through the \
+         relay (connected on the relayed pair, {} runs) median {} ms, p90 {} ms",
+        direct.len(),
+        pct(&mut direct.clone(), 0.5),
+        pct(&mut direct, 0.9),
+        pct(&mut probes_f.clone(), 0.5),
+        pct(&mut probes_f, 0.9),
+        relay.len(),
+        pct(&mut relay.clone(), 0.5),
+        pct(&mut relay, 0.9),
+    );
+    assert!(failures.is_empty(), "birthday bench failures:\n{failures}");
 }

@@ -103,6 +103,8 @@ pub enum PeerConnectionEvent {
     /// within the resolver's bound ([`crate::mdns::MAX_TIMEOUT`]): dropped, the
     /// connection goes on without it. The name.
     CandidateUnresolved(String),
+    /// Birthday probing (issue 13) found a pair or gave up.
+    Birthday(crate::ice::BirthdayEvent),
 }
 
 /// An event or a datagram, from [`PeerConnection::next`].
@@ -200,6 +202,9 @@ struct Shared {
     untimed: AtomicBool,
     /// The task is gone.
     closed: AtomicBool,
+    /// The birthday probe socket that found a pair (the hard side), once one did: a base
+    /// of the machine, which data may go out from. The task reads it.
+    won: std::sync::OnceLock<(SocketAddr, Arc<UdpSocket>)>,
 }
 
 impl Shared {
@@ -461,6 +466,7 @@ impl PeerConnection {
             receives: AtomicU64::new(0),
             untimed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            won: std::sync::OnceLock::new(),
         });
         let events_tx = ev_tx.downgrade();
         let task = tokio::spawn(run(shared.clone(), ev_tx, streams, portmap));
@@ -663,6 +669,13 @@ impl PeerConnection {
         self.shared.lock().peer.port_allocation()
     }
 
+    /// Whether the peer takes part in birthday probing (its description carries
+    /// `a=ice-options:x-pinhole-birthday`; see [`Peer::set_remote_birthday`]).
+    pub fn set_remote_birthday(&self, agreed: bool) {
+        self.shared.lock().peer.set_remote_birthday(agreed);
+        self.shared.task_wake.notify_one();
+    }
+
     /// The peer's `a=x-pinhole-port-allocation`: a sequential one turns on port
     /// prediction ([`Peer::set_remote_port_allocation`]).
     pub fn set_remote_port_allocation(&self, allocation: crate::netcheck::PortAllocation) {
@@ -781,9 +794,18 @@ async fn send(shared: &Shared, data: &[u8]) {
                     destination,
                 }) => {
                     drop(guard);
-                    shared
-                        .socket
-                        .try_send(&shared.datagram(source, destination, data))
+                    match shared.won.get().filter(|(a, _)| *a == source) {
+                        // From the birthday probe socket that won (its own address).
+                        Some((_, s)) => s.try_send(&Datagrams {
+                            destination,
+                            source: None,
+                            contents: data,
+                            segment_size: None,
+                        }),
+                        None => shared
+                            .socket
+                            .try_send(&shared.datagram(source, destination, data)),
+                    }
                 }
                 // Sent under the lock: the framing buffer is the connection's.
                 Ok(Outgoing::Framed {
@@ -1008,6 +1030,8 @@ async fn run(
     // While the application is between receives: when the task takes over, unless the
     // count of receives moved.
     let mut handover: Option<(tokio::time::Instant, u64)> = None;
+    // Birthday probing's sockets (the hard side), while it runs; then the one that won.
+    let mut probe: Option<super::sockets::Sockets> = None;
     loop {
         loop {
             let t = shared.lock().peer.poll_transmit();
@@ -1015,11 +1039,23 @@ async fn run(
             if shared.streams.send(&t) {
                 continue;
             }
-            send_control(&shared, &t).await;
+            match probe.as_mut() {
+                Some(p)
+                    if shared.won.get().is_none()
+                        && p.sockets.iter().any(|(a, _)| *a == t.source) =>
+                {
+                    p.send(&t).await;
+                }
+                _ => send_control(&shared, &t).await,
+            }
         }
+        let mut birthday = Vec::new();
         let wake = {
             let mut st = shared.lock();
             while let Some(ev) = st.peer.poll_event() {
+                if matches!(ev, PeerEvent::BirthdaySockets(_) | PeerEvent::Birthday(_)) {
+                    birthday.push(ev.clone());
+                }
                 let Some(out) = event(ev) else { continue };
                 if events.send(Box::new(out)).is_err() {
                     return;
@@ -1027,6 +1063,10 @@ async fn run(
             }
             st.peer.poll_timeout()
         };
+        if !birthday.is_empty() {
+            birthday_event(&shared, &mut probe, birthday).await;
+            continue;
+        }
         let wake = wake
             .map(tokio::time::Instant::from)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
@@ -1066,6 +1106,20 @@ async fn run(
                 }
             }
             Some(ev) = streams.next() => stream_event(&shared, ev),
+            (_, n) = async {
+                match probe.as_mut() {
+                    Some(p) => p.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(p) = probe.as_ref() {
+                    for i in 0..n {
+                        if let Some(rx) = p.received(i) {
+                            queue_input(&shared, shared.lock(), rx);
+                        }
+                    }
+                }
+            }
             () = tokio::time::sleep_until(deadline) => {
                 let now = tokio::time::Instant::now();
                 if let Some((_, receives)) = handover.filter(|(at, _)| *at <= now) {
@@ -1080,6 +1134,72 @@ async fn run(
                     shared.lock().peer.handle_timeout(Instant::now());
                 }
             }
+        }
+    }
+}
+
+/// What birthday probing asks of the driver: the hard side's sockets (bound on the
+/// primary IPv4 base's IP, any port, and handed to the machine), and once it is over the
+/// one that won kept (a base, [`Shared::won`]) and the others closed.
+async fn birthday_event(
+    shared: &Shared,
+    probe: &mut Option<super::sockets::Sockets>,
+    events: Vec<PeerEvent>,
+) {
+    for ev in events {
+        match ev {
+            PeerEvent::BirthdaySockets(n) => {
+                let Some(ip) = shared.bases[0].map(|b| b.ip()) else {
+                    shared.lock().peer.birthday_sockets(Instant::now(), &[]);
+                    continue;
+                };
+                let mut sockets = match super::sockets::Sockets::bind(&[]).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        debug!(error = %e, "no birthday sockets");
+                        shared.lock().peer.birthday_sockets(Instant::now(), &[]);
+                        continue;
+                    }
+                };
+                let mut bound = Vec::with_capacity(n);
+                for _ in 0..n {
+                    match sockets.add(SocketAddr::new(ip, 0)).await {
+                        Ok(a) => bound.push(a),
+                        Err(e) => {
+                            // Out of descriptors or ports: probe with what there is.
+                            debug!(error = %e, bound = bound.len(), "birthday sockets: fewer");
+                            break;
+                        }
+                    }
+                }
+                debug!(sockets = bound.len(), "birthday probing: sockets bound");
+                shared.lock().peer.birthday_sockets(Instant::now(), &bound);
+                *probe = Some(sockets);
+            }
+            PeerEvent::Birthday(crate::ice::BirthdayEvent::Found { local, .. }) => {
+                if let Some(p) = probe.as_mut() {
+                    if let Some((a, s)) = p.sockets.iter().find(|(a, _)| *a == local) {
+                        let _ = shared.won.set((*a, s.clone()));
+                    }
+                    let losers: Vec<SocketAddr> = p
+                        .sockets
+                        .iter()
+                        .map(|(a, _)| *a)
+                        .filter(|a| *a != local)
+                        .collect();
+                    for a in losers {
+                        p.remove(a);
+                    }
+                    if p.sockets.is_empty() {
+                        *probe = None;
+                    }
+                }
+            }
+            PeerEvent::Birthday(_) => {
+                // Gave up: every probe socket closed.
+                *probe = None;
+            }
+            _ => {}
         }
     }
 }
@@ -1188,6 +1308,18 @@ fn stream_event(shared: &Shared, ev: StreamEvent) {
 }
 
 async fn send_control(shared: &Shared, t: &Transmit) {
+    if let Some((_, s)) = shared.won.get().filter(|(a, _)| *a == t.source) {
+        let d = Datagrams {
+            destination: t.destination,
+            source: None,
+            contents: &t.contents,
+            segment_size: None,
+        };
+        if let Err(e) = s.send(&d).await {
+            debug!(to = %t.destination, error = %e, "send failed");
+        }
+        return;
+    }
     if let Err(e) = shared
         .socket
         .send(&shared.datagram(t.source, t.destination, &t.contents))
@@ -1214,7 +1346,8 @@ fn event(ev: PeerEvent) -> Option<PeerConnectionEvent> {
             nominated,
             rtt,
         },
-        PeerEvent::Ice(_) => return None,
+        PeerEvent::Birthday(ev) => PeerConnectionEvent::Birthday(ev),
+        PeerEvent::Ice(_) | PeerEvent::BirthdaySockets(_) => return None,
     })
 }
 

@@ -432,6 +432,11 @@ impl IceAgent {
         &self.local_creds
     }
 
+    /// The peer's credentials, once set.
+    pub fn remote_credentials(&self) -> Option<&IceCredentials> {
+        self.remote_creds.as_ref()
+    }
+
     /// Whether this agent is controlling.
     pub fn is_controlling(&self) -> bool {
         self.controlling
@@ -454,6 +459,17 @@ impl IceAgent {
         };
         let p = &self.pairs[s];
         Some((self.locals[p.local].base, self.remote_addr(p.remote)?))
+    }
+
+    /// The selected pair's candidates: (ours, the peer's).
+    pub fn selected_candidates(&self) -> Option<(&Candidate, &Candidate)> {
+        let p = &self.pairs[self.selected?];
+        Some((&self.locals[p.local].candidate, self.remotes.get(p.remote)?))
+    }
+
+    /// The peer's candidates: signalled, learned from its checks and predicted.
+    pub fn remote_candidates(&self) -> impl Iterator<Item = &Candidate> {
+        self.remotes.iter()
     }
 
     /// Whether `addr` is a known remote candidate: signalled by the peer, or learned from

@@ -86,6 +86,14 @@ impl IceDescription {
         self.options.iter().any(|o| o == "trickle")
     }
 
+    /// Whether the side takes part in birthday probing
+    /// (`a=ice-options:x-pinhole-birthday`, [`super::birthday::ICE_OPTION`]).
+    pub fn birthday(&self) -> bool {
+        self.options
+            .iter()
+            .any(|o| o == super::birthday::ICE_OPTION)
+    }
+
     /// Reads the ICE attributes out of SDP text (or just the ICE lines). See the module
     /// docs for what is ignored.
     pub fn parse(text: &str) -> Result<Parsed, DescriptionError> {
@@ -299,6 +307,18 @@ a=end-of-candidates\r\n";
         let p = IceDescription::parse(&format!("{base}a=ice-pacing:fast\n")).unwrap();
         assert_eq!(p.description.pacing_ms, None);
         assert!(!p.description.to_string().contains("ice-pacing"));
+    }
+
+    #[test]
+    fn the_birthday_option_is_read_and_written() {
+        let base = "a=ice-ufrag:abcd\na=ice-pwd:0123456789012345678901\n";
+        let p = IceDescription::parse(&format!("{base}a=ice-options:trickle x-pinhole-birthday\n"))
+            .unwrap();
+        assert!(p.description.birthday() && p.description.trickle());
+        let again = IceDescription::parse(&p.description.to_string()).unwrap();
+        assert!(again.description.birthday());
+        let p = IceDescription::parse(&format!("{base}a=ice-options:trickle\n")).unwrap();
+        assert!(!p.description.birthday());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! candidates to it).
 
 mod agent;
+pub mod birthday;
 mod candidate;
 mod description;
 
@@ -13,6 +14,7 @@ pub use agent::{
     MAX_REMOTE_TA, MIN_TA, pair_priority,
 };
 
+pub use birthday::{BirthdayConfig, BirthdayEvent, BirthdayProber, BirthdayRole};
 pub use candidate::{
     Candidate, CandidateAddress, CandidateError, CandidateKind, CandidateTransport, MAX_EXTENSIONS,
     MAX_FOUNDATION_LEN, MAX_FQDN_LEN, MAX_LINE_LEN, TcpType, foundation, priority,

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use crate::ice::{
-    Candidate, CandidateKind, CandidateTransport, IceAgent, IceConfig, IceCredentials, IceEvent,
-    IceInput,
+    BirthdayConfig, BirthdayEvent, BirthdayProber, BirthdayRole, Candidate, CandidateKind,
+    CandidateTransport, IceAgent, IceConfig, IceCredentials, IceEvent, IceInput,
 };
 use crate::stun::attributes::XorMappedAddress;
 use crate::stun::{ClientConfig, Request, StunClient, TransactionEvent, TransactionId};
@@ -151,6 +151,11 @@ pub struct PeerConfig {
     /// [`Peer::port_mapping_done`]). Off by default in the library; `pinhole connect`
     /// turns it on.
     pub port_mapping: bool,
+    /// Birthday probing for a peer behind an endpoint-dependent mapping (see
+    /// [`crate::ice::birthday`] and the module docs): its caps, and whether to take part
+    /// (off by default in the library; `pinhole connect` turns it on). It runs only when
+    /// the peer takes part too ([`Peer::set_remote_birthday`]).
+    pub birthday: BirthdayConfig,
 }
 
 /// What the peer connection reports.
@@ -163,6 +168,15 @@ pub enum PeerEvent {
     GatheringComplete,
     /// From the ICE agent: state, selected pair, …
     Ice(IceEvent),
+    /// Birthday probing starts on this side as the hard side: the driver binds this many
+    /// new UDP sockets (on the primary base's IP, any port) and hands their addresses to
+    /// [`Peer::birthday_sockets`] (fewer, or none, if it cannot bind them all).
+    BirthdaySockets(usize),
+    /// Birthday probing found a pair or gave up. On the hard side the driver keeps the
+    /// probe socket that found the pair (`local` of [`BirthdayEvent::Found`]: a base of
+    /// the machine from now on) and closes the others; after
+    /// [`BirthdayEvent::GaveUp`] it closes them all.
+    Birthday(BirthdayEvent),
     /// A relay could not be allocated (the connection goes on without it).
     RelayFailed(TurnError),
 }
@@ -224,6 +238,36 @@ pub struct Peer {
     gathering_done: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
+    birthday: Birthday,
+    /// The latest time the machine was given.
+    now: Instant,
+    seed: [u8; 32],
+}
+
+/// Birthday probing's progress in the peer connection.
+#[derive(Debug, Default)]
+struct Birthday {
+    /// The peer takes part (`a=ice-options:x-pinhole-birthday`).
+    remote_agreed: bool,
+    /// How the peer's NAT allocates ports, as it says.
+    remote_allocation: Option<crate::netcheck::PortAllocation>,
+    remote_end: bool,
+    /// When both sides' candidates were all known (the wait counts from there).
+    ready_at: Option<Instant>,
+    state: BirthdayState,
+}
+
+#[derive(Debug, Default)]
+enum BirthdayState {
+    /// Waiting for the decision (at `ready_at` + the wait).
+    #[default]
+    Idle,
+    /// Hard side: waiting for the driver's sockets.
+    WantSockets(BirthdayRole),
+    Running(Box<BirthdayProber>),
+    /// Decided against (no side with endpoint-dependent mapping, a direct pair already,
+    /// the peer does not take part, nothing to probe from or to).
+    Skipped,
 }
 
 /// What framing for a relay adds to a datagram at most: a Send indication to an IPv6 peer
@@ -325,6 +369,9 @@ impl Peer {
             gathering_done: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            birthday: Birthday::default(),
+            now,
+            seed,
             config,
         };
         if !p.config.relay_only && !p.config.no_host {
@@ -436,7 +483,215 @@ impl Peer {
     /// `a=x-pinhole-port-allocation`): sequential allocation turns on port prediction
     /// ([`IceAgent::set_remote_port_allocation`]).
     pub fn set_remote_port_allocation(&mut self, allocation: crate::netcheck::PortAllocation) {
+        self.birthday.remote_allocation = Some(allocation);
         self.agent.set_remote_port_allocation(allocation);
+    }
+
+    /// Whether the peer takes part in birthday probing (its description carries
+    /// `a=ice-options:x-pinhole-birthday`, [`crate::ice::birthday::ICE_OPTION`]). Probing
+    /// needs both sides: never unilaterally.
+    pub fn set_remote_birthday(&mut self, agreed: bool) {
+        self.birthday.remote_agreed = agreed;
+    }
+
+    /// Probes sent by birthday probing so far (0 when it never started).
+    pub fn birthday_probes(&self) -> u32 {
+        match &self.birthday.state {
+            BirthdayState::Running(p) => p.probes_sent(),
+            _ => 0,
+        }
+    }
+
+    /// The birthday prober, once started (for inspection).
+    pub fn birthday_prober(&self) -> Option<&BirthdayProber> {
+        match &self.birthday.state {
+            BirthdayState::Running(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// When birthday probing decides whether to start: both sides' candidates all known,
+    /// plus [`BirthdayConfig::wait`]. `None` before that, or once decided.
+    pub fn birthday_decision_at(&self) -> Option<Instant> {
+        if !matches!(self.birthday.state, BirthdayState::Idle)
+            || !self.config.birthday.enabled
+            || !self.birthday.remote_agreed
+        {
+            return None;
+        }
+        Some(self.birthday.ready_at? + self.config.birthday.wait)
+    }
+
+    /// The hard side's probe sockets, bound by the driver after
+    /// [`PeerEvent::BirthdaySockets`]: probing starts. None: it does not.
+    pub fn birthday_sockets(&mut self, now: Instant, sockets: &[SocketAddr]) {
+        self.now = self.now.max(now);
+        let BirthdayState::WantSockets(BirthdayRole::Hard { target, .. }) = self.birthday.state
+        else {
+            debug!("birthday sockets nobody asked for: ignored");
+            return;
+        };
+        if sockets.is_empty() {
+            self.birthday.state = BirthdayState::Skipped;
+            return;
+        }
+        let role = BirthdayRole::Hard {
+            sockets: sockets.to_vec(),
+            target,
+        };
+        self.start_birthday(now, role);
+    }
+
+    fn start_birthday(&mut self, now: Instant, role: BirthdayRole) {
+        let Some(remote) = self.agent.remote_credentials().cloned() else {
+            self.birthday.state = BirthdayState::Skipped;
+            return;
+        };
+        let mut seed = self.seed;
+        seed[30] ^= 0xB1;
+        let prober = BirthdayProber::new(
+            now,
+            &self.config.birthday,
+            role,
+            self.agent.local_credentials().clone(),
+            remote,
+            seed,
+        );
+        self.birthday.state = BirthdayState::Running(Box::new(prober));
+    }
+
+    /// Notes when both sides' candidates are all known (the wait counts from there).
+    fn birthday_ready(&mut self) {
+        if self.birthday.ready_at.is_none()
+            && self.gathering_done
+            && self.birthday.remote_end
+            && self.agent.remote_credentials().is_some()
+        {
+            self.birthday.ready_at = Some(self.now);
+        }
+    }
+
+    /// Whether our side's NAT, or the peer's, maps endpoint-dependently: the ports the
+    /// servers saw differ (sequential or random), as gathering and the peer's
+    /// `a=x-pinhole-port-allocation` say.
+    fn edm(a: Option<crate::netcheck::PortAllocation>) -> bool {
+        use crate::netcheck::PortAllocation as P;
+        matches!(a, Some(P::Random | P::Sequential { .. }))
+    }
+
+    /// The decision, once the wait is over: which role, if any (see the module docs).
+    fn decide_birthday(&mut self, now: Instant) {
+        self.birthday.state = BirthdayState::Skipped;
+        // A direct pair already: nothing to win.
+        if let Some((l, r)) = self.agent.selected_candidates()
+            && l.kind != CandidateKind::Relayed
+            && r.kind != CandidateKind::Relayed
+            && r.socket_addr().is_some_and(|a| {
+                !self
+                    .agent
+                    .remote_candidates()
+                    .any(|c| c.kind == CandidateKind::Relayed && c.socket_addr() == Some(a))
+            })
+        {
+            debug!("birthday probing not needed: a direct pair");
+            return;
+        }
+        let ours = Self::edm(self.port_allocation());
+        let theirs = Self::edm(self.birthday.remote_allocation);
+        let controlling = self.agent.is_controlling();
+        // The peer's first signalled server-reflexive candidate (IPv4): the easy side's
+        // address, or the hard side's public IP.
+        let peer_srflx = self
+            .agent
+            .remote_candidates()
+            .filter(|c| c.kind == CandidateKind::ServerReflexive)
+            .filter_map(Candidate::socket_addr)
+            .find(SocketAddr::is_ipv4);
+        let Some(peer_srflx) = peer_srflx else {
+            debug!("birthday probing: the peer has no server-reflexive candidate");
+            return;
+        };
+        if ours && (!theirs || controlling) {
+            debug!(target = %peer_srflx, "birthday probing: the hard side, asking for sockets");
+            let n = self.config.birthday.socket_count();
+            self.birthday.state = BirthdayState::WantSockets(BirthdayRole::Hard {
+                sockets: Vec::new(),
+                target: peer_srflx,
+            });
+            self.events.push_back(PeerEvent::BirthdaySockets(n));
+        } else if theirs {
+            // Our first server-reflexive candidate (IPv4) and its base: the address the
+            // hard side probes.
+            let base = self
+                .agent
+                .local_candidates()
+                .filter(|c| c.kind == CandidateKind::ServerReflexive)
+                .filter(|c| c.socket_addr().is_some_and(|a| a.is_ipv4()))
+                .find_map(|c| match c.related {
+                    Some((crate::ice::CandidateAddress::Ip(ip), port)) => {
+                        Some(SocketAddr::new(ip, port))
+                    }
+                    _ => None,
+                })
+                .filter(|b| self.bases.contains(b));
+            let Some(base) = base else {
+                debug!("birthday probing: no server-reflexive candidate of ours");
+                return;
+            };
+            debug!(peer = %peer_srflx.ip(), "birthday probing: the easy side");
+            self.start_birthday(
+                now,
+                BirthdayRole::Easy {
+                    base,
+                    peer_ip: peer_srflx.ip(),
+                },
+            );
+        }
+    }
+
+    /// Hands the prober's events on; a pair found becomes an ICE candidate pair.
+    fn drain_birthday(&mut self) {
+        let BirthdayState::Running(p) = &mut self.birthday.state else {
+            return;
+        };
+        let mut found = Vec::new();
+        let hard = matches!(p.role(), BirthdayRole::Hard { .. });
+        while let Some(ev) = p.poll_event() {
+            if let BirthdayEvent::Found { local, remote, .. } = &ev {
+                found.push((*local, *remote));
+            }
+            self.events.push_back(PeerEvent::Birthday(ev));
+        }
+        for (local, remote) in found {
+            if hard {
+                // The probe socket is a base from now on, with a host candidate that is
+                // not signalled (the peer learns it as peer-reflexive from our checks),
+                // ranked below the signalled ones.
+                if !self.bases.contains(&local) {
+                    self.bases.push(local);
+                }
+                let c = Candidate::new(
+                    CandidateKind::Host,
+                    CandidateTransport::Udp,
+                    local,
+                    local.ip(),
+                    None,
+                    1,
+                );
+                self.agent.add_local_candidate(c, local);
+            } else {
+                // The hard side's port that answered: a peer-reflexive candidate.
+                let c = Candidate::new(
+                    CandidateKind::PeerReflexive,
+                    CandidateTransport::Udp,
+                    remote,
+                    remote.ip(),
+                    None,
+                    65535,
+                );
+                self.agent.add_remote_candidate(c);
+            }
+        }
     }
 
     /// The base to reach `to` from: the first of its family, else the primary.
@@ -466,6 +721,7 @@ impl Peer {
     /// The peer's credentials.
     pub fn set_remote_credentials(&mut self, creds: IceCredentials) {
         self.agent.set_remote_credentials(creds);
+        self.birthday_ready();
     }
 
     /// A remote candidate (from the description, or trickled): permitted on every relay.
@@ -515,6 +771,8 @@ impl Peer {
     /// The peer sent `a=end-of-candidates`.
     pub fn end_of_remote_candidates(&mut self) {
         self.agent.end_of_remote_candidates();
+        self.birthday.remote_end = true;
+        self.birthday_ready();
     }
 
     fn permit(&mut self, now: Instant, peer: SocketAddr) {
@@ -635,11 +893,13 @@ impl Peer {
             self.gathering_done = true;
             self.agent.end_of_local_candidates();
             self.events.push_back(PeerEvent::GatheringComplete);
+            self.birthday_ready();
         }
     }
 
     /// Offers a datagram received on the socket. See the module docs for the order.
     pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> PeerInput {
+        self.now = self.now.max(now);
         // 1. Server-reflexive gathering, while a request is out: a STUN server may also
         // be a TURN server (one host for `stun:` and `turn:`), whose Binding response
         // comes from the allocation's server address; the client claims only responses to
@@ -690,7 +950,14 @@ impl Peer {
             self.drain_stun();
             return PeerInput::Consumed;
         }
-        // 4. ICE, 5. application data, from the peer only.
+        // 4. Birthday probes and their answers (tagged, authenticated).
+        if let BirthdayState::Running(p) = &mut self.birthday.state
+            && p.handle_input(now, rx)
+        {
+            self.drain_birthday();
+            return PeerInput::Consumed;
+        }
+        // 5. ICE, 6. application data, from the peer only.
         match self.agent.handle_input(now, rx) {
             IceInput::Consumed => PeerInput::Consumed,
             IceInput::NotIce => self.data_if_peer(rx.contents, rx.source, 0..rx.contents.len()),
@@ -827,6 +1094,14 @@ impl Peer {
 
     /// Retransmissions, pacing, refreshes, consent.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.birthday_decision_at().is_some_and(|t| t <= now) {
+            self.decide_birthday(now);
+        }
+        if let BirthdayState::Running(p) = &mut self.birthday.state {
+            p.handle_timeout(now);
+            self.drain_birthday();
+        }
         self.stun.handle_timeout(now);
         self.drain_stun();
         for r in self.relays.iter_mut().filter(|r| !r.closed()) {
@@ -839,8 +1114,13 @@ impl Peer {
     /// When to call [`Peer::handle_timeout`] next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let birthday = match &self.birthday.state {
+            BirthdayState::Running(p) => p.poll_timeout(),
+            _ => self.birthday_decision_at(),
+        };
         std::iter::once(self.agent.poll_timeout())
             .chain(std::iter::once(self.stun.poll_timeout()))
+            .chain(std::iter::once(birthday))
             .chain(
                 self.relays
                     .iter()
@@ -864,6 +1144,11 @@ impl Peer {
             if let Some(t) = r.alloc.poll_transmit() {
                 return Some(t);
             }
+        }
+        if let BirthdayState::Running(p) = &mut self.birthday.state
+            && let Some(t) = p.poll_transmit()
+        {
+            return Some(t);
         }
         // The agent's: through a relay when its source is a relayed address.
         while let Some(t) = self.agent.poll_transmit() {
