@@ -540,6 +540,9 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Until the peer's a=ice-options says `renomination`, it is nominated once (RFC 8445
+    // §8.1.1: webrtc-ice, for one, keeps the first pair nominated to it).
+    pc.set_remote_renomination(false);
     if args.mdns
         && let Err(e) = pc.publish_mdns()
     {
@@ -549,9 +552,10 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let creds = pc.local_credentials().clone();
     if let Err(e) = channel
         .send(&format!(
-            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle{}\r\na=ice-pacing:{}\r\n",
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle {}{}\r\na=ice-pacing:{}\r\n",
             creds.ufrag,
             creds.pwd,
+            pinhole::ice::RENOMINATION,
             if birthday {
                 format!(" {}", pinhole::ice::birthday::ICE_OPTION)
             } else {
@@ -740,6 +744,13 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                                 Err(e) => tracing::debug!(error = %e, "peer candidate ignored"),
                             }
                         } else if let Some(options) = line.strip_prefix("a=ice-options:") {
+                            // A peer that does not follow renomination is nominated once
+                            // (RFC 8445 §8.1.1); pinhole's own description says it does.
+                            pc.set_remote_renomination(
+                                options
+                                    .split_ascii_whitespace()
+                                    .any(|o| o == pinhole::ice::RENOMINATION),
+                            );
                             // Birthday probing needs both sides (issue 13).
                             pc.set_remote_birthday(
                                 options

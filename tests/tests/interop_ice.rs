@@ -124,6 +124,8 @@ fn describe_to_pinhole(
     if peer_lite {
         pc.set_remote_lite(true);
     }
+    // Neither peer's description lists `renomination`: nominated once (RFC 8445 §8.1.1).
+    pc.set_remote_renomination(false);
     for l in lines {
         match Candidate::parse(l) {
             Ok(c) => pc.add_remote_candidate(c),

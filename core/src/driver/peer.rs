@@ -76,6 +76,10 @@ const APP: u8 = 1;
 /// The application, between two receives: the task takes over after [`HANDOVER`].
 const IDLE: u8 = 2;
 
+/// How long [`PeerConnection::close`] waits for the TURN servers to confirm the
+/// deallocations (one round trip and a retransmission or two).
+pub const CLOSE_BOUND: Duration = Duration::from_secs(2);
+
 /// What the connection reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -202,6 +206,8 @@ struct Shared {
     untimed: AtomicBool,
     /// The task is gone.
     closed: AtomicBool,
+    /// [`PeerConnection::close`] asked the task to delete the TURN allocations and end.
+    closing: AtomicBool,
     /// The birthday probe socket that found a pair (the hard side), once one did: a base
     /// of the machine, which data may go out from. The task reads it.
     won: std::sync::OnceLock<(SocketAddr, Arc<UdpSocket>)>,
@@ -466,6 +472,7 @@ impl PeerConnection {
             receives: AtomicU64::new(0),
             untimed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             won: std::sync::OnceLock::new(),
         });
         let events_tx = ev_tx.downgrade();
@@ -652,6 +659,14 @@ impl PeerConnection {
         self.shared.task_wake.notify_one();
     }
 
+    /// Whether the peer follows renomination: its `a=ice-options` has `renomination`
+    /// ([`crate::ice::IceAgent::set_remote_renomination`]). Tell it before the checks
+    /// succeed: a peer without it is nominated once.
+    pub fn set_remote_renomination(&self, follows: bool) {
+        self.shared.lock().peer.set_remote_renomination(follows);
+        self.shared.task_wake.notify_one();
+    }
+
     /// The peer's description says `a=ice-pacing:MS` (RFC 8839 §5.2): checks are paced at
     /// the higher of the two offers (RFC 8445 §14.2).
     pub fn set_remote_pacing(&self, ms: u32) {
@@ -686,11 +701,27 @@ impl PeerConnection {
         self.shared.task_wake.notify_one();
     }
 
-    /// Closes the connection: stops its task and, when the socket was mapped through the
-    /// gateway, deletes the mapping and waits for the gateway's answer (bounded: a few
-    /// seconds at most). Dropping the connection instead deletes the mapping in the
-    /// background, which a runtime that is shutting down may not finish.
+    /// Closes the connection: deletes its TURN allocations (their relayed addresses are
+    /// freed at once, not when their lifetimes run out) and, when the socket was mapped
+    /// through the gateway, the mapping, waiting for the servers' answers (bounded:
+    /// [`CLOSE_BOUND`] for the allocations, a few seconds for the mapping). Dropping the
+    /// connection instead stops at once: the allocations expire on the server, and the
+    /// mapping is deleted in the background, which a runtime that is shutting down may
+    /// not finish.
     pub async fn close(mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        // The task reads the socket from now on (the application no longer can).
+        self.shared.reader.store(TASK, Ordering::SeqCst);
+        self.shared.task_wake.notify_one();
+        let deallocated = async {
+            let _ = (&mut self.task).await;
+        };
+        if tokio::time::timeout(CLOSE_BOUND, deallocated)
+            .await
+            .is_err()
+        {
+            debug!("TURN deallocation unanswered within the bound: the allocations expire");
+        }
         self.task.abort();
         self.release.release().await;
     }
@@ -1027,12 +1058,25 @@ async fn run(
     mut portmap: PortMapping,
 ) {
     let _closing = Closing(shared.clone());
+    let mut deallocating = false;
     // While the application is between receives: when the task takes over, unless the
     // count of receives moved.
     let mut handover: Option<(tokio::time::Instant, u64)> = None;
     // Birthday probing's sockets (the hard side), while it runs; then the one that won.
     let mut probe: Option<super::sockets::Sockets> = None;
     loop {
+        if shared.closing.load(Ordering::SeqCst) {
+            let mut st = shared.lock();
+            if !deallocating {
+                deallocating = true;
+                st.peer.deallocate(Instant::now());
+            }
+            // Each allocation is done once its deletion is answered (or it never was
+            // made): nothing left to send or wait for.
+            if st.peer.relays_done() {
+                return;
+            }
+        }
         loop {
             let t = shared.lock().peer.poll_transmit();
             let Some(t) = t else { break };
@@ -1413,6 +1457,73 @@ mod tests {
                 .map(|i| (0x80 | i, if i == 8 { 50 } else { 200 }))
                 .collect();
             assert_eq!(got, want);
+        });
+    }
+
+    /// `close()` deletes the connection's TURN allocation: the server frees the relayed
+    /// address at once (its port can be bound again), where before it stayed allocated
+    /// until its lifetime ran out (10 minutes). Dropping does not wait for that.
+    #[test]
+    fn close_deletes_the_turn_allocations() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let mut config = crate::turn::TurnServerConfig::new(lo, "test", 0);
+            config.credentials.users.insert("u".into(), "p".into());
+            config.peers = crate::turn::PeerPolicy::with_loopback();
+            let server = crate::driver::serve_turn(config).await.unwrap();
+            let turn = server.local_addrs()[0];
+            let within = Duration::from_secs(10);
+            let relayed_of = |mut pc: PeerConnection| async move {
+                let relayed = tokio::time::timeout(within, async {
+                    loop {
+                        match pc.next_event().await {
+                            Some(PeerConnectionEvent::Candidate(c))
+                                if c.kind == CandidateKind::Relayed =>
+                            {
+                                break c.socket_addr().unwrap();
+                            }
+                            Some(_) => {}
+                            None => panic!("the connection ended"),
+                        }
+                    }
+                })
+                .await
+                .expect("a relayed candidate");
+                (pc, relayed)
+            };
+            let config = PeerConfig {
+                turn_servers: vec![crate::peer::TurnServerSpec::new(
+                    turn,
+                    crate::turn::Credentials::long_term("u", "p"),
+                )],
+                relay_only: true,
+                ..PeerConfig::default()
+            };
+            let (pc, relayed) = relayed_of(
+                PeerConnection::start(config.clone(), lo, true)
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert!(
+                std::net::UdpSocket::bind(relayed).is_err(),
+                "the relayed port {relayed} is the server's while allocated"
+            );
+            pc.close().await;
+            // Freed once the server has answered the deletion (close waited for that).
+            let freed = async {
+                while std::net::UdpSocket::bind(relayed).is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(2), freed)
+                .await
+                .expect("the relayed port freed after close()");
         });
     }
 

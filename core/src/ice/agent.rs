@@ -18,6 +18,13 @@
 //!   nomination (`a=ice-options:renomination`, as libwebrtc and str0m do). The old pair's
 //!   nominating check stops then, and a late answer to it nominates nothing. Before any
 //!   nomination, the best valid pair already carries data.
+//! - **Peers without renomination** ([`IceAgent::set_remote_renomination`]: their
+//!   description has no `renomination` ICE option; webrtc-ice's controlled agent, for
+//!   one, keeps the first pair nominated to it) get one nomination, as RFC 8445 §8.1.1
+//!   requires. So that it is not a relayed pair while a direct one may still succeed,
+//!   the first nomination of a relayed pair waits while any direct pair is still
+//!   checking, at most [`NOMINATION_HOLD`]; a direct pair that succeeds meanwhile is
+//!   nominated at once. (Data already flows on this side's best valid pair meanwhile.)
 //! - Consent (RFC 7675 §5.1): a check on the selected pair every 4–6 s; without an answer
 //!   for [`IceConfig::consent_timeout`] the pair is dropped and the agent moves to another
 //!   valid pair or reports [`IceState::Disconnected`]. These checks are also its keepalives.
@@ -53,6 +60,12 @@ use crate::stun::{
     StunClient, TransactionEvent, TransactionId,
 };
 use crate::{Protocol, Received, Transmit};
+
+/// The longest a controlling agent holds the nomination of a relayed pair while direct
+/// pairs are still being checked, for a peer that does not follow renomination (see the
+/// module docs): long enough for direct checks a few round trips away, short enough that a
+/// relay-only cell is not slowed noticeably.
+pub const NOMINATION_HOLD: Duration = Duration::from_secs(1);
 
 /// NOMINATION (0xC001, comprehension-optional, a 32-bit value), as libwebrtc's
 /// renomination carries it: the controlling agent numbers its nominations, and the
@@ -316,6 +329,10 @@ pub struct IceAgent {
     nomination_seq: u32,
     /// Controlled: whether a numbered nomination was followed (then numbers decide).
     followed_numbered: bool,
+    /// Whether the peer follows renomination ([`IceAgent::set_remote_renomination`]).
+    remote_renomination: bool,
+    /// A held first nomination of a relayed pair: until when (see [`NOMINATION_HOLD`]).
+    hold_until: Option<Instant>,
     /// Whether the selected pair was reported as nominated.
     selected_nominated: bool,
     /// After a restart, the old selected path carries data until a new pair is chosen.
@@ -379,6 +396,8 @@ impl IceAgent {
             nominated: None,
             nomination_seq: 0,
             followed_numbered: false,
+            remote_renomination: true,
+            hold_until: None,
             selected_nominated: false,
             previous_path: None,
             state: IceState::New,
@@ -391,9 +410,20 @@ impl IceAgent {
         }
     }
 
+    /// Whether the peer follows renomination: its description lists the `renomination`
+    /// ICE option ([`super::IceDescription::renomination`]; pinhole's does). Without it,
+    /// this agent nominates once when it controls (RFC 8445 §8.1.1), holding a relayed
+    /// pair's nomination while direct pairs are still checked (see the module docs). On
+    /// until told otherwise.
+    pub fn set_remote_renomination(&mut self, follows: bool) {
+        self.remote_renomination = follows;
+    }
+
     /// The peer is an ICE-lite agent (`a=ice-lite` in its description): it sends no
     /// checks, so this full agent takes the controlling role (RFC 8445 §6.1.1) and
     /// nominates. Ignored when this agent is lite too (two lite agents cannot connect).
+    ///
+    /// See also [`set_remote_renomination`](Self::set_remote_renomination).
     pub fn set_remote_lite(&mut self, lite: bool) {
         if lite && !self.config.lite && !self.controlling {
             debug!("the peer is ICE-lite: controlling");
@@ -772,7 +802,7 @@ impl IceAgent {
     /// After priorities changed: a controlling agent whose nominated pair is no longer
     /// the best valid one nominates the best (numbered, so the peer follows).
     fn renominate_best(&mut self) {
-        if !self.controlling || self.config.lite {
+        if !self.controlling || self.config.lite || !self.remote_renomination {
             return;
         }
         let Some(n) = self.nominated else { return };
@@ -831,6 +861,7 @@ impl IceAgent {
             self.next_check,
             self.next_consent,
             consent_deadline,
+            self.hold_until,
         ]
         .into_iter()
         .flatten()
@@ -880,6 +911,55 @@ impl IceAgent {
             }
         }
         self.update_failed();
+        self.release_hold(now);
+    }
+
+    /// Whether pair `i` goes through a relay (either candidate relayed).
+    fn relayed_pair(&self, i: usize) -> bool {
+        let p = &self.pairs[i];
+        self.locals[p.local].candidate.kind == CandidateKind::Relayed
+            || self.remotes[p.remote].kind == CandidateKind::Relayed
+    }
+
+    /// Whether a direct pair may still succeed (not yet valid, not failed).
+    fn direct_pending(&self) -> bool {
+        (0..self.pairs.len()).any(|i| {
+            !self.relayed_pair(i)
+                && !matches!(
+                    self.pairs[i].state,
+                    PairState::Succeeded | PairState::Failed
+                )
+        })
+    }
+
+    /// A held nomination goes out once the hold ends or no direct pair is left to wait
+    /// for: the best valid pair then.
+    fn release_hold(&mut self, now: Instant) {
+        let Some(until) = self.hold_until else { return };
+        if self.nominated.is_some() || !self.controlling {
+            self.hold_until = None;
+            return;
+        }
+        if now < until && self.direct_pending() {
+            return;
+        }
+        self.hold_until = None;
+        let best = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state == PairState::Succeeded)
+            .max_by_key(|(_, p)| p.priority)
+            .map(|(i, _)| i);
+        if let Some(b) = best {
+            debug!("nominating after the hold");
+            self.nomination_seq = self.nomination_seq.wrapping_add(1);
+            self.nominated = Some(b);
+            if !self.triggered.contains(&b) {
+                self.triggered.push_front(b);
+            }
+            self.next_check = Some(now);
+        }
     }
 
     fn arm_consent(&mut self, now: Instant) {
@@ -1375,11 +1455,25 @@ impl IceAgent {
         }
         if first {
             if self.controlling {
-                // Nominate the first valid pair, then any better one (renomination).
-                let better = self
-                    .nominated
-                    .is_none_or(|n| self.pairs[n].priority < self.pairs[i].priority);
-                if better {
+                // Nominate the first valid pair, then any better one (renomination) —
+                // once only for a peer without renomination, and not a relayed pair while
+                // a direct one is still being checked (for at most NOMINATION_HOLD).
+                let better = self.nominated.is_none_or(|n| {
+                    self.remote_renomination && self.pairs[n].priority < self.pairs[i].priority
+                });
+                let hold = better
+                    && !self.remote_renomination
+                    && self.relayed_pair(i)
+                    && self.direct_pending();
+                if hold {
+                    if self.hold_until.is_none() {
+                        debug!(
+                            "a relayed pair is valid first: its nomination waits for direct checks"
+                        );
+                        self.hold_until = Some(now + NOMINATION_HOLD);
+                    }
+                } else if better {
+                    self.hold_until = None;
                     if let Some(old) = self.nominated.filter(|o| *o != i) {
                         self.stop_nominating(old);
                     }

@@ -13,6 +13,11 @@ use std::fmt;
 
 use super::candidate::{Candidate, CandidateError};
 
+/// The `a=ice-options` token of a side that follows renomination (libwebrtc's, and
+/// pinhole's: the controlled agent follows the latest nomination). A peer without it is
+/// nominated once (RFC 8445 §8.1.1).
+pub const RENOMINATION: &str = "renomination";
+
 /// The most candidates a description may carry; the rest are ignored and counted. An
 /// agent never needs more, and a peer must not make us hold more.
 pub const MAX_CANDIDATES: usize = 64;
@@ -84,6 +89,12 @@ impl IceDescription {
     /// Whether the peer trickles (`a=ice-options:trickle`).
     pub fn trickle(&self) -> bool {
         self.options.iter().any(|o| o == "trickle")
+    }
+
+    /// Whether the side follows renomination (`a=ice-options:renomination`,
+    /// [`RENOMINATION`]; see [`super::IceAgent::set_remote_renomination`]).
+    pub fn renomination(&self) -> bool {
+        self.options.iter().any(|o| o == RENOMINATION)
     }
 
     /// Whether the side takes part in birthday probing

@@ -11,7 +11,7 @@ mod description;
 
 pub use agent::{
     IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, IceState, MAX_PREDICTED_PORTS,
-    MAX_REMOTE_TA, MIN_TA, pair_priority,
+    MAX_REMOTE_TA, MIN_TA, NOMINATION_HOLD, pair_priority,
 };
 
 pub use birthday::{BirthdayConfig, BirthdayEvent, BirthdayProber, BirthdayRole};
@@ -21,5 +21,5 @@ pub use candidate::{
 };
 pub use description::{
     DescriptionError, IceDescription, MAX_CANDIDATES, MAX_DESCRIPTION_LEN,
-    PORT_ALLOCATION_ATTRIBUTE, Parsed,
+    PORT_ALLOCATION_ATTRIBUTE, Parsed, RENOMINATION,
 };

@@ -738,6 +738,32 @@ impl Peer {
         self.agent.set_remote_lite(lite);
     }
 
+    /// Deletes every TURN allocation (a Refresh with lifetime 0, RFC 8656 §7): when the
+    /// connection closes, so that the relayed addresses are freed at once rather than
+    /// when their lifetimes run out. The driver keeps running the machine until
+    /// [`relays_done`](Self::relays_done), within a bound of its own.
+    pub fn deallocate(&mut self, now: Instant) {
+        for r in &mut self.relays {
+            if !r.done {
+                r.alloc.deallocate(now);
+            }
+        }
+        self.drain_relays(now);
+    }
+
+    /// Whether no allocation is left to delete (each deleted, lost, never made, or over a
+    /// stream that closed).
+    pub fn relays_done(&self) -> bool {
+        self.relays
+            .iter()
+            .all(|r| r.done || r.alloc.is_done() || r.closed())
+    }
+
+    /// Whether the peer follows renomination ([`IceAgent::set_remote_renomination`]).
+    pub fn set_remote_renomination(&mut self, follows: bool) {
+        self.agent.set_remote_renomination(follows);
+    }
+
     /// The peer's `a=ice-pacing` in milliseconds ([`IceAgent::set_remote_pacing`]).
     pub fn set_remote_pacing(&mut self, ms: u32) {
         self.agent.set_remote_pacing(ms);

@@ -1285,3 +1285,71 @@ fn birthday_probing_goes_direct_on_a_lossy_link() {
     println!("EDM x EIM/APDF with 5 % loss: direct with birthday {direct_n}/{trials}");
     assert!(direct_n >= 18, "{direct_n}/{trials}");
 }
+
+/// The distinct pairs (local, remote addresses) the side saw nominated, in order.
+fn nominated_pairs(events: &[PeerEvent]) -> Vec<(SocketAddr, SocketAddr)> {
+    let mut v: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+    for e in events {
+        if let PeerEvent::Ice(IceEvent::SelectedPair {
+            local,
+            remote,
+            nominated: true,
+            ..
+        }) = e
+        {
+            let p = (
+                local.socket_addr().unwrap_or(a("0.0.0.0:0")),
+                remote.socket_addr().unwrap_or(a("0.0.0.0:0")),
+            );
+            if v.last() != Some(&p) {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+/// A peer that does not follow renomination (no `renomination` ICE option: webrtc-ice's
+/// controlled agent keeps the first pair nominated to it) is nominated once (RFC 8445
+/// §8.1.1), and that once is a direct pair where one exists: a relayed pair that is valid
+/// first waits (at most NOMINATION_HOLD) while direct pairs are still being checked. On a
+/// lossy link where relayed pairs often validate first, renomination happens in some runs
+/// when allowed, and never when not, and every run ends direct.
+#[test]
+fn a_peer_without_renomination_is_nominated_once_and_directly() {
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let conditions = Conditions {
+        latency: Duration::from_millis(30),
+        jitter: Duration::from_millis(10),
+        loss: 0.1,
+    };
+    let mut renominated_when_allowed = 0;
+    for seed in 0..12u64 {
+        for follows in [true, false] {
+            let mut w = World::seeded(
+                [PeerConfig::default(), PeerConfig::default()],
+                [Some(cone), Some(cone)],
+                conditions,
+                seed,
+            );
+            w.sides[0].peer.set_remote_renomination(follows);
+            assert!(w.connect(Duration::from_secs(30)), "seed {seed}");
+            w.run_for(Duration::from_secs(10));
+            let seen = nominated_pairs(&w.sides[1].events);
+            if follows {
+                renominated_when_allowed += usize::from(seen.len() > 1);
+            } else {
+                assert_eq!(seen.len(), 1, "seed {seed}: nominated {seen:?}");
+                assert_eq!(w.relayed(), [Some(false), Some(false)], "seed {seed}");
+            }
+        }
+    }
+    println!("renomination when allowed: {renominated_when_allowed} of 12 seeds");
+    assert!(
+        renominated_when_allowed > 0,
+        "the scenario (a relayed pair valid first) never arose: the test proves nothing"
+    );
+}

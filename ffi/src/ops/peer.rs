@@ -452,6 +452,8 @@ impl Ctx {
         if d.lite {
             self.pc.set_remote_lite(true);
         }
+        // Without `renomination` the peer is nominated once (RFC 8445 §8.1.1).
+        self.pc.set_remote_renomination(d.renomination());
         if let Some(ms) = d.pacing_ms {
             self.pc.set_remote_pacing(ms);
         }
@@ -503,8 +505,11 @@ impl PeerStatus {
             return String::new();
         };
         let mut d = format!(
-            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle\r\na=ice-pacing:{}\r\n",
-            c.ufrag, c.pwd, self.pacing_ms
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle {}\r\na=ice-pacing:{}\r\n",
+            c.ufrag,
+            c.pwd,
+            pinhole::ice::RENOMINATION,
+            self.pacing_ms
         );
         if self.lite {
             d.push_str("a=ice-lite\r\n");
