@@ -6,7 +6,8 @@
 #            valgrind (no errors, no leaks), and linked statically
 #   kotlin   the generated Kotlin (JVM flavour) with the package's Kotlin (android/src/main/
 #            kotlin: Flow adapters, NetworkMonitor logic) on the host JVM (JNA), test
-#            programs bindings/kotlin/Test.kt and AdaptersTest.kt; no java.time in the API
+#            programs bindings/kotlin/Test.kt, AdaptersTest.kt and PeerTest.kt; no
+#            java.time in the API
 #   swift    the generated Swift and the package's hand-written Swift (ios/Sources/Pinhole:
 #            AsyncSequence adapters, PathMonitor, close()) in a SwiftPM package, `swift test`
 #            in a trixie chroot
@@ -38,7 +39,8 @@
 # `server` (the embedded STUN server, which they also test; the mobile and size parts build
 # the library as it ships, without it). They talk to a `pinhole serve` started here on 127.0.0.1/127.0.0.2
 # and to a `pinhole serve --turn` on 127.0.0.1 (TURN over UDP, long-term and REST
-# credentials, relaying on 127.0.0.1); the port-mapping tests point at 127.0.0.9, where no
+# credentials, relaying on 127.0.0.1); the Kotlin and Swift PeerConnection tests also meet
+# through a `pinhole signal` on 127.0.0.1; the port-mapping tests point at 127.0.0.9, where no
 # gateway listens (the C test also runs a NAT-PMP gateway of its own on 127.0.0.77:5351 and
 # a UDP proxy in front of the TURN server, both on loopback). Nothing contacts
 # this machine's real gateway or any public server.

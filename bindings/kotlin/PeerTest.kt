@@ -117,18 +117,18 @@ class SignalPeer(private val base: String, private val room: String) {
     }
 }
 
-/** The port of a candidate line (`candidate:… ADDRESS PORT typ KIND`). */
-fun candidatePort(candidate: String): Int? =
-    Regex("""\s(\S+)\s(\d+)\styp\s""").find(candidate)?.groupValues?.get(2)?.toInt()
+/** The `IP:port` of a candidate line (`candidate:… ADDRESS PORT typ KIND`). */
+fun candidateAddress(candidate: String): String? =
+    Regex("""\s(\S+)\s(\d+)\styp\s""").find(candidate)?.groupValues?.let { "${it[1]}:${it[2]}" }
 
 /** The kind of a candidate line (`host`, `srflx`, `relay`...). */
 fun candidateKind(candidate: String): String? = Regex("""\styp\s(\w+)""").find(candidate)?.groupValues?.get(1)
 
 /**
  * One side of a pair: its session, the events seen, the room. Signalling messages are
- * `D:` a description, `R:` a description after a restart (the receiver restarts too and
- * answers with `D:`), `C:` a candidate, `E:` end of candidates; one message per post, in
- * order (one poster per side).
+ * `D:` a description (the first, or a restart's: the receiver restarts too and reports
+ * `RemoteRestarted`, whose description goes back as `D:`), `C:` a candidate, `E:` end of
+ * candidates; one message per post, in order (one poster per side).
  */
 class PeerSide(val name: String, val session: PeerConnectionSession, val room: SignalPeer) {
     val events = CopyOnWriteArrayList<PeerConnectionEvent>()
@@ -153,6 +153,7 @@ class PeerSide(val name: String, val session: PeerConnectionSession, val room: S
                     when (e) {
                         is PeerConnectionEvent.LocalCandidate -> send("C:${e.candidate}")
                         is PeerConnectionEvent.GatheringComplete -> send("E:")
+                        is PeerConnectionEvent.RemoteRestarted -> send("D:${e.localDescription}")
                         is PeerConnectionEvent.Data -> data.trySend(e.data)
                         is PeerConnectionEvent.Closed -> closed.complete(e)
                         else -> {}
@@ -180,10 +181,6 @@ class PeerSide(val name: String, val session: PeerConnectionSession, val room: S
                 try {
                     when (m.take(2)) {
                         "D:" -> pc.setRemoteDescription(body)
-                        "R:" -> {
-                            send("D:${pc.restart()}")
-                            pc.setRemoteDescription(body)
-                        }
                         "C:" -> pc.addRemoteCandidate(body)
                         "E:" -> pc.endOfRemoteCandidates()
                     }
@@ -206,7 +203,11 @@ class PeerSide(val name: String, val session: PeerConnectionSession, val room: S
 suspend fun carries(from: PeerSide, to: PeerSide, bytes: ByteArray): Boolean {
     val sender = CoroutineScope(Dispatchers.Default).launch {
         while (isActive) {
-            from.pc.send(bytes)
+            try {
+                from.pc.send(bytes)
+            } catch (e: PinholeException) {
+                System.err.println("${from.name}: send: $e")
+            }
             delay(100)
         }
     }
@@ -274,10 +275,17 @@ fun testPeerPair(name: String, signal: String, stun: String, turnUri: String, us
                 println("  a: ${pa.local} <-> ${pa.remote} (relayed ${pa.relayed}, rtt ${pa.rttMs} ms)")
                 println("  b: ${pb.local} <-> ${pb.remote} (relayed ${pb.relayed}, rtt ${pb.rttMs} ms)")
                 check(pa.relayed == relayed && pb.relayed == relayed, "$name: relayed ${pa.relayed}/${pb.relayed}, want $relayed")
-                val kinds = listOf(pa.local, pb.local).map { candidateKind(it) }
-                check(kinds.all { it == if (relayed) "relay" else "host" }, "$name: local candidate kinds $kinds")
-                check(listOf(pa, pb).all { "127.0.0.1" in it.local && "127.0.0.1" in it.remote }, "$name: on loopback")
-                check(a.pc.selectedPair()?.relayed == relayed, "$name: selectedPair() ${a.pc.selectedPair()}")
+                check(pa.local == pb.remote && pb.local == pa.remote, "$name: the same pair seen from both sides")
+                check(listOf(pa, pb).all { it.local.startsWith("127.0.0.1:") && it.remote.startsWith("127.0.0.1:") },
+                    "$name: on loopback")
+                check(a.pc.selectedPair() == SelectedPair(pa.local, pa.remote, relayed) ||
+                    a.pc.selectedPair()?.relayed == relayed, "$name: selectedPair() ${a.pc.selectedPair()}")
+                // The path's local address is a candidate of its kind: a relayed address
+                // through the relay, the socket's own otherwise.
+                val localKinds = a.events.filterIsInstance<PeerConnectionEvent.LocalCandidate>()
+                    .filter { candidateAddress(it.candidate) == pa.local }.map { candidateKind(it.candidate) }
+                check(localKinds.isNotEmpty() && localKinds.all { it == if (relayed) "relay" else "host" },
+                    "$name: a's path starts at a ${if (relayed) "relay" else "host"} candidate: $localKinds")
                 check(a.events.any { it is PeerConnectionEvent.GatheringComplete }, "$name: a: GatheringComplete")
                 check(a.events.any { it is PeerConnectionEvent.StateChanged && it.state == IceConnectionState.CHECKING },
                     "$name: a: StateChanged(CHECKING)")
@@ -304,8 +312,8 @@ fun testPeerPair(name: String, signal: String, stun: String, turnUri: String, us
                 val before = listOf(a.pairs().size, b.pairs().size)
                 val oldDescription = a.pc.localDescription()
                 val fresh = a.pc.restart()
-                a.send("R:$fresh")
-                check(fresh != oldDescription, "$name: restart: a new description")
+                a.send("D:$fresh")
+                check(fresh != oldDescription && "a=ice-ufrag:" in fresh, "$name: restart: a new description")
                 val ra = selectedAfter(a, before[0])
                 val rb = selectedAfter(b, before[1])
                 check(ra != null && rb != null, "$name: restart: both sides selected a pair again")
@@ -313,10 +321,13 @@ fun testPeerPair(name: String, signal: String, stun: String, turnUri: String, us
                 check(carries(a, b, "$name: a to b after the restart"), "$name: data a -> b after the restart")
                 check(carries(b, a, "$name: b to a after the restart"), "$name: data b -> a after the restart")
                 println("  restart: ${ra?.local} <-> ${ra?.remote}; data both ways again")
+                check(b.events.count { it is PeerConnectionEvent.RemoteRestarted } == 1 &&
+                    a.events.none { it is PeerConnectionEvent.RemoteRestarted },
+                    "$name: b restarted once, because a did; a did not restart again")
 
                 // Close: a waits for its end (Closed, then the flow completes and the
                 // handle is freed); b closes without waiting. Their sockets (and relays) go.
-                val localPorts = listOfNotNull(ra?.local, rb?.local).mapNotNull { candidatePort(it) }
+                val locals = listOfNotNull(ra?.local, rb?.local)
                 a.pc.closeAndWait()
                 val last = withTimeoutOrNull(10_000) { a.closed.await() }
                 check(last is PeerConnectionEvent.Closed && last.error == null, "$name: a: Closed without error: $last")
@@ -325,14 +336,12 @@ fun testPeerPair(name: String, signal: String, stun: String, turnUri: String, us
                 withTimeoutOrNull(10_000) { b.closed.await() }
                 check(b.closed.isCompleted, "$name: b: the events flow ended with close()")
                 expectThrows<IllegalStateException>("$name: b: a closed connection is gone") { b.pc.isClosed() }
+                check(locals.size == 2, "$name: both pairs after the restart")
                 if (relayed) {
-                    for (p in listOfNotNull(ra?.local, rb?.local)) {
-                        val addr = Regex("""\s(\d+\.\d+\.\d+\.\d+)\s(\d+)\styp""").find(p)?.groupValues
-                        check(addr != null && relayReleased("${addr[1]}:${addr[2]}"), "$name: the server freed the relayed $p")
-                    }
+                    for (l in locals) check(relayReleased(l), "$name: the server freed the relayed $l")
                 } else {
-                    check(localPorts.size == 2 && localPorts.all { port -> eventually(5_000) { portFree(port) } },
-                        "$name: closing freed the sockets $localPorts")
+                    check(locals.all { l -> eventually(5_000) { portFree(l.substringAfterLast(':').toInt()) } },
+                        "$name: closing freed the sockets $locals")
                 }
             }
         } finally {
@@ -365,7 +374,10 @@ fun testPeerConnections(signal: String, stun: String, turnUri: String, user: Str
         s.connection.addRemoteCandidate("candidate:nope")
     }
     check(s.connection.selectedPair() == null, "PeerConnection: no pair before the peer")
-    check(s.connection.localDescription().contains("ice-ufrag"), "local description: ${s.connection.localDescription()}")
+    check(s.connection.localDescription().let { "a=ice-ufrag:" in it && "a=ice-pwd:" in it },
+        "local description: ${s.connection.localDescription()}")
+    check(!s.connection.isClosed(), "a new connection is open")
+    expectThrows<PinholeException.NotAvailable>("send before a pair is selected") { s.connection.send(byteArrayOf(1)) }
     s.close()
     s.close() // idempotent
     expectThrows<IllegalStateException>("a closed session's connection is gone") { s.connection.isClosed() }
@@ -381,7 +393,7 @@ fun testPeerConnections(signal: String, stun: String, turnUri: String, user: Str
     }
     check(candidateKind(candidate.candidate) == "host", "cold flow: first a host candidate: ${candidate.candidate}")
     expectThrows<IllegalStateException>("cold flow ended: the connection is closed") { started!!.isClosed() }
-    val port = candidatePort(candidate.candidate)
+    val port = candidateAddress(candidate.candidate)?.substringAfterLast(':')?.toInt()
     check(port != null && eventually(5_000) { portFree(port) }, "cold flow ended: its socket $port is freed")
     expectThrows<PinholeException.InvalidArgument>("cold flow: a bad config fails the flow") {
         runBlocking {

@@ -137,8 +137,9 @@ func until(_ seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
 }
 
 /// One side of a pair: its connection and events, its room. Signalling messages: `D:` a
-/// description, `R:` a description after a restart (the receiver restarts too and answers
-/// with `D:`), `C:` a candidate, `E:` end of candidates; posted one at a time, in order.
+/// description (the first, or a restart's: the receiver restarts too and reports
+/// `remoteRestarted`, whose description goes back as `D:`), `C:` a candidate, `E:` end of
+/// candidates; posted one at a time, in order.
 final class PeerSide: @unchecked Sendable {
     let name: String
     let events: PeerConnectionEvents
@@ -208,6 +209,7 @@ final class PeerSide: @unchecked Sendable {
                 switch e {
                 case .localCandidate(let c): send("C:\(c)")
                 case .gatheringComplete: send("E:")
+                case .remoteRestarted(let d): send("D:\(d)")
                 case .data(let d): locked { received.append(d) }
                 default: break
                 }
@@ -238,12 +240,6 @@ final class PeerSide: @unchecked Sendable {
         do {
             switch m.prefix(2) {
             case "D:": try pc.setRemoteDescription(description: body)
-            case "R:":
-                order.lock()
-                defer { order.unlock() }
-                let mine = try pc.restart()
-                send("D:\(mine)")
-                try pc.setRemoteDescription(description: body)
             case "C:": try pc.addRemoteCandidate(candidate: body)
             case "E:": pc.endOfRemoteCandidates()
             default: locked { errors.append("unknown message \(m)") }
@@ -253,12 +249,12 @@ final class PeerSide: @unchecked Sendable {
         }
     }
 
-    /// This side restarts: its new description goes out as `R:` before its candidates.
+    /// This side restarts: its new description goes out before its candidates.
     func restart() throws -> String {
         order.lock()
         defer { order.unlock() }
         let d = try pc.restart()
-        send("R:\(d)")
+        send("D:\(d)")
         return d
     }
 
@@ -360,8 +356,17 @@ final class PeerConnectionTests: XCTestCase {
         }
         print("\(name): a: \(pa.local) <-> \(pa.remote); b: \(pb.local) <-> \(pb.remote)")
         XCTAssertEqual([pa.relayed, pb.relayed], [relayed, relayed], name)
-        XCTAssertEqual([pa.local, pb.local].map(candidateKind), Array<String?>(repeating: relayed ? "relay" : "host", count: 2))
-        XCTAssertTrue([pa.local, pa.remote, pb.local, pb.remote].allSatisfy { $0.contains("127.0.0.1") }, name)
+        XCTAssertEqual(pa.local, pb.remote, "\(name): the same pair from both sides")
+        XCTAssertEqual(pb.local, pa.remote, "\(name): the same pair from both sides")
+        XCTAssertTrue([pa.local, pa.remote, pb.local, pb.remote].allSatisfy { $0.hasPrefix("127.0.0.1:") }, name)
+        // The path's local address is a candidate of its kind: a relayed address through
+        // the relay, the socket's own otherwise.
+        let pathKinds = a.seenEvents.compactMap { e -> String? in
+            if case .localCandidate(let c) = e, candidateAddress(c) == pa.local { return candidateKind(c) }
+            return nil
+        }
+        XCTAssertTrue(!pathKinds.isEmpty && pathKinds.allSatisfy { $0 == (relayed ? "relay" : "host") },
+                      "\(name): a's path starts at \(pathKinds)")
         XCTAssertEqual(a.pc.selectedPair()?.relayed, relayed)
         XCTAssertTrue(a.seenEvents.contains { if case .gatheringComplete = $0 { return true }; return false })
         let connected = await until {
@@ -390,6 +395,7 @@ final class PeerConnectionTests: XCTestCase {
         let old = a.pc.localDescription()
         let fresh = try a.restart()
         XCTAssertNotEqual(fresh, old)
+        XCTAssertTrue(fresh.contains("a=ice-ufrag:"), fresh)
         let ra = await a.pair(after: before.0)
         let rb = await b.pair(after: before.1)
         XCTAssertNotNil(ra, "\(name): a pair after the restart")
@@ -400,10 +406,14 @@ final class PeerConnectionTests: XCTestCase {
         let ba2 = await carries(b, a, Data("\(name): b to a after the restart".utf8))
         XCTAssertTrue(ab2 && ba2, "\(name): after the restart: a->b \(ab2), b->a \(ba2)")
         XCTAssertEqual(a.errors + b.errors, [], "\(name): signalling errors")
+        let restarts = [a, b].map { side in
+            side.seenEvents.filter { if case .remoteRestarted = $0 { return true }; return false }.count
+        }
+        XCTAssertEqual(restarts, [0, 1], "\(name): b restarted once, because a did; a not again")
 
         // Closing: a waits for its end (closed, then the sequence ends); b just closes, and
         // its sequence ends too. Their sockets, or relays, are released.
-        let locals = [ra?.local ?? pa.local, rb?.local ?? pb.local].compactMap(candidateAddress)
+        let locals = [ra?.local ?? pa.local, rb?.local ?? pb.local]
         await a.pc.closeAndWait()
         XCTAssertTrue(a.pc.isClosed())
         let aEnded = await a.consumerEnded(10)
@@ -460,6 +470,9 @@ final class PeerConnectionTests: XCTestCase {
         let events = try await peerConnectionEvents(config: peerConfig(controlling: true, policy: .noRelay))
         let pc = events.connection
         XCTAssertNil(pc.selectedPair())
+        XCTAssertFalse(pc.isClosed())
+        XCTAssertTrue(pc.localDescription().contains("a=ice-pwd:"))
+        XCTAssertThrowsError(try pc.send(data: Data([1])), "send before a pair is selected")
         XCTAssertThrowsError(try pc.setRemoteDescription(description: "not a description"))
         XCTAssertThrowsError(try pc.addRemoteCandidate(candidate: "candidate:nope"))
         let consumer = Task { () -> String? in

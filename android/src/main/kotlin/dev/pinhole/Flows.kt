@@ -2,10 +2,12 @@
 // tested on a host JVM by bindings/test.sh). Every flow is cold: collecting starts the
 // operation, and the end of the collection (completion, an exception, cancellation of the
 // collector) closes the underlying object, which ends it without blocking (the netcheck is
-// cancelled, the mapping deleted and the TURN allocation deallocated in the background).
+// cancelled, the mapping deleted, the TURN allocation deallocated and the peer connection's
+// socket, relays and mapping released in the background). The one hot exception is
+// [PeerConnectionSession.events] (from [openPeerConnection]), which ends the same way.
 //
-// Events are buffered without bound (they are few; TURN data is as fast as the peers send):
-// the listener runs on pinhole's own thread and must never block it.
+// Events are buffered without bound (they are few; TURN and peer data is as fast as the
+// peers send): the listener runs on pinhole's own thread and must never block it.
 //
 // Event evolution: the event types may gain variants in any release (not a breaking
 // change). A `when` over them needs an `else` branch.
