@@ -291,5 +291,5 @@ public func peerConnectionEvents(
 private func makePeerConnection(config: PeerConnectionConfig, listener: PeerConnectionListener) async throws
     -> PeerConnection
 {
-    try await PeerConnection.new(config: config, listener: listener)
+    try await PeerConnection.create(config: config, listener: listener)
 }

@@ -219,4 +219,4 @@ suspend fun openPeerConnection(config: PeerConnectionConfig): PeerConnectionSess
 
 /** The connection's constructor (UniFFI's async constructor). */
 private suspend fun newPeerConnection(config: PeerConnectionConfig, listener: PeerConnectionListener): PeerConnection =
-    PeerConnection.new(config, listener)
+    PeerConnection.create(config, listener)
