@@ -10,7 +10,11 @@
  * several threads, destruction from its callbacks and from other threads, and
  * *_destroy_async returning at once while a callback blocks or the gateway (a NAT-PMP one
  * of the test's own on 127.0.0.77) or the TURN server (behind a proxy of the test's own
- * that drops everything) does not answer. Run under valgrind by bindings/test.sh. Prints
+ * that drops everything) does not answer. Then peer connections (pinhole_peer_*): two in
+ * this process connect on loopback, directly and through the TURN server (relay only),
+ * carry data both ways, survive an ICE restart (the other side following by itself), are
+ * destroyed from a callback and asynchronously, and refuse bad input with typed errors.
+ * Run under valgrind by bindings/test.sh. Prints
  * "N passed, N failed".
  */
 #define _POSIX_C_SOURCE 200809L
@@ -1433,6 +1437,7 @@ static void netcheck_destroy_v(void *h) { pinhole_netcheck_destroy(h); }
 static void portmap_destroy_v(void *h) { pinhole_portmap_destroy(h); }
 static void turn_destroy_v(void *h) { pinhole_turn_destroy(h); }
 static void server_destroy_v(void *h) { pinhole_server_destroy(h); }
+static void peer_destroy_v(void *h) { pinhole_peer_destroy(h); }
 
 /* ---- netcheck ---- */
 
@@ -1968,6 +1973,392 @@ static void test_server_lifecycle(void) {
     CHECK_RC(pinhole_server_destroy_async(NULL, NULL, NULL), PINHOLE_ERR_INVALID);
 }
 
+/* ---- peer connections ---- */
+
+/* One side of a pair of peer connections in this process. Its callbacks play the
+ * signalling channel: they hand what they get straight to the other side (under the other
+ * side's lock, which its destruction takes first). */
+typedef struct peer_side {
+    pthread_mutex_t lock;
+    pinhole_peer *peer; /* NULL once destroyed (or being destroyed) */
+    struct peer_side *other;
+    atomic_int candidates, gathered, pairs, relayed, recvs, restarts, closed, connected;
+    atomic_int call_errors; /* calls made from callbacks that failed */
+    atomic_int destroy_on_recv, destroyed_in_callback;
+    atomic_int last_state;
+    char last_data[64];
+} peer_side;
+
+static void peer_side_init(peer_side *s, peer_side *other) {
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->lock, NULL);
+    s->other = other;
+    atomic_store(&s->last_state, -1);
+}
+
+/* Runs `call` on the other side's peer, if it is still there. */
+#define ON_OTHER(s, call)                                                               \
+    do {                                                                                \
+        peer_side *o_ = (s)->other;                                                     \
+        pthread_mutex_lock(&o_->lock);                                                  \
+        if (o_->peer != NULL && (call) != PINHOLE_OK) {                                 \
+            atomic_fetch_add(&(s)->call_errors, 1);                                     \
+        }                                                                               \
+        pthread_mutex_unlock(&o_->lock);                                                \
+    } while (0)
+
+static void on_peer_candidate(pinhole_peer *peer, const char *candidate, void *user_ptr) {
+    (void)peer;
+    peer_side *s = user_ptr;
+    if (strncmp(candidate, "a=candidate:", 12) != 0) {
+        atomic_fetch_add(&s->call_errors, 1);
+    }
+    atomic_fetch_add(&s->candidates, 1);
+    ON_OTHER(s, pinhole_peer_add_remote_candidate(o_->peer, candidate));
+}
+
+static void on_peer_gathered(pinhole_peer *peer, void *user_ptr) {
+    (void)peer;
+    peer_side *s = user_ptr;
+    atomic_fetch_add(&s->gathered, 1);
+    ON_OTHER(s, pinhole_peer_set_remote_gathering_done(o_->peer));
+}
+
+static void on_peer_state(pinhole_peer *peer, pinhole_ice_state state, void *user_ptr) {
+    (void)peer;
+    peer_side *s = user_ptr;
+    atomic_store(&s->last_state, state);
+    if (state == PINHOLE_ICE_STATE_CONNECTED) {
+        atomic_fetch_add(&s->connected, 1);
+    }
+}
+
+static void on_peer_pair(pinhole_peer *peer, const pinhole_peer_pair *pair, void *user_ptr) {
+    (void)peer;
+    peer_side *s = user_ptr;
+    if (pair->relayed) {
+        atomic_fetch_add(&s->relayed, 1);
+    }
+    if (strlen(pair->local) == 0 || strlen(pair->remote) == 0) {
+        atomic_fetch_add(&s->call_errors, 1);
+    }
+    atomic_fetch_add(&s->pairs, 1);
+}
+
+static void on_peer_recv(pinhole_peer *peer, const uint8_t *data, size_t len, void *user_ptr) {
+    peer_side *s = user_ptr;
+    pthread_mutex_lock(&s->lock);
+    size_t n = len < sizeof s->last_data - 1 ? len : sizeof s->last_data - 1;
+    memcpy(s->last_data, data, n);
+    s->last_data[n] = 0;
+    pthread_mutex_unlock(&s->lock);
+    atomic_fetch_add(&s->recvs, 1);
+    if (atomic_load(&s->destroy_on_recv) && atomic_exchange(&s->destroy_on_recv, 0)) {
+        /* Destroyed from its own callback: returns at once, no callback after. */
+        pthread_mutex_lock(&s->lock);
+        s->peer = NULL;
+        pthread_mutex_unlock(&s->lock);
+        pinhole_peer_destroy(peer);
+        atomic_store(&s->destroyed_in_callback, 1);
+    }
+}
+
+static void on_peer_description(pinhole_peer *peer, const char *description, void *user_ptr) {
+    (void)peer;
+    peer_side *s = user_ptr;
+    atomic_fetch_add(&s->restarts, 1);
+    ON_OTHER(s, pinhole_peer_set_remote_description(o_->peer, description));
+}
+
+static void on_peer_closed(pinhole_peer *peer, int result, const char *reason, void *user_ptr) {
+    (void)peer;
+    (void)result;
+    (void)reason;
+    peer_side *s = user_ptr;
+    atomic_fetch_add(&s->closed, 1);
+}
+
+static void peer_config(pinhole_peer_config *cfg, peer_side *s, int controlling) {
+    CHECK_RC(pinhole_peer_config_init(cfg, sizeof *cfg), PINHOLE_OK);
+    cfg->controlling = controlling;
+    cfg->bind = "127.0.0.1:0";
+    cfg->cb_candidate = on_peer_candidate;
+    cfg->cb_gathering_done = on_peer_gathered;
+    cfg->cb_state_changed = on_peer_state;
+    cfg->cb_selected_pair = on_peer_pair;
+    cfg->cb_recv = on_peer_recv;
+    cfg->cb_closed = on_peer_closed;
+    cfg->cb_local_description = on_peer_description;
+    cfg->user_ptr = s;
+}
+
+/* Creates a side's peer and publishes it to the other side's callbacks. */
+static int peer_create(peer_side *s, const pinhole_peer_config *cfg) {
+    pinhole_peer *p = NULL;
+    int rc = pinhole_peer_create(cfg, &p);
+    CHECK_RC(rc, PINHOLE_OK);
+    pthread_mutex_lock(&s->lock);
+    s->peer = p;
+    pthread_mutex_unlock(&s->lock);
+    return rc == PINHOLE_OK;
+}
+
+/* The ufrag of a description (into `out`). */
+static void ufrag_of(const char *description, char *out, size_t size) {
+    const char *u = strstr(description, "a=ice-ufrag:");
+    out[0] = 0;
+    if (u != NULL) {
+        u += 12;
+        size_t n = strcspn(u, "\r\n");
+        if (n >= size) {
+            n = size - 1;
+        }
+        memcpy(out, u, n);
+        out[n] = 0;
+    }
+}
+
+/* Sends `text` from `from` until the other side has it (bounded); whether it arrived. */
+static int peer_deliver(peer_side *from, const char *text) {
+    peer_side *to = from->other;
+    for (int i = 0; i < 100; i++) {
+        int rc = pinhole_peer_send(from->peer, (const uint8_t *)text, strlen(text));
+        if (rc != PINHOLE_OK && rc != PINHOLE_ERR_NOT_AVAILABLE) {
+            return 0;
+        }
+        struct timespec pause = {0, 100 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        pthread_mutex_lock(&to->lock);
+        int got = strcmp(to->last_data, text) == 0;
+        pthread_mutex_unlock(&to->lock);
+        if (got) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Exchanges the two descriptions and waits for a pair on both sides. */
+static int peer_connect(peer_side *a, peer_side *b) {
+    char da[4096], db[4096];
+    int na = pinhole_peer_get_local_description(a->peer, da, sizeof da);
+    int nb = pinhole_peer_get_local_description(b->peer, db, sizeof db);
+    CHECK(na > 0 && (size_t)na == strlen(da));
+    CHECK(nb > 0 && strncmp(db, "a=ice-ufrag:", 12) == 0);
+    CHECK(strstr(da, "a=ice-pwd:") != NULL && strstr(da, "a=ice-options:trickle\r\n") != NULL);
+    CHECK_RC(pinhole_peer_set_remote_description(b->peer, da), PINHOLE_OK);
+    CHECK_RC(pinhole_peer_set_remote_description(a->peer, db), PINHOLE_OK);
+    return wait_count(&a->pairs, 1, 20) && wait_count(&b->pairs, 1, 20);
+}
+
+static void test_peer_direct_restart_and_destroy(void) {
+    printf("peer connections: direct, restart, destroy from a callback\n");
+    peer_side a, b;
+    peer_side_init(&a, &b);
+    peer_side_init(&b, &a);
+    pinhole_peer_config ca, cb;
+    peer_config(&ca, &a, 1);
+    peer_config(&cb, &b, 0);
+    if (!peer_create(&a, &ca) || !peer_create(&b, &cb)) {
+        return;
+    }
+    CHECK(peer_connect(&a, &b));
+    CHECK(wait_count(&a.connected, 1, 20) && wait_count(&b.connected, 1, 20));
+    pinhole_peer_pair pair;
+    CHECK_RC(pinhole_peer_get_selected_pair(a.peer, &pair), PINHOLE_OK);
+    CHECK(strncmp(pair.local, "127.0.0.1:", 10) == 0 && strncmp(pair.remote, "127.0.0.1:", 10) == 0);
+    CHECK(!pair.relayed && atomic_load(&a.relayed) == 0);
+    CHECK(peer_deliver(&a, "hello from a"));
+    CHECK(peer_deliver(&b, "hello from b"));
+    CHECK(atomic_load(&a.candidates) > 0 && wait_count(&a.gathered, 1, 20));
+
+    /* a restarts; b follows when it sees the new ufrag and hands a its new description
+     * (cb_local_description). Data flows again on the new pairs. */
+    char before_a[300], before_b[300], after[300], desc[4096], tmp[4096];
+    pinhole_peer_get_local_description(a.peer, tmp, sizeof tmp);
+    ufrag_of(tmp, before_a, sizeof before_a);
+    pinhole_peer_get_local_description(b.peer, tmp, sizeof tmp);
+    ufrag_of(tmp, before_b, sizeof before_b);
+    int pa = atomic_load(&a.pairs), pb = atomic_load(&b.pairs);
+    int n = pinhole_peer_restart(a.peer, desc, sizeof desc);
+    CHECK(n > 0);
+    ufrag_of(desc, after, sizeof after);
+    CHECK(strlen(after) >= 4 && strcmp(after, before_a) != 0);
+    CHECK_RC(pinhole_peer_set_remote_description(b.peer, desc), PINHOLE_OK);
+    CHECK(wait_count(&b.restarts, 1, 20));
+    CHECK(wait_count(&a.pairs, pa + 1, 20) && wait_count(&b.pairs, pb + 1, 20));
+    pinhole_peer_get_local_description(b.peer, tmp, sizeof tmp);
+    ufrag_of(tmp, after, sizeof after);
+    CHECK(strcmp(after, before_b) != 0);
+    CHECK(peer_deliver(&a, "after restart a"));
+    CHECK(peer_deliver(&b, "after restart b"));
+    /* A buffer too small for the description: the restart happened all the same. */
+    CHECK_RC(pinhole_peer_restart(a.peer, desc, 8), PINHOLE_ERR_TOO_SMALL);
+    CHECK(desc[0] == 0);
+    CHECK_RC(pinhole_peer_get_local_description(a.peer, desc, 8), PINHOLE_ERR_TOO_SMALL);
+
+    /* b's next datagram makes a destroy itself from its receive callback. */
+    atomic_store(&a.destroy_on_recv, 1);
+    for (int i = 0; i < 100 && !atomic_load(&a.destroyed_in_callback); i++) {
+        pthread_mutex_lock(&b.lock);
+        pinhole_peer_send(b.peer, (const uint8_t *)"bye", 3);
+        pthread_mutex_unlock(&b.lock);
+        struct timespec pause = {0, 50 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    CHECK(atomic_load(&a.destroyed_in_callback) == 1);
+    int recvs = atomic_load(&a.recvs);
+    struct timespec pause = {0, 300 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    CHECK(atomic_load(&a.recvs) == recvs); /* no callback after the destruction */
+    CHECK(atomic_load(&a.closed) == 0);   /* nor cb_closed */
+    CHECK(atomic_load(&a.call_errors) == 0 && atomic_load(&b.call_errors) == 0);
+    /* b from this thread (blocking). */
+    pthread_mutex_lock(&b.lock);
+    pinhole_peer *pbh = b.peer;
+    b.peer = NULL;
+    pthread_mutex_unlock(&b.lock);
+    pinhole_peer_destroy(pbh);
+    pthread_mutex_destroy(&a.lock);
+    pthread_mutex_destroy(&b.lock);
+}
+
+static void test_peer_relay(void) {
+    printf("peer connections: through pinhole serve --turn (relay only)\n");
+    peer_side a, b;
+    peer_side_init(&a, &b);
+    peer_side_init(&b, &a);
+    pinhole_peer_config ca, cb;
+    peer_config(&ca, &a, 1);
+    peer_config(&cb, &b, 0);
+    pinhole_peer_turn_server turn = {turn_uri, turn_user, turn_password};
+    ca.turn_servers = &turn;
+    ca.turn_server_count = 1;
+    ca.relay_policy = PINHOLE_RELAY_ONLY;
+    /* The peer is direct: a TURN server does not relay to its own relayed addresses. */
+    cb.relay_policy = PINHOLE_RELAY_NONE;
+    if (!peer_create(&a, &ca) || !peer_create(&b, &cb)) {
+        return;
+    }
+    CHECK(peer_connect(&a, &b));
+    pinhole_peer_pair pair;
+    CHECK_RC(pinhole_peer_get_selected_pair(a.peer, &pair), PINHOLE_OK);
+    CHECK(pair.relayed);
+    CHECK_RC(pinhole_peer_get_selected_pair(b.peer, &pair), PINHOLE_OK);
+    CHECK(pair.relayed);
+    CHECK(peer_deliver(&a, "relayed from a"));
+    CHECK(peer_deliver(&b, "relayed from b"));
+    char desc[4096];
+    CHECK(pinhole_peer_get_local_description(a.peer, desc, sizeof desc) > 0);
+    CHECK(strstr(desc, "typ relay") != NULL && strstr(desc, "typ host") == NULL);
+    CHECK(atomic_load(&a.call_errors) == 0 && atomic_load(&b.call_errors) == 0);
+    /* Both destroyed without blocking; each completion comes once, on its own thread. */
+    destroyed_state da, db;
+    destroyed_init(&da);
+    destroyed_init(&db);
+    pthread_mutex_lock(&a.lock);
+    pinhole_peer *pah = a.peer;
+    a.peer = NULL;
+    pthread_mutex_unlock(&a.lock);
+    pthread_mutex_lock(&b.lock);
+    pinhole_peer *pbh = b.peer;
+    b.peer = NULL;
+    pthread_mutex_unlock(&b.lock);
+    CHECK_RC(pinhole_peer_destroy_async(pah, on_destroyed, &da), PINHOLE_OK);
+    CHECK_RC(pinhole_peer_destroy_async(pbh, on_destroyed, &db), PINHOLE_OK);
+    check_destroyed_once(&da);
+    check_destroyed_once(&db);
+    pthread_mutex_destroy(&a.lock);
+    pthread_mutex_destroy(&b.lock);
+}
+
+static void test_peer_arguments(void) {
+    printf("peer connections: bad input\n");
+    char buf[4096];
+    pinhole_peer_pair pair;
+    pinhole_peer *p = NULL;
+    /* NULL handles and arguments. */
+    CHECK_RC(pinhole_peer_create(NULL, &p), PINHOLE_ERR_INVALID);
+    CHECK(p == NULL);
+    CHECK_RC(pinhole_peer_get_local_description(NULL, buf, sizeof buf), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_set_remote_description(NULL, "a=ice-ufrag:abcd"), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_add_remote_candidate(NULL, "candidate:x"), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_set_remote_gathering_done(NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_send(NULL, (const uint8_t *)"x", 1), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_get_selected_pair(NULL, &pair), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_restart(NULL, buf, sizeof buf), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_destroy_async(NULL, NULL, NULL), PINHOLE_ERR_INVALID);
+    pinhole_peer_destroy(NULL);
+    CHECK_RC(pinhole_peer_config_init(NULL, 64), PINHOLE_ERR_INVALID);
+
+    /* Bad configs: each a typed error, and no handle. */
+    pinhole_peer_config cfg;
+    peer_side s, nobody; /* nobody: no peer to hand the candidates to */
+    peer_side_init(&s, &nobody);
+    peer_side_init(&nobody, &s);
+    peer_config(&cfg, &s, 1);
+    CHECK_RC(pinhole_peer_create(&cfg, NULL), PINHOLE_ERR_INVALID);
+    cfg.relay_policy = 7;
+    CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
+    cfg.relay_policy = PINHOLE_RELAY_ONLY; /* without a TURN server */
+    CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
+    cfg.relay_policy = PINHOLE_RELAY_ALL;
+    cfg.bind = "not an address";
+    CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
+    CHECK(strstr(pinhole_last_error(), "bind") != NULL);
+    cfg.bind = "127.0.0.1:0";
+    const char *bad_stun[] = {"stun:"};
+    cfg.stun_servers = bad_stun;
+    cfg.stun_server_count = 1;
+    CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
+    cfg.stun_servers = NULL;
+    CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
+    cfg.stun_server_count = 0;
+    pinhole_peer_turn_server bad_turn = {"turn:127.0.0.1:3478", NULL, "p"};
+    cfg.turn_servers = &bad_turn;
+    cfg.turn_server_count = 1;
+    CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
+    cfg.turn_server_count = 0;
+    pinhole_peer_config wrong = cfg;
+    wrong.struct_size = 3;
+    CHECK_RC(pinhole_peer_create(&wrong, &p), PINHOLE_ERR_INVALID);
+    CHECK(p == NULL);
+
+    /* A live handle: garbage in is refused, nothing is available before a pair. */
+    if (!peer_create(&s, &cfg)) {
+        return;
+    }
+    p = s.peer;
+    CHECK_RC(pinhole_peer_set_remote_description(p, NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_set_remote_description(p, "garbage"), PINHOLE_ERR_INVALID);
+    CHECK(strstr(pinhole_last_error(), "ice-ufrag") != NULL);
+    CHECK_RC(pinhole_peer_set_remote_description(p, "a=ice-ufrag:x\r\na=ice-pwd:y\r\n"),
+             PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_set_remote_description(p, "a=ice-ufrag:\xff\xfe"), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_add_remote_candidate(p, NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_add_remote_candidate(p, "candidate:1 1 udp x y z"), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_add_remote_candidate(p, "a=ice-ufrag:abcd"), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_send(p, NULL, 5), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_send(p, (const uint8_t *)"x", PINHOLE_PEER_DATA_MAX + 1),
+             PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_send(p, (const uint8_t *)"early", 5), PINHOLE_ERR_NOT_AVAILABLE);
+    CHECK_RC(pinhole_peer_get_selected_pair(p, &pair), PINHOLE_ERR_NOT_AVAILABLE);
+    CHECK_RC(pinhole_peer_get_selected_pair(p, NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_get_local_description(p, NULL, 10), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_restart(p, NULL, 10), PINHOLE_ERR_INVALID);
+    /* Good input is taken. */
+    CHECK_RC(pinhole_peer_set_remote_description(
+                 p, "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n"
+                    "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"),
+             PINHOLE_OK);
+    CHECK_RC(pinhole_peer_add_remote_candidate(p, "candidate:2 1 udp 2130706430 127.0.0.1 10 typ host"),
+             PINHOLE_OK);
+    CHECK_RC(pinhole_peer_set_remote_gathering_done(p), PINHOLE_OK);
+    destroy_from_another_thread(peer_destroy_v, p);
+    pthread_mutex_destroy(&s.lock);
+    pthread_mutex_destroy(&nobody.lock);
+}
+
 int main(int argc, char **argv) {
     if (argc != 7) {
         fprintf(stderr,
@@ -1998,6 +2389,9 @@ int main(int argc, char **argv) {
     test_portmap_lifecycle();
     test_turn_lifecycle();
     test_server_lifecycle();
+    test_peer_arguments();
+    test_peer_direct_restart_and_destroy();
+    test_peer_relay();
     /* Every handle's thread has ended (those ended in the background too) before the
      * leak check. */
     CHECK(no_pinhole_threads(20));

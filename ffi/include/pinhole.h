@@ -42,10 +42,10 @@
  *  - a struct the library hands to a callback (report, event) may grow at its end: read
  *    its fields, never copy it by sizeof or allocate one.
  *
- * Threads: every function may be called from any thread. Each netcheck, port mapping and
- * TURN allocation runs on a thread of its own (the handle's thread, kept until the handle
- * is destroyed), and all its callbacks run there, one at a time, in order, never on the
- * thread that called *_start. The STUN server (pinhole_server_*) has a thread too, but no
+ * Threads: every function may be called from any thread. Each netcheck, port mapping,
+ * TURN allocation and peer connection (pinhole_peer_create) runs on a thread of its own
+ * (the handle's thread, kept until the handle is destroyed), and all its callbacks run
+ * there, one at a time, in order, never on the thread that called *_start. The STUN server (pinhole_server_*) has a thread too, but no
  * callbacks. On a live handle, its functions may be called from several threads at once
  * and from its own callbacks, except that *_destroy or *_destroy_async is the last call on
  * it: no other call on the handle may run concurrently with it or follow it (its own
@@ -132,6 +132,11 @@
 // server with the TURN headers).
 #define PINHOLE_TURN_DATA_MAX 65400
 
+// The most bytes one `pinhole_peer_send` carries (what fits a UDP datagram, through a
+// relay too). Keep datagrams at 1 200 bytes or less to fit every path's MTU: a larger
+// one is sent with the don't-fragment bit and may be dropped.
+#define PINHOLE_PEER_DATA_MAX 65400
+
 // The major version of the header (Cargo's version of pinhole-ffi).
 #define PINHOLE_VERSION_MAJOR 0
 
@@ -153,6 +158,14 @@
 // once, and from the callbacks; `pinhole_netcheck_destroy` (blocking) or
 // `pinhole_netcheck_destroy_async` is the last call, from any thread or from a callback.
 typedef struct pinhole_netcheck pinhole_netcheck;
+
+// A peer connection (opaque).
+//
+// Threads: its callbacks run on the connection's own thread, one at a time, in order.
+// Every other function may be called from any thread, several at once, and from the
+// callbacks (`pinhole_peer_restart` from a callback is applied at once); `pinhole_peer_destroy`
+// or `pinhole_peer_destroy_async` is the last call, from any thread or from a callback.
+typedef struct pinhole_peer pinhole_peer;
 
 // A port mapping kept alive until released (opaque).
 //
@@ -350,6 +363,127 @@ typedef struct pinhole_netcheck_config {
 // more, and it is freed. Runs on the handle's own thread, never inside the
 // `*_destroy_async` call.
 typedef void (*pinhole_destroyed_cb)(void *user_ptr);
+
+// A TURN server for a peer connection (an element of `pinhole_peer_config.turn_servers`).
+typedef struct pinhole_peer_turn_server {
+  // `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port]` (RFC 7065; at most
+  // 500 bytes). `turns:` needs a library built with the `tls` feature, else
+  // `PINHOLE_ERR_UNSUPPORTED`.
+  const char *uri;
+  // The user name of the long-term credentials (1 to 512 bytes).
+  const char *username;
+  // The password (never logged).
+  const char *password;
+} pinhole_peer_turn_server;
+
+// Which paths a peer connection may use: `PINHOLE_RELAY_*`.
+typedef int pinhole_relay_policy;
+
+// A local candidate to signal to the peer (trickle, RFC 8838): the SDP line
+// `a=candidate:...` (without line ending), valid only during the call.
+typedef void (*pinhole_peer_candidate_cb)(struct pinhole_peer *peer,
+                                          const char *candidate,
+                                          void *user_ptr);
+
+// No more local candidates: signal `a=end-of-candidates`.
+typedef void (*pinhole_peer_gathering_done_cb)(struct pinhole_peer *peer, void *user_ptr);
+
+// A peer connection's ICE state: `PINHOLE_ICE_STATE_*` (WebRTC's names).
+typedef int pinhole_ice_state;
+
+// The ICE state changed (`PINHOLE_ICE_STATE_*`).
+typedef void (*pinhole_peer_state_cb)(struct pinhole_peer *peer,
+                                      pinhole_ice_state state,
+                                      void *user_ptr);
+
+// The pair of candidates data goes on; valid only during a callback, or filled by
+// `pinhole_peer_get_selected_pair`.
+typedef struct pinhole_peer_pair {
+  // Our candidate's address, `IP:port` (a relayed candidate's relayed address).
+  char local[PINHOLE_ADDRESS_MAX];
+  // The peer's candidate's address, `IP:port`.
+  char remote[PINHOLE_ADDRESS_MAX];
+  // Whether data goes through a TURN relay (either candidate is relayed).
+  bool relayed;
+  // The round-trip time the pair's check measured, milliseconds; -1 if unknown.
+  int32_t rtt_ms;
+} pinhole_peer_pair;
+
+// Data now goes on this pair (the first working pair, the nominated one, a move).
+typedef void (*pinhole_peer_selected_pair_cb)(struct pinhole_peer *peer,
+                                              const struct pinhole_peer_pair *pair,
+                                              void *user_ptr);
+
+// A datagram from the peer: `len` bytes at `data`, valid only during the call.
+typedef void (*pinhole_peer_recv_cb)(struct pinhole_peer *peer,
+                                     const uint8_t *data,
+                                     size_t len,
+                                     void *user_ptr);
+
+// The connection ended by itself (not called after `pinhole_peer_destroy` began): a
+// `PINHOLE_ERR_*` code and why (valid only during the call). The handle must still be
+// destroyed.
+typedef void (*pinhole_peer_closed_cb)(struct pinhole_peer *peer,
+                                       int result,
+                                       const char *reason,
+                                       void *user_ptr);
+
+// The peer restarted ICE (its description came with a new `a=ice-ufrag`), so this side
+// restarted too: signal `description` (this side's new local description, CRLF lines,
+// valid only during the call) to the peer; its candidates follow through `cb_candidate`.
+typedef void (*pinhole_peer_description_cb)(struct pinhole_peer *peer,
+                                            const char *description,
+                                            void *user_ptr);
+
+// How a peer connection starts. Initialise it with
+// `pinhole_peer_config_init(&config, sizeof config)`, then set the servers, `controlling`
+// and the callbacks (each optional).
+typedef struct pinhole_peer_config {
+  // The size of this struct as the program was built (`sizeof`), set by
+  // `pinhole_peer_config_init`: how the library tells which fields the program knows.
+  size_t struct_size;
+  // STUN servers for server-reflexive candidates: `host:port` or `stun:host[:port]`
+  // (at most 32 servers in all, each at most 500 bytes). None by default (no public
+  // server is used unless given).
+  const char *const *stun_servers;
+  // How many.
+  size_t stun_server_count;
+  // TURN servers for relayed candidates.
+  const struct pinhole_peer_turn_server *turn_servers;
+  // How many.
+  size_t turn_server_count;
+  // This side's ICE role (RFC 8445 §6.1.1): exactly one of the two peers controls
+  // (nominates); the offerer, by convention.
+  bool controlling;
+  // Ask the gateway for a port mapping of the socket (PCP, NAT-PMP, UPnP IGD) and offer
+  // its external address as a candidate (off by default).
+  bool port_mapping;
+  // Run as an ICE-lite agent (RFC 8445 §2.5), for a host with a public address.
+  bool lite;
+  // `PINHOLE_RELAY_ALL` (0, the default), `PINHOLE_RELAY_ONLY` (needs a TURN server;
+  // no host or server-reflexive candidate is offered) or `PINHOLE_RELAY_NONE`.
+  pinhole_relay_policy relay_policy;
+  // The local socket address `IP:port`; NULL: `0.0.0.0:0` (the local address toward
+  // the first server, 127.0.0.1 without servers). `[::]:0`: one dual-stack socket with
+  // a host candidate on every usable interface.
+  const char *bind;
+  // Local candidates, `a=candidate:...`.
+  pinhole_peer_candidate_cb cb_candidate;
+  // End of the local candidates.
+  pinhole_peer_gathering_done_cb cb_gathering_done;
+  // State changes.
+  pinhole_peer_state_cb cb_state_changed;
+  // The selected pair.
+  pinhole_peer_selected_pair_cb cb_selected_pair;
+  // Datagrams from the peer (without it, they are dropped).
+  pinhole_peer_recv_cb cb_recv;
+  // The connection ended by itself.
+  pinhole_peer_closed_cb cb_closed;
+  // The peer restarted: this side's new description to signal.
+  pinhole_peer_description_cb cb_local_description;
+  // Passed to the callbacks.
+  void *user_ptr;
+} pinhole_peer_config;
 
 // A mapping's transport: `PINHOLE_PROTOCOL_*`.
 typedef int pinhole_protocol;
@@ -687,6 +821,37 @@ typedef struct pinhole_turn_config {
 // Deallocated after `pinhole_turn_deallocate`. A last event.
 #define PINHOLE_TURN_EVENT_DEALLOCATED 8
 
+// Waiting for the peer's description or candidates.
+#define PINHOLE_ICE_STATE_NEW 0
+
+// Checking pairs; none works yet.
+#define PINHOLE_ICE_STATE_CHECKING 1
+
+// A pair works: data flows.
+#define PINHOLE_ICE_STATE_CONNECTED 2
+
+// The controlling side nominated the pair: ICE has settled. Data flows.
+#define PINHOLE_ICE_STATE_COMPLETED 3
+
+// Every pair failed after the peer's end of candidates: restart or give up.
+#define PINHOLE_ICE_STATE_FAILED 4
+
+// Consent was lost on every working pair (RFC 7675); checks go on while candidates
+// remain. A restart may bring the path back.
+#define PINHOLE_ICE_STATE_DISCONNECTED 5
+
+// The connection is closed.
+#define PINHOLE_ICE_STATE_CLOSED 6
+
+// Direct paths and, where they fail, the relays (the default).
+#define PINHOLE_RELAY_ALL 0
+
+// Only through a TURN relay (no host or server-reflexive candidate is offered).
+#define PINHOLE_RELAY_ONLY 1
+
+// Never through a relay.
+#define PINHOLE_RELAY_NONE 2
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -748,6 +913,119 @@ int pinhole_netcheck_destroy_async(struct pinhole_netcheck *netcheck,
 // # Safety
 // `config` is NULL or has `size` writable bytes.
 int pinhole_netcheck_config_init(struct pinhole_netcheck_config *config, size_t size);
+
+// Creates a peer connection: binds its socket (resolving the servers' names first) and
+// starts gathering, returning once the socket is bound; `*out` is then the handle (free
+// it with `pinhole_peer_destroy`), `pinhole_peer_get_local_description` has the local
+// credentials, and the callbacks follow on the connection's own thread (candidates,
+// states, ...). Errors: `PINHOLE_ERR_INVALID` (the config), `PINHOLE_ERR_UNSUPPORTED`
+// (`turns:` without TLS support), `PINHOLE_ERR_NO_SERVER` (relay only and no TURN server
+// resolved), `PINHOLE_ERR_IO` (the socket). The config is copied; passwords are never
+// logged.
+//
+// # Safety
+// `config` and `out` are NULL or valid; the config's strings are NULL or NUL-terminated
+// and its arrays hold their counts.
+int pinhole_peer_create(const struct pinhole_peer_config *config, struct pinhole_peer **out);
+
+// Writes the local description into `buf` of `size` bytes: `a=ice-ufrag`, `a=ice-pwd`,
+// `a=ice-options:trickle`, `a=ice-pacing` (and `a=ice-lite`), the candidates gathered so
+// far and, once gathering is over, `a=end-of-candidates`; CRLF-terminated SDP lines.
+// Returns its length, or `PINHOLE_ERR_TOO_SMALL` (4096 bytes hold the credentials and
+// about 30 candidates).
+//
+// # Safety
+// `peer` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
+int pinhole_peer_get_local_description(const struct pinhole_peer *peer, char *buf, size_t size);
+
+// Gives the peer's description: SDP lines (`a=ice-ufrag`, `a=ice-pwd`, `a=candidate`,
+// `a=end-of-candidates`, ...) or a whole SDP; other lines and unusable candidates are
+// ignored. May be given again with more candidates. A new `a=ice-ufrag` means the peer
+// restarted: this side restarts too and calls `cb_local_description`. Returns once
+// checked (applied in order on the connection's thread). `PINHOLE_ERR_INVALID` (NULL,
+// not UTF-8, no or malformed `a=ice-ufrag`/`a=ice-pwd`, over 64 KiB),
+// `PINHOLE_ERR_NOT_AVAILABLE` (the connection ended).
+//
+// # Safety
+// `peer` is NULL or a live handle; `description` is NULL or NUL-terminated.
+int pinhole_peer_set_remote_description(struct pinhole_peer *peer, const char *description);
+
+// Adds a candidate the peer trickled: `a=candidate:...` or `candidate:...`.
+// `PINHOLE_ERR_INVALID` (NULL, malformed), `PINHOLE_ERR_NOT_AVAILABLE` (ended).
+//
+// # Safety
+// `peer` is NULL or a live handle; `candidate` is NULL or NUL-terminated.
+int pinhole_peer_add_remote_candidate(struct pinhole_peer *peer, const char *candidate);
+
+// The peer's `a=end-of-candidates`: once every pair has failed, the state is
+// `PINHOLE_ICE_STATE_FAILED` (without it, ICE waits for more candidates).
+// `PINHOLE_ERR_NOT_AVAILABLE` (ended).
+//
+// # Safety
+// `peer` is NULL or a live handle.
+int pinhole_peer_set_remote_gathering_done(struct pinhole_peer *peer);
+
+// Sends `len` bytes (at most `PINHOLE_PEER_DATA_MAX`; keep to 1 200 to fit every path)
+// to the peer on the selected pair; the data is copied and the call returns at once (UDP
+// may still lose it). `PINHOLE_ERR_INVALID` (NULL, too long), `PINHOLE_ERR_NOT_AVAILABLE`
+// (no pair selected yet, before the first `cb_selected_pair`; 1024 datagrams already
+// waiting for the connection's thread; ended).
+//
+// # Safety
+// `peer` is NULL or a live handle; `data` is NULL (then `len` is 0) or has `len`
+// readable bytes.
+int pinhole_peer_send(struct pinhole_peer *peer, const uint8_t *data, size_t len);
+
+// Fills `*pair` with the pair data goes on. `PINHOLE_ERR_NOT_AVAILABLE` when none was
+// selected yet.
+//
+// # Safety
+// `peer` is NULL or a live handle; `pair` is NULL or writable.
+int pinhole_peer_get_selected_pair(const struct pinhole_peer *peer, struct pinhole_peer_pair *pair);
+
+// An ICE restart (RFC 8445 §9), for a changed network or a lost path: writes the new
+// local description (credentials; the candidates follow through `cb_candidate`) into
+// `buf` of `size` bytes, to signal to the peer, and returns its length
+// (`PINHOLE_ERR_TOO_SMALL`: the restart happened, the description is in
+// `pinhole_peer_get_local_description`). The current path carries data until a new pair
+// is selected. From a callback it is applied at once; from another thread it waits for
+// the connection's thread (`PINHOLE_ERR_TIMEOUT` after 10 s, when a callback blocks it).
+//
+// # Safety
+// `peer` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
+int pinhole_peer_restart(struct pinhole_peer *peer, char *buf, size_t size);
+
+// Closes the connection (deleting a port mapping of its socket, if it made one) and
+// frees the handle, blocking: from another thread it waits until a running callback
+// returns and the connection has closed (at most a few seconds, when a gateway does not
+// answer; from a UI thread use `pinhole_peer_destroy_async`). No callback runs once it
+// has begun. Called from the handle's own callback, it returns at once and the closing
+// finishes in the background. NULL is ignored.
+//
+// # Safety
+// `peer` is NULL or a live handle, not used afterwards.
+void pinhole_peer_destroy(struct pinhole_peer *peer);
+
+// Closes the connection and frees the handle without waiting: returns at once, also from
+// the connection's own callback. A callback already running (or just starting) when it
+// is called may still run; then no callback runs; once closed, the handle is freed and
+// `cb` (optional) is called once on the connection's thread, never from within this
+// call. Data the callbacks use must stay valid until `cb`. `PINHOLE_ERR_INVALID` for
+// NULL.
+//
+// # Safety
+// `peer` is NULL or a live handle, not used afterwards.
+int pinhole_peer_destroy_async(struct pinhole_peer *peer, pinhole_destroyed_cb cb, void *user_ptr);
+
+// Initialises a config: zeroes its `size` bytes (every default: no servers, controlled,
+// no port mapping, `PINHOLE_RELAY_ALL`, bound to `0.0.0.0:0`, no callbacks) and sets
+// `struct_size` = `size`. Call it as `pinhole_peer_config_init(&config, sizeof config)`;
+// `PINHOLE_ERR_INVALID` (nothing written) for NULL or a size that cannot be a
+// `pinhole_peer_config`.
+//
+// # Safety
+// `config` is NULL or has `size` writable bytes.
+int pinhole_peer_config_init(struct pinhole_peer_config *config, size_t size);
 
 // Starts mapping a port; events follow on the mapper's own thread. The mapping is
 // renewed and re-created until `pinhole_portmap_release` or `pinhole_portmap_destroy`.

@@ -2,7 +2,7 @@
 //! [`crate::types`].
 //!
 //! Threads: a listener's methods are called on the operation's own Rust thread (named
-//! `pinhole-netcheck`, `pinhole-portmap` or `pinhole-turn`), one at a time and in order;
+//! `pinhole-netcheck`, `pinhole-portmap`, `pinhole-turn` or `pinhole-peer`), one at a time and in order;
 //! never on the caller's thread. A listener may call back into this API, including
 //! closing its own operation (but not wait there for it to end, as the async
 //! `close_and_wait` methods do). The logger is called from any thread, possibly
@@ -11,7 +11,7 @@
 //! # Ending things: one verb, `close`
 //!
 //! Every long-lived object ([`NetcheckTask`], [`PortMapper`], [`TurnAllocation`],
-//! `StunServer`) ends the same way, and never blocks the caller: the netcheck is
+//! [`PeerConnection`], `StunServer`) ends the same way, and never blocks the caller: the netcheck is
 //! cancelled, the port mapping deleted in the background (bounded), the TURN allocation
 //! deallocated in the background (bounded), the server stopped.
 //!
@@ -38,12 +38,14 @@ use crate::log::{LogLevel, Sink};
 #[cfg(feature = "server")]
 use crate::ops::Server;
 use crate::ops::{
-    MappingPlan, NetcheckPlan, NetworkTarget, TurnCommand, TurnPlan, TurnStatus, turn_send_args,
+    MappingPlan, NetcheckPlan, NetworkTarget, PeerControl, PeerPlan, TurnCommand, TurnPlan,
+    TurnStatus, turn_send_args,
 };
 use crate::task::Task;
 use crate::types::{
-    NetcheckConfig, NetcheckProgress, NetcheckReport, NetworkInfo, PortMapping, PortMappingConfig,
-    PortMappingEvent, TurnConfig, TurnEvent, parse_ip, parse_socket_addr,
+    NetcheckConfig, NetcheckProgress, NetcheckReport, NetworkInfo, PeerConnectionConfig,
+    PeerConnectionEvent, PortMapping, PortMappingConfig, PortMappingEvent, SelectedPair,
+    TurnConfig, TurnEvent, parse_ip, parse_socket_addr,
 };
 
 /// The library's version (`major.minor.patch`).
@@ -521,6 +523,189 @@ pub async fn allocate_turn(
         }
     }
 }
+
+/// Receives a peer connection's events (see [`PeerConnection`]), on the connection's own
+/// thread, one call at a time, in order.
+#[uniffi::export(with_foreign)]
+pub trait PeerConnectionListener: Send + Sync {
+    /// One event; the last is `Closed`.
+    fn on_event(&self, event: PeerConnectionEvent);
+}
+
+/// A peer connection (ICE, RFC 8445, over one UDP socket; through a TURN relay where the
+/// direct paths fail): the local description and candidates go to the peer through the
+/// application's signalling channel, the peer's come back in, and once a pair is selected
+/// datagrams flow both ways (`send`, and `Data` events).
+///
+/// Signalling: send the peer `local_description()` (or the description the constructor
+/// returned with the candidates trickled after it: each `LocalCandidate` as
+/// `a=candidate:...`, and `a=end-of-candidates` on `GatheringComplete`); give what the
+/// peer sends to `set_remote_description` (whole descriptions) or
+/// `add_remote_candidate` / `end_of_remote_candidates` (trickled lines).
+///
+/// Restarts (RFC 8445 §9): `restart()` returns a new local description to signal; when
+/// the peer's description comes with a new `a=ice-ufrag`, this side restarts by itself and
+/// reports `RemoteRestarted` with the description to signal back. Data keeps flowing on
+/// the old path until the new one is selected.
+///
+/// `close` (or dropping it: Kotlin's `close()`) ends it without blocking (a port mapping
+/// of its socket is deleted in the background); `close_and_wait` waits for the end. The
+/// listener then gets `StateChanged(Closed)` and `Closed`.
+#[derive(uniffi::Object)]
+pub struct PeerConnection {
+    task: Mutex<DetachOnDrop>,
+    finished: watch::Receiver<bool>,
+    control: Arc<PeerControl>,
+}
+
+#[uniffi::export]
+impl PeerConnection {
+    /// Binds the socket and starts gathering; returns once the socket is bound (the
+    /// servers' names resolved), with the local credentials in `local_description()`.
+    /// Candidates then come as `LocalCandidate` events. Errors: `InvalidArgument` (the
+    /// config), `Unsupported` (`turns:` without TLS support), `NoServer` (relay only and
+    /// no TURN server resolved), `Io` (the socket).
+    ///
+    /// A named constructor, not `new`: Kotlin has no async primary constructors (Kotlin
+    /// `PeerConnection.create(config, listener)`, a suspend function; Swift
+    /// `try await PeerConnection.create(config:listener:)`).
+    #[uniffi::constructor]
+    pub async fn create(
+        config: PeerConnectionConfig,
+        listener: Arc<dyn PeerConnectionListener>,
+    ) -> Result<Arc<Self>, PinholeError> {
+        let plan = PeerPlan::new(&config)?;
+        let (control, commands) = PeerControl::new();
+        let control2 = control.clone();
+        let (tx, rx) = oneshot::channel::<Result<(), PinholeError>>();
+        let task = Task::spawn("pinhole-peer", move |stop| async move {
+            plan.run(
+                stop,
+                control2,
+                commands,
+                |r| {
+                    let _ = tx.send(r);
+                },
+                None,
+                |ev| listener.on_event(ev),
+            )
+            .await;
+        })?;
+        let mut guard = DetachOnDrop(Some(task));
+        let result = rx.await.unwrap_or_else(|_| {
+            Err(PinholeError::Internal(
+                "the peer connection's thread ended".into(),
+            ))
+        });
+        match result {
+            Ok(()) => {
+                let task = guard.0.take();
+                let finished = task
+                    .as_ref()
+                    .map_or_else(|| watch::channel(true).1, Task::finished);
+                Ok(Arc::new(PeerConnection {
+                    task: Mutex::new(DetachOnDrop(task)),
+                    finished,
+                    control,
+                }))
+            }
+            Err(e) => {
+                if let Some(t) = guard.0.take() {
+                    // It has reported its failure: the thread is ending.
+                    t.join();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The local description to signal: `a=ice-ufrag`, `a=ice-pwd`,
+    /// `a=ice-options:trickle`, `a=ice-pacing` (and `a=ice-lite`), the candidates gathered
+    /// so far and, once gathering is over, `a=end-of-candidates`; CRLF-terminated RFC 8839
+    /// lines, what `pinhole connect` signals.
+    pub fn local_description(&self) -> String {
+        self.control.local_description()
+    }
+
+    /// The peer's description: RFC 8839 attribute lines or a whole SDP (lines that are
+    /// not ICE attributes and unusable candidates are ignored). May be given again with
+    /// more candidates. A new `a=ice-ufrag` means the peer restarted: this side restarts
+    /// too and reports `RemoteRestarted`. Errors: `InvalidArgument` (no or malformed
+    /// `a=ice-ufrag`/`a=ice-pwd`, over 64 KiB), `NotAvailable` (closed).
+    pub fn set_remote_description(&self, description: String) -> Result<(), PinholeError> {
+        self.control.set_remote_description(&description)
+    }
+
+    /// A candidate the peer trickled: `candidate:...` or `a=candidate:...`. Errors:
+    /// `InvalidArgument` (malformed), `NotAvailable` (closed).
+    pub fn add_remote_candidate(&self, candidate: String) -> Result<(), PinholeError> {
+        self.control.add_remote_candidate(&candidate)
+    }
+
+    /// The peer's `a=end-of-candidates`: once every pair has failed, the state is `Failed`
+    /// (without it, ICE waits for more candidates). Nothing once closed.
+    pub fn end_of_remote_candidates(&self) {
+        let _ = self.control.end_of_remote_candidates();
+    }
+
+    /// Sends a datagram to the peer on the selected pair, returning at once (it is queued
+    /// for the connection's thread; UDP may still lose it). Keep datagrams at 1 200 bytes
+    /// or less to fit every path. Errors: `InvalidArgument` (over 65 400 bytes),
+    /// `NotAvailable` (closed; no pair selected yet, before the first `SelectedPair`; or
+    /// 1 024 datagrams already queued: try again later).
+    pub fn send(&self, data: Vec<u8>) -> Result<(), PinholeError> {
+        self.control.send(data)
+    }
+
+    /// An ICE restart (RFC 8445 §9), for a changed network or a lost path: returns the new
+    /// local description to signal (credentials only; the candidates follow as
+    /// `LocalCandidate` events, and `local_description()` collects them). The current path
+    /// carries data until the new one is selected. Errors: `NotAvailable` (closed),
+    /// `TimedOut` (the connection's thread stayed busy 10 s, inside a listener call).
+    pub fn restart(&self) -> Result<String, PinholeError> {
+        self.control.restart()
+    }
+
+    /// The pair data goes on, if one was selected (kept across a restart until a new
+    /// one is selected).
+    pub fn selected_pair(&self) -> Option<SelectedPair> {
+        self.control.selected_pair()
+    }
+
+    /// Ends the connection, returning at once; the listener then gets
+    /// `StateChanged(Closed)` and `Closed`. Idempotent. (Not in the Kotlin bindings, where
+    /// the generated `close()` drops the handle, which does this.)
+    pub fn close(&self) {
+        if let Ok(t) = self.task.lock() {
+            if let Some(t) = &t.0 {
+                t.stop();
+            }
+        }
+    }
+
+    /// Ends the connection and waits until it has ended (bounded: deleting a port
+    /// mapping takes a few seconds at most). Not to be awaited inside the listener (it
+    /// would wait for itself): use `close` there.
+    pub async fn close_and_wait(&self) {
+        self.close();
+        let mut finished = self.finished.clone();
+        let _ = finished.wait_for(|f| *f).await;
+        if let Ok(mut t) = self.task.lock() {
+            if let Some(t) = t.0.take() {
+                // It has finished: joining is immediate.
+                t.join();
+            }
+        }
+    }
+
+    /// Whether the connection has ended (closed, or ended by itself).
+    pub fn is_closed(&self) -> bool {
+        self.control.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod peer_tests;
 
 #[cfg(test)]
 mod tests {

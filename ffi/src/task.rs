@@ -61,6 +61,24 @@ impl<T> Rendezvous<T> {
             slot = self.ready.wait(slot).unwrap_or_else(|p| p.into_inner());
         }
     }
+
+    /// Waits for the value at most `timeout` (a condition variable only, like
+    /// [`Rendezvous::take`]: the caller's thread gets no standard-library handle).
+    pub(crate) fn take_timeout(&self, timeout: std::time::Duration) -> Option<T> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(v) = slot.take() {
+                return Some(v);
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            slot = self
+                .ready
+                .wait_timeout(slot, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
 }
 
 /// Resolves when the task is asked to stop.

@@ -820,3 +820,154 @@ pub(crate) fn parse_socket_addr(what: &str, text: &str) -> Result<SocketAddr, Pi
         .parse()
         .map_err(|_| PinholeError::invalid(format!("{what}: not an IP:port address: {text:?}")))
 }
+
+/// A TURN server for a [`PeerConnectionConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PeerTurnServer {
+    /// `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port]` (RFC 7065; at most
+    /// 500 bytes). `turns:` needs a library built with the `tls` feature, else
+    /// `Unsupported`.
+    pub uri: String,
+    /// The user name of the long-term credentials (1 to 512 bytes).
+    pub username: String,
+    /// The password (never logged).
+    pub password: String,
+}
+
+/// Which paths a peer connection may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, uniffi::Enum)]
+pub enum RelayPolicy {
+    /// Direct paths and, where they fail, the relays (the default).
+    #[default]
+    All,
+    /// Only through a TURN relay: no host or server-reflexive candidate is offered, so the
+    /// peer never learns this host's addresses. Needs a TURN server.
+    RelayOnly,
+    /// Never through a relay (the TURN servers, if any, are not used).
+    NoRelay,
+}
+
+/// How a [`PeerConnection`](crate::api::PeerConnection) starts.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PeerConnectionConfig {
+    /// STUN servers for server-reflexive candidates: `host:port` or `stun:host[:port]`
+    /// (RFC 7064). Empty: none (no public default: only host candidates, and relayed
+    /// ones with a TURN server).
+    #[uniffi(default = [])]
+    pub stun_servers: Vec<String>,
+    /// TURN servers for relayed candidates.
+    #[uniffi(default = [])]
+    pub turn_servers: Vec<PeerTurnServer>,
+    /// This side's ICE role (RFC 8445 §6.1.1): exactly one of the two peers controls
+    /// (nominates the pair); the offerer, by convention.
+    pub controlling: bool,
+    /// Ask the gateway for a port mapping of the socket (PCP, NAT-PMP, UPnP IGD) and offer
+    /// its external address as a candidate. Gathering waits for the gateway's answer.
+    #[uniffi(default = false)]
+    pub port_mapping: bool,
+    /// Which paths may be used (`All` for the usual).
+    pub relay_policy: RelayPolicy,
+    /// The local socket address: `IP:port`. None: `0.0.0.0:0` (an IPv4 socket on the
+    /// local address toward the first server, 127.0.0.1 without servers). `[::]:0`: one
+    /// dual-stack socket with a host candidate on every usable interface.
+    #[uniffi(default = None)]
+    pub bind: Option<String>,
+    /// Run as an ICE-lite agent (RFC 8445 §2.5), for a host with a public address: it
+    /// answers checks and sends none; the peer must be a full agent and controls.
+    #[uniffi(default = false)]
+    pub lite: bool,
+}
+
+/// A peer connection's ICE state, as WebRTC's `RTCIceConnectionState` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum IceConnectionState {
+    /// Waiting for the peer's description or candidates.
+    New,
+    /// Checking pairs; none works yet.
+    Checking,
+    /// A pair works: data flows.
+    Connected,
+    /// The controlling side nominated the pair: ICE has settled (checks on other pairs
+    /// stop; consent goes on). Data flows.
+    Completed,
+    /// Every pair failed after the peer's end of candidates: restart or give up.
+    Failed,
+    /// Consent was lost on every working pair (RFC 7675); checks go on while candidates
+    /// remain. A restart may bring the path back.
+    Disconnected,
+    /// The connection is closed.
+    Closed,
+}
+
+/// The pair of candidates data goes on.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SelectedPair {
+    /// Ours, `IP:port` (a relayed candidate's relayed address).
+    pub local: String,
+    /// The peer's, `IP:port`.
+    pub remote: String,
+    /// Whether data goes through a TURN relay (either candidate is relayed).
+    pub relayed: bool,
+}
+
+/// What a peer connection reports, in order, on its own thread. New variants may be added
+/// in any release (not a breaking change): a `when`/`switch` over it needs an
+/// `else`/`default` branch.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+#[non_exhaustive]
+pub enum PeerConnectionEvent {
+    /// A local candidate to signal to the peer (trickle, RFC 8838): the RFC 8839
+    /// attribute value `candidate:...` (without `a=`).
+    LocalCandidate {
+        /// The candidate.
+        candidate: String,
+    },
+    /// No more local candidates: signal `a=end-of-candidates` (or the whole
+    /// `local_description()`, which now ends with it).
+    GatheringComplete,
+    /// The ICE state changed.
+    StateChanged {
+        /// The new state.
+        state: IceConnectionState,
+    },
+    /// Data now goes on this pair (the first working pair, the nominated one, a move to
+    /// another pair).
+    SelectedPair {
+        /// Ours, `IP:port`.
+        local: String,
+        /// The peer's, `IP:port`.
+        remote: String,
+        /// Through a TURN relay.
+        relayed: bool,
+        /// The round-trip time the pair's check measured, milliseconds.
+        rtt_ms: Option<u32>,
+    },
+    /// A datagram from the peer.
+    Data {
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// A relay could not be allocated; the connection goes on without it.
+    RelayFailed {
+        /// Why.
+        reason: String,
+    },
+    /// A candidate of the peer's with an mDNS name (`<uuid>.local`) had no answer: it was
+    /// dropped, the connection goes on without it.
+    CandidateUnresolved {
+        /// The name.
+        name: String,
+    },
+    /// The peer restarted ICE (its description came with a new `a=ice-ufrag`), so this
+    /// side restarted too: signal this new local description to the peer (its candidates
+    /// follow as `LocalCandidate`s).
+    RemoteRestarted {
+        /// The new local description (as `local_description()` gives it).
+        local_description: String,
+    },
+    /// The connection has ended: the last event. `error` is None after `close()`.
+    Closed {
+        /// Why it ended by itself.
+        error: Option<String>,
+    },
+}

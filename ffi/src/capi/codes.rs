@@ -38,6 +38,11 @@ pub const PINHOLE_ADDRESS_MAX: usize = 72;
 /// server with the TURN headers).
 pub const PINHOLE_TURN_DATA_MAX: usize = 65_400;
 
+/// The most bytes one `pinhole_peer_send` carries (what fits a UDP datagram, through a
+/// relay too). Keep datagrams at 1 200 bytes or less to fit every path's MTU: a larger
+/// one is sent with the don't-fragment bit and may be dropped.
+pub const PINHOLE_PEER_DATA_MAX: usize = 65_400;
+
 /// Log levels: `PINHOLE_LOG_*`.
 pub type pinhole_log_level = c_int;
 /// Very detailed tracing.
@@ -176,3 +181,30 @@ pub const PINHOLE_TURN_EVENT_SEND_FAILED: pinhole_turn_event_kind = 6;
 pub const PINHOLE_TURN_EVENT_LOST: pinhole_turn_event_kind = 7;
 /// Deallocated after `pinhole_turn_deallocate`. A last event.
 pub const PINHOLE_TURN_EVENT_DEALLOCATED: pinhole_turn_event_kind = 8;
+
+/// A peer connection's ICE state: `PINHOLE_ICE_STATE_*` (WebRTC's names).
+pub type pinhole_ice_state = c_int;
+/// Waiting for the peer's description or candidates.
+pub const PINHOLE_ICE_STATE_NEW: pinhole_ice_state = 0;
+/// Checking pairs; none works yet.
+pub const PINHOLE_ICE_STATE_CHECKING: pinhole_ice_state = 1;
+/// A pair works: data flows.
+pub const PINHOLE_ICE_STATE_CONNECTED: pinhole_ice_state = 2;
+/// The controlling side nominated the pair: ICE has settled. Data flows.
+pub const PINHOLE_ICE_STATE_COMPLETED: pinhole_ice_state = 3;
+/// Every pair failed after the peer's end of candidates: restart or give up.
+pub const PINHOLE_ICE_STATE_FAILED: pinhole_ice_state = 4;
+/// Consent was lost on every working pair (RFC 7675); checks go on while candidates
+/// remain. A restart may bring the path back.
+pub const PINHOLE_ICE_STATE_DISCONNECTED: pinhole_ice_state = 5;
+/// The connection is closed.
+pub const PINHOLE_ICE_STATE_CLOSED: pinhole_ice_state = 6;
+
+/// Which paths a peer connection may use: `PINHOLE_RELAY_*`.
+pub type pinhole_relay_policy = c_int;
+/// Direct paths and, where they fail, the relays (the default).
+pub const PINHOLE_RELAY_ALL: pinhole_relay_policy = 0;
+/// Only through a TURN relay (no host or server-reflexive candidate is offered).
+pub const PINHOLE_RELAY_ONLY: pinhole_relay_policy = 1;
+/// Never through a relay.
+pub const PINHOLE_RELAY_NONE: pinhole_relay_policy = 2;

@@ -1,8 +1,9 @@
 //! The C API (header `include/pinhole.h`, generated from this module by cbindgen).
 //!
 //! Conventions, in the style of libjuice:
-//! - Opaque handles (`pinhole_netcheck`, `pinhole_portmap`, `pinhole_turn`, and with the
-//!   feature `server` `pinhole_server`), created by a `*_start` function (`pinhole_turn_allocate`) from a
+//! - Opaque handles (`pinhole_netcheck`, `pinhole_portmap`, `pinhole_turn`, `pinhole_peer`,
+//!   and with the feature `server` `pinhole_server`), created by a `*_start` function
+//!   (`pinhole_turn_allocate`, `pinhole_peer_create`) from a
 //!   config struct that holds the callbacks and a `void *user_ptr`, and freed by
 //!   `*_destroy`.
 //! - Functions return `PINHOLE_OK` (0), a non-negative length, or a negative
@@ -18,7 +19,7 @@
 //! size that cannot be the struct's is `PINHOLE_ERR_INVALID`. `pinhole_*_config_init`
 //! fills a config's defaults and size.
 //!
-//! Threads: each netcheck, port mapping and TURN allocation runs on a thread of its own (a
+//! Threads: each netcheck, port mapping, TURN allocation and peer connection runs on a thread of its own (a
 //! parked [`Task`](crate::task::Task), kept until the handle is destroyed); its callbacks
 //! run there, one at a time, in order, never on the thread that called `*_start`. Every
 //! function but `*_destroy`/`*_destroy_async` may be called on a live handle from several
@@ -34,6 +35,7 @@
 
 pub mod codes;
 mod netcheck;
+mod peer;
 mod portmap;
 #[cfg(feature = "server")]
 mod server;
@@ -46,6 +48,7 @@ use std::sync::Arc;
 
 pub use codes::*;
 pub use netcheck::*;
+pub use peer::*;
 pub use portmap::*;
 #[cfg(feature = "server")]
 pub use server::*;

@@ -6,15 +6,18 @@
 //! - [`portmap`]: [`MappingPlan`], a port mapping (and its verification reflector);
 //! - `server`: `Server`, the embedded STUN server (feature `server`; also in the unit
 //!   tests, as a reflector);
+//! - [`peer`]: [`PeerPlan`], a peer connection, and [`PeerControl`], its handles' side;
 //! - [`turn`]: [`TurnPlan`], a TURN allocation and the commands it takes.
 
 mod netcheck;
+mod peer;
 mod portmap;
 #[cfg(any(test, feature = "server"))]
 mod server;
 mod turn;
 
 pub(crate) use netcheck::NetcheckPlan;
+pub(crate) use peer::{PeerControl, PeerPlan};
 pub(crate) use portmap::{MappingPlan, NetworkTarget};
 #[cfg(any(test, feature = "server"))]
 pub(crate) use server::Server;

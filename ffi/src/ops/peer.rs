@@ -1,0 +1,702 @@
+//! A peer connection ([`pinhole::driver::peer::PeerConnection`]) for both foreign APIs:
+//! its checked configuration ([`PeerPlan`]), its run on a [`Task`](crate::task::Task)'s
+//! thread, and [`PeerControl`], what the handles hold to talk to it.
+//!
+//! One task owns the connection. The handles' calls become commands on a channel that the
+//! task applies between two events; the task reports events and data to a sink, one at a
+//! time, in order. What the handles read without asking the task (the local description,
+//! the selected pair, whether it is closed) is kept in [`PeerControl`]'s status.
+//!
+//! A call that needs an answer from the connection ([`PeerControl::restart`]) waits for
+//! the task; made from the sink (a listener or C callback, on the task's own thread) it is
+//! applied at once instead, through the connection the task lends to its thread between
+//! two events, so a callback may restart (or do anything else) without deadlocking.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pinhole::driver::peer::{Incoming, PeerConnection, PeerConnectionEvent as CoreEvent};
+use pinhole::ice::{
+    Candidate, CandidateKind, IceCredentials, IceDescription, IceState, PORT_ALLOCATION_ATTRIBUTE,
+};
+use pinhole::peer::{PeerConfig, TurnServerSpec};
+use pinhole::stun::StunUri;
+use pinhole::turn::{Credentials, TurnTransport, TurnUri};
+use tokio::sync::mpsc;
+
+use super::{MAX_SERVERS, MAX_URI_LEN};
+use crate::error::PinholeError;
+use crate::task::{Rendezvous, StopSignal};
+use crate::types::{
+    IceConnectionState, PeerConnectionConfig, PeerConnectionEvent, RelayPolicy, SelectedPair,
+    parse_socket_addr,
+};
+
+/// The largest datagram one send carries (what fits a UDP datagram, through a relay too);
+/// the C API's `PINHOLE_PEER_DATA_MAX`.
+pub(crate) const MAX_PEER_DATA: usize = crate::capi::PINHOLE_PEER_DATA_MAX;
+/// Datagrams handed to `send` that may wait for the connection's thread; more are refused
+/// until it catches up.
+pub(crate) const MAX_QUEUED_SENDS: usize = 1024;
+/// How long a server's name may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call that needs the connection's answer waits for its thread (which may be
+/// inside a slow callback).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest TURN user name accepted, bytes (RFC 8489 §14.3: less than 513).
+const MAX_USERNAME_LEN: usize = 512;
+/// The longest TURN password accepted, bytes.
+const MAX_PASSWORD_LEN: usize = 4096;
+
+/// A TURN server whose URI was checked (resolved when the connection starts).
+#[derive(Debug, Clone)]
+struct TurnEntry {
+    uri: TurnUri,
+    username: String,
+    password: String,
+}
+
+/// A peer connection whose configuration was checked.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerPlan {
+    stun: Vec<StunUri>,
+    turn: Vec<TurnEntry>,
+    controlling: bool,
+    port_mapping: bool,
+    policy: RelayPolicy,
+    bind: SocketAddr,
+    lite: bool,
+}
+
+impl PeerPlan {
+    /// Checks a configuration (syntax only: names are resolved when the connection
+    /// starts).
+    pub(crate) fn new(c: &PeerConnectionConfig) -> Result<Self, PinholeError> {
+        if c.stun_servers.len() + c.turn_servers.len() > MAX_SERVERS {
+            return Err(PinholeError::invalid(format!(
+                "more than {MAX_SERVERS} STUN and TURN servers"
+            )));
+        }
+        let mut stun = Vec::new();
+        for s in &c.stun_servers {
+            let s = s.trim();
+            let uri = if s.starts_with("stun:") || s.starts_with("stuns:") {
+                s.to_owned()
+            } else {
+                format!("stun:{s}")
+            };
+            super::check_stun_uri("stun_servers", &uri)?;
+            stun.push(
+                uri.parse::<StunUri>()
+                    .map_err(|e| PinholeError::invalid(format!("{s}: {e}")))?,
+            );
+        }
+        let mut turn = Vec::new();
+        for t in &c.turn_servers {
+            if t.uri.len() > MAX_URI_LEN {
+                return Err(PinholeError::invalid(format!(
+                    "a TURN URI is longer than {MAX_URI_LEN} bytes"
+                )));
+            }
+            let uri: TurnUri = t
+                .uri
+                .parse()
+                .map_err(|e| PinholeError::invalid(format!("{}: {e}", t.uri)))?;
+            if uri.transport == TurnTransport::Tls && !cfg!(feature = "tls") {
+                return Err(PinholeError::Unsupported(format!(
+                    "{}: turns: (TLS) needs pinhole-ffi built with the `tls` feature",
+                    t.uri
+                )));
+            }
+            if t.username.is_empty() || t.username.len() > MAX_USERNAME_LEN {
+                return Err(PinholeError::invalid(format!(
+                    "a TURN user name must have 1 to {MAX_USERNAME_LEN} bytes"
+                )));
+            }
+            if t.password.is_empty() || t.password.len() > MAX_PASSWORD_LEN {
+                return Err(PinholeError::invalid(format!(
+                    "a TURN password must have 1 to {MAX_PASSWORD_LEN} bytes"
+                )));
+            }
+            turn.push(TurnEntry {
+                uri,
+                username: t.username.clone(),
+                password: t.password.clone(),
+            });
+        }
+        if c.relay_policy == RelayPolicy::RelayOnly && turn.is_empty() {
+            return Err(PinholeError::invalid(
+                "relay_policy RelayOnly needs a TURN server",
+            ));
+        }
+        let bind = match c.bind.as_deref() {
+            Some(b) => parse_socket_addr("bind", b)?,
+            None => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        Ok(PeerPlan {
+            stun,
+            turn,
+            controlling: c.controlling,
+            port_mapping: c.port_mapping,
+            policy: c.relay_policy,
+            bind,
+            lite: c.lite,
+        })
+    }
+
+    /// Resolves the servers into the core's configuration.
+    async fn config(&self) -> Result<PeerConfig, PinholeError> {
+        // The families the socket can reach: its own, or both for `[::]`.
+        let dual = self.bind.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        let usable = |a: &SocketAddr| dual || a.is_ipv4() == self.bind.is_ipv4();
+        let resolve = async |host: &str, port: u16| -> Result<SocketAddr, PinholeError> {
+            let found =
+                tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+                    .await
+                    .map_err(|_| PinholeError::NoServer(format!("resolving {host}: timed out")))?
+                    .map_err(|e| PinholeError::NoServer(format!("resolving {host}: {e}")))?;
+            let all: Vec<SocketAddr> = found.collect();
+            all.iter().copied().find(|a| usable(a)).ok_or_else(|| {
+                PinholeError::NoServer(format!("{host}: no address of the family of {}", self.bind))
+            })
+        };
+        let mut config = PeerConfig::default();
+        for s in &self.stun {
+            match resolve(&s.host, s.port).await {
+                Ok(a) => config.stun_servers.push(a),
+                Err(e) => tracing::warn!(error = %e, "a STUN server was left out"),
+            }
+        }
+        if self.policy != RelayPolicy::NoRelay {
+            for t in &self.turn {
+                let server = match resolve(&t.uri.host, t.uri.port).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a TURN server was left out");
+                        continue;
+                    }
+                };
+                let mut spec =
+                    TurnServerSpec::new(server, Credentials::long_term(&t.username, &t.password));
+                if t.uri.transport != TurnTransport::Udp {
+                    spec = spec.over(t.uri.transport, Some(t.uri.host.clone()));
+                }
+                config.turn_servers.push(spec);
+            }
+        }
+        if self.policy == RelayPolicy::RelayOnly && config.turn_servers.is_empty() {
+            return Err(PinholeError::NoServer(
+                "relay only, and no TURN server could be resolved".into(),
+            ));
+        }
+        config.relay_only = self.policy == RelayPolicy::RelayOnly;
+        config.no_relay = self.policy == RelayPolicy::NoRelay;
+        config.port_mapping = self.port_mapping;
+        config.ice.lite = self.lite;
+        Ok(config)
+    }
+
+    /// Starts the connection and runs it until `stop` fires, the handle's commands are
+    /// gone, or the connection ends by itself. `on_started` hears once whether it started
+    /// (then, after `ready` if given, the events begin); the events go to `sink`, the last
+    /// being `StateChanged(Closed)` and `Closed`.
+    pub(crate) async fn run(
+        self,
+        stop: StopSignal,
+        control: Arc<PeerControl>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        on_started: impl FnOnce(Result<(), PinholeError>),
+        ready: Option<tokio::sync::oneshot::Receiver<()>>,
+        mut sink: impl FnMut(PeerConnectionEvent),
+    ) {
+        let mut stop = stop;
+        let started = tokio::select! {
+            r = async {
+                let config = self.config().await?;
+                PeerConnection::start(config, self.bind, self.controlling)
+                    .await
+                    .map_err(PinholeError::from)
+            } => r,
+            () = stop.wait() => Err(PinholeError::Cancelled),
+        };
+        let pc = match started {
+            Ok(pc) => pc,
+            Err(e) => {
+                control.status().closed = true;
+                on_started(Err(e));
+                return;
+            }
+        };
+        {
+            let mut s = control.status();
+            s.credentials = Some(pc.local_credentials().clone());
+            s.pacing_ms = pc.pacing_ms();
+            s.lite = self.lite;
+        }
+        on_started(Ok(()));
+        if let Some(ready) = ready {
+            if ready.await.is_err() {
+                control.status().closed = true;
+                pc.close().await;
+                return;
+            }
+        }
+        let mut ctx = Ctx {
+            pc,
+            remote: None,
+            pending: Vec::new(),
+            control: control.clone(),
+            state: IceState::New,
+            nominated: false,
+            completed: false,
+        };
+        // Where the context is lent to this thread's calls while the sink runs.
+        let cell: Lent = Rc::new(RefCell::new(None));
+        CURRENT.with(|c| *c.borrow_mut() = Some((control.id, cell.clone())));
+        enum Step {
+            Stop,
+            Command(Option<Command>),
+            Incoming(Option<Incoming>),
+        }
+        let error = loop {
+            let step = tokio::select! {
+                () = stop.wait() => Step::Stop,
+                cmd = commands.recv() => Step::Command(cmd),
+                inc = ctx.pc.next() => Step::Incoming(inc),
+            };
+            let mut events = Vec::new();
+            match step {
+                Step::Stop | Step::Command(None) => break None,
+                Step::Command(Some(Command::Send(data))) => {
+                    control.queued_sends.fetch_sub(1, Ordering::Relaxed);
+                    ctx.pc.send(&data).await;
+                }
+                Step::Command(Some(Command::Call(f))) => f(&mut ctx),
+                Step::Incoming(None) => break Some("the connection's task ended".to_owned()),
+                Step::Incoming(Some(Incoming::Data(data))) => {
+                    events.push(PeerConnectionEvent::Data { data });
+                }
+                Step::Incoming(Some(Incoming::Event(ev))) => events = ctx.on_event(*ev),
+            }
+            // With what the commands produced; then what calls made from the sink did.
+            events.append(&mut ctx.pending);
+            while !events.is_empty() {
+                ctx = match lend(&cell, ctx, || {
+                    for e in events.drain(..) {
+                        sink(e);
+                    }
+                }) {
+                    Some(c) => c,
+                    None => {
+                        // A bug took the context: end without it.
+                        CURRENT.with(|c| *c.borrow_mut() = None);
+                        control.status().closed = true;
+                        return;
+                    }
+                };
+                events.append(&mut ctx.pending);
+            }
+        };
+        CURRENT.with(|c| *c.borrow_mut() = None);
+        control.status().closed = true;
+        // Calls still queued get no answer (their senders drop): they fail.
+        drop(commands);
+        // Deletes a port mapping of the socket (bounded).
+        ctx.pc.close().await;
+        sink(PeerConnectionEvent::StateChanged {
+            state: IceConnectionState::Closed,
+        });
+        sink(PeerConnectionEvent::Closed { error });
+    }
+}
+
+/// Lends `ctx` to this thread's calls while `f` runs; gives it back (always, unless a bug
+/// took it).
+fn lend(cell: &RefCell<Option<Ctx>>, ctx: Ctx, f: impl FnOnce()) -> Option<Ctx> {
+    *cell.borrow_mut() = Some(ctx);
+    f();
+    cell.borrow_mut().take()
+}
+
+/// What the connection's task holds, lent to its own thread's calls between events.
+pub(crate) struct Ctx {
+    pc: PeerConnection,
+    /// The peer's credentials of the current session, once known.
+    remote: Option<IceCredentials>,
+    /// Events produced by a call, reported after it.
+    pending: Vec<PeerConnectionEvent>,
+    control: Arc<PeerControl>,
+    state: IceState,
+    /// The selected pair is nominated.
+    nominated: bool,
+    /// `Completed` was reported for this state.
+    completed: bool,
+}
+
+/// Where a connection's task lends its context to calls made on its thread.
+type Lent = Rc<RefCell<Option<Ctx>>>;
+
+thread_local! {
+    /// On a connection's task thread: its id and its context.
+    static CURRENT: RefCell<Option<(u64, Lent)>> = const { RefCell::new(None) };
+}
+
+impl Ctx {
+    /// A core event: the status updated, the events for the sink.
+    fn on_event(&mut self, ev: CoreEvent) -> Vec<PeerConnectionEvent> {
+        let mut out = Vec::new();
+        match ev {
+            CoreEvent::Candidate(c) => {
+                let text = c.to_string();
+                self.control.status().candidates.push(text.clone());
+                out.push(PeerConnectionEvent::LocalCandidate { candidate: text });
+            }
+            CoreEvent::GatheringComplete => {
+                let allocation = self.pc.port_allocation().and_then(|a| a.to_attribute());
+                let mut s = self.control.status();
+                s.gathering_done = true;
+                s.port_allocation = allocation;
+                out.push(PeerConnectionEvent::GatheringComplete);
+            }
+            CoreEvent::State(state) => {
+                self.state = state;
+                if state != IceState::Connected {
+                    self.completed = false;
+                }
+                let mapped = match state {
+                    IceState::New => IceConnectionState::New,
+                    IceState::Checking => IceConnectionState::Checking,
+                    IceState::Connected => IceConnectionState::Connected,
+                    IceState::Disconnected => IceConnectionState::Disconnected,
+                    IceState::Failed => IceConnectionState::Failed,
+                    // IceState is non-exhaustive: a state added later reads as checking.
+                    _ => IceConnectionState::Checking,
+                };
+                out.push(PeerConnectionEvent::StateChanged { state: mapped });
+            }
+            CoreEvent::SelectedPair {
+                local,
+                remote,
+                nominated,
+                rtt,
+            } => {
+                let pair = SelectedPair {
+                    local: address(&local),
+                    remote: address(&remote),
+                    relayed: local.kind == CandidateKind::Relayed
+                        || remote.kind == CandidateKind::Relayed,
+                };
+                self.nominated = nominated;
+                self.control.status().selected = Some(pair.clone());
+                out.push(PeerConnectionEvent::SelectedPair {
+                    local: pair.local,
+                    remote: pair.remote,
+                    relayed: pair.relayed,
+                    rtt_ms: rtt.map(|r| u32::try_from(r.as_millis()).unwrap_or(u32::MAX)),
+                });
+            }
+            CoreEvent::RelayFailed(reason) => {
+                out.push(PeerConnectionEvent::RelayFailed { reason });
+            }
+            CoreEvent::CandidateUnresolved(name) => {
+                out.push(PeerConnectionEvent::CandidateUnresolved { name });
+            }
+            // Variants the driver may add later: not for the foreign APIs yet.
+            _ => {}
+        }
+        if self.state == IceState::Connected && self.nominated && !self.completed {
+            self.completed = true;
+            out.push(PeerConnectionEvent::StateChanged {
+                state: IceConnectionState::Completed,
+            });
+        }
+        out
+    }
+
+    /// An ICE restart of this side: new credentials, the peer's forgotten.
+    fn restart(&mut self) -> String {
+        let creds = self.pc.restart();
+        self.remote = None;
+        self.nominated = false;
+        self.completed = false;
+        let mut s = self.control.status();
+        s.credentials = Some(creds);
+        s.candidates.clear();
+        s.gathering_done = false;
+        s.port_allocation = None;
+        s.description()
+    }
+
+    /// The peer's description (or more of it).
+    fn apply_remote(&mut self, d: IceDescription) {
+        let creds = IceCredentials {
+            ufrag: d.ufrag,
+            pwd: d.pwd,
+        };
+        if self.remote.as_ref().is_some_and(|r| *r != creds) {
+            // RFC 8445 §9: the peer restarted; this side restarts too, and the new
+            // description must reach the peer.
+            tracing::debug!("the peer restarted ICE: restarting");
+            let local_description = self.restart();
+            self.pending
+                .push(PeerConnectionEvent::RemoteRestarted { local_description });
+        }
+        if self.remote.as_ref() != Some(&creds) {
+            self.pc.set_remote_credentials(creds.clone());
+            self.remote = Some(creds);
+        }
+        if d.lite {
+            self.pc.set_remote_lite(true);
+        }
+        if let Some(ms) = d.pacing_ms {
+            self.pc.set_remote_pacing(ms);
+        }
+        if let Some(a) = d.port_allocation {
+            self.pc.set_remote_port_allocation(a);
+        }
+        for c in d.candidates {
+            self.pc.add_remote_candidate(c);
+        }
+        if d.end_of_candidates {
+            self.pc.end_of_remote_candidates();
+        }
+    }
+}
+
+/// A candidate's address as `IP:port` (a name, for an mDNS one).
+fn address(c: &Candidate) -> String {
+    c.socket_addr()
+        .map_or_else(|| format!("{}:{}", c.address, c.port), |a| a.to_string())
+}
+
+/// A command for the connection's task.
+pub(crate) enum Command {
+    /// A datagram for the peer.
+    Send(Vec<u8>),
+    /// Something to do with the connection, on its thread.
+    Call(Box<dyn FnOnce(&mut Ctx) + Send>),
+}
+
+/// What the handles read without asking the task.
+#[derive(Debug, Default)]
+pub(crate) struct PeerStatus {
+    credentials: Option<IceCredentials>,
+    pacing_ms: u32,
+    lite: bool,
+    /// The local candidates of this session so far, `candidate:...`.
+    candidates: Vec<String>,
+    gathering_done: bool,
+    /// `a=x-pinhole-port-allocation`'s value, once gathering is done.
+    port_allocation: Option<String>,
+    selected: Option<SelectedPair>,
+    closed: bool,
+}
+
+impl PeerStatus {
+    /// The local description: RFC 8839 attribute lines, CRLF-terminated.
+    fn description(&self) -> String {
+        let Some(c) = &self.credentials else {
+            return String::new();
+        };
+        let mut d = format!(
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle\r\na=ice-pacing:{}\r\n",
+            c.ufrag, c.pwd, self.pacing_ms
+        );
+        if self.lite {
+            d.push_str("a=ice-lite\r\n");
+        }
+        for c in &self.candidates {
+            d.push_str("a=");
+            d.push_str(c);
+            d.push_str("\r\n");
+        }
+        if self.gathering_done {
+            if let Some(a) = &self.port_allocation {
+                d.push_str(&format!("a={}:{a}\r\n", PORT_ALLOCATION_ATTRIBUTE));
+            }
+            d.push_str("a=end-of-candidates\r\n");
+        }
+        d
+    }
+}
+
+/// A connection's handle side: its commands and its status. Shared by the UniFFI object
+/// and the C handle.
+#[derive(Debug)]
+pub(crate) struct PeerControl {
+    id: u64,
+    commands: mpsc::UnboundedSender<Command>,
+    status: Mutex<PeerStatus>,
+    queued_sends: AtomicUsize,
+}
+
+fn closed_error() -> PinholeError {
+    PinholeError::NotAvailable("the peer connection is closed".into())
+}
+
+impl PeerControl {
+    /// A control and the commands' receiver for [`PeerPlan::run`].
+    pub(crate) fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let (commands, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(PeerControl {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                commands,
+                status: Mutex::new(PeerStatus::default()),
+                queued_sends: AtomicUsize::new(0),
+            }),
+            rx,
+        )
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, PeerStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the connection has ended (or never started).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.status().closed
+    }
+
+    /// The local description: `a=ice-ufrag`, `a=ice-pwd`, `a=ice-options:trickle`,
+    /// `a=ice-pacing`, `a=ice-lite` when lite, the candidates gathered so far, and once
+    /// gathering is over `a=end-of-candidates`; CRLF-terminated lines.
+    pub(crate) fn local_description(&self) -> String {
+        self.status().description()
+    }
+
+    /// The pair data goes on, if any.
+    pub(crate) fn selected_pair(&self) -> Option<SelectedPair> {
+        self.status().selected.clone()
+    }
+
+    /// Runs `f` on the connection: at once when called on its own thread (from the sink),
+    /// else on its thread, waiting for the answer (bounded).
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx) -> T + Send + 'static,
+    ) -> Result<T, PinholeError> {
+        if self.is_closed() {
+            return Err(closed_error());
+        }
+        let here = CURRENT.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|(id, _)| *id == self.id)
+                .map(|(_, ctx)| ctx.clone())
+        });
+        if let Some(cell) = here {
+            let mut lent = cell
+                .try_borrow_mut()
+                .map_err(|_| PinholeError::Internal("the connection is busy".into()))?;
+            let ctx = lent
+                .as_mut()
+                .ok_or_else(|| PinholeError::Internal("the connection is busy".into()))?;
+            return Ok(f(ctx));
+        }
+        // A condition variable, not a channel: the caller may be a C program's main
+        // thread, which a channel's wait would give a handle never freed.
+        let answer = Arc::new(Rendezvous::<T>::default());
+        let answer2 = answer.clone();
+        self.commands
+            .send(Command::Call(Box::new(move |ctx| answer2.put(f(ctx)))))
+            .map_err(|_| closed_error())?;
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        loop {
+            if let Some(v) = answer.take_timeout(Duration::from_millis(50)) {
+                return Ok(v);
+            }
+            // The task ended without applying it (the command was dropped).
+            if Arc::strong_count(&answer) == 1 {
+                return Err(closed_error());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(PinholeError::TimedOut(
+                    "the connection's thread did not answer (a callback blocks it?)".into(),
+                ));
+            }
+        }
+    }
+
+    /// Queues `f` for the connection's thread without waiting (in order with the other
+    /// commands).
+    fn post(&self, f: impl FnOnce(&mut Ctx) + Send + 'static) -> Result<(), PinholeError> {
+        if self.is_closed() {
+            return Err(closed_error());
+        }
+        self.commands
+            .send(Command::Call(Box::new(f)))
+            .map_err(|_| closed_error())
+    }
+
+    /// The peer's description: RFC 8839 attribute lines or a whole SDP. A new
+    /// `a=ice-ufrag` (after one was known) means the peer restarted: this side restarts
+    /// too and reports `RemoteRestarted` with its new description. Returns once checked;
+    /// applied in order with the other calls.
+    pub(crate) fn set_remote_description(&self, text: &str) -> Result<(), PinholeError> {
+        let parsed = IceDescription::parse(text)
+            .map_err(|e| PinholeError::invalid(format!("remote description: {e}")))?;
+        for (line, e) in &parsed.skipped {
+            tracing::debug!(%line, error = %e, "a candidate of the peer's was skipped");
+        }
+        let d = parsed.description;
+        self.post(move |ctx| ctx.apply_remote(d))
+    }
+
+    /// A trickled candidate of the peer's: `candidate:...` or `a=candidate:...`.
+    pub(crate) fn add_remote_candidate(&self, text: &str) -> Result<(), PinholeError> {
+        let c = Candidate::parse(text)
+            .map_err(|e| PinholeError::invalid(format!("remote candidate: {e}")))?;
+        self.post(move |ctx| ctx.pc.add_remote_candidate(c))
+    }
+
+    /// The peer's `a=end-of-candidates`.
+    pub(crate) fn end_of_remote_candidates(&self) -> Result<(), PinholeError> {
+        self.post(|ctx| ctx.pc.end_of_remote_candidates())
+    }
+
+    /// Queues a datagram for the peer, returning at once. Errors: `InvalidArgument` (over
+    /// [`MAX_PEER_DATA`]), `NotAvailable` (closed, no pair selected yet, or
+    /// [`MAX_QUEUED_SENDS`] datagrams already waiting for the connection's thread).
+    pub(crate) fn send(&self, data: Vec<u8>) -> Result<(), PinholeError> {
+        if data.len() > MAX_PEER_DATA {
+            return Err(PinholeError::invalid(format!(
+                "a datagram of {} bytes: at most {MAX_PEER_DATA}",
+                data.len()
+            )));
+        }
+        {
+            let s = self.status();
+            if s.closed {
+                return Err(closed_error());
+            }
+            if s.selected.is_none() {
+                return Err(PinholeError::NotAvailable(
+                    "no path to the peer yet (wait for SelectedPair)".into(),
+                ));
+            }
+        }
+        if self.queued_sends.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_SENDS {
+            self.queued_sends.fetch_sub(1, Ordering::Relaxed);
+            return Err(PinholeError::NotAvailable(format!(
+                "{MAX_QUEUED_SENDS} datagrams are waiting to be sent: try again later"
+            )));
+        }
+        self.commands.send(Command::Send(data)).map_err(|_| {
+            self.queued_sends.fetch_sub(1, Ordering::Relaxed);
+            closed_error()
+        })
+    }
+
+    /// An ICE restart (RFC 8445 §9): returns the new local description to signal (its
+    /// candidates follow as `LocalCandidate` events). The current path carries data until
+    /// a new pair is selected.
+    pub(crate) fn restart(&self) -> Result<String, PinholeError> {
+        self.call(Ctx::restart)
+    }
+}
