@@ -232,6 +232,17 @@ suspend fun until(millis: Long, cond: () -> Boolean): Boolean =
         true
     } ?: cond()
 
+/** Waits (bounded) for a SelectedPair event of [side] from the index [from] gives on. */
+suspend fun pairFrom(side: PeerSide, millis: Long = 20_000, from: () -> Int?): PeerConnectionEvent.SelectedPair? =
+    withTimeoutOrNull(millis) {
+        var found: PeerConnectionEvent.SelectedPair? = null
+        while (found == null) {
+            found = from()?.let { i -> side.events.drop(i).filterIsInstance<PeerConnectionEvent.SelectedPair>().lastOrNull() }
+            if (found == null) delay(20)
+        }
+        found
+    }
+
 /** Waits (bounded) for a SelectedPair event beyond the first [seen] on [side]. */
 suspend fun selectedAfter(side: PeerSide, seen: Int, millis: Long = 20_000): PeerConnectionEvent.SelectedPair? =
     withTimeoutOrNull(millis) {
@@ -320,15 +331,18 @@ fun testPeerPair(name: String, signal: String, stun: String, turnUri: String, us
                 check(carries(a, b, ByteArray(1200) { it.toByte() }), "$name: a 1200-byte datagram a -> b")
 
                 phase("data both ways")
-                // A restart: new credentials from a (and then b), new pairs, data again.
-                val before = listOf(a.pairs().size, b.pairs().size)
+                // A restart: new credentials from a (and then b), new pairs, data again. The
+                // pairs counted are those selected after a's restart and after b's
+                // RemoteRestarted (events before them settled first).
+                delay(300)
+                val mark = a.events.size
                 val oldDescription = a.pc.localDescription()
                 val fresh = a.pc.restart()
                 a.send("D:$fresh")
                 check(fresh != oldDescription && "a=ice-ufrag:" in fresh, "$name: restart: a new description")
-                val ra = selectedAfter(a, before[0])
-                val rb = selectedAfter(b, before[1])
-                check(ra != null && rb != null, "$name: restart: both sides selected a pair again")
+                val ra = pairFrom(a) { mark }
+                val rb = pairFrom(b) { b.events.indexOfFirst { it is PeerConnectionEvent.RemoteRestarted }.takeIf { it >= 0 } }
+                check(ra != null && rb != null, "$name: restart: both sides selected a pair again ($ra, $rb)")
                 check(ra?.relayed == relayed && rb?.relayed == relayed, "$name: restart: relayed ${ra?.relayed}/${rb?.relayed}")
                 check(carries(a, b, "$name: a to b after the restart"), "$name: data a -> b after the restart")
                 check(carries(b, a, "$name: b to a after the restart"), "$name: data b -> a after the restart")

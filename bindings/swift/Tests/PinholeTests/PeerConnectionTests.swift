@@ -266,6 +266,20 @@ final class PeerSide: @unchecked Sendable {
         return d
     }
 
+    /// The last selected pair among the events from the index `from` gives on (waiting up to
+    /// `seconds` for one).
+    func pair(_ seconds: Double = 20, from: () -> Int?) async -> (local: String, remote: String, relayed: Bool)? {
+        var found: (local: String, remote: String, relayed: Bool)?
+        _ = await until(seconds) {
+            guard let i = from() else { return false }
+            for e in seenEvents.dropFirst(i) {
+                if case .selectedPair(let l, let r, let relayed, _) = e { found = (l, r, relayed) }
+            }
+            return found != nil
+        }
+        return found
+    }
+
     /// The first selected pair after the first `count` (up to `seconds`).
     func pair(after count: Int, _ seconds: Double = 20) async -> (local: String, remote: String, relayed: Bool)? {
         guard await until(seconds, { pairs.count > count }) else { return nil }
@@ -420,13 +434,16 @@ final class PeerConnectionTests: XCTestCase {
         XCTAssertTrue(ab && ba && big, "\(name): data a->b \(ab), b->a \(ba), 1200 bytes \(big)")
 
         // A restart: new descriptions both ways, new pairs, data again.
-        let before = (a.pairs.count, b.pairs.count)
+        // The pairs counted are those selected after a's restart and after b's
+        // remoteRestarted (the events before them settled first).
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let mark = a.seenEvents.count
         let old = a.pc.localDescription()
         let fresh = try a.restart()
         XCTAssertNotEqual(fresh, old)
         XCTAssertTrue(fresh.contains("a=ice-ufrag:"), fresh)
-        let ra = await a.pair(after: before.0)
-        let rb = await b.pair(after: before.1)
+        let ra = await a.pair { mark }
+        let rb = await b.pair { b.seenEvents.firstIndex { if case .remoteRestarted = $0 { return true }; return false } }
         XCTAssertNotNil(ra, "\(name): a pair after the restart")
         XCTAssertNotNil(rb, "\(name): b pair after the restart")
         XCTAssertEqual(ra?.relayed, relayed)
