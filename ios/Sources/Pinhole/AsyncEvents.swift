@@ -263,11 +263,12 @@ private final class PeerStreamListener: PeerConnectionListener, @unchecked Senda
     }
 }
 
-/// Creates a peer connection (as `PeerConnection(config:listener:)`) whose events arrive as
-/// an `AsyncSequence` over an `AsyncStream`: send `events.connection.localDescription()` to
-/// the peer, then `for await event in events`. Ending the iteration early (cancelling the
-/// Task, leaving the loop) closes the connection, which releases its socket, relays and
-/// port mapping; so does releasing a sequence never iterated. Throws (`PinholeError`) for an
+/// Creates a peer connection (as `PeerConnection.create(config:listener:)`) whose events
+/// arrive as an `AsyncSequence` over an `AsyncStream`: send
+/// `events.connection.localDescription()` to the peer, then `for await event in events`.
+/// Ending the iteration early (cancelling the Task; leaving the loop once the sequence is
+/// released) closes the connection, which releases its socket and port mapping; so does
+/// releasing a sequence never iterated. Throws (`PinholeError`) for an
 /// invalid config or a connection that cannot start. `bufferingPolicy` bounds what is kept
 /// while the consumer is slow (default: everything; `.bufferingNewest(n)` drops the oldest
 /// items, events included).

@@ -8,8 +8,8 @@
 //                   bounded); the listener gets Released (or Unavailable)
 //   TurnAllocation  deallocates on the server (in the background, bounded); the listener
 //                   gets Deallocated (or Lost)
-//   PeerConnection  closes the connection: its socket, TURN allocations and port mapping
-//                   are released (in the background, bounded); the listener gets Closed
+//   PeerConnection  closes the connection: its socket and port mapping are released (in
+//                   the background, bounded); the listener gets Closed
 //   StunServer      stops the server (only in a library built with the feature `server`)
 //   PathMonitor     stops watching the network path; its states() streams end
 //

@@ -3,7 +3,7 @@
 // operation, and the end of the collection (completion, an exception, cancellation of the
 // collector) closes the underlying object, which ends it without blocking (the netcheck is
 // cancelled, the mapping deleted, the TURN allocation deallocated and the peer connection's
-// socket, relays and mapping released in the background). The one hot exception is
+// socket and port mapping released in the background). The one hot exception is
 // [PeerConnectionSession.events] (from [openPeerConnection]), which ends the same way.
 //
 // Events are buffered without bound (they are few; TURN and peer data is as fast as the
@@ -150,8 +150,8 @@ private class ChannelPeerListener(private val channel: SendChannel<PeerConnectio
  * to the peer, and later to set the peer's description and candidates, send and restart),
  * then emits its events: `LocalCandidate`s to trickle, `GatheringComplete`,
  * `StateChanged`, `SelectedPair`, `Data` from the peer...; the flow completes after
- * `Closed`. Cancelling the collector closes the connection (its socket, relays and port
- * mapping are released in the background). The flow owns the connection: do not close it
+ * `Closed`. Cancelling the collector closes the connection (its socket and port mapping
+ * are released in the background). The flow owns the connection: do not close it
  * yourself, and do not use it after the flow has ended.
  */
 fun peerConnectionEvents(
