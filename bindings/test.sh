@@ -6,7 +6,8 @@
 #            valgrind (no errors, no leaks), and linked statically
 #   kotlin   the generated Kotlin (JVM flavour) with the package's Kotlin (android/src/main/
 #            kotlin: Flow adapters, NetworkMonitor logic) on the host JVM (JNA), test
-#            programs bindings/kotlin/Test.kt and AdaptersTest.kt; no java.time in the API
+#            programs bindings/kotlin/Test.kt, AdaptersTest.kt and PeerTest.kt; no
+#            java.time in the API
 #   swift    the generated Swift and the package's hand-written Swift (ios/Sources/Pinhole:
 #            AsyncSequence adapters, PathMonitor, close()) in a SwiftPM package, `swift test`
 #            in a trixie chroot
@@ -38,7 +39,8 @@
 # `server` (the embedded STUN server, which they also test; the mobile and size parts build
 # the library as it ships, without it). They talk to a `pinhole serve` started here on 127.0.0.1/127.0.0.2
 # and to a `pinhole serve --turn` on 127.0.0.1 (TURN over UDP, long-term and REST
-# credentials, relaying on 127.0.0.1); the port-mapping tests point at 127.0.0.9, where no
+# credentials, relaying on 127.0.0.1); the Kotlin and Swift PeerConnection tests also meet
+# through a `pinhole signal` on 127.0.0.1; the port-mapping tests point at 127.0.0.9, where no
 # gateway listens (the C test also runs a NAT-PMP gateway of its own on 127.0.0.77:5351 and
 # a UDP proxy in front of the TURN server, both on loopback). Nothing contacts
 # this machine's real gateway or any public server.
@@ -88,6 +90,7 @@ setup() {
 
 serve_pid=
 turn_pid=
+signal_pid=
 mounted=()
 cleanup() {
     local m
@@ -105,6 +108,11 @@ cleanup() {
         kill "$turn_pid" 2>/dev/null || true
         wait "$turn_pid" 2>/dev/null || true
         turn_pid=
+    fi
+    if [ -n "$signal_pid" ]; then
+        kill "$signal_pid" 2>/dev/null || true
+        wait "$signal_pid" 2>/dev/null || true
+        signal_pid=
     fi
 }
 trap cleanup EXIT INT TERM
@@ -194,6 +202,36 @@ start_turn() {
     done
     cat "$log"
     echo "bindings: cannot start pinhole serve --turn" >&2
+    exit 1
+}
+
+# `pinhole signal` (the rendezvous of the PeerConnection tests) on 127.0.0.1.
+SIGNAL_URL=
+start_signal() {
+    [ -n "$signal_pid" ] && return 0
+    local log=$BUILD/signal.log p
+    mkdir -p "$BUILD"
+    for _ in 1 2 3 4 5; do
+        p=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        : >"$log"
+        "$TARGET/debug/pinhole" signal --listen "127.0.0.1:$p" >"$log" 2>&1 &
+        signal_pid=$!
+        for _ in $(seq 50); do
+            grep -q '^signalling on' "$log" && break
+            kill -0 "$signal_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if grep -q '^signalling on' "$log"; then
+            SIGNAL_URL=http://127.0.0.1:$p
+            echo "pinhole signal on $SIGNAL_URL (pid $signal_pid)"
+            return 0
+        fi
+        kill "$signal_pid" 2>/dev/null || true
+        wait "$signal_pid" 2>/dev/null || true
+        signal_pid=
+    done
+    cat "$log"
+    echo "bindings: cannot start pinhole signal" >&2
     exit 1
 }
 
@@ -318,12 +356,13 @@ part_kotlin() {
     build
     start_serve
     start_turn
+    start_signal
     local lib=$KOTLIN_HOME/lib jna=/usr/share/java/jna.jar
     local cp=$jna:$lib/kotlinx-coroutines-core-jvm.jar
     local out=$TARGET/bindings-kotlin
     kotlin_bindings_jar
     # kotlinc takes minutes here: reuse the jar while its inputs are unchanged.
-    local key tests=(bindings/kotlin/Test.kt bindings/kotlin/AdaptersTest.kt)
+    local key tests=(bindings/kotlin/Test.kt bindings/kotlin/AdaptersTest.kt bindings/kotlin/PeerTest.kt)
     key=$(cat "${tests[@]}" "$KOTLIN_BINDINGS_JAR" | sha256sum | cut -c1-16)
     if [ ! -f "$out/test-$key.jar" ]; then
         rm -f "$out"/test-*.jar
@@ -333,7 +372,7 @@ part_kotlin() {
     java -Djna.library.path="$TARGET/debug" \
         -cp "$out/test-$key.jar:$KOTLIN_BINDINGS_JAR:$cp:$lib/kotlin-stdlib.jar" \
         dev.pinhole.TestKt "$STUN_URI" "$SILENT_URI" "$TURN_URI" "$TURN_USER" "$TURN_PASSWORD" \
-        "$TURN_SECRET" | tee "$out/test.log"
+        "$TURN_SECRET" "$SIGNAL_URL" | tee "$out/test.log"
     results+=("kotlin: $(tail -1 "$out/test.log")")
 }
 
@@ -383,6 +422,7 @@ part_swift() {
     build
     start_serve
     start_turn
+    start_signal
     # A copy of the package with the generated sources; its .build stays for next time.
     local pkg=$BUILD/swift
     mkdir -p "$pkg/Sources/Pinhole" "$pkg/Sources/PinholeFFI" "$pkg/Tests"
@@ -421,6 +461,7 @@ part_swift() {
         PINHOLE_TEST_STUN="$STUN_URI" PINHOLE_TEST_SILENT="$SILENT_URI" \
         PINHOLE_TEST_TURN="$TURN_URI" PINHOLE_TEST_TURN_USER="$TURN_USER" \
         PINHOLE_TEST_TURN_PASSWORD="$TURN_PASSWORD" PINHOLE_TEST_TURN_SECRET="$TURN_SECRET" \
+        PINHOLE_TEST_SIGNAL="$SIGNAL_URL" \
         swift test --disable-swift-testing --package-path /pinhole/pkg -Xlinker -L/pinhole/lib \
         ${PINHOLE_SWIFT_FILTER:+--filter "$PINHOLE_SWIFT_FILTER"} \
         >"$BUILD/swift-test.log" 2>&1 || rc=$?

@@ -1,9 +1,9 @@
 // AsyncSequence adapters over the UniFFI listeners: a netcheck's progress, a port mapper's
-// events, a TURN allocation's events and data. Each sequence owns its object (a
-// NetcheckTask, PortMapper or TurnAllocation, also reachable through it): ending the
-// iteration (cancelling the consuming Task, or leaving the `for await` loop) closes the
-// object, and so does releasing the sequence without iterating it. The sequence ends after
-// the object's last event.
+// events, a TURN allocation's events and data, a peer connection's events. Each sequence
+// owns its object (a NetcheckTask, PortMapper, TurnAllocation or PeerConnection, also
+// reachable through it): ending the iteration (cancelling the consuming Task, or leaving
+// the `for await` loop) closes the object, and so does releasing the sequence without
+// iterating it. The sequence ends after the object's last event.
 //
 // Ownership: the listener (held by Rust) holds the stream's continuation; the stream's
 // onTermination holds the object only weakly, so that no reference cycle through Rust
@@ -217,4 +217,80 @@ public func allocateTurnUpdates(
     }
     continuation.onTermination = { [weak allocation] _ in allocation?.close() }
     return TurnUpdates(allocation: allocation, stream: stream)
+}
+
+// MARK: peer connection
+
+/// A peer connection's events (see `peerConnectionEvents(config:)`): `localCandidate`s to
+/// trickle to the peer, `gatheringComplete`, `stateChanged`, `selectedPair`, `data` from the
+/// peer...; the sequence ends after `closed`. Iterate it once.
+public struct PeerConnectionEvents: AsyncSequence, Sendable {
+    public typealias Element = PeerConnectionEvent
+
+    /// The connection (`localDescription()`, `setRemoteDescription`, `addRemoteCandidate`,
+    /// `send`, `restart()`...); closed when the iteration ends early.
+    public let connection: PeerConnection
+    /// The events as the underlying `AsyncStream` (iterate this sequence or the stream,
+    /// once; iterating the sequence also keeps the connection alive).
+    public let stream: AsyncStream<PeerConnectionEvent>
+
+    init(connection: PeerConnection, stream: AsyncStream<PeerConnectionEvent>) {
+        self.connection = connection
+        self.stream = stream
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let connection: PeerConnection
+        var base: AsyncStream<PeerConnectionEvent>.AsyncIterator
+
+        public mutating func next() async -> PeerConnectionEvent? {
+            await base.next()
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(connection: connection, base: stream.makeAsyncIterator())
+    }
+}
+
+private final class PeerStreamListener: PeerConnectionListener, @unchecked Sendable {
+    let continuation: AsyncStream<PeerConnectionEvent>.Continuation
+    init(_ c: AsyncStream<PeerConnectionEvent>.Continuation) { continuation = c }
+
+    func onEvent(event: PeerConnectionEvent) {
+        continuation.yield(event)
+        if case .closed = event { continuation.finish() }
+    }
+}
+
+/// Creates a peer connection (as `PeerConnection.create(config:listener:)`) whose events
+/// arrive as an `AsyncSequence` over an `AsyncStream`: send
+/// `events.connection.localDescription()` to the peer, then `for await event in events`.
+/// Ending the iteration early (cancelling the Task; leaving the loop once the sequence is
+/// released) closes the connection, which releases its socket and port mapping; so does
+/// releasing a sequence never iterated. Throws (`PinholeError`) for an
+/// invalid config or a connection that cannot start. `bufferingPolicy` bounds what is kept
+/// while the consumer is slow (default: everything; `.bufferingNewest(n)` drops the oldest
+/// items, events included).
+public func peerConnectionEvents(
+    config: PeerConnectionConfig,
+    bufferingPolicy: AsyncStream<PeerConnectionEvent>.Continuation.BufferingPolicy = .unbounded
+) async throws -> PeerConnectionEvents {
+    let (stream, continuation) = AsyncStream<PeerConnectionEvent>.makeStream(bufferingPolicy: bufferingPolicy)
+    let connection: PeerConnection
+    do {
+        connection = try await makePeerConnection(config: config, listener: PeerStreamListener(continuation))
+    } catch {
+        continuation.finish()
+        throw error
+    }
+    continuation.onTermination = { [weak connection] _ in connection?.close() }
+    return PeerConnectionEvents(connection: connection, stream: stream)
+}
+
+/// The connection's constructor (UniFFI's async constructor).
+private func makePeerConnection(config: PeerConnectionConfig, listener: PeerConnectionListener) async throws
+    -> PeerConnection
+{
+    try await PeerConnection.create(config: config, listener: listener)
 }

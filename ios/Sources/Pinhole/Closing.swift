@@ -8,12 +8,15 @@
 //                   bounded); the listener gets Released (or Unavailable)
 //   TurnAllocation  deallocates on the server (in the background, bounded); the listener
 //                   gets Deallocated (or Lost)
+//   PeerConnection  closes the connection: its socket and port mapping are released (in
+//                   the background, bounded); the listener gets Closed
 //   StunServer      stops the server (only in a library built with the feature `server`)
 //   PathMonitor     stops watching the network path; its states() streams end
 //
 // `close()` never blocks (call it from the main thread, or from inside a listener), and is
-// idempotent. `await closeAndWait()` (PortMapper, TurnAllocation) does the same and returns
-// once the object has ended, its last event delivered; not from inside its own listener.
+// idempotent. `await closeAndWait()` (PortMapper, TurnAllocation, PeerConnection) does the
+// same and returns once the object has ended, its last event delivered; not from inside its
+// own listener.
 // `isClosed()` (`isFinished()` for a NetcheckTask) tells whether it has ended.
 //
 // Releasing the last reference to an object also ends it, as `close()` does; so does
@@ -22,8 +25,8 @@
 import Foundation
 
 /// An object of pinhole that ends with `close()` (see Closing.swift): `NetcheckTask`,
-/// `PortMapper`, `TurnAllocation`, `PathMonitor` (and `StunServer`, in a library built with
-/// the feature `server`).
+/// `PortMapper`, `TurnAllocation`, `PeerConnection`, `PathMonitor` (and `StunServer`, in a
+/// library built with the feature `server`).
 public protocol PinholeClosable: AnyObject {
     /// Ends the object without blocking; idempotent. Releasing the last reference does the
     /// same.
@@ -33,4 +36,5 @@ public protocol PinholeClosable: AnyObject {
 extension NetcheckTask: PinholeClosable {}
 extension PortMapper: PinholeClosable {}
 extension TurnAllocation: PinholeClosable {}
+extension PeerConnection: PinholeClosable {}
 extension PathMonitor: PinholeClosable {}
