@@ -433,6 +433,7 @@ impl Ctx {
 
     /// The peer's description (or more of it).
     fn apply_remote(&mut self, d: IceDescription) {
+        let renomination = d.renomination();
         let creds = IceCredentials {
             ufrag: d.ufrag,
             pwd: d.pwd,
@@ -453,7 +454,7 @@ impl Ctx {
             self.pc.set_remote_lite(true);
         }
         // Without `renomination` the peer is nominated once (RFC 8445 §8.1.1).
-        self.pc.set_remote_renomination(d.renomination());
+        self.pc.set_remote_renomination(renomination);
         if let Some(ms) = d.pacing_ms {
             self.pc.set_remote_pacing(ms);
         }
