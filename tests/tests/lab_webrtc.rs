@@ -587,21 +587,11 @@ fn pinhole_and_webrtc_ice_and_str0m_in_the_lab() {
             _ => "-",
         };
         // webrtc-ice's controlled agent takes the first nominated pair and never another
-        // (it selects on USE-CANDIDATE only while no pair is selected; it has no
-        // renomination): when pinhole, controlling, nominated a relayed pair that
-        // validated first and then renominated the direct one, webrtc-ice goes on
-        // sending through the relay while pinhole sends directly. Data flows both ways;
-        // the table marks it.
-        let kept_first = path == "mixed"
-            && c.expected == "direct"
-            && w.spec.imp == Imp::WebrtcIce
-            && c.pinhole_role == "controlling"
-            && p.settled().is_some_and(|e| !relay_in(e))
-            && p.event("connected").is_some_and(relay_in)
-            && w.settled().is_some_and(relay_in);
-        let path = if kept_first { "mixed*" } else { path };
+        // (no renomination): pinhole, controlling, nominates such a peer once, and a
+        // direct pair where one exists (a relayed pair valid first waits for the direct
+        // checks), so both sides must settle on the expected path.
         let mut trouble = trouble.clone();
-        if trouble.is_empty() && path != c.expected && !kept_first {
+        if trouble.is_empty() && path != c.expected {
             trouble.push(format!("path {path}, expected {}", c.expected));
         }
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |m| format!("{m:.0}"));
@@ -639,11 +629,6 @@ fn pinhole_and_webrtc_ice_and_str0m_in_the_lab() {
             );
         }
     }
-    let _ = writeln!(
-        table,
-        "mixed*: pinhole (controlling) renominated the direct pair after a relayed one; \
-         webrtc-ice, which does not follow renomination, kept sending through the relay"
-    );
     eprintln!("{table}");
     assert!(failures.is_empty(), "{table}\n{failures}");
 }
