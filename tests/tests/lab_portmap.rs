@@ -1339,3 +1339,76 @@ fn map_once_verify_behind_carrier_nat_ends() {
         out.stderr
     );
 }
+
+/// PCP PEER (RFC 6887 §12) against Debian's miniupnpd (built with PEER support: it
+/// answers SUCCESS and installs a source NAT for the peer), with pinhole's own codec
+/// (`natlab pcp-map --peer`): the answer's external address is the one the host's
+/// traffic toward that peer then leaves from.
+#[test]
+fn miniupnpd_answers_pcp_peer() {
+    if !lab_available("miniupnpd_answers_pcp_peer", &["miniupnpd"]) {
+        return;
+    }
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve()
+        .expect("pinhole serve (miniupnpd's STUN check)");
+    lab.add_router("gw", NatConfig::port_restricted_cone(), Uplink::Internet)
+        .expect("router");
+    let host = lab.add_host("h", "gw").expect("host").clone();
+    let pm = lab.start_miniupnpd("gw").expect("miniupnpd");
+    let wan = lab.router("gw").unwrap().wan_ip;
+    let gw = pm.pmp_addr.ip().to_string();
+    let ip = host.ip.to_string();
+    let remote = format!("{PEER_IP}:40300");
+    let out = lab
+        .natlab(
+            &host.ns,
+            &[
+                "pcp-map", "--gateway", &gw, "--client", &ip, "--port", "40200", "--peer", &remote,
+            ],
+            TIMEOUT,
+        )
+        .unwrap();
+    eprintln!("miniupnpd's answer to PCP PEER: {out}");
+    assert!(
+        out.starts_with("result SUCCESS") && out.contains(&format!("external {wan}:")),
+        "PCP PEER: {out}\n{}",
+        lab.server_logs()
+    );
+    let external: SocketAddr = out
+        .split_whitespace()
+        .nth(3)
+        .and_then(|s| s.parse().ok())
+        .expect("external address");
+    // The host's traffic from the mapped port toward the peer leaves from it.
+    let bind = remote.clone();
+    let seen = std::thread::scope(|s| {
+        let recv = s.spawn(|| {
+            lab.natlab(
+                lab.internet(),
+                &["udp-recv", "--bind", &bind, "--timeout-ms", "4000"],
+                Duration::from_secs(8),
+            )
+        });
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(200));
+            lab.natlab(
+                &host.ns,
+                &[
+                    "udp-send", "--bind", &format!("{ip}:40200"), "--to", &remote, "--text",
+                    "outbound",
+                ],
+                Duration::from_secs(5),
+            )
+            .expect("udp-send");
+            if recv.is_finished() {
+                break;
+            }
+        }
+        recv.join().expect("receiver").expect("nothing arrived")
+    });
+    assert!(
+        seen.contains(&format!("from {external} outbound")),
+        "the peer saw: {seen} (PEER said {external})"
+    );
+}

@@ -10,7 +10,8 @@
 //! natlab stun-ping [--bind A] [--timeout-ms N] SERVER   (helper, used inside namespaces)
 //! natlab udp-recv --bind A [--timeout-ms N]              (helper: print the first datagram)
 //! natlab udp-send --bind A --to B [--text T] [--wait-ms N] (helper: send one datagram)
-//! natlab pcp-map --gateway G --client C --port N         (helper: one PCP MAP for UDP)
+//! natlab pcp-map --gateway G --client C --port N         (helper: one PCP MAP for UDP;
+//!                  [--peer IP:PORT]                       a PEER toward IP:PORT with --peer)
 //! natlab watch-network [--count N] [--timeout-ms N]     (helper: print network changes)
 //! ```
 //! Topologies: `matrix` (every NAT case), `basic` (one port-restricted NAT), or a case name
@@ -32,7 +33,7 @@ const USAGE: &str = "usage:
   natlab stun-ping [--bind ADDR] [--timeout-ms N] SERVER
   natlab udp-recv --bind ADDR [--timeout-ms N]
   natlab udp-send --bind ADDR --to ADDR [--text TEXT] [--count N | --wait-ms N]
-  natlab pcp-map --gateway IP --client IP --port N [--lifetime SECS] [--timeout-ms N]
+  natlab pcp-map --gateway IP --client IP --port N [--lifetime SECS] [--timeout-ms N] [--peer IP:PORT]
   natlab watch-network [--count N] [--timeout-ms N]
 topologies: basic, matrix, or one case of `natlab list`";
 
@@ -365,17 +366,23 @@ fn udp_send(args: &[String]) -> Result<ExitCode, LabError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One PCP MAP request for UDP `port` (RFC 6887 §11), with pinhole's own codec; prints
-/// `result <name> external <ip:port> lifetime <secs>`.
+/// One PCP MAP request for UDP `port` (RFC 6887 §11), or with `--peer` one PEER request
+/// toward that remote peer (RFC 6887 §12), with pinhole's own codec; prints
+/// `result <name> external <ip:port> lifetime <secs>` (`opcode <n>` added when the
+/// answer is not of the opcode asked).
 fn pcp_map(args: &[String]) -> Result<ExitCode, LabError> {
     use pinhole::portmap::MapProtocol;
     use pinhole::portmap::natpmp::SERVER_PORT;
-    use pinhole::portmap::pcp::{ANY_V4, MapData, OpData, Request, Response};
+    use pinhole::portmap::pcp::{ANY_V4, MapData, OpData, PeerData, Request, Response};
 
     let opts = Opts::parse(
         args,
-        &["gateway", "client", "port", "lifetime", "timeout-ms"],
+        &["gateway", "client", "port", "lifetime", "timeout-ms", "peer"],
     )?;
+    let peer: Option<SocketAddr> = opts
+        .value("peer")
+        .map(|v| v.parse().map_err(|e| LabError(format!("--peer {v}: {e}"))))
+        .transpose()?;
     let parse_ip = |name: &str| -> Result<std::net::IpAddr, LabError> {
         let v = opts
             .value(name)
@@ -398,16 +405,20 @@ fn pcp_map(args: &[String]) -> Result<ExitCode, LabError> {
     let mut nonce = [0u8; 12];
     nonce[..4].copy_from_slice(&std::process::id().to_be_bytes());
     nonce[4..6].copy_from_slice(&port.to_be_bytes());
+    let map = MapData {
+        nonce,
+        protocol: MapProtocol::Udp,
+        internal_port: port,
+        external_port: port,
+        external_ip: ANY_V4,
+    };
     let req = Request {
         lifetime,
         client_ip: client,
-        data: OpData::Map(MapData {
-            nonce,
-            protocol: MapProtocol::Udp,
-            internal_port: port,
-            external_port: port,
-            external_ip: ANY_V4,
-        }),
+        data: match peer {
+            Some(remote) => OpData::Peer(PeerData { map, remote }),
+            None => OpData::Map(map),
+        },
     };
     let mut buf = [0u8; 1100];
     let len = req.emit(&mut buf).map_err(|e| LabError(e.to_string()))?;
@@ -422,11 +433,23 @@ fn pcp_map(args: &[String]) -> Result<ExitCode, LabError> {
         };
         let resp = Response::parse(&rx[..n]).map_err(|e| LabError(e.to_string()))?;
         let external = match resp.data {
-            Some(OpData::Map(m)) => SocketAddr::new(m.external_ip, m.external_port).to_string(),
+            Some(OpData::Map(m) | OpData::Peer(PeerData { map: m, .. })) => {
+                SocketAddr::new(m.external_ip, m.external_port).to_string()
+            }
             _ => "-".to_owned(),
         };
+        let asked = if peer.is_some() {
+            pinhole::portmap::pcp::Opcode::Peer
+        } else {
+            pinhole::portmap::pcp::Opcode::Map
+        };
+        let opcode = if resp.opcode == asked {
+            String::new()
+        } else {
+            format!(" opcode {:?}", resp.opcode)
+        };
         println!(
-            "result {} external {external} lifetime {}",
+            "result {} external {external} lifetime {}{opcode}",
             resp.result.name(),
             resp.lifetime
         );
