@@ -16,8 +16,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
 
-use super::{io, os_seed};
 use super::portmap::{GatewayTarget, discover_gateway, run_mapper};
+use super::{io, os_seed};
 use crate::portmap::{
     MapProtocol, MapperConfig, MapperEvent, PcpPeer, PcpPeerConfig, PcpPeerEvent, Via,
 };
@@ -387,7 +387,11 @@ mod tests {
             .unwrap()
             .unwrap();
         let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 2, "one PEER (the duplicate not asked), one deletion: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            2,
+            "one PEER (the duplicate not asked), one deletion: {seen:?}"
+        );
         for (req, lifetime) in seen.iter().zip([crate::portmap::DEFAULT_LIFETIME, 0]) {
             assert_eq!(req.lifetime, lifetime);
             assert_eq!(req.client_ip, target.local_ip);

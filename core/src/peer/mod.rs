@@ -887,10 +887,7 @@ impl Peer {
         if self.config.port_mapping
             && !self.config.relay_only
             && c.transport == CandidateTransport::Udp
-            && matches!(
-                c.kind,
-                CandidateKind::Host | CandidateKind::ServerReflexive
-            )
+            && matches!(c.kind, CandidateKind::Host | CandidateKind::ServerReflexive)
         {
             self.events.push_back(PeerEvent::PcpPeerRemote(a));
         }

@@ -66,7 +66,9 @@ pub use delete::{Delete, DeleteOutcome, DeleteReport};
 pub use error::PortmapError;
 pub use events::{LossReason, MapperEvent, ReleaseOutcome, UpnpCommand, UpnpResult};
 pub use mapper::Mapper;
-pub use pcp_peer::{MAX_PEERS, PEER_SCHEDULE, PEER_TRANSMITS, PcpPeer, PcpPeerConfig, PcpPeerEvent};
+pub use pcp_peer::{
+    MAX_PEERS, PEER_SCHEDULE, PEER_TRANSMITS, PcpPeer, PcpPeerConfig, PcpPeerEvent,
+};
 pub use probe::{Probe, ProbeReport};
 pub use verify::{MAX_VERIFY_INTERVAL, MIN_VERIFY_INTERVAL, VERIFY_INTERVAL, VerifyConfig};
 

@@ -396,9 +396,7 @@ impl PcpPeer {
         let extra = if eighth.is_zero() {
             Duration::ZERO
         } else {
-            let ms = u64::try_from(eighth.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
+            let ms = u64::try_from(eighth.as_millis()).unwrap_or(u64::MAX).max(1);
             Duration::from_millis(self.rng.next_u64() % ms)
         };
         let e = &mut self.entries[i];
@@ -504,7 +502,10 @@ mod tests {
     /// A fake PCP server: the answer to one request, with `result` (SUCCESS maps to
     /// [`EXTERNAL`] with the lifetime asked for, capped at 600 s).
     fn answer(t: &Transmit, result: ResultCode) -> (Request, Vec<u8>) {
-        assert_eq!(t.destination, SocketAddr::new(GATEWAY.parse().unwrap(), 5351));
+        assert_eq!(
+            t.destination,
+            SocketAddr::new(GATEWAY.parse().unwrap(), 5351)
+        );
         let req = Request::parse(&t.contents).unwrap();
         let OpData::Peer(mut p) = req.data else {
             panic!("not a PEER request: {req:?}")
@@ -570,7 +571,9 @@ mod tests {
         m.handle_timeout(renew);
         let t = m.poll_transmit().unwrap();
         let (again, resp) = answer(&t, ResultCode::SUCCESS);
-        let OpData::Peer(p2) = again.data else { panic!() };
+        let OpData::Peer(p2) = again.data else {
+            panic!()
+        };
         assert_eq!(p2.map.nonce, p.map.nonce);
         assert_eq!(
             SocketAddr::new(p2.map.external_ip, p2.map.external_port),

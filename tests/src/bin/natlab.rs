@@ -377,7 +377,14 @@ fn pcp_map(args: &[String]) -> Result<ExitCode, LabError> {
 
     let opts = Opts::parse(
         args,
-        &["gateway", "client", "port", "lifetime", "timeout-ms", "peer"],
+        &[
+            "gateway",
+            "client",
+            "port",
+            "lifetime",
+            "timeout-ms",
+            "peer",
+        ],
     )?;
     let peer: Option<SocketAddr> = opts
         .value("peer")
