@@ -16,6 +16,9 @@
 //! - A granted mapping is renewed at a random point between 1/2 and 5/8 of its lifetime
 //!   (RFC 6887 §11.2.1 and §15), with the same nonce and the assigned external address
 //!   and port as suggestions (RFC 6887 §12.3, §11.1).
+//! - Every answer's epoch is checked (RFC 6887 §8.5): one that shows the gateway
+//!   restarted (and so forgot its mappings) makes every granted mapping renew at once,
+//!   which re-creates it (RFC 6887 §12.3: a request with the same nonce).
 //! - UNSUPP_OPCODE (the gateway speaks PCP, but not PEER) ends it: nothing more is asked
 //!   ([`PcpPeerEvent::Unsupported`]).
 //! - [`PcpPeer::release`] deletes every granted mapping (lifetime 0, RFC 6887 §15) on
@@ -30,6 +33,7 @@ use rand_core::{RngCore, SeedableRng};
 use tracing::debug;
 
 use super::pcp::{self, MapData, OpData, Opcode, PeerData, Request, Response, ResultCode};
+use super::requests::epoch_consistent;
 use super::{DEFAULT_LIFETIME, MapProtocol, REQUEST_SCHEDULE, is_publicly_routable, natpmp};
 use crate::retransmit::{Due, Retransmit, Schedule};
 use crate::{Protocol, Received, Transmit};
@@ -149,6 +153,8 @@ pub struct PcpPeer {
     unsupported: bool,
     releasing: bool,
     released: bool,
+    /// The gateway's last epoch and when it was heard (RFC 6887 §8.5).
+    epoch: Option<(u32, Instant)>,
     confirmed: usize,
     unconfirmed: usize,
     transmits: VecDeque<Transmit>,
@@ -168,6 +174,7 @@ impl PcpPeer {
             unsupported: false,
             releasing: false,
             released: false,
+            epoch: None,
             confirmed: 0,
             unconfirmed: 0,
             transmits: VecDeque::new(),
@@ -341,6 +348,18 @@ impl PcpPeer {
         if which.is_empty() {
             return false;
         }
+        if !epoch_consistent(self.epoch, resp.epoch, now) {
+            debug!(
+                epoch = resp.epoch,
+                "PCP PEER: the gateway restarted: re-creating the mappings"
+            );
+            for e in &mut self.entries {
+                if let State::Granted { renew_at } = &mut e.state {
+                    *renew_at = now;
+                }
+            }
+        }
+        self.epoch = Some((resp.epoch, now));
         for i in which {
             self.answered(now, i, &resp);
         }
@@ -700,6 +719,31 @@ mod tests {
             m.poll_event(),
             Some(PcpPeerEvent::Failed { remote: r, .. }) if r == remote
         ));
+    }
+
+    /// An answer whose epoch shows a gateway restart (RFC 6887 §8.5) makes the other
+    /// granted mappings renew at once (the restarted gateway forgot them).
+    #[test]
+    fn a_restart_seen_in_the_epoch_renews_at_once() {
+        let t0 = Instant::now();
+        let mut m = machine();
+        assert!(m.add_remote(t0, a("198.51.100.9:3478")));
+        let (_, resp) = answer(&m.poll_transmit().unwrap(), ResultCode::SUCCESS);
+        assert!(deliver(&mut m, t0, &resp));
+        assert!(m.poll_timeout().unwrap() >= t0 + Duration::from_secs(300));
+        let t1 = t0 + Duration::from_secs(60);
+        assert!(m.add_remote(t1, a("198.51.100.10:3478")));
+        let (_, mut resp) = answer(&m.poll_transmit().unwrap(), ResultCode::SUCCESS);
+        // Epoch 5 instead of about 1060.
+        resp[8..12].copy_from_slice(&5u32.to_be_bytes());
+        assert!(deliver(&mut m, t1, &resp));
+        assert_eq!(m.poll_timeout(), Some(t1));
+        m.handle_timeout(t1);
+        let t = m.poll_transmit().expect("the first mapping renewed");
+        let req = Request::parse(&t.contents).unwrap();
+        let OpData::Peer(p) = req.data else { panic!() };
+        assert_eq!(p.remote, a("198.51.100.9:3478"));
+        assert!(m.poll_transmit().is_none());
     }
 
     /// Where the nonce lies in a PEER request.
