@@ -274,7 +274,7 @@ pub(super) async fn run_pcp_peer(
                         destination: source,
                         contents: &buf[..n],
                     };
-                    m.handle_input(Instant::now(), &rx);
+                    m.handle_input(Instant::now(), rx);
                 }
                 Err(e) => debug!(error = %e, "PCP PEER: receiving"),
             },

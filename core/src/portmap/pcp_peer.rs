@@ -312,7 +312,7 @@ impl PcpPeer {
 
     /// Offers a datagram received on the PCP socket. Returns false when it is not a PEER
     /// answer from the gateway to this socket.
-    pub fn handle_input(&mut self, now: Instant, rx: &Received<'_>) -> bool {
+    pub fn handle_input(&mut self, now: Instant, rx: Received<'_>) -> bool {
         if rx.source != self.server || rx.destination != self.source {
             return false;
         }
@@ -546,7 +546,7 @@ mod tests {
     fn deliver(m: &mut PcpPeer, now: Instant, bytes: &[u8]) -> bool {
         m.handle_input(
             now,
-            &Received {
+            Received {
                 proto: Protocol::Udp,
                 source: SocketAddr::new(GATEWAY.parse().unwrap(), 5351),
                 destination: a(CLIENT),
@@ -694,7 +694,7 @@ mod tests {
         let (_, resp) = answer(&first, ResultCode::SUCCESS);
         assert!(!m.handle_input(
             t0,
-            &Received {
+            Received {
                 proto: Protocol::Udp,
                 source: SocketAddr::new(GATEWAY.parse().unwrap(), 5350),
                 destination: a(CLIENT),
