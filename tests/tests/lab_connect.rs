@@ -1639,3 +1639,106 @@ fn connect_asks_pcp_peer_toward_the_peer() {
         logs
     );
 }
+
+/// PCP PEER end to end against a fake PCP gateway on B's router (`natlab pcp-fake`,
+/// since miniupnpd's PEER mapping has B's MAP address and adds no candidate): it maps B's
+/// socket (MAP) and grants PEER mappings with an external address of their own. B asks
+/// for one toward A's server-reflexive address, offers its external address as a
+/// candidate (B's log says so), and deletes it (lifetime 0) as it exits.
+#[test]
+fn connect_offers_a_pcp_peer_address() {
+    if !lab_available("lab_connect pcp peer fake", &["turnserver"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("the pinhole CLI");
+    let natlab = bins::natlab().expect("natlab");
+    let (mut lab, signal, signal_url) = lab_with_servers(&bin);
+    let ([ha, hb], _) = two_hosts(
+        &mut lab,
+        ("plain", NatConfig::port_restricted_cone()),
+        ("faked", NatConfig::port_restricted_cone().random_ports()),
+    );
+    let router = lab.router("faked").expect("router").clone();
+    let (map_ext, peer_ext) = (
+        format!("{}:41000", router.wan_ip),
+        format!("{}:42424", router.wan_ip),
+    );
+    let mut fake = lab
+        .spawn_streaming(
+            "pcp-fake",
+            &router.ns,
+            &natlab,
+            &[
+                "pcp-fake",
+                "--bind",
+                &router.lan_ip.to_string(),
+                "--map-external",
+                &map_ext,
+                "--peer-external",
+                &peer_ext,
+                "--timeout-ms",
+                "60000",
+            ],
+        )
+        .expect("pcp-fake");
+    assert_eq!(
+        fake.next_line(Duration::from_secs(5)).as_deref(),
+        Some("ready")
+    );
+    let room = format!("{}-peerfake", lab.prefix());
+    let (la, lb) = ("hello from A", "hello from B");
+    let turn = format!("turn:{COTURN_PRIMARY}");
+    let r = run_pair_with(
+        &bin,
+        [&ha, &hb],
+        &room,
+        &signal_url,
+        [la, lb],
+        1,
+        SendWhen::BothConnected,
+        [&turn, &turn],
+        &["--log".into(), "pinhole::peer=debug".into()],
+    );
+    drop(signal);
+    let mut asked = Vec::new();
+    while let Some(l) = fake.next_line(Duration::from_millis(500)) {
+        asked.push(l);
+    }
+    println!(
+        "\nthe fake PCP gateway was asked:\n  {}",
+        asked.join("\n  ")
+    );
+    let mut bad = check_data(&r, [la, lb], false);
+    let a_wan = lab.router("plain").expect("router").wan_ip.to_string();
+    let peer_asks: Vec<&String> = asked
+        .iter()
+        .filter(|l| l.starts_with("PEER") && l.contains(&format!("remote {a_wan}:")))
+        .collect();
+    if !peer_asks
+        .iter()
+        .any(|l| l.starts_with("PEER lifetime 7200 "))
+    {
+        bad.push(format!(
+            "B asked no PEER mapping toward A ({a_wan}): {asked:?}"
+        ));
+    }
+    if !peer_asks.iter().any(|l| l.starts_with("PEER lifetime 0 ")) {
+        bad.push(format!("B did not delete its PEER mapping: {asked:?}"));
+    }
+    if !r[1]
+        .stderr
+        .iter()
+        .any(|l| l.contains("PCP PEER mapping offered as a candidate") && l.contains(&peer_ext))
+    {
+        bad.push(format!("B did not offer {peer_ext}"));
+    }
+    drop(fake);
+    assert!(
+        bad.is_empty(),
+        "lab_connect pcp peer fake:\n  {}\n{}{}\n{}",
+        bad.join("\n  "),
+        r[0].transcript("side A"),
+        r[1].transcript("side B (fake PCP gateway)"),
+        lab.server_logs()
+    );
+}

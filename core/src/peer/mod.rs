@@ -916,7 +916,11 @@ impl Peer {
             c.foundation.push('m');
         }
         c.related = Some((crate::ice::CandidateAddress::Ip(base.ip()), base.port()));
+        let before = self.events.len();
         self.add_local(c, base);
+        if self.events.len() > before {
+            debug!(%external, "PCP PEER mapping offered as a candidate");
+        }
     }
     // --- PCP PEER (issue 13): end ---
 
