@@ -1,14 +1,18 @@
 //! The PCP parsers (RFC 6887), and the mapper and probe fed the same bytes as if the
 //! gateway sent them (an answer, and an announcement to port 5350), and as if they came to
-//! the mapped socket during a verification. Properties: no panic; what parses re-emits and
+//! the mapped socket during a verification; the PEER machine ([`PcpPeer`]) fed them as
+//! the answer to its request, to its renewal and to its deletion. Properties: no panic; what parses re-emits and
 //! parses to the same value.
 #![no_main]
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use pinhole::portmap::{ANNOUNCE_PORT, MapProtocol, Mapper, MapperConfig, Probe, VerifyConfig, pcp};
+use pinhole::portmap::{
+    ANNOUNCE_PORT, MapProtocol, Mapper, MapperConfig, PcpPeer, PcpPeerConfig, Probe, VerifyConfig,
+    pcp,
+};
 use pinhole::{Protocol, Received};
 
 fuzz_target!(|data: &[u8]| {
@@ -42,4 +46,18 @@ fuzz_target!(|data: &[u8]| {
     m.handle_timeout(now);
     let mut p = Probe::new(now, gw.ip(), local, false);
     p.handle_input(now, rx);
+    // PEER: the seed is fixed, so the nonce is too (the fuzzer can find it).
+    let mut p = PcpPeer::new(PcpPeerConfig::new(gw.ip(), local.ip(), 5000), local, [0; 32]);
+    p.add_remote(now, "198.51.100.9:3478".parse().unwrap());
+    while p.poll_transmit().is_some() {}
+    p.handle_input(now, rx);
+    while p.poll_event().is_some() {}
+    let later = now + Duration::from_secs(7200);
+    p.handle_timeout(later);
+    p.handle_input(later, rx);
+    p.release(later);
+    p.handle_input(later, rx);
+    while p.poll_event().is_some() {}
+    while p.poll_transmit().is_some() {}
+    let _ = p.poll_timeout();
 });

@@ -1339,3 +1339,77 @@ fn map_once_verify_behind_carrier_nat_ends() {
         out.stderr
     );
 }
+
+/// PCP PEER (RFC 6887 §12) against Debian's miniupnpd, with pinhole's own codec
+/// (`natlab pcp-map --peer`): Debian's build (2.3.1) does PEER: it answers SUCCESS with
+/// its external address and installs a source-NAT rule for the peer in its postrouting
+/// chain. (That nftables rule matches the peer's packets *to* the host — saddr the peer,
+/// daddr the host — rather than the host's packets to the peer: a bug of miniupnpd's
+/// nftables backend, which also cannot read the rule back to delete it. The rule is only
+/// checked to exist here.)
+#[test]
+fn miniupnpd_answers_pcp_peer() {
+    if !lab_available("miniupnpd_answers_pcp_peer", &["miniupnpd"]) {
+        return;
+    }
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve()
+        .expect("pinhole serve (miniupnpd's STUN check)");
+    lab.add_router("gw", NatConfig::port_restricted_cone(), Uplink::Internet)
+        .expect("router");
+    let host = lab.add_host("h", "gw").expect("host").clone();
+    let pm = lab.start_miniupnpd("gw").expect("miniupnpd");
+    let wan = lab.router("gw").unwrap().wan_ip;
+    let gw = pm.pmp_addr.ip().to_string();
+    let ip = host.ip.to_string();
+    let remote = format!("{PEER_IP}:40300");
+    let out = lab
+        .natlab(
+            &host.ns,
+            &[
+                "pcp-map",
+                "--gateway",
+                &gw,
+                "--client",
+                &ip,
+                "--port",
+                "40200",
+                "--peer",
+                &remote,
+            ],
+            TIMEOUT,
+        )
+        .unwrap();
+    eprintln!("miniupnpd's answer to PCP PEER: {out}");
+    assert!(
+        out.starts_with("result SUCCESS") && out.contains(&format!("external {wan}:40200")),
+        "PCP PEER: {out}\n{}",
+        lab.server_logs()
+    );
+    let router_ns = lab.router("gw").unwrap().ns.clone();
+    let rule = lab
+        .exec(
+            &router_ns,
+            "nft",
+            &[
+                "list",
+                "chain",
+                "inet",
+                pinhole_tests::lab::MINIUPNPD_TABLE,
+                "post_upnp",
+            ],
+            TIMEOUT,
+        )
+        .expect("nft");
+    eprintln!("miniupnpd's rule for it: {}", rule.stdout);
+    // The peer's address as nftables prints a raw 32-bit match.
+    let peer_hex = format!("0x{:08x}", u32::from(PEER_IP));
+    let host_hex = format!("0x{:08x}", u32::from(host.ip));
+    assert!(
+        rule.stdout.contains(&peer_hex)
+            && rule.stdout.contains(&host_hex)
+            && rule.stdout.contains(&format!("snat ip to {wan}:40200")),
+        "no source NAT for the peer: {}",
+        rule.stdout
+    );
+}

@@ -1100,6 +1100,10 @@ async fn run(
                 if matches!(ev, PeerEvent::BirthdaySockets(_) | PeerEvent::Birthday(_)) {
                     birthday.push(ev.clone());
                 }
+                // PCP PEER (issue 13).
+                if let PeerEvent::PcpPeerRemote(remote) = ev {
+                    portmap.pcp_peer_remote(remote);
+                }
                 let Some(out) = event(ev) else { continue };
                 if events.send(Box::new(out)).is_err() {
                     return;
@@ -1147,6 +1151,7 @@ async fn run(
                 match ev {
                     PortmapEvent::Mapped(external) => st.peer.port_mapped(external),
                     PortmapEvent::Done => st.peer.port_mapping_done(),
+                    PortmapEvent::PeerMapped(external) => st.peer.pcp_peer_mapped(external),
                 }
             }
             Some(ev) = streams.next() => stream_event(&shared, ev),
@@ -1391,7 +1396,9 @@ fn event(ev: PeerEvent) -> Option<PeerConnectionEvent> {
             rtt,
         },
         PeerEvent::Birthday(ev) => PeerConnectionEvent::Birthday(ev),
-        PeerEvent::Ice(_) | PeerEvent::BirthdaySockets(_) => return None,
+        PeerEvent::Ice(_) | PeerEvent::BirthdaySockets(_) | PeerEvent::PcpPeerRemote(_) => {
+            return None;
+        }
     })
 }
 

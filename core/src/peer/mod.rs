@@ -179,6 +179,11 @@ pub enum PeerEvent {
     Birthday(BirthdayEvent),
     /// A relay could not be allocated (the connection goes on without it).
     RelayFailed(TurnError),
+    // --- PCP PEER (issue 13) ---
+    /// With port mapping on: a remote candidate's address (host or server-reflexive,
+    /// UDP) that the driver may ask a PCP gateway for a PEER mapping toward (RFC 6887
+    /// §12); its answer comes back through [`Peer::pcp_peer_mapped`].
+    PcpPeerRemote(SocketAddr),
 }
 
 /// What a received datagram was.
@@ -728,6 +733,7 @@ impl Peer {
     pub fn add_remote_candidate(&mut self, now: Instant, c: Candidate) {
         if let Some(a) = c.socket_addr() {
             self.permit(now, a);
+            self.pcp_peer_remote(&c, a);
         }
         self.agent.add_remote_candidate(c);
     }
@@ -901,6 +907,48 @@ impl Peer {
         }
         self.check_gathering();
     }
+
+    // --- PCP PEER (issue 13): begin ---
+    fn pcp_peer_remote(&mut self, c: &Candidate, a: SocketAddr) {
+        if self.config.port_mapping
+            && !self.config.relay_only
+            && c.transport == CandidateTransport::Udp
+            && matches!(c.kind, CandidateKind::Host | CandidateKind::ServerReflexive)
+        {
+            self.events.push_back(PeerEvent::PcpPeerRemote(a));
+        }
+    }
+
+    /// The gateway granted a PCP PEER mapping of the socket (RFC 6887 §12): `external`
+    /// is its address outside toward one of the peer's candidates. Offered (trickled) as
+    /// a server-reflexive candidate based on the socket, ranked like the port mapping's
+    /// ([`Peer::port_mapped`]) — also after the end of gathering, since PEER can only be
+    /// asked once the peer's candidates are known. Nothing when it is the address of a
+    /// candidate already offered.
+    pub fn pcp_peer_mapped(&mut self, external: SocketAddr) {
+        if self.config.relay_only || self.bases.contains(&external) {
+            return;
+        }
+        let base = self.base_for(external);
+        let mut c = Candidate::new(
+            CandidateKind::ServerReflexive,
+            CandidateTransport::Udp,
+            external,
+            base.ip(),
+            None,
+            65535,
+        );
+        if c.foundation.len() < 32 {
+            c.foundation.push('m');
+        }
+        c.related = Some((crate::ice::CandidateAddress::Ip(base.ip()), base.port()));
+        let before = self.events.len();
+        self.add_local(c, base);
+        if self.events.len() > before {
+            debug!(%external, "PCP PEER mapping offered as a candidate");
+        }
+    }
+    // --- PCP PEER (issue 13): end ---
 
     /// The gateway will not map the socket (no gateway, no protocol answered, or the
     /// driver's wait is over): gathering goes on without it.

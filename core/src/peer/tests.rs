@@ -1353,3 +1353,61 @@ fn a_peer_without_renomination_is_nominated_once_and_directly() {
         "the scenario (a relayed pair valid first) never arose: the test proves nothing"
     );
 }
+
+// --- PCP PEER (issue 13) ---
+
+/// With port mapping on, the peer's host and server-reflexive UDP candidates are handed
+/// to the driver for PCP PEER (relayed ones are not); a PEER mapping's external address
+/// is trickled as a server-reflexive candidate even after the end of gathering, based on
+/// the socket, and not again when it is already offered.
+#[test]
+fn pcp_peer_remotes_out_and_mappings_in() {
+    let now = Instant::now();
+    let local = a("192.168.1.10:5000");
+    let config = PeerConfig {
+        port_mapping: true,
+        ..PeerConfig::default()
+    };
+    let mut p = Peer::new(now, config, local, true, [3; 32]);
+    p.port_mapped(a("198.51.100.1:40000"));
+    while p.poll_event().is_some() {}
+    let cand = |kind, addr: SocketAddr| {
+        Candidate::new(kind, CandidateTransport::Udp, addr, addr.ip(), None, 65535)
+    };
+    p.add_remote_candidate(now, cand(CandidateKind::Host, a("198.51.100.2:6000")));
+    p.add_remote_candidate(
+        now,
+        cand(CandidateKind::ServerReflexive, a("198.51.100.3:6001")),
+    );
+    p.add_remote_candidate(now, cand(CandidateKind::Relayed, a("203.0.113.20:50000")));
+    let remotes: Vec<_> = std::iter::from_fn(|| p.poll_event())
+        .filter_map(|e| match e {
+            PeerEvent::PcpPeerRemote(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(remotes, [a("198.51.100.2:6000"), a("198.51.100.3:6001")]);
+
+    let external = a("198.51.100.1:40002");
+    p.pcp_peer_mapped(external);
+    let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
+    let [PeerEvent::Candidate(c)] = &events[..] else {
+        panic!("{events:?}");
+    };
+    assert_eq!(c.kind, CandidateKind::ServerReflexive);
+    assert_eq!(c.socket_addr(), Some(external));
+    assert_eq!(
+        c.related,
+        Some((crate::ice::CandidateAddress::Ip(local.ip()), local.port()))
+    );
+    // The same address again (another remote peer, same external port): nothing new.
+    p.pcp_peer_mapped(external);
+    assert!(p.poll_event().is_none());
+
+    // Port mapping off: nothing for PCP PEER.
+    let mut p = Peer::new(now, PeerConfig::default(), local, true, [3; 32]);
+    p.add_remote_candidate(now, cand(CandidateKind::Host, a("198.51.100.2:6000")));
+    assert!(
+        !std::iter::from_fn(|| p.poll_event()).any(|e| matches!(e, PeerEvent::PcpPeerRemote(_)))
+    );
+}

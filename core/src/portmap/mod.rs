@@ -43,12 +43,16 @@
 //! the external address each reports, without creating any mapping. [`Delete`] deletes a
 //! mapping another process left behind, over every protocol, and reports what each
 //! answered. Listing a gateway's mappings is UPnP's alone ([`upnp::MappingLister`]).
+//!
+//! [`PcpPeer`] asks a PCP gateway for PEER mappings (RFC 6887 §12) from a socket toward
+//! remote peers, renews them and deletes them.
 
 mod config;
 mod delete;
 mod error;
 mod events;
 mod mapper;
+mod pcp_peer;
 mod probe;
 mod requests;
 
@@ -62,6 +66,9 @@ pub use delete::{Delete, DeleteOutcome, DeleteReport};
 pub use error::PortmapError;
 pub use events::{LossReason, MapperEvent, ReleaseOutcome, UpnpCommand, UpnpResult};
 pub use mapper::Mapper;
+pub use pcp_peer::{
+    MAX_PEERS, PEER_SCHEDULE, PEER_TRANSMITS, PcpPeer, PcpPeerConfig, PcpPeerEvent,
+};
 pub use probe::{Probe, ProbeReport};
 pub use verify::{MAX_VERIFY_INTERVAL, MIN_VERIFY_INTERVAL, VERIFY_INTERVAL, VerifyConfig};
 

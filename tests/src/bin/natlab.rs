@@ -10,7 +10,10 @@
 //! natlab stun-ping [--bind A] [--timeout-ms N] SERVER   (helper, used inside namespaces)
 //! natlab udp-recv --bind A [--timeout-ms N]              (helper: print the first datagram)
 //! natlab udp-send --bind A --to B [--text T] [--wait-ms N] (helper: send one datagram)
-//! natlab pcp-map --gateway G --client C --port N         (helper: one PCP MAP for UDP)
+//! natlab pcp-map --gateway G --client C --port N         (helper: one PCP MAP for UDP;
+//!                  [--peer IP:PORT]                       a PEER toward IP:PORT with --peer)
+//! natlab pcp-fake --bind IP --map-external IP:PORT --peer-external IP:PORT
+//!                                                         (helper: a fake PCP gateway)
 //! natlab watch-network [--count N] [--timeout-ms N]     (helper: print network changes)
 //! ```
 //! Topologies: `matrix` (every NAT case), `basic` (one port-restricted NAT), or a case name
@@ -32,7 +35,8 @@ const USAGE: &str = "usage:
   natlab stun-ping [--bind ADDR] [--timeout-ms N] SERVER
   natlab udp-recv --bind ADDR [--timeout-ms N]
   natlab udp-send --bind ADDR --to ADDR [--text TEXT] [--count N | --wait-ms N]
-  natlab pcp-map --gateway IP --client IP --port N [--lifetime SECS] [--timeout-ms N]
+  natlab pcp-map --gateway IP --client IP --port N [--lifetime SECS] [--timeout-ms N] [--peer IP:PORT]
+  natlab pcp-fake --bind IP --map-external IP:PORT --peer-external IP:PORT [--timeout-ms N]
   natlab watch-network [--count N] [--timeout-ms N]
 topologies: basic, matrix, or one case of `natlab list`";
 
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Some("udp-recv") => udp_recv(&args[1..]),
         Some("udp-send") => udp_send(&args[1..]),
         Some("pcp-map") => pcp_map(&args[1..]),
+        Some("pcp-fake") => pcp_fake(&args[1..]),
         Some("watch-network") => watch_network(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
@@ -365,17 +370,30 @@ fn udp_send(args: &[String]) -> Result<ExitCode, LabError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One PCP MAP request for UDP `port` (RFC 6887 §11), with pinhole's own codec; prints
-/// `result <name> external <ip:port> lifetime <secs>`.
+/// One PCP MAP request for UDP `port` (RFC 6887 §11), or with `--peer` one PEER request
+/// toward that remote peer (RFC 6887 §12), with pinhole's own codec; prints
+/// `result <name> external <ip:port> lifetime <secs>` (`opcode <n>` added when the
+/// answer is not of the opcode asked).
 fn pcp_map(args: &[String]) -> Result<ExitCode, LabError> {
     use pinhole::portmap::MapProtocol;
     use pinhole::portmap::natpmp::SERVER_PORT;
-    use pinhole::portmap::pcp::{ANY_V4, MapData, OpData, Request, Response};
+    use pinhole::portmap::pcp::{ANY_V4, MapData, OpData, PeerData, Request, Response};
 
     let opts = Opts::parse(
         args,
-        &["gateway", "client", "port", "lifetime", "timeout-ms"],
+        &[
+            "gateway",
+            "client",
+            "port",
+            "lifetime",
+            "timeout-ms",
+            "peer",
+        ],
     )?;
+    let peer: Option<SocketAddr> = opts
+        .value("peer")
+        .map(|v| v.parse().map_err(|e| LabError(format!("--peer {v}: {e}"))))
+        .transpose()?;
     let parse_ip = |name: &str| -> Result<std::net::IpAddr, LabError> {
         let v = opts
             .value(name)
@@ -398,16 +416,20 @@ fn pcp_map(args: &[String]) -> Result<ExitCode, LabError> {
     let mut nonce = [0u8; 12];
     nonce[..4].copy_from_slice(&std::process::id().to_be_bytes());
     nonce[4..6].copy_from_slice(&port.to_be_bytes());
+    let map = MapData {
+        nonce,
+        protocol: MapProtocol::Udp,
+        internal_port: port,
+        external_port: port,
+        external_ip: ANY_V4,
+    };
     let req = Request {
         lifetime,
         client_ip: client,
-        data: OpData::Map(MapData {
-            nonce,
-            protocol: MapProtocol::Udp,
-            internal_port: port,
-            external_port: port,
-            external_ip: ANY_V4,
-        }),
+        data: match peer {
+            Some(remote) => OpData::Peer(PeerData { map, remote }),
+            None => OpData::Map(map),
+        },
     };
     let mut buf = [0u8; 1100];
     let len = req.emit(&mut buf).map_err(|e| LabError(e.to_string()))?;
@@ -422,17 +444,101 @@ fn pcp_map(args: &[String]) -> Result<ExitCode, LabError> {
         };
         let resp = Response::parse(&rx[..n]).map_err(|e| LabError(e.to_string()))?;
         let external = match resp.data {
-            Some(OpData::Map(m)) => SocketAddr::new(m.external_ip, m.external_port).to_string(),
+            Some(OpData::Map(m) | OpData::Peer(PeerData { map: m, .. })) => {
+                SocketAddr::new(m.external_ip, m.external_port).to_string()
+            }
             _ => "-".to_owned(),
         };
+        let asked = if peer.is_some() {
+            pinhole::portmap::pcp::Opcode::Peer
+        } else {
+            pinhole::portmap::pcp::Opcode::Map
+        };
+        let opcode = if resp.opcode == asked {
+            String::new()
+        } else {
+            format!(" opcode {:?}", resp.opcode)
+        };
         println!(
-            "result {} external {external} lifetime {}",
+            "result {} external {external} lifetime {}{opcode}",
             resp.result.name(),
             resp.lifetime
         );
         return Ok(ExitCode::SUCCESS);
     }
     Err(LabError(format!("no PCP answer from {gateway}")))
+}
+
+/// A fake PCP gateway (RFC 6887) on `--bind`:5351 for `--timeout-ms` (default 30 000):
+/// answers every MAP with SUCCESS and `--map-external`, every PEER with SUCCESS and
+/// `--peer-external` (the lifetime asked for, the request's nonce), nothing else; prints
+/// `ready`, then one line per request: `MAP|PEER lifetime <secs> port <internal> [remote
+/// <ip:port>]`. It forwards nothing: it is for what a client asks and does with answers.
+fn pcp_fake(args: &[String]) -> Result<ExitCode, LabError> {
+    use pinhole::portmap::natpmp::SERVER_PORT;
+    use pinhole::portmap::pcp::{OpData, Opcode, Request, Response, ResultCode};
+
+    let opts = Opts::parse(
+        args,
+        &["bind", "map-external", "peer-external", "timeout-ms"],
+    )?;
+    let addr = |name: &str| -> Result<SocketAddr, LabError> {
+        let v = opts
+            .value(name)
+            .ok_or_else(|| LabError(format!("pcp-fake needs --{name}")))?;
+        v.parse()
+            .map_err(|e| LabError(format!("--{name} {v}: {e}")))
+    };
+    let bind: std::net::IpAddr = opts
+        .value("bind")
+        .ok_or_else(|| LabError("pcp-fake needs --bind".into()))?
+        .parse()
+        .map_err(|e| LabError(format!("--bind: {e}")))?;
+    let (map_ext, peer_ext) = (addr("map-external")?, addr("peer-external")?);
+    let sock = UdpSocket::bind(SocketAddr::new(bind, SERVER_PORT))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    println!("ready");
+    let start = std::time::Instant::now();
+    let deadline = start + opts.millis(30_000)?;
+    let mut buf = [0u8; 1100];
+    while std::time::Instant::now() < deadline {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let Ok(req) = Request::parse(&buf[..n]) else {
+            continue;
+        };
+        let (opcode, data, line) = match req.data {
+            OpData::Map(mut m) => {
+                let line = format!("MAP lifetime {} port {}", req.lifetime, m.internal_port);
+                m.external_ip = map_ext.ip();
+                m.external_port = map_ext.port();
+                (Opcode::Map, OpData::Map(m), line)
+            }
+            OpData::Peer(mut p) => {
+                let line = format!(
+                    "PEER lifetime {} port {} remote {}",
+                    req.lifetime, p.map.internal_port, p.remote
+                );
+                p.map.external_ip = peer_ext.ip();
+                p.map.external_port = peer_ext.port();
+                (Opcode::Peer, OpData::Peer(p), line)
+            }
+            OpData::Announce => continue,
+        };
+        println!("{line}");
+        let resp = Response {
+            result: ResultCode::SUCCESS,
+            lifetime: req.lifetime,
+            epoch: u32::try_from(start.elapsed().as_secs()).unwrap_or(u32::MAX),
+            opcode,
+            data: Some(data),
+        };
+        let mut out = [0u8; 128];
+        let len = resp.emit(&mut out).map_err(|e| LabError(e.to_string()))?;
+        sock.send_to(&out[..len], from)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs pinhole's network monitor (`pinhole::driver::netmon`) in this namespace: prints
