@@ -111,6 +111,12 @@ pub(crate) struct ConnectArgs {
     /// with or without this.)
     #[arg(long)]
     mdns: bool,
+    /// Run as an ICE-lite agent (RFC 8445 §2.5), for a host with a public address (a
+    /// server): host candidates only, no gathering, no checks of its own; it answers the
+    /// peer's checks and follows its nomination. The peer must be a full agent (it
+    /// controls). Says `a=ice-lite` in the description.
+    #[arg(long, conflicts_with_all = ["no_direct", "mdns"])]
+    lite: bool,
     /// No birthday probing. By default, when one side's NAT maps endpoint-dependently
     /// (its gathering saw a new port per server) and plain checks found no direct pair
     /// within --birthday-wait, that side opens --birthday-sockets sockets toward the
@@ -516,7 +522,8 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     config.ignore_interfaces = args.ignore_interface.clone();
     // Birthday probing (issue 13): on unless --no-birthday, and never without direct
     // candidates.
-    config.birthday.enabled = !args.no_birthday && !args.no_direct;
+    config.birthday.enabled = !args.no_birthday && !args.no_direct && !args.lite;
+    config.ice.lite = args.lite;
     config.birthday.sockets = usize::from(args.birthday_sockets);
     config.birthday.probes_per_second = args.birthday_rate;
     config.birthday.max_probes = args.birthday_probes;
@@ -552,7 +559,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let creds = pc.local_credentials().clone();
     if let Err(e) = channel
         .send(&format!(
-            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle {}{}\r\na=ice-pacing:{}\r\n",
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=ice-options:trickle {}{}\r\na=ice-pacing:{}\r\n{}",
             creds.ufrag,
             creds.pwd,
             pinhole::ice::RENOMINATION,
@@ -561,7 +568,8 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
             } else {
                 String::new()
             },
-            pc.pacing_ms()
+            pc.pacing_ms(),
+            if args.lite { "a=ice-lite\r\n" } else { "" }
         ))
         .await
     {

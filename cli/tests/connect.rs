@@ -222,6 +222,32 @@ fn two_peers_meet_in_a_room_and_talk_directly() {
     }
 }
 
+/// `--lite` (RFC 8445 §2.5): the lite side offers its host candidate and `a=ice-lite`,
+/// sends no checks, and the full side controls and nominates, whichever name is smaller
+/// (here the lite side's would control otherwise).
+#[test]
+fn a_lite_side_and_a_full_side_connect() {
+    let s = servers();
+    let mut args = common(&s);
+    args.extend(["--signal", &s.signal, "--room", "lite"].map(String::from));
+    let mut lite = args.clone();
+    lite.push("--lite".into());
+    let [a, b] = pair([lite, args], Duration::from_secs(30));
+    assert_eq!(
+        (a.code, b.code),
+        (Some(0), Some(0)),
+        "{:?} {:?}",
+        a.events,
+        b.events
+    );
+    assert_eq!(a.stdout, "hello from side 1\n");
+    assert_eq!(b.stdout, "hello from side 0\n");
+    for o in [&a, &b] {
+        let c = connected(o);
+        assert_eq!(c["local"]["type"], "host", "{c}");
+    }
+}
+
 #[test]
 fn no_direct_goes_through_the_relay_and_file_signalling_works() {
     let s = servers();
