@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use pinhole::driver::icmp::{
     IcmpLinkEvent, IcmpPunchError, IcmpPunchOptions, IcmpRole, icmp_punch,
 };
-use pinhole::holepunch::icmp::{DEFAULT_ECHO_ID, DEFAULT_PORT, DEFAULT_TARGET, IcmpPunchEvent, MAX_DATA};
+use pinhole::holepunch::icmp::{
+    DEFAULT_ECHO_ID, DEFAULT_PORT, DEFAULT_TARGET, IcmpPunchEvent, MAX_DATA,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -67,7 +69,9 @@ pub(crate) async fn run(
     let role = match (mode, &args.icmp_peer) {
         (IcmpMode::Server, None) => IcmpRole::Server,
         (IcmpMode::Server, Some(_)) => return usage("--icmp-peer is for --icmp-punch client"),
-        (IcmpMode::Client, None) => return usage("--icmp-punch client needs --icmp-peer IP[:PORT]"),
+        (IcmpMode::Client, None) => {
+            return usage("--icmp-punch client needs --icmp-peer IP[:PORT]");
+        }
         (IcmpMode::Client, Some(p)) => {
             let server = match p.parse::<SocketAddrV4>() {
                 Ok(a) => a,
@@ -76,7 +80,11 @@ pub(crate) async fn run(
                     Err(_) => return usage(format!("--icmp-peer {p}: not IPv4 IP[:PORT]")),
                 },
             };
-            if server.ip().is_unspecified() || server.ip().is_multicast() || server.ip().is_broadcast() || server.port() == 0 {
+            if server.ip().is_unspecified()
+                || server.ip().is_multicast()
+                || server.ip().is_broadcast()
+                || server.port() == 0
+            {
                 return usage(format!("--icmp-peer {p}: not a unicast address and port"));
             }
             IcmpRole::Client { server }
@@ -115,7 +123,14 @@ pub(crate) async fn run(
     say(
         json!({"event": "icmp-punching", "role": if mode == IcmpMode::Server { "server" } else { "client" },
                "target": args.icmp_target.to_string(), "echo_id": args.icmp_echo_id}),
-        format!("ICMP hole punching as {}", if mode == IcmpMode::Server { "server" } else { "client" }),
+        format!(
+            "ICMP hole punching as {}",
+            if mode == IcmpMode::Server {
+                "server"
+            } else {
+                "client"
+            }
+        ),
     );
     let punched = tokio::select! {
         r = icmp_punch(options) => r,
@@ -138,18 +153,30 @@ pub(crate) async fn run(
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
-    if let Some(IcmpPunchEvent::ClientLearned { address, outer_source, advertised }) = &link.learned {
+    if let Some(IcmpPunchEvent::ClientLearned {
+        address,
+        outer_source,
+        advertised,
+    }) = &link.learned
+    {
         say(
             json!({"event": "icmp-client-learned", "address": address.to_string(),
                    "outer_source": outer_source.to_string(),
                    "advertised": advertised.map(|a| a.to_string())}),
-            format!("client learned from its Time Exceeded: sending to {address} (packet from {outer_source})"),
+            format!(
+                "client learned from its Time Exceeded: sending to {address} (packet from {outer_source})"
+            ),
         );
     }
     say(
         json!({"event": "connected", "local": link.local.to_string(), "remote": link.peer.to_string(),
                "advertised": link.advertised.map(|a| a.to_string()), "elapsed_ms": elapsed_ms()}),
-        format!("connected: {} <-> {} (after {:.0} ms)", link.local, link.peer, elapsed_ms()),
+        format!(
+            "connected: {} <-> {} (after {:.0} ms)",
+            link.local,
+            link.peer,
+            elapsed_ms()
+        ),
     );
 
     // Carry stdin to the peer and the peer's data to stdout, until both directions end.

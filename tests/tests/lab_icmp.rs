@@ -115,15 +115,30 @@ fn run_cell(lab: &Lab, n: usize, cell: &Cell) -> Outcome {
     let cli_ns = lab.host(&format!("c{n}h")).unwrap().ns.clone();
     let server_wan = lab.router(&format!("s{n}")).unwrap().wan_ip;
     let timeout = TIMEOUT_SECS.to_string();
-    let srv_args: Vec<String> = ["connect", "--icmp-punch", "server", "--json", "--timeout", &timeout]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let srv_args: Vec<String> = [
+        "connect",
+        "--icmp-punch",
+        "server",
+        "--json",
+        "--timeout",
+        &timeout,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     let peer = server_wan.to_string();
     let stun = format!("stun:{PINHOLE_PRIMARY}");
     let cli_args = [
-        "connect", "--icmp-punch", "client", "--icmp-peer", &peer, "--stun", &stun, "--json",
-        "--timeout", &timeout,
+        "connect",
+        "--icmp-punch",
+        "client",
+        "--icmp-peer",
+        &peer,
+        "--stun",
+        &stun,
+        "--json",
+        "--timeout",
+        &timeout,
     ];
     let p1 = pinhole.clone();
     let server = thread::spawn(move || {
@@ -176,7 +191,12 @@ fn run_cell(lab: &Lab, n: usize, cell: &Cell) -> Outcome {
 /// is down, so nothing leaves the lab. Returns bh0's TX-dropped counter.
 fn black_hole_drops(lab: &Lab) -> u64 {
     let route = lab
-        .exec(lab.internet(), "ip", &["route", "get", TARGET], Duration::from_secs(5))
+        .exec(
+            lab.internet(),
+            "ip",
+            &["route", "get", TARGET],
+            Duration::from_secs(5),
+        )
         .unwrap();
     assert!(
         route.stdout.contains("dev bh0"),
@@ -184,7 +204,12 @@ fn black_hole_drops(lab: &Lab) -> u64 {
         route.stdout
     );
     let peer = lab
-        .exec(lab.internet(), "ip", &["-o", "link", "show", "bh1"], Duration::from_secs(5))
+        .exec(
+            lab.internet(),
+            "ip",
+            &["-o", "link", "show", "bh1"],
+            Duration::from_secs(5),
+        )
         .unwrap();
     assert!(
         !peer.stdout.contains("state UP") && !peer.stdout.contains(",UP"),
@@ -192,7 +217,12 @@ fn black_hole_drops(lab: &Lab) -> u64 {
         peer.stdout
     );
     let stats = lab
-        .exec(lab.internet(), "cat", &["/sys/class/net/bh0/statistics/tx_dropped"], Duration::from_secs(5))
+        .exec(
+            lab.internet(),
+            "cat",
+            &["/sys/class/net/bh0/statistics/tx_dropped"],
+            Duration::from_secs(5),
+        )
         .unwrap();
     stats.stdout.trim().parse().unwrap_or(0)
 }
@@ -215,7 +245,9 @@ fn run_matrix(lab: &mut Lab, cells: &[Cell], first: usize) -> Vec<Outcome> {
                 .iter()
                 .map(|&i| s.spawn(move || run_cell(lab, first + i, &cells[i])))
                 .collect();
-            hs.into_iter().map(|h| h.join().expect("cell thread")).collect()
+            hs.into_iter()
+                .map(|h| h.join().expect("cell thread"))
+                .collect()
         });
         out.extend(results);
     }
@@ -257,8 +289,18 @@ fn icmp_punch_matrix_through_lab_nats() {
     let mut table = String::new();
     let mut failures = Vec::new();
     for (title, cells, outs, side) in [
-        ("server NAT kind (client behind linux masquerade)", &server_cells, &server_out, 's'),
-        ("client NAT kind (server behind linux masquerade)", &client_cells, &client_out, 'c'),
+        (
+            "server NAT kind (client behind linux masquerade)",
+            &server_cells,
+            &server_out,
+            's',
+        ),
+        (
+            "client NAT kind (server behind linux masquerade)",
+            &client_cells,
+            &client_out,
+            'c',
+        ),
     ] {
         let _ = writeln!(table, "\n{title}");
         let _ = writeln!(
@@ -267,7 +309,11 @@ fn icmp_punch_matrix_through_lab_nats() {
             "NAT", "punched", "expected", "time ms", "TE outer src", "client advertised"
         );
         for (cell, o) in cells.iter().zip(outs.iter()) {
-            let k = if side == 's' { &cell.server } else { &cell.client };
+            let k = if side == 's' {
+                &cell.server
+            } else {
+                &cell.client
+            };
             let _ = writeln!(
                 table,
                 "  {:<34} {:>8} {:>9} {:>10} {:>16} {:>22}",
@@ -301,5 +347,9 @@ fn icmp_punch_matrix_through_lab_nats() {
         drops_after > drops_before,
         "the server's echoes to {TARGET} should have reached the lab internet's black hole"
     );
-    assert!(failures.is_empty(), "cells off the oracle:\n{}", failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "cells off the oracle:\n{}",
+        failures.join("\n\n")
+    );
 }

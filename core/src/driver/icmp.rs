@@ -143,7 +143,10 @@ fn raw_socket() -> Result<socket2::Socket, IcmpPunchError> {
 }
 
 /// Learns this socket's public address from a STUN server (RFC 8489 Binding).
-async fn stun_binding(sock: &UdpSocket, server: SocketAddr) -> Result<SocketAddrV4, IcmpPunchError> {
+async fn stun_binding(
+    sock: &UdpSocket,
+    server: SocketAddr,
+) -> Result<SocketAddrV4, IcmpPunchError> {
     use crate::stun::attributes::XorMappedAddress;
     use crate::stun::{MessageBuilder, MessageType, TransactionId};
     let mut tid = [0u8; 12];
@@ -216,7 +219,8 @@ pub async fn icmp_punch(options: IcmpPunchOptions) -> Result<IcmpLink, IcmpPunch
     let mut m = IcmpPunch::new(start.into_std(), role, options.config, seed);
     tracing::debug!(?role, %local, "ICMP hole punching");
 
-    let (up_tx, up_rx) = oneshot::channel::<Result<(SocketAddr, Option<IcmpPunchEvent>), IcmpPunchError>>();
+    let (up_tx, up_rx) =
+        oneshot::channel::<Result<(SocketAddr, Option<IcmpPunchEvent>), IcmpPunchError>>();
     let (data_tx, mut data_rx) = mpsc::channel::<Vec<u8>>(64);
     let (ev_tx, ev_rx) = mpsc::channel::<IcmpLinkEvent>(256);
     let timeout = options.timeout;
@@ -272,13 +276,19 @@ pub async fn icmp_punch(options: IcmpPunchOptions) -> Result<IcmpLink, IcmpPunch
                     }
                 }
             }
-            if up_tx.as_ref().is_some_and(|t| t.is_closed()) || (up_tx.is_none() && ev_tx.is_closed()) {
+            if up_tx.as_ref().is_some_and(|t| t.is_closed())
+                || (up_tx.is_none() && ev_tx.is_closed())
+            {
                 return;
             }
             let wake = m
                 .poll_timeout()
                 .map_or(give_up, tokio::time::Instant::from_std);
-            let wake = if up_tx.is_some() { wake.min(give_up) } else { wake };
+            let wake = if up_tx.is_some() {
+                wake.min(give_up)
+            } else {
+                wake
+            };
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {
                     let now = tokio::time::Instant::now();
@@ -303,7 +313,7 @@ pub async fn icmp_punch(options: IcmpPunchOptions) -> Result<IcmpLink, IcmpPunch
                 }
                 g = raw.readable() => {
                     let Ok(mut g) = g else { return };
-                    match g.try_io(|s| (&*s.get_ref()).read(&mut rbuf)) {
+                    match g.try_io(|s| s.get_ref().read(&mut rbuf)) {
                         Ok(Ok(n)) => {
                             m.handle_input(std::time::Instant::now(), IcmpInput::Icmp(&rbuf[..n]));
                         }
@@ -324,7 +334,9 @@ pub async fn icmp_punch(options: IcmpPunchOptions) -> Result<IcmpLink, IcmpPunch
             }
         }
     });
-    let (peer, learned) = up_rx.await.map_err(|_| IcmpPunchError::TimedOut(timeout))??;
+    let (peer, learned) = up_rx
+        .await
+        .map_err(|_| IcmpPunchError::TimedOut(timeout))??;
     Ok(IcmpLink {
         peer,
         local,
