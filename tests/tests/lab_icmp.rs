@@ -305,8 +305,8 @@ fn icmp_punch_matrix_through_lab_nats() {
         let _ = writeln!(table, "\n{title}");
         let _ = writeln!(
             table,
-            "  {:<34} {:>8} {:>9} {:>10} {:>16} {:>22}",
-            "NAT", "punched", "expected", "time ms", "TE outer src", "client advertised"
+            "  {:<42} {:>8} {:>9} {:>10} {:>16} {:>22}",
+            "NAT", "punched", "expected", "client ms", "TE outer src", "client advertised"
         );
         for (cell, o) in cells.iter().zip(outs.iter()) {
             let k = if side == 's' {
@@ -316,7 +316,7 @@ fn icmp_punch_matrix_through_lab_nats() {
             };
             let _ = writeln!(
                 table,
-                "  {:<34} {:>8} {:>9} {:>10} {:>16} {:>22}",
+                "  {:<42} {:>8} {:>9} {:>10} {:>16} {:>22}",
                 format!("{} ({})", k.describe(), tag(k)),
                 if o.ok { "yes" } else { "no" },
                 if cell.expected { "yes" } else { "no" },
@@ -337,7 +337,7 @@ fn icmp_punch_matrix_through_lab_nats() {
     }
     let _ = writeln!(
         table,
-        "\n{} cells in {:.1} s; packets dropped into the lab internet's black hole (echoes to {TARGET} and the like): {}",
+        "\n{} cells in {:.1} s; TX drops counted on the lab internet's black hole (where echoes to {TARGET} end): {}",
         server_cells.len() + client_cells.len(),
         started.elapsed().as_secs_f64(),
         drops_after.saturating_sub(drops_before)
