@@ -54,6 +54,12 @@ pub(crate) struct IcmpArgs {
     /// The echo identifier; both sides must agree.
     #[arg(long, value_name = "ID", default_value_t = DEFAULT_ECHO_ID)]
     icmp_echo_id: u16,
+    /// (client) For a server NAT that rewrites echo identifiers (Linux `masquerade
+    /// random`): forge a Time Exceeded for every identifier, RATE per second (at most
+    /// 20000; a pass is 65536 packets of 78 bytes, 13 s at 5000/s), until the server
+    /// answers. Off by default.
+    #[arg(long, value_name = "RATE", value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    icmp_id_sweep: Option<u32>,
 }
 
 /// Runs `pinhole connect --icmp-punch …`.
@@ -110,6 +116,12 @@ pub(crate) async fn run(
     );
     options.config.target = args.icmp_target;
     options.config.echo_id = args.icmp_echo_id;
+    if let Some(rate) = args.icmp_id_sweep {
+        if mode == IcmpMode::Server {
+            return usage("--icmp-id-sweep is for --icmp-punch client");
+        }
+        options.config.id_sweep_rate = rate;
+    }
     options.stun = stun;
     let say = |v: serde_json::Value, text: String| {
         if json {
@@ -170,7 +182,8 @@ pub(crate) async fn run(
     }
     say(
         json!({"event": "connected", "local": link.local.to_string(), "remote": link.peer.to_string(),
-               "advertised": link.advertised.map(|a| a.to_string()), "elapsed_ms": elapsed_ms()}),
+               "advertised": link.advertised.map(|a| a.to_string()), "swept": link.swept,
+               "elapsed_ms": elapsed_ms()}),
         format!(
             "connected: {} <-> {} (after {:.0} ms)",
             link.local,

@@ -45,8 +45,12 @@ use serde_json::Value;
 
 /// `--timeout` of both sides.
 const TIMEOUT_SECS: u64 = 10;
+/// `--timeout` of both sides with an identifier sweep (a pass at [`SWEEP_RATE`] is 13 s).
+const SWEEP_TIMEOUT_SECS: u64 = 25;
+/// `--icmp-id-sweep` where the test sweeps.
+const SWEEP_RATE: u32 = 5000;
 /// The bound on one cell's processes.
-const CELL_BUDGET: Duration = Duration::from_secs(TIMEOUT_SECS + 15);
+const CELL_BUDGET: Duration = Duration::from_secs(SWEEP_TIMEOUT_SECS + 15);
 /// Cells run at once.
 const PARALLEL: usize = 9;
 /// The target of the echoes (pinhole's default, TEST-NET-1).
@@ -88,6 +92,8 @@ struct Cell {
     server: NatConfig,
     client: NatConfig,
     expected: bool,
+    /// `--icmp-id-sweep` for the client.
+    sweep: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +104,7 @@ struct Outcome {
     outer_source: Option<String>,
     advertised: Option<String>,
     elapsed_ms: Option<f64>,
+    swept: Option<u64>,
     detail: String,
 }
 
@@ -114,7 +121,12 @@ fn run_cell(lab: &Lab, n: usize, cell: &Cell) -> Outcome {
     let srv_ns = lab.host(&format!("s{n}h")).unwrap().ns.clone();
     let cli_ns = lab.host(&format!("c{n}h")).unwrap().ns.clone();
     let server_wan = lab.router(&format!("s{n}")).unwrap().wan_ip;
-    let timeout = TIMEOUT_SECS.to_string();
+    let timeout = if cell.sweep.is_some() {
+        SWEEP_TIMEOUT_SECS
+    } else {
+        TIMEOUT_SECS
+    }
+    .to_string();
     let srv_args: Vec<String> = [
         "connect",
         "--icmp-punch",
@@ -128,7 +140,7 @@ fn run_cell(lab: &Lab, n: usize, cell: &Cell) -> Outcome {
     .collect();
     let peer = server_wan.to_string();
     let stun = format!("stun:{PINHOLE_PRIMARY}");
-    let cli_args = [
+    let mut cli_args: Vec<String> = [
         "connect",
         "--icmp-punch",
         "client",
@@ -139,7 +151,13 @@ fn run_cell(lab: &Lab, n: usize, cell: &Cell) -> Outcome {
         "--json",
         "--timeout",
         &timeout,
-    ];
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Some(rate) = cell.sweep {
+        cli_args.extend(["--icmp-id-sweep".to_owned(), rate.to_string()]);
+    }
     let p1 = pinhole.clone();
     let server = thread::spawn(move || {
         output_with_input(
@@ -172,6 +190,7 @@ fn run_cell(lab: &Lab, n: usize, cell: &Cell) -> Outcome {
         if ev["event"] == "connected" {
             o.advertised = ev["advertised"].as_str().map(str::to_owned);
             o.elapsed_ms = ev["elapsed_ms"].as_f64();
+            o.swept = ev["swept"].as_u64();
         }
     }
     o.ok = s.success()
@@ -270,6 +289,7 @@ fn icmp_punch_matrix_through_lab_nats() {
             expected: k.allocation == PortAllocation::Preserving,
             server: k,
             client: easy.clone(),
+            sweep: None,
         })
         .collect();
     let client_cells: Vec<Cell> = all_kinds()
@@ -279,6 +299,7 @@ fn icmp_punch_matrix_through_lab_nats() {
                 || k.filtering == Behaviour::EndpointIndependent,
             server: easy.clone(),
             client: k,
+            sweep: None,
         })
         .collect();
     let started = Instant::now();
@@ -347,6 +368,86 @@ fn icmp_punch_matrix_through_lab_nats() {
         drops_after > drops_before,
         "the server's echoes to {TARGET} should have reached the lab internet's black hole"
     );
+    assert!(
+        failures.is_empty(),
+        "cells off the oracle:\n{}",
+        failures.join("\n\n")
+    );
+}
+
+/// A server NAT with `masquerade random` draws a random echo identifier (and random
+/// ports): the plain forgery matches nothing. With `--icmp-id-sweep` the client forges a
+/// Time Exceeded for every identifier; the one the NAT drew gets through (conntrack puts
+/// the server's own identifier back), and the server's first `HELLO` leaves from a random
+/// port, which a client NAT with address-dependent filtering lets in (the client has sent
+/// to the server's address) and one with address-and-port-dependent filtering does not.
+#[test]
+fn icmp_punch_id_sweep_through_random_server_nats() {
+    if !lab_available("icmp_punch_id_sweep_through_random_server_nats", &[]) {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    lab.start_pinhole_serve().unwrap();
+    let random_server = NatConfig::port_restricted_cone().random_ports();
+    let adf_client = NatConfig::restricted_cone().random_ports();
+    let cells = vec![
+        Cell {
+            server: random_server.clone(),
+            client: adf_client.clone(),
+            expected: true,
+            sweep: Some(SWEEP_RATE),
+        },
+        Cell {
+            server: NatConfig::symmetric(),
+            client: adf_client.clone(),
+            expected: true,
+            sweep: Some(SWEEP_RATE),
+        },
+        Cell {
+            server: random_server.clone(),
+            client: NatConfig::default(),
+            expected: false,
+            sweep: Some(SWEEP_RATE),
+        },
+        // Without the sweep, the first cell fails (the matrix shows it too).
+        Cell {
+            server: random_server,
+            client: adf_client,
+            expected: false,
+            sweep: None,
+        },
+    ];
+    let outs = run_matrix(&mut lab, &cells, 0);
+    let mut table = format!(
+        "\nICMP identifier sweep at {SWEEP_RATE}/s\n  {:<30} {:<30} {:>6} {:>8} {:>9} {:>10} {:>8}\n",
+        "server NAT", "client NAT", "sweep", "punched", "expected", "client ms", "swept"
+    );
+    let mut failures = Vec::new();
+    for (cell, o) in cells.iter().zip(&outs) {
+        let _ = writeln!(
+            table,
+            "  {:<30} {:<30} {:>6} {:>8} {:>9} {:>10} {:>8}",
+            cell.server.describe(),
+            cell.client.describe(),
+            if cell.sweep.is_some() { "on" } else { "off" },
+            if o.ok { "yes" } else { "no" },
+            if cell.expected { "yes" } else { "no" },
+            o.elapsed_ms.map_or("-".into(), |t| format!("{t:.0}")),
+            o.swept.map_or("-".into(), |n| n.to_string()),
+        );
+        if o.ok != cell.expected {
+            failures.push(format!(
+                "{} / {} sweep {:?}: punched={} expected={}\n{}",
+                cell.server.describe(),
+                cell.client.describe(),
+                cell.sweep,
+                o.ok,
+                cell.expected,
+                o.detail
+            ));
+        }
+    }
+    say(&table);
     assert!(
         failures.is_empty(),
         "cells off the oracle:\n{}",

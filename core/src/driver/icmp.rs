@@ -108,6 +108,9 @@ pub struct IcmpLink {
     pub learned: Option<IcmpPunchEvent>,
     /// (Client) the public address learned from the STUN server and advertised.
     pub advertised: Option<SocketAddrV4>,
+    /// (Client) Time Exceeded messages the identifier sweep forged before the server was
+    /// heard (0 without a sweep).
+    pub swept: u64,
     tx: mpsc::Sender<Vec<u8>>,
     rx: mpsc::Receiver<IcmpLinkEvent>,
 }
@@ -220,7 +223,7 @@ pub async fn icmp_punch(options: IcmpPunchOptions) -> Result<IcmpLink, IcmpPunch
     tracing::debug!(?role, %local, "ICMP hole punching");
 
     let (up_tx, up_rx) =
-        oneshot::channel::<Result<(SocketAddr, Option<IcmpPunchEvent>), IcmpPunchError>>();
+        oneshot::channel::<Result<(SocketAddr, Option<IcmpPunchEvent>, u64), IcmpPunchError>>();
     let (data_tx, mut data_rx) = mpsc::channel::<Vec<u8>>(64);
     let (ev_tx, ev_rx) = mpsc::channel::<IcmpLinkEvent>(256);
     let timeout = options.timeout;
@@ -262,7 +265,7 @@ pub async fn icmp_punch(options: IcmpPunchOptions) -> Result<IcmpLink, IcmpPunch
                     }
                     IcmpPunchEvent::Connected { peer } => {
                         if let Some(tx) = up_tx.take() {
-                            let _ = tx.send(Ok((peer, learned.clone())));
+                            let _ = tx.send(Ok((peer, learned.clone(), m.swept())));
                         }
                         None
                     }
@@ -334,7 +337,7 @@ pub async fn icmp_punch(options: IcmpPunchOptions) -> Result<IcmpLink, IcmpPunch
             }
         }
     });
-    let (peer, learned) = up_rx
+    let (peer, learned, swept) = up_rx
         .await
         .map_err(|_| IcmpPunchError::TimedOut(timeout))??;
     Ok(IcmpLink {
@@ -342,6 +345,7 @@ pub async fn icmp_punch(options: IcmpPunchOptions) -> Result<IcmpLink, IcmpPunch
         local,
         learned,
         advertised,
+        swept,
         tx: data_tx,
         rx: ev_rx,
     })

@@ -67,6 +67,16 @@ pub const HELLO_INTERVAL: Duration = Duration::from_millis(250);
 /// REQ-5 lets a UDP mapping live, and within the 30 s many NATs use.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
+/// The largest identifier sweep rate, forged Time Exceeded messages per second.
+pub const MAX_SWEEP_RATE: u32 = 20_000;
+/// How often a sweeping client sends its next batch.
+pub const SWEEP_TICK: Duration = Duration::from_millis(20);
+/// The identifiers a sweep covers: all of them (RFC 792's 16-bit identifier).
+pub const SWEEP_IDS: u32 = 1 << 16;
+/// The sweep's stride through the identifiers: odd, so coprime with 2^16, so one pass
+/// visits every identifier exactly once.
+const SWEEP_STRIDE: u16 = 40_503;
+
 /// ICMP type Echo Request (RFC 792).
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 /// ICMP type Echo Reply (RFC 792).
@@ -507,6 +517,12 @@ pub struct IcmpPunchConfig {
     pub hello_interval: Duration,
     /// [`KEEPALIVE_INTERVAL`].
     pub keepalive_interval: Duration,
+    /// (Client) forge Time Exceeded messages for every echo identifier at this many per
+    /// second (0: off; at most [`MAX_SWEEP_RATE`]), for a server behind a NAT that
+    /// rewrites identifiers (Linux `masquerade random` draws a random one): one of them
+    /// names the server's echo as its NAT sent it. A pass is 65 536 packets of 78 bytes;
+    /// passes repeat until the server answers.
+    pub id_sweep_rate: u32,
 }
 
 impl Default for IcmpPunchConfig {
@@ -518,6 +534,7 @@ impl Default for IcmpPunchConfig {
             forge_interval: FORGE_INTERVAL,
             hello_interval: HELLO_INTERVAL,
             keepalive_interval: KEEPALIVE_INTERVAL,
+            id_sweep_rate: 0,
         }
     }
 }
@@ -598,6 +615,12 @@ pub struct IcmpPunch {
     peer_ended: bool,
     seq: u16,
     next_icmp: Instant,
+    /// The sweep: identifiers sent in this pass, where the pass starts, the next batch.
+    sweep_sent: u32,
+    sweep_offset: u16,
+    next_sweep: Instant,
+    /// Forged messages sent by the sweep.
+    sweep_total: u64,
     next_hello: Instant,
     transmits: VecDeque<IcmpTransmit>,
     events: VecDeque<IcmpPunchEvent>,
@@ -606,14 +629,18 @@ pub struct IcmpPunch {
 impl IcmpPunch {
     /// A machine for `role`, starting at `now`; `seed` gives the client its token.
     pub fn new(now: Instant, role: Role, config: IcmpPunchConfig, seed: [u8; 32]) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
         let (token, peer) = match role {
             Role::Server => (None, None),
             Role::Client { server, .. } => {
                 let mut t = [0u8; 8];
-                ChaCha20Rng::from_seed(seed).fill_bytes(&mut t);
+                rng.fill_bytes(&mut t);
                 (Some(t), Some(SocketAddr::V4(server)))
             }
         };
+        let mut config = config;
+        config.id_sweep_rate = config.id_sweep_rate.min(MAX_SWEEP_RATE);
+        let sweep_offset = (rng.next_u32() & 0xffff) as u16;
         IcmpPunch {
             role,
             config,
@@ -624,6 +651,11 @@ impl IcmpPunch {
             peer_ended: false,
             seq: 0,
             next_icmp: now,
+            sweep_sent: 0,
+            sweep_offset,
+            // The plain forgery (the identifier as the server chose it) goes first.
+            next_sweep: now + SWEEP_TICK,
+            sweep_total: 0,
             next_hello: now,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -648,6 +680,15 @@ impl IcmpPunch {
     /// Whether the peer has said it hears us.
     pub fn is_established(&self) -> bool {
         self.connected && self.heard_by_peer
+    }
+
+    /// How many Time Exceeded messages the identifier sweep has forged.
+    pub fn swept(&self) -> u64 {
+        self.sweep_total
+    }
+
+    fn sweeping(&self) -> bool {
+        !self.connected && self.config.id_sweep_rate > 0 && matches!(self.role, Role::Client { .. })
     }
 
     /// Queues `data` for the peer (one `DATA` frame; empty ends our direction).
@@ -817,6 +858,49 @@ impl IcmpPunch {
                 }
             }
         }
+        if self.sweeping() && now >= self.next_sweep {
+            if let (
+                Role::Client {
+                    server,
+                    public,
+                    local_port,
+                },
+                Some(token),
+            ) = (self.role, self.token)
+            {
+                let advert = Advert {
+                    token,
+                    public,
+                    local_port,
+                };
+                // rate × tick, at least one.
+                let batch = (u64::from(self.config.id_sweep_rate) * SWEEP_TICK.as_millis() as u64)
+                    .div_ceil(1000)
+                    .max(1);
+                for _ in 0..batch {
+                    if self.sweep_sent >= SWEEP_IDS {
+                        self.sweep_sent = 0;
+                    }
+                    let id = self
+                        .sweep_offset
+                        .wrapping_add((self.sweep_sent as u16).wrapping_mul(SWEEP_STRIDE));
+                    self.sweep_sent += 1;
+                    self.sweep_total += 1;
+                    self.transmits.push_back(IcmpTransmit {
+                        channel: Channel::Icmp,
+                        destination: SocketAddr::V4(SocketAddrV4::new(*server.ip(), 0)),
+                        contents: forge_time_exceeded(
+                            *server.ip(),
+                            self.config.target,
+                            id,
+                            1,
+                            &advert,
+                        ),
+                    });
+                }
+            }
+            self.next_sweep = now + SWEEP_TICK;
+        }
         if now >= self.next_hello {
             if let (Some(peer), Some(token)) = (self.peer, self.token) {
                 self.transmits.push_back(IcmpTransmit {
@@ -852,10 +936,8 @@ impl IcmpPunch {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hello = (self.peer.is_some() && self.token.is_some()).then_some(self.next_hello);
         let icmp = (!self.connected).then_some(self.next_icmp);
-        match (hello, icmp) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let sweep = self.sweeping().then_some(self.next_sweep);
+        [hello, icmp, sweep].into_iter().flatten().min()
     }
 
     /// The next event.

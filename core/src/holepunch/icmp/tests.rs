@@ -481,3 +481,74 @@ fn frames_with_another_token_are_ignored_and_the_peer_is_latched_to_the_source()
         Err(IcmpError::TooLarge(MAX_DATA + 1))
     );
 }
+
+#[test]
+fn a_sweep_forges_every_identifier_once_per_pass_at_the_rate() {
+    let now = t0();
+    let mut config = IcmpPunchConfig::default();
+    config.id_sweep_rate = 5000;
+    let mut c = IcmpPunch::new(
+        now,
+        Role::Client {
+            server: SocketAddrV4::new(SERVER_PUB, DEFAULT_PORT),
+            public: None,
+            local_port: 5000,
+        },
+        config,
+        [7; 32],
+    );
+    let mut ids = std::collections::HashSet::new();
+    let mut t = now;
+    let mut first_second = 0;
+    // 65 536 at 5 000/s: 13.1 s; bounded loop.
+    for _ in 0..2000 {
+        let Some(next) = c.poll_timeout() else { break };
+        t = t.max(next);
+        c.handle_timeout(t);
+        for tx in drain(&mut c) {
+            if tx.channel != Channel::Icmp {
+                continue;
+            }
+            let te = TimeExceeded::parse(&tx.contents).unwrap();
+            assert_eq!(te.inner.source, SERVER_PUB);
+            assert_eq!(te.inner.destination, DEFAULT_TARGET);
+            if t < now + Duration::from_secs(1) {
+                first_second += 1;
+            }
+            ids.insert(te.echo.unwrap().0);
+        }
+        if c.swept() >= u64::from(SWEEP_IDS) {
+            break;
+        }
+    }
+    assert_eq!(ids.len(), 1 << 16, "every identifier once");
+    // The last batch may start the next pass.
+    assert!((u64::from(SWEEP_IDS)..u64::from(SWEEP_IDS) + 100).contains(&c.swept()));
+    // The rate: 100 per 20 ms tick, plus the plain forgery once a second.
+    assert!((4900..=5200).contains(&first_second), "{first_second}");
+    assert!(
+        t - now >= Duration::from_secs(13) && t - now < Duration::from_secs(14),
+        "{:?}",
+        t - now
+    );
+    // A sweep ends when the server is heard.
+    let hello = UdpFrame {
+        kind: FrameKind::Hello { heard: false },
+        token: c.token.unwrap(),
+        data: &[],
+    }
+    .emit();
+    assert!(c.handle_input(
+        t,
+        IcmpInput::Udp {
+            source: SocketAddr::V4(SocketAddrV4::new(SERVER_PUB, 1)),
+            contents: &hello
+        }
+    ));
+    c.handle_timeout(t + Duration::from_secs(1));
+    assert!(drain(&mut c).iter().all(|tx| tx.channel == Channel::Udp));
+    // Off by default.
+    let mut plain = client(now, None);
+    plain.handle_timeout(now + SWEEP_TICK);
+    assert_eq!(plain.swept(), 0);
+}
