@@ -485,8 +485,10 @@ fn frames_with_another_token_are_ignored_and_the_peer_is_latched_to_the_source()
 #[test]
 fn a_sweep_forges_every_identifier_once_per_pass_at_the_rate() {
     let now = t0();
-    let mut config = IcmpPunchConfig::default();
-    config.id_sweep_rate = 5000;
+    let config = IcmpPunchConfig {
+        id_sweep_rate: 5000,
+        ..IcmpPunchConfig::default()
+    };
     let mut c = IcmpPunch::new(
         now,
         Role::Client {
