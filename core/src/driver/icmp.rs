@@ -217,7 +217,8 @@ pub async fn icmp_punch(options: IcmpPunchOptions) -> Result<IcmpLink, IcmpPunch
             local_port: local.port(),
         },
     };
-    let seed = super::os_seed().map_err(|_| IcmpPunchError::Unsupported)?;
+    let seed = super::os_seed()
+        .map_err(|e| IcmpPunchError::Io("random seed", std::io::Error::other(e.to_string())))?;
     let start = tokio::time::Instant::now();
     let mut m = IcmpPunch::new(start.into_std(), role, options.config, seed);
     tracing::debug!(?role, %local, "ICMP hole punching");
