@@ -136,6 +136,9 @@ pub(crate) struct ConnectArgs {
     /// Birthday probing: how long it may last.
     #[arg(long, value_name = "SECS", default_value = "12", value_parser = seconds(300))]
     birthday_time: Duration,
+    /// ICMP hole punching (issue 13): `--icmp-punch server|client` and its flags.
+    #[command(flatten)]
+    icmp: crate::icmp::IcmpArgs,
     /// Birthday probing: how long plain checks run without a direct pair first.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = seconds(300))]
     birthday_wait: Duration,
@@ -364,6 +367,9 @@ fn candidate_json(c: &Candidate) -> serde_json::Value {
 
 /// Runs `pinhole connect`.
 pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
+    if args.icmp.icmp_punch.is_some() {
+        return crate::icmp::run(&args.icmp, &args.stun, args.timeout, args.json).await;
+    }
     // The arguments first: a usage error asks no server anything (not even DNS).
     match (&args.signal, &args.signal_dir) {
         (Some(url), None) if !url.starts_with("http://") => {

@@ -3,6 +3,7 @@
 mod allocate;
 mod connect;
 mod demo;
+mod icmp;
 mod map;
 mod netcheck;
 mod serve;

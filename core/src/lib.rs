@@ -20,6 +20,7 @@
 //! - [`stun`]: RFC 8489 messages (zero-copy view and allocation-free builder), every
 //!   attribute that STUN, RFC 5780, ICE and TURN define, integrity and fingerprint, client
 //!   transactions, and a Binding / RFC 5780 server.
+//! - [`holepunch`]: hole punching beyond ICE: ICMP hole punching (pwnat).
 //! - [`ice`]: ICE candidates (RFC 8445 priorities and foundations) and RFC 8839
 //!   descriptions.
 //! - [`mdns`]: multicast DNS (RFC 6762) for `.local` ICE host candidates: a one-shot
@@ -49,6 +50,7 @@
 )]
 
 pub mod demux;
+pub mod holepunch;
 pub mod ice;
 pub mod machine;
 pub mod mdns;

@@ -11,9 +11,11 @@
 //! - [`peer`] runs a peer connection (ICE over STUN and TURN) on one UDP socket.
 //! - the peer connection resolves the peer's mDNS (`.local`) candidates on sockets of
 //!   their own (`mdns`).
+//! - [`icmp`] punches a UDP path with ICMP (pwnat; Linux, `CAP_NET_RAW`).
 //! - [`interfaces`] lists the host's interface addresses for host candidates.
 
 mod error;
+pub mod icmp;
 pub mod interfaces;
 mod mdns;
 mod netcheck;
