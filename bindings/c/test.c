@@ -2145,7 +2145,7 @@ static int peer_connect(peer_side *a, peer_side *b) {
     int nb = pinhole_peer_get_local_description(b->peer, db, sizeof db);
     CHECK(na > 0 && (size_t)na == strlen(da));
     CHECK(nb > 0 && strncmp(db, "a=ice-ufrag:", 12) == 0);
-    CHECK(strstr(da, "a=ice-pwd:") != NULL && strstr(da, "a=ice-options:trickle\r\n") != NULL);
+    CHECK(strstr(da, "a=ice-pwd:") != NULL && strstr(da, "a=ice-options:trickle renomination\r\n") != NULL);
     CHECK_RC(pinhole_peer_set_remote_description(b->peer, da), PINHOLE_OK);
     CHECK_RC(pinhole_peer_set_remote_description(a->peer, db), PINHOLE_OK);
     return wait_count(&a->pairs, 1, 20) && wait_count(&b->pairs, 1, 20);

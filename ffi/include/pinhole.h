@@ -929,14 +929,16 @@ int pinhole_netcheck_config_init(struct pinhole_netcheck_config *config, size_t 
 int pinhole_peer_create(const struct pinhole_peer_config *config, struct pinhole_peer **out);
 
 // Writes the local description into `buf` of `size` bytes: `a=ice-ufrag`, `a=ice-pwd`,
-// `a=ice-options:trickle`, `a=ice-pacing` (and `a=ice-lite`), the candidates gathered so
+// `a=ice-options:trickle renomination`, `a=ice-pacing` (and `a=ice-lite`), the candidates gathered so
 // far and, once gathering is over, `a=end-of-candidates`; CRLF-terminated SDP lines.
 // Returns its length, or `PINHOLE_ERR_TOO_SMALL` (4096 bytes hold the credentials and
 // about 30 candidates).
 //
 // # Safety
 // `peer` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
-int pinhole_peer_get_local_description(const struct pinhole_peer *peer, char *buf, size_t size);
+int pinhole_peer_get_local_description(const struct pinhole_peer *peer,
+                                       char *buf,
+                                       size_t size);
 
 // Gives the peer's description: SDP lines (`a=ice-ufrag`, `a=ice-pwd`, `a=candidate`,
 // `a=end-of-candidates`, ...) or a whole SDP; other lines and unusable candidates are

@@ -620,7 +620,7 @@ impl PeerConnection {
     }
 
     /// The local description to signal: `a=ice-ufrag`, `a=ice-pwd`,
-    /// `a=ice-options:trickle`, `a=ice-pacing` (and `a=ice-lite`), the candidates gathered
+    /// `a=ice-options:trickle renomination`, `a=ice-pacing` (and `a=ice-lite`), the candidates gathered
     /// so far and, once gathering is over, `a=end-of-candidates`; CRLF-terminated RFC 8839
     /// lines, what `pinhole connect` signals.
     pub fn local_description(&self) -> String {

@@ -176,7 +176,7 @@ fn two_peer_connections_connect_exchange_data_and_survive_restarts() {
     let mut b = Side::new(config(false));
     let desc = a.pc.local_description();
     assert!(desc.starts_with("a=ice-ufrag:"), "{desc}");
-    assert!(desc.contains("a=ice-pwd:") && desc.contains("a=ice-options:trickle\r\n"));
+    assert!(desc.contains("a=ice-pwd:") && desc.contains("a=ice-options:trickle renomination\r\n"));
     connect(&mut a, &mut b);
     assert!(!a.pairs[0].relayed);
     assert!(

@@ -469,7 +469,7 @@ unsafe fn handle<'a>(peer: *const pinhole_peer) -> Result<&'a pinhole_peer, Pinh
 }
 
 /// Writes the local description into `buf` of `size` bytes: `a=ice-ufrag`, `a=ice-pwd`,
-/// `a=ice-options:trickle`, `a=ice-pacing` (and `a=ice-lite`), the candidates gathered so
+/// `a=ice-options:trickle renomination`, `a=ice-pacing` (and `a=ice-lite`), the candidates gathered so
 /// far and, once gathering is over, `a=end-of-candidates`; CRLF-terminated SDP lines.
 /// Returns its length, or `PINHOLE_ERR_TOO_SMALL` (4096 bytes hold the credentials and
 /// about 30 candidates).

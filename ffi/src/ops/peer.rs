@@ -569,7 +569,7 @@ impl PeerControl {
         self.status().closed
     }
 
-    /// The local description: `a=ice-ufrag`, `a=ice-pwd`, `a=ice-options:trickle`,
+    /// The local description: `a=ice-ufrag`, `a=ice-pwd`, `a=ice-options:trickle renomination`,
     /// `a=ice-pacing`, `a=ice-lite` when lite, the candidates gathered so far, and once
     /// gathering is over `a=end-of-candidates`; CRLF-terminated lines.
     pub(crate) fn local_description(&self) -> String {
