@@ -26,11 +26,12 @@ pub struct NetworkChange {
 }
 
 impl NetworkChange {
-    /// The addresses of interfaces that are up, loopback excluded.
+    /// The addresses of interfaces that are up and could be host candidates
+    /// ([`super::interfaces::usable`]: no loopback, link-local, multicast…).
     pub fn usable_ips(&self) -> Vec<IpAddr> {
         self.addresses
             .iter()
-            .filter(|a| a.up && !a.ip.is_loopback())
+            .filter(|a| a.up && super::interfaces::usable(a.ip, false))
             .map(|a| a.ip)
             .collect()
     }

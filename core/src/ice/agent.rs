@@ -806,19 +806,29 @@ impl IceAgent {
             return;
         }
         let Some(n) = self.nominated else { return };
-        let best = self
-            .pairs
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.state == PairState::Succeeded)
-            .max_by_key(|(_, p)| p.priority)
-            .map(|(i, _)| i);
-        let Some(b) = best.filter(|b| *b != n && self.pairs[*b].priority > self.pairs[n].priority)
+        let Some(b) = self
+            .best_valid()
+            .filter(|b| *b != n && self.pairs[*b].priority > self.pairs[n].priority)
         else {
             return;
         };
         debug!("a better valid pair after a candidate update: renominating");
         self.stop_nominating(n);
+        self.nominate_next(b);
+    }
+
+    /// The valid pair of highest priority.
+    fn best_valid(&self) -> Option<usize> {
+        self.pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state == PairState::Succeeded)
+            .max_by_key(|(_, p)| p.priority)
+            .map(|(i, _)| i)
+    }
+
+    /// The controlling agent nominates pair `b` (numbered): its nominating check goes next.
+    fn nominate_next(&mut self, b: usize) {
         self.nomination_seq = self.nomination_seq.wrapping_add(1);
         self.nominated = Some(b);
         if !self.triggered.contains(&b) {
@@ -944,21 +954,9 @@ impl IceAgent {
             return;
         }
         self.hold_until = None;
-        let best = self
-            .pairs
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.state == PairState::Succeeded)
-            .max_by_key(|(_, p)| p.priority)
-            .map(|(i, _)| i);
-        if let Some(b) = best {
+        if let Some(b) = self.best_valid() {
             debug!("nominating after the hold");
-            self.nomination_seq = self.nomination_seq.wrapping_add(1);
-            self.nominated = Some(b);
-            if !self.triggered.contains(&b) {
-                self.triggered.push_front(b);
-            }
-            self.next_check = Some(now);
+            self.nominate_next(b);
         }
     }
 

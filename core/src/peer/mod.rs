@@ -760,9 +760,7 @@ impl Peer {
     /// Whether no allocation is left to delete (each deleted, lost, never made, or over a
     /// stream that closed).
     pub fn relays_done(&self) -> bool {
-        self.relays
-            .iter()
-            .all(|r| r.done || r.alloc.is_done() || r.closed())
+        self.relays.iter().all(|r| r.done || r.alloc.is_done())
     }
 
     /// Whether the peer follows renomination ([`IceAgent::set_remote_renomination`]).
