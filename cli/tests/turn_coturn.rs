@@ -269,6 +269,8 @@ fn wait_ready(c: &Coturn) {
 struct Allocate {
     child: Child,
     lines: mpsc::Receiver<serde_json::Value>,
+    /// Its standard error so far (also echoed to the test's).
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Allocate {
@@ -285,9 +287,20 @@ impl Allocate {
             .args(args)
             .arg("--json")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let err = child.stderr.take().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -299,7 +312,19 @@ impl Allocate {
                 }
             }
         });
-        Self { child, lines: rx }
+        Self {
+            child,
+            lines: rx,
+            stderr,
+        }
+    }
+
+    /// What it wrote on standard error so far.
+    fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn wait_for(&self, event: &str, within: Duration) -> serde_json::Value {
@@ -862,7 +887,6 @@ fn connect_relays_over_tcp_and_tls() {
 /// first refresh due at 540 s). The wait for the exit is bounded at 30 s.
 #[test]
 fn coturn_restart_under_a_live_allocation_is_noticed_within_seconds() {
-    use std::io::Read;
     if !tools_present() {
         return;
     }
@@ -876,56 +900,23 @@ fn coturn_restart_under_a_live_allocation_is_noticed_within_seconds() {
     let uri = format!("turn:127.0.0.1:{port}");
     let mut args = vec!["--turn", uri.as_str()];
     args.extend(ALICE);
-    args.extend(["--duration", "300", "--json"]);
-    let mut child = Command::new(BIN)
-        .arg("allocate")
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut allocated = false;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(l) if l.contains(r#""event":"allocated""#) => {
-                allocated = true;
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    if !allocated {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("no allocation; coturn's log:\n{}", c.log());
-    }
+    args.extend(["--duration", "300"]);
+    let mut a = Allocate::start(&args);
+    a.wait_for("allocated", Duration::from_secs(10));
     // Alive across a few checks first.
     std::thread::sleep(Duration::from_secs(6));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        a.child.try_wait().unwrap().is_none(),
         "pinhole allocate ended while coturn was up"
     );
     drop(c);
     let c = start_coturn_with(&opts);
     let restarted = Instant::now();
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = a.child.try_wait().unwrap() {
             break s;
         }
         if restarted.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
             panic!(
                 "the restart went unnoticed for 30 s; coturn's log:\n{}",
                 c.log()
@@ -934,13 +925,12 @@ fn coturn_restart_under_a_live_allocation_is_noticed_within_seconds() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let noticed = restarted.elapsed();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    // The reader thread has the last line once the pipe closed; bounded wait for it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !a.stderr().contains("allocation lost") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = a.stderr();
     println!(
         "coturn restarted under a live allocation: pinhole allocate noticed it {:.1} s later ({})",
         noticed.as_secs_f64(),
