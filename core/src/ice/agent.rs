@@ -589,7 +589,18 @@ impl IceAgent {
                 self.remotes[i] = candidate;
                 self.reprioritize();
                 self.renominate_best();
+                let before = (self.selected, self.events.len());
                 self.reselect(self.now);
+                // The path data goes on is the same, but what it is known to be changed
+                // (a prflx that was the peer's host or relay): say so, so that an app's
+                // view of the path (direct or relayed) is never stale.
+                if let (Some(s), n) = before
+                    && self.selected == Some(s)
+                    && self.events.len() == n
+                    && self.pairs[s].remote == i
+                {
+                    self.push_selected(s);
+                }
             }
             return false;
         }
@@ -1570,13 +1581,7 @@ impl IceAgent {
         }
         match pick {
             Some(i) => {
-                let p = &self.pairs[i];
-                self.events.push_back(IceEvent::SelectedPair {
-                    local: self.locals[p.local].candidate.clone(),
-                    remote: self.remotes[p.remote].clone(),
-                    nominated: p.nominated,
-                    rtt: p.rtt,
-                });
+                self.push_selected(i);
                 if self.next_consent.is_none() {
                     self.arm_consent(now);
                 }
@@ -1589,6 +1594,16 @@ impl IceAgent {
                 }
             }
         }
+    }
+
+    fn push_selected(&mut self, i: usize) {
+        let p = &self.pairs[i];
+        self.events.push_back(IceEvent::SelectedPair {
+            local: self.locals[p.local].candidate.clone(),
+            remote: self.remotes[p.remote].clone(),
+            nominated: p.nominated,
+            rtt: p.rtt,
+        });
     }
 
     fn update_failed(&mut self) {

@@ -1071,6 +1071,46 @@ fn a_signalled_candidate_replacing_a_peer_reflexive_one_takes_its_priority_and_r
     assert!(w.data_flows(0) && w.data_flows(1));
 }
 
+/// A peer-reflexive remote candidate on the selected pair that the signalled candidate
+/// then names (the peer's check beat its trickled candidate): the path stays, and a new
+/// `SelectedPair` event says what it is, so the app's view (direct or relayed) is right.
+#[test]
+fn a_selected_peer_reflexive_candidate_named_later_is_reported_again() {
+    let mut w = World::new([None, None], Conditions::default(), 31);
+    assert!(w.connect(Duration::from_secs(5)));
+    let g = &mut w.peers[0].agent;
+    let s = g.selected.expect("a selected pair");
+    let r = g.pairs[s].remote;
+    let signalled = g.remotes[r].clone();
+    assert_eq!(signalled.kind, CandidateKind::Host);
+    // As if it had been learned from the peer's check before it was signalled.
+    let addr = signalled.socket_addr().expect("an address");
+    g.remotes[r] = Candidate::new(
+        CandidateKind::PeerReflexive,
+        CandidateTransport::Udp,
+        addr,
+        addr.ip(),
+        None,
+        65535,
+    );
+    g.learned_on[r] = Some(g.locals[g.pairs[s].local].base);
+    while g.poll_event().is_some() {}
+    assert!(!g.add_remote_candidate(signalled));
+    assert_eq!(g.selected, Some(s), "the path did not move");
+    let events: Vec<_> = std::iter::from_fn(|| g.poll_event()).collect();
+    let again = events.iter().find_map(|e| match e {
+        IceEvent::SelectedPair {
+            remote, nominated, ..
+        } => Some((remote.kind, *nominated)),
+        _ => None,
+    });
+    assert_eq!(again, Some((CandidateKind::Host, true)), "{events:?}");
+    // A candidate that changes nothing says nothing.
+    let same = g.remotes[r].clone();
+    assert!(!g.add_remote_candidate(same));
+    assert!(g.poll_event().is_none());
+}
+
 /// Port prediction's bounds: up to [`MAX_PREDICTED_PORTS`] candidates per
 /// server-reflexive candidate of the peer, by its step, never beyond the port range,
 /// twice that in all, none for a kind other than sequential, none paired with a relayed
