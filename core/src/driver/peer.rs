@@ -821,6 +821,16 @@ async fn send(shared: &Shared, data: &[u8]) {
             }
             match st.peer.send_into(data, &mut st.framed) {
                 Ok(Outgoing::Direct {
+                    proto: Protocol::Tcp,
+                    source,
+                    destination,
+                }) => {
+                    // ICE-TCP (RFC 6544): not wired into this driver yet.
+                    debug!(%source, %destination, "no ICE-TCP connection: data dropped");
+                    return;
+                }
+                Ok(Outgoing::Direct {
+                    proto: Protocol::Udp,
                     source,
                     destination,
                 }) => {

@@ -51,7 +51,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use tracing::debug;
 
-use super::candidate::{Candidate, CandidateKind, CandidateTransport};
+use super::candidate::{Candidate, CandidateKind, CandidateTransport, TcpType};
 use crate::stun::attributes::{
     ErrorCode, IceControlled, IceControlling, Priority, UseCandidate, Username, XorMappedAddress,
 };
@@ -176,6 +176,10 @@ pub struct IceConfig {
     /// ports sequentially (see the module docs); default 8, at most
     /// [`MAX_PREDICTED_PORTS`]. 0 turns prediction off.
     pub predicted_ports: usize,
+    /// How long a check over TCP waits for its answer (RFC 6544 §7.1: sent once on the
+    /// connection, never retransmitted; this bounds the connection attempt too, which
+    /// for a simultaneous open the driver repeats until then).
+    pub tcp_check_timeout: Duration,
 }
 
 /// The most predicted candidates per server-reflexive candidate of the peer, and in all
@@ -195,6 +199,7 @@ impl Default for IceConfig {
             max_pairs: 100,
             lite: false,
             predicted_ports: MAX_PREDICTED_PORTS,
+            tcp_check_timeout: Duration::from_secs(8),
         }
     }
 }
@@ -337,6 +342,8 @@ pub struct IceAgent {
     selected_nominated: bool,
     /// After a restart, the old selected path carries data until a new pair is chosen.
     previous_path: Option<(SocketAddr, SocketAddr)>,
+    /// The protocol of `previous_path`.
+    previous_proto: Protocol,
     state: IceState,
     next_check: Option<Instant>,
     /// The peer's `a=ice-pacing`; zero until it offers one.
@@ -347,6 +354,36 @@ pub struct IceAgent {
     now: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<IceEvent>,
+}
+
+/// RFC 6544 §6.2: which TCP candidates pair. Active with passive (we connect), so with so
+/// (both connect at once); passive with active only when the peer connected to us (the
+/// peer-reflexive candidate its check made: port 9 is nobody's address).
+/// The candidate transport a datagram's protocol is.
+fn transport_of(proto: Protocol) -> CandidateTransport {
+    match proto {
+        Protocol::Udp => CandidateTransport::Udp,
+        Protocol::Tcp => CandidateTransport::Tcp,
+    }
+}
+
+/// The protocol a candidate's transport sends on.
+fn proto_of(transport: CandidateTransport) -> Protocol {
+    match transport {
+        CandidateTransport::Udp => Protocol::Udp,
+        CandidateTransport::Tcp => Protocol::Tcp,
+    }
+}
+
+fn tcp_pairable(local: Option<TcpType>, remote: &Candidate) -> bool {
+    match (local, remote.tcp_type) {
+        (Some(TcpType::Active), Some(TcpType::Passive)) => true,
+        (Some(TcpType::SimultaneousOpen), Some(TcpType::SimultaneousOpen)) => true,
+        (Some(TcpType::Passive), Some(TcpType::Active)) => {
+            remote.kind == CandidateKind::PeerReflexive
+        }
+        _ => false,
+    }
 }
 
 /// Pair priority, RFC 8445 §6.1.2.3: `2^32·min(G,D) + 2·max(G,D) + (G > D ? 1 : 0)`.
@@ -370,6 +407,7 @@ impl IceAgent {
                 max_transmits: config.check_transmits,
                 last_wait_multiplier: 4,
                 max_outstanding: config.max_pairs + 8,
+                reliable_timeout: config.tcp_check_timeout,
                 ..ClientConfig::default()
             },
             client_seed,
@@ -400,6 +438,7 @@ impl IceAgent {
             hold_until: None,
             selected_nominated: false,
             previous_path: None,
+            previous_proto: Protocol::Udp,
             state: IceState::New,
             next_check: None,
             remote_ta: Duration::ZERO,
@@ -491,6 +530,17 @@ impl IceAgent {
         Some((self.locals[p.local].base, self.remote_addr(p.remote)?))
     }
 
+    /// The protocol of the pair data goes on ([`Self::selected`]): UDP, or TCP for an
+    /// ICE-TCP pair (RFC 6544; the driver frames data on it, RFC 4571).
+    pub fn selected_proto(&self) -> Option<Protocol> {
+        let Some(s) = self.selected else {
+            return self.previous_path.map(|_| self.previous_proto);
+        };
+        Some(proto_of(
+            self.locals[self.pairs[s].local].candidate.transport,
+        ))
+    }
+
     /// The selected pair's candidates: (ours, the peer's).
     pub fn selected_candidates(&self) -> Option<(&Candidate, &Candidate)> {
         let p = &self.pairs[self.selected?];
@@ -523,17 +573,25 @@ impl IceAgent {
     }
 
     /// Adds one of our candidates, with its base (RFC 8445 §5.1.1). Returns false when it
-    /// is redundant (same address and base as one we have, RFC 8445 §5.1.3) or not usable
-    /// (not UDP, or no IP address).
+    /// is redundant (same address, transport and base as one we have, RFC 8445 §5.1.3) or
+    /// not usable (no IP address, or TCP without a `tcptype`).
+    ///
+    /// TCP candidates (RFC 6544): the base of an active one is its IP with port 0 (the
+    /// driver connects from an ephemeral port and keys the connection by that base and the
+    /// peer's address); a passive one's is its listening address; a simultaneous-open
+    /// one's is the address its connections are bound to. Transmits for TCP pairs carry
+    /// [`Protocol::Tcp`] and datagrams from them must arrive with it.
     pub fn add_local_candidate(&mut self, candidate: Candidate, base: SocketAddr) -> bool {
-        if candidate.transport != CandidateTransport::Udp || candidate.socket_addr().is_none() {
+        if candidate.socket_addr().is_none()
+            || (candidate.transport == CandidateTransport::Tcp && candidate.tcp_type.is_none())
+        {
             return false;
         }
-        if self
-            .locals
-            .iter()
-            .any(|l| l.base == base && l.candidate.socket_addr() == candidate.socket_addr())
-        {
+        if self.locals.iter().any(|l| {
+            l.base == base
+                && l.candidate.transport == candidate.transport
+                && l.candidate.socket_addr() == candidate.socket_addr()
+        }) {
             return false;
         }
         let relayed = candidate.kind == CandidateKind::Relayed;
@@ -566,13 +624,14 @@ impl IceAgent {
             debug!("remote candidate without an IP address ignored");
             return false;
         };
-        if candidate.transport != CandidateTransport::Udp {
+        if candidate.transport == CandidateTransport::Tcp && candidate.tcp_type.is_none() {
+            debug!("TCP candidate without a tcptype ignored (RFC 6544 §4.5)");
             return false;
         }
         if let Some(i) = self
             .remotes
             .iter()
-            .position(|c| c.socket_addr() == Some(addr))
+            .position(|c| c.socket_addr() == Some(addr) && c.transport == candidate.transport)
         {
             // A signalled candidate replaces a peer-reflexive one learned first, with its
             // signalled type and priority (as libwebrtc does; RFC 8445 §7.3.1.3 leaves
@@ -614,7 +673,8 @@ impl IceAgent {
             debug!("remote candidate beyond the limit ignored");
             return false;
         }
-        let srflx = candidate.kind == CandidateKind::ServerReflexive;
+        let srflx = candidate.kind == CandidateKind::ServerReflexive
+            && candidate.transport == CandidateTransport::Udp;
         self.remotes.push(candidate);
         self.learned_on.push(None);
         let r = self.remotes.len() - 1;
@@ -733,6 +793,7 @@ impl IceAgent {
             }
         }
         // The old path carries data until a new pair is selected (RFC 8445 §9).
+        self.previous_proto = self.selected_proto().unwrap_or(Protocol::Udp);
         self.previous_path = self.selected();
         self.remotes.clear();
         self.learned_on.clear();
@@ -758,7 +819,15 @@ impl IceAgent {
         let (Some(la), Some(ra)) = (local.candidate.socket_addr(), remote.socket_addr()) else {
             return;
         };
-        if la.is_ipv4() != ra.is_ipv4() || local.candidate.component != remote.component {
+        if la.is_ipv4() != ra.is_ipv4()
+            || local.candidate.component != remote.component
+            || local.candidate.transport != remote.transport
+        {
+            return;
+        }
+        if local.candidate.transport == CandidateTransport::Tcp
+            && !tcp_pairable(local.candidate.tcp_type, remote)
+        {
             return;
         }
         // Redundant: same base and remote; keep the higher priority (RFC 8445 §6.1.2.4).
@@ -1026,13 +1095,14 @@ impl IceAgent {
         };
         let local = &self.locals[self.pairs[i].local];
         // The priority a peer-reflexive candidate of ours would get (RFC 8445 §7.1.1).
-        let prflx_priority = (CandidateKind::PeerReflexive.type_preference() << 24)
-            | (local.candidate.priority & 0x00FF_FFFF);
+        let prflx_priority =
+            (CandidateKind::PeerReflexive.type_preference_on(local.candidate.transport) << 24)
+                | (local.candidate.priority & 0x00FF_FFFF);
         let username = format!("{}:{}", remote_creds.ufrag, self.local_creds.ufrag);
         let (controlling, tie) = (self.controlling, self.tie_breaker);
         let seq = self.nomination_seq;
         let req = Request {
-            proto: Protocol::Udp,
+            proto: proto_of(local.candidate.transport),
             source: local.base,
             destination: dest,
             method: Method::BINDING,
@@ -1076,7 +1146,12 @@ impl IceAgent {
         if crate::demux::classify(rx.contents) != crate::demux::Kind::Stun {
             return IceInput::NotIce;
         }
-        if !self.locals.iter().any(|l| l.base == rx.destination) {
+        let transport = transport_of(rx.proto);
+        if !self
+            .locals
+            .iter()
+            .any(|l| l.base == rx.destination && l.candidate.transport == transport)
+        {
             return IceInput::NotIce;
         }
         let Ok(msg) = Message::parse(rx.contents) else {
@@ -1159,7 +1234,7 @@ impl IceAgent {
                 .and_then(|b| b.add_fingerprint());
             if built.is_ok() {
                 self.transmits.push_back(Transmit {
-                    proto: Protocol::Udp,
+                    proto: rx.proto,
                     source: rx.destination,
                     destination: rx.source,
                     contents: b.finish().to_vec(),
@@ -1167,10 +1242,11 @@ impl IceAgent {
             }
         }
         // The remote candidate: known, or peer-reflexive (RFC 8445 §7.3.1.3).
+        let transport = transport_of(rx.proto);
         let r = match self
             .remotes
             .iter()
-            .position(|c| c.socket_addr() == Some(rx.source))
+            .position(|c| c.socket_addr() == Some(rx.source) && c.transport == transport)
         {
             Some(r) => r,
             None => {
@@ -1186,19 +1262,35 @@ impl IceAgent {
                 let priority = msg.get::<Priority>().ok().flatten().map_or(0, |p| p.0);
                 let mut c = Candidate::new(
                     CandidateKind::PeerReflexive,
-                    CandidateTransport::Udp,
+                    transport,
                     rx.source,
                     rx.source.ip(),
                     None,
                     0,
                 );
                 c.priority = priority;
+                if transport == CandidateTransport::Tcp {
+                    // RFC 6544 §7.2.2: the peer connected to our passive candidate from an
+                    // active one, or both opened at once.
+                    let local = self
+                        .locals
+                        .iter()
+                        .find(|l| l.base == rx.destination && l.candidate.transport == transport)
+                        .and_then(|l| l.candidate.tcp_type);
+                    c.tcp_type = Some(match local {
+                        Some(TcpType::Passive) => TcpType::Active,
+                        Some(TcpType::Active) => TcpType::Passive,
+                        _ => TcpType::SimultaneousOpen,
+                    });
+                }
                 self.events.push_back(IceEvent::PeerReflexive(c.clone()));
                 self.remotes.push(c);
                 self.learned_on.push(Some(rx.destination));
                 let r = self.remotes.len() - 1;
                 for l in 0..self.locals.len() {
-                    if self.locals[l].base == rx.destination {
+                    if self.locals[l].base == rx.destination
+                        && self.locals[l].candidate.transport == transport
+                    {
                         self.pair_up(l, r);
                     }
                 }
@@ -1287,7 +1379,7 @@ impl IceAgent {
                 .and_then(|b| b.add_fingerprint());
             if built.is_ok() {
                 self.transmits.push_back(Transmit {
-                    proto: Protocol::Udp,
+                    proto: rx.proto,
                     source: rx.destination,
                     destination: rx.source,
                     contents: b.finish().to_vec(),

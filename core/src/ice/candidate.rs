@@ -92,6 +92,28 @@ impl CandidateKind {
     }
 }
 
+impl CandidateKind {
+    /// The type preference of a TCP candidate of this kind (RFC 6544 §4.2: below UDP's
+    /// of the same kind, so that UDP is tried first and preferred; above a relayed UDP
+    /// candidate's, so that a direct TCP path beats the relay).
+    pub fn tcp_type_preference(self) -> u32 {
+        match self {
+            Self::Host => 80,
+            Self::PeerReflexive => 70,
+            Self::ServerReflexive => 60,
+            Self::Relayed => 0,
+        }
+    }
+
+    /// The type preference for a candidate of this kind on `transport`.
+    pub fn type_preference_on(self, transport: CandidateTransport) -> u32 {
+        match transport {
+            CandidateTransport::Udp => self.type_preference(),
+            CandidateTransport::Tcp => self.tcp_type_preference(),
+        }
+    }
+}
+
 impl FromStr for CandidateKind {
     type Err = CandidateError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -224,7 +246,7 @@ pub struct Candidate {
     pub priority: u32,
     /// The address.
     pub address: CandidateAddress,
-    /// The port (0 for an active TCP candidate, RFC 6544 §4.5).
+    /// The port (9, the discard port, for an active TCP candidate: RFC 6544 §4.5).
     pub port: u16,
     /// The type.
     pub kind: CandidateKind,
@@ -302,6 +324,45 @@ impl Candidate {
             tcp_type: None,
             extensions: Vec::new(),
         }
+    }
+
+    /// A TCP candidate (RFC 6544 §4): `address` is where it accepts connections or
+    /// connects from (its port is written as 9 for an active one, §4.5), and its priority
+    /// follows §4.2: the local preference is `2^13 × direction preference +
+    /// other_preference`, with the direction preference of §4.2 (host: active 6, passive
+    /// 4, so 2; behind a NAT, server-reflexive and peer-reflexive: so 6, active 4,
+    /// passive 2), `other_preference` below 2^13 ranking the bases.
+    pub fn tcp(
+        kind: CandidateKind,
+        tcp_type: TcpType,
+        address: SocketAddr,
+        base: IpAddr,
+        server: Option<IpAddr>,
+        other_preference: u16,
+    ) -> Self {
+        let direction: u16 = match (kind, tcp_type) {
+            (CandidateKind::Host | CandidateKind::Relayed, TcpType::Active) => 6,
+            (CandidateKind::Host | CandidateKind::Relayed, TcpType::Passive) => 4,
+            (CandidateKind::Host | CandidateKind::Relayed, TcpType::SimultaneousOpen) => 2,
+            (_, TcpType::SimultaneousOpen) => 6,
+            (_, TcpType::Active) => 4,
+            (_, TcpType::Passive) => 2,
+        };
+        let local_preference = (direction << 13) | (other_preference & 0x1FFF);
+        let mut c = Self::new(
+            kind,
+            CandidateTransport::Tcp,
+            address,
+            base,
+            server,
+            local_preference,
+        );
+        c.priority = (kind.tcp_type_preference() << 24) + (u32::from(local_preference) << 8) + 255;
+        c.tcp_type = Some(tcp_type);
+        if tcp_type == TcpType::Active {
+            c.port = 9;
+        }
+        c
     }
 
     /// The transport address, when the address is an IP.

@@ -38,10 +38,10 @@ use tracing::debug;
 
 use crate::ice::{
     BirthdayConfig, BirthdayEvent, BirthdayProber, BirthdayRole, Candidate, CandidateKind,
-    CandidateTransport, IceAgent, IceConfig, IceCredentials, IceEvent, IceInput,
+    CandidateTransport, IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, TcpType,
 };
 use crate::stun::attributes::XorMappedAddress;
-use crate::stun::{ClientConfig, Request, StunClient, TransactionEvent, TransactionId};
+use crate::stun::{ClientConfig, Method, Request, StunClient, TransactionEvent, TransactionId};
 use crate::turn::{
     Allocation, AllocationConfig, AllocationEvent, Credentials, Input, TurnError, TurnTransport,
 };
@@ -156,6 +156,14 @@ pub struct PeerConfig {
     /// (off by default in the library; `pinhole connect` turns it on). It runs only when
     /// the peer takes part too ([`Peer::set_remote_birthday`]).
     pub birthday: BirthdayConfig,
+    /// ICE-TCP (RFC 6544): offer TCP candidates beside the UDP ones, so that a peer whose
+    /// network blocks UDP (or whose UDP pairs all fail) still gets a direct path. The
+    /// driver binds, per base IP, a listening socket (a passive candidate) and a port
+    /// for simultaneous open (an `so` candidate, with its server-reflexive address from
+    /// STUN over TCP), and hands them to [`Peer::tcp_bases`]; each base IP also gets an
+    /// active candidate. UDP candidates rank above TCP ones of the same type, TCP ones
+    /// above relayed ones. Off by default in the library; `pinhole connect` turns it on.
+    pub ice_tcp: bool,
 }
 
 /// What the peer connection reports.
@@ -236,6 +244,10 @@ pub struct Peer {
     streams_pending: Vec<(TurnServerSpec, [u8; 32])>,
     /// The driver has not said yet whether the gateway mapped the socket.
     portmap_pending: bool,
+    /// ICE-TCP is on and the driver has not handed over its TCP bases yet.
+    tcp_pending: bool,
+    /// The TCP bases: passive (listening), active (the IP with port 0), so.
+    tcp_bases: Vec<SocketAddr>,
     /// What the servers saw of us, per request: (order sent, base, mapped address).
     gathered: Vec<(usize, SocketAddr, SocketAddr)>,
     /// The order each gathering request was sent in (STUN first, then TURN over UDP).
@@ -286,6 +298,9 @@ pub const MAX_FRAMING: usize = 64;
 pub enum Outgoing {
     /// Send the data as it is, from `source` to `destination` (the selected pair is direct).
     Direct {
+        /// UDP, or TCP on an ICE-TCP pair (the driver frames it, RFC 4571, on the
+        /// connection it keys by `source` and `destination`).
+        proto: crate::Protocol,
         /// The local socket's address.
         source: SocketAddr,
         /// The peer's.
@@ -369,6 +384,8 @@ impl Peer {
             relays: Vec::new(),
             streams_pending: Vec::new(),
             portmap_pending: config.port_mapping && !config.relay_only && !config.ice.lite,
+            tcp_pending: config.ice_tcp && !config.relay_only && !config.ice.lite,
+            tcp_bases: Vec::new(),
             gathered: Vec::new(),
             srflx_order: Vec::new(),
             gathering_done: false,
@@ -708,9 +725,97 @@ impl Peer {
             .unwrap_or(self.local)
     }
 
-    /// The local addresses the machine uses as bases.
+    /// The local addresses the machine uses as bases (UDP).
     pub fn bases(&self) -> &[SocketAddr] {
         &self.bases
+    }
+
+    /// Whether ICE-TCP waits for the driver's TCP bases ([`Peer::tcp_bases`]).
+    pub fn wants_tcp_bases(&self) -> bool {
+        self.tcp_pending
+    }
+
+    /// Whether `addr` is one of the STUN servers: a TCP connection to it carries STUN
+    /// messages as they are (RFC 8489 §6.2.2), not RFC 4571 frames as ICE-TCP does.
+    pub fn is_stun_server(&self, addr: SocketAddr) -> bool {
+        self.config.stun_servers.contains(&addr)
+    }
+
+    /// The ICE-TCP bases the driver bound (see [`PeerConfig::ice_tcp`]): `passive`
+    /// listening sockets (each a passive host candidate, and its IP an active one whose
+    /// base is that IP with port 0: the driver connects from an ephemeral port and keys
+    /// the connection by that base and the peer's address) and `so` ports (each a
+    /// simultaneous-open host candidate, and a server-reflexive one from a Binding
+    /// request over TCP to each STUN server of its family, sent from that port). Either
+    /// may be empty (nothing could be bound); the first call ends gathering's wait for
+    /// them, later ones are ignored.
+    ///
+    /// Transmits for these bases carry [`crate::Protocol::Tcp`]; what arrives on their
+    /// connections comes back through [`Peer::handle_input`] with that protocol, the
+    /// peer's address as the source and the base as the destination, one message (an
+    /// RFC 4571 frame's contents, or a STUN server's message) at a time.
+    pub fn tcp_bases(&mut self, now: Instant, passive: &[SocketAddr], so: &[SocketAddr]) {
+        if !self.tcp_pending {
+            return;
+        }
+        self.tcp_pending = false;
+        // Other preference (RFC 6544 §4.2): the bases in the order given, first best.
+        let rank = |i: usize| 0x1FFFu16.saturating_sub(u16::try_from(i).unwrap_or(255) * 32);
+        for (i, base) in passive.iter().copied().enumerate() {
+            let active_base = SocketAddr::new(base.ip(), 0);
+            if !self.config.no_host {
+                let c = Candidate::tcp(
+                    CandidateKind::Host,
+                    TcpType::Passive,
+                    base,
+                    base.ip(),
+                    None,
+                    rank(i),
+                );
+                self.tcp_bases.push(base);
+                self.add_local(c, base);
+            }
+            let c = Candidate::tcp(
+                CandidateKind::Host,
+                TcpType::Active,
+                active_base,
+                base.ip(),
+                None,
+                rank(i),
+            );
+            self.tcp_bases.push(active_base);
+            self.add_local(c, active_base);
+        }
+        for (i, base) in so.iter().copied().enumerate() {
+            self.tcp_bases.push(base);
+            if !self.config.no_host {
+                let c = Candidate::tcp(
+                    CandidateKind::Host,
+                    TcpType::SimultaneousOpen,
+                    base,
+                    base.ip(),
+                    None,
+                    rank(i),
+                );
+                self.add_local(c, base);
+            }
+            for server in self.config.stun_servers.clone() {
+                if base.is_ipv4() != server.is_ipv4() {
+                    continue;
+                }
+                let req = Request::new(crate::Protocol::Tcp, base, server, Method::BINDING);
+                match self.stun.start(now, req, |_| Ok(())) {
+                    Ok(id) => self.srflx_pending.push((id, base)),
+                    Err(e) => debug!(error = %e, "cannot ask a STUN server over TCP"),
+                }
+            }
+        }
+        self.check_gathering();
+    }
+
+    /// Whether `base` is one of the ICE-TCP bases.
+    fn is_tcp_base(&self, base: SocketAddr) -> bool {
+        self.tcp_bases.contains(&base)
     }
 
     /// Our ICE credentials.
@@ -960,6 +1065,7 @@ impl Peer {
             && self.srflx_pending.is_empty()
             && self.streams_pending.is_empty()
             && !self.portmap_pending
+            && !self.tcp_pending
             && self.relays.iter().all(|r| r.relayed.is_some() || r.done)
         {
             self.gathering_done = true;
@@ -1084,7 +1190,23 @@ impl Peer {
                     .ok()
                     .flatten()
                     .map(|m| m.0);
-                if let Some(m) = mapped.filter(|m| !self.bases.contains(m)) {
+                if self.is_tcp_base(base) {
+                    // An so base's mapping (RFC 6544 §5.2): what the peer connects to at
+                    // the same moment we connect to it.
+                    if let Some(m) = mapped.filter(|m| *m != base) {
+                        let mut c = Candidate::tcp(
+                            CandidateKind::ServerReflexive,
+                            TcpType::SimultaneousOpen,
+                            m,
+                            base.ip(),
+                            Some(r.source.ip()),
+                            0x1FFF,
+                        );
+                        c.related =
+                            Some((crate::ice::CandidateAddress::Ip(base.ip()), base.port()));
+                        self.add_local(c, base);
+                    }
+                } else if let Some(m) = mapped.filter(|m| !self.bases.contains(m)) {
                     let mut c = Candidate::new(
                         CandidateKind::ServerReflexive,
                         CandidateTransport::Udp,
@@ -1275,9 +1397,10 @@ impl Peer {
         let mut buf = vec![0u8; data.len() + MAX_FRAMING];
         let (proto, source, destination, contents) = match self.send_into(data, &mut buf)? {
             Outgoing::Direct {
+                proto,
                 source,
                 destination,
-            } => (crate::Protocol::Udp, source, destination, data.to_vec()),
+            } => (proto, source, destination, data.to_vec()),
             Outgoing::Framed {
                 proto,
                 source,
@@ -1302,8 +1425,10 @@ impl Peer {
     /// says where to send that.
     pub fn send_into(&self, data: &[u8], buf: &mut [u8]) -> Result<Outgoing, PeerError> {
         let (base, to) = self.agent.selected().ok_or(PeerError::NotConnected)?;
-        if self.bases.contains(&base) {
+        let proto = self.agent.selected_proto().unwrap_or(crate::Protocol::Udp);
+        if proto == crate::Protocol::Tcp || self.bases.contains(&base) {
             return Ok(Outgoing::Direct {
+                proto,
                 source: base,
                 destination: to,
             });
@@ -1324,9 +1449,10 @@ impl Peer {
 
     /// Whether data would go through a relay.
     pub fn is_relayed(&self) -> Option<bool> {
+        let tcp = self.agent.selected_proto() == Some(crate::Protocol::Tcp);
         self.agent
             .selected()
-            .map(|(base, _)| !self.bases.contains(&base))
+            .map(|(base, _)| !tcp && !self.bases.contains(&base))
     }
 }
 

@@ -255,11 +255,12 @@ impl World {
         let mut buf = [0u8; 4 + MAX_FRAMING];
         match self.sides[i].peer.send_into(&payload, &mut buf) {
             Ok(Outgoing::Direct {
+                proto,
                 source,
                 destination,
             }) => assert_eq!(
-                (source, destination, &payload[..]),
-                (t.source, t.destination, &t.contents[..])
+                (proto, source, destination, &payload[..]),
+                (t.proto, t.source, t.destination, &t.contents[..])
             ),
             Ok(Outgoing::Framed {
                 proto,
