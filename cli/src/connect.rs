@@ -117,6 +117,12 @@ pub(crate) struct ConnectArgs {
     /// controls). Says `a=ice-lite` in the description.
     #[arg(long, conflicts_with_all = ["no_direct", "mdns"])]
     lite: bool,
+    /// No ICE-TCP candidates (RFC 6544). By default each side also offers TCP candidates
+    /// (a listening one, an active one and a simultaneous-open one with its mapping from
+    /// STUN over TCP), ranked below UDP and above the relay: a network that blocks UDP
+    /// still gets a direct path.
+    #[arg(long)]
+    no_tcp: bool,
     /// No birthday probing. By default, when one side's NAT maps endpoint-dependently
     /// (its gathering saw a new port per server) and plain checks found no direct pair
     /// within --birthday-wait, that side opens --birthday-sockets sockets toward the
@@ -530,6 +536,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     // candidates.
     config.birthday.enabled = !args.no_birthday && !args.no_direct && !args.lite;
     config.ice.lite = args.lite;
+    config.ice_tcp = !args.no_tcp && !args.no_direct && !args.lite;
     config.birthday.sockets = usize::from(args.birthday_sockets);
     config.birthday.probes_per_second = args.birthday_rate;
     config.birthday.max_probes = args.birthday_probes;
