@@ -443,6 +443,10 @@ impl PeerConnection {
         let mut peer =
             Peer::with_bases(Instant::now(), config, &base_list, controlling, os_seed()?);
         let credentials = peer.local_credentials().clone();
+        if peer.wants_tcp_bases() {
+            // ICE-TCP is not wired into this driver yet: no TCP bases.
+            peer.tcp_bases(Instant::now(), &[], &[]);
+        }
         let streams = Streams::start(peer.turn_streams());
         // A loopback socket has no gateway: nothing to ask (and nothing may be sent to
         // one on behalf of a test).
