@@ -775,16 +775,19 @@ impl Peer {
                 self.tcp_bases.push(base);
                 self.add_local(c, base);
             }
-            let c = Candidate::tcp(
-                CandidateKind::Host,
-                TcpType::Active,
-                active_base,
-                base.ip(),
-                None,
-                rank(i),
-            );
-            self.tcp_bases.push(active_base);
-            self.add_local(c, active_base);
+            // An active candidate shows the host's IP too (port 9): not with `no_host`.
+            if !self.config.no_host {
+                let c = Candidate::tcp(
+                    CandidateKind::Host,
+                    TcpType::Active,
+                    active_base,
+                    base.ip(),
+                    None,
+                    rank(i),
+                );
+                self.tcp_bases.push(active_base);
+                self.add_local(c, active_base);
+            }
         }
         for (i, base) in so.iter().copied().enumerate() {
             self.tcp_bases.push(base);
