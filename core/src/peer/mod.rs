@@ -1349,7 +1349,8 @@ impl Peer {
         }
         // The agent's: through a relay when its source is a relayed address.
         while let Some(t) = self.agent.poll_transmit() {
-            if self.bases.contains(&t.source) {
+            // ICE-TCP checks go on their connections (never through a relay).
+            if t.proto == crate::Protocol::Tcp || self.bases.contains(&t.source) {
                 return Some(t);
             }
             if let Some(out) = self.through_relay(t.source, t.destination, &t.contents) {

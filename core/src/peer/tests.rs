@@ -1533,4 +1533,34 @@ fn ice_tcp_bases_make_tcp_candidates_and_a_reflexive_one_over_tcp() {
     peer.tcp_bases(now, &[a("192.168.1.10:7000")], &[]);
     pump(&mut peer, &mut events, &mut transmits);
     assert_eq!(events.last(), Some(&PeerEvent::GatheringComplete));
+    // The peer's passive candidate: our active base checks it, over TCP, not through
+    // any relay.
+    let theirs = a("198.51.100.2:443");
+    peer.set_remote_credentials(IceCredentials {
+        ufrag: "abcd".into(),
+        pwd: "abcdefghijklmnopqrstuvwx".into(),
+    });
+    let line = Candidate::tcp(
+        CandidateKind::Host,
+        TcpType::Passive,
+        theirs,
+        theirs.ip(),
+        None,
+        1,
+    )
+    .to_string();
+    peer.add_remote_candidate(now, Candidate::parse(&line).unwrap());
+    transmits.clear();
+    for ms in 0..200 {
+        peer.handle_timeout(now + Duration::from_millis(ms));
+        pump(&mut peer, &mut events, &mut transmits);
+    }
+    let check = transmits
+        .iter()
+        .find(|t| t.destination == theirs)
+        .expect("a check to the passive candidate");
+    assert_eq!(
+        (check.proto, check.source),
+        (crate::Protocol::Tcp, a("192.168.1.10:0"))
+    );
 }
