@@ -150,6 +150,11 @@ pub(crate) struct ConnectArgs {
     birthday_wait: Duration,
 }
 
+/// The description lines that carry new ICE credentials (after a restart).
+fn credential_lines(c: &IceCredentials) -> String {
+    format!("a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", c.ufrag, c.pwd)
+}
+
 /// Runs `pinhole signal`.
 pub(crate) async fn signal(args: SignalArgs) -> ExitCode {
     let handle = match driver::signal::serve_signal(args.listen).await {
@@ -605,6 +610,11 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let started = Instant::now();
     let give_up = tokio::time::Instant::now() + args.timeout;
     let (mut ufrag, mut pwd) = (None::<String>, None::<String>);
+    // ICE restarts (RFC 8445 §9): the peer's credentials in use, and whether we restarted
+    // since we took them (then new ones from the peer answer our restart; otherwise they
+    // are the peer's restart, which we answer with one of ours).
+    let mut remote_creds: Option<IceCredentials> = None;
+    let mut restarted = false;
     let mut connected = false;
     // A pair works (nominated or not): data may flow. RFC 8445 lets either side send on
     // any valid pair; waiting for the nomination costs a round trip for nothing.
@@ -718,6 +728,16 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         say(json!({"event": "disconnected", "reason": reason}), format!("disconnected: {reason}"));
                         break 'session ExitCode::from(EXIT_UNREACHABLE);
                     }
+                    PeerConnectionEvent::NetworkChanged { credentials } => {
+                        // The built-in monitor restarted ICE on the new network: the peer
+                        // needs our new credentials (the candidates follow as events).
+                        say(json!({"event": "network-changed"}), "network changed: restarting ICE".into());
+                        restarted = true;
+                        if let Err(e) = channel.send(&credential_lines(&credentials)).await {
+                            eprintln!("pinhole: {e}");
+                            break 'session ExitCode::from(EXIT_UNREACHABLE);
+                        }
+                    }
                     PeerConnectionEvent::RelayFailed(e) => {
                         say(json!({"event": "relay-failed", "error": e}), format!("relay failed: {e}"));
                     }
@@ -804,7 +824,26 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         }
                         if ufrag.is_some() && pwd.is_some() {
                             let (u, p) = (ufrag.take().unwrap_or_default(), pwd.take().unwrap_or_default());
-                            pc.set_remote_credentials(IceCredentials { ufrag: u, pwd: p });
+                            let creds = IceCredentials { ufrag: u, pwd: p };
+                            if remote_creds.as_ref().is_some_and(|r| *r != creds) {
+                                if restarted {
+                                    // The answer to our restart.
+                                    restarted = false;
+                                } else {
+                                    // RFC 8445 §9: the peer restarted (its network changed):
+                                    // so do we, and it gets our new credentials.
+                                    say(json!({"event": "peer-restarted"}), "the peer restarted ICE: restarting".into());
+                                    let ours = pc.restart();
+                                    if let Err(e) = channel.send(&credential_lines(&ours)).await {
+                                        eprintln!("pinhole: {e}");
+                                        break 'session ExitCode::from(EXIT_UNREACHABLE);
+                                    }
+                                }
+                            }
+                            if remote_creds.as_ref() != Some(&creds) {
+                                pc.set_remote_credentials(creds.clone());
+                                remote_creds = Some(creds);
+                            }
                             have_credentials = true;
                         }
                         if json && have_credentials && have_end && !described {

@@ -164,6 +164,12 @@ pub struct PeerConfig {
     /// active candidate. UDP candidates rank above TCP ones of the same type, TCP ones
     /// above relayed ones. Off by default in the library; `pinhole connect` turns it on.
     pub ice_tcp: bool,
+    /// No built-in network monitor in the driver. On Linux and Android the driver of a
+    /// dual-stack connection watches the host's addresses and routes (rtnetlink) and,
+    /// when its bases change, restarts ICE on the new network by itself
+    /// (`PeerConnection::network_changed`, reported as `NetworkChanged`). Hosts with a
+    /// monitor of their own turn it off and call `network_changed()`.
+    pub no_network_monitor: bool,
 }
 
 /// What the peer connection reports.
