@@ -269,6 +269,7 @@ fn receive(
     theirs: Option<PathBuf>,
     connected: Arc<AtomicBool>,
     stale_before: std::time::SystemTime,
+    renew: Arc<tokio::sync::Notify>,
 ) -> mpsc::UnboundedReceiver<Result<String, String>> {
     let (tx, rx) = mpsc::unbounded_channel();
     match channel {
@@ -285,15 +286,19 @@ fn receive(
                 loop {
                     let path =
                         format!("/v1/rooms/{room}/{side}?token={token}&after={after}&wait=5");
-                    let got = http(&host, "GET", &path, "")
-                        .await
-                        .and_then(|(status, body)| {
-                            if status != 200 {
-                                return Err(format!("signalling answered {status}: {body}"));
-                            }
-                            serde_json::from_str::<serde_json::Value>(&body)
-                                .map_err(|e| format!("signalling: {e}"))
-                        });
+                    // After a network change the long poll's connection is from an
+                    // address that is gone: its answer would never come. Ask again.
+                    let got = tokio::select! {
+                        got = http(&host, "GET", &path, "") => got,
+                        () = renew.notified() => continue,
+                    };
+                    let got = got.and_then(|(status, body)| {
+                        if status != 200 {
+                            return Err(format!("signalling answered {status}: {body}"));
+                        }
+                        serde_json::from_str::<serde_json::Value>(&body)
+                            .map_err(|e| format!("signalling: {e}"))
+                    });
                     match got {
                         Ok(v) => {
                             for m in v["messages"].as_array().into_iter().flatten() {
@@ -598,7 +603,14 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let stale_before = std::time::SystemTime::now()
         .checked_sub(args.timeout)
         .unwrap_or(std::time::UNIX_EPOCH);
-    let mut incoming = receive(&channel, theirs, Arc::clone(&polling_slow), stale_before);
+    let renew = Arc::new(tokio::sync::Notify::new());
+    let mut incoming = receive(
+        &channel,
+        theirs,
+        Arc::clone(&polling_slow),
+        stale_before,
+        Arc::clone(&renew),
+    );
     let json = args.json;
     let say = |v: serde_json::Value, text: String| {
         if json {
@@ -733,6 +745,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         // needs our new credentials (the candidates follow as events).
                         say(json!({"event": "network-changed"}), "network changed: restarting ICE".into());
                         restarted = true;
+                        renew.notify_one();
                         if let Err(e) = channel.send(&credential_lines(&credentials)).await {
                             eprintln!("pinhole: {e}");
                             break 'session ExitCode::from(EXIT_UNREACHABLE);

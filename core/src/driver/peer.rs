@@ -210,7 +210,10 @@ impl Rebase {
     /// (asking the routing table sends nothing); beside a loopback IPv4 base (tests, the
     /// demo) the IPv6 one is loopback too; and (RFC 8445 §5.1.1.1) one on every usable
     /// interface unless `primary_only`. A loopback primary stays alone.
-    async fn bases(&self, port: u16) -> Result<([Option<SocketAddr>; 2], Vec<SocketAddr>), DriverError> {
+    async fn bases(
+        &self,
+        port: u16,
+    ) -> Result<([Option<SocketAddr>; 2], Vec<SocketAddr>), DriverError> {
         let v4 = match self.servers[0] {
             Some(s) => super::portmap::local_ip_toward(s.ip()).await.ok(),
             None => Some(IpAddr::from([127, 0, 0, 1])),
@@ -521,15 +524,13 @@ impl PeerConnection {
         // The built-in monitor (Linux and Android), on a dual-stack socket whose bases are
         // not loopback ones (those never change), unless the application has its own.
         let monitor = match &shared.rebase {
-            Some(_) if !no_monitor && !local.ip().is_loopback() => {
-                match super::netmon::watch() {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        debug!(error = %e, "no built-in network monitor");
-                        None
-                    }
+            Some(_) if !no_monitor && !local.ip().is_loopback() => match super::netmon::watch() {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    debug!(error = %e, "no built-in network monitor");
+                    None
                 }
-            }
+            },
             _ => None,
         };
         let task = tokio::spawn(run(shared.clone(), ev_tx, streams, portmap, monitor));
@@ -1312,7 +1313,11 @@ async fn birthday_event(
     for ev in events {
         match ev {
             PeerEvent::BirthdaySockets(n) => {
-                let primary = shared.bases.read().unwrap_or_else(|e| e.into_inner()).primary[0];
+                let primary = shared
+                    .bases
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .primary[0];
                 let Some(ip) = primary.map(|b| b.ip()) else {
                     shared.lock().peer.birthday_sockets(Instant::now(), &[]);
                     continue;
@@ -1431,7 +1436,11 @@ fn read(shared: &Shared, buf: &mut [u8]) {
 /// Finds the bases again after a network change and, when they changed (or `force`),
 /// restarts the machine on them ([`Peer::network_changed`]): its new credentials.
 async fn rebase(shared: &Shared, force: bool) -> Result<Option<IceCredentials>, DriverError> {
-    let current = shared.bases.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let current = shared
+        .bases
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let new = match &shared.rebase {
         Some(r) => {
             let (primary, all) = r.bases(shared.socket.local_addr().port()).await?;
@@ -1686,7 +1695,9 @@ mod tests {
                 match ev.expect("the connection runs") {
                     PeerConnectionEvent::Candidate(c) => pcs[1 - i].add_remote_candidate(c),
                     PeerConnectionEvent::GatheringComplete => pcs[1 - i].end_of_remote_candidates(),
-                    PeerConnectionEvent::SelectedPair { nominated: true, .. } => nominated[i] = true,
+                    PeerConnectionEvent::SelectedPair {
+                        nominated: true, ..
+                    } => nominated[i] = true,
                     _ => {}
                 }
             }
