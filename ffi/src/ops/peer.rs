@@ -756,7 +756,7 @@ impl PeerControl {
     ///
     /// From the sink (a listener or a callback) it is applied at once: finding the
     /// addresses asks the routing table, which answers without waiting; should it ever
-    /// have to wait there, the call fails with `Internal` and changes nothing.
+    /// have to wait there, the call fails with `Internal` and ICE does not restart.
     pub(crate) fn network_changed(&self) -> Result<String, PinholeError> {
         if self.is_closed() {
             return Err(closed_error());
