@@ -268,6 +268,8 @@ enum PairState {
 struct Local {
     candidate: Candidate,
     base: SocketAddr,
+    /// Gone ([`IceAgent::local_candidate_lost`]): pairs with it fail, new ones are not made.
+    gone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -595,7 +597,11 @@ impl IceAgent {
             return false;
         }
         let relayed = candidate.kind == CandidateKind::Relayed;
-        self.locals.push(Local { candidate, base });
+        self.locals.push(Local {
+            candidate,
+            base,
+            gone: false,
+        });
         let l = self.locals.len() - 1;
         for r in 0..self.remotes.len() {
             let predicted = self.remotes[r]
@@ -774,6 +780,12 @@ impl IceAgent {
         self.update_failed();
     }
 
+    /// We gather again (a relay being allocated again): until the next
+    /// [`IceAgent::end_of_local_candidates`], no pairs left means "wait", not "failed".
+    pub fn gathering_resumed(&mut self) {
+        self.local_done = false;
+    }
+
     /// The peer sent `a=end-of-candidates` (RFC 8838 §8.2).
     pub fn end_of_remote_candidates(&mut self) {
         self.remote_done = true;
@@ -831,6 +843,9 @@ impl IceAgent {
 
     fn pair_up(&mut self, l: usize, r: usize) {
         let (local, remote) = (&self.locals[l], &self.remotes[r]);
+        if local.gone {
+            return;
+        }
         let (Some(la), Some(ra)) = (local.candidate.socket_addr(), remote.socket_addr()) else {
             return;
         };
@@ -997,6 +1012,7 @@ impl IceAgent {
                 }
                 self.selected = None;
                 self.reselect(now);
+                self.nominate_if_none();
             }
         }
         if self.next_consent.is_some_and(|t| t <= now) {
@@ -1017,6 +1033,66 @@ impl IceAgent {
         }
         self.update_failed();
         self.release_hold(now);
+    }
+
+    /// Our candidates on `base` are gone (a relay's allocation was lost: its relayed
+    /// address is nobody's now). Their pairs fail at once instead of at the end of
+    /// consent (RFC 7675's 30 s), data moves to the best other valid pair, and a
+    /// controlling agent nominates it. A candidate added on that base later (a new
+    /// allocation that got the same address) pairs as usual.
+    pub fn local_candidate_lost(&mut self, base: SocketAddr) {
+        let now = self.now;
+        let mut any = false;
+        for l in 0..self.locals.len() {
+            if self.locals[l].base == base && !self.locals[l].gone {
+                self.locals[l].gone = true;
+                any = true;
+            }
+        }
+        if !any {
+            return;
+        }
+        let mut cancelled = Vec::new();
+        for i in 0..self.pairs.len() {
+            if !self.locals[self.pairs[i].local].gone
+                || self.locals[self.pairs[i].local].base != base
+            {
+                continue;
+            }
+            let p = &mut self.pairs[i];
+            for slot in [&mut p.check, &mut p.superseded] {
+                if let Some((id, _)) = slot.take() {
+                    cancelled.push(id);
+                }
+            }
+            p.state = PairState::Failed;
+            p.nominated = false;
+            self.triggered.retain(|t| *t != i);
+            if self.nominated == Some(i) {
+                self.nominated = None;
+            }
+            if self.selected == Some(i) {
+                self.selected = None;
+            }
+        }
+        for id in cancelled {
+            self.client.cancel(id);
+        }
+        self.reselect(now);
+        self.nominate_if_none();
+        self.update_failed();
+    }
+
+    /// A controlling agent whose nomination is gone (its pair failed) nominates the best
+    /// valid pair left.
+    fn nominate_if_none(&mut self) {
+        if !self.controlling || self.config.lite || self.nominated.is_some() {
+            return;
+        }
+        if let Some(b) = self.best_valid() {
+            debug!("the nominated pair is gone: nominating the best valid one");
+            self.nominate_next(b);
+        }
     }
 
     /// Whether pair `i` goes through a relay (either candidate relayed).

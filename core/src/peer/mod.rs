@@ -256,6 +256,13 @@ pub struct Peer {
     tcp_bases: Vec<SocketAddr>,
     /// How many times [`Peer::network_changed`] was called.
     network_changes: u8,
+    /// Allocations made again after a relay was lost ([`MAX_REALLOCATIONS`] at most).
+    reallocations: u8,
+    /// [`Peer::deallocate`] was called: losses are expected.
+    deallocating: bool,
+    /// An allocation is being made again after gathering was over: the agent is told
+    /// when it is done ([`IceAgent::end_of_local_candidates`]).
+    regathering: bool,
     /// UDP allocations made from a base that went away with a network change: the
     /// server keeps them until they expire. If the base comes back (a phone returning
     /// to the same Wi-Fi) and the NAT gives it the same mapping, the server still holds
@@ -300,6 +307,10 @@ enum BirthdayState {
     /// the peer does not take part, nothing to probe from or to).
     Skipped,
 }
+
+/// How many times a connection makes an allocation again after one was lost (a TURN
+/// server restart, RFC 8656 §7.2's 437 to a refresh).
+pub const MAX_REALLOCATIONS: u8 = 8;
 
 /// What framing for a relay adds to a datagram at most: a Send indication to an IPv6 peer
 /// (RFC 8656 §11.2: a 20-byte header, a 24-byte XOR-PEER-ADDRESS, the DATA attribute's
@@ -401,6 +412,9 @@ impl Peer {
             tcp_pending: config.ice_tcp && !config.relay_only && !config.ice.lite,
             tcp_bases: Vec::new(),
             network_changes: 0,
+            reallocations: 0,
+            deallocating: false,
+            regathering: false,
             dormant: Vec::new(),
             gathered: Vec::new(),
             srflx_order: Vec::new(),
@@ -897,6 +911,7 @@ impl Peer {
     /// when their lifetimes run out. The driver keeps running the machine until
     /// [`relays_done`](Self::relays_done), within a bound of its own.
     pub fn deallocate(&mut self, now: Instant) {
+        self.deallocating = true;
         for r in &mut self.relays {
             if !r.done {
                 r.alloc.deallocate(now);
@@ -1398,6 +1413,7 @@ impl Peer {
     }
 
     fn drain_relays(&mut self, now: Instant) {
+        let mut lost = Vec::new();
         for i in 0..self.relays.len() {
             while let Some(ev) = self.relays[i].alloc.poll_event() {
                 match ev {
@@ -1427,12 +1443,68 @@ impl Peer {
                             self.events.push_back(PeerEvent::RelayFailed(e));
                         }
                         self.relays[i].done = true;
+                        if let Some(relayed) = self.relays[i].relayed {
+                            // Lost after it worked (the server restarted: its liveness
+                            // check got 437; or its lifetime ran out): its pairs fail
+                            // now, and an allocation is made again.
+                            if !self.deallocating
+                                && self.relays[i].proto == crate::Protocol::Udp
+                                && self.reallocations < MAX_REALLOCATIONS
+                            {
+                                // Not failed while the new one is on its way.
+                                self.agent.gathering_resumed();
+                                self.regathering = true;
+                                lost.push(i);
+                            }
+                            self.agent.local_candidate_lost(relayed);
+                        }
                     }
                     _ => {}
                 }
             }
         }
+        for i in lost {
+            self.reallocate(now, i);
+        }
+        if self.regathering && self.relays.iter().all(|r| r.relayed.is_some() || r.done) {
+            self.regathering = false;
+            self.agent.end_of_local_candidates();
+        }
         self.check_gathering();
+    }
+
+    /// A new allocation in place of relay `i`, lost after it worked: on the same server,
+    /// from the same base, at most [`MAX_REALLOCATIONS`] times per connection (a server
+    /// that keeps losing them is not worth more). Its relayed candidate joins the agent
+    /// as a new local candidate and is trickled; where the peer's agent does not take
+    /// candidates after `a=end-of-candidates`, it learns the address as peer-reflexive
+    /// from our checks (RFC 8445 §7.3.1.3), so no ICE restart is needed.
+    fn reallocate(&mut self, now: Instant, i: usize) {
+        self.reallocations += 1;
+        let old = &self.relays[i].alloc;
+        let (server, from) = (old.server(), old.local());
+        let Some(spec) = self
+            .config
+            .turn_servers
+            .iter()
+            .find(|t| t.server == server && !t.transport.is_stream())
+            .cloned()
+        else {
+            return;
+        };
+        let mut seed = self.seed;
+        seed[0] ^= 0x5C;
+        seed[3] = seed[3].wrapping_add(self.reallocations);
+        let cfg = AllocationConfig::new(server, from, TurnTransport::Udp, spec.credentials);
+        debug!(%server, "allocating again after the relay was lost");
+        // In its place: the lost one would take the new one's answers (same server,
+        // same base) if it stayed before it.
+        self.relays[i] = Relay {
+            alloc: Allocation::new(now, cfg, seed),
+            proto: crate::Protocol::Udp,
+            relayed: None,
+            done: false,
+        };
     }
 
     /// The relayed candidate of `relay`'s relayed address `r`.
