@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
+use super::ice_tcp::{IceTcp, TcpMessage, TcpTasks};
 use super::mdns::{Outcome as MdnsOutcome, Publisher, Resolver};
 use super::peer_portmap::{PortMapping, PortmapEvent, Release};
 use super::peer_streams::{StreamEvent, StreamWriters, Streams};
@@ -188,6 +189,8 @@ struct Shared {
     all_bases: Vec<SocketAddr>,
     /// The TCP and TLS connections to TURN servers, by server.
     streams: StreamWriters,
+    /// ICE-TCP (RFC 6544): the TCP bases' sockets and connections.
+    tcp: IceTcp,
     local: SocketAddr,
     state: Mutex<State>,
     /// Datagrams in `state.queue` (read without the lock).
@@ -440,12 +443,16 @@ impl PeerConnection {
         };
         let local = base_list[0];
         let port_mapping = config.port_mapping;
+        let (tcp, tcp_tasks) =
+            IceTcp::new(config.stun_servers.clone(), config.ice.tcp_check_timeout);
         let mut peer =
             Peer::with_bases(Instant::now(), config, &base_list, controlling, os_seed()?);
         let credentials = peer.local_credentials().clone();
         if peer.wants_tcp_bases() {
-            // ICE-TCP is not wired into this driver yet: no TCP bases.
-            peer.tcp_bases(Instant::now(), &[], &[]);
+            // ICE-TCP (RFC 6544): a passive and an so base on each base IP.
+            let ips: Vec<IpAddr> = base_list.iter().map(SocketAddr::ip).collect();
+            let (passive, so) = tcp.bind(&ips, socket.local_addr().port());
+            peer.tcp_bases(Instant::now(), &passive, &so);
         }
         let streams = Streams::start(peer.turn_streams());
         // A loopback socket has no gateway: nothing to ask (and nothing may be sent to
@@ -463,6 +470,7 @@ impl PeerConnection {
             bases,
             all_bases: base_list,
             streams: streams.writers(),
+            tcp,
             local,
             state: Mutex::new(State {
                 peer,
@@ -480,7 +488,7 @@ impl PeerConnection {
             won: std::sync::OnceLock::new(),
         });
         let events_tx = ev_tx.downgrade();
-        let task = tokio::spawn(run(shared.clone(), ev_tx, streams, portmap));
+        let task = tokio::spawn(run(shared.clone(), ev_tx, streams, portmap, tcp_tasks));
         Ok(Self {
             shared,
             events: ev_rx,
@@ -766,6 +774,10 @@ impl PeerConnection {
             .streams
             .flush(std::time::Duration::from_secs(1))
             .await;
+        self.shared
+            .tcp
+            .flush(std::time::Duration::from_secs(1))
+            .await;
     }
 
     /// The next datagram from the peer into `buf` (at its start): its length and the
@@ -829,8 +841,9 @@ async fn send(shared: &Shared, data: &[u8]) {
                     source,
                     destination,
                 }) => {
-                    // ICE-TCP (RFC 6544): not wired into this driver yet.
-                    debug!(%source, %destination, "no ICE-TCP connection: data dropped");
+                    // ICE-TCP (RFC 6544): framed into the connection's queue (a copy).
+                    drop(guard);
+                    shared.tcp.send(source, destination, data);
                     return;
                 }
                 Ok(Outgoing::Direct {
@@ -1070,6 +1083,7 @@ async fn run(
     events: mpsc::UnboundedSender<Box<PeerConnectionEvent>>,
     mut streams: Streams,
     mut portmap: PortMapping,
+    mut tcp: TcpTasks,
 ) {
     let _closing = Closing(shared.clone());
     let mut deallocating = false;
@@ -1094,6 +1108,12 @@ async fn run(
         loop {
             let t = shared.lock().peer.poll_transmit();
             let Some(t) = t else { break };
+            // ICE-TCP by its source (a TCP base), before the TURN streams, which take
+            // every other TCP transmit.
+            if t.proto == Protocol::Tcp && shared.tcp.is_base(t.source) {
+                shared.tcp.send(t.source, t.destination, &t.contents);
+                continue;
+            }
             if shared.streams.send(&t) {
                 continue;
             }
@@ -1169,6 +1189,7 @@ async fn run(
                 }
             }
             Some(ev) = streams.next() => stream_event(&shared, ev),
+            Some(m) = tcp.next() => tcp_message(&shared, m),
             (_, n) = async {
                 match probe.as_mut() {
                     Some(p) => p.recv().await,
@@ -1368,6 +1389,18 @@ fn stream_event(shared: &Shared, ev: StreamEvent) {
                 .turn_stream_closed(server, crate::turn::TurnError::Stream(error));
         }
     }
+}
+
+/// A message that arrived on an ICE-TCP connection: to the machine, like a datagram (its
+/// data to the queue that the next receive drains).
+fn tcp_message(shared: &Shared, m: TcpMessage) {
+    let rx = Received {
+        proto: Protocol::Tcp,
+        source: m.remote,
+        destination: m.base,
+        contents: &m.data,
+    };
+    queue_input(shared, shared.lock(), rx);
 }
 
 async fn send_control(shared: &Shared, t: &Transmit) {
