@@ -1726,4 +1726,6 @@ impl IceAgent {
 }
 
 #[cfg(test)]
+mod tcp_tests;
+#[cfg(test)]
 mod tests;

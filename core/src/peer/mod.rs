@@ -775,16 +775,19 @@ impl Peer {
                 self.tcp_bases.push(base);
                 self.add_local(c, base);
             }
-            let c = Candidate::tcp(
-                CandidateKind::Host,
-                TcpType::Active,
-                active_base,
-                base.ip(),
-                None,
-                rank(i),
-            );
-            self.tcp_bases.push(active_base);
-            self.add_local(c, active_base);
+            // An active candidate shows the host's IP too (port 9): not with `no_host`.
+            if !self.config.no_host {
+                let c = Candidate::tcp(
+                    CandidateKind::Host,
+                    TcpType::Active,
+                    active_base,
+                    base.ip(),
+                    None,
+                    rank(i),
+                );
+                self.tcp_bases.push(active_base);
+                self.add_local(c, active_base);
+            }
         }
         for (i, base) in so.iter().copied().enumerate() {
             self.tcp_bases.push(base);
@@ -1346,7 +1349,8 @@ impl Peer {
         }
         // The agent's: through a relay when its source is a relayed address.
         while let Some(t) = self.agent.poll_transmit() {
-            if self.bases.contains(&t.source) {
+            // ICE-TCP checks go on their connections (never through a relay).
+            if t.proto == crate::Protocol::Tcp || self.bases.contains(&t.source) {
                 return Some(t);
             }
             if let Some(out) = self.through_relay(t.source, t.destination, &t.contents) {

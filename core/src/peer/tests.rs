@@ -1412,3 +1412,155 @@ fn pcp_peer_remotes_out_and_mappings_in() {
         !std::iter::from_fn(|| p.poll_event()).any(|e| matches!(e, PeerEvent::PcpPeerRemote(_)))
     );
 }
+
+/// ICE-TCP (RFC 6544): gathering waits for the driver's TCP bases; each passive base is a
+/// passive and an active host candidate, each so base an so host candidate and, from a
+/// Binding request over TCP to the STUN server, an so server-reflexive one; data on a
+/// TCP pair says TCP.
+#[test]
+fn ice_tcp_bases_make_tcp_candidates_and_a_reflexive_one_over_tcp() {
+    use crate::stun::{MessageBuilder, MessageType};
+    let now = Instant::now();
+    let local = a("192.168.1.10:5000");
+    let server = a(STUN);
+    let config = PeerConfig {
+        stun_servers: vec![server],
+        ice_tcp: true,
+        ..PeerConfig::default()
+    };
+    let mut peer = Peer::new(now, config, local, true, [5; 32]);
+    assert!(peer.wants_tcp_bases());
+    assert!(peer.is_stun_server(server));
+    let mut events = Vec::new();
+    let mut transmits = Vec::new();
+    let pump = |peer: &mut Peer, events: &mut Vec<PeerEvent>, transmits: &mut Vec<Transmit>| {
+        while let Some(t) = peer.poll_transmit() {
+            transmits.push(t);
+        }
+        while let Some(e) = peer.poll_event() {
+            events.push(e);
+        }
+    };
+    // The UDP Binding request goes out; answer it.
+    pump(&mut peer, &mut events, &mut transmits);
+    let answer = |t: &Transmit, mapped: SocketAddr| {
+        let id = crate::stun::Message::parse(&t.contents)
+            .unwrap()
+            .transaction_id();
+        let mut buf = [0u8; 128];
+        let mut b = MessageBuilder::new(&mut buf, MessageType::BINDING_SUCCESS, id).unwrap();
+        b.add(&XorMappedAddress(mapped)).unwrap();
+        b.finish().to_vec()
+    };
+    let udp = transmits
+        .iter()
+        .find(|t| t.proto == crate::Protocol::Udp && t.destination == server)
+        .expect("a UDP Binding request")
+        .clone();
+    let r = answer(&udp, a("198.51.100.1:5000"));
+    peer.handle_input(
+        now,
+        Received {
+            proto: crate::Protocol::Udp,
+            source: server,
+            destination: local,
+            contents: &r,
+        },
+    );
+    pump(&mut peer, &mut events, &mut transmits);
+    assert!(
+        !events.contains(&PeerEvent::GatheringComplete),
+        "gathering waits for the TCP bases"
+    );
+    let passive = a("192.168.1.10:6001");
+    let so = a("192.168.1.10:6002");
+    peer.tcp_bases(now, &[passive], &[so]);
+    pump(&mut peer, &mut events, &mut transmits);
+    let tcp_req = transmits
+        .iter()
+        .find(|t| t.proto == crate::Protocol::Tcp)
+        .expect("a Binding request over TCP")
+        .clone();
+    assert_eq!((tcp_req.source, tcp_req.destination), (so, server));
+    assert!(!events.contains(&PeerEvent::GatheringComplete));
+    let mapped = a("198.51.100.1:41000");
+    let r = answer(&tcp_req, mapped);
+    assert_eq!(
+        peer.handle_input(
+            now,
+            Received {
+                proto: crate::Protocol::Tcp,
+                source: server,
+                destination: so,
+                contents: &r,
+            },
+        ),
+        PeerInput::Consumed
+    );
+    pump(&mut peer, &mut events, &mut transmits);
+    let tcp: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            PeerEvent::Candidate(c) if c.transport == CandidateTransport::Tcp => {
+                Some((c.kind, c.tcp_type, c.socket_addr()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tcp,
+        vec![
+            (CandidateKind::Host, Some(TcpType::Passive), Some(passive)),
+            (
+                CandidateKind::Host,
+                Some(TcpType::Active),
+                Some(a("192.168.1.10:9"))
+            ),
+            (
+                CandidateKind::Host,
+                Some(TcpType::SimultaneousOpen),
+                Some(so)
+            ),
+            (
+                CandidateKind::ServerReflexive,
+                Some(TcpType::SimultaneousOpen),
+                Some(mapped)
+            ),
+        ]
+    );
+    assert_eq!(events.last(), Some(&PeerEvent::GatheringComplete));
+    // A later call changes nothing.
+    peer.tcp_bases(now, &[a("192.168.1.10:7000")], &[]);
+    pump(&mut peer, &mut events, &mut transmits);
+    assert_eq!(events.last(), Some(&PeerEvent::GatheringComplete));
+    // The peer's passive candidate: our active base checks it, over TCP, not through
+    // any relay.
+    let theirs = a("198.51.100.2:443");
+    peer.set_remote_credentials(IceCredentials {
+        ufrag: "abcd".into(),
+        pwd: "abcdefghijklmnopqrstuvwx".into(),
+    });
+    let line = Candidate::tcp(
+        CandidateKind::Host,
+        TcpType::Passive,
+        theirs,
+        theirs.ip(),
+        None,
+        1,
+    )
+    .to_string();
+    peer.add_remote_candidate(now, Candidate::parse(&line).unwrap());
+    transmits.clear();
+    for ms in 0..200 {
+        peer.handle_timeout(now + Duration::from_millis(ms));
+        pump(&mut peer, &mut events, &mut transmits);
+    }
+    let check = transmits
+        .iter()
+        .find(|t| t.destination == theirs)
+        .expect("a check to the passive candidate");
+    assert_eq!(
+        (check.proto, check.source),
+        (crate::Protocol::Tcp, a("192.168.1.10:0"))
+    );
+}
