@@ -174,9 +174,8 @@ async fn simultaneous_open_candidates_alone_connect() {
 async fn active_and_passive_candidates_alone_connect() {
     let mut a = PeerConnection::start(config(), lo(), true).await.unwrap();
     let mut b = PeerConnection::start(config(), lo(), false).await.unwrap();
-    let ap = |c: &Candidate| {
-        is_tcp(c) && matches!(c.tcp_type, Some(TcpType::Active | TcpType::Passive))
-    };
+    let ap =
+        |c: &Candidate| is_tcp(c) && matches!(c.tcp_type, Some(TcpType::Active | TcpType::Passive));
     let c = connect(&mut a, &mut b, ap).await;
     for (l, r) in [&c.a, &c.b] {
         assert!(ap(l) && ap(r), "an active/passive pair: {l} / {r}");
@@ -216,11 +215,17 @@ async fn close_frees_the_tcp_ports() {
         .collect();
     assert!(!ports.is_empty());
     for p in &ports {
-        assert!(std::net::TcpListener::bind(p).is_err(), "{p} is a's while open");
+        assert!(
+            std::net::TcpListener::bind(p).is_err(),
+            "{p} is a's while open"
+        );
     }
     a.close().await;
     tokio::time::timeout(Duration::from_secs(5), async {
-        while ports.iter().any(|p| std::net::TcpListener::bind(p).is_err()) {
+        while ports
+            .iter()
+            .any(|p| std::net::TcpListener::bind(p).is_err())
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

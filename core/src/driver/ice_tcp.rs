@@ -237,10 +237,7 @@ impl IceTcp {
             check_timeout,
             runtime: tokio::runtime::Handle::current(),
         });
-        (
-            Self(inner.clone()),
-            TcpTasks { inner, events: rx },
-        )
+        (Self(inner.clone()), TcpTasks { inner, events: rx })
     }
 
     /// Binds a passive and an so base on each IP (the first [`MAX_TCP_IPS`]), avoiding
@@ -423,7 +420,14 @@ fn add_accepted(inner: &Arc<Inner>, key: Key, stream: TcpStream) {
     t.next_id += 1;
     // Replaces an older connection with the same key (that one is over: the kernel
     // cannot hold two with the same addresses).
-    t.conns.insert(key, Conn { id, tx, adopt: None });
+    t.conns.insert(
+        key,
+        Conn {
+            id,
+            tx,
+            adopt: None,
+        },
+    );
     let task = connection(inner.clone(), key, id, How::Accepted(stream), rx, None);
     inner.spawn(&mut t, task);
 }

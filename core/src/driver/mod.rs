@@ -16,8 +16,8 @@
 //! - [`interfaces`] lists the host's interface addresses for host candidates.
 
 mod error;
-pub mod icmp;
 pub mod ice_tcp;
+pub mod icmp;
 pub mod interfaces;
 mod mdns;
 mod netcheck;
