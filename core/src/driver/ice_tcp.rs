@@ -603,3 +603,111 @@ async fn serve(
         r = writing => r,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A loopback port with nothing on it (bound, then closed).
+    fn free_port() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    /// A refused simultaneous open (nobody there yet, the kernel answers with a reset) is
+    /// tried again from the same address until the other side appears: where one try
+    /// gave up at the first reset.
+    #[test]
+    fn a_refused_simultaneous_open_is_tried_again() {
+        rt().block_on(async {
+            let so = so_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+            let local = so.local_addr().unwrap();
+            let _reservation = so.listen(BACKLOG).unwrap();
+            let remote = free_port();
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let l = TcpListener::bind(remote).await.unwrap();
+                l.accept().await.unwrap().1
+            });
+            let t0 = tokio::time::Instant::now();
+            let s = simultaneous_open(local, remote, Duration::from_secs(5))
+                .await
+                .expect("connected once the other side listens");
+            assert!(t0.elapsed() >= Duration::from_millis(500));
+            assert_eq!(s.local_addr().unwrap(), local, "from the so address itself");
+            assert_eq!(late.await.unwrap(), local);
+        });
+    }
+
+    /// Nobody ever there: it gives up once its time is over, not before.
+    #[test]
+    fn simultaneous_open_gives_up_after_its_time() {
+        rt().block_on(async {
+            let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let local = so_socket(local).unwrap().local_addr().unwrap();
+            let t0 = tokio::time::Instant::now();
+            let r = simultaneous_open(local, free_port(), Duration::from_millis(700)).await;
+            let took = t0.elapsed();
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+            assert!(took >= Duration::from_millis(700), "{took:?}");
+            assert!(took < Duration::from_secs(2), "{took:?}");
+        });
+    }
+
+    /// A passive base keeps at most MAX_ACCEPTED connections at a time; more are closed
+    /// at once. Messages on the kept ones reach the task, deframed, keyed by the
+    /// listening address and the peer's.
+    #[test]
+    fn a_listener_keeps_a_bounded_number_of_connections() {
+        rt().block_on(async {
+            let (tcp, mut tasks) = IceTcp::new(Vec::new(), Duration::from_secs(1));
+            let (passive, so) = tcp.bind(&["127.0.0.1".parse().unwrap()], 0);
+            assert_eq!((passive.len(), so.len()), (1, 1));
+            let mut clients = Vec::new();
+            for _ in 0..MAX_ACCEPTED + 4 {
+                clients.push(TcpStream::connect(passive[0]).await.unwrap());
+            }
+            let mut closed = 0;
+            for c in &mut clients {
+                let mut b = [0u8; 1];
+                match tokio::time::timeout(Duration::from_millis(300), c.read(&mut b)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+                    Ok(Ok(_)) => panic!("nothing is sent to them"),
+                    Err(_) => {}
+                }
+            }
+            assert_eq!(closed, 4, "the connections past the bound are closed");
+            // A kept one: two frames in one write arrive as two messages.
+            let c = &mut clients[0];
+            let mut stream = Vec::new();
+            frame(b"one", &mut stream).unwrap();
+            frame(b"two", &mut stream).unwrap();
+            c.write_all(&stream).await.unwrap();
+            let from = c.local_addr().unwrap();
+            for want in [&b"one"[..], b"two"] {
+                let m = tokio::time::timeout(Duration::from_secs(2), tasks.next())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!((m.base, m.remote, &m.data[..]), (passive[0], from, want));
+            }
+            // And the machine's answer goes back on it, framed.
+            tcp.send(passive[0], from, b"back");
+            let mut got = [0u8; 6];
+            tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&got, b"\x00\x04back");
+        });
+    }
+}
