@@ -814,6 +814,21 @@ impl IceAgent {
         self.local_creds.clone()
     }
 
+    /// An ICE restart after a network change ([`IceAgent::restart`]): besides the
+    /// restart, our candidates that `keep` rejects (given each and its base) are
+    /// forgotten, and gathering counts as running again until
+    /// [`IceAgent::end_of_local_candidates`] (no pairs yet means "wait", not "failed").
+    pub fn restart_with_locals(
+        &mut self,
+        keep: impl Fn(&Candidate, SocketAddr) -> bool,
+    ) -> IceCredentials {
+        let creds = self.restart();
+        // No pair refers to a local candidate now: indices may move.
+        self.locals.retain(|l| keep(&l.candidate, l.base));
+        self.local_done = false;
+        creds
+    }
+
     fn pair_up(&mut self, l: usize, r: usize) {
         let (local, remote) = (&self.locals[l], &self.remotes[r]);
         let (Some(la), Some(ra)) = (local.candidate.socket_addr(), remote.socket_addr()) else {

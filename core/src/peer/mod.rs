@@ -248,6 +248,8 @@ pub struct Peer {
     tcp_pending: bool,
     /// The TCP bases: passive (listening), active (the IP with port 0), so.
     tcp_bases: Vec<SocketAddr>,
+    /// How many times [`Peer::network_changed`] was called.
+    network_changes: u8,
     /// What the servers saw of us, per request: (order sent, base, mapped address).
     gathered: Vec<(usize, SocketAddr, SocketAddr)>,
     /// The order each gathering request was sent in (STUN first, then TURN over UDP).
@@ -386,6 +388,7 @@ impl Peer {
             portmap_pending: config.port_mapping && !config.relay_only && !config.ice.lite,
             tcp_pending: config.ice_tcp && !config.relay_only && !config.ice.lite,
             tcp_bases: Vec::new(),
+            network_changes: 0,
             gathered: Vec::new(),
             srflx_order: Vec::new(),
             gathering_done: false,
@@ -416,46 +419,65 @@ impl Peer {
         // public address, so nothing else is needed and it runs no gathering).
         let lite = p.config.ice.lite;
         if !p.config.relay_only && !lite {
-            for server in p.config.stun_servers.clone() {
-                for base in p.bases.clone() {
-                    if base.is_ipv4() != server.is_ipv4() {
-                        continue;
-                    }
-                    match p
-                        .stun
-                        .start(now, Request::binding(base, server), |_| Ok(()))
-                    {
-                        Ok(id) => {
-                            let order = p.srflx_order.len();
-                            p.srflx_order.push((id, order));
-                            p.srflx_pending.push((id, base));
-                        }
-                        Err(e) => debug!(error = %e, "cannot ask a STUN server"),
-                    }
-                }
-            }
+            p.ask_stun_servers(now);
         }
         if !p.config.no_relay && !lite {
             for (i, spec) in p.config.turn_servers.clone().into_iter().enumerate() {
-                let mut s = seed;
-                s[0] ^= 0xA0 ^ (i as u8);
                 if spec.transport.is_stream() {
+                    let mut s = seed;
+                    s[0] ^= 0xA0 ^ (i as u8);
                     p.streams_pending.push((spec, s));
-                    continue;
                 }
-                let from = p.base_for(spec.server);
-                let cfg =
-                    AllocationConfig::new(spec.server, from, TurnTransport::Udp, spec.credentials);
-                p.relays.push(Relay {
-                    alloc: Allocation::new(now, cfg, s),
-                    proto: crate::Protocol::Udp,
-                    relayed: None,
-                    done: false,
-                });
             }
+            p.allocate_udp_relays(now);
         }
         p.check_gathering();
         p
+    }
+
+    /// Binding requests from every base to each STUN server of its family
+    /// (server-reflexive gathering).
+    fn ask_stun_servers(&mut self, now: Instant) {
+        for server in self.config.stun_servers.clone() {
+            for base in self.bases.clone() {
+                if base.is_ipv4() != server.is_ipv4() {
+                    continue;
+                }
+                match self
+                    .stun
+                    .start(now, Request::binding(base, server), |_| Ok(()))
+                {
+                    Ok(id) => {
+                        let order = self.srflx_order.len();
+                        self.srflx_order.push((id, order));
+                        self.srflx_pending.push((id, base));
+                    }
+                    Err(e) => debug!(error = %e, "cannot ask a STUN server"),
+                }
+            }
+        }
+    }
+
+    /// An allocation on each TURN server reached over UDP, from the base of its family.
+    fn allocate_udp_relays(&mut self, now: Instant) {
+        for (i, spec) in self.config.turn_servers.clone().into_iter().enumerate() {
+            if spec.transport.is_stream() {
+                continue;
+            }
+            // Another seed after each network change: new transaction ids.
+            let mut s = self.seed;
+            s[0] ^= 0xA0 ^ (i as u8);
+            s[2] = s[2].wrapping_add(self.network_changes);
+            let from = self.base_for(spec.server);
+            let cfg =
+                AllocationConfig::new(spec.server, from, TurnTransport::Udp, spec.credentials);
+            self.relays.push(Relay {
+                alloc: Allocation::new(now, cfg, s),
+                proto: crate::Protocol::Udp,
+                relayed: None,
+                done: false,
+            });
+        }
     }
 
     /// How our NAT allocates ports, as far as gathering tells (see the module docs), for
@@ -903,6 +925,100 @@ impl Peer {
         if self.gathering_done {
             self.events.push_back(PeerEvent::GatheringComplete);
         }
+        creds
+    }
+
+    /// The host's network changed (an address came or went, the default route moved: a
+    /// switch between Wi-Fi and cellular, a new DHCP lease, a VPN): `bases` are the
+    /// addresses the socket now answers on (the first the primary), as at creation.
+    ///
+    /// What it does: an ICE restart (RFC 8445 §9; the new credentials are returned, for
+    /// the new description the peer must get), the host candidates of bases that are gone
+    /// forgotten and new ones offered, server-reflexive candidates gathered again from
+    /// every base, and the UDP TURN allocations made again (the old ones deleted: a
+    /// changed network usually means a new public address, whose 5-tuple the old
+    /// allocation does not know). Our candidates come out again as
+    /// [`PeerEvent::Candidate`]s, then [`PeerEvent::GatheringComplete`]. The old path
+    /// carries data until a new pair is selected, when it still works. ICE-TCP
+    /// candidates of addresses that are gone are forgotten; allocations over TCP or TLS
+    /// streams, port mappings and birthday probing are not redone here.
+    pub fn network_changed(&mut self, now: Instant, bases: &[SocketAddr]) -> IceCredentials {
+        self.now = self.now.max(now);
+        let mut new = bases.to_vec();
+        new.dedup();
+        if new.is_empty() {
+            new.push(self.local);
+        }
+        let ips: Vec<_> = new.iter().map(SocketAddr::ip).collect();
+        // Old allocations: deleted (a Refresh with lifetime 0 from a base that still
+        // exists), then forgotten, so that their answers are not mistaken for the new
+        // ones' (same server, maybe the same base).
+        let mut kept = Vec::new();
+        for mut r in std::mem::take(&mut self.relays) {
+            if r.proto == crate::Protocol::Tcp {
+                kept.push(r);
+                continue;
+            }
+            if !r.done && new.contains(&r.alloc.local()) {
+                r.alloc.deallocate(now);
+                while let Some(t) = r.alloc.poll_transmit() {
+                    self.transmits.push_back(t);
+                }
+            }
+        }
+        self.relays = kept;
+        let stream_relays: Vec<SocketAddr> = self.relays.iter().filter_map(|r| r.relayed).collect();
+        let tcp_bases = &mut self.tcp_bases;
+        tcp_bases.retain(|b| ips.contains(&b.ip()));
+        let tcp_kept = tcp_bases.clone();
+        let creds = self.agent.restart_with_locals(|c, base| match c.transport {
+            // Host candidates of bases that stay; the rest is gathered again.
+            CandidateTransport::Udp => {
+                (c.kind == CandidateKind::Host && new.contains(&base))
+                    || stream_relays.contains(&base)
+            }
+            CandidateTransport::Tcp => c.kind == CandidateKind::Host && tcp_kept.contains(&base),
+        });
+        for (id, _) in self.srflx_pending.drain(..) {
+            self.stun.cancel(id);
+        }
+        self.srflx_order.clear();
+        self.gathered.clear();
+        let old = std::mem::replace(&mut self.bases, new.clone());
+        self.local = new[0];
+        self.gathering_done = false;
+        // Every local candidate again (the restart's description carries them all).
+        let again: Vec<Candidate> = self.agent.local_candidates().cloned().collect();
+        for c in again {
+            self.events.push_back(PeerEvent::Candidate(c));
+        }
+        if !self.config.relay_only && !self.config.no_host {
+            for (i, base) in new.iter().copied().enumerate() {
+                if old.contains(&base) {
+                    continue;
+                }
+                let pref =
+                    65535u16.saturating_sub(u16::try_from(i).unwrap_or(255).saturating_mul(256));
+                let host = Candidate::new(
+                    CandidateKind::Host,
+                    CandidateTransport::Udp,
+                    base,
+                    base.ip(),
+                    None,
+                    pref,
+                );
+                self.add_local(host, base);
+            }
+        }
+        let lite = self.config.ice.lite;
+        if !self.config.relay_only && !lite {
+            self.ask_stun_servers(now);
+        }
+        if !self.config.no_relay && !lite {
+            self.network_changes = self.network_changes.wrapping_add(1);
+            self.allocate_udp_relays(now);
+        }
+        self.check_gathering();
         creds
     }
 

@@ -1564,3 +1564,96 @@ fn ice_tcp_bases_make_tcp_candidates_and_a_reflexive_one_over_tcp() {
         (crate::Protocol::Tcp, a("192.168.1.10:0"))
     );
 }
+
+/// A host moves from behind one NAT to behind another (the uplink switch of issue 14):
+/// `network_changed` with its new base restarts ICE, gathers again and re-allocates the
+/// relay; with the restart signalled (the peer restarts too, RFC 8445 §9), the two
+/// connect again on the new network, directly and through the relay.
+#[test]
+fn a_host_that_changes_networks_connects_again_after_network_changed() {
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    for relay_only in [false, true] {
+        // Direct: both behind NATs. Relayed: side 0 relay only, both on public addresses
+        // (pinhole's TURN server relays to the peer's host address, not to its own
+        // relayed addresses).
+        let mut w = if relay_only {
+            let relay = PeerConfig {
+                relay_only: true,
+                ..PeerConfig::default()
+            };
+            World::with(
+                [relay, PeerConfig::default()],
+                [None, None],
+                Conditions::default(),
+            )
+        } else {
+            World::new(
+                [Some(cone), Some(cone)],
+                Conditions::default(),
+                PeerConfig::default(),
+            )
+        };
+        assert!(
+            w.connect(Duration::from_secs(10)),
+            "relay_only {relay_only}"
+        );
+        assert!(w.data_flows(0) && w.data_flows(1));
+        // Side 0 moves: a new address (behind another NAT of the same kind).
+        let moved = a("172.16.0.10:5000");
+        let nat = (!relay_only).then(|| w.net.add_nat("198.51.100.3".parse().unwrap(), cone));
+        w.net.add_host(moved.ip(), nat);
+        for s in &mut w.sides {
+            s.events.clear();
+        }
+        let changed_at = w.now;
+        let creds0 = w.sides[0].peer.network_changed(w.now, &[moved]);
+        assert_eq!(w.sides[0].peer.bases(), &[moved]);
+        // Signalling: the peer sees new credentials, restarts and answers with its own.
+        let creds1 = w.sides[1].peer.restart();
+        w.sides[1].peer.set_remote_credentials(creds0);
+        w.sides[0].peer.set_remote_credentials(creds1);
+        assert!(
+            w.connect(Duration::from_secs(10)),
+            "relay_only {relay_only}: no new pair"
+        );
+        let took = w.now - changed_at;
+        let (l, r) = w.sides[0]
+            .peer
+            .agent()
+            .selected_candidates()
+            .map(|(l, r)| (l.clone(), r.clone()))
+            .expect("selected");
+        if relay_only {
+            assert_eq!(l.kind, CandidateKind::Relayed, "{l} -> {r}");
+        } else {
+            assert_eq!(
+                w.sides[0].peer.agent().selected().map(|(b, _)| b),
+                Some(moved),
+                "{l} -> {r}"
+            );
+        }
+        // No candidate of the old network is offered again.
+        for e in &w.sides[0].events {
+            if let PeerEvent::Candidate(c) = e {
+                assert_ne!(c.socket_addr(), Some(a("192.168.1.10:5000")), "{c}");
+                if let Some((related, _)) = &c.related {
+                    assert_ne!(
+                        related,
+                        &crate::ice::CandidateAddress::Ip(a("192.168.1.10:0").ip()),
+                        "{c}"
+                    );
+                }
+            }
+        }
+        assert!(
+            w.data_flows(0) && w.data_flows(1),
+            "relay_only {relay_only}"
+        );
+        println!(
+            "relay_only {relay_only}: nominated again {took:?} after the change (virtual time)"
+        );
+    }
+}
