@@ -118,7 +118,10 @@ async fn one_way(from: &PeerConnection, to: &mut PeerConnection, n: usize) {
             let i = (0..n)
                 .find(|i| !seen[*i] && len_of(*i) == len && buf[0] == *i as u8)
                 .unwrap_or_else(|| panic!("an unexpected datagram of {len} bytes"));
-            assert!(buf[..len].iter().all(|b| *b == i as u8), "datagram {i} whole");
+            assert!(
+                buf[..len].iter().all(|b| *b == i as u8),
+                "datagram {i} whole"
+            );
             seen[i] = true;
             left -= 1;
         }

@@ -66,6 +66,21 @@ const READ_BUF: usize = 16 * 1024;
 /// Messages on their way to the connection's task.
 const EVENTS: usize = 1024;
 
+/// What a connection reports to the connection's task.
+#[derive(Debug)]
+pub(super) enum TcpEvent {
+    /// One message arrived.
+    Message(TcpMessage),
+    /// The connection from `base` to `remote` could not be made, or ended
+    /// ([`crate::peer::Peer::tcp_connection_failed`]).
+    Failed {
+        /// The key's base.
+        base: SocketAddr,
+        /// The remote address.
+        remote: SocketAddr,
+    },
+}
+
 /// One message that arrived on an ICE-TCP connection.
 #[derive(Debug)]
 pub(super) struct TcpMessage {
@@ -117,7 +132,7 @@ struct Table {
 #[derive(Debug)]
 struct Inner {
     table: Mutex<Table>,
-    events: mpsc::Sender<TcpMessage>,
+    events: mpsc::Sender<TcpEvent>,
     stun_servers: Vec<SocketAddr>,
     check_timeout: Duration,
     runtime: tokio::runtime::Handle,
@@ -157,7 +172,7 @@ pub(super) struct IceTcp(Arc<Inner>);
 #[derive(Debug)]
 pub(super) struct TcpTasks {
     inner: Arc<Inner>,
-    events: mpsc::Receiver<TcpMessage>,
+    events: mpsc::Receiver<TcpEvent>,
 }
 
 impl Drop for TcpTasks {
@@ -172,8 +187,8 @@ impl Drop for TcpTasks {
 }
 
 impl TcpTasks {
-    /// The next message of any connection.
-    pub(super) async fn next(&mut self) -> Option<TcpMessage> {
+    /// The next event of any connection.
+    pub(super) async fn next(&mut self) -> Option<TcpEvent> {
         self.events.recv().await
     }
 }
@@ -467,6 +482,7 @@ async fn connection(
         Err(e) => {
             debug!(%base, %remote, error = %e, "ICE-TCP: not connected");
             inner.remove(key, id, accepted);
+            let _ = inner.events.send(TcpEvent::Failed { base, remote }).await;
             return;
         }
     };
@@ -478,6 +494,7 @@ async fn connection(
     let r = serve(&inner, key, stream, rx, framed).await;
     debug!(%base, %remote, reason = %r, "ICE-TCP connection ended");
     inner.remove(key, id, accepted);
+    let _ = inner.events.send(TcpEvent::Failed { base, remote }).await;
 }
 
 /// A connection from `local` (port 0: an ephemeral one) to `remote`, bounded by
@@ -575,7 +592,7 @@ async fn serve(
             }
             for data in out {
                 let m = TcpMessage { base, remote, data };
-                if inner.events.send(m).await.is_err() {
+                if inner.events.send(TcpEvent::Message(m)).await.is_err() {
                     return "the connection is closing".to_string();
                 }
             }
@@ -698,6 +715,9 @@ mod tests {
                     .await
                     .unwrap()
                     .unwrap();
+                let TcpEvent::Message(m) = m else {
+                    panic!("a message: {m:?}")
+                };
                 assert_eq!((m.base, m.remote, &m.data[..]), (passive[0], from, want));
             }
             // And the machine's answer goes back on it, framed.

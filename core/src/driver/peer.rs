@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
-use super::ice_tcp::{IceTcp, TcpMessage, TcpTasks};
+use super::ice_tcp::{IceTcp, TcpEvent, TcpTasks};
 use super::mdns::{Outcome as MdnsOutcome, Publisher, Resolver};
 use super::peer_portmap::{PortMapping, PortmapEvent, Release};
 use super::peer_streams::{StreamEvent, StreamWriters, Streams};
@@ -1189,7 +1189,7 @@ async fn run(
                 }
             }
             Some(ev) = streams.next() => stream_event(&shared, ev),
-            Some(m) = tcp.next() => tcp_message(&shared, m),
+            Some(ev) = tcp.next() => tcp_event(&shared, ev),
             (_, n) = async {
                 match probe.as_mut() {
                     Some(p) => p.recv().await,
@@ -1391,16 +1391,23 @@ fn stream_event(shared: &Shared, ev: StreamEvent) {
     }
 }
 
-/// A message that arrived on an ICE-TCP connection: to the machine, like a datagram (its
-/// data to the queue that the next receive drains).
-fn tcp_message(shared: &Shared, m: TcpMessage) {
-    let rx = Received {
-        proto: Protocol::Tcp,
-        source: m.remote,
-        destination: m.base,
-        contents: &m.data,
-    };
-    queue_input(shared, shared.lock(), rx);
+/// What an ICE-TCP connection brought: a message to the machine, like a datagram (its
+/// data to the queue that the next receive drains), or its failure.
+fn tcp_event(shared: &Shared, ev: TcpEvent) {
+    match ev {
+        TcpEvent::Message(m) => {
+            let rx = Received {
+                proto: Protocol::Tcp,
+                source: m.remote,
+                destination: m.base,
+                contents: &m.data,
+            };
+            queue_input(shared, shared.lock(), rx);
+        }
+        TcpEvent::Failed { base, remote } => {
+            shared.lock().peer.tcp_connection_failed(base, remote);
+        }
+    }
 }
 
 async fn send_control(shared: &Shared, t: &Transmit) {
