@@ -27,6 +27,12 @@
 //! first; it reads into one 64 KiB buffer per thread, shared by the connections whose
 //! tasks run there. [`PeerConnection::recv`] and [`PeerConnection::next`] are the same
 //! path with a `Vec` per datagram, for convenience.
+//!
+//! With [`PeerConfig::ice_tcp`], the connection also binds ICE-TCP sockets (RFC 6544: a
+//! listening and a simultaneous-open one per base IP) and runs their connections
+//! ([`super::ice_tcp`]). Their messages reach the machine through the task, and the data
+//! in them the application through the same queue; data sent on a TCP pair is framed
+//! (RFC 4571) into the connection's bounded write queue (a copy).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
