@@ -25,12 +25,11 @@
 //!
 //! Connections between the agents carry RFC 4571 frames ([`crate::ice::tcp`]): framed
 //! here on the way out, cut back into messages on the way in; each message goes to the
-//! connection's task as a [`TcpMessage`], which hands it to the machine as a TCP
-//! [`crate::Received`] (the peer's address as its source, the key's base as its
-//! destination), its application data to the receive queue. Each connection has a
-//! bounded write queue ([`WRITE_QUEUE`]): a message that finds it full is dropped, as a
-//! datagram would be. Dropping the [`TcpTasks`] (the connection's task ends) closes
-//! every socket.
+//! peer connection's task, which hands it to the machine as a TCP [`crate::Received`]
+//! (the peer's address as its source, the key's base as its destination), its
+//! application data to the receive queue. Each connection has a bounded write queue
+//! ([`WRITE_QUEUE`]): a message that finds it full is dropped, as a datagram would be.
+//! When the peer connection's task ends (closed or dropped), every socket is closed.
 
 use std::collections::HashMap;
 use std::io;
