@@ -150,6 +150,11 @@ pub(crate) struct ConnectArgs {
     birthday_wait: Duration,
 }
 
+/// The description lines that carry new ICE credentials (after a restart).
+fn credential_lines(c: &IceCredentials) -> String {
+    format!("a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", c.ufrag, c.pwd)
+}
+
 /// Runs `pinhole signal`.
 pub(crate) async fn signal(args: SignalArgs) -> ExitCode {
     let handle = match driver::signal::serve_signal(args.listen).await {
@@ -264,6 +269,7 @@ fn receive(
     theirs: Option<PathBuf>,
     connected: Arc<AtomicBool>,
     stale_before: std::time::SystemTime,
+    renew: Arc<tokio::sync::Notify>,
 ) -> mpsc::UnboundedReceiver<Result<String, String>> {
     let (tx, rx) = mpsc::unbounded_channel();
     match channel {
@@ -280,15 +286,19 @@ fn receive(
                 loop {
                     let path =
                         format!("/v1/rooms/{room}/{side}?token={token}&after={after}&wait=5");
-                    let got = http(&host, "GET", &path, "")
-                        .await
-                        .and_then(|(status, body)| {
-                            if status != 200 {
-                                return Err(format!("signalling answered {status}: {body}"));
-                            }
-                            serde_json::from_str::<serde_json::Value>(&body)
-                                .map_err(|e| format!("signalling: {e}"))
-                        });
+                    // After a network change the long poll's connection is from an
+                    // address that is gone: its answer would never come. Ask again.
+                    let got = tokio::select! {
+                        got = http(&host, "GET", &path, "") => got,
+                        () = renew.notified() => continue,
+                    };
+                    let got = got.and_then(|(status, body)| {
+                        if status != 200 {
+                            return Err(format!("signalling answered {status}: {body}"));
+                        }
+                        serde_json::from_str::<serde_json::Value>(&body)
+                            .map_err(|e| format!("signalling: {e}"))
+                    });
                     match got {
                         Ok(v) => {
                             for m in v["messages"].as_array().into_iter().flatten() {
@@ -601,7 +611,14 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let stale_before = std::time::SystemTime::now()
         .checked_sub(args.timeout)
         .unwrap_or(std::time::UNIX_EPOCH);
-    let mut incoming = receive(&channel, theirs, Arc::clone(&polling_slow), stale_before);
+    let renew = Arc::new(tokio::sync::Notify::new());
+    let mut incoming = receive(
+        &channel,
+        theirs,
+        Arc::clone(&polling_slow),
+        stale_before,
+        Arc::clone(&renew),
+    );
     let json = args.json;
     let say = |v: serde_json::Value, text: String| {
         if json {
@@ -613,6 +630,11 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let started = Instant::now();
     let give_up = tokio::time::Instant::now() + args.timeout;
     let (mut ufrag, mut pwd) = (None::<String>, None::<String>);
+    // ICE restarts (RFC 8445 §9): the peer's credentials in use, and whether we restarted
+    // since we took them (then new ones from the peer answer our restart; otherwise they
+    // are the peer's restart, which we answer with one of ours).
+    let mut remote_creds: Option<IceCredentials> = None;
+    let mut restarted = false;
     let mut connected = false;
     // A pair works (nominated or not): data may flow. RFC 8445 lets either side send on
     // any valid pair; waiting for the nomination costs a round trip for nothing.
@@ -726,6 +748,17 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         say(json!({"event": "disconnected", "reason": reason}), format!("disconnected: {reason}"));
                         break 'session ExitCode::from(EXIT_UNREACHABLE);
                     }
+                    PeerConnectionEvent::NetworkChanged { credentials } => {
+                        // The built-in monitor restarted ICE on the new network: the peer
+                        // needs our new credentials (the candidates follow as events).
+                        say(json!({"event": "network-changed"}), "network changed: restarting ICE".into());
+                        restarted = true;
+                        renew.notify_one();
+                        if let Err(e) = channel.send(&credential_lines(&credentials)).await {
+                            eprintln!("pinhole: {e}");
+                            break 'session ExitCode::from(EXIT_UNREACHABLE);
+                        }
+                    }
                     PeerConnectionEvent::RelayFailed(e) => {
                         say(json!({"event": "relay-failed", "error": e}), format!("relay failed: {e}"));
                     }
@@ -812,7 +845,26 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         }
                         if ufrag.is_some() && pwd.is_some() {
                             let (u, p) = (ufrag.take().unwrap_or_default(), pwd.take().unwrap_or_default());
-                            pc.set_remote_credentials(IceCredentials { ufrag: u, pwd: p });
+                            let creds = IceCredentials { ufrag: u, pwd: p };
+                            if remote_creds.as_ref().is_some_and(|r| *r != creds) {
+                                if restarted {
+                                    // The answer to our restart.
+                                    restarted = false;
+                                } else {
+                                    // RFC 8445 §9: the peer restarted (its network changed):
+                                    // so do we, and it gets our new credentials.
+                                    say(json!({"event": "peer-restarted"}), "the peer restarted ICE: restarting".into());
+                                    let ours = pc.restart();
+                                    if let Err(e) = channel.send(&credential_lines(&ours)).await {
+                                        eprintln!("pinhole: {e}");
+                                        break 'session ExitCode::from(EXIT_UNREACHABLE);
+                                    }
+                                }
+                            }
+                            if remote_creds.as_ref() != Some(&creds) {
+                                pc.set_remote_credentials(creds.clone());
+                                remote_creds = Some(creds);
+                            }
                             have_credentials = true;
                         }
                         if json && have_credentials && have_end && !described {

@@ -164,6 +164,12 @@ pub struct PeerConfig {
     /// active candidate. UDP candidates rank above TCP ones of the same type, TCP ones
     /// above relayed ones. Off by default in the library; `pinhole connect` turns it on.
     pub ice_tcp: bool,
+    /// No built-in network monitor in the driver. On Linux and Android the driver of a
+    /// dual-stack connection watches the host's addresses and routes (rtnetlink) and,
+    /// when its bases change, restarts ICE on the new network by itself
+    /// (`PeerConnection::network_changed`, reported as `NetworkChanged`). Hosts with a
+    /// monitor of their own turn it off and call `network_changed()`.
+    pub no_network_monitor: bool,
 }
 
 /// What the peer connection reports.
@@ -253,6 +259,12 @@ pub struct Peer {
     tcp_stun: Vec<(TransactionId, SocketAddr, SocketAddr)>,
     /// How many times [`Peer::network_changed`] was called.
     network_changes: u8,
+    /// UDP allocations made from a base that went away with a network change: the
+    /// server keeps them until they expire. If the base comes back (a phone returning
+    /// to the same Wi-Fi) and the NAT gives it the same mapping, the server still holds
+    /// the allocation for that 5-tuple and would refuse a new one (437 Allocation
+    /// Mismatch, RFC 8656 §7.2): it is taken up again instead.
+    dormant: Vec<Relay>,
     /// What the servers saw of us, per request: (order sent, base, mapped address).
     gathered: Vec<(usize, SocketAddr, SocketAddr)>,
     /// The order each gathering request was sent in (STUN first, then TURN over UDP).
@@ -393,6 +405,7 @@ impl Peer {
             tcp_bases: Vec::new(),
             tcp_stun: Vec::new(),
             network_changes: 0,
+            dormant: Vec::new(),
             gathered: Vec::new(),
             srflx_order: Vec::new(),
             gathering_done: false,
@@ -464,8 +477,13 @@ impl Peer {
 
     /// An allocation on each TURN server reached over UDP, from the base of its family.
     fn allocate_udp_relays(&mut self, now: Instant) {
+        self.allocate_udp_relays_except(now, &[]);
+    }
+
+    /// The same, but not on the servers in `except`.
+    fn allocate_udp_relays_except(&mut self, now: Instant, except: &[SocketAddr]) {
         for (i, spec) in self.config.turn_servers.clone().into_iter().enumerate() {
-            if spec.transport.is_stream() {
+            if spec.transport.is_stream() || except.contains(&spec.server) {
                 continue;
             }
             // Another seed after each network change: new transaction ids.
@@ -976,18 +994,46 @@ impl Peer {
         // exists), then forgotten, so that their answers are not mistaken for the new
         // ones' (same server, maybe the same base).
         let mut kept = Vec::new();
+        let mut dormant = Vec::new();
         for mut r in std::mem::take(&mut self.relays) {
             if r.proto == crate::Protocol::Tcp {
                 kept.push(r);
                 continue;
             }
-            if !r.done && new.contains(&r.alloc.local()) {
+            if r.done || r.alloc.is_done() {
+                continue;
+            }
+            if new.contains(&r.alloc.local()) {
                 r.alloc.deallocate(now);
                 while let Some(t) = r.alloc.poll_transmit() {
                     self.transmits.push_back(t);
                 }
+            } else if r.relayed.is_some() {
+                dormant.push(r);
             }
         }
+        // Those whose base is back: still alive (as far as their timers tell), taken up
+        // again; the others wait, a few per server at most.
+        let mut revived = Vec::new();
+        for mut r in std::mem::take(&mut self.dormant) {
+            if new.contains(&r.alloc.local()) {
+                r.alloc.handle_timeout(now);
+                let mut lost = r.alloc.is_done();
+                while let Some(ev) = r.alloc.poll_event() {
+                    lost |= matches!(ev, AllocationEvent::Lost(_));
+                }
+                if !lost {
+                    revived.push(r);
+                }
+            } else {
+                dormant.push(r);
+            }
+        }
+        let cap = 4 * self.config.turn_servers.len().max(1);
+        if dormant.len() > cap {
+            dormant.drain(..dormant.len() - cap);
+        }
+        self.dormant = dormant;
         self.relays = kept;
         let stream_relays: Vec<SocketAddr> = self.relays.iter().filter_map(|r| r.relayed).collect();
         let tcp_bases = &mut self.tcp_bases;
@@ -1038,7 +1084,16 @@ impl Peer {
         }
         if !self.config.no_relay && !lite {
             self.network_changes = self.network_changes.wrapping_add(1);
-            self.allocate_udp_relays(now);
+            let servers: Vec<SocketAddr> = revived.iter().map(|r| r.alloc.server()).collect();
+            for r in revived {
+                debug!(server = %r.alloc.server(), "allocation from a base that came back taken up again");
+                if let Some(relayed) = r.relayed {
+                    let c = Self::relayed_candidate(&r, relayed);
+                    self.add_local(c, relayed);
+                }
+                self.relays.push(r);
+            }
+            self.allocate_udp_relays_except(now, &servers);
         }
         self.check_gathering();
         creds
@@ -1381,26 +1436,7 @@ impl Peer {
                             continue;
                         };
                         self.relays[i].relayed = Some(r);
-                        let server = self.relays[i].alloc.server();
-                        let stream = self.relays[i].proto == crate::Protocol::Tcp;
-                        // RFC 8445 §5.1.2.2: a relay reached over UDP before one over a
-                        // stream (head-of-line blocking); RFC 8445 §5.1.1.3: the transport
-                        // to the server is part of the foundation.
-                        let local_pref = if stream { 65535 - 1024 } else { 65535 };
-                        let mut c = Candidate::new(
-                            CandidateKind::Relayed,
-                            CandidateTransport::Udp,
-                            r,
-                            r.ip(),
-                            Some(server.ip()),
-                            local_pref,
-                        );
-                        if stream && c.foundation.len() < 32 {
-                            c.foundation.push('t');
-                        }
-                        let from = self.relays[i].alloc.local();
-                        c.related =
-                            Some((crate::ice::CandidateAddress::Ip(from.ip()), from.port()));
+                        let c = Self::relayed_candidate(&self.relays[i], r);
                         self.add_local(c, r);
                         // Permissions for what is already known.
                         for a in self.remote_addrs() {
@@ -1419,6 +1455,30 @@ impl Peer {
             }
         }
         self.check_gathering();
+    }
+
+    /// The relayed candidate of `relay`'s relayed address `r`.
+    fn relayed_candidate(relay: &Relay, r: SocketAddr) -> Candidate {
+        let server = relay.alloc.server();
+        let stream = relay.proto == crate::Protocol::Tcp;
+        // RFC 8445 §5.1.2.2: a relay reached over UDP before one over a stream
+        // (head-of-line blocking); RFC 8445 §5.1.1.3: the transport to the server is part
+        // of the foundation.
+        let local_pref = if stream { 65535 - 1024 } else { 65535 };
+        let mut c = Candidate::new(
+            CandidateKind::Relayed,
+            CandidateTransport::Udp,
+            r,
+            r.ip(),
+            Some(server.ip()),
+            local_pref,
+        );
+        if stream && c.foundation.len() < 32 {
+            c.foundation.push('t');
+        }
+        let from = relay.alloc.local();
+        c.related = Some((crate::ice::CandidateAddress::Ip(from.ip()), from.port()));
+        c
     }
 
     fn remote_addrs(&self) -> Vec<SocketAddr> {

@@ -1655,6 +1655,35 @@ fn a_host_that_changes_networks_connects_again_after_network_changed() {
         println!(
             "relay_only {relay_only}: nominated again {took:?} after the change (virtual time)"
         );
+        // And back to the first network: the same address (and, through the same NAT,
+        // the same mapping). The server still holds the first allocation for that
+        // 5-tuple, which is taken up again. (coturn refuses a new Allocate there with
+        // 437, which `lab_mobility` shows; pinhole's own server answers it with the
+        // existing allocation, so this test alone would pass without the revival.)
+        let first = a("192.168.1.10:5000");
+        for s in &mut w.sides {
+            s.events.clear();
+        }
+        let creds0 = w.sides[0].peer.network_changed(w.now, &[first]);
+        let creds1 = w.sides[1].peer.restart();
+        w.sides[1].peer.set_remote_credentials(creds0);
+        w.sides[0].peer.set_remote_credentials(creds1);
+        assert!(
+            w.connect(Duration::from_secs(10)),
+            "relay_only {relay_only}: no pair back on the first network"
+        );
+        assert!(
+            !w.sides[0]
+                .events
+                .iter()
+                .any(|e| matches!(e, PeerEvent::RelayFailed(_))),
+            "{:?}",
+            w.sides[0].events
+        );
+        assert!(
+            w.data_flows(0) && w.data_flows(1),
+            "relay_only {relay_only}: back"
+        );
     }
 }
 

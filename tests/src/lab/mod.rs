@@ -596,6 +596,47 @@ impl Lab {
         Ok(self.hosts.last().expect("just pushed"))
     }
 
+    /// Gives `host` a second uplink, interface `dev` on `router`'s LAN, left down and
+    /// without an address: the other network a phone can move to (cellular beside
+    /// Wi-Fi). Returns the address it takes there and its gateway; [`Lab::switch_uplink`]
+    /// moves the host.
+    pub fn add_spare_uplink(
+        &mut self,
+        host: &str,
+        router: &str,
+        dev: &str,
+    ) -> Result<(Ipv4Addr, Ipv4Addr)> {
+        let ns = self.host(host)?.ns.clone();
+        let r = self.router(router)?;
+        let gateway = r.lan_ip;
+        let o = gateway.octets();
+        let ip = Ipv4Addr::new(o[0], o[1], o[2], 10 + r.ports);
+        self.plug(Uplink::Router(router), &ns, dev)?;
+        Ok((ip, gateway))
+    }
+
+    /// Moves `host` from one uplink to another at once, as a phone leaving Wi-Fi for
+    /// cellular does: `from`'s address and link go, then `to` comes up with its address
+    /// and the default route. Each is `(interface, address, gateway)` (a /24).
+    pub fn switch_uplink(
+        &self,
+        host: &str,
+        from: (&str, Ipv4Addr),
+        to: (&str, Ipv4Addr, Ipv4Addr),
+    ) -> Result<()> {
+        let ns = &self.host(host)?.ns;
+        ip_batch(
+            ns,
+            &[
+                format!("addr del {}/24 dev {}", from.1, from.0),
+                format!("link set {} down", from.0),
+                format!("addr add {}/24 dev {}", to.1, to.0),
+                format!("link set {} up", to.0),
+                format!("route replace default via {}", to.2),
+            ],
+        )
+    }
+
     /// Links hosts `a` and `b` directly, a second interface on each (`side0`): a side LAN
     /// 10.77.K.0/24 of their own (.1 is `a`, .2 is `b`) with no route beyond it, as two
     /// laptops on the same Wi-Fi besides their own uplinks. Returns (a's, b's) address.

@@ -1,0 +1,395 @@
+//! Issue 14's uplink switch: a host moves from behind one NAT to behind another in the
+//! middle of a transfer (a phone leaving Wi-Fi for cellular), ten times, and the
+//! connection carries on without the application doing anything.
+//!
+//! The mover (`pinhole connect` on host `m`) has two uplinks, to routers A and B (both
+//! the lab's default Linux NAT); only one is up at a time. Its peer sits behind router C.
+//! Both stream numbered lines to each other every [`TICK`]. At each switch the test takes
+//! the mover's address and link on one uplink away and brings the other up with the
+//! default route ([`Lab::switch_uplink`]); pinhole's built-in network monitor (rtnetlink)
+//! sees it, the connection restarts ICE on the new network and `pinhole connect` signals
+//! the new credentials; the peer answers with a restart of its own (RFC 8445 §9).
+//!
+//! Four cells: the mover controlling or controlled, and the path direct or relayed (the
+//! mover relay-only, coturn over UDP). For every switch and each direction, "recovered"
+//! is the first line sent after the new network was up that reached the other side: the
+//! time from the switch to its arrival is reported (median, p90), and the lines sent
+//! after the switch that never arrived are counted. The test asserts that every switch
+//! is noticed (one `network-changed` event each) and that data flows again in both
+//! directions after each one (within [`RECOVERY_BOUND`], a bound on the test, not a
+//! performance target); the figures are printed, not asserted.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use pinhole_tests::lab::cmd::in_ns;
+use pinhole_tests::lab::process::Process;
+use pinhole_tests::lab::support::lab_available;
+use pinhole_tests::lab::{
+    COTURN_PRIMARY, COTURN_USER, Host, Lab, NatConfig, PEER_IP, PINHOLE_PRIMARY,
+    SERVER_READY_TIMEOUT, Uplink, bins,
+};
+use serde_json::Value;
+
+/// Switches per cell.
+const SWITCHES: usize = 10;
+/// How often each side sends a line.
+const TICK: Duration = Duration::from_millis(20);
+/// The bound on one switch's recovery (both directions), after which the cell fails.
+const RECOVERY_BOUND: Duration = Duration::from_secs(15);
+/// Quiet time on the new network before the next switch.
+const SETTLE: Duration = Duration::from_millis(1500);
+/// Where `pinhole signal` listens (lab internet).
+const SIGNAL_PORT: u16 = 8479;
+
+/// Lines a side sent or got: (sequence number, when).
+type Log = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+/// One side's `pinhole connect`, streaming; killed when dropped.
+struct Streamer {
+    child: Child,
+    /// What it sent (to its stdin) and when.
+    sent: Log,
+    /// What reached its stdout from the peer, and when.
+    got: Log,
+    /// Its JSON events.
+    events: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Streamer {
+    fn spawn(bin: &Path, host: &Host, signal: &str, room: &str, extra: &[&str]) -> Self {
+        let (user, pass) = COTURN_USER;
+        let stun = format!("stun:{PINHOLE_PRIMARY}");
+        let turn = format!("turn:{COTURN_PRIMARY}");
+        let mut args = vec![
+            "connect",
+            "--json",
+            "--signal",
+            signal,
+            "--room",
+            room,
+            "--stun",
+            &stun,
+            "--turn",
+            &turn,
+            "--user",
+            user,
+            "--password",
+            pass,
+            "--timeout",
+            "20",
+            "--no-portmap",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = in_ns(&host.ns, &bin.to_string_lossy(), &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning pinhole connect");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, got): (Log, Log) = Default::default();
+        let mut stdin = child.stdin.take().expect("stdin");
+        let (s, st) = (Arc::clone(&sent), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            // Bounded by the test: it stops (or the pipe breaks) when the side is dropped.
+            for seq in 0u64.. {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                // One write per line: one datagram.
+                if stdin.write_all(format!("{seq}\n").as_bytes()).is_err() {
+                    return;
+                }
+                s.lock().unwrap().push((seq, Instant::now()));
+                std::thread::sleep(TICK);
+            }
+        });
+        let out = child.stdout.take().expect("stdout");
+        let g = Arc::clone(&got);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(seq) = line.trim().parse::<u64>() {
+                    g.lock().unwrap().push((seq, Instant::now()));
+                }
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            child,
+            sent,
+            got,
+            events,
+            seen: Vec::new(),
+            stop,
+        }
+    }
+
+    /// Takes the events that came so far.
+    fn pump(&mut self) {
+        while let Ok(v) = self.events.try_recv() {
+            self.seen.push(v);
+        }
+    }
+
+    fn count(&self, event: &str) -> usize {
+        self.seen.iter().filter(|e| e["event"] == event).count()
+    }
+
+    /// Waits (bounded) for an event.
+    fn wait_for(&mut self, event: &str, within: Duration) -> Option<Value> {
+        let until = Instant::now() + within;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == event {
+                        return Some(v);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+/// When the first line `from` sent at or after `t` reached `to` (the arrival), if any.
+fn recovered(from: &Streamer, to: &Streamer, t: Instant) -> Option<Instant> {
+    let sent = from.sent.lock().unwrap();
+    let first = sent.iter().find(|(_, at)| *at >= t)?.0;
+    let got = to.got.lock().unwrap();
+    got.iter()
+        .filter(|(seq, _)| *seq >= first)
+        .map(|(_, at)| *at)
+        .min()
+}
+
+/// Lines `from` sent in `[t, until)` that never reached `to`.
+fn lost(from: &Streamer, to: &Streamer, t: Instant, until: Instant) -> usize {
+    let sent = from.sent.lock().unwrap();
+    let got = to.got.lock().unwrap();
+    let arrived: std::collections::HashSet<u64> = got.iter().map(|(s, _)| *s).collect();
+    sent.iter()
+        .filter(|(s, at)| *at >= t && *at < until && !arrived.contains(s))
+        .count()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// One cell's figures.
+#[derive(Debug, Default)]
+struct Cell {
+    label: String,
+    /// Per switch: ms to recovery, mover→peer and peer→mover.
+    recovery: Vec<[f64; 2]>,
+    /// Per switch: lines lost, mover→peer and peer→mover.
+    lost: Vec<[usize; 2]>,
+    trouble: Vec<String>,
+}
+
+fn run_cell(bin: &Path, mover_controls: bool, relayed: bool) -> Cell {
+    let label = format!(
+        "mover {}, {}",
+        if mover_controls {
+            "controlling"
+        } else {
+            "controlled"
+        },
+        if relayed { "relayed" } else { "direct" }
+    );
+    let mut cell = Cell {
+        label: label.clone(),
+        ..Cell::default()
+    };
+    let mut lab = Lab::new().expect("lab");
+    lab.start_pinhole_serve().expect("pinhole serve");
+    lab.start_coturn().expect("coturn");
+    let listen = format!("{PEER_IP}:{SIGNAL_PORT}");
+    let mut signal = Process::spawn(
+        "pinhole signal",
+        lab.internet(),
+        bin,
+        &[
+            "signal".to_owned(),
+            "--listen".to_owned(),
+            listen.clone(),
+            "--duration".to_owned(),
+            "600".to_owned(),
+        ],
+        &lab.dir().join("pinhole-signal.log"),
+    )
+    .expect("pinhole signal");
+    signal
+        .wait_ready(SERVER_READY_TIMEOUT, |p| p.log().contains("signalling on"))
+        .expect("pinhole signal ready");
+    let signal_url = format!("http://{listen}");
+    for r in ["mA", "mB", "pC"] {
+        lab.add_router(r, NatConfig::default(), Uplink::Internet)
+            .expect("router");
+    }
+    let mover = lab.add_host("m", "mA").expect("host").clone();
+    let peer = lab.add_host("p", "pC").expect("host").clone();
+    let (b_ip, b_gw) = lab.add_spare_uplink("m", "mB", "eth1").expect("uplink");
+    let a_gw = lab.router("mA").expect("router").lan_ip;
+    let uplinks = [("eth0", mover.ip, a_gw), ("eth1", b_ip, b_gw)];
+
+    let mover_extra: &[&str] = if relayed { &["--no-direct"] } else { &[] };
+    // The first to join the room controls.
+    let (mut m, mut p) = if mover_controls {
+        let m = Streamer::spawn(bin, &mover, &signal_url, "move", mover_extra);
+        std::thread::sleep(Duration::from_millis(500));
+        let p = Streamer::spawn(bin, &peer, &signal_url, "move", &[]);
+        (m, p)
+    } else {
+        let p = Streamer::spawn(bin, &peer, &signal_url, "move", &[]);
+        std::thread::sleep(Duration::from_millis(500));
+        let m = Streamer::spawn(bin, &mover, &signal_url, "move", mover_extra);
+        (m, p)
+    };
+    for (name, s) in [("mover", &mut m), ("peer", &mut p)] {
+        if s.wait_for("connected", Duration::from_secs(25)).is_none() {
+            cell.trouble
+                .push(format!("{label}: the {name} never connected: {:?}", s.seen));
+            return cell;
+        }
+    }
+    std::thread::sleep(SETTLE);
+    let mut on = 0usize;
+    for k in 0..SWITCHES {
+        let (from, to) = (uplinks[on], uplinks[1 - on]);
+        if let Err(e) = lab.switch_uplink("m", (from.0, from.1), to) {
+            cell.trouble.push(format!("{label}: switch {k}: {e}"));
+            return cell;
+        }
+        let t = Instant::now();
+        on = 1 - on;
+        // Both directions flowing again, within the bound.
+        let until = t + RECOVERY_BOUND;
+        let mut got = [None, None];
+        while Instant::now() < until && got.iter().any(Option::is_none) {
+            got = [recovered(&m, &p, t), recovered(&p, &m, t)];
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let [Some(a), Some(b)] = got else {
+            m.pump();
+            p.pump();
+            cell.trouble.push(format!(
+                "{label}: switch {k}: data did not flow again within {RECOVERY_BOUND:?} \
+                 (mover→peer {:?}, peer→mover {:?})\nmover events: {:?}\npeer events: {:?}",
+                got[0].map(|x| x - t),
+                got[1].map(|x| x - t),
+                m.seen,
+                p.seen
+            ));
+            return cell;
+        };
+        std::thread::sleep(SETTLE);
+        let end = Instant::now() - Duration::from_millis(500);
+        cell.recovery
+            .push([(a - t).as_secs_f64() * 1e3, (b - t).as_secs_f64() * 1e3]);
+        cell.lost.push([lost(&m, &p, t, end), lost(&p, &m, t, end)]);
+    }
+    m.pump();
+    p.pump();
+    let changes = m.count("network-changed");
+    if changes != SWITCHES {
+        cell.trouble.push(format!(
+            "{label}: {changes} network-changed events for {SWITCHES} switches"
+        ));
+    }
+    drop((m, p));
+    drop(signal);
+    cell
+}
+
+#[test]
+fn an_uplink_switch_mid_transfer_recovers_in_every_role_and_path() {
+    if !lab_available("lab_mobility", &["coturn"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("pinhole binary");
+    let cells: Vec<Cell> = std::thread::scope(|s| {
+        let handles: Vec<_> = [(true, false), (false, false), (true, true), (false, true)]
+            .into_iter()
+            .map(|(c, r)| {
+                let bin = bin.clone();
+                s.spawn(move || run_cell(&bin, c, r))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("cell thread"))
+            .collect()
+    });
+    let mut report = String::from(
+        "\nuplink switch, 10 per cell: ms from the new network up to data flowing again\n\
+         | cell | mover→peer median | p90 | peer→mover median | p90 | lines lost after the switch (m→p, p→m) |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let mut trouble = Vec::new();
+    for c in &cells {
+        let mut dirs = [Vec::new(), Vec::new()];
+        for r in &c.recovery {
+            dirs[0].push(r[0]);
+            dirs[1].push(r[1]);
+        }
+        for d in &mut dirs {
+            d.sort_by(f64::total_cmp);
+        }
+        let lost: [usize; 2] = c
+            .lost
+            .iter()
+            .fold([0, 0], |acc, l| [acc[0] + l[0], acc[1] + l[1]]);
+        report += &format!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {}, {} |\n",
+            c.label,
+            percentile(&dirs[0], 0.5),
+            percentile(&dirs[0], 0.9),
+            percentile(&dirs[1], 0.5),
+            percentile(&dirs[1], 0.9),
+            lost[0],
+            lost[1]
+        );
+        trouble.extend(c.trouble.iter().cloned());
+        if c.recovery.len() != SWITCHES && c.trouble.is_empty() {
+            trouble.push(format!(
+                "{}: {} switches measured",
+                c.label,
+                c.recovery.len()
+            ));
+        }
+    }
+    println!("{report}");
+    assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
+}
