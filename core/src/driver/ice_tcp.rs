@@ -16,7 +16,8 @@
 //! - a passive base: the connection the peer made from the destination, else dropped;
 //! - an so base toward a STUN server: a connection from the so address carrying STUN
 //!   messages as they are (RFC 8489 §6.2.2), which maps the so port in the NAT as the
-//!   peer's connection needs it;
+//!   peer's connection needs it (bounded by [`STUN_CONNECT_TIMEOUT`]; a connection that
+//!   cannot be made is reported to the machine, which then stops waiting for its answer);
 //! - an so base toward the peer: TCP simultaneous open (RFC 6544 §7.2.1): both sides
 //!   connect to each other's address at about the same time, and through NATs the first
 //!   SYNs are often refused or dropped, so a refused connect is tried again every
@@ -47,8 +48,12 @@ use super::peer_streams::Write;
 use crate::ice::tcp::{FrameReader, frame};
 use crate::turn::StreamFramer;
 
-/// How long a connection from an active base, or to a STUN server, may take.
+/// How long a connection from an active base may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection from an so base to a STUN server may take: gathering waits for
+/// it (a server that drops SYNs to its TCP port must not hold the end of candidates
+/// long); two SYNs at Linux's initial 1 s retransmission timeout.
+pub const STUN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How soon a refused simultaneous-open connect is tried again (the peer's NAT answered
 /// our SYN with a reset because the peer's own SYN had not left yet).
 pub const SO_RETRY: Duration = Duration::from_millis(150);
@@ -461,8 +466,16 @@ async fn connection(
     let framed = !matches!(how, How::Stun);
     let made = match how {
         How::Accepted(s) => Ok(s),
-        How::Active => connect_from(SocketAddr::new(base.ip(), 0), remote, false).await,
-        How::Stun => connect_from(base, remote, true).await,
+        How::Active => {
+            connect_from(
+                SocketAddr::new(base.ip(), 0),
+                remote,
+                false,
+                CONNECT_TIMEOUT,
+            )
+            .await
+        }
+        How::Stun => connect_from(base, remote, true, STUN_CONNECT_TIMEOUT).await,
         How::Simultaneous => {
             let adopted = async {
                 match adopted {
@@ -497,8 +510,13 @@ async fn connection(
 }
 
 /// A connection from `local` (port 0: an ephemeral one) to `remote`, bounded by
-/// [`CONNECT_TIMEOUT`].
-async fn connect_from(local: SocketAddr, remote: SocketAddr, so: bool) -> io::Result<TcpStream> {
+/// `within`.
+async fn connect_from(
+    local: SocketAddr,
+    remote: SocketAddr,
+    so: bool,
+    within: Duration,
+) -> io::Result<TcpStream> {
     let s = if so {
         so_socket(local)?
     } else {
@@ -506,7 +524,7 @@ async fn connect_from(local: SocketAddr, remote: SocketAddr, so: bool) -> io::Re
         s.bind(local)?;
         s
     };
-    match tokio::time::timeout(CONNECT_TIMEOUT, s.connect(remote)).await {
+    match tokio::time::timeout(within, s.connect(remote)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
@@ -727,6 +745,60 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(&got, b"\x00\x04back");
+        });
+    }
+
+    /// STUN over TCP from an so base: the connection leaves from the so address itself,
+    /// carries the message without RFC 4571 framing, and the server's messages come back
+    /// cut at STUN boundaries, keyed by the so base and the server. A server that refuses
+    /// the connection is reported.
+    #[test]
+    fn stun_over_tcp_leaves_from_the_so_port_unframed() {
+        rt().block_on(async {
+            let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let at = server.local_addr().unwrap();
+            let refusing = free_port();
+            let (tcp, mut tasks) = IceTcp::new(vec![at, refusing], Duration::from_secs(1));
+            let (_, so) = tcp.bind(&["127.0.0.1".parse().unwrap()], 0);
+            let so = so[0];
+            assert!(tcp.is_base(so));
+            // A Binding request (a header alone).
+            let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+            req.extend_from_slice(&[7; 12]);
+            tcp.send(so, at, &req);
+            let (mut conn, from) = tokio::time::timeout(Duration::from_secs(2), server.accept())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(from, so, "from the so address itself");
+            let mut got = vec![0u8; req.len()];
+            conn.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, req, "no framing");
+            // Two responses in one write: two messages.
+            let mut resp = req.clone();
+            resp[0..2].copy_from_slice(&[0x01, 0x01]);
+            let two = [resp.clone(), resp.clone()].concat();
+            conn.write_all(&two).await.unwrap();
+            for _ in 0..2 {
+                let ev = tokio::time::timeout(Duration::from_secs(2), tasks.next())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let TcpEvent::Message(m) = ev else {
+                    panic!("a message: {ev:?}")
+                };
+                assert_eq!((m.base, m.remote, &m.data[..]), (so, at, &resp[..]));
+            }
+            // Refused: reported, so that the machine stops waiting.
+            tcp.send(so, refusing, &req);
+            let ev = tokio::time::timeout(Duration::from_secs(3), tasks.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(ev, TcpEvent::Failed { base, remote } if base == so && remote == refusing),
+                "{ev:?}"
+            );
         });
     }
 }

@@ -547,7 +547,14 @@ impl PeerConnection {
             },
             _ => None,
         };
-        let task = tokio::spawn(run(shared.clone(), ev_tx, streams, portmap, monitor, tcp_tasks));
+        let task = tokio::spawn(run(
+            shared.clone(),
+            ev_tx,
+            streams,
+            portmap,
+            monitor,
+            tcp_tasks,
+        ));
         Ok(Self {
             shared,
             events: ev_rx,
