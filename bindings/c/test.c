@@ -2223,6 +2223,80 @@ static void test_peer_direct_restart_and_destroy(void) {
     pthread_mutex_destroy(&b.lock);
 }
 
+/* The host's network changed: pinhole_peer_network_changed on `a` gives its new
+ * description (credentials first, candidates after); `b` follows as for a restart
+ * (cb_local_description), a new pair is selected on both sides and data flows again. */
+static void peer_network_change(peer_side *a, peer_side *b, const char *what) {
+    char before_a[300], before_b[300], after[300], desc[4096], tmp[4096];
+    pinhole_peer_get_local_description(a->peer, tmp, sizeof tmp);
+    ufrag_of(tmp, before_a, sizeof before_a);
+    pinhole_peer_get_local_description(b->peer, tmp, sizeof tmp);
+    ufrag_of(tmp, before_b, sizeof before_b);
+    int pa = atomic_load(&a->pairs), pb = atomic_load(&b->pairs);
+    int ra = atomic_load(&a->restarts), rb = atomic_load(&b->restarts);
+    int n = pinhole_peer_network_changed(a->peer, desc, sizeof desc);
+    CHECK(n > 0 && (size_t)n == strlen(desc));
+    ufrag_of(desc, after, sizeof after);
+    CHECK(strlen(after) >= 4 && strcmp(after, before_a) != 0);
+    CHECK(strstr(desc, "a=candidate:") == NULL && strstr(desc, "a=end-of-candidates") == NULL);
+    pinhole_peer_get_local_description(a->peer, tmp, sizeof tmp);
+    ufrag_of(tmp, before_a, sizeof before_a);
+    CHECK(strcmp(after, before_a) == 0); /* the description has the new credentials */
+    CHECK_RC(pinhole_peer_set_remote_description(b->peer, desc), PINHOLE_OK);
+    CHECK(wait_count(&b->restarts, rb + 1, 20));
+    CHECK(wait_count(&a->pairs, pa + 1, 20) && wait_count(&b->pairs, pb + 1, 20));
+    pinhole_peer_get_local_description(b->peer, tmp, sizeof tmp);
+    ufrag_of(tmp, after, sizeof after);
+    CHECK(strcmp(after, before_b) != 0);
+    CHECK(atomic_load(&a->restarts) == ra); /* a does not restart again on b's answer */
+    char msg[64];
+    snprintf(msg, sizeof msg, "%s: a after the change", what);
+    CHECK(peer_deliver(a, msg));
+    snprintf(msg, sizeof msg, "%s: b after the change", what);
+    CHECK(peer_deliver(b, msg));
+}
+
+static void test_peer_network_changed(void) {
+    printf("peer connections: network changed (dual-stack socket, own monitor)\n");
+    peer_side a, b;
+    peer_side_init(&a, &b);
+    peer_side_init(&b, &a);
+    pinhole_peer_config ca, cb;
+    peer_config(&ca, &a, 1);
+    peer_config(&cb, &b, 0);
+    ca.bind = "[::]:0";
+    ca.no_network_monitor = true;
+    if (!peer_create(&a, &ca) || !peer_create(&b, &cb)) {
+        return;
+    }
+    CHECK(peer_connect(&a, &b));
+    CHECK(peer_deliver(&a, "before the change a"));
+    CHECK(peer_deliver(&b, "before the change b"));
+    CHECK(wait_count(&a.gathered, 1, 20));
+    peer_network_change(&a, &b, "direct");
+    /* The new session's candidates come, then its end of candidates. */
+    CHECK(wait_count(&a.gathered, 2, 20));
+    char desc[4096];
+    CHECK(pinhole_peer_get_local_description(a.peer, desc, sizeof desc) > 0);
+    CHECK(strstr(desc, "a=candidate:") != NULL && strstr(desc, "a=end-of-candidates") != NULL);
+    /* A buffer too small: the change was applied all the same. */
+    CHECK_RC(pinhole_peer_network_changed(a.peer, desc, 8), PINHOLE_ERR_TOO_SMALL);
+    CHECK(desc[0] == 0);
+    CHECK(atomic_load(&a.call_errors) == 0 && atomic_load(&b.call_errors) == 0);
+    pthread_mutex_lock(&a.lock);
+    pinhole_peer *pah = a.peer;
+    a.peer = NULL;
+    pthread_mutex_unlock(&a.lock);
+    pinhole_peer_destroy(pah);
+    pthread_mutex_lock(&b.lock);
+    pinhole_peer *pbh = b.peer;
+    b.peer = NULL;
+    pthread_mutex_unlock(&b.lock);
+    pinhole_peer_destroy(pbh);
+    pthread_mutex_destroy(&a.lock);
+    pthread_mutex_destroy(&b.lock);
+}
+
 static void test_peer_relay(void) {
     printf("peer connections: through pinhole serve --turn (relay only)\n");
     peer_side a, b;
@@ -2251,6 +2325,10 @@ static void test_peer_relay(void) {
     char desc[4096];
     CHECK(pinhole_peer_get_local_description(a.peer, desc, sizeof desc) > 0);
     CHECK(strstr(desc, "typ relay") != NULL && strstr(desc, "typ host") == NULL);
+    /* A network change: the relay allocated again, data through it again. */
+    peer_network_change(&a, &b, "relayed");
+    CHECK_RC(pinhole_peer_get_selected_pair(a.peer, &pair), PINHOLE_OK);
+    CHECK(pair.relayed);
     CHECK(atomic_load(&a.call_errors) == 0 && atomic_load(&b.call_errors) == 0);
     /* Both destroyed without blocking; each completion comes once, on its own thread. */
     destroyed_state da, db;
@@ -2287,6 +2365,7 @@ static void test_peer_arguments(void) {
     CHECK_RC(pinhole_peer_send(NULL, (const uint8_t *)"x", 1), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_peer_get_selected_pair(NULL, &pair), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_peer_restart(NULL, buf, sizeof buf), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_network_changed(NULL, buf, sizeof buf), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_peer_destroy_async(NULL, NULL, NULL), PINHOLE_ERR_INVALID);
     pinhole_peer_destroy(NULL);
     CHECK_RC(pinhole_peer_config_init(NULL, 64), PINHOLE_ERR_INVALID);
@@ -2346,6 +2425,7 @@ static void test_peer_arguments(void) {
     CHECK_RC(pinhole_peer_get_selected_pair(p, NULL), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_peer_get_local_description(p, NULL, 10), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_peer_restart(p, NULL, 10), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_network_changed(p, NULL, 10), PINHOLE_ERR_INVALID);
     /* Good input is taken. */
     CHECK_RC(pinhole_peer_set_remote_description(
                  p, "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n"
@@ -2391,6 +2471,7 @@ int main(int argc, char **argv) {
     test_server_lifecycle();
     test_peer_arguments();
     test_peer_direct_restart_and_destroy();
+    test_peer_network_changed();
     test_peer_relay();
     /* Every handle's thread has ended (those ended in the background too) before the
      * leak check. */

@@ -154,6 +154,7 @@ class PeerSide(val name: String, val session: PeerConnectionSession, val room: S
                         is PeerConnectionEvent.LocalCandidate -> send("C:${e.candidate}")
                         is PeerConnectionEvent.GatheringComplete -> send("E:")
                         is PeerConnectionEvent.RemoteRestarted -> send("D:${e.localDescription}")
+                        is PeerConnectionEvent.NetworkChanged -> send("D:${e.localDescription}")
                         is PeerConnectionEvent.Data -> data.trySend(e.data)
                         is PeerConnectionEvent.Closed -> closed.complete(e)
                         else -> {}
@@ -259,6 +260,9 @@ fun peerConfig(stun: String, turnUri: String, user: String, password: String, co
     relayPolicy = policy,
     bind = "127.0.0.1:0",
     lite = false,
+    // This app follows the network itself (networkChanged()); on loopback there is no
+    // built-in monitor either way.
+    noNetworkMonitor = controlling,
 )
 
 /**
@@ -352,9 +356,38 @@ fun testPeerPair(name: String, signal: String, stun: String, turnUri: String, us
                     "$name: b restarted once, because a did; a did not restart again")
 
                 phase("restarted")
+                // The network changed (an app's own monitor): a's new description goes
+                // out, b restarts as for a restart, new pairs (relays allocated again), data
+                // again. On loopback the built-in monitor does not run: no NetworkChanged.
+                delay(300)
+                val markNet = a.events.size
+                val beforeNet = a.pc.localDescription()
+                val changed = a.pc.networkChanged()
+                a.send("D:$changed")
+                check(changed != beforeNet && "a=ice-ufrag:" in changed && "a=candidate:" !in changed,
+                    "$name: network change: a new description, credentials first")
+                check(a.pc.localDescription().startsWith(changed.lineSequence().first()),
+                    "$name: network change: localDescription() has the new credentials")
+                val na = pairFrom(a) { markNet }
+                val nb = pairFrom(b) {
+                    b.events.withIndex().filter { it.value is PeerConnectionEvent.RemoteRestarted }.drop(1)
+                        .firstOrNull()?.index
+                }
+                check(na != null && nb != null, "$name: network change: both sides selected a pair again ($na, $nb)")
+                check(na?.relayed == relayed && nb?.relayed == relayed,
+                    "$name: network change: relayed ${na?.relayed}/${nb?.relayed}")
+                check(carries(a, b, "$name: a to b after the network change"), "$name: data a -> b after the network change")
+                check(carries(b, a, "$name: b to a after the network change"), "$name: data b -> a after the network change")
+                println("  network change: ${na?.local} <-> ${na?.remote}; data both ways again")
+                check(b.events.count { it is PeerConnectionEvent.RemoteRestarted } == 2 &&
+                    a.events.none { it is PeerConnectionEvent.RemoteRestarted } &&
+                    (a.events + b.events).none { it is PeerConnectionEvent.NetworkChanged },
+                    "$name: network change: b followed once more; a did not restart again; no monitor event")
+
+                phase("network changed")
                 // Close: a waits for its end (Closed, then the flow completes and the
                 // handle is freed); b closes without waiting. Their sockets (and relays) go.
-                val locals = listOfNotNull(ra?.local, rb?.local)
+                val locals = listOfNotNull(na?.local, nb?.local)
                 a.pc.closeAndWait()
                 phase("a closed and waited")
                 val last = withTimeoutOrNull(10_000) { a.closed.await() }
@@ -364,7 +397,7 @@ fun testPeerPair(name: String, signal: String, stun: String, turnUri: String, us
                 withTimeoutOrNull(10_000) { b.closed.await() }
                 check(b.closed.isCompleted, "$name: b: the events flow ended with close()")
                 expectThrows<IllegalStateException>("$name: b: a closed connection is gone") { b.pc.isClosed() }
-                check(locals.size == 2, "$name: both pairs after the restart")
+                check(locals.size == 2, "$name: both pairs after the network change")
                 for ((l, policy) in locals.zip(listOf(policyA, policyB))) {
                     if (policy == RelayPolicy.RELAY_ONLY) {
                         check(relayReleased(l), "$name: the server freed the relayed $l")
@@ -414,6 +447,8 @@ fun testPeerBasics(stun: String, turnUri: String, user: String, password: String
         s.connection.addRemoteCandidate("candidate:nope")
     }
     check(s.connection.selectedPair() == null, "PeerConnection: no pair before the peer")
+    check(!PeerConnectionConfig(controlling = true, relayPolicy = RelayPolicy.ALL).noNetworkMonitor,
+        "PeerConnectionConfig: the built-in network monitor is on by default")
     check(s.connection.localDescription().let { "a=ice-ufrag:" in it && "a=ice-pwd:" in it },
         "local description: ${s.connection.localDescription()}")
     check(!s.connection.isClosed(), "a new connection is open")

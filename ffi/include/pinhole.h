@@ -163,7 +163,8 @@ typedef struct pinhole_netcheck pinhole_netcheck;
 //
 // Threads: its callbacks run on the connection's own thread, one at a time, in order.
 // Every other function may be called from any thread, several at once, and from the
-// callbacks (`pinhole_peer_restart` from a callback is applied at once); `pinhole_peer_destroy`
+// callbacks (`pinhole_peer_restart` and `pinhole_peer_network_changed` from a callback are
+// applied at once); `pinhole_peer_destroy`
 // or `pinhole_peer_destroy_async` is the last call, from any thread or from a callback.
 typedef struct pinhole_peer pinhole_peer;
 
@@ -428,9 +429,11 @@ typedef void (*pinhole_peer_closed_cb)(struct pinhole_peer *peer,
                                        const char *reason,
                                        void *user_ptr);
 
-// The peer restarted ICE (its description came with a new `a=ice-ufrag`), so this side
-// restarted too: signal `description` (this side's new local description, CRLF lines,
-// valid only during the call) to the peer; its candidates follow through `cb_candidate`.
+// This side restarted ICE by itself: signal `description` (this side's new local
+// description, CRLF lines, valid only during the call) to the peer; its candidates follow
+// through `cb_candidate`. Either the peer restarted (its description came with a new
+// `a=ice-ufrag`) and this side followed, or the built-in network monitor saw the host's
+// addresses change and restarted on the new network (see `no_network_monitor`).
 typedef void (*pinhole_peer_description_cb)(struct pinhole_peer *peer,
                                             const char *description,
                                             void *user_ptr);
@@ -479,10 +482,21 @@ typedef struct pinhole_peer_config {
   pinhole_peer_recv_cb cb_recv;
   // The connection ended by itself.
   pinhole_peer_closed_cb cb_closed;
-  // The peer restarted: this side's new description to signal.
+  // This side restarted by itself (the peer restarted, or the network changed): its new
+  // description to signal.
   pinhole_peer_description_cb cb_local_description;
   // Passed to the callbacks.
   void *user_ptr;
+  // (The struct's first version ends above, at `user_ptr`; fields from here on are
+  // appended ones, read only when `struct_size` covers them, else their default.)
+  //
+  // Turn off the built-in network monitor (Linux and Android: rtnetlink address and
+  // route changes; off by default, i.e. the monitor runs), which otherwise restarts ICE
+  // by itself when the addresses of a dual-stack socket (`bind` `[::]:0`) change and
+  // calls `cb_local_description`. For programs that follow the network themselves and
+  // call `pinhole_peer_network_changed`. Sockets on loopback, and other platforms, have
+  // no built-in monitor.
+  bool no_network_monitor;
 } pinhole_peer_config;
 
 // A mapping's transport: `PINHOLE_PROTOCOL_*`.
@@ -997,6 +1011,24 @@ int pinhole_peer_get_selected_pair(const struct pinhole_peer *peer, struct pinho
 // `peer` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
 int pinhole_peer_restart(struct pinhole_peer *peer, char *buf, size_t size);
 
+// The host's network changed (Wi-Fi to cellular, a new address, a VPN), for programs that
+// follow the network themselves (with `no_network_monitor` where the built-in monitor
+// runs): a dual-stack socket's (`[::]:0`) addresses are found again and ICE restarts on
+// them (RFC 8445 §9), even when they look the same (candidates gathered again, relays
+// allocated again). Like `pinhole_peer_restart`, writes the new local description
+// (credentials; the candidates follow through `cb_candidate`) into `buf` of `size` bytes,
+// to signal to the peer, and returns its length (`PINHOLE_ERR_TOO_SMALL`: the restart
+// happened, the description is in `pinhole_peer_get_local_description`); the peer
+// restarts too and answers with its new description. The current path carries data
+// until a new pair is selected. From a callback it is applied at once; from another
+// thread it waits for the connection's thread (`PINHOLE_ERR_TIMEOUT` after 10 s, when a
+// callback blocks it). `PINHOLE_ERR_INVALID` (NULL), `PINHOLE_ERR_NOT_AVAILABLE`
+// (ended), `PINHOLE_ERR_IO` (no route for either address family).
+//
+// # Safety
+// `peer` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
+int pinhole_peer_network_changed(struct pinhole_peer *peer, char *buf, size_t size);
+
 // Closes the connection (deleting a port mapping of its socket, if it made one) and
 // frees the handle, blocking: from another thread it waits until a running callback
 // returns and the connection has closed (at most a few seconds, when a gateway does not
@@ -1020,7 +1052,8 @@ void pinhole_peer_destroy(struct pinhole_peer *peer);
 int pinhole_peer_destroy_async(struct pinhole_peer *peer, pinhole_destroyed_cb cb, void *user_ptr);
 
 // Initialises a config: zeroes its `size` bytes (every default: no servers, controlled,
-// no port mapping, `PINHOLE_RELAY_ALL`, bound to `0.0.0.0:0`, no callbacks) and sets
+// no port mapping, `PINHOLE_RELAY_ALL`, bound to `0.0.0.0:0`, no callbacks, the built-in
+// network monitor on) and sets
 // `struct_size` = `size`. Call it as `pinhole_peer_config_init(&config, sizeof config)`;
 // `PINHOLE_ERR_INVALID` (nothing written) for NULL or a size that cannot be a
 // `pinhole_peer_config`.

@@ -548,6 +548,11 @@ pub trait PeerConnectionListener: Send + Sync {
 /// reports `RemoteRestarted` with the description to signal back. Data keeps flowing on
 /// the old path until the new one is selected.
 ///
+/// Network changes: `network_changed()` restarts on the new network and returns the
+/// description to signal; where the built-in monitor runs (Linux and Android, dual-stack
+/// sockets, unless `no_network_monitor`) it does the same by itself and reports
+/// `NetworkChanged` with the description to signal.
+///
 /// `close` (or dropping it: Kotlin's `close()`) ends it without blocking (a port mapping
 /// of its socket is deleted in the background); `close_and_wait` waits for the end. The
 /// listener then gets `StateChanged(Closed)` and `Closed`.
@@ -664,6 +669,21 @@ impl PeerConnection {
     /// `TimedOut` (the connection's thread stayed busy 10 s, inside a listener call).
     pub fn restart(&self) -> Result<String, PinholeError> {
         self.control.restart()
+    }
+
+    /// The host's network changed (Wi-Fi to cellular, a new address, a VPN): for apps
+    /// that follow the network themselves (Android's `ConnectivityManager`, Apple's
+    /// `NWPathMonitor`; with `no_network_monitor` set where the built-in monitor runs).
+    /// A dual-stack socket's (`bind` `[::]:0`) addresses are found again, and ICE
+    /// restarts on them (RFC 8445 §9) even when they look the same: candidates gathered
+    /// again, relays allocated again. Returns the new local description to signal, as
+    /// `restart()` does (the candidates follow as `LocalCandidate` events; the peer
+    /// restarts too and reports `RemoteRestarted`). The current path carries data until
+    /// the new one is selected. Errors: `NotAvailable` (closed), `Io` (no route for
+    /// either address family), `TimedOut` (the connection's thread stayed busy 10 s,
+    /// inside a listener call).
+    pub fn network_changed(&self) -> Result<String, PinholeError> {
+        self.control.network_changed()
     }
 
     /// The pair data goes on, if one was selected (kept across a restart until a new

@@ -876,6 +876,14 @@ pub struct PeerConnectionConfig {
     /// answers checks and sends none; the peer must be a full agent and controls.
     #[uniffi(default = false)]
     pub lite: bool,
+    /// Turn off the built-in network monitor (Linux and Android: rtnetlink address and
+    /// route changes), which otherwise restarts ICE by itself when the addresses of a
+    /// dual-stack socket (`bind` `[::]:0`) change, reporting `NetworkChanged`. For apps
+    /// that follow the network themselves (Android's `ConnectivityManager`, Apple's
+    /// `NWPathMonitor`) and call `network_changed()`. Sockets on loopback, and other
+    /// platforms, have no built-in monitor.
+    #[uniffi(default = false)]
+    pub no_network_monitor: bool,
 }
 
 /// A peer connection's ICE state, as WebRTC's `RTCIceConnectionState` names them.
@@ -962,6 +970,15 @@ pub enum PeerConnectionEvent {
     /// side restarted too: signal this new local description to the peer (its candidates
     /// follow as `LocalCandidate`s).
     RemoteRestarted {
+        /// The new local description (as `local_description()` gives it).
+        local_description: String,
+    },
+    /// The built-in network monitor saw the host's addresses or routes change and this
+    /// side restarted ICE on the new network (as `network_changed()` does): signal this new
+    /// local description to the peer (its candidates follow as `LocalCandidate`s); the
+    /// peer restarts too when it sees the new `a=ice-ufrag`, and its new description comes
+    /// back as its `RemoteRestarted`.
+    NetworkChanged {
         /// The new local description (as `local_description()` gives it).
         local_description: String,
     },

@@ -218,9 +218,29 @@ struct Cell {
     trouble: Vec<String>,
 }
 
-fn run_cell(bin: &Path, mover_controls: bool, relayed: bool) -> Cell {
+/// What happens to the mover, again and again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disruption {
+    /// It moves to its other uplink.
+    Switch,
+    /// Its NAT forgets every mapping (`conntrack -F`).
+    Flush,
+}
+
+fn run_cell(
+    bin: &Path,
+    mover_controls: bool,
+    relayed: bool,
+    what: Disruption,
+    nat: NatConfig,
+    times: usize,
+) -> Cell {
     let label = format!(
-        "mover {}, {}",
+        "{}mover {}, {}",
+        match what {
+            Disruption::Switch => String::new(),
+            Disruption::Flush => format!("NAT flush ({}), ", nat.describe()),
+        },
         if mover_controls {
             "controlling"
         } else {
@@ -254,9 +274,12 @@ fn run_cell(bin: &Path, mover_controls: bool, relayed: bool) -> Cell {
         .wait_ready(SERVER_READY_TIMEOUT, |p| p.log().contains("signalling on"))
         .expect("pinhole signal ready");
     let signal_url = format!("http://{listen}");
-    for r in ["mA", "mB", "pC"] {
-        lab.add_router(r, NatConfig::default(), Uplink::Internet)
-            .expect("router");
+    for (r, config) in [
+        ("mA", nat),
+        ("mB", NatConfig::default()),
+        ("pC", NatConfig::default()),
+    ] {
+        lab.add_router(r, config, Uplink::Internet).expect("router");
     }
     let mover = lab.add_host("m", "mA").expect("host").clone();
     let peer = lab.add_host("p", "pC").expect("host").clone();
@@ -286,14 +309,41 @@ fn run_cell(bin: &Path, mover_controls: bool, relayed: bool) -> Cell {
     }
     std::thread::sleep(SETTLE);
     let mut on = 0usize;
-    for k in 0..SWITCHES {
-        let (from, to) = (uplinks[on], uplinks[1 - on]);
-        if let Err(e) = lab.switch_uplink("m", (from.0, from.1), to) {
-            cell.trouble.push(format!("{label}: switch {k}: {e}"));
+    for k in 0..times {
+        let done = match what {
+            Disruption::Switch => {
+                let (from, to) = (uplinks[on], uplinks[1 - on]);
+                on = 1 - on;
+                lab.switch_uplink("m", (from.0, from.1), to)
+            }
+            Disruption::Flush => {
+                // What a flush does to a mapping, seen from a socket of its own (port
+                // 40000): the same external port again, or a new one.
+                let probe = |lab: &Lab| {
+                    lab.stun_ping(
+                        &mover.ns,
+                        "0.0.0.0:40000".parse().expect("literal"),
+                        std::net::SocketAddr::V4(PINHOLE_PRIMARY),
+                        Duration::from_secs(2),
+                    )
+                };
+                let before = if k == 0 { probe(&lab).ok() } else { None };
+                let r = lab.flush_mappings("mA");
+                if let Some(before) = before {
+                    let after = probe(&lab).ok();
+                    cell.label += &format!(
+                        " [probe mapping {before} → {}]",
+                        after.map_or("?".into(), |a| a.to_string())
+                    );
+                }
+                r
+            }
+        };
+        if let Err(e) = done {
+            cell.trouble.push(format!("{label}: {what:?} {k}: {e}"));
             return cell;
         }
         let t = Instant::now();
-        on = 1 - on;
         // Both directions flowing again, within the bound.
         let until = t + RECOVERY_BOUND;
         let mut got = [None, None];
@@ -323,9 +373,10 @@ fn run_cell(bin: &Path, mover_controls: bool, relayed: bool) -> Cell {
     m.pump();
     p.pump();
     let changes = m.count("network-changed");
-    if changes != SWITCHES {
+    let want = if what == Disruption::Switch { times } else { 0 };
+    if changes != want {
         cell.trouble.push(format!(
-            "{label}: {changes} network-changed events for {SWITCHES} switches"
+            "{label}: {changes} network-changed events for {times} {what:?}"
         ));
     }
     drop((m, p));
@@ -333,32 +384,15 @@ fn run_cell(bin: &Path, mover_controls: bool, relayed: bool) -> Cell {
     cell
 }
 
-#[test]
-fn an_uplink_switch_mid_transfer_recovers_in_every_role_and_path() {
-    if !lab_available("lab_mobility", &["coturn"]) {
-        return;
-    }
-    let bin = bins::pinhole().expect("pinhole binary");
-    let cells: Vec<Cell> = std::thread::scope(|s| {
-        let handles: Vec<_> = [(true, false), (false, false), (true, true), (false, true)]
-            .into_iter()
-            .map(|(c, r)| {
-                let bin = bin.clone();
-                s.spawn(move || run_cell(&bin, c, r))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("cell thread"))
-            .collect()
-    });
-    let mut report = String::from(
-        "\nuplink switch, 10 per cell: ms from the new network up to data flowing again\n\
-         | cell | mover→peer median | p90 | peer→mover median | p90 | lines lost after the switch (m→p, p→m) |\n\
-         |---|---|---|---|---|---|\n",
+/// The table of `cells` (titled `title`), and what went wrong.
+fn summarize(title: &str, cells: &[Cell], times: usize) -> (String, Vec<String>) {
+    let mut report = format!(
+        "\n{title}\n\
+         | cell | mover→peer median | p90 | peer→mover median | p90 | lines lost after it (m→p, p→m) |\n\
+         |---|---|---|---|---|---|\n"
     );
     let mut trouble = Vec::new();
-    for c in &cells {
+    for c in cells {
         let mut dirs = [Vec::new(), Vec::new()];
         for r in &c.recovery {
             dirs[0].push(r[0]);
@@ -382,14 +416,84 @@ fn an_uplink_switch_mid_transfer_recovers_in_every_role_and_path() {
             lost[1]
         );
         trouble.extend(c.trouble.iter().cloned());
-        if c.recovery.len() != SWITCHES && c.trouble.is_empty() {
+        if c.recovery.len() != times && c.trouble.is_empty() {
             trouble.push(format!(
-                "{}: {} switches measured",
+                "{}: {} measured of {times}",
                 c.label,
                 c.recovery.len()
             ));
         }
     }
+    (report, trouble)
+}
+
+#[test]
+fn an_uplink_switch_mid_transfer_recovers_in_every_role_and_path() {
+    if !lab_available("lab_mobility", &["coturn"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("pinhole binary");
+    let cells: Vec<Cell> = std::thread::scope(|s| {
+        let handles: Vec<_> = [(true, false), (false, false), (true, true), (false, true)]
+            .into_iter()
+            .map(|(c, r)| {
+                let bin = bin.clone();
+                s.spawn(move || {
+                    run_cell(
+                        &bin,
+                        c,
+                        r,
+                        Disruption::Switch,
+                        NatConfig::default(),
+                        SWITCHES,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("cell thread"))
+            .collect()
+    });
+    let (report, trouble) = summarize(
+        "uplink switch, 10 per cell: ms from the new network up to data flowing again",
+        &cells,
+        SWITCHES,
+    );
+    println!("{report}");
+    assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
+}
+
+/// The mover's NAT drops every mapping (`conntrack -F`) mid-transfer, three times: with
+/// the lab's default NAT (port preserving: the next packet gets the same mapping) and
+/// with an endpoint-independent NAT that allocates random ports (the next packet gets a
+/// new external port, which the peer learns as a peer-reflexive candidate), each role.
+#[test]
+fn a_nat_that_drops_its_mappings_mid_transfer_is_recovered_from() {
+    if !lab_available("lab_mobility", &["coturn", "conntrack"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("pinhole binary");
+    let random = NatConfig::port_restricted_cone().random_ports();
+    let cells: Vec<Cell> = std::thread::scope(|s| {
+        let handles: Vec<_> = [
+            (true, NatConfig::default()),
+            (false, NatConfig::default()),
+            (true, random.clone()),
+            (false, random),
+        ]
+        .into_iter()
+        .map(|(c, nat)| {
+            let bin = bin.clone();
+            s.spawn(move || run_cell(&bin, c, false, Disruption::Flush, nat, 3))
+        })
+        .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("cell thread"))
+            .collect()
+    });
+    let (report, trouble) = summarize("NAT mappings flushed, 3 per cell", &cells, 3);
     println!("{report}");
     assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
 }

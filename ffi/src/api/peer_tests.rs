@@ -39,6 +39,7 @@ fn config(controlling: bool) -> PeerConnectionConfig {
         relay_policy: RelayPolicy::All,
         bind: Some("127.0.0.1:0".into()),
         lite: false,
+        no_network_monitor: false,
     }
 }
 
@@ -51,6 +52,8 @@ struct Side {
     data: Vec<Vec<u8>>,
     states: Vec<IceConnectionState>,
     restarted: usize,
+    /// `NetworkChanged` events (the built-in monitor restarted).
+    network_changed: usize,
     closed: Option<Option<String>>,
 }
 
@@ -69,6 +72,7 @@ impl Side {
             data: Vec::new(),
             states: Vec::new(),
             restarted: 0,
+            network_changed: 0,
             closed: None,
         }
     }
@@ -107,6 +111,10 @@ fn drain(me: &mut Side, other: &Side) -> bool {
             PeerConnectionEvent::GatheringComplete => other.pc.end_of_remote_candidates(),
             PeerConnectionEvent::RemoteRestarted { local_description } => {
                 me.restarted += 1;
+                other.pc.set_remote_description(local_description).unwrap();
+            }
+            PeerConnectionEvent::NetworkChanged { local_description } => {
+                me.network_changed += 1;
                 other.pc.set_remote_description(local_description).unwrap();
             }
             PeerConnectionEvent::SelectedPair {
@@ -247,6 +255,62 @@ fn two_peer_connections_connect_exchange_data_and_survive_restarts() {
     assert!(b.pc.is_closed());
 }
 
+/// `network_changed()` on one side (a dual-stack socket, `[::]:0`: its bases found again
+/// on loopback) restarts ICE there and returns the new description; once it reaches the
+/// other side, that side restarts too (`RemoteRestarted`), the two select a pair again
+/// and data flows both ways. On loopback the built-in monitor does not run: no
+/// `NetworkChanged` event. The config's `no_network_monitor` is accepted either way.
+#[test]
+fn network_changed_restarts_and_the_peers_connect_again() {
+    let mut a = Side::new(PeerConnectionConfig {
+        bind: Some("[::]:0".into()),
+        no_network_monitor: true,
+        ..config(true)
+    });
+    let mut b = Side::new(config(false));
+    connect(&mut a, &mut b);
+    exchange(&mut a, &mut b, true, b"before the change a->b");
+    exchange(&mut a, &mut b, false, b"before the change b->a");
+    pump(&mut a, &mut b, "end of candidates", |a, b| {
+        a.pc.local_description().contains("a=end-of-candidates")
+            && b.pc.local_description().contains("a=end-of-candidates")
+    });
+
+    let old_a = ufrag(&a.pc.local_description());
+    let old_b = ufrag(&b.pc.local_description());
+    let new_desc = a.pc.network_changed().unwrap();
+    assert_ne!(ufrag(&new_desc), old_a, "new credentials");
+    assert!(
+        !new_desc.contains("a=candidate:") && !new_desc.contains("a=end-of-candidates"),
+        "credentials only at first: {new_desc}"
+    );
+    assert_eq!(ufrag(&a.pc.local_description()), ufrag(&new_desc));
+    let (pa, pb) = (a.pairs.len(), b.pairs.len());
+    b.pc.set_remote_description(new_desc).unwrap();
+    pump(&mut a, &mut b, "a new pair after the change", |a, b| {
+        b.restarted == 1 && a.pairs.len() > pa && b.pairs.len() > pb
+    });
+    assert_ne!(ufrag(&b.pc.local_description()), old_b, "b restarted too");
+    assert_eq!(a.restarted, 0, "a did not restart a second time");
+    a.data.clear();
+    b.data.clear();
+    exchange(&mut a, &mut b, true, b"after the change a->b");
+    exchange(&mut a, &mut b, false, b"after the change b->a");
+    // The candidates of the new session, gathered again, fill the description.
+    pump(&mut a, &mut b, "a's candidates again", |a, _| {
+        let d = a.pc.local_description();
+        d.contains("a=candidate:") && d.contains("a=end-of-candidates")
+    });
+    assert_eq!((a.network_changed, b.network_changed), (0, 0));
+
+    block_on(a.pc.close_and_wait());
+    assert!(matches!(
+        a.pc.network_changed(),
+        Err(PinholeError::NotAvailable(_))
+    ));
+    block_on(b.pc.close_and_wait());
+}
+
 /// The development TURN server on 127.0.0.1 (loopback peers allowed), on a thread of its
 /// own.
 struct DevTurn {
@@ -338,6 +402,8 @@ fn two_peer_connections_connect_through_a_turn_relay() {
 /// than deadlocking, and the connection goes on.
 struct Restarter {
     pc: OnceLock<Weak<PeerConnection>>,
+    /// `network_changed()` rather than `restart()`.
+    network: bool,
     done: std::sync::atomic::AtomicBool,
     results: Mutex<std_mpsc::Sender<(Result<String, PinholeError>, Duration)>>,
 }
@@ -352,7 +418,11 @@ impl PeerConnectionListener for Restarter {
         }
         if let Some(pc) = self.pc.get().and_then(Weak::upgrade) {
             let started = Instant::now();
-            let r = pc.restart();
+            let r = if self.network {
+                pc.network_changed()
+            } else {
+                pc.restart()
+            };
             if let Ok(tx) = self.results.lock() {
                 let _ = tx.send((r, started.elapsed()));
             }
@@ -362,13 +432,33 @@ impl PeerConnectionListener for Restarter {
 
 #[test]
 fn a_listener_may_restart_its_connection() {
+    listener_restarts(false, config(true));
+}
+
+/// The same with `network_changed()` from the listener, on a dual-stack socket with a
+/// (silent, loopback) STUN server: the bases are found again (asking the routing table)
+/// within the call.
+#[test]
+fn a_listener_may_report_a_network_change() {
+    listener_restarts(
+        true,
+        PeerConnectionConfig {
+            bind: Some("[::]:0".into()),
+            stun_servers: vec!["127.0.0.1:9".into()],
+            ..config(true)
+        },
+    );
+}
+
+fn listener_restarts(network: bool, config: PeerConnectionConfig) {
     let (tx, rx) = std_mpsc::channel();
     let listener = Arc::new(Restarter {
         pc: OnceLock::new(),
+        network,
         done: std::sync::atomic::AtomicBool::new(false),
         results: Mutex::new(tx),
     });
-    let pc = block_on(PeerConnection::create(config(true), listener.clone())).unwrap();
+    let pc = block_on(PeerConnection::create(config, listener.clone())).unwrap();
     let first = ufrag(&pc.local_description());
     let _ = listener.pc.set(Arc::downgrade(&pc));
     // A peer's description starts the checks: the listener restarts on `Checking`.

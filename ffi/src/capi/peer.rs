@@ -1,7 +1,8 @@
 //! Peer connections (ICE, RFC 8445; libjuice's `juice_agent` is the model):
 //! `pinhole_peer_config_init`, `pinhole_peer_create`, `_get_local_description`,
 //! `_set_remote_description`, `_add_remote_candidate`, `_set_remote_gathering_done`,
-//! `_send`, `_get_selected_pair`, `_restart`, `_destroy`, `_destroy_async`.
+//! `_send`, `_get_selected_pair`, `_restart`, `_network_changed`, `_destroy`,
+//! `_destroy_async`.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +30,8 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// Threads: its callbacks run on the connection's own thread, one at a time, in order.
 /// Every other function may be called from any thread, several at once, and from the
-/// callbacks (`pinhole_peer_restart` from a callback is applied at once); `pinhole_peer_destroy`
+/// callbacks (`pinhole_peer_restart` and `pinhole_peer_network_changed` from a callback are
+/// applied at once); `pinhole_peer_destroy`
 /// or `pinhole_peer_destroy_async` is the last call, from any thread or from a callback.
 pub struct pinhole_peer {
     task: Mutex<Option<Task>>,
@@ -115,9 +117,11 @@ pub type pinhole_peer_closed_cb = Option<
         user_ptr: *mut c_void,
     ),
 >;
-/// The peer restarted ICE (its description came with a new `a=ice-ufrag`), so this side
-/// restarted too: signal `description` (this side's new local description, CRLF lines,
-/// valid only during the call) to the peer; its candidates follow through `cb_candidate`.
+/// This side restarted ICE by itself: signal `description` (this side's new local
+/// description, CRLF lines, valid only during the call) to the peer; its candidates follow
+/// through `cb_candidate`. Either the peer restarted (its description came with a new
+/// `a=ice-ufrag`) and this side followed, or the built-in network monitor saw the host's
+/// addresses change and restarted on the new network (see `no_network_monitor`).
 pub type pinhole_peer_description_cb = Option<
     unsafe extern "C" fn(
         peer: *mut pinhole_peer,
@@ -172,10 +176,21 @@ pub struct pinhole_peer_config {
     pub cb_recv: pinhole_peer_recv_cb,
     /// The connection ended by itself.
     pub cb_closed: pinhole_peer_closed_cb,
-    /// The peer restarted: this side's new description to signal.
+    /// This side restarted by itself (the peer restarted, or the network changed): its new
+    /// description to signal.
     pub cb_local_description: pinhole_peer_description_cb,
     /// Passed to the callbacks.
     pub user_ptr: *mut c_void,
+    /// (The struct's first version ends above, at `user_ptr`; fields from here on are
+    /// appended ones, read only when `struct_size` covers them, else their default.)
+    ///
+    /// Turn off the built-in network monitor (Linux and Android: rtnetlink address and
+    /// route changes; off by default, i.e. the monitor runs), which otherwise restarts ICE
+    /// by itself when the addresses of a dual-stack socket (`bind` `[::]:0`) change and
+    /// calls `cb_local_description`. For programs that follow the network themselves and
+    /// call `pinhole_peer_network_changed`. Sockets on loopback, and other platforms, have
+    /// no built-in monitor.
+    pub no_network_monitor: bool,
 }
 
 // SAFETY: `#[repr(C)]`, `struct_size` first; all-zero is valid (NULL pointers, no
@@ -256,6 +271,7 @@ unsafe fn read_config(c: &pinhole_peer_config) -> Result<PeerConnectionConfig, P
         // SAFETY: NULL or a NUL-terminated string.
         bind: unsafe { opt_str(c.bind, "bind") }?.map(str::to_owned),
         lite: c.lite,
+        no_network_monitor: c.no_network_monitor,
     })
 }
 
@@ -350,7 +366,8 @@ impl Callbacks {
                     unsafe { cb(h, data.as_ptr(), data.len(), u) };
                 }
             }
-            PeerConnectionEvent::RemoteRestarted { local_description } => {
+            PeerConnectionEvent::RemoteRestarted { local_description }
+            | PeerConnectionEvent::NetworkChanged { local_description } => {
                 if let Some(cb) = c.cb_local_description {
                     let d = cstring(&local_description);
                     // SAFETY: see above.
@@ -642,6 +659,40 @@ pub unsafe extern "C" fn pinhole_peer_restart(
     })
 }
 
+/// The host's network changed (Wi-Fi to cellular, a new address, a VPN), for programs that
+/// follow the network themselves (with `no_network_monitor` where the built-in monitor
+/// runs): a dual-stack socket's (`[::]:0`) addresses are found again and ICE restarts on
+/// them (RFC 8445 §9), even when they look the same (candidates gathered again, relays
+/// allocated again). Like `pinhole_peer_restart`, writes the new local description
+/// (credentials; the candidates follow through `cb_candidate`) into `buf` of `size` bytes,
+/// to signal to the peer, and returns its length (`PINHOLE_ERR_TOO_SMALL`: the restart
+/// happened, the description is in `pinhole_peer_get_local_description`); the peer
+/// restarts too and answers with its new description. The current path carries data
+/// until a new pair is selected. From a callback it is applied at once; from another
+/// thread it waits for the connection's thread (`PINHOLE_ERR_TIMEOUT` after 10 s, when a
+/// callback blocks it). `PINHOLE_ERR_INVALID` (NULL), `PINHOLE_ERR_NOT_AVAILABLE`
+/// (ended), `PINHOLE_ERR_IO` (no route for either address family).
+///
+/// # Safety
+/// `peer` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_peer_network_changed(
+    peer: *mut pinhole_peer,
+    buf: *mut c_char,
+    size: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: per the contract.
+        let h = unsafe { handle(peer) }?;
+        if buf.is_null() {
+            return Err(PinholeError::invalid("buf is NULL"));
+        }
+        let d = h.control.network_changed()?;
+        // SAFETY: per the contract.
+        unsafe { write_buf(&d, buf, size) }
+    })
+}
+
 /// Closes the connection (deleting a port mapping of its socket, if it made one) and
 /// frees the handle, blocking: from another thread it waits until a running callback
 /// returns and the connection has closed (at most a few seconds, when a gateway does not
@@ -677,7 +728,8 @@ pub unsafe extern "C" fn pinhole_peer_destroy_async(
 }
 
 /// Initialises a config: zeroes its `size` bytes (every default: no servers, controlled,
-/// no port mapping, `PINHOLE_RELAY_ALL`, bound to `0.0.0.0:0`, no callbacks) and sets
+/// no port mapping, `PINHOLE_RELAY_ALL`, bound to `0.0.0.0:0`, no callbacks, the built-in
+/// network monitor on) and sets
 /// `struct_size` = `size`. Call it as `pinhole_peer_config_init(&config, sizeof config)`;
 /// `PINHOLE_ERR_INVALID` (nothing written) for NULL or a size that cannot be a
 /// `pinhole_peer_config`.
@@ -691,4 +743,38 @@ pub unsafe extern "C" fn pinhole_peer_config_init(
 ) -> c_int {
     // SAFETY: per the contract.
     unsafe { init_sized(config, size) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `no_network_monitor`, appended after `user_ptr`: read when `struct_size` covers it,
+    /// its default (the monitor on) for a program built before it.
+    #[test]
+    fn no_network_monitor_is_read_when_the_struct_has_it() {
+        let ours = size_of::<pinhole_peer_config>();
+        let min = <pinhole_peer_config as CConfig>::MIN_SIZE;
+        assert!(min < ours);
+        // An older program's struct, followed by bytes that are not its own.
+        let mut b = vec![0xABAB_ABAB_ABAB_ABABu64; (ours + 64).div_ceil(8)];
+        let p = b.as_mut_ptr().cast::<pinhole_peer_config>();
+        // SAFETY: the buffer holds more than `ours` bytes.
+        unsafe {
+            assert_eq!(pinhole_peer_config_init(p, min), PINHOLE_OK);
+            let c = read_sized(p).unwrap();
+            assert!(!read_config(&c).unwrap().no_network_monitor);
+        }
+        for set in [false, true] {
+            let mut b = vec![0u64; ours.div_ceil(8)];
+            let p = b.as_mut_ptr().cast::<pinhole_peer_config>();
+            // SAFETY: the buffer holds `ours` bytes.
+            unsafe {
+                assert_eq!(pinhole_peer_config_init(p, ours), PINHOLE_OK);
+                (*p).no_network_monitor = set;
+                let c = read_sized(p).unwrap();
+                assert_eq!(read_config(&c).unwrap().no_network_monitor, set);
+            }
+        }
+    }
 }

@@ -7,12 +7,14 @@
 //! time, in order. What the handles read without asking the task (the local description,
 //! the selected pair, whether it is closed) is kept in [`PeerControl`]'s status.
 //!
-//! A call that needs an answer from the connection ([`PeerControl::restart`]) waits for
-//! the task; made from the sink (a listener or C callback, on the task's own thread) it is
-//! applied at once instead, through the connection the task lends to its thread between
-//! two events, so a callback may restart (or do anything else) without deadlocking.
+//! A call that needs an answer from the connection ([`PeerControl::restart`],
+//! [`PeerControl::network_changed`]) waits for the task; made from the sink (a listener or
+//! C callback, on the task's own thread) it is applied at once instead, through the
+//! connection the task lends to its thread between two events, so a callback may restart
+//! (or do anything else) without deadlocking.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,6 +72,7 @@ pub(crate) struct PeerPlan {
     policy: RelayPolicy,
     bind: SocketAddr,
     lite: bool,
+    no_network_monitor: bool,
 }
 
 impl PeerPlan {
@@ -145,6 +148,7 @@ impl PeerPlan {
             policy: c.relay_policy,
             bind,
             lite: c.lite,
+            no_network_monitor: c.no_network_monitor,
         })
     }
 
@@ -197,6 +201,7 @@ impl PeerPlan {
         config.no_relay = self.policy == RelayPolicy::NoRelay;
         config.port_mapping = self.port_mapping;
         config.ice.lite = self.lite;
+        config.no_network_monitor = self.no_network_monitor;
         Ok(config)
     }
 
@@ -276,6 +281,9 @@ impl PeerPlan {
                     ctx.pc.send(&data).await;
                 }
                 Step::Command(Some(Command::Call(f))) => f(&mut ctx),
+                Step::Command(Some(Command::NetworkChanged(answer))) => {
+                    answer.put(ctx.network_changed().await);
+                }
                 Step::Incoming(None) => break Some("the connection's task ended".to_owned()),
                 Step::Incoming(Some(Incoming::Data(data))) => {
                     events.push(PeerConnectionEvent::Data { data });
@@ -405,6 +413,14 @@ impl Ctx {
             CoreEvent::CandidateUnresolved(name) => {
                 out.push(PeerConnectionEvent::CandidateUnresolved { name });
             }
+            CoreEvent::NetworkChanged { credentials } => {
+                // The built-in monitor restarted ICE on the new network already: the
+                // status follows as after `restart`, and the new description must reach
+                // the peer (RFC 8445 §9).
+                tracing::debug!("the network changed: ICE restarted");
+                let local_description = self.restarted(credentials);
+                out.push(PeerConnectionEvent::NetworkChanged { local_description });
+            }
             // Variants the driver may add later: not for the foreign APIs yet.
             _ => {}
         }
@@ -420,6 +436,19 @@ impl Ctx {
     /// An ICE restart of this side: new credentials, the peer's forgotten.
     fn restart(&mut self) -> String {
         let creds = self.pc.restart();
+        self.restarted(creds)
+    }
+
+    /// The host's network changed: the bases found again and ICE restarted on them
+    /// ([`PeerConnection::network_changed`]); the new local description.
+    async fn network_changed(&mut self) -> Result<String, PinholeError> {
+        let creds = self.pc.network_changed().await?;
+        Ok(self.restarted(creds))
+    }
+
+    /// This side restarted with `creds` (a restart, a network change): the peer's
+    /// credentials forgotten, the status of a new session; its local description.
+    fn restarted(&mut self, creds: IceCredentials) -> String {
         self.remote = None;
         self.nominated = false;
         self.completed = false;
@@ -482,6 +511,8 @@ pub(crate) enum Command {
     Send(Vec<u8>),
     /// Something to do with the connection, on its thread.
     Call(Box<dyn FnOnce(&mut Ctx) + Send>),
+    /// [`Ctx::network_changed`] (which waits), its answer for the caller.
+    NetworkChanged(Arc<Rendezvous<Result<String, PinholeError>>>),
 }
 
 /// What the handles read without asking the task.
@@ -590,13 +621,7 @@ impl PeerControl {
         if self.is_closed() {
             return Err(closed_error());
         }
-        let here = CURRENT.with(|c| {
-            c.borrow()
-                .as_ref()
-                .filter(|(id, _)| *id == self.id)
-                .map(|(_, ctx)| ctx.clone())
-        });
-        if let Some(cell) = here {
+        if let Some(cell) = self.here() {
             let mut lent = cell
                 .try_borrow_mut()
                 .map_err(|_| PinholeError::Internal("the connection is busy".into()))?;
@@ -612,6 +637,23 @@ impl PeerControl {
         self.commands
             .send(Command::Call(Box::new(move |ctx| answer2.put(f(ctx)))))
             .map_err(|_| closed_error())?;
+        Self::wait(answer)
+    }
+
+    /// The context the connection's task lends to this thread, when this is the task's
+    /// thread (a call from the sink).
+    fn here(&self) -> Option<Lent> {
+        CURRENT.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|(id, _)| *id == self.id)
+                .map(|(_, ctx)| ctx.clone())
+        })
+    }
+
+    /// Waits (bounded) for the task's answer to a command that holds the other reference
+    /// to `answer`.
+    fn wait<T>(answer: Arc<Rendezvous<T>>) -> Result<T, PinholeError> {
         let deadline = std::time::Instant::now() + CALL_TIMEOUT;
         loop {
             if let Some(v) = answer.take_timeout(Duration::from_millis(50)) {
@@ -704,5 +746,148 @@ impl PeerControl {
     /// a new pair is selected.
     pub(crate) fn restart(&self) -> Result<String, PinholeError> {
         self.call(Ctx::restart)
+    }
+
+    /// The host's network changed (for hosts with a monitor of their own): the socket's
+    /// addresses are found again and ICE restarts on them (RFC 8445 §9), even when they
+    /// look the same; returns the new local description to signal (its candidates follow
+    /// as `LocalCandidate` events). The current path carries data until a new pair is
+    /// selected.
+    ///
+    /// From the sink (a listener or a callback) it is applied at once: finding the
+    /// addresses asks the routing table, which answers without waiting; should it ever
+    /// have to wait there, the call fails with `Internal` and ICE does not restart.
+    pub(crate) fn network_changed(&self) -> Result<String, PinholeError> {
+        if self.is_closed() {
+            return Err(closed_error());
+        }
+        if let Some(cell) = self.here() {
+            let mut lent = cell
+                .try_borrow_mut()
+                .map_err(|_| PinholeError::Internal("the connection is busy".into()))?;
+            let ctx = lent
+                .as_mut()
+                .ok_or_else(|| PinholeError::Internal("the connection is busy".into()))?;
+            // The task's thread is inside this call: nothing could wake a future that
+            // waits, so it is polled once.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let fut = std::pin::pin!(ctx.network_changed());
+            return match fut.poll(&mut cx) {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => Err(PinholeError::Internal(
+                    "the network's addresses could not be read at once".into(),
+                )),
+            };
+        }
+        let answer = Arc::new(Rendezvous::default());
+        self.commands
+            .send(Command::NetworkChanged(answer.clone()))
+            .map_err(|_| closed_error())?;
+        Self::wait(answer)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn config(no_network_monitor: bool) -> PeerConnectionConfig {
+        PeerConnectionConfig {
+            stun_servers: vec![],
+            turn_servers: vec![],
+            controlling: true,
+            port_mapping: false,
+            relay_policy: RelayPolicy::All,
+            bind: Some("127.0.0.1:0".into()),
+            lite: false,
+            no_network_monitor,
+        }
+    }
+
+    /// `no_network_monitor` reaches the core's configuration, both ways.
+    #[test]
+    fn no_network_monitor_reaches_the_core_config() {
+        runtime().block_on(async {
+            for off in [false, true] {
+                let plan = PeerPlan::new(&config(off)).unwrap();
+                assert_eq!(plan.config().await.unwrap().no_network_monitor, off);
+            }
+        });
+    }
+
+    /// The built-in monitor's `NetworkChanged` (the core restarted already): reported as
+    /// `NetworkChanged` with the new description, credentials only (the old session's
+    /// candidates and end of candidates gone), the peer's credentials forgotten (its
+    /// answer is no second restart); the new session's candidates then fill it. (On
+    /// loopback the monitor does not run, so the event is fed in here.)
+    #[test]
+    fn the_monitors_network_change_is_reported_with_the_new_description() {
+        runtime().block_on(async {
+            let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+            let pc = PeerConnection::start(PeerConfig::default(), bind, true)
+                .await
+                .unwrap();
+            let (control, _commands) = PeerControl::new();
+            {
+                let mut s = control.status();
+                s.credentials = Some(pc.local_credentials().clone());
+                s.candidates
+                    .push("candidate:1 1 udp 2130706431 127.0.0.1 9 typ host".into());
+                s.gathering_done = true;
+            }
+            let peer = IceCredentials {
+                ufrag: "peer".into(),
+                pwd: "0123456789012345678901".into(),
+            };
+            let mut ctx = Ctx {
+                pc,
+                remote: Some(peer.clone()),
+                pending: Vec::new(),
+                control: control.clone(),
+                state: IceState::Connected,
+                nominated: true,
+                completed: true,
+            };
+            let old = control.local_description();
+            assert!(old.contains("a=candidate:") && old.contains("a=end-of-candidates"));
+            let credentials = IceCredentials {
+                ufrag: "newu".into(),
+                pwd: "abcdefghijklmnopqrstuv".into(),
+            };
+            let out = ctx.on_event(CoreEvent::NetworkChanged { credentials });
+            let desc = control.local_description();
+            assert_eq!(
+                out,
+                vec![PeerConnectionEvent::NetworkChanged {
+                    local_description: desc.clone()
+                }]
+            );
+            assert!(
+                desc.starts_with("a=ice-ufrag:newu\r\na=ice-pwd:abcdefghijklmnopqrstuv\r\n"),
+                "{desc}"
+            );
+            assert!(!desc.contains("a=candidate:") && !desc.contains("a=end-of-candidates"));
+            assert!(ctx.remote.is_none() && !ctx.nominated && !ctx.completed);
+            // The peer's answer (its own restart) is no restart of this side's.
+            ctx.apply_remote(IceDescription {
+                ufrag: "peer2".into(),
+                pwd: "0123456789012345678902".into(),
+                ..IceDescription::default()
+            });
+            assert!(ctx.pending.is_empty(), "{:?}", ctx.pending);
+            // The new session's candidates.
+            let c = Candidate::parse("candidate:2 1 udp 2130706431 127.0.0.1 10 typ host").unwrap();
+            let out = ctx.on_event(CoreEvent::Candidate(c));
+            assert_eq!(out.len(), 1);
+            assert!(control.local_description().contains(" 10 typ host"));
+            ctx.pc.close().await;
+        });
     }
 }

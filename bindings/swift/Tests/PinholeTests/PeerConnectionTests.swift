@@ -238,6 +238,7 @@ final class PeerSide: @unchecked Sendable {
         case .localCandidate(let c): send("C:\(c)")
         case .gatheringComplete: send("E:")
         case .remoteRestarted(let d): send("D:\(d)")
+        case .networkChanged(let d): send("D:\(d)")
         case .data(let d): locked { received.append(d) }
         default: break
         }
@@ -262,6 +263,16 @@ final class PeerSide: @unchecked Sendable {
         order.lock()
         defer { order.unlock() }
         let d = try pc.restart()
+        send("D:\(d)")
+        return d
+    }
+
+    /// The network changed (the app's own monitor): like `restart()`, the new description
+    /// goes out before its candidates.
+    func networkChanged() throws -> String {
+        order.lock()
+        defer { order.unlock() }
+        let d = try pc.networkChanged()
         send("D:\(d)")
         return d
     }
@@ -317,7 +328,10 @@ func peerConfig(controlling: Bool, policy: RelayPolicy, stun: [String] = [stunUR
     PeerConnectionConfig(
         stunServers: stun,
         turnServers: [PeerTurnServer(uri: turnURI, username: turnUser, password: turnPassword)],
-        controlling: controlling, portMapping: false, relayPolicy: policy, bind: bind, lite: false)
+        controlling: controlling, portMapping: false, relayPolicy: policy, bind: bind, lite: false,
+        // This app follows the network itself (networkChanged()); on loopback there is no
+        // built-in monitor either way.
+        noNetworkMonitor: controlling)
 }
 
 /// Consumes a stream in a task of its own: the last event, and whether it ended.
@@ -457,9 +471,44 @@ final class PeerConnectionTests: XCTestCase {
         }
         XCTAssertEqual(restarts, [0, 1], "\(name): b restarted once, because a did; a not again")
 
+        // The network changed (the app's own monitor): a's new description goes out, b
+        // restarts as for a restart, new pairs (relays allocated again), data again. On
+        // loopback the built-in monitor does not run: no networkChanged event.
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let markNet = a.seenEvents.count
+        let beforeNet = a.pc.localDescription()
+        let changed = try a.networkChanged()
+        XCTAssertNotEqual(changed, beforeNet)
+        XCTAssertTrue(changed.contains("a=ice-ufrag:") && !changed.contains("a=candidate:"), changed)
+        let na = await a.pair { markNet }
+        let nb = await b.pair {
+            let restarted = b.seenEvents.enumerated().filter {
+                if case .remoteRestarted = $0.element { return true }
+                return false
+            }
+            return restarted.count > 1 ? restarted[1].offset : nil
+        }
+        XCTAssertNotNil(na, "\(name): a pair after the network change")
+        XCTAssertNotNil(nb, "\(name): b pair after the network change")
+        XCTAssertEqual(na?.relayed, relayed)
+        XCTAssertEqual(nb?.relayed, relayed)
+        let ab3 = await carries(a, b, Data("\(name): a to b after the network change".utf8))
+        let ba3 = await carries(b, a, Data("\(name): b to a after the network change".utf8))
+        XCTAssertTrue(ab3 && ba3, "\(name): after the network change: a->b \(ab3), b->a \(ba3)")
+        XCTAssertEqual(a.errors + b.errors, [], "\(name): signalling errors")
+        let followed = [a, b].map { side in
+            side.seenEvents.filter { if case .remoteRestarted = $0 { return true }; return false }.count
+        }
+        XCTAssertEqual(followed, [0, 2], "\(name): b followed the network change; a did not restart again")
+        let monitorEvents = (a.seenEvents + b.seenEvents).filter {
+            if case .networkChanged = $0 { return true }
+            return false
+        }
+        XCTAssertEqual(monitorEvents.count, 0, "\(name): no built-in monitor on loopback")
+
         // Closing: a waits for its end (closed, then the sequence ends); b just closes, and
         // its sequence ends too. Their sockets, or relays, are released.
-        let locals = [ra?.local ?? pa.local, rb?.local ?? pb.local]
+        let locals = [na?.local ?? ra?.local ?? pa.local, nb?.local ?? rb?.local ?? pb.local]
         await a.pc.closeAndWait()
         XCTAssertTrue(a.pc.isClosed())
         let aEnded = await a.consumerEnded(10)
