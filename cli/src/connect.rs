@@ -378,7 +378,15 @@ fn timing_event(mut v: serde_json::Value, started: Instant) {
 }
 
 fn candidate_json(c: &Candidate) -> serde_json::Value {
-    json!({"type": c.kind.as_str(), "address": c.socket_addr().map(|a| a.to_string())})
+    let mut v = json!({
+        "type": c.kind.as_str(),
+        "address": c.socket_addr().map(|a| a.to_string()),
+        "transport": c.transport.as_str().to_ascii_lowercase(),
+    });
+    if let Some(t) = c.tcp_type {
+        v["tcptype"] = json!(t.as_str());
+    }
+    v
 }
 
 /// Runs `pinhole connect`.

@@ -12,9 +12,11 @@
 //! - the peer connection resolves the peer's mDNS (`.local`) candidates on sockets of
 //!   their own (`mdns`).
 //! - [`icmp`] punches a UDP path with ICMP (pwnat; Linux, `CAP_NET_RAW`).
+//! - [`ice_tcp`] runs a peer connection's ICE-TCP sockets and connections (RFC 6544).
 //! - [`interfaces`] lists the host's interface addresses for host candidates.
 
 mod error;
+pub mod ice_tcp;
 pub mod icmp;
 pub mod interfaces;
 mod mdns;

@@ -27,6 +27,12 @@
 //! first; it reads into one 64 KiB buffer per thread, shared by the connections whose
 //! tasks run there. [`PeerConnection::recv`] and [`PeerConnection::next`] are the same
 //! path with a `Vec` per datagram, for convenience.
+//!
+//! With [`PeerConfig::ice_tcp`], the connection also binds ICE-TCP sockets (RFC 6544: a
+//! listening and a simultaneous-open one per base IP) and runs their connections
+//! ([`super::ice_tcp`]). Their messages reach the machine through the task, and the data
+//! in them the application through the same queue; data sent on a TCP pair is framed
+//! (RFC 4571) into the connection's bounded write queue (a copy).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -37,6 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
+use super::ice_tcp::{IceTcp, TcpEvent, TcpTasks};
 use super::mdns::{Outcome as MdnsOutcome, Publisher, Resolver};
 use super::peer_portmap::{PortMapping, PortmapEvent, Release};
 use super::peer_streams::{StreamEvent, StreamWriters, Streams};
@@ -269,6 +276,8 @@ struct Shared {
     rebase: Option<Rebase>,
     /// The TCP and TLS connections to TURN servers, by server.
     streams: StreamWriters,
+    /// ICE-TCP (RFC 6544): the TCP bases' sockets and connections.
+    tcp: IceTcp,
     local: SocketAddr,
     state: Mutex<State>,
     /// Datagrams in `state.queue` (read without the lock).
@@ -477,13 +486,17 @@ impl PeerConnection {
         };
         let local = base_list[0];
         let port_mapping = config.port_mapping;
+        let (tcp, tcp_tasks) =
+            IceTcp::new(config.stun_servers.clone(), config.ice.tcp_check_timeout);
         let no_monitor = config.no_network_monitor;
         let mut peer =
             Peer::with_bases(Instant::now(), config, &base_list, controlling, os_seed()?);
         let credentials = peer.local_credentials().clone();
         if peer.wants_tcp_bases() {
-            // ICE-TCP is not wired into this driver yet: no TCP bases.
-            peer.tcp_bases(Instant::now(), &[], &[]);
+            // ICE-TCP (RFC 6544): a passive and an so base on each base IP.
+            let ips: Vec<IpAddr> = base_list.iter().map(SocketAddr::ip).collect();
+            let (passive, so) = tcp.bind(&ips, socket.local_addr().port());
+            peer.tcp_bases(Instant::now(), &passive, &so);
         }
         let streams = Streams::start(peer.turn_streams());
         // A loopback socket has no gateway: nothing to ask (and nothing may be sent to
@@ -504,6 +517,7 @@ impl PeerConnection {
             }),
             rebase,
             streams: streams.writers(),
+            tcp,
             local,
             state: Mutex::new(State {
                 peer,
@@ -533,7 +547,14 @@ impl PeerConnection {
             },
             _ => None,
         };
-        let task = tokio::spawn(run(shared.clone(), ev_tx, streams, portmap, monitor));
+        let task = tokio::spawn(run(
+            shared.clone(),
+            ev_tx,
+            streams,
+            portmap,
+            monitor,
+            tcp_tasks,
+        ));
         Ok(Self {
             shared,
             events: ev_rx,
@@ -847,6 +868,10 @@ impl PeerConnection {
             .streams
             .flush(std::time::Duration::from_secs(1))
             .await;
+        self.shared
+            .tcp
+            .flush(std::time::Duration::from_secs(1))
+            .await;
     }
 
     /// The next datagram from the peer into `buf` (at its start): its length and the
@@ -910,8 +935,9 @@ async fn send(shared: &Shared, data: &[u8]) {
                     source,
                     destination,
                 }) => {
-                    // ICE-TCP (RFC 6544): not wired into this driver yet.
-                    debug!(%source, %destination, "no ICE-TCP connection: data dropped");
+                    // ICE-TCP (RFC 6544): framed into the connection's queue (a copy).
+                    drop(guard);
+                    shared.tcp.send(source, destination, data);
                     return;
                 }
                 Ok(Outgoing::Direct {
@@ -1152,6 +1178,7 @@ async fn run(
     mut streams: Streams,
     mut portmap: PortMapping,
     mut monitor: Option<super::netmon::NetworkMonitor>,
+    mut tcp: TcpTasks,
 ) {
     let _closing = Closing(shared.clone());
     let mut deallocating = false;
@@ -1176,6 +1203,12 @@ async fn run(
         loop {
             let t = shared.lock().peer.poll_transmit();
             let Some(t) = t else { break };
+            // ICE-TCP by its source (a TCP base), before the TURN streams, which take
+            // every other TCP transmit.
+            if t.proto == Protocol::Tcp && shared.tcp.is_base(t.source) {
+                shared.tcp.send(t.source, t.destination, &t.contents);
+                continue;
+            }
             if shared.streams.send(&t) {
                 continue;
             }
@@ -1251,6 +1284,7 @@ async fn run(
                 }
             }
             Some(ev) = streams.next() => stream_event(&shared, ev),
+            Some(ev) = tcp.next() => tcp_event(&shared, ev),
             change = async {
                 match monitor.as_mut() {
                     Some(m) => m.changed().await,
@@ -1499,6 +1533,25 @@ fn stream_event(shared: &Shared, ev: StreamEvent) {
             debug!(%server, %error, "TURN connection over TCP/TLS ended");
             st.peer
                 .turn_stream_closed(server, crate::turn::TurnError::Stream(error));
+        }
+    }
+}
+
+/// What an ICE-TCP connection brought: a message to the machine, like a datagram (its
+/// data to the queue that the next receive drains), or its failure.
+fn tcp_event(shared: &Shared, ev: TcpEvent) {
+    match ev {
+        TcpEvent::Message(m) => {
+            let rx = Received {
+                proto: Protocol::Tcp,
+                source: m.remote,
+                destination: m.base,
+                contents: &m.data,
+            };
+            queue_input(shared, shared.lock(), rx);
+        }
+        TcpEvent::Failed { base, remote } => {
+            shared.lock().peer.tcp_connection_failed(base, remote);
         }
     }
 }

@@ -8,6 +8,7 @@ mod agent;
 pub mod birthday;
 mod candidate;
 mod description;
+pub mod tcp;
 
 pub use agent::{
     IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, IceState, MAX_PREDICTED_PORTS,

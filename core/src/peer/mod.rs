@@ -254,6 +254,9 @@ pub struct Peer {
     tcp_pending: bool,
     /// The TCP bases: passive (listening), active (the IP with port 0), so.
     tcp_bases: Vec<SocketAddr>,
+    /// Binding requests over TCP from an so base: (transaction, base, STUN server), so
+    /// that a connection the driver could not make ends its wait at once.
+    tcp_stun: Vec<(TransactionId, SocketAddr, SocketAddr)>,
     /// How many times [`Peer::network_changed`] was called.
     network_changes: u8,
     /// Allocations made again after a relay was lost ([`MAX_REALLOCATIONS`] at most).
@@ -411,6 +414,7 @@ impl Peer {
             portmap_pending: config.port_mapping && !config.relay_only && !config.ice.lite,
             tcp_pending: config.ice_tcp && !config.relay_only && !config.ice.lite,
             tcp_bases: Vec::new(),
+            tcp_stun: Vec::new(),
             network_changes: 0,
             reallocations: 0,
             deallocating: false,
@@ -862,11 +866,29 @@ impl Peer {
                 }
                 let req = Request::new(crate::Protocol::Tcp, base, server, Method::BINDING);
                 match self.stun.start(now, req, |_| Ok(())) {
-                    Ok(id) => self.srflx_pending.push((id, base)),
+                    Ok(id) => {
+                        self.srflx_pending.push((id, base));
+                        self.tcp_stun.push((id, base, server));
+                    }
                     Err(e) => debug!(error = %e, "cannot ask a STUN server over TCP"),
                 }
             }
         }
+        self.check_gathering();
+    }
+
+    /// The driver could not connect from the TCP base `base` to `remote` (or the
+    /// connection ended): a Binding request to that STUN server over it is abandoned at
+    /// once, so that gathering does not wait the reliable-transport timeout (RFC 8489
+    /// §6.2.2: 39.5 s) for an answer that cannot come. Anything else is ignored.
+    pub fn tcp_connection_failed(&mut self, base: SocketAddr, remote: SocketAddr) {
+        let failed =
+            |(_, b, s): &(TransactionId, SocketAddr, SocketAddr)| *b == base && *s == remote;
+        for (id, _, _) in self.tcp_stun.iter().filter(|t| failed(t)) {
+            self.stun.cancel(*id);
+            self.srflx_pending.retain(|(p, _)| p != id);
+        }
+        self.tcp_stun.retain(|t| !failed(t));
         self.check_gathering();
     }
 

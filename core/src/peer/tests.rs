@@ -1757,3 +1757,65 @@ fn a_turn_server_restart_is_recovered_from_by_allocating_again() {
     );
     println!("back on a new allocation {took:?} after the restart (virtual time)");
 }
+
+/// ICE-TCP: when the driver cannot connect an so base to the STUN server
+/// ([`Peer::tcp_connection_failed`]), gathering ends at once instead of waiting the
+/// reliable-transport timeout (39.5 s) for the Binding request over TCP.
+#[test]
+fn a_failed_tcp_connection_to_the_stun_server_ends_gathering() {
+    let now = Instant::now();
+    let local = a("192.168.1.10:5000");
+    let server = a(STUN);
+    let config = PeerConfig {
+        stun_servers: vec![server],
+        ice_tcp: true,
+        ..PeerConfig::default()
+    };
+    let mut peer = Peer::new(now, config, local, true, [6; 32]);
+    let mut events = Vec::new();
+    let pump = |peer: &mut Peer, events: &mut Vec<PeerEvent>, udp: &mut Vec<Transmit>| {
+        while let Some(t) = peer.poll_transmit() {
+            if t.proto == crate::Protocol::Udp {
+                udp.push(t);
+            }
+        }
+        while let Some(e) = peer.poll_event() {
+            events.push(e);
+        }
+    };
+    let mut udp = Vec::new();
+    let so = a("192.168.1.10:6002");
+    peer.tcp_bases(now, &[a("192.168.1.10:6001")], &[so]);
+    pump(&mut peer, &mut events, &mut udp);
+    // The UDP Binding request answered.
+    let id = crate::stun::Message::parse(&udp[0].contents)
+        .unwrap()
+        .transaction_id();
+    let mut buf = [0u8; 128];
+    let mut b =
+        crate::stun::MessageBuilder::new(&mut buf, crate::stun::MessageType::BINDING_SUCCESS, id)
+            .unwrap();
+    b.add(&XorMappedAddress(a("198.51.100.1:5000"))).unwrap();
+    let r = b.finish().to_vec();
+    let rx = Received {
+        proto: crate::Protocol::Udp,
+        source: server,
+        destination: local,
+        contents: &r,
+    };
+    assert_eq!(peer.handle_input(now, rx), PeerInput::Consumed);
+    peer.handle_timeout(now + Duration::from_secs(5));
+    pump(&mut peer, &mut events, &mut udp);
+    assert!(
+        !events.contains(&PeerEvent::GatheringComplete),
+        "waiting for the Binding response over TCP"
+    );
+    // Another base's or server's failure changes nothing.
+    peer.tcp_connection_failed(a("192.168.1.10:6003"), server);
+    peer.tcp_connection_failed(so, a("192.0.2.99:3478"));
+    pump(&mut peer, &mut events, &mut udp);
+    assert!(!events.contains(&PeerEvent::GatheringComplete));
+    peer.tcp_connection_failed(so, server);
+    pump(&mut peer, &mut events, &mut udp);
+    assert_eq!(events.last(), Some(&PeerEvent::GatheringComplete));
+}

@@ -563,6 +563,39 @@ impl Lab {
         Ok(self.hosts.last().expect("just pushed"))
     }
 
+    /// Adds a host named `name` on the lab internet itself (no NAT, no firewall): a WAN
+    /// address 198.51.100.N of its own, as a server with a public address. Its `router`
+    /// is `"internet"`.
+    pub fn add_public_host(&mut self, name: &str) -> Result<&Host> {
+        if self.routers.iter().any(|r| r.name == name) || self.hosts.iter().any(|h| h.name == name)
+        {
+            return Err(lab_err!("the lab already has a node named {name}"));
+        }
+        if self.next_wan == u8::MAX {
+            return Err(lab_err!("out of WAN addresses"));
+        }
+        let ip = Ipv4Addr::new(198, 51, 100, self.next_wan);
+        let ns_name = self.ns_name(name);
+        self.namespaces.push(Netns::create(&ns_name)?);
+        self.plug(Uplink::Internet, &ns_name, "eth0")?;
+        self.next_wan += 1;
+        ip_batch(
+            &ns_name,
+            &[
+                format!("addr add {ip}/24 dev eth0"),
+                "link set eth0 up".to_owned(),
+                format!("route add default via {WAN_GATEWAY}"),
+            ],
+        )?;
+        self.hosts.push(Host {
+            name: name.to_owned(),
+            ns: ns_name,
+            ip,
+            router: "internet".to_owned(),
+        });
+        Ok(self.hosts.last().expect("just pushed"))
+    }
+
     /// Gives `host` a second uplink, interface `dev` on `router`'s LAN, left down and
     /// without an address: the other network a phone can move to (cellular beside
     /// Wi-Fi). Returns the address it takes there and its gateway; [`Lab::switch_uplink`]

@@ -79,6 +79,10 @@ pub struct NatConfig {
     pub hairpinning: bool,
     /// A firewall that drops all UDP in both directions (TCP still passes).
     pub block_udp: bool,
+    /// Whether TCP gets the mapping and filtering behaviour too (RFC 5382), through maps
+    /// of its own. Off: TCP is plain `masquerade` (with `random` under random
+    /// allocation), whatever the mapping and filtering say.
+    pub tcp_behaviour: bool,
     /// Random loss, in percent, of every packet entering the router from either side.
     pub loss_percent: u8,
     /// One-way delay added to every forwarded packet, in each direction (NFQUEUE and the
@@ -98,6 +102,7 @@ impl Default for NatConfig {
             allocation: PortAllocation::Preserving,
             hairpinning: false,
             block_udp: false,
+            tcp_behaviour: false,
             loss_percent: 0,
             delay: Duration::ZERO,
             mapping_timeout: Duration::from_secs(300),
@@ -171,6 +176,12 @@ impl NatConfig {
         self
     }
 
+    /// With the mapping and filtering behaviour applied to TCP too.
+    pub fn tcp_behaviour(mut self) -> Self {
+        self.tcp_behaviour = true;
+        self
+    }
+
     /// With `percent` random loss.
     pub fn loss(mut self, percent: u8) -> Self {
         self.loss_percent = percent.min(100);
@@ -197,6 +208,9 @@ impl NatConfig {
         );
         if self.block_udp {
             s.push_str(", UDP blocked");
+        }
+        if self.tcp_behaviour {
+            s.push_str(", TCP alike");
         }
         if self.loss_percent > 0 {
             let _ = write!(s, ", {}% loss", self.loss_percent);
@@ -245,6 +259,23 @@ pub fn ruleset(cfg: &NatConfig, ifs: &RouterIfaces<'_>) -> String {
             "ipv4_addr . inet_service . ipv4_addr : ipv4_addr . inet_service",
         ),
         ("set", "peers", "inet_service . ipv4_addr"),
+        // The same for TCP (used with `tcp_behaviour`).
+        (
+            "map",
+            "pubmap_tcp",
+            "inet_service : ipv4_addr . inet_service",
+        ),
+        (
+            "map",
+            "privmap_tcp",
+            "ipv4_addr . inet_service : ipv4_addr . inet_service",
+        ),
+        (
+            "map",
+            "privmap_ad_tcp",
+            "ipv4_addr . inet_service . ipv4_addr : ipv4_addr . inet_service",
+        ),
+        ("set", "peers_tcp", "inet_service . ipv4_addr"),
     ] {
         let _ = writeln!(
             r,
@@ -271,21 +302,23 @@ pub fn ruleset(cfg: &NatConfig, ifs: &RouterIfaces<'_>) -> String {
         r,
         "  chain natpre {{ type nat hook prerouting priority dstnat; policy accept;"
     );
-    match cfg.filtering {
-        Behaviour::EndpointIndependent => {
-            let _ = writeln!(
-                r,
-                "    iifname \"{wan}\" udp dport @pubmap dnat ip to udp dport map @pubmap"
-            );
+    for (p, sfx) in protos(cfg) {
+        match cfg.filtering {
+            Behaviour::EndpointIndependent => {
+                let _ = writeln!(
+                    r,
+                    "    iifname \"{wan}\" {p} dport @pubmap{sfx} dnat ip to {p} dport map @pubmap{sfx}"
+                );
+            }
+            Behaviour::AddressDependent => {
+                let _ = writeln!(
+                    r,
+                    "    iifname \"{wan}\" {p} dport . ip saddr @peers{sfx} dnat ip to {p} dport map @pubmap{sfx}"
+                );
+            }
+            // Conntrack's exact five-tuple match does it.
+            Behaviour::AddressAndPortDependent => {}
         }
-        Behaviour::AddressDependent => {
-            let _ = writeln!(
-                r,
-                "    iifname \"{wan}\" udp dport . ip saddr @peers dnat ip to udp dport map @pubmap"
-            );
-        }
-        // Conntrack's exact five-tuple match does it.
-        Behaviour::AddressAndPortDependent => {}
     }
     if cfg.hairpinning {
         let _ = writeln!(
@@ -308,28 +341,30 @@ pub fn ruleset(cfg: &NatConfig, ifs: &RouterIfaces<'_>) -> String {
         );
     }
     let out = format!("oifname \"{wan}\" ip saddr != {wan_ip}");
-    match cfg.mapping {
-        Behaviour::EndpointIndependent => {
-            let _ = writeln!(
-                r,
-                "    {out} ip saddr . udp sport @privmap snat ip to ip saddr . udp sport map @privmap"
-            );
-        }
-        Behaviour::AddressDependent => {
-            let _ = writeln!(
-                r,
-                "    {out} ip saddr . udp sport . ip daddr @privmap_ad snat ip to ip saddr . udp sport . ip daddr map @privmap_ad"
-            );
-            let _ = writeln!(
-                r,
-                "    {out} ip saddr . udp sport @privmap masquerade random"
-            );
-        }
-        Behaviour::AddressAndPortDependent => {
-            let _ = writeln!(
-                r,
-                "    {out} ip saddr . udp sport @privmap masquerade random"
-            );
+    for (p, sfx) in protos(cfg) {
+        match cfg.mapping {
+            Behaviour::EndpointIndependent => {
+                let _ = writeln!(
+                    r,
+                    "    {out} ip saddr . {p} sport @privmap{sfx} snat ip to ip saddr . {p} sport map @privmap{sfx}"
+                );
+            }
+            Behaviour::AddressDependent => {
+                let _ = writeln!(
+                    r,
+                    "    {out} ip saddr . {p} sport . ip daddr @privmap_ad{sfx} snat ip to ip saddr . {p} sport . ip daddr map @privmap_ad{sfx}"
+                );
+                let _ = writeln!(
+                    r,
+                    "    {out} ip saddr . {p} sport @privmap{sfx} masquerade random"
+                );
+            }
+            Behaviour::AddressAndPortDependent => {
+                let _ = writeln!(
+                    r,
+                    "    {out} ip saddr . {p} sport @privmap{sfx} masquerade random"
+                );
+            }
         }
     }
     let _ = writeln!(r, "    {out} masquerade{rnd}");
@@ -340,18 +375,21 @@ pub fn ruleset(cfg: &NatConfig, ifs: &RouterIfaces<'_>) -> String {
         r,
         "  chain learn {{ type filter hook postrouting priority srcnat + 10; policy accept;"
     );
-    let mut learn = format!(
-        "    oifname \"{wan}\" meta l4proto udp ct direction original ct original ip saddr != {wan_ip} \
-         update @pubmap {{ udp sport : ct original ip saddr . ct original proto-src }} \
-         update @privmap {{ ct original ip saddr . ct original proto-src : ip saddr . udp sport }} \
-         update @peers {{ udp sport . ip daddr }}"
-    );
-    if cfg.mapping == Behaviour::AddressDependent {
-        learn.push_str(
-            " update @privmap_ad { ct original ip saddr . ct original proto-src . ip daddr : ip saddr . udp sport }",
+    for (p, sfx) in protos(cfg) {
+        let mut learn = format!(
+            "    oifname \"{wan}\" meta l4proto {p} ct direction original ct original ip saddr != {wan_ip} \
+             update @pubmap{sfx} {{ {p} sport : ct original ip saddr . ct original proto-src }} \
+             update @privmap{sfx} {{ ct original ip saddr . ct original proto-src : ip saddr . {p} sport }} \
+             update @peers{sfx} {{ {p} sport . ip daddr }}"
         );
+        if cfg.mapping == Behaviour::AddressDependent {
+            let _ = write!(
+                learn,
+                " update @privmap_ad{sfx} {{ ct original ip saddr . ct original proto-src . ip daddr : ip saddr . {p} sport }}"
+            );
+        }
+        let _ = writeln!(r, "{learn}");
     }
-    let _ = writeln!(r, "{learn}");
     let _ = writeln!(r, "  }}");
 
     // Forwarding filter.
@@ -382,13 +420,31 @@ pub fn ruleset(cfg: &NatConfig, ifs: &RouterIfaces<'_>) -> String {
     r
 }
 
+/// The protocols that get the mapping and filtering behaviour, with their maps' suffix:
+/// UDP, and TCP with [`NatConfig::tcp_behaviour`].
+fn protos(cfg: &NatConfig) -> Vec<(&'static str, &'static str)> {
+    let mut v = vec![("udp", "")];
+    if cfg.tcp_behaviour {
+        v.push(("tcp", "_tcp"));
+    }
+    v
+}
+
 /// The nft commands that forget every mapping (with `conntrack -F` for the kernel's side).
 pub fn flush_commands() -> String {
     let mut r = String::new();
-    for m in ["pubmap", "privmap", "privmap_ad"] {
+    for m in [
+        "pubmap",
+        "privmap",
+        "privmap_ad",
+        "pubmap_tcp",
+        "privmap_tcp",
+        "privmap_ad_tcp",
+    ] {
         let _ = writeln!(r, "flush map ip {TABLE} {m}");
     }
     let _ = writeln!(r, "flush set ip {TABLE} peers");
+    let _ = writeln!(r, "flush set ip {TABLE} peers_tcp");
     r
 }
 
@@ -432,6 +488,23 @@ mod tests {
         let r = ruleset(&NatConfig::default().loss(7).blocking_udp(), &ifs());
         assert!(r.contains("numgen random mod 100 < 7 counter drop"));
         assert!(r.contains("meta l4proto udp drop"));
+    }
+
+    #[test]
+    fn tcp_behaviour_gets_maps_of_its_own() {
+        let plain = ruleset(&NatConfig::full_cone(), &ifs());
+        assert!(!plain.contains("tcp sport @privmap_tcp"));
+        assert!(!plain.contains("tcp dport @pubmap_tcp"));
+        let r = ruleset(&NatConfig::full_cone().tcp_behaviour(), &ifs());
+        assert!(r.contains(
+            "iifname \"wan\" tcp dport @pubmap_tcp dnat ip to tcp dport map @pubmap_tcp"
+        ));
+        assert!(
+            r.contains("tcp sport @privmap_tcp snat ip to ip saddr . tcp sport map @privmap_tcp")
+        );
+        assert!(r.contains("meta l4proto tcp ct direction original"));
+        // UDP keeps its own.
+        assert!(r.contains("udp dport @pubmap dnat ip to udp dport map @pubmap\n"));
     }
 
     #[test]
