@@ -155,6 +155,10 @@ fn credential_lines(c: &IceCredentials) -> String {
     format!("a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", c.ufrag, c.pwd)
 }
 
+/// How long `connect` waits for a working pair again once none works (after one did):
+/// as long as consent takes to be lost (RFC 7675 §5.1: 30 s).
+const RECOVERY_WAIT: Duration = Duration::from_secs(30);
+
 /// Runs `pinhole signal`.
 pub(crate) async fn signal(args: SignalArgs) -> ExitCode {
     let handle = match driver::signal::serve_signal(args.listen).await {
@@ -634,6 +638,8 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     // since we took them (then new ones from the peer answer our restart; otherwise they
     // are the peer's restart, which we answer with one of ours).
     let mut remote_creds: Option<IceCredentials> = None;
+    // Since when no pair works (after one did), if none does now.
+    let mut interrupted_at: Option<tokio::time::Instant> = None;
     let mut restarted = false;
     let mut connected = false;
     // A pair works (nominated or not): data may flow. RFC 8445 lets either side send on
@@ -739,14 +745,25 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                             started,
                         );
                     }
-                    PeerConnectionEvent::State(s @ (IceState::Disconnected | IceState::Failed)) => {
-                        let reason = if s == IceState::Failed {
-                            "no path: every candidate pair failed"
-                        } else {
-                            "consent lost: the peer stopped answering (RFC 7675)"
-                        };
+                    PeerConnectionEvent::State(IceState::Failed) => {
+                        let reason = "no path: every candidate pair failed";
                         say(json!({"event": "disconnected", "reason": reason}), format!("disconnected: {reason}"));
                         break 'session ExitCode::from(EXIT_UNREACHABLE);
+                    }
+                    PeerConnectionEvent::State(IceState::Disconnected) => {
+                        // No working pair now (consent lost, RFC 7675; a relay lost):
+                        // the connection may still find one (a relay allocated again, a
+                        // network change, the peer's restart). Wait that long for it.
+                        say(
+                            json!({"event": "interrupted", "reason": "no working pair: waiting for one", "wait_s": RECOVERY_WAIT.as_secs()}),
+                            format!("interrupted: no working pair; waiting up to {} s", RECOVERY_WAIT.as_secs()),
+                        );
+                        interrupted_at.get_or_insert(tokio::time::Instant::now());
+                    }
+                    PeerConnectionEvent::State(IceState::Connected) => {
+                        if interrupted_at.take().is_some() {
+                            say(json!({"event": "resumed"}), "resumed: a pair works again".into());
+                        }
                     }
                     PeerConnectionEvent::NetworkChanged { credentials } => {
                         // The built-in monitor restarted ICE on the new network: the peer
@@ -905,6 +922,13 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                     json!({"event": "disconnected", "reason": "no path within --timeout"}),
                     format!("no path within {} s (--timeout)", args.timeout.as_secs()),
                 );
+                break 'session ExitCode::from(EXIT_UNREACHABLE);
+            }
+            () = tokio::time::sleep_until(
+                interrupted_at.map_or_else(tokio::time::Instant::now, |t| t + RECOVERY_WAIT)
+            ), if interrupted_at.is_some() => {
+                let reason = "no working pair: consent lost (RFC 7675) and nothing recovered";
+                say(json!({"event": "disconnected", "reason": reason}), format!("disconnected: {reason}"));
                 break 'session ExitCode::from(EXIT_UNREACHABLE);
             }
             () = &mut interrupted => {
