@@ -760,10 +760,9 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         );
                         interrupted_at.get_or_insert(tokio::time::Instant::now());
                     }
-                    PeerConnectionEvent::State(IceState::Connected) => {
-                        if interrupted_at.take().is_some() {
-                            say(json!({"event": "resumed"}), "resumed: a pair works again".into());
-                        }
+                    PeerConnectionEvent::State(IceState::Connected) if interrupted_at.is_some() => {
+                        interrupted_at = None;
+                        say(json!({"event": "resumed"}), "resumed: a pair works again".into());
                     }
                     PeerConnectionEvent::NetworkChanged { credentials } => {
                         // The built-in monitor restarted ICE on the new network: the peer
