@@ -294,8 +294,16 @@ struct Pair {
     rtt: Option<Duration>,
     /// The last answered check on this pair (consent, RFC 7675).
     last_answer: Option<Instant>,
+    /// The last application data from the peer on this pair ([`IceAgent::data_received`]).
+    last_data: Option<Instant>,
     role_conflicts: u8,
 }
+
+/// A selected pair silent this long (no data, no answer) while the peer's data arrives on
+/// another valid pair is given up for that one by the controlling agent: the peer moved
+/// (its relay was lost and made again, its network changed under a pair it could not
+/// keep). Consent (30 s) would get there too, only much later.
+pub const SILENT_PATH: Duration = Duration::from_secs(2);
 
 /// How many times one pair may repair a role conflict before it fails.
 const MAX_ROLE_CONFLICTS: u8 = 4;
@@ -351,6 +359,9 @@ pub struct IceAgent {
     /// The peer's `a=ice-pacing`; zero until it offers one.
     remote_ta: Duration,
     next_consent: Option<Instant>,
+    /// When to look again whether the peer's data moved to another pair
+    /// ([`SILENT_PATH`]).
+    follow_at: Option<Instant>,
     /// The latest time the agent was given (for work that candidates or credentials
     /// arriving between calls make due).
     now: Instant,
@@ -445,6 +456,7 @@ impl IceAgent {
             next_check: None,
             remote_ta: Duration::ZERO,
             next_consent: None,
+            follow_at: None,
             now,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -890,6 +902,7 @@ impl IceAgent {
             nominate_seq: None,
             rtt: None,
             last_answer: None,
+            last_data: None,
             role_conflicts: 0,
         });
     }
@@ -982,6 +995,7 @@ impl IceAgent {
             self.next_consent,
             consent_deadline,
             self.hold_until,
+            self.follow_at,
         ]
         .into_iter()
         .flatten()
@@ -1031,6 +1045,7 @@ impl IceAgent {
                 self.arm_consent(now);
             }
         }
+        self.follow_the_data(now);
         self.update_failed();
         self.release_hold(now);
     }
@@ -1093,6 +1108,74 @@ impl IceAgent {
             debug!("the nominated pair is gone: nominating the best valid one");
             self.nominate_next(b);
         }
+    }
+
+    /// Application data from the peer arrived at `base` from `from`: the pair it came on
+    /// carries the peer's traffic (see [`SILENT_PATH`]). Cheap on the selected pair.
+    pub fn data_received(&mut self, now: Instant, base: SocketAddr, from: SocketAddr) {
+        let on = |a: &Self, i: usize| {
+            let p = &a.pairs[i];
+            a.locals[p.local].base == base && a.remote_addr(p.remote) == Some(from)
+        };
+        if let Some(s) = self.selected.filter(|s| on(self, *s)) {
+            self.pairs[s].last_data = Some(now);
+            return;
+        }
+        if let Some(i) = (0..self.pairs.len())
+            .find(|i| self.pairs[*i].state == PairState::Succeeded && on(self, *i))
+        {
+            self.pairs[i].last_data = Some(now);
+            if self.controlling && self.follow_at.is_none() {
+                let heard = self.selected.and_then(|s| {
+                    let p = &self.pairs[s];
+                    p.last_data.max(p.last_answer)
+                });
+                self.follow_at = Some(heard.map_or(now, |t| (t + SILENT_PATH).max(now)));
+            }
+        }
+    }
+
+    /// [`SILENT_PATH`]: the controlling agent moves the nomination from a silent selected
+    /// pair to the valid pair the peer's data arrives on.
+    fn follow_the_data(&mut self, now: Instant) {
+        if self.follow_at.is_some_and(|t| t <= now) {
+            self.follow_at = None;
+        }
+        if !self.controlling || self.config.lite {
+            return;
+        }
+        let Some(s) = self.selected else { return };
+        // A nomination of another pair is on its way already.
+        if self.nominated.is_some_and(|n| n != s) {
+            return;
+        }
+        let heard = |p: &Pair| p.last_data.max(p.last_answer);
+        if heard(&self.pairs[s]).is_some_and(|t| now < t + SILENT_PATH) {
+            return;
+        }
+        let Some(b) = (0..self.pairs.len())
+            .filter(|i| {
+                *i != s
+                    && self.pairs[*i].state == PairState::Succeeded
+                    && self.pairs[*i]
+                        .last_data
+                        .is_some_and(|t| now < t + SILENT_PATH)
+            })
+            .max_by_key(|i| self.pairs[*i].priority)
+        else {
+            return;
+        };
+        debug!(
+            from = s,
+            to = b,
+            "the selected pair is silent, the peer's data comes on another: nominating that one"
+        );
+        if self.nominated == Some(s) {
+            self.stop_nominating(s);
+            self.pairs[s].nominated = false;
+            self.nominated = None;
+        }
+        self.nominate_next(b);
     }
 
     /// Whether pair `i` goes through a relay (either candidate relayed).

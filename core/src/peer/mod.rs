@@ -1321,7 +1321,9 @@ impl Peer {
                             };
                             match self.agent.handle_input(now, inner) {
                                 IceInput::Consumed => PeerInput::Consumed,
-                                IceInput::NotIce => self.data_if_peer(data, peer, range),
+                                IceInput::NotIce => {
+                                    self.data_if_peer(now, data, (relayed, peer), range)
+                                }
                             }
                         }
                         None => {
@@ -1349,7 +1351,12 @@ impl Peer {
         // 5. ICE, 6. application data, from the peer only.
         match self.agent.handle_input(now, rx) {
             IceInput::Consumed => PeerInput::Consumed,
-            IceInput::NotIce => self.data_if_peer(rx.contents, rx.source, 0..rx.contents.len()),
+            IceInput::NotIce => self.data_if_peer(
+                now,
+                rx.contents,
+                (rx.destination, rx.source),
+                0..rx.contents.len(),
+            ),
         }
     }
 
@@ -1357,9 +1364,18 @@ impl Peer {
     /// or learned from an authenticated check), and not a stray STUN message (see
     /// [`leftover`]). Anything else is dropped: whoever can reach the socket must not be
     /// able to write into the application's stream.
-    fn data_if_peer(&self, data: &[u8], from: SocketAddr, range: Range<usize>) -> PeerInput {
-        match leftover(data, from, range) {
+    ///
+    /// `on` is (our base, the peer's address): the pair it came on, for the agent.
+    fn data_if_peer(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        on: (SocketAddr, SocketAddr),
+        range: Range<usize>,
+    ) -> PeerInput {
+        match leftover(data, on.1, range) {
             PeerInput::Data { from, range } if self.agent.is_remote(from) => {
+                self.agent.data_received(now, on.0, from);
                 PeerInput::Data { from, range }
             }
             PeerInput::Data { from, .. } => {

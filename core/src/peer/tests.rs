@@ -1690,72 +1690,80 @@ fn a_host_that_changes_networks_connects_again_after_network_changed() {
 /// The TURN server restarts under a relayed connection (issue 14): the allocation's
 /// liveness check gets 437, the relayed pairs fail at once, an allocation is made again
 /// and its candidate (trickled, or learned as peer-reflexive) carries the data again,
-/// with no ICE restart and no signalling beyond the trickled candidate.
+/// with no ICE restart. The relayed side controlling (it nominates the new pair) and
+/// controlled (the controlling side moves the nomination to the pair the data now comes
+/// on, [`crate::ice::SILENT_PATH`]), with data flowing both ways all along.
 #[test]
 fn a_turn_server_restart_is_recovered_from_by_allocating_again() {
-    let relay = PeerConfig {
-        relay_only: true,
-        ..PeerConfig::default()
-    };
-    let mut w = World::with(
-        [relay, PeerConfig::default()],
-        [None, None],
-        Conditions::default(),
-    );
-    assert!(w.connect(Duration::from_secs(10)));
-    assert!(w.data_flows(0) && w.data_flows(1));
-    let first = w.sides[0]
-        .peer
-        .agent()
-        .selected_candidates()
-        .map(|(l, _)| l.clone())
-        .expect("a relayed pair");
-    assert_eq!(first.kind, CandidateKind::Relayed);
-    // A new server at the same address: it knows no allocation.
-    let mut tc = TurnServerConfig::new(a(TURN), "sim", 1_700_000_000);
-    tc.credentials.users.insert("u".into(), "p".into());
-    tc.peers.allowed = vec![
-        "10.0.0.0/8".parse().unwrap(),
-        "192.168.0.0/16".parse().unwrap(),
-    ];
-    w.turn = TurnServer::new(w.now, tc, [9; 32]);
-    w.next_relay_port = 50_000;
-    let restarted = w.now;
-    for s in &mut w.sides {
-        s.events.clear();
-    }
-    let mut back = None;
-    for _ in 0..300 {
-        w.run_for(Duration::from_millis(100));
-        let now_on = w.sides[0]
+    for relayed_side in [0usize, 1] {
+        let relay = PeerConfig {
+            relay_only: true,
+            ..PeerConfig::default()
+        };
+        let mut configs = [PeerConfig::default(), PeerConfig::default()];
+        configs[relayed_side] = relay;
+        let mut w = World::with(configs, [None, None], Conditions::default());
+        assert!(w.connect(Duration::from_secs(10)));
+        assert!(w.data_flows(0) && w.data_flows(1));
+        let first = w.sides[relayed_side]
             .peer
             .agent()
             .selected_candidates()
-            .map(|(l, _)| l.clone());
-        if now_on.as_ref().is_some_and(|l| {
-            l.kind == CandidateKind::Relayed && l.socket_addr() != first.socket_addr()
-        }) {
-            back = Some(w.now - restarted);
-            break;
+            .map(|(l, _)| l.clone())
+            .expect("a relayed pair");
+        assert_eq!(first.kind, CandidateKind::Relayed);
+        // A new server at the same address: it knows no allocation.
+        let mut tc = TurnServerConfig::new(a(TURN), "sim", 1_700_000_000);
+        tc.credentials.users.insert("u".into(), "p".into());
+        tc.peers.allowed = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.0.0/16".parse().unwrap(),
+        ];
+        w.turn = TurnServer::new(w.now, tc, [9; 32]);
+        w.next_relay_port = 50_000;
+        let restarted = w.now;
+        for s in &mut w.sides {
+            s.events.clear();
         }
+        let on_new = |w: &World, i: usize| {
+            let (l, r) = w.sides[i]
+                .peer
+                .agent()
+                .selected_candidates()
+                .map(|(l, r)| (l.clone(), r.clone()))?;
+            let relayed = if i == relayed_side { l } else { r };
+            Some(relayed.socket_addr() != first.socket_addr())
+        };
+        let mut back = None;
+        // Both sides send all along (one datagram each per second of virtual time).
+        for _ in 0..30 {
+            let flows = [w.data_flows(0), w.data_flows(1)];
+            if flows == [true, true] && on_new(&w, 0) == Some(true) && on_new(&w, 1) == Some(true) {
+                back = Some(w.now - restarted);
+                break;
+            }
+        }
+        let took = back.unwrap_or_else(|| {
+            panic!(
+                "relayed side {relayed_side}: not on the new allocation both ways within 30 s: {:?} / {:?}",
+                w.sides[0].events, w.sides[1].events
+            )
+        });
+        // Never failed: the agent waited for the new allocation.
+        for side in &w.sides {
+            assert!(
+                !side.events.iter().any(|e| matches!(
+                    e,
+                    PeerEvent::Ice(IceEvent::State(crate::ice::IceState::Failed))
+                )),
+                "{:?}",
+                side.events
+            );
+        }
+        println!(
+            "relayed side {relayed_side}: both sides on the new allocation {took:?} after the restart (virtual time)"
+        );
     }
-    let took = back.unwrap_or_else(|| {
-        panic!(
-            "not on a new relayed address within 30 s: {:?}",
-            w.sides[0].events
-        )
-    });
-    assert!(w.data_flows(0) && w.data_flows(1));
-    // Never failed: the agent waited for the new allocation.
-    assert!(
-        !w.sides[0].events.iter().any(|e| matches!(
-            e,
-            PeerEvent::Ice(IceEvent::State(crate::ice::IceState::Failed))
-        )),
-        "{:?}",
-        w.sides[0].events
-    );
-    println!("back on a new allocation {took:?} after the restart (virtual time)");
 }
 
 /// ICE-TCP: when the driver cannot connect an so base to the STUN server

@@ -981,6 +981,33 @@ impl Lab {
         Ok(())
     }
 
+    /// Restarts coturn (started before with [`start_coturn`](Self::start_coturn) or
+    /// [`start_coturn_with`](Self::start_coturn_with)) with the same configuration: a
+    /// server that forgot every allocation, at the same addresses. Returns once it
+    /// answers STUN again.
+    pub fn restart_coturn(&mut self) -> Result<()> {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.label() == "coturn")
+            .ok_or_else(|| lab_err!("coturn is not running"))?;
+        let mut old = self.procs.remove(i);
+        old.stop();
+        let conf = self.dir.join("turnserver.conf");
+        let log = self.dir.join("turnserver-restarted.log");
+        let mut p = Process::spawn(
+            "coturn",
+            &self.inet,
+            Path::new("turnserver"),
+            &["-c".to_owned(), conf.to_string_lossy().into_owned()],
+            &log,
+        )?;
+        let inet = self.inet.clone();
+        Self::wait_stun(&mut p, self, &inet, &[COTURN_PRIMARY, COTURN_ALTERNATE])?;
+        self.procs.push(p);
+        Ok(())
+    }
+
     /// Starts miniupnpd (nftables backend) on `router` with UPnP IGD, NAT-PMP and PCP. Its
     /// table and chains are created here (Debian's `nft_init.sh` is broken). Because the
     /// router's WAN address is reserved (documentation range), miniupnpd only forwards
