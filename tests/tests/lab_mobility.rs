@@ -225,6 +225,8 @@ enum Disruption {
     Switch,
     /// Its NAT forgets every mapping (`conntrack -F`).
     Flush,
+    /// coturn restarts (every allocation forgotten).
+    TurnRestart,
 }
 
 fn run_cell(
@@ -240,6 +242,7 @@ fn run_cell(
         match what {
             Disruption::Switch => String::new(),
             Disruption::Flush => format!("NAT flush ({}), ", nat.describe()),
+            Disruption::TurnRestart => "coturn restart, ".to_owned(),
         },
         if mover_controls {
             "controlling"
@@ -338,6 +341,7 @@ fn run_cell(
                 }
                 r
             }
+            Disruption::TurnRestart => lab.restart_coturn(),
         };
         if let Err(e) = done {
             cell.trouble.push(format!("{label}: {what:?} {k}: {e}"));
@@ -460,6 +464,44 @@ fn an_uplink_switch_mid_transfer_recovers_in_every_role_and_path() {
         &cells,
         SWITCHES,
     );
+    println!("{report}");
+    assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
+}
+
+/// coturn restarts under a relayed connection (the mover relay-only), three times, in
+/// each role: the allocation's liveness check gets 437 within seconds, the allocation is
+/// made again, its candidate carries the data, and the controlling side moves the
+/// nomination to it ([`pinhole::ice::SILENT_PATH`] when the peer controls). Times count
+/// from coturn answering again.
+#[test]
+fn a_turn_server_restart_under_a_relayed_transfer_is_recovered_from() {
+    if !lab_available("lab_mobility", &["coturn"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("pinhole binary");
+    let cells: Vec<Cell> = std::thread::scope(|s| {
+        let handles: Vec<_> = [true, false]
+            .into_iter()
+            .map(|c| {
+                let bin = bin.clone();
+                s.spawn(move || {
+                    run_cell(
+                        &bin,
+                        c,
+                        true,
+                        Disruption::TurnRestart,
+                        NatConfig::default(),
+                        3,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("cell thread"))
+            .collect()
+    });
+    let (report, trouble) = summarize("coturn restarted, 3 per cell", &cells, 3);
     println!("{report}");
     assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
 }
