@@ -1,7 +1,8 @@
 // The package's Kotlin (android/src/main/kotlin: the Flow adapters and the NetworkMonitor
 // logic) on the host JVM, called from Test.kt's main. Loopback only: `pinhole serve` and
-// `pinhole serve --turn` started by bindings/test.sh, and silent fake gateways (UDP sockets
-// of this test on 127.0.0.31-36 port 5351, which never answer).
+// `pinhole serve --turn` started by bindings/test.sh, silent fake gateways (UDP sockets
+// of this test on 127.0.0.31-36 port 5351, which never answer), and PeerConnections bound
+// to 127.0.0.1 without servers, fed network changes by a NetworkMonitor.
 package dev.pinhole
 
 import java.net.DatagramPacket
@@ -289,5 +290,97 @@ fun testNetworkMonitor() {
                 }
             }
         }
+    }
+}
+
+/** The `a=ice-ufrag` of a description. */
+fun iceUfrag(description: String): String? = Regex("""a=ice-ufrag:(\S+)""").find(description)?.groupValues?.get(1)
+
+/**
+ * NetworkMonitor.feed(connection, signal) on a real PeerConnection (127.0.0.1, no servers,
+ * no built-in monitor): the first state and a DNS change leave it alone; another network,
+ * a new address and the network coming back after none each run networkChanged() (new
+ * credentials) and signal the new description; the connection's end ends the feed.
+ */
+fun testNetworkMonitorPeer() {
+    println("NetworkMonitor feeding a PeerConnection (fake source, loopback)")
+    val config = PeerConnectionConfig(controlling = true, relayPolicy = RelayPolicy.ALL, bind = "127.0.0.1:0",
+        noNetworkMonitor = true)
+    val home = wifi("300", "192.168.1.1", "192.168.1.23")
+    val office = wifi("301", "10.0.0.1", "10.0.0.7", 8)
+    val renewed = wifi("301", "10.0.0.1", "10.0.0.8", 8)
+    val session = runBlocking { openPeerConnection(config) }
+    val pc = session.connection
+    val signalled = CopyOnWriteArrayList<String>()
+    val source = FakeSource()
+    try {
+        runBlocking {
+            val initial = iceUfrag(pc.localDescription())
+            check(initial != null, "the connection has credentials: ${pc.localDescription()}")
+            val job = launch(kotlinx.coroutines.Dispatchers.Default) {
+                NetworkMonitor(source, 50).feed(pc) { signalled.add(it) }
+            }
+            check(eventually(5_000) { source.onChange != null }, "feed(connection) starts the source")
+            source.emit(home)
+            delay(300)
+            source.emit(home.copy(dnsServers = listOf(ip("9.9.9.9"))))
+            delay(300)
+            check(signalled.isEmpty() && iceUfrag(pc.localDescription()) == initial,
+                "feed(connection): neither the first state nor a DNS change restarts: $signalled")
+
+            // Another network: networkChanged ran (new credentials), its description signalled.
+            source.emit(office)
+            check(until(5_000) { signalled.size == 1 }, "feed(connection): another network is signalled: $signalled")
+            val moved = signalled.firstOrNull()?.let { iceUfrag(it) }
+            check(moved != null && moved != initial && iceUfrag(pc.localDescription()) == moved,
+                "another network: new credentials $moved (were $initial), the connection's own")
+            check(signalled.firstOrNull()?.contains("a=ice-pwd:") == true, "the signalled description is whole")
+
+            // A new address on the same network (a new DHCP lease).
+            source.emit(renewed)
+            check(until(5_000) { signalled.size == 2 }, "feed(connection): a new address is signalled: $signalled")
+            val renewedUfrag = signalled.getOrNull(1)?.let { iceUfrag(it) }
+            check(renewedUfrag != null && renewedUfrag != moved, "a new address: new credentials again")
+
+            // Offline: nothing to restart on; the network coming back (the same one) restarts.
+            source.emit(null)
+            delay(300)
+            check(signalled.size == 2, "feed(connection): offline restarts nothing: $signalled")
+            source.emit(renewed)
+            check(until(5_000) { signalled.size == 3 }, "feed(connection): back online is signalled: $signalled")
+            check(signalled.getOrNull(2)?.let { iceUfrag(it) }.let { it != null && it != renewedUfrag },
+                "back online: new credentials")
+
+            // The connection ends (NotAvailable from then on): the next change ends the feed.
+            pc.closeAndWait()
+            source.emit(home)
+            val ended = withTimeoutOrNull(5_000) { job.join() }
+            check(ended != null && job.isCompleted && !job.isCancelled,
+                "feed(connection) returned by itself once the connection ended")
+            check(signalled.size == 3, "nothing signalled for a closed connection: ${signalled.size}")
+            check(source.stops == 1, "feed(connection) stopped the source when the connection ended")
+            job.cancel() // bounded: a feed that failed to end does not hold the test
+        }
+    } finally {
+        session.close()
+    }
+
+    // A closed Kotlin object (its handle freed: session.close()) ends the feed too.
+    val session2 = runBlocking { openPeerConnection(config) }
+    val source2 = FakeSource()
+    val signalled2 = CopyOnWriteArrayList<String>()
+    runBlocking {
+        val job = launch(kotlinx.coroutines.Dispatchers.Default) {
+            NetworkMonitor(source2, 50).feed(session2.connection) { signalled2.add(it) }
+        }
+        check(eventually(5_000) { source2.onChange != null }, "feed(connection) starts the source (2)")
+        source2.emit(home)
+        delay(300)
+        session2.close()
+        source2.emit(office)
+        val ended = withTimeoutOrNull(5_000) { job.join() }
+        check(ended != null && job.isCompleted && !job.isCancelled && signalled2.isEmpty(),
+            "feed(connection) returned by itself once the session was closed: $signalled2")
+        job.cancel()
     }
 }

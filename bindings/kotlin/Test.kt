@@ -5,8 +5,9 @@
 // `pinhole serve`), and TURN allocations on
 // `pinhole serve --turn` (args[2..5]: its URI, user, password, REST secret) relaying to and
 // from a UDP socket of the test's own on 127.0.0.1. The package's Flow adapters and
-// NetworkMonitor logic are tested in AdaptersTest.kt, PeerConnection (two of them meeting
-// through `pinhole signal` at args[6]) in PeerTest.kt. Prints "N passed, N failed".
+// NetworkMonitor logic (feeding port mappers and PeerConnections) are tested in
+// AdaptersTest.kt, PeerConnection (two of them meeting through `pinhole signal` at
+// args[6]) in PeerTest.kt. Prints "N passed, N failed".
 package dev.pinhole
 
 import java.net.DatagramPacket
@@ -475,6 +476,7 @@ fun main(args: Array<String>) {
     testTurn(args[2], args[3], args[4], args[5])
     testFlows(serveUri, silentUri, args[2], args[3], args[4])
     testNetworkMonitor()
+    testNetworkMonitorPeer()
     testPeerConnections(args[6], serveUri, args[2], args[3], args[4])
 
     check(logger.records.get() > 0, "log records arrived: ${logger.records.get()}")

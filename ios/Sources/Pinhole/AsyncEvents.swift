@@ -288,6 +288,23 @@ public func peerConnectionEvents(
     return PeerConnectionEvents(connection: connection, stream: stream)
 }
 
+extension PathMonitor {
+    /// `peerConnectionEvents(config:bufferingPolicy:)` with `noNetworkMonitor` set, fed
+    /// network changes from then on (see `feed(_:signal:)`): on each new network the
+    /// connection restarts and `signal` gets the new local description, for the peer.
+    public func peerConnectionEvents(
+        config: PeerConnectionConfig,
+        bufferingPolicy: AsyncStream<PeerConnectionEvent>.Continuation.BufferingPolicy = .unbounded,
+        signal: @escaping @Sendable (String) -> Void
+    ) async throws -> PeerConnectionEvents {
+        var c = config
+        c.noNetworkMonitor = true
+        let events = try await Pinhole.peerConnectionEvents(config: c, bufferingPolicy: bufferingPolicy)
+        feed(events.connection, signal: signal)
+        return events
+    }
+}
+
 /// The connection's constructor (UniFFI's async constructor).
 private func makePeerConnection(config: PeerConnectionConfig, listener: PeerConnectionListener) async throws
     -> PeerConnection

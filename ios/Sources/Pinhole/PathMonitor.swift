@@ -2,7 +2,8 @@
 // through NWPathSource in PathMonitorNetwork.swift), reduced to what pinhole needs: whether
 // there is a usable path, its preferred interface, and which gateway and local address the
 // port mapper should use; fed to port mappers as network changes
-// (PortMapper.networkChanged). Everything here is portable Swift and is tested on Linux
+// (PortMapper.networkChanged), and to peer connections (PeerConnection.networkChanged,
+// whose new description the app signals). Everything here is portable Swift and is tested on Linux
 // with a fake PathSource; only the small NWPathMonitor adapter needs Apple's SDK.
 import Foundation
 
@@ -182,6 +183,21 @@ public struct NetworkState: Equatable, Sendable {
         c.localIp = networkInfo.localIp
         return c
     }
+
+    /// What a peer connection cares about: whether there is a path, its preferred
+    /// interface, the gateway and this host's address toward it. Not whether the path is
+    /// expensive or constrained.
+    var connectionKey: ConnectionKey {
+        ConnectionKey(isSatisfied: isSatisfied, interface: interface, gateway: gateway, localIp: localIp)
+    }
+}
+
+/// The part of a `NetworkState` whose change restarts a peer connection.
+struct ConnectionKey: Equatable {
+    var isSatisfied: Bool
+    var interface: PathSnapshot.Interface?
+    var gateway: String?
+    var localIp: String?
 }
 
 /// The decision of `PathMonitor`: snapshot in, `NetworkState` out, unchanged states
@@ -278,7 +294,9 @@ extension PortMapper: NetworkChangeReceiver {}
 /// nothing pinhole uses are dropped. Port mappers given to `feed(_:configuredWith:)` (or
 /// started with `mapPort(config:listener:)`) are told when their gateway or local address
 /// changes, through `PortMapper.networkChanged`: they delete the mapping at the old
-/// gateway and map again at the new one.
+/// gateway and map again at the new one. Peer connections given to `feed(_:signal:)` (or
+/// started with `peerConnectionEvents(config:signal:)`) restart on each new network, and
+/// the new local description goes to `signal`, for the peer.
 ///
 /// `close()` stops watching (as does releasing the last reference). Thread-safe.
 public final class PathMonitor: @unchecked Sendable {
@@ -288,11 +306,25 @@ public final class PathMonitor: @unchecked Sendable {
         init(_ r: NetworkChangeReceiver, _ sent: NetworkInfo) { receiver = r; self.sent = sent }
     }
 
+    private final class FedPeer {
+        weak var connection: PeerConnection?
+        let signal: @Sendable (String) -> Void
+        /// The network the connection is on; nil until the first state.
+        var key: ConnectionKey?
+        var ended = false
+        init(_ c: PeerConnection, _ signal: @escaping @Sendable (String) -> Void, _ key: ConnectionKey?) {
+            connection = c
+            self.signal = signal
+            self.key = key
+        }
+    }
+
     private let source: PathSource
     private let addresses: InterfaceAddressProvider
     private let lock = NSLock()
     private var logic = PathLogic()
     private var fed: [Fed] = []
+    private var peers: [FedPeer] = []
     private var observers: [UUID: AsyncStream<NetworkState>.Continuation] = [:]
     private var started = false
     private var closed = false
@@ -325,6 +357,7 @@ public final class PathMonitor: @unchecked Sendable {
         let ending = Array(observers.values)
         observers.removeAll()
         fed.removeAll()
+        peers.removeAll()
         lock.unlock()
         if wasStarted { source.cancel() }
         for c in ending { c.finish() }
@@ -376,6 +409,30 @@ public final class PathMonitor: @unchecked Sendable {
         return mapper
     }
 
+    /// Restarts `connection` on each new network (`PeerConnection.networkChanged()`) and
+    /// hands the new local description to `signal`, to send to the peer (as for
+    /// `restart()`: the candidates follow as `localCandidate` events; the peer restarts too,
+    /// and its new description comes back as its `remoteRestarted`). The changes that
+    /// count: another preferred interface, gateway or local address, and the path coming
+    /// back after none; not the current state (the network the connection was made on, or
+    /// the first path when fed before there is one), not `isExpensive` or `isConstrained`,
+    /// and nothing while the path is unusable (nothing to restart on, nor a way to signal).
+    ///
+    /// Create the connection with `noNetworkMonitor` set where pinhole has a built-in
+    /// monitor (Linux and Android), so that a change does not restart it twice; on Apple
+    /// platforms there is none. The connection is held weakly, and its feed ends when it
+    /// has closed (`networkChanged()` throws `NotAvailable`). Another failure (`Io`: no
+    /// route yet; `TimedOut`) skips that change: the connection stays on its path, the
+    /// next change tries again. `networkChanged()` and `signal` run on the thread that
+    /// delivers paths (`PathMonitor(queue:)`'s queue), one change at a time.
+    public func feed(_ connection: PeerConnection, signal: @escaping @Sendable (String) -> Void) {
+        lock.lock()
+        if !closed {
+            peers.append(FedPeer(connection, signal, logic.last?.connectionKey))
+        }
+        lock.unlock()
+    }
+
     private func feed(_ receiver: NetworkChangeReceiver, current: NetworkInfo) {
         lock.lock()
         guard !closed else { lock.unlock(); return }
@@ -405,11 +462,40 @@ public final class PathMonitor: @unchecked Sendable {
             f.sent = info
             if let r = f.receiver { tell.append(r) }
         }
+        peers.removeAll { $0.connection == nil || $0.ended }
+        let key = state.connectionKey
+        var restart: [(FedPeer, PeerConnection)] = []
+        for p in peers {
+            let was = p.key
+            p.key = key
+            guard was != nil, was != key, key.isSatisfied, let c = p.connection else { continue }
+            restart.append((p, c))
+        }
         let watching = Array(observers.values)
         lock.unlock()
         // A mapper that has stopped says NotAvailable: nothing to do about it.
         for r in tell { try? r.networkChanged(info: info) }
+        for (p, c) in restart {
+            do {
+                let description = try c.networkChanged()
+                p.signal(description)
+            } catch PinholeError.NotAvailable {
+                // Closed: its feed ends.
+                lock.lock()
+                p.ended = true
+                lock.unlock()
+            } catch {
+                // Skipped: the next change tries again.
+            }
+        }
         for c in watching { c.yield(state) }
+    }
+
+    /// The peer connections fed now (for tests).
+    var fedPeerCount: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return peers.filter { $0.connection != nil && !$0.ended }.count
     }
 }
 

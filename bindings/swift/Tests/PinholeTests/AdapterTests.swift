@@ -1,8 +1,9 @@
 // Tests of the hand-written Swift of the package (ios/Sources/Pinhole): the AsyncSequence
 // adapters against loopback servers (the embedded STUN server, `pinhole serve --turn` from
 // bindings/test.sh, and a fake NAT-PMP gateway of this file's own on 127.0.0.61/62), and
-// PathMonitor's logic with a fake PathSource and fake interface addresses. Nothing leaves
-// loopback.
+// PathMonitor's logic with a fake PathSource and fake interface addresses, moving a real
+// port mapper and restarting real peer connections (bound to 127.0.0.1, no servers).
+// Nothing leaves loopback.
 import Foundation
 import XCTest
 
@@ -161,6 +162,30 @@ final class RecordingReceiver: NetworkChangeReceiver, @unchecked Sendable {
     var infos: [NetworkInfo] { lock.lock(); defer { lock.unlock() }; return got }
     func networkChanged(info: NetworkInfo) throws { lock.lock(); got.append(info); lock.unlock() }
 }
+
+/// The descriptions a feed signalled.
+final class Signalled: @unchecked Sendable {
+    private let lock = NSLock()
+    private var got: [String] = []
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return got }
+    func add(_ d: String) { lock.lock(); got.append(d); lock.unlock() }
+}
+
+/// The `a=ice-ufrag` of a description.
+func iceUfrag(_ description: String) -> String? {
+    description.split(whereSeparator: \.isNewline)
+        .first { $0.hasPrefix("a=ice-ufrag:") }
+        .map { String($0.dropFirst("a=ice-ufrag:".count)) }
+}
+
+/// A listener that drops the events.
+final class IgnoringPeerListener: PeerConnectionListener, @unchecked Sendable {
+    func onEvent(event: PeerConnectionEvent) {}
+}
+
+/// A connection on 127.0.0.1 without servers or built-in monitor, for PathMonitor's feed.
+let loopbackPeerConfig = PeerConnectionConfig(controlling: true, relayPolicy: .all, bind: "127.0.0.1:0",
+                                              noNetworkMonitor: true)
 
 private let wifi = PathSnapshot.Interface(name: "en0", type: .wifi)
 private let cell = PathSnapshot.Interface(name: "pdp_ip0", type: .cellular)
@@ -544,6 +569,90 @@ final class AdapterTests: XCTestCase {
         var later = monitor.states().makeAsyncIterator()
         let afterClose = await later.next()
         XCTAssertNil(afterClose)
+    }
+
+    /// feed(_:signal:) restarts a real PeerConnection on each new network and signals its
+    /// new description; not for the current state, a cost change or an unusable path; the
+    /// connection's close ends its feed.
+    func testPathMonitorRestartsAPeerConnectionOnANewNetwork() async throws {
+        let source = FakePathSource()
+        let monitor = PathMonitor(source: source, addresses: addresses)
+        defer { monitor.close() }
+        monitor.start()
+        source.emit(home())
+        let connection = try await PeerConnection.create(config: loopbackPeerConfig, listener: IgnoringPeerListener())
+        defer { connection.close() }
+        let initial = try XCTUnwrap(iceUfrag(connection.localDescription()))
+        let signalled = Signalled()
+        // Made on the current network: fed from now on, not restarted for it.
+        monitor.feed(connection) { signalled.add($0) }
+        XCTAssertEqual(monitor.fedPeerCount, 1)
+        XCTAssertEqual(signalled.all, [])
+
+        // The same path, then an expensive one: nothing a connection cares about.
+        source.emit(home())
+        source.emit(home(expensive: true))
+        XCTAssertEqual(signalled.all, [])
+        XCTAssertEqual(iceUfrag(connection.localDescription()), initial)
+
+        // Another interface: networkChanged ran (new credentials), its description
+        // signalled (the fake source delivers on this thread: done when emit returns).
+        source.emit(PathSnapshot(status: .satisfied, interfaces: [cell], gateways: [.init(ip: "2001:db8:2::1")]))
+        XCTAssertEqual(signalled.all.count, 1)
+        let moved = try XCTUnwrap(signalled.all.first.flatMap(iceUfrag))
+        XCTAssertNotEqual(moved, initial)
+        XCTAssertEqual(iceUfrag(connection.localDescription()), moved)
+        XCTAssertTrue(signalled.all[0].contains("a=ice-pwd:"), signalled.all[0])
+
+        // No path: nothing to restart on. Back (the same network): restarted.
+        source.emit(PathSnapshot(status: .unsatisfied))
+        XCTAssertEqual(signalled.all.count, 1)
+        source.emit(PathSnapshot(status: .satisfied, interfaces: [cell], gateways: [.init(ip: "2001:db8:2::1")]))
+        XCTAssertEqual(signalled.all.count, 2)
+        let back = try XCTUnwrap(signalled.all.last.flatMap(iceUfrag))
+        XCTAssertNotEqual(back, moved)
+
+        // Another gateway on the same interface: restarted.
+        source.emit(home())
+        source.emit(home([.init(ip: "192.168.1.254")]))
+        XCTAssertEqual(signalled.all.count, 4)
+        XCTAssertEqual(Set(signalled.all.compactMap(iceUfrag)).count, 4, "\(signalled.all)")
+
+        // Closed (and ended): networkChanged says NotAvailable, the feed ends; nothing
+        // signalled.
+        await connection.closeAndWait()
+        source.emit(PathSnapshot(status: .satisfied, interfaces: [cell], gateways: [.init(ip: "2001:db8:2::1")]))
+        XCTAssertEqual(signalled.all.count, 4)
+        XCTAssertEqual(monitor.fedPeerCount, 0)
+    }
+
+    /// The convenience: a connection started by the monitor (fed before the first path:
+    /// that path does not restart it), held weakly.
+    func testPathMonitorPeerConnectionEventsAreFed() async throws {
+        let source = FakePathSource()
+        let monitor = PathMonitor(source: source, addresses: addresses)
+        defer { monitor.close() }
+        monitor.start()
+        let signalled = Signalled()
+        var config = loopbackPeerConfig
+        config.noNetworkMonitor = false  // set by the monitor
+        var events: PeerConnectionEvents? = try await monitor.peerConnectionEvents(config: config) {
+            signalled.add($0)
+        }
+        XCTAssertEqual(monitor.fedPeerCount, 1)
+        source.emit(home())
+        XCTAssertEqual(signalled.all, [], "the first path is the one the connection was made on")
+        source.emit(PathSnapshot(status: .satisfied, interfaces: [cell], gateways: [.init(ip: "2001:db8:2::1")]))
+        XCTAssertEqual(signalled.all.count, 1)
+        XCTAssertEqual(signalled.all.first.flatMap(iceUfrag), events.flatMap { iceUfrag($0.connection.localDescription()) })
+
+        // Released (never iterated): the connection goes, and with it its feed.
+        weak var gone = events?.connection
+        events = nil
+        XCTAssertNil(gone)
+        XCTAssertEqual(monitor.fedPeerCount, 0)
+        source.emit(home())
+        XCTAssertEqual(signalled.all.count, 1)
     }
 
     func testReleasingThePathMonitorCancelsTheSource() {

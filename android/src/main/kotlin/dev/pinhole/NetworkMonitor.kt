@@ -11,6 +11,7 @@ package dev.pinhole
 import java.net.Inet4Address
 import java.net.Inet6Address
 import java.net.InetAddress
+import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.FlowPreview
 import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.channels.awaitClose
@@ -20,8 +21,10 @@ import kotlinx.coroutines.flow.callbackFlow
 import kotlinx.coroutines.flow.debounce
 import kotlinx.coroutines.flow.distinctUntilChanged
 import kotlinx.coroutines.flow.drop
+import kotlinx.coroutines.flow.filter
 import kotlinx.coroutines.flow.map
 import kotlinx.coroutines.flow.takeWhile
+import kotlinx.coroutines.withContext
 
 /** An address of an interface, with its prefix length (Android's LinkAddress). */
 data class InterfaceAddress(val address: InetAddress, val prefixLength: Int)
@@ -86,6 +89,14 @@ data class NetworkFacts(
 
     /** The identity the port mapper cares about: a change of it moves the mapping. */
     internal val mappingKey: Triple<String?, InetAddress?, InetAddress?> get() = Triple(networkId, gateway, localAddress)
+
+    /**
+     * The identity a peer connection cares about: another network, an address gained or
+     * lost (a new DHCP lease, an IPv6 address), another gateway (a default route that
+     * appears or moves). Not a DNS change, nor the order the platform lists addresses in.
+     */
+    internal val connectionKey: Triple<String?, Set<InetAddress>, InetAddress?> get() =
+        Triple(networkId, addresses.toSet(), gateway)
 
     companion object {
         /** No default network. */
@@ -152,7 +163,8 @@ interface NetworkSource {
 /**
  * Follows the default network and gives pinhole its facts: the gateway and local address
  * for the port mapper (Android 10+ apps cannot read the routing table), and network
- * changes for [PortMapper.networkChanged].
+ * changes for [PortMapper.networkChanged] and [PeerConnection.networkChanged] (see the
+ * `feed` functions).
  *
  * The platform reports a change as a burst of callbacks (available, capabilities, link
  * properties): [facts] settles them for [settleMillis] and drops repeats.
@@ -198,6 +210,50 @@ class NetworkMonitor(private val source: NetworkSource, private val settleMillis
                 false
             }
         }
+    }
+
+    /**
+     * Restarts [connection] on each new network and hands the new local description to
+     * [signal], to send to the peer (as for [PeerConnection.restart]: the candidates follow
+     * as `LocalCandidate` events; the peer restarts too, and its new description comes back
+     * as its `RemoteRestarted`). The changes that count: another default network, an
+     * address gained or lost, another gateway, and the network coming back after none;
+     * not a DNS change, not the first state (the network the connection was made on), and
+     * nothing while offline (there is nothing to restart on, nor a way to signal).
+     *
+     * Create the connection with [PeerConnectionConfig.noNetworkMonitor] set: where
+     * pinhole's built-in rtnetlink monitor runs, it would restart the connection a second
+     * time for the same change (and report `NetworkChanged`). On Android it often cannot
+     * run at all: apps targeting API 30 or later may not bind() a NETLINK_ROUTE socket
+     * (Android 11's MAC address restrictions), so pinhole goes without it and this feed is
+     * how the connection follows the network.
+     *
+     * [PeerConnection.networkChanged] is called on [Dispatchers.IO] (it waits for the
+     * connection's thread), [signal] in the caller's context, one change at a time. A
+     * change that fails for another reason (`Io`: no route yet; `TimedOut`) is skipped:
+     * the connection stays on its path, and the next change tries again. Returns when the
+     * connection has ended (`NotAvailable`, or a closed Kotlin object) or the caller is
+     * cancelled.
+     */
+    suspend fun feed(connection: PeerConnection, signal: suspend (String) -> Unit) {
+        facts.distinctUntilChanged { a, b -> a.connectionKey == b.connectionKey }
+            .drop(1)
+            .filter { it.isOnline }
+            .takeWhile {
+                val description = try {
+                    withContext(Dispatchers.IO) { connection.networkChanged() }
+                } catch (e: PinholeException.NotAvailable) {
+                    return@takeWhile false
+                } catch (e: IllegalStateException) {
+                    // The Kotlin object was closed (its handle freed): the connection is gone.
+                    return@takeWhile false
+                } catch (e: PinholeException) {
+                    null
+                }
+                if (description != null) signal(description)
+                true
+            }
+            .collect {}
     }
 }
 
