@@ -72,6 +72,12 @@ impl Drop for Streamer {
 
 impl Streamer {
     fn spawn(bin: &Path, host: &Host, signal: &str, room: &str, extra: &[&str]) -> Self {
+        let portmap = extra.contains(&"--portmap");
+        let extra: Vec<&str> = extra
+            .iter()
+            .copied()
+            .filter(|a| *a != "--portmap")
+            .collect();
         let (user, pass) = COTURN_USER;
         let stun = format!("stun:{PINHOLE_PRIMARY}");
         let turn = format!("turn:{COTURN_PRIMARY}");
@@ -92,9 +98,11 @@ impl Streamer {
             pass,
             "--timeout",
             "20",
-            "--no-portmap",
         ];
-        args.extend_from_slice(extra);
+        if !portmap {
+            args.push("--no-portmap");
+        }
+        args.extend_from_slice(&extra);
         let mut child = in_ns(&host.ns, &bin.to_string_lossy(), &args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -227,6 +235,10 @@ enum Disruption {
     Flush,
     /// coturn restarts (every allocation forgotten).
     TurnRestart,
+    /// It moves to its other uplink, where only a port mapping lets the peer in: both of
+    /// its routers NAT with random ports and run miniupnpd, the peer's NAT is
+    /// endpoint-dependent, no relay and no birthday probing.
+    SwitchMapped,
 }
 
 fn run_cell(
@@ -243,6 +255,7 @@ fn run_cell(
             Disruption::Switch => String::new(),
             Disruption::Flush => format!("NAT flush ({}), ", nat.describe()),
             Disruption::TurnRestart => "coturn restart, ".to_owned(),
+            Disruption::SwitchMapped => "through port mappings, ".to_owned(),
         },
         if mover_controls {
             "controlling"
@@ -277,12 +290,28 @@ fn run_cell(
         .wait_ready(SERVER_READY_TIMEOUT, |p| p.log().contains("signalling on"))
         .expect("pinhole signal ready");
     let signal_url = format!("http://{listen}");
-    for (r, config) in [
-        ("mA", nat),
-        ("mB", NatConfig::default()),
-        ("pC", NatConfig::default()),
-    ] {
+    let mapped = what == Disruption::SwitchMapped;
+    let routers = if mapped {
+        let random = NatConfig::port_restricted_cone().random_ports();
+        [
+            ("mA", random.clone()),
+            ("mB", random),
+            ("pC", NatConfig::symmetric()),
+        ]
+    } else {
+        [
+            ("mA", nat),
+            ("mB", NatConfig::default()),
+            ("pC", NatConfig::default()),
+        ]
+    };
+    for (r, config) in routers {
         lab.add_router(r, config, Uplink::Internet).expect("router");
+    }
+    if mapped {
+        for r in ["mA", "mB"] {
+            lab.start_miniupnpd(r).expect("miniupnpd");
+        }
     }
     let mover = lab.add_host("m", "mA").expect("host").clone();
     let peer = lab.add_host("p", "pC").expect("host").clone();
@@ -290,15 +319,26 @@ fn run_cell(
     let a_gw = lab.router("mA").expect("router").lan_ip;
     let uplinks = [("eth0", mover.ip, a_gw), ("eth1", b_ip, b_gw)];
 
-    let mover_extra: &[&str] = if relayed { &["--no-direct"] } else { &[] };
+    let plain: &[&str] = if mapped {
+        &["--no-relay", "--no-birthday"]
+    } else {
+        &[]
+    };
+    let mover_extra: &[&str] = if relayed {
+        &["--no-direct"]
+    } else if mapped {
+        &["--no-relay", "--no-birthday", "--portmap"]
+    } else {
+        &[]
+    };
     // The first to join the room controls.
     let (mut m, mut p) = if mover_controls {
         let m = Streamer::spawn(bin, &mover, &signal_url, "move", mover_extra);
         std::thread::sleep(Duration::from_millis(500));
-        let p = Streamer::spawn(bin, &peer, &signal_url, "move", &[]);
+        let p = Streamer::spawn(bin, &peer, &signal_url, "move", plain);
         (m, p)
     } else {
-        let p = Streamer::spawn(bin, &peer, &signal_url, "move", &[]);
+        let p = Streamer::spawn(bin, &peer, &signal_url, "move", plain);
         std::thread::sleep(Duration::from_millis(500));
         let m = Streamer::spawn(bin, &mover, &signal_url, "move", mover_extra);
         (m, p)
@@ -311,10 +351,22 @@ fn run_cell(
         }
     }
     std::thread::sleep(SETTLE);
+    // The mover's socket port: its host candidate's.
+    let mover_port = m
+        .seen
+        .iter()
+        .find_map(|e| {
+            (e["event"] == "connected")
+                .then(|| e["local"]["address"].as_str())
+                .flatten()
+                .and_then(|a| a.rsplit(':').next())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
     let mut on = 0usize;
     for k in 0..times {
         let done = match what {
-            Disruption::Switch => {
+            Disruption::Switch | Disruption::SwitchMapped => {
                 let (from, to) = (uplinks[on], uplinks[1 - on]);
                 on = 1 - on;
                 lab.switch_uplink("m", (from.0, from.1), to)
@@ -369,6 +421,26 @@ fn run_cell(
             return cell;
         };
         std::thread::sleep(SETTLE);
+        if mapped {
+            // The peer's path ends at the mover's new port mapping: the new router's
+            // WAN address, and (miniupnpd maps the external port equal to the internal
+            // one when free) the mover's socket port.
+            p.pump();
+            let router = if on == 1 { "mB" } else { "mA" };
+            let wan = lab.router(router).expect("router").wan_ip;
+            let want = format!("{wan}:{mover_port}");
+            let last = p
+                .seen
+                .iter()
+                .rev()
+                .find(|e| e["event"] == "connected" || e["event"] == "path-changed");
+            if last.and_then(|e| e["remote"]["address"].as_str()) != Some(want.as_str()) {
+                cell.trouble.push(format!(
+                    "{label}: switch {k}: the peer's path does not end at the mapping {want}: {last:?}"
+                ));
+                return cell;
+            }
+        }
         let end = Instant::now() - Duration::from_millis(500);
         cell.recovery
             .push([(a - t).as_secs_f64() * 1e3, (b - t).as_secs_f64() * 1e3]);
@@ -377,7 +449,11 @@ fn run_cell(
     m.pump();
     p.pump();
     let changes = m.count("network-changed");
-    let want = if what == Disruption::Switch { times } else { 0 };
+    let want = if matches!(what, Disruption::Switch | Disruption::SwitchMapped) {
+        times
+    } else {
+        0
+    };
     if changes != want {
         cell.trouble.push(format!(
             "{label}: {changes} network-changed events for {times} {what:?}"
@@ -502,6 +578,44 @@ fn a_turn_server_restart_under_a_relayed_transfer_is_recovered_from() {
             .collect()
     });
     let (report, trouble) = summarize("coturn restarted, 3 per cell", &cells, 3);
+    println!("{report}");
+    assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
+}
+
+/// The uplink switch where only a port mapping lets the peer in (both of the mover's
+/// routers NAT with random ports and run miniupnpd; the peer's NAT is endpoint-dependent;
+/// no relay, no birthday probing): after each switch the mover's connection maps its
+/// socket through the new gateway, and the path ends at that mapping. Four switches, in
+/// each role.
+#[test]
+fn the_port_mapping_follows_an_uplink_switch() {
+    if !lab_available("lab_mobility", &["coturn", "miniupnpd"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("pinhole binary");
+    let cells: Vec<Cell> = std::thread::scope(|s| {
+        let handles: Vec<_> = [true, false]
+            .into_iter()
+            .map(|c| {
+                let bin = bin.clone();
+                s.spawn(move || {
+                    run_cell(
+                        &bin,
+                        c,
+                        false,
+                        Disruption::SwitchMapped,
+                        NatConfig::default(),
+                        4,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("cell thread"))
+            .collect()
+    });
+    let (report, trouble) = summarize("uplink switch through port mappings, 4 per cell", &cells, 4);
     println!("{report}");
     assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
 }

@@ -274,6 +274,13 @@ struct Shared {
     /// How to find the bases again after a network change (a dual-stack socket; a socket
     /// bound to a concrete address keeps its one base).
     rebase: Option<Rebase>,
+    /// Port mapping is on ([`PeerConfig::port_mapping`]).
+    port_mapping: bool,
+    /// The bases changed: the task maps the socket through the new gateway.
+    remap: AtomicBool,
+    /// The current port mapping's task (the task replaces it after a network change;
+    /// [`PeerConnection::close`] deletes the mapping through it).
+    release: Mutex<Option<Release>>,
     /// The TCP and TLS connections to TURN servers, by server.
     streams: StreamWriters,
     /// ICE-TCP (RFC 6544): the TCP bases' sockets and connections.
@@ -358,8 +365,6 @@ pub struct PeerConnection {
     /// For receives into short buffers and for the `Vec` API (allocated on first use).
     spare: Vec<u8>,
     task: tokio::task::JoinHandle<()>,
-    /// Deletes the socket's port mapping ([`PeerConnection::close`]).
-    release: Release,
     /// Where the mDNS resolver's task runs (started on the first `.local` candidate).
     runtime: tokio::runtime::Handle,
     mdns: Mutex<Option<Resolver>>,
@@ -516,6 +521,9 @@ impl PeerConnection {
                 all: base_list,
             }),
             rebase,
+            port_mapping,
+            remap: AtomicBool::new(false),
+            release: Mutex::new(Some(release)),
             streams: streams.writers(),
             tcp,
             local,
@@ -562,7 +570,6 @@ impl PeerConnection {
             local,
             spare: Vec::new(),
             task,
-            release,
             runtime: tokio::runtime::Handle::current(),
             mdns: Mutex::new(None),
             mdns_config: MdnsConfig::default(),
@@ -829,7 +836,15 @@ impl PeerConnection {
             debug!("TURN deallocation unanswered within the bound: the allocations expire");
         }
         self.task.abort();
-        self.release.release().await;
+        let release = self
+            .shared
+            .release
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut r) = release {
+            r.release().await;
+        }
     }
 
     /// The peer's `a=end-of-candidates`. While some of its `.local` candidates are being
@@ -1200,6 +1215,9 @@ async fn run(
                 return;
             }
         }
+        if shared.remap.swap(false, Ordering::SeqCst) {
+            remap(&shared, &mut portmap);
+        }
         loop {
             let t = shared.lock().peer.poll_transmit();
             let Some(t) = t else { break };
@@ -1467,6 +1485,34 @@ fn read(shared: &Shared, buf: &mut [u8]) {
     }
 }
 
+/// After a network change, with port mapping on: the socket mapped through the gateway
+/// of the new primary IPv4 base (the old mapping's task is dropped, which deletes it in
+/// the background if its gateway still answers); the machine waits for it as at start.
+fn remap(shared: &Shared, portmap: &mut PortMapping) {
+    if !shared.port_mapping {
+        return;
+    }
+    let v4 = shared
+        .bases
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .primary[0];
+    let (pm, release) = match v4.filter(|b| !b.ip().is_loopback()) {
+        Some(v4) => PortMapping::start(v4),
+        None => {
+            shared.lock().peer.port_mapping_done();
+            PortMapping::off()
+        }
+    };
+    *portmap = pm;
+    let old = shared
+        .release
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(release);
+    drop(old);
+}
+
 /// Finds the bases again after a network change and, when they changed (or `force`),
 /// restarts the machine on them ([`Peer::network_changed`]): its new credentials.
 async fn rebase(shared: &Shared, force: bool) -> Result<Option<IceCredentials>, DriverError> {
@@ -1490,6 +1536,8 @@ async fn rebase(shared: &Shared, force: bool) -> Result<Option<IceCredentials>, 
         *shared.bases.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
         st.peer.network_changed(Instant::now(), &new.all)
     };
+    // The port mapping follows (a new gateway, most likely): the task makes it again.
+    shared.remap.store(true, Ordering::SeqCst);
     shared.task_wake.notify_one();
     Ok(Some(creds))
 }

@@ -1070,6 +1070,9 @@ impl Peer {
         let old = std::mem::replace(&mut self.bases, new.clone());
         self.local = new[0];
         self.gathering_done = false;
+        // The driver maps the socket through the new gateway and says so, as at start.
+        self.portmap_pending =
+            self.config.port_mapping && !self.config.relay_only && !self.config.ice.lite;
         // Every local candidate again (the restart's description carries them all).
         let again: Vec<Candidate> = self.agent.local_candidates().cloned().collect();
         for c in again {
