@@ -298,6 +298,27 @@ impl IceTcp {
         (passive, so)
     }
 
+    /// After a network change: the bases on IPs that are gone are forgotten (their
+    /// sockets stay until the connection closes: nothing reaches them), IPs without bases
+    /// get them ([`IceTcp::bind`]); returns every base on `ips`, passive and so, for
+    /// [`crate::peer::Peer::tcp_bases`].
+    pub(super) fn rebind(&self, ips: &[IpAddr], avoid: u16) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let missing: Vec<IpAddr> = {
+            let mut t = self.0.lock();
+            t.passive.retain(|a| ips.contains(&a.ip()));
+            t.so.retain(|a| ips.contains(&a.ip()));
+            ips.iter()
+                .copied()
+                .filter(|ip| !t.passive.iter().chain(&t.so).any(|a| a.ip() == *ip))
+                .collect()
+        };
+        if !missing.is_empty() {
+            self.bind(&missing, avoid);
+        }
+        let t = self.0.lock();
+        (t.passive.clone(), t.so.clone())
+    }
+
     /// Whether `addr` is one of the ICE-TCP bases (port 0: an active one).
     pub(super) fn is_base(&self, addr: SocketAddr) -> bool {
         let t = self.0.lock();

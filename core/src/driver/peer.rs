@@ -1534,7 +1534,14 @@ async fn rebase(shared: &Shared, force: bool) -> Result<Option<IceCredentials>, 
     let creds = {
         let mut st = shared.lock();
         *shared.bases.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
-        st.peer.network_changed(Instant::now(), &new.all)
+        let creds = st.peer.network_changed(Instant::now(), &new.all);
+        if st.peer.wants_tcp_bases() {
+            // ICE-TCP bases on the new IPs (those of IPs that stayed are kept).
+            let ips: Vec<IpAddr> = new.all.iter().map(SocketAddr::ip).collect();
+            let (passive, so) = shared.tcp.rebind(&ips, shared.socket.local_addr().port());
+            st.peer.tcp_bases(Instant::now(), &passive, &so);
+        }
+        creds
     };
     // The port mapping follows (a new gateway, most likely): the task makes it again.
     shared.remap.store(true, Ordering::SeqCst);

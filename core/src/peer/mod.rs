@@ -806,7 +806,9 @@ impl Peer {
     /// simultaneous-open host candidate, and a server-reflexive one from a Binding
     /// request over TCP to each STUN server of its family, sent from that port). Either
     /// may be empty (nothing could be bound); the first call ends gathering's wait for
-    /// them, later ones are ignored.
+    /// them, later ones are ignored — until [`Peer::network_changed`], after which the
+    /// driver hands over the bases of the new network the same way (those of addresses
+    /// that stayed included: their candidates are kept, their mappings asked again).
     ///
     /// Transmits for these bases carry [`crate::Protocol::Tcp`]; what arrives on their
     /// connections comes back through [`Peer::handle_input`] with that protocol, the
@@ -830,7 +832,9 @@ impl Peer {
                     None,
                     rank(i),
                 );
-                self.tcp_bases.push(base);
+                if !self.tcp_bases.contains(&base) {
+                    self.tcp_bases.push(base);
+                }
                 self.add_local(c, base);
             }
             // An active candidate shows the host's IP too (port 9): not with `no_host`.
@@ -843,12 +847,16 @@ impl Peer {
                     None,
                     rank(i),
                 );
-                self.tcp_bases.push(active_base);
+                if !self.tcp_bases.contains(&active_base) {
+                    self.tcp_bases.push(active_base);
+                }
                 self.add_local(c, active_base);
             }
         }
         for (i, base) in so.iter().copied().enumerate() {
-            self.tcp_bases.push(base);
+            if !self.tcp_bases.contains(&base) {
+                self.tcp_bases.push(base);
+            }
             if !self.config.no_host {
                 let c = Candidate::tcp(
                     CandidateKind::Host,
@@ -1070,9 +1078,11 @@ impl Peer {
         let old = std::mem::replace(&mut self.bases, new.clone());
         self.local = new[0];
         self.gathering_done = false;
-        // The driver maps the socket through the new gateway and says so, as at start.
-        self.portmap_pending =
-            self.config.port_mapping && !self.config.relay_only && !self.config.ice.lite;
+        // The driver maps the socket through the new gateway and says so, as at start,
+        // and hands over the ICE-TCP bases of the new network (`tcp_bases`).
+        let gathers = !self.config.relay_only && !self.config.ice.lite;
+        self.portmap_pending = self.config.port_mapping && gathers;
+        self.tcp_pending = self.config.ice_tcp && gathers;
         // Every local candidate again (the restart's description carries them all).
         let again: Vec<Candidate> = self.agent.local_candidates().cloned().collect();
         for c in again {

@@ -1827,3 +1827,47 @@ fn a_failed_tcp_connection_to_the_stun_server_ends_gathering() {
     pump(&mut peer, &mut events, &mut udp);
     assert_eq!(events.last(), Some(&PeerEvent::GatheringComplete));
 }
+
+/// After a network change, an ICE-TCP connection's gathering waits for the driver's TCP
+/// bases of the new network (as at start); the TCP candidates of an address that is gone
+/// are not offered again.
+#[test]
+fn a_network_change_asks_for_the_tcp_bases_again() {
+    let now = Instant::now();
+    let (old, new) = (a("192.168.1.10:5000"), a("172.16.0.10:5000"));
+    let config = PeerConfig {
+        ice_tcp: true,
+        ..PeerConfig::default()
+    };
+    let mut peer = Peer::new(now, config, old, true, [6; 32]);
+    peer.tcp_bases(now, &[a("192.168.1.10:6001")], &[a("192.168.1.10:6002")]);
+    while peer.poll_event().is_some() {}
+    assert!(!peer.wants_tcp_bases());
+    peer.network_changed(now, &[new]);
+    assert!(peer.wants_tcp_bases());
+    let mut events: Vec<PeerEvent> = std::iter::from_fn(|| peer.poll_event()).collect();
+    assert!(!events.contains(&PeerEvent::GatheringComplete));
+    for e in &events {
+        if let PeerEvent::Candidate(c) = e {
+            assert_ne!(c.address, crate::ice::CandidateAddress::Ip(old.ip()), "{c}");
+        }
+    }
+    peer.tcp_bases(now, &[a("172.16.0.10:6001")], &[a("172.16.0.10:6002")]);
+    events.extend(std::iter::from_fn(|| peer.poll_event()));
+    let tcp: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            PeerEvent::Candidate(c) if c.transport == CandidateTransport::Tcp => c.socket_addr(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tcp,
+        vec![
+            a("172.16.0.10:6001"),
+            a("172.16.0.10:9"),
+            a("172.16.0.10:6002")
+        ]
+    );
+    assert_eq!(events.last(), Some(&PeerEvent::GatheringComplete));
+}
