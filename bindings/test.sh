@@ -15,7 +15,7 @@
 #            simulators) and macOS (arm64, x86_64): a staticlib build each (which
 #            includes everything cargo check checks); no crate that compiles C is allowed
 #
-#   size     the stripped release cdylib within the 2.5 MB budget
+#   size     the stripped release cdylib within the 2.75 MB budget
 #   the part named shellcheck: every script under bindings/, android/ and ios/ linted
 #   elf      every .so built here: LOAD segments aligned to 16 KB, a SONAME
 #            (bindings/check-elf.sh, first shown to reject a 4 KB-aligned library)
@@ -521,19 +521,19 @@ part_mobile() {
 }
 
 # The size of the stripped release cdylib for the host (TLS off, as the ffi crate builds
-# it), against the 2.5 MB budget, read strictly: 2,500,000 bytes (2 MB until the peer
-# connection joined the library: see the README's Packaging notes).
+# it), against the 2.75 MB budget, read strictly: 2,750,000 bytes (2 MB until the peer
+# connection joined the library, 2.5 MB until ICE-TCP: see the README's Packaging notes).
 part_size() {
     step "size of the stripped release cdylib"
     cargo build --quiet --release -p pinhole-ffi
     local so=$TARGET/release/libpinhole_ffi.so bytes
     bytes=$(stat -c %s "$so")
     echo "$so: $bytes bytes ($((bytes / 1024)) KiB)"
-    if [ "$bytes" -gt 2500000 ]; then
-        echo "bindings: over the 2.5 MB budget" >&2
+    if [ "$bytes" -gt 2750000 ]; then
+        echo "bindings: over the 2.75 MB budget" >&2
         exit 1
     fi
-    results+=("size: stripped release cdylib $bytes bytes (budget 2,500,000)")
+    results+=("size: stripped release cdylib $bytes bytes (budget 2,750,000)")
 }
 
 # The ELF hygiene of every shared library built here (bindings/check-elf.sh: LOAD segments
