@@ -601,12 +601,34 @@ impl IceAgent {
         {
             return false;
         }
-        if self.locals.iter().any(|l| {
+        if let Some(l) = self.locals.iter().position(|l| {
             l.base == base
                 && l.candidate.transport == candidate.transport
                 && l.candidate.socket_addr() == candidate.socket_addr()
         }) {
-            return false;
+            if !self.locals[l].gone {
+                return false;
+            }
+            // The same address again (a new allocation that got the lost one's relayed
+            // address back): usable again, its pairs checked afresh.
+            self.locals[l].gone = false;
+            self.locals[l].candidate = candidate;
+            for p in self.pairs.iter_mut().filter(|p| p.local == l) {
+                p.state = PairState::Waiting;
+                p.check = None;
+                p.superseded = None;
+                p.nominated = false;
+                p.nominate_on_success = false;
+                p.nominate_seq = None;
+                p.rtt = None;
+                p.last_answer = None;
+                p.last_data = None;
+            }
+            for r in 0..self.remotes.len() {
+                self.pair_up(l, r);
+            }
+            self.schedule_checks_now();
+            return true;
         }
         let relayed = candidate.kind == CandidateKind::Relayed;
         self.locals.push(Local {

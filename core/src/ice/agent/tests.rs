@@ -1180,3 +1180,41 @@ fn predicted_candidates_are_bounded() {
     agent.set_remote_port_allocation(PortAllocation::Sequential { delta: 1 });
     assert_eq!(agent.predicted_candidates().count(), 0);
 }
+
+/// A local candidate that was lost ([`IceAgent::local_candidate_lost`], a relay's
+/// allocation gone) and then comes back at the same address (a new allocation that got the
+/// same relayed address) is usable again: its pairs are checked afresh and connect.
+#[test]
+fn a_lost_local_candidate_that_comes_back_is_checked_again() {
+    let mut w = World::new([None, None], Conditions::default(), 41);
+    assert!(w.connect(Duration::from_secs(5)));
+    let base = w.peers[0].base;
+    let c = w.peers[0]
+        .agent
+        .local_candidates()
+        .find(|c| c.socket_addr() == Some(base))
+        .cloned()
+        .expect("the host candidate");
+    w.peers[0].agent.local_candidate_lost(base);
+    assert!(w.peers[0].agent.selected().is_none());
+    w.run_for(Duration::from_secs(1));
+    assert!(
+        w.peers[0].agent.selected().is_none(),
+        "nothing else to go on"
+    );
+    for p in &mut w.peers {
+        p.events.clear();
+    }
+    assert!(w.peers[0].agent.add_local_candidate(c.clone(), base));
+    assert!(!w.peers[0].agent.add_local_candidate(c, base), "once");
+    // The peer's pair never failed (it keeps its selection); this side nominates again.
+    for _ in 0..50 {
+        if nominated(&w.peers[0]).is_some() {
+            break;
+        }
+        w.run_for(Duration::from_millis(100));
+    }
+    let (l, _) = nominated(&w.peers[0]).expect("nominated again");
+    assert_eq!(l.socket_addr(), Some(base));
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
