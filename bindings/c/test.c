@@ -1881,6 +1881,11 @@ static void test_turn_lifecycle(void) {
         pthread_join(threads[i], NULL);
         CHECK(callers[i].failures == 0);
     }
+    /* The server drops data to a peer until its permission is installed, and the threads'
+     * sends may all have gone before that (a fast machine, a loaded one): once it is, one
+     * more datagram, which the peer must get from the relayed address. */
+    CHECK(turn_wait(&s, &s.kinds[PINHOLE_TURN_EVENT_PERMISSION], 1, 10));
+    CHECK_RC(pinhole_turn_send(turn, peer_addr, (const uint8_t *)"concurrent", 10), PINHOLE_OK);
     char got[64], from[PINHOLE_ADDRESS_MAX];
     CHECK(peer_recv(peer, got, sizeof got, from, sizeof from) == 10 && strcmp(from, s.relayed) == 0);
     close(peer);
