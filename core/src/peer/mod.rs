@@ -349,6 +349,20 @@ pub enum Outgoing {
     },
 }
 
+/// The UDP host candidate of the `i`-th base (RFC 8445 §5.1.2.1: the local preference
+/// ranks the bases, the primary first).
+fn host_candidate(i: usize, base: SocketAddr) -> Candidate {
+    let pref = 65535u16.saturating_sub(u16::try_from(i).unwrap_or(255).saturating_mul(256));
+    Candidate::new(
+        CandidateKind::Host,
+        CandidateTransport::Udp,
+        base,
+        base.ip(),
+        None,
+        pref,
+    )
+}
+
 /// What no machine claimed: application data at `range` of the datagram, unless `data`
 /// (that range) is a well-formed STUN message (RFC 7983 §7: first byte 0–3; the magic
 /// cookie and length check out). Such a message is a late or duplicate answer to one of
@@ -433,17 +447,7 @@ impl Peer {
         if !p.config.relay_only && !p.config.no_host {
             // RFC 8445 §5.1.2.1: local preference ranks the bases (the primary first).
             for (i, base) in p.bases.clone().into_iter().enumerate() {
-                let pref =
-                    65535u16.saturating_sub(u16::try_from(i).unwrap_or(255).saturating_mul(256));
-                let host = Candidate::new(
-                    CandidateKind::Host,
-                    CandidateTransport::Udp,
-                    base,
-                    base.ip(),
-                    None,
-                    pref,
-                );
-                p.add_local(host, base);
+                p.add_local(host_candidate(i, base), base);
             }
         }
         // An ICE-lite agent offers its host candidate only (RFC 8445 §2.5: it has a
@@ -1093,17 +1097,7 @@ impl Peer {
                 if old.contains(&base) {
                     continue;
                 }
-                let pref =
-                    65535u16.saturating_sub(u16::try_from(i).unwrap_or(255).saturating_mul(256));
-                let host = Candidate::new(
-                    CandidateKind::Host,
-                    CandidateTransport::Udp,
-                    base,
-                    base.ip(),
-                    None,
-                    pref,
-                );
-                self.add_local(host, base);
+                self.add_local(host_candidate(i, base), base);
             }
         }
         let lite = self.config.ice.lite;
