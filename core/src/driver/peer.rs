@@ -120,7 +120,9 @@ pub enum PeerConnectionEvent {
     /// connection restarted ICE on the new network ([`PeerConnection::network_changed`]):
     /// send the peer these new credentials (`a=ice-ufrag`, `a=ice-pwd`); the candidates
     /// follow as [`PeerConnectionEvent::Candidate`]s, then
-    /// [`PeerConnectionEvent::GatheringComplete`].
+    /// [`PeerConnectionEvent::GatheringComplete`]. Also after a resume
+    /// ([`PeerConnection::set_keepalive_policy`]) whose path no longer answered: ICE
+    /// restarted the same way.
     NetworkChanged {
         /// Our new credentials.
         credentials: IceCredentials,
@@ -766,6 +768,33 @@ impl PeerConnection {
         w.end_deferred = false;
     }
 
+    /// Sets the keepalive policy as the app moves between foreground, background and
+    /// suspended (see [`crate::ice::keepalive`] and [`Peer::set_keepalive_policy`]):
+    /// consent checks every 4–6 s in the foreground, one check per adapted interval
+    /// (shared with the peer) in the background, nothing while suspended. Leaving
+    /// suspended (or the background for the foreground) probes the path at once; if it
+    /// does not answer within [`crate::ice::RESUME_PROBE`], ICE restarts as after a network
+    /// change and [`PeerConnectionEvent::NetworkChanged`] brings the new credentials.
+    pub fn set_keepalive_policy(&self, policy: crate::ice::KeepalivePolicy) {
+        self.shared
+            .lock()
+            .peer
+            .set_keepalive_policy(Instant::now(), policy);
+        self.shared.task_wake.notify_one();
+    }
+
+    /// The keepalive policy.
+    #[must_use]
+    pub fn keepalive_policy(&self) -> crate::ice::KeepalivePolicy {
+        self.shared.lock().peer.keepalive_policy()
+    }
+
+    /// The background keepalive interval as it stands (it adapts to the path's NATs).
+    #[must_use]
+    pub fn keepalive_interval(&self) -> Duration {
+        self.shared.lock().peer.agent().keepalive_interval()
+    }
+
     /// The peer's description says `a=ice-lite`: this side controls (RFC 8445 §6.1.1).
     pub fn set_remote_lite(&self, lite: bool) {
         self.shared.lock().peer.set_remote_lite(lite);
@@ -1241,9 +1270,11 @@ async fn run(
             }
         }
         let mut birthday = Vec::new();
+        let mut resume_failed = false;
         let wake = {
             let mut st = shared.lock();
             while let Some(ev) = st.peer.poll_event() {
+                resume_failed |= ev == PeerEvent::ResumeFailed;
                 if matches!(ev, PeerEvent::BirthdaySockets(_) | PeerEvent::Birthday(_)) {
                     birthday.push(ev.clone());
                 }
@@ -1260,6 +1291,22 @@ async fn run(
         };
         if !birthday.is_empty() {
             birthday_event(&shared, &mut probe, birthday).await;
+            continue;
+        }
+        if resume_failed {
+            // As after a network change: new bases if any, an ICE restart on them, the
+            // port mapping and the ICE-TCP bases again; the app sends the credentials.
+            match rebase(&shared, true).await {
+                Ok(Some(credentials)) => {
+                    debug!("resumed path gone: ICE restarted");
+                    let ev = PeerConnectionEvent::NetworkChanged { credentials };
+                    if events.send(Box::new(ev)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => debug!(error = %e, "resumed path gone, and no bases"),
+            }
             continue;
         }
         let wake = wake
@@ -1651,7 +1698,10 @@ fn event(ev: PeerEvent) -> Option<PeerConnectionEvent> {
             rtt,
         },
         PeerEvent::Birthday(ev) => PeerConnectionEvent::Birthday(ev),
-        PeerEvent::Ice(_) | PeerEvent::BirthdaySockets(_) | PeerEvent::PcpPeerRemote(_) => {
+        PeerEvent::Ice(_)
+        | PeerEvent::BirthdaySockets(_)
+        | PeerEvent::PcpPeerRemote(_)
+        | PeerEvent::ResumeFailed => {
             return None;
         }
     })

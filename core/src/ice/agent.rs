@@ -52,6 +52,7 @@ use rand_core::{RngCore, SeedableRng};
 use tracing::debug;
 
 use super::candidate::{Candidate, CandidateKind, CandidateTransport, TcpType};
+use super::keepalive::{AdaptiveInterval, KeepalivePolicy, RESUME_PROBE};
 use crate::stun::attributes::{
     ErrorCode, IceControlled, IceControlling, Priority, UseCandidate, Username, XorMappedAddress,
 };
@@ -180,6 +181,9 @@ pub struct IceConfig {
     /// connection, never retransmitted; this bounds the connection attempt too, which
     /// for a simultaneous open the driver repeats until then).
     pub tcp_check_timeout: Duration,
+    /// A fixed keepalive interval for [`KeepalivePolicy::Background`] instead of the one
+    /// that adapts to the NATs (see [`super::keepalive`]); `None` (the default) adapts.
+    pub keepalive_interval: Option<Duration>,
 }
 
 /// The most predicted candidates per server-reflexive candidate of the peer, and in all
@@ -200,6 +204,7 @@ impl Default for IceConfig {
             lite: false,
             predicted_ports: MAX_PREDICTED_PORTS,
             tcp_check_timeout: Duration::from_secs(8),
+            keepalive_interval: None,
         }
     }
 }
@@ -296,6 +301,11 @@ struct Pair {
     last_answer: Option<Instant>,
     /// The last application data from the peer on this pair ([`IceAgent::data_received`]).
     last_data: Option<Instant>,
+    /// The last authenticated check from the peer on this pair.
+    last_check_in: Option<Instant>,
+    /// The last packet the agent knows of on this pair, either way (checks, answers, the
+    /// peer's data): the start of the silence a keepalive round measures.
+    last_traffic: Option<Instant>,
     role_conflicts: u8,
 }
 
@@ -359,6 +369,17 @@ pub struct IceAgent {
     /// The peer's `a=ice-pacing`; zero until it offers one.
     remote_ta: Duration,
     next_consent: Option<Instant>,
+    /// The keepalive policy (see [`super::keepalive`]).
+    policy: KeepalivePolicy,
+    /// The background keepalive interval, adapting to the selected path's NATs.
+    keepalive: AdaptiveInterval,
+    /// Our consent check in flight on the selected pair, and the silence before it.
+    round: Option<(TransactionId, Duration)>,
+    /// When the path was last resumed: pairs not heard from since have
+    /// [`RESUME_PROBE`] to answer.
+    probe_from: Option<Instant>,
+    /// When the policy became [`KeepalivePolicy::Suspended`].
+    suspended_at: Option<Instant>,
     /// When to look again whether the peer's data moved to another pair
     /// ([`SILENT_PATH`]).
     follow_at: Option<Instant>,
@@ -410,6 +431,7 @@ impl IceAgent {
     /// from `seed`.
     pub fn new(now: Instant, config: IceConfig, controlling: bool, seed: [u8; 32]) -> Self {
         let mut rng = ChaCha20Rng::from_seed(seed);
+        let keepalive = AdaptiveInterval::new(config.keepalive_interval);
         let local_creds = IceCredentials::random(&mut rng);
         let tie_breaker = rng.next_u64();
         let mut client_seed = [0u8; 32];
@@ -456,6 +478,11 @@ impl IceAgent {
             next_check: None,
             remote_ta: Duration::ZERO,
             next_consent: None,
+            keepalive,
+            policy: KeepalivePolicy::Foreground,
+            round: None,
+            probe_from: None,
+            suspended_at: None,
             follow_at: None,
             now,
             transmits: VecDeque::new(),
@@ -856,6 +883,9 @@ impl IceAgent {
         }
         self.next_check = None;
         self.next_consent = None;
+        self.round = None;
+        self.probe_from = None;
+        self.keepalive.reset();
         self.set_state(IceState::Checking);
         self.local_creds.clone()
     }
@@ -925,6 +955,8 @@ impl IceAgent {
             rtt: None,
             last_answer: None,
             last_data: None,
+            last_check_in: None,
+            last_traffic: None,
             role_conflicts: 0,
         });
     }
@@ -1006,11 +1038,7 @@ impl IceAgent {
     /// When to call [`IceAgent::handle_timeout`] next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let consent_deadline = self.selected.and_then(|s| {
-            self.pairs[s]
-                .last_answer
-                .map(|t| t + self.config.consent_timeout)
-        });
+        let consent_deadline = self.selected.and_then(|s| self.consent_deadline(s));
         [
             self.client.poll_timeout(),
             self.next_check,
@@ -1036,11 +1064,8 @@ impl IceAgent {
             }
         }
         if let Some(s) = self.selected {
-            if self.pairs[s]
-                .last_answer
-                .is_some_and(|t| now >= t + self.config.consent_timeout)
-            {
-                debug!("consent lost on the selected pair (RFC 7675)");
+            if self.consent_deadline(s).is_some_and(|t| now >= t) {
+                debug!(policy = ?self.policy, "consent lost on the selected pair (RFC 7675)");
                 self.pairs[s].state = PairState::Failed;
                 self.pairs[s].nominated = false;
                 if self.nominated == Some(s) {
@@ -1062,7 +1087,10 @@ impl IceAgent {
                     // staying on different pairs. For a controlled agent that already
                     // follows, it nominates what is nominated: nothing changes.
                     let nominate = self.controlling && self.nominated == Some(s);
+                    let silence =
+                        now.saturating_duration_since(self.pairs[s].last_traffic.unwrap_or(now));
                     self.send_check(now, s, nominate);
+                    self.round = self.pairs[s].check.map(|(id, _)| (id, silence));
                 }
                 self.arm_consent(now);
             }
@@ -1141,6 +1169,7 @@ impl IceAgent {
         };
         if let Some(s) = self.selected.filter(|s| on(self, *s)) {
             self.pairs[s].last_data = Some(now);
+            self.pairs[s].last_traffic = Some(now);
             return;
         }
         if let Some(i) = (0..self.pairs.len())
@@ -1237,15 +1266,161 @@ impl IceAgent {
     }
 
     fn arm_consent(&mut self, now: Instant) {
-        // RFC 7675 §5.1: uniformly random in [0.8, 1.2] × the interval.
-        let base = self.config.consent_interval.as_millis() as u64;
+        let (base, low, spread) = match self.policy {
+            // RFC 7675 §5.1: uniformly random in [0.8, 1.2] × the interval.
+            KeepalivePolicy::Foreground => {
+                let base = self.config.consent_interval.as_millis() as u64;
+                (base, base * 4 / 5, base * 2 / 5)
+            }
+            // Never later than the interval (it is sized to the NAT's timeout), at least
+            // 85 % of it: two sides' timers then rarely fire within a round trip of each
+            // other, and the first one's check postpones the other's.
+            KeepalivePolicy::Background => {
+                let base = self.keepalive.interval().as_millis() as u64;
+                (base, base * 17 / 20, base * 3 / 20)
+            }
+            KeepalivePolicy::Suspended => {
+                self.next_consent = None;
+                return;
+            }
+        };
         let jitter = if base == 0 {
             0
         } else {
-            self.rng.next_u64() % (base * 2 / 5 + 1)
+            self.rng.next_u64() % (spread + 1)
         };
         self.next_consent =
-            Some(now + Duration::from_millis(base * 4 / 5 + jitter).max(Duration::from_millis(1)));
+            Some(now + Duration::from_millis(low + jitter).max(Duration::from_millis(1)));
+    }
+
+    /// The keepalive policy (see [`super::keepalive`]).
+    #[must_use]
+    pub fn keepalive_policy(&self) -> KeepalivePolicy {
+        self.policy
+    }
+
+    /// The background keepalive interval as it stands (it adapts to the selected path's
+    /// NATs; see [`super::keepalive`]).
+    #[must_use]
+    pub fn keepalive_interval(&self) -> Duration {
+        self.keepalive.interval()
+    }
+
+    /// Sets the keepalive policy (see [`super::keepalive`]). Leaving
+    /// [`KeepalivePolicy::Suspended`], or going to [`KeepalivePolicy::Foreground`], is a
+    /// resume: a check goes at once on the selected pair, and a pair that neither answers
+    /// it nor checks us within [`RESUME_PROBE`] is given up.
+    pub fn set_keepalive_policy(&mut self, now: Instant, policy: KeepalivePolicy) {
+        self.now = self.now.max(now);
+        let old = std::mem::replace(&mut self.policy, policy);
+        if old == policy {
+            return;
+        }
+        debug!(?old, ?policy, "keepalive policy");
+        match policy {
+            KeepalivePolicy::Suspended => {
+                self.suspended_at = Some(now);
+                self.next_consent = None;
+            }
+            KeepalivePolicy::Foreground | KeepalivePolicy::Background => {
+                self.suspended_at = None;
+                let resume =
+                    old == KeepalivePolicy::Suspended || policy == KeepalivePolicy::Foreground;
+                if resume && self.selected.is_some() {
+                    self.probe_from = Some(now);
+                    self.next_consent = Some(now);
+                } else if self.selected.is_some() {
+                    self.arm_consent(now);
+                }
+            }
+        }
+    }
+
+    /// When was the pair last heard from: an answer to our check, and outside the
+    /// foreground also the peer's own check (see [`super::keepalive`]).
+    fn heard(&self, p: &Pair) -> Option<Instant> {
+        match self.policy {
+            KeepalivePolicy::Foreground => p.last_answer,
+            _ => p.last_answer.max(p.last_check_in),
+        }
+    }
+
+    /// How long a pair stays fresh after it was last heard from: RFC 7675's 30 s in the
+    /// foreground, two keepalive intervals and a margin otherwise.
+    fn consent_timeout(&self) -> Duration {
+        match self.policy {
+            KeepalivePolicy::Foreground => self.config.consent_timeout,
+            _ => self
+                .config
+                .consent_timeout
+                .max(self.keepalive.interval() * 2 + Duration::from_secs(10)),
+        }
+    }
+
+    /// When pair `i` stops being fresh (its consent, RFC 7675; see
+    /// [`super::keepalive`]): `None` when never heard from, or while suspended for a pair
+    /// that was fresh then.
+    fn consent_deadline(&self, i: usize) -> Option<Instant> {
+        let p = &self.pairs[i];
+        let heard = self.heard(p)?;
+        let until = heard + self.consent_timeout();
+        if let Some(at) = self.suspended_at {
+            return (until <= at).then_some(until);
+        }
+        match self.probe_from {
+            Some(from) if heard < from => Some(until.min(from + RESUME_PROBE).max(from)),
+            _ => Some(until),
+        }
+    }
+
+    /// Whether pair `i` is fresh at `now`.
+    fn fresh(&self, i: usize, now: Instant) -> bool {
+        let p = &self.pairs[i];
+        p.state == PairState::Succeeded
+            && self.heard(p).is_some()
+            && self.consent_deadline(i).is_none_or(|t| now < t)
+    }
+
+    /// The peer's authenticated check arrived on pair `i` (and was answered). On the
+    /// selected pair it is a keepalive round: it proves our NAT kept the binding through
+    /// the silence before it, and outside the foreground it stands for our own check,
+    /// which waits another interval.
+    fn check_arrived(&mut self, now: Instant, i: usize) {
+        let p = &mut self.pairs[i];
+        let silence = now.saturating_duration_since(p.last_traffic.unwrap_or(now));
+        p.last_check_in = Some(now);
+        p.last_traffic = Some(now);
+        if self.selected != Some(i) {
+            return;
+        }
+        if self.probe_from.is_some() && self.policy != KeepalivePolicy::Foreground {
+            // Heard since the resume: fresh again (the foreground waits for an answer).
+            self.probe_from = None;
+        }
+        self.learn(true, silence);
+        if self.policy == KeepalivePolicy::Background
+            && self.probe_from.is_none()
+            && self.pairs[i].check.is_none()
+        {
+            self.arm_consent(now);
+        }
+    }
+
+    /// A keepalive round's outcome teaches the adaptive interval.
+    fn learn(&mut self, survived: bool, silence: Duration) {
+        let changed = if survived {
+            self.keepalive.survived(silence)
+        } else {
+            self.keepalive.expired(silence)
+        };
+        if changed {
+            debug!(
+                interval_s = self.keepalive.interval().as_secs_f64(),
+                silence_s = silence.as_secs_f64(),
+                survived,
+                "keepalive interval adapted"
+            );
+        }
     }
 
     /// Starts one check: a triggered one first, else the best waiting pair. Returns
@@ -1323,6 +1498,7 @@ impl IceAgent {
         match started {
             Ok(id) => {
                 let p = &mut self.pairs[i];
+                p.last_traffic = Some(now);
                 p.check = Some((id, nominate));
                 p.check_controlling = controlling;
                 if p.state == PairState::Waiting {
@@ -1500,6 +1676,7 @@ impl IceAgent {
         else {
             return true;
         };
+        self.check_arrived(now, i);
         let use_candidate = msg.has(crate::stun::AttributeType::USE_CANDIDATE);
         if self.config.lite {
             // RFC 8445 §7.3.1.4-5 for a lite agent: the check that arrived makes the pair
@@ -1629,6 +1806,15 @@ impl IceAgent {
         while let Some(ev) = self.client.poll_event() {
             match ev {
                 TransactionEvent::Response(resp) => {
+                    if let Some((_, silence)) = self.round.filter(|(id, _)| *id == resp.id) {
+                        // Answered at the first try (an RTT was measured) or after a
+                        // retransmission: the binding survived the silence, or not.
+                        self.round = None;
+                        let ok = resp.message().class() == crate::stun::Class::Success;
+                        if ok {
+                            self.learn(resp.rtt.is_some(), silence);
+                        }
+                    }
                     if let Some(i) = self
                         .pairs
                         .iter()
@@ -1683,6 +1869,10 @@ impl IceAgent {
                     }
                 }
                 TransactionEvent::TimedOut { id, .. } => {
+                    if let Some((_, silence)) = self.round.filter(|(r, _)| *r == id) {
+                        self.round = None;
+                        self.learn(false, silence);
+                    }
                     if let Some(p) = self
                         .pairs
                         .iter_mut()
@@ -1729,8 +1919,12 @@ impl IceAgent {
             self.client.cancel(old);
         }
         p.last_answer = Some(now);
+        p.last_traffic = Some(now);
         if rtt.is_some() {
             p.rtt = rtt;
+        }
+        if self.selected == Some(i) && self.probe_from.is_some() {
+            self.probe_from = None;
         }
         // A nomination's answer counts only while it is still the latest nomination: a
         // slow answer for an older pair must not take the path back (renomination race).
@@ -1842,25 +2036,22 @@ impl IceAgent {
 
     /// Picks the pair data goes on: the nominated one when valid, else the best valid one.
     fn reselect(&mut self, now: Instant) {
-        let fresh = |p: &Pair| {
-            p.state == PairState::Succeeded
-                && p.last_answer
-                    .is_some_and(|t| now < t + self.config.consent_timeout)
-        };
         let pick = self
             .nominated
-            .filter(|n| self.pairs[*n].nominated && fresh(&self.pairs[*n]))
+            .filter(|n| self.pairs[*n].nominated && self.fresh(*n, now))
             .or_else(|| {
-                self.pairs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| fresh(p))
-                    .max_by_key(|(_, p)| p.priority)
-                    .map(|(i, _)| i)
+                (0..self.pairs.len())
+                    .filter(|i| self.fresh(*i, now))
+                    .max_by_key(|i| self.pairs[*i].priority)
             });
         let nominated = pick.is_some_and(|i| self.pairs[i].nominated);
         if pick == self.selected && nominated == self.selected_nominated {
             return;
+        }
+        if pick != self.selected {
+            // What was learned of the keepalive interval was about the old path's NATs.
+            self.keepalive.reset();
+            self.round = None;
         }
         self.selected = pick;
         self.selected_nominated = nominated;

@@ -8,6 +8,7 @@ mod agent;
 pub mod birthday;
 mod candidate;
 mod description;
+pub mod keepalive;
 pub mod tcp;
 
 pub use agent::{
@@ -24,3 +25,4 @@ pub use description::{
     DescriptionError, IceDescription, MAX_CANDIDATES, MAX_DESCRIPTION_LEN,
     PORT_ALLOCATION_ATTRIBUTE, Parsed, RENOMINATION,
 };
+pub use keepalive::{AdaptiveInterval, KeepalivePolicy, RESUME_PROBE};

@@ -38,7 +38,8 @@ use tracing::debug;
 
 use crate::ice::{
     BirthdayConfig, BirthdayEvent, BirthdayProber, BirthdayRole, Candidate, CandidateKind,
-    CandidateTransport, IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, TcpType,
+    CandidateTransport, IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, IceState,
+    KeepalivePolicy, RESUME_PROBE, TcpType,
 };
 use crate::stun::attributes::XorMappedAddress;
 use crate::stun::{ClientConfig, Method, Request, StunClient, TransactionEvent, TransactionId};
@@ -170,6 +171,10 @@ pub struct PeerConfig {
     /// (`PeerConnection::network_changed`, reported as `NetworkChanged`). Hosts with a
     /// monitor of their own turn it off and call `network_changed()`.
     pub no_network_monitor: bool,
+    /// The keepalive policy to start with (see [`crate::ice::keepalive`]; change it with
+    /// [`Peer::set_keepalive_policy`] as the app moves between foreground and
+    /// background). [`KeepalivePolicy::Foreground`] by default.
+    pub keepalive: KeepalivePolicy,
 }
 
 /// What the peer connection reports.
@@ -198,6 +203,12 @@ pub enum PeerEvent {
     /// UDP) that the driver may ask a PCP gateway for a PEER mapping toward (RFC 6887
     /// §12); its answer comes back through [`Peer::pcp_peer_mapped`].
     PcpPeerRemote(SocketAddr),
+    /// A path resumed after [`KeepalivePolicy::Suspended`] (or the background) did not
+    /// answer within [`RESUME_PROBE`]: its NAT bindings, its relay or the peer went away
+    /// meanwhile. The driver restarts ICE as after a network change
+    /// ([`Peer::network_changed`] with the bases as they are, the port mapping and the
+    /// ICE-TCP bases asked for again) and sends the peer the new credentials.
+    ResumeFailed,
 }
 
 /// What a received datagram was.
@@ -228,6 +239,24 @@ impl Relay {
     /// for any more (a UDP one that is done has no timers left by itself).
     fn closed(&self) -> bool {
         self.done && self.proto == crate::Protocol::Tcp
+    }
+}
+
+/// How long after [`RESUME_PROBE`] a resumed path's state is looked at (the agent's
+/// consent deadline falls at the probe's end).
+const RESUME_GRACE: Duration = Duration::from_millis(250);
+
+/// The TURN allocations' liveness check and keepalive interval under a keepalive policy:
+/// the defaults in the foreground; none otherwise (a relayed path in use is kept by the
+/// agent's keepalive rounds through it; an unused allocation lives by its refreshes, and
+/// one whose NAT binding changed meanwhile is answered 437 and made again).
+fn turn_checks(policy: KeepalivePolicy) -> (Option<Duration>, Option<Duration>) {
+    match policy {
+        KeepalivePolicy::Foreground => (
+            Some(crate::turn::LIVENESS_INTERVAL),
+            Some(crate::turn::KEEPALIVE_INTERVAL),
+        ),
+        KeepalivePolicy::Background | KeepalivePolicy::Suspended => (None, None),
     }
 }
 
@@ -280,6 +309,8 @@ pub struct Peer {
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
     birthday: Birthday,
+    /// After a resume: when to look whether the path came back (else ICE restarts).
+    resume_check: Option<Instant>,
     /// The latest time the machine was given.
     now: Instant,
     seed: [u8; 32],
@@ -416,7 +447,8 @@ impl Peer {
         }
         let mut sub = seed;
         sub[31] ^= 0x5a;
-        let agent = IceAgent::new(now, config.ice.clone(), controlling, seed);
+        let mut agent = IceAgent::new(now, config.ice.clone(), controlling, seed);
+        agent.set_keepalive_policy(now, config.keepalive);
         let mut p = Self {
             stun: StunClient::new(gathering_stun(), sub),
             local,
@@ -440,6 +472,7 @@ impl Peer {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             birthday: Birthday::default(),
+            resume_check: None,
             now,
             seed,
             config,
@@ -498,6 +531,56 @@ impl Peer {
         self.allocate_udp_relays_except(now, &[]);
     }
 
+    /// A new allocation, its checks set for the keepalive policy.
+    fn allocation(&self, now: Instant, cfg: AllocationConfig, seed: [u8; 32]) -> Allocation {
+        let mut a = Allocation::new(now, cfg, seed);
+        let (liveness, keepalive) = turn_checks(self.agent.keepalive_policy());
+        a.set_checks(now, liveness, keepalive);
+        a
+    }
+
+    /// The keepalive policy (see [`crate::ice::keepalive`]).
+    #[must_use]
+    pub fn keepalive_policy(&self) -> KeepalivePolicy {
+        self.agent.keepalive_policy()
+    }
+
+    /// Sets the keepalive policy (see [`crate::ice::keepalive`]) as the app moves between
+    /// foreground, background and suspended. The agent's consent checks and the TURN
+    /// allocations' liveness checks and keepalives follow it. Leaving
+    /// [`KeepalivePolicy::Suspended`] (or going back to the foreground) probes the path;
+    /// if it does not answer within [`RESUME_PROBE`], [`PeerEvent::ResumeFailed`] asks for
+    /// an ICE restart.
+    pub fn set_keepalive_policy(&mut self, now: Instant, policy: KeepalivePolicy) {
+        self.now = self.now.max(now);
+        let old = self.agent.keepalive_policy();
+        if old == policy {
+            return;
+        }
+        self.agent.set_keepalive_policy(now, policy);
+        let (liveness, keepalive) = turn_checks(policy);
+        for r in &mut self.relays {
+            r.alloc.set_checks(now, liveness, keepalive);
+        }
+        let resume = old == KeepalivePolicy::Suspended || policy == KeepalivePolicy::Foreground;
+        self.resume_check =
+            (resume && policy != KeepalivePolicy::Suspended && self.agent.selected().is_some())
+                .then(|| now + RESUME_PROBE + RESUME_GRACE);
+    }
+
+    /// After a resume: restart ICE if the path did not come back.
+    fn check_resumed(&mut self, now: Instant) {
+        if !self.resume_check.is_some_and(|t| t <= now) {
+            return;
+        }
+        self.resume_check = None;
+        if self.agent.state() == IceState::Connected {
+            return;
+        }
+        debug!("the resumed path did not answer: ICE must restart");
+        self.events.push_back(PeerEvent::ResumeFailed);
+    }
+
     /// The same, but not on the servers in `except`.
     fn allocate_udp_relays_except(&mut self, now: Instant, except: &[SocketAddr]) {
         for (i, spec) in self.config.turn_servers.clone().into_iter().enumerate() {
@@ -512,7 +595,7 @@ impl Peer {
             let cfg =
                 AllocationConfig::new(spec.server, from, TurnTransport::Udp, spec.credentials);
             self.relays.push(Relay {
-                alloc: Allocation::new(now, cfg, s),
+                alloc: self.allocation(now, cfg, s),
                 proto: crate::Protocol::Udp,
                 relayed: None,
                 done: false,
@@ -1167,7 +1250,7 @@ impl Peer {
         let (spec, seed) = self.streams_pending.remove(i);
         let cfg = AllocationConfig::new(server, local, spec.transport, spec.credentials);
         self.relays.push(Relay {
-            alloc: Allocation::new(now, cfg, seed),
+            alloc: self.allocation(now, cfg, seed),
             proto: crate::Protocol::Tcp,
             relayed: None,
             done: false,
@@ -1545,7 +1628,7 @@ impl Peer {
         // In its place: the lost one would take the new one's answers (same server,
         // same base) if it stayed before it.
         self.relays[i] = Relay {
-            alloc: Allocation::new(now, cfg, seed),
+            alloc: self.allocation(now, cfg, seed),
             proto: crate::Protocol::Udp,
             relayed: None,
             done: false,
@@ -1599,6 +1682,7 @@ impl Peer {
         }
         self.drain_relays(now);
         self.agent.handle_timeout(now);
+        self.check_resumed(now);
     }
 
     /// When to call [`Peer::handle_timeout`] next.
@@ -1609,6 +1693,7 @@ impl Peer {
             _ => self.birthday_decision_at(),
         };
         std::iter::once(self.agent.poll_timeout())
+            .chain(std::iter::once(self.resume_check))
             .chain(std::iter::once(self.stun.poll_timeout()))
             .chain(std::iter::once(birthday))
             .chain(

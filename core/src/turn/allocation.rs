@@ -672,6 +672,25 @@ impl Allocation {
         })
     }
 
+    /// Changes [`AllocationConfig::liveness`] and [`AllocationConfig::keepalive`] (a
+    /// keepalive policy, issue 14). A liveness check that was off and is turned on goes
+    /// at once: a resumed app wants to know now whether its allocation outlived the pause.
+    pub fn set_checks(
+        &mut self,
+        now: Instant,
+        liveness: Option<Duration>,
+        keepalive: Option<Duration>,
+    ) {
+        let resumed = self.config.liveness.is_none() && liveness.is_some();
+        self.config.liveness = liveness;
+        self.config.keepalive = keepalive;
+        if self.state != State::Allocated || self.config.transport.is_stream() {
+            return;
+        }
+        self.liveness_at = liveness.map(|l| if resumed { now } else { now + l });
+        self.keepalive_at = keepalive.map(|k| now + k);
+    }
+
     /// When to call `handle_timeout` next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
