@@ -315,6 +315,12 @@ struct Pair {
 /// keep). Consent (30 s) would get there too, only much later.
 pub const SILENT_PATH: Duration = Duration::from_secs(2);
 
+/// In the background, the controlled agent checks by itself when the controlling agent's
+/// keepalive round is this many times its last pace late: the keeper's interval grows by
+/// a fifth at most per round ([`super::keepalive::GROWTH`]), its rounds go at 95–100 % of
+/// it, so a round on time is never later than 1.2 / 0.95 ≈ 1.26 times the last pace.
+const LATE_ROUND: f64 = 1.35;
+
 /// How many times one pair may repair a role conflict before it fails.
 const MAX_ROLE_CONFLICTS: u8 = 4;
 /// Peer-reflexive candidates learned per local base. Between two NATs with
@@ -380,6 +386,11 @@ pub struct IceAgent {
     probe_from: Option<Instant>,
     /// When the policy became [`KeepalivePolicy::Suspended`].
     suspended_at: Option<Instant>,
+    /// The peer's last check on the selected pair, and the gap before it (its keepalive
+    /// rounds' pace, when it is the side that keeps the path).
+    peer_round: Option<(Instant, Option<Duration>)>,
+    /// The pair the keepalive interval was learned on.
+    keepalive_pair: Option<usize>,
     /// When to look again whether the peer's data moved to another pair
     /// ([`SILENT_PATH`]).
     follow_at: Option<Instant>,
@@ -483,6 +494,8 @@ impl IceAgent {
             round: None,
             probe_from: None,
             suspended_at: None,
+            peer_round: None,
+            keepalive_pair: None,
             follow_at: None,
             now,
             transmits: VecDeque::new(),
@@ -885,6 +898,8 @@ impl IceAgent {
         self.next_consent = None;
         self.round = None;
         self.probe_from = None;
+        self.peer_round = None;
+        self.keepalive_pair = None;
         self.keepalive.reset();
         self.set_state(IceState::Checking);
         self.local_creds.clone()
@@ -1272,12 +1287,23 @@ impl IceAgent {
                 let base = self.config.consent_interval.as_millis() as u64;
                 (base, base * 4 / 5, base * 2 / 5)
             }
-            // Never later than the interval (it is sized to the NAT's timeout), at least
-            // 85 % of it: two sides' timers then rarely fire within a round trip of each
-            // other, and the first one's check postpones the other's.
+            // The controlling agent keeps the path: never later than the interval (it is
+            // sized to the NAT's timeout), at least 95 % of it. The controlled agent
+            // watches: its own check goes only when the keeper's round is late
+            // ([`LATE_ROUND`] × the keeper's pace: lost to a binding that expired on
+            // this side, which only this side's packet repairs), or, before it knows
+            // the pace, a little after its own interval. Either side's check postpones
+            // the other's, so one round per interval goes between them.
             KeepalivePolicy::Background => {
                 let base = self.keepalive.interval().as_millis() as u64;
-                (base, base * 17 / 20, base * 3 / 20)
+                match self.peer_round {
+                    Some((_, Some(pace))) if !self.controlling => {
+                        self.next_consent = Some(now + pace.mul_f64(LATE_ROUND));
+                        return;
+                    }
+                    _ if !self.controlling => (base, base, base * 3 / 20),
+                    _ => (base, base * 19 / 20, base / 20),
+                }
             }
             KeepalivePolicy::Suspended => {
                 self.next_consent = None;
@@ -1368,7 +1394,8 @@ impl IceAgent {
             return (until <= at).then_some(until);
         }
         match self.probe_from {
-            Some(from) if heard < from => Some(until.min(from + RESUME_PROBE).max(from)),
+            // Resumed and not heard from since: the probe's time, whatever the rest says.
+            Some(from) if heard < from => Some(from + RESUME_PROBE),
             _ => Some(until),
         }
     }
@@ -1393,6 +1420,13 @@ impl IceAgent {
         if self.selected != Some(i) {
             return;
         }
+        let gap = self
+            .peer_round
+            .map(|(at, _)| now.saturating_duration_since(at));
+        // Retransmissions and triggered checks come close together: not a round's pace.
+        let pace = gap.filter(|g| *g >= super::keepalive::MIN_INTERVAL / 2);
+        let previous = self.peer_round.and_then(|(_, g)| g);
+        self.peer_round = Some((now, pace.or(previous)));
         if self.probe_from.is_some() && self.policy != KeepalivePolicy::Foreground {
             // Heard since the resume: fresh again (the foreground waits for an answer).
             self.probe_from = None;
@@ -1420,6 +1454,26 @@ impl IceAgent {
                 survived,
                 "keepalive interval adapted"
             );
+            self.rearm_shorter();
+        }
+    }
+
+    /// The interval shrank: the next check goes within the new one after the last
+    /// traffic on the selected pair, not at the old one's time.
+    fn rearm_shorter(&mut self) {
+        if self.policy != KeepalivePolicy::Background {
+            return;
+        }
+        let (Some(s), Some(next)) = (self.selected, self.next_consent) else {
+            return;
+        };
+        let Some(last) = self.pairs[s].last_traffic else {
+            return;
+        };
+        let k = self.keepalive.interval();
+        let latest = (last + k.mul_f64(0.85)).max(self.now);
+        if next > last + k {
+            self.next_consent = Some(latest);
         }
     }
 
@@ -1807,12 +1861,29 @@ impl IceAgent {
             match ev {
                 TransactionEvent::Response(resp) => {
                     if let Some((_, silence)) = self.round.filter(|(id, _)| *id == resp.id) {
-                        // Answered at the first try (an RTT was measured) or after a
-                        // retransmission: the binding survived the silence, or not.
+                        // Answered only after a retransmission (no RTT measured): a binding
+                        // on the path had expired in the silence. An answer at the first
+                        // try is weaker proof than the peer's check reaching us
+                        // ([`Self::check_arrived`]): our NAT may have made the binding
+                        // afresh on the same port, and the peer may have sent what never
+                        // reached us, which kept its own. It lets the interval grow (the side
+                        // whose checks keep the path gets no others to learn from) but not
+                        // past a silence that a binding did not survive.
                         self.round = None;
-                        let ok = resp.message().class() == crate::stun::Class::Success;
-                        if ok {
-                            self.learn(resp.rtt.is_some(), silence);
+                        if resp.message().class() == crate::stun::Class::Success {
+                            if resp.rtt.is_some() {
+                                // The keeper only: the watcher's own checks come after a
+                                // late round, when the keeper's unseen retransmissions
+                                // may have kept the keeper's binding.
+                                if self.controlling && self.keepalive.answered(silence) {
+                                    debug!(
+                                        interval_s = self.keepalive.interval().as_secs_f64(),
+                                        "keepalive interval adapted"
+                                    );
+                                }
+                            } else {
+                                self.learn(false, silence);
+                            }
                         }
                     }
                     if let Some(i) = self
@@ -2048,10 +2119,13 @@ impl IceAgent {
         if pick == self.selected && nominated == self.selected_nominated {
             return;
         }
-        if pick != self.selected {
-            // What was learned of the keepalive interval was about the old path's NATs.
+        if pick.is_some() && pick != self.keepalive_pair {
+            // What was learned of the keepalive interval was about another path's NATs
+            // (the same pair lost for a while and back keeps what it learned).
             self.keepalive.reset();
+            self.keepalive_pair = pick;
             self.round = None;
+            self.peer_round = None;
         }
         self.selected = pick;
         self.selected_nominated = nominated;

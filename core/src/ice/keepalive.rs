@@ -8,12 +8,18 @@
 //!
 //! - [`KeepalivePolicy::Foreground`] (the default): RFC 7675 exactly, checks every
 //!   4–6 s on the selected pair and consent lost after 30 s without an answer.
-//! - [`KeepalivePolicy::Background`]: one check per keepalive interval on the selected
-//!   pair, an interval that adapts to the NAT ([`AdaptiveInterval`]). Either side's check
-//!   refreshes both NATs' bindings (the request leaves one NAT and enters the other, the
-//!   answer does the opposite), so a side that receives the peer's check postpones its own:
-//!   between two pinhole peers in the background one request and one answer go per
-//!   interval, whichever side's timer fires first. The path is given up when nothing was
+//! - [`KeepalivePolicy::Background`]: one round (a check and its answer) per keepalive
+//!   interval on the selected pair, an interval that adapts to the NATs
+//!   ([`AdaptiveInterval`]). One round refreshes both NATs' bindings (the request leaves
+//!   one NAT and enters the other, the answer does the opposite), so one side keeps the
+//!   path: the controlling agent (the *keeper*) sends its check at 95–100 % of its
+//!   interval; the controlled agent (the *watcher*) answers, and checks by itself only
+//!   when the keeper's round is late (1.35 times the keeper's last pace: the keeper's
+//!   check was lost to a binding that expired on the watcher's side, which only the
+//!   watcher's own packet can make again), or when it has not seen the keeper's pace yet
+//!   (a little after its own interval). Any check from the peer postpones one's own. A
+//!   peer that checks more often (a foreground one, another stack's consent) keeps the
+//!   path by itself and this side only answers. The path is given up when nothing was
 //!   heard on it (an answer, or the peer's authenticated check) for two intervals and a
 //!   margin (at least RFC 7675's 30 s). That departs from RFC 7675 §5.1 on purpose, and
 //!   only while the app asked for it: consent protects a peer from traffic it no longer
@@ -26,15 +32,18 @@
 //! the pair is given up (the peer connection then restarts ICE).
 //!
 //! **How the interval adapts.** It starts at [`INITIAL_INTERVAL`] (25 s, under the 30 s
-//! that the shortest common NAT UDP timeouts give). A round (a check and its answer) after
-//! a silence of `g` on the path proves that the path survived `g` when it went through at
-//! the first try: the peer's check arriving proves our NAT's binding, our check answered
-//! without a retransmission proves the peer's. Each proven round near the interval grows
-//! it by half, up to [`MAX_INTERVAL`]. A round of ours that needed a retransmission or got
-//! no answer after a silence of `g` means a binding expired within `g`; the interval drops
-//! to 80 % of `g` and never grows past that again. (The path heals by itself: the other
-//! side's own check, due a little later, re-opens its NAT toward a binding that now
-//! exists.) With a 120 s NAT this settles at about 100 s: 0.6 checks a minute.
+//! that the shortest common NAT UDP timeouts give). The peer's check arriving after a
+//! silence of `g` on the path proves that our NAT kept the binding through `g`; the
+//! keeper's own check answered at the first try is weaker proof (its NAT may have made
+//! the binding afresh on the same port, and the watcher may have sent what never reached
+//! it), which may grow the interval but not lift a ceiling that a failure set. Each round
+//! proven near the interval grows it to [`GROWTH`] (1.2) times the silence proven, up to
+//! [`MAX_INTERVAL`]. A round of ours that needed a retransmission or got no answer after
+//! a silence of `g` means a binding expired within `g`: the interval drops to [`MARGIN`]
+//! (80 %) of `g` and does not grow past that again unless the peer's check proves a
+//! longer silence. With a 120 s NAT this settles after a failure or two at about 100 s,
+//! reached in about 9 minutes: 0.6 checks a minute. What was learned belongs to the
+//! selected pair; another pair starts again from 25 s.
 
 use std::time::Duration;
 
@@ -63,6 +72,12 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest interval: 80 % of the 5 min that RFC 4787 REQ-5 recommends as a NAT's UDP
 /// mapping timeout.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(240);
+/// How much each proven round grows the interval (of the silence proven). Small steps
+/// keep the controlling agent's rounds predictable for the controlled one, which checks
+/// by itself only when a round is late.
+pub const GROWTH: f64 = 1.2;
+/// The interval after a failure, of the silence that a binding did not survive.
+pub const MARGIN: f64 = 0.8;
 /// How long a resumed path has to answer before it is given up.
 pub const RESUME_PROBE: Duration = Duration::from_secs(4);
 
@@ -114,7 +129,7 @@ impl AdaptiveInterval {
 
     fn ceiling(&self) -> Duration {
         self.failed
-            .map_or(MAX_INTERVAL, |f| f.mul_f64(0.8))
+            .map_or(MAX_INTERVAL, |f| f.mul_f64(MARGIN))
             .clamp(MIN_INTERVAL, MAX_INTERVAL)
     }
 
@@ -130,9 +145,24 @@ impl AdaptiveInterval {
             // Not an idle round near the interval: it proves nothing about a longer one.
             return false;
         }
-        let next = self.interval.mul_f64(1.5).min(self.ceiling());
+        // Half again what was proven (not of the interval: a side whose peer keeps the
+        // path with shorter rounds must not grow past what those rounds prove).
+        let next = silence.mul_f64(GROWTH).min(self.ceiling());
         let changed = next > self.interval;
         self.interval = self.interval.max(next);
+        changed
+    }
+
+    /// Our check was answered at the first try after `silence`: weaker proof than
+    /// [`Self::survived`] (see the module docs), so it grows the interval but never lifts
+    /// the ceiling a failure set. Returns whether the interval changed.
+    pub fn answered(&mut self, silence: Duration) -> bool {
+        if self.failed.is_some_and(|f| silence >= f) {
+            return false;
+        }
+        let failed = self.failed;
+        let changed = self.survived(silence);
+        self.failed = failed;
         changed
     }
 
@@ -197,7 +227,7 @@ mod tests {
     #[test]
     fn a_nat_shorter_than_the_start_brings_it_down_to_the_floor_at_most() {
         let (interval, _) = settle(s(12), 10);
-        assert_eq!(interval, MIN_INTERVAL);
+        assert!(interval < s(12) && interval >= MIN_INTERVAL, "{interval:?}");
         let (interval, _) = settle(s(5), 10);
         assert_eq!(interval, MIN_INTERVAL);
     }
@@ -223,6 +253,21 @@ mod tests {
         assert_eq!(a.failed(), None);
         a.survived(a.interval());
         assert!(a.interval() > capped);
+    }
+
+    #[test]
+    fn our_own_answered_rounds_grow_it_but_never_lift_a_failure() {
+        let mut a = AdaptiveInterval::new(None);
+        assert!(a.answered(s(25)));
+        assert_eq!(a.interval(), s(30));
+        a.expired(s(37));
+        let capped = a.interval();
+        assert!(!a.answered(s(40)));
+        assert_eq!(a.failed(), Some(s(37)));
+        assert_eq!(a.interval(), capped);
+        // The peer's check is proof enough.
+        a.survived(s(40));
+        assert_eq!(a.failed(), None);
     }
 
     #[test]

@@ -570,7 +570,7 @@ impl Peer {
 
     /// After a resume: restart ICE if the path did not come back.
     fn check_resumed(&mut self, now: Instant) {
-        if !self.resume_check.is_some_and(|t| t <= now) {
+        if self.resume_check.is_none_or(|t| t > now) {
             return;
         }
         self.resume_check = None;

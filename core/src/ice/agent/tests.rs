@@ -27,6 +27,8 @@ struct World {
     peers: [Peer; 2],
     /// Peers that stopped answering (consent tests).
     muted: [bool; 2],
+    /// Datagrams each peer sent.
+    sent: [usize; 2],
 }
 
 /// The server-reflexive address of `base`: a datagram to a public reflector, as a STUN
@@ -118,6 +120,7 @@ impl World {
             net,
             peers,
             muted: [false; 2],
+            sent: [0; 2],
         }
     }
 
@@ -125,6 +128,7 @@ impl World {
         for i in 0..2 {
             while let Some(t) = self.peers[i].agent.poll_transmit() {
                 if !self.muted[i] {
+                    self.sent[i] += 1;
                     self.net.send(self.now, t);
                 }
             }
@@ -1217,4 +1221,249 @@ fn a_lost_local_candidate_that_comes_back_is_checked_again() {
     let (l, _) = nominated(&w.peers[0]).expect("nominated again");
     assert_eq!(l.socket_addr(), Some(base));
     assert!(w.data_flows(0) && w.data_flows(1));
+}
+
+// --- Keepalive policies (issue 14) ---
+
+fn nat_with_timeout(secs: u64) -> NatConfig {
+    let mut nat = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    nat.binding_timeout = Duration::from_secs(secs);
+    nat
+}
+
+/// Both peers behind NATs that forget a binding after `timeout_s` idle, connected, then
+/// idle under `policy` for `minutes`, checked every minute. Returns the world and each
+/// side's datagrams per minute over the last `measured` minutes.
+fn idle(
+    timeout_s: u64,
+    policy: KeepalivePolicy,
+    minutes: u32,
+    measured: u32,
+    seed: u64,
+) -> (World, [f64; 2]) {
+    let nat = nat_with_timeout(timeout_s);
+    let mut w = World::new([Some(nat), Some(nat)], Conditions::default(), seed);
+    assert!(w.connect(Duration::from_secs(5)));
+    let now = w.now;
+    for p in &mut w.peers {
+        p.agent.set_keepalive_policy(now, policy);
+    }
+    let mut at_start = [0; 2];
+    for m in 0..minutes {
+        if m == minutes - measured {
+            at_start = w.sent;
+        }
+        w.run_for(Duration::from_secs(60));
+        for (i, p) in w.peers.iter().enumerate() {
+            assert_eq!(
+                p.agent.state(),
+                IceState::Connected,
+                "peer {i} after {} min idle ({policy:?}, {timeout_s} s NAT)",
+                m + 1
+            );
+        }
+    }
+    let rate = [0, 1].map(|i| (w.sent[i] - at_start[i]) as f64 / f64::from(measured));
+    (w, rate)
+}
+
+/// The shorter of the two sides' keepalive intervals: the one whose rounds keep the path.
+fn keeper_interval(w: &World) -> Duration {
+    w.peers
+        .iter()
+        .map(|p| p.agent.keepalive_interval())
+        .min()
+        .unwrap_or_default()
+}
+
+/// Gave the path up (disconnected, or failed when no other pair was left).
+fn gave_up(p: &Peer) -> bool {
+    matches!(p.agent.state(), IceState::Disconnected | IceState::Failed)
+}
+
+#[test]
+fn background_keeps_an_idle_path_through_120_s_nats_with_under_one_packet_a_minute() {
+    for seed in [21, 22, 23] {
+        let (mut w, rate) = idle(120, KeepalivePolicy::Background, 30, 20, seed);
+        assert!(w.data_flows(0) && w.data_flows(1), "seed {seed}");
+        // The side with the shorter interval keeps the path (its checks postpone the
+        // other's, whose interval then only grows to what they prove).
+        let k = keeper_interval(&w);
+        assert!(
+            k > Duration::from_secs(80) && k < Duration::from_secs(120),
+            "seed {seed}: interval {k:?}"
+        );
+        for (i, r) in rate.iter().enumerate() {
+            assert!(*r <= 1.0, "seed {seed} peer {i}: {rate:?} a minute");
+        }
+        // Between them, about one round (a check and its answer) per interval, and the
+        // retransmissions of a round that found a binding gone while an interval settles.
+        assert!(rate[0] + rate[1] <= 2.0, "seed {seed}: {rate:?}");
+    }
+}
+
+#[test]
+fn background_keeps_an_idle_path_through_30_s_nats() {
+    let (mut w, rate) = idle(30, KeepalivePolicy::Background, 30, 20, 24);
+    assert!(w.data_flows(0) && w.data_flows(1));
+    assert!(keeper_interval(&w) < Duration::from_secs(30));
+    // A 30 s NAT needs a round every 30 s at least: about 2-3 a minute each.
+    assert!(rate.iter().all(|r| *r <= 3.0), "{rate:?}");
+}
+
+#[test]
+fn the_foreground_keeps_rfc_7675s_pace() {
+    let (mut w, rate) = idle(120, KeepalivePolicy::Foreground, 3, 2, 25);
+    assert!(w.data_flows(0) && w.data_flows(1));
+    // A check every 4-6 s from each side and the answers to the other's: ~24 a minute.
+    assert!(rate.iter().all(|r| *r >= 18.0 && *r <= 30.0), "{rate:?}");
+}
+
+#[test]
+fn a_fixed_background_interval_is_kept() {
+    let nat = nat_with_timeout(120);
+    let mut w = World::new([Some(nat), Some(nat)], Conditions::default(), 26);
+    for p in &mut w.peers {
+        let config = IceConfig {
+            keepalive_interval: Some(Duration::from_secs(15)),
+            ..IceConfig::default()
+        };
+        p.agent = IceAgent::new(
+            w.now,
+            config,
+            p.agent.is_controlling(),
+            [p.base.port() as u8; 32],
+        );
+    }
+    // Fresh agents: exchange credentials and candidates again.
+    let creds = [0, 1].map(|i| w.peers[i].agent.local_credentials().clone());
+    for i in 0..2 {
+        let base = w.peers[i].base;
+        w.peers[i].agent.add_local_candidate(host(base), base);
+        w.peers[i].agent.end_of_local_candidates();
+    }
+    for i in 0..2 {
+        w.peers[i]
+            .agent
+            .set_remote_credentials(creds[1 - i].clone());
+        let other = w.peers[1 - i].base;
+        // Behind NATs the host candidates do not meet; the reflexive ones do.
+        let mapped = reflect(&mut w.net, &mut w.now, other);
+        w.peers[i].agent.add_remote_candidate(srflx(mapped, other));
+        w.peers[i].agent.end_of_remote_candidates();
+    }
+    assert!(w.connect(Duration::from_secs(10)));
+    let now = w.now;
+    for p in &mut w.peers {
+        p.agent
+            .set_keepalive_policy(now, KeepalivePolicy::Background);
+    }
+    let before = w.sent;
+    w.run_for(Duration::from_secs(600));
+    for p in &w.peers {
+        assert_eq!(p.agent.state(), IceState::Connected);
+        assert_eq!(p.agent.keepalive_interval(), Duration::from_secs(15));
+    }
+    let total = (w.sent[0] - before[0]) + (w.sent[1] - before[1]);
+    // One round (two datagrams) per 12.75-15 s between them: 80-95 in 10 min.
+    assert!((70..=100).contains(&total), "{total}");
+}
+
+#[test]
+fn suspended_sends_nothing_and_a_resume_finds_a_path_that_lived() {
+    // No NAT to forget: the path outlives the suspension.
+    let mut w = World::new([None, None], Conditions::default(), 27);
+    assert!(w.connect(Duration::from_secs(5)));
+    let now = w.now;
+    for p in &mut w.peers {
+        p.agent
+            .set_keepalive_policy(now, KeepalivePolicy::Suspended);
+    }
+    let before = w.sent;
+    w.run_for(Duration::from_secs(600));
+    assert_eq!(w.sent, before, "a suspended agent sends nothing");
+    assert!(
+        w.peers
+            .iter()
+            .all(|p| p.agent.state() == IceState::Connected)
+    );
+    let now = w.now;
+    w.peers[0]
+        .agent
+        .set_keepalive_policy(now, KeepalivePolicy::Foreground);
+    w.run_for(RESUME_PROBE * 2);
+    assert_eq!(w.peers[0].agent.state(), IceState::Connected);
+    assert!(w.sent[0] > before[0], "the resume probed the path");
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
+
+#[test]
+fn a_resume_gives_up_a_path_whose_nat_forgot_it_within_the_probe() {
+    // 120 s NATs, suspended for 10 min: the bindings are gone. The resumed side's probe
+    // leaves its NAT and is dropped at the peer's, which has no binding any more.
+    let nat = nat_with_timeout(120);
+    let mut w = World::new([Some(nat), Some(nat)], Conditions::default(), 28);
+    assert!(w.connect(Duration::from_secs(5)));
+    let now = w.now;
+    for p in &mut w.peers {
+        p.agent
+            .set_keepalive_policy(now, KeepalivePolicy::Suspended);
+    }
+    w.run_for(Duration::from_secs(600));
+    let resumed = w.now;
+    w.peers[0]
+        .agent
+        .set_keepalive_policy(resumed, KeepalivePolicy::Foreground);
+    w.run_for(RESUME_PROBE - Duration::from_millis(100));
+    assert_eq!(
+        w.peers[0].agent.state(),
+        IceState::Connected,
+        "the probe's time"
+    );
+    w.run_for(Duration::from_millis(200));
+    assert!(gave_up(&w.peers[0]), "{:?}", w.peers[0].agent.state());
+}
+
+#[test]
+fn in_the_background_a_silent_peer_is_given_up_after_two_intervals() {
+    let (mut w, _) = idle(120, KeepalivePolicy::Background, 2, 1, 29);
+    let k = w.peers[0].agent.keepalive_interval();
+    w.muted[1] = true;
+    let from = w.now;
+    let bound = (k * 2 + Duration::from_secs(10)).max(Duration::from_secs(30)) + k;
+    for _ in 0..1000 {
+        if w.peers[0].agent.state() != IceState::Connected || w.now - from > bound {
+            break;
+        }
+        w.run_for(Duration::from_secs(1));
+    }
+    let took = w.now - from;
+    assert!(gave_up(&w.peers[0]), "{took:?}");
+    assert!(took >= Duration::from_secs(30) && took <= bound, "{took:?}");
+}
+
+#[test]
+fn a_background_side_answers_a_foreground_peer_and_sends_nothing_else() {
+    let nat = nat_with_timeout(120);
+    let mut w = World::new([Some(nat), Some(nat)], Conditions::default(), 30);
+    assert!(w.connect(Duration::from_secs(5)));
+    let now = w.now;
+    w.peers[1]
+        .agent
+        .set_keepalive_policy(now, KeepalivePolicy::Background);
+    w.run_for(Duration::from_secs(10));
+    let before = w.sent;
+    w.run_for(Duration::from_secs(300));
+    let (fg, bg) = (w.sent[0] - before[0], w.sent[1] - before[1]);
+    // The foreground side checks every 4-6 s; the background side only answers them.
+    assert!(bg <= fg + 1, "fg {fg} bg {bg}");
+    assert!(bg >= 50, "{bg}");
+    assert!(
+        w.peers
+            .iter()
+            .all(|p| p.agent.state() == IceState::Connected)
+    );
 }
