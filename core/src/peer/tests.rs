@@ -1871,3 +1871,121 @@ fn a_network_change_asks_for_the_tcp_bases_again() {
     );
     assert_eq!(events.last(), Some(&PeerEvent::GatheringComplete));
 }
+
+/// Issue 14's suspended policy: a resume whose path is gone (both NATs forgot it while
+/// the app was suspended) and that has no other asks for a restart (`ResumeFailed`); the
+/// restart, signalled as after a network change, connects again. A resume whose path
+/// lived asks for nothing; one with a relayed pair left moves to it.
+#[test]
+fn a_resume_whose_path_is_gone_asks_for_a_restart_that_connects_again() {
+    let mut nat = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    nat.binding_timeout = Duration::from_secs(120);
+    let no_relay = PeerConfig {
+        no_relay: true,
+        ..PeerConfig::default()
+    };
+    for (suspended_for, config) in [
+        (Duration::from_secs(60), no_relay.clone()),
+        (Duration::from_secs(600), no_relay),
+        (Duration::from_secs(600), PeerConfig::default()),
+    ] {
+        let relays = !config.no_relay;
+        let mut w = World::new([Some(nat), Some(nat)], Conditions::default(), config);
+        assert!(w.connect(Duration::from_secs(10)));
+        assert!(w.data_flows(0) && w.data_flows(1));
+        let now = w.now;
+        for s in &mut w.sides {
+            s.peer.set_keepalive_policy(now, KeepalivePolicy::Suspended);
+            s.events.clear();
+        }
+        w.run_for(suspended_for);
+        // Side 0 resumes; side 1 stays suspended (it answers, sends nothing by itself).
+        // Both resuming at once would punch the path open again, like ICE's checks.
+        let resumed = w.now;
+        w.sides[0]
+            .peer
+            .set_keepalive_policy(resumed, KeepalivePolicy::Foreground);
+        w.run_for(RESUME_PROBE + Duration::from_secs(1));
+        let failed = |w: &World, i: usize| w.sides[i].events.contains(&PeerEvent::ResumeFailed);
+        if suspended_for < Duration::from_secs(120) {
+            assert!(!failed(&w, 0) && !failed(&w, 1), "the path lived");
+            assert!(w.data_flows(0) && w.data_flows(1));
+            continue;
+        }
+        if relays {
+            // The relayed pairs lived (their allocations' refreshes went on): the agent
+            // moves to one within the probe, no restart needed.
+            assert!(!failed(&w, 0), "{:?}", w.sides[0].events);
+            let (l, r) = w.sides[0]
+                .peer
+                .agent()
+                .selected_candidates()
+                .expect("a pair");
+            assert!(
+                l.kind == CandidateKind::Relayed || r.kind == CandidateKind::Relayed,
+                "{l} -> {r}"
+            );
+            assert!(w.data_flows(0) && w.data_flows(1));
+            continue;
+        }
+        assert!(failed(&w, 0) && !failed(&w, 1), "{:?}", w.sides[0].events);
+        // What the driver does: a restart as after a network change; the peer answers
+        // the new credentials with a restart of its own (RFC 8445 §9).
+        let bases = w.sides[0].peer.bases().to_vec();
+        let creds0 = w.sides[0].peer.network_changed(w.now, &bases);
+        let creds1 = w.sides[1].peer.restart();
+        w.sides[1].peer.set_remote_credentials(creds0);
+        w.sides[0].peer.set_remote_credentials(creds1);
+        let t = w.now;
+        assert!(
+            w.connect(Duration::from_secs(10)),
+            "no new pair after the restart"
+        );
+        assert!(w.data_flows(0) && w.data_flows(1));
+        println!(
+            "restarted and connected {:?} after the resume",
+            w.now - t + RESUME_PROBE
+        );
+    }
+}
+
+/// TURN allocations follow the policy: liveness checks (every 5 s) and keepalives only
+/// in the foreground; in the background a relayed idle path costs the agent's rounds
+/// through the relay and the allocation's refreshes, nothing else.
+#[test]
+fn a_relayed_idle_path_in_the_background_costs_no_turn_liveness_checks() {
+    let relay = PeerConfig {
+        relay_only: true,
+        ..PeerConfig::default()
+    };
+    let count = |policy: KeepalivePolicy| {
+        let mut w = World::with(
+            [relay.clone(), PeerConfig::default()],
+            [None, None],
+            Conditions::default(),
+        );
+        assert!(w.connect(Duration::from_secs(10)));
+        let now = w.now;
+        for s in &mut w.sides {
+            s.peer.set_keepalive_policy(now, policy);
+        }
+        // Let the interval settle, then count what side 0 sends to the TURN server.
+        w.run_for(Duration::from_secs(600));
+        let before = w.net.sent_from(a("192.168.1.10:5000").ip());
+        w.run_for(Duration::from_secs(600));
+        let sent = w.net.sent_from(a("192.168.1.10:5000").ip()) - before;
+        assert!(w.data_flows(0) && w.data_flows(1), "{policy:?}");
+        sent
+    };
+    let fg = count(KeepalivePolicy::Foreground);
+    let bg = count(KeepalivePolicy::Background);
+    println!("relayed side, datagrams in 10 idle minutes: foreground {fg}, background {bg}");
+    // Foreground: a liveness check every 5 s and consent every 4-6 s, each way.
+    assert!(fg >= 200, "{fg}");
+    // Background: no public NAT to learn from, so the interval grows to its cap (240 s):
+    // a few rounds, the permission and allocation refreshes.
+    assert!(bg <= 20, "{bg}");
+}

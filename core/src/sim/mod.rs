@@ -350,6 +350,8 @@ pub struct Network {
     payloads: HashMap<u64, InFlight>,
     seq: u64,
     stats: Stats,
+    /// Datagrams sent, per source host.
+    sent_by: HashMap<IpAddr, usize>,
 }
 
 impl Network {
@@ -364,7 +366,13 @@ impl Network {
             payloads: HashMap::new(),
             seq: 0,
             stats: Stats::default(),
+            sent_by: HashMap::new(),
         }
+    }
+
+    /// How many datagrams the host at `ip` has sent (whatever became of them).
+    pub fn sent_from(&self, ip: IpAddr) -> usize {
+        self.sent_by.get(&ip).copied().unwrap_or(0)
     }
 
     /// Changes the link conditions from now on.
@@ -413,6 +421,7 @@ impl Network {
     /// NAT now (as a real NAT does when the datagram leaves), its fate decided now.
     pub fn send(&mut self, now: Instant, t: Transmit) {
         self.stats.sent += 1;
+        *self.sent_by.entry(t.source.ip()).or_default() += 1;
         let Some(&from_nat) = self.hosts.get(&t.source.ip()) else {
             self.stats.dropped += 1;
             return;
