@@ -43,6 +43,8 @@ const TICK: Duration = Duration::from_millis(20);
 const RECOVERY_BOUND: Duration = Duration::from_secs(15);
 /// Quiet time on the new network before the next switch.
 const SETTLE: Duration = Duration::from_millis(1500);
+/// A marker among a streamer's arguments: its TURN server over TCP.
+const TURN_TCP: &str = "(turn over tcp)";
 /// Where `pinhole signal` listens (lab internet).
 const SIGNAL_PORT: u16 = 8479;
 
@@ -73,14 +75,20 @@ impl Drop for Streamer {
 impl Streamer {
     fn spawn(bin: &Path, host: &Host, signal: &str, room: &str, extra: &[&str]) -> Self {
         let portmap = extra.contains(&"--portmap");
+        // The test's own marker: coturn over TCP instead of UDP.
+        let over_tcp = extra.contains(&TURN_TCP);
         let extra: Vec<&str> = extra
             .iter()
             .copied()
-            .filter(|a| *a != "--portmap")
+            .filter(|a| *a != "--portmap" && *a != TURN_TCP)
             .collect();
         let (user, pass) = COTURN_USER;
         let stun = format!("stun:{PINHOLE_PRIMARY}");
-        let turn = format!("turn:{COTURN_PRIMARY}");
+        let turn = if over_tcp {
+            format!("turn:{COTURN_PRIMARY}?transport=tcp")
+        } else {
+            format!("turn:{COTURN_PRIMARY}")
+        };
         let mut args = vec![
             "connect",
             "--json",
@@ -239,6 +247,9 @@ enum Disruption {
     /// its routers NAT with random ports and run miniupnpd, the peer's NAT is
     /// endpoint-dependent, no relay and no birthday probing.
     SwitchMapped,
+    /// It moves to its other uplink while relay-only with coturn over TCP: its TCP
+    /// connection (and the allocation on it) is gone with the old network.
+    SwitchTcpRelay,
 }
 
 fn run_cell(
@@ -256,6 +267,7 @@ fn run_cell(
             Disruption::Flush => format!("NAT flush ({}), ", nat.describe()),
             Disruption::TurnRestart => "coturn restart, ".to_owned(),
             Disruption::SwitchMapped => "through port mappings, ".to_owned(),
+            Disruption::SwitchTcpRelay => "TURN over TCP, ".to_owned(),
         },
         if mover_controls {
             "controlling"
@@ -324,7 +336,9 @@ fn run_cell(
     } else {
         &[]
     };
-    let mover_extra: &[&str] = if relayed {
+    let mover_extra: &[&str] = if what == Disruption::SwitchTcpRelay {
+        &["--no-direct", TURN_TCP]
+    } else if relayed {
         &["--no-direct"]
     } else if mapped {
         &["--no-relay", "--no-birthday", "--portmap"]
@@ -366,7 +380,7 @@ fn run_cell(
     let mut on = 0usize;
     for k in 0..times {
         let done = match what {
-            Disruption::Switch | Disruption::SwitchMapped => {
+            Disruption::Switch | Disruption::SwitchMapped | Disruption::SwitchTcpRelay => {
                 let (from, to) = (uplinks[on], uplinks[1 - on]);
                 on = 1 - on;
                 lab.switch_uplink("m", (from.0, from.1), to)
@@ -449,7 +463,10 @@ fn run_cell(
     m.pump();
     p.pump();
     let changes = m.count("network-changed");
-    let want = if matches!(what, Disruption::Switch | Disruption::SwitchMapped) {
+    let want = if matches!(
+        what,
+        Disruption::Switch | Disruption::SwitchMapped | Disruption::SwitchTcpRelay
+    ) {
         times
     } else {
         0
@@ -539,6 +556,46 @@ fn an_uplink_switch_mid_transfer_recovers_in_every_role_and_path() {
         "uplink switch, 10 per cell: ms from the new network up to data flowing again",
         &cells,
         SWITCHES,
+    );
+    println!("{report}");
+    assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
+}
+
+/// The uplink switch with the mover relay-only through coturn over TCP, in both roles,
+/// four times each: the TCP connection from the old network is closed, a new one made
+/// from the new network, and the relayed path comes back.
+#[test]
+fn an_uplink_switch_under_a_relay_over_tcp_recovers() {
+    if !lab_available("lab_mobility", &["coturn"]) {
+        return;
+    }
+    let bin = bins::pinhole().expect("pinhole binary");
+    let cells: Vec<Cell> = std::thread::scope(|s| {
+        let handles: Vec<_> = [true, false]
+            .into_iter()
+            .map(|c| {
+                let bin = bin.clone();
+                s.spawn(move || {
+                    run_cell(
+                        &bin,
+                        c,
+                        true,
+                        Disruption::SwitchTcpRelay,
+                        NatConfig::default(),
+                        4,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("cell thread"))
+            .collect()
+    });
+    let (report, trouble) = summarize(
+        "uplink switch under a relay over TCP, 4 per cell: ms from the new network up to data flowing again",
+        &cells,
+        4,
     );
     println!("{report}");
     assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));

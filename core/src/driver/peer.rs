@@ -1246,6 +1246,10 @@ async fn run(
         }
         if shared.remap.swap(false, Ordering::SeqCst) {
             remap(&shared, &mut portmap);
+            // The TURN servers over TCP or TLS too: connected again from the new network
+            // (the machine dropped the old connections' allocations).
+            let specs: Vec<_> = shared.lock().peer.turn_streams().cloned().collect();
+            streams.reconnect(specs.iter());
         }
         loop {
             let t = shared.lock().peer.poll_transmit();

@@ -136,6 +136,24 @@ impl Streams {
         }
     }
 
+    /// Closes every connection (an event of theirs still queued is dropped with them)
+    /// and connects to these servers instead: after a network change, from the new one.
+    pub(super) fn reconnect<'a>(&mut self, specs: impl Iterator<Item = &'a TurnServerSpec>) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.writers
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let (tx, events) = mpsc::channel(1024);
+        self.events = events;
+        self.tasks = specs
+            .map(|spec| tokio::spawn(run(spec.clone(), tx.clone(), self.writers.clone())))
+            .collect();
+    }
+
     /// The writers, for whoever sends.
     pub(super) fn writers(&self) -> StreamWriters {
         self.writers.clone()

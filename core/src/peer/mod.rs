@@ -1090,8 +1090,10 @@ impl Peer {
     /// allocation does not know). Our candidates come out again as
     /// [`PeerEvent::Candidate`]s, then [`PeerEvent::GatheringComplete`]. The old path
     /// carries data until a new pair is selected, when it still works. ICE-TCP
-    /// candidates of addresses that are gone are forgotten; allocations over TCP or TLS
-    /// streams, port mappings and birthday probing are not redone here.
+    /// candidates of addresses that are gone are forgotten. Allocations over TCP or TLS
+    /// streams are dropped with their connections, and [`Peer::turn_streams`] lists their
+    /// servers again for the driver to connect from the new network; port mappings are
+    /// the driver's to redo; birthday probing is not redone.
     pub fn network_changed(&mut self, now: Instant, bases: &[SocketAddr]) -> IceCredentials {
         self.now = self.now.max(now);
         let mut new = bases.to_vec();
@@ -1103,11 +1105,12 @@ impl Peer {
         // Old allocations: deleted (a Refresh with lifetime 0 from a base that still
         // exists), then forgotten, so that their answers are not mistaken for the new
         // ones' (same server, maybe the same base).
-        let mut kept = Vec::new();
         let mut dormant = Vec::new();
         for mut r in std::mem::take(&mut self.relays) {
             if r.proto == crate::Protocol::Tcp {
-                kept.push(r);
+                // Its connection came from the old network: the driver closes it (the
+                // server deletes the allocation with it, RFC 8656 §3.1) and connects
+                // again, from the new one ([`Peer::turn_streams`]).
                 continue;
             }
             if r.done || r.alloc.is_done() {
@@ -1144,17 +1147,13 @@ impl Peer {
             dormant.drain(..dormant.len() - cap);
         }
         self.dormant = dormant;
-        self.relays = kept;
-        let stream_relays: Vec<SocketAddr> = self.relays.iter().filter_map(|r| r.relayed).collect();
+        self.streams_pending.clear();
         let tcp_bases = &mut self.tcp_bases;
         tcp_bases.retain(|b| ips.contains(&b.ip()));
         let tcp_kept = tcp_bases.clone();
         let creds = self.agent.restart_with_locals(|c, base| match c.transport {
             // Host candidates of bases that stay; the rest is gathered again.
-            CandidateTransport::Udp => {
-                (c.kind == CandidateKind::Host && new.contains(&base))
-                    || stream_relays.contains(&base)
-            }
+            CandidateTransport::Udp => c.kind == CandidateKind::Host && new.contains(&base),
             CandidateTransport::Tcp => c.kind == CandidateKind::Host && tcp_kept.contains(&base),
         });
         for (id, _) in self.srflx_pending.drain(..) {
@@ -1199,6 +1198,14 @@ impl Peer {
                 self.relays.push(r);
             }
             self.allocate_udp_relays_except(now, &servers);
+            for (i, spec) in self.config.turn_servers.clone().into_iter().enumerate() {
+                if spec.transport.is_stream() {
+                    let mut s = self.seed;
+                    s[0] ^= 0xA0 ^ (i as u8);
+                    s[2] = s[2].wrapping_add(self.network_changes);
+                    self.streams_pending.push((spec, s));
+                }
+            }
         }
         self.check_gathering();
         creds

@@ -1989,3 +1989,42 @@ fn a_relayed_idle_path_in_the_background_costs_no_turn_liveness_checks() {
     // a few rounds, the permission and allocation refreshes.
     assert!(bg <= 20, "{bg}");
 }
+
+/// A network change drops the allocations over TCP or TLS with their connections (they
+/// came from the old network) and lists their servers again for the driver, which
+/// connects from the new network; the new Allocate goes on the new connection.
+#[test]
+fn a_network_change_connects_the_turn_streams_again() {
+    let now = Instant::now();
+    let config = PeerConfig {
+        turn_servers: vec![
+            TurnServerSpec::new(a(TURN), Credentials::long_term("u", "p"))
+                .over(TurnTransport::Tls, Some("turn.example".into())),
+        ],
+        ..PeerConfig::default()
+    };
+    let mut p = Peer::new(now, config, a("192.168.1.10:5000"), true, [3; 32]);
+    p.turn_stream_connected(now, a(TURN), a("192.168.1.10:40000"));
+    while p.poll_transmit().is_some() {}
+    assert_eq!(p.turn_streams().count(), 0);
+    let moved = a("172.16.0.10:5000");
+    let _ = p.network_changed(now, &[moved]);
+    let streams: Vec<_> = p.turn_streams().map(|s| (s.server, s.transport)).collect();
+    assert_eq!(streams, [(a(TURN), TurnTransport::Tls)]);
+    // Nothing more for the old connection.
+    while let Some(t) = p.poll_transmit() {
+        assert_ne!(t.proto, crate::Protocol::Tcp, "{t:?}");
+    }
+    let events: Vec<_> = std::iter::from_fn(|| p.poll_event()).collect();
+    assert!(
+        !events.contains(&PeerEvent::GatheringComplete),
+        "gathering waits for the new connection: {events:?}"
+    );
+    let new_local = a("172.16.0.10:40001");
+    p.turn_stream_connected(now, a(TURN), new_local);
+    let t = p.poll_transmit().expect("the Allocate request");
+    assert_eq!(
+        (t.proto, t.source, t.destination),
+        (crate::Protocol::Tcp, new_local, a(TURN))
+    );
+}
