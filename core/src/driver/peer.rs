@@ -1918,6 +1918,92 @@ mod tests {
         });
     }
 
+    /// Network changes in a burst, the app reading nothing meanwhile (a phone that wakes
+    /// up on a new network after several): no event is lost (each restart's gathering
+    /// ends with its own `GatheringComplete`, in order after its candidates), the last
+    /// credentials are the ones in force, and once the peer has them the two connect
+    /// again without anything else from the app.
+    #[test]
+    fn a_burst_of_network_changes_loses_no_event_and_the_last_one_connects() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let any: SocketAddr = "[::]:0".parse().unwrap();
+            let config = PeerConfig {
+                no_network_monitor: true,
+                ..PeerConfig::default()
+            };
+            let a = PeerConnection::start(config.clone(), any, true)
+                .await
+                .unwrap();
+            let b = PeerConnection::start(config, any, false).await.unwrap();
+            a.set_remote_credentials(b.local_credentials().clone());
+            b.set_remote_credentials(a.local_credentials().clone());
+            let mut pcs = [a, b];
+            let within = Duration::from_secs(10);
+            pump_until_nominated(&mut pcs, within).await;
+            for pc in &mut pcs {
+                for _ in 0..100 {
+                    let quiet = Duration::from_millis(300);
+                    if tokio::time::timeout(quiet, pc.next_event()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            const CHANGES: usize = 5;
+            let mut creds = Vec::new();
+            for _ in 0..CHANGES {
+                creds.push(pcs[0].network_changed().await.expect("bases found"));
+            }
+            assert_eq!(pcs[0].local_credentials(), creds.last().unwrap());
+            // Everything the five restarts reported, read only now.
+            let mut events = Vec::new();
+            let quiet = Duration::from_millis(500);
+            while let Ok(Some(ev)) = tokio::time::timeout(quiet, pcs[0].next_event()).await {
+                events.push(ev);
+            }
+            let completes = events
+                .iter()
+                .filter(|e| **e == PeerConnectionEvent::GatheringComplete)
+                .count();
+            assert_eq!(completes, CHANGES, "{events:?}");
+            // Each gathering's candidates come before its end.
+            let hosts_before_each_end = events
+                .split(|e| *e == PeerConnectionEvent::GatheringComplete)
+                .take(CHANGES)
+                .all(|run| {
+                    run.iter().any(|e| {
+                        matches!(e, PeerConnectionEvent::Candidate(c) if c.kind == CandidateKind::Host)
+                    })
+                });
+            assert!(hosts_before_each_end, "{events:?}");
+            let answer = pcs[1].restart();
+            pcs[1].set_remote_credentials(creds.last().unwrap().clone());
+            pcs[0].set_remote_credentials(answer);
+            // The candidates of the last restart, as the app would signal them.
+            let last_run = events
+                .rsplit(|e| *e == PeerConnectionEvent::GatheringComplete)
+                .nth(1)
+                .unwrap_or_default();
+            for e in last_run {
+                if let PeerConnectionEvent::Candidate(c) = e {
+                    pcs[1].add_remote_candidate(c.clone());
+                }
+            }
+            pcs[1].end_of_remote_candidates();
+            pump_until_nominated(&mut pcs, within).await;
+            let [a, mut b] = pcs;
+            a.send(b"after five changes").await;
+            let got = tokio::time::timeout(within, b.recv())
+                .await
+                .expect("data within the bound");
+            assert_eq!(got.as_deref(), Some(&b"after five changes"[..]));
+        });
+    }
+
     #[test]
     fn the_queue_keeps_order_and_bounds() {
         let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
