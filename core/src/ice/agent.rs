@@ -317,9 +317,14 @@ pub const SILENT_PATH: Duration = Duration::from_secs(2);
 
 /// In the background, the controlled agent checks by itself when the controlling agent's
 /// keepalive round is this many times its last pace late: the keeper's interval grows by
-/// a fifth at most per round ([`super::keepalive::GROWTH`]), its rounds go at 95–100 % of
-/// it, so a round on time is never later than 1.2 / 0.95 ≈ 1.26 times the last pace.
-const LATE_ROUND: f64 = 1.35;
+/// 30 % at most per round ([`super::keepalive::GROWTH`]), its rounds go at 95–100 % of
+/// it, so a round on time is never later than 1.3 / 0.95 ≈ 1.37 times the last pace.
+const LATE_ROUND: f64 = 1.45;
+
+/// In the background, a keepalive check goes this many times (at the check RTO, doubled
+/// each time: 0, 250 and 750 ms by default) before the round counts as failed and the
+/// check is given up: a lost round is repaired by the peer's own check, not by ours.
+const BACKGROUND_ROUND_TRANSMITS: u32 = 3;
 
 /// How many times one pair may repair a role conflict before it fails.
 const MAX_ROLE_CONFLICTS: u8 = 4;
@@ -381,6 +386,9 @@ pub struct IceAgent {
     keepalive: AdaptiveInterval,
     /// Our consent check in flight on the selected pair, and the silence before it.
     round: Option<(TransactionId, Duration)>,
+    /// In the background, when our round in flight is given up (see
+    /// [`BACKGROUND_ROUND_TRANSMITS`]).
+    round_give_up: Option<Instant>,
     /// When the path was last resumed: pairs not heard from since have
     /// [`RESUME_PROBE`] to answer.
     probe_from: Option<Instant>,
@@ -492,6 +500,7 @@ impl IceAgent {
             keepalive,
             policy: KeepalivePolicy::Foreground,
             round: None,
+            round_give_up: None,
             probe_from: None,
             suspended_at: None,
             peer_round: None,
@@ -897,6 +906,7 @@ impl IceAgent {
         self.next_check = None;
         self.next_consent = None;
         self.round = None;
+        self.round_give_up = None;
         self.probe_from = None;
         self.peer_round = None;
         self.keepalive_pair = None;
@@ -1061,6 +1071,7 @@ impl IceAgent {
             consent_deadline,
             self.hold_until,
             self.follow_at,
+            self.round_give_up,
         ]
         .into_iter()
         .flatten()
@@ -1091,6 +1102,23 @@ impl IceAgent {
                 self.nominate_if_none();
             }
         }
+        if self.round_give_up.is_some_and(|t| t <= now) {
+            self.round_give_up = None;
+            if let Some((id, silence)) = self.round.take() {
+                // Not answered after a few tries: a binding expired (the peer's side
+                // repairs it, see LATE_ROUND); the rest of the retransmissions would only
+                // wake the radio for nothing.
+                if let Some(p) = self
+                    .pairs
+                    .iter_mut()
+                    .find(|p| p.check.is_some_and(|(c, _)| c == id))
+                {
+                    p.check = None;
+                }
+                self.client.cancel(id);
+                self.learn(false, silence);
+            }
+        }
         if self.next_consent.is_some_and(|t| t <= now) {
             self.next_consent = None;
             if let Some(s) = self.selected.filter(|_| !self.config.lite) {
@@ -1106,6 +1134,9 @@ impl IceAgent {
                         now.saturating_duration_since(self.pairs[s].last_traffic.unwrap_or(now));
                     self.send_check(now, s, nominate);
                     self.round = self.pairs[s].check.map(|(id, _)| (id, silence));
+                    self.round_give_up = (self.policy == KeepalivePolicy::Background).then(|| {
+                        now + self.config.check_rto * ((1 << BACKGROUND_ROUND_TRANSMITS) - 1)
+                    });
                 }
                 self.arm_consent(now);
             }
@@ -2125,6 +2156,7 @@ impl IceAgent {
             self.keepalive.reset();
             self.keepalive_pair = pick;
             self.round = None;
+            self.round_give_up = None;
             self.peer_round = None;
         }
         self.selected = pick;

@@ -14,7 +14,7 @@
 //!   one NAT and enters the other, the answer does the opposite), so one side keeps the
 //!   path: the controlling agent (the *keeper*) sends its check at 95–100 % of its
 //!   interval; the controlled agent (the *watcher*) answers, and checks by itself only
-//!   when the keeper's round is late (1.35 times the keeper's last pace: the keeper's
+//!   when the keeper's round is late (1.45 times the keeper's last pace: the keeper's
 //!   check was lost to a binding that expired on the watcher's side, which only the
 //!   watcher's own packet can make again), or when it has not seen the keeper's pace yet
 //!   (a little after its own interval). Any check from the peer postpones one's own. A
@@ -37,7 +37,7 @@
 //! keeper's own check answered at the first try is weaker proof (its NAT may have made
 //! the binding afresh on the same port, and the watcher may have sent what never reached
 //! it), which may grow the interval but not lift a ceiling that a failure set. Each round
-//! proven near the interval grows it to [`GROWTH`] (1.2) times the silence proven, up to
+//! proven near the interval grows it to [`GROWTH`] (1.3) times the silence proven, up to
 //! [`MAX_INTERVAL`]. A round of ours that needed a retransmission or got no answer after
 //! a silence of `g` means a binding expired within `g`: the interval drops to [`MARGIN`]
 //! (80 %) of `g` and does not grow past that again unless the peer's check proves a
@@ -75,7 +75,7 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(240);
 /// How much each proven round grows the interval (of the silence proven). Small steps
 /// keep the controlling agent's rounds predictable for the controlled one, which checks
 /// by itself only when a round is late.
-pub const GROWTH: f64 = 1.2;
+pub const GROWTH: f64 = 1.3;
 /// The interval after a failure, of the silence that a binding did not survive.
 pub const MARGIN: f64 = 0.8;
 /// How long a resumed path has to answer before it is given up.
@@ -259,7 +259,7 @@ mod tests {
     fn our_own_answered_rounds_grow_it_but_never_lift_a_failure() {
         let mut a = AdaptiveInterval::new(None);
         assert!(a.answered(s(25)));
-        assert_eq!(a.interval(), s(30));
+        assert_eq!(a.interval(), s(32) + Duration::from_millis(500));
         a.expired(s(37));
         let capped = a.interval();
         assert!(!a.answered(s(40)));
