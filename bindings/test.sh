@@ -5,7 +5,7 @@
 #   c        test.c built with gcc -Wall -Wextra -Werror through pkg-config, run under
 #            valgrind (no errors, no leaks), and linked statically
 #   kotlin   the generated Kotlin (JVM flavour) with the package's Kotlin (android/src/main/
-#            kotlin: Flow adapters, NetworkMonitor logic) on the host JVM (JNA), test
+#            kotlin: Flow adapters, NetworkMonitor and AppLifecycle logic) on the host JVM (JNA), test
 #            programs bindings/kotlin/Test.kt, AdaptersTest.kt and PeerTest.kt; no
 #            java.time in the API
 #   swift    the generated Swift and the package's hand-written Swift (ios/Sources/Pinhole:
@@ -317,7 +317,7 @@ part_c() {
     results+=("c: $(tail -1 "$out/test.log"); valgrind clean; static: $(tail -1 "$out/test-static.log")")
 }
 
-# The package's own Kotlin (android/src/main/kotlin: Flow adapters, NetworkMonitor), shipped
+# The package's own Kotlin (android/src/main/kotlin: Flow adapters, NetworkMonitor, AppLifecycle), shipped
 # in the AAR beside the generated bindings. The files named Android*.kt use the Android API:
 # the JVM build leaves them out; the Android build compiles them against
 # bindings/kotlin/android-stubs (Java sources kotlinc only resolves against, never builds).
