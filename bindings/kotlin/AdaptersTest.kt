@@ -475,6 +475,11 @@ fun testAppLifecycle() {
         check(eventually(2_000) {
             listOf(one, two).all { it.connection.keepalivePolicy() == KeepalivePolicy.BACKGROUND }
         }, "to the background: both connections follow")
+        lifecycle.suspendConnections()
+        check(eventually(2_000) {
+            lifecycle.policy == KeepalivePolicy.SUSPENDED &&
+                listOf(one, two).all { it.connection.keepalivePolicy() == KeepalivePolicy.SUSPENDED }
+        }, "suspendConnections: both suspended")
         src.emit(true)
         check(eventually(2_000) {
             listOf(one, two).all { it.connection.keepalivePolicy() == KeepalivePolicy.FOREGROUND }

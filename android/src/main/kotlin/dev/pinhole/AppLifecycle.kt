@@ -45,9 +45,9 @@ interface LifecycleSource {
  *
  * Android gives no callback when it freezes a cached app's process (Android 11+) or Doze
  * defers its network: while frozen nothing is sent at all. An app that knows it is about
- * to stop running for long (and does not keep a foreground service) may set
- * [KeepalivePolicy.SUSPENDED] itself ([PeerConnection.setKeepalivePolicy]); the next change
- * this adapter sees sets its own policy again. An app that keeps working in the background
+ * to stop running for long (and does not keep a foreground service) calls
+ * [suspendConnections] (or sets [KeepalivePolicy.SUSPENDED] on a connection itself); the
+ * next change this adapter sees sets its own policy again. An app that keeps working in the background
  * (a call in a foreground service) feeds no connection, or sets the policy itself.
  *
  * Create it once per process, on the main thread, before any activity starts
@@ -124,6 +124,20 @@ class AppLifecycle(private val source: LifecycleSource, private val settleMillis
         policy = p
         for (l in listeners) {
             if (!l.onChange(p)) listeners.remove(l)
+        }
+    }
+
+    /**
+     * The app is about to stop running for long (and keeps no foreground service): every
+     * connection fed goes [KeepalivePolicy.SUSPENDED] (no keepalives, no consent deadline)
+     * until the app moves again (an activity starts: the foreground, with a probe of the
+     * path that restarts ICE if it is gone).
+     */
+    fun suspendConnections() {
+        post {
+            pending?.cancel(false)
+            pending = null
+            set(KeepalivePolicy.SUSPENDED)
         }
     }
 
