@@ -69,7 +69,7 @@ if ! grep -rqaF "android/os/Build\$VERSION" "$tmp/classes/dev/pinhole" ||
 fi
 grep -rqa 'android/net/ConnectivityManager' "$tmp/classes/dev/pinhole/AndroidNetworkSource.class" ||
     fail "AndroidNetworkSource does not use ConnectivityManager"
-grep -rqa 'android/app/Application$ActivityLifecycleCallbacks' "$tmp/classes/dev/pinhole/AndroidLifecycleSource.class" ||
+grep -rqaF "android/app/Application\$ActivityLifecycleCallbacks" "$tmp/classes/dev/pinhole/AndroidLifecycleSource.class" ||
     fail "AndroidLifecycleSource does not use Application.ActivityLifecycleCallbacks"
 
 declare -A machine=([arm64-v8a]=AArch64 [armeabi-v7a]=ARM [x86_64]=X86-64 [x86]=80386)

@@ -616,12 +616,12 @@ part_android() {
         --out "$out/wrong-machine.aar" >/dev/null
     # The JVM flavour of the bindings (what build-native.sh generated while it passed an
     # old-style --config that UniFFI 0.32 ignores).
-    # With the package's classes, AndroidNetworkSource too, so that only the flavour differs.
+    # With the package's classes, the Android*.kt ones too, so that only the flavour differs.
     kotlin_bindings_jar
     mkdir -p "$out/jvm"
     cp "$KOTLIN_BINDINGS_JAR" "$out/jvm/classes.jar"
-    (cd "$out/jvm" && unzip -q "$ANDROID_CLASSES_JAR" 'dev/pinhole/AndroidNetworkSource*' &&
-        zip -q classes.jar dev/pinhole/AndroidNetworkSource*)
+    (cd "$out/jvm" && unzip -q "$ANDROID_CLASSES_JAR" 'dev/pinhole/Android*' &&
+        zip -q classes.jar dev/pinhole/Android*)
     android/assemble-aar.sh --classes "$out/jvm/classes.jar" --out "$out/jvm-flavour.aar" >/dev/null
     local aar
     for aar in no-rules extra-permission wrong-machine jvm-flavour; do

@@ -972,7 +972,8 @@ mod tests {
     /// live handle, the fixed interval read back, `PINHOLE_ERR_NOT_AVAILABLE` once ended.
     #[test]
     fn keepalive_policy_calls_check_their_arguments() {
-        // SAFETY (every call below): NULL or the live handle made here; pointers to locals.
+        // SAFETY: every call below gets NULL or the live handle made here, and pointers to
+        // locals.
         unsafe {
             let mut policy = -5;
             let mut ms = 0u32;
