@@ -7,7 +7,8 @@
 #   classes.jar           the compiled Kotlin (given: --classes JAR): the Android flavour
 #                         of the generated bindings and the package's own sources
 #                         (src/main/kotlin: Flow adapters, NetworkMonitor,
-#                         AndroidNetworkSource), as Gradle compiles them
+#                         AndroidNetworkSource, AppLifecycle, AndroidLifecycleSource), as
+#                         Gradle compiles them
 #   proguard.txt          consumer-rules.pro (AGP's name for the consumer rules)
 #   R.txt                 empty: the module has no resources
 #   jni/<abi>/*.so        every library found in --jnilibs DIR/<abi>/ for the four ABIs

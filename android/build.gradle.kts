@@ -38,7 +38,9 @@ android {
 
     // The package's own Kotlin: Flow adapters (Flows.kt), the NetworkMonitor logic
     // (NetworkMonitor.kt, tested on a host JVM by ../bindings/test.sh) and its Android side
-    // (AndroidNetworkSource.kt, ConnectivityManager).
+    // (AndroidNetworkSource.kt, ConnectivityManager), the AppLifecycle logic (AppLifecycle.kt,
+    // tested likewise) and its Android side (AndroidLifecycleSource.kt,
+    // ActivityLifecycleCallbacks).
     sourceSets["main"].kotlin.srcDir("src/main/kotlin")
     sourceSets["main"].kotlin.srcDir(layout.buildDirectory.dir("generated/uniffi"))
     sourceSets["main"].jniLibs.srcDir("src/main/jniLibs")

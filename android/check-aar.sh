@@ -8,7 +8,8 @@
 #   - proguard.txt keeps JNA's classes and the bindings (the R8 crash of gobley#139);
 #   - classes.jar holds the bindings' classes (dev/pinhole/...) in UniFFI's Android flavour
 #     (they read Build.VERSION.SDK_INT and use SystemCleaner), the package's own Kotlin (the Flow adapters, the
-#     NetworkMonitor and its AndroidNetworkSource), and no android.* class (stubs);
+#     NetworkMonitor and its AndroidNetworkSource, the AppLifecycle and its
+#     AndroidLifecycleSource), and no android.* class (stubs);
 #   - every jni/<abi>/*.so: an ELF of that ABI's machine, 16 KB aligned with a SONAME
 #     (bindings/check-elf.sh). With --require-abis, all four ABIs must be there.
 #
@@ -55,7 +56,8 @@ classes=$(unzip -Z1 "$tmp/classes.jar") || fail "classes.jar is not a jar"
 grep -q '^dev/pinhole/.*\.class$' <<<"$classes" || fail "classes.jar holds no dev/pinhole classes"
 for c in dev/pinhole/FlowsKt dev/pinhole/NetcheckUpdate dev/pinhole/TurnUpdate dev/pinhole/NetworkMonitor \
     dev/pinhole/NetworkFacts dev/pinhole/NetworkSource dev/pinhole/AndroidNetworkSource \
-    dev/pinhole/PortMapper dev/pinhole/NetworkInfo; do
+    dev/pinhole/PortMapper dev/pinhole/NetworkInfo dev/pinhole/AppLifecycle dev/pinhole/LifecycleSource \
+    dev/pinhole/AndroidLifecycleSource dev/pinhole/KeepalivePolicy; do
     grep -qx "$c.class" <<<"$classes" || fail "classes.jar lacks $c"
 done
 ! grep -q '^android/' <<<"$classes" || fail "classes.jar holds android.* classes (stubs?)"
@@ -67,6 +69,8 @@ if ! grep -rqaF "android/os/Build\$VERSION" "$tmp/classes/dev/pinhole" ||
 fi
 grep -rqa 'android/net/ConnectivityManager' "$tmp/classes/dev/pinhole/AndroidNetworkSource.class" ||
     fail "AndroidNetworkSource does not use ConnectivityManager"
+grep -rqaF "android/app/Application\$ActivityLifecycleCallbacks" "$tmp/classes/dev/pinhole/AndroidLifecycleSource.class" ||
+    fail "AndroidLifecycleSource does not use Application.ActivityLifecycleCallbacks"
 
 declare -A machine=([arm64-v8a]=AArch64 [armeabi-v7a]=ARM [x86_64]=X86-64 [x86]=80386)
 libs=()

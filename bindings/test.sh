@@ -5,7 +5,7 @@
 #   c        test.c built with gcc -Wall -Wextra -Werror through pkg-config, run under
 #            valgrind (no errors, no leaks), and linked statically
 #   kotlin   the generated Kotlin (JVM flavour) with the package's Kotlin (android/src/main/
-#            kotlin: Flow adapters, NetworkMonitor logic) on the host JVM (JNA), test
+#            kotlin: Flow adapters, NetworkMonitor and AppLifecycle logic) on the host JVM (JNA), test
 #            programs bindings/kotlin/Test.kt, AdaptersTest.kt and PeerTest.kt; no
 #            java.time in the API
 #   swift    the generated Swift and the package's hand-written Swift (ios/Sources/Pinhole:
@@ -317,7 +317,7 @@ part_c() {
     results+=("c: $(tail -1 "$out/test.log"); valgrind clean; static: $(tail -1 "$out/test-static.log")")
 }
 
-# The package's own Kotlin (android/src/main/kotlin: Flow adapters, NetworkMonitor), shipped
+# The package's own Kotlin (android/src/main/kotlin: Flow adapters, NetworkMonitor, AppLifecycle), shipped
 # in the AAR beside the generated bindings. The files named Android*.kt use the Android API:
 # the JVM build leaves them out; the Android build compiles them against
 # bindings/kotlin/android-stubs (Java sources kotlinc only resolves against, never builds).
@@ -616,12 +616,12 @@ part_android() {
         --out "$out/wrong-machine.aar" >/dev/null
     # The JVM flavour of the bindings (what build-native.sh generated while it passed an
     # old-style --config that UniFFI 0.32 ignores).
-    # With the package's classes, AndroidNetworkSource too, so that only the flavour differs.
+    # With the package's classes, the Android*.kt ones too, so that only the flavour differs.
     kotlin_bindings_jar
     mkdir -p "$out/jvm"
     cp "$KOTLIN_BINDINGS_JAR" "$out/jvm/classes.jar"
-    (cd "$out/jvm" && unzip -q "$ANDROID_CLASSES_JAR" 'dev/pinhole/AndroidNetworkSource*' &&
-        zip -q classes.jar dev/pinhole/AndroidNetworkSource*)
+    (cd "$out/jvm" && unzip -q "$ANDROID_CLASSES_JAR" 'dev/pinhole/Android*' &&
+        zip -q classes.jar dev/pinhole/Android*)
     android/assemble-aar.sh --classes "$out/jvm/classes.jar" --out "$out/jvm-flavour.aar" >/dev/null
     local aar
     for aar in no-rules extra-permission wrong-machine jvm-flavour; do

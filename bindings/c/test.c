@@ -12,8 +12,9 @@
  * of the test's own on 127.0.0.77) or the TURN server (behind a proxy of the test's own
  * that drops everything) does not answer. Then peer connections (pinhole_peer_*): two in
  * this process connect on loopback, directly and through the TURN server (relay only),
- * carry data both ways, survive an ICE restart (the other side following by itself), are
- * destroyed from a callback and asynchronously, and refuse bad input with typed errors.
+ * carry data both ways, survive an ICE restart (the other side following by itself), switch
+ * keepalive policies (a resume whose path is gone restarting by itself), are destroyed
+ * from a callback and asynchronously, and refuse bad input with typed errors.
  * Run under valgrind by bindings/test.sh. Prints
  * "N passed, N failed".
  */
@@ -1990,6 +1991,11 @@ typedef struct peer_side {
     atomic_int candidates, gathered, pairs, relayed, recvs, restarts, closed, connected;
     atomic_int call_errors; /* calls made from callbacks that failed */
     atomic_int destroy_on_recv, destroyed_in_callback;
+    /* On the next datagram, the receive callback sets the keepalive policy to
+     * PINHOLE_KEEPALIVE_SUSPENDED and reads it and the interval back on its own peer:
+     * keepalive_rc counts the calls that succeeded (3), keepalive_read what they read
+     * right (2). */
+    atomic_int keepalive_on_recv, keepalive_rc, keepalive_read;
     atomic_int last_state;
     char last_data[64];
 } peer_side;
@@ -2058,6 +2064,17 @@ static void on_peer_recv(pinhole_peer *peer, const uint8_t *data, size_t len, vo
     s->last_data[n] = 0;
     pthread_mutex_unlock(&s->lock);
     atomic_fetch_add(&s->recvs, 1);
+    if (atomic_load(&s->keepalive_on_recv) && atomic_exchange(&s->keepalive_on_recv, 0)) {
+        pinhole_keepalive_policy policy = -1;
+        uint32_t ms = 0;
+        atomic_fetch_add(&s->keepalive_rc,
+                         pinhole_peer_set_keepalive_policy(peer, PINHOLE_KEEPALIVE_SUSPENDED) == PINHOLE_OK);
+        atomic_fetch_add(&s->keepalive_rc, pinhole_peer_get_keepalive_policy(peer, &policy) == PINHOLE_OK);
+        /* From the callback: read at once (from another thread it would wait for this one). */
+        atomic_fetch_add(&s->keepalive_rc, pinhole_peer_get_keepalive_interval_ms(peer, &ms) == PINHOLE_OK);
+        atomic_fetch_add(&s->keepalive_read, policy == PINHOLE_KEEPALIVE_SUSPENDED);
+        atomic_fetch_add(&s->keepalive_read, ms == 25000);
+    }
     if (atomic_load(&s->destroy_on_recv) && atomic_exchange(&s->destroy_on_recv, 0)) {
         /* Destroyed from its own callback: returns at once, no callback after. */
         pthread_mutex_lock(&s->lock);
@@ -2302,6 +2319,150 @@ static void test_peer_network_changed(void) {
     pthread_mutex_destroy(&b.lock);
 }
 
+/* Sets `policy` on a side's peer and reads it back. */
+static void peer_keepalive(peer_side *s, pinhole_keepalive_policy policy) {
+    pinhole_keepalive_policy got = -1;
+    CHECK_RC(pinhole_peer_set_keepalive_policy(s->peer, policy), PINHOLE_OK);
+    CHECK_RC(pinhole_peer_get_keepalive_policy(s->peer, &got), PINHOLE_OK);
+    CHECK(got == policy);
+}
+
+/* Takes a side's peer from its callbacks' reach and destroys it (blocking). */
+static void peer_side_destroy(peer_side *s) {
+    pthread_mutex_lock(&s->lock);
+    pinhole_peer *p = s->peer;
+    s->peer = NULL;
+    pthread_mutex_unlock(&s->lock);
+    pinhole_peer_destroy(p);
+}
+
+/* Keepalive policies on a connected pair: the config's initial policy and fixed interval
+ * read back; both sides go to the background, then suspended, then back to the
+ * foreground, each read back at once, data flowing both ways in each; the resume finds
+ * the path alive (no restart, the same pair, after the 4 s its probe has); values that are
+ * no PINHOLE_KEEPALIVE_* refused. Then a receive callback sets the policy on its own peer
+ * and reads it back, and destroys it: the destroy-from-callback contract holds. */
+static void test_peer_keepalive(void) {
+    printf("peer connections: keepalive policies\n");
+    peer_side a, b;
+    peer_side_init(&a, &b);
+    peer_side_init(&b, &a);
+    pinhole_peer_config ca, cb;
+    peer_config(&ca, &a, 1);
+    peer_config(&cb, &b, 0);
+    cb.keepalive_policy = PINHOLE_KEEPALIVE_BACKGROUND;
+    cb.keepalive_interval_ms = 12000;
+    if (!peer_create(&a, &ca) || !peer_create(&b, &cb)) {
+        return;
+    }
+    pinhole_keepalive_policy policy = -1;
+    uint32_t ms = 0;
+    CHECK_RC(pinhole_peer_get_keepalive_policy(a.peer, &policy), PINHOLE_OK);
+    CHECK(policy == PINHOLE_KEEPALIVE_FOREGROUND);
+    CHECK_RC(pinhole_peer_get_keepalive_policy(b.peer, &policy), PINHOLE_OK);
+    CHECK(policy == PINHOLE_KEEPALIVE_BACKGROUND);
+    CHECK_RC(pinhole_peer_get_keepalive_interval_ms(a.peer, &ms), PINHOLE_OK);
+    CHECK(ms == 25000); /* the adaptive interval's start */
+    CHECK_RC(pinhole_peer_get_keepalive_interval_ms(b.peer, &ms), PINHOLE_OK);
+    CHECK(ms == 12000);
+    CHECK(peer_connect(&a, &b));
+    CHECK(peer_deliver(&a, "keepalive: foreground a"));
+    CHECK(peer_deliver(&b, "keepalive: background b"));
+
+    const pinhole_keepalive_policy cycle[] = {PINHOLE_KEEPALIVE_BACKGROUND, PINHOLE_KEEPALIVE_SUSPENDED,
+                                              PINHOLE_KEEPALIVE_FOREGROUND};
+    for (size_t i = 0; i < sizeof cycle / sizeof cycle[0]; i++) {
+        peer_keepalive(&a, cycle[i]);
+        peer_keepalive(&b, cycle[i]);
+        char msg[64];
+        snprintf(msg, sizeof msg, "keepalive %d: a", cycle[i]);
+        CHECK(peer_deliver(&a, msg));
+        snprintf(msg, sizeof msg, "keepalive %d: b", cycle[i]);
+        CHECK(peer_deliver(&b, msg));
+    }
+    /* Past the resume's probe (4 s): no restart, the same pair. */
+    int pa = atomic_load(&a.pairs), pb = atomic_load(&b.pairs);
+    struct timespec probe = {5, 0};
+    nanosleep(&probe, NULL);
+    CHECK(atomic_load(&a.restarts) == 0 && atomic_load(&b.restarts) == 0);
+    CHECK(atomic_load(&a.pairs) == pa && atomic_load(&b.pairs) == pb);
+    CHECK(peer_deliver(&a, "keepalive: resumed a"));
+    CHECK(peer_deliver(&b, "keepalive: resumed b"));
+
+    /* Bad values: refused, nothing changed. */
+    CHECK_RC(pinhole_peer_set_keepalive_policy(a.peer, 3), PINHOLE_ERR_INVALID);
+    CHECK(strstr(pinhole_last_error(), "PINHOLE_KEEPALIVE_") != NULL);
+    CHECK_RC(pinhole_peer_set_keepalive_policy(a.peer, -1), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_get_keepalive_policy(a.peer, &policy), PINHOLE_OK);
+    CHECK(policy == PINHOLE_KEEPALIVE_FOREGROUND);
+    CHECK_RC(pinhole_peer_get_keepalive_policy(a.peer, NULL), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_get_keepalive_interval_ms(a.peer, NULL), PINHOLE_ERR_INVALID);
+
+    /* From a's receive callback: the policy set and read back, then a destroyed there. */
+    atomic_store(&a.keepalive_on_recv, 1);
+    atomic_store(&a.destroy_on_recv, 1);
+    for (int i = 0; i < 100 && !atomic_load(&a.destroyed_in_callback); i++) {
+        pthread_mutex_lock(&b.lock);
+        pinhole_peer_send(b.peer, (const uint8_t *)"bye", 3);
+        pthread_mutex_unlock(&b.lock);
+        struct timespec pause = {0, 50 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    CHECK(atomic_load(&a.destroyed_in_callback) == 1);
+    CHECK(atomic_load(&a.keepalive_rc) == 3 && atomic_load(&a.keepalive_read) == 2);
+    int recvs = atomic_load(&a.recvs);
+    struct timespec pause = {0, 300 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    CHECK(atomic_load(&a.recvs) == recvs); /* no callback after the destruction */
+    CHECK(atomic_load(&a.closed) == 0);
+    CHECK(atomic_load(&a.call_errors) == 0 && atomic_load(&b.call_errors) == 0);
+    peer_side_destroy(&b);
+    pthread_mutex_destroy(&a.lock);
+    pthread_mutex_destroy(&b.lock);
+}
+
+/* A resume whose path is gone: a is suspended and its peer goes away meanwhile; back in
+ * the foreground, a's probe goes unanswered and, about 4 s later, ICE restarts by itself:
+ * cb_local_description brings a new description (new credentials) to signal. */
+static void test_peer_keepalive_resume_gone(void) {
+    printf("peer connections: a resume whose path is gone restarts\n");
+    peer_side a, b;
+    peer_side_init(&a, &b);
+    peer_side_init(&b, &a);
+    pinhole_peer_config ca, cb;
+    peer_config(&ca, &a, 1);
+    peer_config(&cb, &b, 0);
+    if (!peer_create(&a, &ca) || !peer_create(&b, &cb)) {
+        return;
+    }
+    CHECK(peer_connect(&a, &b));
+    CHECK(peer_deliver(&a, "before the suspension a"));
+    CHECK(peer_deliver(&b, "before the suspension b"));
+    char before[300], after[300], desc[4096];
+    CHECK(pinhole_peer_get_local_description(a.peer, desc, sizeof desc) > 0);
+    ufrag_of(desc, before, sizeof before);
+    peer_keepalive(&a, PINHOLE_KEEPALIVE_SUSPENDED);
+    peer_side_destroy(&b);
+    /* Suspended: no probe, no deadline, no restart. */
+    struct timespec quiet = {2, 0};
+    nanosleep(&quiet, NULL);
+    CHECK(atomic_load(&a.restarts) == 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    peer_keepalive(&a, PINHOLE_KEEPALIVE_FOREGROUND);
+    CHECK(wait_count(&a.restarts, 1, 20));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    CHECK(took >= 3.0); /* the probe had its 4 s */
+    CHECK(pinhole_peer_get_local_description(a.peer, desc, sizeof desc) > 0);
+    ufrag_of(desc, after, sizeof after);
+    CHECK(strlen(after) >= 4 && strcmp(after, before) != 0);
+    CHECK(atomic_load(&a.call_errors) == 0);
+    peer_side_destroy(&a);
+    pthread_mutex_destroy(&a.lock);
+    pthread_mutex_destroy(&b.lock);
+}
+
 static void test_peer_relay(void) {
     printf("peer connections: through pinhole serve --turn (relay only)\n");
     peer_side a, b;
@@ -2371,6 +2532,11 @@ static void test_peer_arguments(void) {
     CHECK_RC(pinhole_peer_get_selected_pair(NULL, &pair), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_peer_restart(NULL, buf, sizeof buf), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_peer_network_changed(NULL, buf, sizeof buf), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_set_keepalive_policy(NULL, PINHOLE_KEEPALIVE_BACKGROUND), PINHOLE_ERR_INVALID);
+    pinhole_keepalive_policy kp;
+    uint32_t kms;
+    CHECK_RC(pinhole_peer_get_keepalive_policy(NULL, &kp), PINHOLE_ERR_INVALID);
+    CHECK_RC(pinhole_peer_get_keepalive_interval_ms(NULL, &kms), PINHOLE_ERR_INVALID);
     CHECK_RC(pinhole_peer_destroy_async(NULL, NULL, NULL), PINHOLE_ERR_INVALID);
     pinhole_peer_destroy(NULL);
     CHECK_RC(pinhole_peer_config_init(NULL, 64), PINHOLE_ERR_INVALID);
@@ -2387,6 +2553,14 @@ static void test_peer_arguments(void) {
     cfg.relay_policy = PINHOLE_RELAY_ONLY; /* without a TURN server */
     CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
     cfg.relay_policy = PINHOLE_RELAY_ALL;
+    cfg.keepalive_policy = 3;
+    CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
+    CHECK(strstr(pinhole_last_error(), "keepalive_policy") != NULL);
+    cfg.keepalive_policy = PINHOLE_KEEPALIVE_FOREGROUND;
+    cfg.keepalive_interval_ms = 999; /* under a second: no keepalive */
+    CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
+    CHECK(strstr(pinhole_last_error(), "keepalive_interval_ms") != NULL);
+    cfg.keepalive_interval_ms = 0;
     cfg.bind = "not an address";
     CHECK_RC(pinhole_peer_create(&cfg, &p), PINHOLE_ERR_INVALID);
     CHECK(strstr(pinhole_last_error(), "bind") != NULL);
@@ -2477,6 +2651,8 @@ int main(int argc, char **argv) {
     test_peer_arguments();
     test_peer_direct_restart_and_destroy();
     test_peer_network_changed();
+    test_peer_keepalive();
+    test_peer_keepalive_resume_gone();
     test_peer_relay();
     /* Every handle's thread has ended (those ended in the background too) before the
      * leak check. */

@@ -2,7 +2,8 @@
 // logic) on the host JVM, called from Test.kt's main. Loopback only: `pinhole serve` and
 // `pinhole serve --turn` started by bindings/test.sh, silent fake gateways (UDP sockets
 // of this test on 127.0.0.31-36 port 5351, which never answer), and PeerConnections bound
-// to 127.0.0.1 without servers, fed network changes by a NetworkMonitor.
+// to 127.0.0.1 without servers, fed network changes by a NetworkMonitor and keepalive
+// policies by an AppLifecycle.
 package dev.pinhole
 
 import java.net.DatagramPacket
@@ -382,5 +383,129 @@ fun testNetworkMonitorPeer() {
         check(ended != null && job.isCompleted && !job.isCancelled && signalled2.isEmpty(),
             "feed(connection) returned by itself once the session was closed: $signalled2")
         job.cancel()
+    }
+}
+
+/** A lifecycle source driven by the test: [emit] true for an activity started, false stopped. */
+class FakeLifecycle(private val foreground: Boolean = false) : LifecycleSource {
+    @Volatile var onActivity: ((Boolean) -> Unit)? = null
+    @Volatile var stops = 0
+
+    override fun isForeground() = foreground
+
+    override fun start(onActivity: (started: Boolean) -> Unit) {
+        this.onActivity = onActivity
+    }
+
+    override fun stop() {
+        stops++
+        onActivity = null
+    }
+
+    fun emit(started: Boolean) {
+        onActivity!!(started)
+    }
+}
+
+/**
+ * AppLifecycle's mapping (fake source): foreground while any activity is started, the
+ * background once none is, after the settling time (a rotation, or a move between two
+ * activities, is no trip to the background); the source's initial state; stops of
+ * activities it never saw start ignored. Then feeding real PeerConnections (127.0.0.1, no
+ * servers): the policy set at once and at each change; a closed feed, a closed connection
+ * and a closed adapter end theirs.
+ */
+fun testAppLifecycle() {
+    println("AppLifecycle logic (fake source) feeding PeerConnections (loopback)")
+    val source = FakeLifecycle()
+    val life = AppLifecycle(source, settleMillis = 200)
+    val seen = CopyOnWriteArrayList<KeepalivePolicy>()
+    val observer = life.observe { seen.add(it); true }
+    check(eventually(2_000) { seen == listOf(KeepalivePolicy.BACKGROUND) }, "no activity yet: background, told at once: $seen")
+    check(life.policy == KeepalivePolicy.BACKGROUND && source.onActivity != null, "the source started")
+    source.emit(true)
+    check(eventually(2_000) { seen.lastOrNull() == KeepalivePolicy.FOREGROUND }, "an activity started: foreground at once: $seen")
+    // A rotation: the activity stops, its new instance starts within the settling time.
+    source.emit(false)
+    source.emit(true)
+    // Two activities: one stopping leaves the app in front.
+    source.emit(true)
+    source.emit(false)
+    Thread.sleep(500)
+    check(seen == listOf(KeepalivePolicy.BACKGROUND, KeepalivePolicy.FOREGROUND) &&
+        life.policy == KeepalivePolicy.FOREGROUND, "a rotation and a second activity: still foreground: $seen")
+    // The last one stops: the background, after the settling time.
+    val stopped = System.nanoTime()
+    source.emit(false)
+    check(eventually(2_000) { seen.size == 3 }, "the last activity stopped: a change: $seen")
+    val took = (System.nanoTime() - stopped) / 1_000_000
+    check(seen.lastOrNull() == KeepalivePolicy.BACKGROUND && took >= 150, "background after the settling time ($took ms)")
+    // A stop it never saw start (an activity started before the adapter): ignored.
+    source.emit(false)
+    source.emit(true)
+    check(eventually(2_000) { seen.size == 4 && seen.last() == KeepalivePolicy.FOREGROUND }, "foreground again: $seen")
+    observer.close()
+    source.emit(false)
+    Thread.sleep(400)
+    check(seen.size == 4 && life.policy == KeepalivePolicy.BACKGROUND, "a closed observer hears nothing more: $seen")
+    check(life.fedCount() == 0, "the observer is gone")
+    life.close()
+    check(source.stops == 1 && source.onActivity == null, "close stops the source")
+    life.close() // idempotent
+    // Created while an activity is already in front.
+    val inFront = AppLifecycle(FakeLifecycle(foreground = true), settleMillis = 50)
+    check(inFront.policy == KeepalivePolicy.FOREGROUND, "the source's initial state: foreground")
+    inFront.close()
+
+    // Feeding connections.
+    val config = PeerConnectionConfig(controlling = true, relayPolicy = RelayPolicy.NO_RELAY, bind = "127.0.0.1:0")
+    val src = FakeLifecycle(foreground = true)
+    val lifecycle = AppLifecycle(src, settleMillis = 50)
+    val one = runBlocking { openPeerConnection(config) }
+    val two = runBlocking { openPeerConnection(config.copy(keepalivePolicy = KeepalivePolicy.SUSPENDED)) }
+    try {
+        check(two.connection.keepalivePolicy() == KeepalivePolicy.SUSPENDED, "two starts suspended (its config)")
+        val feedOne = lifecycle.feed(one.connection)
+        lifecycle.feed(two.connection)
+        check(eventually(2_000) {
+            one.connection.keepalivePolicy() == KeepalivePolicy.FOREGROUND &&
+                two.connection.keepalivePolicy() == KeepalivePolicy.FOREGROUND
+        }, "fed: the app's policy at once")
+        src.emit(false) // the activity that was in front
+        check(eventually(2_000) {
+            listOf(one, two).all { it.connection.keepalivePolicy() == KeepalivePolicy.BACKGROUND }
+        }, "to the background: both connections follow")
+        lifecycle.suspendConnections()
+        check(eventually(2_000) {
+            lifecycle.policy == KeepalivePolicy.SUSPENDED &&
+                listOf(one, two).all { it.connection.keepalivePolicy() == KeepalivePolicy.SUSPENDED }
+        }, "suspendConnections: both suspended")
+        src.emit(true)
+        check(eventually(2_000) {
+            listOf(one, two).all { it.connection.keepalivePolicy() == KeepalivePolicy.FOREGROUND }
+        }, "back in front: both follow")
+        // The app suspends one itself; the next change sets the adapter's policy again.
+        two.connection.setKeepalivePolicy(KeepalivePolicy.SUSPENDED)
+        feedOne.close()
+        src.emit(false)
+        check(eventually(2_000) { two.connection.keepalivePolicy() == KeepalivePolicy.BACKGROUND }, "two follows")
+        Thread.sleep(200)
+        check(one.connection.keepalivePolicy() == KeepalivePolicy.FOREGROUND, "a closed feed sets nothing more")
+        check(lifecycle.fedCount() == 1, "one feed left")
+        // A closed connection ends its feed at the next change.
+        two.close()
+        src.emit(true)
+        check(eventually(2_000) { lifecycle.fedCount() == 0 }, "a closed connection's feed ended")
+        // A closed adapter: its source stopped, it feeds nothing.
+        lifecycle.close()
+        check(src.onActivity == null && src.stops == 1, "closing the adapter stopped its source")
+        one.connection.setKeepalivePolicy(KeepalivePolicy.SUSPENDED)
+        lifecycle.feed(one.connection).close()
+        Thread.sleep(200)
+        check(one.connection.keepalivePolicy() == KeepalivePolicy.SUSPENDED, "a closed adapter feeds nothing")
+    } finally {
+        lifecycle.close()
+        one.close()
+        two.close()
     }
 }

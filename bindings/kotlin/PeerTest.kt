@@ -3,9 +3,10 @@
 // from `pinhole serve` and `pinhole serve --turn` (with --allow-loopback-peers), all on
 // 127.0.0.1 and bound to it; they connect directly, then (in a second pair) through the
 // relay only, exchange data both ways, survive an ICE restart (new descriptions through the
-// room, data again), and close, which frees their sockets and relays. The events come
-// through the package's Flow adapters (Flows.kt): the session's hot flow for the pairs,
-// the cold flow for its cancellation.
+// room, data again) and a network change, go through the keepalive policies (background,
+// suspended, foreground: data in each, no restart on the resume), and close, which frees
+// their sockets and relays. The events come through the package's Flow adapters
+// (Flows.kt): the session's hot flow for the pairs, the cold flow for its cancellation.
 package dev.pinhole
 
 import java.net.HttpURLConnection
@@ -385,6 +386,35 @@ fun testPeerPair(name: String, signal: String, stun: String, turnUri: String, us
                     "$name: network change: b followed once more; a did not restart again; no monitor event")
 
                 phase("network changed")
+                // Keepalive policies, as an app's lifecycle sets them: both sides to the
+                // background, then suspended, then back to the foreground; each read back at
+                // once, data both ways in each. The resume probes the path, which answers:
+                // past the 4 s the probe has, no restart (no NetworkChanged, no
+                // RemoteRestarted) and the same pair.
+                for (s in listOf(a, b)) {
+                    check(s.pc.keepalivePolicy() == KeepalivePolicy.FOREGROUND, "${s.name}: foreground by default")
+                    check(s.pc.keepaliveIntervalMs() == 25_000u, "${s.name}: the adaptive interval starts at 25 s")
+                }
+                for (policy in listOf(KeepalivePolicy.BACKGROUND, KeepalivePolicy.SUSPENDED, KeepalivePolicy.FOREGROUND)) {
+                    for (s in listOf(a, b)) {
+                        s.pc.setKeepalivePolicy(policy)
+                        check(s.pc.keepalivePolicy() == policy, "${s.name}: keepalivePolicy() $policy")
+                    }
+                    check(carries(a, b, "$name: a to b, $policy"), "$name: data a -> b, $policy")
+                    check(carries(b, a, "$name: b to a, $policy"), "$name: data b -> a, $policy")
+                }
+                val keptPairs = a.pairs().size to b.pairs().size
+                delay(5_000)
+                check((a.events + b.events).none { it is PeerConnectionEvent.NetworkChanged } &&
+                    b.events.count { it is PeerConnectionEvent.RemoteRestarted } == 2 &&
+                    a.events.none { it is PeerConnectionEvent.RemoteRestarted },
+                    "$name: the resumed path answered: no restart")
+                check((a.pairs().size to b.pairs().size) == keptPairs, "$name: the same pair after the resume")
+                check(carries(a, b, "$name: a to b after the resume"), "$name: data a -> b after the resume")
+                check(carries(b, a, "$name: b to a after the resume"), "$name: data b -> a after the resume")
+                println("  keepalive: background, suspended, foreground; data both ways in each, no restart")
+
+                phase("keepalive policies")
                 // Close: a waits for its end (Closed, then the flow completes and the
                 // handle is freed); b closes without waiting. Their sockets (and relays) go.
                 val locals = listOfNotNull(na?.local, nb?.local)
@@ -449,6 +479,23 @@ fun testPeerBasics(stun: String, turnUri: String, user: String, password: String
     check(s.connection.selectedPair() == null, "PeerConnection: no pair before the peer")
     check(!PeerConnectionConfig(controlling = true, relayPolicy = RelayPolicy.ALL).noNetworkMonitor,
         "PeerConnectionConfig: the built-in network monitor is on by default")
+    PeerConnectionConfig(controlling = true, relayPolicy = RelayPolicy.ALL).let {
+        check(it.keepalivePolicy == null && it.keepaliveIntervalMs == 0u,
+            "PeerConnectionConfig: the foreground, adaptive, by default")
+    }
+    expectThrows<PinholeException.InvalidArgument>("PeerConnection: a keepalive interval under a second") {
+        runBlocking {
+            openPeerConnection(peerConfig(stun, turnUri, user, password, true, RelayPolicy.ALL)
+                .copy(keepaliveIntervalMs = 999u))
+        }
+    }
+    runBlocking {
+        openPeerConnection(peerConfig(stun, turnUri, user, password, true, RelayPolicy.NO_RELAY)
+            .copy(keepalivePolicy = KeepalivePolicy.BACKGROUND, keepaliveIntervalMs = 15_000u))
+    }.use {
+        check(it.connection.keepalivePolicy() == KeepalivePolicy.BACKGROUND, "the config's keepalive policy")
+        check(it.connection.keepaliveIntervalMs() == 15_000u, "the config's fixed keepalive interval")
+    }
     check(s.connection.localDescription().let { "a=ice-ufrag:" in it && "a=ice-pwd:" in it },
         "local description: ${s.connection.localDescription()}")
     check(!s.connection.isClosed(), "a new connection is open")

@@ -477,6 +477,7 @@ fun main(args: Array<String>) {
     testFlows(serveUri, silentUri, args[2], args[3], args[4])
     testNetworkMonitor()
     testNetworkMonitorPeer()
+    testAppLifecycle()
     testPeerConnections(args[6], serveUri, args[2], args[3], args[4])
 
     check(logger.records.get() > 0, "log records arrived: ${logger.records.get()}")

@@ -163,8 +163,9 @@ typedef struct pinhole_netcheck pinhole_netcheck;
 //
 // Threads: its callbacks run on the connection's own thread, one at a time, in order.
 // Every other function may be called from any thread, several at once, and from the
-// callbacks (`pinhole_peer_restart` and `pinhole_peer_network_changed` from a callback are
-// applied at once); `pinhole_peer_destroy`
+// callbacks (`pinhole_peer_restart`, `pinhole_peer_network_changed` and
+// `pinhole_peer_get_keepalive_interval_ms` from a callback are applied at once);
+// `pinhole_peer_destroy`
 // or `pinhole_peer_destroy_async` is the last call, from any thread or from a callback.
 typedef struct pinhole_peer pinhole_peer;
 
@@ -433,10 +434,16 @@ typedef void (*pinhole_peer_closed_cb)(struct pinhole_peer *peer,
 // description, CRLF lines, valid only during the call) to the peer; its candidates follow
 // through `cb_candidate`. Either the peer restarted (its description came with a new
 // `a=ice-ufrag`) and this side followed, or the built-in network monitor saw the host's
-// addresses change and restarted on the new network (see `no_network_monitor`).
+// addresses change and restarted on the new network (see `no_network_monitor`), or a
+// resume (`pinhole_peer_set_keepalive_policy` out of `PINHOLE_KEEPALIVE_SUSPENDED`, or
+// back to `PINHOLE_KEEPALIVE_FOREGROUND`) found the path gone and restarted.
 typedef void (*pinhole_peer_description_cb)(struct pinhole_peer *peer,
                                             const char *description,
                                             void *user_ptr);
+
+// How hard a peer connection works to keep an idle path alive: `PINHOLE_KEEPALIVE_*`
+// (`pinhole_peer_set_keepalive_policy`, `pinhole_peer_config.keepalive_policy`).
+typedef int pinhole_keepalive_policy;
 
 // How a peer connection starts. Initialise it with
 // `pinhole_peer_config_init(&config, sizeof config)`, then set the servers, `controlling`
@@ -497,6 +504,16 @@ typedef struct pinhole_peer_config {
   // call `pinhole_peer_network_changed`. Sockets on loopback, and other platforms, have
   // no built-in monitor.
   bool no_network_monitor;
+  // The keepalive policy to start with, `PINHOLE_KEEPALIVE_*` (default
+  // `PINHOLE_KEEPALIVE_FOREGROUND`, 0); change it with
+  // `pinhole_peer_set_keepalive_policy`. Another value: `PINHOLE_ERR_INVALID`.
+  pinhole_keepalive_policy keepalive_policy;
+  // A fixed keepalive interval for `PINHOLE_KEEPALIVE_BACKGROUND`, milliseconds,
+  // instead of the one that adapts to the path's NATs; 0 (the default): adaptive (25 s
+  // at first, then up to 80 % of the longest silence the path's NAT bindings were seen
+  // to survive, at most 240 s). Otherwise 1000 to 3600000 (an hour), else
+  // `PINHOLE_ERR_INVALID`.
+  uint32_t keepalive_interval_ms;
 } pinhole_peer_config;
 
 // A mapping's transport: `PINHOLE_PROTOCOL_*`.
@@ -866,6 +883,20 @@ typedef struct pinhole_turn_config {
 // Never through a relay.
 #define PINHOLE_RELAY_NONE 2
 
+// The app is in front of its user (the default: 0): consent checks every 4 to 6 s on the
+// path (RFC 7675: a dead path is noticed within 30 s), TURN allocations checked every 5 s.
+#define PINHOLE_KEEPALIVE_FOREGROUND 0
+
+// The app is in the background: the fewest packets that keep the path's NAT bindings
+// alive, one check per keepalive interval (shared with the peer), an interval that adapts
+// to the NATs (or `keepalive_interval_ms`). A dead path takes two intervals to notice.
+#define PINHOLE_KEEPALIVE_BACKGROUND 1
+
+// The app is about to be suspended: no keepalives and no consent deadline. On the way
+// back the path is probed at once; if it does not answer within 4 s, ICE restarts and
+// `cb_local_description` brings the new description to signal.
+#define PINHOLE_KEEPALIVE_SUSPENDED 2
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1029,6 +1060,41 @@ int pinhole_peer_restart(struct pinhole_peer *peer, char *buf, size_t size);
 // `peer` is NULL or a live handle; `buf` is NULL or has `size` writable bytes.
 int pinhole_peer_network_changed(struct pinhole_peer *peer, char *buf, size_t size);
 
+// Sets the keepalive policy (`PINHOLE_KEEPALIVE_*`) as the program moves between
+// foreground, background and suspended (an app's lifecycle, a laptop going to sleep):
+// consent checks every 4 to 6 s in the foreground; in the background one check per
+// keepalive interval (see `pinhole_peer_get_keepalive_interval_ms`), shared with the
+// peer; none while suspended. Set `PINHOLE_KEEPALIVE_SUSPENDED` before a known suspension
+// (the system gives no callback at the moment it suspends). Leaving it (or the background
+// for the foreground) probes the path at once; if it does not answer within 4 s, ICE
+// restarts and `cb_local_description` brings the new description to signal. Returns at
+// once, from any thread or a callback; applied on the connection's thread in order with
+// the other calls. `PINHOLE_ERR_INVALID` (NULL, not a `PINHOLE_KEEPALIVE_*` value),
+// `PINHOLE_ERR_NOT_AVAILABLE` (ended).
+//
+// # Safety
+// `peer` is NULL or a live handle.
+int pinhole_peer_set_keepalive_policy(struct pinhole_peer *peer, pinhole_keepalive_policy policy);
+
+// Writes the keepalive policy last set (the config's until then) into `*policy`.
+// `PINHOLE_ERR_INVALID` (NULL).
+//
+// # Safety
+// `peer` is NULL or a live handle; `policy` is NULL or writable.
+int pinhole_peer_get_keepalive_policy(const struct pinhole_peer *peer,
+                                      pinhole_keepalive_policy *policy);
+
+// Writes the background keepalive interval as it stands, milliseconds, into `*ms`: the
+// config's fixed `keepalive_interval_ms`, or the adaptive one (25 s at first; it grows
+// while the path's NAT bindings survive the silences between keepalives, and drops below
+// a silence one did not survive). From a callback it is read at once; from another thread
+// it waits for the connection's thread (`PINHOLE_ERR_TIMEOUT` after 10 s, when a callback
+// blocks it). `PINHOLE_ERR_INVALID` (NULL), `PINHOLE_ERR_NOT_AVAILABLE` (ended).
+//
+// # Safety
+// `peer` is NULL or a live handle; `ms` is NULL or writable.
+int pinhole_peer_get_keepalive_interval_ms(const struct pinhole_peer *peer, uint32_t *ms);
+
 // Closes the connection (deleting a port mapping of its socket, if it made one) and
 // frees the handle, blocking: from another thread it waits until a running callback
 // returns and the connection has closed (at most a few seconds, when a gateway does not
@@ -1053,7 +1119,7 @@ int pinhole_peer_destroy_async(struct pinhole_peer *peer, pinhole_destroyed_cb c
 
 // Initialises a config: zeroes its `size` bytes (every default: no servers, controlled,
 // no port mapping, `PINHOLE_RELAY_ALL`, bound to `0.0.0.0:0`, no callbacks, the built-in
-// network monitor on) and sets
+// network monitor on, `PINHOLE_KEEPALIVE_FOREGROUND` with the adaptive interval) and sets
 // `struct_size` = `size`. Call it as `pinhole_peer_config_init(&config, sizeof config)`;
 // `PINHOLE_ERR_INVALID` (nothing written) for NULL or a size that cannot be a
 // `pinhole_peer_config`.

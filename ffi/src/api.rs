@@ -43,9 +43,9 @@ use crate::ops::{
 };
 use crate::task::Task;
 use crate::types::{
-    NetcheckConfig, NetcheckProgress, NetcheckReport, NetworkInfo, PeerConnectionConfig,
-    PeerConnectionEvent, PortMapping, PortMappingConfig, PortMappingEvent, SelectedPair,
-    TurnConfig, TurnEvent, parse_ip, parse_socket_addr,
+    KeepalivePolicy, NetcheckConfig, NetcheckProgress, NetcheckReport, NetworkInfo,
+    PeerConnectionConfig, PeerConnectionEvent, PortMapping, PortMappingConfig, PortMappingEvent,
+    SelectedPair, TurnConfig, TurnEvent, parse_ip, parse_socket_addr,
 };
 
 /// The library's version (`major.minor.patch`).
@@ -553,6 +553,11 @@ pub trait PeerConnectionListener: Send + Sync {
 /// sockets, unless `no_network_monitor`) it does the same by itself and reports
 /// `NetworkChanged` with the description to signal.
 ///
+/// Keepalives: `set_keepalive_policy()` as the app moves between foreground (the default:
+/// RFC 7675 consent every 4 to 6 s), background (one keepalive per interval that adapts to
+/// the NATs) and suspended (none); a resume whose path is gone restarts ICE and reports
+/// `NetworkChanged`.
+///
 /// `close` (or dropping it: Kotlin's `close()`) ends it without blocking (a port mapping
 /// of its socket is deleted in the background); `close_and_wait` waits for the end. The
 /// listener then gets `StateChanged(Closed)` and `Closed`.
@@ -684,6 +689,32 @@ impl PeerConnection {
     /// inside a listener call).
     pub fn network_changed(&self) -> Result<String, PinholeError> {
         self.control.network_changed()
+    }
+
+    /// Sets the keepalive policy as the app moves between foreground, background and
+    /// suspended (see [`KeepalivePolicy`]; the package's adapters do it from the platform's
+    /// lifecycle: Android's `AppLifecycle`, iOS's `AppLifecycle`). Returns at once; applied
+    /// in order with the other calls. Leaving `Suspended` (or the background for the
+    /// foreground) probes the path at once; if it does not answer within 4 s, ICE restarts
+    /// and `NetworkChanged` brings the new local description to signal. Errors:
+    /// `NotAvailable` (closed).
+    pub fn set_keepalive_policy(&self, policy: KeepalivePolicy) -> Result<(), PinholeError> {
+        self.control.set_keepalive_policy(policy)
+    }
+
+    /// The keepalive policy last set (the config's until then).
+    pub fn keepalive_policy(&self) -> KeepalivePolicy {
+        self.control.keepalive_policy()
+    }
+
+    /// The background keepalive interval as it stands, milliseconds: the config's fixed
+    /// `keepalive_interval_ms`, or the adaptive one (25 s at first; it grows while the
+    /// path's NAT bindings survive the silences between keepalives, and drops below a
+    /// silence that one did not survive). Waits for the connection's thread. Errors:
+    /// `NotAvailable` (closed), `TimedOut` (its thread stayed busy 10 s, inside a listener
+    /// call).
+    pub fn keepalive_interval_ms(&self) -> Result<u32, PinholeError> {
+        self.control.keepalive_interval_ms()
     }
 
     /// The pair data goes on, if one was selected (kept across a restart until a new

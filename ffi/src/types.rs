@@ -884,7 +884,60 @@ pub struct PeerConnectionConfig {
     /// platforms, have no built-in monitor.
     #[uniffi(default = false)]
     pub no_network_monitor: bool,
+    /// The keepalive policy to start with (change it with `set_keepalive_policy()` as
+    /// the app moves between foreground and background). None: `Foreground`. (An
+    /// option because UniFFI gives a record's enum field no default.)
+    #[uniffi(default = None)]
+    pub keepalive_policy: Option<KeepalivePolicy>,
+    /// A fixed keepalive interval for `Background`, milliseconds, instead of the one that
+    /// adapts to the path's NATs; 0 (the default): adaptive (25 s at first, then up to
+    /// 80 % of the longest silence the path's NAT bindings were seen to survive, at most
+    /// 240 s). Otherwise 1 000 to 3 600 000 (an hour), else `InvalidArgument`.
+    #[uniffi(default = 0)]
+    pub keepalive_interval_ms: u32,
 }
+
+/// How hard a peer connection works to keep an idle path alive: set it as the app moves
+/// between foreground, background and suspended (Android's process lifecycle, iOS's
+/// application states). Whatever the policy, data sent goes out at once and data received
+/// is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, uniffi::Enum)]
+pub enum KeepalivePolicy {
+    /// The app is in front of its user (the default): consent checks every 4 to 6 s on the
+    /// path (RFC 7675: a dead path is noticed within 30 s), TURN allocations checked every
+    /// 5 s.
+    #[default]
+    Foreground,
+    /// The app is in the background: the fewest packets that keep the path's NAT bindings
+    /// alive, one check per keepalive interval (shared with the peer: between two pinhole
+    /// peers in the background one round goes per interval), an interval that adapts to
+    /// the NATs (or `keepalive_interval_ms`). A dead path takes two intervals to notice;
+    /// back in the foreground, the path is probed at once (as after `Suspended`).
+    Background,
+    /// The app is about to be suspended: no keepalives at all and no consent deadline
+    /// (nothing wakes the radio). On the way back (`Foreground` or `Background`) the path
+    /// is probed at once; if it does not answer within 4 s (its NAT bindings, its relay or
+    /// the peer went away meanwhile), ICE restarts and `NetworkChanged` brings the new
+    /// local description to signal.
+    Suspended,
+}
+
+impl From<KeepalivePolicy> for pinhole::ice::KeepalivePolicy {
+    fn from(p: KeepalivePolicy) -> Self {
+        match p {
+            KeepalivePolicy::Foreground => Self::Foreground,
+            KeepalivePolicy::Background => Self::Background,
+            KeepalivePolicy::Suspended => Self::Suspended,
+        }
+    }
+}
+
+/// The shortest fixed keepalive interval accepted, milliseconds: below it a background
+/// keepalive is no longer one.
+pub(crate) const MIN_KEEPALIVE_INTERVAL_MS: u32 = 1_000;
+/// The longest fixed keepalive interval accepted, milliseconds (an hour: longer than any
+/// NAT keeps an idle UDP binding).
+pub(crate) const MAX_KEEPALIVE_INTERVAL_MS: u32 = 3_600_000;
 
 /// A peer connection's ICE state, as WebRTC's `RTCIceConnectionState` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -974,10 +1027,12 @@ pub enum PeerConnectionEvent {
         local_description: String,
     },
     /// The built-in network monitor saw the host's addresses or routes change and this
-    /// side restarted ICE on the new network (as `network_changed()` does): signal this new
-    /// local description to the peer (its candidates follow as `LocalCandidate`s); the
-    /// peer restarts too when it sees the new `a=ice-ufrag`, and its new description comes
-    /// back as its `RemoteRestarted`.
+    /// side restarted ICE on the new network (as `network_changed()` does), or a resume
+    /// (`set_keepalive_policy()` out of `Suspended`, or back to `Foreground`) found the
+    /// path gone and ICE restarted:
+    /// signal this new local description to the peer (its candidates follow as
+    /// `LocalCandidate`s); the peer restarts too when it sees the new `a=ice-ufrag`, and
+    /// its new description comes back as its `RemoteRestarted`.
     NetworkChanged {
         /// The new local description (as `local_description()` gives it).
         local_description: String,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::types::{IceConnectionState, PeerTurnServer, RelayPolicy};
+use crate::types::{IceConnectionState, KeepalivePolicy, PeerTurnServer, RelayPolicy};
 
 /// Every wait in these tests is bounded by this.
 const WAIT: Duration = Duration::from_secs(20);
@@ -40,6 +40,8 @@ fn config(controlling: bool) -> PeerConnectionConfig {
         bind: Some("127.0.0.1:0".into()),
         lite: false,
         no_network_monitor: false,
+        keepalive_policy: None,
+        keepalive_interval_ms: 0,
     }
 }
 
@@ -309,6 +311,123 @@ fn network_changed_restarts_and_the_peers_connect_again() {
         Err(PinholeError::NotAvailable(_))
     ));
     block_on(b.pc.close_and_wait());
+}
+
+/// Pumps both sides' events for `d` (the connections run meanwhile).
+fn pump_for(a: &mut Side, b: &mut Side, d: Duration) {
+    let until = Instant::now() + d;
+    pump(a, b, "time to pass", |_, _| Instant::now() >= until);
+}
+
+/// Both sides go to the background, then suspended, then back to the foreground: the
+/// getter says each policy at once, data flows both ways in each, and the resume in the
+/// foreground finds the path alive (the probe answered: no restart, no `NetworkChanged`
+/// after the 4 s it has). The interval: the adaptive one's start (25 s) by default, the
+/// config's fixed one otherwise; the config's initial policy is taken.
+#[test]
+fn keepalive_policies_switch_on_a_connected_pair_and_data_flows() {
+    let mut a = Side::new(config(true));
+    let mut b = Side::new(PeerConnectionConfig {
+        keepalive_policy: Some(KeepalivePolicy::Background),
+        keepalive_interval_ms: 12_000,
+        ..config(false)
+    });
+    assert_eq!(a.pc.keepalive_policy(), KeepalivePolicy::Foreground);
+    assert_eq!(b.pc.keepalive_policy(), KeepalivePolicy::Background);
+    assert_eq!(a.pc.keepalive_interval_ms().unwrap(), 25_000);
+    assert_eq!(b.pc.keepalive_interval_ms().unwrap(), 12_000);
+    connect(&mut a, &mut b);
+    exchange(&mut a, &mut b, true, b"foreground a->b");
+    exchange(&mut a, &mut b, false, b"background b->a");
+    for policy in [
+        KeepalivePolicy::Background,
+        KeepalivePolicy::Suspended,
+        KeepalivePolicy::Foreground,
+    ] {
+        for side in [&a, &b] {
+            side.pc.set_keepalive_policy(policy).unwrap();
+            assert_eq!(side.pc.keepalive_policy(), policy);
+        }
+        let msg = format!("{policy:?}");
+        exchange(&mut a, &mut b, true, format!("{msg} a->b").as_bytes());
+        exchange(&mut a, &mut b, false, format!("{msg} b->a").as_bytes());
+    }
+    // The resume's probe has 4 s; past them, the path is still the one selected.
+    let (pa, pb) = (a.pairs.len(), b.pairs.len());
+    pump_for(&mut a, &mut b, Duration::from_secs(5));
+    assert_eq!((a.network_changed, b.network_changed), (0, 0), "no restart");
+    assert_eq!((a.restarted, b.restarted), (0, 0));
+    assert_eq!((a.pairs.len(), b.pairs.len()), (pa, pb), "the same pair");
+    exchange(&mut a, &mut b, true, b"after the resume a->b");
+    exchange(&mut a, &mut b, false, b"after the resume b->a");
+    assert_eq!(b.pc.keepalive_interval_ms().unwrap(), 12_000, "fixed");
+    block_on(a.pc.close_and_wait());
+    assert!(matches!(
+        a.pc.set_keepalive_policy(KeepalivePolicy::Background),
+        Err(PinholeError::NotAvailable(_))
+    ));
+    assert!(matches!(
+        a.pc.keepalive_interval_ms(),
+        Err(PinholeError::NotAvailable(_))
+    ));
+    assert_eq!(a.pc.keepalive_policy(), KeepalivePolicy::Foreground);
+    block_on(b.pc.close_and_wait());
+}
+
+/// A resume whose path is gone: `a` is suspended, its peer goes away meanwhile; back in
+/// the foreground, `a`'s probe goes unanswered and, about 4 s later, ICE restarts by
+/// itself and `NetworkChanged` brings the new description (new credentials) to signal.
+#[test]
+fn a_resume_whose_path_is_gone_restarts_and_reports_network_changed() {
+    let mut a = Side::new(config(true));
+    let mut b = Side::new(config(false));
+    connect(&mut a, &mut b);
+    exchange(&mut a, &mut b, true, b"before a->b");
+    exchange(&mut a, &mut b, false, b"before b->a");
+    pump(&mut a, &mut b, "end of candidates", |a, _| {
+        a.pc.local_description().contains("a=end-of-candidates")
+    });
+    let old = ufrag(&a.pc.local_description());
+    a.pc.set_keepalive_policy(KeepalivePolicy::Suspended)
+        .unwrap();
+    block_on(b.pc.close_and_wait());
+    // Suspended: no probe, no deadline, no restart.
+    let quiet = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < quiet {
+        if let Ok(ev) = a.rx.recv_timeout(Duration::from_millis(50)) {
+            assert!(
+                !matches!(ev, PeerConnectionEvent::NetworkChanged { .. }),
+                "{ev:?} while suspended"
+            );
+        }
+    }
+    let resumed = Instant::now();
+    a.pc.set_keepalive_policy(KeepalivePolicy::Foreground)
+        .unwrap();
+    let deadline = resumed + WAIT;
+    let description = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match a.rx.recv_timeout(left) {
+            Ok(PeerConnectionEvent::NetworkChanged { local_description }) => {
+                break local_description;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no NetworkChanged after the resume: {e}"),
+        }
+    };
+    let took = resumed.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "restarted {took:?} after the resume (the probe has 4 s)"
+    );
+    assert_ne!(ufrag(&description), old, "new credentials");
+    assert!(
+        !description.contains("a=candidate:"),
+        "credentials first: {description}"
+    );
+    assert_eq!(ufrag(&a.pc.local_description()), ufrag(&description));
+    assert_eq!(a.pc.keepalive_policy(), KeepalivePolicy::Foreground);
+    block_on(a.pc.close_and_wait());
 }
 
 /// The development TURN server on 127.0.0.1 (loopback peers allowed), on a thread of its

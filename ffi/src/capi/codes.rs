@@ -208,3 +208,18 @@ pub const PINHOLE_RELAY_ALL: pinhole_relay_policy = 0;
 pub const PINHOLE_RELAY_ONLY: pinhole_relay_policy = 1;
 /// Never through a relay.
 pub const PINHOLE_RELAY_NONE: pinhole_relay_policy = 2;
+
+/// How hard a peer connection works to keep an idle path alive: `PINHOLE_KEEPALIVE_*`
+/// (`pinhole_peer_set_keepalive_policy`, `pinhole_peer_config.keepalive_policy`).
+pub type pinhole_keepalive_policy = c_int;
+/// The app is in front of its user (the default: 0): consent checks every 4 to 6 s on the
+/// path (RFC 7675: a dead path is noticed within 30 s), TURN allocations checked every 5 s.
+pub const PINHOLE_KEEPALIVE_FOREGROUND: pinhole_keepalive_policy = 0;
+/// The app is in the background: the fewest packets that keep the path's NAT bindings
+/// alive, one check per keepalive interval (shared with the peer), an interval that adapts
+/// to the NATs (or `keepalive_interval_ms`). A dead path takes two intervals to notice.
+pub const PINHOLE_KEEPALIVE_BACKGROUND: pinhole_keepalive_policy = 1;
+/// The app is about to be suspended: no keepalives and no consent deadline. On the way
+/// back the path is probed at once; if it does not answer within 4 s, ICE restarts and
+/// `cb_local_description` brings the new description to signal.
+pub const PINHOLE_KEEPALIVE_SUSPENDED: pinhole_keepalive_policy = 2;

@@ -1,8 +1,9 @@
 //! Peer connections (ICE, RFC 8445; libjuice's `juice_agent` is the model):
 //! `pinhole_peer_config_init`, `pinhole_peer_create`, `_get_local_description`,
 //! `_set_remote_description`, `_add_remote_candidate`, `_set_remote_gathering_done`,
-//! `_send`, `_get_selected_pair`, `_restart`, `_network_changed`, `_destroy`,
-//! `_destroy_async`.
+//! `_send`, `_get_selected_pair`, `_restart`, `_network_changed`,
+//! `_set_keepalive_policy`, `_get_keepalive_policy`, `_get_keepalive_interval_ms`,
+//! `_destroy`, `_destroy_async`.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +19,8 @@ use crate::error::PinholeError;
 use crate::ops::{PeerControl, PeerPlan};
 use crate::task::{Rendezvous, Task};
 use crate::types::{
-    IceConnectionState, PeerConnectionConfig, PeerConnectionEvent, PeerTurnServer, RelayPolicy,
-    SelectedPair,
+    IceConnectionState, KeepalivePolicy, PeerConnectionConfig, PeerConnectionEvent, PeerTurnServer,
+    RelayPolicy, SelectedPair,
 };
 
 /// How long `pinhole_peer_create` waits for the connection's thread to bind the socket
@@ -30,8 +31,9 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// Threads: its callbacks run on the connection's own thread, one at a time, in order.
 /// Every other function may be called from any thread, several at once, and from the
-/// callbacks (`pinhole_peer_restart` and `pinhole_peer_network_changed` from a callback are
-/// applied at once); `pinhole_peer_destroy`
+/// callbacks (`pinhole_peer_restart`, `pinhole_peer_network_changed` and
+/// `pinhole_peer_get_keepalive_interval_ms` from a callback are applied at once);
+/// `pinhole_peer_destroy`
 /// or `pinhole_peer_destroy_async` is the last call, from any thread or from a callback.
 pub struct pinhole_peer {
     task: Mutex<Option<Task>>,
@@ -121,7 +123,9 @@ pub type pinhole_peer_closed_cb = Option<
 /// description, CRLF lines, valid only during the call) to the peer; its candidates follow
 /// through `cb_candidate`. Either the peer restarted (its description came with a new
 /// `a=ice-ufrag`) and this side followed, or the built-in network monitor saw the host's
-/// addresses change and restarted on the new network (see `no_network_monitor`).
+/// addresses change and restarted on the new network (see `no_network_monitor`), or a
+/// resume (`pinhole_peer_set_keepalive_policy` out of `PINHOLE_KEEPALIVE_SUSPENDED`, or
+/// back to `PINHOLE_KEEPALIVE_FOREGROUND`) found the path gone and restarted.
 pub type pinhole_peer_description_cb = Option<
     unsafe extern "C" fn(
         peer: *mut pinhole_peer,
@@ -191,6 +195,16 @@ pub struct pinhole_peer_config {
     /// call `pinhole_peer_network_changed`. Sockets on loopback, and other platforms, have
     /// no built-in monitor.
     pub no_network_monitor: bool,
+    /// The keepalive policy to start with, `PINHOLE_KEEPALIVE_*` (default
+    /// `PINHOLE_KEEPALIVE_FOREGROUND`, 0); change it with
+    /// `pinhole_peer_set_keepalive_policy`. Another value: `PINHOLE_ERR_INVALID`.
+    pub keepalive_policy: pinhole_keepalive_policy,
+    /// A fixed keepalive interval for `PINHOLE_KEEPALIVE_BACKGROUND`, milliseconds,
+    /// instead of the one that adapts to the path's NATs; 0 (the default): adaptive (25 s
+    /// at first, then up to 80 % of the longest silence the path's NAT bindings were seen
+    /// to survive, at most 240 s). Otherwise 1000 to 3600000 (an hour), else
+    /// `PINHOLE_ERR_INVALID`.
+    pub keepalive_interval_ms: u32,
 }
 
 // SAFETY: `#[repr(C)]`, `struct_size` first; all-zero is valid (NULL pointers, no
@@ -272,7 +286,29 @@ unsafe fn read_config(c: &pinhole_peer_config) -> Result<PeerConnectionConfig, P
         bind: unsafe { opt_str(c.bind, "bind") }?.map(str::to_owned),
         lite: c.lite,
         no_network_monitor: c.no_network_monitor,
+        keepalive_policy: Some(policy_from_c(c.keepalive_policy, "keepalive_policy")?),
+        keepalive_interval_ms: c.keepalive_interval_ms,
     })
+}
+
+/// A `PINHOLE_KEEPALIVE_*` value.
+fn policy_from_c(p: pinhole_keepalive_policy, what: &str) -> Result<KeepalivePolicy, PinholeError> {
+    match p {
+        PINHOLE_KEEPALIVE_FOREGROUND => Ok(KeepalivePolicy::Foreground),
+        PINHOLE_KEEPALIVE_BACKGROUND => Ok(KeepalivePolicy::Background),
+        PINHOLE_KEEPALIVE_SUSPENDED => Ok(KeepalivePolicy::Suspended),
+        _ => Err(PinholeError::invalid(format!(
+            "{what} {p}: not a PINHOLE_KEEPALIVE_* value"
+        ))),
+    }
+}
+
+fn policy_to_c(p: KeepalivePolicy) -> pinhole_keepalive_policy {
+    match p {
+        KeepalivePolicy::Foreground => PINHOLE_KEEPALIVE_FOREGROUND,
+        KeepalivePolicy::Background => PINHOLE_KEEPALIVE_BACKGROUND,
+        KeepalivePolicy::Suspended => PINHOLE_KEEPALIVE_SUSPENDED,
+    }
 }
 
 fn state_to_c(s: IceConnectionState) -> pinhole_ice_state {
@@ -693,6 +729,83 @@ pub unsafe extern "C" fn pinhole_peer_network_changed(
     })
 }
 
+/// Sets the keepalive policy (`PINHOLE_KEEPALIVE_*`) as the program moves between
+/// foreground, background and suspended (an app's lifecycle, a laptop going to sleep):
+/// consent checks every 4 to 6 s in the foreground; in the background one check per
+/// keepalive interval (see `pinhole_peer_get_keepalive_interval_ms`), shared with the
+/// peer; none while suspended. Set `PINHOLE_KEEPALIVE_SUSPENDED` before a known suspension
+/// (the system gives no callback at the moment it suspends). Leaving it (or the background
+/// for the foreground) probes the path at once; if it does not answer within 4 s, ICE
+/// restarts and `cb_local_description` brings the new description to signal. Returns at
+/// once, from any thread or a callback; applied on the connection's thread in order with
+/// the other calls. `PINHOLE_ERR_INVALID` (NULL, not a `PINHOLE_KEEPALIVE_*` value),
+/// `PINHOLE_ERR_NOT_AVAILABLE` (ended).
+///
+/// # Safety
+/// `peer` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_peer_set_keepalive_policy(
+    peer: *mut pinhole_peer,
+    policy: pinhole_keepalive_policy,
+) -> c_int {
+    guard(|| {
+        // SAFETY: per the contract.
+        let h = unsafe { handle(peer) }?;
+        h.control
+            .set_keepalive_policy(policy_from_c(policy, "policy")?)?;
+        Ok(PINHOLE_OK)
+    })
+}
+
+/// Writes the keepalive policy last set (the config's until then) into `*policy`.
+/// `PINHOLE_ERR_INVALID` (NULL).
+///
+/// # Safety
+/// `peer` is NULL or a live handle; `policy` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_peer_get_keepalive_policy(
+    peer: *const pinhole_peer,
+    policy: *mut pinhole_keepalive_policy,
+) -> c_int {
+    guard(|| {
+        // SAFETY: per the contract.
+        let h = unsafe { handle(peer) }?;
+        if policy.is_null() {
+            return Err(PinholeError::invalid("policy is NULL"));
+        }
+        // SAFETY: non-NULL and writable, per the contract.
+        unsafe { policy.write(policy_to_c(h.control.keepalive_policy())) };
+        Ok(PINHOLE_OK)
+    })
+}
+
+/// Writes the background keepalive interval as it stands, milliseconds, into `*ms`: the
+/// config's fixed `keepalive_interval_ms`, or the adaptive one (25 s at first; it grows
+/// while the path's NAT bindings survive the silences between keepalives, and drops below
+/// a silence one did not survive). From a callback it is read at once; from another thread
+/// it waits for the connection's thread (`PINHOLE_ERR_TIMEOUT` after 10 s, when a callback
+/// blocks it). `PINHOLE_ERR_INVALID` (NULL), `PINHOLE_ERR_NOT_AVAILABLE` (ended).
+///
+/// # Safety
+/// `peer` is NULL or a live handle; `ms` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pinhole_peer_get_keepalive_interval_ms(
+    peer: *const pinhole_peer,
+    ms: *mut u32,
+) -> c_int {
+    guard(|| {
+        // SAFETY: per the contract.
+        let h = unsafe { handle(peer) }?;
+        if ms.is_null() {
+            return Err(PinholeError::invalid("ms is NULL"));
+        }
+        let v = h.control.keepalive_interval_ms()?;
+        // SAFETY: non-NULL and writable, per the contract.
+        unsafe { ms.write(v) };
+        Ok(PINHOLE_OK)
+    })
+}
+
 /// Closes the connection (deleting a port mapping of its socket, if it made one) and
 /// frees the handle, blocking: from another thread it waits until a running callback
 /// returns and the connection has closed (at most a few seconds, when a gateway does not
@@ -729,7 +842,7 @@ pub unsafe extern "C" fn pinhole_peer_destroy_async(
 
 /// Initialises a config: zeroes its `size` bytes (every default: no servers, controlled,
 /// no port mapping, `PINHOLE_RELAY_ALL`, bound to `0.0.0.0:0`, no callbacks, the built-in
-/// network monitor on) and sets
+/// network monitor on, `PINHOLE_KEEPALIVE_FOREGROUND` with the adaptive interval) and sets
 /// `struct_size` = `size`. Call it as `pinhole_peer_config_init(&config, sizeof config)`;
 /// `PINHOLE_ERR_INVALID` (nothing written) for NULL or a size that cannot be a
 /// `pinhole_peer_config`.
@@ -775,6 +888,174 @@ mod tests {
                 let c = read_sized(p).unwrap();
                 assert_eq!(read_config(&c).unwrap().no_network_monitor, set);
             }
+        }
+    }
+
+    /// `keepalive_policy` and `keepalive_interval_ms`, appended after
+    /// `no_network_monitor`: their defaults (the foreground, adaptive) for a program built
+    /// before them (its struct ends at `no_network_monitor`'s padding, which its
+    /// `pinhole_peer_config_init` zeroed) or before `no_network_monitor`; read when the
+    /// struct has them; a value that is no `PINHOLE_KEEPALIVE_*` refused.
+    #[test]
+    fn keepalive_fields_are_read_when_the_struct_has_them() {
+        let ours = size_of::<pinhole_peer_config>();
+        let before = std::mem::offset_of!(pinhole_peer_config, no_network_monitor)
+            .next_multiple_of(align_of::<usize>())
+            + align_of::<usize>();
+        assert!(before < ours);
+        assert!(std::mem::offset_of!(pinhole_peer_config, keepalive_interval_ms) >= before);
+        for size in [<pinhole_peer_config as CConfig>::MIN_SIZE, before] {
+            let mut b = vec![0xABAB_ABAB_ABAB_ABABu64; (ours + 64).div_ceil(8)];
+            let p = b.as_mut_ptr().cast::<pinhole_peer_config>();
+            // SAFETY: the buffer holds more than `ours` bytes.
+            unsafe {
+                assert_eq!(pinhole_peer_config_init(p, size), PINHOLE_OK);
+                let c = read_config(&read_sized(p).unwrap()).unwrap();
+                assert_eq!(
+                    c.keepalive_policy,
+                    Some(KeepalivePolicy::Foreground),
+                    "{size}"
+                );
+                assert_eq!(c.keepalive_interval_ms, 0, "{size}");
+            }
+        }
+        for (v, want) in [
+            (PINHOLE_KEEPALIVE_FOREGROUND, KeepalivePolicy::Foreground),
+            (PINHOLE_KEEPALIVE_BACKGROUND, KeepalivePolicy::Background),
+            (PINHOLE_KEEPALIVE_SUSPENDED, KeepalivePolicy::Suspended),
+        ] {
+            let mut b = vec![0u64; ours.div_ceil(8)];
+            let p = b.as_mut_ptr().cast::<pinhole_peer_config>();
+            // SAFETY: the buffer holds `ours` bytes.
+            unsafe {
+                assert_eq!(pinhole_peer_config_init(p, ours), PINHOLE_OK);
+                (*p).keepalive_policy = v;
+                (*p).keepalive_interval_ms = 15_000;
+                let c = read_config(&read_sized(p).unwrap()).unwrap();
+                assert_eq!(c.keepalive_policy, Some(want));
+                assert_eq!(c.keepalive_interval_ms, 15_000);
+            }
+        }
+        for bad in [-1, 3, c_int::MAX] {
+            let mut b = vec![0u64; ours.div_ceil(8)];
+            let p = b.as_mut_ptr().cast::<pinhole_peer_config>();
+            // SAFETY: the buffer holds `ours` bytes.
+            unsafe {
+                assert_eq!(pinhole_peer_config_init(p, ours), PINHOLE_OK);
+                (*p).keepalive_policy = bad;
+                assert!(matches!(
+                    read_config(&read_sized(p).unwrap()),
+                    Err(PinholeError::InvalidArgument(_))
+                ));
+                let mut out = std::ptr::null_mut();
+                assert_eq!(pinhole_peer_create(p, &mut out), PINHOLE_ERR_INVALID);
+                assert!(out.is_null());
+            }
+        }
+        // A fixed interval out of range: refused when the connection is made.
+        for bad in [1, 999, 3_600_001] {
+            let mut b = vec![0u64; ours.div_ceil(8)];
+            let p = b.as_mut_ptr().cast::<pinhole_peer_config>();
+            // SAFETY: the buffer holds `ours` bytes.
+            unsafe {
+                assert_eq!(pinhole_peer_config_init(p, ours), PINHOLE_OK);
+                (*p).keepalive_interval_ms = bad;
+                let mut out = std::ptr::null_mut();
+                assert_eq!(pinhole_peer_create(p, &mut out), PINHOLE_ERR_INVALID);
+                assert!(out.is_null());
+            }
+        }
+    }
+
+    /// `pinhole_peer_set_keepalive_policy` and the getters: NULL and values that are no
+    /// `PINHOLE_KEEPALIVE_*` refused (never a panic), each policy set and read back on a
+    /// live handle, the fixed interval read back, `PINHOLE_ERR_NOT_AVAILABLE` once ended.
+    #[test]
+    fn keepalive_policy_calls_check_their_arguments() {
+        // SAFETY: every call below gets NULL or the live handle made here, and pointers to
+        // locals.
+        unsafe {
+            let mut policy = -5;
+            let mut ms = 0u32;
+            assert_eq!(
+                pinhole_peer_set_keepalive_policy(std::ptr::null_mut(), 0),
+                PINHOLE_ERR_INVALID
+            );
+            assert_eq!(
+                pinhole_peer_get_keepalive_policy(std::ptr::null(), &mut policy),
+                PINHOLE_ERR_INVALID
+            );
+            assert_eq!(
+                pinhole_peer_get_keepalive_interval_ms(std::ptr::null(), &mut ms),
+                PINHOLE_ERR_INVALID
+            );
+            let mut c: pinhole_peer_config = std::mem::zeroed();
+            assert_eq!(
+                pinhole_peer_config_init(&mut c, size_of_val(&c)),
+                PINHOLE_OK
+            );
+            let bind = CString::new("127.0.0.1:0").unwrap();
+            c.bind = bind.as_ptr();
+            c.keepalive_policy = PINHOLE_KEEPALIVE_BACKGROUND;
+            c.keepalive_interval_ms = 20_000;
+            let mut p = std::ptr::null_mut();
+            assert_eq!(pinhole_peer_create(&c, &mut p), PINHOLE_OK);
+            assert_eq!(
+                pinhole_peer_get_keepalive_policy(p, &mut policy),
+                PINHOLE_OK
+            );
+            assert_eq!(policy, PINHOLE_KEEPALIVE_BACKGROUND, "the config's");
+            assert_eq!(
+                pinhole_peer_get_keepalive_interval_ms(p, &mut ms),
+                PINHOLE_OK
+            );
+            assert_eq!(ms, 20_000);
+            assert_eq!(
+                pinhole_peer_get_keepalive_policy(p, std::ptr::null_mut()),
+                PINHOLE_ERR_INVALID
+            );
+            assert_eq!(
+                pinhole_peer_get_keepalive_interval_ms(p, std::ptr::null_mut()),
+                PINHOLE_ERR_INVALID
+            );
+            for bad in [-1, 3, 42, c_int::MIN] {
+                assert_eq!(
+                    pinhole_peer_set_keepalive_policy(p, bad),
+                    PINHOLE_ERR_INVALID
+                );
+            }
+            for v in [
+                PINHOLE_KEEPALIVE_SUSPENDED,
+                PINHOLE_KEEPALIVE_FOREGROUND,
+                PINHOLE_KEEPALIVE_BACKGROUND,
+                PINHOLE_KEEPALIVE_FOREGROUND,
+            ] {
+                assert_eq!(pinhole_peer_set_keepalive_policy(p, v), PINHOLE_OK);
+                assert_eq!(
+                    pinhole_peer_get_keepalive_policy(p, &mut policy),
+                    PINHOLE_OK
+                );
+                assert_eq!(policy, v);
+            }
+            // The bad values changed nothing, and the calls reached the connection's
+            // thread (the interval's call waits for it, after them).
+            assert_eq!(
+                pinhole_peer_get_keepalive_interval_ms(p, &mut ms),
+                PINHOLE_OK
+            );
+            assert_eq!(ms, 20_000);
+            // What the handle held, kept past its end: the calls fail, NotAvailable.
+            let control = (*p).control.clone();
+            pinhole_peer_destroy(p);
+            assert!(matches!(
+                control.set_keepalive_policy(KeepalivePolicy::Background),
+                Err(PinholeError::NotAvailable(_))
+            ));
+            assert!(matches!(
+                control.keepalive_interval_ms(),
+                Err(PinholeError::NotAvailable(_))
+            ));
+            assert_eq!(control.keepalive_policy(), KeepalivePolicy::Foreground);
         }
     }
 }

@@ -34,8 +34,8 @@ use super::{MAX_SERVERS, MAX_URI_LEN};
 use crate::error::PinholeError;
 use crate::task::{Rendezvous, StopSignal};
 use crate::types::{
-    IceConnectionState, PeerConnectionConfig, PeerConnectionEvent, RelayPolicy, SelectedPair,
-    parse_socket_addr,
+    IceConnectionState, KeepalivePolicy, MAX_KEEPALIVE_INTERVAL_MS, MIN_KEEPALIVE_INTERVAL_MS,
+    PeerConnectionConfig, PeerConnectionEvent, RelayPolicy, SelectedPair, parse_socket_addr,
 };
 
 /// The largest datagram one send carries (what fits a UDP datagram, through a relay too);
@@ -73,6 +73,9 @@ pub(crate) struct PeerPlan {
     bind: SocketAddr,
     lite: bool,
     no_network_monitor: bool,
+    keepalive: KeepalivePolicy,
+    /// A fixed background keepalive interval; None: adaptive.
+    keepalive_interval: Option<Duration>,
 }
 
 impl PeerPlan {
@@ -140,6 +143,18 @@ impl PeerPlan {
             Some(b) => parse_socket_addr("bind", b)?,
             None => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
+        let keepalive_interval = match c.keepalive_interval_ms {
+            0 => None,
+            ms @ MIN_KEEPALIVE_INTERVAL_MS..=MAX_KEEPALIVE_INTERVAL_MS => {
+                Some(Duration::from_millis(u64::from(ms)))
+            }
+            ms => {
+                return Err(PinholeError::invalid(format!(
+                    "keepalive_interval_ms {ms}: 0 (adaptive) or \
+                     {MIN_KEEPALIVE_INTERVAL_MS} to {MAX_KEEPALIVE_INTERVAL_MS}"
+                )));
+            }
+        };
         Ok(PeerPlan {
             stun,
             turn,
@@ -149,6 +164,8 @@ impl PeerPlan {
             bind,
             lite: c.lite,
             no_network_monitor: c.no_network_monitor,
+            keepalive: c.keepalive_policy.unwrap_or_default(),
+            keepalive_interval,
         })
     }
 
@@ -202,6 +219,8 @@ impl PeerPlan {
         config.port_mapping = self.port_mapping;
         config.ice.lite = self.lite;
         config.no_network_monitor = self.no_network_monitor;
+        config.keepalive = self.keepalive.into();
+        config.ice.keepalive_interval = self.keepalive_interval;
         Ok(config)
     }
 
@@ -241,6 +260,7 @@ impl PeerPlan {
             s.credentials = Some(pc.local_credentials().clone());
             s.pacing_ms = pc.pacing_ms();
             s.lite = self.lite;
+            s.keepalive = self.keepalive;
         }
         on_started(Ok(()));
         if let Some(ready) = ready {
@@ -527,6 +547,8 @@ pub(crate) struct PeerStatus {
     /// `a=x-pinhole-port-allocation`'s value, once gathering is done.
     port_allocation: Option<String>,
     selected: Option<SelectedPair>,
+    /// The keepalive policy last set (applied in order with the other calls).
+    keepalive: KeepalivePolicy,
     closed: bool,
 }
 
@@ -785,6 +807,37 @@ impl PeerControl {
             .map_err(|_| closed_error())?;
         Self::wait(answer)?
     }
+
+    /// Sets the keepalive policy (see [`KeepalivePolicy`]), returning at once: applied on
+    /// the connection's thread in order with the other calls; [`PeerControl::keepalive_policy`]
+    /// says it at once. Errors: `NotAvailable` (closed).
+    pub(crate) fn set_keepalive_policy(&self, policy: KeepalivePolicy) -> Result<(), PinholeError> {
+        // Under the status lock, so that the status and the order of the commands agree
+        // when several threads set it at once.
+        let mut s = self.status();
+        if s.closed {
+            return Err(closed_error());
+        }
+        self.commands
+            .send(Command::Call(Box::new(move |ctx| {
+                ctx.pc.set_keepalive_policy(policy.into());
+            })))
+            .map_err(|_| closed_error())?;
+        s.keepalive = policy;
+        Ok(())
+    }
+
+    /// The keepalive policy last set (the config's until then).
+    pub(crate) fn keepalive_policy(&self) -> KeepalivePolicy {
+        self.status().keepalive
+    }
+
+    /// The background keepalive interval as it stands (it adapts to the path's NATs, or
+    /// is the config's fixed one), milliseconds. Waits for the connection's thread (at once
+    /// from the sink). Errors: `NotAvailable` (closed), `TimedOut`.
+    pub(crate) fn keepalive_interval_ms(&self) -> Result<u32, PinholeError> {
+        self.call(|ctx| u32::try_from(ctx.pc.keepalive_interval().as_millis()).unwrap_or(u32::MAX))
+    }
 }
 
 #[cfg(test)]
@@ -808,6 +861,8 @@ mod tests {
             bind: Some("127.0.0.1:0".into()),
             lite: false,
             no_network_monitor,
+            keepalive_policy: None,
+            keepalive_interval_ms: 0,
         }
     }
 
@@ -820,6 +875,50 @@ mod tests {
                 assert_eq!(plan.config().await.unwrap().no_network_monitor, off);
             }
         });
+    }
+
+    /// The keepalive policy and the fixed interval reach the core's configuration (the
+    /// policy's default: the foreground; the interval's: adaptive); an interval out of
+    /// range is refused.
+    #[test]
+    fn keepalive_settings_reach_the_core_config() {
+        use pinhole::ice::KeepalivePolicy as Core;
+        runtime().block_on(async {
+            let plan = PeerPlan::new(&config(false)).unwrap();
+            let c = plan.config().await.unwrap();
+            assert_eq!(
+                (c.keepalive, c.ice.keepalive_interval),
+                (Core::Foreground, None)
+            );
+            for (p, want) in [
+                (KeepalivePolicy::Foreground, Core::Foreground),
+                (KeepalivePolicy::Background, Core::Background),
+                (KeepalivePolicy::Suspended, Core::Suspended),
+            ] {
+                for ms in [1_000, 15_000, 3_600_000] {
+                    let plan = PeerPlan::new(&PeerConnectionConfig {
+                        keepalive_policy: Some(p),
+                        keepalive_interval_ms: ms,
+                        ..config(false)
+                    })
+                    .unwrap();
+                    let c = plan.config().await.unwrap();
+                    assert_eq!(c.keepalive, want);
+                    assert_eq!(
+                        c.ice.keepalive_interval,
+                        Some(Duration::from_millis(u64::from(ms)))
+                    );
+                }
+            }
+        });
+        for ms in [1, 999, 3_600_001, u32::MAX] {
+            let e = PeerPlan::new(&PeerConnectionConfig {
+                keepalive_interval_ms: ms,
+                ..config(false)
+            })
+            .unwrap_err();
+            assert!(matches!(e, PinholeError::InvalidArgument(_)), "{ms}: {e:?}");
+        }
     }
 
     /// The built-in monitor's `NetworkChanged` (the core restarted already): reported as

@@ -12,6 +12,7 @@
 //                   the background, bounded); the listener gets Closed
 //   StunServer      stops the server (only in a library built with the feature `server`)
 //   PathMonitor     stops watching the network path; its states() streams end
+//   AppLifecycle    stops following the app's lifecycle; its feeds end
 //
 // `close()` never blocks (call it from the main thread, or from inside a listener), and is
 // idempotent. `await closeAndWait()` (PortMapper, TurnAllocation, PeerConnection) does the
@@ -38,3 +39,4 @@ extension PortMapper: PinholeClosable {}
 extension TurnAllocation: PinholeClosable {}
 extension PeerConnection: PinholeClosable {}
 extension PathMonitor: PinholeClosable {}
+extension AppLifecycle: PinholeClosable {}

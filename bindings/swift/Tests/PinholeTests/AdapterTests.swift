@@ -2,7 +2,9 @@
 // adapters against loopback servers (the embedded STUN server, `pinhole serve --turn` from
 // bindings/test.sh, and a fake NAT-PMP gateway of this file's own on 127.0.0.61/62), and
 // PathMonitor's logic with a fake PathSource and fake interface addresses, moving a real
-// port mapper and restarting real peer connections (bound to 127.0.0.1, no servers).
+// port mapper and restarting real peer connections (bound to 127.0.0.1, no servers), and
+// AppLifecycle's with a fake source (and UIKit's notifications, over a stand-in), setting
+// the keepalive policy of real peer connections.
 // Nothing leaves loopback.
 import Foundation
 import XCTest
@@ -13,6 +15,10 @@ import XCTest
 // On Linux: the stand-in of bindings/swift/Stubs/Network (see there).
 #if canImport(Network)
     import Network
+#endif
+// On Linux: the stand-in of bindings/swift/Stubs/UIKit.
+#if canImport(UIKit)
+    import UIKit
 #endif
 
 @testable import Pinhole
@@ -755,6 +761,134 @@ final class AdapterTests: XCTestCase {
         XCTAssertTrue(b.waitFor(5) { $0 == .init(internalPort: 40064, lifetime: 0) })
         monitor.close()
     }
+}
+
+/// A lifecycle source driven by the test: `move(true)` to the foreground, `move(false)` to
+/// the background.
+final class FakeAppSource: AppLifecycleSource, @unchecked Sendable {
+    let isForeground: Bool
+    private let lock = NSLock()
+    private var handler: (@Sendable (Bool) -> Void)?
+    private(set) var cancels = 0
+
+    init(foreground: Bool) { isForeground = foreground }
+
+    func start(_ handler: @escaping @Sendable (Bool) -> Void) {
+        lock.lock()
+        self.handler = handler
+        lock.unlock()
+    }
+
+    func cancel() {
+        lock.lock()
+        handler = nil
+        cancels += 1
+        lock.unlock()
+    }
+
+    var started: Bool { lock.lock(); defer { lock.unlock() }; return handler != nil }
+
+    func move(_ foreground: Bool) {
+        lock.lock()
+        let h = handler
+        lock.unlock()
+        h?(foreground)
+    }
+}
+
+final class AppLifecycleTests: XCTestCase {
+    /// The mapping: the source's initial state, then each move; `suspendConnections()` until
+    /// the next move. Feeding real PeerConnections (127.0.0.1, no servers): the app's policy
+    /// at once and at each move; a closed connection's feed ends; close() ends them all and
+    /// cancels the source.
+    func testAppLifecycleFeedsThePolicyToConnections() async throws {
+        let inFront = AppLifecycle(source: FakeAppSource(foreground: true))
+        XCTAssertEqual(inFront.policy, .foreground)
+        inFront.close()
+        let source = FakeAppSource(foreground: false)
+        let life = AppLifecycle(source: source)
+        XCTAssertTrue(source.started)
+        XCTAssertEqual(life.policy, .background, "not in front when it began")
+
+        let one = try await PeerConnection.create(config: loopbackPeerConfig, listener: IgnoringPeerListener())
+        var config = loopbackPeerConfig
+        config.keepalivePolicy = .suspended
+        let two = try await PeerConnection.create(config: config, listener: IgnoringPeerListener())
+        XCTAssertEqual(two.keepalivePolicy(), .suspended, "the config's policy")
+        XCTAssertEqual(one.keepalivePolicy(), .foreground, "the default")
+        life.feed(one)
+        life.feed(two)
+        XCTAssertEqual([one.keepalivePolicy(), two.keepalivePolicy()], [.background, .background], "set at once")
+        XCTAssertEqual(life.fedCount, 2)
+
+        source.move(true)
+        XCTAssertEqual(life.policy, .foreground)
+        XCTAssertEqual([one.keepalivePolicy(), two.keepalivePolicy()], [.foreground, .foreground])
+        source.move(true)  // a repeat changes nothing
+        source.move(false)
+        XCTAssertEqual([one.keepalivePolicy(), two.keepalivePolicy()], [.background, .background])
+        life.suspendConnections()
+        XCTAssertEqual(life.policy, .suspended)
+        XCTAssertEqual([one.keepalivePolicy(), two.keepalivePolicy()], [.suspended, .suspended])
+        source.move(true)
+        XCTAssertEqual([one.keepalivePolicy(), two.keepalivePolicy()], [.foreground, .foreground], "resumed")
+
+        // A closed connection: its feed ends at the next move.
+        two.close()
+        XCTAssertTrue(eventually(10) { two.isClosed() })
+        source.move(false)
+        XCTAssertEqual(one.keepalivePolicy(), .background)
+        XCTAssertEqual(life.fedCount, 1, "the closed connection's feed ended")
+
+        // A released connection: held weakly.
+        var three: PeerConnection? = try await PeerConnection.create(
+            config: loopbackPeerConfig, listener: IgnoringPeerListener())
+        life.feed(three!)
+        XCTAssertEqual(three?.keepalivePolicy(), .background)
+        XCTAssertEqual(life.fedCount, 2)
+        three = nil
+        XCTAssertEqual(life.fedCount, 1, "a released connection is not kept")
+
+        life.close()
+        XCTAssertEqual(source.cancels, 1)
+        XCTAssertFalse(source.started)
+        life.close()  // idempotent
+        XCTAssertEqual(source.cancels, 1)
+        life.feed(one)
+        life.suspendConnections()
+        XCTAssertEqual(one.keepalivePolicy(), .background, "a closed adapter feeds nothing")
+        let closable: PinholeClosable = life
+        closable.close()
+        await one.closeAndWait()
+    }
+
+    #if canImport(UIKit)
+        /// UIApplicationLifecycleSource (here over the UIKit stand-in of
+        /// bindings/swift/Stubs/UIKit): UIApplication's state at the start, then its
+        /// notifications, posted on a center of the test's own, as moves; none after cancel.
+        func testUIApplicationNotificationsAreMoves() {
+            XCTAssertTrue(Thread.isMainThread, "XCTest runs a synchronous test on the main thread")
+            MainActor.assumeIsolated { UIApplication.shared.stubState = .background }
+            let center = NotificationCenter()
+            let life = AppLifecycle(center: center)
+            XCTAssertEqual(life.policy, .background, "applicationState .background")
+            center.post(name: UIApplication.willEnterForegroundNotification, object: nil)
+            XCTAssertEqual(life.policy, .foreground)
+            center.post(name: UIApplication.didEnterBackgroundNotification, object: nil)
+            XCTAssertEqual(life.policy, .background)
+            life.suspendConnections()
+            center.post(name: UIApplication.willEnterForegroundNotification, object: nil)
+            XCTAssertEqual(life.policy, .foreground)
+            life.close()
+            center.post(name: UIApplication.didEnterBackgroundNotification, object: nil)
+            XCTAssertEqual(life.policy, .foreground, "nothing after close()")
+            MainActor.assumeIsolated { UIApplication.shared.stubState = .inactive }
+            let launching = AppLifecycle(source: UIApplicationLifecycleSource(center: center))
+            XCTAssertEqual(launching.policy, .foreground, "applicationState .inactive: in front")
+            launching.close()
+            MainActor.assumeIsolated { UIApplication.shared.stubState = .active }
+        }
+    #endif
 }
 
 /// The embedded server (only in a library built with the feature `server`, as the tests'

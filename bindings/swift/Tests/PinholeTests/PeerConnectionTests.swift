@@ -4,7 +4,9 @@
 // (PINHOLE_TEST_STUN) and `pinhole serve --turn` (PINHOLE_TEST_TURN*, with
 // --allow-loopback-peers), all on 127.0.0.1 and bound to it; they connect directly, or
 // through the relay only, exchange data both ways, survive an ICE restart (new descriptions
-// through the room, data again), and close, which frees their sockets and relays.
+// through the room, data again) and a network change, go through the keepalive policies
+// (background, suspended, foreground: data in each, no restart on the resume), and close,
+// which frees their sockets and relays.
 import Foundation
 import XCTest
 
@@ -506,6 +508,39 @@ final class PeerConnectionTests: XCTestCase {
         }
         XCTAssertEqual(monitorEvents.count, 0, "\(name): no built-in monitor on loopback")
 
+        // Keepalive policies, as an app's lifecycle sets them: both sides to the background,
+        // then suspended, then back to the foreground; each read back at once, data both ways
+        // in each. The resume probes the path, which answers: past the 4 s the probe has, no
+        // restart (no networkChanged, no remoteRestarted) and the same pair.
+        for side in [a, b] {
+            XCTAssertEqual(side.pc.keepalivePolicy(), .foreground, "\(side.name): the default")
+            XCTAssertEqual(try side.pc.keepaliveIntervalMs(), 25_000, "\(side.name): the adaptive start")
+        }
+        for policy in [KeepalivePolicy.background, .suspended, .foreground] {
+            for side in [a, b] {
+                try side.pc.setKeepalivePolicy(policy: policy)
+                XCTAssertEqual(side.pc.keepalivePolicy(), policy, "\(side.name)")
+            }
+            let abk = await carries(a, b, Data("\(name): a to b, \(policy)".utf8))
+            let bak = await carries(b, a, Data("\(name): b to a, \(policy)".utf8))
+            XCTAssertTrue(abk && bak, "\(name): \(policy): a->b \(abk), b->a \(bak)")
+        }
+        let keptPairs = [a.pairs.count, b.pairs.count]
+        try await Task.sleep(nanoseconds: 5_000_000_000)
+        let restartsAfterResume = [a, b].map { side in
+            side.seenEvents.filter {
+                switch $0 {
+                case .remoteRestarted, .networkChanged: return true
+                default: return false
+                }
+            }.count
+        }
+        XCTAssertEqual(restartsAfterResume, [0, 2], "\(name): the resumed path answered: no restart")
+        XCTAssertEqual([a.pairs.count, b.pairs.count], keptPairs, "\(name): the same pair after the resume")
+        let abr = await carries(a, b, Data("\(name): a to b after the resume".utf8))
+        let bar = await carries(b, a, Data("\(name): b to a after the resume".utf8))
+        XCTAssertTrue(abr && bar, "\(name): after the resume: a->b \(abr), b->a \(bar)")
+
         // Closing: a waits for its end (closed, then the sequence ends); b just closes, and
         // its sequence ends too. Their sockets, or relays, are released.
         let locals = [na?.local ?? ra?.local ?? pa.local, nb?.local ?? rb?.local ?? pb.local]
@@ -570,6 +605,26 @@ final class PeerConnectionTests: XCTestCase {
         XCTAssertThrowsError(try pc.send(data: Data([1])), "send before a pair is selected")
         XCTAssertThrowsError(try pc.setRemoteDescription(description: "not a description"))
         XCTAssertThrowsError(try pc.addRemoteCandidate(candidate: "candidate:nope"))
+        let defaults = PeerConnectionConfig(controlling: true, relayPolicy: .all)
+        XCTAssertNil(defaults.keepalivePolicy, "the foreground by default")
+        XCTAssertEqual(defaults.keepaliveIntervalMs, 0, "adaptive by default")
+        var tooShort = peerConfig(controlling: true, policy: .noRelay)
+        tooShort.keepaliveIntervalMs = 999
+        do {
+            _ = try await PeerConnection.create(config: tooShort, listener: IgnoringPeerListener())
+            XCTFail("a keepalive interval under a second: no error")
+        } catch PinholeError.InvalidArgument {
+        } catch {
+            XCTFail("a keepalive interval under a second: \(error)")
+        }
+        var fixed = peerConfig(controlling: true, policy: .noRelay)
+        fixed.keepalivePolicy = .background
+        fixed.keepaliveIntervalMs = 15_000
+        let background = try await PeerConnection.create(config: fixed, listener: IgnoringPeerListener())
+        XCTAssertEqual(background.keepalivePolicy(), .background, "the config's policy")
+        XCTAssertEqual(try background.keepaliveIntervalMs(), 15_000, "the config's fixed interval")
+        await background.closeAndWait()
+        XCTAssertThrowsError(try background.setKeepalivePolicy(policy: .foreground), "closed: NotAvailable")
         let drained = Drain(events.stream)
         let gathered = await until { drained.firstCandidate != nil }
         XCTAssertTrue(gathered, "a first candidate: \(drained.events)")
