@@ -93,9 +93,11 @@ pub struct AdaptiveInterval {
 }
 
 impl AdaptiveInterval {
-    /// Starting at [`INITIAL_INTERVAL`]; `fixed` pins it (no adaptation).
+    /// Starting at [`INITIAL_INTERVAL`]; `fixed` pins it (no adaptation), within 1 s and
+    /// 1 h (a shorter one would flood the path, a longer one outlives any NAT binding).
     #[must_use]
     pub fn new(fixed: Option<Duration>) -> Self {
+        let fixed = fixed.map(|f| f.clamp(Duration::from_secs(1), Duration::from_secs(3600)));
         Self {
             fixed,
             interval: fixed.unwrap_or(INITIAL_INTERVAL),
@@ -278,5 +280,6 @@ mod tests {
         assert_eq!(a.interval(), s(15));
         a.reset();
         assert_eq!(a.interval(), s(15));
+        assert_eq!(AdaptiveInterval::new(Some(Duration::ZERO)).interval(), s(1));
     }
 }
