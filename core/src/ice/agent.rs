@@ -1134,9 +1134,13 @@ impl IceAgent {
                         now.saturating_duration_since(self.pairs[s].last_traffic.unwrap_or(now));
                     self.send_check(now, s, nominate);
                     self.round = self.pairs[s].check.map(|(id, _)| (id, silence));
-                    self.round_give_up = (self.policy == KeepalivePolicy::Background).then(|| {
-                        now + self.config.check_rto * ((1 << BACKGROUND_ROUND_TRANSMITS) - 1)
-                    });
+                    // Over TCP a check goes once and its connection retransmits.
+                    let udp = self.locals[self.pairs[s].local].candidate.transport
+                        == CandidateTransport::Udp;
+                    self.round_give_up =
+                        (self.policy == KeepalivePolicy::Background && udp).then(|| {
+                            now + self.config.check_rto * ((1 << BACKGROUND_ROUND_TRANSMITS) - 1)
+                        });
                 }
                 self.arm_consent(now);
             }
