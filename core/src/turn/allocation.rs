@@ -15,8 +15,7 @@ use crate::stun::attributes::{
     AdditionalAddressFamily, AddressFamily, AlternateDomain, AlternateServer, ChannelNumber, Data,
     ErrorCode, Lifetime, MobilityTicket, Nonce, PasswordAlgorithmAttr, PasswordAlgorithms, Realm,
     RequestedAddressFamily, RequestedTransport, Software, UnknownAttributes, UserHash, Username,
-    XorMappedAddress,
-    XorPeerAddress, XorRelayedAddress,
+    XorMappedAddress, XorPeerAddress, XorRelayedAddress,
 };
 use crate::stun::{
     AttributeType, Class, ClientConfig, ExpectFrom, IntegrityKey, Message, MessageBuilder,
@@ -1096,7 +1095,10 @@ impl Allocation {
                     && self.ask_mobility
                     && (code == 405 || names_mobility_ticket(msg)) =>
             {
-                debug!(code, "TURN server refuses a mobility ticket: allocating without");
+                debug!(
+                    code,
+                    "TURN server refuses a mobility ticket: allocating without"
+                );
                 self.ask_mobility = false;
                 self.mobility_refused = true;
                 self.send(now, purpose);

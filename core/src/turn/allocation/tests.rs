@@ -80,6 +80,10 @@ struct FakeTurn {
     holder: Option<SocketAddr>,
     /// Tickets issued: the current one is `ticket-{tickets}`.
     tickets: u32,
+    /// Challenge the next N moves (a ticket from an address that does not hold the
+    /// allocation) with 401 and a new nonce, as a server whose nonces belong to the
+    /// 5-tuple would.
+    challenge_moves: u32,
 }
 
 impl FakeTurn {
@@ -104,6 +108,7 @@ impl FakeTurn {
             seen_from: Vec::new(),
             holder: None,
             tickets: 0,
+            challenge_moves: 0,
         }
     }
 
@@ -233,8 +238,21 @@ impl FakeTurn {
             return self.error(&m, 437, false, &|_| {});
         }
         let ticket = m.get::<MobilityTicket<'_>>().unwrap().map(|t| t.0.to_vec());
+        if self.challenge_moves > 0
+            && method == Method::REFRESH
+            && ticket.is_some()
+            && Some(from) != self.holder
+        {
+            self.challenge_moves -= 1;
+            self.nonce.push('m');
+            return self.error(&m, 401, true, &|_| {});
+        }
         if method == Method::ALLOCATE && ticket.is_some() {
-            assert_eq!(ticket.as_deref(), Some(&[][..]), "an Allocate asks with none");
+            assert_eq!(
+                ticket.as_deref(),
+                Some(&[][..]),
+                "an Allocate asks with none"
+            );
             if self.mobility == Mobility::Forbid {
                 return self.error(&m, 405, false, &|_| {});
             }
@@ -1280,7 +1298,10 @@ fn move_to_keeps_the_allocation_from_the_new_address() {
     h.a.create_permission(h.now, peer.ip()).unwrap();
     let ch = h.a.bind_channel(h.now, peer).unwrap();
     h.run_until(Duration::from_secs(2));
-    assert_eq!(h.kinds(), ["Allocated", "PermissionCreated", "ChannelBound"]);
+    assert_eq!(
+        h.kinds(),
+        ["Allocated", "PermissionCreated", "ChannelBound"]
+    );
     let relayed = h.a.relayed().to_vec();
 
     let at = h.now;
@@ -1291,7 +1312,11 @@ fn move_to_keeps_the_allocation_from_the_new_address() {
     h.run_until(Duration::from_secs(3));
     let m = moves(&h);
     assert_eq!(m.len(), 1, "{:?}", h.events);
-    assert_eq!(m[0].0, at - h.t0 + Duration::from_millis(10), "one round trip");
+    assert_eq!(
+        m[0].0,
+        at - h.t0 + Duration::from_millis(10),
+        "one round trip"
+    );
     assert_eq!(
         m[0].1,
         AllocationEvent::Moved {
@@ -1328,7 +1353,9 @@ fn move_to_keeps_the_allocation_from_the_new_address() {
     // (the fake answers 437 to anything from an address that does not hold it).
     h.run_until(Duration::from_secs(600));
     assert!(
-        !h.kinds().iter().any(|k| k == "Lost" || k.ends_with("Failed")),
+        !h.kinds()
+            .iter()
+            .any(|k| k == "Lost" || k.ends_with("Failed")),
         "{:?}",
         h.kinds()
     );
@@ -1438,4 +1465,38 @@ fn deallocating_during_a_move_carries_the_ticket() {
     let (last, from) = requests(&h, Method::REFRESH).pop().unwrap();
     assert_eq!(last.get::<Lifetime>().unwrap(), Some(Lifetime(0)));
     assert_eq!((ticket_of(&last), from), (Some(&b"ticket-1"[..]), moved()));
+}
+
+/// A server that challenges the move from the new address (401 with a new nonce): the
+/// move is sent again with that nonce, a bounded number of times.
+#[test]
+fn a_challenged_move_is_retried_with_the_new_nonce() {
+    let mut t = FakeTurn::granting();
+    t.challenge_moves = 1;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert!(h.a.move_to(h.now, moved()));
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(h.kinds(), ["Allocated", "Moved"]);
+    let (mv, from) = requests(&h, Method::REFRESH).pop().unwrap();
+    assert_eq!(from, moved());
+    assert_eq!(mv.get::<Nonce<'_>>().unwrap().unwrap().0, "abcdef0123m");
+    assert_eq!(ticket_of(&mv), Some(&b"ticket-1"[..]));
+    // Challenged every time (wrong credentials, really): lost after the bounded retries.
+    let mut t = FakeTurn::granting();
+    t.challenge_moves = u32::MAX;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert!(h.a.move_to(h.now, moved()));
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(h.kinds(), ["Allocated", "Lost"]);
+    assert_eq!(
+        h.events[1].1,
+        AllocationEvent::Lost(TurnError::Unauthenticated)
+    );
+    let moves_sent = requests(&h, Method::REFRESH)
+        .iter()
+        .filter(|(m, _)| ticket_of(m).is_some())
+        .count();
+    assert_eq!(moves_sent, 1 + MAX_STALE_NONCE_RETRIES as usize);
 }
