@@ -72,6 +72,7 @@ fuzz_target!(|data: &[u8]| {
     check!(msg, UnknownAttributes<'_>);
     check!(msg, PasswordAlgorithmAttr<'_>);
     check!(msg, PasswordAlgorithms<'_>);
+    check!(msg, MobilityTicket<'_>);
     if let Ok(Some(list)) = msg.get::<PasswordAlgorithms<'_>>() {
         let _ = list.iter().count();
     }

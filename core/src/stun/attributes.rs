@@ -111,6 +111,8 @@ attribute_types! {
     RESPONSE_ORIGIN = 0x802B;
     /// OTHER-ADDRESS, RFC 5780 §7.4.
     OTHER_ADDRESS = 0x802C;
+    /// MOBILITY-TICKET, RFC 8016 §3.3.
+    MOBILITY_TICKET = 0x8030;
 }
 
 impl AttributeType {
@@ -392,6 +394,40 @@ bytes_attribute!(
     /// PADDING (RFC 5780 §7.4): bytes that make a request larger, to probe for
     /// fragmentation.
     Padding, PADDING);
+
+/// MOBILITY-TICKET (RFC 8016 §3.3): an opaque ticket with which a TURN client keeps its
+/// allocation when its address changes. Empty in an Allocate request (asking for one,
+/// §3.1.1); the server's ticket in Allocate and Refresh success responses (§3.1.2,
+/// §3.2.2), and in the Refresh the client sends from its new address (§3.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MobilityTicket<'a>(pub &'a [u8]);
+
+impl MobilityTicket<'_> {
+    /// The longest ticket pinhole accepts, in bytes. RFC 8016 §3.3 sets no bound (the
+    /// value is whatever the server encrypts into it); this one keeps what a client
+    /// stores small and leaves room in a Refresh for the credentials (RFC 8489 §14.3,
+    /// §14.9, §14.10) within one 1500-byte datagram. coturn's tickets are about 20 bytes.
+    pub const MAX_LEN: usize = 512;
+}
+
+impl<'a> Attribute<'a> for MobilityTicket<'a> {
+    const TYPE: AttributeType = AttributeType::MOBILITY_TICKET;
+    #[inline]
+    fn decode(value: &'a [u8], _: &TransactionId) -> Result<Self, StunError> {
+        if value.len() > Self::MAX_LEN {
+            return Err(invalid(Self::TYPE, "too long"));
+        }
+        Ok(MobilityTicket(value))
+    }
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+    #[inline]
+    fn encode(&self, out: &mut [u8], _: &TransactionId) {
+        out.copy_from_slice(self.0)
+    }
+}
 
 /// USERHASH (RFC 8489 §14.4): SHA-256 of the user name and realm, in place of USERNAME.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -351,6 +351,7 @@ fn malformed_values_give_typed_errors() {
         (0x8022, &[0xff, 0xfe]),       // SOFTWARE, not UTF-8
         (0x001E, &[0; 31]),            // USERHASH, 31 bytes
         (0x8002, &[0, 1, 0, 8, 0, 0]), // PASSWORD-ALGORITHMS, params overflow
+        (0x8030, &[7; 513]),           // MOBILITY-TICKET, over its 512-byte bound
     ]);
     let msg = Message::parse(&bytes).unwrap();
     assert!(matches!(
@@ -372,6 +373,10 @@ fn malformed_values_give_typed_errors() {
     assert!(matches!(
         msg.get::<PasswordAlgorithms<'_>>(),
         Err(StunError::InvalidAttribute { .. })
+    ));
+    assert!(matches!(
+        msg.get::<MobilityTicket<'_>>(),
+        Err(StunError::InvalidAttribute { attr: 0x8030, .. })
     ));
 }
 
@@ -439,6 +444,7 @@ fn every_attribute_round_trips() {
         data: 1400,
     })
     .unwrap();
+    b.add(&MobilityTicket(b"ticket")).unwrap();
     let key = IntegrityKey::short_term("pw").unwrap();
     b.add_message_integrity(&key).unwrap();
     b.add_message_integrity_sha256(&key).unwrap();
@@ -554,6 +560,10 @@ fn every_attribute_round_trips() {
             code: 4,
             data: 1400
         })
+    );
+    assert_eq!(
+        m.get::<MobilityTicket<'_>>().unwrap(),
+        Some(MobilityTicket(b"ticket"))
     );
     assert!(!m.has_unknown_comprehension_required());
     assert!(m.attributes().all(|a| a.kind.is_known()));

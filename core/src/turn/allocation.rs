@@ -13,9 +13,9 @@ use super::channel::{
 use super::{Credentials, TurnError, TurnTransport};
 use crate::stun::attributes::{
     AdditionalAddressFamily, AddressFamily, AlternateDomain, AlternateServer, ChannelNumber, Data,
-    ErrorCode, Lifetime, Nonce, PasswordAlgorithmAttr, PasswordAlgorithms, Realm,
-    RequestedAddressFamily, RequestedTransport, Software, UserHash, Username, XorMappedAddress,
-    XorPeerAddress, XorRelayedAddress,
+    ErrorCode, Lifetime, MobilityTicket, Nonce, PasswordAlgorithmAttr, PasswordAlgorithms, Realm,
+    RequestedAddressFamily, RequestedTransport, Software, UnknownAttributes, UserHash, Username,
+    XorMappedAddress, XorPeerAddress, XorRelayedAddress,
 };
 use crate::stun::{
     AttributeType, Class, ClientConfig, ExpectFrom, IntegrityKey, Message, MessageBuilder,
@@ -88,6 +88,16 @@ pub struct AllocationConfig {
     /// It costs a request and a response per interval, so a background policy turns it
     /// off (`None`) or stretches it.
     pub liveness: Option<Duration>,
+    /// Over UDP, ask the server for a mobility ticket (RFC 8016 §3.1.1: an empty
+    /// MOBILITY-TICKET in the Allocate), with which [`Allocation::move_to`] keeps the
+    /// allocation, and its relayed address, when the client's address changes. A server
+    /// that does not know the attribute ignores it (it is comprehension-optional, RFC
+    /// 8489 §14); one that forbids mobility answers 405 Mobility Forbidden (RFC 8016
+    /// §3.1.4; coturn without `--mobility` does), and the Allocate is then sent again
+    /// once without it, which costs one round trip ([`Allocation::mobility_refused`]
+    /// tells, so that a caller can leave it off for that server next time). On by
+    /// default: phones change networks. Ignored over TCP and TLS.
+    pub mobility: bool,
 }
 
 /// The default [`AllocationConfig::keepalive`]: RFC 8445 §11's Tr default, 15 s.
@@ -115,6 +125,7 @@ impl AllocationConfig {
             software: Some(concat!("pinhole ", env!("CARGO_PKG_VERSION")).to_owned()),
             keepalive: Some(KEEPALIVE_INTERVAL),
             liveness: Some(LIVENESS_INTERVAL),
+            mobility: true,
         }
     }
 }
@@ -134,6 +145,18 @@ pub enum AllocationEvent {
     },
     /// Refreshed.
     Refreshed {
+        /// The lifetime granted.
+        lifetime: Duration,
+    },
+    /// The allocation moved to a new local address ([`Allocation::move_to`], RFC 8016
+    /// §3.2): the same relayed addresses, permissions and channels, now reached from
+    /// `local`.
+    Moved {
+        /// The local address it is now used from.
+        local: SocketAddr,
+        /// Our new address as the server saw it, when the Refresh response said
+        /// (XOR-MAPPED-ADDRESS is not required there; coturn sends none).
+        mapped: Option<SocketAddr>,
         /// The lifetime granted.
         lifetime: Duration,
     },
@@ -193,6 +216,15 @@ enum Purpose {
     Deallocate,
     Permission(IpAddr),
     Channel(u16),
+    /// A Refresh carrying the mobility ticket, from a new local address (RFC 8016
+    /// §3.2.1).
+    Move,
+    /// After a 400 to a [`Purpose::Move`]: a plain Refresh from the new address. coturn
+    /// refuses a ticket on a 5-tuple that already has the allocation ("cannot be used
+    /// for a stable, already established allocation"), which is what a move to the same
+    /// address through an unchanged NAT looks like; success says the allocation is
+    /// there, 437 that it is not.
+    MoveConfirm,
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +293,18 @@ pub struct Allocation {
     /// Transaction IDs for the keepalive indications (they need not be secret: nothing
     /// answers them; RFC 8489 §5 asks only requests' IDs to be unpredictable).
     keepalive_ids: u64,
+    /// The next Allocate asks for a mobility ticket (RFC 8016 §3.1.1).
+    ask_mobility: bool,
+    /// The server answered 405 Mobility Forbidden (RFC 8016 §3.1.4) or did not know the
+    /// attribute (420).
+    mobility_refused: bool,
+    /// The latest MOBILITY-TICKET from an Allocate or Refresh success response (RFC 8016
+    /// §3.1.3, §3.2.3).
+    ticket: Option<Vec<u8>>,
+    /// A move ([`Allocation::move_to`]) is in flight: other requests wait for it.
+    moving: bool,
+    /// CreatePermission and ChannelBind requests held back until the move is done.
+    deferred: Vec<Purpose>,
 }
 
 impl Allocation {
@@ -291,7 +335,13 @@ impl Allocation {
             keepalive_ids: u64::from_le_bytes([
                 seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
             ]),
+            ask_mobility: false,
+            mobility_refused: false,
+            ticket: None,
+            moving: false,
+            deferred: Vec::new(),
         };
+        a.ask_mobility = a.wants_mobility();
         a.send(now, Purpose::Allocate);
         a
     }
@@ -302,7 +352,8 @@ impl Allocation {
     }
 
     /// The local address the machine talks to the server from (it changes when the driver
-    /// reconnects to an alternate server over TCP or TLS: [`Allocation::connected`]).
+    /// reconnects to an alternate server over TCP or TLS: [`Allocation::connected`]; and
+    /// at once on [`Allocation::move_to`]).
     pub fn local(&self) -> SocketAddr {
         self.config.local
     }
@@ -351,6 +402,75 @@ impl Allocation {
         self.state == State::Done
     }
 
+    /// Whether the configuration asks for mobility (over UDP only).
+    fn wants_mobility(&self) -> bool {
+        self.config.mobility && !self.config.transport.is_stream()
+    }
+
+    /// Whether a mobility ticket is held: [`Allocation::move_to`] can keep the allocation
+    /// across a change of address (RFC 8016). False until allocated, and when the server
+    /// gave none (it does not support RFC 8016, or refused it).
+    pub fn has_mobility_ticket(&self) -> bool {
+        self.ticket.is_some()
+    }
+
+    /// Whether the server refused the mobility ticket asked for (405 Mobility Forbidden,
+    /// RFC 8016 §3.1.4, or 420 naming MOBILITY-TICKET): the Allocate was sent again
+    /// without it. A caller making more allocations on this server can set
+    /// [`AllocationConfig::mobility`] to false and save that round trip.
+    pub fn mobility_refused(&self) -> bool {
+        self.mobility_refused
+    }
+
+    /// Whether a move ([`Allocation::move_to`]) is waiting for the server's answer.
+    pub fn is_moving(&self) -> bool {
+        self.moving
+    }
+
+    /// Moves the allocation to a new local address (RFC 8016 §3.2): after a network
+    /// change, the socket the allocation was used from is gone (or reaches the server
+    /// through another NAT), and `local` is the one to use now. With a mobility ticket
+    /// held, over UDP, a Refresh carrying it goes from `local` at once (RFC 8016
+    /// §3.2.1); the server moves the allocation to the new 5-tuple, with its relayed
+    /// address, permissions and channels, and [`AllocationEvent::Moved`] follows. An
+    /// error or no answer reports [`AllocationEvent::Lost`], as for a failed refresh,
+    /// and a new allocation is the way on. From this call on the allocation sends from
+    /// `local` and takes input arriving there only; requests in flight from the old
+    /// address are abandoned, and permissions and channels being installed or refreshed
+    /// are asked for again once moved. `local` may be the current address (the NAT in
+    /// front of it changed).
+    ///
+    /// Returns false, and changes nothing, when there is no allocation, no ticket (see
+    /// [`Allocation::has_mobility_ticket`]), the transport is TCP or TLS (a new
+    /// connection is a new allocation here), or `local` is not of the server's address
+    /// family: the caller then makes a new allocation, as without RFC 8016.
+    pub fn move_to(&mut self, now: Instant, local: SocketAddr) -> bool {
+        if self.state != State::Allocated
+            || self.config.transport.is_stream()
+            || self.ticket.is_none()
+            || local.is_ipv4() != self.config.server.is_ipv4()
+        {
+            return false;
+        }
+        debug!(from = %self.config.local, to = %local, "moving the TURN allocation (RFC 8016)");
+        // Answers to what is in flight would arrive at the old address: abandoned, and
+        // what they were for asked again once moved (the move is a refresh and a
+        // liveness check itself).
+        for (id, purpose) in std::mem::take(&mut self.purposes) {
+            self.client.cancel(id);
+            if matches!(purpose, Purpose::Permission(_) | Purpose::Channel(_))
+                && !self.deferred.contains(&purpose)
+            {
+                self.deferred.push(purpose);
+            }
+        }
+        self.config.local = local;
+        self.keepalive_out = None;
+        self.moving = true;
+        self.send(now, Purpose::Move);
+        true
+    }
+
     fn proto(&self) -> Protocol {
         if self.config.transport.is_stream() {
             Protocol::Tcp
@@ -360,9 +480,28 @@ impl Allocation {
     }
 
     fn send(&mut self, now: Instant, purpose: Purpose) {
+        if self.moving {
+            match purpose {
+                // The move refreshes the allocation and tells whether it lives.
+                Purpose::Refresh | Purpose::Check => return,
+                // Sent from the new address before the server moved the allocation,
+                // they would find none there (437).
+                Purpose::Permission(_) | Purpose::Channel(_) => {
+                    if !self.deferred.contains(&purpose) {
+                        self.deferred.push(purpose);
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
         let method = match purpose {
             Purpose::Allocate => Method::ALLOCATE,
-            Purpose::Refresh | Purpose::Check | Purpose::Deallocate => Method::REFRESH,
+            Purpose::Refresh
+            | Purpose::Check
+            | Purpose::Deallocate
+            | Purpose::Move
+            | Purpose::MoveConfirm => Method::REFRESH,
             Purpose::Permission(_) => Method::CREATE_PERMISSION,
             Purpose::Channel(_) => Method::CHANNEL_BIND,
         };
@@ -383,6 +522,16 @@ impl Allocation {
             Purpose::Channel(n) => self.channels.iter().find(|c| c.number == n).copied(),
             _ => None,
         };
+        let ask_mobility = self.ask_mobility;
+        // The ticket goes in the move's Refresh only: coturn refuses it (400) in a Refresh
+        // on the 5-tuple that has the allocation. A deallocation while a move is in
+        // flight carries it too, so that the server finds the allocation to delete
+        // whether or not it has moved it yet.
+        let ticket = match purpose {
+            Purpose::Move => self.ticket.clone(),
+            Purpose::Deallocate if self.moving => self.ticket.clone(),
+            _ => None,
+        };
         let result = self.client.start(now, req, |b| {
             match purpose {
                 Purpose::Allocate => {
@@ -400,8 +549,12 @@ impl Allocation {
                     if let Some(s) = &software {
                         b.add(&Software(s))?;
                     }
+                    if ask_mobility {
+                        // Empty: asking for a ticket (RFC 8016 §3.1.1).
+                        b.add(&MobilityTicket(&[]))?;
+                    }
                 }
-                Purpose::Refresh | Purpose::Check => {
+                Purpose::Refresh | Purpose::Check | Purpose::Move | Purpose::MoveConfirm => {
                     b.add(&Lifetime(lifetime))?;
                 }
                 Purpose::Deallocate => {
@@ -416,6 +569,9 @@ impl Allocation {
                         b.add(&XorPeerAddress(c.peer))?;
                     }
                 }
+            }
+            if let Some(t) = &ticket {
+                b.add(&MobilityTicket(t))?;
             }
             if let Some(a) = &auth {
                 add_auth(b, a)?;
@@ -481,8 +637,14 @@ impl Allocation {
         match self.state {
             State::Allocated => {
                 self.state = State::Deallocating;
-                self.purposes.clear();
+                self.deferred.clear();
+                for (id, purpose) in std::mem::take(&mut self.purposes) {
+                    if matches!(purpose, Purpose::Move | Purpose::MoveConfirm) {
+                        self.client.cancel(id);
+                    }
+                }
                 self.send(now, Purpose::Deallocate);
+                self.moving = false;
             }
             State::Allocating => {
                 let in_flight = self.auth.is_some()
@@ -617,7 +779,9 @@ impl Allocation {
         }
         if self.keepalive_at.is_some_and(|k| now >= k) {
             self.keepalive_at = self.config.keepalive.map(|k| now + k);
-            self.keepalive_out = self.keepalive_indication();
+            if !self.moving {
+                self.keepalive_out = self.keepalive_indication();
+            }
         }
         let due: Vec<IpAddr> = self
             .permissions
@@ -761,6 +925,16 @@ impl Allocation {
                 .flatten()
                 .map(|l| Duration::from_secs(u64::from(l.0)))
         };
+        if matches!(
+            purpose,
+            Purpose::Allocate
+                | Purpose::Refresh
+                | Purpose::Check
+                | Purpose::Move
+                | Purpose::MoveConfirm
+        ) {
+            self.store_ticket(msg);
+        }
         match purpose {
             Purpose::Allocate => {
                 let relayed: Vec<SocketAddr> = msg
@@ -822,6 +996,34 @@ impl Allocation {
                 }
                 self.schedule_refresh(now, lifetime);
             }
+            Purpose::Move | Purpose::MoveConfirm => {
+                let lifetime = granted(msg).unwrap_or(self.config.lifetime);
+                if lifetime.is_zero() {
+                    return self.lose(TurnError::ZeroLifetime);
+                }
+                self.moving = false;
+                self.schedule_refresh(now, lifetime);
+                self.liveness_at = self.config.liveness.map(|l| now + l);
+                self.keepalive_at = self.config.keepalive.map(|k| now + k);
+                // A packet from the new address at once: it keeps the NAT binding there,
+                // and a server that relays to the old 5-tuple until the client shows up
+                // on the new one (RFC 8016 §3.2.2's make-before-break; newer coturn
+                // takes any packet) switches now rather than at the next data.
+                self.keepalive_out = self.keepalive_indication();
+                let mapped = msg.get::<XorMappedAddress>().ok().flatten().map(|m| m.0);
+                if mapped.is_some() {
+                    self.mapped = mapped;
+                }
+                debug!(local = %self.config.local, ?mapped, "TURN allocation moved (RFC 8016)");
+                self.events.push_back(AllocationEvent::Moved {
+                    local: self.config.local,
+                    mapped,
+                    lifetime,
+                });
+                for p in std::mem::take(&mut self.deferred) {
+                    self.send(now, p);
+                }
+            }
             Purpose::Deallocate => self.finish_deallocation(),
             Purpose::Permission(ip) => {
                 if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
@@ -841,6 +1043,21 @@ impl Allocation {
                     self.events
                         .push_back(AllocationEvent::ChannelBound { peer, channel: n });
                 }
+            }
+        }
+    }
+
+    /// Keeps the MOBILITY-TICKET of a success response: the latest one is the one a move
+    /// presents (RFC 8016 §3.1.3, §3.2.3). A response without one leaves the ticket held
+    /// (coturn sends it in every Refresh response, other servers may not); one that does
+    /// not decode (over [`MobilityTicket::MAX_LEN`]) drops it, as it may have replaced it.
+    fn store_ticket(&mut self, msg: &Message<'_>) {
+        match msg.get::<MobilityTicket<'_>>() {
+            Ok(Some(MobilityTicket(t))) if !t.is_empty() => self.ticket = Some(t.to_vec()),
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "unusable MOBILITY-TICKET: the allocation cannot move");
+                self.ticket = None;
             }
         }
     }
@@ -870,6 +1087,35 @@ impl Allocation {
             }
             300 if purpose == Purpose::Allocate => self.redirect(now, msg),
             437 if purpose == Purpose::Deallocate => self.finish_deallocation(),
+            // The server forbids mobility (RFC 8016 §3.1.4) or, against RFC 8489 §14,
+            // refuses the comprehension-optional attribute: the Allocate again without it,
+            // once (§3.1.4: not again with it to this server).
+            405 | 420
+                if purpose == Purpose::Allocate
+                    && self.ask_mobility
+                    && (code == 405 || names_mobility_ticket(msg)) =>
+            {
+                debug!(
+                    code,
+                    "TURN server refuses a mobility ticket: allocating without"
+                );
+                self.ask_mobility = false;
+                self.mobility_refused = true;
+                self.send(now, purpose);
+            }
+            // A server whose nonces belong to the 5-tuple challenges the move's first
+            // request from the new address like a new client's: answered with the new
+            // nonce, a bounded number of times.
+            401 if matches!(purpose, Purpose::Move | Purpose::MoveConfirm)
+                && self.stale_retries < MAX_STALE_NONCE_RETRIES =>
+            {
+                self.stale_retries += 1;
+                match self.learn_auth(msg) {
+                    Ok(()) => self.send(now, purpose),
+                    Err(e) => self.fail(purpose, e),
+                }
+            }
+            400 if purpose == Purpose::Move => self.send(now, Purpose::MoveConfirm),
             _ => self.fail(purpose, TurnError::from_code(code, &reason)),
         }
     }
@@ -906,6 +1152,8 @@ impl Allocation {
         self.config.server = to;
         // The alternate has its own realm and nonces: start the dance again.
         self.auth = None;
+        self.ask_mobility = self.wants_mobility();
+        self.mobility_refused = false;
         self.stale_retries = 0;
         if stream {
             self.awaiting_connection = true;
@@ -970,7 +1218,11 @@ impl Allocation {
     fn fail(&mut self, purpose: Purpose, error: TurnError) {
         debug!(?purpose, %error, "TURN request failed");
         match purpose {
-            Purpose::Allocate | Purpose::Refresh | Purpose::Check => self.lose(error),
+            Purpose::Allocate
+            | Purpose::Refresh
+            | Purpose::Check
+            | Purpose::Move
+            | Purpose::MoveConfirm => self.lose(error),
             Purpose::Deallocate => self.finish_deallocation(),
             Purpose::Permission(ip) => {
                 self.permissions.retain(|p| p.ip != ip);
@@ -997,6 +1249,8 @@ impl Allocation {
         }
         self.state = State::Done;
         self.purposes.clear();
+        self.moving = false;
+        self.deferred.clear();
         self.events.push_back(AllocationEvent::Lost(error));
     }
 
@@ -1025,6 +1279,14 @@ fn add_auth(b: &mut MessageBuilder<'_>, a: &Auth) -> Result<(), StunError> {
         })?;
     }
     Ok(())
+}
+
+/// Whether a 420's UNKNOWN-ATTRIBUTES lists MOBILITY-TICKET.
+fn names_mobility_ticket(msg: &Message<'_>) -> bool {
+    msg.get::<UnknownAttributes<'_>>()
+        .ok()
+        .flatten()
+        .is_some_and(|u| u.types().any(|t| t == AttributeType::MOBILITY_TICKET))
 }
 
 /// The security features a nonce announces (RFC 8489 §9.2): (password algorithms,

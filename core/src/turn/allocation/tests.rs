@@ -25,6 +25,25 @@ fn local() -> SocketAddr {
     addr("10.0.0.2:5000")
 }
 
+/// The client's address on the network it moves to.
+fn moved() -> SocketAddr {
+    addr("10.9.0.7:6000")
+}
+
+/// What the fake server does with RFC 8016's MOBILITY-TICKET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mobility {
+    /// Ignores it, as a server that does not know it does (RFC 8489 §14).
+    Ignore,
+    /// 405 Mobility Forbidden to an Allocate carrying it (coturn without `--mobility`).
+    Forbid,
+    /// Grants tickets and moves allocations the way coturn with `--mobility` does: the
+    /// allocation belongs to one client address; a Refresh with the current ticket from
+    /// another moves it there and rotates the ticket; a ticket from the holder's own
+    /// address, or a stale one, is 400; anything else from another address 437.
+    Grant,
+}
+
 /// Just enough of a TURN server to exercise the client.
 struct FakeTurn {
     nonce: String,
@@ -54,6 +73,17 @@ struct FakeTurn {
     dead: bool,
     /// Answers not yet sent.
     out: VecDeque<Transmit>,
+    mobility: Mobility,
+    /// Where every request in `seen` came from.
+    seen_from: Vec<SocketAddr>,
+    /// The client address that holds the allocation ([`Mobility::Grant`]).
+    holder: Option<SocketAddr>,
+    /// Tickets issued: the current one is `ticket-{tickets}`.
+    tickets: u32,
+    /// Challenge the next N moves (a ticket from an address that does not hold the
+    /// allocation) with 401 and a new nonce, as a server whose nonces belong to the
+    /// 5-tuple would.
+    challenge_moves: u32,
 }
 
 impl FakeTurn {
@@ -74,7 +104,23 @@ impl FakeTurn {
             forgot: false,
             dead: false,
             out: VecDeque::new(),
+            mobility: Mobility::Ignore,
+            seen_from: Vec::new(),
+            holder: None,
+            tickets: 0,
+            challenge_moves: 0,
         }
+    }
+
+    fn granting() -> Self {
+        Self {
+            mobility: Mobility::Grant,
+            ..Self::new()
+        }
+    }
+
+    fn ticket(&self) -> String {
+        format!("ticket-{}", self.tickets)
     }
 
     /// The server restarts: a new nonce, and no allocation.
@@ -141,8 +187,9 @@ impl FakeTurn {
         Some(buf)
     }
 
-    fn answer(&mut self, req: &[u8]) -> Option<Vec<u8>> {
+    fn answer(&mut self, req: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
         self.seen.push(req.to_vec());
+        self.seen_from.push(from);
         if self.dead {
             return None;
         }
@@ -190,6 +237,65 @@ impl FakeTurn {
         if self.forgot && method != Method::ALLOCATE {
             return self.error(&m, 437, false, &|_| {});
         }
+        let ticket = m.get::<MobilityTicket<'_>>().unwrap().map(|t| t.0.to_vec());
+        if self.challenge_moves > 0
+            && method == Method::REFRESH
+            && ticket.is_some()
+            && Some(from) != self.holder
+        {
+            self.challenge_moves -= 1;
+            self.nonce.push('m');
+            return self.error(&m, 401, true, &|_| {});
+        }
+        if method == Method::ALLOCATE && ticket.is_some() {
+            assert_eq!(
+                ticket.as_deref(),
+                Some(&[][..]),
+                "an Allocate asks with none"
+            );
+            if self.mobility == Mobility::Forbid {
+                return self.error(&m, 405, false, &|_| {});
+            }
+        }
+        let mut granted_ticket = None;
+        if self.mobility == Mobility::Grant && method != Method::ALLOCATE {
+            let previous = format!("ticket-{}", self.tickets.saturating_sub(1));
+            match &ticket {
+                // coturn takes the ticket an allocation moved with from where it moved
+                // to (a retransmission, or a deallocation that crossed the move).
+                Some(t)
+                    if method == Method::REFRESH
+                        && Some(from) == self.holder
+                        && self.tickets > 1
+                        && t.as_slice() == previous.as_bytes() =>
+                {
+                    granted_ticket = Some(self.ticket());
+                }
+                Some(t) => {
+                    if method != Method::REFRESH
+                        || Some(from) == self.holder
+                        || t.as_slice() != self.ticket().as_bytes()
+                    {
+                        return self.error(&m, 400, false, &|_| {});
+                    }
+                    self.holder = Some(from);
+                    self.tickets += 1;
+                    granted_ticket = Some(self.ticket());
+                }
+                None if Some(from) != self.holder => {
+                    return self.error(&m, 437, false, &|_| {});
+                }
+                None if method == Method::REFRESH => granted_ticket = Some(self.ticket()),
+                None => {}
+            }
+        }
+        if self.mobility == Mobility::Grant && method == Method::ALLOCATE {
+            self.holder = Some(from);
+            if ticket.is_some() {
+                self.tickets += 1;
+                granted_ticket = Some(self.ticket());
+            }
+        }
         if method == Method::ALLOCATE {
             if let Some(alt) = self.alternate.filter(|_| self.redirects > 0) {
                 self.redirects -= 1;
@@ -228,6 +334,9 @@ impl FakeTurn {
             }
             _ => {}
         }
+        if let Some(t) = &granted_ticket {
+            b.add(&MobilityTicket(t.as_bytes())).unwrap();
+        }
         b.add_message_integrity(&self.key()).unwrap();
         let n = b.finish().len();
         buf.truncate(n);
@@ -241,7 +350,7 @@ impl crate::machine::Machine for FakeTurn {
     type Event = crate::machine::NoEvent;
     type Verdict<'a> = ();
     fn handle_input<'a>(&mut self, _now: Instant, rx: Received<'a>) {
-        if let Some(contents) = self.answer(rx.contents) {
+        if let Some(contents) = self.answer(rx.contents, rx.source) {
             self.out.push_back(Transmit {
                 proto: rx.proto,
                 source: rx.destination,
@@ -272,6 +381,9 @@ struct Harness {
     net: Network,
     /// (source, destination) of every transmit.
     sent: Vec<(SocketAddr, SocketAddr)>,
+    /// Answers that arrive at an address the allocation left ([`Allocation::move_to`])
+    /// are not its own: counted here rather than failing the run.
+    not_turn: usize,
 }
 
 impl Harness {
@@ -303,6 +415,7 @@ impl Harness {
             events: Vec::new(),
             net,
             sent: Vec::new(),
+            not_turn: 0,
         }
     }
 
@@ -313,10 +426,14 @@ impl Harness {
         let mut sim = Sim::new(&mut self.net, self.now);
         let events = &mut self.events;
         let sent = &mut self.sent;
+        let not_turn = &mut self.not_turn;
         sim.add(
-            Host::new(&mut self.a, [local().ip()])
+            Host::new(&mut self.a, [local().ip(), moved().ip()])
                 .on_event(|_, at, e| events.push((at - t0, e)))
-                .on_verdict(|_, v| assert_eq!(v, Input::Consumed))
+                .on_verdict(|_, v| match v {
+                    Input::NotTurn => *not_turn += 1,
+                    v => assert_eq!(v, Input::Consumed),
+                })
                 .on_transmit(|_, t| sent.push((t.source, t.destination))),
         );
         // The server, and every alternate server the tests redirect to.
@@ -326,6 +443,10 @@ impl Harness {
         ));
         sim.run_until(t0 + until);
         self.now = sim.now();
+        drop(sim);
+        if self.turn.seen_from.iter().all(|f| *f == local()) {
+            assert_eq!(self.not_turn, 0, "never moved: every datagram is TURN's");
+        }
     }
 
     fn kinds(&self) -> Vec<String> {
@@ -1038,4 +1159,344 @@ fn liveness_checks_can_be_turned_off() {
     h.turn.restart();
     h.run_until(Duration::from_secs(200));
     assert_eq!(h.kinds(), ["Allocated"], "unnoticed until the refresh");
+}
+
+// ---------------------------------------------------------------------------
+// RFC 8016 mobility
+// ---------------------------------------------------------------------------
+
+/// The requests the fake server saw with `method`, authenticated ones only, with where
+/// each came from.
+fn requests(h: &Harness, method: Method) -> Vec<(Message<'_>, SocketAddr)> {
+    h.turn
+        .seen
+        .iter()
+        .zip(&h.turn.seen_from)
+        .filter_map(|(b, from)| Some((Message::parse(b).ok()?, *from)))
+        .filter(|(m, _)| m.class() == Class::Request && m.method() == method && m.has_integrity())
+        .collect()
+}
+
+fn ticket_of<'a>(m: &Message<'a>) -> Option<&'a [u8]> {
+    m.get::<MobilityTicket<'_>>().unwrap().map(|t| t.0)
+}
+
+fn moves(h: &Harness) -> Vec<(Duration, AllocationEvent)> {
+    h.events
+        .iter()
+        .filter(|(_, e)| matches!(e, AllocationEvent::Moved { .. }))
+        .cloned()
+        .collect()
+}
+
+/// An Allocate asks for a ticket with an empty MOBILITY-TICKET (RFC 8016 §3.1.1) and the
+/// one granted is kept; refreshes on the same address carry none (coturn refuses one
+/// there) and keep the ticket their responses repeat.
+#[test]
+fn a_mobility_ticket_is_asked_for_and_kept() {
+    let mut h = Harness::new(FakeTurn::granting());
+    h.run_until(Duration::from_secs(12));
+    assert_eq!(h.kinds(), ["Allocated"]);
+    assert!(h.a.has_mobility_ticket());
+    assert!(!h.a.mobility_refused());
+    let allocates = requests(&h, Method::ALLOCATE);
+    assert_eq!(allocates.len(), 1);
+    assert_eq!(ticket_of(&allocates[0].0), Some(&[][..]));
+    // The liveness checks at 5 and 10 s: no ticket, answered with the same one.
+    let refreshes = requests(&h, Method::REFRESH);
+    assert_eq!(refreshes.len(), 2);
+    assert!(refreshes.iter().all(|(m, _)| ticket_of(m).is_none()));
+    assert_eq!(h.a.ticket.as_deref(), Some(&b"ticket-1"[..]));
+}
+
+/// Without `mobility`, and over TCP, no ticket is asked for.
+#[test]
+fn no_ticket_is_asked_for_when_mobility_is_off_or_over_a_stream() {
+    for edit in [
+        (|c: &mut AllocationConfig| c.mobility = false) as fn(&mut AllocationConfig),
+        |c| c.transport = TurnTransport::Tcp,
+    ] {
+        let mut h = Harness::with(FakeTurn::granting(), edit);
+        h.run_until(Duration::from_secs(1));
+        assert_eq!(h.kinds(), ["Allocated"]);
+        assert!(
+            h.turn
+                .seen
+                .iter()
+                .filter_map(|b| Message::parse(b).ok())
+                .all(|m| ticket_of(&m).is_none())
+        );
+        assert!(!h.a.has_mobility_ticket());
+        assert!(!h.a.move_to(h.now, moved()));
+    }
+}
+
+/// A server that ignores the attribute grants no ticket: the allocation cannot move, and
+/// `move_to` says so without changing anything.
+#[test]
+fn without_a_ticket_move_to_declines_and_changes_nothing() {
+    let mut h = Harness::new(FakeTurn::new());
+    assert!(!h.a.move_to(h.now, moved()), "not allocated yet");
+    h.run_until(Duration::from_secs(1));
+    assert_eq!(h.kinds(), ["Allocated"]);
+    assert!(!h.a.has_mobility_ticket());
+    let seen = h.turn.seen.len();
+    assert!(!h.a.move_to(h.now, moved()));
+    assert_eq!(h.a.local(), local());
+    assert!(!h.a.is_moving());
+    assert!(h.a.poll_transmit().is_none());
+    assert_eq!(h.turn.seen.len(), seen);
+    // With a ticket, but to an address of the other family than the server's.
+    let mut h = Harness::new(FakeTurn::granting());
+    h.run_until(Duration::from_secs(1));
+    assert!(!h.a.move_to(h.now, addr("[2001:db8::7]:6000")));
+    assert_eq!(h.a.local(), local());
+}
+
+/// 405 Mobility Forbidden (coturn without `--mobility`): the Allocate is sent again at
+/// once without the attribute, and allocates; `mobility_refused` says so.
+#[test]
+fn mobility_forbidden_allocates_again_without_the_ticket() {
+    let mut t = FakeTurn::new();
+    t.mobility = Mobility::Forbid;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert_eq!(h.kinds(), ["Allocated"]);
+    // 401, 405, then success: one more round trip.
+    assert_eq!(h.events[0].0, Duration::from_millis(30));
+    assert!(h.a.mobility_refused());
+    assert!(!h.a.has_mobility_ticket());
+    let allocates = requests(&h, Method::ALLOCATE);
+    assert_eq!(allocates.len(), 2);
+    assert!(ticket_of(&allocates[0].0).is_some());
+    assert!(ticket_of(&allocates[1].0).is_none());
+    // A second 405 is not answered by a third attempt: a server that forbids the
+    // Allocate itself with 405 fails it.
+    let mut t = FakeTurn::new();
+    t.error = Some(405);
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert_eq!(
+        h.events[0].1,
+        AllocationEvent::Lost(TurnError::ServerError {
+            code: 405,
+            reason: "x".into()
+        })
+    );
+    assert_eq!(requests(&h, Method::ALLOCATE).len(), 2);
+}
+
+/// The move: a Refresh with the ticket from the new address at once (RFC 8016 §3.2.1);
+/// its success keeps the allocation (same relayed address, channel still bound), reports
+/// `Moved`, takes the rotated ticket, and everything after goes from the new address,
+/// starting with a Binding indication. A second move presents the rotated ticket.
+#[test]
+fn move_to_keeps_the_allocation_from_the_new_address() {
+    let mut h = Harness::new(FakeTurn::granting());
+    h.run_until(Duration::from_secs(1));
+    let peer = addr("198.51.100.50:7000");
+    h.a.create_permission(h.now, peer.ip()).unwrap();
+    let ch = h.a.bind_channel(h.now, peer).unwrap();
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(
+        h.kinds(),
+        ["Allocated", "PermissionCreated", "ChannelBound"]
+    );
+    let relayed = h.a.relayed().to_vec();
+
+    let at = h.now;
+    assert!(h.a.move_to(at, moved()));
+    assert!(h.a.is_moving());
+    assert_eq!(h.a.local(), moved());
+    let sent_before = h.sent.len();
+    h.run_until(Duration::from_secs(3));
+    let m = moves(&h);
+    assert_eq!(m.len(), 1, "{:?}", h.events);
+    assert_eq!(
+        m[0].0,
+        at - h.t0 + Duration::from_millis(10),
+        "one round trip"
+    );
+    assert_eq!(
+        m[0].1,
+        AllocationEvent::Moved {
+            local: moved(),
+            mapped: None,
+            lifetime: Duration::from_secs(600)
+        }
+    );
+    assert!(!h.a.is_moving());
+    assert_eq!(h.a.relayed(), relayed);
+    assert_eq!(h.turn.holder, Some(moved()));
+    let (mv, from) = requests(&h, Method::REFRESH).pop().unwrap();
+    assert_eq!((ticket_of(&mv), from), (Some(&b"ticket-1"[..]), moved()));
+    assert_eq!(h.a.ticket.as_deref(), Some(&b"ticket-2"[..]));
+    // Everything since went from the new address: the move, then an indication.
+    assert!(h.sent[sent_before..].iter().all(|(src, _)| *src == moved()));
+    let after: Vec<_> = h.turn.seen[h.turn.seen.len() - 2..]
+        .iter()
+        .map(|b| Message::parse(b).unwrap().message_type())
+        .collect();
+    assert_eq!(
+        after,
+        [
+            MessageType::new(Class::Request, Method::REFRESH),
+            MessageType::new(Class::Indication, Method::BINDING)
+        ]
+    );
+    // The channel is still bound: data goes as ChannelData.
+    let mut out = [0u8; 64];
+    let n = h.a.encode_to_peer(peer, b"hi", &mut out).unwrap();
+    assert_eq!(ChannelData::parse(&out[..n]).unwrap().channel, ch);
+
+    // Liveness checks and the permission and channel refreshes keep working from there
+    // (the fake answers 437 to anything from an address that does not hold it).
+    h.run_until(Duration::from_secs(600));
+    assert!(
+        !h.kinds()
+            .iter()
+            .any(|k| k == "Lost" || k.ends_with("Failed")),
+        "{:?}",
+        h.kinds()
+    );
+    assert!(
+        h.turn.seen_from[h.turn.seen_from.len() - 20..]
+            .iter()
+            .all(|f| *f == moved())
+    );
+    assert!(requests(&h, Method::CREATE_PERMISSION).last().unwrap().1 == moved());
+    assert!(requests(&h, Method::CHANNEL_BIND).last().unwrap().1 == moved());
+
+    // Back to the first network: the rotated ticket.
+    assert!(h.a.move_to(h.now, local()));
+    h.run_until(Duration::from_secs(601));
+    assert_eq!(moves(&h).len(), 2);
+    let (mv, from) = requests(&h, Method::REFRESH).pop().unwrap();
+    assert_eq!((ticket_of(&mv), from), (Some(&b"ticket-2"[..]), local()));
+    assert_eq!(h.turn.holder, Some(local()));
+}
+
+/// A permission asked for while the move is in flight, and one that was being
+/// refreshed when it started, go from the new address after it, not before (the
+/// server would find no allocation there yet).
+#[test]
+fn permissions_wait_for_the_move() {
+    let mut h = Harness::new(FakeTurn::granting());
+    h.run_until(Duration::from_secs(1));
+    let first = addr("198.51.100.50:7000");
+    h.a.create_permission(h.now, first.ip()).unwrap();
+    // In flight (sent, not yet answered) when the move starts: abandoned, asked again.
+    assert!(h.a.move_to(h.now, moved()));
+    let second = addr("198.51.100.60:7000");
+    h.a.create_permission(h.now, second.ip()).unwrap();
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(
+        h.kinds(),
+        [
+            "Allocated",
+            "Moved",
+            "PermissionCreated",
+            "PermissionCreated"
+        ]
+    );
+    // The answer to the one in flight arrived at the old address: not the allocation's.
+    assert_eq!(h.not_turn, 1);
+    let perms = requests(&h, Method::CREATE_PERMISSION);
+    // The one from the old address (abandoned), then both from the new one.
+    assert_eq!(
+        perms.iter().map(|(_, f)| *f).collect::<Vec<_>>(),
+        [local(), moved(), moved()]
+    );
+}
+
+/// A stale ticket (the server rotated it, or forgot the allocation): 400, then the plain
+/// Refresh from the new address finds no allocation (437), and it is lost. A server that
+/// does not answer the move: lost when the Refresh times out.
+#[test]
+fn a_failed_move_is_lost() {
+    let mut h = Harness::new(FakeTurn::granting());
+    h.run_until(Duration::from_secs(1));
+    h.turn.tickets += 1;
+    assert!(h.a.move_to(h.now, moved()));
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(h.kinds(), ["Allocated", "Lost"]);
+    assert_eq!(
+        h.events[1].1,
+        AllocationEvent::Lost(TurnError::AllocationMismatch)
+    );
+    assert!(h.a.is_done() && !h.a.is_moving());
+
+    let mut h = Harness::new(FakeTurn::granting());
+    h.run_until(Duration::from_secs(1));
+    h.turn.dead = true;
+    assert!(h.a.move_to(h.now, moved()));
+    h.run_until(Duration::from_secs(60));
+    assert_eq!(h.kinds(), ["Allocated", "Lost"]);
+    assert_eq!(h.events[1].1, AllocationEvent::Lost(TurnError::TimedOut));
+}
+
+/// A move to the address in use, through a NAT that did not change: the server sees the
+/// 5-tuple that holds the allocation and refuses the ticket there (400, as coturn does);
+/// a plain Refresh confirms the allocation, and it is `Moved` (to where it was).
+#[test]
+fn a_move_to_the_same_address_through_the_same_nat_is_confirmed() {
+    let mut h = Harness::new(FakeTurn::granting());
+    h.run_until(Duration::from_secs(1));
+    assert!(h.a.move_to(h.now, local()));
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(h.kinds(), ["Allocated", "Moved"]);
+    let refreshes = requests(&h, Method::REFRESH);
+    let tickets: Vec<_> = refreshes.iter().map(|(m, _)| ticket_of(m)).collect();
+    assert_eq!(tickets, [Some(&b"ticket-1"[..]), None]);
+    assert!(h.a.has_mobility_ticket());
+}
+
+/// Deallocating while the move is in flight: the Refresh with LIFETIME 0 carries the
+/// ticket, so that the server finds the allocation whether or not it moved it yet.
+#[test]
+fn deallocating_during_a_move_carries_the_ticket() {
+    let mut h = Harness::new(FakeTurn::granting());
+    h.run_until(Duration::from_secs(1));
+    assert!(h.a.move_to(h.now, moved()));
+    h.a.deallocate(h.now);
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(h.kinds(), ["Allocated", "Deallocated"]);
+    assert!(h.turn.deallocated);
+    let (last, from) = requests(&h, Method::REFRESH).pop().unwrap();
+    assert_eq!(last.get::<Lifetime>().unwrap(), Some(Lifetime(0)));
+    assert_eq!((ticket_of(&last), from), (Some(&b"ticket-1"[..]), moved()));
+}
+
+/// A server that challenges the move from the new address (401 with a new nonce): the
+/// move is sent again with that nonce, a bounded number of times.
+#[test]
+fn a_challenged_move_is_retried_with_the_new_nonce() {
+    let mut t = FakeTurn::granting();
+    t.challenge_moves = 1;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert!(h.a.move_to(h.now, moved()));
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(h.kinds(), ["Allocated", "Moved"]);
+    let (mv, from) = requests(&h, Method::REFRESH).pop().unwrap();
+    assert_eq!(from, moved());
+    assert_eq!(mv.get::<Nonce<'_>>().unwrap().unwrap().0, "abcdef0123m");
+    assert_eq!(ticket_of(&mv), Some(&b"ticket-1"[..]));
+    // Challenged every time (wrong credentials, really): lost after the bounded retries.
+    let mut t = FakeTurn::granting();
+    t.challenge_moves = u32::MAX;
+    let mut h = Harness::new(t);
+    h.run_until(Duration::from_secs(1));
+    assert!(h.a.move_to(h.now, moved()));
+    h.run_until(Duration::from_secs(2));
+    assert_eq!(h.kinds(), ["Allocated", "Lost"]);
+    assert_eq!(
+        h.events[1].1,
+        AllocationEvent::Lost(TurnError::Unauthenticated)
+    );
+    let moves_sent = requests(&h, Method::REFRESH)
+        .iter()
+        .filter(|(m, _)| ticket_of(m).is_some())
+        .count();
+    assert_eq!(moves_sent, 1 + MAX_STALE_NONCE_RETRIES as usize);
 }

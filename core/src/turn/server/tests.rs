@@ -153,6 +153,10 @@ fn long_term_allocation_permission_channel_and_data_both_ways() {
     };
     assert_eq!(mapped, Some(addr(CLIENT)));
     assert_eq!(lifetime, Duration::from_secs(600));
+    // The client asked for an RFC 8016 mobility ticket; this server does not implement
+    // mobility and ignores the comprehension-optional attribute (RFC 8489 §14): no
+    // ticket, and no 405 either.
+    assert!(!w.client.has_mobility_ticket() && !w.client.mobility_refused());
     let relayed = relayed[0];
     // Without a permission nothing reaches the client.
     w.peer_sends(relayed, b"too early");
