@@ -311,6 +311,8 @@ pub struct Peer {
     birthday: Birthday,
     /// After a resume: when to look whether the path came back (else ICE restarts).
     resume_check: Option<Instant>,
+    /// TURN servers that refused RFC 8016 mobility (405).
+    no_mobility: Vec<SocketAddr>,
     /// The latest time the machine was given.
     now: Instant,
     seed: [u8; 32],
@@ -473,6 +475,7 @@ impl Peer {
             events: VecDeque::new(),
             birthday: Birthday::default(),
             resume_check: None,
+            no_mobility: Vec::new(),
             now,
             seed,
             config,
@@ -532,7 +535,12 @@ impl Peer {
     }
 
     /// A new allocation, its checks set for the keepalive policy.
-    fn allocation(&self, now: Instant, cfg: AllocationConfig, seed: [u8; 32]) -> Allocation {
+    fn allocation(&self, now: Instant, mut cfg: AllocationConfig, seed: [u8; 32]) -> Allocation {
+        // A server that refused RFC 8016 mobility once is not asked again (the refusal
+        // costs a round trip per allocation).
+        if self.no_mobility.contains(&cfg.server) {
+            cfg.mobility = false;
+        }
         let mut a = Allocation::new(now, cfg, seed);
         let (liveness, keepalive) = turn_checks(self.agent.keepalive_policy());
         a.set_checks(now, liveness, keepalive);
@@ -1106,6 +1114,7 @@ impl Peer {
         // exists), then forgotten, so that their answers are not mistaken for the new
         // ones' (same server, maybe the same base).
         let mut dormant = Vec::new();
+        let mut moved = Vec::new();
         for mut r in std::mem::take(&mut self.relays) {
             if r.proto == crate::Protocol::Tcp {
                 // Its connection came from the old network: the driver closes it (the
@@ -1115,6 +1124,18 @@ impl Peer {
             }
             if r.done || r.alloc.is_done() {
                 continue;
+            }
+            // RFC 8016: an allocation with a mobility ticket moves to the new network
+            // (a Refresh with the ticket from the new base) and keeps its relayed
+            // address, which the peer already has; if the move fails it is lost and made
+            // again ([`AllocationEvent::Lost`]).
+            let server_v4 = r.alloc.server().is_ipv4();
+            if let Some(to) = new.iter().copied().find(|b| b.is_ipv4() == server_v4) {
+                if r.relayed.is_some() && r.alloc.move_to(now, to) {
+                    debug!(server = %r.alloc.server(), %to, "allocation moving (RFC 8016)");
+                    moved.push(r);
+                    continue;
+                }
             }
             if new.contains(&r.alloc.local()) {
                 r.alloc.deallocate(now);
@@ -1147,13 +1168,19 @@ impl Peer {
             dormant.drain(..dormant.len() - cap);
         }
         self.dormant = dormant;
+        let moved_relayed: Vec<SocketAddr> = moved.iter().filter_map(|r| r.relayed).collect();
+        let moved_servers: Vec<SocketAddr> = moved.iter().map(|r| r.alloc.server()).collect();
+        self.relays = moved;
         self.streams_pending.clear();
         let tcp_bases = &mut self.tcp_bases;
         tcp_bases.retain(|b| ips.contains(&b.ip()));
         let tcp_kept = tcp_bases.clone();
         let creds = self.agent.restart_with_locals(|c, base| match c.transport {
             // Host candidates of bases that stay; the rest is gathered again.
-            CandidateTransport::Udp => c.kind == CandidateKind::Host && new.contains(&base),
+            CandidateTransport::Udp => {
+                (c.kind == CandidateKind::Host && new.contains(&base))
+                    || moved_relayed.contains(&base)
+            }
             CandidateTransport::Tcp => c.kind == CandidateKind::Host && tcp_kept.contains(&base),
         });
         for (id, _) in self.srflx_pending.drain(..) {
@@ -1188,7 +1215,8 @@ impl Peer {
         }
         if !self.config.no_relay && !lite {
             self.network_changes = self.network_changes.wrapping_add(1);
-            let servers: Vec<SocketAddr> = revived.iter().map(|r| r.alloc.server()).collect();
+            let mut servers: Vec<SocketAddr> = revived.iter().map(|r| r.alloc.server()).collect();
+            servers.extend(moved_servers);
             for r in revived {
                 debug!(server = %r.alloc.server(), "allocation from a base that came back taken up again");
                 if let Some(relayed) = r.relayed {
@@ -1561,6 +1589,12 @@ impl Peer {
                             let base = self.relays[i].alloc.local();
                             self.gathered.push((order, base, m));
                         }
+                        let server = self.relays[i].alloc.server();
+                        if self.relays[i].alloc.mobility_refused()
+                            && !self.no_mobility.contains(&server)
+                        {
+                            self.no_mobility.push(server);
+                        }
                         let Some(r) = relayed.first().copied() else {
                             continue;
                         };
@@ -1571,6 +1605,9 @@ impl Peer {
                         for a in self.remote_addrs() {
                             let _ = self.relays[i].alloc.create_permission(now, a.ip());
                         }
+                    }
+                    AllocationEvent::Moved { local, .. } => {
+                        debug!(%local, "allocation moved to the new network (RFC 8016)");
                     }
                     AllocationEvent::Lost(e) => {
                         debug!(error = %e, "relay lost");
