@@ -228,7 +228,10 @@ fn keepalive_signals() -> Option<mpsc::UnboundedReceiver<KeepalivePolicy>> {
         for (kind, policy) in [
             (SignalKind::user_defined1(), KeepalivePolicy::Background),
             (SignalKind::user_defined2(), KeepalivePolicy::Foreground),
-            (SignalKind::from_raw(libc::SIGTSTP), KeepalivePolicy::Suspended),
+            (
+                SignalKind::from_raw(libc::SIGTSTP),
+                KeepalivePolicy::Suspended,
+            ),
         ] {
             // Registered now, before the peer connects: a signal that comes early is not
             // the default action (SIGUSR1 and SIGUSR2 end a process, SIGTSTP stops it).

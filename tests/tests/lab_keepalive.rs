@@ -6,42 +6,50 @@
 //! endpoint-independent mapping by port preservation, conntrack's address-and-port-
 //! dependent filtering), with the router's UDP mapping timeout set to T: conntrack's
 //! `nf_conntrack_udp_timeout` and `nf_conntrack_udp_timeout_stream` (per network
-//! namespace, set in the router's) and [`NatConfig::mapping_timeout`] (the nft maps that
-//! keep an endpoint's external port). The two `pinhole connect`s meet in a room of
-//! `pinhole signal`, gather from `pinhole serve` (STUN), connect directly (`--no-relay
-//! --no-tcp --no-portmap`: one UDP path, nothing else to keep), carry a line each way,
-//! and then stay idle for D ([`IDLE_ENV`], default [`DEFAULT_IDLE`]). An nft counter in
-//! each router counts the UDP packets its host sends during the idle window (forwarded
-//! from the LAN; the TCP signalling is not counted; the packets toward the peer's router
-//! are counted apart too). After the window each side sends numbered lines until one
-//! reaches the other (one every [`RESEND`]), and the time from the end of the window to
-//! the first arrival is the time to first data.
+//! namespace: set in the router's, read back) and [`NatConfig::mapping_timeout`] (the
+//! nft maps that keep an endpoint's external port). The two `pinhole connect`s meet in a
+//! room of `pinhole signal`, gather from `pinhole serve` (STUN), connect directly
+//! (`--no-relay --no-tcp --no-portmap`: one UDP path, nothing else to keep), wait
+//! [`SETTLE`] (the checks toward the peer's unreachable private address retransmit for
+//! about 17 s: setup, not idling), carry a line each way, and then stay idle for D
+//! ([`IDLE_ENV`], default [`DEFAULT_IDLE`]). An nft counter in each router counts the UDP
+//! packets its host sends during the idle window (forwarded from its LAN; the TCP
+//! signalling is not counted), with a breakdown per destination. After the window each
+//! side sends numbered lines until one reaches the other (one every [`RESEND`]): the time
+//! from the end of the window to the first arrival is the time to first data.
 //!
 //! The policies, for T = 120 s and T = 30 s:
 //!
 //! - foreground: the default, RFC 7675 consent checks every 4–6 s;
-//! - background (adaptive): switched to with SIGUSR1 when the window starts (as an app
-//!   going to the background does); one check per adaptive interval, shared by the sides;
+//! - background (adaptive): SIGUSR1 when the window starts (an app going to the
+//!   background); one round per adaptive interval, shared by the two sides;
 //! - background with a fixed 15 s interval: `--keepalive background --keepalive-interval
 //!   15` from the start (the classic fixed keepalive, for comparison);
-//! - suspended, then resumed: SIGTSTP when the window starts, SIGUSR2 (foreground) at its
-//!   end; the path is probed and, if it is gone, ICE restarts through the signalling.
+//! - suspended, then resumed: SIGTSTP when the window starts, SIGUSR2 (foreground) to
+//!   both at its end; the path is probed and, if it does not answer within 4 s, ICE
+//!   restarts through the signalling;
+//! - suspended, then A alone resumed: the same, but only A gets SIGUSR2 and talks first
+//!   (B answers once A's line came): A's probe meets B's NAT, which forgot the path after
+//!   a window longer than T, so this is the restart case.
 //!
 //! Asserted: the stay-up policies (foreground, both backgrounds) carry data both ways
 //! within [`ARRIVAL_BOUND`] after the window with no ICE restart (`network-changed`,
-//! `peer-restarted`) and no `interrupted` event; the suspended cell carries data again
-//! within [`RESUME_BOUND`] (a restart allowed) and sends nothing to the peer while
-//! suspended; adaptive background with T = 120 s sends at most [`MAX_BACKGROUND_RATE`]
-//! packets per idle minute per side. That bound holds for a short window too: the
-//! interval grows from 25 s by half per round (25, 37.5, 56 s…), so a 150 s window holds
-//! at most three rounds, and each round costs each side one packet (a check one way, its
-//! answer the other). The figures (packets per idle minute, the final interval, the time
-//! to first data, the restarts) are printed as a table.
+//! `peer-restarted`) and no `interrupted` event; the backgrounds then go back to the
+//! foreground (SIGUSR2) and keep the path (no restart, no interruption, data within
+//! [`ARRIVAL_BOUND`]); the suspended cells send nothing to the peer during the window and
+//! carry data again within [`RESUME_BOUND`] (a restart allowed); adaptive background with
+//! T = 120 s sends at most [`MAX_BACKGROUND_RATE`] packets per idle minute per side. That
+//! bound holds for a short window too: each round costs each side one packet (a check one
+//! way, its answer the other) and the interval grows from 25 s by a fifth per proven
+//! round, so a 150 s window holds four rounds (1.6 a minute); six (2.4) would mean that
+//! it never grew. The figures (packets per idle minute, the final
+//! interval, the time to first data, the restarts) are printed as a markdown table.
 //!
 //! The cells run in parallel in one lab: the test takes about D plus a minute. Run it
-//! with `PINHOLE_IDLE_SECS=1800` for the 30 minutes. `RUST_LOG=pinhole=debug`
-//! goes to each side's log in the lab directory (`keepalive interval adapted`, `consent
-//! lost`).
+//! with `PINHOLE_IDLE_SECS=1800` for the 30 minutes. Each side's stderr (events,
+//! and `RUST_LOG`, `pinhole=debug` by default: `keepalive interval adapted`, `consent
+//! lost`) goes to `$TMPDIR/pinhole-keepalive/<lab>/cellK-{a,b}.log`, kept when the test
+//! fails or with `PINHOLE_LAB_KEEP_LOGS`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -87,6 +95,8 @@ enum Policy {
     Background,
     Fixed15,
     Suspended,
+    /// Both suspended; only side A resumes (its probe meets B's NAT, which forgot it).
+    SuspendedOneResumes,
 }
 
 impl Policy {
@@ -96,12 +106,13 @@ impl Policy {
             Policy::Background => "background (adaptive)",
             Policy::Fixed15 => "background, fixed 15 s",
             Policy::Suspended => "suspended, then resumed",
+            Policy::SuspendedOneResumes => "suspended, then A alone resumed",
         }
     }
 
     /// Whether the policy promises to keep the path up.
     fn stays_up(self) -> bool {
-        self != Policy::Suspended
+        !matches!(self, Policy::Suspended | Policy::SuspendedOneResumes)
     }
 
     /// The `connect` flags it starts with.
@@ -116,7 +127,7 @@ impl Policy {
     fn at_idle(self) -> Option<(&'static str, &'static str)> {
         match self {
             Policy::Background => Some(("USR1", "background")),
-            Policy::Suspended => Some(("TSTP", "suspended")),
+            Policy::Suspended | Policy::SuspendedOneResumes => Some(("TSTP", "suspended")),
             _ => None,
         }
     }
@@ -284,12 +295,15 @@ impl Side {
 
 /// Both sides send `prefix-N` lines every [`RESEND`] until each has got one of the
 /// other's, for at most `bound`; returns the time from `t0` to each arrival (a→b, b→a).
+/// With `b_answers`, b sends only once a's line has come (a request and its answer: b's
+/// own packets do not open its NAT for a).
 fn exchange(
     a: &mut Side,
     b: &mut Side,
     prefix: &str,
     t0: Instant,
     bound: Duration,
+    b_answers: bool,
 ) -> [Option<Duration>; 2] {
     let mut n = 0u32;
     loop {
@@ -301,7 +315,7 @@ fn exchange(
         if ab.is_none() {
             a.send(&format!("{prefix}-a-{n}"));
         }
-        if ba.is_none() {
+        if ba.is_none() && (ab.is_some() || !b_answers) {
             b.send(&format!("{prefix}-b-{n}"));
         }
         n += 1;
@@ -429,7 +443,9 @@ fn run_cell(bin: &Path, signal: &str, spec: CellSpec, idle: Duration) -> Outcome
         spec.logs[1].clone(),
     );
     for (name, s) in [("a", &mut a), ("b", &mut b)] {
-        if s.wait_for(CONNECT_BOUND, |e| e["event"] == "connected").is_none() {
+        if s.wait_for(CONNECT_BOUND, |e| e["event"] == "connected")
+            .is_none()
+        {
             o.trouble.push(format!(
                 "{label}: side {name} never connected\n{}",
                 s.transcript()
@@ -440,7 +456,14 @@ fn run_cell(bin: &Path, signal: &str, spec: CellSpec, idle: Duration) -> Outcome
     // The checks of the other pairs (toward the peer's private host address) end first:
     // their retransmissions are the connection's setup, not its idling.
     std::thread::sleep(SETTLE);
-    let before = exchange(&mut a, &mut b, "hello", Instant::now(), ARRIVAL_BOUND);
+    let before = exchange(
+        &mut a,
+        &mut b,
+        "hello",
+        Instant::now(),
+        ARRIVAL_BOUND,
+        false,
+    );
     if before.iter().any(Option::is_none) {
         o.trouble.push(format!(
             "{label}: the first lines did not cross: {before:?}\n{}\n{}",
@@ -492,10 +515,14 @@ fn run_cell(bin: &Path, signal: &str, spec: CellSpec, idle: Duration) -> Outcome
             s.signal("USR2");
         }
         RESUME_BOUND
+    } else if spec.policy == Policy::SuspendedOneResumes {
+        a.signal("USR2");
+        RESUME_BOUND
     } else {
         ARRIVAL_BOUND
     };
-    o.first_data = exchange(&mut a, &mut b, "after", t0, bound);
+    let b_answers = spec.policy == Policy::SuspendedOneResumes;
+    o.first_data = exchange(&mut a, &mut b, "after", t0, bound, b_answers);
     // Events that a late restart would bring.
     std::thread::sleep(Duration::from_millis(500));
     let restarts = |s: &mut Side| s.count("network-changed") + s.count("peer-restarted");
@@ -512,7 +539,7 @@ fn run_cell(bin: &Path, signal: &str, spec: CellSpec, idle: Duration) -> Outcome
             s.signal("USR2");
         }
         std::thread::sleep(pinhole::ice::RESUME_PROBE + Duration::from_secs(3));
-        let back = exchange(&mut a, &mut b, "fg", Instant::now(), ARRIVAL_BOUND);
+        let back = exchange(&mut a, &mut b, "fg", Instant::now(), ARRIVAL_BOUND, false);
         let mut after = [0; 2];
         for (i, s) in [&mut a, &mut b].into_iter().enumerate() {
             after[i] = restarts(s) + s.count("interrupted") - o.restarts[i] - o.interrupted[i];
@@ -538,7 +565,7 @@ fn run_cell(bin: &Path, signal: &str, spec: CellSpec, idle: Duration) -> Outcome
             o.restarts, o.interrupted
         ));
     }
-    if spec.policy == Policy::Suspended && o.sent_peer != [0, 0] {
+    if !stay && o.sent_peer != [0, 0] {
         bad.push(format!(
             "suspended, yet packets went to the peer: {:?}",
             o.sent_peer
@@ -677,6 +704,7 @@ fn idle_connections_stay_up_under_each_keepalive_policy_and_cost_few_packets() {
             Policy::Background,
             Policy::Fixed15,
             Policy::Suspended,
+            Policy::SuspendedOneResumes,
         ] {
             let k = specs.len();
             let t = Duration::from_secs(t);
