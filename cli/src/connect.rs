@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use pinhole::driver::peer::{IncomingInto, PeerConnection, PeerConnectionEvent};
 use pinhole::driver::{self, DEFAULT_STUN_SERVERS};
 use pinhole::ice::BirthdayEvent;
-use pinhole::ice::{Candidate, IceCredentials, IceState, PORT_ALLOCATION_ATTRIBUTE};
+use pinhole::ice::{
+    Candidate, IceCredentials, IceState, KeepalivePolicy, PORT_ALLOCATION_ATTRIBUTE,
+};
 use pinhole::netcheck::PortAllocation;
 use pinhole::peer::{PeerConfig, TurnServerSpec};
 use pinhole::turn::{Credentials, TurnTransport, TurnUri};
@@ -148,6 +150,113 @@ pub(crate) struct ConnectArgs {
     /// Birthday probing: how long plain checks run without a direct pair first.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = seconds(300))]
     birthday_wait: Duration,
+    /// The keepalive policy to start with: `foreground` (RFC 7675 consent checks every
+    /// 4-6 s, a dead path noticed within 30 s), `background` (the fewest packets that keep
+    /// the path's NAT bindings: one check per interval, shared with the peer, the interval
+    /// adapting to what the NATs keep, from 25 s up to 240 s) or `suspended` (nothing; on
+    /// resume the path is probed and ICE restarts if it is gone). At run time (Unix):
+    /// SIGUSR1 switches to background, SIGUSR2 to foreground, SIGTSTP (Ctrl-Z) to
+    /// suspended; the process keeps running (Ctrl-Z does not stop it). Each switch is an
+    /// event `keepalive` (with `policy`), each new background interval an event
+    /// `keepalive-interval` (with `interval_s`).
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "foreground")]
+    keepalive: Keepalive,
+    /// A fixed background keepalive interval instead of the adaptive one (5 to 3600 s).
+    /// It applies whenever the policy is background: from the start with `--keepalive
+    /// background`, or after SIGUSR1.
+    #[arg(long, value_name = "SECS", value_parser = keepalive_secs)]
+    keepalive_interval: Option<Duration>,
+}
+
+/// `--keepalive`: the policies of [`KeepalivePolicy`].
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Keepalive {
+    Foreground,
+    Background,
+    Suspended,
+}
+
+impl From<Keepalive> for KeepalivePolicy {
+    fn from(k: Keepalive) -> Self {
+        match k {
+            Keepalive::Foreground => Self::Foreground,
+            Keepalive::Background => Self::Background,
+            Keepalive::Suspended => Self::Suspended,
+        }
+    }
+}
+
+/// The name of a policy in events.
+fn policy_name(p: KeepalivePolicy) -> &'static str {
+    match p {
+        KeepalivePolicy::Background => "background",
+        KeepalivePolicy::Suspended => "suspended",
+        _ => "foreground",
+    }
+}
+
+/// The shortest `--keepalive-interval`: a background keepalive more frequent than the
+/// foreground's consent checks (RFC 7675 §5.1: every 5 s on average) saves nothing.
+const MIN_KEEPALIVE_SECS: f64 = 5.0;
+
+/// A value parser for `--keepalive-interval`: 5 to 3600 s.
+fn keepalive_secs(s: &str) -> Result<Duration, String> {
+    let d = seconds(3600)(s)?;
+    if d.as_secs_f64() < MIN_KEEPALIVE_SECS {
+        return Err(format!(
+            "expected a number of seconds from {MIN_KEEPALIVE_SECS} to 3600"
+        ));
+    }
+    Ok(d)
+}
+
+/// How long after a resume (leaving suspended, or coming to the foreground) ICE failing
+/// is taken for the resumed path being gone: the connection restarts ICE then
+/// ([`pinhole::ice::RESUME_PROBE`] after the resume), and `connect` waits for that.
+const RESUME_WAIT: Duration = pinhole::ice::RESUME_PROBE.saturating_add(Duration::from_secs(2));
+
+/// How often `connect` looks at the background keepalive interval (to report a change).
+const INTERVAL_POLL: Duration = Duration::from_secs(2);
+
+/// The keepalive policies asked for by signal: SIGUSR1 background, SIGUSR2 foreground,
+/// SIGTSTP suspended. `None` where signals cannot be listened to.
+fn keepalive_signals() -> Option<mpsc::UnboundedReceiver<KeepalivePolicy>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (kind, policy) in [
+            (SignalKind::user_defined1(), KeepalivePolicy::Background),
+            (SignalKind::user_defined2(), KeepalivePolicy::Foreground),
+            (
+                SignalKind::from_raw(libc::SIGTSTP),
+                KeepalivePolicy::Suspended,
+            ),
+        ] {
+            // Registered now, before the peer connects: a signal that comes early is not
+            // the default action (SIGUSR1 and SIGUSR2 end a process, SIGTSTP stops it).
+            let mut s = match signal(kind) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no keepalive signal");
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    if tx.send(policy).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Some(rx)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// The description lines that carry new ICE credentials (after a restart).
@@ -158,6 +267,11 @@ fn credential_lines(c: &IceCredentials) -> String {
 /// How long `connect` waits for a working pair again once none works (after one did):
 /// as long as consent takes to be lost (RFC 7675 §5.1: 30 s).
 const RECOVERY_WAIT: Duration = Duration::from_secs(30);
+
+/// A restart of the connection's own (`network-changed`) reported this soon after we
+/// restarted in answer to the peer's may have happened before ours: its credentials may be
+/// stale.
+const CROSSED_RESTART: Duration = Duration::from_secs(2);
 
 /// Runs `pinhole signal`.
 pub(crate) async fn signal(args: SignalArgs) -> ExitCode {
@@ -565,6 +679,11 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     config.birthday.max_duration = args.birthday_time;
     config.birthday.wait = args.birthday_wait;
     let birthday = config.birthday.enabled;
+    // Keepalives (issue 14): the policy to start with, and a fixed background interval.
+    config.keepalive = args.keepalive.into();
+    config.ice.keepalive_interval = args.keepalive_interval;
+    let mut policy = config.keepalive;
+    let mut policies = keepalive_signals();
     // One dual-stack socket (a host candidate of each family the host routes); IPv4 alone
     // where the system has no IPv6.
     let dual = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
@@ -641,6 +760,8 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     // Since when no pair works (after one did), if none does now.
     let mut interrupted_at: Option<tokio::time::Instant> = None;
     let mut restarted = false;
+    // When we last restarted in answer to the peer's restart (see `CROSSED_RESTART`).
+    let mut answered_at: Option<tokio::time::Instant> = None;
     let mut connected = false;
     // A pair works (nominated or not): data may flow. RFC 8445 lets either side send on
     // any valid pair; waiting for the nomination costs a round trip for nothing.
@@ -656,6 +777,12 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
     let (mut local_done, mut remote_done) = (false, false);
     let interrupted = crate::shutdown_signal();
     tokio::pin!(interrupted);
+    // The background interval last reported (it adapts; reported when it changes).
+    let mut reported_interval: Option<Duration> = None;
+    // When the policy last resumed (see `RESUME_WAIT`).
+    let mut resumed_at: Option<tokio::time::Instant> = None;
+    let mut interval_poll = tokio::time::interval(INTERVAL_POLL);
+    interval_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let code = 'session: loop {
         if local_done && remote_done {
             let _ = stdout.flush().await;
@@ -745,6 +872,17 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                             started,
                         );
                     }
+                    PeerConnectionEvent::State(IceState::Failed)
+                        if resumed_at.is_some_and(|t| t.elapsed() <= RESUME_WAIT) =>
+                    {
+                        // A resumed path that did not answer: the connection restarts ICE
+                        // (`network-changed` follows), so this is not the end.
+                        say(
+                            json!({"event": "interrupted", "reason": "the resumed path did not answer: restarting ICE", "wait_s": RECOVERY_WAIT.as_secs()}),
+                            format!("interrupted: the resumed path did not answer; restarting ICE, waiting up to {} s", RECOVERY_WAIT.as_secs()),
+                        );
+                        interrupted_at.get_or_insert(tokio::time::Instant::now());
+                    }
                     PeerConnectionEvent::State(IceState::Failed) => {
                         let reason = "no path: every candidate pair failed";
                         say(json!({"event": "disconnected", "reason": reason}), format!("disconnected: {reason}"));
@@ -765,9 +903,20 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                         say(json!({"event": "resumed"}), "resumed: a pair works again".into());
                     }
                     PeerConnectionEvent::NetworkChanged { credentials } => {
-                        // The built-in monitor restarted ICE on the new network: the peer
-                        // needs our new credentials (the candidates follow as events).
+                        // The built-in monitor restarted ICE on the new network (or a
+                        // resumed path was gone): the peer needs our new credentials (the
+                        // candidates follow as events).
                         say(json!({"event": "network-changed"}), "network changed: restarting ICE".into());
+                        // Both sides restarting at once (both resumed): the peer's new
+                        // credentials may have come, and our answering restart gone out,
+                        // between this restart and its event. The event's credentials are
+                        // then stale; a restart of our own again makes sure that what the
+                        // peer gets is what the agent uses (it answers with one more).
+                        let credentials = if answered_at.take().is_some_and(|t| t.elapsed() < CROSSED_RESTART) {
+                            pc.restart()
+                        } else {
+                            credentials
+                        };
                         restarted = true;
                         renew.notify_one();
                         if let Err(e) = channel.send(&credential_lines(&credentials)).await {
@@ -871,6 +1020,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                                     // so do we, and it gets our new credentials.
                                     say(json!({"event": "peer-restarted"}), "the peer restarted ICE: restarting".into());
                                     let ours = pc.restart();
+                                    answered_at = Some(tokio::time::Instant::now());
                                     if let Err(e) = channel.send(&credential_lines(&ours)).await {
                                         eprintln!("pinhole: {e}");
                                         break 'session ExitCode::from(EXIT_UNREACHABLE);
@@ -929,6 +1079,37 @@ pub(crate) async fn connect(args: ConnectArgs) -> ExitCode {
                 let reason = "no working pair: consent lost (RFC 7675) and nothing recovered";
                 say(json!({"event": "disconnected", "reason": reason}), format!("disconnected: {reason}"));
                 break 'session ExitCode::from(EXIT_UNREACHABLE);
+            }
+            asked = async { policies.as_mut()?.recv().await }, if policies.is_some() => {
+                let Some(asked) = asked else {
+                    // No signal listener any more: none will come.
+                    policies = None;
+                    continue;
+                };
+                if asked != policy {
+                    // Leaving suspended, or coming to the foreground, is a resume: the path
+                    // is probed, and ICE restarts if it does not answer.
+                    if policy == KeepalivePolicy::Suspended || asked == KeepalivePolicy::Foreground {
+                        resumed_at = Some(tokio::time::Instant::now());
+                    }
+                    policy = asked;
+                    pc.set_keepalive_policy(policy);
+                    let name = policy_name(policy);
+                    say(json!({"event": "keepalive", "policy": name}), format!("keepalive: {name}"));
+                    // A background interval is reported afresh in each background spell.
+                    reported_interval = None;
+                }
+            }
+            _ = interval_poll.tick(), if policy == KeepalivePolicy::Background => {
+                let now = pc.keepalive_interval();
+                if reported_interval != Some(now) {
+                    reported_interval = Some(now);
+                    let secs = (now.as_secs_f64() * 1e3).round() / 1e3;
+                    say(
+                        json!({"event": "keepalive-interval", "interval_s": secs}),
+                        format!("keepalive interval: {secs} s"),
+                    );
+                }
             }
             () = &mut interrupted => {
                 say(json!({"event": "disconnected", "reason": "interrupted"}), "interrupted".into());

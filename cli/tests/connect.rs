@@ -466,6 +466,39 @@ fn connect_usage_errors() {
             "--ca /dev/null",
         ),
         (&["connect", "--timeout", "1e20"], "seconds"),
+        // Keepalives: a policy it knows, an interval from 5 s to an hour.
+        (
+            &["connect", "--keepalive", "sleepy"],
+            "foreground, background, suspended",
+        ),
+        (&["connect", "--keepalive"], "--keepalive"),
+        (&["connect", "--keepalive-interval", "2"], "from 5 to 3600"),
+        (&["connect", "--keepalive-interval", "0"], "seconds"),
+        (&["connect", "--keepalive-interval", "3601"], "seconds"),
+        (&["connect", "--keepalive-interval", "soon"], "seconds"),
+        // Good keepalive flags parse: what is refused then is the missing signalling.
+        (
+            &[
+                "connect",
+                "--keepalive",
+                "background",
+                "--keepalive-interval",
+                "15.5",
+                "--stun",
+                "stun:127.0.0.1:9",
+            ],
+            "--signal URL",
+        ),
+        (
+            &[
+                "connect",
+                "--keepalive",
+                "suspended",
+                "--stun",
+                "stun:127.0.0.1:9",
+            ],
+            "--signal URL",
+        ),
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -590,4 +623,148 @@ fn a_stale_peer_file_is_ignored() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("stale-peer-file"), "{err}");
     assert!(!err.contains("remote-description"), "{err}");
+}
+
+/// One `pinhole connect --json` kept running: stdin open, stdout and the JSON events on
+/// stderr read by threads.
+struct Live {
+    proc: Proc,
+    stdin: std::process::ChildStdin,
+    events: std::sync::mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+    out: std::sync::mpsc::Receiver<String>,
+}
+
+impl Live {
+    fn spawn(args: &[String]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("connect")
+            .args(args)
+            .arg("--json")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let (etx, events) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = etx.send(v);
+                }
+            }
+        });
+        let (otx, out) = std::sync::mpsc::channel();
+        let o = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(o).lines().map_while(Result::ok) {
+                let _ = otx.send(line);
+            }
+        });
+        Self {
+            proc: Proc(child),
+            stdin,
+            events,
+            seen: Vec::new(),
+            out,
+        }
+    }
+
+    /// The first event (from now on) that `want` accepts, within `limit`.
+    fn wait(
+        &mut self,
+        limit: Duration,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = Instant::now() + limit;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if want(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no such event within {limit:?}; seen: {:?}", self.seen);
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.proc.0.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+}
+
+#[test]
+fn keepalive_policies_switch_by_signal_with_events_and_the_connection_carries_on() {
+    let s = servers();
+    let mut args = common(&s);
+    args.extend(
+        [
+            "--signal",
+            &s.signal,
+            "--room",
+            "keepalive",
+            "--no-relay",
+            "--keepalive-interval",
+            "12",
+        ]
+        .map(String::from),
+    );
+    let mut a = Live::spawn(&args);
+    let mut b = Live::spawn(&args);
+    for p in [&mut a, &mut b] {
+        p.wait(Duration::from_secs(20), |e| e["event"] == "connected");
+    }
+    let policy = |p: &'static str| {
+        move |e: &serde_json::Value| e["event"] == "keepalive" && e["policy"] == p
+    };
+    // SIGUSR1: the background, with its fixed interval reported.
+    a.signal("USR1");
+    a.wait(Duration::from_secs(5), policy("background"));
+    let iv = a.wait(Duration::from_secs(5), |e| {
+        e["event"] == "keepalive-interval"
+    });
+    assert_eq!(iv["interval_s"], 12.0, "{iv}");
+    // SIGTSTP: suspended, and the process is not stopped: it answers the next signal.
+    a.signal("TSTP");
+    a.wait(Duration::from_secs(5), policy("suspended"));
+    assert!(a.proc.0.try_wait().unwrap().is_none(), "SIGTSTP ended it");
+    // SIGUSR2: back to the foreground; the path (alive: a second ago) is kept.
+    a.signal("USR2");
+    a.wait(Duration::from_secs(5), policy("foreground"));
+    // The same signal twice is no switch: no event (the next one is the data's).
+    a.signal("USR2");
+    writeln!(a.stdin, "still here").unwrap();
+    let line = b
+        .out
+        .recv_timeout(Duration::from_secs(10))
+        .expect("data after the switches");
+    assert_eq!(line, "still here");
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok(v) = a.events.try_recv() {
+        a.seen.push(v);
+    }
+    let switches = a.seen.iter().filter(|e| e["event"] == "keepalive").count();
+    assert_eq!(switches, 3, "{:?}", a.seen);
+    for p in [&a, &b] {
+        assert!(
+            !p.seen
+                .iter()
+                .any(|e| e["event"] == "network-changed" || e["event"] == "disconnected"),
+            "{:?}",
+            p.seen
+        );
+    }
 }
