@@ -1134,6 +1134,16 @@ impl IceAgent {
                         now.saturating_duration_since(self.pairs[s].last_traffic.unwrap_or(now));
                     self.send_check(now, s, nominate);
                     self.round = self.pairs[s].check.map(|(id, _)| (id, silence));
+                    if !self.controlling {
+                        // A watcher that had to check: the keeper's pace it knew is
+                        // stale (the keeper slowed down, or its round was lost); it
+                        // waits its own interval until the keeper's rounds show the pace
+                        // again. Else its own checks, each postponing the keeper's, would
+                        // keep the path at the old pace for good.
+                        if let Some((_, pace)) = &mut self.peer_round {
+                            *pace = None;
+                        }
+                    }
                     // Over TCP a check goes once and its connection retransmits.
                     let udp = self.locals[self.pairs[s].local].candidate.transport
                         == CandidateTransport::Udp;
@@ -1378,6 +1388,9 @@ impl IceAgent {
             return;
         }
         debug!(?old, ?policy, "keepalive policy");
+        // The peer's pace under the old policy says nothing of the new one (its
+        // foreground consent checks come every 5 s, its background rounds much slower).
+        self.peer_round = None;
         match policy {
             KeepalivePolicy::Suspended => {
                 self.suspended_at = Some(now);

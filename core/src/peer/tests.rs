@@ -2028,3 +2028,55 @@ fn a_network_change_connects_the_turn_streams_again() {
         (crate::Protocol::Tcp, new_local, a(TURN))
     );
 }
+
+/// Issue 14's background policy through the peer connection, the two sides switching at
+/// different times (the watcher first: it saw the keeper's foreground pace, a check every
+/// 5 s, which must not become its own): over 30 idle minutes behind 120 s NATs the
+/// interval settles under the NAT timeout and each side sends about a datagram a minute.
+#[test]
+fn background_switched_at_different_times_settles_under_the_nat_timeout() {
+    let mut nat = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    nat.binding_timeout = Duration::from_secs(120);
+    let no_relay = PeerConfig {
+        no_relay: true,
+        ..PeerConfig::default()
+    };
+    for (first, gap) in [(1usize, 7u64), (0, 12)] {
+        let mut w = World::new(
+            [Some(nat), Some(nat)],
+            Conditions::default(),
+            no_relay.clone(),
+        );
+        assert!(w.connect(Duration::from_secs(10)));
+        w.run_for(Duration::from_secs(20));
+        let now = w.now;
+        w.sides[first]
+            .peer
+            .set_keepalive_policy(now, KeepalivePolicy::Background);
+        w.run_for(Duration::from_secs(gap));
+        let now = w.now;
+        w.sides[1 - first]
+            .peer
+            .set_keepalive_policy(now, KeepalivePolicy::Background);
+        let ips = [a("192.168.1.10:0").ip(), a("10.0.0.10:0").ip()];
+        let before = ips.map(|ip| w.net.sent_from(ip));
+        for _ in 0..30 {
+            w.run_for(Duration::from_secs(60));
+            for s in &w.sides {
+                assert_eq!(s.peer.agent().state(), crate::ice::IceState::Connected);
+            }
+        }
+        let sent = [0, 1].map(|i| w.net.sent_from(ips[i]) - before[i]);
+        let keeper = w.sides[0].peer.agent().keepalive_interval();
+        println!("first {first}: sent {sent:?} in 30 min, keeper's interval {keeper:?}");
+        assert!(
+            keeper > Duration::from_secs(80) && keeper < Duration::from_secs(120),
+            "{keeper:?}"
+        );
+        assert!(sent.iter().all(|n| *n <= 36), "{sent:?}");
+        assert!(w.data_flows(0) && w.data_flows(1));
+    }
+}
