@@ -623,11 +623,15 @@ impl PeerConnection {
     /// An event on its way out: with [`PeerConnection::publish_mdns`], a host candidate's
     /// address becomes its name and the others' related address is hidden.
     fn outgoing(&mut self, mut ev: Box<PeerConnectionEvent>) -> Box<PeerConnectionEvent> {
-        if let PeerConnectionEvent::NetworkChanged { credentials } = &*ev {
+        if let PeerConnectionEvent::NetworkChanged { credentials } = &mut *ev {
             // The task restarted already: a name resolved in between still reaches the
             // new session (the peer's old candidate: its checks fail, nothing more).
             self.new_session();
-            self.credentials = credentials.clone();
+            // The app may have restarted again since (`restart()`, answering the peer's
+            // restart): the credentials in force are the machine's, not the event's.
+            let current = self.shared.lock().peer.local_credentials().clone();
+            *credentials = current.clone();
+            self.credentials = current;
         }
         let Some((publisher, names)) = &mut self.published else {
             return ev;
@@ -2001,6 +2005,64 @@ mod tests {
                 .await
                 .expect("data within the bound");
             assert_eq!(got.as_deref(), Some(&b"after five changes"[..]));
+        });
+    }
+
+    /// A resume whose path is gone (the peer closed while we were suspended) restarts
+    /// ICE by itself and reports `NetworkChanged`. If the app restarts again before it
+    /// reads that event (answering the peer's own restart), the event carries the
+    /// credentials in force, not the ones of the restart it reports.
+    #[test]
+    fn a_resume_restart_reports_the_credentials_in_force() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let any: SocketAddr = "[::]:0".parse().unwrap();
+            let config = PeerConfig {
+                no_network_monitor: true,
+                ..PeerConfig::default()
+            };
+            let a = PeerConnection::start(config.clone(), any, true)
+                .await
+                .unwrap();
+            let b = PeerConnection::start(config, any, false).await.unwrap();
+            a.set_remote_credentials(b.local_credentials().clone());
+            b.set_remote_credentials(a.local_credentials().clone());
+            let mut pcs = [a, b];
+            pump_until_nominated(&mut pcs, Duration::from_secs(10)).await;
+            let [mut a, b] = pcs;
+            a.set_keepalive_policy(crate::ice::KeepalivePolicy::Suspended);
+            drop(b);
+            let before = a.local_credentials().clone();
+            a.set_keepalive_policy(crate::ice::KeepalivePolicy::Foreground);
+            // The probe's 4 s, and the restart after it, without reading events.
+            let restarted = async {
+                while a.shared.lock().peer.local_credentials() == &before {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), restarted)
+                .await
+                .expect("the resume restarted ICE");
+            let answer = a.restart();
+            let creds = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match a.next_event().await {
+                        Some(PeerConnectionEvent::NetworkChanged { credentials }) => {
+                            break credentials;
+                        }
+                        Some(_) => {}
+                        None => panic!("the connection ended"),
+                    }
+                }
+            })
+            .await
+            .expect("NetworkChanged");
+            assert_eq!(creds, answer, "the credentials in force");
+            assert_eq!(a.local_credentials(), &answer);
         });
     }
 

@@ -1403,6 +1403,20 @@ impl IceAgent {
                 if resume && self.selected.is_some() {
                     self.probe_from = Some(now);
                     self.next_consent = Some(now);
+                    // The other valid pairs are as stale: each gets a check now, so that
+                    // one that still works (a relayed pair whose allocation lived) is
+                    // fresh when the selected one's probe runs out.
+                    let selected = self.selected;
+                    for i in 0..self.pairs.len() {
+                        if Some(i) != selected
+                            && self.pairs[i].state == PairState::Succeeded
+                            && self.pairs[i].check.is_none()
+                            && !self.triggered.contains(&i)
+                        {
+                            self.triggered.push_back(i);
+                        }
+                    }
+                    self.next_check = Some(now);
                 } else if self.selected.is_some() {
                     self.arm_consent(now);
                 }
@@ -2209,6 +2223,12 @@ impl IceAgent {
     }
 
     fn update_failed(&mut self) {
+        // A resumed path that did not answer leaves the agent disconnected, not failed:
+        // the peer connection restarts ICE at that very moment (`ResumeFailed`), and an
+        // app must not take the end of a pause for the end of the connection.
+        if self.probe_from.is_some() {
+            return;
+        }
         if self.remote_done
             && self.local_done
             && self.selected.is_none()

@@ -242,9 +242,10 @@ impl Relay {
     }
 }
 
-/// How long after [`RESUME_PROBE`] a resumed path's state is looked at (the agent's
-/// consent deadline falls at the probe's end).
-const RESUME_GRACE: Duration = Duration::from_millis(250);
+/// How long after [`RESUME_PROBE`] a resumed path's state is looked at: none, the agent's
+/// consent deadline falls at the probe's end and it is looked at in the same
+/// `handle_timeout`, right after the agent's.
+const RESUME_GRACE: Duration = Duration::ZERO;
 
 /// The TURN allocations' liveness check and keepalive interval under a keepalive policy:
 /// the defaults in the foreground; none otherwise (a relayed path in use is kept by the

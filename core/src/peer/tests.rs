@@ -1932,6 +1932,15 @@ fn a_resume_whose_path_is_gone_asks_for_a_restart_that_connects_again() {
             continue;
         }
         assert!(failed(&w, 0) && !failed(&w, 1), "{:?}", w.sides[0].events);
+        // Disconnected, never failed: an app must not take the pause's end for the end.
+        assert!(
+            !w.sides[0].events.iter().any(|e| matches!(
+                e,
+                PeerEvent::Ice(IceEvent::State(crate::ice::IceState::Failed))
+            )),
+            "{:?}",
+            w.sides[0].events
+        );
         // What the driver does: a restart as after a network change; the peer answers
         // the new credentials with a restart of its own (RFC 8445 §9).
         let bases = w.sides[0].peer.bases().to_vec();
