@@ -45,7 +45,7 @@
 //! T = 120 s sends fewer packets per idle minute per side than the fixed 15 s keepalive
 //! (4 a minute): at most [`MAX_BACKGROUND_RATE_LEARNING`] over the whole window, while the
 //! interval is still learning (each round costs each side one packet, a check one way and
-//! its answer the other; the interval grows from 25 s by a fifth per proven round, so a
+//! its answer the other; the interval grows from 25 s by 30 % per proven round, so a
 //! 150 s window holds four or five rounds: 2 a minute), and, over a window of at least
 //! [`LONG_WINDOW`], at most the target of [`MAX_BACKGROUND_RATE`] in the window's
 //! last two thirds (the steady state). The figures (packets per idle minute, over the
