@@ -462,25 +462,6 @@ fn run_cell(
     }
     m.pump();
     p.pump();
-    if relayed && what == Disruption::Switch {
-        // coturn runs with RFC 8016 mobility: the mover's allocation moves with it and
-        // keeps its relayed address through every switch.
-        let relayed_addrs: Vec<&str> = m
-            .seen
-            .iter()
-            .filter(|e| e["event"] == "connected" || e["event"] == "path-changed")
-            .filter(|e| e["local"]["type"] == "relay")
-            .filter_map(|e| e["local"]["address"].as_str())
-            .collect();
-        let first = relayed_addrs.first().copied();
-        if first.is_none() || relayed_addrs.iter().any(|a| Some(*a) != first) {
-            cell.trouble.push(format!(
-                "{label}: the relayed address changed (the allocation did not move): {relayed_addrs:?}"
-            ));
-        } else {
-            cell.label += " [relayed address kept: RFC 8016]";
-        }
-    }
     let changes = m.count("network-changed");
     let want = if matches!(
         what,

@@ -932,7 +932,6 @@ impl Lab {
              lt-cred-mech\n\
              user={user}:{pass}\n\
              fingerprint\n\
-             mobility\n\
              no-dtls\n\
              no-cli\n\
              verbose\n\
