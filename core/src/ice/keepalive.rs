@@ -28,8 +28,11 @@
 //!   app sends nothing to anyone, so nobody's consent is at stake).
 //!
 //! Leaving `Suspended` (or `Background` for `Foreground`) is a resume: a check goes at once
-//! on the selected pair, and if neither it nor the peer answers within [`RESUME_PROBE`],
-//! the pair is given up (the peer connection then restarts ICE).
+//! on the selected pair and on every other valid pair, and a pair that neither answers nor
+//! is checked by the peer within [`RESUME_PROBE`] is given up: the agent moves to one that
+//! answered, or, with none left, stays disconnected while the peer connection restarts
+//! ICE. In the background a round's check goes three times (0, 250 and 750 ms by default)
+//! before the round counts as failed: the watcher's own check repairs it.
 //!
 //! **How the interval adapts.** It starts at [`INITIAL_INTERVAL`] (25 s, under the 30 s
 //! that the shortest common NAT UDP timeouts give). The peer's check arriving after a
@@ -42,7 +45,7 @@
 //! a silence of `g` means a binding expired within `g`: the interval drops to [`MARGIN`]
 //! (80 %) of `g` and does not grow past that again unless the peer's check proves a
 //! longer silence. With a 120 s NAT this settles after a failure or two at about 100 s,
-//! reached in about 9 minutes: 0.6 checks a minute. What was learned belongs to the
+//! reached in about 7 minutes: 0.6 rounds a minute. What was learned belongs to the
 //! selected pair; another pair starts again from 25 s.
 
 use std::time::Duration;
