@@ -481,6 +481,25 @@ fn run_cell(
     cell
 }
 
+/// Runs cells in parallel, one thread each: (mover controls, relayed, disruption, the
+/// mover's first NAT) and how many times.
+fn run_cells<const N: usize>(
+    bin: &Path,
+    cells: [(bool, bool, Disruption, NatConfig); N],
+    times: usize,
+) -> Vec<Cell> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = cells
+            .into_iter()
+            .map(|(c, r, what, nat)| s.spawn(move || run_cell(bin, c, r, what, nat, times)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("cell thread"))
+            .collect()
+    })
+}
+
 /// The table of `cells` (titled `title`), and what went wrong.
 fn summarize(title: &str, cells: &[Cell], times: usize) -> (String, Vec<String>) {
     let mut report = format!(
@@ -530,28 +549,12 @@ fn an_uplink_switch_mid_transfer_recovers_in_every_role_and_path() {
         return;
     }
     let bin = bins::pinhole().expect("pinhole binary");
-    let cells: Vec<Cell> = std::thread::scope(|s| {
-        let handles: Vec<_> = [(true, false), (false, false), (true, true), (false, true)]
-            .into_iter()
-            .map(|(c, r)| {
-                let bin = bin.clone();
-                s.spawn(move || {
-                    run_cell(
-                        &bin,
-                        c,
-                        r,
-                        Disruption::Switch,
-                        NatConfig::default(),
-                        SWITCHES,
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("cell thread"))
-            .collect()
-    });
+    let cells = run_cells(
+        &bin,
+        [(true, false), (false, false), (true, true), (false, true)]
+            .map(|(c, r)| (c, r, Disruption::Switch, NatConfig::default())),
+        SWITCHES,
+    );
     let (report, trouble) = summarize(
         "uplink switch, 10 per cell: ms from the new network up to data flowing again",
         &cells,
@@ -570,28 +573,11 @@ fn an_uplink_switch_under_a_relay_over_tcp_recovers() {
         return;
     }
     let bin = bins::pinhole().expect("pinhole binary");
-    let cells: Vec<Cell> = std::thread::scope(|s| {
-        let handles: Vec<_> = [true, false]
-            .into_iter()
-            .map(|c| {
-                let bin = bin.clone();
-                s.spawn(move || {
-                    run_cell(
-                        &bin,
-                        c,
-                        true,
-                        Disruption::SwitchTcpRelay,
-                        NatConfig::default(),
-                        4,
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("cell thread"))
-            .collect()
-    });
+    let cells = run_cells(
+        &bin,
+        [true, false].map(|c| (c, true, Disruption::SwitchTcpRelay, NatConfig::default())),
+        4,
+    );
     let (report, trouble) = summarize(
         "uplink switch under a relay over TCP, 4 per cell: ms from the new network up to data flowing again",
         &cells,
@@ -612,28 +598,11 @@ fn a_turn_server_restart_under_a_relayed_transfer_is_recovered_from() {
         return;
     }
     let bin = bins::pinhole().expect("pinhole binary");
-    let cells: Vec<Cell> = std::thread::scope(|s| {
-        let handles: Vec<_> = [true, false]
-            .into_iter()
-            .map(|c| {
-                let bin = bin.clone();
-                s.spawn(move || {
-                    run_cell(
-                        &bin,
-                        c,
-                        true,
-                        Disruption::TurnRestart,
-                        NatConfig::default(),
-                        3,
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("cell thread"))
-            .collect()
-    });
+    let cells = run_cells(
+        &bin,
+        [true, false].map(|c| (c, true, Disruption::TurnRestart, NatConfig::default())),
+        3,
+    );
     let (report, trouble) = summarize("coturn restarted, 3 per cell", &cells, 3);
     println!("{report}");
     assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
@@ -650,28 +619,11 @@ fn the_port_mapping_follows_an_uplink_switch() {
         return;
     }
     let bin = bins::pinhole().expect("pinhole binary");
-    let cells: Vec<Cell> = std::thread::scope(|s| {
-        let handles: Vec<_> = [true, false]
-            .into_iter()
-            .map(|c| {
-                let bin = bin.clone();
-                s.spawn(move || {
-                    run_cell(
-                        &bin,
-                        c,
-                        false,
-                        Disruption::SwitchMapped,
-                        NatConfig::default(),
-                        4,
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("cell thread"))
-            .collect()
-    });
+    let cells = run_cells(
+        &bin,
+        [true, false].map(|c| (c, false, Disruption::SwitchMapped, NatConfig::default())),
+        4,
+    );
     let (report, trouble) = summarize("uplink switch through port mappings, 4 per cell", &cells, 4);
     println!("{report}");
     assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
@@ -688,24 +640,17 @@ fn a_nat_that_drops_its_mappings_mid_transfer_is_recovered_from() {
     }
     let bin = bins::pinhole().expect("pinhole binary");
     let random = NatConfig::port_restricted_cone().random_ports();
-    let cells: Vec<Cell> = std::thread::scope(|s| {
-        let handles: Vec<_> = [
+    let cells = run_cells(
+        &bin,
+        [
             (true, NatConfig::default()),
             (false, NatConfig::default()),
             (true, random.clone()),
             (false, random),
         ]
-        .into_iter()
-        .map(|(c, nat)| {
-            let bin = bin.clone();
-            s.spawn(move || run_cell(&bin, c, false, Disruption::Flush, nat, 3))
-        })
-        .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("cell thread"))
-            .collect()
-    });
+        .map(|(c, nat)| (c, false, Disruption::Flush, nat)),
+        3,
+    );
     let (report, trouble) = summarize("NAT mappings flushed, 3 per cell", &cells, 3);
     println!("{report}");
     assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
