@@ -1847,6 +1847,41 @@ mod tests {
         });
     }
 
+    /// Two connections on a dual-stack loopback socket each, the first controlling, with
+    /// each other's credentials, connected (a nominated pair on both sides).
+    async fn connected_pair(config: PeerConfig, within: Duration) -> [PeerConnection; 2] {
+        let any: SocketAddr = "[::]:0".parse().unwrap();
+        let a = PeerConnection::start(config.clone(), any, true)
+            .await
+            .unwrap();
+        let b = PeerConnection::start(config, any, false).await.unwrap();
+        a.set_remote_credentials(b.local_credentials().clone());
+        b.set_remote_credentials(a.local_credentials().clone());
+        let mut pcs = [a, b];
+        pump_until_nominated(&mut pcs, within).await;
+        pcs
+    }
+
+    /// The defaults without the built-in network monitor (the tests make the changes).
+    fn no_monitor() -> PeerConfig {
+        PeerConfig {
+            no_network_monitor: true,
+            ..PeerConfig::default()
+        }
+    }
+
+    /// Reads each side's events until it has been quiet for 300 ms (at most 100).
+    async fn drain_quietly(pcs: &mut [PeerConnection; 2]) {
+        for pc in pcs {
+            for _ in 0..100 {
+                let quiet = Duration::from_millis(300);
+                if tokio::time::timeout(quiet, pc.next_event()).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Moves each side's events to the other (trickle) until both have reported a
     /// nominated pair, or `within`.
     async fn pump_until_nominated(pcs: &mut [PeerConnection; 2], within: Duration) {
@@ -1884,27 +1919,10 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let any: SocketAddr = "[::]:0".parse().unwrap();
-            let a = PeerConnection::start(PeerConfig::default(), any, true)
-                .await
-                .unwrap();
-            let b = PeerConnection::start(PeerConfig::default(), any, false)
-                .await
-                .unwrap();
-            a.set_remote_credentials(b.local_credentials().clone());
-            b.set_remote_credentials(a.local_credentials().clone());
-            let mut pcs = [a, b];
             let within = Duration::from_secs(10);
-            pump_until_nominated(&mut pcs, within).await;
+            let mut pcs = connected_pair(PeerConfig::default(), within).await;
             // What the first session still reports (a renomination…): not counted below.
-            for pc in &mut pcs {
-                for _ in 0..100 {
-                    let quiet = Duration::from_millis(300);
-                    if tokio::time::timeout(quiet, pc.next_event()).await.is_err() {
-                        break;
-                    }
-                }
-            }
+            drain_quietly(&mut pcs).await;
             let before = pcs[0].local_credentials().clone();
             let creds = pcs[0].network_changed().await.expect("bases found");
             assert_ne!(creds, before, "new credentials");
@@ -1935,28 +1953,9 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let any: SocketAddr = "[::]:0".parse().unwrap();
-            let config = PeerConfig {
-                no_network_monitor: true,
-                ..PeerConfig::default()
-            };
-            let a = PeerConnection::start(config.clone(), any, true)
-                .await
-                .unwrap();
-            let b = PeerConnection::start(config, any, false).await.unwrap();
-            a.set_remote_credentials(b.local_credentials().clone());
-            b.set_remote_credentials(a.local_credentials().clone());
-            let mut pcs = [a, b];
             let within = Duration::from_secs(10);
-            pump_until_nominated(&mut pcs, within).await;
-            for pc in &mut pcs {
-                for _ in 0..100 {
-                    let quiet = Duration::from_millis(300);
-                    if tokio::time::timeout(quiet, pc.next_event()).await.is_err() {
-                        break;
-                    }
-                }
-            }
+            let mut pcs = connected_pair(no_monitor(), within).await;
+            drain_quietly(&mut pcs).await;
             const CHANGES: usize = 5;
             let mut creds = Vec::new();
             for _ in 0..CHANGES {
@@ -2020,19 +2019,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let any: SocketAddr = "[::]:0".parse().unwrap();
-            let config = PeerConfig {
-                no_network_monitor: true,
-                ..PeerConfig::default()
-            };
-            let a = PeerConnection::start(config.clone(), any, true)
-                .await
-                .unwrap();
-            let b = PeerConnection::start(config, any, false).await.unwrap();
-            a.set_remote_credentials(b.local_credentials().clone());
-            b.set_remote_credentials(a.local_credentials().clone());
-            let mut pcs = [a, b];
-            pump_until_nominated(&mut pcs, Duration::from_secs(10)).await;
+            let pcs = connected_pair(no_monitor(), Duration::from_secs(10)).await;
             let [mut a, b] = pcs;
             a.set_keepalive_policy(crate::ice::KeepalivePolicy::Suspended);
             drop(b);
