@@ -146,8 +146,17 @@ impl Streamer {
         });
         let err = child.stderr.take().expect("stderr");
         let (tx, events) = mpsc::channel();
+        // For debugging: PINHOLE_LAB_STDERR_DIR keeps each side's stderr (its events, and
+        // the logs RUST_LOG asks for) in a file there.
+        let mut trace = std::env::var_os("PINHOLE_LAB_STDERR_DIR").map(|d| {
+            std::fs::File::create(Path::new(&d).join(format!("{}-{}.log", host.ns, child.id())))
+                .expect("trace file")
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(f) = trace.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if tx.send(v).is_err() {
                         return;
@@ -629,10 +638,14 @@ fn the_port_mapping_follows_an_uplink_switch() {
     assert!(trouble.is_empty(), "{report}\n{}", trouble.join("\n\n"));
 }
 
-/// The mover's NAT drops every mapping (`conntrack -F`) mid-transfer, three times: with
-/// the lab's default NAT (port preserving: the next packet gets the same mapping) and
-/// with an endpoint-independent NAT that allocates random ports (the next packet gets a
-/// new external port, which the peer learns as a peer-reflexive candidate), each role.
+/// The mover's NAT drops every mapping (`conntrack -F`, no packet through it meanwhile)
+/// mid-transfer, three times: with the lab's default NAT (port preserving: the next
+/// packet gets the same mapping) and with an endpoint-independent NAT that allocates
+/// random ports (the next packet gets a new external port, which the peer's
+/// address-and-port-dependent filter drops, while the peer's packets go to the old one:
+/// the direct pair is dead both ways). pinhole's silence probe
+/// (`pinhole::ice::UNANSWERED_CHECK`) gives it up within seconds for a relayed pair of
+/// the peer's, which the new port reaches; each role.
 #[test]
 fn a_nat_that_drops_its_mappings_mid_transfer_is_recovered_from() {
     if !lab_available("lab_mobility", &["coturn", "conntrack"]) {

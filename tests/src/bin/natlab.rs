@@ -277,13 +277,7 @@ fn flush(args: &[String]) -> Result<ExitCode, LabError> {
         return Err(LabError(USAGE.into()));
     };
     let ns = resolve_node(router)?;
-    cmd::run_in_with_input(
-        &ns,
-        "nft",
-        &["-f", "-"],
-        &pinhole_tests::lab::nat::flush_commands(),
-    )?;
-    cmd::run_in(&ns, "conntrack", &["-F"])?;
+    pinhole_tests::lab::flush_router(&ns)?;
     println!("{router}: mappings flushed");
     Ok(ExitCode::SUCCESS)
 }

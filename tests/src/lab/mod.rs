@@ -246,6 +246,17 @@ pub fn logs_root() -> PathBuf {
     std::env::temp_dir().join("pinhole-lab")
 }
 
+/// Forgets every mapping of the NAT router in namespace `ns`, with no packet through it
+/// meanwhile ([`nat::freeze_commands`]); the router lets traffic through again even when
+/// the flush fails.
+pub fn flush_router(ns: &str) -> Result<()> {
+    run_in_with_input(ns, "nft", &["-f", "-"], &nat::freeze_commands())?;
+    // conntrack -F exits 0 and reports on stderr.
+    let flushed = run_in(ns, "conntrack", &["-F"]);
+    run_in_with_input(ns, "nft", &["-f", "-"], &nat::thaw_commands())?;
+    flushed.map(drop)
+}
+
 impl Lab {
     /// A lab with a fresh unique prefix: the internet namespace and nothing else yet.
     pub fn new() -> Result<Self> {
@@ -752,11 +763,7 @@ impl Lab {
     /// Forgets every mapping of `router` — conntrack's and the NAT's own maps — as a
     /// router reboot or a mapping timeout would.
     pub fn flush_mappings(&self, router: &str) -> Result<()> {
-        let r = self.router(router)?;
-        run_in_with_input(&r.ns, "nft", &["-f", "-"], &nat::flush_commands())?;
-        // conntrack -F exits 0 and reports on stderr.
-        run_in(&r.ns, "conntrack", &["-F"])?;
-        Ok(())
+        flush_router(&self.router(router)?.ns)
     }
 
     /// Waits until every address in `addrs` answers STUN from inside `from_ns`.

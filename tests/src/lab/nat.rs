@@ -283,6 +283,14 @@ pub fn ruleset(cfg: &NatConfig, ifs: &RouterIfaces<'_>) -> String {
         );
     }
 
+    // Empty but while the mappings are flushed ([`freeze_commands`]): a flush is one
+    // moment for the traffic, as a reboot is, not a window in which a packet re-learns
+    // the mapping being forgotten.
+    let _ = writeln!(
+        r,
+        "  chain freeze {{ type filter hook prerouting priority raw - 10; policy accept; }}"
+    );
+
     // Loss first, before conntrack sees the packet.
     let _ = writeln!(
         r,
@@ -428,6 +436,22 @@ fn protos(cfg: &NatConfig) -> Vec<(&'static str, &'static str)> {
         v.push(("tcp", "_tcp"));
     }
     v
+}
+
+/// The nft commands that stop all traffic through the router and forget the NAT's own
+/// maps, in one transaction; then `conntrack -F` forgets the kernel's side and
+/// [`thaw_commands`] lets traffic through again. Without the freeze, a packet between
+/// the two steps re-learns the mapping from the connection not yet flushed, and a NAT
+/// that allocates random ports keeps the old port (sometimes: it made a lab test flaky).
+pub fn freeze_commands() -> String {
+    let mut r = format!("add rule ip {TABLE} freeze drop\n");
+    r.push_str(&flush_commands());
+    r
+}
+
+/// The nft command that ends [`freeze_commands`].
+pub fn thaw_commands() -> String {
+    format!("flush chain ip {TABLE} freeze\n")
 }
 
 /// The nft commands that forget every mapping (with `conntrack -F` for the kernel's side).
