@@ -1278,11 +1278,11 @@ async fn run(
             }
         }
         let mut birthday = Vec::new();
-        let mut resume_failed = false;
+        let mut path_lost = false;
         let wake = {
             let mut st = shared.lock();
             while let Some(ev) = st.peer.poll_event() {
-                resume_failed |= ev == PeerEvent::ResumeFailed;
+                path_lost |= ev == PeerEvent::PathLost;
                 if matches!(ev, PeerEvent::BirthdaySockets(_) | PeerEvent::Birthday(_)) {
                     birthday.push(ev.clone());
                 }
@@ -1301,19 +1301,19 @@ async fn run(
             birthday_event(&shared, &mut probe, birthday).await;
             continue;
         }
-        if resume_failed {
+        if path_lost {
             // As after a network change: new bases if any, an ICE restart on them, the
             // port mapping and the ICE-TCP bases again; the app sends the credentials.
             match rebase(&shared, true).await {
                 Ok(Some(credentials)) => {
-                    debug!("resumed path gone: ICE restarted");
+                    debug!("path lost: ICE restarted");
                     let ev = PeerConnectionEvent::NetworkChanged { credentials };
                     if events.send(Box::new(ev)).is_err() {
                         return;
                     }
                 }
                 Ok(None) => {}
-                Err(e) => debug!(error = %e, "resumed path gone, and no bases"),
+                Err(e) => debug!(error = %e, "path lost, and no bases"),
             }
             continue;
         }
@@ -1709,7 +1709,7 @@ fn event(ev: PeerEvent) -> Option<PeerConnectionEvent> {
         PeerEvent::Ice(_)
         | PeerEvent::BirthdaySockets(_)
         | PeerEvent::PcpPeerRemote(_)
-        | PeerEvent::ResumeFailed => {
+        | PeerEvent::PathLost => {
             return None;
         }
     })

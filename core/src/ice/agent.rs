@@ -28,6 +28,15 @@
 //! - Consent (RFC 7675 §5.1): a check on the selected pair every 4–6 s; without an answer
 //!   for [`IceConfig::consent_timeout`] the pair is dropped and the agent moves to another
 //!   valid pair or reports [`IceState::Disconnected`]. These checks are also its keepalives.
+//!   A path that stops working says so sooner: a consent check unanswered for
+//!   [`UNANSWERED_CHECK`] with nothing else heard on the pair (and, while the peer's data
+//!   flowed, its stopping for [`SILENT_PATH`] sends that check at once) starts a probe,
+//!   as a resume does: every valid pair is checked, and the selected one has
+//!   [`super::keepalive::RESUME_PROBE`] more to answer before the agent moves to one that
+//!   did (or, with none, the peer connection restarts ICE). A NAT that maps anew, a
+//!   firewall that closes: seconds, not 30 s and a dead connection.
+//! - A peer-reflexive candidate at the IP of one of the peer's relayed candidates is that
+//!   relay with its port rewritten: it ranks as relayed, not above the direct pairs.
 //! - **Port prediction**: when the peer says its NAT allocates ports sequentially
 //!   ([`IceAgent::set_remote_port_allocation`], from pinhole's
 //!   `a=x-pinhole-port-allocation` attribute), each of its server-reflexive candidates
@@ -315,6 +324,15 @@ struct Pair {
 /// keep). Consent (30 s) would get there too, only much later.
 pub const SILENT_PATH: Duration = Duration::from_secs(2);
 
+/// In the foreground, our consent check on the selected pair unanswered this long, with
+/// nothing else heard on that pair since it went (no data, no check from the peer),
+/// means the path stopped working (a NAT on it rebooted or dropped its mapping, a
+/// firewall closed it): every valid pair gets a check at once and the selected one has
+/// [`RESUME_PROBE`] more to answer before it is given up, as after a resume, instead of
+/// the end of RFC 7675's 30 s consent. The check has gone four times by then (0, 250,
+/// 750 and 1750 ms at the default RTO), so one lost answer does not start a probe.
+pub const UNANSWERED_CHECK: Duration = Duration::from_secs(2);
+
 /// In the background, the controlled agent checks by itself when the controlling agent's
 /// keepalive round is this many times its last pace late: the keeper's interval grows by
 /// 30 % at most per round ([`super::keepalive::GROWTH`]), its rounds go at 95–100 % of
@@ -389,9 +407,18 @@ pub struct IceAgent {
     /// In the background, when our round in flight is given up (see
     /// [`BACKGROUND_ROUND_TRANSMITS`]).
     round_give_up: Option<Instant>,
-    /// When the path was last resumed: pairs not heard from since have
-    /// [`RESUME_PROBE`] to answer.
+    /// When the path was last resumed, or found silent ([`UNANSWERED_CHECK`]): pairs
+    /// not heard from since have [`RESUME_PROBE`] to answer.
     probe_from: Option<Instant>,
+    /// Whether the probe running was started by a silence ([`UNANSWERED_CHECK`]) rather
+    /// than a resume: the peer's check on the selected pair ends it too (the peer still
+    /// wants the path and reaches us on it), where a resume in the foreground waits for
+    /// an answer.
+    probe_silence: bool,
+    /// When our consent check in flight on the selected pair went.
+    consent_sent: Option<Instant>,
+    /// The silence deadline last acted upon (each is acted upon once).
+    silence_acted: Option<Instant>,
     /// When the policy became [`KeepalivePolicy::Suspended`].
     suspended_at: Option<Instant>,
     /// The peer's last check on the selected pair, and the gap before it (its keepalive
@@ -502,6 +529,9 @@ impl IceAgent {
             round: None,
             round_give_up: None,
             probe_from: None,
+            probe_silence: false,
+            consent_sent: None,
+            silence_acted: None,
             suspended_at: None,
             peer_round: None,
             keepalive_pair: None,
@@ -764,6 +794,7 @@ impl IceAgent {
         }
         let srflx = candidate.kind == CandidateKind::ServerReflexive
             && candidate.transport == CandidateTransport::Udp;
+        let relayed = candidate.kind == CandidateKind::Relayed;
         self.remotes.push(candidate);
         self.learned_on.push(None);
         let r = self.remotes.len() - 1;
@@ -773,8 +804,57 @@ impl IceAgent {
         if srflx {
             self.predict_from(r);
         }
+        if relayed && self.rank_relay_lookalikes() {
+            self.reprioritize();
+            self.renominate_best();
+            self.reselect(self.now);
+        }
         self.schedule_checks_now();
         true
+    }
+
+    /// Whether peer-reflexive candidate `c` is one of the peer's relayed candidates seen
+    /// with another port: a source at the IP of a relayed candidate of the peer's (of
+    /// its TURN server) is that relay behind something that rewrote the port (a TURN
+    /// server behind a NAT or a load balancer; in the NAT lab, the source rewriting of
+    /// miniupnpd's PEER rule), not a host of the peer's. A check's PRIORITY is a
+    /// peer-reflexive one's even from a relayed candidate (RFC 8445 §7.1.1), which would
+    /// rank that relay above our direct pairs, on this side only.
+    fn relay_lookalike(&self, c: &Candidate) -> bool {
+        c.kind == CandidateKind::PeerReflexive
+            && self.remotes.iter().any(|k| {
+                k.kind == CandidateKind::Relayed
+                    && k.transport == c.transport
+                    && k.address == c.address
+            })
+    }
+
+    /// The relayed type preference (RFC 8445 §5.1.2.2) for the peer-reflexive candidate
+    /// `c` when it is a relay lookalike ([`IceAgent::relay_lookalike`]), keeping the rest
+    /// of its priority; whether it changed.
+    fn rank_as_relay(&self, c: &mut Candidate) -> bool {
+        if !self.relay_lookalike(c) {
+            return false;
+        }
+        let ranked = (CandidateKind::Relayed.type_preference_on(c.transport) << 24)
+            | (c.priority & 0x00FF_FFFF);
+        std::mem::replace(&mut c.priority, ranked) != ranked
+    }
+
+    /// Ranks the peer-reflexive candidates that turn out to be relay lookalikes (a
+    /// relayed candidate of the peer's arrived after them) as relayed; whether any
+    /// changed.
+    fn rank_relay_lookalikes(&mut self) -> bool {
+        let mut changed = false;
+        for r in 0..self.remotes.len() {
+            let mut c = self.remotes[r].clone();
+            if self.rank_as_relay(&mut c) {
+                debug!(remote = %c, "a peer-reflexive candidate at the peer's relay: ranked as relayed");
+                self.remotes[r] = c;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// How the peer's NAT allocates external ports, as the peer says (pinhole's
@@ -908,6 +988,7 @@ impl IceAgent {
         self.round = None;
         self.round_give_up = None;
         self.probe_from = None;
+        self.consent_sent = None;
         self.peer_round = None;
         self.keepalive_pair = None;
         self.keepalive.reset();
@@ -1072,6 +1153,7 @@ impl IceAgent {
             self.hold_until,
             self.follow_at,
             self.round_give_up,
+            self.silence_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -1119,6 +1201,7 @@ impl IceAgent {
                 self.learn(false, silence);
             }
         }
+        self.watch_silence(now);
         if self.next_consent.is_some_and(|t| t <= now) {
             self.next_consent = None;
             if let Some(s) = self.selected.filter(|_| !self.config.lite) {
@@ -1134,6 +1217,7 @@ impl IceAgent {
                         now.saturating_duration_since(self.pairs[s].last_traffic.unwrap_or(now));
                     self.send_check(now, s, nominate);
                     self.round = self.pairs[s].check.map(|(id, _)| (id, silence));
+                    self.consent_sent = Some(now);
                     if !self.controlling {
                         // A watcher that had to check: the keeper's pace it knew is
                         // stale (the keeper slowed down, or its round was lost); it
@@ -1401,26 +1485,101 @@ impl IceAgent {
                 let resume =
                     old == KeepalivePolicy::Suspended || policy == KeepalivePolicy::Foreground;
                 if resume && self.selected.is_some() {
-                    self.probe_from = Some(now);
-                    self.next_consent = Some(now);
-                    // The other valid pairs are as stale: each gets a check now, so that
-                    // one that still works (a relayed pair whose allocation lived) is
-                    // fresh when the selected one's probe runs out.
-                    let selected = self.selected;
-                    for i in 0..self.pairs.len() {
-                        if Some(i) != selected
-                            && self.pairs[i].state == PairState::Succeeded
-                            && self.pairs[i].check.is_none()
-                            && !self.triggered.contains(&i)
-                        {
-                            self.triggered.push_back(i);
-                        }
-                    }
-                    self.next_check = Some(now);
+                    self.start_probe(now, false);
                 } else if self.selected.is_some() {
                     self.arm_consent(now);
                 }
             }
+        }
+    }
+
+    /// Probes the path: the selected pair gets a consent check now and has
+    /// [`RESUME_PROBE`] to answer it (or, outside the foreground, to be checked by the
+    /// peer) before it is given up. The other valid pairs are as stale: each gets a
+    /// check now, so that one that still works (a relayed pair whose allocation lived,
+    /// a relayed candidate of the peer's that our new mapping reaches) is fresh when the
+    /// selected one's probe runs out.
+    fn start_probe(&mut self, now: Instant, silence: bool) {
+        self.probe_from = Some(now);
+        self.probe_silence = silence;
+        self.next_consent = Some(now);
+        let selected = self.selected;
+        // A check in flight on the selected pair is replaced by a new one: its
+        // retransmissions are far apart by now, the new one's go at the RTO again.
+        if let Some(s) = selected {
+            if let Some((id, _)) = self.pairs[s].check.take() {
+                self.client.cancel(id);
+                if self.round.is_some_and(|(r, _)| r == id) {
+                    self.round = None;
+                    self.round_give_up = None;
+                }
+            }
+        }
+        for i in 0..self.pairs.len() {
+            if Some(i) != selected
+                && self.pairs[i].state == PairState::Succeeded
+                && self.pairs[i].check.is_none()
+                && !self.triggered.contains(&i)
+            {
+                self.triggered.push_back(i);
+            }
+        }
+        self.next_check = Some(now);
+    }
+
+    /// Since when the path is being probed (after a resume, or found silent in the
+    /// foreground, see [`UNANSWERED_CHECK`]): pairs not heard from since have until
+    /// that time and [`RESUME_PROBE`] to answer. `None` when no probe runs.
+    #[must_use]
+    pub fn probing_since(&self) -> Option<Instant> {
+        self.probe_from
+    }
+
+    /// When the selected path's silence is looked at next, in the foreground
+    /// ([`UNANSWERED_CHECK`], [`SILENT_PATH`]).
+    fn silence_deadline(&self) -> Option<Instant> {
+        if self.policy != KeepalivePolicy::Foreground
+            || self.config.lite
+            || self.probe_from.is_some()
+        {
+            return None;
+        }
+        let p = &self.pairs[self.selected?];
+        let heard = p.last_answer.max(p.last_data).max(p.last_check_in);
+        let due = match p.check {
+            // Our check in flight, nothing heard on the pair since it went.
+            Some(_) => self
+                .consent_sent
+                .filter(|t| heard.is_none_or(|h| h < *t))
+                .map(|t| t + UNANSWERED_CHECK),
+            // The peer's data was the last thing heard: when it stops, a consent check
+            // goes at once rather than at the next consent time (once: its answer is
+            // heard after the data).
+            None => p
+                .last_data
+                .filter(|d| Some(*d) == heard)
+                .map(|d| d + SILENT_PATH),
+        };
+        due.filter(|t| self.silence_acted != Some(*t))
+    }
+
+    /// The selected path's silence in the foreground: the peer's data stopped (a
+    /// consent check goes now), or our check went unanswered (the path is probed).
+    fn watch_silence(&mut self, now: Instant) {
+        let Some(due) = self.silence_deadline().filter(|t| *t <= now) else {
+            return;
+        };
+        self.silence_acted = Some(due);
+        let Some(s) = self.selected else { return };
+        if self.pairs[s].check.is_some() {
+            debug!(
+                pair = s,
+                "the selected pair does not answer: probing every valid pair"
+            );
+            self.start_probe(now, true);
+        } else {
+            debug!(pair = s, "the peer's data stopped: a consent check now");
+            self.next_consent = Some(now);
         }
     }
 
@@ -1489,8 +1648,11 @@ impl IceAgent {
         let pace = gap.filter(|g| *g >= super::keepalive::MIN_INTERVAL / 2);
         let previous = self.peer_round.and_then(|(_, g)| g);
         self.peer_round = Some((now, pace.or(previous)));
-        if self.probe_from.is_some() && self.policy != KeepalivePolicy::Foreground {
-            // Heard since the resume: fresh again (the foreground waits for an answer).
+        if self.probe_from.is_some()
+            && (self.probe_silence || self.policy != KeepalivePolicy::Foreground)
+        {
+            // Heard since the resume: fresh again (the foreground waits for an answer
+            // after a resume, not after a silence).
             self.probe_from = None;
         }
         self.learn(true, silence);
@@ -1757,6 +1919,9 @@ impl IceAgent {
                     0,
                 );
                 c.priority = priority;
+                if self.rank_as_relay(&mut c) {
+                    debug!(from = %rx.source, "a check from the peer's relay, its port rewritten: ranked as relayed");
+                }
                 if transport == CandidateTransport::Tcp {
                     // RFC 6544 §7.2.2: the peer connected to our passive candidate from an
                     // active one, or both opened at once.
@@ -2097,6 +2262,7 @@ impl IceAgent {
                         self.hold_until = Some(now + NOMINATION_HOLD);
                     }
                 } else if better {
+                    debug!(pair = i, old = ?self.nominated, "nominating a better valid pair");
                     self.hold_until = None;
                     if let Some(old) = self.nominated.filter(|o| *o != i) {
                         self.stop_nominating(old);
@@ -2181,6 +2347,13 @@ impl IceAgent {
         if pick == self.selected && nominated == self.selected_nominated {
             return;
         }
+        debug!(
+            from = ?self.selected,
+            to = ?pick,
+            nominated,
+            by_nomination = ?self.nominated,
+            "selected pair changes"
+        );
         if pick.is_some() && pick != self.keepalive_pair {
             // What was learned of the keepalive interval was about another path's NATs
             // (the same pair lost for a while and back keeps what it learned).
@@ -2224,7 +2397,7 @@ impl IceAgent {
 
     fn update_failed(&mut self) {
         // A resumed path that did not answer leaves the agent disconnected, not failed:
-        // the peer connection restarts ICE at that very moment (`ResumeFailed`), and an
+        // the peer connection restarts ICE at that very moment (`PathLost`), and an
         // app must not take the end of a pause for the end of the connection.
         if self.probe_from.is_some() {
             return;

@@ -6,8 +6,10 @@
 //! keep the NAT bindings of the path in use from expiring. So the agent runs under a
 //! [`KeepalivePolicy`]:
 //!
-//! - [`KeepalivePolicy::Foreground`] (the default): RFC 7675 exactly, checks every
-//!   4–6 s on the selected pair and consent lost after 30 s without an answer.
+//! - [`KeepalivePolicy::Foreground`] (the default): RFC 7675, checks every 4–6 s on
+//!   the selected pair and consent lost after 30 s without an answer; a path that stops
+//!   answering is probed and given up within seconds
+//!   ([`super::agent::UNANSWERED_CHECK`]).
 //! - [`KeepalivePolicy::Background`]: one round (a check and its answer) per keepalive
 //!   interval on the selected pair, an interval that adapts to the NATs
 //!   ([`AdaptiveInterval`]). One round refreshes both NATs' bindings (the request leaves

@@ -13,7 +13,7 @@ pub mod tcp;
 
 pub use agent::{
     IceAgent, IceConfig, IceCredentials, IceEvent, IceInput, IceState, MAX_PREDICTED_PORTS,
-    MAX_REMOTE_TA, MIN_TA, NOMINATION_HOLD, SILENT_PATH, pair_priority,
+    MAX_REMOTE_TA, MIN_TA, NOMINATION_HOLD, SILENT_PATH, UNANSWERED_CHECK, pair_priority,
 };
 
 pub use birthday::{BirthdayConfig, BirthdayEvent, BirthdayProber, BirthdayRole};

@@ -203,12 +203,15 @@ pub enum PeerEvent {
     /// UDP) that the driver may ask a PCP gateway for a PEER mapping toward (RFC 6887
     /// §12); its answer comes back through [`Peer::pcp_peer_mapped`].
     PcpPeerRemote(SocketAddr),
-    /// A path resumed after [`KeepalivePolicy::Suspended`] (or the background) did not
-    /// answer within [`RESUME_PROBE`]: its NAT bindings, its relay or the peer went away
-    /// meanwhile. The driver restarts ICE as after a network change
-    /// ([`Peer::network_changed`] with the bases as they are, the port mapping and the
-    /// ICE-TCP bases asked for again) and sends the peer the new credentials.
-    ResumeFailed,
+    /// The path was probed and neither it nor another pair answered within
+    /// [`RESUME_PROBE`]: after a resume from [`KeepalivePolicy::Suspended`] (or the
+    /// background) its NAT bindings, its relay or the peer went away meanwhile; in the
+    /// foreground it stopped answering ([`crate::ice::UNANSWERED_CHECK`]: a NAT on it
+    /// dropped its mapping and made another, a firewall closed it). The driver restarts
+    /// ICE as after a network change ([`Peer::network_changed`] with the bases as they
+    /// are, the port mapping and the ICE-TCP bases asked for again) and sends the peer the
+    /// new credentials.
+    PathLost,
 }
 
 /// What a received datagram was.
@@ -310,8 +313,11 @@ pub struct Peer {
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
     birthday: Birthday,
-    /// After a resume: when to look whether the path came back (else ICE restarts).
+    /// After the agent started probing the path (a resume, a silence): when to look
+    /// whether it came back (else ICE restarts).
     resume_check: Option<Instant>,
+    /// The agent's probe that `resume_check` was armed for.
+    probe_seen: Option<Instant>,
     /// TURN servers that refused RFC 8016 mobility (405).
     no_mobility: Vec<SocketAddr>,
     /// The latest time the machine was given.
@@ -476,6 +482,7 @@ impl Peer {
             events: VecDeque::new(),
             birthday: Birthday::default(),
             resume_check: None,
+            probe_seen: None,
             no_mobility: Vec::new(),
             now,
             seed,
@@ -558,8 +565,8 @@ impl Peer {
     /// foreground, background and suspended. The agent's consent checks and the TURN
     /// allocations' liveness checks and keepalives follow it. Leaving
     /// [`KeepalivePolicy::Suspended`] (or going back to the foreground) probes the path;
-    /// if it does not answer within [`RESUME_PROBE`], [`PeerEvent::ResumeFailed`] asks for
-    /// an ICE restart.
+    /// if it does not answer within [`RESUME_PROBE`], [`PeerEvent::PathLost`] asks for an
+    /// ICE restart.
     pub fn set_keepalive_policy(&mut self, now: Instant, policy: KeepalivePolicy) {
         self.now = self.now.max(now);
         let old = self.agent.keepalive_policy();
@@ -571,14 +578,24 @@ impl Peer {
         for r in &mut self.relays {
             r.alloc.set_checks(now, liveness, keepalive);
         }
-        let resume = old == KeepalivePolicy::Suspended || policy == KeepalivePolicy::Foreground;
-        self.resume_check =
-            (resume && policy != KeepalivePolicy::Suspended && self.agent.selected().is_some())
-                .then(|| now + RESUME_PROBE + RESUME_GRACE);
+        self.watch_probe();
     }
 
-    /// After a resume: restart ICE if the path did not come back.
+    /// The agent started probing the path (a resume, or a silence in the foreground):
+    /// the outcome is looked at when the probe ends.
+    fn watch_probe(&mut self) {
+        let Some(from) = self.agent.probing_since() else {
+            return;
+        };
+        if self.probe_seen != Some(from) {
+            self.probe_seen = Some(from);
+            self.resume_check = Some(from + RESUME_PROBE + RESUME_GRACE);
+        }
+    }
+
+    /// When a probe ended: restart ICE if no path answered.
     fn check_resumed(&mut self, now: Instant) {
+        self.watch_probe();
         if self.resume_check.is_none_or(|t| t > now) {
             return;
         }
@@ -586,8 +603,8 @@ impl Peer {
         if self.agent.state() == IceState::Connected {
             return;
         }
-        debug!("the resumed path did not answer: ICE must restart");
-        self.events.push_back(PeerEvent::ResumeFailed);
+        debug!("the probed path did not answer: ICE must restart");
+        self.events.push_back(PeerEvent::PathLost);
     }
 
     /// The same, but not on the servers in `except`.
@@ -1075,13 +1092,38 @@ impl Peer {
     /// The peer restarts too when it sees the new credentials (its
     /// [`Peer::set_remote_credentials`] with a new ufrag: the application calls its
     /// `restart` then, as for any new description).
+    ///
+    /// A restart while our path is lost or being probed (the peer's answer to its own
+    /// [`PeerEvent::PathLost`] often comes first) also asks the STUN servers again: our
+    /// NAT may have mapped us anew (a reboot, a rebinding), and without the new
+    /// server-reflexive address neither side reaches the other through address-and-port
+    /// dependent filters. [`PeerEvent::GatheringComplete`] then waits for their answers.
     pub fn restart(&mut self) -> IceCredentials {
-        let creds = self.agent.restart();
+        let lost =
+            self.agent.probing_since().is_some() || self.agent.state() != IceState::Connected;
+        let regather = lost
+            && self.gathering_done
+            && !self.config.relay_only
+            && !self.config.ice.lite
+            && !self.config.stun_servers.is_empty();
+        let creds = if regather {
+            debug!("restart with the path lost: asking the STUN servers again");
+            self.agent.restart_with_locals(|_, _| true)
+        } else {
+            self.agent.restart()
+        };
         let again: Vec<Candidate> = self.agent.local_candidates().cloned().collect();
         for c in again {
             self.events.push_back(PeerEvent::Candidate(c));
         }
-        if self.gathering_done {
+        if regather {
+            self.gathering_done = false;
+            self.srflx_order.clear();
+            self.gathered.clear();
+            let now = self.now;
+            self.ask_stun_servers(now);
+            self.check_gathering();
+        } else if self.gathering_done {
             self.events.push_back(PeerEvent::GatheringComplete);
         }
         creds

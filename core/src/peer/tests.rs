@@ -29,6 +29,8 @@ struct World {
     turn: TurnServer,
     next_relay_port: u16,
     sides: [Side; 2],
+    /// Each side's NAT, if any.
+    nats: [Option<crate::sim::NatId>; 2],
     /// Signal each side's port allocation ([`Peer::port_allocation`]) with its
     /// end-of-candidates, as `pinhole connect` does.
     share_allocation: bool,
@@ -59,10 +61,11 @@ impl World {
         net.add_host(a(TURN).ip(), None);
         let locals = [a("192.168.1.10:5000"), a("10.0.0.10:6000")];
         let externals = ["198.51.100.1", "198.51.100.2"];
-        for i in 0..2 {
+        let nats = [0, 1].map(|i| {
             let nat = nats[i].map(|c| net.add_nat(externals[i].parse().unwrap(), c));
             net.add_host(locals[i].ip(), nat);
-        }
+            nat
+        });
         let stun = StunServer::new(ServerConfig {
             rate_limit: None,
             ..ServerConfig::new(a(STUN))
@@ -102,6 +105,7 @@ impl World {
             turn,
             next_relay_port: 49152,
             sides,
+            nats,
             share_allocation: false,
         };
         let creds = [0, 1].map(|i| w.sides[i].peer.local_credentials().clone());
@@ -1872,8 +1876,109 @@ fn a_network_change_asks_for_the_tcp_bases_again() {
     assert_eq!(events.last(), Some(&PeerEvent::GatheringComplete));
 }
 
+/// A NAT that drops its mappings and maps the next packet to a new port (a reboot, a
+/// carrier NAT rebinding): the peer's address-and-port-dependent filter drops what comes
+/// from the new port, and the peer's packets go to the old one, so the direct pair is
+/// dead both ways and nothing on it says so. The foreground's silence probe
+/// ([`crate::ice::UNANSWERED_CHECK`]) gives it up within seconds, where RFC 7675's
+/// consent would take 30 s and then leave the agent disconnected: with relays the path
+/// moves to a relayed pair of the peer's (its permission is for our IP, so our new port
+/// reaches it), without them the peer connection asks for a restart (`PathLost`),
+/// which connects again.
+#[test]
+fn a_nat_that_maps_anew_is_given_up_within_seconds() {
+    let rebinding = NatConfig {
+        allocation: crate::sim::PortAllocation::Random,
+        ..NatConfig::new(
+            Behaviour::EndpointIndependent,
+            Behaviour::AddressAndPortDependent,
+        )
+    };
+    let plain = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    // A consent check goes within 6 s (RFC 7675 §5.1), unanswered for
+    // UNANSWERED_CHECK it starts the probe, which gives the pair RESUME_PROBE more.
+    let bound = Duration::from_secs(6) + crate::ice::UNANSWERED_CHECK + RESUME_PROBE;
+    for relays in [true, false] {
+        let config = PeerConfig {
+            no_relay: !relays,
+            ..PeerConfig::default()
+        };
+        let mut w = World::new(
+            [Some(rebinding), Some(plain)],
+            Conditions::default(),
+            config,
+        );
+        assert!(w.connect(Duration::from_secs(10)));
+        assert!(w.data_flows(0) && w.data_flows(1));
+        let direct = |w: &World, i: usize| {
+            let (l, r) = w.sides[i]
+                .peer
+                .agent()
+                .selected_candidates()
+                .expect("a pair");
+            l.kind != CandidateKind::Relayed && r.kind != CandidateKind::Relayed
+        };
+        assert!(direct(&w, 0) && direct(&w, 1));
+        for s in &mut w.sides {
+            s.events.clear();
+        }
+        let flushed = w.now;
+        w.net.flush(w.nats[0].expect("a NAT"));
+        let lost = |w: &World, i: usize| w.sides[i].events.contains(&PeerEvent::PathLost);
+        let relayed = |w: &World| {
+            (0..2).all(|i| w.sides[i].peer.agent().state() == IceState::Connected)
+                && !direct(w, 0)
+                && !direct(w, 1)
+        };
+        // Data still goes out on the old pair meanwhile, and is lost.
+        while w.now < flushed + bound && !(lost(&w, 0) || lost(&w, 1)) {
+            if relays && relayed(&w) && w.data_flows(0) && w.data_flows(1) {
+                break;
+            }
+            w.run_for(Duration::from_millis(100));
+            let _ = (w.data_flows(0), w.data_flows(1));
+        }
+        if relays {
+            // The peer's relayed candidate reaches it: no restart.
+            assert!(!lost(&w, 0) && !lost(&w, 1), "{:?}", w.sides[0].events);
+            assert!(relayed(&w), "not on a relayed pair within {bound:?}");
+            assert!(w.data_flows(0) && w.data_flows(1));
+            println!(
+                "with relays: on a relayed pair {:?} after the flush",
+                w.now - flushed
+            );
+            continue;
+        }
+        assert!(lost(&w, 0) || lost(&w, 1), "no PathLost within {bound:?}");
+        // What the driver does: the side that lost the path restarts as after a network
+        // change; the peer answers the new credentials with a restart of its own.
+        let first = usize::from(!lost(&w, 0));
+        let bases = w.sides[first].peer.bases().to_vec();
+        let mine = w.sides[first].peer.network_changed(w.now, &bases);
+        let theirs = w.sides[1 - first].peer.restart();
+        w.sides[1 - first].peer.set_remote_credentials(mine);
+        w.sides[first].peer.set_remote_credentials(theirs);
+        for s in &mut w.sides {
+            s.events.clear();
+        }
+        assert!(
+            w.connect(Duration::from_secs(10)),
+            "no pair after the restart"
+        );
+        assert!(w.data_flows(0) && w.data_flows(1));
+        assert!(direct(&w, 0) && direct(&w, 1));
+        println!(
+            "without relays: connected again {:?} after the flush",
+            w.now - flushed
+        );
+    }
+}
+
 /// Issue 14's suspended policy: a resume whose path is gone (both NATs forgot it while
-/// the app was suspended) and that has no other asks for a restart (`ResumeFailed`); the
+/// the app was suspended) and that has no other asks for a restart (`PathLost`); the
 /// restart, signalled as after a network change, connects again. A resume whose path
 /// lived asks for nothing; one with a relayed pair left moves to it.
 #[test]
@@ -1909,7 +2014,7 @@ fn a_resume_whose_path_is_gone_asks_for_a_restart_that_connects_again() {
             .peer
             .set_keepalive_policy(resumed, KeepalivePolicy::Foreground);
         w.run_for(RESUME_PROBE + Duration::from_secs(1));
-        let failed = |w: &World, i: usize| w.sides[i].events.contains(&PeerEvent::ResumeFailed);
+        let failed = |w: &World, i: usize| w.sides[i].events.contains(&PeerEvent::PathLost);
         if suspended_for < Duration::from_secs(120) {
             assert!(!failed(&w, 0) && !failed(&w, 1), "the path lived");
             assert!(w.data_flows(0) && w.data_flows(1));

@@ -621,14 +621,24 @@ fn a_stale_nomination_does_not_undo_a_renomination() {
 }
 
 #[test]
-fn consent_is_lost_within_its_timeout_and_traffic_stops() {
+fn a_peer_that_stops_answering_is_given_up_within_seconds_and_traffic_stops() {
     let mut w = World::new([None, None], Conditions::default(), 5);
     assert!(w.connect(Duration::from_secs(5)));
     let lost_from = w.now;
     w.muted[1] = true;
-    w.run_for(Duration::from_secs(29));
+    // A consent check goes within 6 s (RFC 7675 §5.1: 0.8–1.2 × 5 s); unanswered for
+    // UNANSWERED_CHECK it starts a probe, and the pair has RESUME_PROBE more.
+    let earliest = UNANSWERED_CHECK + RESUME_PROBE;
+    w.run_for(earliest - Duration::from_millis(100));
     assert_eq!(w.peers[0].agent.state(), IceState::Connected);
-    w.run_for(Duration::from_secs(2));
+    let latest = Duration::from_secs(6) + earliest;
+    w.run_for(latest - earliest + Duration::from_millis(200));
+    let from = w.peers[0].agent.probing_since().expect("a probe ran");
+    assert!(
+        from - lost_from >= UNANSWERED_CHECK,
+        "{:?}",
+        from - lost_from
+    );
     assert_eq!(
         w.peers[0].agent.state(),
         IceState::Disconnected,
@@ -636,6 +646,24 @@ fn consent_is_lost_within_its_timeout_and_traffic_stops() {
         w.now - lost_from
     );
     assert!(w.peers[0].agent.selected().is_none());
+}
+
+#[test]
+fn a_lost_answer_starts_no_probe() {
+    // 20 % loss each way: a consent check's answer is often lost, rarely four times in
+    // a row (the check goes again at 250, 750 and 1750 ms), and a probe that does start
+    // ends with the pair's next answer. The path stays up for ten minutes.
+    let conditions = Conditions {
+        loss: 0.2,
+        ..Conditions::default()
+    };
+    let mut w = World::new([None, None], conditions, 31);
+    assert!(w.connect(Duration::from_secs(10)));
+    for _ in 0..600 {
+        w.run_for(Duration::from_secs(1));
+        assert_eq!(w.peers[0].agent.state(), IceState::Connected);
+        assert_eq!(w.peers[1].agent.state(), IceState::Connected);
+    }
 }
 
 #[test]
@@ -1069,6 +1097,86 @@ fn a_signalled_candidate_replacing_a_peer_reflexive_one_takes_its_priority_and_r
     assert_eq!(g.nominated, Some(d));
     assert!(g.nomination_seq > seq);
     assert!(g.triggered.contains(&d));
+    w.run_for(Duration::from_secs(1));
+    let (l, r) = nominated(&w.peers[0]).expect("nominated");
+    assert_eq!(r.kind, CandidateKind::ServerReflexive, "{l:?} -> {r:?}");
+    assert!(w.data_flows(0) && w.data_flows(1));
+}
+
+/// The peer's relayed candidate seen with another port (a TURN server behind a NAT that
+/// rewrites ports; in the NAT lab, miniupnpd's PEER rule rewriting sources): learned from
+/// a check as peer-reflexive, with the check's PRIORITY (type preference 110), it outranks
+/// the direct pair and the controlling agent renominates it. The peer's relayed candidate
+/// at that IP ranks it as relayed: the direct pair is nominated again; a lookalike learned
+/// once that candidate is known is ranked as relayed at once.
+#[test]
+fn a_peer_reflexive_candidate_at_the_peers_relay_ranks_as_relayed() {
+    let cone = NatConfig::new(
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressAndPortDependent,
+    );
+    let mut w = World::new([Some(cone), Some(cone)], Conditions::default(), 25);
+    assert!(w.connect(Duration::from_secs(5)));
+    let g = &mut w.peers[0].agent;
+    assert!(g.is_controlling());
+    let d = g.nominated.expect("a nominated pair");
+    let seq = g.nomination_seq;
+    let seen = a("203.0.113.20:50999");
+    let learned = Candidate::new(
+        CandidateKind::PeerReflexive,
+        CandidateTransport::Udp,
+        seen,
+        seen.ip(),
+        None,
+        65535,
+    );
+    g.remotes.push(learned.clone());
+    g.learned_on.push(Some(g.locals[g.pairs[d].local].base));
+    let r = g.remotes.len() - 1;
+    g.pair_up(g.pairs[d].local, r);
+    let p = g.pairs.len() - 1;
+    assert!(g.pairs[p].priority > g.pairs[d].priority);
+    g.pairs[p].state = PairState::Succeeded;
+    g.pairs[p].last_answer = Some(w.now);
+    g.stop_nominating(d);
+    g.nominated = Some(p);
+    // The peer's relayed candidate: the same IP, the port its TURN server gave it.
+    let relay = a("203.0.113.20:50000");
+    let signalled = Candidate::new(
+        CandidateKind::Relayed,
+        CandidateTransport::Udp,
+        relay,
+        relay.ip(),
+        Some(relay.ip()),
+        65535,
+    );
+    assert!(g.add_remote_candidate(signalled));
+    assert_eq!(g.remotes[r].kind, CandidateKind::PeerReflexive);
+    assert_eq!(
+        g.remotes[r].priority >> 24,
+        CandidateKind::Relayed.type_preference()
+    );
+    assert!(g.pairs[p].priority < g.pairs[d].priority);
+    assert_eq!(g.nominated, Some(d));
+    assert!(g.nomination_seq > seq);
+    // Learned now, another would be ranked as relayed from the start; a peer-reflexive
+    // candidate elsewhere keeps its priority.
+    let mut again = learned.clone();
+    assert!(g.rank_as_relay(&mut again));
+    assert_eq!(
+        again.priority >> 24,
+        CandidateKind::Relayed.type_preference()
+    );
+    let elsewhere = a("198.51.100.7:4000");
+    let mut other = Candidate::new(
+        CandidateKind::PeerReflexive,
+        CandidateTransport::Udp,
+        elsewhere,
+        elsewhere.ip(),
+        None,
+        65535,
+    );
+    assert!(!g.rank_as_relay(&mut other));
     w.run_for(Duration::from_secs(1));
     let (l, r) = nominated(&w.peers[0]).expect("nominated");
     assert_eq!(r.kind, CandidateKind::ServerReflexive, "{l:?} -> {r:?}");
