@@ -2363,6 +2363,11 @@ impl IceAgent {
             self.round_give_up = None;
             self.peer_round = None;
         }
+        if pick != self.selected {
+            // Our consent check in flight was on the old pair: the new one's silence is
+            // measured from its own next check.
+            self.consent_sent = None;
+        }
         self.selected = pick;
         self.selected_nominated = nominated;
         if pick.is_some() {
