@@ -105,6 +105,14 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// The default [`AllocationConfig::liveness`]: a lost allocation is noticed within about
 /// this long plus a round trip (plus a 438 and its retry after a server restart).
 pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
+/// A liveness check (or an RFC 8016 move) unanswered this long, with nothing at all from
+/// the server since it went, means the server is gone (dead, unreachable, or restarted and silent about the
+/// allocations it forgot, as coturn with `mobility` is): the allocation is
+/// [`AllocationEvent::Lost`] then, not at the end of the check's transaction (39.5 s).
+/// The check has gone five times by then (0, 0.5, 1.5, 3.5 and 7.5 s at the default
+/// RTO), so lost answers alone rarely get there; anything from the server (an answer to
+/// another request, relayed data) proves it alive.
+pub const LIVENESS_SILENCE: Duration = Duration::from_secs(8);
 
 impl AllocationConfig {
     /// An allocation on `server` from `local` with the defaults.
@@ -227,6 +235,14 @@ enum Purpose {
     MoveConfirm,
 }
 
+impl Purpose {
+    /// Whether it tells that the allocation lives: a liveness check, or a move
+    /// ([`LIVENESS_SILENCE`] applies to them).
+    fn asks_liveness(&self) -> bool {
+        matches!(self, Purpose::Check | Purpose::Move | Purpose::MoveConfirm)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Auth {
     username: String,
@@ -290,6 +306,10 @@ pub struct Allocation {
     keepalive_out: Option<Transmit>,
     /// When the next liveness check goes (over UDP, allocated).
     liveness_at: Option<Instant>,
+    /// When the liveness check (or move) in flight went ([`LIVENESS_SILENCE`]).
+    check_sent: Option<Instant>,
+    /// When anything last came from the server.
+    heard_at: Option<Instant>,
     /// Transaction IDs for the keepalive indications (they need not be secret: nothing
     /// answers them; RFC 8489 §5 asks only requests' IDs to be unpredictable).
     keepalive_ids: u64,
@@ -332,6 +352,8 @@ impl Allocation {
             keepalive_at: None,
             keepalive_out: None,
             liveness_at: None,
+            check_sent: None,
+            heard_at: None,
             keepalive_ids: u64::from_le_bytes([
                 seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
             ]),
@@ -494,6 +516,13 @@ impl Allocation {
                 }
                 _ => {}
             }
+        }
+        if matches!(
+            purpose,
+            Purpose::Check | Purpose::Move | Purpose::MoveConfirm
+        ) && !self.purposes.iter().any(|(_, p)| p.asks_liveness())
+        {
+            self.check_sent = Some(now);
         }
         let method = match purpose {
             Purpose::Allocate => Method::ALLOCATE,
@@ -699,6 +728,7 @@ impl Allocation {
         if rx.source != self.config.server || rx.destination != self.config.local {
             return Input::NotTurn;
         }
+        self.heard_at = Some(now);
         if is_channel_data(rx.contents) {
             let Ok(cd) = ChannelData::parse(rx.contents) else {
                 debug!("malformed ChannelData dropped");
@@ -757,6 +787,11 @@ impl Allocation {
             return;
         }
         if self.expires_at.is_some_and(|e| now >= e) {
+            self.lose(TurnError::TimedOut);
+            return;
+        }
+        if self.silence_deadline().is_some_and(|t| now >= t) {
+            debug!(server = %self.config.server, "the server is silent: allocation lost");
             self.lose(TurnError::TimedOut);
             return;
         }
@@ -869,6 +904,7 @@ impl Allocation {
             consider(self.expires_at);
             consider(self.keepalive_at);
             consider(self.liveness_at);
+            consider(self.silence_deadline());
             for p in self
                 .permissions
                 .iter()
@@ -881,6 +917,14 @@ impl Allocation {
             }
         }
         t
+    }
+
+    /// When the server's silence loses the allocation ([`LIVENESS_SILENCE`]): a liveness
+    /// check in flight, nothing from the server since it went.
+    fn silence_deadline(&self) -> Option<Instant> {
+        let sent = self.check_sent?;
+        let in_flight = self.purposes.iter().any(|(_, p)| p.asks_liveness());
+        (in_flight && self.heard_at.is_none_or(|h| h < sent)).then(|| sent + LIVENESS_SILENCE)
     }
 
     /// The next event.

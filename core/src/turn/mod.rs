@@ -9,7 +9,8 @@ mod server;
 
 pub use allocation::{
     Allocation, AllocationConfig, AllocationEvent, CHANNEL_REFRESH, DEFAULT_LIFETIME, Input,
-    KEEPALIVE_INTERVAL, LIVENESS_INTERVAL, PERMISSION_REFRESH, REFRESH_MARGIN, RequestedFamily,
+    KEEPALIVE_INTERVAL, LIVENESS_INTERVAL, LIVENESS_SILENCE, PERMISSION_REFRESH, REFRESH_MARGIN,
+    RequestedFamily,
 };
 pub use channel::{
     ChannelData, HEADER_LEN as CHANNEL_DATA_HEADER_LEN, MAX_CHANNEL, MIN_CHANNEL, StreamFramer,
