@@ -106,12 +106,12 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// this long plus a round trip (plus a 438 and its retry after a server restart).
 pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
 /// A liveness check (or an RFC 8016 move) unanswered this long, with nothing at all from
-/// the server since it went, means the server is gone (dead, unreachable, or restarted and silent about the
-/// allocations it forgot, as coturn with `mobility` is): the allocation is
-/// [`AllocationEvent::Lost`] then, not at the end of the check's transaction (39.5 s).
-/// The check has gone five times by then (0, 0.5, 1.5, 3.5 and 7.5 s at the default
-/// RTO), so lost answers alone rarely get there; anything from the server (an answer to
-/// another request, relayed data) proves it alive.
+/// the server since it went, means the server is gone (dead, unreachable, or restarted
+/// and silent about the allocations it forgot, as coturn with `mobility` is): the
+/// allocation is [`AllocationEvent::Lost`] then, not at the end of the check's
+/// transaction (39.5 s). The check has gone five times by then (0, 0.5, 1.5, 3.5 and
+/// 7.5 s at the default RTO), so lost answers alone rarely get there; anything from the
+/// server (an answer to another request, relayed data) proves it alive.
 pub const LIVENESS_SILENCE: Duration = Duration::from_secs(8);
 
 impl AllocationConfig {
@@ -517,11 +517,7 @@ impl Allocation {
                 _ => {}
             }
         }
-        if matches!(
-            purpose,
-            Purpose::Check | Purpose::Move | Purpose::MoveConfirm
-        ) && !self.purposes.iter().any(|(_, p)| p.asks_liveness())
-        {
+        if purpose.asks_liveness() && !self.purposes.iter().any(|(_, p)| p.asks_liveness()) {
             self.check_sent = Some(now);
         }
         let method = match purpose {
