@@ -649,7 +649,7 @@ fn a_peer_that_stops_answering_is_given_up_within_seconds_and_traffic_stops() {
 }
 
 #[test]
-fn a_lost_answer_starts_no_probe() {
+fn lost_answers_under_heavy_loss_do_not_drop_the_path() {
     // 20 % loss each way: a consent check's answer is often lost, rarely four times in
     // a row (the check goes again at 250, 750 and 1750 ms), and a probe that does start
     // ends with the pair's next answer. The path stays up for ten minutes.
