@@ -1044,6 +1044,30 @@ fn checks_are_paced_at_the_higher_of_both_ice_pacing_offers() {
     assert_eq!(faster.ta(), Duration::from_millis(30));
 }
 
+/// The controlling agent `g`, nominating the direct pair `d`, learns the peer-reflexive
+/// candidate `learned` on `d`'s base; the pair it makes succeeds and, ranked above `d`
+/// for its learned priority, is renominated. Returns the candidate's and the pair's
+/// indices.
+fn renominated_to_learned(
+    g: &mut IceAgent,
+    now: Instant,
+    d: usize,
+    learned: Candidate,
+) -> (usize, usize) {
+    g.remotes.push(learned);
+    g.learned_on.push(Some(g.locals[g.pairs[d].local].base));
+    let r = g.remotes.len() - 1;
+    g.pair_up(g.pairs[d].local, r);
+    let p = g.pairs.len() - 1;
+    assert_eq!(g.pairs[p].remote, r);
+    assert!(g.pairs[p].priority > g.pairs[d].priority);
+    g.pairs[p].state = PairState::Succeeded;
+    g.pairs[p].last_answer = Some(now);
+    g.stop_nominating(d);
+    g.nominated = Some(p);
+    (r, p)
+}
+
 #[test]
 fn a_signalled_candidate_replacing_a_peer_reflexive_one_takes_its_priority_and_renominates() {
     let cone = NatConfig::new(
@@ -1067,19 +1091,9 @@ fn a_signalled_candidate_replacing_a_peer_reflexive_one_takes_its_priority_and_r
         None,
         65535,
     );
-    g.remotes.push(learned);
-    g.learned_on.push(Some(g.locals[g.pairs[d].local].base));
-    let r = g.remotes.len() - 1;
-    g.pair_up(g.pairs[d].local, r);
-    let p = g.pairs.len() - 1;
-    assert_eq!(g.pairs[p].remote, r);
     // That pair succeeded and, ranked above the direct one for its learned priority, was
     // renominated.
-    assert!(g.pairs[p].priority > g.pairs[d].priority);
-    g.pairs[p].state = PairState::Succeeded;
-    g.pairs[p].last_answer = Some(w.now);
-    g.stop_nominating(d);
-    g.nominated = Some(p);
+    let (r, p) = renominated_to_learned(g, w.now, d, learned);
     // The trickled candidate arrives: a relayed one at the same address.
     let signalled = Candidate::new(
         CandidateKind::Relayed,
@@ -1130,16 +1144,7 @@ fn a_peer_reflexive_candidate_at_the_peers_relay_ranks_as_relayed() {
         None,
         65535,
     );
-    g.remotes.push(learned.clone());
-    g.learned_on.push(Some(g.locals[g.pairs[d].local].base));
-    let r = g.remotes.len() - 1;
-    g.pair_up(g.pairs[d].local, r);
-    let p = g.pairs.len() - 1;
-    assert!(g.pairs[p].priority > g.pairs[d].priority);
-    g.pairs[p].state = PairState::Succeeded;
-    g.pairs[p].last_answer = Some(w.now);
-    g.stop_nominating(d);
-    g.nominated = Some(p);
+    let (r, p) = renominated_to_learned(g, w.now, d, learned.clone());
     // The peer's relayed candidate: the same IP, the port its TURN server gave it.
     let relay = a("203.0.113.20:50000");
     let signalled = Candidate::new(

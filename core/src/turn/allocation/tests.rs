@@ -1090,6 +1090,14 @@ fn refreshes_seen(h: &Harness) -> usize {
         .count()
 }
 
+/// The `Lost` events so far, with when they came.
+fn lost_events(h: &Harness) -> Vec<&(Duration, AllocationEvent)> {
+    h.events
+        .iter()
+        .filter(|(_, e)| matches!(e, AllocationEvent::Lost(_)))
+        .collect()
+}
+
 /// A server that restarts under a live allocation forgets it; the client learns that at
 /// its next liveness check (438 for the old nonce, then 437), not at the next refresh
 /// nine minutes later.
@@ -1107,11 +1115,7 @@ fn a_restarted_server_is_noticed_at_the_next_liveness_check() {
     assert!(!h.a.is_done());
     h.turn.restart();
     h.run_until(Duration::from_secs(60));
-    let lost: Vec<_> = h
-        .events
-        .iter()
-        .filter(|(_, e)| matches!(e, AllocationEvent::Lost(_)))
-        .collect();
+    let lost = lost_events(&h);
     assert_eq!(lost.len(), 1, "{:?}", h.events);
     let (at, e) = lost[0];
     assert_eq!(*e, AllocationEvent::Lost(TurnError::AllocationMismatch));
@@ -1129,11 +1133,7 @@ fn a_dead_server_is_noticed_within_seconds_of_a_silent_check() {
     h.run_until(Duration::from_secs(10));
     h.turn.dead = true;
     h.run_until(Duration::from_secs(120));
-    let lost: Vec<_> = h
-        .events
-        .iter()
-        .filter(|(_, e)| matches!(e, AllocationEvent::Lost(_)))
-        .collect();
+    let lost = lost_events(&h);
     assert_eq!(lost.len(), 1, "{:?}", h.events);
     assert_eq!(lost[0].1, AllocationEvent::Lost(TurnError::TimedOut));
     // The check at 10.020 s goes unanswered.
@@ -1328,11 +1328,7 @@ fn a_move_the_server_never_answers_is_lost_within_seconds() {
     let at = h.now;
     assert!(h.a.move_to(at, moved()));
     h.run_until(Duration::from_secs(30));
-    let lost: Vec<_> = h
-        .events
-        .iter()
-        .filter(|(_, e)| matches!(e, AllocationEvent::Lost(_)))
-        .collect();
+    let lost = lost_events(&h);
     assert_eq!(lost.len(), 1, "{:?}", h.events);
     assert_eq!(lost[0].0, at - h.t0 + crate::turn::LIVENESS_SILENCE);
 }
